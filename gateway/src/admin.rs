@@ -1,0 +1,104 @@
+//! Admin listener (default 127.0.0.1:9901) on its own thread and runtime, away from
+//! the shards: `/healthz` (process up), `/readyz` (serving and not draining; 503
+//! while draining or when some model has no endpoint at all), `/debug/config`
+//! (the loaded resources, their enforcement status, warnings).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::{TcpListener, TcpStream};
+use shardgate_http::{parse_request_head, write, Limits};
+use shardgate_runtime::io::read_into;
+use shardgate_runtime::Shutdown;
+
+/// What the admin endpoints report.
+pub struct AdminView {
+    /// `/debug/config` body.
+    pub config_json: Vec<u8>,
+    /// Models with no endpoint at all (not ready while non-empty).
+    pub models_without_endpoints: Vec<String>,
+    /// Drain flag.
+    pub shutdown: Shutdown,
+}
+
+/// Start the admin thread on an already-bound listener.
+pub fn spawn(listener: std::net::TcpListener, view: Arc<AdminView>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("admin".into()).spawn(move || {
+        let r = shardgate_runtime::block_on(async move {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin listener");
+                    return;
+                }
+            };
+            loop {
+                if let Ok((stream, _)) = listener.accept().await {
+                    monoio::spawn(serve(stream, view.clone()));
+                }
+            }
+        });
+        if let Err(e) = r {
+            tracing::error!(error = %e, "admin runtime");
+        }
+    })?;
+    Ok(())
+}
+
+/// Bind the admin address.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    Ok(l)
+}
+
+async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let limits = Limits::default();
+    loop {
+        let head = loop {
+            let bytes = std::mem::take(&mut buf).freeze();
+            match parse_request_head(&bytes, &limits) {
+                Ok(Some((h, len))) => {
+                    buf.extend_from_slice(&bytes[len..]);
+                    break h;
+                }
+                Ok(None) => buf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
+                Err(_) => return,
+            }
+            let (res, b) = read_into(&mut stream, buf).await;
+            buf = b;
+            match res {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        };
+        let (status, ctype, body): (u16, &[u8], Vec<u8>) = match head.path() {
+            "/healthz" => (200, b"text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if view.shutdown.is_draining() {
+                    (503, b"text/plain", b"draining\n".to_vec())
+                } else if !view.models_without_endpoints.is_empty() {
+                    let msg = format!("not ready: no endpoint for model(s) {}\n", view.models_without_endpoints.join(", "));
+                    (503, b"text/plain", msg.into_bytes())
+                } else {
+                    (200, b"text/plain", b"ready\n".to_vec())
+                }
+            }
+            "/debug/config" => (200, b"application/json", view.config_json.clone()),
+            _ => (404, b"text/plain", b"not found\n".to_vec()),
+        };
+        let mut out = Vec::with_capacity(256 + body.len());
+        write::status_line(&mut out, status);
+        write::header(&mut out, "content-type", ctype);
+        write::header_u64(&mut out, "content-length", body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&body);
+        let (res, _) = stream.write_all(out).await;
+        if res.is_err() || !head.keep_alive() {
+            return;
+        }
+    }
+}

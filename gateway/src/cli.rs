@@ -1,0 +1,155 @@
+//! Command line: `shardgate serve | check | demo`, parsed with clap. Every limit
+//! the data path enforces has a flag here with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// shardgate: a shard-per-core inference gateway for vLLM, SGLang, TGI, Triton and
+/// KServe servers, configured with Kubernetes Gateway API resources.
+#[derive(Debug, Parser)]
+#[command(name = "shardgate", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway on one or more config files (multi-document Kubernetes YAML).
+    Serve(ServeArgs),
+    /// Validate config files and print the resolved routing table (like `nginx -t`);
+    /// exits non-zero with every error found.
+    Check(CheckArgs),
+    /// Run the gateway on its embedded demo config with simulated vLLM backends
+    /// started in-process: no cluster and no GPU needed.
+    Demo(DemoArgs),
+}
+
+/// `shardgate check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Config file(s); `-` reads standard input.
+    #[arg(short = 'c', long = "config", required = true)]
+    pub config: Vec<PathBuf>,
+}
+
+/// `shardgate serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file(s) (multi-document YAML: Gateway, HTTPRoute, EndpointSlice, InferenceConfig, …).
+    #[arg(short = 'c', long = "config", required = true)]
+    pub config: Vec<PathBuf>,
+    /// Shared runtime options.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `shardgate demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Port for the gateway listener (overrides the demo config's 8080; 0 = any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Print the embedded demo config and exit.
+    #[arg(long)]
+    pub print_config: bool,
+    /// Shared runtime options.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Options shared by `serve` and `demo`.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Number of shards (one thread and one SO_REUSEPORT listener per shard).
+    /// Default: the number of cores this process may run on.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// Address the listeners bind to; the port comes from each Gateway listener.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub bind: std::net::IpAddr,
+    /// Override the port of the (first) HTTP listener, e.g. 0 for an ephemeral port in tests.
+    #[arg(long)]
+    pub listen_port: Option<u16>,
+    /// Admin address (/healthz, /readyz, /debug/config). `off` disables it.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin_addr: String,
+    /// Do not pin shards to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Use the epoll driver even when io_uring is available (same as MONOIO_FORCE_LEGACY_DRIVER=1).
+    #[arg(long)]
+    pub force_epoll: bool,
+    /// Once serving, write `{"listen":["ip:port",…],"admin":…,"shards":…,"driver":…,"pid":…}` to this file (for scripts and tests).
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// Data-path limits and timeouts.
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    shardgate_routing::parse_duration(s)
+}
+
+/// Limits and timeouts, each with a default.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
+    /// Maximum request head size in bytes (431 beyond).
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Maximum number of request header fields (431 beyond).
+    #[arg(long, default_value_t = 100)]
+    pub max_headers: usize,
+    /// Maximum request body size in bytes (413 beyond). Bodies are buffered to route on `model`.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: u64,
+    /// Time allowed to receive a whole request (head and body) once its first byte arrived (408 beyond).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub header_timeout: Duration,
+    /// Close a client keep-alive connection idle this long.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub client_idle_timeout: Duration,
+    /// Upstream connect timeout (the endpoint is then ejected and another tried).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub connect_timeout: Duration,
+    /// Whole-request upstream deadline (504 before the response head; abort after).
+    /// Default: InferenceConfig `timeout.inference`, else 300s.
+    #[arg(long, value_parser = duration)]
+    pub response_timeout: Option<Duration>,
+    /// Longest silence allowed between upstream bytes (504 / abort).
+    /// Default: InferenceConfig `timeout.idle`, else 60s.
+    #[arg(long, value_parser = duration)]
+    pub stream_idle_timeout: Option<Duration>,
+    /// Idle keep-alive upstream connections kept per endpoint per shard.
+    #[arg(long, default_value_t = 64)]
+    pub upstream_idle_per_endpoint: usize,
+    /// Drop pooled upstream connections idle longer than this (uvicorn, vLLM's server, closes after 5s).
+    #[arg(long, default_value = "4s", value_parser = duration)]
+    pub upstream_idle_timeout: Duration,
+    /// On SIGTERM/SIGINT, wait at most this long for in-flight requests.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// First ejection period of an endpoint that refuses connections; doubles per failure.
+    #[arg(long, default_value = "250ms", value_parser = duration)]
+    pub eject_base: Duration,
+    /// Longest ejection period.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub eject_max: Duration,
+}
+
+/// Parse an admin address flag: `off` → None.
+pub fn admin_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|e| format!("--admin-addr {s}: {e}"))
+}

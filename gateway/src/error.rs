@@ -1,0 +1,175 @@
+//! Every way a request can fail at the gateway, with the side at fault, the status
+//! the client gets, and the OpenAI-style `type`/`code` of the JSON error body
+//! (`{"error":{"message","type","param","code"}}`).
+
+use shardgate_http::{ErrorKind, HttpError};
+
+/// Who caused a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we cannot accept.
+    Client,
+    /// The upstream (inference server) failed or timed out.
+    Upstream,
+    /// The gateway itself (configuration, capacity).
+    Gateway,
+}
+
+/// A failed request, as answered to the client.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// Side at fault.
+    pub side: Side,
+    /// HTTP status.
+    pub status: u16,
+    /// OpenAI error `type`.
+    pub err_type: &'static str,
+    /// shardgate error `code`.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// Close the client connection after answering.
+    pub close: bool,
+    /// `Retry-After` seconds, for 429/503.
+    pub retry_after: Option<u32>,
+}
+
+impl Failure {
+    fn new(side: Side, status: u16, err_type: &'static str, code: &'static str, message: String) -> Self {
+        Failure {
+            side,
+            status,
+            err_type,
+            code,
+            message,
+            close: false,
+            retry_after: None,
+        }
+    }
+
+    /// Malformed or over-limit request head/body from the codec.
+    pub fn from_codec(e: &HttpError) -> Self {
+        let code = match e.kind {
+            ErrorKind::HeaderTooLarge | ErrorKind::TooManyHeaders => "header_too_large",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            ErrorKind::UnsupportedVersion => "unsupported_http_version",
+            _ => "bad_request",
+        };
+        let mut f = Failure::new(Side::Client, e.status, "invalid_request_error", code, e.message.to_string());
+        f.close = true;
+        f
+    }
+
+    /// The client closed its side before sending the whole body.
+    pub fn bad_request_closed() -> Self {
+        let mut f = Failure::new(
+            Side::Client,
+            400,
+            "invalid_request_error",
+            "incomplete_body",
+            "The connection closed before the whole request body arrived.".to_string(),
+        );
+        f.close = true;
+        f
+    }
+
+    /// The request body's JSON could not be read.
+    pub fn bad_json(message: String) -> Self {
+        Failure::new(Side::Client, 400, "invalid_request_error", "invalid_json", message)
+    }
+
+    /// A model was named but no route serves it.
+    pub fn unknown_model(model: &str) -> Self {
+        Failure::new(
+            Side::Client,
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            format!("The model `{model}` does not exist or is not served by this gateway."),
+        )
+    }
+
+    /// No route matches the request.
+    pub fn no_route(method: &str, path: &str) -> Self {
+        Failure::new(
+            Side::Client,
+            404,
+            "invalid_request_error",
+            "route_not_found",
+            format!("No route matches {method} {path}."),
+        )
+    }
+
+    /// The client took too long to send its request.
+    pub fn request_timeout() -> Self {
+        let mut f = Failure::new(
+            Side::Client,
+            408,
+            "invalid_request_error",
+            "request_timeout",
+            "The request was not received in time.".to_string(),
+        );
+        f.close = true;
+        f
+    }
+
+    /// The matched rule references a filter that does not exist (Gateway API: 500).
+    pub fn filter_not_found(filter: &str) -> Self {
+        Failure::new(
+            Side::Gateway,
+            500,
+            "gateway_error",
+            "filter_not_found",
+            format!("The route's filter {filter} does not exist; fix the configuration."),
+        )
+    }
+
+    /// No endpoint can take the request.
+    pub fn no_endpoint(route: &str) -> Self {
+        let mut f = Failure::new(
+            Side::Gateway,
+            503,
+            "service_unavailable",
+            "no_healthy_endpoint",
+            format!("No healthy endpoint is available for route {route}."),
+        );
+        f.retry_after = Some(1);
+        f
+    }
+
+    /// Connecting to, writing to, or reading a head from the upstream failed.
+    pub fn upstream_failed(what: &str) -> Self {
+        Failure::new(Side::Upstream, 502, "upstream_error", "upstream_failed", format!("The upstream failed: {what}."))
+    }
+
+    /// The upstream sent an invalid response.
+    pub fn upstream_protocol(e: &HttpError) -> Self {
+        Failure::new(
+            Side::Upstream,
+            502,
+            "upstream_error",
+            "upstream_protocol_error",
+            format!("The upstream sent an invalid response: {}.", e.message),
+        )
+    }
+
+    /// The upstream did not answer in time.
+    pub fn upstream_timeout(what: &str) -> Self {
+        Failure::new(Side::Upstream, 504, "upstream_error", "upstream_timeout", format!("The upstream timed out: {what}."))
+    }
+
+    /// The gateway is shutting down.
+    pub fn draining() -> Self {
+        let mut f = Failure::new(
+            Side::Gateway,
+            503,
+            "service_unavailable",
+            "draining",
+            "The gateway is shutting down.".to_string(),
+        );
+        f.close = true;
+        f.retry_after = Some(1);
+        f
+    }
+}

@@ -1,0 +1,245 @@
+//! shardgate: the gateway binary's library — CLI commands, wiring of shards,
+//! admin listener and signal handling.
+//!
+//! `serve` loads the config, binds one `SO_REUSEPORT` socket per shard per served
+//! port on the main thread (so bind errors surface before anything starts), starts
+//! the shards and the admin thread, then waits. SIGTERM/SIGINT starts a drain:
+//! listeners close within 50 ms, in-flight requests finish (up to
+//! `--drain-timeout`), and the process exits 0. A second signal exits at once.
+
+pub mod admin;
+pub mod cli;
+pub mod demo;
+pub mod error;
+pub mod load;
+pub mod proxy;
+pub mod server;
+pub mod shard;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use shardgate_runtime::Shutdown;
+
+use crate::cli::{Cli, Command, RunArgs};
+use crate::shard::GatewayState;
+
+/// Entry point of the `shardgate` binary.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    match cli.command {
+        Command::Serve(args) => match load::read_sources(&args.config) {
+            Ok(sources) => serve(&sources, &args.run, Shutdown::new()),
+            Err(errors) => report_errors(&errors),
+        },
+        Command::Check(args) => check(&args.config),
+        Command::Demo(args) => demo::run(&args),
+    }
+}
+
+fn init_tracing(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn report_errors(errors: &[String]) -> ExitCode {
+    for e in errors {
+        eprintln!("error: {e}");
+    }
+    eprintln!("shardgate: {} configuration error(s)", errors.len());
+    ExitCode::from(2)
+}
+
+/// `shardgate check`: validate, print the routing table, exit 0 or 2.
+pub fn check(paths: &[std::path::PathBuf]) -> ExitCode {
+    let sources = match load::read_sources(paths) {
+        Ok(s) => s,
+        Err(errors) => return report_errors(&errors),
+    };
+    match load::load(&sources) {
+        Ok(loaded) => {
+            println!("{}", loaded.table);
+            println!("Resources:");
+            for (kind, status, count) in loaded.config.enforcement_report() {
+                println!("  {kind:<18} {count:>3}  {status}");
+            }
+            println!("configuration OK ({} document(s))", loaded.config.docs.len());
+            ExitCode::SUCCESS
+        }
+        Err(errors) => report_errors(&errors),
+    }
+}
+
+/// Run the gateway on `sources` until `shutdown` fires (a signal or the caller).
+pub fn serve(sources: &[(String, String)], run: &RunArgs, shutdown: Shutdown) -> ExitCode {
+    match start(sources, run, shutdown) {
+        Ok(running) => {
+            running.shards.join();
+            tracing::info!("drained; bye");
+            ExitCode::SUCCESS
+        }
+        Err(errors) => report_errors(&errors),
+    }
+}
+
+/// A started gateway.
+pub struct Running {
+    /// The shard threads.
+    pub shards: shardgate_runtime::Shards,
+    /// Served addresses, one per port.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Load, bind and start everything; returns once the shards run.
+pub fn start(sources: &[(String, String)], run: &RunArgs, shutdown: Shutdown) -> Result<Running, Vec<String>> {
+    if run.force_epoll {
+        shardgate_runtime::force_epoll();
+    }
+    let loaded = load::load(sources)?;
+    for w in loaded.table.warnings() {
+        tracing::warn!("config: {w}");
+    }
+    for (kind, status, count) in loaded.config.enforcement_report() {
+        tracing::info!(kind = %kind, count, "{status}");
+    }
+    let settings = load::settings(&run.limits, &loaded.table);
+    let shards = run
+        .shards
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .max(1);
+
+    // Group served listeners by port; bind one socket per shard per port.
+    let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+    for (i, l) in loaded.table.listeners().iter().enumerate() {
+        if l.served {
+            ports.entry(l.port).or_default().push(i);
+        } else {
+            tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP/1.1 listeners only)");
+        }
+    }
+    if ports.is_empty() {
+        return Err(vec!["no Gateway listener with protocol HTTP: nothing to serve".to_string()]);
+    }
+    if let Some(p) = run.listen_port {
+        if let Some((first, ls)) = ports.pop_first() {
+            tracing::info!(from = first, to = p, "listener port overridden by --listen-port");
+            ports.entry(p).or_default().extend(ls);
+        }
+    }
+    let mut per_shard: Vec<Vec<(Vec<usize>, std::net::TcpListener)>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut addrs = Vec::new();
+    for (port, listeners) in &ports {
+        let addr = SocketAddr::new(run.bind, *port);
+        let sockets = shardgate_runtime::bind_reuseport(addr, shards).map_err(|e| vec![format!("cannot listen on {addr}: {e}")])?;
+        if let Some(first) = sockets.first() {
+            addrs.push(first.local_addr().map_err(|e| vec![e.to_string()])?);
+        }
+        for (shard, sock) in sockets.into_iter().enumerate() {
+            per_shard[shard].push((listeners.clone(), sock));
+        }
+    }
+
+    let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
+    if let Some(a) = admin_addr {
+        let listener = admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
+        admin_addr = listener.local_addr().ok();
+        let view = Arc::new(admin::AdminView {
+            config_json: debug_config_json(&loaded),
+            models_without_endpoints: models_without_endpoints(&loaded.table),
+            shutdown: shutdown.clone(),
+        });
+        admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
+    }
+
+    let driver = shardgate_runtime::detect_driver();
+    let state = Arc::new(GatewayState::new(loaded.table, settings));
+    let shard_shutdown = shutdown.clone();
+    let handles = shardgate_runtime::spawn_shards(per_shard, !run.no_pin, move |info, sockets| {
+        server::shard_main(info, state.clone(), shard_shutdown.clone(), sockets)
+    })
+    .map_err(|e| vec![format!("cannot start shards: {e}")])?;
+
+    install_signals(shutdown);
+    let listen: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+    tracing::info!(
+        listen = %listen.join(","),
+        shards,
+        driver = driver.name(),
+        admin = %admin_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        "shardgate serving"
+    );
+    if let Some(path) = &run.ready_file {
+        let ready = serde_json::json!({"listen": listen, "admin": admin_addr.map(|a| a.to_string()), "shards": shards, "driver": driver.name(), "pid": std::process::id()});
+        let tmp = path.with_extension("tmp");
+        if let Err(e) = std::fs::write(&tmp, ready.to_string()).and_then(|_| std::fs::rename(&tmp, path)) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot write the ready file");
+        }
+    }
+    Ok(Running { shards: handles, addrs })
+}
+
+fn install_signals(shutdown: Shutdown) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot install signal handlers");
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
+        let mut seen = 0;
+        for sig in signals.forever() {
+            seen += 1;
+            if seen > 1 {
+                tracing::warn!(signal = sig, "second signal: exiting now");
+                std::process::exit(1);
+            }
+            tracing::info!(signal = sig, "draining: no new connections; finishing in-flight requests");
+            shutdown.trigger();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the signal thread");
+    }
+}
+
+fn models_without_endpoints(table: &shardgate_routing::RoutingTable) -> Vec<String> {
+    if table.endpoints().is_empty() {
+        return vec!["(all)".to_string()];
+    }
+    Vec::new()
+}
+
+fn debug_config_json(loaded: &load::Loaded) -> Vec<u8> {
+    let docs: Vec<serde_json::Value> = loaded
+        .config
+        .docs
+        .iter()
+        .map(|(m, _)| serde_json::json!({"file": m.file, "index": m.index, "kind": m.kind, "apiVersion": m.api_version, "namespace": m.namespace, "name": m.name}))
+        .collect();
+    let report: Vec<serde_json::Value> = loaded
+        .config
+        .enforcement_report()
+        .into_iter()
+        .map(|(k, s, n)| serde_json::json!({"kind": k, "status": s, "count": n}))
+        .collect();
+    let endpoints: Vec<String> = loaded.table.endpoints().iter().map(|e| e.addr.to_string()).collect();
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "documents": docs,
+        "kinds": report,
+        "models": loaded.table.models(),
+        "endpoints": endpoints,
+        "warnings": loaded.table.warnings(),
+    }))
+    .unwrap_or_default()
+}

@@ -1,0 +1,85 @@
+//! Config loading for `serve`, `check` and `demo`: read the files, parse every
+//! document, build the routing table (Service backends resolve through
+//! EndpointSlices in the files, else DNS), and resolve the data-path settings
+//! (CLI flags, then the InferenceConfig's timeouts, then defaults).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shardgate_routing::{load_sources, Config, RoutingTable};
+
+use crate::cli::LimitArgs;
+use crate::shard::Settings;
+
+/// A loaded configuration.
+pub struct Loaded {
+    /// Parsed documents.
+    pub config: Config,
+    /// Compiled routing table.
+    pub table: RoutingTable,
+}
+
+/// Read `paths` (`-` = stdin) into (name, text) pairs.
+pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        let name = p.display().to_string();
+        let text = if name == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+        } else {
+            std::fs::read_to_string(p)
+        };
+        match text {
+            Ok(t) => out.push((name, t)),
+            Err(e) => errors.push(format!("{name}: cannot read: {e}")),
+        }
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// DNS fallback for Service backendRefs no EndpointSlice covers: `name` as given,
+/// then as `name.svc`-less host (IP literals resolve directly).
+pub fn resolve_dns(host: &str, port: u16) -> Vec<SocketAddr> {
+    match (host, port).to_socket_addrs() {
+        Ok(addrs) => addrs.collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Parse and compile the sources; every error is returned, formatted.
+pub fn load(sources: &[(String, String)]) -> Result<Loaded, Vec<String>> {
+    let config = load_sources(sources).map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let table = RoutingTable::build(&config, &mut resolve_dns).map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    Ok(Loaded { config, table })
+}
+
+/// Resolve the data-path settings.
+pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
+    let ic = table.inference_config();
+    let inference = ic.and_then(|c| c.timeout_inference());
+    let idle = ic.and_then(|c| c.timeout_idle());
+    Settings {
+        limits: shardgate_http::Limits {
+            max_header_bytes: limits.max_header_bytes,
+            max_headers: limits.max_headers,
+            max_body_bytes: limits.max_body_bytes,
+        },
+        header_timeout: limits.header_timeout,
+        client_idle_timeout: limits.client_idle_timeout,
+        connect_timeout: limits.connect_timeout,
+        response_timeout: limits.response_timeout.or(inference).unwrap_or(Duration::from_secs(300)),
+        stream_idle_timeout: limits.stream_idle_timeout.or(idle).unwrap_or(Duration::from_secs(60)),
+        upstream_idle_per_endpoint: limits.upstream_idle_per_endpoint,
+        upstream_idle_timeout: limits.upstream_idle_timeout,
+        drain_timeout: limits.drain_timeout,
+        eject_base: limits.eject_base,
+        eject_max: limits.eject_max,
+    }
+}

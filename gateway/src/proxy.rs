@@ -1,0 +1,657 @@
+//! The data path: one task per client connection on the shard that accepted it.
+//!
+//! Per request: read and parse the head (limits, 408 on a slow client), read the
+//! body (bounded; `Expect: 100-continue` answered; chunked decoded), take the model
+//! from `X-Model-Type` or the JSON body's `model` (scanned, no DOM), match a route,
+//! pick an endpoint, forward over a pooled keep-alive upstream connection (a stale
+//! pooled connection is retried once on a fresh one; a refused connect ejects the
+//! endpoint and tries another), then stream the response back chunk by chunk so SSE
+//! tokens reach the client as the backend emits them. While waiting on the upstream
+//! the client socket is watched: a client that goes away closes the upstream
+//! connection, which cancels the request on the inference server.
+//!
+//! Request bodies are buffered (bounded by `--max-body-bytes`) because the route
+//! depends on the body's `model`; responses are never buffered.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use shardgate_http::{parse_request_head, parse_response_head, write, BodyDecoder, Framing, RequestHead, ResponseHead, Version};
+use shardgate_routing::{extract_model, RequestView, RouteMatch, RuleAction, MODEL_HEADER, MODEL_TYPE_HEADER};
+use shardgate_runtime::io::{peer_state, read_into, PeerState};
+
+use crate::error::Failure;
+use crate::shard::{InFlight, Shard, UpstreamConn};
+
+/// Paths whose JSON body carries the OpenAI `model` field.
+const MODEL_BODY_PATHS: [&str; 3] = ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"];
+
+/// Headers the gateway sets itself on the upstream request (client copies dropped).
+const REPLACED_UPSTREAM: [&str; 6] = [
+    "content-length",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-request-id",
+    MODEL_HEADER,
+];
+
+/// Serve one client connection until it closes, errs, idles out or the gateway drains.
+pub async fn serve_connection(shard: Rc<Shard>, mut client: TcpStream, peer: SocketAddr, listeners: Rc<[usize]>) {
+    let _ = client.set_nodelay(true);
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let head = match read_head(&shard, &mut client, &mut rbuf).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(f) => {
+                respond_failure(&mut client, &mut out, &f, None).await;
+                return;
+            }
+        };
+        let keep = handle_request(&shard, &mut client, &mut rbuf, &mut out, head, peer, &listeners).await;
+        if !keep || shard.shutdown.is_draining() {
+            return;
+        }
+    }
+}
+
+/// Read until a complete request head is buffered. `Ok(None)`: the client closed
+/// or idled out between requests (nothing to answer).
+async fn read_head(shard: &Shard, client: &mut TcpStream, rbuf: &mut BytesMut) -> Result<Option<RequestHead>, Failure> {
+    let settings = &shard.state.settings;
+    let mut started: Option<Instant> = None;
+    loop {
+        if !rbuf.is_empty() {
+            started.get_or_insert_with(Instant::now);
+            let bytes = std::mem::take(rbuf).freeze();
+            match parse_request_head(&bytes, &settings.limits) {
+                Ok(Some((head, len))) => {
+                    rbuf.extend_from_slice(&bytes[len..]);
+                    return Ok(Some(head));
+                }
+                Ok(None) => {
+                    *rbuf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+                }
+                Err(e) => return Err(Failure::from_codec(&e)),
+            }
+        }
+        let wait = match started {
+            None => settings.client_idle_timeout,
+            Some(t) => match settings.header_timeout.checked_sub(t.elapsed()) {
+                Some(d) => d,
+                None => return Err(Failure::request_timeout()),
+            },
+        };
+        let buf = std::mem::take(rbuf);
+        match monoio::time::timeout(wait, read_into(client, buf)).await {
+            Ok((Ok(0), b)) => {
+                *rbuf = b;
+                return Ok(None);
+            }
+            Ok((Ok(_), b)) => *rbuf = b,
+            Ok((Err(_), _)) => return Ok(None),
+            Err(_) if started.is_some() => return Err(Failure::request_timeout()),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Read the request body into one buffer, answering `100 Continue` when asked.
+async fn read_body(shard: &Shard, client: &mut TcpStream, rbuf: &mut BytesMut, head: &RequestHead, out: &mut Vec<u8>) -> Result<Bytes, Failure> {
+    let settings = &shard.state.settings;
+    let framing = head.framing();
+    if framing == Framing::None || framing == Framing::Length(0) {
+        return Ok(Bytes::new());
+    }
+    if head.expect_continue() && rbuf.is_empty() {
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        let (res, o) = client.write_all(std::mem::take(out)).await;
+        *out = o;
+        out.clear();
+        res.map_err(|_| Failure::request_timeout())?;
+    }
+    let deadline = Instant::now() + settings.header_timeout;
+    let mut dec = BodyDecoder::new(framing);
+    let mut body = match framing {
+        Framing::Length(n) => BytesMut::with_capacity(n as usize),
+        _ => BytesMut::new(),
+    };
+    loop {
+        while !rbuf.is_empty() && !dec.is_done() {
+            let d = dec.decode(rbuf).map_err(|e| Failure::from_codec(&e))?;
+            if let Some(r) = d.data.clone() {
+                if (body.len() + r.len()) as u64 > settings.limits.max_body_bytes {
+                    return Err(Failure::from_codec(&shardgate_http::HttpError {
+                        kind: shardgate_http::ErrorKind::BodyTooLarge,
+                        status: 413,
+                        message: "request body exceeds the configured limit",
+                        close: true,
+                    }));
+                }
+                body.extend_from_slice(&rbuf[r]);
+            }
+            rbuf.advance(d.consumed);
+            if d.consumed == 0 && d.data.is_none() {
+                break;
+            }
+        }
+        if dec.is_done() {
+            return Ok(body.freeze());
+        }
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let buf = std::mem::take(rbuf);
+        match monoio::time::timeout(wait, read_into(client, buf)).await {
+            Ok((Ok(n), b)) if n > 0 => *rbuf = b,
+            Ok(_) => return Err(Failure::bad_request_closed()),
+            Err(_) => return Err(Failure::request_timeout()),
+        }
+    }
+}
+
+fn is_model_body_path(method: &str, path: &str) -> bool {
+    method == "POST" && MODEL_BODY_PATHS.contains(&path)
+}
+
+/// Handle one request; returns whether the connection may serve another.
+async fn handle_request(
+    shard: &Rc<Shard>,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: RequestHead,
+    peer: SocketAddr,
+    listeners: &[usize],
+) -> bool {
+    let mut guard = InFlight::new(shard);
+    let request_id = match head.header("x-request-id") {
+        Some(v) if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) => {
+            String::from_utf8_lossy(v).into_owned()
+        }
+        _ => shard.request_id(),
+    };
+    let rid = request_id.as_bytes();
+    let body = match read_body(shard, client, rbuf, &head, out).await {
+        Ok(b) => b,
+        Err(f) => {
+            respond_failure(client, out, &f, Some(rid)).await;
+            return false;
+        }
+    };
+    let client_keep = head.keep_alive() && !shard.shutdown.is_draining();
+    let state = shard.state.clone();
+
+    // The gateway answers `GET /v1/models` itself: the union of what routes serve.
+    if head.method() == "GET" && head.path() == "/v1/models" {
+        respond_json(client, out, 200, &state.models_body, client_keep, rid).await;
+        return client_keep;
+    }
+
+    let body_model = if is_model_body_path(head.method(), head.path()) {
+        match extract_model(&body) {
+            Ok(m) => m.map(|m| m.into_owned()),
+            Err(e) => {
+                respond_failure(client, out, &Failure::bad_json(e.to_string()), Some(rid)).await;
+                return client_keep;
+            }
+        }
+    } else {
+        None
+    };
+    let header_model = head
+        .header(MODEL_TYPE_HEADER)
+        .or_else(|| head.header(MODEL_HEADER))
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    let model = body_model.clone().or(header_model);
+
+    let host = head.header("host").and_then(|h| std::str::from_utf8(h).ok());
+    let lookup = |name: &str| -> Option<&[u8]> {
+        if name == MODEL_HEADER {
+            if let Some(m) = &body_model {
+                return Some(m.as_bytes());
+            }
+        }
+        head.header(name)
+    };
+    let view = RequestView {
+        method: head.method(),
+        path: head.path(),
+        query: head.query(),
+        host,
+        headers: &lookup,
+    };
+    let Some(route) = listeners.iter().find_map(|l| state.table.match_request(*l, &view)) else {
+        let f = match &model {
+            Some(m) => Failure::unknown_model(m),
+            None => Failure::no_route(head.method(), head.path()),
+        };
+        respond_failure(client, out, &f, Some(rid)).await;
+        return client_keep;
+    };
+    if let RuleAction::FilterNotFound { filter } = route.action {
+        respond_failure(client, out, &Failure::filter_not_found(filter), Some(rid)).await;
+        return client_keep;
+    }
+    let ctx = Forward {
+        head: &head,
+        body: &body,
+        peer,
+        request_id: rid,
+        model: body_model.as_deref(),
+        client_keep,
+    };
+    forward(shard, client, out, &ctx, &route, &mut guard).await
+}
+
+struct Forward<'a> {
+    head: &'a RequestHead,
+    body: &'a Bytes,
+    peer: SocketAddr,
+    request_id: &'a [u8],
+    model: Option<&'a str>,
+    client_keep: bool,
+}
+
+/// Serialise the upstream request (head, and the body when it is small).
+fn upstream_request(ctx: &Forward<'_>, ep_addr: SocketAddr, buf: &mut Vec<u8>) {
+    let head = ctx.head;
+    buf.clear();
+    buf.extend_from_slice(head.method().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(head.target().as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
+    let mut xff: Option<&[u8]> = None;
+    for (name, value) in head.headers() {
+        if head.is_hop_by_hop(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff = Some(value);
+            continue;
+        }
+        if REPLACED_UPSTREAM.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        has_host |= name.eq_ignore_ascii_case("host");
+        write::header(buf, name, value);
+    }
+    if !has_host {
+        let host = ep_addr.to_string();
+        write::header(buf, "host", host.as_bytes());
+    }
+    let ip = ctx.peer.ip().to_string();
+    buf.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = xff {
+        buf.extend_from_slice(prev);
+        buf.extend_from_slice(b", ");
+    }
+    buf.extend_from_slice(ip.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+    write::header(buf, "x-forwarded-proto", b"http");
+    write::header(buf, "x-request-id", ctx.request_id);
+    if let Some(m) = ctx.model {
+        write::header(buf, MODEL_HEADER, m.as_bytes());
+    }
+    if !ctx.body.is_empty() || matches!(head.method(), "POST" | "PUT" | "PATCH") {
+        write::header_u64(buf, "content-length", ctx.body.len() as u64);
+    }
+    buf.extend_from_slice(b"\r\n");
+    if ctx.body.len() <= 64 * 1024 {
+        buf.extend_from_slice(ctx.body);
+    }
+}
+
+/// Why one upstream attempt failed.
+enum Attempt {
+    /// A reused pooled connection failed before any response byte: retry fresh.
+    Stale,
+    /// Connect failed: eject the endpoint, try another.
+    Connect(&'static str),
+    /// Anything else: answer with this failure.
+    Fail(Failure),
+    /// The client went away while we waited.
+    ClientGone,
+}
+
+async fn forward(shard: &Rc<Shard>, client: &mut TcpStream, out: &mut Vec<u8>, ctx: &Forward<'_>, route: &RouteMatch<'_>, guard: &mut InFlight) -> bool {
+    let settings = &shard.state.settings;
+    let total = route.request_timeout.unwrap_or(settings.response_timeout);
+    let deadline = Instant::now() + total;
+    let mut tried: Vec<usize> = Vec::new();
+    let mut last_connect_error: Option<&'static str> = None;
+    let mut reqbuf = Vec::with_capacity(1024 + ctx.body.len().min(64 * 1024));
+    loop {
+        let now = Instant::now();
+        let Some(ep) = shard.pick(route.backends, &tried, now) else {
+            let f = match last_connect_error {
+                Some(e) => Failure::upstream_failed(e),
+                None => Failure::no_endpoint(route.route),
+            };
+            respond_failure(client, out, &f, Some(ctx.request_id)).await;
+            return ctx.client_keep;
+        };
+        guard.set_endpoint(ep);
+        let addr = shard.addr(ep);
+        upstream_request(ctx, addr, &mut reqbuf);
+        let mut fresh_retry_done = false;
+        loop {
+            let pooled = if fresh_retry_done { None } else { shard.take_conn(ep, Instant::now()) };
+            let conn = match pooled {
+                Some(c) => c,
+                None => match connect(addr, settings.connect_timeout).await {
+                    Ok(c) => c,
+                    Err(why) => {
+                        shard.eject(ep, Instant::now(), why);
+                        tried.push(ep);
+                        last_connect_error = Some(why);
+                        break;
+                    }
+                },
+            };
+            match exchange(shard, client, conn, &mut reqbuf, ctx, deadline).await {
+                Ok((resp, conn)) => {
+                    shard.restore(ep);
+                    return stream_response(shard, client, out, ctx, resp, conn, ep, deadline).await;
+                }
+                Err(Attempt::Stale) if !fresh_retry_done => {
+                    fresh_retry_done = true;
+                    upstream_request(ctx, addr, &mut reqbuf);
+                }
+                Err(Attempt::Stale) => {
+                    let f = Failure::upstream_failed("connection closed before the response");
+                    respond_failure(client, out, &f, Some(ctx.request_id)).await;
+                    return ctx.client_keep;
+                }
+                Err(Attempt::Connect(why)) => {
+                    shard.eject(ep, Instant::now(), why);
+                    tried.push(ep);
+                    last_connect_error = Some(why);
+                    break;
+                }
+                Err(Attempt::Fail(f)) => {
+                    respond_failure(client, out, &f, Some(ctx.request_id)).await;
+                    return ctx.client_keep && !f.close;
+                }
+                Err(Attempt::ClientGone) => return false,
+            }
+        }
+        if tried.len() >= 3 {
+            let f = Failure::upstream_failed(last_connect_error.unwrap_or("connect failed"));
+            respond_failure(client, out, &f, Some(ctx.request_id)).await;
+            return ctx.client_keep;
+        }
+    }
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, &'static str> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(UpstreamConn {
+                stream,
+                buf: BytesMut::with_capacity(16 * 1024),
+                idle_since: Instant::now(),
+                reused: false,
+            })
+        }
+        Ok(Err(_)) => Err("connection refused"),
+        Err(_) => Err("connect timed out"),
+    }
+}
+
+/// Outcome of waiting on an upstream read while watching the client.
+enum Watched {
+    Read(std::io::Result<usize>, BytesMut),
+    TimedOut,
+    ClientGone,
+}
+
+/// Read once from the upstream, giving up at `deadline`, and abandoning the read
+/// if the client disconnects meanwhile (pipelined client bytes stop the watch).
+async fn read_upstream_watched(client: &TcpStream, conn: &mut UpstreamConn, deadline: Instant, watch: &mut bool) -> Watched {
+    let buf = std::mem::take(&mut conn.buf);
+    let read = read_into(&mut conn.stream, buf);
+    let mut read = std::pin::pin!(read);
+    let sleep = monoio::time::sleep_until(deadline);
+    let mut sleep = std::pin::pin!(sleep);
+    loop {
+        let watching = *watch;
+        monoio::select! {
+            (res, b) = &mut read => return Watched::Read(res, b),
+            _ = &mut sleep => return Watched::TimedOut,
+            r = client.readable(false), if watching => {
+                match (r, peer_state(client)) {
+                    (Err(_), _) | (_, PeerState::Gone) => return Watched::ClientGone,
+                    (_, PeerState::Data) => *watch = false,
+                    (_, PeerState::Idle) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Send the request and read the response head.
+async fn exchange(
+    shard: &Shard,
+    client: &mut TcpStream,
+    mut conn: UpstreamConn,
+    reqbuf: &mut Vec<u8>,
+    ctx: &Forward<'_>,
+    deadline: Instant,
+) -> Result<(ResponseHead, UpstreamConn), Attempt> {
+    let settings = &shard.state.settings;
+    let (res, b) = conn.stream.write_all(std::mem::take(reqbuf)).await;
+    *reqbuf = b;
+    if res.is_err() {
+        return Err(if conn.reused { Attempt::Stale } else { Attempt::Connect("connection reset while sending") });
+    }
+    if ctx.body.len() > 64 * 1024 {
+        let (res, _) = conn.stream.write_all(ctx.body.clone()).await;
+        if res.is_err() {
+            return Err(Attempt::Fail(Failure::upstream_failed("connection reset while sending the body")));
+        }
+    }
+    let head_request = ctx.head.method() == "HEAD";
+    let mut watch = true;
+    let mut got_bytes = false;
+    loop {
+        if !conn.buf.is_empty() {
+            got_bytes = true;
+            let bytes = std::mem::take(&mut conn.buf).freeze();
+            match parse_response_head(&bytes, head_request, &settings.limits) {
+                Ok(Some((resp, len))) => {
+                    conn.buf.extend_from_slice(&bytes[len..]);
+                    if resp.is_informational() && resp.status() != 101 {
+                        continue;
+                    }
+                    return Ok((resp, conn));
+                }
+                Ok(None) => conn.buf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
+                Err(e) => return Err(Attempt::Fail(Failure::upstream_protocol(&e))),
+            }
+        }
+        let idle_deadline = Instant::now() + settings.stream_idle_timeout;
+        let until = deadline.min(idle_deadline);
+        match read_upstream_watched(client, &mut conn, until, &mut watch).await {
+            Watched::Read(Ok(0), _) | Watched::Read(Err(_), _) => {
+                return Err(if conn.reused && !got_bytes {
+                    Attempt::Stale
+                } else {
+                    Attempt::Fail(Failure::upstream_failed("connection closed before the response head"))
+                });
+            }
+            Watched::Read(Ok(_), b) => conn.buf = b,
+            Watched::TimedOut => return Err(Attempt::Fail(Failure::upstream_timeout("no response head in time"))),
+            Watched::ClientGone => return Err(Attempt::ClientGone),
+        }
+    }
+}
+
+/// Copy the response head to the client and stream the body, chunk by chunk.
+#[allow(clippy::too_many_arguments)]
+async fn stream_response(
+    shard: &Shard,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    ctx: &Forward<'_>,
+    resp: ResponseHead,
+    mut conn: UpstreamConn,
+    ep: usize,
+    deadline: Instant,
+) -> bool {
+    let settings = &shard.state.settings;
+    let framing = resp.framing();
+    let client_http11 = ctx.head.version() == Version::Http11;
+    // Chunked toward the client whenever the length is unknown and it speaks 1.1.
+    let chunked_out = matches!(framing, Framing::Chunked | Framing::UntilClose) && client_http11;
+    let mut keep = ctx.client_keep && (framing != Framing::UntilClose || chunked_out);
+    out.clear();
+    write::status_line(out, resp.status());
+    let mut has_rid = false;
+    for (name, value) in resp.headers() {
+        if resp.is_hop_by_hop(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("content-length") && framing != Framing::None {
+            continue;
+        }
+        has_rid |= name.eq_ignore_ascii_case("x-request-id");
+        write::header(out, name, value);
+    }
+    if !has_rid {
+        write::header(out, "x-request-id", ctx.request_id);
+    }
+    match framing {
+        Framing::Length(n) => write::header_u64(out, "content-length", n),
+        Framing::Chunked | Framing::UntilClose if chunked_out => write::header(out, "transfer-encoding", b"chunked"),
+        Framing::None => {
+            if resp.header("content-length").is_none() && !matches!(resp.status(), 100..=199 | 204 | 304) {
+                write::header_u64(out, "content-length", 0);
+            }
+        }
+        _ => {}
+    }
+    if !keep {
+        write::header(out, "connection", b"close");
+    } else if ctx.head.version() == Version::Http10 {
+        write::header(out, "connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    let mut dec = BodyDecoder::new(framing);
+    let mut watch = true;
+    loop {
+        // Decode everything buffered and frame it for the client.
+        while !conn.buf.is_empty() && !dec.is_done() {
+            let d = match dec.decode(&conn.buf) {
+                Ok(d) => d,
+                Err(_) => {
+                    tracing::warn!(endpoint = %shard.addr(ep), "invalid response body framing from upstream");
+                    let _ = flush(client, out).await;
+                    return false;
+                }
+            };
+            if let Some(r) = d.data.clone() {
+                if chunked_out {
+                    write::chunk_header(out, r.len());
+                    out.extend_from_slice(&conn.buf[r]);
+                    out.extend_from_slice(write::CHUNK_END);
+                } else {
+                    out.extend_from_slice(&conn.buf[r]);
+                }
+            }
+            conn.buf.advance(d.consumed);
+            if d.consumed == 0 && d.data.is_none() {
+                break;
+            }
+        }
+        if dec.is_done() {
+            if chunked_out {
+                out.extend_from_slice(write::LAST_CHUNK);
+            }
+            if flush(client, out).await.is_err() {
+                return false;
+            }
+            if resp.keep_alive() && conn.buf.is_empty() {
+                shard.put_conn(ep, conn, Instant::now());
+            }
+            return keep;
+        }
+        if !out.is_empty() && flush(client, out).await.is_err() {
+            // Client gone mid-stream: dropping `conn` closes the upstream, cancelling it.
+            return false;
+        }
+        let until = deadline.min(Instant::now() + settings.stream_idle_timeout);
+        match read_upstream_watched(client, &mut conn, until, &mut watch).await {
+            Watched::Read(Ok(0), b) => {
+                conn.buf = b;
+                if dec.on_eof().is_ok() {
+                    if chunked_out {
+                        out.extend_from_slice(write::LAST_CHUNK);
+                    }
+                    let ok = flush(client, out).await.is_ok();
+                    keep &= ok;
+                    return keep;
+                }
+                tracing::warn!(endpoint = %shard.addr(ep), "upstream closed mid-body; aborting the client response");
+                return false;
+            }
+            Watched::Read(Ok(_), b) => conn.buf = b,
+            Watched::Read(Err(_), _) => return false,
+            Watched::TimedOut => {
+                tracing::warn!(endpoint = %shard.addr(ep), "upstream stalled mid-body; aborting");
+                return false;
+            }
+            Watched::ClientGone => return false,
+        }
+    }
+}
+
+async fn flush(client: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let (res, o) = client.write_all(std::mem::take(out)).await;
+    *out = o;
+    out.clear();
+    res.map(|_| ())
+}
+
+/// Answer a JSON body with `status`.
+async fn respond_json(client: &mut TcpStream, out: &mut Vec<u8>, status: u16, body: &[u8], keep: bool, rid: &[u8]) {
+    out.clear();
+    write::status_line(out, status);
+    write::header(out, "content-type", b"application/json");
+    write::header_u64(out, "content-length", body.len() as u64);
+    write::header(out, "x-request-id", rid);
+    if !keep {
+        write::header(out, "connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    let _ = flush(client, out).await;
+}
+
+/// Answer an OpenAI-style error.
+pub async fn respond_failure(client: &mut TcpStream, out: &mut Vec<u8>, f: &Failure, rid: Option<&[u8]>) {
+    out.clear();
+    let retry;
+    let mut extra: Vec<(&str, &[u8])> = Vec::with_capacity(2);
+    if let Some(r) = f.retry_after {
+        retry = r.to_string();
+        extra.push(("retry-after", retry.as_bytes()));
+    }
+    if let Some(rid) = rid {
+        extra.push(("x-request-id", rid));
+    }
+    write::error_response(out, f.status, &f.message, f.err_type, f.code, f.close, &extra);
+    let _ = flush(client, out).await;
+}

@@ -1,0 +1,290 @@
+//! Per-shard state: the read-only gateway snapshot, this shard's view of every
+//! endpoint (in-flight count, ejection with exponential backoff), its upstream
+//! keep-alive pool and its RNG. Nothing here is shared with other shards; it lives
+//! in an `Rc` on the shard's thread and is touched only between `.await`s.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use shardgate_routing::{BackendGroup, RoutingTable};
+use shardgate_runtime::io::{peer_state, PeerState};
+use shardgate_runtime::Shutdown;
+
+/// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Codec limits.
+    pub limits: shardgate_http::Limits,
+    /// Whole request must arrive within this once started.
+    pub header_timeout: Duration,
+    /// Keep-alive idle limit for client connections.
+    pub client_idle_timeout: Duration,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole upstream exchange deadline.
+    pub response_timeout: Duration,
+    /// Longest silence between upstream bytes.
+    pub stream_idle_timeout: Duration,
+    /// Idle upstream connections kept per endpoint per shard.
+    pub upstream_idle_per_endpoint: usize,
+    /// Pooled upstream connections older than this are dropped.
+    pub upstream_idle_timeout: Duration,
+    /// Drain deadline on shutdown.
+    pub drain_timeout: Duration,
+    /// First ejection period.
+    pub eject_base: Duration,
+    /// Longest ejection period.
+    pub eject_max: Duration,
+}
+
+/// The immutable, process-wide view every shard reads: routing table and settings.
+pub struct GatewayState {
+    /// Compiled routes, listeners and endpoints.
+    pub table: RoutingTable,
+    /// Limits and timeouts.
+    pub settings: Settings,
+    /// Pre-rendered `GET /v1/models` body.
+    pub models_body: Vec<u8>,
+}
+
+impl GatewayState {
+    /// Build the shared state and pre-render `/v1/models`.
+    pub fn new(table: RoutingTable, settings: Settings) -> Self {
+        let data: Vec<serde_json::Value> = table
+            .models()
+            .iter()
+            .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "shardgate"}))
+            .collect();
+        let models_body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
+        GatewayState {
+            table,
+            settings,
+            models_body,
+        }
+    }
+}
+
+/// One endpoint as this shard sees it.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    /// Requests this shard has in flight to the endpoint.
+    pub in_flight: Cell<u32>,
+    /// Consecutive connection failures.
+    pub failures: Cell<u32>,
+    /// Ejected until this instant.
+    pub ejected_until: Cell<Option<Instant>>,
+}
+
+/// A pooled upstream connection with its read buffer.
+pub struct UpstreamConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read but not consumed.
+    pub buf: BytesMut,
+    /// When it went idle (for the pool's idle timeout).
+    pub idle_since: Instant,
+    /// Whether it has carried a request before (stale-connection retry applies).
+    pub reused: bool,
+}
+
+/// Everything one shard owns.
+pub struct Shard {
+    /// Shard index.
+    pub id: usize,
+    /// Read-only gateway state.
+    pub state: Arc<GatewayState>,
+    /// Per-endpoint view, indexed like `RoutingTable::endpoints()`.
+    pub endpoints: Vec<EndpointState>,
+    /// Idle upstream connections per endpoint (LIFO).
+    pool: RefCell<Vec<Vec<UpstreamConn>>>,
+    /// Per-shard RNG (weights, tie-breaks, request ids).
+    pub rng: RefCell<fastrand::Rng>,
+    /// Requests in flight on this shard (drain waits for 0).
+    pub in_flight: Cell<usize>,
+    /// Request counter, for request ids.
+    pub requests: Cell<u64>,
+    /// Process-wide stop signal.
+    pub shutdown: Shutdown,
+}
+
+impl Shard {
+    /// A fresh shard view over `state`.
+    pub fn new(id: usize, state: Arc<GatewayState>, shutdown: Shutdown) -> Rc<Self> {
+        let n = state.table.endpoints().len();
+        Rc::new(Shard {
+            id,
+            endpoints: (0..n).map(|_| EndpointState::default()).collect(),
+            pool: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+            rng: RefCell::new(fastrand::Rng::new()),
+            in_flight: Cell::new(0),
+            requests: Cell::new(0),
+            shutdown,
+            state,
+        })
+    }
+
+    /// Address of endpoint `ep`.
+    pub fn addr(&self, ep: usize) -> SocketAddr {
+        self.state.table.endpoints()[ep].addr
+    }
+
+    fn available(&self, ep: usize, now: Instant) -> bool {
+        match self.endpoints[ep].ejected_until.get() {
+            Some(t) => t <= now,
+            None => true,
+        }
+    }
+
+    /// Pick an endpoint: a backend group at random in proportion to its weight
+    /// (among groups with an available endpoint), then the endpoint with the fewest
+    /// requests in flight from this shard, ties broken at random. `exclude` lists
+    /// endpoints already tried for this request.
+    pub fn pick(&self, groups: &[BackendGroup], exclude: &[usize], now: Instant) -> Option<usize> {
+        let usable = |ep: &usize| !exclude.contains(ep) && self.available(*ep, now);
+        let total: u64 = groups
+            .iter()
+            .filter(|g| g.weight > 0 && g.endpoints.iter().any(usable))
+            .map(|g| u64::from(g.weight))
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        let mut rng = self.rng.borrow_mut();
+        let mut r = rng.u64(0..total);
+        let group = groups
+            .iter()
+            .filter(|g| g.weight > 0 && g.endpoints.iter().any(usable))
+            .find(|g| {
+                let w = u64::from(g.weight);
+                if r < w {
+                    true
+                } else {
+                    r -= w;
+                    false
+                }
+            })?;
+        let n = group.endpoints.len();
+        let start = rng.usize(0..n);
+        let mut best: Option<(u32, usize)> = None;
+        for i in 0..n {
+            let ep = group.endpoints[(start + i) % n];
+            if !usable(&ep) {
+                continue;
+            }
+            let load = self.endpoints[ep].in_flight.get();
+            if best.is_none_or(|(b, _)| load < b) {
+                best = Some((load, ep));
+            }
+        }
+        best.map(|(_, ep)| ep)
+    }
+
+    /// The endpoint refused or dropped a connection: eject it for an exponentially
+    /// growing period (`eject_base × 2^(failures-1)`, capped at `eject_max`).
+    pub fn eject(&self, ep: usize, now: Instant, why: &str) {
+        let st = &self.endpoints[ep];
+        let failures = st.failures.get().saturating_add(1);
+        st.failures.set(failures);
+        let s = &self.state.settings;
+        let factor = 1u32 << (failures - 1).min(16);
+        let period = s.eject_base.saturating_mul(factor).min(s.eject_max);
+        st.ejected_until.set(Some(now + period));
+        self.pool.borrow_mut()[ep].clear();
+        tracing::warn!(shard = self.id, endpoint = %self.addr(ep), failures, period_ms = period.as_millis() as u64, reason = why, "endpoint ejected");
+    }
+
+    /// A request to `ep` got a response: clear any ejection.
+    pub fn restore(&self, ep: usize) {
+        let st = &self.endpoints[ep];
+        if st.failures.get() > 0 {
+            st.failures.set(0);
+            st.ejected_until.set(None);
+            tracing::info!(shard = self.id, endpoint = %self.addr(ep), "endpoint restored");
+        }
+    }
+
+    /// Take an idle pooled connection to `ep`, dropping expired or dead ones.
+    pub fn take_conn(&self, ep: usize, now: Instant) -> Option<UpstreamConn> {
+        let mut pool = self.pool.borrow_mut();
+        let idle = &mut pool[ep];
+        while let Some(c) = idle.pop() {
+            if now.saturating_duration_since(c.idle_since) >= self.state.settings.upstream_idle_timeout {
+                continue;
+            }
+            // An idle upstream must have nothing to say: data or EOF means it is stale.
+            if peer_state(&c.stream) != PeerState::Idle {
+                continue;
+            }
+            return Some(c);
+        }
+        None
+    }
+
+    /// Return a connection whose exchange completed cleanly to the pool.
+    pub fn put_conn(&self, ep: usize, mut conn: UpstreamConn, now: Instant) {
+        if self.shutdown.is_draining() || !conn.buf.is_empty() {
+            return;
+        }
+        let mut pool = self.pool.borrow_mut();
+        let idle = &mut pool[ep];
+        if idle.len() >= self.state.settings.upstream_idle_per_endpoint {
+            idle.remove(0);
+        }
+        conn.idle_since = now;
+        conn.reused = true;
+        idle.push(conn);
+    }
+
+    /// A new request id: 32 hex digits, random per shard.
+    pub fn request_id(&self) -> String {
+        let n = self.requests.get().wrapping_add(1);
+        self.requests.set(n);
+        let r = self.rng.borrow_mut().u64(..);
+        format!("{:016x}{:08x}{:08x}", r, self.id as u32, n as u32)
+    }
+}
+
+/// Keeps `Shard::in_flight` and an endpoint's in-flight count right on every exit path.
+pub struct InFlight {
+    shard: Rc<Shard>,
+    ep: Option<usize>,
+}
+
+impl InFlight {
+    /// Count a request on the shard.
+    pub fn new(shard: &Rc<Shard>) -> Self {
+        shard.in_flight.set(shard.in_flight.get() + 1);
+        InFlight {
+            shard: shard.clone(),
+            ep: None,
+        }
+    }
+
+    /// Move the request's endpoint count to `ep`.
+    pub fn set_endpoint(&mut self, ep: usize) {
+        self.clear_endpoint();
+        let st = &self.shard.endpoints[ep];
+        st.in_flight.set(st.in_flight.get() + 1);
+        self.ep = Some(ep);
+    }
+
+    fn clear_endpoint(&mut self) {
+        if let Some(ep) = self.ep.take() {
+            let st = &self.shard.endpoints[ep];
+            st.in_flight.set(st.in_flight.get().saturating_sub(1));
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.clear_endpoint();
+        self.shard.in_flight.set(self.shard.in_flight.get().saturating_sub(1));
+    }
+}

@@ -1,0 +1,279 @@
+//! End-to-end tests: the `shardgate` binary in front of in-process simulated vLLM
+//! servers, everything on 127.0.0.1 with ephemeral ports.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn routes_by_body_model_and_by_header() {
+    let a = sim(&["model-a"], |_| {});
+    let b = sim(&["model-b"], |_| {});
+    let gw = Gateway::start(&config(&[("model-a", vec![(1, vec![a.addr()])]), ("model-b", vec![(1, vec![b.addr()])])]), &[]);
+    let mut c = gw.connect();
+    // Body model.
+    let r = c.post("/v1/chat/completions", &chat("model-a", false, 3), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "model-a");
+    let r = c.post("/v1/completions", r#"{"model":"model-b","prompt":"say hi","max_tokens":2}"#, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["model"], "model-b");
+    // Header model (the seed's X-Model-Type), on a path whose body is not scanned.
+    let r = c.post("/v1/chat/completions", &chat("model-b", false, 2), &[("X-Model-Type", "model-b")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["model"], "model-b");
+    // A request id is generated and returned when the client sent none, kept otherwise.
+    assert!(r.header("x-request-id").is_some_and(|v| v.len() >= 16));
+    let r = c.post("/v1/embeddings", r#"{"model":"model-a","input":["one","two"]}"#, &[("x-request-id", "my-id-123")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-request-id"), Some("my-id-123"));
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
+    // /v1/models is the union of what routes serve.
+    let r = c.get("/v1/models");
+    assert_eq!(r.status, 200);
+    let ids: Vec<String> = r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, vec!["model-a", "model-b"]);
+}
+
+#[test]
+fn unknown_model_and_bad_json_get_openai_errors() {
+    let a = sim(&["model-a"], |_| {});
+    let gw = Gateway::start(&config(&[("model-a", vec![(1, vec![a.addr()])])]), &[]);
+    let mut c = gw.connect();
+    let r = c.post("/v1/chat/completions", &chat("nope", false, 3), &[]);
+    assert_eq!(r.status, 404);
+    let j = r.json();
+    assert_eq!(j["error"]["code"], "model_not_found");
+    assert!(j["error"]["message"].as_str().unwrap().contains("nope"));
+    // The connection stays usable after an error that is not a framing error.
+    let r = c.post("/v1/chat/completions", "{\"model\": ", &[]);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_json");
+    let r = c.get("/nothing/here");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "route_not_found");
+}
+
+#[test]
+fn weights_split_traffic_between_backend_groups() {
+    let heavy = sim(&["m"], |_| {});
+    let light = sim(&["m"], |_| {});
+    let never = sim(&["m"], |_| {});
+    let yaml = config(&[("m", vec![(80, vec![heavy.addr()]), (20, vec![light.addr()]), (0, vec![never.addr()])])]);
+    let gw = Gateway::start(&yaml, &[]);
+    let mut c = gw.connect();
+    let n = 300;
+    for _ in 0..n {
+        let r = c.post("/v1/completions", r#"{"model":"m","prompt":"x","max_tokens":1}"#, &[]);
+        assert_eq!(r.status, 200);
+    }
+    let h = sim_stats(heavy.addr())["requests_total"].as_u64().unwrap();
+    let l = sim_stats(light.addr())["requests_total"].as_u64().unwrap();
+    let z = sim_stats(never.addr())["requests_total"].as_u64().unwrap();
+    assert_eq!(h + l, n);
+    assert_eq!(z, 0, "weight 0 must never be chosen");
+    let share = h as f64 / n as f64;
+    // Binomial(300, 0.8): sd ≈ 0.023; ±0.12 is over 5 sd.
+    assert!((0.68..=0.92).contains(&share), "heavy share {share}");
+}
+
+#[test]
+fn streaming_reaches_the_client_incrementally() {
+    // 40 tokens at ≥ 20 ms per decode step: the backend needs ≥ 800 ms in all.
+    let a = sim(&["m"], |c| {
+        c.decode_step_us = 20_000;
+    });
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
+    let mut c = gw.connect();
+    let body = chat("m", true, 40);
+    c.send_raw(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let (status, headers) = c.read_head();
+    assert_eq!(status, 200);
+    assert!(headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("content-type") && v.contains("text/event-stream")));
+    let start = Instant::now();
+    let first = c.next_chunk().expect("first chunk");
+    let first_at = start.elapsed();
+    assert!(String::from_utf8_lossy(&first).contains("data: "));
+    let mut all = first;
+    while let Some(ch) = c.next_chunk() {
+        all.extend_from_slice(&ch);
+    }
+    let done_at = start.elapsed();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    let events = text.matches("data: ").count();
+    assert!(events >= 40, "{events} events");
+    // The first event arrived long before the stream ended: nothing was buffered.
+    assert!(done_at > first_at + Duration::from_millis(400), "first {first_at:?}, done {done_at:?}");
+}
+
+#[test]
+fn upstream_keep_alive_connections_are_reused() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &["--shards", "1"]);
+    for _ in 0..3 {
+        let mut c = gw.connect();
+        for _ in 0..10 {
+            let r = c.post("/v1/completions", r#"{"model":"m","prompt":"x","max_tokens":1}"#, &[]);
+            assert_eq!(r.status, 200);
+        }
+    }
+    let s = sim_stats(a.addr());
+    assert_eq!(s["requests_total"].as_u64().unwrap(), 30);
+    assert_eq!(s["connections_total"].as_u64().unwrap(), 1, "one pooled upstream connection for 30 sequential requests: {s}");
+}
+
+#[test]
+fn client_disconnect_cancels_the_upstream_request() {
+    let a = sim(&["m"], |c| {
+        c.decode_step_us = 20_000;
+    });
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
+    let mut c = gw.connect();
+    let body = chat("m", true, 2000);
+    c.send_raw(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let (status, _) = c.read_head();
+    assert_eq!(status, 200);
+    assert!(c.next_chunk().is_some());
+    drop(c);
+    let cancelled = poll(Duration::from_secs(10), || {
+        let s = sim_stats(a.addr());
+        (s["requests_cancelled_total"].as_u64().unwrap() == 1 && s["running"].as_u64().unwrap() == 0).then_some(())
+    });
+    assert!(cancelled.is_some(), "the sim never saw the cancellation: {}", sim_stats(a.addr()));
+}
+
+#[test]
+fn dead_backend_gives_502_or_503_then_recovers() {
+    let a = sim(&["m"], |_| {});
+    let addr = a.addr();
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![addr])])]), &["--eject-base", "50ms", "--eject-max", "200ms"]);
+    let req = r#"{"model":"m","prompt":"x","max_tokens":1}"#;
+    assert_eq!(gw.connect().post("/v1/completions", req, &[]).status, 200);
+    a.shutdown();
+    let mut c = gw.connect();
+    let r = c.post("/v1/completions", req, &[]);
+    assert!(r.status == 502 || r.status == 503, "{} {}", r.status, r.text());
+    let code = r.json()["error"]["code"].as_str().unwrap().to_string();
+    assert!(code == "upstream_failed" || code == "no_healthy_endpoint", "{code}");
+    if r.status == 503 {
+        assert!(r.header("retry-after").is_some());
+    }
+    let _back = sim_at(addr, &["m"]);
+    let ok = poll(Duration::from_secs(10), || (gw.connect().post("/v1/completions", req, &[]).status == 200).then_some(()));
+    assert!(ok.is_some(), "the gateway never recovered after the backend returned");
+}
+
+#[test]
+fn oversized_head_and_body_are_refused() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &["--max-header-bytes", "4096", "--max-body-bytes", "1000"]);
+    let mut c = gw.connect();
+    let big = "x".repeat(5000);
+    c.send_raw(format!("GET / HTTP/1.1\r\nhost: t\r\nx-big: {big}\r\n\r\n").as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 431);
+    assert_eq!(r.json()["error"]["code"], "header_too_large");
+    assert!(c.is_closed());
+
+    let mut c = gw.connect();
+    let body = format!(r#"{{"model":"m","prompt":"{}"}}"#, "y".repeat(2000));
+    let r = c.post("/v1/completions", &body, &[]);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["code"], "body_too_large");
+}
+
+#[test]
+fn smuggling_attempts_get_400_and_close() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
+    let cases: [&[u8]; 4] = [
+        b"POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+        b"POST /v1/completions HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\nhost: t\n\n",
+    ];
+    for raw in cases {
+        let mut c = gw.connect();
+        c.send_raw(raw);
+        let r = c.read_response();
+        assert_eq!(r.status, 400, "{:?} → {} {}", String::from_utf8_lossy(raw), r.status, r.text());
+        assert!(r.json()["error"]["message"].as_str().is_some());
+        assert!(c.is_closed(), "connection left open after {:?}", String::from_utf8_lossy(raw));
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order_and_chunked_bodies_work() {
+    let a = sim(&["m1", "m2"], |_| {});
+    let gw = Gateway::start(&config(&[("m1", vec![(1, vec![a.addr()])]), ("m2", vec![(1, vec![a.addr()])])]), &[]);
+    let mut c = gw.connect();
+    let b1 = r#"{"model":"m1","prompt":"a","max_tokens":1}"#;
+    let b2 = r#"{"model":"m2","prompt":"b","max_tokens":1}"#;
+    let mut raw = String::new();
+    raw.push_str(&format!("POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{b1}", b1.len()));
+    // The second one chunked, in two chunks.
+    let (p1, p2) = b2.split_at(10);
+    raw.push_str(&format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{p1}\r\n{:x}\r\n{p2}\r\n0\r\n\r\n",
+        p1.len(),
+        p2.len()
+    ));
+    c.send_raw(raw.as_bytes());
+    let r1 = c.read_response();
+    let r2 = c.read_response();
+    assert_eq!(r1.json()["model"], "m1");
+    assert_eq!(r2.json()["model"], "m2");
+}
+
+#[test]
+fn expect_100_continue_is_answered() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
+    let mut c = gw.connect();
+    let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
+    c.send_raw(format!("POST /v1/completions HTTP/1.1\r\nhost: t\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes());
+    let mut buf = [0u8; 25];
+    std::io::Read::read_exact(&mut c.stream, &mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.send_raw(body.as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let a = sim(&["m"], |c| {
+        c.decode_step_us = 10_000;
+    });
+    let mut gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
+    let mut c = gw.connect();
+    let body = chat("m", true, 60);
+    c.send_raw(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    let (status, _) = c.read_head();
+    assert_eq!(status, 200);
+    assert!(c.next_chunk().is_some());
+    gw.terminate();
+    let mut rest = Vec::new();
+    while let Some(ch) = c.next_chunk() {
+        rest.extend_from_slice(&ch);
+    }
+    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"), "the in-flight stream was cut");
+    let status = gw.wait_exit(Duration::from_secs(10)).expect("gateway did not exit after drain");
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn admin_health_endpoints_answer() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
+    let admin = gw.admin.unwrap();
+    assert_eq!(Client::connect(admin).get("/healthz").status, 200);
+    assert_eq!(Client::connect(admin).get("/readyz").status, 200);
+    let cfg = Client::connect(admin).get("/debug/config").json();
+    assert!(cfg["documents"].as_array().unwrap().len() >= 3);
+}

@@ -1,0 +1,428 @@
+//! Inference resources: shardgate's own `ai.gateway.io/v1alpha1` kinds
+//! (`InferenceConfig`, `InferencePolicy`, `BatchingPolicy`), the seed's
+//! `SecurityPolicy`, and the Gateway API Inference Extension's
+//! `InferencePool` (parsed loosely: only what endpoint resolution needs).
+//!
+//! Durations are [`std::time::Duration`]s parsed with
+//! [`crate::parse_duration`]; ratios and weights are `f64`s validated to lie
+//! in `0..=1` by the loader.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{de_opt_port, nullable, ObjectMeta};
+use crate::duration::serde_optional as opt_duration;
+
+/// `InferenceConfig` (`ai.gateway.io/v1alpha1`): gateway-wide inference
+/// settings, linked from `GatewayClass.spec.parametersRef`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceConfig {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification.
+    #[serde(default)]
+    pub spec: InferenceConfigSpec,
+}
+
+/// `InferenceConfig.spec`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceConfigSpec {
+    /// Model-aware routing switch and strategy.
+    #[serde(default)]
+    pub model_routing: Option<ModelRouting>,
+    /// Admission limits.
+    #[serde(default)]
+    pub resource_management: Option<ResourceManagement>,
+    /// Default timeouts.
+    #[serde(default)]
+    pub timeout: Option<InferenceTimeouts>,
+    /// Models to keep warm.
+    #[serde(default)]
+    pub model_prewarming: Option<ModelPrewarming>,
+}
+
+/// `InferenceConfig.spec.modelRouting`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelRouting {
+    /// Whether routing looks at the model.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Strategy name, e.g. `latency-optimized`.
+    #[serde(default)]
+    pub strategy: Option<String>,
+}
+
+/// `InferenceConfig.spec.resourceManagement`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceManagement {
+    /// Prefer endpoints on the same GPU for a model.
+    #[serde(default)]
+    pub gpu_affinity: bool,
+    /// Admission limit on concurrent inferences (≥ 1).
+    #[serde(default)]
+    pub max_concurrent_inferences: Option<u32>,
+}
+
+/// `InferenceConfig.spec.timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceTimeouts {
+    /// Whole inference request timeout.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub inference: Option<Duration>,
+    /// Idle (no bytes) timeout.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle: Option<Duration>,
+}
+
+/// `InferenceConfig.spec.modelPrewarming`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelPrewarming {
+    /// Whether prewarming is on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Models to prewarm.
+    #[serde(default, deserialize_with = "nullable")]
+    pub models: Vec<String>,
+    /// Replicas per model.
+    #[serde(default)]
+    pub replicas_per_model: Option<u32>,
+}
+
+/// `InferencePolicy` (`ai.gateway.io/v1alpha1`): load balancing and health
+/// checks for the backends of the rules that reference it via `ExtensionRef`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferencePolicy {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification.
+    #[serde(default)]
+    pub spec: InferencePolicySpec,
+}
+
+/// `InferencePolicy.spec`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferencePolicySpec {
+    /// Load-balancing algorithm and factor weights.
+    #[serde(default)]
+    pub load_balancing: Option<LoadBalancing>,
+    /// Health checks.
+    #[serde(default)]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// `InferencePolicy.spec.loadBalancing`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancing {
+    /// Algorithm name, e.g. `resource-weighted`.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+    /// Weights over normalised signals, each in `0..=1`.
+    #[serde(default)]
+    pub factors: Option<LoadFactors>,
+}
+
+/// `loadBalancing.factors`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadFactors {
+    /// Weight of (1 − GPU utilisation).
+    #[serde(default)]
+    pub gpu_utilization: Option<f64>,
+    /// Weight of free memory / KV cache.
+    #[serde(default)]
+    pub memory_available: Option<f64>,
+    /// Weight of (normalised) inference latency.
+    #[serde(default)]
+    pub inference_latency: Option<f64>,
+}
+
+/// `InferencePolicy.spec.healthCheck`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// Probe interval (> 0).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub interval: Option<Duration>,
+    /// Probe timeout.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Real inference probe.
+    #[serde(default)]
+    pub inference_test: Option<InferenceTest>,
+}
+
+/// `healthCheck.inferenceTest`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceTest {
+    /// Whether to send a real inference request.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Model used for the probe.
+    #[serde(default)]
+    pub model: Option<String>,
+}
+
+/// `BatchingPolicy` (`ai.gateway.io/v1alpha1`): micro-batching parameters for
+/// rules that reference it via `ExtensionRef`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingPolicy {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification.
+    #[serde(default)]
+    pub spec: BatchingPolicySpec,
+}
+
+/// `BatchingPolicy.spec`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingPolicySpec {
+    /// Largest batch (≥ 1).
+    #[serde(default)]
+    pub max_batch_size: Option<u32>,
+    /// Longest a request waits for a batch to fill.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_latency: Option<Duration>,
+    /// Adaptive batch sizing.
+    #[serde(default)]
+    pub adaptive_batching: Option<AdaptiveBatching>,
+    /// Priority classes, names non-empty and unique.
+    #[serde(default, deserialize_with = "nullable")]
+    pub priority_queues: Vec<PriorityQueue>,
+}
+
+/// `BatchingPolicy.spec.adaptiveBatching`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdaptiveBatching {
+    /// Whether batch size adapts to load.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Target utilisation in `0..=1`.
+    #[serde(default)]
+    pub target_utilization: Option<f64>,
+}
+
+/// `BatchingPolicy.spec.priorityQueues[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PriorityQueue {
+    /// Queue name (non-empty, unique within the policy).
+    pub name: String,
+    /// Latency bound for this class.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub max_latency: Option<Duration>,
+    /// Batch size bound for this class (≥ 1).
+    #[serde(default)]
+    pub max_batch_size: Option<u32>,
+}
+
+/// `SecurityPolicy` (as in the seed, `gateway.networking.k8s.io/v1alpha2`):
+/// JWT authentication and rate limits. Accepted, not enforced yet.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityPolicy {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification.
+    #[serde(default)]
+    pub spec: SecurityPolicySpec,
+}
+
+/// `SecurityPolicy.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityPolicySpec {
+    /// The object the policy applies to.
+    #[serde(default)]
+    pub target_ref: Option<PolicyTargetReference>,
+    /// Authentication.
+    #[serde(default)]
+    pub authentication: Option<Authentication>,
+    /// Rate limits.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A policy's `targetRef`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyTargetReference {
+    /// API group.
+    #[serde(default)]
+    pub group: String,
+    /// Kind.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+    /// Namespace.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Listener name.
+    #[serde(default)]
+    pub section_name: Option<String>,
+}
+
+/// `SecurityPolicy.spec.authentication`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Authentication {
+    /// JWT authentication.
+    #[serde(default)]
+    pub jwt: Option<JwtAuthentication>,
+}
+
+/// `authentication.jwt`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuthentication {
+    /// Token issuers.
+    #[serde(default, deserialize_with = "nullable")]
+    pub providers: Vec<JwtProvider>,
+}
+
+/// `authentication.jwt.providers[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtProvider {
+    /// Provider name.
+    pub name: String,
+    /// Expected `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values.
+    #[serde(default, deserialize_with = "nullable")]
+    pub audiences: Vec<String>,
+    /// Where to fetch keys (kept as written).
+    #[serde(default)]
+    pub remote_jwks: Option<serde_json::Value>,
+}
+
+/// `SecurityPolicy.spec.rateLimit`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Limit for every model without its own.
+    #[serde(default)]
+    pub default: Option<RateLimitValue>,
+    /// Per model name.
+    #[serde(default, deserialize_with = "nullable")]
+    pub per_model: BTreeMap<String, RateLimitValue>,
+}
+
+/// A number of requests per time unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitValue {
+    /// Requests allowed per unit (≥ 1).
+    pub requests: u32,
+    /// The unit.
+    pub unit: RateLimitUnit,
+}
+
+/// Rate limit time unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitUnit {
+    /// Per second.
+    Second,
+    /// Per minute.
+    Minute,
+    /// Per hour.
+    Hour,
+    /// Per day.
+    Day,
+}
+
+impl RateLimitUnit {
+    /// The unit's length.
+    pub fn duration(self) -> Duration {
+        Duration::from_secs(match self {
+            RateLimitUnit::Second => 1,
+            RateLimitUnit::Minute => 60,
+            RateLimitUnit::Hour => 3600,
+            RateLimitUnit::Day => 86_400,
+        })
+    }
+}
+
+/// `InferencePool` (`inference.networking.k8s.io/v1`, also the older
+/// `inference.networking.x-k8s.io/v1alpha2`), parsed loosely.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferencePool {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification.
+    #[serde(default)]
+    pub spec: InferencePoolSpec,
+}
+
+/// `InferencePool.spec`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferencePoolSpec {
+    /// Pod selector, as written: v1 `{matchLabels: {...}}`, v1alpha2 a plain
+    /// label map. See [`InferencePoolSpec::match_labels`].
+    #[serde(default)]
+    pub selector: Option<serde_json::Value>,
+    /// v1: ports the model servers listen on.
+    #[serde(default, deserialize_with = "nullable")]
+    pub target_ports: Vec<PoolPort>,
+    /// v1alpha2: the port the model servers listen on.
+    #[serde(default, deserialize_with = "de_opt_port")]
+    pub target_port_number: Option<u16>,
+    /// v1: the endpoint picker (kept as written; shardgate picks itself).
+    #[serde(default)]
+    pub endpoint_picker_ref: Option<serde_json::Value>,
+    /// v1alpha2: the endpoint picker (kept as written).
+    #[serde(default)]
+    pub extension_ref: Option<serde_json::Value>,
+}
+
+/// `InferencePool.spec.targetPorts[]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct PoolPort {
+    /// Port number.
+    #[serde(deserialize_with = "super::de_port")]
+    pub number: u16,
+}
+
+impl InferencePoolSpec {
+    /// The first target port (v1 `targetPorts[0].number` or v1alpha2
+    /// `targetPortNumber`).
+    pub fn target_port(&self) -> Option<u16> {
+        self.target_ports
+            .first()
+            .map(|p| p.number)
+            .or(self.target_port_number)
+    }
+
+    /// The selector's label map, whichever version wrote it.
+    pub fn match_labels(&self) -> BTreeMap<String, String> {
+        let Some(sel) = &self.selector else {
+            return BTreeMap::new();
+        };
+        let map = sel.get("matchLabels").unwrap_or(sel);
+        map.as_object()
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

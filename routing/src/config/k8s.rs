@@ -1,0 +1,252 @@
+//! Core Kubernetes kinds shardgate reads: `v1 Service` (for `targetPort`),
+//! `discovery.k8s.io/v1 EndpointSlice` (the endpoints of a Service or an
+//! InferencePool) and `monitoring.coreos.com/v1 ServiceMonitor` (accepted, not
+//! enforced: it configures Prometheus, not the gateway).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{de_opt_port, de_port, nullable, ObjectMeta};
+
+/// The label that ties an `EndpointSlice` to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// The label that ties an `EndpointSlice` to an `InferencePool` (shardgate
+/// convention for standalone mode).
+pub const POOL_NAME_LABEL: &str = "inference.networking.k8s.io/pool-name";
+
+/// `discovery.k8s.io/v1 EndpointSlice`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSlice {
+    /// Object metadata (labels carry the service / pool name).
+    pub metadata: ObjectMeta,
+    /// Address family of `endpoints[].addresses`.
+    pub address_type: AddressType,
+    /// Endpoints.
+    #[serde(default, deserialize_with = "nullable")]
+    pub endpoints: Vec<Endpoint>,
+    /// Ports (empty = all ports of the backend reference).
+    #[serde(default, deserialize_with = "nullable")]
+    pub ports: Vec<EndpointPort>,
+}
+
+/// `EndpointSlice.addressType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AddressType {
+    /// IPv4 addresses.
+    IPv4,
+    /// IPv6 addresses.
+    IPv6,
+    /// Host names, resolved through the build's resolver callback.
+    #[serde(rename = "FQDN")]
+    Fqdn,
+}
+
+/// `EndpointSlice.endpoints[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Addresses; they are fungible, shardgate uses the first.
+    #[serde(default, deserialize_with = "nullable")]
+    pub addresses: Vec<String>,
+    /// Readiness.
+    #[serde(default)]
+    pub conditions: Option<EndpointConditions>,
+    /// Host name of the endpoint.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Node the endpoint runs on.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Zone.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+impl Endpoint {
+    /// `conditions.ready`, where absent means ready.
+    pub fn is_ready(&self) -> bool {
+        self.conditions
+            .as_ref()
+            .and_then(|c| c.ready)
+            .unwrap_or(true)
+    }
+}
+
+/// `EndpointSlice.endpoints[].conditions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointConditions {
+    /// Ready to receive traffic (absent = ready).
+    #[serde(default)]
+    pub ready: Option<bool>,
+    /// Serving (may be true while terminating).
+    #[serde(default)]
+    pub serving: Option<bool>,
+    /// Terminating.
+    #[serde(default)]
+    pub terminating: Option<bool>,
+}
+
+/// `EndpointSlice.ports[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointPort {
+    /// Port name (the Service port's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Port number.
+    #[serde(default, deserialize_with = "de_opt_port")]
+    pub port: Option<u16>,
+    /// Protocol (`TCP`).
+    #[serde(default)]
+    pub protocol: Option<String>,
+    /// Application protocol.
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+/// `v1 Service`: only the ports matter (mapping `port` → `targetPort`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Service {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification.
+    #[serde(default)]
+    pub spec: ServiceSpec,
+}
+
+/// `Service.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Ports.
+    #[serde(default, deserialize_with = "nullable")]
+    pub ports: Vec<ServicePort>,
+    /// Pod selector.
+    #[serde(default, deserialize_with = "nullable")]
+    pub selector: BTreeMap<String, String>,
+    /// Service type.
+    #[serde(default, rename = "type")]
+    pub service_type: Option<String>,
+    /// Cluster IP.
+    #[serde(default, rename = "clusterIP")]
+    pub cluster_ip: Option<String>,
+}
+
+/// `Service.spec.ports[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Port name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Service port.
+    #[serde(deserialize_with = "de_port")]
+    pub port: u16,
+    /// Port (number or container port name) on the endpoints.
+    #[serde(default)]
+    pub target_port: Option<IntOrString>,
+    /// Protocol.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// Kubernetes `IntOrString` (as used by `targetPort`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum IntOrString {
+    /// A port number.
+    Int(u16),
+    /// A port name.
+    String(String),
+}
+
+/// `monitoring.coreos.com/v1 ServiceMonitor` (accepted, not enforced).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitor {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification.
+    #[serde(default)]
+    pub spec: ServiceMonitorSpec,
+}
+
+/// `ServiceMonitor.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceMonitorSpec {
+    /// Which Services to scrape.
+    #[serde(default)]
+    pub selector: LabelSelector,
+    /// Scrape endpoints.
+    #[serde(default, deserialize_with = "nullable")]
+    pub endpoints: Vec<MonitorEndpoint>,
+    /// Namespaces to look in (kept as written).
+    #[serde(default)]
+    pub namespace_selector: Option<serde_json::Value>,
+}
+
+/// A Kubernetes label selector.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    /// Labels that must be equal.
+    #[serde(default, deserialize_with = "nullable")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements (kept as written).
+    #[serde(default, deserialize_with = "nullable")]
+    pub match_expressions: Vec<serde_json::Value>,
+}
+
+/// `ServiceMonitor.spec.endpoints[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorEndpoint {
+    /// Service port name.
+    #[serde(default)]
+    pub port: Option<String>,
+    /// Scrape interval, Prometheus syntax (kept as a string: `1d` is valid
+    /// there).
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Scrape timeout, Prometheus syntax.
+    #[serde(default)]
+    pub scrape_timeout: Option<String>,
+    /// Metrics path.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `http` or `https`.
+    #[serde(default)]
+    pub scheme: Option<String>,
+    /// Relabelling rules.
+    #[serde(default, deserialize_with = "nullable")]
+    pub relabelings: Vec<Relabeling>,
+}
+
+/// A Prometheus relabelling rule.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Relabeling {
+    /// Source labels.
+    #[serde(default, deserialize_with = "nullable")]
+    pub source_labels: Vec<String>,
+    /// Target label.
+    #[serde(default)]
+    pub target_label: Option<String>,
+    /// Separator.
+    #[serde(default)]
+    pub separator: Option<String>,
+    /// Regex.
+    #[serde(default)]
+    pub regex: Option<String>,
+    /// Replacement.
+    #[serde(default)]
+    pub replacement: Option<String>,
+    /// Action.
+    #[serde(default)]
+    pub action: Option<String>,
+}

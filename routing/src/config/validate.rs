@@ -1,0 +1,358 @@
+//! Per-document value checks that serde's types cannot express: ranges,
+//! uniqueness, regular expressions that must compile, hostnames. Each problem
+//! is `(field path, message)`; the loader adds file and document.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use super::*;
+
+type Problems = Vec<(String, String)>;
+
+/// Largest backend weight the Gateway API allows.
+pub(crate) const MAX_WEIGHT: u32 = 1_000_000;
+
+/// Checks one resource.
+pub(crate) fn validate(resource: &Resource) -> Problems {
+    let mut p = Problems::new();
+    match resource {
+        Resource::Gateway(g) => gateway(g, &mut p),
+        Resource::HttpRoute(r) => http_route(r, &mut p),
+        Resource::GrpcRoute(r) => {
+            for (i, h) in r.spec.hostnames.iter().enumerate() {
+                hostname(h, format!("spec.hostnames[{i}]"), &mut p);
+            }
+        }
+        Resource::EndpointSlice(s) => endpoint_slice(s, &mut p),
+        Resource::InferenceConfig(c) => {
+            if let Some(rm) = &c.spec.resource_management {
+                if rm.max_concurrent_inferences == Some(0) {
+                    p.push((
+                        "spec.resourceManagement.maxConcurrentInferences".into(),
+                        "must be at least 1".into(),
+                    ));
+                }
+            }
+        }
+        Resource::InferencePolicy(pol) => inference_policy(pol, &mut p),
+        Resource::BatchingPolicy(b) => batching_policy(b, &mut p),
+        Resource::SecurityPolicy(s) => security_policy(s, &mut p),
+        Resource::GatewayClass(_)
+        | Resource::Service(_)
+        | Resource::ServiceMonitor(_)
+        | Resource::InferencePool(_) => {}
+    }
+    p
+}
+
+fn gateway(g: &Gateway, p: &mut Problems) {
+    if g.spec.listeners.is_empty() {
+        p.push((
+            "spec.listeners".into(),
+            "a Gateway needs at least one listener".into(),
+        ));
+    }
+    let mut names = HashSet::new();
+    for (i, l) in g.spec.listeners.iter().enumerate() {
+        if l.name.is_empty() {
+            p.push((format!("spec.listeners[{i}].name"), "must not be empty".into()));
+        } else if !names.insert(l.name.as_str()) {
+            p.push((
+                format!("spec.listeners[{i}].name"),
+                format!("duplicate listener name {:?}", l.name),
+            ));
+        }
+        if l.protocol.is_empty() {
+            p.push((
+                format!("spec.listeners[{i}].protocol"),
+                "must not be empty".into(),
+            ));
+        }
+        if let Some(h) = &l.hostname {
+            hostname(h, format!("spec.listeners[{i}].hostname"), p);
+        }
+    }
+}
+
+fn http_route(r: &HttpRoute, p: &mut Problems) {
+    for (i, h) in r.spec.hostnames.iter().enumerate() {
+        hostname(h, format!("spec.hostnames[{i}]"), p);
+    }
+    for (ri, rule) in r.spec.rules.iter().enumerate() {
+        let base = format!("spec.rules[{ri}]");
+        for (mi, m) in rule.matches.iter().enumerate() {
+            let mb = format!("{base}.matches[{mi}]");
+            if let Some(path) = &m.path {
+                match path.match_type {
+                    PathMatchType::Exact | PathMatchType::PathPrefix => {
+                        if !path.value.starts_with('/') {
+                            p.push((
+                                format!("{mb}.path.value"),
+                                format!("path {:?} must start with `/`", path.value),
+                            ));
+                        } else if path.value.contains("//") {
+                            p.push((
+                                format!("{mb}.path.value"),
+                                format!("path {:?} must not contain `//`", path.value),
+                            ));
+                        }
+                    }
+                    PathMatchType::RegularExpression => {
+                        regex(&path.value, format!("{mb}.path.value"), p);
+                    }
+                }
+            }
+            for (hi, h) in m.headers.iter().enumerate() {
+                if !is_token(&h.name) {
+                    p.push((
+                        format!("{mb}.headers[{hi}].name"),
+                        format!("{:?} is not a valid header name", h.name),
+                    ));
+                }
+                if h.match_type == StringMatchType::RegularExpression {
+                    regex(&h.value, format!("{mb}.headers[{hi}].value"), p);
+                }
+            }
+            for (qi, q) in m.query_params.iter().enumerate() {
+                if q.name.is_empty() {
+                    p.push((
+                        format!("{mb}.queryParams[{qi}].name"),
+                        "must not be empty".into(),
+                    ));
+                }
+                if q.match_type == StringMatchType::RegularExpression {
+                    regex(&q.value, format!("{mb}.queryParams[{qi}].value"), p);
+                }
+            }
+        }
+        for (fi, f) in rule.filters.iter().enumerate() {
+            filter(f, &format!("{base}.filters[{fi}]"), p);
+        }
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let bb = format!("{base}.backendRefs[{bi}]");
+            if b.weight > MAX_WEIGHT {
+                p.push((
+                    format!("{bb}.weight"),
+                    format!("weight {} out of range 0..={MAX_WEIGHT}", b.weight),
+                ));
+            }
+            let kind = b.kind.as_deref().unwrap_or("Service");
+            let group = b.group.as_deref().unwrap_or("");
+            if kind == "Service" && (group.is_empty() || group == "core") && b.port.is_none() {
+                p.push((
+                    format!("{bb}.port"),
+                    "port is required for a Service backend".into(),
+                ));
+            }
+            if b.name.is_empty() {
+                p.push((format!("{bb}.name"), "must not be empty".into()));
+            }
+            for (fi, f) in b.filters.iter().enumerate() {
+                filter(f, &format!("{bb}.filters[{fi}]"), p);
+            }
+        }
+        if let Some(t) = &rule.timeouts {
+            if let (Some(req), Some(be)) = (t.request, t.backend_request) {
+                if !req.is_zero() && (be.is_zero() || be > req) {
+                    p.push((
+                        format!("{base}.timeouts.backendRequest"),
+                        format!(
+                            "backendRequest ({}) must not exceed request ({})",
+                            crate::duration::format_duration(be),
+                            crate::duration::format_duration(req)
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn filter(f: &HttpRouteFilter, base: &str, p: &mut Problems) {
+    let (present, field) = match f.filter_type {
+        FilterType::RequestHeaderModifier => {
+            (f.request_header_modifier.is_some(), "requestHeaderModifier")
+        }
+        FilterType::ResponseHeaderModifier => (
+            f.response_header_modifier.is_some(),
+            "responseHeaderModifier",
+        ),
+        FilterType::RequestMirror => (f.request_mirror.is_some(), "requestMirror"),
+        FilterType::RequestRedirect => (f.request_redirect.is_some(), "requestRedirect"),
+        FilterType::UrlRewrite => (f.url_rewrite.is_some(), "urlRewrite"),
+        FilterType::Cors => (f.cors.is_some(), "cors"),
+        FilterType::ExternalAuth => (f.external_auth.is_some(), "externalAuth"),
+        FilterType::ExtensionRef => (f.extension_ref.is_some(), "extensionRef"),
+    };
+    if !present {
+        p.push((
+            format!("{base}.{field}"),
+            format!("required when type is {}", f.filter_type.as_str()),
+        ));
+    }
+    for (key, m) in [
+        ("requestHeaderModifier", &f.request_header_modifier),
+        ("responseHeaderModifier", &f.response_header_modifier),
+    ] {
+        let Some(m) = m else { continue };
+        for (list, headers) in [("set", &m.set), ("add", &m.add)] {
+            for (i, h) in headers.iter().enumerate() {
+                if !is_token(&h.name) {
+                    p.push((
+                        format!("{base}.{key}.{list}[{i}].name"),
+                        format!("{:?} is not a valid header name", h.name),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn endpoint_slice(s: &EndpointSlice, p: &mut Problems) {
+    for (ei, e) in s.endpoints.iter().enumerate() {
+        if e.addresses.is_empty() {
+            p.push((
+                format!("endpoints[{ei}].addresses"),
+                "an endpoint needs at least one address".into(),
+            ));
+        }
+        for (ai, a) in e.addresses.iter().enumerate() {
+            let ok = match s.address_type {
+                AddressType::IPv4 => a.parse::<Ipv4Addr>().is_ok(),
+                AddressType::IPv6 => a.parse::<Ipv6Addr>().is_ok(),
+                AddressType::Fqdn => !a.is_empty() && !a.contains([':', '/', ' ']),
+            };
+            if !ok {
+                p.push((
+                    format!("endpoints[{ei}].addresses[{ai}]"),
+                    format!("{a:?} is not a valid {:?} address", s.address_type),
+                ));
+            }
+        }
+    }
+}
+
+fn ratio(v: Option<f64>, field: &str, p: &mut Problems) {
+    if let Some(v) = v {
+        if !(0.0..=1.0).contains(&v) {
+            p.push((field.into(), format!("{v} out of range 0..=1")));
+        }
+    }
+}
+
+fn inference_policy(pol: &InferencePolicy, p: &mut Problems) {
+    if let Some(f) = pol
+        .spec
+        .load_balancing
+        .as_ref()
+        .and_then(|lb| lb.factors.as_ref())
+    {
+        let base = "spec.loadBalancing.factors";
+        ratio(f.gpu_utilization, &format!("{base}.gpuUtilization"), p);
+        ratio(f.memory_available, &format!("{base}.memoryAvailable"), p);
+        ratio(f.inference_latency, &format!("{base}.inferenceLatency"), p);
+    }
+    if let Some(hc) = &pol.spec.health_check {
+        if hc.interval.is_some_and(|d| d.is_zero()) {
+            p.push((
+                "spec.healthCheck.interval".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+        if hc.timeout.is_some_and(|d| d.is_zero()) {
+            p.push((
+                "spec.healthCheck.timeout".into(),
+                "must be greater than 0".into(),
+            ));
+        }
+    }
+}
+
+fn batching_policy(b: &BatchingPolicy, p: &mut Problems) {
+    if b.spec.max_batch_size == Some(0) {
+        p.push(("spec.maxBatchSize".into(), "must be at least 1".into()));
+    }
+    if let Some(a) = &b.spec.adaptive_batching {
+        ratio(
+            a.target_utilization,
+            "spec.adaptiveBatching.targetUtilization",
+            p,
+        );
+    }
+    let mut names = HashSet::new();
+    for (i, q) in b.spec.priority_queues.iter().enumerate() {
+        if q.name.is_empty() {
+            p.push((
+                format!("spec.priorityQueues[{i}].name"),
+                "must not be empty".into(),
+            ));
+        } else if !names.insert(q.name.as_str()) {
+            p.push((
+                format!("spec.priorityQueues[{i}].name"),
+                format!("duplicate priority queue name {:?}", q.name),
+            ));
+        }
+        if q.max_batch_size == Some(0) {
+            p.push((
+                format!("spec.priorityQueues[{i}].maxBatchSize"),
+                "must be at least 1".into(),
+            ));
+        }
+    }
+}
+
+fn security_policy(s: &SecurityPolicy, p: &mut Problems) {
+    let Some(rl) = &s.spec.rate_limit else {
+        return;
+    };
+    if rl.default.is_some_and(|d| d.requests == 0) {
+        p.push((
+            "spec.rateLimit.default.requests".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    for (model, v) in &rl.per_model {
+        if v.requests == 0 {
+            p.push((
+                format!("spec.rateLimit.perModel.{model}.requests"),
+                "must be at least 1".into(),
+            ));
+        }
+    }
+}
+
+fn regex(pattern: &str, field: String, p: &mut Problems) {
+    if let Err(e) = regex::bytes::Regex::new(&crate::table::anchored(pattern)) {
+        p.push((field, format!("invalid regular expression: {e}")));
+    }
+}
+
+/// RFC 7230 token characters (header names).
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// Gateway API hostname: DNS name, optionally with a leading `*.` label; no IPs.
+fn hostname(h: &str, field: String, p: &mut Problems) {
+    let body = h.strip_prefix("*.").unwrap_or(h);
+    let labels_ok = !body.is_empty()
+        && body.len() <= 253
+        && body.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if !labels_ok {
+        p.push((
+            field,
+            format!("{h:?} is not a valid hostname (DNS name, optionally `*.` prefixed)"),
+        ));
+    } else if h.parse::<Ipv4Addr>().is_ok() {
+        p.push((field, format!("{h:?}: IP addresses are not allowed as hostnames")));
+    }
+}
