@@ -41,13 +41,22 @@ enum State {
     /// Reading the hex digits of a chunk size (`digits` read so far).
     #[default]
     SizeStart,
-    Size { value: u64, digits: u8 },
+    Size {
+        value: u64,
+        digits: u8,
+    },
     /// After `;`: chunk extensions up to the CR.
-    Extension { value: u64 },
+    Extension {
+        value: u64,
+    },
     /// Saw the CR of the size line; expect LF.
-    SizeLf { value: u64 },
+    SizeLf {
+        value: u64,
+    },
     /// Inside chunk data.
-    Data { remaining: u64 },
+    Data {
+        remaining: u64,
+    },
     /// After chunk data: expect CR, then LF.
     DataCr,
     DataLf,
@@ -397,14 +406,28 @@ mod tests {
         assert_eq!(dec.body_len(), 11);
         // Done is sticky and consumes nothing more.
         let d = dec.decode(b"NEXT").unwrap();
-        assert_eq!(d, Decoded { consumed: 0, data: None, done: true });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 0,
+                data: None,
+                done: true
+            }
+        );
     }
 
     #[test]
     fn last_data_and_done_in_one_step() {
         let mut dec = ChunkedDecoder::new();
         let d = dec.decode(b"3\r\nabc\r\n0\r\n\r\n").unwrap();
-        assert_eq!(d, Decoded { consumed: 13, data: Some(3..6), done: true });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 13,
+                data: Some(3..6),
+                done: true
+            }
+        );
     }
 
     #[test]
@@ -412,27 +435,69 @@ mod tests {
         let mut dec = ChunkedDecoder::new();
         let input = b"1\r\na\r\n1\r\nb\r\n0\r\n\r\n";
         let d = dec.decode(input).unwrap();
-        assert_eq!(d, Decoded { consumed: 9, data: Some(3..4), done: false });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 9,
+                data: Some(3..4),
+                done: false
+            }
+        );
         let d = dec.decode(&input[9..]).unwrap();
-        assert_eq!(d, Decoded { consumed: 8, data: Some(0..1), done: true });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 8,
+                data: Some(0..1),
+                done: true
+            }
+        );
     }
 
     #[test]
     fn partial_chunk_data_is_streamed() {
         let mut dec = ChunkedDecoder::new();
         let d = dec.decode(b"a\r\n0123").unwrap();
-        assert_eq!(d, Decoded { consumed: 7, data: Some(3..7), done: false });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 7,
+                data: Some(3..7),
+                done: false
+            }
+        );
         let d = dec.decode(b"456789\r").unwrap();
-        assert_eq!(d, Decoded { consumed: 7, data: Some(0..6), done: false });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 7,
+                data: Some(0..6),
+                done: false
+            }
+        );
         let d = dec.decode(b"").unwrap();
-        assert_eq!(d, Decoded { consumed: 0, data: None, done: false });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 0,
+                data: None,
+                done: false
+            }
+        );
     }
 
     #[test]
     fn error_after_data_is_deferred_to_next_step() {
         let mut dec = ChunkedDecoder::new();
         let d = dec.decode(b"2\r\nabXY").unwrap();
-        assert_eq!(d, Decoded { consumed: 5, data: Some(3..5), done: false });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 5,
+                data: Some(3..5),
+                done: false
+            }
+        );
         let e = dec.decode(b"XY").unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidChunk);
     }
@@ -499,15 +564,43 @@ mod tests {
         let mut dec = BodyDecoder::new(Framing::Length(5));
         assert!(!dec.is_done());
         let d = dec.decode(b"abc").unwrap();
-        assert_eq!(d, Decoded { consumed: 3, data: Some(0..3), done: false });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 3,
+                data: Some(0..3),
+                done: false
+            }
+        );
         let d = dec.decode(b"").unwrap();
-        assert_eq!(d, Decoded { consumed: 0, data: None, done: false });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 0,
+                data: None,
+                done: false
+            }
+        );
         let d = dec.decode(b"defgh").unwrap();
-        assert_eq!(d, Decoded { consumed: 2, data: Some(0..2), done: true });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 2,
+                data: Some(0..2),
+                done: true
+            }
+        );
         assert!(dec.is_done());
         assert!(dec.on_eof().is_ok());
         let d = dec.decode(b"gh").unwrap();
-        assert_eq!(d, Decoded { consumed: 0, data: None, done: true });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 0,
+                data: None,
+                done: true
+            }
+        );
     }
 
     #[test]
@@ -515,7 +608,14 @@ mod tests {
         for framing in [Framing::None, Framing::Length(0)] {
             let mut dec = BodyDecoder::new(framing);
             assert!(dec.is_done());
-            assert_eq!(dec.decode(b"xyz").unwrap(), Decoded { consumed: 0, data: None, done: true });
+            assert_eq!(
+                dec.decode(b"xyz").unwrap(),
+                Decoded {
+                    consumed: 0,
+                    data: None,
+                    done: true
+                }
+            );
             assert!(dec.on_eof().is_ok());
         }
     }
@@ -524,8 +624,22 @@ mod tests {
     fn body_decoder_until_close() {
         let mut dec = BodyDecoder::new(Framing::UntilClose);
         let d = dec.decode(b"abc").unwrap();
-        assert_eq!(d, Decoded { consumed: 3, data: Some(0..3), done: false });
-        assert_eq!(dec.decode(b"").unwrap(), Decoded { consumed: 0, data: None, done: false });
+        assert_eq!(
+            d,
+            Decoded {
+                consumed: 3,
+                data: Some(0..3),
+                done: false
+            }
+        );
+        assert_eq!(
+            dec.decode(b"").unwrap(),
+            Decoded {
+                consumed: 0,
+                data: None,
+                done: false
+            }
+        );
         assert!(!dec.is_done());
         assert!(dec.on_eof().is_ok());
         assert!(dec.is_done());
@@ -536,7 +650,10 @@ mod tests {
         let mut dec = BodyDecoder::new(Framing::Length(3));
         dec.decode(b"ab").unwrap();
         let e = dec.on_eof().unwrap_err();
-        assert_eq!((e.kind, e.status, e.close), (ErrorKind::Malformed, 502, true));
+        assert_eq!(
+            (e.kind, e.status, e.close),
+            (ErrorKind::Malformed, 502, true)
+        );
         let mut dec = BodyDecoder::new(Framing::Chunked);
         dec.decode(b"2\r\nab\r\n").unwrap();
         assert!(dec.on_eof().is_err());

@@ -9,7 +9,7 @@
 //! - [`request`]: request-head parsing with limits and request-smuggling defences;
 //! - [`response`]: upstream response-head parsing and framing (RFC 9112 §6.3);
 //! - [`body`]: the body decoders (`Content-Length`, chunked, read-until-close);
-//! - [`write`]: serialisers for heads, chunks and OpenAI-style error responses;
+//! - [`mod@write`]: serialisers for heads, chunks and OpenAI-style error responses;
 //! - [`headers`]: hop-by-hop rules and small header helpers.
 
 pub mod body;

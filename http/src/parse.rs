@@ -110,11 +110,9 @@ pub(crate) fn map_httparse_error(err: httparse::Error, window: &[u8], side: Side
     }
     let malformed = |message| HttpError::new(ErrorKind::Malformed, 400, message);
     match err {
-        httparse::Error::TooManyHeaders => HttpError::new(
-            ErrorKind::TooManyHeaders,
-            431,
-            "too many header fields",
-        ),
+        httparse::Error::TooManyHeaders => {
+            HttpError::new(ErrorKind::TooManyHeaders, 431, "too many header fields")
+        }
         httparse::Error::Version if names_an_http_version(window, side) => HttpError::new(
             ErrorKind::UnsupportedVersion,
             505,
@@ -314,10 +312,19 @@ mod tests {
         };
         assert_eq!(te(&[b"chunked"]), TransferEncoding::Chunked);
         assert_eq!(te(&[b"CHUNKED "]), TransferEncoding::Chunked);
-        assert_eq!(te(&[b"gzip", b"chunked"]), TransferEncoding::ChunkedAfterOthers);
-        assert_eq!(te(&[b"gzip, chunked"]), TransferEncoding::ChunkedAfterOthers);
+        assert_eq!(
+            te(&[b"gzip", b"chunked"]),
+            TransferEncoding::ChunkedAfterOthers
+        );
+        assert_eq!(
+            te(&[b"gzip, chunked"]),
+            TransferEncoding::ChunkedAfterOthers
+        );
         assert_eq!(te(&[b"chunked", b"gzip"]), TransferEncoding::NotChunked);
-        assert_eq!(te(&[b"chunked, chunked"]), TransferEncoding::ChunkedAfterOthers);
+        assert_eq!(
+            te(&[b"chunked, chunked"]),
+            TransferEncoding::ChunkedAfterOthers
+        );
         assert_eq!(te(&[b"identity"]), TransferEncoding::NotChunked);
         assert_eq!(te(&[b"chunked;q=1"]), TransferEncoding::NotChunked);
         assert_eq!(te(&[b""]), TransferEncoding::Empty);
@@ -340,7 +347,10 @@ mod tests {
         assert!(names_an_http_version(b"\r\nGET / HTTP/1.2", Side::Request));
         assert!(!names_an_http_version(b"GET / HTTX/1.1\r\n", Side::Request));
         assert!(!names_an_http_version(b"GET / HTTP/\r\n", Side::Request));
-        assert!(!names_an_http_version(b"GET /a b HTTP/1.1\r\n", Side::Request));
+        assert!(!names_an_http_version(
+            b"GET /a b HTTP/1.1\r\n",
+            Side::Request
+        ));
         assert!(names_an_http_version(b"HTTP/2 200 OK\r\n", Side::Response));
     }
 

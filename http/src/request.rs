@@ -21,8 +21,8 @@ use bytes::Bytes;
 use crate::error::ErrorKind;
 use crate::headers;
 use crate::parse::{
-    check_line_endings, header_slots, map_httparse_error, span_of, span_str, window,
-    ContentLength, HeaderFacts, Side, Slot, TransferEncoding, STACK_HEADERS,
+    check_line_endings, header_slots, map_httparse_error, span_of, span_str, window, ContentLength,
+    HeaderFacts, Side, Slot, TransferEncoding, STACK_HEADERS,
 };
 use crate::{Framing, HttpError, Limits, Span, Version};
 
@@ -254,7 +254,8 @@ mod tests {
 
     #[test]
     fn simple_get_and_accessors() {
-        let raw = b"GET /v1/models?x=1&y HTTP/1.1\r\nHost: a\r\nX-Foo: bar \r\nx-foo: two\r\n\r\nBODY";
+        let raw =
+            b"GET /v1/models?x=1&y HTTP/1.1\r\nHost: a\r\nX-Foo: bar \r\nx-foo: two\r\n\r\nBODY";
         let (h, len) = parse(raw).unwrap().unwrap();
         assert_eq!(len, raw.len() - 4);
         assert_eq!(h.raw().len(), len);
@@ -286,7 +287,9 @@ mod tests {
     #[test]
     fn head_is_zero_copy_view() {
         let buf = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nrest");
-        let (h, len) = parse_request_head(&buf, &Limits::default()).unwrap().unwrap();
+        let (h, len) = parse_request_head(&buf, &Limits::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(h.raw().as_ptr(), buf.as_ptr());
         assert_eq!(len, 18);
     }
@@ -318,11 +321,20 @@ mod tests {
             Framing::Chunked
         );
         let e = err(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!((e.kind, e.status), (ErrorKind::ContentLengthAndTransferEncoding, 400));
+        assert_eq!(
+            (e.kind, e.status),
+            (ErrorKind::ContentLengthAndTransferEncoding, 400)
+        );
         let e = err(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
-        assert_eq!((e.kind, e.status), (ErrorKind::UnsupportedTransferEncoding, 501));
+        assert_eq!(
+            (e.kind, e.status),
+            (ErrorKind::UnsupportedTransferEncoding, 501)
+        );
         let e = err(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert_eq!((e.kind, e.status), (ErrorKind::UnsupportedTransferEncoding, 501));
+        assert_eq!(
+            (e.kind, e.status),
+            (ErrorKind::UnsupportedTransferEncoding, 501)
+        );
         let e = err(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!((e.kind, e.status), (ErrorKind::Malformed, 400));
         let e = err(b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n");
@@ -341,7 +353,10 @@ mod tests {
         assert!(parse_request_head(&ok, &limits).unwrap().is_some());
         let big = Bytes::from_static(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n");
         let e = parse_request_head(&big, &limits).unwrap_err();
-        assert_eq!((e.kind, e.status, e.close), (ErrorKind::BodyTooLarge, 413, true));
+        assert_eq!(
+            (e.kind, e.status, e.close),
+            (ErrorKind::BodyTooLarge, 413, true)
+        );
     }
 
     #[test]
@@ -364,7 +379,8 @@ mod tests {
 
     #[test]
     fn hop_by_hop_includes_connection_tokens() {
-        let h = head(b"GET / HTTP/1.1\r\nConnection: X-Secret, close\r\nConnection: x-other\r\n\r\n");
+        let h =
+            head(b"GET / HTTP/1.1\r\nConnection: X-Secret, close\r\nConnection: x-other\r\n\r\n");
         assert!(h.is_hop_by_hop("x-secret"));
         assert!(h.is_hop_by_hop("X-Other"));
         assert!(h.is_hop_by_hop("Keep-Alive"));
@@ -400,7 +416,9 @@ mod tests {
             raw.push_str(&format!("h{i}: v\r\n"));
         }
         raw.push_str("\r\n");
-        let (h, _) = parse_request_head(&Bytes::from(raw), &limits).unwrap().unwrap();
+        let (h, _) = parse_request_head(&Bytes::from(raw), &limits)
+            .unwrap()
+            .unwrap();
         assert_eq!(h.headers().count(), 250);
         assert_eq!(h.header("H249"), Some(&b"v"[..]));
     }

@@ -25,8 +25,8 @@ use bytes::Bytes;
 use crate::error::ErrorKind;
 use crate::headers;
 use crate::parse::{
-    check_line_endings, header_slots, map_httparse_error, span_of, span_str, window,
-    ContentLength, HeaderFacts, Side, Slot, TransferEncoding, STACK_HEADERS,
+    check_line_endings, header_slots, map_httparse_error, span_of, span_str, window, ContentLength,
+    HeaderFacts, Side, Slot, TransferEncoding, STACK_HEADERS,
 };
 use crate::{Framing, HttpError, Limits, Span, Version};
 
@@ -227,8 +227,15 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    fn parse_as(raw: &[u8], head_request: bool) -> Result<Option<(ResponseHead, usize)>, HttpError> {
-        parse_response_head(&Bytes::copy_from_slice(raw), head_request, &Limits::default())
+    fn parse_as(
+        raw: &[u8],
+        head_request: bool,
+    ) -> Result<Option<(ResponseHead, usize)>, HttpError> {
+        parse_response_head(
+            &Bytes::copy_from_slice(raw),
+            head_request,
+            &Limits::default(),
+        )
     }
 
     fn head(raw: &[u8]) -> ResponseHead {
@@ -253,8 +260,14 @@ mod tests {
 
     #[test]
     fn reason_optional_and_obs_text() {
-        assert_eq!(head(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").reason(), "");
-        assert_eq!(head(b"HTTP/1.1 200 \xffok\r\nContent-Length: 0\r\n\r\n").reason(), "");
+        assert_eq!(
+            head(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").reason(),
+            ""
+        );
+        assert_eq!(
+            head(b"HTTP/1.1 200 \xffok\r\nContent-Length: 0\r\n\r\n").reason(),
+            ""
+        );
     }
 
     #[test]
@@ -274,7 +287,9 @@ mod tests {
         assert_eq!(h.framing(), Framing::None);
         assert!(h.keep_alive());
         assert!(head(b"HTTP/1.1 100 Continue\r\n\r\n").is_informational());
-        assert!(!head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n").keep_alive());
+        assert!(
+            !head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n").keep_alive()
+        );
     }
 
     #[test]
@@ -305,15 +320,24 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
         ] {
             let e = parse_as(raw, false).unwrap_err();
-            assert_eq!((e.kind, e.status, e.close), (ErrorKind::InvalidContentLength, 502, true));
+            assert_eq!(
+                (e.kind, e.status, e.close),
+                (ErrorKind::InvalidContentLength, 502, true)
+            );
         }
     }
 
     #[test]
     fn keep_alive_rules() {
-        assert!(!head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").keep_alive());
+        assert!(
+            !head(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                .keep_alive()
+        );
         assert!(!head(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n").keep_alive());
-        assert!(head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n").keep_alive());
+        assert!(
+            head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n")
+                .keep_alive()
+        );
     }
 
     #[test]
@@ -342,8 +366,12 @@ mod tests {
             max_header_bytes: 16,
             ..Limits::default()
         };
-        let e = parse_response_head(&Bytes::from_static(b"HTTP/1.1 200 OK\r\nX: 1234567\r\n"), false, &limits)
-            .unwrap_err();
+        let e = parse_response_head(
+            &Bytes::from_static(b"HTTP/1.1 200 OK\r\nX: 1234567\r\n"),
+            false,
+            &limits,
+        )
+        .unwrap_err();
         assert_eq!((e.kind, e.status), (ErrorKind::HeaderTooLarge, 502));
     }
 }

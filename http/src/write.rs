@@ -279,14 +279,20 @@ mod tests {
         let mut out = Vec::new();
         let message = "bad \"model\" \\ path\n\t\u{1}\u{1f} ünï €";
         openai_error_json(&mut out, message, "invalid_\"request", "c\\1");
-        assert_eq!(out.len(), openai_error_json_len(message, "invalid_\"request", "c\\1"));
+        assert_eq!(
+            out.len(),
+            openai_error_json_len(message, "invalid_\"request", "c\\1")
+        );
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["error"]["message"], message);
         assert_eq!(v["error"]["type"], "invalid_\"request");
         assert_eq!(v["error"]["code"], "c\\1");
         assert!(v["error"]["param"].is_null());
         let text = std::str::from_utf8(&out).unwrap();
-        assert!(text.contains(r#"\"model\" \\ path\u000a\u0009\u0001\u001f ünï €"#), "{text}");
+        assert!(
+            text.contains(r#"\"model\" \\ path\u000a\u0009\u0001\u001f ünï €"#),
+            "{text}"
+        );
         let mut plain = Vec::new();
         openai_error_json(&mut plain, "m", "t", "c");
         assert_eq!(
@@ -320,7 +326,15 @@ mod tests {
         assert_eq!(v["error"]["message"], "slow \"down\"");
 
         let mut keep = Vec::new();
-        error_response(&mut keep, 404, "no", "not_found", "model_not_found", false, &[]);
+        error_response(
+            &mut keep,
+            404,
+            "no",
+            "not_found",
+            "model_not_found",
+            false,
+            &[],
+        );
         assert!(!std::str::from_utf8(&keep).unwrap().contains("connection"));
     }
 }

@@ -8,8 +8,8 @@
 
 use bytes::Bytes;
 use shardgate_http::{
-    parse_request_head, parse_response_head, ChunkedDecoder, ErrorKind, Framing, HttpError,
-    Limits, RequestHead, ResponseHead, Version,
+    parse_request_head, parse_response_head, ChunkedDecoder, ErrorKind, Framing, HttpError, Limits,
+    RequestHead, ResponseHead, Version,
 };
 
 /// Limits used by every request case: small enough to reach with short inputs.
@@ -34,8 +34,14 @@ fn framing_is(h: &RequestHead, f: Framing) -> bool {
     h.framing() == f
 }
 
-#[allow(clippy::type_complexity)]
-fn request_cases() -> Vec<(&'static str, Vec<u8>, Expect<RequestHead>)> {
+/// A request case: name, raw bytes, expected outcome.
+type RequestCase = (&'static str, Vec<u8>, Expect<RequestHead>);
+/// A response case: name, raw bytes, whether the request was HEAD, expected outcome.
+type ResponseCase = (&'static str, Vec<u8>, bool, Expect<ResponseHead>);
+/// A chunked-body case: name, raw body, the decoded data or the error kind.
+type ChunkedCase = (&'static str, Vec<u8>, Result<&'static [u8], ErrorKind>);
+
+fn request_cases() -> Vec<RequestCase> {
     use ErrorKind::*;
     let b = |s: &str| s.as_bytes().to_vec();
     let many_headers: String = (0..9).map(|i| format!("h{i}: v\r\n")).collect();
@@ -155,8 +161,7 @@ fn request_head_length_excludes_body() {
     assert_eq!(&raw[len..], b"helloGET");
 }
 
-#[allow(clippy::type_complexity)]
-fn response_cases() -> Vec<(&'static str, Vec<u8>, bool, Expect<ResponseHead>)> {
+fn response_cases() -> Vec<ResponseCase> {
     use ErrorKind::*;
     let b = |s: &str| s.as_bytes().to_vec();
     vec![
@@ -181,7 +186,11 @@ fn response_cases() -> Vec<(&'static str, Vec<u8>, bool, Expect<ResponseHead>)> 
 fn response_corpus() {
     for (name, raw, head_request, expect) in &response_cases() {
         let buf = Bytes::copy_from_slice(raw);
-        check(name, parse_response_head(&buf, *head_request, &LIMITS), expect);
+        check(
+            name,
+            parse_response_head(&buf, *head_request, &LIMITS),
+            expect,
+        );
     }
 }
 
@@ -215,36 +224,120 @@ fn feed(pieces: &[&[u8]]) -> Result<(Vec<u8>, Vec<u8>, bool), HttpError> {
     Ok((out, pending, done))
 }
 
-fn chunked_cases() -> Vec<(&'static str, Vec<u8>, Result<&'static [u8], ErrorKind>)> {
+fn chunked_cases() -> Vec<ChunkedCase> {
     use ErrorKind::*;
     let b = |s: &str| s.as_bytes().to_vec();
     let long_ext = format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(5000));
     let long_trailer = format!("0\r\nX: {}\r\n\r\n", "y".repeat(17_000));
     vec![
         ("single chunk", b("5\r\nhello\r\n0\r\n\r\n"), Ok(b"hello")),
-        ("multi chunk", b("3\r\nabc\r\n1\r\nd\r\nA\r\n0123456789\r\n0\r\n\r\n"), Ok(b"abcd0123456789")),
-        ("upper and lower hex", b("a\r\n0123456789\r\nB\r\n0123456789a\r\n0\r\n\r\n"), Ok(b"01234567890123456789a")),
-        ("leading zeros", b("0005\r\nhello\r\n000\r\n\r\n"), Ok(b"hello")),
-        ("extensions", b("5;a=b;c=\"d e\"\r\nhello\r\n0;last\r\n\r\n"), Ok(b"hello")),
-        ("trailer section", b("2\r\nhi\r\n0\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"), Ok(b"hi")),
+        (
+            "multi chunk",
+            b("3\r\nabc\r\n1\r\nd\r\nA\r\n0123456789\r\n0\r\n\r\n"),
+            Ok(b"abcd0123456789"),
+        ),
+        (
+            "upper and lower hex",
+            b("a\r\n0123456789\r\nB\r\n0123456789a\r\n0\r\n\r\n"),
+            Ok(b"01234567890123456789a"),
+        ),
+        (
+            "leading zeros",
+            b("0005\r\nhello\r\n000\r\n\r\n"),
+            Ok(b"hello"),
+        ),
+        (
+            "extensions",
+            b("5;a=b;c=\"d e\"\r\nhello\r\n0;last\r\n\r\n"),
+            Ok(b"hello"),
+        ),
+        (
+            "trailer section",
+            b("2\r\nhi\r\n0\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n"),
+            Ok(b"hi"),
+        ),
         ("empty body", b("0\r\n\r\n"), Ok(b"")),
-        ("invalid hex", b("zz\r\nhello\r\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("size overflow", b("10000000000000000\r\n"), Err(InvalidChunk)),
+        (
+            "invalid hex",
+            b("zz\r\nhello\r\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "size overflow",
+            b("10000000000000000\r\n"),
+            Err(InvalidChunk),
+        ),
         ("empty size", b("\r\nhello\r\n"), Err(InvalidChunk)),
-        ("0x prefix", b("0x5\r\nhello\r\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("negative size", b("-5\r\nhello\r\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("leading space", b(" 5\r\nhello\r\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("trailing space", b("5 \r\nhello\r\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("missing CRLF after data", b("5\r\nhelloX\r\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("data longer than size", b("3\r\nhello\r\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("LF only after data", b("5\r\nhello\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("bare LF in size line", b("5\nhello\r\n0\r\n\r\n"), Err(BareLineFeed)),
-        ("bare CR in size line", b("5\rhello\r\n0\r\n\r\n"), Err(BareLineFeed)),
-        ("bare LF in last chunk", b("5\r\nhello\r\n0\n\n"), Err(BareLineFeed)),
-        ("bare LF in trailer", b("0\r\nX: 1\n\r\n"), Err(BareLineFeed)),
-        ("control char in extension", b("5;a\x00\r\nhello\r\n0\r\n\r\n"), Err(InvalidChunk)),
-        ("oversized extension line", long_ext.into_bytes(), Err(InvalidChunk)),
-        ("oversized trailer section", long_trailer.into_bytes(), Err(InvalidChunk)),
+        (
+            "0x prefix",
+            b("0x5\r\nhello\r\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "negative size",
+            b("-5\r\nhello\r\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "leading space",
+            b(" 5\r\nhello\r\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "trailing space",
+            b("5 \r\nhello\r\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "missing CRLF after data",
+            b("5\r\nhelloX\r\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "data longer than size",
+            b("3\r\nhello\r\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "LF only after data",
+            b("5\r\nhello\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "bare LF in size line",
+            b("5\nhello\r\n0\r\n\r\n"),
+            Err(BareLineFeed),
+        ),
+        (
+            "bare CR in size line",
+            b("5\rhello\r\n0\r\n\r\n"),
+            Err(BareLineFeed),
+        ),
+        (
+            "bare LF in last chunk",
+            b("5\r\nhello\r\n0\n\n"),
+            Err(BareLineFeed),
+        ),
+        (
+            "bare LF in trailer",
+            b("0\r\nX: 1\n\r\n"),
+            Err(BareLineFeed),
+        ),
+        (
+            "control char in extension",
+            b("5;a\x00\r\nhello\r\n0\r\n\r\n"),
+            Err(InvalidChunk),
+        ),
+        (
+            "oversized extension line",
+            long_ext.into_bytes(),
+            Err(InvalidChunk),
+        ),
+        (
+            "oversized trailer section",
+            long_trailer.into_bytes(),
+            Err(InvalidChunk),
+        ),
     ]
 }
 
@@ -257,7 +350,11 @@ fn chunked_corpus() {
                 assert!(done && rest.is_empty(), "{name}: done={done} rest={rest:?}");
             }
             (Err(e), Err(kind)) => {
-                assert_eq!((e.kind, e.status, e.close), (kind, 400, true), "{name}: {e}");
+                assert_eq!(
+                    (e.kind, e.status, e.close),
+                    (kind, 400, true),
+                    "{name}: {e}"
+                );
                 assert_eq!(e.clone().into_upstream().status, 502);
             }
             (got, _) => panic!("{name}: unexpected {got:?}"),

@@ -13,7 +13,8 @@ use shardgate_http::{
 };
 
 const VALID_REQUEST: &[u8] = b"POST /v1/chat/completions?stream=true HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: keep-alive, x-a\r\nX-Model-Type: llama\r\n\r\n{\"model\":\"llama\"}";
-const VALID_CHUNKED: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n";
+const VALID_CHUNKED: &[u8] =
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n";
 const VALID_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata: \r\n0\r\n\r\n";
 
 fn small_limits() -> Limits {
@@ -33,7 +34,7 @@ fn poke_request(buf: &Bytes, limits: &Limits) {
         let _ = (h.framing(), h.keep_alive(), h.expect_continue());
         for (name, value) in h.headers() {
             assert!(!name.is_empty());
-            assert_eq!(h.header(name).is_some(), true);
+            assert!(h.header(name).is_some());
             let _ = (h.is_hop_by_hop(name), value.len());
         }
         if let Framing::Length(n) = h.framing() {
@@ -46,7 +47,13 @@ fn poke_response(buf: &Bytes, head_request: bool, limits: &Limits) {
     match parse_response_head(buf, head_request, limits) {
         Ok(Some((h, len))) => {
             assert!(len <= buf.len());
-            let _ = (h.status(), h.reason(), h.version(), h.framing(), h.keep_alive());
+            let _ = (
+                h.status(),
+                h.reason(),
+                h.version(),
+                h.framing(),
+                h.keep_alive(),
+            );
             for (name, _) in h.headers() {
                 let _ = (h.is_hop_by_hop(name), h.header(name));
             }
@@ -79,7 +86,11 @@ fn drain_chunked(input: &[u8]) -> Result<(Vec<u8>, usize, bool), HttpError> {
             return Ok((out, pos, true));
         }
         if d.consumed == 0 && d.data.is_none() {
-            assert!(rest.is_empty(), "decoder stalled with {} bytes left", rest.len());
+            assert!(
+                rest.is_empty(),
+                "decoder stalled with {} bytes left",
+                rest.len()
+            );
             return Ok((out, pos, false));
         }
     }
