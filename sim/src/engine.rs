@@ -29,7 +29,7 @@
 //! Driving: call [`Engine::step`] with the current time whenever a request arrived or the
 //! previous [`StepOutput::next_wakeup`] has passed; deliver its events.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
 use crate::kv::{BlockId, KvCache};
 use crate::metrics::{Histogram, ITL_BUCKETS, REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS};
@@ -211,6 +211,8 @@ pub struct Engine {
     running: Vec<Seq>,
     /// Adapter → running requests using it.
     lora_running: BTreeMap<String, usize>,
+    /// Ids of waiting and running requests.
+    live: HashSet<RequestId>,
     /// End of the step in flight.
     in_flight: Option<Micros>,
     metrics: EngineMetrics,
@@ -232,6 +234,7 @@ impl Engine {
             waiting: VecDeque::new(),
             running: Vec::new(),
             lora_running: BTreeMap::new(),
+            live: HashSet::new(),
             in_flight: None,
             metrics: EngineMetrics::default(),
         }
@@ -264,7 +267,7 @@ impl Engine {
         if req.lora.is_some() && self.cfg.max_loras == 0 {
             return Err(AddError::LoraDisabled);
         }
-        if self.contains(req.id) {
+        if !self.live.insert(req.id) {
             return Err(AddError::DuplicateId);
         }
         self.waiting.push_back(Seq {
@@ -280,11 +283,14 @@ impl Engine {
 
     /// Whether a request is waiting or running.
     pub fn contains(&self, id: RequestId) -> bool {
-        self.waiting.iter().any(|s| s.req.id == id) || self.running.iter().any(|s| s.req.id == id)
+        self.live.contains(&id)
     }
 
     /// Cancels a request (client gone): frees its blocks. Returns whether it was live.
     pub fn abort(&mut self, id: RequestId) -> bool {
+        if !self.live.remove(&id) {
+            return false;
+        }
         if let Some(i) = self.waiting.iter().position(|s| s.req.id == id) {
             self.waiting.remove(i);
         } else if let Some(i) = self.running.iter().position(|s| s.req.id == id) {
@@ -453,6 +459,7 @@ impl Engine {
     }
 
     fn release(&mut self, seq: &Seq) {
+        self.live.remove(&seq.req.id);
         self.kv.free(&seq.blocks);
         if let Some(lora) = &seq.req.lora {
             if let Some(n) = self.lora_running.get_mut(lora) {
@@ -615,23 +622,29 @@ mod tests {
     #[test]
     fn lru_evicts_old_prefixes() {
         let bs = 4;
-        // 10 blocks; each request: 8 prompt tokens + 4 output = 3 blocks (2 cacheable).
-        let mut e = engine(1, 10, bs);
+        // 8 blocks; each request: 8 prompt tokens + 4 output = 3 blocks, the first 2 full
+        // prompt blocks (cacheable), the third released empty.
+        let mut e = engine(1, 8, bs);
         let mut now = 0;
         for (id, p) in ["a", "b", "c", "d"].iter().enumerate() {
             e.add_request(req(id as u64, &words(p, 8), 4, bs), now)
                 .unwrap();
             now = run(&mut e, now).1;
         }
-        // Cache holds 10 blocks at most: "a"'s blocks were evicted by "d".
-        let a = Prompt::from_text(&words("a", 8)).block_hashes("m", bs);
-        let d = Prompt::from_text(&words("d", 8)).block_hashes("m", bs);
-        assert_eq!(e.kv().lookup(&d), 2);
-        assert!(e.kv().lookup(&a) < 2);
+        // a, b, c left 6 cached blocks and 2 empty; d needed 3, so the oldest cached block
+        // went: a's tail (tails are released first, so evicted first).
+        let hashes = |p: &str| Prompt::from_text(&words(p, 8)).block_hashes("m", bs);
+        assert_eq!(e.kv().lookup(&hashes("d")), 2);
+        assert_eq!(e.kv().lookup(&hashes("b")), 2);
+        assert_eq!(e.kv().lookup(&hashes("a")), 1);
+        assert_eq!(e.kv().cached_free_blocks(), 7);
         let before = e.metrics().prefix_cache_hits;
+        // d again hits (lookup capped at (8 - 1) / 4 = 1 block); its 2 fresh blocks take
+        // the one empty block and evict a's head, the oldest.
         e.add_request(req(10, &words("d", 8), 4, bs), now).unwrap();
         now = run(&mut e, now).1;
         assert_eq!(e.metrics().prefix_cache_hits - before, 4);
+        assert_eq!(e.kv().lookup(&hashes("a")), 0);
         e.add_request(req(11, &words("a", 8), 4, bs), now).unwrap();
         run(&mut e, now);
         assert_eq!(e.metrics().prefix_cache_hits - before, 4);
@@ -681,7 +694,7 @@ mod tests {
             max_loras: 1,
             timing: TIMING,
         });
-        let mut r = |id, lora: &str| {
+        let r = |id, lora: &str| {
             let mut q = req(id, "hi", 2, 4);
             q.lora = Some(lora.to_owned());
             q

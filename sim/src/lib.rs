@@ -1,1 +1,162 @@
-//! placeholder
+//! `shardgate-sim`: a simulated vLLM OpenAI-compatible server, realistic enough that a
+//! gateway's routing decisions (prefix-cache affinity, load awareness, LoRA affinity)
+//! change the latencies it sees.
+//!
+//! - **API** ([`api`]): `/v1/completions`, `/v1/chat/completions` (SSE or JSON),
+//!   `/v1/embeddings`, `/v1/models`, `/health`, `/version`, and `/metrics` in vLLM 0.32's
+//!   Prometheus format ([`metrics`]). Test hooks: `POST /sim/faults` changes faults and
+//!   speed at run time, `GET /sim/stats` reports counters (requests, cancellations,
+//!   accepted TCP connections, queue sizes, prefix-cache hits).
+//! - **Tokens are whitespace-separated words** ([`tokens`]); output words are
+//!   deterministic for a given seed and prompt.
+//! - **Engine** ([`engine`], sans-IO, virtual-clock tested): continuous batching bounded by
+//!   `--max-num-seqs` and KV blocks ([`kv`]), a chained-hash prefix cache with LRU
+//!   eviction, LoRA slots, step time = prefill of uncached tokens + decode step growing
+//!   with batch size. Defaults: 16 seqs, 2,048 blocks × 16 tokens, 200 µs/prefill token,
+//!   8 ms + 0.4 ms/seq per decode step.
+//! - **Faults**: error rate (500), stall before headers, mid-stream connection aborts,
+//!   slow start (503), and `--fast` (no engine: immediate fixed answers).
+//!
+//! Each server runs on its own thread with a tokio current-thread runtime ([`spawn`]) or
+//! on the calling thread until ctrl-c ([`run_blocking`]).
+
+pub mod api;
+pub mod config;
+mod driver;
+pub mod engine;
+pub mod kv;
+pub mod metrics;
+mod server;
+pub mod tokens;
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::thread::JoinHandle;
+
+pub use config::SimConfig;
+
+/// Listen backlog of the server socket (bursts of gateway connections must not be
+/// dropped).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// A server running on its own thread; [`SimHandle::shutdown`] (or dropping the handle)
+/// stops it.
+#[derive(Debug)]
+pub struct SimHandle {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// The bound address (with the real port when 0 was asked).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ip:port`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, closes every connection, ends the engine and joins the thread;
+    /// the port is free afterwards.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            if t.join().is_err() {
+                tracing::error!(addr = %self.addr, "simulator thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn bind(config: &SimConfig) -> io::Result<std::net::TcpListener> {
+    config
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut last = io::Error::new(
+        io::ErrorKind::AddrNotAvailable,
+        format!("`{}` resolves to no address", config.host),
+    );
+    for addr in (config.host.as_str(), config.port).to_socket_addrs()? {
+        match bind_addr(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn bind_addr(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Binds `config.host:config.port` (port 0 = ephemeral) synchronously (returning the bind
+/// or validation error), then serves on its own thread with a tokio current-thread
+/// runtime.
+pub fn spawn(config: SimConfig) -> io::Result<SimHandle> {
+    let listener = bind(&config)?;
+    let addr = listener.local_addr()?;
+    let rt = runtime()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name(format!("sim-{}", addr.port()))
+        .spawn(move || {
+            let stopped = async {
+                let _ = stop_rx.await;
+            };
+            if let Err(e) = rt.block_on(server::serve(listener, config, stopped)) {
+                tracing::error!(%addr, error = %e, "simulator failed");
+            }
+        })?;
+    Ok(SimHandle {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    })
+}
+
+/// Runs in the calling thread until SIGINT / ctrl-c.
+pub fn run_blocking(config: SimConfig) -> io::Result<()> {
+    let listener = bind(&config)?;
+    let addr = listener.local_addr()?;
+    tracing::info!(
+        %addr,
+        models = ?config.model,
+        loras = ?config.lora,
+        fast = config.fast,
+        "shardgate-sim listening"
+    );
+    let rt = runtime()?;
+    rt.block_on(server::serve(listener, config, async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for ctrl-c; stopping");
+        }
+        tracing::info!("ctrl-c: stopping");
+    }))
+}

@@ -30,8 +30,8 @@ pub const ITL_BUCKETS: &[f64] = &[
 
 /// `vllm:e2e_request_latency_seconds` and `vllm:request_queue_time_seconds` buckets.
 pub const REQUEST_LATENCY_BUCKETS: &[f64] = &[
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-    240.0, 480.0, 960.0, 1920.0, 7680.0,
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
+    480.0, 960.0, 1920.0, 7680.0,
 ];
 
 /// Stale `vllm:lora_requests_info` label sets kept in the output (newest has the largest
@@ -106,7 +106,8 @@ pub struct LoraInfoHistory {
 impl LoraInfoHistory {
     /// Marks `(running, waiting)` as the current label set at `now_unix`.
     pub fn record(&mut self, running: String, waiting: String, now_unix: f64) {
-        self.entries.retain(|(r, w, _)| !(r == &running && w == &waiting));
+        self.entries
+            .retain(|(r, w, _)| !(r == &running && w == &waiting));
         self.entries.push((running, waiting, now_unix));
         if self.entries.len() > LORA_INFO_HISTORY {
             self.entries.remove(0);
@@ -127,6 +128,11 @@ pub fn go_float(d: f64) -> String {
         return "-Inf".into();
     }
     let s = format!("{d:?}");
+    if let Some((mantissa, exp)) = s.split_once('e') {
+        // Rust writes `2.7e-5` / `1e16`; Python writes `2.7e-05` / `1e+16`.
+        let (sign, digits) = exp.strip_prefix('-').map_or(("+", exp), |d| ("-", d));
+        return format!("{mantissa}e{sign}{digits:0>2}");
+    }
     match s.find('.') {
         Some(dot) if d > 0.0 && dot > 6 && !s.contains('e') => {
             let mantissa = format!("{}.{}{}", &s[..1], &s[1..dot], &s[dot + 1..]);
@@ -174,7 +180,10 @@ impl Writer {
         let mut cum = 0;
         for (i, c) in h.counts.iter().enumerate() {
             cum += c;
-            let le = h.bounds.get(i).map_or_else(|| "+Inf".to_owned(), |&b| go_float(b));
+            let le = h
+                .bounds
+                .get(i)
+                .map_or_else(|| "+Inf".to_owned(), |&b| go_float(b));
             let _ = writeln!(
                 self.out,
                 "{name}_bucket{{{engine},le=\"{le}\",{model}}} {}",
@@ -222,10 +231,7 @@ fn escape(v: &str) -> String {
 pub fn render(info: &ExpositionInfo<'_>, m: &EngineMetrics, lora: &LoraInfoHistory) -> String {
     let mut w = Writer {
         out: String::with_capacity(16 * 1024),
-        labels: format!(
-            "engine=\"0\",model_name=\"{}\"",
-            escape(info.model_name)
-        ),
+        labels: format!("engine=\"0\",model_name=\"{}\"", escape(info.model_name)),
         created: info.created_unix,
     };
     w.gauge(
@@ -365,6 +371,9 @@ mod tests {
         assert_eq!(go_float(4855529472.0), "4.855529472e+09");
         assert_eq!(go_float(2560.0), "2560.0");
         assert_eq!(go_float(f64::INFINITY), "+Inf");
+        assert_eq!(go_float(2.7e-5), "2.7e-05");
+        assert_eq!(go_float(1e16), "1e+16");
+        assert_eq!(go_float(0.0001), "0.0001");
     }
 
     #[test]

@@ -1,0 +1,793 @@
+//! HTTP front: hyper 1 HTTP/1.1 server (keep-alive, `TCP_NODELAY`), routing, faults.
+//!
+//! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/embeddings`,
+//! `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /version`, `GET|POST
+//! /sim/faults`, `GET /sim/stats`. Unknown paths answer FastAPI's `{"detail":"Not
+//! Found"}` 404 as vLLM does.
+//!
+//! Inference request order: slow start (503) → read body (≤ 64 MiB, else 413) → stall →
+//! error-rate fault (500) → parse (400) → model (404) → limits (400) → fast answer or
+//! engine. Streaming bodies are fed by the engine task through a channel and each SSE
+//! event is handed to hyper as its own frame when produced. A streaming response picked
+//! by `close_mid_stream_rate` fails its body after `k ∈ [1, max_tokens]` token events,
+//! which makes hyper drop the connection without the final chunk.
+//!
+//! Shutdown: the accept loop stops, the listener closes, connection tasks are aborted
+//! (closing their sockets) and the engine task ends.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use crate::api::{self, ApiError, Kind, ResponseMeta, Usage, SSE_DONE};
+use crate::config::SimConfig;
+use crate::driver::{self, Command, Part, SeqEvent};
+use crate::engine::{AddError, Engine, EngineConfig, Timing};
+use crate::metrics::{self, ExpositionInfo};
+use crate::tokens::{embedding, Prompt};
+
+/// Largest request body read, in bytes.
+const MAX_BODY: usize = 64 << 20;
+/// Output tokens of a `--fast` response (fewer if `max_tokens` is smaller).
+const FAST_TOKENS: usize = 8;
+/// Version reported by `/version`.
+const VLLM_VERSION: &str = "0.32.0";
+
+/// Response body type of every handler.
+type RespBody = UnsyncBoxBody<Bytes, io::Error>;
+
+/// Faults and timing, changeable at run time (`/sim/faults`).
+#[derive(Debug)]
+pub(crate) struct Faults {
+    error_rate: AtomicU64,
+    stall_ms: AtomicU64,
+    close_mid_stream_rate: AtomicU64,
+    prefill_us_per_token: AtomicU64,
+    decode_step_us: AtomicU64,
+    decode_step_us_per_seq: AtomicU64,
+}
+
+impl Faults {
+    fn new(c: &SimConfig) -> Self {
+        Self {
+            error_rate: AtomicU64::new(c.error_rate.to_bits()),
+            stall_ms: AtomicU64::new(c.stall_ms),
+            close_mid_stream_rate: AtomicU64::new(c.close_mid_stream_rate.to_bits()),
+            prefill_us_per_token: AtomicU64::new(c.prefill_us_per_token),
+            decode_step_us: AtomicU64::new(c.decode_step_us),
+            decode_step_us_per_seq: AtomicU64::new(c.decode_step_us_per_seq),
+        }
+    }
+
+    /// Current engine timing.
+    pub(crate) fn timing(&self) -> Timing {
+        Timing {
+            prefill_us_per_token: self.prefill_us_per_token.load(Relaxed),
+            decode_step_us: self.decode_step_us.load(Relaxed),
+            decode_step_us_per_seq: self.decode_step_us_per_seq.load(Relaxed),
+        }
+    }
+
+    fn error_rate(&self) -> f64 {
+        f64::from_bits(self.error_rate.load(Relaxed))
+    }
+
+    fn close_mid_stream_rate(&self) -> f64 {
+        f64::from_bits(self.close_mid_stream_rate.load(Relaxed))
+    }
+
+    fn view(&self) -> FaultView {
+        let t = self.timing();
+        FaultView {
+            error_rate: self.error_rate(),
+            stall_ms: self.stall_ms.load(Relaxed),
+            close_mid_stream_rate: self.close_mid_stream_rate(),
+            decode_step_us: t.decode_step_us,
+            decode_step_us_per_seq: t.decode_step_us_per_seq,
+            prefill_us_per_token: t.prefill_us_per_token,
+        }
+    }
+}
+
+/// `/sim/faults` request: any subset of the fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultUpdate {
+    error_rate: Option<f64>,
+    stall_ms: Option<u64>,
+    close_mid_stream_rate: Option<f64>,
+    decode_step_us: Option<u64>,
+    decode_step_us_per_seq: Option<u64>,
+    prefill_us_per_token: Option<u64>,
+}
+
+/// `/sim/faults` answer: all current values.
+#[derive(Debug, Serialize)]
+struct FaultView {
+    error_rate: f64,
+    stall_ms: u64,
+    close_mid_stream_rate: f64,
+    decode_step_us: u64,
+    decode_step_us_per_seq: u64,
+    prefill_us_per_token: u64,
+}
+
+/// State shared by the handlers and the engine task.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    cfg: SimConfig,
+    started: Instant,
+    created_unix: f64,
+    pub(crate) faults: Faults,
+    requests_total: AtomicU64,
+    connections_total: AtomicU64,
+    engine: mpsc::UnboundedSender<Command>,
+}
+
+impl Shared {
+    fn loading(&self) -> bool {
+        self.started.elapsed() < Duration::from_millis(self.cfg.slow_start_ms)
+    }
+
+    /// Served model name → (name, LoRA adapter, prefix-hash seed name).
+    fn resolve(&self, model: Option<&str>) -> Result<(String, Option<String>, String), ApiError> {
+        let base = self.cfg.base_model().to_owned();
+        match model {
+            None => Ok((base.clone(), None, base)),
+            Some(m) if self.cfg.model.iter().any(|x| x == m) => Ok((m.to_owned(), None, base)),
+            Some(m) if self.cfg.lora.iter().any(|x| x == m) => {
+                Ok((m.to_owned(), Some(m.to_owned()), m.to_owned()))
+            }
+            Some(m) => Err(ApiError::unknown_model(m)),
+        }
+    }
+
+    async fn snapshot(&self) -> Option<driver::Snapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.engine.send(Command::Snapshot(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+fn unix_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or_default()
+}
+
+/// Serves on `listener` until `shutdown` resolves.
+pub(crate) async fn serve(
+    listener: std::net::TcpListener,
+    cfg: SimConfig,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    fastrand::seed(cfg.seed);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let engine = Engine::new(EngineConfig {
+        max_num_seqs: cfg.max_num_seqs,
+        num_gpu_blocks: cfg.num_gpu_blocks,
+        block_size: cfg.block_size,
+        max_loras: cfg.max_loras,
+        timing: Timing {
+            prefill_us_per_token: cfg.prefill_us_per_token,
+            decode_step_us: cfg.decode_step_us,
+            decode_step_us_per_seq: cfg.decode_step_us_per_seq,
+        },
+    });
+    let shared = Arc::new(Shared {
+        faults: Faults::new(&cfg),
+        cfg,
+        started: Instant::now(),
+        created_unix: unix_secs(),
+        requests_total: AtomicU64::new(0),
+        connections_total: AtomicU64::new(0),
+        engine: tx,
+    });
+    let engine_task = tokio::spawn(driver::run(shared.clone(), engine, rx));
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    shared.connections_total.fetch_add(1, Relaxed);
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    conns.spawn(async move {
+                        let service = hyper::service::service_fn(move |req| {
+                            let shared = shared.clone();
+                            async move { Ok::<_, Infallible>(handle(shared, req).await) }
+                        });
+                        let conn = hyper::server::conn::http1::Builder::new()
+                            .timer(TokioTimer::new())
+                            .keep_alive(true)
+                            .serve_connection(TokioIo::new(stream), service);
+                        if let Err(e) = conn.await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+    engine_task.abort();
+    let _ = engine_task.await;
+    Ok(())
+}
+
+fn respond(status: u16, content_type: &'static str, body: RespBody) -> Response<RespBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if !content_type.is_empty() {
+        r.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    r
+}
+
+fn full(b: impl Into<Bytes>) -> RespBody {
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+fn json(status: u16, body: impl Into<Bytes>) -> Response<RespBody> {
+    respond(status, "application/json", full(body))
+}
+
+fn error(e: &ApiError) -> Response<RespBody> {
+    json(e.status, e.body())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Completions,
+    Chat,
+    Embeddings,
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBody> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let ep = match path.as_str() {
+        "/v1/completions" => Some(Endpoint::Completions),
+        "/v1/chat/completions" => Some(Endpoint::Chat),
+        "/v1/embeddings" => Some(Endpoint::Embeddings),
+        _ => None,
+    };
+    if let Some(ep) = ep {
+        if method != Method::POST {
+            return not_allowed();
+        }
+        return match inference(&shared, ep, req).await {
+            Ok(r) => r,
+            Err(e) => error(&e),
+        };
+    }
+    match (method, path.as_str()) {
+        (Method::GET, "/health") => {
+            let status = if shared.loading() { 503 } else { 200 };
+            respond(status, "", full(Bytes::new()))
+        }
+        (Method::GET, "/v1/models") => json(
+            200,
+            api::models_response(
+                &shared.cfg.model,
+                &shared.cfg.lora,
+                shared.created_unix as u64,
+                shared.cfg.max_model_len(),
+            ),
+        ),
+        (Method::GET, "/version") => json(200, format!("{{\"version\":\"{VLLM_VERSION}\"}}")),
+        (Method::GET, "/metrics") => metrics_page(&shared).await,
+        (Method::GET, "/sim/stats") => stats_page(&shared).await,
+        (Method::GET, "/sim/faults") => json(200, api::to_bytes(&shared.faults.view())),
+        (Method::POST, "/sim/faults") => match set_faults(&shared, req).await {
+            Ok(r) => r,
+            Err(e) => error(&e),
+        },
+        (_, "/health" | "/v1/models" | "/version" | "/metrics" | "/sim/stats" | "/sim/faults") => {
+            not_allowed()
+        }
+        _ => json(404, &b"{\"detail\":\"Not Found\"}"[..]),
+    }
+}
+
+fn not_allowed() -> Response<RespBody> {
+    json(405, &b"{\"detail\":\"Method Not Allowed\"}"[..])
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError {
+            status: 413,
+            kind: "BadRequestError",
+            message: format!("Request body larger than {MAX_BODY} bytes."),
+            param: None,
+        }),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "Could not read the body: {e}"
+        ))),
+    }
+}
+
+async fn metrics_page(shared: &Shared) -> Response<RespBody> {
+    let Some(snap) = shared.snapshot().await else {
+        return json(500, ApiError::injected().body());
+    };
+    let c = &shared.cfg;
+    let info = ExpositionInfo {
+        model_name: c.base_model(),
+        block_size: c.block_size,
+        num_gpu_blocks: c.num_gpu_blocks,
+        max_loras: c.max_loras,
+        lora_enabled: !c.lora.is_empty(),
+        legacy: c.legacy_metrics,
+        created_unix: shared.created_unix,
+    };
+    let text = metrics::render(&info, &snap.metrics, &snap.lora_history);
+    respond(200, "text/plain; version=0.0.4; charset=utf-8", full(text))
+}
+
+async fn stats_page(shared: &Shared) -> Response<RespBody> {
+    let Some(snap) = shared.snapshot().await else {
+        return json(500, ApiError::injected().body());
+    };
+    let m = snap.metrics;
+    let body = serde_json::json!({
+        "requests_total": shared.requests_total.load(Relaxed),
+        "requests_cancelled_total": m.finished_abort,
+        "connections_total": shared.connections_total.load(Relaxed),
+        "running": m.running,
+        "waiting": m.waiting,
+        "kv_cache_usage": m.kv_usage,
+        "prefix_cache_hits": m.prefix_cache_hits,
+        "prefix_cache_queries": m.prefix_cache_queries,
+        "prompt_tokens": m.prompt_tokens,
+        "generation_tokens": m.generation_tokens,
+        "requests_finished": m.finished_length + m.finished_stop,
+        "steps": m.steps,
+        "running_lora_adapters": m.running_loras,
+        "waiting_lora_adapters": m.waiting_loras,
+    });
+    json(200, api::to_bytes(&body))
+}
+
+async fn set_faults(
+    shared: &Shared,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, ApiError> {
+    let body = read_body(req).await?;
+    let u: FaultUpdate = api::parse(&body)?;
+    for (name, v) in [
+        ("error_rate", u.error_rate),
+        ("close_mid_stream_rate", u.close_mid_stream_rate),
+    ] {
+        if let Some(v) = v {
+            if !(0.0..=1.0).contains(&v) {
+                return Err(ApiError::bad_request(format!(
+                    "{name} {v} is not within 0..1"
+                )));
+            }
+        }
+    }
+    let f = &shared.faults;
+    if let Some(v) = u.error_rate {
+        f.error_rate.store(v.to_bits(), Relaxed);
+    }
+    if let Some(v) = u.close_mid_stream_rate {
+        f.close_mid_stream_rate.store(v.to_bits(), Relaxed);
+    }
+    let stores = [
+        (u.stall_ms, &f.stall_ms),
+        (u.decode_step_us, &f.decode_step_us),
+        (u.decode_step_us_per_seq, &f.decode_step_us_per_seq),
+        (u.prefill_us_per_token, &f.prefill_us_per_token),
+    ];
+    for (v, slot) in stores {
+        if let Some(v) = v {
+            slot.store(v, Relaxed);
+        }
+    }
+    tracing::info!(faults = ?f.view(), "faults changed");
+    Ok(json(200, api::to_bytes(&f.view())))
+}
+
+async fn inference(
+    shared: &Shared,
+    ep: Endpoint,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, ApiError> {
+    shared.requests_total.fetch_add(1, Relaxed);
+    if shared.loading() {
+        return Err(ApiError::loading());
+    }
+    let body = read_body(req).await?;
+    let stall = shared.faults.stall_ms.load(Relaxed);
+    if stall > 0 {
+        tokio::time::sleep(Duration::from_millis(stall)).await;
+    }
+    let rate = shared.faults.error_rate();
+    if rate > 0.0 && fastrand::f64() < rate {
+        return Err(ApiError::injected());
+    }
+    match ep {
+        Endpoint::Completions => {
+            let r: api::CompletionRequest = api::parse(&body)?;
+            let include_usage = r.stream_options.and_then(|o| o.include_usage) == Some(true);
+            let gen = Generate {
+                kind: Kind::Completion,
+                model: r.model,
+                prompts: r.prompt.prompts(),
+                max_tokens: r.max_tokens,
+                stream: r.stream == Some(true),
+                include_usage,
+            };
+            generate(shared, gen).await
+        }
+        Endpoint::Chat => {
+            let r: api::ChatRequest = api::parse(&body)?;
+            let include_usage =
+                r.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true);
+            let gen = Generate {
+                kind: Kind::Chat,
+                prompts: vec![r.prompt()],
+                max_tokens: r.max_completion_tokens.or(r.max_tokens),
+                stream: r.stream == Some(true),
+                model: r.model,
+                include_usage,
+            };
+            generate(shared, gen).await
+        }
+        Endpoint::Embeddings => {
+            let r: api::EmbeddingRequest = api::parse(&body)?;
+            embeddings(shared, r).await
+        }
+    }
+}
+
+struct Generate {
+    kind: Kind,
+    model: Option<String>,
+    prompts: Vec<Prompt>,
+    max_tokens: Option<i64>,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn check_lengths(shared: &Shared, prompts: &[Prompt], max_tokens: usize) -> Result<(), ApiError> {
+    if prompts.is_empty() {
+        return Err(ApiError::bad_request(
+            "The prompt / input must not be empty.",
+        ));
+    }
+    let limit = shared.cfg.max_model_len();
+    for p in prompts {
+        let asked = p.len() + max_tokens;
+        if asked > limit {
+            return Err(ApiError::bad_request(format!(
+                "This model's maximum context length is {limit} tokens. However, you requested {asked} tokens ({} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                p.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn rejected(error: &AddError) -> ApiError {
+    ApiError::bad_request(format!("The engine refused the request: {error:?}"))
+}
+
+fn engine_gone() -> ApiError {
+    ApiError {
+        status: 503,
+        kind: "ServiceUnavailableError",
+        message: "The engine is shutting down.".into(),
+        param: None,
+    }
+}
+
+fn submit(
+    shared: &Shared,
+    prompts: &[Prompt],
+    lora: Option<&String>,
+    seed_name: &str,
+    max_tokens: usize,
+) -> Result<mpsc::UnboundedReceiver<SeqEvent>, ApiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let parts = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Part {
+            choice: u32::try_from(i).unwrap_or(u32::MAX),
+            lora: lora.cloned(),
+            prompt_len: p.len(),
+            block_hashes: p.block_hashes(seed_name, shared.cfg.block_size),
+            max_tokens,
+        })
+        .collect();
+    shared
+        .engine
+        .send(Command::Submit { parts, events: tx })
+        .map_err(|_| engine_gone())?;
+    Ok(rx)
+}
+
+async fn generate(shared: &Shared, g: Generate) -> Result<Response<RespBody>, ApiError> {
+    let (served, lora, seed_name) = shared.resolve(g.model.as_deref())?;
+    let max_tokens = match g.max_tokens {
+        None => shared.cfg.max_tokens_default,
+        Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => {
+            return Err(ApiError::bad_request(format!(
+                "max_tokens must be at least 1, got {n}."
+            )))
+        }
+    };
+    check_lengths(shared, &g.prompts, max_tokens)?;
+    let prefix = match g.kind {
+        Kind::Completion => "cmpl",
+        Kind::Chat => "chatcmpl",
+    };
+    let meta = ResponseMeta {
+        kind: g.kind,
+        id: format!("{prefix}-{:032x}", fastrand::u128(..)),
+        created: unix_secs() as u64,
+        model: served,
+        seed: shared.cfg.seed,
+        fingerprints: g.prompts.iter().map(Prompt::fingerprint).collect(),
+    };
+    let n = g.prompts.len();
+
+    if shared.cfg.fast {
+        let out = max_tokens.min(FAST_TOKENS);
+        let prompt_tokens: usize = g.prompts.iter().map(Prompt::len).sum();
+        let usage = Usage::new(prompt_tokens, out * n);
+        if !g.stream {
+            return Ok(json(200, meta.full_response(&vec![out; n], usage)));
+        }
+        let mut body = Vec::new();
+        for c in 0..n {
+            let c = u32::try_from(c).unwrap_or(u32::MAX);
+            if g.kind == Kind::Chat {
+                body.extend_from_slice(&meta.role_chunk(c));
+            }
+            for i in 0..out {
+                let i = u32::try_from(i).unwrap_or(u32::MAX);
+                body.extend_from_slice(&meta.token_chunk(c, i, i as usize + 1 == out));
+            }
+        }
+        if g.include_usage {
+            body.extend_from_slice(&meta.usage_chunk(usage));
+        }
+        body.extend_from_slice(SSE_DONE);
+        return Ok(respond(200, "text/event-stream; charset=utf-8", full(body)));
+    }
+
+    let mut rx = submit(shared, &g.prompts, lora.as_ref(), &seed_name, max_tokens)?;
+    if g.stream {
+        let rate = shared.faults.close_mid_stream_rate();
+        let abort_after =
+            (rate > 0.0 && fastrand::f64() < rate).then(|| fastrand::usize(1..=max_tokens));
+        let body = SseBody {
+            rx,
+            meta,
+            max_tokens,
+            choices: n,
+            started: vec![false; n],
+            finished: 0,
+            usage: Usage::default(),
+            include_usage: g.include_usage,
+            abort_after,
+            tokens_sent: 0,
+            queue: VecDeque::new(),
+            end: None,
+        };
+        return Ok(respond(
+            200,
+            "text/event-stream; charset=utf-8",
+            body.boxed_unsync(),
+        ));
+    }
+    let mut counts = vec![0usize; n];
+    let mut usage = Usage::default();
+    let mut finished = 0;
+    while finished < n {
+        match rx.recv().await {
+            Some(SeqEvent::Token { .. }) => {}
+            Some(SeqEvent::Finished {
+                choice,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
+                if let Some(c) = counts.get_mut(choice as usize) {
+                    *c = completion_tokens;
+                }
+                usage = usage + Usage::new(prompt_tokens, completion_tokens);
+                finished += 1;
+            }
+            Some(SeqEvent::Rejected { error, .. }) => return Err(rejected(&error)),
+            None => return Err(engine_gone()),
+        }
+    }
+    Ok(json(200, meta.full_response(&counts, usage)))
+}
+
+async fn embeddings(
+    shared: &Shared,
+    r: api::EmbeddingRequest,
+) -> Result<Response<RespBody>, ApiError> {
+    let (served, lora, seed_name) = shared.resolve(r.model.as_deref())?;
+    let prompts = r.input.prompts();
+    check_lengths(shared, &prompts, 0)?;
+    let mut usage = Usage::default();
+    if shared.cfg.fast {
+        usage = Usage::new(prompts.iter().map(Prompt::len).sum(), 0);
+    } else {
+        let mut rx = submit(shared, &prompts, lora.as_ref(), &seed_name, 0)?;
+        let mut finished = 0;
+        while finished < prompts.len() {
+            match rx.recv().await {
+                Some(SeqEvent::Token { .. }) => {}
+                Some(SeqEvent::Finished { prompt_tokens, .. }) => {
+                    usage = usage + Usage::new(prompt_tokens, 0);
+                    finished += 1;
+                }
+                Some(SeqEvent::Rejected { error, .. }) => return Err(rejected(&error)),
+                None => return Err(engine_gone()),
+            }
+        }
+    }
+    let dim = shared.cfg.embedding_dim;
+    let vectors: Vec<Vec<f32>> = prompts
+        .iter()
+        .map(|p| embedding(&seed_name, p, dim))
+        .collect();
+    Ok(json(
+        200,
+        api::embeddings_response(
+            &format!("embd-{:032x}", fastrand::u128(..)),
+            unix_secs() as u64,
+            &served,
+            &vectors,
+            usage,
+        ),
+    ))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Eof,
+    Abort,
+}
+
+/// SSE body fed by the engine task; one frame per event.
+struct SseBody {
+    rx: mpsc::UnboundedReceiver<SeqEvent>,
+    meta: ResponseMeta,
+    max_tokens: usize,
+    choices: usize,
+    started: Vec<bool>,
+    finished: usize,
+    usage: Usage,
+    include_usage: bool,
+    /// Abort the connection after this many token events (fault).
+    abort_after: Option<usize>,
+    tokens_sent: usize,
+    queue: VecDeque<Bytes>,
+    end: Option<End>,
+}
+
+impl SseBody {
+    fn on_event(&mut self, ev: SeqEvent) {
+        match ev {
+            SeqEvent::Token { choice, index } => {
+                if self.meta.kind == Kind::Chat {
+                    if let Some(s) = self.started.get_mut(choice as usize) {
+                        if !*s {
+                            *s = true;
+                            self.queue.push_back(self.meta.role_chunk(choice));
+                        }
+                    }
+                }
+                let last = index as usize + 1 >= self.max_tokens;
+                self.queue
+                    .push_back(self.meta.token_chunk(choice, index, last));
+                self.tokens_sent += 1;
+                if self.abort_after == Some(self.tokens_sent) {
+                    self.end = Some(End::Abort);
+                }
+            }
+            SeqEvent::Finished {
+                prompt_tokens,
+                completion_tokens,
+                ..
+            } => {
+                self.usage = self.usage + Usage::new(prompt_tokens, completion_tokens);
+                self.finished += 1;
+                if self.finished >= self.choices {
+                    if self.include_usage {
+                        self.queue.push_back(self.meta.usage_chunk(self.usage));
+                    }
+                    self.queue.push_back(Bytes::from_static(SSE_DONE));
+                    self.end.get_or_insert(End::Eof);
+                }
+            }
+            SeqEvent::Rejected { error, .. } => {
+                self.queue
+                    .push_back(api::sse_event(&rejected(&error).body()));
+                self.queue.push_back(Bytes::from_static(SSE_DONE));
+                self.end.get_or_insert(End::Eof);
+            }
+        }
+    }
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(b) = this.queue.pop_front() {
+                return Poll::Ready(Some(Ok(Frame::data(b))));
+            }
+            if this.end == Some(End::Abort) {
+                // Fail the body: hyper drops the connection without the last chunk.
+                this.end = Some(End::Eof);
+                return Poll::Ready(Some(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "simulated mid-stream close",
+                ))));
+            }
+            if this.end.is_some() {
+                return Poll::Ready(None);
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(ev)) => this.on_event(ev),
+                // The engine went away (shutdown): end the stream where it is.
+                Poll::Ready(None) => this.end = Some(End::Eof),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.end == Some(End::Eof) && self.queue.is_empty()
+    }
+}
