@@ -63,8 +63,9 @@ pub fn load(sources: &[(String, String)]) -> Result<Loaded, Vec<String>> {
 /// Resolve the data-path settings.
 pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
     let ic = table.inference_config();
-    let inference = ic.and_then(|c| c.timeout_inference());
-    let idle = ic.and_then(|c| c.timeout_idle());
+    let timeouts = ic.and_then(|c| c.spec.timeout.as_ref());
+    let inference = timeouts.and_then(|t| t.inference).filter(|d| !d.is_zero());
+    let idle = timeouts.and_then(|t| t.idle).filter(|d| !d.is_zero());
     Settings {
         limits: shardgate_http::Limits {
             max_header_bytes: limits.max_header_bytes,

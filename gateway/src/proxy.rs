@@ -472,6 +472,9 @@ async fn exchange(
                     if resp.is_informational() && resp.status() != 101 {
                         continue;
                     }
+                    if resp.has_other_transfer_coding() {
+                        return Err(Attempt::Fail(Failure::upstream_failed("response uses a transfer coding other than chunked")));
+                    }
                     return Ok((resp, conn));
                 }
                 Ok(None) => conn.buf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
