@@ -48,14 +48,14 @@ pub enum ModelError {
 /// `Cow::Borrowed` when the value has no escapes. Leading whitespace and a
 /// UTF-8 byte order mark are tolerated. Scanning stops right after the model
 /// value (see the module docs for what that implies).
-pub fn extract_model(body: &[u8]) -> Result<Option<Cow<'_, str>>, ModelError> {
+pub fn extract_model(body: &[u8]) -> std::result::Result<Option<Cow<'_, str>>, ModelError> {
     Scanner::new(body).run(false)
 }
 
 /// Like [`extract_model`], but scans (and structurally checks) the whole body
 /// and rejects a body with two top-level `model` members
 /// (`InvalidJson("duplicate top-level `model` key")`).
-pub fn extract_model_strict(body: &[u8]) -> Result<Option<Cow<'_, str>>, ModelError> {
+pub fn extract_model_strict(body: &[u8]) -> std::result::Result<Option<Cow<'_, str>>, ModelError> {
     Scanner::new(body).run(true)
 }
 
@@ -72,7 +72,11 @@ struct Scanner<'a> {
 
 impl<'a> Scanner<'a> {
     fn new(buf: &'a [u8]) -> Self {
-        let pos = if buf.starts_with(b"\xEF\xBB\xBF") { 3 } else { 0 };
+        let pos = if buf.starts_with(b"\xEF\xBB\xBF") {
+            3
+        } else {
+            0
+        };
         Scanner { buf, pos }
     }
 

@@ -90,19 +90,30 @@ impl DocMeta {
 
 /// A typed resource.
 #[derive(Debug, Clone, PartialEq)]
-#[allow(missing_docs)]
 pub enum Resource {
+    /// `gateway.networking.k8s.io` `GatewayClass`.
     GatewayClass(GatewayClass),
+    /// `gateway.networking.k8s.io` `Gateway`.
     Gateway(Gateway),
+    /// `gateway.networking.k8s.io` `HTTPRoute`.
     HttpRoute(HttpRoute),
+    /// `gateway.networking.k8s.io` `GRPCRoute` (not enforced yet).
     GrpcRoute(GrpcRoute),
+    /// `discovery.k8s.io/v1` `EndpointSlice`.
     EndpointSlice(EndpointSlice),
+    /// `v1` `Service`.
     Service(Service),
+    /// `ai.gateway.io/v1alpha1` `InferenceConfig`.
     InferenceConfig(InferenceConfig),
+    /// `ai.gateway.io/v1alpha1` `InferencePolicy`.
     InferencePolicy(InferencePolicy),
+    /// `ai.gateway.io/v1alpha1` `BatchingPolicy`.
     BatchingPolicy(BatchingPolicy),
+    /// The seed's `SecurityPolicy` (not enforced yet).
     SecurityPolicy(SecurityPolicy),
+    /// `monitoring.coreos.com/v1` `ServiceMonitor` (not enforced).
     ServiceMonitor(ServiceMonitor),
+    /// Gateway API Inference Extension `InferencePool`.
     InferencePool(InferencePool),
 }
 
@@ -133,8 +144,12 @@ struct KindSpec {
     api_versions: &'static [&'static str],
     cluster_scoped: bool,
     enforced: bool,
-    parse: fn(serde_yaml_ng::Value, &mut Vec<String>) -> Result<Resource, (String, String)>,
+    parse: ParseFn,
 }
+
+/// Parses a document's value into a typed resource, pushing ignored field
+/// paths; the error is `(field path, message)`.
+type ParseFn = fn(serde_yaml_ng::Value, &mut Vec<String>) -> Result<Resource, (String, String)>;
 
 const GATEWAY_API: &[&str] = &[
     "gateway.networking.k8s.io/v1",
@@ -270,9 +285,17 @@ impl Config {
         KINDS
             .iter()
             .filter_map(|spec| {
-                let count = self.docs.iter().filter(|(m, _)| m.kind == spec.kind).count();
+                let count = self
+                    .docs
+                    .iter()
+                    .filter(|(m, _)| m.kind == spec.kind)
+                    .count();
                 (count > 0).then(|| {
-                    let status = if spec.enforced { ENFORCED } else { NOT_ENFORCED };
+                    let status = if spec.enforced {
+                        ENFORCED
+                    } else {
+                        NOT_ENFORCED
+                    };
                     (spec.kind.to_owned(), status, count)
                 })
             })
@@ -388,7 +411,11 @@ pub fn load_sources(sources: &[(String, String)]) -> Result<Config, Vec<ConfigEr
     // Duplicates.
     let mut seen: HashMap<(&str, &str, &str), &DocMeta> = HashMap::new();
     for (meta, _) in &config.docs {
-        let key = (meta.kind.as_str(), meta.namespace.as_str(), meta.name.as_str());
+        let key = (
+            meta.kind.as_str(),
+            meta.namespace.as_str(),
+            meta.name.as_str(),
+        );
         if let Some(first) = seen.get(&key) {
             errors.push(ConfigError::at(
                 meta,
@@ -446,10 +473,12 @@ fn load_document(
         .and_then(|m| m.get("namespace"))
         .and_then(serde_yaml_ng::Value::as_str)
         .map(str::to_owned);
+    let cluster_scoped = |k: &str| KINDS.iter().any(|s| s.kind == k && s.cluster_scoped);
     let label = match (&kind, &name) {
         (Some(k), Some(n)) => Some(match &ns_written {
+            _ if cluster_scoped(k) => format!("{k} {n}"),
             Some(ns) => format!("{k} {ns}/{n}"),
-            None => format!("{k} {n}"),
+            None => format!("{k} default/{n}"),
         }),
         (Some(k), None) => Some(k.clone()),
         _ => None,
@@ -461,7 +490,11 @@ fn load_document(
         return Err(bare(label, "apiVersion", "missing `apiVersion`".to_owned()));
     };
     let Some(name) = name.filter(|n| !n.is_empty()) else {
-        return Err(bare(label, "metadata.name", "missing `metadata.name`".to_owned()));
+        return Err(bare(
+            label,
+            "metadata.name",
+            "missing `metadata.name`".to_owned(),
+        ));
     };
     let Some(spec) = KINDS.iter().find(|k| k.kind == kind) else {
         return Err(bare(
@@ -554,7 +587,9 @@ fn format_ignored_path(path: &serde_ignored::Path<'_>, out: &mut String) {
             }
             out.push_str(key);
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => {
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => {
             format_ignored_path(parent, out);
         }
     }

@@ -55,7 +55,10 @@ fn gateway(g: &Gateway, p: &mut Problems) {
     let mut names = HashSet::new();
     for (i, l) in g.spec.listeners.iter().enumerate() {
         if l.name.is_empty() {
-            p.push((format!("spec.listeners[{i}].name"), "must not be empty".into()));
+            p.push((
+                format!("spec.listeners[{i}].name"),
+                "must not be empty".into(),
+            ));
         } else if !names.insert(l.name.as_str()) {
             p.push((
                 format!("spec.listeners[{i}].name"),
@@ -330,9 +333,8 @@ fn regex(pattern: &str, field: String, p: &mut Problems) {
 /// RFC 7230 token characters (header names).
 fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// Gateway API hostname: DNS name, optionally with a leading `*.` label; no IPs.
@@ -353,6 +355,9 @@ fn hostname(h: &str, field: String, p: &mut Problems) {
             format!("{h:?} is not a valid hostname (DNS name, optionally `*.` prefixed)"),
         ));
     } else if h.parse::<Ipv4Addr>().is_ok() {
-        p.push((field, format!("{h:?}: IP addresses are not allowed as hostnames")));
+        p.push((
+            field,
+            format!("{h:?}: IP addresses are not allowed as hostnames"),
+        ));
     }
 }
