@@ -25,25 +25,27 @@ pub struct AdminView {
 
 /// Start the admin thread on an already-bound listener.
 pub fn spawn(listener: std::net::TcpListener, view: Arc<AdminView>) -> std::io::Result<()> {
-    std::thread::Builder::new().name("admin".into()).spawn(move || {
-        let r = shardgate_runtime::block_on(async move {
-            let listener = match TcpListener::from_std(listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::error!(error = %e, "admin listener");
-                    return;
+    std::thread::Builder::new()
+        .name("admin".into())
+        .spawn(move || {
+            let r = shardgate_runtime::block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!(error = %e, "admin listener");
+                        return;
+                    }
+                };
+                loop {
+                    if let Ok((stream, _)) = listener.accept().await {
+                        monoio::spawn(serve(stream, view.clone()));
+                    }
                 }
-            };
-            loop {
-                if let Ok((stream, _)) = listener.accept().await {
-                    monoio::spawn(serve(stream, view.clone()));
-                }
+            });
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin runtime");
             }
-        });
-        if let Err(e) = r {
-            tracing::error!(error = %e, "admin runtime");
-        }
-    })?;
+        })?;
     Ok(())
 }
 
@@ -65,7 +67,11 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                     buf.extend_from_slice(&bytes[len..]);
                     break h;
                 }
-                Ok(None) => buf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
+                Ok(None) => {
+                    buf = bytes
+                        .try_into_mut()
+                        .unwrap_or_else(|b| BytesMut::from(&b[..]))
+                }
                 Err(_) => return,
             }
             let (res, b) = read_into(&mut stream, buf).await;
@@ -81,7 +87,10 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 if view.shutdown.is_draining() {
                     (503, b"text/plain", b"draining\n".to_vec())
                 } else if !view.models_without_endpoints.is_empty() {
-                    let msg = format!("not ready: no endpoint for model(s) {}\n", view.models_without_endpoints.join(", "));
+                    let msg = format!(
+                        "not ready: no endpoint for model(s) {}\n",
+                        view.models_without_endpoints.join(", ")
+                    );
                     (503, b"text/plain", msg.into_bytes())
                 } else {
                     (200, b"text/plain", b"ready\n".to_vec())

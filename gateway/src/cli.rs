@@ -151,5 +151,7 @@ pub fn admin_addr(s: &str) -> Result<Option<SocketAddr>, String> {
     if s == "off" {
         return Ok(None);
     }
-    s.parse().map(Some).map_err(|e| format!("--admin-addr {s}: {e}"))
+    s.parse()
+        .map(Some)
+        .map_err(|e| format!("--admin-addr {s}: {e}"))
 }

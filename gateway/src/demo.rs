@@ -13,15 +13,23 @@ use crate::cli::DemoArgs;
 pub const DEMO_CONFIG: &str = include_str!("../demo.yaml");
 
 /// Which model the simulated servers behind each demo Service serve.
-pub const DEMO_SERVICES: [(&str, &str); 2] = [("default/llama-vllm", "llama-3-8b"), ("default/qwen-vllm", "qwen-2.5-7b")];
+pub const DEMO_SERVICES: [(&str, &str); 2] = [
+    ("default/llama-vllm", "llama-3-8b"),
+    ("default/qwen-vllm", "qwen-2.5-7b"),
+];
 
 /// Start one simulated server per endpoint of `table`, serving the model its
 /// Service maps to in [`DEMO_SERVICES`].
-pub fn start_sims(table: &shardgate_routing::RoutingTable) -> Result<Vec<shardgate_sim::SimHandle>, String> {
+pub fn start_sims(
+    table: &shardgate_routing::RoutingTable,
+) -> Result<Vec<shardgate_sim::SimHandle>, String> {
     let mut sims = Vec::new();
     for ep in table.endpoints() {
         let Some((_, model)) = DEMO_SERVICES.iter().find(|(svc, _)| *svc == ep.backend) else {
-            return Err(format!("demo config endpoint {} belongs to {}, which has no simulated model", ep.addr, ep.backend));
+            return Err(format!(
+                "demo config endpoint {} belongs to {}, which has no simulated model",
+                ep.addr, ep.backend
+            ));
         };
         let config = shardgate_sim::SimConfig {
             host: ep.addr.ip().to_string(),
@@ -31,7 +39,12 @@ pub fn start_sims(table: &shardgate_routing::RoutingTable) -> Result<Vec<shardga
         };
         match shardgate_sim::spawn(config) {
             Ok(h) => sims.push(h),
-            Err(e) => return Err(format!("cannot start the simulated server on {}: {e}", ep.addr)),
+            Err(e) => {
+                return Err(format!(
+                    "cannot start the simulated server on {}: {e}",
+                    ep.addr
+                ))
+            }
         }
     }
     Ok(sims)
@@ -70,9 +83,15 @@ pub fn run(args: &DemoArgs) -> ExitCode {
     let shutdown = Shutdown::new();
     let code = match crate::start(&sources, &run, shutdown) {
         Ok(running) => {
-            let addr = running.addrs.first().map(|a| a.to_string()).unwrap_or_default();
+            let addr = running
+                .addrs
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
             let host = addr.replace("0.0.0.0", "127.0.0.1");
-            println!("shardgate demo is serving on http://{host} (models: llama-3-8b, qwen-2.5-7b)");
+            println!(
+                "shardgate demo is serving on http://{host} (models: llama-3-8b, qwen-2.5-7b)"
+            );
             println!("Try a streaming chat completion:\n");
             println!(
                 "  curl -N http://{host}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"llama-3-8b\",\"stream\":true,\"max_tokens\":40,\"messages\":[{{\"role\":\"user\",\"content\":\"Tell me about shard-per-core gateways\"}}]}}'\n"

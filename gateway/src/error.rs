@@ -35,7 +35,13 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(side: Side, status: u16, err_type: &'static str, code: &'static str, message: String) -> Self {
+    fn new(
+        side: Side,
+        status: u16,
+        err_type: &'static str,
+        code: &'static str,
+        message: String,
+    ) -> Self {
         Failure {
             side,
             status,
@@ -56,7 +62,13 @@ impl Failure {
             ErrorKind::UnsupportedVersion => "unsupported_http_version",
             _ => "bad_request",
         };
-        let mut f = Failure::new(Side::Client, e.status, "invalid_request_error", code, e.message.to_string());
+        let mut f = Failure::new(
+            Side::Client,
+            e.status,
+            "invalid_request_error",
+            code,
+            e.message.to_string(),
+        );
         f.close = true;
         f
     }
@@ -76,7 +88,13 @@ impl Failure {
 
     /// The request body's JSON could not be read.
     pub fn bad_json(message: String) -> Self {
-        Failure::new(Side::Client, 400, "invalid_request_error", "invalid_json", message)
+        Failure::new(
+            Side::Client,
+            400,
+            "invalid_request_error",
+            "invalid_json",
+            message,
+        )
     }
 
     /// A model was named but no route serves it.
@@ -140,7 +158,13 @@ impl Failure {
 
     /// Connecting to, writing to, or reading a head from the upstream failed.
     pub fn upstream_failed(what: &str) -> Self {
-        Failure::new(Side::Upstream, 502, "upstream_error", "upstream_failed", format!("The upstream failed: {what}."))
+        Failure::new(
+            Side::Upstream,
+            502,
+            "upstream_error",
+            "upstream_failed",
+            format!("The upstream failed: {what}."),
+        )
     }
 
     /// The upstream sent an invalid response.
@@ -156,7 +180,13 @@ impl Failure {
 
     /// The upstream did not answer in time.
     pub fn upstream_timeout(what: &str) -> Self {
-        Failure::new(Side::Upstream, 504, "upstream_error", "upstream_timeout", format!("The upstream timed out: {what}."))
+        Failure::new(
+            Side::Upstream,
+            504,
+            "upstream_error",
+            "upstream_timeout",
+            format!("The upstream timed out: {what}."),
+        )
     }
 
     /// The gateway is shutting down.

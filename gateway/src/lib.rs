@@ -42,8 +42,11 @@ pub fn main_entry() -> ExitCode {
 }
 
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -72,7 +75,10 @@ pub fn check(paths: &[std::path::PathBuf]) -> ExitCode {
             for (kind, status, count) in loaded.config.enforcement_report() {
                 println!("  {kind:<18} {count:>3}  {status}");
             }
-            println!("configuration OK ({} document(s))", loaded.config.docs.len());
+            println!(
+                "configuration OK ({} document(s))",
+                loaded.config.docs.len()
+            );
             ExitCode::SUCCESS
         }
         Err(errors) => report_errors(&errors),
@@ -100,7 +106,11 @@ pub struct Running {
 }
 
 /// Load, bind and start everything; returns once the shards run.
-pub fn start(sources: &[(String, String)], run: &RunArgs, shutdown: Shutdown) -> Result<Running, Vec<String>> {
+pub fn start(
+    sources: &[(String, String)],
+    run: &RunArgs,
+    shutdown: Shutdown,
+) -> Result<Running, Vec<String>> {
     if run.force_epoll {
         shardgate_runtime::force_epoll();
     }
@@ -114,7 +124,11 @@ pub fn start(sources: &[(String, String)], run: &RunArgs, shutdown: Shutdown) ->
     let settings = load::settings(&run.limits, &loaded.table);
     let shards = run
         .shards
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
         .max(1);
 
     // Group served listeners by port; bind one socket per shard per port.
@@ -127,19 +141,27 @@ pub fn start(sources: &[(String, String)], run: &RunArgs, shutdown: Shutdown) ->
         }
     }
     if ports.is_empty() {
-        return Err(vec!["no Gateway listener with protocol HTTP: nothing to serve".to_string()]);
+        return Err(vec![
+            "no Gateway listener with protocol HTTP: nothing to serve".to_string(),
+        ]);
     }
     if let Some(p) = run.listen_port {
         if let Some((first, ls)) = ports.pop_first() {
-            tracing::info!(from = first, to = p, "listener port overridden by --listen-port");
+            tracing::info!(
+                from = first,
+                to = p,
+                "listener port overridden by --listen-port"
+            );
             ports.entry(p).or_default().extend(ls);
         }
     }
-    let mut per_shard: Vec<Vec<(Vec<usize>, std::net::TcpListener)>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut per_shard: Vec<Vec<(Vec<usize>, std::net::TcpListener)>> =
+        (0..shards).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for (port, listeners) in &ports {
         let addr = SocketAddr::new(run.bind, *port);
-        let sockets = shardgate_runtime::bind_reuseport(addr, shards).map_err(|e| vec![format!("cannot listen on {addr}: {e}")])?;
+        let sockets = shardgate_runtime::bind_reuseport(addr, shards)
+            .map_err(|e| vec![format!("cannot listen on {addr}: {e}")])?;
         if let Some(first) = sockets.first() {
             addrs.push(first.local_addr().map_err(|e| vec![e.to_string()])?);
         }
@@ -150,7 +172,8 @@ pub fn start(sources: &[(String, String)], run: &RunArgs, shutdown: Shutdown) ->
 
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
-        let listener = admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
+        let listener =
+            admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
         admin_addr = listener.local_addr().ok();
         let view = Arc::new(admin::AdminView {
             config_json: debug_config_json(&loaded),
@@ -180,11 +203,16 @@ pub fn start(sources: &[(String, String)], run: &RunArgs, shutdown: Shutdown) ->
     if let Some(path) = &run.ready_file {
         let ready = serde_json::json!({"listen": listen, "admin": admin_addr.map(|a| a.to_string()), "shards": shards, "driver": driver.name(), "pid": std::process::id()});
         let tmp = path.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, ready.to_string()).and_then(|_| std::fs::rename(&tmp, path)) {
+        if let Err(e) =
+            std::fs::write(&tmp, ready.to_string()).and_then(|_| std::fs::rename(&tmp, path))
+        {
             tracing::warn!(error = %e, path = %path.display(), "cannot write the ready file");
         }
     }
-    Ok(Running { shards: handles, addrs })
+    Ok(Running {
+        shards: handles,
+        addrs,
+    })
 }
 
 fn install_signals(shutdown: Shutdown) {
@@ -196,18 +224,23 @@ fn install_signals(shutdown: Shutdown) {
             return;
         }
     };
-    let spawned = std::thread::Builder::new().name("signals".into()).spawn(move || {
-        let mut seen = 0;
-        for sig in signals.forever() {
-            seen += 1;
-            if seen > 1 {
-                tracing::warn!(signal = sig, "second signal: exiting now");
-                std::process::exit(1);
+    let spawned = std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    tracing::warn!(signal = sig, "second signal: exiting now");
+                    std::process::exit(1);
+                }
+                tracing::info!(
+                    signal = sig,
+                    "draining: no new connections; finishing in-flight requests"
+                );
+                shutdown.trigger();
             }
-            tracing::info!(signal = sig, "draining: no new connections; finishing in-flight requests");
-            shutdown.trigger();
-        }
-    });
+        });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the signal thread");
     }
@@ -233,7 +266,12 @@ fn debug_config_json(loaded: &load::Loaded) -> Vec<u8> {
         .into_iter()
         .map(|(k, s, n)| serde_json::json!({"kind": k, "status": s, "count": n}))
         .collect();
-    let endpoints: Vec<String> = loaded.table.endpoints().iter().map(|e| e.addr.to_string()).collect();
+    let endpoints: Vec<String> = loaded
+        .table
+        .endpoints()
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
     serde_json::to_vec_pretty(&serde_json::json!({
         "documents": docs,
         "kinds": report,

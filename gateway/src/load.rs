@@ -55,8 +55,10 @@ pub fn resolve_dns(host: &str, port: u16) -> Vec<SocketAddr> {
 
 /// Parse and compile the sources; every error is returned, formatted.
 pub fn load(sources: &[(String, String)]) -> Result<Loaded, Vec<String>> {
-    let config = load_sources(sources).map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
-    let table = RoutingTable::build(&config, &mut resolve_dns).map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let config = load_sources(sources)
+        .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
+    let table = RoutingTable::build(&config, &mut resolve_dns)
+        .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     Ok(Loaded { config, table })
 }
 
@@ -75,8 +77,14 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         header_timeout: limits.header_timeout,
         client_idle_timeout: limits.client_idle_timeout,
         connect_timeout: limits.connect_timeout,
-        response_timeout: limits.response_timeout.or(inference).unwrap_or(Duration::from_secs(300)),
-        stream_idle_timeout: limits.stream_idle_timeout.or(idle).unwrap_or(Duration::from_secs(60)),
+        response_timeout: limits
+            .response_timeout
+            .or(inference)
+            .unwrap_or(Duration::from_secs(300)),
+        stream_idle_timeout: limits
+            .stream_idle_timeout
+            .or(idle)
+            .unwrap_or(Duration::from_secs(60)),
         upstream_idle_per_endpoint: limits.upstream_idle_per_endpoint,
         upstream_idle_timeout: limits.upstream_idle_timeout,
         drain_timeout: limits.drain_timeout,

@@ -21,8 +21,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
-use shardgate_http::{parse_request_head, parse_response_head, write, BodyDecoder, Framing, RequestHead, ResponseHead, Version};
-use shardgate_routing::{extract_model, RequestView, RouteMatch, RuleAction, MODEL_HEADER, MODEL_TYPE_HEADER};
+use shardgate_http::{
+    parse_request_head, parse_response_head, write, BodyDecoder, Framing, RequestHead,
+    ResponseHead, Version,
+};
+use shardgate_routing::{
+    extract_model_strict, RequestView, RouteMatch, RuleAction, MODEL_HEADER, MODEL_TYPE_HEADER,
+};
 use shardgate_runtime::io::{peer_state, read_into, PeerState};
 
 use crate::error::Failure;
@@ -42,7 +47,12 @@ const REPLACED_UPSTREAM: [&str; 6] = [
 ];
 
 /// Serve one client connection until it closes, errs, idles out or the gateway drains.
-pub async fn serve_connection(shard: Rc<Shard>, mut client: TcpStream, peer: SocketAddr, listeners: Rc<[usize]>) {
+pub async fn serve_connection(
+    shard: Rc<Shard>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    listeners: Rc<[usize]>,
+) {
     let _ = client.set_nodelay(true);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
@@ -55,7 +65,16 @@ pub async fn serve_connection(shard: Rc<Shard>, mut client: TcpStream, peer: Soc
                 return;
             }
         };
-        let keep = handle_request(&shard, &mut client, &mut rbuf, &mut out, head, peer, &listeners).await;
+        let keep = handle_request(
+            &shard,
+            &mut client,
+            &mut rbuf,
+            &mut out,
+            head,
+            peer,
+            &listeners,
+        )
+        .await;
         if !keep || shard.shutdown.is_draining() {
             return;
         }
@@ -64,7 +83,11 @@ pub async fn serve_connection(shard: Rc<Shard>, mut client: TcpStream, peer: Soc
 
 /// Read until a complete request head is buffered. `Ok(None)`: the client closed
 /// or idled out between requests (nothing to answer).
-async fn read_head(shard: &Shard, client: &mut TcpStream, rbuf: &mut BytesMut) -> Result<Option<RequestHead>, Failure> {
+async fn read_head(
+    shard: &Shard,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+) -> Result<Option<RequestHead>, Failure> {
     let settings = &shard.state.settings;
     let mut started: Option<Instant> = None;
     loop {
@@ -77,7 +100,9 @@ async fn read_head(shard: &Shard, client: &mut TcpStream, rbuf: &mut BytesMut) -
                     return Ok(Some(head));
                 }
                 Ok(None) => {
-                    *rbuf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..]));
+                    *rbuf = bytes
+                        .try_into_mut()
+                        .unwrap_or_else(|b| BytesMut::from(&b[..]));
                 }
                 Err(e) => return Err(Failure::from_codec(&e)),
             }
@@ -104,7 +129,13 @@ async fn read_head(shard: &Shard, client: &mut TcpStream, rbuf: &mut BytesMut) -
 }
 
 /// Read the request body into one buffer, answering `100 Continue` when asked.
-async fn read_body(shard: &Shard, client: &mut TcpStream, rbuf: &mut BytesMut, head: &RequestHead, out: &mut Vec<u8>) -> Result<Bytes, Failure> {
+async fn read_body(
+    shard: &Shard,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    head: &RequestHead,
+    out: &mut Vec<u8>,
+) -> Result<Bytes, Failure> {
     let settings = &shard.state.settings;
     let framing = head.framing();
     if framing == Framing::None || framing == Framing::Length(0) {
@@ -195,7 +226,7 @@ async fn handle_request(
     }
 
     let body_model = if is_model_body_path(head.method(), head.path()) {
-        match extract_model(&body) {
+        match extract_model_strict(&body) {
             Ok(m) => m.map(|m| m.into_owned()),
             Err(e) => {
                 respond_failure(client, out, &Failure::bad_json(e.to_string()), Some(rid)).await;
@@ -211,10 +242,17 @@ async fn handle_request(
         .map(|v| String::from_utf8_lossy(v).into_owned());
     let model = body_model.clone().or(header_model);
 
-    let host = head.header("host").and_then(|h| std::str::from_utf8(h).ok());
+    let host = head
+        .header("host")
+        .and_then(|h| std::str::from_utf8(h).ok());
+    // The body's model answers for `X-Gateway-Model-Name` (overriding any client
+    // copy), and for the seed's `X-Model-Type` when the client did not send one, so
+    // routes written either way serve plain OpenAI clients.
     let lookup = |name: &str| -> Option<&[u8]> {
-        if name == MODEL_HEADER {
-            if let Some(m) = &body_model {
+        if let Some(m) = &body_model {
+            if name == MODEL_HEADER
+                || (name == MODEL_TYPE_HEADER && head.header(MODEL_TYPE_HEADER).is_none())
+            {
                 return Some(m.as_bytes());
             }
         }
@@ -227,7 +265,11 @@ async fn handle_request(
         host,
         headers: &lookup,
     };
-    let Some(route) = listeners.iter().find_map(|l| state.table.match_request(*l, &view)) else {
+    // Listeners sharing a port share one table: the first index stands for them all.
+    let Some(route) = listeners
+        .first()
+        .and_then(|l| state.table.match_request(*l, &view))
+    else {
         let f = match &model {
             Some(m) => Failure::unknown_model(m),
             None => Failure::no_route(head.method(), head.path()),
@@ -277,7 +319,10 @@ fn upstream_request(ctx: &Forward<'_>, ep_addr: SocketAddr, buf: &mut Vec<u8>) {
             xff = Some(value);
             continue;
         }
-        if REPLACED_UPSTREAM.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        if REPLACED_UPSTREAM
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+        {
             continue;
         }
         has_host |= name.eq_ignore_ascii_case("host");
@@ -321,7 +366,14 @@ enum Attempt {
     ClientGone,
 }
 
-async fn forward(shard: &Rc<Shard>, client: &mut TcpStream, out: &mut Vec<u8>, ctx: &Forward<'_>, route: &RouteMatch<'_>, guard: &mut InFlight) -> bool {
+async fn forward(
+    shard: &Rc<Shard>,
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    ctx: &Forward<'_>,
+    route: &RouteMatch<'_>,
+    guard: &mut InFlight,
+) -> bool {
     let settings = &shard.state.settings;
     let total = route.request_timeout.unwrap_or(settings.response_timeout);
     let deadline = Instant::now() + total;
@@ -343,7 +395,11 @@ async fn forward(shard: &Rc<Shard>, client: &mut TcpStream, out: &mut Vec<u8>, c
         upstream_request(ctx, addr, &mut reqbuf);
         let mut fresh_retry_done = false;
         loop {
-            let pooled = if fresh_retry_done { None } else { shard.take_conn(ep, Instant::now()) };
+            let pooled = if fresh_retry_done {
+                None
+            } else {
+                shard.take_conn(ep, Instant::now())
+            };
             let conn = match pooled {
                 Some(c) => c,
                 None => match connect(addr, settings.connect_timeout).await {
@@ -359,7 +415,8 @@ async fn forward(shard: &Rc<Shard>, client: &mut TcpStream, out: &mut Vec<u8>, c
             match exchange(shard, client, conn, &mut reqbuf, ctx, deadline).await {
                 Ok((resp, conn)) => {
                     shard.restore(ep);
-                    return stream_response(shard, client, out, ctx, resp, conn, ep, deadline).await;
+                    return stream_response(shard, client, out, ctx, resp, conn, ep, deadline)
+                        .await;
                 }
                 Err(Attempt::Stale) if !fresh_retry_done => {
                     fresh_retry_done = true;
@@ -416,7 +473,12 @@ enum Watched {
 
 /// Read once from the upstream, giving up at `deadline`, and abandoning the read
 /// if the client disconnects meanwhile (pipelined client bytes stop the watch).
-async fn read_upstream_watched(client: &TcpStream, conn: &mut UpstreamConn, deadline: Instant, watch: &mut bool) -> Watched {
+async fn read_upstream_watched(
+    client: &TcpStream,
+    conn: &mut UpstreamConn,
+    deadline: Instant,
+    watch: &mut bool,
+) -> Watched {
     let buf = std::mem::take(&mut conn.buf);
     let read = read_into(&mut conn.stream, buf);
     let mut read = std::pin::pin!(read);
@@ -451,12 +513,18 @@ async fn exchange(
     let (res, b) = conn.stream.write_all(std::mem::take(reqbuf)).await;
     *reqbuf = b;
     if res.is_err() {
-        return Err(if conn.reused { Attempt::Stale } else { Attempt::Connect("connection reset while sending") });
+        return Err(if conn.reused {
+            Attempt::Stale
+        } else {
+            Attempt::Connect("connection reset while sending")
+        });
     }
     if ctx.body.len() > 64 * 1024 {
         let (res, _) = conn.stream.write_all(ctx.body.clone()).await;
         if res.is_err() {
-            return Err(Attempt::Fail(Failure::upstream_failed("connection reset while sending the body")));
+            return Err(Attempt::Fail(Failure::upstream_failed(
+                "connection reset while sending the body",
+            )));
         }
     }
     let head_request = ctx.head.method() == "HEAD";
@@ -473,11 +541,17 @@ async fn exchange(
                         continue;
                     }
                     if resp.has_other_transfer_coding() {
-                        return Err(Attempt::Fail(Failure::upstream_failed("response uses a transfer coding other than chunked")));
+                        return Err(Attempt::Fail(Failure::upstream_failed(
+                            "response uses a transfer coding other than chunked",
+                        )));
                     }
                     return Ok((resp, conn));
                 }
-                Ok(None) => conn.buf = bytes.try_into_mut().unwrap_or_else(|b| BytesMut::from(&b[..])),
+                Ok(None) => {
+                    conn.buf = bytes
+                        .try_into_mut()
+                        .unwrap_or_else(|b| BytesMut::from(&b[..]))
+                }
                 Err(e) => return Err(Attempt::Fail(Failure::upstream_protocol(&e))),
             }
         }
@@ -488,11 +562,17 @@ async fn exchange(
                 return Err(if conn.reused && !got_bytes {
                     Attempt::Stale
                 } else {
-                    Attempt::Fail(Failure::upstream_failed("connection closed before the response head"))
+                    Attempt::Fail(Failure::upstream_failed(
+                        "connection closed before the response head",
+                    ))
                 });
             }
             Watched::Read(Ok(_), b) => conn.buf = b,
-            Watched::TimedOut => return Err(Attempt::Fail(Failure::upstream_timeout("no response head in time"))),
+            Watched::TimedOut => {
+                return Err(Attempt::Fail(Failure::upstream_timeout(
+                    "no response head in time",
+                )))
+            }
             Watched::ClientGone => return Err(Attempt::ClientGone),
         }
     }
@@ -534,11 +614,15 @@ async fn stream_response(
     }
     match framing {
         Framing::Length(n) => write::header_u64(out, "content-length", n),
-        Framing::Chunked | Framing::UntilClose if chunked_out => write::header(out, "transfer-encoding", b"chunked"),
-        Framing::None => {
-            if resp.header("content-length").is_none() && !matches!(resp.status(), 100..=199 | 204 | 304) {
-                write::header_u64(out, "content-length", 0);
-            }
+        Framing::Chunked | Framing::UntilClose if chunked_out => {
+            write::header(out, "transfer-encoding", b"chunked")
+        }
+        // No body: keep a HEAD response's content-length (copied above), else say 0.
+        Framing::None
+            if resp.header("content-length").is_none()
+                && !matches!(resp.status(), 100..=199 | 204 | 304) =>
+        {
+            write::header_u64(out, "content-length", 0)
         }
         _ => {}
     }
@@ -629,7 +713,14 @@ async fn flush(client: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()>
 }
 
 /// Answer a JSON body with `status`.
-async fn respond_json(client: &mut TcpStream, out: &mut Vec<u8>, status: u16, body: &[u8], keep: bool, rid: &[u8]) {
+async fn respond_json(
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    status: u16,
+    body: &[u8],
+    keep: bool,
+    rid: &[u8],
+) {
     out.clear();
     write::status_line(out, status);
     write::header(out, "content-type", b"application/json");
@@ -644,7 +735,12 @@ async fn respond_json(client: &mut TcpStream, out: &mut Vec<u8>, status: u16, bo
 }
 
 /// Answer an OpenAI-style error.
-pub async fn respond_failure(client: &mut TcpStream, out: &mut Vec<u8>, f: &Failure, rid: Option<&[u8]>) {
+pub async fn respond_failure(
+    client: &mut TcpStream,
+    out: &mut Vec<u8>,
+    f: &Failure,
+    rid: Option<&[u8]>,
+) {
     out.clear();
     let retry;
     let mut extra: Vec<(&str, &[u8])> = Vec::with_capacity(2);
@@ -655,6 +751,8 @@ pub async fn respond_failure(client: &mut TcpStream, out: &mut Vec<u8>, f: &Fail
     if let Some(rid) = rid {
         extra.push(("x-request-id", rid));
     }
-    write::error_response(out, f.status, &f.message, f.err_type, f.code, f.close, &extra);
+    write::error_response(
+        out, f.status, &f.message, f.err_type, f.code, f.close, &extra,
+    );
     let _ = flush(client, out).await;
 }

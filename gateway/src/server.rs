@@ -25,7 +25,12 @@ pub struct PortSockets {
 
 /// A shard's main future: accept on every port until drain, then wait for in-flight
 /// requests to finish.
-pub async fn shard_main(info: ShardInfo, state: Arc<GatewayState>, shutdown: Shutdown, sockets: Vec<(Vec<usize>, StdListener)>) {
+pub async fn shard_main(
+    info: ShardInfo,
+    state: Arc<GatewayState>,
+    shutdown: Shutdown,
+    sockets: Vec<(Vec<usize>, StdListener)>,
+) {
     let shard = Shard::new(info.id, state, shutdown.clone());
     tracing::debug!(shard = info.id, driver = info.driver.name(), core = ?info.core, "shard started");
     for (listeners, std_listener) in sockets {
@@ -45,7 +50,11 @@ pub async fn shard_main(info: ShardInfo, state: Arc<GatewayState>, shutdown: Shu
         monoio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     if shard.in_flight.get() > 0 {
-        tracing::warn!(shard = info.id, in_flight = shard.in_flight.get(), "drain deadline passed; closing");
+        tracing::warn!(
+            shard = info.id,
+            in_flight = shard.in_flight.get(),
+            "drain deadline passed; closing"
+        );
     }
 }
 
@@ -67,7 +76,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, listeners: Rc<[usi
         // The socket is readable, so this completes at once (each shard owns its socket).
         match listener.accept().await {
             Ok((stream, peer)) => {
-                monoio::spawn(serve_connection(shard.clone(), stream, peer, listeners.clone()));
+                monoio::spawn(serve_connection(
+                    shard.clone(),
+                    stream,
+                    peer,
+                    listeners.clone(),
+                ));
             }
             Err(e) => tracing::warn!(error = %e, "accept failed"),
         }

@@ -61,7 +61,8 @@ impl GatewayState {
             .iter()
             .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "shardgate"}))
             .collect();
-        let models_body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
+        let models_body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default();
         GatewayState {
             table,
             settings,
@@ -214,7 +215,9 @@ impl Shard {
         let mut pool = self.pool.borrow_mut();
         let idle = &mut pool[ep];
         while let Some(c) = idle.pop() {
-            if now.saturating_duration_since(c.idle_since) >= self.state.settings.upstream_idle_timeout {
+            if now.saturating_duration_since(c.idle_since)
+                >= self.state.settings.upstream_idle_timeout
+            {
                 continue;
             }
             // An idle upstream must have nothing to say: data or EOF means it is stale.
@@ -285,6 +288,8 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.clear_endpoint();
-        self.shard.in_flight.set(self.shard.in_flight.get().saturating_sub(1));
+        self.shard
+            .in_flight
+            .set(self.shard.in_flight.get().saturating_sub(1));
     }
 }

@@ -5,7 +5,10 @@
 use std::process::Command;
 
 fn shardgate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_shardgate")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(args)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -28,7 +31,16 @@ fn every_seed_manifest_loads_with_check() {
     for path in seed_paths() {
         let (code, out, err) = shardgate(&["check", "-c", &path]);
         assert_eq!(code, 0, "check failed on {path}:\n{out}\n{err}");
-        for kind in ["GatewayClass", "InferenceConfig", "Gateway", "HTTPRoute", "InferencePolicy", "BatchingPolicy", "SecurityPolicy", "ServiceMonitor"] {
+        for kind in [
+            "GatewayClass",
+            "InferenceConfig",
+            "Gateway",
+            "HTTPRoute",
+            "InferencePolicy",
+            "BatchingPolicy",
+            "SecurityPolicy",
+            "ServiceMonitor",
+        ] {
             assert!(out.contains(kind), "{kind} missing from the report:\n{out}");
         }
         assert!(out.contains("accepted, not enforced"), "{out}");
@@ -71,7 +83,13 @@ fn help_documents_the_commands() {
         assert!(out.contains(word), "{out}");
     }
     let (_, out, _) = shardgate(&["serve", "--help"]);
-    for flag in ["--shards", "--admin-addr", "--max-body-bytes", "--force-epoll", "--drain-timeout"] {
+    for flag in [
+        "--shards",
+        "--admin-addr",
+        "--max-body-bytes",
+        "--force-epoll",
+        "--drain-timeout",
+    ] {
         assert!(out.contains(flag), "{flag} missing:\n{out}");
     }
 }

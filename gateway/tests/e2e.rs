@@ -13,29 +13,52 @@ use common::*;
 fn routes_by_body_model_and_by_header() {
     let a = sim(&["model-a"], |_| {});
     let b = sim(&["model-b"], |_| {});
-    let gw = Gateway::start(&config(&[("model-a", vec![(1, vec![a.addr()])]), ("model-b", vec![(1, vec![b.addr()])])]), &[]);
+    let gw = Gateway::start(
+        &config(&[
+            ("model-a", vec![(1, vec![a.addr()])]),
+            ("model-b", vec![(1, vec![b.addr()])]),
+        ]),
+        &[],
+    );
     let mut c = gw.connect();
     // Body model.
     let r = c.post("/v1/chat/completions", &chat("model-a", false, 3), &[]);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["model"], "model-a");
-    let r = c.post("/v1/completions", r#"{"model":"model-b","prompt":"say hi","max_tokens":2}"#, &[]);
+    let r = c.post(
+        "/v1/completions",
+        r#"{"model":"model-b","prompt":"say hi","max_tokens":2}"#,
+        &[],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["model"], "model-b");
     // Header model (the seed's X-Model-Type), on a path whose body is not scanned.
-    let r = c.post("/v1/chat/completions", &chat("model-b", false, 2), &[("X-Model-Type", "model-b")]);
+    let r = c.post(
+        "/v1/chat/completions",
+        &chat("model-b", false, 2),
+        &[("X-Model-Type", "model-b")],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["model"], "model-b");
     // A request id is generated and returned when the client sent none, kept otherwise.
     assert!(r.header("x-request-id").is_some_and(|v| v.len() >= 16));
-    let r = c.post("/v1/embeddings", r#"{"model":"model-a","input":["one","two"]}"#, &[("x-request-id", "my-id-123")]);
+    let r = c.post(
+        "/v1/embeddings",
+        r#"{"model":"model-a","input":["one","two"]}"#,
+        &[("x-request-id", "my-id-123")],
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-request-id"), Some("my-id-123"));
     assert_eq!(r.json()["data"].as_array().unwrap().len(), 2);
     // /v1/models is the union of what routes serve.
     let r = c.get("/v1/models");
     assert_eq!(r.status, 200);
-    let ids: Vec<String> = r.json()["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, vec!["model-a", "model-b"]);
 }
 
@@ -63,12 +86,23 @@ fn weights_split_traffic_between_backend_groups() {
     let heavy = sim(&["m"], |_| {});
     let light = sim(&["m"], |_| {});
     let never = sim(&["m"], |_| {});
-    let yaml = config(&[("m", vec![(80, vec![heavy.addr()]), (20, vec![light.addr()]), (0, vec![never.addr()])])]);
+    let yaml = config(&[(
+        "m",
+        vec![
+            (80, vec![heavy.addr()]),
+            (20, vec![light.addr()]),
+            (0, vec![never.addr()]),
+        ],
+    )]);
     let gw = Gateway::start(&yaml, &[]);
     let mut c = gw.connect();
     let n = 300;
     for _ in 0..n {
-        let r = c.post("/v1/completions", r#"{"model":"m","prompt":"x","max_tokens":1}"#, &[]);
+        let r = c.post(
+            "/v1/completions",
+            r#"{"model":"m","prompt":"x","max_tokens":1}"#,
+            &[],
+        );
         assert_eq!(r.status, 200);
     }
     let h = sim_stats(heavy.addr())["requests_total"].as_u64().unwrap();
@@ -93,7 +127,9 @@ fn streaming_reaches_the_client_incrementally() {
     c.send_raw(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
     let (status, headers) = c.read_head();
     assert_eq!(status, 200);
-    assert!(headers.iter().any(|(n, v)| n.eq_ignore_ascii_case("content-type") && v.contains("text/event-stream")));
+    assert!(headers
+        .iter()
+        .any(|(n, v)| n.eq_ignore_ascii_case("content-type") && v.contains("text/event-stream")));
     let start = Instant::now();
     let first = c.next_chunk().expect("first chunk");
     let first_at = start.elapsed();
@@ -108,17 +144,27 @@ fn streaming_reaches_the_client_incrementally() {
     let events = text.matches("data: ").count();
     assert!(events >= 40, "{events} events");
     // The first event arrived long before the stream ended: nothing was buffered.
-    assert!(done_at > first_at + Duration::from_millis(400), "first {first_at:?}, done {done_at:?}");
+    assert!(
+        done_at > first_at + Duration::from_millis(400),
+        "first {first_at:?}, done {done_at:?}"
+    );
 }
 
 #[test]
 fn upstream_keep_alive_connections_are_reused() {
     let a = sim(&["m"], |_| {});
-    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &["--shards", "1"]);
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--shards", "1"],
+    );
     for _ in 0..3 {
         let mut c = gw.connect();
         for _ in 0..10 {
-            let r = c.post("/v1/completions", r#"{"model":"m","prompt":"x","max_tokens":1}"#, &[]);
+            let r = c.post(
+                "/v1/completions",
+                r#"{"model":"m","prompt":"x","max_tokens":1}"#,
+                &[],
+            );
             assert_eq!(r.status, 200);
         }
     }
@@ -126,7 +172,10 @@ fn upstream_keep_alive_connections_are_reused() {
     assert_eq!(s["requests_total"].as_u64().unwrap(), 30);
     // Connections the sim accepted: the gateway's pooled one, plus this stats query's own.
     let gateway_conns = s["connections_total"].as_u64().unwrap() - 1;
-    assert_eq!(gateway_conns, 1, "one pooled upstream connection for 30 sequential requests: {s}");
+    assert_eq!(
+        gateway_conns, 1,
+        "one pooled upstream connection for 30 sequential requests: {s}"
+    );
 }
 
 #[test]
@@ -137,43 +186,74 @@ fn client_disconnect_cancels_the_upstream_request() {
     let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
     let mut c = gw.connect();
     let body = chat("m", true, 2000);
-    c.send_raw(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    c.send_raw(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
     let (status, _) = c.read_head();
     assert_eq!(status, 200);
     assert!(c.next_chunk().is_some());
     drop(c);
     let cancelled = poll(Duration::from_secs(10), || {
         let s = sim_stats(a.addr());
-        (s["requests_cancelled_total"].as_u64().unwrap() == 1 && s["running"].as_u64().unwrap() == 0).then_some(())
+        (s["requests_cancelled_total"].as_u64().unwrap() == 1
+            && s["running"].as_u64().unwrap() == 0)
+            .then_some(())
     });
-    assert!(cancelled.is_some(), "the sim never saw the cancellation: {}", sim_stats(a.addr()));
+    assert!(
+        cancelled.is_some(),
+        "the sim never saw the cancellation: {}",
+        sim_stats(a.addr())
+    );
 }
 
 #[test]
 fn dead_backend_gives_502_or_503_then_recovers() {
     let a = sim(&["m"], |_| {});
     let addr = a.addr();
-    let gw = Gateway::start(&config(&[("m", vec![(1, vec![addr])])]), &["--eject-base", "50ms", "--eject-max", "200ms"]);
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![addr])])]),
+        &["--eject-base", "50ms", "--eject-max", "200ms"],
+    );
     let req = r#"{"model":"m","prompt":"x","max_tokens":1}"#;
     assert_eq!(gw.connect().post("/v1/completions", req, &[]).status, 200);
     a.shutdown();
     let mut c = gw.connect();
     let r = c.post("/v1/completions", req, &[]);
-    assert!(r.status == 502 || r.status == 503, "{} {}", r.status, r.text());
+    assert!(
+        r.status == 502 || r.status == 503,
+        "{} {}",
+        r.status,
+        r.text()
+    );
     let code = r.json()["error"]["code"].as_str().unwrap().to_string();
-    assert!(code == "upstream_failed" || code == "no_healthy_endpoint", "{code}");
+    assert!(
+        code == "upstream_failed" || code == "no_healthy_endpoint",
+        "{code}"
+    );
     if r.status == 503 {
         assert!(r.header("retry-after").is_some());
     }
     let _back = sim_at(addr, &["m"]);
-    let ok = poll(Duration::from_secs(10), || (gw.connect().post("/v1/completions", req, &[]).status == 200).then_some(()));
-    assert!(ok.is_some(), "the gateway never recovered after the backend returned");
+    let ok = poll(Duration::from_secs(10), || {
+        (gw.connect().post("/v1/completions", req, &[]).status == 200).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "the gateway never recovered after the backend returned"
+    );
 }
 
 #[test]
 fn oversized_head_and_body_are_refused() {
     let a = sim(&["m"], |_| {});
-    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &["--max-header-bytes", "4096", "--max-body-bytes", "1000"]);
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--max-header-bytes", "4096", "--max-body-bytes", "1000"],
+    );
     let mut c = gw.connect();
     let big = "x".repeat(5000);
     c.send_raw(format!("GET / HTTP/1.1\r\nhost: t\r\nx-big: {big}\r\n\r\n").as_bytes());
@@ -203,21 +283,41 @@ fn smuggling_attempts_get_400_and_close() {
         let mut c = gw.connect();
         c.send_raw(raw);
         let r = c.read_response();
-        assert_eq!(r.status, 400, "{:?} → {} {}", String::from_utf8_lossy(raw), r.status, r.text());
+        assert_eq!(
+            r.status,
+            400,
+            "{:?} → {} {}",
+            String::from_utf8_lossy(raw),
+            r.status,
+            r.text()
+        );
         assert!(r.json()["error"]["message"].as_str().is_some());
-        assert!(c.is_closed(), "connection left open after {:?}", String::from_utf8_lossy(raw));
+        assert!(
+            c.is_closed(),
+            "connection left open after {:?}",
+            String::from_utf8_lossy(raw)
+        );
     }
 }
 
 #[test]
 fn pipelined_requests_are_answered_in_order_and_chunked_bodies_work() {
     let a = sim(&["m1", "m2"], |_| {});
-    let gw = Gateway::start(&config(&[("m1", vec![(1, vec![a.addr()])]), ("m2", vec![(1, vec![a.addr()])])]), &[]);
+    let gw = Gateway::start(
+        &config(&[
+            ("m1", vec![(1, vec![a.addr()])]),
+            ("m2", vec![(1, vec![a.addr()])]),
+        ]),
+        &[],
+    );
     let mut c = gw.connect();
     let b1 = r#"{"model":"m1","prompt":"a","max_tokens":1}"#;
     let b2 = r#"{"model":"m2","prompt":"b","max_tokens":1}"#;
     let mut raw = String::new();
-    raw.push_str(&format!("POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{b1}", b1.len()));
+    raw.push_str(&format!(
+        "POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{b1}",
+        b1.len()
+    ));
     // The second one chunked, in two chunks.
     let (p1, p2) = b2.split_at(10);
     raw.push_str(&format!(
@@ -255,7 +355,13 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
     let mut c = gw.connect();
     let body = chat("m", true, 60);
-    c.send_raw(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    c.send_raw(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
     let (status, _) = c.read_head();
     assert_eq!(status, 200);
     assert!(c.next_chunk().is_some());
@@ -264,8 +370,13 @@ fn sigterm_drains_in_flight_requests_then_exits_zero() {
     while let Some(ch) = c.next_chunk() {
         rest.extend_from_slice(&ch);
     }
-    assert!(String::from_utf8_lossy(&rest).contains("[DONE]"), "the in-flight stream was cut");
-    let status = gw.wait_exit(Duration::from_secs(10)).expect("gateway did not exit after drain");
+    assert!(
+        String::from_utf8_lossy(&rest).contains("[DONE]"),
+        "the in-flight stream was cut"
+    );
+    let status = gw
+        .wait_exit(Duration::from_secs(10))
+        .expect("gateway did not exit after drain");
     assert!(status.success(), "{status}");
 }
 
@@ -278,4 +389,159 @@ fn admin_health_endpoints_answer() {
     assert_eq!(Client::connect(admin).get("/readyz").status, 200);
     let cfg = Client::connect(admin).get("/debug/config").json();
     assert!(cfg["documents"].as_array().unwrap().len() >= 3);
+}
+
+/// A config whose only route is a catch-all to `addr` (no model match).
+fn catch_all(addr: std::net::SocketAddr) -> String {
+    config(&[("unused", vec![(1, vec![addr])])]).replace(
+        "  - matches:\n    - headers:\n      - name: X-Gateway-Model-Name\n        value: unused\n    - headers:\n      - name: X-Model-Type\n        value: unused\n",
+        "  - matches:\n    - path:\n        type: PathPrefix\n        value: /\n",
+    )
+}
+
+#[test]
+fn proxy_headers_are_rewritten_and_hop_by_hop_ones_dropped() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(&catch_all(a.addr()), &[]);
+    let mut c = gw.connect();
+    c.send_raw(
+        b"POST /sim/echo?x=1 HTTP/1.1\r\nhost: api.example\r\nconnection: keep-alive, x-drop-me\r\nx-drop-me: secret\r\nkeep-alive: timeout=5\r\nte: trailers\r\nx-forwarded-for: 10.1.2.3\r\nx-keep: yes\r\ncontent-length: 3\r\n\r\nabc",
+    );
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["method"], "POST");
+    assert_eq!(j["target"], "/sim/echo?x=1");
+    assert_eq!(j["body_len"], 3);
+    let headers: Vec<(String, String)> = j["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_string(),
+                h[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert_eq!(get("host").as_deref(), Some("api.example"));
+    assert_eq!(get("x-keep").as_deref(), Some("yes"));
+    assert_eq!(
+        get("x-forwarded-for").as_deref(),
+        Some("10.1.2.3, 127.0.0.1")
+    );
+    assert_eq!(get("x-forwarded-proto").as_deref(), Some("http"));
+    assert!(get("x-request-id").is_some_and(|v| v == r.header("x-request-id").unwrap()));
+    for dropped in ["x-drop-me", "keep-alive", "te"] {
+        assert_eq!(get(dropped), None, "{dropped} was forwarded");
+    }
+}
+
+#[test]
+fn seed_style_x_model_type_routes_serve_body_model_requests() {
+    let a = sim(&["gpt-large"], |_| {});
+    let yaml = config(&[("gpt-large", vec![(1, vec![a.addr()])])]).replace(
+        "    - headers:\n      - name: X-Gateway-Model-Name\n        value: gpt-large\n",
+        "",
+    );
+    assert!(!yaml.contains("X-Gateway-Model-Name"));
+    let gw = Gateway::start(&yaml, &[]);
+    let mut c = gw.connect();
+    let r = c.post("/v1/chat/completions", &chat("gpt-large", false, 2), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Two top-level `model` keys could route as one model and be served as another.
+    let r = c.post(
+        "/v1/chat/completions",
+        r#"{"model":"gpt-large","model":"other","messages":[]}"#,
+        &[],
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "invalid_json");
+}
+
+#[test]
+fn slow_client_gets_408() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--header-timeout", "200ms"],
+    );
+    let mut c = gw.connect();
+    c.send_raw(b"POST /v1/completions HTTP/1.1\r\nhost: t\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 408);
+    assert_eq!(r.json()["error"]["code"], "request_timeout");
+    assert!(c.is_closed());
+}
+
+#[test]
+fn stalled_upstream_gets_504() {
+    let a = sim(&["m"], |c| {
+        c.stall_ms = 5_000;
+    });
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--response-timeout", "300ms"],
+    );
+    let r = gw.connect().post(
+        "/v1/completions",
+        r#"{"model":"m","prompt":"x","max_tokens":1}"#,
+        &[],
+    );
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "upstream_timeout");
+}
+
+#[test]
+fn epoll_driver_and_several_shards_serve_too() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--force-epoll", "--shards", "2"],
+    );
+    assert_eq!(gw.driver, "epoll");
+    for _ in 0..20 {
+        let mut c = gw.connect();
+        let r = c.post(
+            "/v1/completions",
+            r#"{"model":"m","prompt":"x","max_tokens":1}"#,
+            &[],
+        );
+        assert_eq!(r.status, 200);
+    }
+    let mut c = gw.connect();
+    let body = chat("m", true, 5);
+    c.send_raw(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let r = c.read_response();
+    assert!(r.text().contains("[DONE]"));
+}
+
+#[test]
+fn a_pooled_connection_the_backend_closed_is_not_used() {
+    let a = sim(&["m"], |_| {});
+    let addr = a.addr();
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![addr])])]),
+        &["--upstream-idle-timeout", "60s"],
+    );
+    let req = r#"{"model":"m","prompt":"x","max_tokens":1}"#;
+    let mut c = gw.connect();
+    assert_eq!(c.post("/v1/completions", req, &[]).status, 200);
+    // The backend restarts: the gateway's pooled connection to it is now dead.
+    a.shutdown();
+    let _b = sim_at(addr, &["m"]);
+    let r = c.post("/v1/completions", req, &[]);
+    assert_eq!(
+        r.status,
+        200,
+        "a stale pooled connection leaked into a request: {}",
+        r.text()
+    );
 }

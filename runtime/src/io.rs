@@ -16,7 +16,10 @@ pub const READ_CHUNK: usize = 16 * 1024;
 
 /// Read once from `r`, appending to `buf`. Returns the byte count (0 = EOF) and the
 /// buffer back.
-pub async fn read_into<R: AsyncReadRent>(r: &mut R, mut buf: BytesMut) -> (std::io::Result<usize>, BytesMut) {
+pub async fn read_into<R: AsyncReadRent>(
+    r: &mut R,
+    mut buf: BytesMut,
+) -> (std::io::Result<usize>, BytesMut) {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }

@@ -103,7 +103,11 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<Std
     let mut out = Vec::with_capacity(count);
     let mut bound = addr;
     for _ in 0..count.max(1) {
-        let socket = Socket::new(Domain::for_address(bound), Type::STREAM, Some(Protocol::TCP))?;
+        let socket = Socket::new(
+            Domain::for_address(bound),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
@@ -172,7 +176,9 @@ where
         let t = std::thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || {
-                let pinned = core.filter(|c| core_affinity::set_for_current(*c)).map(|c| c.id);
+                let pinned = core
+                    .filter(|c| core_affinity::set_for_current(*c))
+                    .map(|c| c.id);
                 let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
                     .with_entries(1024)
                     .enable_timer()

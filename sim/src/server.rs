@@ -312,6 +312,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBod
         (Method::GET, "/metrics") => metrics_page(&shared).await,
         (Method::GET, "/sim/stats") => stats_page(&shared).await,
         (Method::GET, "/sim/faults") => json(200, api::to_bytes(&shared.faults.view())),
+        (_, "/sim/echo") => echo(req).await,
         (Method::POST, "/sim/faults") => match set_faults(&shared, req).await {
             Ok(r) => r,
             Err(e) => error(&e),
@@ -321,6 +322,30 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBod
         }
         _ => json(404, &b"{\"detail\":\"Not Found\"}"[..]),
     }
+}
+
+/// `/sim/echo` (any method): the request as the server received it — method,
+/// target, headers in order and the body length — so tests can check what a
+/// proxy forwarded (hop-by-hop removal, `X-Forwarded-*`, request ids).
+async fn echo(req: Request<Incoming>) -> Response<RespBody> {
+    let method = req.method().to_string();
+    let target = req.uri().to_string();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            (
+                n.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let body_len = match read_body(req).await {
+        Ok(b) => b.len(),
+        Err(e) => return error(&e),
+    };
+    let v = serde_json::json!({"method": method, "target": target, "headers": headers, "body_len": body_len});
+    json(200, v.to_string())
 }
 
 fn not_allowed() -> Response<RespBody> {

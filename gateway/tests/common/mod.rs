@@ -50,11 +50,13 @@ pub fn sim_at(addr: SocketAddr, models: &[&str]) -> SimHandle {
         ..Default::default()
     };
     let mut last = None;
-    let h = poll(Duration::from_secs(5), || match shardgate_sim::spawn(c.clone()) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            last = Some(e);
-            None
+    let h = poll(Duration::from_secs(5), || {
+        match shardgate_sim::spawn(c.clone()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                last = Some(e);
+                None
+            }
         }
     });
     h.unwrap_or_else(|| panic!("restart sim on {addr}: {last:?}"))
@@ -62,7 +64,10 @@ pub fn sim_at(addr: SocketAddr, models: &[&str]) -> SimHandle {
 
 /// Config: a Gateway on port 8080 (overridden to 0), and one HTTPRoute per
 /// `(model, [(weight, [addrs])])`, matching the model by body or X-Model-Type.
-pub fn config(routes: &[(&str, Vec<(u32, Vec<SocketAddr>)>)]) -> String {
+/// One backend group: weight and endpoint addresses.
+pub type Group = (u32, Vec<SocketAddr>);
+
+pub fn config(routes: &[(&str, Vec<Group>)]) -> String {
     let mut y = String::from(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: default\nspec:\n  gatewayClassName: shardgate\n  listeners:\n  - name: http\n    protocol: HTTP\n    port: 8080\n",
     );
@@ -71,7 +76,9 @@ pub fn config(routes: &[(&str, Vec<(u32, Vec<SocketAddr>)>)]) -> String {
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r{ri}\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw\n  rules:\n  - matches:\n    - headers:\n      - name: X-Gateway-Model-Name\n        value: {model}\n    - headers:\n      - name: X-Model-Type\n        value: {model}\n    backendRefs:\n"
         ));
         for (gi, (weight, _)) in groups.iter().enumerate() {
-            y.push_str(&format!("    - name: svc-{ri}-{gi}\n      port: 8000\n      weight: {weight}\n"));
+            y.push_str(&format!(
+                "    - name: svc-{ri}-{gi}\n      port: 8000\n      weight: {weight}\n"
+            ));
         }
         for (gi, (_, addrs)) in groups.iter().enumerate() {
             for (ai, a) in addrs.iter().enumerate() {
@@ -91,6 +98,8 @@ pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// The I/O driver the gateway reported (`io_uring` or `epoll`).
+    pub driver: String,
     dir: PathBuf,
 }
 
@@ -123,13 +132,16 @@ impl Gateway {
             "--ready-file".into(),
             ready.display().to_string(),
         ];
-        if !extra.iter().any(|a| *a == "--shards") {
+        if !extra.contains(&"--shards") {
             args.extend(["--shards".into(), "1".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
             .args(&args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn shardgate");
@@ -137,6 +149,7 @@ impl Gateway {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
             admin: None,
+            driver: String::new(),
             dir,
         };
         let info: serde_json::Value = poll(Duration::from_secs(20), || {
@@ -149,6 +162,7 @@ impl Gateway {
         .expect("gateway did not become ready");
         gw.addr = info["listen"][0].as_str().unwrap().parse().unwrap();
         gw.admin = info["admin"].as_str().map(|a| a.parse().unwrap());
+        gw.driver = info["driver"].as_str().unwrap_or_default().to_string();
         gw
     }
 
@@ -188,13 +202,17 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
@@ -207,9 +225,14 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         stream.set_nodelay(true).unwrap();
-        Client { stream, buf: Vec::new() }
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -246,7 +269,9 @@ impl Client {
 
     /// Whether the server closed the connection (reads EOF within the timeout).
     pub fn is_closed(&mut self) -> bool {
-        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut tmp = [0u8; 1];
         matches!(self.stream.read(&mut tmp), Ok(0) | Err(_))
     }
@@ -261,7 +286,12 @@ impl Client {
                 let hs = resp
                     .headers
                     .iter()
-                    .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
                     .collect();
                 self.buf.drain(..len);
                 if (100..200).contains(&status) {
@@ -269,20 +299,33 @@ impl Client {
                 }
                 return (status, hs);
             }
-            assert!(self.fill() > 0, "connection closed before a response head; got {:?}", String::from_utf8_lossy(&self.buf));
+            assert!(
+                self.fill() > 0,
+                "connection closed before a response head; got {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
         }
     }
 
     /// Read a whole response.
     pub fn read_response(&mut self) -> Response {
         let (status, headers) = self.read_head();
-        let mut r = Response { status, headers, body: Vec::new() };
-        let chunked = r.header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let mut r = Response {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        let chunked = r
+            .header("transfer-encoding")
+            .is_some_and(|v| v.contains("chunked"));
         if chunked {
             while let Some(chunk) = self.next_chunk() {
                 r.body.extend_from_slice(&chunk);
             }
-        } else if let Some(len) = r.header("content-length").map(|v| v.trim().parse::<usize>().unwrap()) {
+        } else if let Some(len) = r
+            .header("content-length")
+            .map(|v| v.trim().parse::<usize>().unwrap())
+        {
             while self.buf.len() < len {
                 assert!(self.fill() > 0, "closed mid-body");
             }
@@ -299,12 +342,16 @@ impl Client {
         loop {
             if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
                 let line = String::from_utf8_lossy(&self.buf[..pos]).into_owned();
-                let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+                let size =
+                    usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
                 if size == 0 {
-                    while !self.buf.ends_with(b"\r\n\r\n") && !(self.buf.len() >= pos + 4 && &self.buf[pos..pos + 4] == b"\r\n\r\n") {
-                        assert!(self.fill() > 0);
-                    }
-                    let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+                    // The last chunk, then (optional trailers and) the blank line.
+                    let end = loop {
+                        if let Some(e) = self.buf[pos..].windows(4).position(|w| w == b"\r\n\r\n") {
+                            break pos + e;
+                        }
+                        assert!(self.fill() > 0, "closed in the trailer section");
+                    };
                     self.buf.drain(..end + 4);
                     return None;
                 }
@@ -322,7 +369,9 @@ impl Client {
 
 /// A chat completion body.
 pub fn chat(model: &str, stream: bool, max_tokens: u32) -> String {
-    format!(r#"{{"model":"{model}","stream":{stream},"max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hello there gateway"}}]}}"#)
+    format!(
+        r#"{{"model":"{model}","stream":{stream},"max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hello there gateway"}}]}}"#
+    )
 }
 
 /// Sim stats JSON.

@@ -143,7 +143,7 @@ struct KindSpec {
     kind: &'static str,
     api_versions: &'static [&'static str],
     cluster_scoped: bool,
-    enforced: bool,
+    enforced: &'static str,
     parse: ParseFn,
 }
 
@@ -167,42 +167,42 @@ const KINDS: &[KindSpec] = &[
         kind: "GatewayClass",
         api_versions: GATEWAY_API,
         cluster_scoped: true,
-        enforced: true,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::GatewayClass),
     },
     KindSpec {
         kind: "Gateway",
         api_versions: GATEWAY_API,
         cluster_scoped: false,
-        enforced: true,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::Gateway),
     },
     KindSpec {
         kind: "HTTPRoute",
         api_versions: GATEWAY_API,
         cluster_scoped: false,
-        enforced: true,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::HttpRoute),
     },
     KindSpec {
         kind: "GRPCRoute",
         api_versions: GATEWAY_API_GRPC,
         cluster_scoped: false,
-        enforced: false,
+        enforced: NOT_ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::GrpcRoute),
     },
     KindSpec {
         kind: "EndpointSlice",
         api_versions: &["discovery.k8s.io/v1"],
         cluster_scoped: false,
-        enforced: true,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::EndpointSlice),
     },
     KindSpec {
         kind: "Service",
         api_versions: &["v1"],
         cluster_scoped: false,
-        enforced: true,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::Service),
     },
     KindSpec {
@@ -212,28 +212,28 @@ const KINDS: &[KindSpec] = &[
             "inference.networking.x-k8s.io/v1alpha2",
         ],
         cluster_scoped: false,
-        enforced: true,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::InferencePool),
     },
     KindSpec {
         kind: "InferenceConfig",
         api_versions: AI_GATEWAY,
         cluster_scoped: false,
-        enforced: true,
+        enforced: PARTLY,
         parse: |v, u| typed(v, u).map(Resource::InferenceConfig),
     },
     KindSpec {
         kind: "InferencePolicy",
         api_versions: AI_GATEWAY,
         cluster_scoped: false,
-        enforced: true,
+        enforced: NOT_ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::InferencePolicy),
     },
     KindSpec {
         kind: "BatchingPolicy",
         api_versions: AI_GATEWAY,
         cluster_scoped: false,
-        enforced: true,
+        enforced: NOT_ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::BatchingPolicy),
     },
     KindSpec {
@@ -243,14 +243,14 @@ const KINDS: &[KindSpec] = &[
             "ai.gateway.io/v1alpha1",
         ],
         cluster_scoped: false,
-        enforced: false,
+        enforced: NOT_ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::SecurityPolicy),
     },
     KindSpec {
         kind: "ServiceMonitor",
         api_versions: &["monitoring.coreos.com/v1"],
         cluster_scoped: false,
-        enforced: false,
+        enforced: NOT_ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::ServiceMonitor),
     },
 ];
@@ -259,11 +259,16 @@ const KINDS: &[KindSpec] = &[
 pub const ENFORCED: &str = "enforced";
 /// Enforcement status string for kinds that are parsed and validated only.
 pub const NOT_ENFORCED: &str = "accepted, not enforced";
+/// Enforcement status of `InferenceConfig`: only its timeouts act today.
+pub const PARTLY: &str = "partly enforced (timeout.inference, timeout.idle)";
 
-/// Whether shardgate acts on `kind` (see [`Config::enforcement_report`]);
-/// `None` for kinds it does not load at all.
+/// Whether shardgate acts on `kind`, wholly or in part (see
+/// [`Config::enforcement_report`]); `None` for kinds it does not load at all.
 pub fn is_enforced(kind: &str) -> Option<bool> {
-    KINDS.iter().find(|k| k.kind == kind).map(|k| k.enforced)
+    KINDS
+        .iter()
+        .find(|k| k.kind == kind)
+        .map(|k| k.enforced != NOT_ENFORCED)
 }
 
 /// All loaded resources, in file and document order.
@@ -276,11 +281,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Per kind present: its enforcement status (`"enforced"` or
-    /// `"accepted, not enforced"`) and how many documents of it were loaded,
-    /// in a fixed kind order. Meant to be logged at start-up so no kind is
-    /// silently dropped. `GRPCRoute`, `SecurityPolicy` and `ServiceMonitor` are
-    /// not enforced yet.
+    /// Per kind present: its enforcement status ([`ENFORCED`], [`PARTLY`] or
+    /// [`NOT_ENFORCED`]) and how many documents of it were loaded, in a fixed
+    /// kind order. Meant to be logged at start-up so no kind is silently
+    /// dropped. `GRPCRoute`, `InferencePolicy`, `BatchingPolicy`,
+    /// `SecurityPolicy` and `ServiceMonitor` are not enforced yet.
     pub fn enforcement_report(&self) -> Vec<(String, &'static str, usize)> {
         KINDS
             .iter()
@@ -290,14 +295,7 @@ impl Config {
                     .iter()
                     .filter(|(m, _)| m.kind == spec.kind)
                     .count();
-                (count > 0).then(|| {
-                    let status = if spec.enforced {
-                        ENFORCED
-                    } else {
-                        NOT_ENFORCED
-                    };
-                    (spec.kind.to_owned(), status, count)
-                })
+                (count > 0).then(|| (spec.kind.to_owned(), spec.enforced, count))
             })
             .collect()
     }
