@@ -1,7 +1,8 @@
 //! Admin listener (default 127.0.0.1:9901) on its own thread and runtime, away from
 //! the shards: `/healthz` (process up), `/readyz` (serving and not draining; 503
 //! while draining or when some model has no endpoint at all), `/debug/config`
-//! (the loaded resources, their enforcement status, warnings).
+//! (the loaded resources, their enforcement status, warnings), `/metrics`
+//! (Prometheus text format, every shard merged at scrape).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub struct AdminView {
     pub models_without_endpoints: Vec<String>,
     /// Drain flag.
     pub shutdown: Shutdown,
+    /// Shard metrics, merged at scrape.
+    pub hub: Arc<crate::metrics::MetricsHub>,
 }
 
 /// Start the admin thread on an already-bound listener.
@@ -97,6 +100,11 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 }
             }
             "/debug/config" => (200, b"application/json", view.config_json.clone()),
+            "/metrics" => (
+                200,
+                b"text/plain; version=0.0.4; charset=utf-8",
+                view.hub.render().into_bytes(),
+            ),
             _ => (404, b"text/plain", b"not found\n".to_vec()),
         };
         let mut out = Vec::with_capacity(256 + body.len());

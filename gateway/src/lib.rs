@@ -12,6 +12,7 @@ pub mod cli;
 pub mod demo;
 pub mod error;
 pub mod load;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod shard;
@@ -170,6 +171,14 @@ pub fn start(
         }
     }
 
+    let driver = shardgate_runtime::detect_driver();
+    let endpoints: Vec<String> = loaded
+        .table
+        .endpoints()
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    let hub = Arc::new(metrics::MetricsHub::new(shards, endpoints, driver.name()));
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
@@ -179,15 +188,21 @@ pub fn start(
             config_json: debug_config_json(&loaded),
             models_without_endpoints: models_without_endpoints(&loaded.table),
             shutdown: shutdown.clone(),
+            hub: hub.clone(),
         });
         admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
     }
 
-    let driver = shardgate_runtime::detect_driver();
     let state = Arc::new(GatewayState::new(loaded.table, settings));
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards(per_shard, !run.no_pin, move |info, sockets| {
-        server::shard_main(info, state.clone(), shard_shutdown.clone(), sockets)
+        server::shard_main(
+            info,
+            state.clone(),
+            shard_shutdown.clone(),
+            hub.clone(),
+            sockets,
+        )
     })
     .map_err(|e| vec![format!("cannot start shards: {e}")])?;
 

@@ -31,7 +31,8 @@ use shardgate_routing::{
 use shardgate_runtime::io::{peer_state, read_into, PeerState};
 
 use crate::error::Failure;
-use crate::shard::{InFlight, Shard, UpstreamConn};
+use crate::metrics::{RequestRecord, UsageScanner};
+use crate::shard::{ConnGauge, GatewayState, InFlight, Shard, UpstreamConn};
 
 /// Paths whose JSON body carries the OpenAI `model` field.
 const MODEL_BODY_PATHS: [&str; 3] = ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"];
@@ -54,6 +55,7 @@ pub async fn serve_connection(
     listeners: Rc<[usize]>,
 ) {
     let _ = client.set_nodelay(true);
+    let _open = ConnGauge::new(&shard);
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(4096);
     loop {
@@ -191,7 +193,8 @@ fn is_model_body_path(method: &str, path: &str) -> bool {
     method == "POST" && MODEL_BODY_PATHS.contains(&path)
 }
 
-/// Handle one request; returns whether the connection may serve another.
+/// Handle one request and record its metrics; returns whether the connection may
+/// serve another.
 async fn handle_request(
     shard: &Rc<Shard>,
     client: &mut TcpStream,
@@ -201,6 +204,56 @@ async fn handle_request(
     peer: SocketAddr,
     listeners: &[usize],
 ) -> bool {
+    let state = shard.state.clone();
+    let mut rq = RequestState {
+        started: Instant::now(),
+        status: 0,
+        model: None,
+        route: None,
+        ttft: None,
+        tpot: None,
+        usage: UsageScanner::default(),
+    };
+    let keep = route_and_forward(
+        shard, &state, client, rbuf, out, &head, peer, listeners, &mut rq,
+    )
+    .await;
+    shard.metrics.borrow_mut().record(&RequestRecord {
+        model: rq.model.as_deref(),
+        route: rq.route,
+        status: rq.status,
+        duration: rq.started.elapsed(),
+        ttft: rq.ttft,
+        tpot: rq.tpot,
+        prompt_tokens: rq.usage.prompt_tokens,
+        completion_tokens: rq.usage.completion_tokens,
+    });
+    keep
+}
+
+/// What one request's handling observed, for metrics.
+struct RequestState<'s> {
+    started: Instant,
+    status: u16,
+    model: Option<String>,
+    route: Option<&'s str>,
+    ttft: Option<Duration>,
+    tpot: Option<Duration>,
+    usage: UsageScanner,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route_and_forward<'s>(
+    shard: &Rc<Shard>,
+    state: &'s GatewayState,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    head: &RequestHead,
+    peer: SocketAddr,
+    listeners: &[usize],
+    rq: &mut RequestState<'s>,
+) -> bool {
     let mut guard = InFlight::new(shard);
     let request_id = match head.header("x-request-id") {
         Some(v) if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) => {
@@ -209,19 +262,18 @@ async fn handle_request(
         _ => shard.request_id(),
     };
     let rid = request_id.as_bytes();
-    let body = match read_body(shard, client, rbuf, &head, out).await {
+    let body = match read_body(shard, client, rbuf, head, out).await {
         Ok(b) => b,
         Err(f) => {
-            respond_failure(client, out, &f, Some(rid)).await;
+            rq.status = respond_failure(client, out, &f, Some(rid)).await;
             return false;
         }
     };
     let client_keep = head.keep_alive() && !shard.shutdown.is_draining();
-    let state = shard.state.clone();
 
     // The gateway answers `GET /v1/models` itself: the union of what routes serve.
     if head.method() == "GET" && head.path() == "/v1/models" {
-        respond_json(client, out, 200, &state.models_body, client_keep, rid).await;
+        rq.status = respond_json(client, out, 200, &state.models_body, client_keep, rid).await;
         return client_keep;
     }
 
@@ -229,7 +281,9 @@ async fn handle_request(
         match extract_model_strict(&body) {
             Ok(m) => m.map(|m| m.into_owned()),
             Err(e) => {
-                respond_failure(client, out, &Failure::bad_json(e.to_string()), Some(rid)).await;
+                rq.status =
+                    respond_failure(client, out, &Failure::bad_json(e.to_string()), Some(rid))
+                        .await;
                 return client_keep;
             }
         }
@@ -240,7 +294,7 @@ async fn handle_request(
         .header(MODEL_TYPE_HEADER)
         .or_else(|| head.header(MODEL_HEADER))
         .map(|v| String::from_utf8_lossy(v).into_owned());
-    let model = body_model.clone().or(header_model);
+    rq.model = body_model.clone().or(header_model);
 
     let host = head
         .header("host")
@@ -270,26 +324,28 @@ async fn handle_request(
         .first()
         .and_then(|l| state.table.match_request(*l, &view))
     else {
-        let f = match &model {
+        let f = match &rq.model {
             Some(m) => Failure::unknown_model(m),
             None => Failure::no_route(head.method(), head.path()),
         };
-        respond_failure(client, out, &f, Some(rid)).await;
+        rq.status = respond_failure(client, out, &f, Some(rid)).await;
         return client_keep;
     };
+    rq.route = Some(route.route);
     if let RuleAction::FilterNotFound { filter } = route.action {
-        respond_failure(client, out, &Failure::filter_not_found(filter), Some(rid)).await;
+        rq.status =
+            respond_failure(client, out, &Failure::filter_not_found(filter), Some(rid)).await;
         return client_keep;
     }
     let ctx = Forward {
-        head: &head,
+        head,
         body: &body,
         peer,
         request_id: rid,
         model: body_model.as_deref(),
         client_keep,
     };
-    forward(shard, client, out, &ctx, &route, &mut guard).await
+    forward(shard, client, out, &ctx, &route, &mut guard, rq).await
 }
 
 struct Forward<'a> {
@@ -366,6 +422,7 @@ enum Attempt {
     ClientGone,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn forward(
     shard: &Rc<Shard>,
     client: &mut TcpStream,
@@ -373,6 +430,7 @@ async fn forward(
     ctx: &Forward<'_>,
     route: &RouteMatch<'_>,
     guard: &mut InFlight,
+    rq: &mut RequestState<'_>,
 ) -> bool {
     let settings = &shard.state.settings;
     let total = route.request_timeout.unwrap_or(settings.response_timeout);
@@ -380,6 +438,7 @@ async fn forward(
     let mut tried: Vec<usize> = Vec::new();
     let mut last_connect_error: Option<&'static str> = None;
     let mut reqbuf = Vec::with_capacity(1024 + ctx.body.len().min(64 * 1024));
+    let rid = Some(ctx.request_id);
     loop {
         let now = Instant::now();
         let Some(ep) = shard.pick(route.backends, &tried, now) else {
@@ -387,7 +446,7 @@ async fn forward(
                 Some(e) => Failure::upstream_failed(e),
                 None => Failure::no_endpoint(route.route),
             };
-            respond_failure(client, out, &f, Some(ctx.request_id)).await;
+            rq.status = respond_failure(client, out, &f, rid).await;
             return ctx.client_keep;
         };
         guard.set_endpoint(ep);
@@ -405,6 +464,7 @@ async fn forward(
                 None => match connect(addr, settings.connect_timeout).await {
                     Ok(c) => c,
                     Err(why) => {
+                        shard.metrics.borrow_mut().upstream_error(ep, "connect");
                         shard.eject(ep, Instant::now(), why);
                         tried.push(ep);
                         last_connect_error = Some(why);
@@ -415,34 +475,52 @@ async fn forward(
             match exchange(shard, client, conn, &mut reqbuf, ctx, deadline).await {
                 Ok((resp, conn)) => {
                     shard.restore(ep);
-                    return stream_response(shard, client, out, ctx, resp, conn, ep, deadline)
+                    return stream_response(shard, client, out, ctx, resp, conn, ep, deadline, rq)
                         .await;
                 }
                 Err(Attempt::Stale) if !fresh_retry_done => {
+                    shard
+                        .metrics
+                        .borrow_mut()
+                        .upstream_error(ep, "stale_connection_retried");
                     fresh_retry_done = true;
                     upstream_request(ctx, addr, &mut reqbuf);
                 }
                 Err(Attempt::Stale) => {
+                    shard.metrics.borrow_mut().upstream_error(ep, "reset");
                     let f = Failure::upstream_failed("connection closed before the response");
-                    respond_failure(client, out, &f, Some(ctx.request_id)).await;
+                    rq.status = respond_failure(client, out, &f, rid).await;
                     return ctx.client_keep;
                 }
                 Err(Attempt::Connect(why)) => {
+                    shard.metrics.borrow_mut().upstream_error(ep, "reset");
                     shard.eject(ep, Instant::now(), why);
                     tried.push(ep);
                     last_connect_error = Some(why);
                     break;
                 }
                 Err(Attempt::Fail(f)) => {
-                    respond_failure(client, out, &f, Some(ctx.request_id)).await;
+                    let kind = match f.status {
+                        504 => "timeout",
+                        _ if f.code == "upstream_protocol_error" => "protocol",
+                        _ => "reset",
+                    };
+                    shard.metrics.borrow_mut().upstream_error(ep, kind);
+                    rq.status = respond_failure(client, out, &f, rid).await;
                     return ctx.client_keep && !f.close;
                 }
-                Err(Attempt::ClientGone) => return false,
+                Err(Attempt::ClientGone) => {
+                    shard
+                        .metrics
+                        .borrow_mut()
+                        .upstream_error(ep, "client_cancelled");
+                    return false;
+                }
             }
         }
         if tried.len() >= 3 {
             let f = Failure::upstream_failed(last_connect_error.unwrap_or("connect failed"));
-            respond_failure(client, out, &f, Some(ctx.request_id)).await;
+            rq.status = respond_failure(client, out, &f, rid).await;
             return ctx.client_keep;
         }
     }
@@ -589,9 +667,15 @@ async fn stream_response(
     mut conn: UpstreamConn,
     ep: usize,
     deadline: Instant,
+    rq: &mut RequestState<'_>,
 ) -> bool {
     let settings = &shard.state.settings;
     let framing = resp.framing();
+    rq.status = resp.status();
+    let sse = resp
+        .header("content-type")
+        .is_some_and(|v| memchr::memmem::find(v, b"text/event-stream").is_some());
+    let mut timing = StreamTiming::default();
     let client_http11 = ctx.head.version() == Version::Http11;
     // Chunked toward the client whenever the length is unknown and it speaks 1.1.
     let chunked_out = matches!(framing, Framing::Chunked | Framing::UntilClose) && client_http11;
@@ -647,6 +731,8 @@ async fn stream_response(
                 }
             };
             if let Some(r) = d.data.clone() {
+                rq.usage.feed(&conn.buf[r.clone()]);
+                timing.pending = true;
                 if chunked_out {
                     write::chunk_header(out, r.len());
                     out.extend_from_slice(&conn.buf[r]);
@@ -667,14 +753,18 @@ async fn stream_response(
             if flush(client, out).await.is_err() {
                 return false;
             }
+            timing.flushed(sse, rq);
             if resp.keep_alive() && conn.buf.is_empty() {
                 shard.put_conn(ep, conn, Instant::now());
             }
             return keep;
         }
-        if !out.is_empty() && flush(client, out).await.is_err() {
-            // Client gone mid-stream: dropping `conn` closes the upstream, cancelling it.
-            return false;
+        if !out.is_empty() {
+            if flush(client, out).await.is_err() {
+                // Client gone mid-stream: dropping `conn` closes the upstream, cancelling it.
+                return false;
+            }
+            timing.flushed(sse, rq);
         }
         let until = deadline.min(Instant::now() + settings.stream_idle_timeout);
         match read_upstream_watched(client, &mut conn, until, &mut watch).await {
@@ -685,6 +775,7 @@ async fn stream_response(
                         out.extend_from_slice(write::LAST_CHUNK);
                     }
                     let ok = flush(client, out).await.is_ok();
+                    timing.flushed(sse, rq);
                     keep &= ok;
                     return keep;
                 }
@@ -698,6 +789,31 @@ async fn stream_response(
                 return false;
             }
             Watched::ClientGone => return false,
+        }
+    }
+}
+
+/// First/last instants at which streamed body bytes reached the client socket:
+/// TTFT is the first, TPOT the mean gap between SSE events after the first.
+#[derive(Default)]
+struct StreamTiming {
+    pending: bool,
+    first: Option<Instant>,
+}
+
+impl StreamTiming {
+    fn flushed(&mut self, sse: bool, rq: &mut RequestState<'_>) {
+        if !sse || !std::mem::take(&mut self.pending) {
+            return;
+        }
+        let now = Instant::now();
+        let first = *self.first.get_or_insert_with(|| {
+            rq.ttft = Some(now.saturating_duration_since(rq.started));
+            now
+        });
+        let events = rq.usage.events;
+        if events > 1 {
+            rq.tpot = Some(now.saturating_duration_since(first) / (events - 1));
         }
     }
 }
@@ -720,7 +836,7 @@ async fn respond_json(
     body: &[u8],
     keep: bool,
     rid: &[u8],
-) {
+) -> u16 {
     out.clear();
     write::status_line(out, status);
     write::header(out, "content-type", b"application/json");
@@ -732,6 +848,7 @@ async fn respond_json(
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     let _ = flush(client, out).await;
+    status
 }
 
 /// Answer an OpenAI-style error.
@@ -740,7 +857,7 @@ pub async fn respond_failure(
     out: &mut Vec<u8>,
     f: &Failure,
     rid: Option<&[u8]>,
-) {
+) -> u16 {
     out.clear();
     let retry;
     let mut extra: Vec<(&str, &[u8])> = Vec::with_capacity(2);
@@ -755,4 +872,5 @@ pub async fn respond_failure(
         out, f.status, &f.message, f.err_type, f.code, f.close, &extra,
     );
     let _ = flush(client, out).await;
+    f.status
 }

@@ -11,6 +11,7 @@ use monoio::net::TcpListener;
 use monoio::time::Instant;
 use shardgate_runtime::{ShardInfo, Shutdown};
 
+use crate::metrics::{MetricsHub, PUBLISH_EVERY};
 use crate::proxy::serve_connection;
 use crate::shard::{GatewayState, Shard};
 
@@ -29,9 +30,12 @@ pub async fn shard_main(
     info: ShardInfo,
     state: Arc<GatewayState>,
     shutdown: Shutdown,
+    hub: Arc<MetricsHub>,
     sockets: Vec<(Vec<usize>, StdListener)>,
 ) {
-    let shard = Shard::new(info.id, state, shutdown.clone());
+    let shard = Shard::new(info.id, state, shutdown.clone(), hub);
+    shard.publish_metrics();
+    monoio::spawn(publish_loop(shard.clone()));
     tracing::debug!(shard = info.id, driver = info.driver.name(), core = ?info.core, "shard started");
     for (listeners, std_listener) in sockets {
         let listener = match TcpListener::from_std(std_listener) {
@@ -49,12 +53,21 @@ pub async fn shard_main(
     while shard.in_flight.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
+    shard.publish_metrics();
     if shard.in_flight.get() > 0 {
         tracing::warn!(
             shard = info.id,
             in_flight = shard.in_flight.get(),
             "drain deadline passed; closing"
         );
+    }
+}
+
+/// Publish this shard's metrics every [`PUBLISH_EVERY`] until the runtime stops.
+async fn publish_loop(shard: Rc<Shard>) {
+    loop {
+        monoio::time::sleep(PUBLISH_EVERY).await;
+        shard.publish_metrics();
     }
 }
 

@@ -16,6 +16,8 @@ use shardgate_routing::{BackendGroup, RoutingTable};
 use shardgate_runtime::io::{peer_state, PeerState};
 use shardgate_runtime::Shutdown;
 
+use crate::metrics::{MetricsHub, ShardMetrics};
+
 /// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -112,13 +114,25 @@ pub struct Shard {
     pub requests: Cell<u64>,
     /// Process-wide stop signal.
     pub shutdown: Shutdown,
+    /// This shard's metrics (published to the hub every 500 ms).
+    pub metrics: RefCell<ShardMetrics>,
+    /// Where metrics are published for the admin thread.
+    pub hub: Arc<MetricsHub>,
 }
 
 impl Shard {
     /// A fresh shard view over `state`.
-    pub fn new(id: usize, state: Arc<GatewayState>, shutdown: Shutdown) -> Rc<Self> {
+    pub fn new(
+        id: usize,
+        state: Arc<GatewayState>,
+        shutdown: Shutdown,
+        hub: Arc<MetricsHub>,
+    ) -> Rc<Self> {
         let n = state.table.endpoints().len();
+        let models: Arc<[String]> = state.table.models().to_vec().into();
         Rc::new(Shard {
+            metrics: RefCell::new(ShardMetrics::new(models)),
+            hub,
             id,
             endpoints: (0..n).map(|_| EndpointState::default()).collect(),
             pool: RefCell::new((0..n).map(|_| Vec::new()).collect()),
@@ -250,6 +264,45 @@ impl Shard {
         self.requests.set(n);
         let r = self.rng.borrow_mut().u64(..);
         format!("{:016x}{:08x}{:08x}", r, self.id as u32, n as u32)
+    }
+}
+
+impl Shard {
+    /// Copy this shard's metrics (plus endpoint state) into its hub slot.
+    pub fn publish_metrics(&self) {
+        let mut m = self.metrics.borrow().clone();
+        let now = Instant::now();
+        m.endpoint_in_flight = self.endpoints.iter().map(|e| e.in_flight.get()).collect();
+        m.endpoint_ejected = self
+            .endpoints
+            .iter()
+            .map(|e| e.ejected_until.get().is_some_and(|t| t > now))
+            .collect();
+        self.hub.publish(self.id, m);
+    }
+}
+
+/// Counts a client connection as open for as long as it lives.
+pub struct ConnGauge {
+    shard: Rc<Shard>,
+}
+
+impl ConnGauge {
+    /// Count a new connection.
+    pub fn new(shard: &Rc<Shard>) -> Self {
+        let mut m = shard.metrics.borrow_mut();
+        m.connections_open += 1;
+        m.connections_total += 1;
+        ConnGauge {
+            shard: shard.clone(),
+        }
+    }
+}
+
+impl Drop for ConnGauge {
+    fn drop(&mut self) {
+        let mut m = self.shard.metrics.borrow_mut();
+        m.connections_open = m.connections_open.saturating_sub(1);
     }
 }
 

@@ -545,3 +545,50 @@ fn a_pooled_connection_the_backend_closed_is_not_used() {
         r.text()
     );
 }
+
+#[test]
+fn metrics_are_scraped_after_real_traffic_with_bounded_labels() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--shards", "2"],
+    );
+    let mut c = gw.connect();
+    let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true},"max_tokens":4,"messages":[{"role":"user","content":"one two three"}]}"#;
+    let r = c.post("/v1/chat/completions", body, &[]);
+    assert_eq!(r.status, 200);
+    let r = c.post(
+        "/v1/completions",
+        r#"{"model":"m","prompt":"a b c","max_tokens":3}"#,
+        &[],
+    );
+    assert_eq!(r.status, 200);
+    for i in 0..50 {
+        let r = c.post(
+            "/v1/completions",
+            &format!(r#"{{"model":"random-{i}","prompt":"x"}}"#),
+            &[],
+        );
+        assert_eq!(r.status, 404);
+    }
+    let admin = gw.admin.unwrap();
+    let text = poll(Duration::from_secs(10), || {
+        let t = Client::connect(admin).get("/metrics").text();
+        t.contains(r#"gateway_requests_total{model="other",route="none",code="404"} 50"#)
+            .then_some(t)
+    })
+    .expect("metrics never showed the traffic");
+    for needle in [
+        r#"gateway_requests_total{model="m",route="default/r0",code="200"} 2"#,
+        r#"gateway_inference_duration_seconds_count{model="m",route="default/r0",status_class="2xx"} 2"#,
+        r#"gateway_time_to_first_token_seconds_count{model="m",route="default/r0"} 1"#,
+        r#"gateway_time_per_output_token_seconds_count{model="m"} 1"#,
+        r#"gateway_completion_tokens_total{model="m"} 7"#,
+        "# TYPE gateway_inference_duration_seconds histogram",
+        "gateway_build_info{",
+        "gateway_connections_total{shard=",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+    assert!(!text.contains("random-"), "a client minted a label value");
+}

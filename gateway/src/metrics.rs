@@ -1,0 +1,638 @@
+//! Gateway metrics, collected shard-locally and merged at scrape time.
+//!
+//! Each shard records into its own plain (non-atomic) [`ShardMetrics`] — no
+//! cross-core traffic on the request path — and publishes a copy every
+//! [`PUBLISH_EVERY`] (500 ms) into its slot of the [`MetricsHub`] (`arc-swap`, one
+//! writer per slot). The admin thread sums the latest copies of every shard when
+//! Prometheus scrapes, so a scrape shows data at most 500 ms old.
+//!
+//! Label cardinality is bounded: `model` is one of the models the routes serve,
+//! `other` (any model name no route lists — a client cannot mint series) or
+//! `none`; `route` is a configured route or `none`; `code` is the status code.
+//! Buckets suit inference: 5 ms to 10 minutes for durations, 1 ms to 1 minute for
+//! time to first token, 1 ms to 2 s per output token.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+/// How often a shard publishes its metrics for scraping.
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
+
+/// `gateway_inference_duration_seconds` buckets (5 ms … 10 min).
+pub const DURATION_BUCKETS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+/// `gateway_time_to_first_token_seconds` buckets (1 ms … 60 s).
+pub const TTFT_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 60.0,
+];
+/// `gateway_time_per_output_token_seconds` buckets (1 ms … 2 s).
+pub const TPOT_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 2.0,
+];
+
+/// Label value for requests that named no model.
+pub const NO_MODEL: &str = "none";
+/// Label value for model names no route lists.
+pub const OTHER_MODEL: &str = "other";
+
+/// A fixed-bucket histogram (cumulative at render time).
+#[derive(Debug, Clone, Default)]
+pub struct Hist {
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Hist {
+    fn observe(&mut self, buckets: &[f64], v: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; buckets.len() + 1];
+        }
+        let i = buckets
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(buckets.len());
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+
+    fn merge(&mut self, other: &Hist) {
+        if self.counts.len() < other.counts.len() {
+            self.counts.resize(other.counts.len(), 0);
+        }
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// What one finished request contributes.
+#[derive(Debug, Default)]
+pub struct RequestRecord<'a> {
+    /// Model named by the request, if any.
+    pub model: Option<&'a str>,
+    /// `namespace/name` of the matched route.
+    pub route: Option<&'a str>,
+    /// Status sent to the client (0: none was sent, e.g. the client left first).
+    pub status: u16,
+    /// From the parsed head to the last byte sent.
+    pub duration: Duration,
+    /// From the parsed head to the first streamed event, for SSE responses.
+    pub ttft: Option<Duration>,
+    /// Mean time between streamed events after the first.
+    pub tpot: Option<Duration>,
+    /// `usage.prompt_tokens` seen in the response.
+    pub prompt_tokens: Option<u64>,
+    /// `usage.completion_tokens` seen in the response.
+    pub completion_tokens: Option<u64>,
+}
+
+/// One shard's metrics. Plain data: only its shard writes it.
+#[derive(Debug, Clone)]
+pub struct ShardMetrics {
+    models: Arc<[String]>,
+    routes: HashMap<String, u16>,
+    route_names: Vec<String>,
+    requests: HashMap<(u16, u16, u16), u64>,
+    duration: HashMap<(u16, u16, u8), Hist>,
+    ttft: HashMap<(u16, u16), Hist>,
+    tpot: HashMap<u16, Hist>,
+    prompt_tokens: HashMap<u16, u64>,
+    completion_tokens: HashMap<u16, u64>,
+    upstream_errors: HashMap<(u32, &'static str), u64>,
+    /// Client connections open now.
+    pub connections_open: u64,
+    /// Client connections accepted.
+    pub connections_total: u64,
+    /// Per endpoint: requests in flight from this shard (filled at publish).
+    pub endpoint_in_flight: Vec<u32>,
+    /// Per endpoint: ejected on this shard (filled at publish).
+    pub endpoint_ejected: Vec<bool>,
+}
+
+impl ShardMetrics {
+    /// Empty metrics; `models` is the sorted list the routes serve.
+    pub fn new(models: Arc<[String]>) -> Self {
+        ShardMetrics {
+            models,
+            routes: HashMap::new(),
+            route_names: vec![NO_MODEL.to_string()],
+            requests: HashMap::new(),
+            duration: HashMap::new(),
+            ttft: HashMap::new(),
+            tpot: HashMap::new(),
+            prompt_tokens: HashMap::new(),
+            completion_tokens: HashMap::new(),
+            upstream_errors: HashMap::new(),
+            connections_open: 0,
+            connections_total: 0,
+            endpoint_in_flight: Vec::new(),
+            endpoint_ejected: Vec::new(),
+        }
+    }
+
+    /// Bounded model label id: 0 none, 1 other, 2.. a served model.
+    fn model_id(&self, model: Option<&str>) -> u16 {
+        match model {
+            None => 0,
+            Some(m) => match self.models.binary_search_by(|x| x.as_str().cmp(m)) {
+                Ok(i) => (i + 2) as u16,
+                Err(_) => 1,
+            },
+        }
+    }
+
+    fn model_label(&self, id: u16) -> &str {
+        match id {
+            0 => NO_MODEL,
+            1 => OTHER_MODEL,
+            i => self
+                .models
+                .get(i as usize - 2)
+                .map(|s| s.as_str())
+                .unwrap_or(OTHER_MODEL),
+        }
+    }
+
+    fn route_id(&mut self, route: Option<&str>) -> u16 {
+        let Some(r) = route else { return 0 };
+        if let Some(id) = self.routes.get(r) {
+            return *id;
+        }
+        let id = self.route_names.len() as u16;
+        self.routes.insert(r.to_string(), id);
+        self.route_names.push(r.to_string());
+        id
+    }
+
+    /// Record one finished request.
+    pub fn record(&mut self, r: &RequestRecord<'_>) {
+        let m = self.model_id(r.model);
+        let rt = self.route_id(r.route);
+        *self.requests.entry((m, rt, r.status)).or_default() += 1;
+        if r.status == 0 {
+            return;
+        }
+        let class = (r.status / 100).min(9) as u8;
+        self.duration
+            .entry((m, rt, class))
+            .or_default()
+            .observe(&DURATION_BUCKETS, r.duration.as_secs_f64());
+        if let Some(t) = r.ttft {
+            self.ttft
+                .entry((m, rt))
+                .or_default()
+                .observe(&TTFT_BUCKETS, t.as_secs_f64());
+        }
+        if let Some(t) = r.tpot {
+            self.tpot
+                .entry(m)
+                .or_default()
+                .observe(&TPOT_BUCKETS, t.as_secs_f64());
+        }
+        if let Some(n) = r.prompt_tokens {
+            *self.prompt_tokens.entry(m).or_default() += n;
+        }
+        if let Some(n) = r.completion_tokens {
+            *self.completion_tokens.entry(m).or_default() += n;
+        }
+    }
+
+    /// Count an upstream failure of `kind` on endpoint `ep`.
+    pub fn upstream_error(&mut self, ep: usize, kind: &'static str) {
+        *self.upstream_errors.entry((ep as u32, kind)).or_default() += 1;
+    }
+}
+
+/// Where shards publish and the admin thread reads.
+pub struct MetricsHub {
+    slots: Vec<ArcSwap<Option<ShardMetrics>>>,
+    /// Endpoint addresses, for labels.
+    pub endpoints: Vec<String>,
+    /// I/O driver name.
+    pub driver: &'static str,
+}
+
+impl MetricsHub {
+    /// A hub for `shards` shards.
+    pub fn new(shards: usize, endpoints: Vec<String>, driver: &'static str) -> Self {
+        MetricsHub {
+            slots: (0..shards).map(|_| ArcSwap::from_pointee(None)).collect(),
+            endpoints,
+            driver,
+        }
+    }
+
+    /// Publish shard `id`'s latest metrics.
+    pub fn publish(&self, id: usize, m: ShardMetrics) {
+        if let Some(slot) = self.slots.get(id) {
+            slot.store(Arc::new(Some(m)));
+        }
+    }
+
+    /// Render every shard's latest metrics, merged, in Prometheus text format 0.0.4.
+    pub fn render(&self) -> String {
+        let snaps: Vec<Arc<Option<ShardMetrics>>> =
+            self.slots.iter().map(|s| s.load_full()).collect();
+        let shards: Vec<&ShardMetrics> = snaps.iter().filter_map(|s| s.as_ref().as_ref()).collect();
+        let mut requests: HashMap<(String, String, u16), u64> = HashMap::new();
+        let mut duration: HashMap<(String, String, u8), Hist> = HashMap::new();
+        let mut ttft: HashMap<(String, String), Hist> = HashMap::new();
+        let mut tpot: HashMap<String, Hist> = HashMap::new();
+        let mut prompt: HashMap<String, u64> = HashMap::new();
+        let mut completion: HashMap<String, u64> = HashMap::new();
+        let mut upstream: HashMap<(u32, &'static str), u64> = HashMap::new();
+        let n_ep = self.endpoints.len();
+        let mut in_flight = vec![0u64; n_ep];
+        let mut ejected = vec![false; n_ep];
+        for s in &shards {
+            let route = |id: u16| {
+                s.route_names
+                    .get(id as usize)
+                    .cloned()
+                    .unwrap_or_else(|| NO_MODEL.to_string())
+            };
+            for ((m, r, c), v) in &s.requests {
+                *requests
+                    .entry((s.model_label(*m).to_string(), route(*r), *c))
+                    .or_default() += v;
+            }
+            for ((m, r, c), h) in &s.duration {
+                duration
+                    .entry((s.model_label(*m).to_string(), route(*r), *c))
+                    .or_default()
+                    .merge(h);
+            }
+            for ((m, r), h) in &s.ttft {
+                ttft.entry((s.model_label(*m).to_string(), route(*r)))
+                    .or_default()
+                    .merge(h);
+            }
+            for (m, h) in &s.tpot {
+                tpot.entry(s.model_label(*m).to_string())
+                    .or_default()
+                    .merge(h);
+            }
+            for (m, v) in &s.prompt_tokens {
+                *prompt.entry(s.model_label(*m).to_string()).or_default() += v;
+            }
+            for (m, v) in &s.completion_tokens {
+                *completion.entry(s.model_label(*m).to_string()).or_default() += v;
+            }
+            for (k, v) in &s.upstream_errors {
+                *upstream.entry(*k).or_default() += v;
+            }
+            for (i, v) in s.endpoint_in_flight.iter().enumerate().take(n_ep) {
+                in_flight[i] += u64::from(*v);
+            }
+            for (i, v) in s.endpoint_ejected.iter().enumerate().take(n_ep) {
+                ejected[i] |= *v;
+            }
+        }
+        let mut out = String::with_capacity(16 * 1024);
+        let _ = writeln!(out, "# HELP gateway_build_info shardgate build and runtime information.\n# TYPE gateway_build_info gauge");
+        let _ = writeln!(
+            out,
+            "gateway_build_info{{version=\"{}\",driver=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION"),
+            self.driver
+        );
+        let _ = writeln!(out, "# HELP gateway_shards Number of shards (threads with their own listener).\n# TYPE gateway_shards gauge\ngateway_shards {}", self.slots.len());
+
+        header(&mut out, "gateway_requests_total", "counter", "Requests answered, by model, route and status code (code 0: the client left before an answer).");
+        for ((m, r, c), v) in sorted(&requests) {
+            let _ = writeln!(
+                out,
+                "gateway_requests_total{{model=\"{}\",route=\"{}\",code=\"{c}\"}} {v}",
+                esc(m),
+                esc(r)
+            );
+        }
+        header(
+            &mut out,
+            "gateway_inference_duration_seconds",
+            "histogram",
+            "Time from the request head to the last response byte.",
+        );
+        for ((m, r, c), h) in sorted(&duration) {
+            let labels = format!(
+                "model=\"{}\",route=\"{}\",status_class=\"{c}xx\"",
+                esc(m),
+                esc(r)
+            );
+            histogram(
+                &mut out,
+                "gateway_inference_duration_seconds",
+                &labels,
+                &DURATION_BUCKETS,
+                h,
+            );
+        }
+        header(
+            &mut out,
+            "gateway_time_to_first_token_seconds",
+            "histogram",
+            "Time from the request head to the first streamed (SSE) event sent to the client.",
+        );
+        for ((m, r), h) in sorted(&ttft) {
+            let labels = format!("model=\"{}\",route=\"{}\"", esc(m), esc(r));
+            histogram(
+                &mut out,
+                "gateway_time_to_first_token_seconds",
+                &labels,
+                &TTFT_BUCKETS,
+                h,
+            );
+        }
+        header(
+            &mut out,
+            "gateway_time_per_output_token_seconds",
+            "histogram",
+            "Mean time between streamed events after the first, per request.",
+        );
+        for (m, h) in sorted(&tpot) {
+            let labels = format!("model=\"{}\"", esc(m));
+            histogram(
+                &mut out,
+                "gateway_time_per_output_token_seconds",
+                &labels,
+                &TPOT_BUCKETS,
+                h,
+            );
+        }
+        header(
+            &mut out,
+            "gateway_prompt_tokens_total",
+            "counter",
+            "Prompt tokens reported in responses' usage.",
+        );
+        for (m, v) in sorted(&prompt) {
+            let _ = writeln!(
+                out,
+                "gateway_prompt_tokens_total{{model=\"{}\"}} {v}",
+                esc(m)
+            );
+        }
+        header(
+            &mut out,
+            "gateway_completion_tokens_total",
+            "counter",
+            "Completion tokens reported in responses' usage.",
+        );
+        for (m, v) in sorted(&completion) {
+            let _ = writeln!(
+                out,
+                "gateway_completion_tokens_total{{model=\"{}\"}} {v}",
+                esc(m)
+            );
+        }
+        header(
+            &mut out,
+            "gateway_upstream_errors_total",
+            "counter",
+            "Upstream failures by endpoint and kind.",
+        );
+        for ((ep, kind), v) in sorted(&upstream) {
+            let addr = self
+                .endpoints
+                .get(*ep as usize)
+                .map(|s| s.as_str())
+                .unwrap_or("unknown");
+            let _ = writeln!(
+                out,
+                "gateway_upstream_errors_total{{endpoint=\"{addr}\",kind=\"{kind}\"}} {v}"
+            );
+        }
+        header(
+            &mut out,
+            "gateway_endpoint_in_flight",
+            "gauge",
+            "Requests in flight per endpoint, all shards.",
+        );
+        for (i, v) in in_flight.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "gateway_endpoint_in_flight{{endpoint=\"{}\"}} {v}",
+                self.endpoints[i]
+            );
+        }
+        header(
+            &mut out,
+            "gateway_endpoint_ejected",
+            "gauge",
+            "1 while some shard has the endpoint ejected after connection failures.",
+        );
+        for (i, v) in ejected.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "gateway_endpoint_ejected{{endpoint=\"{}\"}} {}",
+                self.endpoints[i],
+                u8::from(*v)
+            );
+        }
+        header(
+            &mut out,
+            "gateway_connections_open",
+            "gauge",
+            "Client connections open, per shard.",
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some(s) = s.as_ref() {
+                let _ = writeln!(
+                    out,
+                    "gateway_connections_open{{shard=\"{i}\"}} {}",
+                    s.connections_open
+                );
+            }
+        }
+        header(
+            &mut out,
+            "gateway_connections_total",
+            "counter",
+            "Client connections accepted, per shard.",
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some(s) = s.as_ref() {
+                let _ = writeln!(
+                    out,
+                    "gateway_connections_total{{shard=\"{i}\"}} {}",
+                    s.connections_total
+                );
+            }
+        }
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[f64], h: &Hist) {
+    let mut cum = 0u64;
+    for (i, b) in buckets.iter().enumerate() {
+        cum += h.counts.get(i).copied().unwrap_or(0);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
+    }
+    let total = h.count();
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+}
+
+fn sorted<K: Ord, V>(m: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut v: Vec<(&K, &V)> = m.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
+/// Escape a label value (`\`, `"`, newline).
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Finds `usage` token counts in a response body streamed in pieces, including
+/// numbers split across two pieces (a 32-byte junction window is checked).
+#[derive(Debug, Default)]
+pub struct UsageScanner {
+    tail: Vec<u8>,
+    /// Last `prompt_tokens` value seen.
+    pub prompt_tokens: Option<u64>,
+    /// Last `completion_tokens` value seen.
+    pub completion_tokens: Option<u64>,
+    /// SSE `data:` events seen (excluding `[DONE]`).
+    pub events: u32,
+}
+
+const PROMPT_KEY: &[u8] = b"\"prompt_tokens\":";
+const COMPLETION_KEY: &[u8] = b"\"completion_tokens\":";
+
+impl UsageScanner {
+    /// Scan the next piece of the body.
+    pub fn feed(&mut self, piece: &[u8]) {
+        if !self.tail.is_empty() {
+            let mut junction = std::mem::take(&mut self.tail);
+            let take = piece.len().min(32);
+            junction.extend_from_slice(&piece[..take]);
+            // Catches keys and numbers that straddle the two pieces.
+            self.scan(&junction);
+        }
+        self.scan(piece);
+        self.events += count(piece, b"data:") as u32;
+        self.events = self
+            .events
+            .saturating_sub(count(piece, b"data: [DONE]") as u32);
+        let keep = piece.len().min(32);
+        self.tail.clear();
+        self.tail.extend_from_slice(&piece[piece.len() - keep..]);
+    }
+
+    fn scan(&mut self, hay: &[u8]) {
+        for (key, slot) in [(PROMPT_KEY, 0u8), (COMPLETION_KEY, 1u8)] {
+            let mut at = 0;
+            while let Some(pos) = memchr::memmem::find(&hay[at..], key) {
+                let start = at + pos + key.len();
+                if let Some(n) = number_at(&hay[start..]) {
+                    if slot == 0 {
+                        self.prompt_tokens = Some(n);
+                    } else {
+                        self.completion_tokens = Some(n);
+                    }
+                }
+                at = start;
+            }
+        }
+    }
+}
+
+fn count(hay: &[u8], needle: &[u8]) -> usize {
+    memchr::memmem::find_iter(hay, needle).count()
+}
+
+/// A complete unsigned integer at the start of `s` (after spaces), or None if it
+/// runs to the end of `s` (it may continue in the next piece).
+fn number_at(s: &[u8]) -> Option<u64> {
+    let s = &s[s.iter().take_while(|b| **b == b' ').count()..];
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits == s.len() || digits > 18 {
+        return None;
+    }
+    std::str::from_utf8(&s[..digits]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn usage_is_found_whole_and_split() {
+        let body =
+            br#"{"id":"x","usage":{"prompt_tokens":12,"total_tokens":19,"completion_tokens":7}}"#;
+        for cut in 0..body.len() {
+            let mut s = UsageScanner::default();
+            s.feed(&body[..cut]);
+            s.feed(&body[cut..]);
+            assert_eq!(
+                (s.prompt_tokens, s.completion_tokens),
+                (Some(12), Some(7)),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn sse_events_are_counted_without_done() {
+        let mut s = UsageScanner::default();
+        s.feed(b"data: {\"a\":1}\n\ndata: {\"a\":2}\n\n");
+        s.feed(b"data: [DONE]\n\n");
+        assert_eq!(s.events, 2);
+    }
+
+    #[test]
+    fn model_labels_are_bounded() {
+        let models: Arc<[String]> = vec!["a".to_string(), "b".to_string()].into();
+        let mut m = ShardMetrics::new(models);
+        for i in 0..1000 {
+            let name = format!("random-{i}");
+            m.record(&RequestRecord {
+                model: Some(&name),
+                route: None,
+                status: 404,
+                ..Default::default()
+            });
+        }
+        m.record(&RequestRecord {
+            model: Some("a"),
+            route: Some("ns/r"),
+            status: 200,
+            duration: Duration::from_millis(30),
+            ..Default::default()
+        });
+        let hub = MetricsHub::new(1, vec![], "epoll");
+        hub.publish(0, m);
+        let text = hub.render();
+        assert!(
+            text.contains(
+                "gateway_requests_total{model=\"other\",route=\"none\",code=\"404\"} 1000"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("gateway_requests_total{model=\"a\",route=\"ns/r\",code=\"200\"} 1"));
+        assert!(text.contains("gateway_inference_duration_seconds_bucket{model=\"a\",route=\"ns/r\",status_class=\"2xx\",le=\"0.05\"} 1"));
+        assert!(text.contains("gateway_inference_duration_seconds_count{model=\"a\",route=\"ns/r\",status_class=\"2xx\"} 1"));
+        assert!(!text.contains("random-"));
+    }
+}
