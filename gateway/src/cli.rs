@@ -91,6 +91,9 @@ pub struct RunArgs {
     /// Once serving, write `{"listen":["ip:port",…],"admin":…,"shards":…,"driver":…,"pid":…}` to this file (for scripts and tests).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// JSON-lines access log: a file to append to, or `-` for stdout (off by default).
+    #[arg(long)]
+    pub access_log: Option<PathBuf>,
     /// Data-path limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,

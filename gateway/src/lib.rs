@@ -7,8 +7,10 @@
 //! listeners close within 50 ms, in-flight requests finish (up to
 //! `--drain-timeout`), and the process exits 0. A second signal exits at once.
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
+pub mod client;
 pub mod demo;
 pub mod error;
 pub mod load;
@@ -193,6 +195,13 @@ pub fn start(
         admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
     }
 
+    let access_log = match &run.access_log {
+        Some(path) => Some(
+            access_log::AccessLog::open(path)
+                .map_err(|e| vec![format!("cannot open access log {}: {e}", path.display())])?,
+        ),
+        None => None,
+    };
     let state = Arc::new(GatewayState::new(loaded.table, settings));
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards(per_shard, !run.no_pin, move |info, sockets| {
@@ -201,6 +210,7 @@ pub fn start(
             state.clone(),
             shard_shutdown.clone(),
             hub.clone(),
+            access_log.clone(),
             sockets,
         )
     })

@@ -207,9 +207,13 @@ async fn handle_request(
     let state = shard.state.clone();
     let mut rq = RequestState {
         started: Instant::now(),
+        ts_ms: crate::access_log::now_ms(),
+        request_id: String::new(),
         status: 0,
         model: None,
         route: None,
+        endpoint: None,
+        bytes: 0,
         ttft: None,
         tpot: None,
         usage: UsageScanner::default(),
@@ -218,22 +222,46 @@ async fn handle_request(
         shard, &state, client, rbuf, out, &head, peer, listeners, &mut rq,
     )
     .await;
+    let duration = rq.started.elapsed();
     shard.metrics.borrow_mut().record(&RequestRecord {
         model: rq.model.as_deref(),
         route: rq.route,
         status: rq.status,
-        duration: rq.started.elapsed(),
+        duration,
         ttft: rq.ttft,
         tpot: rq.tpot,
         prompt_tokens: rq.usage.prompt_tokens,
         completion_tokens: rq.usage.completion_tokens,
     });
+    if let Some(log) = &shard.access_log {
+        let client_addr = peer.to_string();
+        log.borrow_mut().push(&crate::access_log::Line {
+            ts_ms: rq.ts_ms,
+            request_id: &rq.request_id,
+            client: &client_addr,
+            method: head.method(),
+            path: head.path(),
+            model: rq.model.as_deref(),
+            route: rq.route,
+            endpoint: rq.endpoint.map(|ep| shard.addr(ep).to_string()),
+            status: rq.status,
+            bytes: rq.bytes,
+            ttft_ms: rq.ttft.map(|d| d.as_secs_f64() * 1000.0),
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            prompt_tokens: rq.usage.prompt_tokens,
+            completion_tokens: rq.usage.completion_tokens,
+        });
+    }
     keep
 }
 
 /// What one request's handling observed, for metrics.
 struct RequestState<'s> {
     started: Instant,
+    ts_ms: u64,
+    request_id: String,
+    endpoint: Option<usize>,
+    bytes: u64,
     status: u16,
     model: Option<String>,
     route: Option<&'s str>,
@@ -261,6 +289,7 @@ async fn route_and_forward<'s>(
         }
         _ => shard.request_id(),
     };
+    rq.request_id.clone_from(&request_id);
     let rid = request_id.as_bytes();
     let body = match read_body(shard, client, rbuf, head, out).await {
         Ok(b) => b,
@@ -450,6 +479,7 @@ async fn forward(
             return ctx.client_keep;
         };
         guard.set_endpoint(ep);
+        rq.endpoint = Some(ep);
         let addr = shard.addr(ep);
         upstream_request(ctx, addr, &mut reqbuf);
         let mut fresh_retry_done = false;
@@ -732,6 +762,7 @@ async fn stream_response(
             };
             if let Some(r) = d.data.clone() {
                 rq.usage.feed(&conn.buf[r.clone()]);
+                rq.bytes += r.len() as u64;
                 timing.pending = true;
                 if chunked_out {
                     write::chunk_header(out, r.len());

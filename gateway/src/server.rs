@@ -11,6 +11,7 @@ use monoio::net::TcpListener;
 use monoio::time::Instant;
 use shardgate_runtime::{ShardInfo, Shutdown};
 
+use crate::access_log::{AccessLog, FLUSH_EVERY};
 use crate::metrics::{MetricsHub, PUBLISH_EVERY};
 use crate::proxy::serve_connection;
 use crate::shard::{GatewayState, Shard};
@@ -31,9 +32,16 @@ pub async fn shard_main(
     state: Arc<GatewayState>,
     shutdown: Shutdown,
     hub: Arc<MetricsHub>,
+    access_log: Option<AccessLog>,
     sockets: Vec<(Vec<usize>, StdListener)>,
 ) {
-    let shard = Shard::new(info.id, state, shutdown.clone(), hub);
+    let shard = Shard::new(
+        info.id,
+        state,
+        shutdown.clone(),
+        hub,
+        access_log.map(|l| l.shard()),
+    );
     shard.publish_metrics();
     monoio::spawn(publish_loop(shard.clone()));
     tracing::debug!(shard = info.id, driver = info.driver.name(), core = ?info.core, "shard started");
@@ -54,6 +62,9 @@ pub async fn shard_main(
         monoio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     shard.publish_metrics();
+    if let Some(log) = &shard.access_log {
+        log.borrow_mut().flush();
+    }
     if shard.in_flight.get() > 0 {
         tracing::warn!(
             shard = info.id,
@@ -63,11 +74,19 @@ pub async fn shard_main(
     }
 }
 
-/// Publish this shard's metrics every [`PUBLISH_EVERY`] until the runtime stops.
+/// Publish this shard's metrics every [`PUBLISH_EVERY`] and hand its access-log
+/// lines to the writer every [`FLUSH_EVERY`], until the runtime stops.
 async fn publish_loop(shard: Rc<Shard>) {
+    let mut last_publish = Instant::now();
     loop {
-        monoio::time::sleep(PUBLISH_EVERY).await;
-        shard.publish_metrics();
+        monoio::time::sleep(FLUSH_EVERY.min(PUBLISH_EVERY)).await;
+        if let Some(log) = &shard.access_log {
+            log.borrow_mut().flush();
+        }
+        if last_publish.elapsed() >= PUBLISH_EVERY {
+            shard.publish_metrics();
+            last_publish = Instant::now();
+        }
     }
 }
 

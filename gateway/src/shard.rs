@@ -16,6 +16,7 @@ use shardgate_routing::{BackendGroup, RoutingTable};
 use shardgate_runtime::io::{peer_state, PeerState};
 use shardgate_runtime::Shutdown;
 
+use crate::access_log::ShardLog;
 use crate::metrics::{MetricsHub, ShardMetrics};
 
 /// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
@@ -118,6 +119,8 @@ pub struct Shard {
     pub metrics: RefCell<ShardMetrics>,
     /// Where metrics are published for the admin thread.
     pub hub: Arc<MetricsHub>,
+    /// This shard's access-log buffer, when the log is on.
+    pub access_log: Option<RefCell<ShardLog>>,
 }
 
 impl Shard {
@@ -127,12 +130,14 @@ impl Shard {
         state: Arc<GatewayState>,
         shutdown: Shutdown,
         hub: Arc<MetricsHub>,
+        access_log: Option<ShardLog>,
     ) -> Rc<Self> {
         let n = state.table.endpoints().len();
         let models: Arc<[String]> = state.table.models().to_vec().into();
         Rc::new(Shard {
             metrics: RefCell::new(ShardMetrics::new(models)),
             hub,
+            access_log: access_log.map(RefCell::new),
             id,
             endpoints: (0..n).map(|_| EndpointState::default()).collect(),
             pool: RefCell::new((0..n).map(|_| Vec::new()).collect()),

@@ -592,3 +592,39 @@ fn metrics_are_scraped_after_real_traffic_with_bounded_labels() {
     }
     assert!(!text.contains("random-"), "a client minted a label value");
 }
+
+#[test]
+fn access_log_lines_are_json_with_the_request_facts() {
+    let a = sim(&["m"], |_| {});
+    let log = std::env::temp_dir().join(format!("shardgate-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--access-log", log.to_str().unwrap()],
+    );
+    let r = gw.connect().post(
+        "/v1/completions",
+        r#"{"model":"m","prompt":"a b","max_tokens":2}"#,
+        &[("x-request-id", "log-me-1")],
+    );
+    assert_eq!(r.status, 200);
+    let line = poll(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines()
+            .find(|l| l.contains("log-me-1"))
+            .map(|l| l.to_string())
+    })
+    .expect("no access-log line");
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["status"], 200);
+    assert_eq!(j["model"], "m");
+    assert_eq!(j["route"], "default/r0");
+    assert_eq!(j["endpoint"], a.addr().to_string());
+    assert_eq!(j["method"], "POST");
+    assert_eq!(j["path"], "/v1/completions");
+    assert_eq!(j["completion_tokens"], 2);
+    assert!(j["bytes"].as_u64().unwrap() > 0);
+    assert!(j["duration_ms"].as_f64().unwrap() > 0.0);
+    drop(gw);
+    let _ = std::fs::remove_file(&log);
+}
