@@ -93,3 +93,21 @@ fn help_documents_the_commands() {
         assert!(out.contains(flag), "{flag} missing:\n{out}");
     }
 }
+
+#[test]
+fn the_deploy_configmap_carries_the_demo_config() {
+    let here = env!("CARGO_MANIFEST_DIR");
+    let cm = std::fs::read_to_string(format!("{here}/../deploy/configmap.yaml")).unwrap();
+    let demo = std::fs::read_to_string(format!("{here}/demo.yaml")).unwrap();
+    let start = cm.find("gateway.yaml: |\n").unwrap() + "gateway.yaml: |\n".len();
+    let embedded: String = cm[start..]
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_eq!(
+        embedded.trim_end(),
+        demo.trim_end(),
+        "deploy/configmap.yaml is out of date with gateway/demo.yaml"
+    );
+}
