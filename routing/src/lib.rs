@@ -13,11 +13,18 @@
 //! - [`model`]: the top-level `model` of a JSON body, found by a scanner that
 //!   skips a megabyte prompt in tens of microseconds instead of building a DOM.
 //! - [`duration`]: Go / Gateway API duration strings (`300s`, `1h30m`, `2.5s`).
+//! - [`telemetry`]: Prometheus text parsing, the per-family mapping of
+//!   model-server metrics to one model, and the per-endpoint store with
+//!   staleness.
+//! - [`scoring`]: scorers, filters, scheduling profiles and pickers over an
+//!   immutable scoring snapshot, plus the per-shard prefix-cache index.
 
 pub mod config;
 pub mod duration;
 pub mod model;
+pub mod scoring;
 pub mod table;
+pub mod telemetry;
 
 pub use config::{load_sources, Config, ConfigError, DocMeta, Resource};
 pub use duration::parse_duration;

@@ -1,0 +1,648 @@
+//! Filters → scorers → picker, on a shard, against its current snapshot.
+//!
+//! 1. **Filters**: the endpoint is known, healthy, serves the request's model
+//!    and adapter ([`super::EndpointView::serves`]) and — when the profile has
+//!    a [`Saturation`] filter — is not saturated: more than 5 waiting, more
+//!    than 0.8 KV usage, or a last scrape older than 200 ms (GAIE's numbers,
+//!    configurable). If every healthy, serving candidate is saturated the
+//!    outcome is [`PickOutcome::AllSaturated`], carrying the pick the profile
+//!    would make among the saturated ones: the caller answers 503 / 429 with
+//!    `Retry-After` for sheddable requests and may still send non-sheddable
+//!    ones to `fallback` (GAIE's rule).
+//! 2. **Scorers** ([`Scorer`]), each in `[0, 1]`, higher = better, combined
+//!    as `Σ wₛ·scoreₛ / Σ wₛ` over the scorers *present* for that candidate:
+//!    a missing or stale signal is never read as zero — its weight is
+//!    redistributed over the present ones and reported in [`Pick::missing`] /
+//!    [`ScoreBreakdown::missing`]. A candidate with no scorer present scores a
+//!    neutral 0.5. Min-max normalisation runs over the filtered set.
+//! 3. **Picker**: max score; ties (within `tie_epsilon`) go to the fewest
+//!    local in-flight requests, then uniformly at random. Or round robin,
+//!    random, or power of two choices.
+//!
+//! **Local in-flight (bursts)**: `local_inflight[i]` is this shard's current
+//! in-flight count to candidate *i* (increment on dispatch, decrement on
+//! completion). The queue scorer uses `waiting + local_inflight`, the running
+//! scorer `running + local_inflight`, P2C `waiting + running + local`, and the
+//! max-score tie-break prefers the smaller local count. A snapshot is up to a
+//! scrape interval old; without this, every request of a burst would see the
+//! same "best" endpoint. Requests the server already counts are counted twice
+//! — a bias towards spreading, small since each shard holds only its share of
+//! the traffic. Saturation uses telemetry only.
+//!
+//! No heap allocation per call for ≤ 64 candidates (stack scratch, ≈ 5 KiB);
+//! above that the scratch is a few `Vec`s.
+
+use std::time::Instant;
+
+use super::profile::{PickerKind, Profile, Saturation, Scorer, ScorerSet, SCORERS};
+use super::snapshot::{EndpointView, ScoringSnapshot};
+use crate::telemetry::{LoraState, SignalKind};
+
+/// What the request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PickRequest<'a> {
+    /// Requested model (checked against [`EndpointView::models`]).
+    pub model: Option<&'a str>,
+    /// Requested LoRA adapter, if any (enables the LoRA scorer).
+    pub adapter: Option<&'a str>,
+    /// Whole prefix blocks of the prompt ([`super::PrefixHashes::len`]); 0
+    /// turns the prefix scorer off for this request.
+    pub prefix_total_blocks: u32,
+}
+
+/// One candidate endpoint (plain data, so a shard can keep a reusable
+/// buffer of them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Candidate {
+    /// Endpoint id in the snapshot.
+    pub endpoint: usize,
+    /// Blocks of the prompt's prefix this endpoint recently served
+    /// ([`super::PrefixIndex::match_len`]).
+    pub prefix_blocks: u32,
+}
+
+/// What the filters said about a candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CandidateStatus {
+    /// Passed every filter.
+    #[default]
+    Eligible,
+    /// Healthy and serving, but saturated.
+    Saturated,
+    /// Failed its health checks.
+    Unhealthy,
+    /// Does not serve the model or adapter.
+    NotServing,
+    /// Not in the snapshot.
+    Unknown,
+}
+
+/// Per-candidate detail for the debug view.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ScoreBreakdown {
+    /// Endpoint id.
+    pub endpoint: usize,
+    /// Filter verdict.
+    pub status: CandidateStatus,
+    /// Each scorer's score (index [`Scorer::index`]); `None` when off or
+    /// missing.
+    pub scores: [Option<f64>; SCORERS],
+    /// Weighted total, for max-score profiles and scored candidates.
+    pub total: Option<f64>,
+    /// Active scorers without data for this candidate (weight redistributed).
+    pub missing: ScorerSet,
+}
+
+/// The chosen candidate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pick {
+    /// Index into the `candidates` slice.
+    pub index: usize,
+    /// Endpoint id.
+    pub endpoint: usize,
+    /// Its weighted score (max-score profiles only).
+    pub score: Option<f64>,
+    /// Active scorers without data for it (weight redistributed).
+    pub missing: ScorerSet,
+}
+
+/// The result of a pick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PickOutcome {
+    /// An eligible endpoint.
+    Picked(Pick),
+    /// Every healthy, serving candidate is saturated; `fallback` is the pick
+    /// among them, for requests that are not sheddable.
+    AllSaturated {
+        /// The profile's choice among the saturated candidates.
+        fallback: Option<Pick>,
+    },
+    /// No healthy candidate serves the request (503).
+    NoCandidate,
+}
+
+impl PickOutcome {
+    /// The endpoint to use: the pick, or when all are saturated the fallback
+    /// if `use_saturated` (non-sheddable requests).
+    pub fn endpoint(&self, use_saturated: bool) -> Option<usize> {
+        match self {
+            Self::Picked(p) => Some(p.endpoint),
+            Self::AllSaturated { fallback } if use_saturated => fallback.map(|p| p.endpoint),
+            _ => None,
+        }
+    }
+}
+
+/// A shard's picker: its RNG and round-robin cursor.
+#[derive(Debug, Clone)]
+pub struct Picker {
+    rng: fastrand::Rng,
+    rr: usize,
+}
+
+impl Picker {
+    /// A picker with a seeded RNG (seed per shard, e.g. from its index).
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: fastrand::Rng::with_seed(seed),
+            rr: 0,
+        }
+    }
+
+    /// Picks an endpoint; see the module docs.
+    pub fn pick(
+        &mut self,
+        profile: &Profile,
+        snapshot: &ScoringSnapshot,
+        req: &PickRequest<'_>,
+        candidates: &[Candidate],
+        local_inflight: &[u32],
+        now: Instant,
+    ) -> PickOutcome {
+        let rng = &mut self.rng;
+        let mut draw = |n: u32| rng.u32(0..n.max(1));
+        pick_with(
+            profile,
+            snapshot,
+            req,
+            candidates,
+            local_inflight,
+            now,
+            &mut draw,
+            &mut self.rr,
+            None,
+        )
+    }
+
+    /// Like [`Self::pick`], filling `out[i]` for candidate `i` (up to
+    /// `out.len()`) with the filter verdict and scores.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pick_explained(
+        &mut self,
+        profile: &Profile,
+        snapshot: &ScoringSnapshot,
+        req: &PickRequest<'_>,
+        candidates: &[Candidate],
+        local_inflight: &[u32],
+        now: Instant,
+        out: &mut [ScoreBreakdown],
+    ) -> PickOutcome {
+        let rng = &mut self.rng;
+        let mut draw = |n: u32| rng.u32(0..n.max(1));
+        pick_with(
+            profile,
+            snapshot,
+            req,
+            candidates,
+            local_inflight,
+            now,
+            &mut draw,
+            &mut self.rr,
+            Some(out),
+        )
+    }
+}
+
+const STACK: usize = 64;
+
+struct Scratch<'s> {
+    status: &'s mut [CandidateStatus],
+    raw: &'s mut [[f64; SCORERS]],
+    totals: &'s mut [f64],
+    missing: &'s mut [ScorerSet],
+}
+
+/// The pick with an explicit RNG (`rng(n)` returns a uniform value in
+/// `0..n`) and round-robin cursor; [`Picker`] wraps it.
+#[allow(clippy::too_many_arguments)]
+pub fn pick_with<R: FnMut(u32) -> u32>(
+    profile: &Profile,
+    snapshot: &ScoringSnapshot,
+    req: &PickRequest<'_>,
+    candidates: &[Candidate],
+    local_inflight: &[u32],
+    now: Instant,
+    rng: &mut R,
+    rr_cursor: &mut usize,
+    explain: Option<&mut [ScoreBreakdown]>,
+) -> PickOutcome {
+    let n = candidates.len();
+    if n == 0 {
+        return PickOutcome::NoCandidate;
+    }
+    let ctx = Ctx {
+        profile,
+        snapshot,
+        req,
+        candidates,
+        local_inflight,
+        now,
+    };
+    if n <= STACK {
+        let mut status = [CandidateStatus::Eligible; STACK];
+        let mut raw = [[f64::NAN; SCORERS]; STACK];
+        let mut totals = [0.0; STACK];
+        let mut missing = [ScorerSet::EMPTY; STACK];
+        ctx.run(
+            rng,
+            rr_cursor,
+            explain,
+            Scratch {
+                status: &mut status[..n],
+                raw: &mut raw[..n],
+                totals: &mut totals[..n],
+                missing: &mut missing[..n],
+            },
+        )
+    } else {
+        let mut status = vec![CandidateStatus::Eligible; n];
+        let mut raw = vec![[f64::NAN; SCORERS]; n];
+        let mut totals = vec![0.0; n];
+        let mut missing = vec![ScorerSet::EMPTY; n];
+        ctx.run(
+            rng,
+            rr_cursor,
+            explain,
+            Scratch {
+                status: &mut status,
+                raw: &mut raw,
+                totals: &mut totals,
+                missing: &mut missing,
+            },
+        )
+    }
+}
+
+/// Whether `view` is saturated at `now` under `s` (see the module docs).
+pub fn is_saturated(view: &EndpointView, s: &Saturation, now: Instant) -> bool {
+    let t = &view.telemetry;
+    match t.age(now) {
+        None => s.unscraped_is_saturated,
+        Some(age) if age > s.max_metrics_age => true,
+        Some(_) => {
+            t.value_at(SignalKind::Waiting, now)
+                .is_some_and(|w| w > s.max_waiting)
+                || t.value_at(SignalKind::KvUsage, now)
+                    .is_some_and(|k| k > s.max_kv_usage)
+        }
+    }
+}
+
+/// GAIE's LoRA affinity tiers.
+pub fn lora_score(state: &LoraState, adapter: &str) -> f64 {
+    if state.is_running(adapter) {
+        1.0
+    } else if state.has_free_slot() {
+        0.8
+    } else if state.is_waiting(adapter) {
+        0.6
+    } else {
+        0.0
+    }
+}
+
+struct Ctx<'a, 'r> {
+    profile: &'a Profile,
+    snapshot: &'a ScoringSnapshot,
+    req: &'a PickRequest<'r>,
+    candidates: &'a [Candidate],
+    local_inflight: &'a [u32],
+    now: Instant,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Range {
+    min: f64,
+    max: f64,
+    seen: bool,
+}
+
+impl Range {
+    fn add(&mut self, v: f64) {
+        if v.is_nan() {
+            return;
+        }
+        if self.seen {
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+        } else {
+            *self = Range {
+                min: v,
+                max: v,
+                seen: true,
+            };
+        }
+    }
+
+    /// Inverted min-max: the smallest gets 1, the largest 0, all equal 1.
+    fn inverted(&self, v: f64) -> f64 {
+        let span = self.max - self.min;
+        if span > 0.0 {
+            ((self.max - v) / span).clamp(0.0, 1.0)
+        } else {
+            1.0
+        }
+    }
+}
+
+impl Ctx<'_, '_> {
+    fn local(&self, i: usize) -> u32 {
+        self.local_inflight.get(i).copied().unwrap_or(0)
+    }
+
+    fn view(&self, i: usize) -> Option<&EndpointView> {
+        self.candidates
+            .get(i)
+            .and_then(|c| self.snapshot.endpoint(c.endpoint))
+    }
+
+    fn status(&self, i: usize) -> CandidateStatus {
+        let (Some(c), Some(v)) = (self.candidates.get(i), self.view(i)) else {
+            return CandidateStatus::Unknown;
+        };
+        if v.id != c.endpoint {
+            CandidateStatus::Unknown
+        } else if !v.healthy {
+            CandidateStatus::Unhealthy
+        } else if !v.serves(self.req.model, self.req.adapter) {
+            CandidateStatus::NotServing
+        } else if self
+            .profile
+            .saturation
+            .is_some_and(|s| is_saturated(v, &s, self.now))
+        {
+            CandidateStatus::Saturated
+        } else {
+            CandidateStatus::Eligible
+        }
+    }
+
+    fn raw_signal(&self, s: Scorer, i: usize) -> Option<f64> {
+        let v = self.view(i)?;
+        let c = self.candidates.get(i)?;
+        let t = &v.telemetry;
+        let now = self.now;
+        let val = |k| t.value_at(k, now).filter(|x: &f64| x.is_finite());
+        let local = f64::from(self.local(i));
+        let inv = |x: f64| 1.0 - x.clamp(0.0, 1.0);
+        match s {
+            Scorer::Queue => val(SignalKind::Waiting).map(|w| w.max(0.0) + local),
+            Scorer::Running => val(SignalKind::Running).map(|r| r.max(0.0) + local),
+            Scorer::KvCache => val(SignalKind::KvUsage).map(inv),
+            Scorer::Latency => val(SignalKind::Ttft)
+                .or_else(|| val(SignalKind::E2eLatency))
+                .map(|l| l.max(0.0)),
+            Scorer::Prefix => {
+                let total = self.req.prefix_total_blocks;
+                (total > 0).then(|| f64::from(c.prefix_blocks.min(total)) / f64::from(total))
+            }
+            Scorer::Lora => {
+                let adapter = self.req.adapter?;
+                t.lora_at(now).map(|l| lora_score(l, adapter))
+            }
+            Scorer::Gpu => val(SignalKind::GpuUtil).map(inv),
+            Scorer::Memory => val(SignalKind::KvUsage)
+                .or_else(|| val(SignalKind::GpuMemUsed))
+                .map(inv),
+        }
+    }
+
+    fn run<R: FnMut(u32) -> u32>(
+        &self,
+        rng: &mut R,
+        rr: &mut usize,
+        explain: Option<&mut [ScoreBreakdown]>,
+        mut s: Scratch<'_>,
+    ) -> PickOutcome {
+        let n = self.candidates.len();
+        let (mut ok, mut eligible) = (0usize, 0usize);
+        for i in 0..n {
+            let st = self.status(i);
+            if let Some(slot) = s.status.get_mut(i) {
+                *slot = st;
+            }
+            ok += usize::from(matches!(
+                st,
+                CandidateStatus::Eligible | CandidateStatus::Saturated
+            ));
+            eligible += usize::from(st == CandidateStatus::Eligible);
+        }
+        let all_saturated = eligible == 0;
+        let members = if all_saturated { ok } else { eligible };
+        let is_member = |st: CandidateStatus| {
+            st == CandidateStatus::Eligible || (all_saturated && st == CandidateStatus::Saturated)
+        };
+        let choice = if members == 0 {
+            None
+        } else {
+            match self.profile.picker {
+                PickerKind::MaxScore => self.max_score(rng, &is_member, &mut s),
+                PickerKind::RoundRobin => {
+                    let k = *rr % members;
+                    *rr = rr.wrapping_add(1);
+                    nth_member(s.status, &is_member, k).map(|i| self.plain(i))
+                }
+                PickerKind::Random => {
+                    let k = draw(rng, members);
+                    nth_member(s.status, &is_member, k).map(|i| self.plain(i))
+                }
+                PickerKind::PowerOfTwo => self.p2c(rng, &is_member, s.status, members),
+            }
+        };
+        if let Some(out) = explain {
+            for (i, o) in out.iter_mut().enumerate().take(n) {
+                let status = s.status.get(i).copied().unwrap_or_default();
+                let scored = self.profile.picker == PickerKind::MaxScore && is_member(status);
+                let mut scores = [None; SCORERS];
+                if scored {
+                    if let Some(raw) = s.raw.get(i) {
+                        for (dst, src) in scores.iter_mut().zip(raw) {
+                            *dst = (!src.is_nan()).then_some(*src);
+                        }
+                    }
+                }
+                *o = ScoreBreakdown {
+                    endpoint: self.candidates.get(i).map_or(0, |c| c.endpoint),
+                    status,
+                    scores,
+                    total: if scored {
+                        s.totals.get(i).copied()
+                    } else {
+                        None
+                    },
+                    missing: s.missing.get(i).copied().unwrap_or_default(),
+                };
+            }
+        }
+        if ok == 0 {
+            PickOutcome::NoCandidate
+        } else if all_saturated {
+            PickOutcome::AllSaturated { fallback: choice }
+        } else {
+            choice.map_or(PickOutcome::NoCandidate, PickOutcome::Picked)
+        }
+    }
+
+    fn plain(&self, i: usize) -> Pick {
+        Pick {
+            index: i,
+            endpoint: self.candidates.get(i).map_or(0, |c| c.endpoint),
+            score: None,
+            missing: ScorerSet::EMPTY,
+        }
+    }
+
+    fn max_score<R: FnMut(u32) -> u32>(
+        &self,
+        rng: &mut R,
+        is_member: &impl Fn(CandidateStatus) -> bool,
+        s: &mut Scratch<'_>,
+    ) -> Option<Pick> {
+        let Scratch {
+            status,
+            raw,
+            totals,
+            missing,
+        } = s;
+        let status: &[CandidateStatus] = status;
+        let weights = self.profile.weights;
+        let active = weights.active();
+        let (mut queue, mut running) = (Range::default(), Range::default());
+        let mut fastest = f64::INFINITY;
+        for (i, st) in status.iter().enumerate() {
+            if !is_member(*st) {
+                continue;
+            }
+            let Some(row) = raw.get_mut(i) else { continue };
+            for sc in active.iter() {
+                let v = self.raw_signal(sc, i).unwrap_or(f64::NAN);
+                if let Some(cell) = row.get_mut(sc.index()) {
+                    *cell = v;
+                }
+                match sc {
+                    Scorer::Queue => queue.add(v),
+                    Scorer::Running => running.add(v),
+                    Scorer::Latency if v > 0.0 => fastest = fastest.min(v),
+                    _ => {}
+                }
+            }
+        }
+        let mut best = f64::NEG_INFINITY;
+        for (i, st) in status.iter().enumerate() {
+            if !is_member(*st) {
+                continue;
+            }
+            let Some(row) = raw.get_mut(i) else { continue };
+            let (mut num, mut den, mut miss) = (0.0, 0.0, ScorerSet::EMPTY);
+            for sc in active.iter() {
+                let Some(cell) = row.get_mut(sc.index()) else {
+                    continue;
+                };
+                let v = *cell;
+                if v.is_nan() {
+                    miss.insert(sc);
+                    continue;
+                }
+                let score = match sc {
+                    Scorer::Queue => queue.inverted(v),
+                    Scorer::Running => running.inverted(v),
+                    Scorer::Latency => {
+                        if v <= 0.0 || !fastest.is_finite() {
+                            1.0
+                        } else {
+                            (fastest / v).clamp(0.0, 1.0)
+                        }
+                    }
+                    _ => v.clamp(0.0, 1.0),
+                };
+                *cell = score;
+                let w = weights.get(sc);
+                num += w * score;
+                den += w;
+            }
+            let total = if den > 0.0 { num / den } else { 0.5 };
+            if let Some(t) = totals.get_mut(i) {
+                *t = total;
+            }
+            if let Some(m) = missing.get_mut(i) {
+                *m = miss;
+            }
+            best = best.max(total);
+        }
+        let eps = self.profile.tie_epsilon.max(0.0);
+        let tied = |i: usize| {
+            status.get(i).is_some_and(|st| is_member(*st))
+                && totals.get(i).is_some_and(|t| best - *t <= eps)
+        };
+        let min_local = (0..status.len())
+            .filter(|&i| tied(i))
+            .map(|i| self.local(i))
+            .min()?;
+        let winners = (0..status.len())
+            .filter(|&i| tied(i) && self.local(i) == min_local)
+            .count();
+        let k = draw(rng, winners);
+        let i = (0..status.len())
+            .filter(|&i| tied(i) && self.local(i) == min_local)
+            .nth(k)?;
+        Some(Pick {
+            index: i,
+            endpoint: self.candidates.get(i).map_or(0, |c| c.endpoint),
+            score: totals.get(i).copied(),
+            missing: missing.get(i).copied().unwrap_or_default(),
+        })
+    }
+
+    fn p2c<R: FnMut(u32) -> u32>(
+        &self,
+        rng: &mut R,
+        is_member: &impl Fn(CandidateStatus) -> bool,
+        status: &[CandidateStatus],
+        members: usize,
+    ) -> Option<Pick> {
+        let a = draw(rng, members);
+        let b = if members > 1 {
+            let b = draw(rng, members - 1);
+            if b >= a {
+                b + 1
+            } else {
+                b
+            }
+        } else {
+            a
+        };
+        let ia = nth_member(status, is_member, a)?;
+        let ib = nth_member(status, is_member, b)?;
+        let telemetry_load = |i: usize| {
+            let t = &self.view(i)?.telemetry;
+            let w = t.value_at(SignalKind::Waiting, self.now)?;
+            let r = t.value_at(SignalKind::Running, self.now)?;
+            Some(w.max(0.0) + r.max(0.0))
+        };
+        let inflight = |i: usize| f64::from(self.view(i).map_or(0, |v| v.inflight));
+        let local = |i: usize| f64::from(self.local(i));
+        let (la, lb) = match (telemetry_load(ia), telemetry_load(ib)) {
+            (Some(x), Some(y)) => (x + local(ia), y + local(ib)),
+            _ => (inflight(ia) + local(ia), inflight(ib) + local(ib)),
+        };
+        Some(self.plain(if lb < la { ib } else { ia }))
+    }
+}
+
+fn draw<R: FnMut(u32) -> u32>(rng: &mut R, n: usize) -> usize {
+    let n32 = u32::try_from(n).unwrap_or(u32::MAX).max(1);
+    (rng(n32) % n32) as usize
+}
+
+fn nth_member(
+    status: &[CandidateStatus],
+    is_member: &impl Fn(CandidateStatus) -> bool,
+    k: usize,
+) -> Option<usize> {
+    status
+        .iter()
+        .enumerate()
+        .filter(|(_, st)| is_member(**st))
+        .nth(k)
+        .map(|(i, _)| i)
+}

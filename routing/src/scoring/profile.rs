@@ -1,0 +1,383 @@
+//! Scheduling profiles: which scorers, with which weights, which picker, and
+//! whether the saturation filter applies.
+//!
+//! Chosen by `InferencePolicy.spec.loadBalancing.algorithm` (linked from a
+//! rule's `ExtensionRef`), else by `InferenceConfig.spec.modelRouting.strategy`
+//! (when `enabled`), else the default (GAIE's). Names are case-insensitive and
+//! `_` reads as `-`.
+//!
+//! | profile | queue | kv | prefix | running | latency | lora | gpu | memory | picker | saturation filter |
+//! |---|---|---|---|---|---|---|---|---|---|---|
+//! | `default` | 2 | 2 | 3 | | | 1 | | | max score | yes |
+//! | `prefix-cache-aware` (`prefix-aware`) | 2 | 2 | 3 | | | 1 | | | max score | yes |
+//! | `least-queue` | 1 | | | | | | | | max score | yes |
+//! | `kv-cache-aware` | 1 | 2 | | | | | | | max score | yes |
+//! | `lora-affinity` | 1 | 1 | | | | 2 | | | max score | yes |
+//! | `latency-optimized` | 2 | 1 | 2 | | 2 | | | | max score | yes |
+//! | `resource-weighted` | | | | | `inferenceLatency` | | `gpuUtilization` | `memoryAvailable` | max score | yes |
+//! | `power-of-two` (`p2c`) | waiting + running + local in-flight of two random picks | | | | | | | | P2C | yes |
+//! | `round-robin` | | | | | | | | | round robin | no |
+//! | `random` | | | | | | | | | uniform | no |
+//!
+//! - The default is GAIE's: queue ×2, KV ×2, prefix ×3, max score with a
+//!   random tie-break; LoRA affinity ×1 joins only for requests naming an
+//!   adapter (otherwise that scorer is absent and weighs nothing).
+//! - `latency-optimized` (the seed's `InferenceConfig` strategy) aims at
+//!   TTFT, which is queue wait + prefill: queue ×2, measured TTFT ×2 (windowed
+//!   mean; e2e latency where no TTFT is exported), prefix ×2 (a cache hit
+//!   skips prefill), KV ×1 (a full cache preempts).
+//! - `resource-weighted` uses the policy's `factors` as weights (absent ones
+//!   default to ⅓ each; all zero reads as all ⅓). It has no queue term, so
+//!   between snapshots a burst spreads only through the tie-break (equal
+//!   scores → fewest local in-flight); prefer `default` for LLM pools. vLLM
+//!   exports no GPU utilisation: without DCGM that weight is redistributed.
+//! - `round-robin` and `random` read no telemetry and shed nothing (telemetry-
+//!   free baselines); set [`Profile::saturation`] to change that.
+
+use std::time::Duration;
+
+use crate::config::{InferenceConfig, InferencePolicy, LoadFactors};
+
+/// Which profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProfileKind {
+    /// GAIE's default.
+    Default,
+    /// Prefix-cache-aware (same weights as the default).
+    PrefixCacheAware,
+    /// Fewest waiting requests.
+    LeastQueue,
+    /// Most free KV cache.
+    KvCacheAware,
+    /// Adapter already loaded.
+    LoraAffinity,
+    /// Lowest expected TTFT.
+    LatencyOptimized,
+    /// The policy's `factors` over GPU, memory and latency.
+    ResourceWeighted,
+    /// Power of two choices.
+    PowerOfTwo,
+    /// Round robin.
+    RoundRobin,
+    /// Uniformly random.
+    Random,
+}
+
+impl ProfileKind {
+    /// Parses a profile name (see the module table).
+    pub fn parse(name: &str) -> Option<Self> {
+        let n = name.trim().to_ascii_lowercase().replace('_', "-");
+        Some(match n.as_str() {
+            "" | "default" => Self::Default,
+            "prefix-cache-aware" | "prefix-aware" | "prefix-cache" | "cache-aware" => {
+                Self::PrefixCacheAware
+            }
+            "least-queue" | "queue" => Self::LeastQueue,
+            "kv-cache-aware" | "kv-aware" | "kv-cache" => Self::KvCacheAware,
+            "lora-affinity" | "lora" => Self::LoraAffinity,
+            "latency-optimized" | "latency-optimised" | "latency" => Self::LatencyOptimized,
+            "resource-weighted" => Self::ResourceWeighted,
+            "power-of-two" | "power-of-two-choices" | "p2c" => Self::PowerOfTwo,
+            "round-robin" | "roundrobin" => Self::RoundRobin,
+            "random" => Self::Random,
+            _ => return None,
+        })
+    }
+
+    /// The canonical name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::PrefixCacheAware => "prefix-cache-aware",
+            Self::LeastQueue => "least-queue",
+            Self::KvCacheAware => "kv-cache-aware",
+            Self::LoraAffinity => "lora-affinity",
+            Self::LatencyOptimized => "latency-optimized",
+            Self::ResourceWeighted => "resource-weighted",
+            Self::PowerOfTwo => "power-of-two",
+            Self::RoundRobin => "round-robin",
+            Self::Random => "random",
+        }
+    }
+}
+
+/// How the endpoint is chosen among the filtered candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickerKind {
+    /// Highest weighted score; ties → fewest local in-flight → random.
+    MaxScore,
+    /// Rotate over the candidates.
+    RoundRobin,
+    /// Uniformly random.
+    Random,
+    /// Two distinct random candidates; the less loaded wins.
+    PowerOfTwo,
+}
+
+/// A scorer: each maps a candidate to `[0, 1]`, higher = better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scorer {
+    /// Min-max normalised (waiting + local in-flight), inverted.
+    Queue,
+    /// 1 − KV-cache usage.
+    KvCache,
+    /// Matched prefix blocks / request blocks.
+    Prefix,
+    /// Min-max normalised (running + local in-flight), inverted.
+    Running,
+    /// Fastest windowed mean latency / this one's (TTFT, else e2e).
+    Latency,
+    /// 1.0 adapter running, 0.8 free slot, 0.6 adapter waiting, 0 otherwise.
+    Lora,
+    /// 1 − GPU utilisation.
+    Gpu,
+    /// 1 − KV-cache usage, else 1 − GPU memory used ratio.
+    Memory,
+}
+
+/// Number of scorers.
+pub const SCORERS: usize = 8;
+
+impl Scorer {
+    /// Every scorer, in index order.
+    pub const ALL: [Scorer; SCORERS] = [
+        Scorer::Queue,
+        Scorer::KvCache,
+        Scorer::Prefix,
+        Scorer::Running,
+        Scorer::Latency,
+        Scorer::Lora,
+        Scorer::Gpu,
+        Scorer::Memory,
+    ];
+
+    /// Name for the debug view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::KvCache => "kv_cache",
+            Self::Prefix => "prefix",
+            Self::Running => "running",
+            Self::Latency => "latency",
+            Self::Lora => "lora",
+            Self::Gpu => "gpu",
+            Self::Memory => "memory",
+        }
+    }
+
+    /// Index in [`Scorer::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A small set of [`Scorer`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct ScorerSet(u8);
+
+impl ScorerSet {
+    /// The empty set.
+    pub const EMPTY: ScorerSet = ScorerSet(0);
+
+    /// Adds `s`.
+    pub fn insert(&mut self, s: Scorer) {
+        self.0 |= 1 << s.index();
+    }
+
+    /// Whether `s` is in the set.
+    pub fn contains(self, s: Scorer) -> bool {
+        self.0 & (1 << s.index()) != 0
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Members in [`Scorer::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = Scorer> {
+        Scorer::ALL.into_iter().filter(move |s| self.contains(*s))
+    }
+}
+
+/// Scorer weights (0 = scorer off).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Weights(pub [f64; SCORERS]);
+
+impl Weights {
+    /// A scorer's weight.
+    pub fn get(&self, s: Scorer) -> f64 {
+        self.0.get(s.index()).copied().unwrap_or(0.0)
+    }
+
+    /// Sets a scorer's weight (negative or NaN reads as 0).
+    pub fn set(&mut self, s: Scorer, w: f64) -> &mut Self {
+        if let Some(slot) = self.0.get_mut(s.index()) {
+            *slot = if w.is_finite() && w > 0.0 { w } else { 0.0 };
+        }
+        self
+    }
+
+    /// Builds from `(scorer, weight)` pairs.
+    pub fn of(pairs: &[(Scorer, f64)]) -> Self {
+        let mut w = Weights::default();
+        for (s, v) in pairs {
+            w.set(*s, *v);
+        }
+        w
+    }
+
+    /// Scorers with a positive weight.
+    pub fn active(&self) -> ScorerSet {
+        let mut set = ScorerSet::EMPTY;
+        for s in Scorer::ALL {
+            if self.get(s) > 0.0 {
+                set.insert(s);
+            }
+        }
+        set
+    }
+}
+
+/// The saturation filter (GAIE's numbers by default).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Saturation {
+    /// Saturated above this many waiting requests (default 5).
+    pub max_waiting: f64,
+    /// Saturated above this KV-cache usage (default 0.8).
+    pub max_kv_usage: f64,
+    /// Saturated when the last successful scrape is older (default 200 ms).
+    pub max_metrics_age: Duration,
+    /// Whether an endpoint never scraped counts as saturated (default false:
+    /// telemetry may be off for the pool, or the endpoint just appeared; the
+    /// health filter covers dead ones).
+    pub unscraped_is_saturated: bool,
+}
+
+impl Default for Saturation {
+    fn default() -> Self {
+        Self {
+            max_waiting: 5.0,
+            max_kv_usage: 0.8,
+            max_metrics_age: Duration::from_millis(200),
+            unscraped_is_saturated: false,
+        }
+    }
+}
+
+/// A profile name that is not in the table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown load-balancing algorithm {0:?}; known: default, prefix-cache-aware, least-queue, kv-cache-aware, lora-affinity, latency-optimized, resource-weighted, power-of-two, round-robin, random")]
+pub struct UnknownProfile(pub String);
+
+/// A scheduling profile.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Profile {
+    /// Which profile.
+    pub kind: ProfileKind,
+    /// The picker.
+    pub picker: PickerKind,
+    /// Scorer weights (for [`PickerKind::MaxScore`]).
+    pub weights: Weights,
+    /// The saturation filter; `None` = off.
+    pub saturation: Option<Saturation>,
+    /// Scores within this of the best tie (default 1e-9).
+    pub tie_epsilon: f64,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Self::new(ProfileKind::Default, None)
+    }
+}
+
+impl Profile {
+    /// The profile of `kind`; `factors` matter only for
+    /// [`ProfileKind::ResourceWeighted`].
+    pub fn new(kind: ProfileKind, factors: Option<&LoadFactors>) -> Self {
+        use Scorer::*;
+        let max = |pairs: &[(Scorer, f64)]| (PickerKind::MaxScore, Weights::of(pairs));
+        let (picker, weights) = match kind {
+            ProfileKind::Default | ProfileKind::PrefixCacheAware => {
+                max(&[(Queue, 2.0), (KvCache, 2.0), (Prefix, 3.0), (Lora, 1.0)])
+            }
+            ProfileKind::LeastQueue => max(&[(Queue, 1.0)]),
+            ProfileKind::KvCacheAware => max(&[(Queue, 1.0), (KvCache, 2.0)]),
+            ProfileKind::LoraAffinity => max(&[(Queue, 1.0), (KvCache, 1.0), (Lora, 2.0)]),
+            ProfileKind::LatencyOptimized => {
+                max(&[(Queue, 2.0), (KvCache, 1.0), (Prefix, 2.0), (Latency, 2.0)])
+            }
+            ProfileKind::ResourceWeighted => {
+                let f = |v: Option<f64>| v.filter(|x| x.is_finite() && *x >= 0.0);
+                let (mut g, mut m, mut l) = match factors {
+                    Some(fs) => (
+                        f(fs.gpu_utilization).unwrap_or(1.0 / 3.0),
+                        f(fs.memory_available).unwrap_or(1.0 / 3.0),
+                        f(fs.inference_latency).unwrap_or(1.0 / 3.0),
+                    ),
+                    None => (1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0),
+                };
+                if g + m + l <= 0.0 {
+                    (g, m, l) = (1.0 / 3.0, 1.0 / 3.0, 1.0 / 3.0);
+                }
+                max(&[(Gpu, g), (Memory, m), (Latency, l)])
+            }
+            ProfileKind::PowerOfTwo => (PickerKind::PowerOfTwo, Weights::default()),
+            ProfileKind::RoundRobin => (PickerKind::RoundRobin, Weights::default()),
+            ProfileKind::Random => (PickerKind::Random, Weights::default()),
+        };
+        let saturation = match kind {
+            ProfileKind::RoundRobin | ProfileKind::Random => None,
+            _ => Some(Saturation::default()),
+        };
+        Self {
+            kind,
+            picker,
+            weights,
+            saturation,
+            tie_epsilon: 1e-9,
+        }
+    }
+
+    /// The profile named `name` (see the module table).
+    pub fn from_name(name: &str, factors: Option<&LoadFactors>) -> Result<Self, UnknownProfile> {
+        ProfileKind::parse(name)
+            .map(|k| Self::new(k, factors))
+            .ok_or_else(|| UnknownProfile(name.to_owned()))
+    }
+
+    /// The profile for a rule: the policy's `loadBalancing.algorithm` if set,
+    /// else the `InferenceConfig`'s `modelRouting.strategy` if routing is
+    /// enabled, else the default. An unknown name is an error (report it and
+    /// fall back to `Profile::default()`).
+    pub fn resolve(
+        policy: Option<&InferencePolicy>,
+        config: Option<&InferenceConfig>,
+    ) -> Result<Self, UnknownProfile> {
+        let lb = policy.and_then(|p| p.spec.load_balancing.as_ref());
+        let factors = lb.and_then(|l| l.factors.as_ref());
+        if let Some(alg) = lb.and_then(|l| l.algorithm.as_deref()) {
+            return Self::from_name(alg, factors);
+        }
+        let strategy = config
+            .and_then(|c| c.spec.model_routing.as_ref())
+            .filter(|r| r.enabled)
+            .and_then(|r| r.strategy.as_deref());
+        match strategy {
+            Some(s) => Self::from_name(s, factors),
+            None => Ok(Self::new(ProfileKind::Default, factors)),
+        }
+    }
+
+    /// This profile with another saturation filter.
+    pub fn with_saturation(mut self, saturation: Option<Saturation>) -> Self {
+        self.saturation = saturation;
+        self
+    }
+
+    /// This profile with other weights.
+    pub fn with_weights(mut self, weights: Weights) -> Self {
+        self.weights = weights;
+        self
+    }
+}

@@ -1,0 +1,1123 @@
+//! Scorers, filters, profiles, pickers and the prefix index on a virtual
+//! clock: deterministic (seeded RNGs) and property-tested where it fits.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::{
+    InferenceConfig, InferenceConfigSpec, InferencePolicy, InferencePolicySpec, LoadBalancing,
+    LoadFactors, ModelRouting, ObjectMeta,
+};
+use crate::telemetry::{LoraState, SignalKind, StoreConfig, TelemetryStore};
+
+const AGE: Duration = Duration::from_millis(200);
+
+fn ms(t0: Instant, n: u64) -> Instant {
+    t0 + Duration::from_millis(n)
+}
+
+fn view(id: usize, at: Instant, signals: &[(SignalKind, f64)]) -> EndpointView {
+    EndpointView::with_signals(id, at, AGE, signals)
+}
+
+fn load(id: usize, at: Instant, waiting: f64, kv: f64) -> EndpointView {
+    view(
+        id,
+        at,
+        &[(SignalKind::Waiting, waiting), (SignalKind::KvUsage, kv)],
+    )
+}
+
+fn snap(at: Instant, views: Vec<EndpointView>) -> ScoringSnapshot {
+    ScoringSnapshot::from_views(1, at, views)
+}
+
+fn cands(ids: &[usize]) -> Vec<Candidate> {
+    ids.iter()
+        .map(|&endpoint| Candidate {
+            endpoint,
+            prefix_blocks: 0,
+        })
+        .collect()
+}
+
+fn only(s: Scorer) -> Profile {
+    Profile::default()
+        .with_weights(Weights::of(&[(s, 1.0)]))
+        .with_saturation(None)
+}
+
+/// Scores of one scorer for every candidate (via the explain output).
+fn scores(
+    profile: &Profile,
+    snapshot: &ScoringSnapshot,
+    req: &PickRequest<'_>,
+    c: &[Candidate],
+    local: &[u32],
+    now: Instant,
+) -> (PickOutcome, Vec<ScoreBreakdown>) {
+    let mut out = vec![ScoreBreakdown::default(); c.len()];
+    let outcome = Picker::new(7).pick_explained(profile, snapshot, req, c, local, now, &mut out);
+    (outcome, out)
+}
+
+fn score_of(b: &ScoreBreakdown, s: Scorer) -> Option<f64> {
+    b.scores[s.index()]
+}
+
+fn picked(o: PickOutcome) -> usize {
+    match o {
+        PickOutcome::Picked(p) => p.endpoint,
+        other => panic!("expected a pick, got {other:?}"),
+    }
+}
+
+// ---- scorers ----
+
+#[test]
+fn queue_scorer_min_max_inverted() {
+    let t0 = Instant::now();
+    let s = snap(
+        t0,
+        vec![
+            load(0, t0, 0.0, 0.1),
+            load(1, t0, 2.0, 0.1),
+            load(2, t0, 4.0, 0.1),
+        ],
+    );
+    let (o, b) = scores(
+        &only(Scorer::Queue),
+        &s,
+        &PickRequest::default(),
+        &cands(&[0, 1, 2]),
+        &[],
+        t0,
+    );
+    let q: Vec<_> = b
+        .iter()
+        .map(|b| score_of(b, Scorer::Queue).unwrap())
+        .collect();
+    assert_eq!(q, vec![1.0, 0.5, 0.0]);
+    assert_eq!(picked(o), 0);
+    // Local in-flight is added before normalising.
+    let (o, b) = scores(
+        &only(Scorer::Queue),
+        &s,
+        &PickRequest::default(),
+        &cands(&[0, 1, 2]),
+        &[6, 0, 0],
+        t0,
+    );
+    let q: Vec<_> = b
+        .iter()
+        .map(|b| score_of(b, Scorer::Queue).unwrap())
+        .collect();
+    assert_eq!(q, vec![0.0, 1.0, 0.5]);
+    assert_eq!(picked(o), 1);
+    // All equal: all 1.
+    let s = snap(t0, vec![load(0, t0, 3.0, 0.1), load(1, t0, 3.0, 0.1)]);
+    let (_, b) = scores(
+        &only(Scorer::Queue),
+        &s,
+        &PickRequest::default(),
+        &cands(&[0, 1]),
+        &[],
+        t0,
+    );
+    assert!(b.iter().all(|b| score_of(b, Scorer::Queue) == Some(1.0)));
+}
+
+#[test]
+fn kv_running_latency_scorers() {
+    let t0 = Instant::now();
+    let s = snap(
+        t0,
+        vec![
+            view(
+                0,
+                t0,
+                &[
+                    (SignalKind::KvUsage, 0.25),
+                    (SignalKind::Running, 10.0),
+                    (SignalKind::Ttft, 0.1),
+                ],
+            ),
+            view(
+                1,
+                t0,
+                &[
+                    (SignalKind::KvUsage, 0.75),
+                    (SignalKind::Running, 20.0),
+                    (SignalKind::Ttft, 0.4),
+                ],
+            ),
+            // No TTFT: its e2e latency stands in.
+            view(
+                2,
+                t0,
+                &[
+                    (SignalKind::KvUsage, 1.2),
+                    (SignalKind::Running, 30.0),
+                    (SignalKind::E2eLatency, 0.2),
+                ],
+            ),
+        ],
+    );
+    let c = cands(&[0, 1, 2]);
+    let req = PickRequest::default();
+    let (_, b) = scores(&only(Scorer::KvCache), &s, &req, &c, &[], t0);
+    let kv: Vec<_> = b
+        .iter()
+        .map(|b| score_of(b, Scorer::KvCache).unwrap())
+        .collect();
+    assert_eq!(kv, vec![0.75, 0.25, 0.0]);
+    let (_, b) = scores(&only(Scorer::Running), &s, &req, &c, &[0, 0, 0], t0);
+    let r: Vec<_> = b
+        .iter()
+        .map(|b| score_of(b, Scorer::Running).unwrap())
+        .collect();
+    assert_eq!(r, vec![1.0, 0.5, 0.0]);
+    let (o, b) = scores(&only(Scorer::Latency), &s, &req, &c, &[], t0);
+    let l: Vec<_> = b
+        .iter()
+        .map(|b| score_of(b, Scorer::Latency).unwrap())
+        .collect();
+    assert_eq!(l, vec![1.0, 0.25, 0.5]);
+    assert_eq!(picked(o), 0);
+}
+
+#[test]
+fn prefix_scorer() {
+    let t0 = Instant::now();
+    let s = snap(
+        t0,
+        vec![
+            load(0, t0, 0.0, 0.0),
+            load(1, t0, 0.0, 0.0),
+            load(2, t0, 0.0, 0.0),
+        ],
+    );
+    let c = vec![
+        Candidate {
+            endpoint: 0,
+            prefix_blocks: 0,
+        },
+        Candidate {
+            endpoint: 1,
+            prefix_blocks: 30,
+        },
+        Candidate {
+            endpoint: 2,
+            prefix_blocks: 99,
+        },
+    ];
+    let req = PickRequest {
+        prefix_total_blocks: 40,
+        ..PickRequest::default()
+    };
+    let (o, b) = scores(&only(Scorer::Prefix), &s, &req, &c, &[], t0);
+    let p: Vec<_> = b
+        .iter()
+        .map(|b| score_of(b, Scorer::Prefix).unwrap())
+        .collect();
+    assert_eq!(p, vec![0.0, 0.75, 1.0]);
+    assert_eq!(picked(o), 2);
+    // No whole block in the prompt: the scorer is absent (weight redistributed).
+    let (_, b) = scores(
+        &only(Scorer::Prefix),
+        &s,
+        &PickRequest::default(),
+        &c,
+        &[],
+        t0,
+    );
+    assert!(b
+        .iter()
+        .all(|b| b.missing.contains(Scorer::Prefix) && b.total == Some(0.5)));
+}
+
+#[test]
+fn lora_affinity_tiers() {
+    let t0 = Instant::now();
+    let lora = |running: &[&str], waiting: &[&str], max| LoraState {
+        max_lora: max,
+        running: running.iter().map(|s| s.to_string()).collect(),
+        waiting: waiting.iter().map(|s| s.to_string()).collect(),
+    };
+    let states = [
+        lora(&["a", "x"], &[], 2),    // running → 1.0
+        lora(&["x"], &[], 2),         // free slot → 0.8
+        lora(&["x", "y"], &["a"], 2), // waiting → 0.6
+        lora(&["x", "y"], &["z"], 2), // nothing → 0
+    ];
+    let mut views = Vec::new();
+    for (i, st) in states.iter().enumerate() {
+        let mut v = load(i, t0, 0.0, 0.0);
+        v.telemetry.set_lora(st.clone(), t0);
+        views.push(v);
+    }
+    views.push(load(4, t0, 0.0, 0.0)); // no LoRA info → absent
+    let s = snap(t0, views);
+    let c = cands(&[0, 1, 2, 3, 4]);
+    let req = PickRequest {
+        adapter: Some("a"),
+        ..PickRequest::default()
+    };
+    let (o, b) = scores(&only(Scorer::Lora), &s, &req, &c, &[], t0);
+    let l: Vec<_> = b.iter().map(|b| score_of(b, Scorer::Lora)).collect();
+    assert_eq!(l, vec![Some(1.0), Some(0.8), Some(0.6), Some(0.0), None]);
+    assert!(b[4].missing.contains(Scorer::Lora));
+    assert_eq!(picked(o), 0);
+    assert_eq!(lora_score(&states[1], "a"), 0.8);
+    // Without an adapter the scorer is absent everywhere.
+    let (_, b) = scores(
+        &only(Scorer::Lora),
+        &s,
+        &PickRequest::default(),
+        &c,
+        &[],
+        t0,
+    );
+    assert!(b.iter().all(|b| score_of(b, Scorer::Lora).is_none()));
+    // Stale LoRA state is absent too.
+    let (_, b) = scores(&only(Scorer::Lora), &s, &req, &c, &[], ms(t0, 201));
+    assert!(b.iter().all(|b| score_of(b, Scorer::Lora).is_none()));
+}
+
+#[test]
+fn resource_weighted_redistributes_missing_gpu() {
+    let t0 = Instant::now();
+    let factors = LoadFactors {
+        gpu_utilization: Some(0.4),
+        memory_available: Some(0.3),
+        inference_latency: Some(0.3),
+    };
+    let p = Profile::from_name("resource-weighted", Some(&factors)).unwrap();
+    assert_eq!(p.weights.get(Scorer::Gpu), 0.4);
+    // vLLM exports no GPU utilisation; memory falls back to KV usage.
+    let s = snap(
+        t0,
+        vec![
+            view(
+                0,
+                t0,
+                &[(SignalKind::KvUsage, 0.5), (SignalKind::Ttft, 0.2)],
+            ),
+            view(
+                1,
+                t0,
+                &[
+                    (SignalKind::GpuMemUsed, 0.9),
+                    (SignalKind::GpuUtil, 0.5),
+                    (SignalKind::Ttft, 0.1),
+                ],
+            ),
+        ],
+    );
+    let (_, b) = scores(&p, &s, &PickRequest::default(), &cands(&[0, 1]), &[], t0);
+    assert!(b[0].missing.contains(Scorer::Gpu));
+    assert_eq!(b[0].missing.iter().count(), 1);
+    // (0.3·0.5 + 0.3·0.5) / 0.6, never (… + 0.4·0) / 1.0.
+    assert!((b[0].total.unwrap() - 0.5).abs() < 1e-12);
+    assert!(b[1].missing.is_empty());
+    let want = (0.4 * 0.5 + 0.3 * (1.0 - 0.9) + 0.3 * 1.0) / 1.0;
+    assert!((b[1].total.unwrap() - want).abs() < 1e-12);
+    let p = Profile::from_name("resource-weighted", None).unwrap();
+    assert!((p.weights.get(Scorer::Latency) - 1.0 / 3.0).abs() < 1e-12);
+}
+
+#[test]
+fn missing_signal_is_not_zero() {
+    let t0 = Instant::now();
+    // Endpoint 0 exports no queue; endpoint 1 does.
+    let s = snap(
+        t0,
+        vec![
+            view(0, t0, &[(SignalKind::KvUsage, 0.1)]),
+            load(1, t0, 0.0, 0.1),
+        ],
+    );
+    let (_, b) = scores(
+        &Profile::default(),
+        &s,
+        &PickRequest::default(),
+        &cands(&[0, 1]),
+        &[],
+        t0,
+    );
+    assert!((b[0].total.unwrap() - 0.9).abs() < 1e-12);
+    assert!(b[0].missing.contains(Scorer::Queue));
+    assert!((b[1].total.unwrap() - 0.95).abs() < 1e-12);
+}
+
+// ---- filters ----
+
+#[test]
+fn health_model_and_saturation_filters() {
+    let t0 = Instant::now();
+    let mut sick = load(0, t0, 0.0, 0.0);
+    sick.healthy = false;
+    let mut other_model = load(1, t0, 0.0, 0.0);
+    other_model.models = vec!["gpt-other".into()];
+    let busy_queue = load(2, t0, 6.0, 0.1);
+    let busy_kv = load(3, t0, 0.0, 0.81);
+    let edge = load(4, t0, 5.0, 0.8); // exactly at the thresholds: fine
+    let mut serving = load(5, t0, 1.0, 0.5);
+    serving.models = vec!["llama".into(), "llama-sql-lora".into()];
+    let s = snap(
+        t0,
+        vec![sick, other_model, busy_queue, busy_kv, edge, serving],
+    );
+    let req = PickRequest {
+        model: Some("llama"),
+        ..PickRequest::default()
+    };
+    let c = cands(&[0, 1, 2, 3, 4, 5]);
+    let (o, b) = scores(&Profile::default(), &s, &req, &c, &[], t0);
+    let st: Vec<_> = b.iter().map(|b| b.status).collect();
+    use CandidateStatus::*;
+    assert_eq!(
+        st,
+        vec![Unhealthy, NotServing, Saturated, Saturated, Eligible, Eligible]
+    );
+    assert!(matches!(o, PickOutcome::Picked(p) if p.endpoint == 4 || p.endpoint == 5));
+    // Adapter filter.
+    let req2 = PickRequest {
+        model: Some("llama"),
+        adapter: Some("llama-chat-lora"),
+        ..PickRequest::default()
+    };
+    let (_, b) = scores(&Profile::default(), &s, &req2, &c, &[], t0);
+    assert_eq!(b[5].status, NotServing);
+    assert_eq!(b[4].status, Eligible, "an empty model list serves anything");
+    // Configurable thresholds.
+    let strict = Profile::default().with_saturation(Some(Saturation {
+        max_waiting: 0.5,
+        ..Saturation::default()
+    }));
+    let (_, b) = scores(&strict, &s, &req, &c, &[], t0);
+    assert_eq!(b[4].status, Saturated);
+    assert_eq!(b[5].status, Saturated);
+}
+
+#[test]
+fn all_saturated_is_a_distinct_outcome_with_a_fallback() {
+    let t0 = Instant::now();
+    let s = snap(t0, vec![load(0, t0, 9.0, 0.5), load(1, t0, 7.0, 0.95)]);
+    let c = cands(&[0, 1]);
+    let o = Picker::new(1).pick(
+        &Profile::default(),
+        &s,
+        &PickRequest::default(),
+        &c,
+        &[],
+        t0,
+    );
+    let PickOutcome::AllSaturated { fallback: Some(f) } = o else {
+        panic!("{o:?}");
+    };
+    // Among the saturated: queue 9 vs 7, kv 0.5 vs 0.95 → (2·0 + 2·0.5)/4 vs (2·1 + 2·0.05)/4.
+    assert_eq!(f.endpoint, 1);
+    assert_eq!(o.endpoint(false), None, "sheddable: 503 / 429");
+    assert_eq!(o.endpoint(true), Some(1), "non-sheddable: still served");
+    // Round robin does not shed by default.
+    let rr = Profile::from_name("round-robin", None).unwrap();
+    assert!(matches!(
+        Picker::new(1).pick(&rr, &s, &PickRequest::default(), &c, &[], t0),
+        PickOutcome::Picked(_)
+    ));
+}
+
+#[test]
+fn stale_metrics_saturate_and_unscraped_do_not() {
+    let t0 = Instant::now();
+    let unscraped = EndpointView {
+        id: 2,
+        healthy: true,
+        ..EndpointView::default()
+    };
+    let s = snap(
+        t0,
+        vec![
+            load(0, t0, 0.0, 0.0),
+            load(1, ms(t0, 150), 0.0, 0.0),
+            unscraped,
+        ],
+    );
+    let c = cands(&[0, 1, 2]);
+    let req = PickRequest::default();
+    let (_, b) = scores(&Profile::default(), &s, &req, &c, &[], ms(t0, 200));
+    assert_eq!(
+        b[0].status,
+        CandidateStatus::Eligible,
+        "200 ms is not older than 200 ms"
+    );
+    let (_, b) = scores(&Profile::default(), &s, &req, &c, &[], ms(t0, 201));
+    assert_eq!(b[0].status, CandidateStatus::Saturated);
+    assert_eq!(b[1].status, CandidateStatus::Eligible);
+    assert_eq!(b[2].status, CandidateStatus::Eligible);
+    assert_eq!(b[2].total, Some(0.5), "no scorer present: neutral");
+    let p = Profile::default().with_saturation(Some(Saturation {
+        unscraped_is_saturated: true,
+        ..Saturation::default()
+    }));
+    let (_, b) = scores(&p, &s, &req, &c, &[], ms(t0, 201));
+    assert_eq!(b[2].status, CandidateStatus::Saturated);
+    // A shard still on a snapshot from long ago: everything saturated.
+    let o = Picker::new(3).pick(&Profile::default(), &s, &req, &c[..2], &[], ms(t0, 5000));
+    assert!(matches!(o, PickOutcome::AllSaturated { fallback: Some(_) }));
+}
+
+#[test]
+fn no_candidate_outcomes() {
+    let t0 = Instant::now();
+    let mut sick = load(0, t0, 0.0, 0.0);
+    sick.healthy = false;
+    let s = snap(t0, vec![sick]);
+    let p = Profile::default();
+    let req = PickRequest::default();
+    let mut picker = Picker::new(0);
+    assert_eq!(
+        picker.pick(&p, &s, &req, &[], &[], t0),
+        PickOutcome::NoCandidate
+    );
+    assert_eq!(
+        picker.pick(&p, &s, &req, &cands(&[0]), &[], t0),
+        PickOutcome::NoCandidate
+    );
+    assert_eq!(
+        picker.pick(&p, &s, &req, &cands(&[9]), &[], t0),
+        PickOutcome::NoCandidate
+    );
+    assert_eq!(PickOutcome::NoCandidate.endpoint(true), None);
+}
+
+// ---- pickers ----
+
+#[test]
+fn ties_break_by_local_then_seeded_random() {
+    let t0 = Instant::now();
+    let views = (0..4).map(|i| load(i, t0, 2.0, 0.3)).collect();
+    let s = snap(t0, views);
+    let c = cands(&[0, 1, 2, 3]);
+    let p = only(Scorer::KvCache); // local in-flight does not enter the score
+    let req = PickRequest::default();
+    // Fewest local in-flight wins a tie.
+    let o = Picker::new(5).pick(&p, &s, &req, &c, &[3, 1, 2, 1], t0);
+    assert!(matches!(picked(o), 1 | 3));
+    // Random among the remaining ties, reproducible from the seed.
+    let run = |seed| {
+        let mut pk = Picker::new(seed);
+        (0..400)
+            .map(|_| picked(pk.pick(&p, &s, &req, &c, &[], t0)))
+            .collect::<Vec<_>>()
+    };
+    let a = run(42);
+    assert_eq!(a, run(42));
+    assert_ne!(a, run(43));
+    let mut counts = [0; 4];
+    for i in &a {
+        counts[*i] += 1;
+    }
+    assert!(
+        counts.iter().all(|&n| (60..=140).contains(&n)),
+        "{counts:?}"
+    );
+    // The explicit-RNG entry point.
+    let mut rr = 0;
+    let o = pick_with(&p, &s, &req, &c, &[], t0, &mut |_| 2, &mut rr, None);
+    assert_eq!(picked(o), 2);
+}
+
+#[test]
+fn local_inflight_spreads_a_burst() {
+    let t0 = Instant::now();
+    for profile in [
+        "default",
+        "least-queue",
+        "kv-cache-aware",
+        "latency-optimized",
+        "resource-weighted",
+        "lora-affinity",
+    ] {
+        let p = Profile::from_name(profile, None).unwrap();
+        let views = (0..4)
+            .map(|i| {
+                view(
+                    i,
+                    t0,
+                    &[
+                        (SignalKind::Waiting, 1.0),
+                        (SignalKind::KvUsage, 0.4),
+                        (SignalKind::Ttft, 0.2),
+                    ],
+                )
+            })
+            .collect();
+        let s = snap(t0, views);
+        let c = cands(&[0, 1, 2, 3]);
+        let mut local = [0u32; 4];
+        let mut picker = Picker::new(9);
+        for _ in 0..40 {
+            let o = picker.pick(&p, &s, &PickRequest::default(), &c, &local, ms(t0, 10));
+            local[picked(o)] += 1;
+        }
+        assert_eq!(local, [10; 4], "{profile}");
+    }
+}
+
+#[test]
+fn burst_fills_the_best_endpoint_only_up_to_the_others() {
+    let t0 = Instant::now();
+    let s = snap(
+        t0,
+        vec![
+            load(0, t0, 0.0, 0.3),
+            load(1, t0, 3.0, 0.3),
+            load(2, t0, 3.0, 0.3),
+        ],
+    );
+    let c = cands(&[0, 1, 2]);
+    let mut local = [0u32; 3];
+    let mut picker = Picker::new(11);
+    for _ in 0..3 {
+        local[picked(picker.pick(
+            &Profile::default(),
+            &s,
+            &PickRequest::default(),
+            &c,
+            &local,
+            t0,
+        ))] += 1;
+    }
+    assert_eq!(local, [3, 0, 0]);
+    for _ in 0..6 {
+        local[picked(picker.pick(
+            &Profile::default(),
+            &s,
+            &PickRequest::default(),
+            &c,
+            &local,
+            t0,
+        ))] += 1;
+    }
+    assert_eq!(local, [5, 2, 2]);
+}
+
+#[test]
+fn round_robin_random_and_power_of_two() {
+    let t0 = Instant::now();
+    let mut sick = load(1, t0, 0.0, 0.0);
+    sick.healthy = false;
+    let s = snap(
+        t0,
+        vec![
+            load(0, t0, 0.0, 0.0),
+            sick,
+            load(2, t0, 0.0, 0.0),
+            load(3, t0, 0.0, 0.0),
+        ],
+    );
+    let c = cands(&[0, 1, 2, 3]);
+    let req = PickRequest::default();
+    let rr = Profile::from_name("round-robin", None).unwrap();
+    let mut picker = Picker::new(0);
+    let seq: Vec<_> = (0..6)
+        .map(|_| picked(picker.pick(&rr, &s, &req, &c, &[], t0)))
+        .collect();
+    assert_eq!(seq, vec![0, 2, 3, 0, 2, 3]);
+
+    let random = Profile::from_name("random", None).unwrap();
+    let mut counts = [0; 4];
+    for _ in 0..300 {
+        counts[picked(picker.pick(&random, &s, &req, &c, &[], t0))] += 1;
+    }
+    assert_eq!(counts[1], 0);
+    assert!(
+        counts.iter().enumerate().all(|(i, &n)| i == 1 || n > 60),
+        "{counts:?}"
+    );
+
+    // P2C: with two candidates it always takes the less loaded.
+    let p2c = Profile::from_name("p2c", None).unwrap();
+    let s = snap(
+        t0,
+        vec![
+            view(
+                0,
+                t0,
+                &[(SignalKind::Waiting, 1.0), (SignalKind::Running, 4.0)],
+            ),
+            view(
+                1,
+                t0,
+                &[(SignalKind::Waiting, 2.0), (SignalKind::Running, 1.0)],
+            ),
+        ],
+    );
+    let c = cands(&[0, 1]);
+    for _ in 0..20 {
+        assert_eq!(picked(picker.pick(&p2c, &s, &req, &c, &[], t0)), 1);
+    }
+    // Local in-flight counts: 1 + 4 + 0 vs 2 + 1 + 3.
+    assert_eq!(picked(picker.pick(&p2c, &s, &req, &c, &[0, 3], t0)), 0);
+    // Without telemetry it compares shard-reported + local in-flight.
+    let mut a = EndpointView::with_signals(0, t0, AGE, &[]);
+    a.inflight = 9;
+    let mut b = EndpointView::with_signals(1, t0, AGE, &[]);
+    b.inflight = 2;
+    let s = snap(t0, vec![a, b]);
+    assert_eq!(picked(picker.pick(&p2c, &s, &req, &c, &[0, 0], t0)), 1);
+    assert_eq!(picked(picker.pick(&p2c, &s, &req, &c, &[0, 8], t0)), 0);
+}
+
+#[test]
+fn more_than_64_candidates_use_heap_scratch() {
+    let t0 = Instant::now();
+    let views: Vec<_> = (0..100)
+        .map(|i| load(i, t0, f64::from((i as u32 * 7) % 5), 0.1))
+        .collect();
+    let s = snap(t0, views);
+    let ids: Vec<usize> = (0..100).collect();
+    let c = cands(&ids);
+    let o = Picker::new(1).pick(
+        &only(Scorer::Queue),
+        &s,
+        &PickRequest::default(),
+        &c,
+        &[],
+        t0,
+    );
+    let e = picked(o);
+    assert_eq!((e * 7) % 5, 0);
+}
+
+// ---- profiles ----
+
+#[test]
+fn profile_names_and_weights() {
+    for (name, kind) in [
+        ("default", ProfileKind::Default),
+        ("prefix-cache-aware", ProfileKind::PrefixCacheAware),
+        ("prefix-aware", ProfileKind::PrefixCacheAware),
+        ("Least_Queue", ProfileKind::LeastQueue),
+        ("kv-cache-aware", ProfileKind::KvCacheAware),
+        ("lora-affinity", ProfileKind::LoraAffinity),
+        ("latency-optimized", ProfileKind::LatencyOptimized),
+        ("resource-weighted", ProfileKind::ResourceWeighted),
+        ("power-of-two", ProfileKind::PowerOfTwo),
+        ("round-robin", ProfileKind::RoundRobin),
+        ("random", ProfileKind::Random),
+    ] {
+        let p = Profile::from_name(name, None).unwrap();
+        assert_eq!(p.kind, kind, "{name}");
+        assert_eq!(ProfileKind::parse(kind.as_str()), Some(kind));
+    }
+    assert!(Profile::from_name("fastest-please", None).is_err());
+    let d = Profile::default();
+    assert_eq!(
+        (
+            d.weights.get(Scorer::Queue),
+            d.weights.get(Scorer::KvCache),
+            d.weights.get(Scorer::Prefix)
+        ),
+        (2.0, 2.0, 3.0)
+    );
+    assert_eq!(d.picker, PickerKind::MaxScore);
+    assert_eq!(d.saturation, Some(Saturation::default()));
+    assert_eq!(Profile::from_name("random", None).unwrap().saturation, None);
+}
+
+fn policy(alg: Option<&str>, factors: Option<LoadFactors>) -> InferencePolicy {
+    InferencePolicy {
+        metadata: ObjectMeta::default(),
+        spec: InferencePolicySpec {
+            load_balancing: Some(LoadBalancing {
+                algorithm: alg.map(str::to_owned),
+                factors,
+            }),
+            health_check: None,
+        },
+    }
+}
+
+fn inference_config(enabled: bool, strategy: &str) -> InferenceConfig {
+    InferenceConfig {
+        metadata: ObjectMeta::default(),
+        spec: InferenceConfigSpec {
+            model_routing: Some(ModelRouting {
+                enabled,
+                strategy: Some(strategy.to_owned()),
+            }),
+            ..InferenceConfigSpec::default()
+        },
+    }
+}
+
+#[test]
+fn profile_resolution_from_the_config() {
+    let factors = LoadFactors {
+        gpu_utilization: Some(0.4),
+        memory_available: Some(0.3),
+        inference_latency: Some(0.3),
+    };
+    let seed = policy(Some("resource-weighted"), Some(factors));
+    let cfg = inference_config(true, "latency-optimized");
+    let p = Profile::resolve(Some(&seed), Some(&cfg)).unwrap();
+    assert_eq!(p.kind, ProfileKind::ResourceWeighted);
+    assert_eq!(p.weights.get(Scorer::Memory), 0.3);
+    let p = Profile::resolve(Some(&policy(None, None)), Some(&cfg)).unwrap();
+    assert_eq!(p.kind, ProfileKind::LatencyOptimized);
+    let p = Profile::resolve(None, Some(&inference_config(false, "latency-optimized"))).unwrap();
+    assert_eq!(p.kind, ProfileKind::Default);
+    assert_eq!(
+        Profile::resolve(None, None).unwrap().kind,
+        ProfileKind::Default
+    );
+    let err = Profile::resolve(Some(&policy(Some("bogus"), None)), None).unwrap_err();
+    assert!(err.to_string().contains("bogus"));
+}
+
+#[test]
+fn seed_manifests_resolve() {
+    let seed = include_str!("../../tests/data/seed-manifests.yaml");
+    let config = crate::load_sources(&[("seed.yaml".to_owned(), seed.to_owned())]).unwrap();
+    let table = crate::RoutingTable::build(&config, &mut |_, _| Vec::new()).unwrap();
+    let p = Profile::resolve(
+        table.inference_policy("resource-aware-lb"),
+        table.inference_config(),
+    )
+    .unwrap();
+    assert_eq!(p.kind, ProfileKind::ResourceWeighted);
+    assert_eq!(p.weights.get(Scorer::Gpu), 0.4);
+    let p = Profile::resolve(None, table.inference_config()).unwrap();
+    assert_eq!(p.kind, ProfileKind::LatencyOptimized);
+}
+
+// ---- snapshot ----
+
+#[test]
+fn snapshot_from_store() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<ScoringSnapshot>();
+    let t0 = Instant::now();
+    let mut store = TelemetryStore::new(StoreConfig::default());
+    store.ingest(
+        0,
+        b"vllm:num_requests_waiting 3\nvllm:kv_cache_usage_perc 0.5\n",
+        t0,
+    );
+    store.ingest(2, b"vllm:num_requests_waiting 1\n", ms(t0, 150));
+    let models = vec!["llama".to_owned()];
+    let s = ScoringSnapshot::build(
+        7,
+        ms(t0, 250),
+        &store,
+        [
+            EndpointInput {
+                id: 0,
+                healthy: true,
+                models: &models,
+                inflight: 4,
+            },
+            EndpointInput {
+                id: 2,
+                healthy: true,
+                models: &[],
+                inflight: 1,
+            },
+        ],
+    );
+    assert_eq!(s.generation, 7);
+    assert_eq!(s.endpoints.len(), 3);
+    assert!(s.endpoints.iter().enumerate().all(|(i, v)| v.id == i));
+    assert!(
+        !s.endpoint(1).unwrap().healthy,
+        "unlisted ids are placeholders"
+    );
+    let e0 = s.endpoint(0).unwrap();
+    assert_eq!(e0.telemetry.waiting(), None, "stale at build time");
+    assert!(e0.telemetry.stale.contains(SignalKind::Waiting));
+    assert_eq!((e0.inflight, e0.models.clone()), (4, models));
+    assert_eq!(s.endpoint(2).unwrap().telemetry.waiting(), Some(1.0));
+    let arc = std::sync::Arc::new(s);
+    assert_eq!(arc.built_at, ms(t0, 250));
+    assert_eq!(ScoringSnapshot::empty(t0).endpoints.len(), 0);
+}
+
+// ---- prefix index ----
+
+#[test]
+fn prefix_hashes_are_chained_seeded_and_bounded() {
+    let cfg = PrefixConfig::default();
+    let prompt: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    let a = PrefixHashes::compute("llama", &prompt, &cfg);
+    assert_eq!(a.len(), 1000 / 64, "partial last block ignored");
+    let b = PrefixHashes::compute("llama", &prompt[..700], &cfg);
+    assert_eq!(b.as_slice(), &a.as_slice()[..700 / 64]);
+    let other = PrefixHashes::compute("mistral", &prompt, &cfg);
+    assert!(a
+        .as_slice()
+        .iter()
+        .zip(other.as_slice())
+        .all(|(x, y)| x != y));
+    let mut changed = prompt.clone();
+    changed[70] ^= 1; // block 1
+    let c = PrefixHashes::compute("llama", &changed, &cfg);
+    assert_eq!(c.as_slice()[0], a.as_slice()[0]);
+    assert!(c.as_slice()[1..]
+        .iter()
+        .zip(&a.as_slice()[1..])
+        .all(|(x, y)| x != y));
+    let long = vec![b'x'; 64 * 1000];
+    assert_eq!(PrefixHashes::compute("m", &long, &cfg).len(), 256);
+    assert!(PrefixHashes::compute("m", b"short", &cfg).is_empty());
+    let small = PrefixConfig {
+        block_bytes: 4,
+        max_blocks: 3,
+        ..cfg
+    };
+    assert_eq!(
+        PrefixHashes::compute("m", b"abcdefghijklmnop", &small).len(),
+        3
+    );
+}
+
+#[test]
+fn prefix_index_longest_match() {
+    let t0 = Instant::now();
+    let mut idx = PrefixIndex::new(PrefixConfig::default());
+    let system = vec![b's'; 64 * 10];
+    let mut turn1 = system.clone();
+    turn1.extend(vec![b'u'; 64 * 3]);
+    let mut turn2 = turn1.clone();
+    turn2.extend(vec![b'v'; 64 * 4]);
+    let h1 = idx.hash("m", &turn1);
+    let h2 = idx.hash("m", &turn2);
+    let hs = idx.hash("m", &system);
+    idx.record(0, h1.as_slice(), t0);
+    idx.record(1, hs.as_slice(), t0);
+    assert_eq!(idx.match_len(0, h2.as_slice()), 13);
+    assert_eq!(idx.match_len(1, h2.as_slice()), 10);
+    assert_eq!(idx.match_len(2, h2.as_slice()), 0);
+    assert_eq!(idx.match_len_linear(0, h2.as_slice()), 13);
+    assert_eq!(idx.match_len(0, &[]), 0);
+    assert_eq!(idx.len(0), 13);
+    assert_eq!(idx.total_len(), 23);
+    assert_eq!(idx.last_record(0), Some(t0));
+    // Most recent first: block 0 was touched last.
+    assert_eq!(idx.recent(0).next(), Some(h1.as_slice()[0]));
+    assert_eq!(idx.recent(0).count(), 13);
+    idx.remove_endpoint(0);
+    assert_eq!(idx.match_len(0, h2.as_slice()), 0);
+    assert_eq!(idx.total_len(), 10);
+    // Capacity 0 records nothing.
+    let mut off = PrefixIndex::new(PrefixConfig {
+        capacity_per_endpoint: 0,
+        ..PrefixConfig::default()
+    });
+    off.record(0, h1.as_slice(), t0);
+    assert!(off.is_empty());
+}
+
+#[test]
+fn prefix_index_lru_eviction_keeps_prefixes_closed() {
+    let t0 = Instant::now();
+    let cfg = PrefixConfig {
+        capacity_per_endpoint: 8,
+        ..PrefixConfig::default()
+    };
+    let mut idx = PrefixIndex::new(cfg);
+    let a = idx.hash("m", &vec![b'a'; 64 * 5]);
+    let b = idx.hash("m", &vec![b'b'; 64 * 5]);
+    idx.record(0, a.as_slice(), t0);
+    assert_eq!(idx.match_len(0, a.as_slice()), 5);
+    // 5 more blocks into a capacity of 8: a's 2 least recent (its last
+    // blocks) go, its first 3 stay.
+    idx.record(0, b.as_slice(), ms(t0, 1));
+    assert_eq!(idx.len(0), 8);
+    assert_eq!(idx.match_len(0, b.as_slice()), 5);
+    assert_eq!(idx.match_len(0, a.as_slice()), 3);
+    assert_eq!(idx.match_len_linear(0, a.as_slice()), 3);
+    // Touching a again makes b the victim.
+    idx.record(0, a.as_slice(), ms(t0, 2));
+    assert_eq!(idx.match_len(0, a.as_slice()), 5);
+    assert_eq!(idx.match_len(0, b.as_slice()), 3);
+    // Per-endpoint capacity: endpoint 1 is unaffected by endpoint 0.
+    idx.record(1, a.as_slice(), t0);
+    assert_eq!(idx.len(1), 5);
+    assert_eq!(idx.len(0), 8);
+    // A chain longer than the capacity keeps its first blocks.
+    let long = idx.hash("m", &vec![b'z'; 64 * 20]);
+    idx.record(2, long.as_slice(), t0);
+    assert_eq!(idx.match_len(2, long.as_slice()), 8);
+}
+
+// ---- properties ----
+
+fn arb_view(id: usize, t0: Instant) -> impl Strategy<Value = EndpointView> {
+    (
+        proptest::option::of(0.0..50.0f64),
+        proptest::option::of(0.0..1.2f64),
+        proptest::option::of(0.0..100.0f64),
+        proptest::option::of(0.0..5.0f64),
+        proptest::option::of(0.0..1.0f64),
+        proptest::option::of(0.0..1.0f64),
+        any::<bool>(),
+    )
+        .prop_map(move |(w, kv, r, ttft, gpu, mem, healthy)| {
+            let mut sig = Vec::new();
+            for (k, v) in [
+                (SignalKind::Waiting, w),
+                (SignalKind::KvUsage, kv),
+                (SignalKind::Running, r),
+                (SignalKind::Ttft, ttft),
+                (SignalKind::GpuUtil, gpu),
+                (SignalKind::GpuMemUsed, mem),
+            ] {
+                if let Some(v) = v {
+                    sig.push((k, v));
+                }
+            }
+            let mut v = view(id, t0, &sig);
+            v.healthy = healthy;
+            v
+        })
+}
+
+fn arb_case() -> impl Strategy<Value = (Vec<EndpointView>, Vec<u32>, Vec<u32>, u32, usize)> {
+    let t0 = *T0;
+    (1usize..12).prop_flat_map(move |n| {
+        (
+            (0..n).map(|i| arb_view(i, t0)).collect::<Vec<_>>(),
+            proptest::collection::vec(0u32..20, n),
+            proptest::collection::vec(0u32..40, n),
+            0u32..40,
+            0usize..10,
+        )
+    })
+}
+
+static T0: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+const PROFILES: [&str; 10] = [
+    "default",
+    "prefix-aware",
+    "least-queue",
+    "kv-cache-aware",
+    "lora-affinity",
+    "latency-optimized",
+    "resource-weighted",
+    "power-of-two",
+    "round-robin",
+    "random",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn scores_are_normalised_and_weights_sum_to_one(
+        (views, local, prefix, total, profile) in arb_case()
+    ) {
+        let t0 = *T0;
+        let n = views.len();
+        let s = snap(t0, views);
+        let c: Vec<Candidate> = (0..n)
+            .map(|i| Candidate { endpoint: i, prefix_blocks: prefix[i] })
+            .collect();
+        let p = Profile::from_name(PROFILES[profile], None).unwrap();
+        let req = PickRequest { prefix_total_blocks: total, ..PickRequest::default() };
+        let (o, b) = scores(&p, &s, &req, &c, &local, t0);
+        for bd in &b {
+            let Some(total_score) = bd.total else { continue };
+            prop_assert!((0.0..=1.0).contains(&total_score));
+            let present: Vec<Scorer> = p.weights.active().iter()
+                .filter(|s| !bd.missing.contains(*s)).collect();
+            let den: f64 = present.iter().map(|s| p.weights.get(*s)).sum();
+            if den == 0.0 {
+                prop_assert_eq!(total_score, 0.5);
+                continue;
+            }
+            let eff: f64 = present.iter().map(|s| p.weights.get(*s) / den).sum();
+            prop_assert!((eff - 1.0).abs() < 1e-9);
+            let mut recon = 0.0;
+            for sc in &present {
+                let v = bd.scores[sc.index()].unwrap();
+                prop_assert!((0.0..=1.0).contains(&v));
+                recon += p.weights.get(*sc) / den * v;
+            }
+            prop_assert!((recon - total_score).abs() < 1e-9);
+        }
+        match o {
+            PickOutcome::Picked(pk) => {
+                prop_assert_eq!(b[pk.index].status, CandidateStatus::Eligible);
+                if let Some(best) = pk.score {
+                    for bd in b.iter().filter(|x| x.status == CandidateStatus::Eligible) {
+                        prop_assert!(bd.total.unwrap() <= best + 1e-9);
+                    }
+                }
+            }
+            PickOutcome::AllSaturated { fallback } => {
+                prop_assert!(b.iter().all(|x| x.status != CandidateStatus::Eligible));
+                prop_assert!(fallback.is_some_and(|f| b[f.index].status == CandidateStatus::Saturated));
+            }
+            PickOutcome::NoCandidate => {
+                prop_assert!(b.iter().all(|x| !matches!(x.status, CandidateStatus::Eligible | CandidateStatus::Saturated)));
+            }
+        }
+    }
+
+    #[test]
+    fn less_loaded_never_scores_lower_on_queue(
+        waiting in proptest::collection::vec(0.0..20.0f64, 2..10),
+        local in proptest::collection::vec(0u32..10, 10),
+    ) {
+        let t0 = *T0;
+        let n = waiting.len();
+        let views = waiting.iter().enumerate()
+            .map(|(i, w)| view(i, t0, &[(SignalKind::Waiting, *w)])).collect();
+        let s = snap(t0, views);
+        let c = cands(&(0..n).collect::<Vec<_>>());
+        let p = only(Scorer::Queue).with_saturation(None);
+        let (_, b) = scores(&p, &s, &PickRequest::default(), &c, &local[..n], t0);
+        for i in 0..n {
+            for j in 0..n {
+                let qi = waiting[i] + f64::from(local[i]);
+                let qj = waiting[j] + f64::from(local[j]);
+                if qi < qj {
+                    prop_assert!(score_of(&b[i], Scorer::Queue) >= score_of(&b[j], Scorer::Queue));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn binary_and_linear_match_agree(
+        records in proptest::collection::vec((0usize..3, 0usize..4, 1usize..12), 1..40),
+        cap in 1usize..24,
+    ) {
+        let t0 = *T0;
+        let mut idx = PrefixIndex::new(PrefixConfig { capacity_per_endpoint: cap, ..PrefixConfig::default() });
+        // Four conversations sharing a system prompt, of various lengths.
+        let prompt = |conv: usize, blocks: usize| {
+            let mut p = vec![b'S'; 64 * 2];
+            p.extend(vec![b'a' + conv as u8; 64 * blocks]);
+            p
+        };
+        for (k, (e, conv, blocks)) in records.iter().enumerate() {
+            let h = idx.hash("m", &prompt(*conv, *blocks));
+            idx.record(*e, h.as_slice(), t0 + Duration::from_millis(k as u64));
+            prop_assert!(idx.len(*e) <= cap);
+        }
+        for e in 0..3 {
+            for conv in 0..4 {
+                let h = idx.hash("m", &prompt(conv, 12));
+                prop_assert_eq!(idx.match_len(e, h.as_slice()), idx.match_len_linear(e, h.as_slice()));
+            }
+        }
+    }
+}

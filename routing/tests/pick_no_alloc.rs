@@ -1,0 +1,172 @@
+//! The per-request picking path must not allocate for ≤ 64 candidates:
+//! prompt hashing, prefix matching, every profile's pick (with and without
+//! the explain output) and re-recording known blocks; nor may parsing a
+//! scrape allocate per sample. A counting global allocator checks it.
+#![allow(clippy::unwrap_used)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use shardgate_routing::scoring::{
+    Candidate, EndpointView, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
+    PrefixIndex, Profile, ScoreBreakdown, ScoringSnapshot,
+};
+use shardgate_routing::telemetry::{prom, LoraState, SignalKind};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+}
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.with(Cell::get) {
+            ALLOCS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn count<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let before = ALLOCS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
+    let out = f();
+    COUNTING.with(|c| c.set(false));
+    (out, ALLOCS.load(Ordering::Relaxed) - before)
+}
+
+#[test]
+fn picking_does_not_allocate() {
+    let t0 = Instant::now();
+    let views: Vec<EndpointView> = (0..64)
+        .map(|i| {
+            let mut v = EndpointView::with_signals(
+                i,
+                t0,
+                Duration::from_millis(200),
+                &[
+                    (SignalKind::Waiting, (i % 4) as f64),
+                    (SignalKind::Running, (i % 7) as f64),
+                    (SignalKind::KvUsage, 0.1 * (i % 6) as f64),
+                    (SignalKind::Ttft, 0.05 + 0.01 * (i % 5) as f64),
+                    (SignalKind::GpuUtil, 0.5),
+                ],
+            );
+            v.telemetry.set_lora(
+                LoraState {
+                    max_lora: 2,
+                    running: vec![format!("lora-{}", i % 3)],
+                    waiting: vec![],
+                },
+                t0,
+            );
+            v
+        })
+        .collect();
+    let snapshot = ScoringSnapshot::from_views(1, t0, views);
+    let mut index = PrefixIndex::new(PrefixConfig::default());
+    let prompt = vec![b'p'; 64 * 300];
+    let warm = index.hash("llama", &prompt);
+    for e in 0..64 {
+        index.record(e, &warm.as_slice()[..(e % 9) * 20], t0);
+    }
+    let mut picker = Picker::new(1);
+    let mut candidates = [Candidate::default(); 64];
+    let local = [0u32; 64];
+    let mut explain = [ScoreBreakdown::default(); 64];
+    let profiles: Vec<Profile> = [
+        "default",
+        "least-queue",
+        "kv-cache-aware",
+        "lora-affinity",
+        "latency-optimized",
+        "resource-weighted",
+        "power-of-two",
+        "round-robin",
+        "random",
+    ]
+    .iter()
+    .map(|n| Profile::from_name(n, None).unwrap())
+    .collect();
+    let now = t0 + Duration::from_millis(50);
+
+    let (_, n) = count(|| {
+        let hashes = PrefixHashes::compute("llama", &prompt, index.config());
+        for (i, c) in candidates.iter_mut().enumerate() {
+            *c = Candidate {
+                endpoint: i,
+                prefix_blocks: index.match_len(i, hashes.as_slice()) as u32,
+            };
+        }
+        let req = PickRequest {
+            model: Some("llama"),
+            adapter: Some("lora-1"),
+            prefix_total_blocks: hashes.len() as u32,
+        };
+        for p in &profiles {
+            for k in [1, 8, 64] {
+                let o = picker.pick(p, &snapshot, &req, &candidates[..k], &local[..k], now);
+                assert!(matches!(
+                    o,
+                    PickOutcome::Picked(_) | PickOutcome::AllSaturated { .. }
+                ));
+                picker.pick_explained(
+                    p,
+                    &snapshot,
+                    &req,
+                    &candidates[..k],
+                    &local[..k],
+                    now,
+                    &mut explain[..k],
+                );
+            }
+        }
+        // Re-recording known blocks only relinks.
+        index.record(8, &warm.as_slice()[..160], now);
+    });
+    assert_eq!(n, 0, "allocations on the picking path");
+}
+
+#[test]
+fn parsing_a_scrape_does_not_allocate() {
+    let path = format!(
+        "{}/tests/data/vllm-0.32-cpu-under-load-lora.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let text = std::fs::read(path).unwrap();
+    let ((samples, sum), n) = count(|| {
+        let mut sum = 0.0;
+        let stats = prom::parse(&text, |s| {
+            if s.label("engine").is_some_and(|e| e.eq_str("0")) {
+                sum += s.value.min(1e6);
+            }
+            for l in s.labels() {
+                let _ = l.value.get();
+            }
+        });
+        (stats.samples, sum)
+    });
+    assert!(samples > 400 && sum > 0.0);
+    assert_eq!(n, 0, "allocations while parsing");
+}
