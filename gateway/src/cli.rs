@@ -147,6 +147,54 @@ pub struct LimitArgs {
     /// Longest ejection period.
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub eject_max: Duration,
+    /// Consecutive 5xx answers from an endpoint that eject it on a shard (0 = never).
+    #[arg(long, default_value_t = 5)]
+    pub eject_after_5xx: u32,
+    /// Retries per request on another endpoint, after a connection failure or a 503
+    /// received before any response byte reached the client.
+    #[arg(long, default_value_t = 1)]
+    pub retries: u32,
+    /// Retries may add at most this fraction of requests (per shard, token bucket).
+    #[arg(long, default_value_t = 0.2)]
+    pub retry_budget: f64,
+    /// When every endpoint of a route is saturated, send to the best one anyway
+    /// instead of answering 503 with Retry-After.
+    #[arg(long)]
+    pub pass_saturated: bool,
+    /// Saturation filter: an endpoint with more waiting requests than this is saturated.
+    #[arg(long, default_value_t = 5.0)]
+    pub saturation_waiting: f64,
+    /// Saturation filter: an endpoint with KV-cache usage above this (0–1) is saturated.
+    #[arg(long, default_value_t = 0.8)]
+    pub saturation_kv: f64,
+    /// Saturation filter: also treat an endpoint whose last successful scrape is older
+    /// than this as saturated (off by default: stale signals are dropped from scoring,
+    /// and a stalled control thread must not turn into 503s).
+    #[arg(long, value_parser = duration)]
+    pub saturation_metrics_age: Option<Duration>,
+    /// Prefix-cache index capacity per endpoint per shard, in blocks of 64 bytes
+    /// (about 50 bytes of memory per block).
+    #[arg(long, default_value_t = 31_250)]
+    pub prefix_blocks_per_endpoint: usize,
+    /// Telemetry scrape interval (`GET /metrics` on every endpoint).
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    pub scrape_interval: Duration,
+    /// Per-scrape timeout.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub scrape_timeout: Duration,
+    /// A telemetry signal older than this many scrape intervals is stale (reported,
+    /// its scorer weight redistributed, never read as zero).
+    #[arg(long, default_value_t = 2)]
+    pub stale_after_intervals: u32,
+    /// Do not scrape endpoints' telemetry (scorers then see no signals).
+    #[arg(long)]
+    pub no_scrape: bool,
+    /// Consecutive failed health checks that eject an endpoint.
+    #[arg(long, default_value_t = 2)]
+    pub unhealthy_after: u32,
+    /// Consecutive passed health checks that restore it.
+    #[arg(long, default_value_t = 1)]
+    pub healthy_after: u32,
 }
 
 /// Parse an admin address flag: `off` → None.

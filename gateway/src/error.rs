@@ -156,6 +156,20 @@ impl Failure {
         f
     }
 
+    /// Every healthy endpoint of the route is saturated (queue or KV-cache over
+    /// the thresholds).
+    pub fn saturated(route: &str) -> Self {
+        let mut f = Failure::new(
+            Side::Gateway,
+            503,
+            "service_unavailable",
+            "all_endpoints_saturated",
+            format!("Every endpoint of route {route} is saturated; retry later."),
+        );
+        f.retry_after = Some(1);
+        f
+    }
+
     /// Connecting to, writing to, or reading a head from the upstream failed.
     pub fn upstream_failed(what: &str) -> Self {
         Failure::new(

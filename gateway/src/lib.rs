@@ -11,6 +11,7 @@ pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod client;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod load;
@@ -202,7 +203,16 @@ pub fn start(
         ),
         None => None,
     };
-    let state = Arc::new(GatewayState::new(loaded.table, settings));
+    let specs = control::health_specs(&loaded.table);
+    let control = Arc::new(control::ControlShared::new(
+        loaded.table.endpoints().len(),
+        load::control_settings(&run.limits),
+        &specs,
+    ));
+    let endpoint_addrs: Vec<SocketAddr> = loaded.table.endpoints().iter().map(|e| e.addr).collect();
+    control::spawn(control.clone(), endpoint_addrs, specs, hub.clone())
+        .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
+    let state = Arc::new(GatewayState::new(loaded.table, settings).map_err(|e| vec![e])?);
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards(per_shard, !run.no_pin, move |info, sockets| {
         server::shard_main(
@@ -211,6 +221,7 @@ pub fn start(
             shard_shutdown.clone(),
             hub.clone(),
             access_log.clone(),
+            control.clone(),
             sockets,
         )
     })

@@ -90,5 +90,28 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         drain_timeout: limits.drain_timeout,
         eject_base: limits.eject_base,
         eject_max: limits.eject_max,
+        pass_saturated: limits.pass_saturated,
+        prefix_blocks_per_endpoint: limits.prefix_blocks_per_endpoint,
+        saturation: shardgate_routing::scoring::Saturation {
+            max_waiting: limits.saturation_waiting,
+            max_kv_usage: limits.saturation_kv,
+            max_metrics_age: limits.saturation_metrics_age.unwrap_or(Duration::MAX),
+            unscraped_is_saturated: false,
+        },
+        eject_after_5xx: limits.eject_after_5xx,
+        retries: limits.retries,
+        retry_budget: limits.retry_budget,
+    }
+}
+
+/// Control-plane settings from the CLI.
+pub fn control_settings(limits: &LimitArgs) -> crate::control::ControlSettings {
+    crate::control::ControlSettings {
+        scrape_interval: limits.scrape_interval,
+        scrape_timeout: limits.scrape_timeout,
+        stale_after_intervals: limits.stale_after_intervals,
+        unhealthy_after: limits.unhealthy_after.max(1),
+        healthy_after: limits.healthy_after.max(1),
+        scrape: !limits.no_scrape,
     }
 }

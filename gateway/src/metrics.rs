@@ -240,6 +240,19 @@ impl MetricsHub {
         }
     }
 
+    /// In-flight requests per endpoint, summed over the shards' latest reports.
+    pub fn endpoint_in_flight(&self) -> Vec<u32> {
+        let mut out = vec![0u32; self.endpoints.len()];
+        for slot in &self.slots {
+            if let Some(m) = slot.load().as_ref() {
+                for (o, v) in out.iter_mut().zip(&m.endpoint_in_flight) {
+                    *o = o.saturating_add(*v);
+                }
+            }
+        }
+        out
+    }
+
     /// Render every shard's latest metrics, merged, in Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
         let snaps: Vec<Arc<Option<ShardMetrics>>> =

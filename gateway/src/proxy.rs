@@ -32,7 +32,8 @@ use shardgate_runtime::io::{peer_state, read_into, PeerState};
 
 use crate::error::Failure;
 use crate::metrics::{RequestRecord, UsageScanner};
-use crate::shard::{ConnGauge, GatewayState, InFlight, Shard, UpstreamConn};
+use crate::shard::{ConnGauge, GatewayState, InFlight, PickFailure, Shard, UpstreamConn};
+use shardgate_routing::scoring::{PickRequest, ProfileKind, Scorer};
 
 /// Paths whose JSON body carries the OpenAI `model` field.
 const MODEL_BODY_PATHS: [&str; 3] = ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"];
@@ -464,22 +465,54 @@ async fn forward(
     let settings = &shard.state.settings;
     let total = route.request_timeout.unwrap_or(settings.response_timeout);
     let deadline = Instant::now() + total;
+    let profile = shard.state.profile(route.policy);
+    let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
+    let hashes = (uses_prefix && !ctx.body.is_empty())
+        .then(|| shard.prefix_hashes(ctx.model.unwrap_or(""), ctx.body));
+    let pick_req = PickRequest {
+        model: ctx.model,
+        adapter: (profile.kind == ProfileKind::LoraAffinity)
+            .then_some(ctx.model)
+            .flatten(),
+        prefix_total_blocks: hashes.as_ref().map_or(0, |h| h.len() as u32),
+    };
+    shard.earn_retry();
     let mut tried: Vec<usize> = Vec::new();
-    let mut last_connect_error: Option<&'static str> = None;
+    let mut last_error: Option<&'static str> = None;
     let mut reqbuf = Vec::with_capacity(1024 + ctx.body.len().min(64 * 1024));
     let rid = Some(ctx.request_id);
+    let mut retry_paid = false;
     loop {
-        let now = Instant::now();
-        let Some(ep) = shard.pick(route.backends, &tried, now) else {
-            let f = match last_connect_error {
-                Some(e) => Failure::upstream_failed(e),
-                None => Failure::no_endpoint(route.route),
-            };
+        if !tried.is_empty()
+            && !std::mem::take(&mut retry_paid)
+            && (tried.len() as u32 > settings.retries || !shard.take_retry())
+        {
+            let f = Failure::upstream_failed(last_error.unwrap_or("retry budget exhausted"));
             rq.status = respond_failure(client, out, &f, rid).await;
             return ctx.client_keep;
+        }
+        let ep = match shard.pick(
+            route.backends,
+            &tried,
+            Instant::now(),
+            profile,
+            &pick_req,
+            hashes.as_ref(),
+        ) {
+            Ok(ep) => ep,
+            Err(why) => {
+                let f = match (why, last_error) {
+                    (PickFailure::Saturated, _) => Failure::saturated(route.route),
+                    (_, Some(e)) => Failure::upstream_failed(e),
+                    _ => Failure::no_endpoint(route.route),
+                };
+                rq.status = respond_failure(client, out, &f, rid).await;
+                return ctx.client_keep;
+            }
         };
         guard.set_endpoint(ep);
         rq.endpoint = Some(ep);
+        tried.push(ep);
         let addr = shard.addr(ep);
         upstream_request(ctx, addr, &mut reqbuf);
         let mut fresh_retry_done = false;
@@ -496,15 +529,36 @@ async fn forward(
                     Err(why) => {
                         shard.metrics.borrow_mut().upstream_error(ep, "connect");
                         shard.eject(ep, Instant::now(), why);
-                        tried.push(ep);
-                        last_connect_error = Some(why);
+                        last_error = Some(why);
                         break;
                     }
                 },
             };
             match exchange(shard, client, conn, &mut reqbuf, ctx, deadline).await {
                 Ok((resp, conn)) => {
-                    shard.restore(ep);
+                    if let Some(h) = &hashes {
+                        shard.record_prefix(ep, h);
+                    }
+                    if resp.status() >= 500 {
+                        shard.upstream_5xx(ep, Instant::now());
+                    } else {
+                        shard.restore(ep);
+                    }
+                    // A 503 before anything reached the client: try another endpoint.
+                    if resp.status() == 503
+                        && (tried.len() as u32) <= settings.retries
+                        && shard.has_alternative(route.backends, &tried, Instant::now())
+                        && shard.take_retry()
+                    {
+                        retry_paid = true;
+                        shard
+                            .metrics
+                            .borrow_mut()
+                            .upstream_error(ep, "http_503_retried");
+                        last_error = Some("the upstream answered 503");
+                        drop(conn);
+                        break;
+                    }
                     return stream_response(shard, client, out, ctx, resp, conn, ep, deadline, rq)
                         .await;
                 }
@@ -525,8 +579,7 @@ async fn forward(
                 Err(Attempt::Connect(why)) => {
                     shard.metrics.borrow_mut().upstream_error(ep, "reset");
                     shard.eject(ep, Instant::now(), why);
-                    tried.push(ep);
-                    last_connect_error = Some(why);
+                    last_error = Some(why);
                     break;
                 }
                 Err(Attempt::Fail(f)) => {
@@ -536,6 +589,7 @@ async fn forward(
                         _ => "reset",
                     };
                     shard.metrics.borrow_mut().upstream_error(ep, kind);
+                    shard.upstream_5xx(ep, Instant::now());
                     rq.status = respond_failure(client, out, &f, rid).await;
                     return ctx.client_keep && !f.close;
                 }
@@ -547,11 +601,6 @@ async fn forward(
                     return false;
                 }
             }
-        }
-        if tried.len() >= 3 {
-            let f = Failure::upstream_failed(last_connect_error.unwrap_or("connect failed"));
-            rq.status = respond_failure(client, out, &f, rid).await;
-            return ctx.client_keep;
         }
     }
 }

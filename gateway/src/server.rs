@@ -12,6 +12,7 @@ use monoio::time::Instant;
 use shardgate_runtime::{ShardInfo, Shutdown};
 
 use crate::access_log::{AccessLog, FLUSH_EVERY};
+use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, PUBLISH_EVERY};
 use crate::proxy::serve_connection;
 use crate::shard::{GatewayState, Shard};
@@ -33,6 +34,7 @@ pub async fn shard_main(
     shutdown: Shutdown,
     hub: Arc<MetricsHub>,
     access_log: Option<AccessLog>,
+    control: Arc<ControlShared>,
     sockets: Vec<(Vec<usize>, StdListener)>,
 ) {
     let shard = Shard::new(
@@ -41,6 +43,7 @@ pub async fn shard_main(
         shutdown.clone(),
         hub,
         access_log.map(|l| l.shard()),
+        control,
     );
     shard.publish_metrics();
     monoio::spawn(publish_loop(shard.clone()));

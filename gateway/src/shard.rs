@@ -17,7 +17,12 @@ use shardgate_runtime::io::{peer_state, PeerState};
 use shardgate_runtime::Shutdown;
 
 use crate::access_log::ShardLog;
+use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, ShardMetrics};
+use shardgate_routing::scoring::{
+    Candidate, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes, PrefixIndex, Profile,
+    Saturation,
+};
 
 /// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
 #[derive(Debug, Clone)]
@@ -44,6 +49,18 @@ pub struct Settings {
     pub eject_base: Duration,
     /// Longest ejection period.
     pub eject_max: Duration,
+    /// When every candidate is saturated, send to the best one anyway (else 503).
+    pub pass_saturated: bool,
+    /// Prefix-index capacity per endpoint per shard, in blocks.
+    pub prefix_blocks_per_endpoint: usize,
+    /// Saturation thresholds for every profile that filters on saturation.
+    pub saturation: Saturation,
+    /// Consecutive 5xx answers from an endpoint that eject it on a shard (0 = never).
+    pub eject_after_5xx: u32,
+    /// Retries per request on another endpoint.
+    pub retries: u32,
+    /// Retries may add at most this fraction of requests (0.2 = 20 %).
+    pub retry_budget: f64,
 }
 
 /// The immutable, process-wide view every shard reads: routing table and settings.
@@ -54,11 +71,35 @@ pub struct GatewayState {
     pub settings: Settings,
     /// Pre-rendered `GET /v1/models` body.
     pub models_body: Vec<u8>,
+    /// Scheduling profile per linked InferencePolicy key.
+    profiles: Vec<(String, Profile)>,
+    /// Profile of rules without a policy (InferenceConfig strategy or default).
+    default_profile: Profile,
 }
 
 impl GatewayState {
-    /// Build the shared state and pre-render `/v1/models`.
-    pub fn new(table: RoutingTable, settings: Settings) -> Self {
+    /// Build the shared state: pre-render `/v1/models` and resolve every rule's
+    /// scheduling profile (an unknown algorithm name is a configuration error).
+    pub fn new(table: RoutingTable, settings: Settings) -> Result<Self, String> {
+        let config = table.inference_config();
+        let sat = settings.saturation;
+        let tune = |p: Profile| {
+            if p.saturation.is_some() {
+                p.with_saturation(Some(sat))
+            } else {
+                p
+            }
+        };
+        let default_profile = tune(
+            Profile::resolve(None, config)
+                .map_err(|e| format!("InferenceConfig spec.modelRouting.strategy: {e}"))?,
+        );
+        let mut profiles: Vec<(String, Profile)> = Vec::new();
+        for (key, policy) in table.inference_policies() {
+            let p = Profile::resolve(Some(policy), config)
+                .map_err(|e| format!("InferencePolicy {key}: spec.loadBalancing.algorithm: {e}"))?;
+            profiles.push((key.to_string(), tune(p)));
+        }
         let data: Vec<serde_json::Value> = table
             .models()
             .iter()
@@ -66,12 +107,32 @@ impl GatewayState {
             .collect();
         let models_body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
             .unwrap_or_default();
-        GatewayState {
+        Ok(GatewayState {
             table,
             settings,
             models_body,
-        }
+            profiles,
+            default_profile,
+        })
     }
+
+    /// The scheduling profile for a rule linked to `policy`.
+    pub fn profile(&self, policy: Option<&str>) -> &Profile {
+        policy
+            .and_then(|k| self.profiles.iter().find(|(key, _)| key == k))
+            .map_or(&self.default_profile, |(_, p)| p)
+    }
+}
+
+/// Why no endpoint could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickFailure {
+    /// Every endpoint of the route is ejected (connection failures) or was tried.
+    NoEndpoint,
+    /// Every candidate failed its health checks.
+    Unhealthy,
+    /// Every healthy candidate is saturated (queue or KV-cache over threshold).
+    Saturated,
 }
 
 /// One endpoint as this shard sees it.
@@ -83,6 +144,8 @@ pub struct EndpointState {
     pub failures: Cell<u32>,
     /// Ejected until this instant.
     pub ejected_until: Cell<Option<Instant>>,
+    /// Consecutive 5xx answers.
+    pub errors_5xx: Cell<u32>,
 }
 
 /// A pooled upstream connection with its read buffer.
@@ -121,6 +184,14 @@ pub struct Shard {
     pub hub: Arc<MetricsHub>,
     /// This shard's access-log buffer, when the log is on.
     pub access_log: Option<RefCell<ShardLog>>,
+    /// Scoring snapshot and health published by the control thread.
+    pub control: Arc<ControlShared>,
+    picker: RefCell<Picker>,
+    prefix: RefCell<PrefixIndex>,
+    cands: RefCell<Vec<Candidate>>,
+    local: RefCell<Vec<u32>>,
+    /// Retry tokens: each request adds `retry_budget`, each retry takes 1 (cap 10).
+    retry_tokens: Cell<f64>,
 }
 
 impl Shard {
@@ -131,6 +202,7 @@ impl Shard {
         shutdown: Shutdown,
         hub: Arc<MetricsHub>,
         access_log: Option<ShardLog>,
+        control: Arc<ControlShared>,
     ) -> Rc<Self> {
         let n = state.table.endpoints().len();
         let models: Arc<[String]> = state.table.models().to_vec().into();
@@ -138,6 +210,15 @@ impl Shard {
             metrics: RefCell::new(ShardMetrics::new(models)),
             hub,
             access_log: access_log.map(RefCell::new),
+            control,
+            picker: RefCell::new(Picker::new(fastrand::u64(..))),
+            prefix: RefCell::new(PrefixIndex::new(PrefixConfig {
+                capacity_per_endpoint: state.settings.prefix_blocks_per_endpoint,
+                ..PrefixConfig::default()
+            })),
+            cands: RefCell::new(Vec::with_capacity(64)),
+            local: RefCell::new(Vec::with_capacity(64)),
+            retry_tokens: Cell::new(1.0),
             id,
             endpoints: (0..n).map(|_| EndpointState::default()).collect(),
             pool: RefCell::new((0..n).map(|_| Vec::new()).collect()),
@@ -161,11 +242,24 @@ impl Shard {
         }
     }
 
-    /// Pick an endpoint: a backend group at random in proportion to its weight
-    /// (among groups with an available endpoint), then the endpoint with the fewest
-    /// requests in flight from this shard, ties broken at random. `exclude` lists
-    /// endpoints already tried for this request.
-    pub fn pick(&self, groups: &[BackendGroup], exclude: &[usize], now: Instant) -> Option<usize> {
+    /// Pick an endpoint for one attempt of a request.
+    ///
+    /// 1. A backend group at random in proportion to its weight, among groups
+    ///    with an endpoint that this shard has not ejected and that `exclude`
+    ///    (endpoints already tried) does not list (Gateway API weights).
+    /// 2. Within it, the route's scheduling profile over the control thread's
+    ///    latest scoring snapshot: health and saturation filters, then the
+    ///    weighted scorers, with this shard's own in-flight counts added so a
+    ///    burst does not all land on one "best" endpoint.
+    pub fn pick(
+        &self,
+        groups: &[BackendGroup],
+        exclude: &[usize],
+        now: Instant,
+        profile: &Profile,
+        req: &PickRequest<'_>,
+        prefix: Option<&PrefixHashes>,
+    ) -> Result<usize, PickFailure> {
         let usable = |ep: &usize| !exclude.contains(ep) && self.available(*ep, now);
         let total: u64 = groups
             .iter()
@@ -173,10 +267,9 @@ impl Shard {
             .map(|g| u64::from(g.weight))
             .sum();
         if total == 0 {
-            return None;
+            return Err(PickFailure::NoEndpoint);
         }
-        let mut rng = self.rng.borrow_mut();
-        let mut r = rng.u64(0..total);
+        let mut r = self.rng.borrow_mut().u64(0..total);
         let group = groups
             .iter()
             .filter(|g| g.weight > 0 && g.endpoints.iter().any(usable))
@@ -188,21 +281,90 @@ impl Shard {
                     r -= w;
                     false
                 }
-            })?;
-        let n = group.endpoints.len();
-        let start = rng.usize(0..n);
-        let mut best: Option<(u32, usize)> = None;
-        for i in 0..n {
-            let ep = group.endpoints[(start + i) % n];
-            if !usable(&ep) {
-                continue;
-            }
-            let load = self.endpoints[ep].in_flight.get();
-            if best.is_none_or(|(b, _)| load < b) {
-                best = Some((load, ep));
-            }
+            })
+            .ok_or(PickFailure::NoEndpoint)?;
+        let mut cands = self.cands.borrow_mut();
+        let mut local = self.local.borrow_mut();
+        cands.clear();
+        local.clear();
+        let index = self.prefix.borrow();
+        for &ep in group.endpoints.iter().filter(|ep| usable(ep)) {
+            let prefix_blocks = prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32);
+            cands.push(Candidate {
+                endpoint: ep,
+                prefix_blocks,
+            });
+            local.push(self.endpoints[ep].in_flight.get());
         }
-        best.map(|(_, ep)| ep)
+        drop(index);
+        let snapshot = self.control.snapshot.load();
+        let outcome =
+            self.picker
+                .borrow_mut()
+                .pick(profile, &snapshot, req, &cands, &local, now.into_std());
+        match outcome {
+            PickOutcome::Picked(p) => Ok(p.endpoint),
+            PickOutcome::AllSaturated { fallback } => {
+                match (self.state.settings.pass_saturated, fallback) {
+                    (true, Some(p)) => Ok(p.endpoint),
+                    _ => Err(PickFailure::Saturated),
+                }
+            }
+            PickOutcome::NoCandidate => Err(PickFailure::Unhealthy),
+        }
+    }
+
+    /// Whether some endpoint of `groups` is neither ejected here nor in `tried`.
+    pub fn has_alternative(&self, groups: &[BackendGroup], tried: &[usize], now: Instant) -> bool {
+        groups
+            .iter()
+            .filter(|g| g.weight > 0)
+            .flat_map(|g| g.endpoints.iter())
+            .any(|ep| !tried.contains(ep) && self.available(*ep, now))
+    }
+
+    /// Credit the retry budget for one request.
+    pub fn earn_retry(&self) {
+        let t = self.retry_tokens.get() + self.state.settings.retry_budget;
+        self.retry_tokens.set(t.min(10.0));
+    }
+
+    /// Take a retry token, if the budget allows one.
+    pub fn take_retry(&self) -> bool {
+        let t = self.retry_tokens.get();
+        if t >= 1.0 {
+            self.retry_tokens.set(t - 1.0);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Count a 5xx answer from `ep`; enough in a row eject it like a refused connection.
+    pub fn upstream_5xx(&self, ep: usize, now: Instant) {
+        let limit = self.state.settings.eject_after_5xx;
+        if limit == 0 {
+            return;
+        }
+        let st = &self.endpoints[ep];
+        let n = st.errors_5xx.get() + 1;
+        st.errors_5xx.set(n);
+        if n >= limit {
+            st.errors_5xx.set(0);
+            self.eject(ep, now, "consecutive 5xx responses");
+        }
+    }
+
+    /// Remember that `ep` now holds the prompt's prefix blocks in its cache.
+    pub fn record_prefix(&self, ep: usize, hashes: &PrefixHashes) {
+        self.prefix
+            .borrow_mut()
+            .record(ep, hashes.as_slice(), std::time::Instant::now());
+    }
+
+    /// Hash a prompt for the prefix-cache scorer.
+    pub fn prefix_hashes(&self, model: &str, prompt: &[u8]) -> PrefixHashes {
+        self.prefix.borrow().hash(model, prompt)
     }
 
     /// The endpoint refused or dropped a connection: eject it for an exponentially
@@ -219,9 +381,10 @@ impl Shard {
         tracing::warn!(shard = self.id, endpoint = %self.addr(ep), failures, period_ms = period.as_millis() as u64, reason = why, "endpoint ejected");
     }
 
-    /// A request to `ep` got a response: clear any ejection.
+    /// `ep` answered without a server error: clear any ejection and 5xx streak.
     pub fn restore(&self, ep: usize) {
         let st = &self.endpoints[ep];
+        st.errors_5xx.set(0);
         if st.failures.get() > 0 {
             st.failures.set(0);
             st.ejected_until.set(None);

@@ -155,7 +155,8 @@ fn upstream_keep_alive_connections_are_reused() {
     let a = sim(&["m"], |_| {});
     let gw = Gateway::start(
         &config(&[("m", vec![(1, vec![a.addr()])])]),
-        &["--shards", "1"],
+        // No telemetry scrapes: the sim counts every connection, scrapes included.
+        &["--shards", "1", "--no-scrape"],
     );
     for _ in 0..3 {
         let mut c = gw.connect();

@@ -439,6 +439,21 @@ struct Entry {
     matcher: usize,
 }
 
+/// One rule, as [`RoutingTable::rules`] lists it.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleSummary<'a> {
+    /// `namespace/name` of the HTTPRoute.
+    pub route: &'a str,
+    /// Rule index in the route.
+    pub rule: usize,
+    /// Its backends.
+    pub backends: &'a [BackendGroup],
+    /// Linked InferencePolicy key.
+    pub policy: Option<&'a str>,
+    /// Linked BatchingPolicy key.
+    pub batching: Option<&'a str>,
+}
+
 /// The immutable routing table built from a [`Config`].
 #[derive(Debug, Clone)]
 pub struct RoutingTable {
@@ -568,6 +583,29 @@ impl RoutingTable {
     /// `parametersRef`, else the only one present.
     pub fn inference_config(&self) -> Option<&InferenceConfig> {
         self.inference_config.as_ref()
+    }
+
+    /// Every rule of every route with its backends and linked policies, in
+    /// route and rule order (for the control plane: which InferencePolicy
+    /// health-checks which endpoints, which profile a rule uses).
+    pub fn rules(&self) -> impl Iterator<Item = RuleSummary<'_>> + '_ {
+        self.routes.iter().flat_map(|r| {
+            r.rules
+                .iter()
+                .enumerate()
+                .map(move |(i, rule)| RuleSummary {
+                    route: &r.key,
+                    rule: i,
+                    backends: &rule.backends,
+                    policy: rule.policy.as_deref(),
+                    batching: rule.batching.as_deref(),
+                })
+        })
+    }
+
+    /// Every InferencePolicy loaded, with its `namespace/name` key.
+    pub fn inference_policies(&self) -> impl Iterator<Item = (&str, &InferencePolicy)> + '_ {
+        self.policies.iter().map(|(k, p)| (k.as_str(), p))
     }
 
     /// An InferencePolicy by `namespace/name` (as in [`RouteMatch::policy`])

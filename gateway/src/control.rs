@@ -1,0 +1,337 @@
+//! The control thread: telemetry scrapes, active health checks, and the scoring
+//! snapshot every shard reads.
+//!
+//! One OS thread with its own monoio runtime, never a shard. Per endpoint it runs
+//! a scrape loop (`GET /metrics` every `--scrape-interval`, default 100 ms, ±10 %
+//! jitter, bounded by `--scrape-timeout`; at most one scrape in flight per
+//! endpoint) and, when an `InferencePolicy` with a `healthCheck` covers the
+//! endpoint, a health loop (`interval`/`timeout` from the policy; with
+//! `inferenceTest.enabled` a real one-token completion for `inferenceTest.model`,
+//! else `GET /health`). `--unhealthy-after` consecutive failures (default 2)
+//! mark an endpoint unhealthy, `--healthy-after` successes (default 1) restore
+//! it; transitions are logged. Every scrape interval it merges the telemetry
+//! store, the health verdicts and the in-flight counts the shards publish into an
+//! immutable [`ScoringSnapshot`] and swaps it in (`arc-swap`): shards never block
+//! on it and keep using the last one if this thread stalls.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use shardgate_routing::scoring::{EndpointInput, ScoringSnapshot};
+use shardgate_routing::telemetry::{StoreConfig, TelemetryStore};
+use shardgate_routing::RoutingTable;
+
+use crate::client::Conn;
+use crate::metrics::MetricsHub;
+
+/// Control-plane settings (CLI flags).
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Telemetry scrape interval.
+    pub scrape_interval: Duration,
+    /// Per-scrape timeout.
+    pub scrape_timeout: Duration,
+    /// A signal older than this many intervals is stale.
+    pub stale_after_intervals: u32,
+    /// Consecutive failed checks that make an endpoint unhealthy.
+    pub unhealthy_after: u32,
+    /// Consecutive passed checks that make it healthy again.
+    pub healthy_after: u32,
+    /// Whether to scrape at all.
+    pub scrape: bool,
+}
+
+/// How one endpoint is health-checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// Probe interval.
+    pub interval: Duration,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Model for a real one-token completion; `None` probes `GET /health`.
+    pub inference_model: Option<String>,
+    /// The policy it comes from.
+    pub policy: String,
+}
+
+/// One endpoint's health, as the admin views report it.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthStatus {
+    /// Current verdict (true until checks say otherwise).
+    pub healthy: bool,
+    /// Whether an active check covers the endpoint.
+    pub checked: bool,
+    /// Consecutive failures.
+    pub consecutive_failures: u32,
+    /// Consecutive successes.
+    pub consecutive_successes: u32,
+    /// Last failure reason.
+    pub last_error: Option<String>,
+    /// Checks run.
+    pub checks: u64,
+    /// Probe used.
+    pub probe: Option<String>,
+}
+
+/// What the control thread publishes.
+pub struct ControlShared {
+    /// The scoring snapshot shards pick from.
+    pub snapshot: ArcSwap<ScoringSnapshot>,
+    /// Health per endpoint.
+    pub health: ArcSwap<Vec<HealthStatus>>,
+    /// Settings in force.
+    pub settings: ControlSettings,
+}
+
+impl ControlShared {
+    /// Initial state: every endpoint healthy, no telemetry.
+    pub fn new(endpoints: usize, settings: ControlSettings, specs: &[Option<HealthSpec>]) -> Self {
+        let now = Instant::now();
+        let inputs: Vec<EndpointInput<'_>> = (0..endpoints)
+            .map(|id| EndpointInput {
+                id,
+                healthy: true,
+                models: &[],
+                inflight: 0,
+            })
+            .collect();
+        let store = TelemetryStore::new(store_config(&settings));
+        let health = (0..endpoints)
+            .map(|i| HealthStatus {
+                healthy: true,
+                checked: specs.get(i).is_some_and(|s| s.is_some()),
+                consecutive_failures: 0,
+                consecutive_successes: 0,
+                last_error: None,
+                checks: 0,
+                probe: specs.get(i).and_then(|s| s.as_ref()).map(probe_name),
+            })
+            .collect();
+        ControlShared {
+            snapshot: ArcSwap::from_pointee(ScoringSnapshot::build(0, now, &store, inputs)),
+            health: ArcSwap::from_pointee(health),
+            settings,
+        }
+    }
+}
+
+fn store_config(s: &ControlSettings) -> StoreConfig {
+    StoreConfig {
+        interval: s.scrape_interval,
+        stale_after_intervals: s.stale_after_intervals,
+    }
+}
+
+fn probe_name(s: &HealthSpec) -> String {
+    match &s.inference_model {
+        Some(m) => format!(
+            "POST /v1/completions model={m} max_tokens=1 (policy {})",
+            s.policy
+        ),
+        None => format!("GET /health (policy {})", s.policy),
+    }
+}
+
+/// Health specs per endpoint: the first InferencePolicy with a `healthCheck`
+/// linked (ExtensionRef) from a rule that routes to the endpoint.
+pub fn health_specs(table: &RoutingTable) -> Vec<Option<HealthSpec>> {
+    let mut specs: Vec<Option<HealthSpec>> = vec![None; table.endpoints().len()];
+    for rule in table.rules() {
+        let Some(key) = rule.policy else { continue };
+        let Some(policy) = table.inference_policy(key) else {
+            continue;
+        };
+        let Some(hc) = policy.spec.health_check.as_ref() else {
+            continue;
+        };
+        let spec = HealthSpec {
+            interval: hc.interval.unwrap_or(Duration::from_secs(10)),
+            timeout: hc.timeout.unwrap_or(Duration::from_secs(5)),
+            inference_model: hc
+                .inference_test
+                .as_ref()
+                .filter(|t| t.enabled)
+                .map(|t| t.model.clone().unwrap_or_default()),
+            policy: key.to_string(),
+        };
+        for group in rule.backends {
+            for &ep in &group.endpoints {
+                if specs[ep].is_none() {
+                    specs[ep] = Some(spec.clone());
+                }
+            }
+        }
+    }
+    specs
+}
+
+/// Start the control thread.
+pub fn spawn(
+    shared: Arc<ControlShared>,
+    endpoints: Vec<SocketAddr>,
+    specs: Vec<Option<HealthSpec>>,
+    hub: Arc<MetricsHub>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            let r = shardgate_runtime::block_on(run(shared, endpoints, specs, hub));
+            if let Err(e) = r {
+                tracing::error!(error = %e, "control runtime");
+            }
+        })?;
+    Ok(())
+}
+
+struct Health {
+    status: Vec<HealthStatus>,
+}
+
+async fn run(
+    shared: Arc<ControlShared>,
+    endpoints: Vec<SocketAddr>,
+    specs: Vec<Option<HealthSpec>>,
+    hub: Arc<MetricsHub>,
+) {
+    let settings = shared.settings.clone();
+    let store = Rc::new(RefCell::new(TelemetryStore::new(store_config(&settings))));
+    let health = Rc::new(RefCell::new(Health {
+        status: shared.health.load().as_ref().clone(),
+    }));
+    for (ep, addr) in endpoints.iter().enumerate() {
+        if settings.scrape {
+            monoio::spawn(scrape_loop(ep, *addr, settings.clone(), store.clone()));
+        }
+        if let Some(spec) = specs[ep].clone() {
+            monoio::spawn(health_loop(
+                ep,
+                *addr,
+                spec,
+                settings.clone(),
+                health.clone(),
+                shared.clone(),
+            ));
+        }
+    }
+    let mut generation = 0u64;
+    loop {
+        monoio::time::sleep(settings.scrape_interval).await;
+        generation += 1;
+        let now = Instant::now();
+        let inflight = hub.endpoint_in_flight();
+        let h = health.borrow();
+        let inputs = (0..endpoints.len()).map(|id| EndpointInput {
+            id,
+            healthy: h.status.get(id).is_none_or(|s| s.healthy),
+            models: &[],
+            inflight: inflight.get(id).copied().unwrap_or(0),
+        });
+        let snap = ScoringSnapshot::build(generation, now, &store.borrow(), inputs);
+        shared.snapshot.store(Arc::new(snap));
+    }
+}
+
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.9 + 0.2 * fastrand::f64())
+}
+
+async fn scrape_loop(
+    ep: usize,
+    addr: SocketAddr,
+    settings: ControlSettings,
+    store: Rc<RefCell<TelemetryStore>>,
+) {
+    let mut conn = Conn::new(addr);
+    let mut failing = false;
+    loop {
+        match conn.get("/metrics", settings.scrape_timeout).await {
+            Ok(r) if r.status == 200 => {
+                store.borrow_mut().ingest(ep, &r.body, Instant::now());
+                if failing {
+                    tracing::info!(endpoint = %addr, "telemetry scrape recovered");
+                    failing = false;
+                }
+            }
+            Ok(r) => {
+                store.borrow_mut().record_failure(ep, Instant::now());
+                if !failing {
+                    tracing::warn!(endpoint = %addr, status = r.status, "telemetry scrape failed");
+                    failing = true;
+                }
+            }
+            Err(e) => {
+                store.borrow_mut().record_failure(ep, Instant::now());
+                if !failing {
+                    tracing::warn!(endpoint = %addr, error = %e, "telemetry scrape failed");
+                    failing = true;
+                }
+            }
+        }
+        monoio::time::sleep(jittered(settings.scrape_interval)).await;
+    }
+}
+
+async fn probe(conn: &mut Conn, spec: &HealthSpec) -> Result<(), String> {
+    let reply = match &spec.inference_model {
+        Some(model) => {
+            let body = serde_json::json!({"model": model, "prompt": "health check", "max_tokens": 1, "temperature": 0});
+            conn.post_json("/v1/completions", body.to_string().as_bytes(), spec.timeout)
+                .await?
+        }
+        None => conn.get("/health", spec.timeout).await?,
+    };
+    if reply.status == 200 {
+        Ok(())
+    } else {
+        let snippet: String = String::from_utf8_lossy(&reply.body)
+            .chars()
+            .take(160)
+            .collect();
+        Err(format!("status {}: {snippet}", reply.status))
+    }
+}
+
+async fn health_loop(
+    ep: usize,
+    addr: SocketAddr,
+    spec: HealthSpec,
+    settings: ControlSettings,
+    health: Rc<RefCell<Health>>,
+    shared: Arc<ControlShared>,
+) {
+    let mut conn = Conn::new(addr);
+    loop {
+        let result = probe(&mut conn, &spec).await;
+        {
+            let mut h = health.borrow_mut();
+            let st = &mut h.status[ep];
+            st.checks += 1;
+            match result {
+                Ok(()) => {
+                    st.consecutive_failures = 0;
+                    st.consecutive_successes += 1;
+                    if !st.healthy && st.consecutive_successes >= settings.healthy_after {
+                        st.healthy = true;
+                        tracing::info!(endpoint = %addr, policy = %spec.policy, "health check passed: endpoint restored");
+                    }
+                }
+                Err(e) => {
+                    st.consecutive_successes = 0;
+                    st.consecutive_failures += 1;
+                    if st.healthy && st.consecutive_failures >= settings.unhealthy_after {
+                        st.healthy = false;
+                        tracing::warn!(endpoint = %addr, policy = %spec.policy, error = %e, "health check failed: endpoint ejected");
+                    }
+                    st.last_error = Some(e);
+                }
+            }
+            shared.health.store(Arc::new(h.status.clone()));
+        }
+        monoio::time::sleep(jittered(spec.interval)).await;
+    }
+}
