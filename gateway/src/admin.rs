@@ -1,7 +1,8 @@
 //! Admin listener (default 127.0.0.1:9901) on its own thread and runtime, away from
 //! the shards: `/healthz` (process up), `/readyz` (serving and not draining; 503
-//! while draining or when some model has no endpoint at all), `/debug/config`
-//! (the loaded resources, their enforcement status, warnings), `/metrics`
+//! while draining or when some model has no healthy endpoint), `/debug/config`
+//! (the loaded resources, their enforcement status, warnings),
+//! `/debug/endpoints` (telemetry, health, scores per endpoint), `/metrics`
 //! (Prometheus text format, every shard merged at scrape).
 
 use std::net::SocketAddr;
@@ -18,12 +19,12 @@ use shardgate_runtime::Shutdown;
 pub struct AdminView {
     /// `/debug/config` body.
     pub config_json: Vec<u8>,
-    /// Models with no endpoint at all (not ready while non-empty).
-    pub models_without_endpoints: Vec<String>,
     /// Drain flag.
     pub shutdown: Shutdown,
     /// Shard metrics, merged at scrape.
     pub hub: Arc<crate::metrics::MetricsHub>,
+    /// Endpoint health, telemetry and scores.
+    pub endpoints: crate::endpoints_view::EndpointsView,
 }
 
 /// Start the admin thread on an already-bound listener.
@@ -89,10 +90,10 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
             "/readyz" => {
                 if view.shutdown.is_draining() {
                     (503, b"text/plain", b"draining\n".to_vec())
-                } else if !view.models_without_endpoints.is_empty() {
+                } else if let Err(models) = view.endpoints.readiness() {
                     let msg = format!(
-                        "not ready: no endpoint for model(s) {}\n",
-                        view.models_without_endpoints.join(", ")
+                        "not ready: no healthy endpoint for model(s) {}\n",
+                        models.join(", ")
                     );
                     (503, b"text/plain", msg.into_bytes())
                 } else {
@@ -100,11 +101,12 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 }
             }
             "/debug/config" => (200, b"application/json", view.config_json.clone()),
-            "/metrics" => (
-                200,
-                b"text/plain; version=0.0.4; charset=utf-8",
-                view.hub.render().into_bytes(),
-            ),
+            "/metrics" => (200, b"text/plain; version=0.0.4; charset=utf-8", {
+                let mut text = view.hub.render();
+                view.endpoints.render_metrics(&mut text);
+                text.into_bytes()
+            }),
+            "/debug/endpoints" => (200, b"application/json", view.endpoints.debug_json()),
             _ => (404, b"text/plain", b"not found\n".to_vec()),
         };
         let mut out = Vec::with_capacity(256 + body.len());

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod client;
 pub mod control;
 pub mod demo;
+pub mod endpoints_view;
 pub mod error;
 pub mod load;
 pub mod metrics;
@@ -182,20 +183,6 @@ pub fn start(
         .map(|e| e.addr.to_string())
         .collect();
     let hub = Arc::new(metrics::MetricsHub::new(shards, endpoints, driver.name()));
-    let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
-    if let Some(a) = admin_addr {
-        let listener =
-            admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
-        admin_addr = listener.local_addr().ok();
-        let view = Arc::new(admin::AdminView {
-            config_json: debug_config_json(&loaded),
-            models_without_endpoints: models_without_endpoints(&loaded.table),
-            shutdown: shutdown.clone(),
-            hub: hub.clone(),
-        });
-        admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
-    }
-
     let access_log = match &run.access_log {
         Some(path) => Some(
             access_log::AccessLog::open(path)
@@ -212,6 +199,35 @@ pub fn start(
     let endpoint_addrs: Vec<SocketAddr> = loaded.table.endpoints().iter().map(|e| e.addr).collect();
     control::spawn(control.clone(), endpoint_addrs, specs, hub.clone())
         .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
+    let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
+    if let Some(a) = admin_addr {
+        let listener =
+            admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
+        admin_addr = listener.local_addr().ok();
+        let view = Arc::new(admin::AdminView {
+            config_json: debug_config_json(&loaded),
+            endpoints: endpoints_view::EndpointsView {
+                endpoints: loaded
+                    .table
+                    .endpoints()
+                    .iter()
+                    .map(|e| (e.addr.to_string(), e.backend.clone()))
+                    .collect(),
+                model_endpoints: endpoints_view::model_endpoints(&loaded.table),
+                control: control.clone(),
+                hub: hub.clone(),
+                profile: shardgate_routing::scoring::Profile::resolve(
+                    None,
+                    loaded.table.inference_config(),
+                )
+                .unwrap_or_default(),
+            },
+            shutdown: shutdown.clone(),
+            hub: hub.clone(),
+        });
+        admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
+    }
+
     let state = Arc::new(GatewayState::new(loaded.table, settings).map_err(|e| vec![e])?);
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards(per_shard, !run.no_pin, move |info, sockets| {
@@ -280,13 +296,6 @@ fn install_signals(shutdown: Shutdown) {
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot start the signal thread");
     }
-}
-
-fn models_without_endpoints(table: &shardgate_routing::RoutingTable) -> Vec<String> {
-    if table.endpoints().is_empty() {
-        return vec!["(all)".to_string()];
-    }
-    Vec::new()
 }
 
 fn debug_config_json(loaded: &load::Loaded) -> Vec<u8> {

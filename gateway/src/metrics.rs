@@ -253,6 +253,19 @@ impl MetricsHub {
         out
     }
 
+    /// Per endpoint: whether some shard has it ejected, at the latest reports.
+    pub fn endpoint_ejected(&self) -> Vec<bool> {
+        let mut out = vec![false; self.endpoints.len()];
+        for slot in &self.slots {
+            if let Some(m) = slot.load().as_ref() {
+                for (o, v) in out.iter_mut().zip(&m.endpoint_ejected) {
+                    *o |= *v;
+                }
+            }
+        }
+        out
+    }
+
     /// Render every shard's latest metrics, merged, in Prometheus text format 0.0.4.
     pub fn render(&self) -> String {
         let snaps: Vec<Arc<Option<ShardMetrics>>> =

@@ -629,3 +629,158 @@ fn access_log_lines_are_json_with_the_request_facts() {
     drop(gw);
     let _ = std::fs::remove_file(&log);
 }
+
+/// Two sims behind one route, with an InferencePolicy (ExtensionRef) whose health
+/// check runs a real one-token completion every 100 ms.
+fn policy_config(a: std::net::SocketAddr, b: std::net::SocketAddr, algorithm: &str) -> String {
+    let base = config(&[("m", vec![(1, vec![a, b])])]);
+    let base = base.replace(
+        "    backendRefs:\n",
+        "    filters:\n    - type: ExtensionRef\n      extensionRef:\n        group: ai.gateway.io\n        kind: InferencePolicy\n        name: lb\n    backendRefs:\n",
+    );
+    format!(
+        "{base}---\napiVersion: ai.gateway.io/v1alpha1\nkind: InferencePolicy\nmetadata:\n  name: lb\n  namespace: default\nspec:\n  loadBalancing:\n    algorithm: {algorithm}\n  healthCheck:\n    interval: 100ms\n    timeout: 2s\n    inferenceTest:\n      enabled: true\n      model: m\n"
+    )
+}
+
+#[test]
+fn traffic_shifts_away_from_a_slow_loaded_backend() {
+    let slow = sim(&["m"], |c| {
+        c.decode_step_us = 40_000;
+        c.max_num_seqs = 2;
+    });
+    let fast = sim(&["m"], |c| {
+        c.decode_step_us = 1_000;
+    });
+    let gw = Gateway::start(
+        &policy_config(slow.addr(), fast.addr(), "least-queue"),
+        &["--pass-saturated"],
+    );
+    let before_slow = sim_stats(slow.addr())["requests_finished"]
+        .as_u64()
+        .unwrap();
+    let before_fast = sim_stats(fast.addr())["requests_finished"]
+        .as_u64()
+        .unwrap();
+    let addr = gw.addr;
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                for _ in 0..12 {
+                    let r = c.post(
+                        "/v1/completions",
+                        r#"{"model":"m","prompt":"a b c","max_tokens":8}"#,
+                        &[],
+                    );
+                    assert_eq!(r.status, 200, "{}", r.text());
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // Health-check probes also land on both; they are the same on each, about.
+    let s = sim_stats(slow.addr())["requests_finished"]
+        .as_u64()
+        .unwrap()
+        - before_slow;
+    let f = sim_stats(fast.addr())["requests_finished"]
+        .as_u64()
+        .unwrap()
+        - before_fast;
+    let share = s as f64 / (s + f) as f64;
+    assert!(
+        share < 0.3,
+        "the slow backend still got {s} of {} requests ({share:.2})",
+        s + f
+    );
+}
+
+#[test]
+fn failing_inference_test_ejects_then_restores_an_endpoint() {
+    let a = sim(&["m"], |_| {});
+    let b = sim(&["m"], |_| {});
+    let gw = Gateway::start(&policy_config(a.addr(), b.addr(), "default"), &[]);
+    let admin = gw.admin.unwrap();
+    let healthy = |want: bool| {
+        poll(Duration::from_secs(10), || {
+            let j = Client::connect(admin).get("/debug/endpoints").json();
+            let ep = j["endpoints"]
+                .as_array()?
+                .iter()
+                .find(|e| e["address"] == a.addr().to_string())?
+                .clone();
+            // The scoring snapshot (what shards pick from) must agree, not just the health table.
+            let in_snapshot = ep["scores"]["status"].as_str()?.contains("Unhealthy") != want;
+            (ep["health"]["healthy"] == want && ep["health"]["checks"].as_u64()? > 0 && in_snapshot)
+                .then_some(ep)
+        })
+    };
+    assert!(healthy(true).is_some());
+    // The backend starts failing every request: its inference test fails, it is ejected.
+    let mut c = Client::connect(a.addr());
+    assert_eq!(
+        c.post("/sim/faults", r#"{"error_rate":1.0}"#, &[]).status,
+        200
+    );
+    let ep = healthy(false).expect("never ejected");
+    assert!(
+        ep["health"]["last_error"].as_str().unwrap().contains("500"),
+        "{ep}"
+    );
+    // While it is out, traffic goes to the other one only (a request to it would fail).
+    for _ in 0..20 {
+        let r = gw.connect().post(
+            "/v1/completions",
+            r#"{"model":"m","prompt":"x","max_tokens":1}"#,
+            &[],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // Readiness holds: the model still has a healthy endpoint.
+    assert_eq!(Client::connect(admin).get("/readyz").status, 200);
+    let metrics = Client::connect(admin).get("/metrics").text();
+    assert!(
+        metrics.contains(&format!(
+            "gateway_endpoint_healthy{{endpoint=\"{}\"}} 0",
+            a.addr()
+        )),
+        "{metrics}"
+    );
+    // It recovers: restored.
+    assert_eq!(
+        c.post("/sim/faults", r#"{"error_rate":0.0}"#, &[]).status,
+        200
+    );
+    assert!(healthy(true).is_some(), "never restored");
+}
+
+#[test]
+fn readyz_follows_the_only_endpoint_down_and_up() {
+    let a = sim(&["m"], |_| {});
+    let addr = a.addr();
+    let gw = Gateway::start(&policy_config(addr, addr, "default"), &[]);
+    let admin = gw.admin.unwrap();
+    let status = |want: u16| {
+        poll(Duration::from_secs(10), || {
+            (Client::connect(admin).get("/readyz").status == want).then_some(())
+        })
+    };
+    assert!(status(200).is_some());
+    a.shutdown();
+    assert!(
+        status(503).is_some(),
+        "/readyz stayed ready with the only endpoint down"
+    );
+    let _back = sim_at(addr, &["m"]);
+    assert!(status(200).is_some(), "/readyz never recovered");
+    // Telemetry from the restarted server shows up in the debug view.
+    let t = poll(Duration::from_secs(10), || {
+        let j = Client::connect(admin).get("/debug/endpoints").json();
+        let t = j["endpoints"][0]["telemetry"].clone();
+        (t["server"] == "vllm" && t["kv_usage"].is_number()).then_some(t)
+    });
+    assert!(t.is_some(), "no vLLM telemetry in /debug/endpoints");
+}

@@ -1,0 +1,256 @@
+//! What the admin port shows about endpoints: `/debug/endpoints` (JSON: per
+//! endpoint its telemetry, staleness, health, in-flight, ejection and score per
+//! scorer under the default profile), `/readyz` (ready when every model the
+//! routes serve has at least one healthy endpoint), and the telemetry-derived
+//! metrics (`gateway_gpu_utilization_percent`, `gateway_gpu_memory_used_ratio`,
+//! `gateway_endpoint_healthy`, `gateway_endpoint_queue_depth`,
+//! `gateway_telemetry_scrape_age_seconds`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use shardgate_routing::scoring::{Candidate, PickRequest, Picker, Profile, ScoreBreakdown, Scorer};
+use shardgate_routing::telemetry::SignalKind;
+use shardgate_routing::{RequestView, RoutingTable, MODEL_HEADER};
+
+use crate::control::ControlShared;
+use crate::metrics::MetricsHub;
+
+/// Everything the endpoint views read.
+pub struct EndpointsView {
+    /// Endpoint addresses and backends.
+    pub endpoints: Vec<(String, String)>,
+    /// Per served model: its endpoint ids (through the routes, first listener).
+    pub model_endpoints: Vec<(String, Vec<usize>)>,
+    /// Control-thread state.
+    pub control: Arc<ControlShared>,
+    /// Shard metrics (in-flight, ejection).
+    pub hub: Arc<MetricsHub>,
+    /// Profile used for the score columns.
+    pub profile: Profile,
+}
+
+/// For each model the routes list, the endpoints a request naming it reaches
+/// (resolved with the real matcher on the first listener).
+pub fn model_endpoints(table: &RoutingTable) -> Vec<(String, Vec<usize>)> {
+    let Some(listener) = table.listeners().iter().position(|l| l.served) else {
+        return Vec::new();
+    };
+    table
+        .models()
+        .iter()
+        .map(|m| {
+            let lookup = |name: &str| -> Option<&[u8]> {
+                (name == MODEL_HEADER || name == shardgate_routing::MODEL_TYPE_HEADER)
+                    .then_some(m.as_bytes())
+            };
+            let view = RequestView {
+                method: "POST",
+                path: "/v1/chat/completions",
+                query: None,
+                host: None,
+                headers: &lookup,
+            };
+            let mut eps: Vec<usize> = table
+                .match_request(listener, &view)
+                .map(|r| {
+                    r.backends
+                        .iter()
+                        .filter(|g| g.weight > 0)
+                        .flat_map(|g| g.endpoints.iter().copied())
+                        .collect()
+                })
+                .unwrap_or_default();
+            eps.sort_unstable();
+            eps.dedup();
+            (m.clone(), eps)
+        })
+        .collect()
+}
+
+impl EndpointsView {
+    /// `Ok(())` when every model has a healthy endpoint, else the models without one.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let health = self.control.health.load();
+        let missing: Vec<String> = self
+            .model_endpoints
+            .iter()
+            .filter(|(_, eps)| !eps.iter().any(|e| health.get(*e).is_none_or(|h| h.healthy)))
+            .map(|(m, _)| m.clone())
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+
+    /// `/debug/endpoints` body.
+    pub fn debug_json(&self) -> Vec<u8> {
+        let now = Instant::now();
+        let snap = self.control.snapshot.load();
+        let health = self.control.health.load();
+        let inflight = self.hub.endpoint_in_flight();
+        let ejected = self.hub.endpoint_ejected();
+        let cands: Vec<Candidate> = (0..self.endpoints.len())
+            .map(|endpoint| Candidate {
+                endpoint,
+                prefix_blocks: 0,
+            })
+            .collect();
+        let zeros = vec![0u32; cands.len()];
+        let mut breakdown = vec![ScoreBreakdown::default(); cands.len()];
+        let req = PickRequest {
+            model: None,
+            adapter: None,
+            prefix_total_blocks: 0,
+        };
+        let _ = Picker::new(0).pick_explained(
+            &self.profile,
+            &snap,
+            &req,
+            &cands,
+            &zeros,
+            now,
+            &mut breakdown,
+        );
+        let mut out = Vec::new();
+        for (id, (addr, backend)) in self.endpoints.iter().enumerate() {
+            let view = snap.endpoint(id);
+            let t = view.map(|v| &v.telemetry);
+            let signal = |k: SignalKind| t.and_then(|t| t.value(k));
+            let scores: serde_json::Map<String, serde_json::Value> = breakdown
+                .get(id)
+                .map(|b| {
+                    Scorer::ALL
+                        .iter()
+                        .filter_map(|s| {
+                            b.scores[s.index()]
+                                .map(|v| (s.as_str().to_string(), serde_json::json!(v)))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(serde_json::json!({
+                "id": id,
+                "address": addr,
+                "backend": backend,
+                "health": health.get(id),
+                "in_flight": inflight.get(id),
+                "ejected_on_some_shard": ejected.get(id),
+                "telemetry": {
+                    "server": t.map(|t| t.server.as_str()),
+                    "last_scrape_ms_ago": t.and_then(|t| t.age(now)).map(|d| d.as_millis() as u64),
+                    "consecutive_scrape_failures": t.map(|t| t.consecutive_failures),
+                    "waiting": signal(SignalKind::Waiting),
+                    "running": signal(SignalKind::Running),
+                    "kv_usage": signal(SignalKind::KvUsage),
+                    "gpu_utilization": signal(SignalKind::GpuUtil),
+                    "gpu_memory_used_ratio": signal(SignalKind::GpuMemUsed),
+                    "ttft_seconds": signal(SignalKind::Ttft),
+                    "e2e_latency_seconds": signal(SignalKind::E2eLatency),
+                    "prefix_cache_hit_rate": t.and_then(|t| t.prefix_cache_hit_rate),
+                    "lora": t.and_then(|t| t.lora()).map(|l| serde_json::json!({"max_lora": l.max_lora, "running": l.running, "waiting": l.waiting})),
+                    "stale": t.map(|t| t.stale.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+                    "missing": t.map(|t| t.missing.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
+                },
+                "scores": {
+                    "profile": self.profile.kind.as_str(),
+                    "status": breakdown.get(id).map(|b| format!("{:?}", b.status)),
+                    "total": breakdown.get(id).and_then(|b| b.total),
+                    "by_scorer": scores,
+                },
+            }));
+        }
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "generation": snap.generation,
+            "endpoints": out,
+        }))
+        .unwrap_or_default()
+    }
+
+    /// Telemetry-derived metrics, appended to `/metrics`.
+    pub fn render_metrics(&self, out: &mut String) {
+        let now = Instant::now();
+        let snap = self.control.snapshot.load();
+        let health = self.control.health.load();
+        let model_of = |id: usize| -> String {
+            let names: Vec<&str> = self
+                .model_endpoints
+                .iter()
+                .filter(|(_, eps)| eps.contains(&id))
+                .map(|(m, _)| m.as_str())
+                .collect();
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(",")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "# HELP gateway_gpu_utilization_percent GPU utilisation per endpoint, 0-100: the GPU's own utilisation where the backend exports it (DCGM, Triton), else, for vLLM-family servers, their KV-cache utilisation.\n# TYPE gateway_gpu_utilization_percent gauge"
+        );
+        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+            let t = snap.endpoint(id).map(|v| &v.telemetry);
+            let v = t.and_then(|t| {
+                t.value(SignalKind::GpuUtil)
+                    .or_else(|| t.value(SignalKind::KvUsage))
+            });
+            if let Some(v) = v {
+                let _ = writeln!(
+                    out,
+                    "gateway_gpu_utilization_percent{{endpoint=\"{addr}\",model=\"{}\"}} {}",
+                    model_of(id),
+                    v * 100.0
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP gateway_gpu_memory_used_ratio GPU memory (or, for vLLM-family servers, KV-cache) in use, 0-1.\n# TYPE gateway_gpu_memory_used_ratio gauge");
+        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+            let t = snap.endpoint(id).map(|v| &v.telemetry);
+            if let Some(v) = t.and_then(|t| {
+                t.value(SignalKind::GpuMemUsed)
+                    .or_else(|| t.value(SignalKind::KvUsage))
+            }) {
+                let _ = writeln!(
+                    out,
+                    "gateway_gpu_memory_used_ratio{{endpoint=\"{addr}\",model=\"{}\"}} {v}",
+                    model_of(id)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP gateway_endpoint_queue_depth Requests waiting in the endpoint's own queue (from its telemetry).\n# TYPE gateway_endpoint_queue_depth gauge");
+        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+            if let Some(v) = snap
+                .endpoint(id)
+                .and_then(|v| v.telemetry.value(SignalKind::Waiting))
+            {
+                let _ = writeln!(
+                    out,
+                    "gateway_endpoint_queue_depth{{endpoint=\"{addr}\"}} {v}"
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP gateway_endpoint_healthy 1 while the endpoint passes its health checks.\n# TYPE gateway_endpoint_healthy gauge");
+        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+            let ok = health.get(id).is_none_or(|h| h.healthy);
+            let _ = writeln!(
+                out,
+                "gateway_endpoint_healthy{{endpoint=\"{addr}\"}} {}",
+                u8::from(ok)
+            );
+        }
+        let _ = writeln!(out, "# HELP gateway_telemetry_scrape_age_seconds Time since the endpoint's last successful telemetry scrape.\n# TYPE gateway_telemetry_scrape_age_seconds gauge");
+        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+            if let Some(age) = snap.endpoint(id).and_then(|v| v.telemetry.age(now)) {
+                let _ = writeln!(
+                    out,
+                    "gateway_telemetry_scrape_age_seconds{{endpoint=\"{addr}\"}} {}",
+                    age.as_secs_f64()
+                );
+            }
+        }
+    }
+}
