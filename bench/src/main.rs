@@ -1,0 +1,8 @@
+//! `shardgate-load` binary: parses the flags ([`shardgate_bench::cli::Args`]) and runs
+//! the load test; see the library for what it measures.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    shardgate_bench::cli::main_with(&shardgate_bench::cli::Args::parse())
+}
