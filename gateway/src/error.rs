@@ -156,6 +156,20 @@ impl Failure {
         f
     }
 
+    /// The batching queue refused the request (unknown queue 400, full 429).
+    pub fn batch_refused(status: u16, code: &'static str, message: String) -> Self {
+        let (side, err_type) = if status == 400 {
+            (Side::Client, "invalid_request_error")
+        } else {
+            (Side::Gateway, "rate_limit_error")
+        };
+        let mut f = Failure::new(side, status, err_type, code, message);
+        if status == 429 {
+            f.retry_after = Some(1);
+        }
+        f
+    }
+
     /// Every healthy endpoint of the route is saturated (queue or KV-cache over
     /// the thresholds).
     pub fn saturated(route: &str) -> Self {

@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod batch;
 pub mod cli;
 pub mod client;
 pub mod control;

@@ -118,6 +118,10 @@ pub struct ShardMetrics {
     pub endpoint_in_flight: Vec<u32>,
     /// Per endpoint: ejected on this shard (filled at publish).
     pub endpoint_ejected: Vec<bool>,
+    /// Requests waiting on a batching queue or its batched call, by (queue, model).
+    queue_depth: HashMap<(String, u16), i64>,
+    /// Per BatchingPolicy: its queues' numbers (filled at publish).
+    pub batch: Vec<(String, Vec<crate::batch::QueueMetrics>)>,
 }
 
 impl ShardMetrics {
@@ -138,6 +142,18 @@ impl ShardMetrics {
             connections_total: 0,
             endpoint_in_flight: Vec::new(),
             endpoint_ejected: Vec::new(),
+            queue_depth: HashMap::new(),
+            batch: Vec::new(),
+        }
+    }
+
+    /// Move the batching queue depth of (`queue`, `model`) by `delta`.
+    pub fn queue_depth_add(&mut self, queue: &str, model: Option<&str>, delta: i64) {
+        let m = self.model_id(model);
+        if let Some(v) = self.queue_depth.get_mut(&(queue.to_string(), m)) {
+            *v += delta;
+        } else {
+            self.queue_depth.insert((queue.to_string(), m), delta);
         }
     }
 
@@ -325,6 +341,23 @@ impl MetricsHub {
                 ejected[i] |= *v;
             }
         }
+        let mut queue_depth: HashMap<(String, String), i64> = HashMap::new();
+        let mut batch: HashMap<(String, String), Vec<&crate::batch::QueueMetrics>> = HashMap::new();
+        for s in &shards {
+            for ((q, m), v) in &s.queue_depth {
+                *queue_depth
+                    .entry((q.clone(), s.model_label(*m).to_string()))
+                    .or_default() += v;
+            }
+            for (policy, queues) in &s.batch {
+                for q in queues {
+                    batch
+                        .entry((policy.clone(), q.queue.clone()))
+                        .or_default()
+                        .push(q);
+                }
+            }
+        }
         let mut out = String::with_capacity(16 * 1024);
         let _ = writeln!(out, "# HELP gateway_build_info shardgate build and runtime information.\n# TYPE gateway_build_info gauge");
         let _ = writeln!(
@@ -466,6 +499,7 @@ impl MetricsHub {
                 u8::from(*v)
             );
         }
+        render_batching(&mut out, &queue_depth, &batch);
         header(
             &mut out,
             "gateway_connections_open",
@@ -513,6 +547,134 @@ fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[f64], h: &Hi
     let total = h.count();
     let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
     let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+}
+
+type BatchMap<'a> = HashMap<(String, String), Vec<&'a crate::batch::QueueMetrics>>;
+
+fn render_batching(
+    out: &mut String,
+    queue_depth: &HashMap<(String, String), i64>,
+    batch: &BatchMap<'_>,
+) {
+    header(out, "gateway_queue_depth", "gauge", "Requests held by the gateway's batching queues (waiting for their batch, or for its merged upstream call), by priority queue and model.");
+    for ((q, m), v) in sorted(queue_depth) {
+        let _ = writeln!(
+            out,
+            "gateway_queue_depth{{priority=\"{}\",model=\"{}\"}} {}",
+            esc(q),
+            esc(m),
+            (*v).max(0)
+        );
+    }
+    header(out, "gateway_batch_flushes_total", "counter", "Batches flushed, by BatchingPolicy, priority queue and reason (full, deadline, adaptive, alone, drain).");
+    for ((p, q), list) in sorted(batch) {
+        let mut by_reason: Vec<(&str, u64)> = Vec::new();
+        for m in list {
+            for (r, n) in &m.flushes {
+                match by_reason.iter_mut().find(|(x, _)| x == r) {
+                    Some((_, t)) => *t += n,
+                    None => by_reason.push((r, *n)),
+                }
+            }
+        }
+        for (r, n) in by_reason {
+            let _ = writeln!(
+                out,
+                "gateway_batch_flushes_total{{policy=\"{}\",priority=\"{}\",reason=\"{r}\"}} {n}",
+                esc(p),
+                esc(q)
+            );
+        }
+    }
+    header(
+        out,
+        "gateway_batch_size",
+        "histogram",
+        "Requests per flushed batch.",
+    );
+    for ((p, q), list) in sorted(batch) {
+        let labels = format!("policy=\"{}\",priority=\"{}\"", esc(p), esc(q));
+        batch_histogram(
+            out,
+            "gateway_batch_size",
+            &labels,
+            list.iter().map(|m| (&m.batch_size, m.batch_size_sum)),
+            1.0,
+        );
+    }
+    header(
+        out,
+        "gateway_batch_queue_wait_seconds",
+        "histogram",
+        "Time each request spent queued before its batch was flushed.",
+    );
+    for ((p, q), list) in sorted(batch) {
+        let labels = format!("policy=\"{}\",priority=\"{}\"", esc(p), esc(q));
+        batch_histogram(
+            out,
+            "gateway_batch_queue_wait_seconds",
+            &labels,
+            list.iter().map(|m| (&m.queued_us, m.queued_us_sum)),
+            1e-6,
+        );
+    }
+    header(
+        out,
+        "gateway_batch_rejected_total",
+        "counter",
+        "Requests a batching queue refused (full) or that expired waiting.",
+    );
+    for ((p, q), list) in sorted(batch) {
+        let full: u64 = list.iter().map(|m| m.rejected_full).sum();
+        let expired: u64 = list.iter().map(|m| m.expired).sum();
+        let _ = writeln!(
+            out,
+            "gateway_batch_rejected_total{{policy=\"{}\",priority=\"{}\",reason=\"full\"}} {full}",
+            esc(p),
+            esc(q)
+        );
+        let _ = writeln!(out, "gateway_batch_rejected_total{{policy=\"{}\",priority=\"{}\",reason=\"timeout\"}} {expired}", esc(p), esc(q));
+    }
+}
+
+/// Render merged batching histograms whose buckets are `(upper bound,
+/// cumulative count)` pairs ending with `None` = +Inf, scaled by `scale` (µs → s).
+fn batch_histogram<'a>(
+    out: &mut String,
+    name: &str,
+    labels: &str,
+    parts: impl Iterator<Item = (&'a Vec<(Option<u64>, u64)>, u64)>,
+    scale: f64,
+) {
+    let mut merged: Vec<(Option<u64>, u64)> = Vec::new();
+    let mut sum = 0u64;
+    for (buckets, s) in parts {
+        sum += s;
+        for (i, (b, n)) in buckets.iter().enumerate() {
+            match merged.get_mut(i) {
+                Some(slot) => slot.1 += n,
+                None => merged.push((*b, *n)),
+            }
+        }
+    }
+    let mut total = 0u64;
+    for (b, n) in &merged {
+        total = *n;
+        match b {
+            Some(b) => {
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{labels},le=\"{}\"}} {n}",
+                    *b as f64 * scale
+                );
+            }
+            None => {
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {n}");
+            }
+        }
+    }
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum as f64 * scale);
     let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
 }
 

@@ -35,6 +35,9 @@ use crate::metrics::{RequestRecord, UsageScanner};
 use crate::shard::{ConnGauge, GatewayState, InFlight, PickFailure, Shard, UpstreamConn};
 use shardgate_routing::scoring::{PickRequest, ProfileKind, Scorer};
 
+/// The virtual model header, as sent upstream.
+pub const MODEL_HEADER_NAME: &str = MODEL_HEADER;
+
 /// Paths whose JSON body carries the OpenAI `model` field.
 const MODEL_BODY_PATHS: [&str; 3] = ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"];
 
@@ -367,6 +370,55 @@ async fn route_and_forward<'s>(
             respond_failure(client, out, &Failure::filter_not_found(filter), Some(rid)).await;
         return client_keep;
     }
+    if let Some(pb) = route.batching.and_then(|k| shard.batcher(k)).cloned() {
+        if let Some(model) = body_model.as_deref() {
+            let req = crate::batch::Request {
+                path: head.path(),
+                body: &body,
+                priority: head
+                    .header("x-priority")
+                    .and_then(|v| std::str::from_utf8(v).ok()),
+                auth: head.header("authorization"),
+                model,
+                route: (route.route, route.rule),
+            };
+            match crate::batch::submit(shard, &pb, &req) {
+                crate::batch::Submitted::NotBatchable => {}
+                crate::batch::Submitted::Refused {
+                    status,
+                    code,
+                    message,
+                } => {
+                    let f = Failure::batch_refused(status, code, message);
+                    rq.status = respond_failure(client, out, &f, Some(rid)).await;
+                    return client_keep;
+                }
+                crate::batch::Submitted::Waiting(rx) => {
+                    shard.metrics.borrow_mut().queue_depth_add(
+                        req.priority.unwrap_or("default"),
+                        Some(model),
+                        1,
+                    );
+                    let reply = rx.await;
+                    shard.metrics.borrow_mut().queue_depth_add(
+                        req.priority.unwrap_or("default"),
+                        Some(model),
+                        -1,
+                    );
+                    let reply = reply.unwrap_or(crate::batch::Reply {
+                        status: 500,
+                        body: b"{\"error\":{\"message\":\"the batch was dropped\",\"type\":\"gateway_error\",\"param\":null,\"code\":\"batch_dropped\"}}".to_vec(),
+                    });
+                    rq.usage.feed(&reply.body);
+                    rq.bytes = reply.body.len() as u64;
+                    rq.status =
+                        respond_json(client, out, reply.status, &reply.body, client_keep, rid)
+                            .await;
+                    return client_keep;
+                }
+            }
+        }
+    }
     let ctx = Forward {
         head,
         body: &body,
@@ -605,7 +657,8 @@ async fn forward(
     }
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, &'static str> {
+/// Open a fresh upstream connection within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, &'static str> {
     match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);

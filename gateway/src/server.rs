@@ -47,6 +47,9 @@ pub async fn shard_main(
     );
     shard.publish_metrics();
     monoio::spawn(publish_loop(shard.clone()));
+    for pb in &shard.batchers {
+        monoio::spawn(crate::batch::driver(shard.clone(), pb.clone()));
+    }
     tracing::debug!(shard = info.id, driver = info.driver.name(), core = ?info.core, "shard started");
     for (listeners, std_listener) in sockets {
         let listener = match TcpListener::from_std(std_listener) {

@@ -17,6 +17,7 @@ use shardgate_runtime::io::{peer_state, PeerState};
 use shardgate_runtime::Shutdown;
 
 use crate::access_log::ShardLog;
+use crate::batch::PolicyBatcher;
 use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, ShardMetrics};
 use shardgate_routing::scoring::{
@@ -75,6 +76,8 @@ pub struct GatewayState {
     profiles: Vec<(String, Profile)>,
     /// Profile of rules without a policy (InferenceConfig strategy or default).
     default_profile: Profile,
+    /// BatchingPolicies linked from rules, validated.
+    pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
 }
 
 impl GatewayState {
@@ -107,12 +110,14 @@ impl GatewayState {
             .collect();
         let models_body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
             .unwrap_or_default();
+        let batch_policies = crate::batch::policies(&table)?;
         Ok(GatewayState {
             table,
             settings,
             models_body,
             profiles,
             default_profile,
+            batch_policies,
         })
     }
 
@@ -192,6 +197,8 @@ pub struct Shard {
     local: RefCell<Vec<u32>>,
     /// Retry tokens: each request adds `retry_budget`, each retry takes 1 (cap 10).
     retry_tokens: Cell<f64>,
+    /// One batcher per BatchingPolicy.
+    pub batchers: Vec<Rc<PolicyBatcher>>,
 }
 
 impl Shard {
@@ -219,6 +226,11 @@ impl Shard {
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             retry_tokens: Cell::new(1.0),
+            batchers: state
+                .batch_policies
+                .iter()
+                .map(|(k, p)| Rc::new(PolicyBatcher::new(k.clone(), p.clone())))
+                .collect(),
             id,
             endpoints: (0..n).map(|_| EndpointState::default()).collect(),
             pool: RefCell::new((0..n).map(|_| Vec::new()).collect()),
@@ -321,6 +333,11 @@ impl Shard {
             .filter(|g| g.weight > 0)
             .flat_map(|g| g.endpoints.iter())
             .any(|ep| !tried.contains(ep) && self.available(*ep, now))
+    }
+
+    /// This shard's batcher for BatchingPolicy `key`.
+    pub fn batcher(&self, key: &str) -> Option<&Rc<PolicyBatcher>> {
+        self.batchers.iter().find(|b| b.key == key)
     }
 
     /// Credit the retry budget for one request.
@@ -439,6 +456,11 @@ impl Shard {
     /// Copy this shard's metrics (plus endpoint state) into its hub slot.
     pub fn publish_metrics(&self) {
         let mut m = self.metrics.borrow().clone();
+        m.batch = self
+            .batchers
+            .iter()
+            .map(|b| (b.key.clone(), b.stats()))
+            .collect();
         let now = Instant::now();
         m.endpoint_in_flight = self.endpoints.iter().map(|e| e.in_flight.get()).collect();
         m.endpoint_ejected = self

@@ -51,8 +51,12 @@ const ASSERTED: &[(&str, &str, &str, &[&str])] = &[
         "gauge",
         &["endpoint", "model"],
     ),
-    // PENDING(issue 6): the gateway's own queues come with batching.
-    // ("gateway_queue_depth", "gateway_queue_depth", "gauge", &["model", "priority"]),
+    (
+        "gateway_queue_depth",
+        "gateway_queue_depth",
+        "gauge",
+        &["model", "priority"],
+    ),
 ];
 
 const JOB: &str = "shardgate";

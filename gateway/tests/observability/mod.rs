@@ -54,14 +54,19 @@ pub fn start() -> Setup {
     let a = sim(&[MODEL_A], |c| c.decode_step_us = 2_000);
     let b = sim(&[MODEL_B], |c| c.decode_step_us = 2_000);
     let dead = free_addr();
-    let gw = Gateway::start(
-        &config(&[
-            (MODEL_A, vec![(1, vec![a.addr()])]),
-            (MODEL_B, vec![(1, vec![b.addr()])]),
-            (MODEL_DEAD, vec![(1, vec![dead])]),
-        ]),
-        &["--shards", "2"],
-    );
+    // Route r1 (model-b) micro-batches through a BatchingPolicy, so the batching
+    // metrics (`gateway_queue_depth`, …) carry real samples.
+    let yaml = config(&[
+        (MODEL_A, vec![(1, vec![a.addr()])]),
+        (MODEL_B, vec![(1, vec![b.addr()])]),
+        (MODEL_DEAD, vec![(1, vec![dead])]),
+    ])
+    .replace(
+        "    backendRefs:\n    - name: svc-1-0\n",
+        "    filters:\n    - type: ExtensionRef\n      extensionRef:\n        group: ai.gateway.io\n        kind: BatchingPolicy\n        name: batching\n    backendRefs:\n    - name: svc-1-0\n",
+    ) + "---\napiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata:\n  name: batching\n  namespace: default\nspec:\n  maxBatchSize: 8\n  maxLatency: 20ms\n  priorityQueues:\n  - name: batch\n    maxLatency: 30ms\n    maxBatchSize: 16\n";
+    assert!(yaml.contains("kind: BatchingPolicy\n        name: batching"));
+    let gw = Gateway::start(&yaml, &["--shards", "2"]);
     let admin = gw.admin.expect("gateway reported no admin address");
     Setup {
         gw,
@@ -96,7 +101,7 @@ pub fn traffic(s: &Setup) -> String {
     let r = c.post(
         "/v1/embeddings",
         &format!(r#"{{"model":"{MODEL_B}","input":["one","two"]}}"#),
-        &[],
+        &[("x-priority", "batch")],
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let r = c.post(
@@ -127,6 +132,7 @@ pub fn traffic(s: &Setup) -> String {
             r#"gateway_inference_duration_seconds_count{{model="{MODEL_DEAD}",route="default/r2",status_class="5xx"}} {DEAD}"#
         ),
         "gateway_upstream_errors_total{".to_string(),
+        format!(r#"gateway_queue_depth{{priority="batch",model="{MODEL_B}"}} 0"#),
     ];
     let mut last = String::new();
     poll(Duration::from_secs(10), || {

@@ -1,0 +1,630 @@
+//! Micro-batching on the data path: the shard side of `BatchingPolicy`.
+//!
+//! A rule linked (ExtensionRef) to a `BatchingPolicy` sends its non-streaming
+//! `/v1/embeddings` and `/v1/completions` requests through this shard's
+//! [`shardgate_batching::Batcher`]: the request picks its queue by `X-Priority`
+//! (unknown name → 400; none → the policy's default queue), waits in its lane
+//! (same model, parameters, route rule and credentials), and a flush — full,
+//! oldest member at the queue's `maxLatency`, or at once when adaptive batching
+//! sees the target below `targetUtilization` — merges the lane into one upstream
+//! call whose answer is split back byte-exactly, each member getting only its own
+//! items. Requests that cannot be merged go alone through the normal path.
+//! Everything stays on the shard: one batcher per policy, no cross-core traffic.
+//! A driver task per policy sleeps until the batcher's next deadline.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use shardgate_batching::{
+    classify, merge, retry_alone, split, split_error, BatchKey, BatchPolicy, BatchSpec, Batcher,
+    FlushReason, Pending, QueueSpec, ReadyBatch, Reject,
+};
+use shardgate_http::{parse_response_head, BodyDecoder};
+use shardgate_routing::scoring::PickRequest;
+use shardgate_routing::telemetry::SignalKind;
+use shardgate_routing::{BackendGroup, RoutingTable};
+use shardgate_runtime::io::read_into;
+
+use crate::shard::Shard;
+
+/// What a member gets back.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status for the client.
+    pub status: u16,
+    /// JSON body for the client.
+    pub body: Vec<u8>,
+}
+
+/// What separates lanes beyond the body's batch key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LaneCtx {
+    route: String,
+    rule: usize,
+    path: String,
+    model: String,
+    auth: Option<Vec<u8>>,
+}
+
+/// A waiting request.
+pub struct Member {
+    body: Bytes,
+    tx: local_sync::oneshot::Sender<Reply>,
+}
+
+type Lane = (BatchKey, LaneCtx);
+
+/// One policy's batcher on one shard.
+pub struct PolicyBatcher {
+    /// `namespace/name` of the BatchingPolicy.
+    pub key: String,
+    batcher: RefCell<Batcher<Member, Lane>>,
+    wake: Notify,
+}
+
+/// Build a shard's batchers, one per BatchingPolicy (errors name the policy and field).
+pub fn policies(table: &RoutingTable) -> Result<Vec<(String, BatchPolicy)>, String> {
+    let mut out = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for rule in table.rules() {
+        let Some(key) = rule.batching else { continue };
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let Some(p) = table.batching_policy(key) else {
+            continue;
+        };
+        let spec = BatchSpec {
+            max_batch_size: p.spec.max_batch_size,
+            max_latency: p.spec.max_latency,
+            adaptive_enabled: p.spec.adaptive_batching.as_ref().is_some_and(|a| a.enabled),
+            target_utilization: p
+                .spec
+                .adaptive_batching
+                .as_ref()
+                .and_then(|a| a.target_utilization),
+            queues: p
+                .spec
+                .priority_queues
+                .iter()
+                .map(|q| QueueSpec {
+                    name: q.name.clone(),
+                    max_latency: q.max_latency,
+                    max_batch_size: q.max_batch_size,
+                })
+                .collect(),
+        };
+        let policy =
+            BatchPolicy::from_spec(&spec).map_err(|e| format!("BatchingPolicy {key}: {e}"))?;
+        out.push((key.to_string(), policy));
+    }
+    Ok(out)
+}
+
+impl PolicyBatcher {
+    /// A batcher for `policy`.
+    pub fn new(key: String, policy: BatchPolicy) -> Self {
+        PolicyBatcher {
+            key,
+            batcher: RefCell::new(Batcher::new(policy)),
+            wake: Notify::default(),
+        }
+    }
+
+    /// Requests waiting per queue: (queue name, depth).
+    pub fn depths(&self) -> Vec<(String, usize)> {
+        let b = self.batcher.borrow();
+        b.policy()
+            .queues()
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.name.clone(), b.depth(shardgate_batching::QueueId(i))))
+            .collect()
+    }
+
+    /// Per queue: flushes by reason, batch-size and wait histograms (for metrics).
+    pub fn stats(&self) -> Vec<QueueMetrics> {
+        let b = self.batcher.borrow();
+        b.stats()
+            .map(|(q, s)| QueueMetrics {
+                queue: q.name.clone(),
+                depth: s.depth as u64,
+                flushes: FLUSH_REASONS
+                    .iter()
+                    .map(|r| (flush_name(*r), s.flushes(*r)))
+                    .collect(),
+                batch_size: s.batch_size.buckets().collect(),
+                batch_size_sum: s.batch_size.sum(),
+                queued_us: s.queued_us.buckets().collect(),
+                queued_us_sum: s.queued_us.sum(),
+                expired: s.expired,
+                rejected_full: s.rejected_full,
+            })
+            .collect()
+    }
+}
+
+/// A queue's numbers for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    /// Queue (priority) name.
+    pub queue: String,
+    /// Requests waiting.
+    pub depth: u64,
+    /// Flushes by reason.
+    pub flushes: Vec<(&'static str, u64)>,
+    /// Batch-size buckets: (upper bound, count); `None` = +Inf.
+    pub batch_size: Vec<(Option<u64>, u64)>,
+    /// Sum of batch sizes.
+    pub batch_size_sum: u64,
+    /// Wait buckets in µs.
+    pub queued_us: Vec<(Option<u64>, u64)>,
+    /// Sum of waits in µs.
+    pub queued_us_sum: u64,
+    /// Requests expired waiting.
+    pub expired: u64,
+    /// Requests refused on a full queue.
+    pub rejected_full: u64,
+}
+
+const FLUSH_REASONS: [FlushReason; 5] = [
+    FlushReason::Full,
+    FlushReason::Deadline,
+    FlushReason::Adaptive,
+    FlushReason::Alone,
+    FlushReason::Drain,
+];
+
+fn flush_name(r: FlushReason) -> &'static str {
+    match r {
+        FlushReason::Full => "full",
+        FlushReason::Deadline => "deadline",
+        FlushReason::Adaptive => "adaptive",
+        FlushReason::Alone => "alone",
+        FlushReason::Drain => "drain",
+    }
+}
+
+/// What [`submit`] decided.
+pub enum Submitted {
+    /// The request is not batchable: send it through the normal path.
+    NotBatchable,
+    /// Answer now (unknown queue, queue full).
+    Refused {
+        /// Status.
+        status: u16,
+        /// Error code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// Wait for the reply.
+    Waiting(local_sync::oneshot::Receiver<Reply>),
+}
+
+/// Everything [`submit`] needs to know about the request.
+pub struct Request<'a> {
+    /// Request path.
+    pub path: &'a str,
+    /// Body.
+    pub body: &'a Bytes,
+    /// `X-Priority` value.
+    pub priority: Option<&'a str>,
+    /// `Authorization` value.
+    pub auth: Option<&'a [u8]>,
+    /// Model.
+    pub model: &'a str,
+    /// Route key and rule index.
+    pub route: (&'a str, usize),
+}
+
+/// Queue a request on `pb` if it can be merged.
+pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: &Request<'_>) -> Submitted {
+    let now = Instant::now();
+    let Ok(Some(class)) = classify(req.path, req.body) else {
+        return Submitted::NotBatchable;
+    };
+    let mut b = pb.batcher.borrow_mut();
+    let queue = match req.priority {
+        None => b.policy().default_queue(),
+        Some(name) => match b.policy().queue_id(name) {
+            Some(q) => q,
+            None => {
+                let names: Vec<&str> = b
+                    .policy()
+                    .queues()
+                    .iter()
+                    .map(|q| q.name.as_str())
+                    .collect();
+                return Submitted::Refused {
+                    status: 400,
+                    code: "unknown_priority_queue",
+                    message: format!(
+                        "X-Priority `{name}` names no queue of BatchingPolicy {}; queues: {}",
+                        pb.key,
+                        names.join(", ")
+                    ),
+                };
+            }
+        },
+    };
+    let (tx, rx) = local_sync::oneshot::channel();
+    let ctx = LaneCtx {
+        route: req.route.0.to_string(),
+        rule: req.route.1,
+        path: req.path.to_string(),
+        model: req.model.to_string(),
+        auth: req.auth.map(|a| a.to_vec()),
+    };
+    let pending = Pending {
+        queue,
+        key: Some((class.key, ctx)),
+        items: class.inputs,
+        payload: Member {
+            body: req.body.clone(),
+            tx,
+        },
+    };
+    match b.push(pending, now) {
+        Ok(_) => {
+            drop(b);
+            pb.wake.notify();
+            drain(shard, pb);
+            Submitted::Waiting(rx)
+        }
+        Err(rej) => {
+            let (status, code) = match rej.reason {
+                Reject::UnknownQueue => (400, "unknown_priority_queue"),
+                _ => (429, "queue_full"),
+            };
+            Submitted::Refused {
+                status,
+                code,
+                message: format!(
+                    "batching queue of BatchingPolicy {} refused the request ({:?})",
+                    pb.key, rej.reason
+                ),
+            }
+        }
+    }
+}
+
+/// Flush every ready batch (each becomes its own task) and fail expired members.
+fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
+    let now = Instant::now();
+    let snapshot = shard.control.snapshot.load();
+    let table = &shard.state.table;
+    loop {
+        let ready = pb.batcher.borrow_mut().poll_ready_with(now, |(_, ctx)| {
+            // The adaptive signal: the least loaded endpoint the lane can reach.
+            backends_of(table, &ctx.route, ctx.rule)
+                .iter()
+                .flat_map(|g| g.endpoints.iter())
+                .filter_map(|ep| {
+                    let t = &snapshot.endpoint(*ep)?.telemetry;
+                    t.value(SignalKind::GpuUtil)
+                        .or_else(|| t.value(SignalKind::KvUsage))
+                })
+                .reduce(f64::min)
+        });
+        let Some(batch) = ready else { break };
+        monoio::spawn(send_batch(shard.clone(), batch));
+    }
+    loop {
+        let expired = pb.batcher.borrow_mut().poll_expired(now);
+        let Some(x) = expired else { break };
+        let body = format!(
+            "{{\"error\":{{\"message\":\"waited {} ms in the batching queue\",\"type\":\"rate_limit_error\",\"param\":null,\"code\":\"queue_timeout\"}}}}",
+            x.waited.as_millis()
+        );
+        let _ = x.payload.tx.send(Reply {
+            status: 429,
+            body: body.into_bytes(),
+        });
+    }
+}
+
+fn backends_of<'t>(table: &'t RoutingTable, route: &str, rule: usize) -> &'t [BackendGroup] {
+    table
+        .rules()
+        .find(|r| r.route == route && r.rule == rule)
+        .map(|r| r.backends)
+        .unwrap_or(&[])
+}
+
+/// The per-policy driver: sleeps until the batcher's next deadline (or a push),
+/// then drains.
+pub async fn driver(shard: Rc<Shard>, pb: Rc<PolicyBatcher>) {
+    loop {
+        let next = {
+            let b = pb.batcher.borrow();
+            match (b.next_deadline(), b.next_expiry()) {
+                (Some(a), Some(e)) => Some(a.min(e)),
+                (a, e) => a.or(e),
+            }
+        };
+        match next {
+            Some(t) => {
+                let wait = t.saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    monoio::select! {
+                        _ = monoio::time::sleep(wait) => {}
+                        _ = pb.wake.wait() => {}
+                    }
+                }
+            }
+            None => pb.wake.wait().await,
+        }
+        drain(&shard, &pb);
+        // A batch ready but not taken (its deadline is now) must not spin.
+        monoio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
+    let members = batch.members;
+    let Some((key, ctx)) = batch.key else {
+        return;
+    };
+    let bodies: Vec<&[u8]> = members.iter().map(|m| m.body.as_ref()).collect();
+    let replies: Vec<Reply> = match merge(&key, &bodies) {
+        Ok(merged) => match call(&shard, &ctx, &merged.body).await {
+            Ok((status, body)) if (200..300).contains(&status) => {
+                match split(&body, &merged.plan) {
+                    Ok(parts) => parts
+                        .into_iter()
+                        .map(|b| Reply { status, body: b })
+                        .collect(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot split a batched response");
+                        (0..members.len())
+                            .map(|_| {
+                                gateway_error(
+                                    502,
+                                    "batch_split_failed",
+                                    "the upstream's batched answer could not be split",
+                                )
+                            })
+                            .collect()
+                    }
+                }
+            }
+            Ok((status, _)) if members.len() > 1 && retry_alone(status) => {
+                // One member may have failed the whole batch: resend each alone.
+                let mut out = Vec::with_capacity(members.len());
+                for m in &members {
+                    out.push(match call(&shard, &ctx, &m.body).await {
+                        Ok((s, b)) => Reply { status: s, body: b },
+                        Err(r) => r,
+                    });
+                }
+                out
+            }
+            Ok((status, body)) => split_error(status, &body, members.len())
+                .into_iter()
+                .map(|e| Reply {
+                    status: e.status,
+                    body: e.body,
+                })
+                .collect(),
+            Err(r) => (0..members.len())
+                .map(|_| Reply {
+                    status: r.status,
+                    body: r.body.clone(),
+                })
+                .collect(),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot merge a batch");
+            (0..members.len())
+                .map(|_| gateway_error(500, "batch_merge_failed", "the batch could not be merged"))
+                .collect()
+        }
+    };
+    for (m, r) in members.into_iter().zip(replies) {
+        let _ = m.tx.send(r);
+    }
+}
+
+fn gateway_error(status: u16, code: &str, message: &str) -> Reply {
+    let mut body = Vec::new();
+    shardgate_http::write::openai_error_json(&mut body, message, "gateway_error", code);
+    Reply { status, body }
+}
+
+/// One buffered upstream call for a batch: pick, pooled connection, whole body.
+async fn call(shard: &Rc<Shard>, ctx: &LaneCtx, body: &[u8]) -> Result<(u16, Vec<u8>), Reply> {
+    let settings = &shard.state.settings;
+    let backends = backends_of(&shard.state.table, &ctx.route, ctx.rule);
+    let policy = shard
+        .state
+        .table
+        .rules()
+        .find(|r| r.route == ctx.route && r.rule == ctx.rule)
+        .and_then(|r| r.policy);
+    let profile = shard.state.profile(policy);
+    let req = PickRequest {
+        model: Some(&ctx.model),
+        adapter: None,
+        prefix_total_blocks: 0,
+    };
+    let mut tried = Vec::new();
+    loop {
+        let now = monoio::time::Instant::now();
+        let ep = match shard.pick(backends, &tried, now, profile, &req, None) {
+            Ok(ep) => ep,
+            Err(_) => {
+                return Err(gateway_error(
+                    503,
+                    "no_healthy_endpoint",
+                    "no healthy endpoint is available for the batch",
+                ))
+            }
+        };
+        tried.push(ep);
+        let addr = shard.addr(ep);
+        let mut out = Vec::with_capacity(body.len() + 256);
+        out.extend_from_slice(b"POST ");
+        out.extend_from_slice(ctx.path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        shardgate_http::write::header(&mut out, "host", addr.to_string().as_bytes());
+        shardgate_http::write::header(&mut out, "content-type", b"application/json");
+        shardgate_http::write::header(
+            &mut out,
+            crate::proxy::MODEL_HEADER_NAME,
+            ctx.model.as_bytes(),
+        );
+        if let Some(a) = &ctx.auth {
+            shardgate_http::write::header(&mut out, "authorization", a);
+        }
+        shardgate_http::write::header_u64(&mut out, "content-length", body.len() as u64);
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        let conn = match shard.take_conn(ep, now) {
+            Some(c) => Ok(c),
+            None => crate::proxy::connect(addr, settings.connect_timeout).await,
+        };
+        let mut conn = match conn {
+            Ok(c) => c,
+            Err(why) => {
+                shard.eject(ep, monoio::time::Instant::now(), why);
+                if tried.len() > settings.retries as usize {
+                    return Err(gateway_error(502, "upstream_failed", why));
+                }
+                continue;
+            }
+        };
+        let fut = exchange_buffered(&mut conn, out);
+        match monoio::time::timeout(settings.response_timeout, fut).await {
+            Ok(Ok((status, body, keep))) => {
+                if status >= 500 {
+                    shard.upstream_5xx(ep, monoio::time::Instant::now());
+                } else {
+                    shard.restore(ep);
+                }
+                if keep {
+                    shard.put_conn(ep, conn, monoio::time::Instant::now());
+                }
+                return Ok((status, body));
+            }
+            Ok(Err(e)) => return Err(gateway_error(502, "upstream_failed", &e)),
+            Err(_) => {
+                return Err(gateway_error(
+                    504,
+                    "upstream_timeout",
+                    "the batched upstream call timed out",
+                ))
+            }
+        }
+    }
+}
+
+async fn exchange_buffered(
+    conn: &mut crate::shard::UpstreamConn,
+    req: Vec<u8>,
+) -> Result<(u16, Vec<u8>, bool), String> {
+    let (res, _) = conn.stream.write_all(req).await;
+    res.map_err(|e| format!("write: {e}"))?;
+    let limits = shardgate_http::Limits::default();
+    let head = loop {
+        if !conn.buf.is_empty() {
+            let bytes = std::mem::take(&mut conn.buf).freeze();
+            match parse_response_head(&bytes, false, &limits) {
+                Ok(Some((h, len))) => {
+                    conn.buf.extend_from_slice(&bytes[len..]);
+                    if h.is_informational() {
+                        continue;
+                    }
+                    break h;
+                }
+                Ok(None) => {
+                    conn.buf = bytes
+                        .try_into_mut()
+                        .unwrap_or_else(|b| BytesMut::from(&b[..]))
+                }
+                Err(e) => return Err(format!("invalid response: {e}")),
+            }
+        }
+        let (res, b) = read_into(&mut conn.stream, std::mem::take(&mut conn.buf)).await;
+        conn.buf = b;
+        match res {
+            Ok(0) => return Err("closed before the response head".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    };
+    let mut dec = BodyDecoder::new(head.framing());
+    let mut body = Vec::new();
+    loop {
+        while !conn.buf.is_empty() && !dec.is_done() {
+            let d = dec
+                .decode(&conn.buf)
+                .map_err(|e| format!("invalid body: {e}"))?;
+            if let Some(r) = d.data.clone() {
+                body.extend_from_slice(&conn.buf[r]);
+            }
+            conn.buf.advance(d.consumed);
+            if d.consumed == 0 && d.data.is_none() {
+                break;
+            }
+        }
+        if dec.is_done() {
+            return Ok((
+                head.status(),
+                body,
+                head.keep_alive() && conn.buf.is_empty(),
+            ));
+        }
+        let (res, b) = read_into(&mut conn.stream, std::mem::take(&mut conn.buf)).await;
+        conn.buf = b;
+        match res {
+            Ok(0) => {
+                dec.on_eof().map_err(|e| format!("truncated body: {e}"))?;
+                return Ok((head.status(), body, false));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// A single-thread notification: `notify` wakes the one `wait`er (or the next one).
+#[derive(Default)]
+struct Notify {
+    set: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.set.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wait(&self) -> NotifyWait<'_> {
+        NotifyWait(self)
+    }
+}
+
+struct NotifyWait<'a>(&'a Notify);
+
+impl Future for NotifyWait<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.set.replace(false) {
+            Poll::Ready(())
+        } else {
+            *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
