@@ -242,6 +242,41 @@ impl EndpointsView {
                 u8::from(ok)
             );
         }
+        let mut breakdown = vec![ScoreBreakdown::default(); self.endpoints.len()];
+        let cands: Vec<Candidate> = (0..self.endpoints.len())
+            .map(|endpoint| Candidate {
+                endpoint,
+                prefix_blocks: 0,
+            })
+            .collect();
+        let zeros = vec![0u32; cands.len()];
+        let req = PickRequest {
+            model: None,
+            adapter: None,
+            prefix_total_blocks: 0,
+        };
+        let _ = Picker::new(0).pick_explained(
+            &self.profile,
+            &snap,
+            &req,
+            &cands,
+            &zeros,
+            now,
+            &mut breakdown,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP gateway_endpoint_score Endpoint score (0-1) under the gateway's default scheduling profile from the latest telemetry, without prefix affinity.\n# TYPE gateway_endpoint_score gauge"
+        );
+        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+            if let Some(total) = breakdown.get(id).and_then(|b| b.total) {
+                let _ = writeln!(
+                    out,
+                    "gateway_endpoint_score{{endpoint=\"{addr}\",profile=\"{}\"}} {total}",
+                    self.profile.kind.as_str()
+                );
+            }
+        }
         let _ = writeln!(out, "# HELP gateway_telemetry_scrape_age_seconds Time since the endpoint's last successful telemetry scrape.\n# TYPE gateway_telemetry_scrape_age_seconds gauge");
         for (id, (addr, _)) in self.endpoints.iter().enumerate() {
             if let Some(age) = snap.endpoint(id).and_then(|v| v.telemetry.age(now)) {

@@ -206,7 +206,7 @@ pub fn start(
             admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
         admin_addr = listener.local_addr().ok();
         let view = Arc::new(admin::AdminView {
-            config_json: debug_config_json(&loaded),
+            config_json: debug_config_json(&loaded, sources),
             endpoints: endpoints_view::EndpointsView {
                 endpoints: loaded
                     .table
@@ -299,7 +299,55 @@ fn install_signals(shutdown: Shutdown) {
     }
 }
 
-fn debug_config_json(loaded: &load::Loaded) -> Vec<u8> {
+/// Keys whose values `/debug/config` never shows.
+const SECRET_KEYS: [&str; 8] = [
+    "secret",
+    "password",
+    "token",
+    "apikey",
+    "api_key",
+    "privatekey",
+    "private_key",
+    "credential",
+];
+
+/// Replace the value of every key that looks like it holds a secret.
+fn redact(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map.iter_mut() {
+                let lower = k.to_ascii_lowercase();
+                if SECRET_KEYS.iter().any(|s| lower.contains(s)) {
+                    *val = serde_json::Value::String("<redacted>".into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+/// Every document of the sources as JSON, secrets redacted.
+fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (_, text) in sources {
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            if let Ok(mut v) = serde_json::Value::deserialize(doc) {
+                if v.is_null() {
+                    continue;
+                }
+                redact(&mut v);
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+fn debug_config_json(loaded: &load::Loaded, sources: &[(String, String)]) -> Vec<u8> {
     let docs: Vec<serde_json::Value> = loaded
         .config
         .docs
@@ -324,6 +372,25 @@ fn debug_config_json(loaded: &load::Loaded) -> Vec<u8> {
         "models": loaded.table.models(),
         "endpoints": endpoints,
         "warnings": loaded.table.warnings(),
+        "resources": resources_json(sources),
     }))
     .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn debug_config_redacts_secret_looking_keys() {
+        let yaml = "apiVersion: v1\nkind: Secretish\nmetadata:\n  name: x\nspec:\n  apiKey: abc\n  nested:\n    - clientSecret: s3cr3t\n      issuer: https://auth.example.com\n  password: hunter2\n";
+        let docs = resources_json(&[("f.yaml".into(), yaml.into())]);
+        let text = serde_json::to_string(&docs).unwrap();
+        for secret in ["abc", "s3cr3t", "hunter2"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("https://auth.example.com"));
+        assert_eq!(docs[0]["spec"]["apiKey"], "<redacted>");
+    }
 }

@@ -389,6 +389,14 @@ fn admin_health_endpoints_answer() {
     assert_eq!(Client::connect(admin).get("/healthz").status, 200);
     assert_eq!(Client::connect(admin).get("/readyz").status, 200);
     let cfg = Client::connect(admin).get("/debug/config").json();
+    assert!(
+        cfg["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["kind"] == "Gateway"),
+        "{cfg}"
+    );
     assert!(cfg["documents"].as_array().unwrap().len() >= 3);
 }
 
@@ -876,4 +884,43 @@ fn an_unknown_priority_queue_is_a_400() {
     );
     assert_eq!(r.status, 200);
     assert!(r.text().contains("[DONE]"));
+}
+
+#[test]
+fn a_503_before_any_byte_is_retried_on_another_endpoint() {
+    // `loading` answers 503 to every inference request (a model still loading).
+    let loading = sim(&["m"], |c| {
+        c.slow_start_ms = 60_000;
+    });
+    let ready = sim(&["m"], |_| {});
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![loading.addr(), ready.addr()])])]),
+        &[
+            "--retry-budget",
+            "1.0",
+            "--eject-after-5xx",
+            "0",
+            "--no-scrape",
+        ],
+    );
+    let mut c = gw.connect();
+    for _ in 0..12 {
+        let r = c.post(
+            "/v1/completions",
+            r#"{"model":"m","prompt":"x","max_tokens":1}"#,
+            &[],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let admin = gw.admin.unwrap();
+    let retried = poll(Duration::from_secs(10), || {
+        let t = Client::connect(admin).get("/metrics").text();
+        t.lines()
+            .find(|l| {
+                l.starts_with("gateway_upstream_errors_total{")
+                    && l.contains("kind=\"http_503_retried\"")
+            })
+            .map(|l| l.to_string())
+    });
+    assert!(retried.is_some(), "no request was retried after a 503");
 }
