@@ -226,14 +226,14 @@ const KINDS: &[KindSpec] = &[
         kind: "InferencePolicy",
         api_versions: AI_GATEWAY,
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::InferencePolicy),
     },
     KindSpec {
         kind: "BatchingPolicy",
         api_versions: AI_GATEWAY,
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::BatchingPolicy),
     },
     KindSpec {
@@ -259,8 +259,8 @@ const KINDS: &[KindSpec] = &[
 pub const ENFORCED: &str = "enforced";
 /// Enforcement status string for kinds that are parsed and validated only.
 pub const NOT_ENFORCED: &str = "accepted, not enforced";
-/// Enforcement status of `InferenceConfig`: only its timeouts act today.
-pub const PARTLY: &str = "partly enforced (timeout.inference, timeout.idle)";
+/// Enforcement status of `InferenceConfig`: its timeouts and routing strategy act today.
+pub const PARTLY: &str = "partly enforced (timeout, modelRouting.strategy)";
 
 /// Whether shardgate acts on `kind`, wholly or in part (see
 /// [`Config::enforcement_report`]); `None` for kinds it does not load at all.
@@ -284,8 +284,8 @@ impl Config {
     /// Per kind present: its enforcement status ([`ENFORCED`], [`PARTLY`] or
     /// [`NOT_ENFORCED`]) and how many documents of it were loaded, in a fixed
     /// kind order. Meant to be logged at start-up so no kind is silently
-    /// dropped. `GRPCRoute`, `InferencePolicy`, `BatchingPolicy`,
-    /// `SecurityPolicy` and `ServiceMonitor` are not enforced yet.
+    /// dropped. `GRPCRoute`, `SecurityPolicy` and `ServiceMonitor` are not
+    /// enforced yet.
     pub fn enforcement_report(&self) -> Vec<(String, &'static str, usize)> {
         KINDS
             .iter()

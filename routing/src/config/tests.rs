@@ -254,8 +254,8 @@ fn enforcement_report_lists_every_kind() {
             ("Gateway".to_owned(), ENFORCED, 1),
             ("HTTPRoute".to_owned(), ENFORCED, 1),
             ("InferenceConfig".to_owned(), PARTLY, 1),
-            ("InferencePolicy".to_owned(), NOT_ENFORCED, 1),
-            ("BatchingPolicy".to_owned(), NOT_ENFORCED, 1),
+            ("InferencePolicy".to_owned(), ENFORCED, 1),
+            ("BatchingPolicy".to_owned(), ENFORCED, 1),
             ("SecurityPolicy".to_owned(), NOT_ENFORCED, 1),
             ("ServiceMonitor".to_owned(), NOT_ENFORCED, 1),
         ]
