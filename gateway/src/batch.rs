@@ -118,6 +118,13 @@ impl PolicyBatcher {
         }
     }
 
+    /// The admission priority of queue `name` (higher is more important).
+    pub fn priority_of(&self, name: &str) -> Option<i32> {
+        let b = self.batcher.borrow();
+        let id = b.policy().queue_id(name)?;
+        b.policy().queues().get(id.0).map(|q| q.priority)
+    }
+
     /// Requests waiting per queue: (queue name, depth).
     pub fn depths(&self) -> Vec<(String, usize)> {
         let b = self.batcher.borrow();
@@ -597,25 +604,28 @@ async fn exchange_buffered(
 
 /// A single-thread notification: `notify` wakes the one `wait`er (or the next one).
 #[derive(Default)]
-struct Notify {
+pub struct Notify {
     set: Cell<bool>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl Notify {
-    fn notify(&self) {
+    /// Wake the waiter (or let the next `wait` return at once).
+    pub fn notify(&self) {
         self.set.set(true);
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
         }
     }
 
-    fn wait(&self) -> NotifyWait<'_> {
+    /// Resolve at the next (or a pending) `notify`.
+    pub fn wait(&self) -> NotifyWait<'_> {
         NotifyWait(self)
     }
 }
 
-struct NotifyWait<'a>(&'a Notify);
+/// The future of [`Notify::wait`].
+pub struct NotifyWait<'a>(&'a Notify);
 
 impl Future for NotifyWait<'_> {
     type Output = ();

@@ -189,6 +189,9 @@ pub struct LimitArgs {
     /// Do not scrape endpoints' telemetry (scorers then see no signals).
     #[arg(long)]
     pub no_scrape: bool,
+    /// Longest wait for a `maxConcurrentInferences` permit before 429.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub admission_timeout: Duration,
     /// Consecutive failed health checks that eject an endpoint.
     #[arg(long, default_value_t = 2)]
     pub unhealthy_after: u32,

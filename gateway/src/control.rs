@@ -86,11 +86,21 @@ pub struct ControlShared {
     pub health: ArcSwap<Vec<HealthStatus>>,
     /// Settings in force.
     pub settings: ControlSettings,
+    /// Per shard: its share of `maxConcurrentInferences` (empty when unlimited).
+    pub shares: ArcSwap<Vec<u32>>,
+    /// The `maxConcurrentInferences` budget.
+    pub budget: Option<u32>,
 }
 
 impl ControlShared {
     /// Initial state: every endpoint healthy, no telemetry.
-    pub fn new(endpoints: usize, settings: ControlSettings, specs: &[Option<HealthSpec>]) -> Self {
+    pub fn new(
+        endpoints: usize,
+        settings: ControlSettings,
+        specs: &[Option<HealthSpec>],
+        budget: Option<u32>,
+        shards: usize,
+    ) -> Self {
         let now = Instant::now();
         let inputs: Vec<EndpointInput<'_>> = (0..endpoints)
             .map(|id| EndpointInput {
@@ -116,6 +126,12 @@ impl ControlShared {
             snapshot: ArcSwap::from_pointee(ScoringSnapshot::build(0, now, &store, inputs)),
             health: ArcSwap::from_pointee(health),
             settings,
+            shares: ArcSwap::from_pointee(
+                budget
+                    .map(|total| shardgate_batching::Budget { total }.initial(shards.max(1)))
+                    .unwrap_or_default(),
+            ),
+            budget,
         }
     }
 }
@@ -233,6 +249,32 @@ async fn run(
         });
         let snap = ScoringSnapshot::build(generation, now, &store.borrow(), inputs);
         shared.snapshot.store(Arc::new(snap));
+        if let Some(total) = shared.budget {
+            rebalance_shares(&shared, &hub, total);
+        }
+    }
+}
+
+/// Move each shard's `maxConcurrentInferences` share towards its demand, never
+/// promising more than the budget while shards still hold permits.
+fn rebalance_shares(shared: &ControlShared, hub: &MetricsHub, total: u32) {
+    let reports = hub.admission();
+    if reports.iter().any(|r| r.is_none()) {
+        return;
+    }
+    let current: Vec<u32> = reports.iter().map(|r| r.map_or(0, |r| r.0)).collect();
+    let in_use: Vec<u32> = reports.iter().map(|r| r.map_or(0, |r| r.1)).collect();
+    let demand: Vec<u32> = reports.iter().map(|r| r.map_or(0, |r| r.2)).collect();
+    let target = shardgate_batching::rebalance(&demand, total);
+    let published = shared.shares.load();
+    let base = if published.len() == current.len() {
+        published.as_ref().clone()
+    } else {
+        current
+    };
+    let next = shardgate_batching::next_shares(&base, &target, &in_use);
+    if next != *published.as_ref() {
+        shared.shares.store(Arc::new(next));
     }
 }
 

@@ -170,6 +170,25 @@ impl Failure {
         f
     }
 
+    /// `maxConcurrentInferences` is exhausted: shed, or waited too long.
+    pub fn not_admitted(r: crate::admit::Refusal) -> Self {
+        let (code, message, retry) = match r {
+            crate::admit::Refusal::Shed { retry_after } => (
+                "admission_shed",
+                "The gateway is at its maxConcurrentInferences limit and this request's priority is shed first.".to_string(),
+                retry_after,
+            ),
+            crate::admit::Refusal::TimedOut => (
+                "admission_timeout",
+                "The request waited too long for a maxConcurrentInferences permit.".to_string(),
+                1,
+            ),
+        };
+        let mut f = Failure::new(Side::Gateway, 429, "rate_limit_error", code, message);
+        f.retry_after = Some(retry.min(u64::from(u32::MAX)) as u32);
+        f
+    }
+
     /// Every healthy endpoint of the route is saturated (queue or KV-cache over
     /// the thresholds).
     pub fn saturated(route: &str) -> Self {

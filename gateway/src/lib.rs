@@ -9,6 +9,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admit;
 pub mod batch;
 pub mod cli;
 pub mod client;
@@ -127,7 +128,7 @@ pub fn start(
     for (kind, status, count) in loaded.config.enforcement_report() {
         tracing::info!(kind = %kind, count, "{status}");
     }
-    let settings = load::settings(&run.limits, &loaded.table);
+    let mut settings = load::settings(&run.limits, &loaded.table);
     let shards = run
         .shards
         .unwrap_or_else(|| {
@@ -136,6 +137,7 @@ pub fn start(
                 .unwrap_or(1)
         })
         .max(1);
+    settings.shards = shards;
 
     // Group served listeners by port; bind one socket per shard per port.
     let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
@@ -196,6 +198,8 @@ pub fn start(
         loaded.table.endpoints().len(),
         load::control_settings(&run.limits),
         &specs,
+        settings.max_concurrent,
+        shards,
     ));
     let endpoint_addrs: Vec<SocketAddr> = loaded.table.endpoints().iter().map(|e| e.addr).collect();
     control::spawn(control.clone(), endpoint_addrs, specs, hub.clone())

@@ -101,6 +101,12 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         eject_after_5xx: limits.eject_after_5xx,
         retries: limits.retries,
         retry_budget: limits.retry_budget,
+        max_concurrent: ic
+            .and_then(|c| c.spec.resource_management.as_ref())
+            .and_then(|r| r.max_concurrent_inferences)
+            .filter(|n| *n > 0),
+        admission_timeout: limits.admission_timeout,
+        shards: 1,
     }
 }
 

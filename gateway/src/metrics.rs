@@ -122,6 +122,8 @@ pub struct ShardMetrics {
     queue_depth: HashMap<(String, u16), i64>,
     /// Per BatchingPolicy: its queues' numbers (filled at publish).
     pub batch: Vec<(String, Vec<crate::batch::QueueMetrics>)>,
+    /// Admission (share, in use, demand, waiting), when `maxConcurrentInferences` is set.
+    pub admission: Option<(u32, u32, u32, u32)>,
 }
 
 impl ShardMetrics {
@@ -144,6 +146,7 @@ impl ShardMetrics {
             endpoint_ejected: Vec::new(),
             queue_depth: HashMap::new(),
             batch: Vec::new(),
+            admission: None,
         }
     }
 
@@ -267,6 +270,19 @@ impl MetricsHub {
             }
         }
         out
+    }
+
+    /// Per shard: admission (share, in use, demand), when set.
+    pub fn admission(&self) -> Vec<Option<(u32, u32, u32)>> {
+        self.slots
+            .iter()
+            .map(|s| {
+                s.load()
+                    .as_ref()
+                    .as_ref()
+                    .and_then(|m| m.admission.map(|(a, b, c, _)| (a, b, c)))
+            })
+            .collect()
     }
 
     /// Per endpoint: whether some shard has it ejected, at the latest reports.
@@ -500,6 +516,35 @@ impl MetricsHub {
             );
         }
         render_batching(&mut out, &queue_depth, &batch);
+        header(
+            &mut out,
+            "gateway_admission_permits",
+            "gauge",
+            "maxConcurrentInferences permits per shard: its share and how many are in use.",
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some((share, in_use, _, _)) = s.as_ref().as_ref().and_then(|m| m.admission) {
+                let _ = writeln!(
+                    out,
+                    "gateway_admission_permits{{shard=\"{i}\",state=\"share\"}} {share}"
+                );
+                let _ = writeln!(
+                    out,
+                    "gateway_admission_permits{{shard=\"{i}\",state=\"in_use\"}} {in_use}"
+                );
+            }
+        }
+        header(
+            &mut out,
+            "gateway_admission_waiting",
+            "gauge",
+            "Requests waiting for a maxConcurrentInferences permit, per shard.",
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some((_, _, _, waiting)) = s.as_ref().as_ref().and_then(|m| m.admission) {
+                let _ = writeln!(out, "gateway_admission_waiting{{shard=\"{i}\"}} {waiting}");
+            }
+        }
         header(
             &mut out,
             "gateway_connections_open",

@@ -370,6 +370,36 @@ async fn route_and_forward<'s>(
             respond_failure(client, out, &Failure::filter_not_found(filter), Some(rid)).await;
         return client_keep;
     }
+    // maxConcurrentInferences: hold a permit until the answer is out.
+    let _permit = match &shard.admission {
+        Some(adm) => {
+            let named = head
+                .header("x-priority")
+                .and_then(|v| std::str::from_utf8(v).ok());
+            let priority = head
+                .header("x-request-priority")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse::<i32>().ok())
+                .or_else(|| {
+                    named.and_then(|n| {
+                        route
+                            .batching
+                            .and_then(|k| shard.batcher(k))
+                            .and_then(|b| b.priority_of(n))
+                    })
+                })
+                .unwrap_or(0);
+            match adm.acquire(priority).await {
+                Ok(p) => Some(p),
+                Err(r) => {
+                    rq.status =
+                        respond_failure(client, out, &Failure::not_admitted(r), Some(rid)).await;
+                    return client_keep;
+                }
+            }
+        }
+        None => None,
+    };
     if let Some(pb) = route.batching.and_then(|k| shard.batcher(k)).cloned() {
         if let Some(model) = body_model.as_deref() {
             let req = crate::batch::Request {

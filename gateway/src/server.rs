@@ -47,6 +47,9 @@ pub async fn shard_main(
     );
     shard.publish_metrics();
     monoio::spawn(publish_loop(shard.clone()));
+    if let Some(a) = &shard.admission {
+        monoio::spawn(a.clone().driver());
+    }
     for pb in &shard.batchers {
         monoio::spawn(crate::batch::driver(shard.clone(), pb.clone()));
     }
@@ -88,6 +91,11 @@ async fn publish_loop(shard: Rc<Shard>) {
         monoio::time::sleep(FLUSH_EVERY.min(PUBLISH_EVERY)).await;
         if let Some(log) = &shard.access_log {
             log.borrow_mut().flush();
+        }
+        if let Some(a) = &shard.admission {
+            if let Some(share) = shard.control.shares.load().get(shard.id) {
+                a.set_share(*share);
+            }
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
             shard.publish_metrics();

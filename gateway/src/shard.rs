@@ -62,6 +62,12 @@ pub struct Settings {
     pub retries: u32,
     /// Retries may add at most this fraction of requests (0.2 = 20 %).
     pub retry_budget: f64,
+    /// `maxConcurrentInferences` across the gateway (None = unlimited).
+    pub max_concurrent: Option<u32>,
+    /// Longest wait for an admission permit.
+    pub admission_timeout: Duration,
+    /// Number of shards.
+    pub shards: usize,
 }
 
 /// The immutable, process-wide view every shard reads: routing table and settings.
@@ -199,6 +205,8 @@ pub struct Shard {
     retry_tokens: Cell<f64>,
     /// One batcher per BatchingPolicy.
     pub batchers: Vec<Rc<PolicyBatcher>>,
+    /// This shard's share of `maxConcurrentInferences`, when set.
+    pub admission: Option<Rc<crate::admit::ShardAdmission>>,
 }
 
 impl Shard {
@@ -226,6 +234,14 @@ impl Shard {
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             retry_tokens: Cell::new(1.0),
+            admission: state.settings.max_concurrent.map(|total| {
+                let shares =
+                    shardgate_batching::Budget { total }.initial(state.settings.shards.max(1));
+                crate::admit::ShardAdmission::new(
+                    shares.get(id).copied().unwrap_or(1),
+                    state.settings.admission_timeout,
+                )
+            }),
             batchers: state
                 .batch_policies
                 .iter()
@@ -461,6 +477,10 @@ impl Shard {
             .iter()
             .map(|b| (b.key.clone(), b.stats()))
             .collect();
+        m.admission = self.admission.as_ref().map(|a| {
+            let (share, in_use, demand) = a.numbers();
+            (share, in_use, demand, a.waiting() as u32)
+        });
         let now = Instant::now();
         m.endpoint_in_flight = self.endpoints.iter().map(|e| e.in_flight.get()).collect();
         m.endpoint_ejected = self

@@ -924,3 +924,96 @@ fn a_503_before_any_byte_is_retried_on_another_endpoint() {
     });
     assert!(retried.is_some(), "no request was retried after a 503");
 }
+
+fn with_max_concurrent(yaml: String, n: u32) -> String {
+    format!("{yaml}---\napiVersion: ai.gateway.io/v1alpha1\nkind: InferenceConfig\nmetadata:\n  name: limits\nspec:\n  resourceManagement:\n    maxConcurrentInferences: {n}\n")
+}
+
+#[test]
+fn max_concurrent_inferences_queues_then_times_out_with_429() {
+    let a = sim(&["m"], |c| {
+        c.decode_step_us = 20_000;
+    });
+    let yaml = with_max_concurrent(config(&[("m", vec![(1, vec![a.addr()])])]), 1);
+    let gw = Gateway::start(&yaml, &["--admission-timeout", "300ms"]);
+    // The only permit is held by a long stream.
+    let mut long = gw.connect();
+    let body = chat("m", true, 200);
+    long.send_raw(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let (status, _) = long.read_head();
+    assert_eq!(status, 200);
+    assert!(long.next_chunk().is_some());
+    // The next request waits for it, then gives up with 429 and Retry-After.
+    let r = gw.connect().post(
+        "/v1/completions",
+        r#"{"model":"m","prompt":"x","max_tokens":1}"#,
+        &[],
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "admission_timeout");
+    assert!(r.header("retry-after").is_some());
+    drop(long);
+    // Once the permit is back (the client left, the stream was cancelled), requests flow.
+    let ok = poll(Duration::from_secs(10), || {
+        (gw.connect()
+            .post(
+                "/v1/completions",
+                r#"{"model":"m","prompt":"x","max_tokens":1}"#,
+                &[],
+            )
+            .status
+            == 200)
+            .then_some(())
+    });
+    assert!(ok.is_some());
+}
+
+#[test]
+fn max_concurrent_inferences_lets_waiting_requests_through_in_turn() {
+    let a = sim(&["m"], |c| {
+        c.decode_step_us = 10_000;
+    });
+    let yaml = with_max_concurrent(config(&[("m", vec![(1, vec![a.addr()])])]), 2);
+    let gw = Gateway::start(&yaml, &["--shards", "2"]);
+    let addr = gw.addr;
+    let workers: Vec<_> = (0..6)
+        .map(|_| {
+            std::thread::spawn(move || {
+                Client::connect(addr)
+                    .post(
+                        "/v1/completions",
+                        r#"{"model":"m","prompt":"x","max_tokens":20}"#,
+                        &[],
+                    )
+                    .status
+            })
+        })
+        .collect();
+    // While they run, the sim never has more than 2 running (the budget), and some wait.
+    let mut max_running = 0;
+    let mut saw_waiting = false;
+    let admin = gw.admin.unwrap();
+    while workers.iter().any(|w| !w.is_finished()) {
+        let s = sim_stats(a.addr());
+        max_running =
+            max_running.max(s["running"].as_u64().unwrap() + s["waiting"].as_u64().unwrap());
+        let m = Client::connect(admin).get("/metrics").text();
+        saw_waiting |= m
+            .lines()
+            .any(|l| l.starts_with("gateway_admission_waiting{") && !l.ends_with(" 0"));
+    }
+    for w in workers {
+        assert_eq!(w.join().unwrap(), 200);
+    }
+    assert!(
+        max_running <= 2,
+        "the sim saw {max_running} concurrent requests with a budget of 2"
+    );
+    assert!(saw_waiting || max_running == 2, "nothing ever waited");
+}

@@ -1,0 +1,165 @@
+//! Admission control: `InferenceConfig.resourceManagement.maxConcurrentInferences`
+//! across the whole gateway, without cross-core locks.
+//!
+//! The budget is split into per-shard shares. Each shard admits up to its share
+//! at once; beyond it, requests wait in priority order (higher first, FIFO within
+//! a priority) for at most `--admission-timeout`, and a request with a priority
+//! below 0 (sheddable) is refused first with 429 + `Retry-After` when the wait
+//! queue is full. The control thread moves shares towards each shard's demand
+//! every scrape interval (`rebalance` + `next_shares`, never exceeding the budget
+//! while a shard still holds permits above its new share).
+//!
+//! Priority of a request: `X-Request-Priority` (an integer, the
+//! InferenceObjective convention: higher is more important, below 0 sheddable),
+//! else the priority of the `X-Priority` queue of the rule's BatchingPolicy,
+//! else 0.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use shardgate_batching::{Admission, AdmissionConfig, AdmissionEvent, Decision, WaitTicket};
+
+use crate::batch::Notify;
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Shed (sheddable and saturated, or the wait queue is full).
+    Shed {
+        /// `Retry-After` seconds.
+        retry_after: u64,
+    },
+    /// Waited longer than the admission timeout.
+    TimedOut,
+}
+
+/// Where a parked request learns its fate.
+type Answer = local_sync::oneshot::Sender<Result<(), Refusal>>;
+
+/// One shard's admission state.
+pub struct ShardAdmission {
+    adm: RefCell<Admission>,
+    waiters: RefCell<Vec<(WaitTicket, Answer)>>,
+    wake: Notify,
+    /// Longest wait for a permit.
+    pub timeout: Duration,
+}
+
+/// A held permit; dropping it releases it.
+pub struct Permit {
+    owner: Rc<ShardAdmission>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.owner.adm.borrow_mut().release();
+        self.owner.dispatch(Instant::now());
+    }
+}
+
+impl ShardAdmission {
+    /// A shard's admission with `share` permits.
+    pub fn new(share: u32, timeout: Duration) -> Rc<Self> {
+        Rc::new(ShardAdmission {
+            adm: RefCell::new(Admission::new(share, AdmissionConfig::default())),
+            waiters: RefCell::new(Vec::new()),
+            wake: Notify::default(),
+            timeout,
+        })
+    }
+
+    /// Wait for a permit at `priority`.
+    pub async fn acquire(self: &Rc<Self>, priority: i32) -> Result<Permit, Refusal> {
+        let now = Instant::now();
+        let decision = self
+            .adm
+            .borrow_mut()
+            .try_acquire(priority, Some(now + self.timeout));
+        match decision {
+            Decision::Admit => Ok(Permit {
+                owner: self.clone(),
+            }),
+            Decision::Shed(s) => Err(Refusal::Shed {
+                retry_after: s.retry_after_secs(),
+            }),
+            Decision::Queued(ticket) => {
+                let (tx, rx) = local_sync::oneshot::channel();
+                self.waiters.borrow_mut().push((ticket, tx));
+                self.wake.notify();
+                // The driver task answers every ticket (grant, shed or timeout).
+                match rx.await {
+                    Ok(Ok(())) => Ok(Permit {
+                        owner: self.clone(),
+                    }),
+                    Ok(Err(r)) => Err(r),
+                    Err(_) => Err(Refusal::TimedOut),
+                }
+            }
+        }
+    }
+
+    /// Apply a new share from the control thread.
+    pub fn set_share(&self, share: u32) {
+        self.adm.borrow_mut().set_share(share);
+        self.dispatch(Instant::now());
+    }
+
+    /// (share, in use, demand = in use + waiting) for the control thread and metrics.
+    pub fn numbers(&self) -> (u32, u32, u32) {
+        let a = self.adm.borrow();
+        (a.share(), a.in_use(), a.demand())
+    }
+
+    /// Requests waiting for a permit.
+    pub fn waiting(&self) -> usize {
+        self.adm.borrow().waiting()
+    }
+
+    /// Hand out grants, sheds and timeouts that are due.
+    fn dispatch(&self, now: Instant) {
+        loop {
+            let ev = self.adm.borrow_mut().poll_event(now);
+            let Some(ev) = ev else { break };
+            let (ticket, result) = match ev {
+                AdmissionEvent::Granted(t) => (t, Ok(())),
+                AdmissionEvent::Shed(t, s) => (
+                    t,
+                    Err(Refusal::Shed {
+                        retry_after: s.retry_after_secs(),
+                    }),
+                ),
+                AdmissionEvent::TimedOut(t) => (t, Err(Refusal::TimedOut)),
+            };
+            let sender = {
+                let mut w = self.waiters.borrow_mut();
+                w.iter()
+                    .position(|(t, _)| *t == ticket)
+                    .map(|i| w.swap_remove(i).1)
+            };
+            // A grant nobody takes (the waiter went away) goes back to the pool.
+            let delivered = sender.is_some_and(|tx| tx.send(result).is_ok());
+            if !delivered && result.is_ok() {
+                self.adm.borrow_mut().release();
+            }
+        }
+    }
+
+    /// The shard's driver: fires wait timeouts on time.
+    pub async fn driver(self: Rc<Self>) {
+        loop {
+            let next = self.adm.borrow().next_deadline();
+            match next {
+                Some(t) => {
+                    let wait = t.saturating_duration_since(Instant::now());
+                    monoio::select! {
+                        _ = monoio::time::sleep(wait) => {}
+                        _ = self.wake.wait() => {}
+                    }
+                }
+                None => self.wake.wait().await,
+            }
+            self.dispatch(Instant::now());
+        }
+    }
+}
