@@ -465,7 +465,7 @@ async fn call(shard: &Rc<Shard>, ctx: &LaneCtx, body: &[u8]) -> Result<(u16, Vec
     let mut tried = Vec::new();
     loop {
         let now = monoio::time::Instant::now();
-        let ep = match shard.pick(backends, &tried, now, profile, &req, None) {
+        let ep = match shard.pick(backends, &tried, now, profile, &req, None, 0) {
             Ok(ep) => ep,
             Err(_) => {
                 return Err(gateway_error(

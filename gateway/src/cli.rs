@@ -157,8 +157,13 @@ pub struct LimitArgs {
     /// Retries may add at most this fraction of requests (per shard, token bucket).
     #[arg(long, default_value_t = 0.2)]
     pub retry_budget: f64,
-    /// When every endpoint of a route is saturated, send to the best one anyway
-    /// instead of answering 503 with Retry-After.
+    /// When every healthy endpoint of a route is saturated: `shed` answers sheddable
+    /// requests (priority below 0) 429 with Retry-After and sends the others to the
+    /// best saturated endpoint; `reject` answers everyone 503 with Retry-After;
+    /// `pass` sends everyone to the best saturated endpoint.
+    #[arg(long, default_value = "shed", value_parser = ["shed", "reject", "pass"])]
+    pub saturated_action: String,
+    /// Same as `--saturated-action pass`.
     #[arg(long)]
     pub pass_saturated: bool,
     /// Saturation filter: an endpoint with more waiting requests than this is saturated.

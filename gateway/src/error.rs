@@ -189,6 +189,19 @@ impl Failure {
         f
     }
 
+    /// Every endpoint is saturated and the request's priority is sheddable.
+    pub fn shed_saturated(route: &str) -> Self {
+        let mut f = Failure::new(
+            Side::Gateway,
+            429,
+            "rate_limit_error",
+            "shed_saturated",
+            format!("Every endpoint of route {route} is saturated and this request is sheddable (priority below 0); retry later."),
+        );
+        f.retry_after = Some(1);
+        f
+    }
+
     /// Every healthy endpoint of the route is saturated (queue or KV-cache over
     /// the thresholds).
     pub fn saturated(route: &str) -> Self {

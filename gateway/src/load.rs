@@ -90,7 +90,11 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         drain_timeout: limits.drain_timeout,
         eject_base: limits.eject_base,
         eject_max: limits.eject_max,
-        pass_saturated: limits.pass_saturated,
+        saturated_action: match (limits.pass_saturated, limits.saturated_action.as_str()) {
+            (true, _) | (_, "pass") => crate::shard::SaturatedAction::Pass,
+            (_, "reject") => crate::shard::SaturatedAction::Reject,
+            _ => crate::shard::SaturatedAction::Shed,
+        },
         prefix_blocks_per_endpoint: limits.prefix_blocks_per_endpoint,
         saturation: shardgate_routing::scoring::Saturation {
             max_waiting: limits.saturation_waiting,

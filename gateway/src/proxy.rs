@@ -370,34 +370,33 @@ async fn route_and_forward<'s>(
             respond_failure(client, out, &Failure::filter_not_found(filter), Some(rid)).await;
         return client_keep;
     }
+    // Request priority: X-Request-Priority (integer), else the X-Priority queue's.
+    let named = head
+        .header("x-priority")
+        .and_then(|v| std::str::from_utf8(v).ok());
+    let priority = head
+        .header("x-request-priority")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .or_else(|| {
+            named.and_then(|n| {
+                route
+                    .batching
+                    .and_then(|k| shard.batcher(k))
+                    .and_then(|b| b.priority_of(n))
+            })
+        })
+        .unwrap_or(0);
     // maxConcurrentInferences: hold a permit until the answer is out.
     let _permit = match &shard.admission {
-        Some(adm) => {
-            let named = head
-                .header("x-priority")
-                .and_then(|v| std::str::from_utf8(v).ok());
-            let priority = head
-                .header("x-request-priority")
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.trim().parse::<i32>().ok())
-                .or_else(|| {
-                    named.and_then(|n| {
-                        route
-                            .batching
-                            .and_then(|k| shard.batcher(k))
-                            .and_then(|b| b.priority_of(n))
-                    })
-                })
-                .unwrap_or(0);
-            match adm.acquire(priority).await {
-                Ok(p) => Some(p),
-                Err(r) => {
-                    rq.status =
-                        respond_failure(client, out, &Failure::not_admitted(r), Some(rid)).await;
-                    return client_keep;
-                }
+        Some(adm) => match adm.acquire(priority).await {
+            Ok(p) => Some(p),
+            Err(r) => {
+                rq.status =
+                    respond_failure(client, out, &Failure::not_admitted(r), Some(rid)).await;
+                return client_keep;
             }
-        }
+        },
         None => None,
     };
     if let Some(pb) = route.batching.and_then(|k| shard.batcher(k)).cloned() {
@@ -456,6 +455,7 @@ async fn route_and_forward<'s>(
         request_id: rid,
         model: body_model.as_deref(),
         client_keep,
+        priority,
     };
     forward(shard, client, out, &ctx, &route, &mut guard, rq).await
 }
@@ -467,6 +467,7 @@ struct Forward<'a> {
     request_id: &'a [u8],
     model: Option<&'a str>,
     client_keep: bool,
+    priority: i32,
 }
 
 /// Serialise the upstream request (head, and the body when it is small).
@@ -580,11 +581,13 @@ async fn forward(
             profile,
             &pick_req,
             hashes.as_ref(),
+            ctx.priority,
         ) {
             Ok(ep) => ep,
             Err(why) => {
                 let f = match (why, last_error) {
                     (PickFailure::Saturated, _) => Failure::saturated(route.route),
+                    (PickFailure::Shed, _) => Failure::shed_saturated(route.route),
                     (_, Some(e)) => Failure::upstream_failed(e),
                     _ => Failure::no_endpoint(route.route),
                 };

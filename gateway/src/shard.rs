@@ -50,8 +50,8 @@ pub struct Settings {
     pub eject_base: Duration,
     /// Longest ejection period.
     pub eject_max: Duration,
-    /// When every candidate is saturated, send to the best one anyway (else 503).
-    pub pass_saturated: bool,
+    /// What to do when every candidate is saturated.
+    pub saturated_action: SaturatedAction,
     /// Prefix-index capacity per endpoint per shard, in blocks.
     pub prefix_blocks_per_endpoint: usize,
     /// Saturation thresholds for every profile that filters on saturation.
@@ -135,6 +135,17 @@ impl GatewayState {
     }
 }
 
+/// What to do when every healthy endpoint of a route is saturated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaturatedAction {
+    /// Sheddable requests (priority < 0) get 429; others go to the best saturated endpoint.
+    Shed,
+    /// Everyone gets 503 with Retry-After.
+    Reject,
+    /// Everyone goes to the best saturated endpoint.
+    Pass,
+}
+
 /// Why no endpoint could be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PickFailure {
@@ -144,6 +155,8 @@ pub enum PickFailure {
     Unhealthy,
     /// Every healthy candidate is saturated (queue or KV-cache over threshold).
     Saturated,
+    /// Every healthy candidate is saturated and the request is sheddable.
+    Shed,
 }
 
 /// One endpoint as this shard sees it.
@@ -287,6 +300,7 @@ impl Shard {
         profile: &Profile,
         req: &PickRequest<'_>,
         prefix: Option<&PrefixHashes>,
+        priority: i32,
     ) -> Result<usize, PickFailure> {
         let usable = |ep: &usize| !exclude.contains(ep) && self.available(*ep, now);
         let total: u64 = groups
@@ -333,9 +347,10 @@ impl Shard {
         match outcome {
             PickOutcome::Picked(p) => Ok(p.endpoint),
             PickOutcome::AllSaturated { fallback } => {
-                match (self.state.settings.pass_saturated, fallback) {
-                    (true, Some(p)) => Ok(p.endpoint),
-                    _ => Err(PickFailure::Saturated),
+                match (self.state.settings.saturated_action, fallback) {
+                    (SaturatedAction::Reject, _) | (_, None) => Err(PickFailure::Saturated),
+                    (SaturatedAction::Shed, Some(_)) if priority < 0 => Err(PickFailure::Shed),
+                    (_, Some(p)) => Ok(p.endpoint),
                 }
             }
             PickOutcome::NoCandidate => Err(PickFailure::Unhealthy),

@@ -1017,3 +1017,50 @@ fn max_concurrent_inferences_lets_waiting_requests_through_in_turn() {
     );
     assert!(saw_waiting || max_running == 2, "nothing ever waited");
 }
+
+#[test]
+fn when_saturated_sheddable_requests_get_429_and_others_go_through() {
+    let a = sim(&["m"], |c| {
+        c.decode_step_us = 20_000;
+        c.max_num_seqs = 1;
+    });
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--saturation-waiting", "0", "--scrape-interval", "50ms"],
+    );
+    // Three streams: one runs, two wait in the backend's queue: it is saturated.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut c = gw.connect();
+        let body = chat("m", true, 30);
+        c.send_raw(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        streams.push(c);
+    }
+    let admin = gw.admin.unwrap();
+    let saturated = poll(Duration::from_secs(10), || {
+        let j = Client::connect(admin).get("/debug/endpoints").json();
+        (j["endpoints"][0]["telemetry"]["waiting"].as_f64()? >= 1.0).then_some(())
+    });
+    assert!(saturated.is_some(), "the backend never reported a queue");
+    let req = r#"{"model":"m","prompt":"x","max_tokens":1}"#;
+    let r = gw
+        .connect()
+        .post("/v1/completions", req, &[("x-request-priority", "-1")]);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "shed_saturated");
+    assert!(r.header("retry-after").is_some());
+    let r = gw.connect().post("/v1/completions", req, &[]);
+    assert_eq!(
+        r.status,
+        200,
+        "a standard-priority request must still go through: {}",
+        r.text()
+    );
+    drop(streams);
+}
