@@ -292,6 +292,7 @@ impl Shard {
     ///    latest scoring snapshot: health and saturation filters, then the
     ///    weighted scorers, with this shard's own in-flight counts added so a
     ///    burst does not all land on one "best" endpoint.
+    #[allow(clippy::too_many_arguments)]
     pub fn pick(
         &self,
         groups: &[BackendGroup],
