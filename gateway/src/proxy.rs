@@ -60,8 +60,10 @@ pub async fn serve_connection(
 ) {
     let _ = client.set_nodelay(true);
     let _open = ConnGauge::new(&shard);
-    let mut rbuf = BytesMut::with_capacity(16 * 1024);
-    let mut out: Vec<u8> = Vec::with_capacity(4096);
+    // Idle connections hold no buffers: the read buffer is allocated when bytes
+    // arrive, the write buffer comes from the shard's pool for one request.
+    let mut rbuf = BytesMut::new();
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let head = match read_head(&shard, &mut client, &mut rbuf).await {
             Ok(Some(h)) => h,
@@ -71,7 +73,10 @@ pub async fn serve_connection(
                 return;
             }
         };
-        let keep = handle_request(
+        out = shard.take_out_buf();
+        // Boxed: the request's (large) state lives only while a request is in
+        // flight, so an idle keep-alive connection's task stays small.
+        let keep = Box::pin(handle_request(
             &shard,
             &mut client,
             &mut rbuf,
@@ -79,8 +84,9 @@ pub async fn serve_connection(
             head,
             peer,
             &listeners,
-        )
+        ))
         .await;
+        shard.give_out_buf(std::mem::take(&mut out));
         if !keep || shard.shutdown.is_draining() {
             return;
         }
@@ -112,6 +118,19 @@ async fn read_head(
                 }
                 Err(e) => return Err(Failure::from_codec(&e)),
             }
+        }
+        if started.is_none() && rbuf.is_empty() {
+            // Between requests: wait for readiness without a buffer (10,000 idle
+            // keep-alive connections must not pin 10,000 read buffers).
+            if rbuf.capacity() > 0 {
+                *rbuf = BytesMut::new();
+            }
+            match monoio::time::timeout(settings.client_idle_timeout, client.readable(false)).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Ok(None),
+            }
+            started = Some(Instant::now());
         }
         let wait = match started {
             None => settings.client_idle_timeout,

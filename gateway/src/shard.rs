@@ -220,6 +220,8 @@ pub struct Shard {
     pub batchers: Vec<Rc<PolicyBatcher>>,
     /// This shard's share of `maxConcurrentInferences`, when set.
     pub admission: Option<Rc<crate::admit::ShardAdmission>>,
+    /// Reusable response buffers (taken for one request, returned after).
+    out_pool: RefCell<Vec<Vec<u8>>>,
 }
 
 impl Shard {
@@ -247,6 +249,7 @@ impl Shard {
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             retry_tokens: Cell::new(1.0),
+            out_pool: RefCell::new(Vec::new()),
             admission: state.settings.max_concurrent.map(|total| {
                 let shares =
                     shardgate_batching::Budget { total }.initial(state.settings.shards.max(1));
@@ -365,6 +368,23 @@ impl Shard {
             .filter(|g| g.weight > 0)
             .flat_map(|g| g.endpoints.iter())
             .any(|ep| !tried.contains(ep) && self.available(*ep, now))
+    }
+
+    /// A response buffer for one request (4 KiB to start), from the pool.
+    pub fn take_out_buf(&self) -> Vec<u8> {
+        self.out_pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(4096))
+    }
+
+    /// Return a response buffer; the pool keeps at most 1,024 of at most 64 KiB.
+    pub fn give_out_buf(&self, mut buf: Vec<u8>) {
+        let mut pool = self.out_pool.borrow_mut();
+        if buf.capacity() <= 64 * 1024 && pool.len() < 1024 {
+            buf.clear();
+            pool.push(buf);
+        }
     }
 
     /// This shard's batcher for BatchingPolicy `key`.
