@@ -740,7 +740,8 @@ fn esc(s: &str) -> String {
 /// numbers split across two pieces (a 32-byte junction window is checked).
 #[derive(Debug, Default)]
 pub struct UsageScanner {
-    tail: Vec<u8>,
+    tail: [u8; 32],
+    tail_len: usize,
     /// Last `prompt_tokens` value seen.
     pub prompt_tokens: Option<u64>,
     /// Last `completion_tokens` value seen.
@@ -755,12 +756,14 @@ const COMPLETION_KEY: &[u8] = b"\"completion_tokens\":";
 impl UsageScanner {
     /// Scan the next piece of the body.
     pub fn feed(&mut self, piece: &[u8]) {
-        if !self.tail.is_empty() {
-            let mut junction = std::mem::take(&mut self.tail);
+        if self.tail_len > 0 {
+            let mut junction = [0u8; 64];
             let take = piece.len().min(32);
-            junction.extend_from_slice(&piece[..take]);
+            junction[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            junction[self.tail_len..self.tail_len + take].copy_from_slice(&piece[..take]);
+            let junction = &junction[..self.tail_len + take];
             // Catches keys and numbers that straddle the two pieces.
-            self.scan(&junction);
+            self.scan(junction);
         }
         self.scan(piece);
         self.events += count(piece, b"data:") as u32;
@@ -768,8 +771,8 @@ impl UsageScanner {
             .events
             .saturating_sub(count(piece, b"data: [DONE]") as u32);
         let keep = piece.len().min(32);
-        self.tail.clear();
-        self.tail.extend_from_slice(&piece[piece.len() - keep..]);
+        self.tail[..keep].copy_from_slice(&piece[piece.len() - keep..]);
+        self.tail_len = keep;
     }
 
     fn scan(&mut self, hay: &[u8]) {

@@ -520,13 +520,13 @@ fn upstream_request(ctx: &Forward<'_>, ep_addr: SocketAddr, buf: &mut Vec<u8>) {
         let host = ep_addr.to_string();
         write::header(buf, "host", host.as_bytes());
     }
-    let ip = ctx.peer.ip().to_string();
     buf.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = xff {
         buf.extend_from_slice(prev);
         buf.extend_from_slice(b", ");
     }
-    buf.extend_from_slice(ip.as_bytes());
+    // Formats straight into the buffer (no temporary String).
+    let _ = std::io::Write::write_fmt(buf, format_args!("{}", ctx.peer.ip()));
     buf.extend_from_slice(b"\r\n");
     write::header(buf, "x-forwarded-proto", b"http");
     write::header(buf, "x-request-id", ctx.request_id);
@@ -579,9 +579,10 @@ async fn forward(
         prefix_total_blocks: hashes.as_ref().map_or(0, |h| h.len() as u32),
     };
     shard.earn_retry();
-    let mut tried: Vec<usize> = Vec::new();
+    let mut tried = Tried::default();
     let mut last_error: Option<&'static str> = None;
-    let mut reqbuf = Vec::with_capacity(1024 + ctx.body.len().min(64 * 1024));
+    let mut pooled = PooledBuf::new(shard);
+    let reqbuf: &mut Vec<u8> = &mut pooled.buf;
     let rid = Some(ctx.request_id);
     let mut retry_paid = false;
     loop {
@@ -595,7 +596,7 @@ async fn forward(
         }
         let ep = match shard.pick(
             route.backends,
-            &tried,
+            tried.as_slice(),
             Instant::now(),
             profile,
             &pick_req,
@@ -618,7 +619,7 @@ async fn forward(
         rq.endpoint = Some(ep);
         tried.push(ep);
         let addr = shard.addr(ep);
-        upstream_request(ctx, addr, &mut reqbuf);
+        upstream_request(ctx, addr, reqbuf);
         let mut fresh_retry_done = false;
         loop {
             let pooled = if fresh_retry_done {
@@ -638,7 +639,7 @@ async fn forward(
                     }
                 },
             };
-            match exchange(shard, client, conn, &mut reqbuf, ctx, deadline).await {
+            match exchange(shard, client, conn, reqbuf, ctx, deadline).await {
                 Ok((resp, conn)) => {
                     if let Some(h) = &hashes {
                         shard.record_prefix(ep, h);
@@ -651,7 +652,7 @@ async fn forward(
                     // A 503 before anything reached the client: try another endpoint.
                     if resp.status() == 503
                         && (tried.len() as u32) <= settings.retries
-                        && shard.has_alternative(route.backends, &tried, Instant::now())
+                        && shard.has_alternative(route.backends, tried.as_slice(), Instant::now())
                         && shard.take_retry()
                     {
                         retry_paid = true;
@@ -672,7 +673,7 @@ async fn forward(
                         .borrow_mut()
                         .upstream_error(ep, "stale_connection_retried");
                     fresh_retry_done = true;
-                    upstream_request(ctx, addr, &mut reqbuf);
+                    upstream_request(ctx, addr, reqbuf);
                 }
                 Err(Attempt::Stale) => {
                     shard.metrics.borrow_mut().upstream_error(ep, "reset");
@@ -706,6 +707,52 @@ async fn forward(
                 }
             }
         }
+    }
+}
+
+/// A buffer from the shard's pool, returned when dropped.
+struct PooledBuf<'a> {
+    shard: &'a Shard,
+    buf: Vec<u8>,
+}
+
+impl<'a> PooledBuf<'a> {
+    fn new(shard: &'a Shard) -> Self {
+        PooledBuf {
+            shard,
+            buf: shard.take_out_buf(),
+        }
+    }
+}
+
+impl Drop for PooledBuf<'_> {
+    fn drop(&mut self) {
+        self.shard.give_out_buf(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Endpoints already tried for one request (at most 8; no heap).
+#[derive(Default)]
+struct Tried {
+    eps: [usize; 8],
+    len: usize,
+}
+
+impl Tried {
+    fn push(&mut self, ep: usize) {
+        if self.len < self.eps.len() {
+            self.eps[self.len] = ep;
+            self.len += 1;
+        }
+    }
+    fn as_slice(&self) -> &[usize] {
+        &self.eps[..self.len]
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 

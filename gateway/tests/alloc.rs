@@ -1,0 +1,185 @@
+//! Heap allocations per proxied request, counted with a global allocator.
+//!
+//! The gateway runs in this process (one shard, no telemetry scrapes); the backend
+//! and the client are plain `std::net` loops with fixed buffers, so they allocate
+//! nothing per request and every allocation counted while requests flow belongs
+//! to the gateway (plus its periodic metrics publication, amortised over many
+//! requests). The bound is an upper limit that guards against regressions; the
+//! figure itself is printed.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarding the caller's layout to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the pointer came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `alloc`/`dealloc`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Upper bound on allocations per non-streaming, non-batched proxied request.
+const BOUND: u64 = 30;
+
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 26\r\n\r\n{\"id\":\"x\",\"object\":\"ok\"}\n\n";
+
+/// A keep-alive backend answering every request with `RESPONSE` (fixed buffers).
+fn backend() -> std::net::SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut s) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let mut have = 0usize;
+                loop {
+                    let Ok(n) = s.read(&mut buf[have..]) else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    have += n;
+                    // One request = head + content-length body; the client sends fixed-size ones.
+                    while let Some(end) = request_len(&buf[..have]) {
+                        if s.write_all(RESPONSE).is_err() {
+                            return;
+                        }
+                        buf.copy_within(end..have, 0);
+                        have -= end;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Length of the first complete request in `b` (head + `content-length` body).
+fn request_len(b: &[u8]) -> Option<usize> {
+    let head = b.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let text = std::str::from_utf8(&b[..head]).ok()?;
+    let len = text
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    (b.len() >= head + len).then_some(head + len)
+}
+
+#[test]
+fn proxied_requests_allocate_a_bounded_amount() {
+    let be = backend();
+    let yaml = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec:\n  gatewayClassName: x\n  listeners: [{{name: http, protocol: HTTP, port: 8080}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: default}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n  - matches:\n    - headers: [{{name: X-Gateway-Model-Name, value: m}}]\n    backendRefs: [{{name: be, port: 8000}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: be, namespace: default, labels: {{kubernetes.io/service-name: be}}}}\naddressType: IPv4\nports: [{{port: {}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n",
+        be.port()
+    );
+    use clap::Parser;
+    let cli = shardgate::cli::Cli::try_parse_from([
+        "shardgate",
+        "serve",
+        "-c",
+        "unused",
+        "--shards",
+        "1",
+        "--bind",
+        "127.0.0.1",
+        "--listen-port",
+        "0",
+        "--admin-addr",
+        "off",
+        "--no-scrape",
+        "--no-pin",
+    ])
+    .unwrap();
+    let shardgate::cli::Command::Serve(args) = cli.command else {
+        panic!("not serve")
+    };
+    let shutdown = shardgate_runtime::Shutdown::new();
+    let running =
+        shardgate::start(&[("alloc.yaml".into(), yaml)], &args.run, shutdown.clone()).unwrap();
+    let addr = running.addrs[0];
+
+    let body = br#"{"model":"m","prompt":"hello world","max_tokens":4}"#;
+    let mut req = Vec::new();
+    req.extend_from_slice(
+        b"POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n",
+    );
+    req.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+    req.extend_from_slice(body);
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut exchange = |c: &mut TcpStream| {
+        loop {
+            match c.write_all(&req) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        let mut have = 0;
+        loop {
+            let n = match c.read(&mut buf[have..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!("read: {e}"),
+            };
+            assert!(n > 0, "gateway closed the connection");
+            have += n;
+            if let Some(end) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                if have >= end + 4 + 26 {
+                    assert!(
+                        buf.starts_with(b"HTTP/1.1 200"),
+                        "{}",
+                        String::from_utf8_lossy(&buf[..have])
+                    );
+                    return;
+                }
+            }
+        }
+    };
+    // Warm up: pools, routes, metric series, the upstream connection.
+    for _ in 0..2_000 {
+        exchange(&mut c);
+    }
+    let n = 20_000u64;
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..n {
+        exchange(&mut c);
+    }
+    let per_request = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    println!("allocations per proxied request: {per_request:.2}");
+    shutdown.trigger();
+    drop(c);
+    running.shards.join();
+    assert!(
+        per_request <= BOUND as f64,
+        "{per_request:.2} allocations per request (bound {BOUND})"
+    );
+}
