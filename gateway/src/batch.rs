@@ -19,17 +19,14 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
-use monoio::io::AsyncWriteRentExt;
+use bytes::Bytes;
 use shardgate_batching::{
     classify, merge, retry_alone, split, split_error, BatchKey, BatchPolicy, BatchSpec, Batcher,
     FlushReason, Pending, QueueSpec, ReadyBatch, Reject,
 };
-use shardgate_http::{parse_response_head, BodyDecoder};
 use shardgate_routing::scoring::PickRequest;
 use shardgate_routing::telemetry::SignalKind;
 use shardgate_routing::{BackendGroup, RoutingTable};
-use shardgate_runtime::io::read_into;
 
 use crate::shard::Shard;
 
@@ -508,7 +505,7 @@ async fn call(shard: &Rc<Shard>, ctx: &LaneCtx, body: &[u8]) -> Result<(u16, Vec
                 continue;
             }
         };
-        let fut = exchange_buffered(&mut conn, out);
+        let fut = crate::client::exchange(&mut conn.stream, &mut conn.buf, out);
         match monoio::time::timeout(settings.response_timeout, fut).await {
             Ok(Ok((status, body, keep))) => {
                 if status >= 500 {
@@ -529,75 +526,6 @@ async fn call(shard: &Rc<Shard>, ctx: &LaneCtx, body: &[u8]) -> Result<(u16, Vec
                     "the batched upstream call timed out",
                 ))
             }
-        }
-    }
-}
-
-async fn exchange_buffered(
-    conn: &mut crate::shard::UpstreamConn,
-    req: Vec<u8>,
-) -> Result<(u16, Vec<u8>, bool), String> {
-    let (res, _) = conn.stream.write_all(req).await;
-    res.map_err(|e| format!("write: {e}"))?;
-    let limits = shardgate_http::Limits::default();
-    let head = loop {
-        if !conn.buf.is_empty() {
-            let bytes = std::mem::take(&mut conn.buf).freeze();
-            match parse_response_head(&bytes, false, &limits) {
-                Ok(Some((h, len))) => {
-                    conn.buf.extend_from_slice(&bytes[len..]);
-                    if h.is_informational() {
-                        continue;
-                    }
-                    break h;
-                }
-                Ok(None) => {
-                    conn.buf = bytes
-                        .try_into_mut()
-                        .unwrap_or_else(|b| BytesMut::from(&b[..]))
-                }
-                Err(e) => return Err(format!("invalid response: {e}")),
-            }
-        }
-        let (res, b) = read_into(&mut conn.stream, std::mem::take(&mut conn.buf)).await;
-        conn.buf = b;
-        match res {
-            Ok(0) => return Err("closed before the response head".into()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    };
-    let mut dec = BodyDecoder::new(head.framing());
-    let mut body = Vec::new();
-    loop {
-        while !conn.buf.is_empty() && !dec.is_done() {
-            let d = dec
-                .decode(&conn.buf)
-                .map_err(|e| format!("invalid body: {e}"))?;
-            if let Some(r) = d.data.clone() {
-                body.extend_from_slice(&conn.buf[r]);
-            }
-            conn.buf.advance(d.consumed);
-            if d.consumed == 0 && d.data.is_none() {
-                break;
-            }
-        }
-        if dec.is_done() {
-            return Ok((
-                head.status(),
-                body,
-                head.keep_alive() && conn.buf.is_empty(),
-            ));
-        }
-        let (res, b) = read_into(&mut conn.stream, std::mem::take(&mut conn.buf)).await;
-        conn.buf = b;
-        match res {
-            Ok(0) => {
-                dec.on_eof().map_err(|e| format!("truncated body: {e}"))?;
-                return Ok((head.status(), body, false));
-            }
-            Ok(_) => {}
-            Err(e) => return Err(format!("read: {e}")),
         }
     }
 }

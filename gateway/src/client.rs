@@ -105,76 +105,81 @@ impl Conn {
             self.buf.clear();
         }
         let stream = self.stream.as_mut().ok_or("no connection")?;
-        let (res, _) = stream.write_all(req).await;
-        res.map_err(|e| format!("write: {e}"))?;
-        let limits = Limits::default();
-        let head = loop {
-            if !self.buf.is_empty() {
-                let bytes = std::mem::take(&mut self.buf).freeze();
-                match parse_response_head(&bytes, false, &limits) {
-                    Ok(Some((h, len))) => {
-                        self.buf.extend_from_slice(&bytes[len..]);
-                        if h.is_informational() {
-                            continue;
-                        }
-                        break h;
-                    }
-                    Ok(None) => {
-                        self.buf = bytes
-                            .try_into_mut()
-                            .unwrap_or_else(|b| BytesMut::from(&b[..]))
-                    }
-                    Err(e) => return Err(format!("invalid response: {e}")),
-                }
-            }
-            let (res, b) = read_into(stream, std::mem::take(&mut self.buf)).await;
-            self.buf = b;
-            match res {
-                Ok(0) => return Err("closed before the response head".into()),
-                Ok(_) => {}
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        };
-        let mut dec = BodyDecoder::new(head.framing());
-        let mut body = Vec::new();
-        loop {
-            while !self.buf.is_empty() && !dec.is_done() {
-                let d = dec
-                    .decode(&self.buf)
-                    .map_err(|e| format!("invalid body: {e}"))?;
-                if let Some(r) = d.data.clone() {
-                    if body.len() + r.len() > MAX_BODY {
-                        return Err("response body too large".into());
-                    }
-                    body.extend_from_slice(&self.buf[r]);
-                }
-                self.buf.advance(d.consumed);
-                if d.consumed == 0 && d.data.is_none() {
-                    break;
-                }
-            }
-            if dec.is_done() {
-                break;
-            }
-            let (res, b) = read_into(stream, std::mem::take(&mut self.buf)).await;
-            self.buf = b;
-            match res {
-                Ok(0) => {
-                    dec.on_eof().map_err(|e| format!("truncated body: {e}"))?;
-                    self.stream = None;
-                    break;
-                }
-                Ok(_) => {}
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        if !head.keep_alive() || !self.buf.is_empty() {
+        let (status, body, keep) = exchange(stream, &mut self.buf, req).await?;
+        if !keep {
             self.stream = None;
             self.buf.clear();
         }
-        Ok(Reply {
-            status: head.status(),
-            body,
-        })
+        Ok(Reply { status, body })
+    }
+}
+
+/// Write `req` on `stream` and read one whole response (1xx skipped, body bounded
+/// by [`MAX_BODY`]); `buf` holds bytes read but not consumed. Returns the status,
+/// the body, and whether the connection may carry another request.
+pub async fn exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    req: Vec<u8>,
+) -> Result<(u16, Vec<u8>, bool), String> {
+    let (res, _) = stream.write_all(req).await;
+    res.map_err(|e| format!("write: {e}"))?;
+    let limits = Limits::default();
+    let head = loop {
+        if !buf.is_empty() {
+            let bytes = std::mem::take(buf).freeze();
+            match parse_response_head(&bytes, false, &limits) {
+                Ok(Some((h, len))) => {
+                    buf.extend_from_slice(&bytes[len..]);
+                    if h.is_informational() {
+                        continue;
+                    }
+                    break h;
+                }
+                Ok(None) => {
+                    *buf = bytes
+                        .try_into_mut()
+                        .unwrap_or_else(|b| BytesMut::from(&b[..]))
+                }
+                Err(e) => return Err(format!("invalid response: {e}")),
+            }
+        }
+        let (res, b) = read_into(stream, std::mem::take(buf)).await;
+        *buf = b;
+        match res {
+            Ok(0) => return Err("closed before the response head".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    };
+    let mut dec = BodyDecoder::new(head.framing());
+    let mut body = Vec::new();
+    loop {
+        while !buf.is_empty() && !dec.is_done() {
+            let d = dec.decode(buf).map_err(|e| format!("invalid body: {e}"))?;
+            if let Some(r) = d.data.clone() {
+                if body.len() + r.len() > MAX_BODY {
+                    return Err("response body too large".into());
+                }
+                body.extend_from_slice(&buf[r]);
+            }
+            buf.advance(d.consumed);
+            if d.consumed == 0 && d.data.is_none() {
+                break;
+            }
+        }
+        if dec.is_done() {
+            return Ok((head.status(), body, head.keep_alive() && buf.is_empty()));
+        }
+        let (res, b) = read_into(stream, std::mem::take(buf)).await;
+        *buf = b;
+        match res {
+            Ok(0) => {
+                dec.on_eof().map_err(|e| format!("truncated body: {e}"))?;
+                return Ok((head.status(), body, false));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
     }
 }

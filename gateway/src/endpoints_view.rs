@@ -86,13 +86,13 @@ impl EndpointsView {
         }
     }
 
-    /// `/debug/endpoints` body.
-    pub fn debug_json(&self) -> Vec<u8> {
-        let now = Instant::now();
-        let snap = self.control.snapshot.load();
-        let health = self.control.health.load();
-        let inflight = self.hub.endpoint_in_flight();
-        let ejected = self.hub.endpoint_ejected();
+    /// Every endpoint's filter verdict and scores under the default profile (no
+    /// prefix affinity, no local in-flight), from `snap`.
+    fn breakdown(
+        &self,
+        snap: &shardgate_routing::scoring::ScoringSnapshot,
+        now: Instant,
+    ) -> Vec<ScoreBreakdown> {
         let cands: Vec<Candidate> = (0..self.endpoints.len())
             .map(|endpoint| Candidate {
                 endpoint,
@@ -100,21 +100,25 @@ impl EndpointsView {
             })
             .collect();
         let zeros = vec![0u32; cands.len()];
-        let mut breakdown = vec![ScoreBreakdown::default(); cands.len()];
+        let mut out = vec![ScoreBreakdown::default(); cands.len()];
         let req = PickRequest {
             model: None,
             adapter: None,
             prefix_total_blocks: 0,
         };
-        let _ = Picker::new(0).pick_explained(
-            &self.profile,
-            &snap,
-            &req,
-            &cands,
-            &zeros,
-            now,
-            &mut breakdown,
-        );
+        let _ =
+            Picker::new(0).pick_explained(&self.profile, snap, &req, &cands, &zeros, now, &mut out);
+        out
+    }
+
+    /// `/debug/endpoints` body.
+    pub fn debug_json(&self) -> Vec<u8> {
+        let now = Instant::now();
+        let snap = self.control.snapshot.load();
+        let health = self.control.health.load();
+        let inflight = self.hub.endpoint_in_flight();
+        let ejected = self.hub.endpoint_ejected();
+        let breakdown = self.breakdown(&snap, now);
         let mut out = Vec::new();
         for (id, (addr, backend)) in self.endpoints.iter().enumerate() {
             let view = snap.endpoint(id);
@@ -242,28 +246,7 @@ impl EndpointsView {
                 u8::from(ok)
             );
         }
-        let mut breakdown = vec![ScoreBreakdown::default(); self.endpoints.len()];
-        let cands: Vec<Candidate> = (0..self.endpoints.len())
-            .map(|endpoint| Candidate {
-                endpoint,
-                prefix_blocks: 0,
-            })
-            .collect();
-        let zeros = vec![0u32; cands.len()];
-        let req = PickRequest {
-            model: None,
-            adapter: None,
-            prefix_total_blocks: 0,
-        };
-        let _ = Picker::new(0).pick_explained(
-            &self.profile,
-            &snap,
-            &req,
-            &cands,
-            &zeros,
-            now,
-            &mut breakdown,
-        );
+        let breakdown = self.breakdown(&snap, now);
         let _ = writeln!(
             out,
             "# HELP gateway_endpoint_score Endpoint score (0-1) under the gateway's default scheduling profile from the latest telemetry, without prefix affinity.\n# TYPE gateway_endpoint_score gauge"
