@@ -753,6 +753,21 @@ pub struct UsageScanner {
 const PROMPT_KEY: &[u8] = b"\"prompt_tokens\":";
 const COMPLETION_KEY: &[u8] = b"\"completion_tokens\":";
 
+/// Searchers built once (building a `memmem` finder per call showed in profiles).
+struct Finders {
+    prompt: memchr::memmem::Finder<'static>,
+    completion: memchr::memmem::Finder<'static>,
+    data: memchr::memmem::Finder<'static>,
+    done: memchr::memmem::Finder<'static>,
+}
+
+static FINDERS: std::sync::LazyLock<Finders> = std::sync::LazyLock::new(|| Finders {
+    prompt: memchr::memmem::Finder::new(PROMPT_KEY),
+    completion: memchr::memmem::Finder::new(COMPLETION_KEY),
+    data: memchr::memmem::Finder::new(b"data:"),
+    done: memchr::memmem::Finder::new(b"data: [DONE]"),
+});
+
 impl UsageScanner {
     /// Scan the next piece of the body.
     pub fn feed(&mut self, piece: &[u8]) {
@@ -766,20 +781,22 @@ impl UsageScanner {
             self.scan(junction);
         }
         self.scan(piece);
-        self.events += count(piece, b"data:") as u32;
+        let f = &*FINDERS;
+        self.events += f.data.find_iter(piece).count() as u32;
         self.events = self
             .events
-            .saturating_sub(count(piece, b"data: [DONE]") as u32);
+            .saturating_sub(f.done.find_iter(piece).count() as u32);
         let keep = piece.len().min(32);
         self.tail[..keep].copy_from_slice(&piece[piece.len() - keep..]);
         self.tail_len = keep;
     }
 
     fn scan(&mut self, hay: &[u8]) {
-        for (key, slot) in [(PROMPT_KEY, 0u8), (COMPLETION_KEY, 1u8)] {
+        let f = &*FINDERS;
+        for (finder, slot) in [(&f.prompt, 0u8), (&f.completion, 1u8)] {
             let mut at = 0;
-            while let Some(pos) = memchr::memmem::find(&hay[at..], key) {
-                let start = at + pos + key.len();
+            while let Some(pos) = finder.find(&hay[at..]) {
+                let start = at + pos + finder.needle().len();
                 if let Some(n) = number_at(&hay[start..]) {
                     if slot == 0 {
                         self.prompt_tokens = Some(n);
@@ -791,10 +808,6 @@ impl UsageScanner {
             }
         }
     }
-}
-
-fn count(hay: &[u8], needle: &[u8]) -> usize {
-    memchr::memmem::find_iter(hay, needle).count()
 }
 
 /// A complete unsigned integer at the start of `s` (after spaces), or None if it
