@@ -3,7 +3,9 @@
 //! Defaults model a mid-size GPU serving one model: 16 sequences, 2,048 KV blocks of 16
 //! tokens (32,768 tokens of KV), 200 µs per uncached prompt token (5k tokens/s prefill),
 //! 8 ms per decode step plus 0.4 ms per running sequence (≈ 14 ms per token at 16
-//! sequences), 16 output tokens unless the request says otherwise.
+//! sequences), 16 output tokens unless the request says otherwise. No per-call overhead
+//! and no per-embedding-input cost unless `--call-overhead-us` / `--embedding-us-per-input`
+//! ask for them (the batching benchmark does).
 
 use clap::Parser;
 
@@ -56,6 +58,17 @@ pub struct SimConfig {
     /// Extra decode-step time per running sequence, in microseconds.
     #[arg(long, default_value_t = 400)]
     pub decode_step_us_per_seq: u64,
+    /// Fixed cost of every API call the engine admits (HTTP parsing, tokenization,
+    /// scheduling, kernel launches), in microseconds: charged once per call, however
+    /// many prompts or inputs it carries, and serialized on the engine (it lengthens
+    /// the step that admits the call's first prompt). 0 = none.
+    #[arg(long, default_value_t = 0)]
+    pub call_overhead_us: u64,
+    /// Cost of each embedding input (each prompt of a prefill-only request), in
+    /// microseconds, on top of the prefill of its tokens: an embeddings call with k
+    /// inputs of n tokens costs call overhead + k × this + n × prefill time per token.
+    #[arg(long, default_value_t = 0)]
+    pub embedding_us_per_input: u64,
     /// Output tokens when a request gives no max_tokens.
     #[arg(long, default_value_t = 16)]
     pub max_tokens_default: usize,
@@ -112,6 +125,8 @@ impl Default for SimConfig {
             prefill_us_per_token: 200,
             decode_step_us: 8000,
             decode_step_us_per_seq: 400,
+            call_overhead_us: 0,
+            embedding_us_per_input: 0,
             max_tokens_default: 16,
             embedding_dim: 16,
             seed: 0,
@@ -213,6 +228,20 @@ mod tests {
             ..SimConfig::default()
         };
         assert!(dup.validate().is_err());
+    }
+
+    #[test]
+    fn cost_model_flags() {
+        let d = SimConfig::default();
+        assert_eq!((d.call_overhead_us, d.embedding_us_per_input), (0, 0));
+        let c = SimConfig::parse_from([
+            "x",
+            "--call-overhead-us",
+            "2000",
+            "--embedding-us-per-input",
+            "50",
+        ]);
+        assert_eq!((c.call_overhead_us, c.embedding_us_per_input), (2000, 50));
     }
 
     #[test]

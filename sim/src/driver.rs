@@ -117,7 +117,7 @@ pub(crate) async fn run(
                 None => return,
                 Some(Command::Submit { parts, events }) => {
                     let t = now();
-                    for p in parts {
+                    for (k, p) in parts.into_iter().enumerate() {
                         let id = next_id;
                         next_id += 1;
                         let req = NewRequest {
@@ -126,6 +126,8 @@ pub(crate) async fn run(
                             prompt_len: p.prompt_len,
                             block_hashes: p.block_hashes,
                             max_tokens: p.max_tokens,
+                            // One HTTP request = one call: its first prompt pays the overhead.
+                            call_overhead: k == 0,
                         };
                         match engine.add_request(req, t) {
                             Ok(()) => {

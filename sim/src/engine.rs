@@ -16,9 +16,14 @@
 //!   `(prompt − 1) / block_size` blocks so at least one token is computed (vLLM does the
 //!   same). Queries count all prompt tokens, hits count cached tokens.
 //! - **Step time** = Σ `prefill_us_per_token × uncached prompt tokens` of the requests
+//!   admitted in this step + `call_overhead_us × calls` admitted in this step (a call is
+//!   one API request, however many prompts it has: its first prompt carries the cost,
+//!   [`NewRequest::call_overhead`]) + `embedding_us_per_input × prefill-only requests`
 //!   admitted in this step + (`decode_step_us + decode_step_us_per_seq × decoding
 //!   sequences`, when any sequence decodes); at least 1 µs. No chunked prefill: a long
-//!   prefill delays every running sequence's next token.
+//!   prefill delays every running sequence's next token, and the per-call overhead is
+//!   serialized on the engine like vLLM's single scheduler/tokenizer loop: one call per
+//!   step of 64 inputs costs one overhead, 64 calls of one input cost 64.
 //! - **End of step**: every running sequence that decodes emits one token (a newly
 //!   admitted request emits its first token here: TTFT = queue + its prefill step);
 //!   a sequence that reached `max_tokens` finishes (`length`), a prefill-only (embedding)
@@ -49,6 +54,10 @@ pub struct Timing {
     pub decode_step_us: u64,
     /// Extra decode-step time per decoding sequence, µs.
     pub decode_step_us_per_seq: u64,
+    /// Fixed cost of admitting one API call (its first prompt), µs.
+    pub call_overhead_us: u64,
+    /// Cost of admitting one prefill-only (embedding) prompt, µs, on top of its prefill.
+    pub embedding_us_per_input: u64,
 }
 
 /// Fixed engine limits plus the initial [`Timing`].
@@ -79,6 +88,9 @@ pub struct NewRequest {
     pub block_hashes: Vec<u64>,
     /// Tokens to generate; 0 = prefill only (embeddings).
     pub max_tokens: usize,
+    /// Whether admitting this request charges [`Timing::call_overhead_us`]: true for the
+    /// first prompt of each API call, false for its other prompts.
+    pub call_overhead: bool,
 }
 
 /// Why a request was refused at once.
@@ -365,6 +377,8 @@ impl Engine {
     fn schedule(&mut self, now: Micros) -> Option<Micros> {
         let bs = self.cfg.block_size;
         let mut prefill_tokens: u64 = 0;
+        let mut calls: u64 = 0;
+        let mut embedding_inputs: u64 = 0;
         let mut i = 0;
         while i < self.waiting.len() && self.running.len() < self.cfg.max_num_seqs {
             let seq = &self.waiting[i];
@@ -396,6 +410,8 @@ impl Engine {
                 .queue_time
                 .observe(secs(now.saturating_sub(seq.arrival)));
             prefill_tokens += (prompt_len - cached) as u64;
+            calls += u64::from(seq.req.call_overhead);
+            embedding_inputs += u64::from(seq.req.max_tokens == 0);
             if let Some(lora) = &seq.req.lora {
                 *self.lora_running.entry(lora.clone()).or_insert(0) += 1;
             }
@@ -406,7 +422,10 @@ impl Engine {
         }
         let t = self.cfg.timing;
         let decoding = self.running.iter().filter(|s| s.req.max_tokens > 0).count() as u64;
-        let mut d = prefill_tokens.saturating_mul(t.prefill_us_per_token);
+        let mut d = prefill_tokens
+            .saturating_mul(t.prefill_us_per_token)
+            .saturating_add(calls.saturating_mul(t.call_overhead_us))
+            .saturating_add(embedding_inputs.saturating_mul(t.embedding_us_per_input));
         if decoding > 0 {
             d = d
                 .saturating_add(t.decode_step_us)
@@ -482,6 +501,8 @@ mod tests {
         prefill_us_per_token: 100,
         decode_step_us: 1_000,
         decode_step_us_per_seq: 100,
+        call_overhead_us: 0,
+        embedding_us_per_input: 0,
     };
 
     fn engine(max_num_seqs: usize, num_gpu_blocks: usize, block_size: usize) -> Engine {
@@ -502,6 +523,7 @@ mod tests {
             prompt_len: p.len(),
             block_hashes: p.block_hashes("m", bs),
             max_tokens,
+            call_overhead: true,
         }
     }
 
@@ -749,5 +771,117 @@ mod tests {
         let out = e.step(end);
         assert_eq!(out.events.len(), 1);
         assert_eq!(e.num_running(), 2);
+    }
+
+    fn costly(max_num_seqs: usize, call_overhead_us: u64, embedding_us_per_input: u64) -> Engine {
+        Engine::new(EngineConfig {
+            max_num_seqs,
+            num_gpu_blocks: 1000,
+            block_size: 4,
+            max_loras: 2,
+            timing: Timing {
+                call_overhead_us,
+                embedding_us_per_input,
+                ..TIMING
+            },
+        })
+    }
+
+    /// One API call of `inputs` prompts `text` (only the first carries the call overhead).
+    fn call(
+        e: &mut Engine,
+        first_id: RequestId,
+        inputs: usize,
+        text: &str,
+        max_tokens: usize,
+        now: Micros,
+    ) {
+        for k in 0..inputs {
+            let mut r = req(first_id + k as u64, text, max_tokens, 4);
+            r.call_overhead = k == 0;
+            e.add_request(r, now).unwrap();
+        }
+    }
+
+    #[test]
+    fn call_overhead_is_charged_once_per_call_in_the_admitting_step() {
+        // One call of 3 two-token inputs: 2,000 µs overhead once + 6 tokens × 100 µs.
+        let mut e = costly(16, 2_000, 0);
+        call(&mut e, 0, 3, "a b", 0, 0);
+        assert_eq!(e.step(0).next_wakeup, Some(2_000 + 600));
+        let (events, end) = run(&mut e, 2_600);
+        assert_eq!(end, 2_600);
+        assert_eq!(events.len(), 3);
+
+        // Three calls of one input each, all admitted in one step: three overheads.
+        let mut e = costly(16, 2_000, 0);
+        for id in 0..3 {
+            call(&mut e, id, 1, "a b", 0, 0);
+        }
+        assert_eq!(e.step(0).next_wakeup, Some(3 * 2_000 + 600));
+
+        // Default (0): the step time is unchanged.
+        let mut e = costly(16, 0, 0);
+        call(&mut e, 0, 3, "a b", 0, 0);
+        assert_eq!(e.step(0).next_wakeup, Some(600));
+    }
+
+    #[test]
+    fn call_overhead_goes_to_the_step_that_admits_the_call() {
+        // max_num_seqs 2: a 3-input call is admitted over two steps; only the first pays.
+        let mut e = costly(2, 2_000, 0);
+        call(&mut e, 0, 3, "a b", 0, 0);
+        let first = e.step(0).next_wakeup.unwrap();
+        assert_eq!(first, 2_000 + 2 * 200);
+        let second = e.step(first).next_wakeup.unwrap();
+        assert_eq!(second - first, 200);
+
+        // A call arriving mid-step lengthens the next step, not the one in flight, and
+        // delays the token of the sequence already decoding (serialized on the engine).
+        let mut e = costly(16, 2_000, 0);
+        call(&mut e, 0, 1, "a", 3, 0);
+        let end1 = e.step(0).next_wakeup.unwrap();
+        assert_eq!(end1, 2_000 + 100 + 1_000 + 100);
+        call(&mut e, 10, 1, "x y", 0, end1 - 1);
+        assert_eq!(e.step(end1 - 1).next_wakeup, Some(end1));
+        let end2 = e.step(end1).next_wakeup.unwrap();
+        assert_eq!(end2 - end1, 2_000 + 200 + 1_000 + 100);
+        // Without new calls the decode step is back to its plain cost.
+        let end3 = e.step(end2).next_wakeup.unwrap();
+        assert_eq!(end3 - end2, 1_000 + 100);
+    }
+
+    #[test]
+    fn embedding_inputs_cost_per_input_plus_prefill() {
+        // k inputs cost k × 50 µs + their prefill; a generating request pays no per-input cost.
+        let mut e = costly(64, 0, 50);
+        call(&mut e, 0, 4, "a b c", 0, 0);
+        assert_eq!(e.step(0).next_wakeup, Some(4 * 50 + 4 * 3 * 100));
+        let mut e = costly(64, 0, 50);
+        call(&mut e, 0, 1, "a b c", 2, 0);
+        assert_eq!(e.step(0).next_wakeup, Some(3 * 100 + 1_000 + 100));
+
+        // The batching trade-off on the virtual clock: 64 one-input calls versus one
+        // 64-input call, 2 ms overhead, 50 µs per input, no prefill.
+        let timing = |e: &mut Engine| {
+            let t = e.config().timing;
+            e.set_timing(Timing {
+                prefill_us_per_token: 0,
+                ..t
+            });
+        };
+        let mut alone = costly(256, 2_000, 50);
+        timing(&mut alone);
+        for id in 0..64 {
+            call(&mut alone, id, 1, "w", 0, 0);
+        }
+        let mut merged = costly(256, 2_000, 50);
+        timing(&mut merged);
+        call(&mut merged, 0, 64, "w", 0, 0);
+        let (a, ta) = run(&mut alone, 0);
+        let (m, tm) = run(&mut merged, 0);
+        assert_eq!((a.len(), m.len()), (64, 64));
+        assert_eq!(ta, 64 * 2_000 + 64 * 50);
+        assert_eq!(tm, 2_000 + 64 * 50);
     }
 }

@@ -12,8 +12,10 @@
 //! - **Engine** ([`engine`], sans-IO, virtual-clock tested): continuous batching bounded by
 //!   `--max-num-seqs` and KV blocks ([`kv`]), a chained-hash prefix cache with LRU
 //!   eviction, LoRA slots, step time = prefill of uncached tokens + decode step growing
-//!   with batch size. Defaults: 16 seqs, 2,048 blocks × 16 tokens, 200 µs/prefill token,
-//!   8 ms + 0.4 ms/seq per decode step.
+//!   with batch size (+ an optional fixed cost per API call admitted and per embedding
+//!   input, `--call-overhead-us`, `--embedding-us-per-input`). Defaults: 16 seqs, 2,048
+//!   blocks × 16 tokens, 200 µs/prefill token, 8 ms + 0.4 ms/seq per decode step, no
+//!   per-call or per-input cost.
 //! - **Faults**: error rate (500), stall before headers, mid-stream connection aborts,
 //!   slow start (503), and `--fast` (no engine: immediate fixed answers).
 //!

@@ -63,6 +63,8 @@ pub(crate) struct Faults {
     prefill_us_per_token: AtomicU64,
     decode_step_us: AtomicU64,
     decode_step_us_per_seq: AtomicU64,
+    call_overhead_us: AtomicU64,
+    embedding_us_per_input: AtomicU64,
 }
 
 impl Faults {
@@ -74,6 +76,8 @@ impl Faults {
             prefill_us_per_token: AtomicU64::new(c.prefill_us_per_token),
             decode_step_us: AtomicU64::new(c.decode_step_us),
             decode_step_us_per_seq: AtomicU64::new(c.decode_step_us_per_seq),
+            call_overhead_us: AtomicU64::new(c.call_overhead_us),
+            embedding_us_per_input: AtomicU64::new(c.embedding_us_per_input),
         }
     }
 
@@ -83,6 +87,8 @@ impl Faults {
             prefill_us_per_token: self.prefill_us_per_token.load(Relaxed),
             decode_step_us: self.decode_step_us.load(Relaxed),
             decode_step_us_per_seq: self.decode_step_us_per_seq.load(Relaxed),
+            call_overhead_us: self.call_overhead_us.load(Relaxed),
+            embedding_us_per_input: self.embedding_us_per_input.load(Relaxed),
         }
     }
 
@@ -103,6 +109,8 @@ impl Faults {
             decode_step_us: t.decode_step_us,
             decode_step_us_per_seq: t.decode_step_us_per_seq,
             prefill_us_per_token: t.prefill_us_per_token,
+            call_overhead_us: t.call_overhead_us,
+            embedding_us_per_input: t.embedding_us_per_input,
         }
     }
 }
@@ -117,6 +125,8 @@ struct FaultUpdate {
     decode_step_us: Option<u64>,
     decode_step_us_per_seq: Option<u64>,
     prefill_us_per_token: Option<u64>,
+    call_overhead_us: Option<u64>,
+    embedding_us_per_input: Option<u64>,
 }
 
 /// `/sim/faults` answer: all current values.
@@ -128,6 +138,8 @@ struct FaultView {
     decode_step_us: u64,
     decode_step_us_per_seq: u64,
     prefill_us_per_token: u64,
+    call_overhead_us: u64,
+    embedding_us_per_input: u64,
 }
 
 /// State shared by the handlers and the engine task.
@@ -192,6 +204,8 @@ pub(crate) async fn serve(
             prefill_us_per_token: cfg.prefill_us_per_token,
             decode_step_us: cfg.decode_step_us,
             decode_step_us_per_seq: cfg.decode_step_us_per_seq,
+            call_overhead_us: cfg.call_overhead_us,
+            embedding_us_per_input: cfg.embedding_us_per_input,
         },
     });
     let shared = Arc::new(Shared {
@@ -439,6 +453,8 @@ async fn set_faults(
         (u.decode_step_us, &f.decode_step_us),
         (u.decode_step_us_per_seq, &f.decode_step_us_per_seq),
         (u.prefill_us_per_token, &f.prefill_us_per_token),
+        (u.call_overhead_us, &f.call_overhead_us),
+        (u.embedding_us_per_input, &f.embedding_us_per_input),
     ];
     for (v, slot) in stores {
         if let Some(v) = v {

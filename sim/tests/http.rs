@@ -514,6 +514,44 @@ fn faults_endpoint_switches_error_rate_and_speed() {
 }
 
 #[test]
+fn call_overhead_and_per_input_cost_slow_embeddings_calls() {
+    let h = start(SimConfig {
+        call_overhead_us: 40_000,
+        embedding_us_per_input: 5_000,
+        ..config()
+    });
+    let v = get(&h, "/sim/faults").json();
+    assert_eq!(v["call_overhead_us"], 40_000);
+    assert_eq!(v["embedding_us_per_input"], 5_000);
+    // One call of 4 inputs: 40 ms once + 4 × 5 ms (+ 8 tokens of prefill).
+    let t = Instant::now();
+    let r = post(
+        &h,
+        "/v1/embeddings",
+        r#"{"input":["a b","c d","e f","g h"]}"#,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"].as_array().unwrap().len(), 4);
+    assert!(
+        t.elapsed() >= Duration::from_millis(60),
+        "{:?}",
+        t.elapsed()
+    );
+    // Changeable at run time: back to no overhead.
+    let v = post(
+        &h,
+        "/sim/faults",
+        r#"{"call_overhead_us":0,"embedding_us_per_input":0}"#,
+    )
+    .json();
+    assert_eq!(v["call_overhead_us"], 0);
+    let t = Instant::now();
+    assert_eq!(post(&h, "/v1/embeddings", r#"{"input":"a b"}"#).status, 200);
+    assert!(t.elapsed() < Duration::from_secs(5));
+    h.shutdown();
+}
+
+#[test]
 fn keep_alive_connections_are_counted_once() {
     let h = start(config());
     let mut c = Client::connect(h.addr());
