@@ -10,10 +10,11 @@ use crate::FlushReason;
 
 /// Upper bounds of the batch-size histogram (members per batch).
 pub const BATCH_SIZE_BOUNDS: &[u64] = &[1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
-/// Upper bounds (µs) of the time-queued histogram.
+/// Upper bounds (µs) of the time-queued histogram (12 and 15 ms resolve the seed's
+/// 10 ms real-time queue plus timer slack).
 pub const QUEUED_US_BOUNDS: &[u64] = &[
-    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
-    1_000_000,
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 12_000, 15_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000,
 ];
 
 const MAX_BUCKETS: usize = 16;

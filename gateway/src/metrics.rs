@@ -661,7 +661,7 @@ fn render_batching(
             "gateway_batch_queue_wait_seconds",
             &labels,
             list.iter().map(|m| (&m.queued_us, m.queued_us_sum)),
-            1e-6,
+            1e6,
         );
     }
     header(
@@ -684,13 +684,14 @@ fn render_batching(
 }
 
 /// Render merged batching histograms whose buckets are `(upper bound,
-/// cumulative count)` pairs ending with `None` = +Inf, scaled by `scale` (µs → s).
+/// cumulative count)` pairs ending with `None` = +Inf, divided by `divisor` (1e6: µs → s;
+/// dividing keeps labels like `0.0001` free of float noise).
 fn batch_histogram<'a>(
     out: &mut String,
     name: &str,
     labels: &str,
     parts: impl Iterator<Item = (&'a Vec<(Option<u64>, u64)>, u64)>,
-    scale: f64,
+    divisor: f64,
 ) {
     let mut merged: Vec<(Option<u64>, u64)> = Vec::new();
     let mut sum = 0u64;
@@ -711,7 +712,7 @@ fn batch_histogram<'a>(
                 let _ = writeln!(
                     out,
                     "{name}_bucket{{{labels},le=\"{}\"}} {n}",
-                    *b as f64 * scale
+                    *b as f64 / divisor
                 );
             }
             None => {
@@ -719,7 +720,7 @@ fn batch_histogram<'a>(
             }
         }
     }
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum as f64 * scale);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum as f64 / divisor);
     let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
 }
 
