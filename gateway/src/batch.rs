@@ -308,7 +308,8 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     loop {
         let ready = pb.batcher.borrow_mut().poll_ready_with(now, |(_, ctx)| {
             // The adaptive signal: the least loaded endpoint the lane can reach.
-            backends_of(table, &ctx.route, ctx.rule)
+            rule_of(table, &ctx.route, ctx.rule)
+                .0
                 .iter()
                 .flat_map(|g| g.endpoints.iter())
                 .filter_map(|ep| {
@@ -335,12 +336,16 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     }
 }
 
-fn backends_of<'t>(table: &'t RoutingTable, route: &str, rule: usize) -> &'t [BackendGroup] {
+/// The lane's rule: its backends and linked InferencePolicy (none if it vanished).
+fn rule_of<'t>(
+    table: &'t RoutingTable,
+    route: &str,
+    rule: usize,
+) -> (&'t [BackendGroup], Option<&'t str>) {
     table
         .rules()
         .find(|r| r.route == route && r.rule == rule)
-        .map(|r| r.backends)
-        .unwrap_or(&[])
+        .map_or((&[], None), |r| (r.backends, r.policy))
 }
 
 /// The per-policy driver: sleeps until the batcher's next deadline (or a push),
@@ -446,13 +451,7 @@ fn gateway_error(status: u16, code: &str, message: &str) -> Reply {
 /// One buffered upstream call for a batch: pick, pooled connection, whole body.
 async fn call(shard: &Rc<Shard>, ctx: &LaneCtx, body: &[u8]) -> Result<(u16, Vec<u8>), Reply> {
     let settings = &shard.state.settings;
-    let backends = backends_of(&shard.state.table, &ctx.route, ctx.rule);
-    let policy = shard
-        .state
-        .table
-        .rules()
-        .find(|r| r.route == ctx.route && r.rule == ctx.rule)
-        .and_then(|r| r.policy);
+    let (backends, policy) = rule_of(&shard.state.table, &ctx.route, ctx.rule);
     let profile = shard.state.profile(policy);
     let req = PickRequest {
         model: Some(&ctx.model),
