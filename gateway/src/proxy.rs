@@ -22,13 +22,13 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_http::{
-    parse_request_head, parse_response_head, write, BodyDecoder, Framing, RequestHead,
+    split_request_head, split_response_head, write, BodyDecoder, Framing, RequestHead,
     ResponseHead, Version,
 };
 use shardgate_routing::{
     extract_model_strict, RequestView, RouteMatch, RuleAction, MODEL_HEADER, MODEL_TYPE_HEADER,
 };
-use shardgate_runtime::io::{peer_state, read_into, PeerState};
+use shardgate_runtime::io::{peer_state, read_into, read_into_cancelable, PeerState};
 
 use crate::error::Failure;
 use crate::metrics::{RequestRecord, UsageScanner};
@@ -51,85 +51,136 @@ const REPLACED_UPSTREAM: [&str; 6] = [
     MODEL_HEADER,
 ];
 
+/// A connection's I/O state, moved into each request's future and back.
+struct ConnIo {
+    client: TcpStream,
+    /// Read buffer: empty with no capacity while the connection is idle.
+    rbuf: BytesMut,
+    /// Response buffer, from the shard's pool for one request.
+    out: Vec<u8>,
+}
+
 /// Serve one client connection until it closes, errs, idles out or the gateway drains.
 pub async fn serve_connection(
     shard: Rc<Shard>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     listeners: Rc<[usize]>,
 ) {
     let _ = client.set_nodelay(true);
     let _open = ConnGauge::new(&shard);
-    // Idle connections hold no buffers: the read buffer is allocated when bytes
-    // arrive, the write buffer comes from the shard's pool for one request.
-    let mut rbuf = BytesMut::new();
-    let mut out: Vec<u8> = Vec::new();
+    // Idle connections hold no buffers: the read buffer comes from the shard's pool
+    // when bytes arrive and goes back when the connection idles; the write buffer
+    // comes from the pool for one request.
+    let mut io = ConnIo {
+        client,
+        rbuf: BytesMut::new(),
+        out: Vec::new(),
+    };
+    // The request future (several KiB) is boxed, so an idle connection's task stays
+    // small, and the box is reused from one request to the next, so a busy
+    // keep-alive connection allocates it once; it is freed when the connection idles.
+    let mut slot = None;
+    let mut cancel = monoio::io::Canceller::new();
     loop {
-        let head = match read_head(&shard, &mut client, &mut rbuf).await {
+        let head = match read_head(&shard, &mut io, &mut cancel, &mut slot).await {
             Ok(Some(h)) => h,
-            Ok(None) => return,
+            Ok(None) => break,
             Err(f) => {
-                respond_failure(&mut client, &mut out, &f, None).await;
-                return;
+                respond_failure(&mut io.client, &mut io.out, &f, None).await;
+                break;
             }
         };
-        out = shard.take_out_buf();
-        // Boxed: the request's (large) state lives only while a request is in
-        // flight, so an idle keep-alive connection's task stays small.
-        let keep = Box::pin(handle_request(
-            &shard,
-            &mut client,
-            &mut rbuf,
-            &mut out,
-            head,
-            peer,
-            &listeners,
-        ))
-        .await;
-        shard.give_out_buf(std::mem::take(&mut out));
+        io.out = shard.take_out_buf();
+        let fut = handle_request(shard.clone(), io, head, peer, listeners.clone());
+        let (keep, back) = reuse_box(&mut slot, fut).await;
+        io = back;
+        shard.give_out_buf(std::mem::take(&mut io.out));
         if !keep || shard.shutdown.is_draining() {
-            return;
+            break;
         }
     }
+    shard.give_read_buf(std::mem::take(&mut io.rbuf));
 }
+
+/// Put `fut` in `slot`'s box, reusing the allocation when there is one (the future
+/// type is the same for every request of a connection, so the layout matches).
+fn reuse_box<F: std::future::Future>(
+    slot: &mut Option<std::pin::Pin<Box<F>>>,
+    fut: F,
+) -> &mut std::pin::Pin<Box<F>> {
+    match slot {
+        Some(b) => b.set(fut),
+        None => *slot = Some(Box::pin(fut)),
+    }
+    slot.as_mut().expect("the slot was just filled")
+}
+
+/// How long a kept-alive client connection keeps its read buffer (and request
+/// box) while waiting for its next request: 50 ms. A busy connection reads
+/// directly into its buffer (one operation per read); past this it gives them back
+/// and waits for readability without a buffer, so 10,000 idle connections pin no
+/// buffers.
+pub const HOT_WAIT: Duration = Duration::from_millis(50);
 
 /// Read until a complete request head is buffered. `Ok(None)`: the client closed
 /// or idled out between requests (nothing to answer).
-async fn read_head(
+async fn read_head<F>(
     shard: &Shard,
-    client: &mut TcpStream,
-    rbuf: &mut BytesMut,
+    io: &mut ConnIo,
+    cancel: &mut monoio::io::Canceller,
+    slot: &mut Option<F>,
 ) -> Result<Option<RequestHead>, Failure> {
     let settings = &shard.state.settings;
     let mut started: Option<Instant> = None;
+    let client = &mut io.client;
+    let rbuf = &mut io.rbuf;
     loop {
         if !rbuf.is_empty() {
             started.get_or_insert_with(Instant::now);
-            let bytes = std::mem::take(rbuf).freeze();
-            match parse_request_head(&bytes, &settings.limits) {
-                Ok(Some((head, len))) => {
-                    rbuf.extend_from_slice(&bytes[len..]);
-                    return Ok(Some(head));
-                }
-                Ok(None) => {
-                    *rbuf = bytes
-                        .try_into_mut()
-                        .unwrap_or_else(|b| BytesMut::from(&b[..]));
-                }
+            match split_request_head(rbuf, &settings.limits) {
+                Ok(Some(head)) => return Ok(Some(head)),
+                Ok(None) => {}
                 Err(e) => return Err(Failure::from_codec(&e)),
             }
         }
-        if started.is_none() && rbuf.is_empty() {
-            // Between requests: wait for readiness without a buffer (10,000 idle
-            // keep-alive connections must not pin 10,000 read buffers).
+        if started.is_none() {
+            // Between requests.
+            let mut idle_left = settings.client_idle_timeout;
             if rbuf.capacity() > 0 {
-                *rbuf = BytesMut::new();
+                // Hot: read straight into the buffer, for a while.
+                let hot = HOT_WAIT.min(idle_left);
+                let read = read_into_cancelable(client, std::mem::take(rbuf), cancel.handle());
+                let mut read = std::pin::pin!(read);
+                let (res, b) = monoio::select! {
+                    r = &mut read => r,
+                    _ = monoio::time::sleep(hot) => {
+                        // Cancelled, the read still hands back what it received.
+                        *cancel = std::mem::take(cancel).cancel();
+                        read.await
+                    }
+                };
+                *rbuf = b;
+                match res {
+                    Ok(0) => return Ok(None),
+                    Ok(_) => {
+                        started = Some(Instant::now());
+                        continue;
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+                    Err(_) => return Ok(None),
+                }
+                // Idle: give the buffer and the request box back.
+                shard.give_read_buf(std::mem::take(rbuf));
+                *slot = None;
+                idle_left = idle_left.saturating_sub(hot);
             }
-            match monoio::time::timeout(settings.client_idle_timeout, client.readable(false)).await
-            {
+            // Wait for readiness without a buffer.
+            match monoio::time::timeout(idle_left, client.readable(false)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) | Err(_) => return Ok(None),
             }
+            *rbuf = shard.take_read_buf();
             started = Some(Instant::now());
         }
         let wait = match started {
@@ -175,22 +226,35 @@ async fn read_body(
         res.map_err(|_| Failure::request_timeout())?;
     }
     let deadline = Instant::now() + settings.header_timeout;
+    if let Framing::Length(n) = framing {
+        // Read the whole body into the connection buffer and split it off: no copy,
+        // and no allocation when it fits the buffer's spare room.
+        if n > settings.limits.max_body_bytes {
+            return Err(Failure::from_codec(&body_too_large()));
+        }
+        let n = usize::try_from(n).map_err(|_| Failure::from_codec(&body_too_large()))?;
+        if rbuf.len() < n {
+            rbuf.reserve(n - rbuf.len());
+        }
+        while rbuf.len() < n {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let buf = std::mem::take(rbuf);
+            match monoio::time::timeout(wait, read_into(client, buf)).await {
+                Ok((Ok(k), b)) if k > 0 => *rbuf = b,
+                Ok(_) => return Err(Failure::bad_request_closed()),
+                Err(_) => return Err(Failure::request_timeout()),
+            }
+        }
+        return Ok(rbuf.split_to(n).freeze());
+    }
     let mut dec = BodyDecoder::new(framing);
-    let mut body = match framing {
-        Framing::Length(n) => BytesMut::with_capacity(n as usize),
-        _ => BytesMut::new(),
-    };
+    let mut body = BytesMut::new();
     loop {
         while !rbuf.is_empty() && !dec.is_done() {
             let d = dec.decode(rbuf).map_err(|e| Failure::from_codec(&e))?;
             if let Some(r) = d.data.clone() {
                 if (body.len() + r.len()) as u64 > settings.limits.max_body_bytes {
-                    return Err(Failure::from_codec(&shardgate_http::HttpError {
-                        kind: shardgate_http::ErrorKind::BodyTooLarge,
-                        status: 413,
-                        message: "request body exceeds the configured limit",
-                        close: true,
-                    }));
+                    return Err(Failure::from_codec(&body_too_large()));
                 }
                 body.extend_from_slice(&rbuf[r]);
             }
@@ -212,26 +276,35 @@ async fn read_body(
     }
 }
 
+fn body_too_large() -> shardgate_http::HttpError {
+    shardgate_http::HttpError {
+        kind: shardgate_http::ErrorKind::BodyTooLarge,
+        status: 413,
+        message: "request body exceeds the configured limit",
+        close: true,
+    }
+}
+
 fn is_model_body_path(method: &str, path: &str) -> bool {
     method == "POST" && MODEL_BODY_PATHS.contains(&path)
 }
 
 /// Handle one request and record its metrics; returns whether the connection may
-/// serve another.
+/// serve another, and the connection's I/O state.
 async fn handle_request(
-    shard: &Rc<Shard>,
-    client: &mut TcpStream,
-    rbuf: &mut BytesMut,
-    out: &mut Vec<u8>,
+    shard: Rc<Shard>,
+    mut io: ConnIo,
     head: RequestHead,
     peer: SocketAddr,
-    listeners: &[usize],
-) -> bool {
+    listeners: Rc<[usize]>,
+) -> (bool, ConnIo) {
+    let shard = &shard;
+    let (client, rbuf, out) = (&mut io.client, &mut io.rbuf, &mut io.out);
     let state = shard.state.clone();
     let mut rq = RequestState {
         started: Instant::now(),
         ts_ms: crate::access_log::now_ms(),
-        request_id: String::new(),
+        request_id: RequestId::of(&head, shard),
         status: 0,
         model: None,
         route: None,
@@ -242,7 +315,7 @@ async fn handle_request(
         usage: UsageScanner::default(),
     };
     let keep = route_and_forward(
-        shard, &state, client, rbuf, out, &head, peer, listeners, &mut rq,
+        shard, &state, client, rbuf, out, &head, peer, &listeners, &mut rq,
     )
     .await;
     let duration = rq.started.elapsed();
@@ -260,7 +333,7 @@ async fn handle_request(
         let client_addr = peer.to_string();
         log.borrow_mut().push(&crate::access_log::Line {
             ts_ms: rq.ts_ms,
-            request_id: &rq.request_id,
+            request_id: std::str::from_utf8(rq.request_id.as_bytes()).unwrap_or(""),
             client: &client_addr,
             method: head.method(),
             path: head.path(),
@@ -275,18 +348,77 @@ async fn handle_request(
             completion_tokens: rq.usage.completion_tokens,
         });
     }
-    keep
+    (keep, io)
+}
+
+/// A request's id: the client's `X-Request-Id` when it is usable (1–200 visible
+/// ASCII bytes), else a generated one. Neither allocates.
+enum RequestId<'h> {
+    Client(&'h [u8]),
+    Own([u8; 32]),
+}
+
+impl<'h> RequestId<'h> {
+    fn of(head: &'h RequestHead, shard: &Shard) -> Self {
+        match head.header("x-request-id") {
+            Some(v)
+                if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                RequestId::Client(v)
+            }
+            _ => RequestId::Own(shard.request_id()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Client(v) => v,
+            RequestId::Own(id) => id,
+        }
+    }
+}
+
+/// A model name that shares the request's buffers (a slice of the body or of the
+/// head): valid UTF-8 by construction, no allocation unless the name was escaped.
+#[derive(Clone)]
+struct ModelName(Bytes);
+
+impl ModelName {
+    /// From a header value (lossily decoded if it is not UTF-8).
+    fn from_header(head: &RequestHead, value: &[u8]) -> Self {
+        match std::str::from_utf8(value) {
+            Ok(_) => ModelName(head.raw().slice_ref(value)),
+            Err(_) => ModelName(Bytes::from(
+                String::from_utf8_lossy(value).into_owned().into_bytes(),
+            )),
+        }
+    }
+
+    /// From the body's `model` field as the scanner returned it.
+    fn from_body(body: &Bytes, name: std::borrow::Cow<'_, str>) -> Self {
+        match name {
+            std::borrow::Cow::Borrowed(s) => ModelName(body.slice_ref(s.as_bytes())),
+            std::borrow::Cow::Owned(s) => ModelName(Bytes::from(s.into_bytes())),
+        }
+    }
+}
+
+impl std::ops::Deref for ModelName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or("")
+    }
 }
 
 /// What one request's handling observed, for metrics.
 struct RequestState<'s> {
     started: Instant,
     ts_ms: u64,
-    request_id: String,
+    request_id: RequestId<'s>,
     endpoint: Option<usize>,
     bytes: u64,
     status: u16,
-    model: Option<String>,
+    model: Option<ModelName>,
     route: Option<&'s str>,
     ttft: Option<Duration>,
     tpot: Option<Duration>,
@@ -306,13 +438,10 @@ async fn route_and_forward<'s>(
     rq: &mut RequestState<'s>,
 ) -> bool {
     let mut guard = InFlight::new(shard);
-    let request_id = match head.header("x-request-id") {
-        Some(v) if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) => {
-            String::from_utf8_lossy(v).into_owned()
-        }
-        _ => shard.request_id(),
+    let request_id = match &rq.request_id {
+        RequestId::Client(v) => RequestId::Client(v),
+        RequestId::Own(id) => RequestId::Own(*id),
     };
-    rq.request_id.clone_from(&request_id);
     let rid = request_id.as_bytes();
     let body = match read_body(shard, client, rbuf, head, out).await {
         Ok(b) => b,
@@ -331,7 +460,7 @@ async fn route_and_forward<'s>(
 
     let body_model = if is_model_body_path(head.method(), head.path()) {
         match extract_model_strict(&body) {
-            Ok(m) => m.map(|m| m.into_owned()),
+            Ok(m) => m.map(|m| ModelName::from_body(&body, m)),
             Err(e) => {
                 rq.status =
                     respond_failure(client, out, &Failure::bad_json(e.to_string()), Some(rid))
@@ -342,11 +471,11 @@ async fn route_and_forward<'s>(
     } else {
         None
     };
-    let header_model = head
-        .header(MODEL_TYPE_HEADER)
-        .or_else(|| head.header(MODEL_HEADER))
-        .map(|v| String::from_utf8_lossy(v).into_owned());
-    rq.model = body_model.clone().or(header_model);
+    rq.model = body_model.clone().or_else(|| {
+        head.header(MODEL_TYPE_HEADER)
+            .or_else(|| head.header(MODEL_HEADER))
+            .map(|v| ModelName::from_header(head, v))
+    });
 
     let host = head
         .header("host")
@@ -773,6 +902,10 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn
     }
 }
 
+/// How long an upstream read waits before the client socket is watched for a
+/// disconnect (10 ms); see [`read_upstream_watched`].
+pub const WATCH_AFTER: Duration = Duration::from_millis(10);
+
 /// Outcome of waiting on an upstream read while watching the client.
 enum Watched {
     Read(std::io::Result<usize>, BytesMut),
@@ -793,6 +926,15 @@ async fn read_upstream_watched(
     let mut read = std::pin::pin!(read);
     let sleep = monoio::time::sleep_until(deadline);
     let mut sleep = std::pin::pin!(sleep);
+    if *watch {
+        // Most reads finish quickly: start watching the client only once this one
+        // has waited WATCH_AFTER, so a fast exchange costs no poll and cancel.
+        monoio::select! {
+            (res, b) = &mut read => return Watched::Read(res, b),
+            _ = &mut sleep => return Watched::TimedOut,
+            _ = monoio::time::sleep(WATCH_AFTER) => {}
+        }
+    }
     loop {
         let watching = *watch;
         monoio::select! {
@@ -842,10 +984,8 @@ async fn exchange(
     loop {
         if !conn.buf.is_empty() {
             got_bytes = true;
-            let bytes = std::mem::take(&mut conn.buf).freeze();
-            match parse_response_head(&bytes, head_request, &settings.limits) {
-                Ok(Some((resp, len))) => {
-                    conn.buf.extend_from_slice(&bytes[len..]);
+            match split_response_head(&mut conn.buf, head_request, &settings.limits) {
+                Ok(Some(resp)) => {
                     if resp.is_informational() && resp.status() != 101 {
                         continue;
                     }
@@ -856,11 +996,7 @@ async fn exchange(
                     }
                     return Ok((resp, conn));
                 }
-                Ok(None) => {
-                    conn.buf = bytes
-                        .try_into_mut()
-                        .unwrap_or_else(|b| BytesMut::from(&b[..]))
-                }
+                Ok(None) => {}
                 Err(e) => return Err(Attempt::Fail(Failure::upstream_protocol(&e))),
             }
         }

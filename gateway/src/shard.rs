@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_routing::{BackendGroup, RoutingTable};
-use shardgate_runtime::io::{peer_state, PeerState};
+use shardgate_runtime::io::{peer_state, PeerState, READ_CHUNK};
 use shardgate_runtime::Shutdown;
 
 use crate::access_log::ShardLog;
@@ -222,6 +222,9 @@ pub struct Shard {
     pub admission: Option<Rc<crate::admit::ShardAdmission>>,
     /// Reusable response buffers (taken for one request, returned after).
     out_pool: RefCell<Vec<Vec<u8>>>,
+    /// Reusable client read buffers (taken when a connection gets busy, returned
+    /// when it goes idle).
+    read_pool: RefCell<Vec<BytesMut>>,
 }
 
 impl Shard {
@@ -250,6 +253,7 @@ impl Shard {
             local: RefCell::new(Vec::with_capacity(64)),
             retry_tokens: Cell::new(1.0),
             out_pool: RefCell::new(Vec::new()),
+            read_pool: RefCell::new(Vec::new()),
             admission: state.settings.max_concurrent.map(|total| {
                 let shares =
                     shardgate_batching::Budget { total }.initial(state.settings.shards.max(1));
@@ -387,6 +391,30 @@ impl Shard {
         }
     }
 
+    /// A client read buffer with [`READ_CHUNK`] bytes of room, from the pool.
+    pub fn take_read_buf(&self) -> BytesMut {
+        self.read_pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+    }
+
+    /// Return an empty client read buffer; the pool keeps at most 1,024.
+    pub fn give_read_buf(&self, mut buf: BytesMut) {
+        if !buf.is_empty() {
+            return;
+        }
+        let mut pool = self.read_pool.borrow_mut();
+        if pool.len() < 1024 {
+            // Reclaims the whole allocation in place when nothing else references
+            // it (the usual case), so the next taker reads without allocating.
+            buf.reserve(READ_CHUNK);
+            if buf.capacity() <= 4 * READ_CHUNK {
+                pool.push(buf);
+            }
+        }
+    }
+
     /// This shard's batcher for BatchingPolicy `key`.
     pub fn batcher(&self, key: &str) -> Option<&Rc<PolicyBatcher>> {
         self.batchers.iter().find(|b| b.key == key)
@@ -472,7 +500,12 @@ impl Shard {
                 continue;
             }
             // An idle upstream must have nothing to say: data or EOF means it is stale.
-            if peer_state(&c.stream) != PeerState::Idle {
+            // Checked (one syscall) only on connections idle long enough for a
+            // server's keep-alive timer to matter; a busy connection that turns out
+            // stale is retried once on a fresh one anyway.
+            if now.saturating_duration_since(c.idle_since) >= PEEK_AFTER_IDLE
+                && peer_state(&c.stream) != PeerState::Idle
+            {
                 continue;
             }
             return Some(c);
@@ -495,12 +528,17 @@ impl Shard {
         idle.push(conn);
     }
 
-    /// A new request id: 32 hex digits, random per shard.
-    pub fn request_id(&self) -> String {
+    /// A new request id: 32 hex digits (64 random bits, the shard, a counter),
+    /// formatted without allocating.
+    pub fn request_id(&self) -> [u8; 32] {
         let n = self.requests.get().wrapping_add(1);
         self.requests.set(n);
         let r = self.rng.borrow_mut().u64(..);
-        format!("{:016x}{:08x}{:08x}", r, self.id as u32, n as u32)
+        let mut id = [0u8; 32];
+        hex_into(&mut id[..16], r);
+        hex_into(&mut id[16..24], u64::from(self.id as u32));
+        hex_into(&mut id[24..], u64::from(n as u32));
+        id
     }
 }
 
@@ -590,5 +628,17 @@ impl Drop for InFlight {
         self.shard
             .in_flight
             .set(self.shard.in_flight.get().saturating_sub(1));
+    }
+}
+
+/// Pooled upstream connections idle at least this long are peeked at (1 s) before
+/// reuse; see [`Shard::take_conn`].
+pub const PEEK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Write the low `out.len()` hex digits of `v` into `out` (lower case).
+fn hex_into(out: &mut [u8], mut v: u64) {
+    for b in out.iter_mut().rev() {
+        *b = b"0123456789abcdef"[(v & 0xf) as usize];
+        v >>= 4;
     }
 }

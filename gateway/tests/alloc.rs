@@ -4,8 +4,10 @@
 //! and the client are plain `std::net` loops with fixed buffers, so they allocate
 //! nothing per request and every allocation counted while requests flow belongs
 //! to the gateway (plus its periodic metrics publication, amortised over many
-//! requests). The bound is an upper limit that guards against regressions; the
-//! figure itself is printed.
+//! requests). The steady state allocates nothing (measured: 0.01 per request,
+//! the metrics publication); the bound guards against regressions and the figure
+//! is printed. `SHARDGATE_ALLOC_TRACE=N` prints where the first N allocations of
+//! two extra requests come from, to find a regression.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -18,10 +20,58 @@ use std::time::Duration;
 struct Counting;
 
 static ALLOCS: AtomicU64 = AtomicU64::new(0);
+/// `SHARDGATE_ALLOC_TRACE=N`: print where the first N allocations of the measured
+/// window come from (a debugging aid; the count is unaffected).
+static TRACE_LEFT: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::disallowed_types)] // a test-only debugging aid, off the data path
+static TRACES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+thread_local! {
+    static IN_TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn counted(size: usize) {
+    ALLOCS.fetch_add(1, Ordering::Relaxed);
+    if TRACE_LEFT.load(Ordering::Relaxed) == 0 || IN_TRACE.with(|t| t.replace(true)) {
+        return;
+    }
+    if TRACE_LEFT
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        let bt = std::backtrace::Backtrace::force_capture().to_string();
+        let frames: Vec<&str> = bt
+            .lines()
+            .filter(|l| {
+                l.trim_start()
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_digit())
+            })
+            .filter(|l| {
+                ![
+                    "std::",
+                    "alloc::",
+                    "core::",
+                    "backtrace",
+                    "alloc::counted",
+                    "__rust",
+                ]
+                .iter()
+                .any(|p| l.contains(p))
+            })
+            .take(7)
+            .collect();
+        if let Ok(mut t) = TRACES.lock() {
+            t.push(format!("{size} bytes\n{}", frames.join("\n")));
+        }
+    }
+    IN_TRACE.with(|t| t.set(false));
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        counted(layout.size());
         // SAFETY: forwarding the caller's layout to the system allocator.
         unsafe { System.alloc(layout) }
     }
@@ -30,7 +80,7 @@ unsafe impl GlobalAlloc for Counting {
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        counted(new_size);
         // SAFETY: as for `alloc`/`dealloc`.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -39,8 +89,10 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Upper bound on allocations per non-streaming, non-batched proxied request.
-const BOUND: u64 = 30;
+/// Upper bound on allocations per non-streaming, non-batched proxied request on a
+/// busy keep-alive connection. The steady state allocates nothing; what is left is
+/// the periodic metrics publication (every 500 ms), amortised over the requests.
+const BOUND: f64 = 0.5;
 
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 26\r\n\r\n{\"id\":\"x\",\"object\":\"ok\"}\n\n";
 
@@ -84,9 +136,9 @@ fn request_len(b: &[u8]) -> Option<usize> {
     let len = text
         .lines()
         .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().unwrap_or(0))
         })
         .unwrap_or(0);
     (b.len() >= head + len).then_some(head + len)
@@ -174,12 +226,25 @@ fn proxied_requests_allocate_a_bounded_amount() {
         exchange(&mut c);
     }
     let per_request = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    let trace: u64 = std::env::var("SHARDGATE_ALLOC_TRACE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if trace > 0 {
+        TRACE_LEFT.store(trace, Ordering::Relaxed);
+        exchange(&mut c);
+        exchange(&mut c);
+        TRACE_LEFT.store(0, Ordering::Relaxed);
+        for t in TRACES.lock().unwrap().iter() {
+            println!("--- {t}");
+        }
+    }
     println!("allocations per proxied request: {per_request:.2}");
     shutdown.trigger();
     drop(c);
     running.shards.join();
     assert!(
-        per_request <= BOUND as f64,
+        per_request <= BOUND,
         "{per_request:.2} allocations per request (bound {BOUND})"
     );
 }

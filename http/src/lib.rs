@@ -5,6 +5,10 @@
 //! decisions, decoded chunk ranges, or a typed [`HttpError`] carrying the status
 //! to answer with and whether the connection must close.
 //!
+//! The data path uses [`split_request_head`] / [`split_response_head`], which split
+//! a parsed head off the connection's `BytesMut` in place: no copy, and with up to
+//! [`INLINE_HEADERS`] (16) fields no heap allocation either.
+//!
 //! Pieces:
 //! - [`request`]: request-head parsing with limits and request-smuggling defences;
 //! - [`response`]: upstream response-head parsing and framing (RFC 9112 §6.3);
@@ -22,8 +26,8 @@ pub mod write;
 
 pub use body::{BodyDecoder, ChunkedDecoder, Decoded};
 pub use error::{ErrorKind, HttpError};
-pub use request::{parse_request_head, RequestHead};
-pub use response::{parse_response_head, ResponseHead};
+pub use request::{parse_request_head, split_request_head, RequestHead};
+pub use response::{parse_response_head, split_response_head, ResponseHead};
 
 /// Limits the parser enforces. Every limit has a flag in the gateway's CLI.
 #[derive(Debug, Clone, Copy)]
@@ -67,6 +71,13 @@ pub enum Framing {
     /// Response body runs until the upstream closes the connection.
     UntilClose,
 }
+
+/// Header field spans of a parsed head: the first [`INLINE_HEADERS`] live inside the
+/// head itself, so parsing a typical request or response allocates nothing.
+pub type HeaderSpans = smallvec::SmallVec<[(Span, Span); INLINE_HEADERS]>;
+
+/// Header fields a head holds without a heap allocation (16 × 16 bytes).
+pub const INLINE_HEADERS: usize = 16;
 
 /// A byte range inside a head's buffer (kept as `u32` pairs so a head is small).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -16,7 +16,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::ErrorKind;
 use crate::headers;
@@ -24,7 +24,7 @@ use crate::parse::{
     check_line_endings, header_slots, map_httparse_error, span_of, span_str, window, ContentLength,
     HeaderFacts, Side, Slot, TransferEncoding, STACK_HEADERS,
 };
-use crate::{Framing, HttpError, Limits, Span, Version};
+use crate::{Framing, HeaderSpans, HttpError, Limits, Span, Version};
 
 /// A parsed request head. Zero-copy: the spans point into `buf`, which shares the
 /// connection's read buffer allocation.
@@ -34,7 +34,7 @@ pub struct RequestHead {
     method: Span,
     target: Span,
     version: Version,
-    headers: Vec<(Span, Span)>,
+    headers: HeaderSpans,
     framing: Framing,
     keep_alive: bool,
     expect_continue: bool,
@@ -113,6 +113,30 @@ pub fn parse_request_head(
     buf: &Bytes,
     limits: &Limits,
 ) -> Result<Option<(RequestHead, usize)>, HttpError> {
+    Ok(parse(buf, limits)?.map(|(mut head, len)| {
+        head.buf = buf.slice(..len);
+        (head, len)
+    }))
+}
+
+/// Parse a request head from the start of a connection's read buffer and split it
+/// off: on success `buf` keeps only what follows the head (body bytes, pipelined
+/// requests) and the head shares the buffer's allocation. Nothing is copied and,
+/// once the buffer is shared, nothing is allocated. Errors and `Ok(None)` as for
+/// [`parse_request_head`]; `buf` is untouched then.
+pub fn split_request_head(
+    buf: &mut BytesMut,
+    limits: &Limits,
+) -> Result<Option<RequestHead>, HttpError> {
+    Ok(parse(buf, limits)?.map(|(mut head, len)| {
+        head.buf = buf.split_to(len).freeze();
+        head
+    }))
+}
+
+/// The parse proper, over plain bytes; the returned head's `buf` is empty and the
+/// caller fills it with the first `len` bytes.
+fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HttpError> {
     let win = window(buf, limits);
     let mut stack: [Slot<'_>; STACK_HEADERS] = [const { MaybeUninit::uninit() }; STACK_HEADERS];
     let mut heap = Vec::new();
@@ -140,7 +164,7 @@ pub fn parse_request_head(
     };
     let method = span_of(win, req.method.unwrap_or("").as_bytes());
     let target = span_of(win, req.path.unwrap_or("").as_bytes());
-    let fields: Vec<(Span, Span)> = req
+    let fields: HeaderSpans = req
         .headers
         .iter()
         .map(|h| (span_of(win, h.name.as_bytes()), span_of(win, h.value)))
@@ -158,7 +182,7 @@ pub fn parse_request_head(
         Version::Http10 => facts.conn_keep_alive && !facts.conn_close,
     };
     let head = RequestHead {
-        buf: buf.slice(..len),
+        buf: Bytes::new(),
         method,
         target,
         version,
@@ -282,6 +306,38 @@ mod tests {
         assert_eq!(h.query(), None);
         let h = head(b"GET /a? HTTP/1.1\r\n\r\n");
         assert_eq!(h.query(), Some(""));
+    }
+
+    #[test]
+    fn split_leaves_the_rest_in_the_buffer() {
+        let mut buf =
+            BytesMut::from(&b"POST /v1 HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}GET"[..]);
+        let start = buf.as_ptr();
+        let h = split_request_head(&mut buf, &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.path(), "/v1");
+        assert_eq!(h.header("host"), Some(&b"a"[..]));
+        assert_eq!(h.raw().as_ptr(), start, "the head shares the buffer");
+        assert_eq!(&buf[..], b"{}GET");
+        // An incomplete head leaves the buffer as it was.
+        let _ = buf.split_to(2);
+        assert!(split_request_head(&mut buf, &Limits::default())
+            .unwrap()
+            .is_none());
+        assert_eq!(&buf[..], b"GET");
+    }
+
+    #[test]
+    fn many_headers_spill_to_the_heap_intact() {
+        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..40 {
+            raw.extend_from_slice(format!("x-h{i}: v{i}\r\n").as_bytes());
+        }
+        raw.extend_from_slice(b"\r\n");
+        let h = head(&raw);
+        assert_eq!(h.headers().count(), 40);
+        assert_eq!(h.header("x-h39"), Some(&b"v39"[..]));
     }
 
     #[test]

@@ -20,7 +20,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::ErrorKind;
 use crate::headers;
@@ -28,7 +28,7 @@ use crate::parse::{
     check_line_endings, header_slots, map_httparse_error, span_of, span_str, window, ContentLength,
     HeaderFacts, Side, Slot, TransferEncoding, STACK_HEADERS,
 };
-use crate::{Framing, HttpError, Limits, Span, Version};
+use crate::{Framing, HeaderSpans, HttpError, Limits, Span, Version};
 
 /// A parsed upstream response head (zero-copy spans into `buf`).
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub struct ResponseHead {
     status: u16,
     reason: Span,
     version: Version,
-    headers: Vec<(Span, Span)>,
+    headers: HeaderSpans,
     framing: Framing,
     keep_alive: bool,
     other_transfer_coding: bool,
@@ -110,11 +110,30 @@ pub fn parse_response_head(
     head_request: bool,
     limits: &Limits,
 ) -> Result<Option<(ResponseHead, usize)>, HttpError> {
-    parse(buf, head_request, limits).map_err(HttpError::into_upstream)
+    let parsed = parse(buf, head_request, limits).map_err(HttpError::into_upstream)?;
+    Ok(parsed.map(|(mut head, len)| {
+        head.buf = buf.slice(..len);
+        (head, len)
+    }))
+}
+
+/// Parse a response head from the start of an upstream connection's read buffer
+/// and split it off (see [`crate::split_request_head`]: no copy, and no allocation
+/// once the buffer is shared).
+pub fn split_response_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    limits: &Limits,
+) -> Result<Option<ResponseHead>, HttpError> {
+    let parsed = parse(buf, head_request, limits).map_err(HttpError::into_upstream)?;
+    Ok(parsed.map(|(mut head, len)| {
+        head.buf = buf.split_to(len).freeze();
+        head
+    }))
 }
 
 fn parse(
-    buf: &Bytes,
+    buf: &[u8],
     head_request: bool,
     limits: &Limits,
 ) -> Result<Option<(ResponseHead, usize)>, HttpError> {
@@ -154,7 +173,7 @@ fn parse(
         _ => Version::Http11,
     };
     let reason = span_of(win, resp.reason.unwrap_or("").as_bytes());
-    let fields: Vec<(Span, Span)> = resp
+    let fields: HeaderSpans = resp
         .headers
         .iter()
         .map(|h| (span_of(win, h.name.as_bytes()), span_of(win, h.value)))
@@ -202,7 +221,7 @@ fn parse(
         keep_alive = false;
     }
     let head = ResponseHead {
-        buf: buf.slice(..len),
+        buf: Bytes::new(),
         status,
         reason,
         version,
@@ -240,6 +259,17 @@ mod tests {
 
     fn head(raw: &[u8]) -> ResponseHead {
         parse_as(raw, false).unwrap().unwrap().0
+    }
+
+    #[test]
+    fn split_response_keeps_the_body_in_the_buffer() {
+        let mut buf = BytesMut::from(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..]);
+        let h = split_response_head(&mut buf, false, &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status(), 200);
+        assert_eq!(h.framing(), Framing::Length(2));
+        assert_eq!(&buf[..], b"ok");
     }
 
     #[test]

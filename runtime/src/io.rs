@@ -1,7 +1,10 @@
 //! Small I/O helpers over monoio's owned-buffer ("rent") API.
 //!
 //! - [`read_into`] appends to a `BytesMut` (monoio's plain `read` would overwrite
-//!   from offset 0), growing it by at least [`READ_CHUNK`] bytes of spare room;
+//!   from offset 0), making room when less than a quarter of [`READ_CHUNK`] is
+//!   left, in a way that lets `BytesMut` reuse an allocation nothing else shares;
+//! - [`read_into_cancelable`] does the same with a monoio `CancelHandle`, so a read
+//!   that is given up on hands back any bytes it did receive;
 //! - [`peer_state`] peeks at a socket without consuming anything, to tell a client
 //!   that went away (EOF / reset) from one that pipelined its next request.
 
@@ -9,7 +12,7 @@ use std::os::fd::AsRawFd;
 
 use bytes::BytesMut;
 use monoio::buf::IoBufMut;
-use monoio::io::AsyncReadRent;
+use monoio::io::{AsyncReadRent, CancelHandle, CancelableAsyncReadRent};
 
 /// Spare room guaranteed before each read: 16 KiB.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -20,12 +23,34 @@ pub async fn read_into<R: AsyncReadRent>(
     r: &mut R,
     mut buf: BytesMut,
 ) -> (std::io::Result<usize>, BytesMut) {
-    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-        buf.reserve(READ_CHUNK);
-    }
+    make_room(&mut buf);
     let start = buf.len();
     let slice = buf.slice_mut(start..);
     let (res, slice) = r.read(slice).await;
+    (res, slice.into_inner())
+}
+
+/// Ensure a quarter of [`READ_CHUNK`] of spare room, asking for a READ_CHUNK-sized
+/// buffer: when the allocation is no longer shared, `BytesMut` reclaims it in place
+/// instead of allocating a new one.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK.saturating_sub(buf.len()).max(READ_CHUNK / 4));
+    }
+}
+
+/// [`read_into`] with a cancel handle: cancelling it (from a timer, say) makes the
+/// read return `ECANCELED` *or* the bytes it had already received, never losing
+/// them, which a dropped io_uring read could.
+pub async fn read_into_cancelable<R: CancelableAsyncReadRent>(
+    r: &mut R,
+    mut buf: BytesMut,
+    cancel: CancelHandle,
+) -> (std::io::Result<usize>, BytesMut) {
+    make_room(&mut buf);
+    let start = buf.len();
+    let slice = buf.slice_mut(start..);
+    let (res, slice) = r.cancelable_read(slice, cancel).await;
     (res, slice.into_inner())
 }
 
