@@ -25,6 +25,21 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
 }
 
+/// Whether any `Connection` field among `fields` (spans into `buf`) lists a token
+/// other than `close` / `keep-alive`, i.e. names extra hop-by-hop fields. Computed
+/// once per head so the per-field hop-by-hop check is usually a fixed-list test.
+pub(crate) fn names_extra_connection_tokens(
+    buf: &[u8],
+    fields: &[(crate::Span, crate::Span)],
+) -> bool {
+    fields.iter().any(|(n, v)| {
+        n.get(buf).eq_ignore_ascii_case(b"connection")
+            && list_elements(v.get(buf)).any(|t| {
+                !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+            })
+    })
+}
+
 /// Whether the comma-separated `Connection` header value `conn_value` lists `name`.
 pub fn connection_lists(conn_value: &[u8], name: &str) -> bool {
     list_elements(conn_value).any(|token| token.eq_ignore_ascii_case(name.as_bytes()))

@@ -38,6 +38,8 @@ pub struct RequestHead {
     framing: Framing,
     keep_alive: bool,
     expect_continue: bool,
+    /// Whether a `Connection` header names fields beyond `close` / `keep-alive`.
+    conn_tokens: bool,
 }
 
 impl RequestHead {
@@ -69,9 +71,13 @@ impl RequestHead {
     }
     /// First value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // Byte comparison: no UTF-8 check per field (httparse accepted only
+        // token characters in names).
+        let name = name.as_bytes();
+        self.headers
+            .iter()
+            .find(|(n, _)| n.get(&self.buf).eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.get(&self.buf))
     }
     /// All header fields in order, names as sent.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
@@ -95,10 +101,11 @@ impl RequestHead {
     /// the names listed in this request's `Connection` header.
     pub fn is_hop_by_hop(&self, name: &str) -> bool {
         headers::is_hop_by_hop(name)
-            || self
-                .headers()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-                .any(|(_, v)| headers::connection_lists(v, name))
+            || (self.conn_tokens
+                && self
+                    .headers()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                    .any(|(_, v)| headers::connection_lists(v, name)))
     }
 }
 
@@ -181,6 +188,7 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Ht
         Version::Http11 => !facts.conn_close,
         Version::Http10 => facts.conn_keep_alive && !facts.conn_close,
     };
+    let conn_tokens = headers::names_extra_connection_tokens(&buf[..len], &fields);
     let head = RequestHead {
         buf: Bytes::new(),
         method,
@@ -190,6 +198,7 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Ht
         framing,
         keep_alive,
         expect_continue: facts.expect_continue && version == Version::Http11,
+        conn_tokens,
     };
     Ok(Some((head, len)))
 }

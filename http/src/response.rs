@@ -41,6 +41,8 @@ pub struct ResponseHead {
     framing: Framing,
     keep_alive: bool,
     other_transfer_coding: bool,
+    /// Whether a `Connection` header names fields beyond `close` / `keep-alive`.
+    conn_tokens: bool,
 }
 
 impl ResponseHead {
@@ -62,9 +64,13 @@ impl ResponseHead {
     }
     /// First value of header `name` (ASCII case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
+        // Byte comparison: no UTF-8 check per field (httparse accepted only
+        // token characters in names).
+        let name = name.as_bytes();
+        self.headers
+            .iter()
+            .find(|(n, _)| n.get(&self.buf).eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.get(&self.buf))
     }
     /// All header fields in order.
     pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
@@ -87,10 +93,11 @@ impl ResponseHead {
     /// Whether header `name` is hop-by-hop for this response (fixed list + `Connection` tokens).
     pub fn is_hop_by_hop(&self, name: &str) -> bool {
         headers::is_hop_by_hop(name)
-            || self
-                .headers()
-                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-                .any(|(_, v)| headers::connection_lists(v, name))
+            || (self.conn_tokens
+                && self
+                    .headers()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                    .any(|(_, v)| headers::connection_lists(v, name)))
     }
     /// Whether `Transfer-Encoding` lists codings besides one final `chunked`
     /// (e.g. `gzip, chunked`): the body a decoder yields is then still in those
@@ -220,6 +227,7 @@ fn parse(
     if framing == Framing::UntilClose || status == 101 {
         keep_alive = false;
     }
+    let conn_tokens = headers::names_extra_connection_tokens(&buf[..len], &fields);
     let head = ResponseHead {
         buf: Bytes::new(),
         status,
@@ -229,6 +237,7 @@ fn parse(
         framing,
         keep_alive,
         other_transfer_coding,
+        conn_tokens,
     };
     Ok(Some((head, len)))
 }
