@@ -35,7 +35,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
+try:
+    import aiohttp
+except ImportError:  # --help and --report-only work without it
+    aiohttp = None
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "sim-llm"
@@ -91,7 +94,6 @@ class RouterSpec:
     shards: int = 2
     pass_saturated: bool = True
     api: str = "chat"  # "chat" or "completions" (same tokens for the sim, see to_completions)
-    shim: bool = False  # vllm-router only: workers behind render_shim.py (see there)
 
 
 SHARDGATE_PROFILES = ["round-robin", "least-queue", "prefix-cache-aware", "default",
@@ -104,7 +106,7 @@ def router_specs(names: list[str], shards: int) -> list[RouterSpec]:
         parts = n.split(":")
         if parts[0] not in ("shardgate", "vllm-router") or len(parts) < 2:
             raise SystemExit(f"unknown router {n!r} (shardgate:PROFILE[:shards=N][:strict]"
-                             "[:completions] or vllm-router:POLICY[:shim][:completions])")
+                             "[:completions] or vllm-router:POLICY[:completions])")
         spec = RouterSpec(n, parts[0], parts[1], shards=shards)
         for extra in parts[2:]:
             if extra.startswith("shards=") and spec.kind == "shardgate":
@@ -114,7 +116,8 @@ def router_specs(names: list[str], shards: int) -> list[RouterSpec]:
             elif extra == "completions":
                 spec.api = "completions"
             elif extra == "shim" and spec.kind == "vllm-router":
-                spec.shim = True
+                raise SystemExit(f"{n}: the render shim is gone; shardgate-sim answers vLLM's "
+                                 "render endpoints itself, so use vllm-router:POLICY")
             else:
                 raise SystemExit(f"unknown router option {extra!r} in {n}")
         out.append(spec)
@@ -303,7 +306,6 @@ class Router:
         self.venv_bin = venv_bin
         self.logdir = logdir
         self.proc: subprocess.Popen | None = None
-        self.shim: subprocess.Popen | None = None
         self.port = 0
         self.admin = 0
 
@@ -331,16 +333,10 @@ class Router:
             wait_http(f"http://127.0.0.1:{self.admin}/readyz", self.proc, 20, "shardgate")
             time.sleep(0.3)  # a few telemetry scrapes before the first request
         else:
+            # The sims themselves answer the /v1/chat/completions/render and
+            # /v1/completions/render calls cache_aware makes for token ids.
             prom = self.prom = free_port()
             workers = self.pool.urls()
-            if s.shim:
-                ports = [free_port() for _ in self.pool.ports]
-                self.shim = spawn([sys.executable, str(Path(__file__).with_name("render_shim.py")),
-                                   *[f"{a}={b}" for a, b in zip(ports, self.pool.ports)]],
-                                  self.logdir / f"shim-{tag}.log")
-                for port in ports:
-                    wait_http(f"http://127.0.0.1:{port}/health", self.shim, 20, "render shim")
-                workers = [f"http://127.0.0.1:{port}" for port in ports]
             cmd = [str(self.venv_bin / "vllm-router"), "--host", "127.0.0.1",
                    "--port", str(self.port), "--policy", s.policy,
                    "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prom),
@@ -352,14 +348,20 @@ class Router:
         return f"http://127.0.0.1:{self.port}"
 
     def gateway_metrics(self) -> dict:
-        """shardgate's own counters at the end of a cell (status codes, upstream errors)."""
-        if self.spec.kind != "shardgate":
-            return {}
+        """The router's own counters at the end of a cell: shardgate's status codes and
+        upstream errors; vllm-router's prefix-routing decisions (prefix_hit / prefix_miss,
+        or missing_tokens when a render call failed) and render calls."""
+        if self.spec.kind == "shardgate":
+            url = f"http://127.0.0.1:{self.admin}/metrics"
+            keep = ("gateway_requests_total", "gateway_upstream_errors_total")
+        else:
+            url = f"http://127.0.0.1:{self.prom}/metrics"
+            keep = ("vllm_router_prefix_routing_decisions_total",
+                    "vllm_router_kv_routing_inputs_total")
         try:
-            _, text = http_get(f"http://127.0.0.1:{self.admin}/metrics")
+            _, text = http_get(url)
         except OSError:
             return {}
-        keep = ("gateway_requests_total", "gateway_upstream_errors_total")
         out = {}
         for line in text.splitlines():
             if line.startswith(keep):
@@ -372,9 +374,6 @@ class Router:
         if self.proc is not None:
             stop(self.proc)
             self.proc = None
-        if self.shim is not None:
-            stop(self.shim)
-            self.shim = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -675,8 +674,10 @@ def headline(cells: list[dict]) -> dict:
         def ratio(a, b, key="ttft_mean"):
             return (a[key] / b[key]) if a and b and a.get(key) and b.get(key) else None
         h["prefix_vs_rr"] = ratio(pa, rr)
-        for vr in ("vllm-router:cache_aware", "vllm-router:cache_aware:shim"):
-            h[f"prefix_vs_{vr}"] = ratio(pa, by.get(vr))
+        # Runs from before the sims answered /render put cache_aware behind a shim
+        # (`:shim` rows); in those, the shim rows are the cache-aware ones.
+        h["prefix_vs_vllm-router:cache_aware"] = ratio(
+            pa, by.get("vllm-router:cache_aware:shim") or by.get("vllm-router:cache_aware"))
         h["throughput_vs_rr"] = {k: ratio(v, rr, "throughput_rps") for k, v in by.items()}
         out[str(rate)] = h
     return out
@@ -695,10 +696,8 @@ def md_headline(hl: dict) -> list[str]:
                      f"{v['n_5xx']} | {v['ok']}/{v['sent']} |")
         L += ["", f"- prefix-cache-aware / round-robin mean TTFT: **{fmt(h['prefix_vs_rr'], 2)}** "
               "(goal ≤ 0.5)",
-              f"- prefix-cache-aware / vllm-router cache_aware (with render shim) mean TTFT: "
-              f"**{fmt(h['prefix_vs_vllm-router:cache_aware:shim'], 2)}** (goal ≤ 0.9); against "
-              f"out-of-the-box vllm-router cache_aware (no /render on the sims, so it falls back "
-              f"to load-only picks): {fmt(h['prefix_vs_vllm-router:cache_aware'], 2)}", ""]
+              f"- prefix-cache-aware / vllm-router cache_aware mean TTFT: "
+              f"**{fmt(h.get('prefix_vs_vllm-router:cache_aware'), 2)}** (goal ≤ 0.9)", ""]
     return L
 
 
@@ -750,10 +749,13 @@ def md_report(meta: dict, cells: list[dict], plan: dict) -> str:
     return "\n".join(L)
 
 
-LABELS = {
-    "vllm-router:cache_aware": "vllm-router:cache_aware (sims lack /render: load-only fallback)",
-    "vllm-router:cache_aware:shim": "vllm-router:cache_aware + render shim",
-}
+def labels(routers: list[str]) -> dict:
+    """Plot labels; runs from before the sims answered /render also had `:shim` rows, and
+    their plain cache_aware rows were vllm-router's load-only fallback."""
+    if "vllm-router:cache_aware:shim" not in routers:
+        return {}
+    return {"vllm-router:cache_aware": "vllm-router:cache_aware (no /render: load-only fallback)",
+            "vllm-router:cache_aware:shim": "vllm-router:cache_aware + render shim"}
 
 
 def plot(cells: list[dict], routers: list[str], path: Path, title_extra: str) -> None:
@@ -771,7 +773,7 @@ def plot(cells: list[dict], routers: list[str], path: Path, title_extra: str) ->
             continue
         xs = [c["rate"] for c in rc]
         ls = styles["vllm-router" if r.startswith("vllm-router") else "shardgate"]
-        label = LABELS.get(r, r)
+        label = labels(routers).get(r, r)
         for ax, k in zip(axes, ["ttft_mean", "ttft_p90"]):
             ys = [c["summary"][k] for c in rc]
             ax.plot(xs, ys, ls, marker="o", label=label)
@@ -837,14 +839,13 @@ def default_plan(quick: bool) -> dict:
     return {
         "shared-prefix": {"rates": [3, 6, 9, 12], "duration": 20, "drain": 40,
                           "routers": sg + ["shardgate:prefix-cache-aware:shards=1",
-                                           "vllm-router:round_robin", "vllm-router:cache_aware",
-                                           "vllm-router:cache_aware:shim"]},
+                                           "vllm-router:round_robin", "vllm-router:cache_aware"]},
         "mixed": {"rates": [6, 12], "duration": 15, "drain": 30,
-                  "routers": sg + ["vllm-router:round_robin", "vllm-router:cache_aware:shim"]},
+                  "routers": sg + ["vllm-router:round_robin", "vllm-router:cache_aware"]},
         "lora": {"rates": [10, 20], "duration": 15, "drain": 30,
                  "routers": ["shardgate:round-robin", "shardgate:least-queue",
                              "shardgate:default", "shardgate:lora-affinity",
-                             "vllm-router:round_robin", "vllm-router:cache_aware:shim"]},
+                             "vllm-router:round_robin", "vllm-router:cache_aware"]},
     }
 
 
@@ -896,6 +897,8 @@ def main() -> int:
         write_reports(data, args.report_only.parent)
         return 0
 
+    if aiohttp is None:
+        raise SystemExit("aiohttp missing: run with .venv/bin/python (see README.md)")
     out = args.out or (REPO / "bench" / "results" / ("tmp" if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
     venv_bin = Path(sys.executable).parent
@@ -911,6 +914,8 @@ def main() -> int:
             w["rates"] = [float(x) for x in args.rates.split(",")]
         if args.duration:
             w["duration"] = args.duration
+    for w in plan.values():
+        router_specs(w["routers"], args.shards)  # reject unknown names before starting
     needs_vr = any(r.startswith("vllm-router") for w in plan.values() for r in w["routers"])
     if needs_vr and not (venv_bin / "vllm-router").exists():
         raise SystemExit("vllm-router not found: .venv/bin/pip install vllm-router")

@@ -11,6 +11,12 @@
 //! per token; completions: one `text` per token), the last token chunk carries
 //! `finish_reason`, then an optional usage chunk (`choices: []`), then `data: [DONE]`.
 //! Errors are `{"error":{"message","type","param","code"}}`.
+//!
+//! Rendering (no engine, see [`crate::render`]): `/v1/chat/completions/render` answers
+//! one [`Rendered`] (vLLM's `GenerateRequest`: `request_id`, `token_ids`, `features`,
+//! `sampling_params`, `model`, `stream`, `stream_options`, `cache_salt`, `priority`,
+//! `kv_transfer_params`), `/v1/completions/render` a list of them (one per prompt), and
+//! `/tokenize` a [`TokenizeRequest`] → `{count, max_model_len, tokens, token_strs}`.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -102,7 +108,7 @@ pub fn to_bytes<T: Serialize>(v: &T) -> Bytes {
 }
 
 /// `stream_options`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct StreamOptions {
     /// Emit a usage chunk before `[DONE]`.
     #[serde(default)]
@@ -207,20 +213,62 @@ pub struct ChatRequest {
 impl ChatRequest {
     /// The prompt: per message, the role then the content's words.
     pub fn prompt(&self) -> Prompt {
-        let mut p = Prompt::default();
-        for m in &self.messages {
-            p.push_word(&m.role);
-            match &m.content {
-                Some(MessageContent::Text(t)) => p.push_text(t),
-                Some(MessageContent::Parts(parts)) => {
-                    for t in parts.iter().filter_map(|x| x.text.as_deref()) {
-                        p.push_text(t);
-                    }
+        chat_prompt(&self.messages)
+    }
+}
+
+/// A conversation's prompt: per message, the role then the content's words.
+pub fn chat_prompt(messages: &[ChatMessage]) -> Prompt {
+    let mut p = Prompt::default();
+    for m in messages {
+        p.push_word(&m.role);
+        match &m.content {
+            Some(MessageContent::Text(t)) => p.push_text(t),
+            Some(MessageContent::Parts(parts)) => {
+                for t in parts.iter().filter_map(|x| x.text.as_deref()) {
+                    p.push_text(t);
                 }
-                None => {}
             }
+            None => {}
         }
-        p
+    }
+    p
+}
+
+/// `POST /tokenize` body: vLLM's completion form (`prompt`, wins when both are given)
+/// or chat form (`messages`). The chat template flags (`add_generation_prompt`, …) are
+/// accepted and ignored: the simulator's chat prompt has no template tokens.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizeRequest {
+    /// Requested model; absent = the base model.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Completion form: one text (or, beyond vLLM, one token-id sequence).
+    #[serde(default)]
+    pub prompt: Option<PromptInput>,
+    /// Chat form.
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Also return each token's text.
+    #[serde(default)]
+    pub return_token_strs: Option<bool>,
+}
+
+impl TokenizeRequest {
+    /// The one prompt to tokenize; 400 without `prompt` or `messages`, or with several
+    /// prompts.
+    pub fn prompt(&self) -> Result<Prompt, ApiError> {
+        match (&self.prompt, &self.messages) {
+            (Some(PromptInput::Text(t)), _) => Ok(Prompt::from_text(t)),
+            (Some(PromptInput::Ids(ids)), _) => Ok(Prompt::from_ids(ids)),
+            (Some(_), _) => Err(ApiError::bad_request(
+                "`prompt` must be one string to tokenize, not a list of prompts.",
+            )),
+            (None, Some(m)) => Ok(chat_prompt(m)),
+            (None, None) => Err(ApiError::bad_request(
+                "Invalid request body: either `prompt` or `messages` is required.",
+            )),
+        }
     }
 }
 
@@ -232,6 +280,37 @@ pub struct EmbeddingRequest {
     pub model: Option<String>,
     /// Input(s).
     pub input: PromptInput,
+}
+
+/// Output tokens of a request: `requested`, or `default` when absent; 400 below 1.
+pub fn max_tokens(requested: Option<i64>, default: usize) -> Result<usize, ApiError> {
+    match requested {
+        None => Ok(default),
+        Some(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(n) => Err(ApiError::bad_request(format!(
+            "max_tokens must be at least 1, got {n}."
+        ))),
+    }
+}
+
+/// 400 (vLLM's wording) unless there is a prompt and every prompt plus `max_tokens`
+/// fits `limit` tokens.
+pub fn check_lengths(prompts: &[Prompt], max_tokens: usize, limit: usize) -> Result<(), ApiError> {
+    if prompts.is_empty() {
+        return Err(ApiError::bad_request(
+            "The prompt / input must not be empty.",
+        ));
+    }
+    for p in prompts {
+        let asked = p.len().saturating_add(max_tokens);
+        if asked > limit {
+            return Err(ApiError::bad_request(format!(
+                "This model's maximum context length is {limit} tokens. However, you requested {asked} tokens ({} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
+                p.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Parses a JSON body, mapping errors to 400.
@@ -274,6 +353,58 @@ impl std::ops::Add for Usage {
             self.completion_tokens + o.completion_tokens,
         )
     }
+}
+
+/// `sampling_params` of a [`Rendered`] prompt, reduced to what the simulator models.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct RenderedSampling {
+    /// Choices per prompt (always 1: the simulator ignores `n`).
+    pub n: u32,
+    /// Output tokens the request would generate (`max_tokens`, or the server default).
+    pub max_tokens: usize,
+}
+
+/// One rendered prompt: vLLM's `GenerateRequest`, field for field (multimodal
+/// `features`, `cache_salt` and `kv_transfer_params` always null, `priority` 0).
+#[derive(Debug, Clone, Serialize)]
+pub struct Rendered<'a> {
+    /// `chatcmpl-…` / `cmpl-…`.
+    pub request_id: String,
+    /// The prompt's token ids ([`Prompt::token_ids`]).
+    pub token_ids: Vec<u32>,
+    /// Multimodal features (none).
+    pub features: Option<()>,
+    /// Sampling parameters.
+    pub sampling_params: RenderedSampling,
+    /// The requested model, as given (null when absent).
+    pub model: Option<&'a str>,
+    /// Whether the request streams.
+    pub stream: bool,
+    /// The request's `stream_options` when it streams.
+    pub stream_options: Option<&'a StreamOptions>,
+    /// Prefix-cache salt (not modelled).
+    pub cache_salt: Option<()>,
+    /// Scheduling priority.
+    pub priority: i32,
+    /// Disaggregated-serving parameters (none).
+    pub kv_transfer_params: Option<()>,
+}
+
+/// `/tokenize` response body: `token_strs` only when asked for.
+pub fn tokenize_response(prompt: &Prompt, max_model_len: usize, token_strs: bool) -> Bytes {
+    #[derive(Serialize)]
+    struct Resp<'a> {
+        count: usize,
+        max_model_len: usize,
+        tokens: Vec<u32>,
+        token_strs: Option<&'a [String]>,
+    }
+    to_bytes(&Resp {
+        count: prompt.len(),
+        max_model_len,
+        tokens: prompt.token_ids(),
+        token_strs: token_strs.then_some(prompt.words.as_slice()),
+    })
 }
 
 /// Which OpenAI endpoint a response is for.
@@ -714,6 +845,36 @@ mod tests {
             r.prompt().words,
             vec!["system", "be", "brief", "user", "hi", "there"]
         );
+    }
+
+    #[test]
+    fn tokenize_request_forms() {
+        let r: TokenizeRequest = parse(br#"{"prompt":"a b  c"}"#).unwrap();
+        assert_eq!(r.prompt().unwrap().len(), 3);
+        let r: TokenizeRequest = parse(
+            br#"{"messages":[{"role":"user","content":"hi there"}],"add_generation_prompt":true}"#,
+        )
+        .unwrap();
+        assert_eq!(r.prompt().unwrap().words, vec!["user", "hi", "there"]);
+        let r: TokenizeRequest = parse(br#"{"prompt":"x","messages":[]}"#).unwrap();
+        assert_eq!(r.prompt().unwrap().words, vec!["x"]);
+        let r: TokenizeRequest = parse(br#"{"prompt":[4,5]}"#).unwrap();
+        assert_eq!(r.prompt().unwrap().token_ids(), vec![4, 5]);
+        for bad in [&br#"{"prompt":["a","b"]}"#[..], br#"{"model":"m"}"#] {
+            let r: TokenizeRequest = parse(bad).unwrap();
+            assert_eq!(r.prompt().unwrap_err().status, 400);
+        }
+    }
+
+    #[test]
+    fn limits_and_max_tokens() {
+        assert_eq!(max_tokens(None, 7), Ok(7));
+        assert_eq!(max_tokens(Some(3), 7), Ok(3));
+        assert_eq!(max_tokens(Some(0), 7).unwrap_err().status, 400);
+        let p = Prompt::from_text("a b c");
+        assert!(check_lengths(std::slice::from_ref(&p), 2, 5).is_ok());
+        assert_eq!(check_lengths(&[p], 3, 5).unwrap_err().status, 400);
+        assert_eq!(check_lengths(&[], 1, 5).unwrap_err().status, 400);
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //!
 //! - **API** ([`api`]): `/v1/completions`, `/v1/chat/completions` (SSE or JSON),
 //!   `/v1/embeddings`, `/v1/models`, `/health`, `/version`, and `/metrics` in vLLM 0.32's
-//!   Prometheus format ([`metrics`]). Test hooks: `POST /sim/faults` changes faults and
+//!   Prometheus format ([`metrics`]). Prompt rendering without the engine ([`render`]):
+//!   `/v1/chat/completions/render`, `/v1/completions/render` and `/tokenize` return a
+//!   prompt's token ids (what vllm-router's `cache_aware` policy asks a worker for).
+//!   Test hooks: `POST /sim/faults` changes faults and
 //!   speed at run time, `GET /sim/stats` reports counters (requests, cancellations,
-//!   accepted TCP connections, queue sizes, prefix-cache hits).
-//! - **Tokens are whitespace-separated words** ([`tokens`]); output words are
-//!   deterministic for a given seed and prompt.
+//!   accepted TCP connections, renders, queue sizes, prefix-cache hits).
+//! - **Tokens are whitespace-separated words** ([`tokens`]), each with a stable id below
+//!   2³¹; output words are deterministic for a given seed and prompt.
 //! - **Engine** ([`engine`], sans-IO, virtual-clock tested): continuous batching bounded by
 //!   `--max-num-seqs` and KV blocks ([`kv`]), a chained-hash prefix cache with LRU
 //!   eviction, LoRA slots, step time = prefill of uncached tokens + decode step growing
@@ -28,6 +31,7 @@ mod driver;
 pub mod engine;
 pub mod kv;
 pub mod metrics;
+pub mod render;
 mod server;
 pub mod tokens;
 

@@ -1,9 +1,13 @@
 //! HTTP front: hyper 1 HTTP/1.1 server (keep-alive, `TCP_NODELAY`), routing, faults.
 //!
 //! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/embeddings`,
+//! `POST /v1/chat/completions/render`, `POST /v1/completions/render`, `POST /tokenize`,
 //! `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /version`, `GET|POST
-//! /sim/faults`, `GET /sim/stats`. Unknown paths answer FastAPI's `{"detail":"Not
-//! Found"}` 404 as vLLM does.
+//! /sim/faults`, `GET /sim/stats`, `/sim/echo`. Unknown paths answer FastAPI's
+//! `{"detail":"Not Found"}` 404 as vLLM does.
+//!
+//! Render / tokenize order ([`crate::render`]): slow start (503) → read body → parse and
+//! validate like the inference call (400 / 404) → token ids; no engine, no faults.
 //!
 //! Inference request order: slow start (503) → read body (≤ 64 MiB, else 413) → stall →
 //! error-rate fault (500) → parse (400) → model (404) → limits (400) → fast answer or
@@ -42,6 +46,7 @@ use crate::config::SimConfig;
 use crate::driver::{self, Command, Part, SeqEvent};
 use crate::engine::{AddError, Engine, EngineConfig, Timing};
 use crate::metrics::{self, ExpositionInfo};
+use crate::render;
 use crate::tokens::{embedding, Prompt};
 
 /// Largest request body read, in bytes.
@@ -150,6 +155,7 @@ pub(crate) struct Shared {
     created_unix: f64,
     pub(crate) faults: Faults,
     requests_total: AtomicU64,
+    renders_total: AtomicU64,
     connections_total: AtomicU64,
     engine: mpsc::UnboundedSender<Command>,
 }
@@ -214,6 +220,7 @@ pub(crate) async fn serve(
         started: Instant::now(),
         created_unix: unix_secs(),
         requests_total: AtomicU64::new(0),
+        renders_total: AtomicU64::new(0),
         connections_total: AtomicU64::new(0),
         engine: tx,
     });
@@ -290,6 +297,14 @@ enum Endpoint {
     Embeddings,
 }
 
+/// The engine-free endpoints ([`crate::render`]).
+#[derive(Debug, Clone, Copy)]
+enum Render {
+    Chat,
+    Completions,
+    Tokenize,
+}
+
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBody> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
@@ -305,6 +320,21 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBod
         }
         return match inference(&shared, ep, req).await {
             Ok(r) => r,
+            Err(e) => error(&e),
+        };
+    }
+    let rendering = match path.as_str() {
+        "/v1/chat/completions/render" => Some(Render::Chat),
+        "/v1/completions/render" => Some(Render::Completions),
+        "/tokenize" => Some(Render::Tokenize),
+        _ => None,
+    };
+    if let Some(r) = rendering {
+        if method != Method::POST {
+            return not_allowed();
+        }
+        return match render_call(&shared, r, req).await {
+            Ok(body) => json(200, body),
             Err(e) => error(&e),
         };
     }
@@ -381,6 +411,28 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ApiError> {
     }
 }
 
+async fn render_call(
+    shared: &Shared,
+    r: Render,
+    req: Request<Incoming>,
+) -> Result<Bytes, ApiError> {
+    if shared.loading() {
+        return Err(ApiError::loading());
+    }
+    let body = read_body(req).await?;
+    let n = shared.renders_total.fetch_add(1, Relaxed);
+    let cfg = &shared.cfg;
+    // Ids from their own generator, so render traffic leaves the seeded sequence of
+    // response ids and fault decisions alone.
+    let mut rng = fastrand::Rng::with_seed(cfg.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut id = || rng.u128(..);
+    match r {
+        Render::Chat => render::chat(cfg, &body, &mut id),
+        Render::Completions => render::completions(cfg, &body, &mut id),
+        Render::Tokenize => render::tokenize(cfg, &body),
+    }
+}
+
 async fn metrics_page(shared: &Shared) -> Response<RespBody> {
     let Some(snap) = shared.snapshot().await else {
         return json(500, ApiError::injected().body());
@@ -406,6 +458,7 @@ async fn stats_page(shared: &Shared) -> Response<RespBody> {
     let m = snap.metrics;
     let body = serde_json::json!({
         "requests_total": shared.requests_total.load(Relaxed),
+        "render_requests_total": shared.renders_total.load(Relaxed),
         "requests_cancelled_total": m.finished_abort,
         "connections_total": shared.connections_total.load(Relaxed),
         "running": m.running,
@@ -528,22 +581,7 @@ struct Generate {
 }
 
 fn check_lengths(shared: &Shared, prompts: &[Prompt], max_tokens: usize) -> Result<(), ApiError> {
-    if prompts.is_empty() {
-        return Err(ApiError::bad_request(
-            "The prompt / input must not be empty.",
-        ));
-    }
-    let limit = shared.cfg.max_model_len();
-    for p in prompts {
-        let asked = p.len() + max_tokens;
-        if asked > limit {
-            return Err(ApiError::bad_request(format!(
-                "This model's maximum context length is {limit} tokens. However, you requested {asked} tokens ({} in the messages, {max_tokens} in the completion). Please reduce the length of the messages or completion.",
-                p.len()
-            )));
-        }
-    }
-    Ok(())
+    api::check_lengths(prompts, max_tokens, shared.cfg.max_model_len())
 }
 
 fn rejected(error: &AddError) -> ApiError {
@@ -587,15 +625,7 @@ fn submit(
 
 async fn generate(shared: &Shared, g: Generate) -> Result<Response<RespBody>, ApiError> {
     let (served, lora, seed_name) = shared.resolve(g.model.as_deref())?;
-    let max_tokens = match g.max_tokens {
-        None => shared.cfg.max_tokens_default,
-        Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
-        Some(n) => {
-            return Err(ApiError::bad_request(format!(
-                "max_tokens must be at least 1, got {n}."
-            )))
-        }
-    };
+    let max_tokens = api::max_tokens(g.max_tokens, shared.cfg.max_tokens_default)?;
     check_lengths(shared, &g.prompts, max_tokens)?;
     let prefix = match g.kind {
         Kind::Completion => "cmpl",

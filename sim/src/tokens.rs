@@ -9,12 +9,40 @@
 //! model name (for a LoRA request, the adapter name, since adapters do not share KV).
 //! Only full blocks are hashed, as in vLLM.
 //!
+//! **Token ids** ([`token_id`], [`Prompt::token_ids`]), as the render and tokenize
+//! endpoints report them, are one per word and below 2³¹: a word that is the canonical
+//! decimal spelling of a number below 2³¹ is that number (so a token-id prompt renders
+//! back to the ids it was given, and the text `"42"` and the id 42 are the same token, as
+//! they are for the prefix cache); any other word is the top 31 bits of its xxh3-64. The
+//! mapping depends on the word alone, so every simulator (any seed, any model) gives the
+//! same ids for the same prompt; distinct words may rarely share an id.
+//!
 //! Output tokens are pseudo-words from a fixed 64-word list, chosen by
 //! `xxh3(seed, prompt fingerprint, choice, position)`: the same prompt, seed and choice
 //! always produce the same text. Embeddings are `dim` f32 values drawn from an RNG seeded
 //! with `xxh3(model, input)`, L2-normalised.
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+/// Token ids are below this bound (they fit an `i32`, as real vocabularies' do).
+pub const TOKEN_ID_LIMIT: u32 = 1 << 31;
+
+/// The id of one token (word); see the module docs.
+pub fn token_id(word: &str) -> u32 {
+    let canonical = !word.is_empty()
+        && word.len() <= 10
+        && word.bytes().all(|b| b.is_ascii_digit())
+        && !(word.len() > 1 && word.starts_with('0'));
+    if canonical {
+        if let Ok(n) = word.parse::<u32>() {
+            if n < TOKEN_ID_LIMIT {
+                return n;
+            }
+        }
+    }
+    // The top 31 bits of a 64-bit hash always fit.
+    u32::try_from(xxh3_64(word.as_bytes()) >> 33).unwrap_or_default()
+}
 
 /// Output vocabulary: short pseudo-words.
 const WORDS: [&str; 64] = [
@@ -149,6 +177,11 @@ impl Prompt {
             .collect()
     }
 
+    /// The id of each token, in order ([`token_id`]): as many as [`Prompt::len`].
+    pub fn token_ids(&self) -> Vec<u32> {
+        self.words.iter().map(|w| token_id(w)).collect()
+    }
+
     /// A hash of all the prompt's words (used to seed the output words).
     pub fn fingerprint(&self) -> u64 {
         let mut h = Xxh3::new();
@@ -207,6 +240,28 @@ mod tests {
         // Same block content after a different prefix hashes differently.
         let c = Prompt::from_text("x y c d");
         assert_ne!(c.block_hashes("m", 2)[1], ha[1]);
+    }
+
+    #[test]
+    fn token_ids_are_per_word_stable_and_round_trip_numbers() {
+        let p = Prompt::from_text("system be brief 42 007 2147483648 4294967296");
+        let ids = p.token_ids();
+        assert_eq!(ids.len(), p.len());
+        assert_eq!(ids, Prompt::from_text(&p.words.join("  ")).token_ids());
+        assert!(ids.iter().all(|&id| id < TOKEN_ID_LIMIT));
+        // Canonical numbers below the limit are their own id; the rest are hashed.
+        assert_eq!(ids[3], 42);
+        assert_ne!(ids[4], 7);
+        assert_eq!(token_id("0"), 0);
+        assert_eq!(token_id("2147483647"), 2_147_483_647);
+        assert_eq!(ids[5], token_id("2147483648"));
+        assert_ne!(ids[5], 0);
+        // A token-id prompt renders back to its ids.
+        assert_eq!(Prompt::from_ids(&[5, 9, 0]).token_ids(), vec![5, 9, 0]);
+        // Different words, different ids (for these).
+        assert_ne!(token_id("be"), token_id("brief"));
+        assert_ne!(token_id("+5"), 5);
+        assert_ne!(token_id(""), token_id(" "));
     }
 
     #[test]

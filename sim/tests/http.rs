@@ -416,6 +416,120 @@ fn errors_unknown_model_malformed_json_and_limits() {
     h.shutdown();
 }
 
+/// The `token_ids` of a render answer, as numbers.
+fn token_ids(v: &Value) -> Vec<u64> {
+    v["token_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn render_and_tokenize_give_the_engines_tokens() {
+    let h = start(config());
+    let other = start(SimConfig {
+        seed: 99,
+        model: vec!["other".into()],
+        ..config()
+    });
+    let chat = r#"{"model":"base","messages":[{"role":"system","content":"you are a terse assistant"},{"role":"user","content":"what is  a prefix cache"}],"max_tokens":2,"stream":true}"#;
+
+    // Chat: one GenerateRequest, as many ids as the call's prompt tokens, stable across
+    // calls and simulators.
+    let r = post(&h, "/v1/chat/completions/render", chat);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert!(v["request_id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(v["model"], "base");
+    assert_eq!(v["stream"], true);
+    assert_eq!(v["sampling_params"]["max_tokens"], 2);
+    let ids = token_ids(&v);
+    assert_eq!(ids.len(), 12);
+    assert!(ids.iter().all(|&id| id < 1 << 31));
+    assert_eq!(
+        token_ids(&post(&h, "/v1/chat/completions/render", chat).json()),
+        ids
+    );
+    let elsewhere = chat.replace(r#""model":"base""#, r#""model":"other""#);
+    assert_eq!(
+        token_ids(&post(&other, "/v1/chat/completions/render", &elsewhere).json()),
+        ids
+    );
+    let done = post(&h, "/v1/chat/completions", &chat.replace("true", "false")).json();
+    assert_eq!(done["usage"]["prompt_tokens"], ids.len());
+    // A shared prefix renders to a shared id prefix.
+    let longer = chat.replace("prefix cache", "prefix cache and why");
+    let ids2 = token_ids(&post(&h, "/v1/chat/completions/render", &longer).json());
+    assert_eq!(ids2[..ids.len()], ids[..]);
+    assert_eq!(ids2.len(), ids.len() + 2);
+
+    // Completions: a list, one item per prompt; token-id prompts come back as given.
+    let r = post(
+        &h,
+        "/v1/completions/render",
+        r#"{"prompt":["one two three","four"],"max_tokens":3}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let items = r.json();
+    let items = items.as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert!(items[0]["request_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("cmpl-"));
+    assert!(items[0]["model"].is_null());
+    assert_eq!(token_ids(&items[0]).len(), 3);
+    assert_eq!(token_ids(&items[1]).len(), 1);
+    let r = post(&h, "/v1/completions/render", r#"{"prompt":[11,12,13]}"#).json();
+    assert_eq!(token_ids(&r[0]), [11, 12, 13]);
+
+    // /tokenize: the same ids, both forms.
+    let t = post(
+        &h,
+        "/tokenize",
+        r#"{"model":"base","prompt":"one two three","return_token_strs":true}"#,
+    )
+    .json();
+    assert_eq!(t["count"], 3);
+    assert_eq!(t["max_model_len"], 32768);
+    assert_eq!(t["tokens"], items[0]["token_ids"]);
+    assert_eq!(t["token_strs"][1], "two");
+    let t = post(
+        &h,
+        "/tokenize",
+        r#"{"messages":[{"role":"system","content":"you are a terse assistant"},{"role":"user","content":"what is  a prefix cache"}]}"#,
+    )
+    .json();
+    assert_eq!(t["tokens"], v["token_ids"]);
+
+    // Errors are the inference call's, in OpenAI format.
+    let r = post(&h, "/v1/chat/completions/render", r#"{"messages":[{"role""#);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["type"], "BadRequestError");
+    assert_eq!(r.json()["error"]["code"], 400);
+    let r = post(
+        &h,
+        "/v1/completions/render",
+        r#"{"model":"x","prompt":"a"}"#,
+    );
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["param"], "model");
+    assert_eq!(post(&h, "/tokenize", r#"{"model":"base"}"#).status, 400);
+    assert_eq!(get(&h, "/v1/completions/render").status, 405);
+    assert_eq!(get(&h, "/tokenize").status, 405);
+
+    // Renders are counted apart and never reach the engine.
+    let s = stats(&h);
+    assert_eq!(s["render_requests_total"], 10);
+    assert_eq!(s["requests_total"], 1);
+    assert_eq!(s["prompt_tokens"], 12);
+    other.shutdown();
+    h.shutdown();
+}
+
 #[test]
 fn metrics_have_vllm_families_and_labels() {
     let h = start(config());
@@ -625,6 +739,8 @@ fn slow_start_answers_503_then_serves() {
     let r = post(&h, "/v1/completions", r#"{"prompt":"a"}"#);
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["code"], 503);
+    let r = post(&h, "/v1/chat/completions/render", r#"{"messages":[]}"#);
+    assert_eq!(r.status, 503);
     assert_eq!(get(&h, "/metrics").status, 200);
     eventually("the end of slow start", || get(&h, "/health").status == 200);
     assert_eq!(post(&h, "/v1/completions", r#"{"prompt":"a"}"#).status, 200);
