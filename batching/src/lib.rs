@@ -10,6 +10,7 @@
 //! | [`policy`] | `BatchingPolicy` as plain values: queues, latencies, sizes, adaptive target, priorities |
 //! | [`batcher`] | per-shard priority queues and lanes by batch key; flush on full / deadline / adaptive; starvation bound; timeouts |
 //! | [`admission`] | `maxConcurrentInferences` shares per shard, admit / queue / shed, `rebalance` |
+//! | [`load`] | the adaptive signal: an endpoint's utilisation from KV use, running / capacity, its queue and the gateway's in-flight |
 //! | [`merge`](mod@merge) | byte-exact merge and split of `/v1/embeddings` and `/v1/completions` bodies |
 //! | [`stats`] | counters and fixed-bucket histograms for the metrics |
 //!
@@ -23,7 +24,7 @@
 //!     batcher.push(Pending { queue, key, items, payload }, now)  // Err → 429 / 400
 //!     drain()
 //! drain():
-//!     while let Some(b) = batcher.poll_ready(now, utilization_of_target) {
+//!     while let Some(b) = batcher.poll_ready(now, utilization_of_target) {   // load::EndpointLoad
 //!         merged = merge::merge(b.key?, member bodies)   (key None: send the lone request as is)
 //!         send upstream; on 2xx: merge::split(resp, &merged.plan) → one body per member
 //!                         on error: merge::split_error(status, body, n)
@@ -45,6 +46,7 @@
 pub mod admission;
 pub mod batcher;
 mod json;
+pub mod load;
 pub mod merge;
 pub mod policy;
 pub mod stats;
@@ -56,6 +58,7 @@ pub use admission::{
 pub use batcher::{
     BatchInfo, Batcher, Expired, FlushReason, Pending, ReadyBatch, Reject, Rejected, Ticket,
 };
+pub use load::{CapacityEstimate, EndpointLoad};
 pub use merge::{
     batch_key, classify, merge, retry_alone, split, split_error, BatchKey, Batchable, Endpoint,
     InputForm, MemberError, MergeError, Merged, SplitError, SplitPlan,

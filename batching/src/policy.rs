@@ -19,6 +19,10 @@
 //!   implicit default queue last; with `n` queues the most urgent gets priority
 //!   `n - 1`, the least urgent `0`. The seed gives `real-time` 2, `default` 1,
 //!   `batch` 0. [`BatchPolicy::new`] takes explicit priorities instead.
+//! - **Queue by request priority** ([`BatchPolicy::queue_for_priority`]): a request
+//!   without `X-Priority` whose resolved priority (`X-Request-Priority`, its
+//!   `InferenceObjective` / `InferenceModel`) is above 0 goes to the most urgent
+//!   queue, 0 to the default queue, below 0 (sheddable) to the least urgent queue.
 //! - **Wait timeout** (a queued request expires with
 //!   [`Reject::Timeout`](crate::Reject::Timeout)): default **10 × `maxLatency`**
 //!   (at least 1 ms); it must exceed `maxLatency`.
@@ -315,6 +319,16 @@ impl BatchPolicy {
         QueueId(self.default_queue)
     }
 
+    /// The queue for a request without `X-Priority`, by its resolved priority: above
+    /// 0 the most urgent queue, 0 the default queue, below 0 the least urgent one.
+    pub fn queue_for_priority(&self, priority: i32) -> QueueId {
+        match priority.cmp(&0) {
+            std::cmp::Ordering::Greater => QueueId(0),
+            std::cmp::Ordering::Equal => self.default_queue(),
+            std::cmp::Ordering::Less => QueueId(self.queues.len().saturating_sub(1)),
+        }
+    }
+
     /// Looks a queue up by name (`X-Priority` value); `None` → the gateway answers 400.
     pub fn queue_id(&self, name: &str) -> Option<QueueId> {
         self.queues.iter().position(|q| q.name == name).map(QueueId)
@@ -426,6 +440,22 @@ mod tests {
         assert_eq!(rt.max_latency, ms(10));
         assert_eq!(rt.wait_timeout, ms(100));
         assert!(p.adaptive().enabled);
+    }
+
+    #[test]
+    fn request_priority_picks_the_queue() {
+        let p = BatchPolicy::from_spec(&seed()).unwrap();
+        let name = |prio| p.queue(p.queue_for_priority(prio)).unwrap().name.as_str();
+        assert_eq!(name(1), "real-time");
+        assert_eq!(name(i32::MAX), "real-time");
+        assert_eq!(name(0), "default");
+        assert_eq!(name(-1), "batch");
+        assert_eq!(name(i32::MIN), "batch");
+        // One queue serves every priority.
+        let one = BatchPolicy::from_spec(&BatchSpec::default()).unwrap();
+        for prio in [-5, 0, 5] {
+            assert_eq!(one.queue_for_priority(prio), QueueId(0));
+        }
     }
 
     #[test]

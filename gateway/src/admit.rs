@@ -9,10 +9,14 @@
 //! every scrape interval (`rebalance` + `next_shares`, never exceeding the budget
 //! while a shard still holds permits above its new share).
 //!
-//! Priority of a request: `X-Request-Priority` (an integer, the
-//! InferenceObjective convention: higher is more important, below 0 sheddable),
-//! else the priority of the `X-Priority` queue of the rule's BatchingPolicy,
-//! else 0.
+//! Priority of a request (higher is more important, below 0 sheddable; resolved
+//! in the proxy, README "Flow control"): `X-Request-Priority` (an integer), else
+//! the priority of the `X-Priority` queue of the rule's BatchingPolicy, else the
+//! `InferenceObjective` named by `x-gateway-inference-objective` (unknown → 400),
+//! else the request model's `InferenceModel` criticality (`Critical` 1,
+//! `Standard` 0, `Sheddable` -1), else the `InferenceObjective` named like the
+//! model, else 0. The objectives and models are looked up in maps the routing
+//! table builds once ([`shardgate_routing::RoutingTable::model_priority`]).
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -1,16 +1,27 @@
 //! Micro-batching on the data path: the shard side of `BatchingPolicy`.
 //!
-//! A rule linked (ExtensionRef) to a `BatchingPolicy` sends its non-streaming
-//! `/v1/embeddings` and `/v1/completions` requests through this shard's
-//! [`shardgate_batching::Batcher`]: the request picks its queue by `X-Priority`
-//! (unknown name → 400; none → the policy's default queue), waits in its lane
-//! (same model, parameters, route rule and credentials), and a flush — full,
-//! oldest member at the queue's `maxLatency`, or at once when adaptive batching
-//! sees the target below `targetUtilization` — merges the lane into one upstream
-//! call whose answer is split back byte-exactly, each member getting only its own
-//! items. Requests that cannot be merged go alone through the normal path.
+//! A rule linked to a `BatchingPolicy` (ExtensionRef, or a `targetRefs` default)
+//! sends its non-streaming `/v1/embeddings` and `/v1/completions` requests through
+//! this shard's [`shardgate_batching::Batcher`]: the request picks its queue by
+//! `X-Priority` (unknown name → 400), else by its resolved priority (above 0 the
+//! most urgent queue, 0 the default queue, below 0 the least urgent one), waits in
+//! its lane (same model, parameters, route rule and credentials), and a flush —
+//! full, oldest member at the queue's `maxLatency`, or at once when adaptive
+//! batching sees the target below `targetUtilization` — merges the lane into one
+//! upstream call whose answer is split back byte-exactly, each member getting only
+//! its own items. Requests that cannot be merged go alone through the normal path.
 //! Everything stays on the shard: one batcher per policy, no cross-core traffic.
 //! A driver task per policy sleeps until the batcher's next deadline.
+//!
+//! The adaptive signal of a lane is the least utilised healthy endpoint its rule
+//! reaches, each one's utilisation being [`shardgate_batching::EndpointLoad`] over
+//! the latest scoring snapshot: KV use, GPU use, its queue, and running plus
+//! waiting (or the gateway's in-flight, whichever is larger) over the capacity
+//! learned per endpoint ([`shardgate_batching::CapacityEstimate`]). A lane carries
+//! its rule's dense id, so finding its backends is one index, not a scan. A merged
+//! call counts as one in-flight request on its endpoint, and is shed when all
+//! endpoints are saturated only if every member is sheddable (its highest
+//! priority is below 0).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -22,11 +33,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shardgate_batching::{
     classify, merge, retry_alone, split, split_error, BatchKey, BatchPolicy, BatchSpec, Batcher,
-    FlushReason, Pending, QueueSpec, ReadyBatch, Reject,
+    CapacityEstimate, EndpointLoad, FlushReason, Pending, QueueId, QueueSpec, ReadyBatch, Reject,
 };
 use shardgate_routing::scoring::PickRequest;
 use shardgate_routing::telemetry::SignalKind;
-use shardgate_routing::{BackendGroup, RoutingTable};
+use shardgate_routing::RoutingTable;
 
 use crate::shard::Shard;
 
@@ -42,8 +53,8 @@ pub struct Reply {
 /// What separates lanes beyond the body's batch key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LaneCtx {
-    route: String,
-    rule: usize,
+    /// Dense rule id ([`RoutingTable::rule`]).
+    rule_id: usize,
     path: String,
     model: String,
     auth: Option<Vec<u8>>,
@@ -52,6 +63,7 @@ pub struct LaneCtx {
 /// A waiting request.
 pub struct Member {
     body: Bytes,
+    priority: i32,
     tx: local_sync::oneshot::Sender<Reply>,
 }
 
@@ -63,6 +75,10 @@ pub struct PolicyBatcher {
     pub key: String,
     batcher: RefCell<Batcher<Member, Lane>>,
     wake: Notify,
+    /// Queue names by [`QueueId`].
+    queue_names: Vec<String>,
+    /// Per endpoint id: its learned capacity (grown on demand).
+    capacity: RefCell<Vec<CapacityEstimate>>,
 }
 
 /// Build a shard's batchers, one per BatchingPolicy (errors name the policy and field).
@@ -108,11 +124,21 @@ pub fn policies(table: &RoutingTable) -> Result<Vec<(String, BatchPolicy)>, Stri
 impl PolicyBatcher {
     /// A batcher for `policy`.
     pub fn new(key: String, policy: BatchPolicy) -> Self {
+        let queue_names = policy.queues().iter().map(|q| q.name.clone()).collect();
         PolicyBatcher {
             key,
             batcher: RefCell::new(Batcher::new(policy)),
             wake: Notify::default(),
+            queue_names,
+            capacity: RefCell::new(Vec::new()),
         }
+    }
+
+    /// The name of queue `id` (`"default"` for an id of another policy).
+    pub fn queue_name(&self, id: QueueId) -> &str {
+        self.queue_names
+            .get(id.0)
+            .map_or(shardgate_batching::policy::DEFAULT_QUEUE, String::as_str)
     }
 
     /// The admission priority of queue `name` (higher is more important).
@@ -209,8 +235,8 @@ pub enum Submitted {
         /// Message.
         message: String,
     },
-    /// Wait for the reply.
-    Waiting(local_sync::oneshot::Receiver<Reply>),
+    /// Wait for the reply; the request waits in this queue.
+    Waiting(local_sync::oneshot::Receiver<Reply>, QueueId),
 }
 
 /// Everything [`submit`] needs to know about the request.
@@ -219,14 +245,17 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Body.
     pub body: &'a Bytes,
-    /// `X-Priority` value.
+    /// `X-Priority` value (a queue name).
     pub priority: Option<&'a str>,
+    /// The request's resolved priority: picks the queue when `priority` is
+    /// `None`, and lets a batch of sheddable members be shed.
+    pub level: i32,
     /// `Authorization` value.
     pub auth: Option<&'a [u8]>,
     /// Model.
     pub model: &'a str,
-    /// Route key and rule index.
-    pub route: (&'a str, usize),
+    /// Dense rule id ([`shardgate_routing::RouteMatch::rule_id`]).
+    pub rule_id: usize,
 }
 
 /// Queue a request on `pb` if it can be merged.
@@ -237,7 +266,7 @@ pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: &Request<'_>) -> S
     };
     let mut b = pb.batcher.borrow_mut();
     let queue = match req.priority {
-        None => b.policy().default_queue(),
+        None => b.policy().queue_for_priority(req.level),
         Some(name) => match b.policy().queue_id(name) {
             Some(q) => q,
             None => {
@@ -261,8 +290,7 @@ pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: &Request<'_>) -> S
     };
     let (tx, rx) = local_sync::oneshot::channel();
     let ctx = LaneCtx {
-        route: req.route.0.to_string(),
-        rule: req.route.1,
+        rule_id: req.rule_id,
         path: req.path.to_string(),
         model: req.model.to_string(),
         auth: req.auth.map(|a| a.to_vec()),
@@ -273,6 +301,7 @@ pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: &Request<'_>) -> S
         items: class.inputs,
         payload: Member {
             body: req.body.clone(),
+            priority: req.level,
             tx,
         },
     };
@@ -281,7 +310,7 @@ pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: &Request<'_>) -> S
             drop(b);
             pb.wake.notify();
             drain(shard, pb);
-            Submitted::Waiting(rx)
+            Submitted::Waiting(rx, queue)
         }
         Err(rej) => {
             let (status, code) = match rej.reason {
@@ -305,17 +334,35 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     let now = Instant::now();
     let snapshot = shard.control.snapshot.load();
     let table = &shard.state.table;
+    let mut capacity = pb.capacity.borrow_mut();
     loop {
         let ready = pb.batcher.borrow_mut().poll_ready_with(now, |(_, ctx)| {
-            // The adaptive signal: the least loaded endpoint the lane can reach.
-            rule_of(table, &ctx.route, ctx.rule)
-                .0
+            // The adaptive signal: the least utilised healthy endpoint the lane reaches.
+            let rule = table.rule(ctx.rule_id)?;
+            rule.backends
                 .iter()
+                .filter(|g| g.weight > 0)
                 .flat_map(|g| g.endpoints.iter())
-                .filter_map(|ep| {
-                    let t = &snapshot.endpoint(*ep)?.telemetry;
-                    t.value(SignalKind::GpuUtil)
-                        .or_else(|| t.value(SignalKind::KvUsage))
+                .filter_map(|&ep| {
+                    let view = snapshot.endpoint(ep).filter(|v| v.healthy)?;
+                    let t = &view.telemetry;
+                    let (running, waiting) =
+                        (t.value(SignalKind::Running), t.value(SignalKind::Waiting));
+                    if capacity.len() <= ep {
+                        capacity.resize(ep + 1, CapacityEstimate::default());
+                    }
+                    let cap = capacity.get_mut(ep)?;
+                    cap.observe(running, waiting);
+                    let local = shard.endpoints.get(ep).map_or(0, |e| e.in_flight.get());
+                    EndpointLoad {
+                        kv_usage: t.value(SignalKind::KvUsage),
+                        gpu_util: t.value(SignalKind::GpuUtil),
+                        running,
+                        waiting,
+                        capacity: cap.get(),
+                        gateway_in_flight: Some(view.inflight.max(local)),
+                    }
+                    .utilization()
                 })
                 .reduce(f64::min)
         });
@@ -336,16 +383,28 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     }
 }
 
-/// The lane's rule: its backends and linked InferencePolicy (none if it vanished).
-fn rule_of<'t>(
-    table: &'t RoutingTable,
-    route: &str,
-    rule: usize,
-) -> (&'t [BackendGroup], Option<&'t str>) {
-    table
-        .rules()
-        .find(|r| r.route == route && r.rule == rule)
-        .map_or((&[], None), |r| (r.backends, r.policy))
+/// Counts a merged call as one in-flight request on its endpoint (this shard's
+/// count, which picks and the control thread's snapshot read), on every exit path.
+struct EndpointInFlight<'s> {
+    shard: &'s Shard,
+    ep: usize,
+}
+
+impl<'s> EndpointInFlight<'s> {
+    fn new(shard: &'s Shard, ep: usize) -> Self {
+        if let Some(e) = shard.endpoints.get(ep) {
+            e.in_flight.set(e.in_flight.get().saturating_add(1));
+        }
+        EndpointInFlight { shard, ep }
+    }
+}
+
+impl Drop for EndpointInFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.shard.endpoints.get(self.ep) {
+            e.in_flight.set(e.in_flight.get().saturating_sub(1));
+        }
+    }
 }
 
 /// The per-policy driver: sleeps until the batcher's next deadline (or a push),
@@ -383,8 +442,10 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
         return;
     };
     let bodies: Vec<&[u8]> = members.iter().map(|m| m.body.as_ref()).collect();
+    // Shed only if every member may be shed.
+    let priority = members.iter().map(|m| m.priority).max().unwrap_or(0);
     let replies: Vec<Reply> = match merge(&key, &bodies) {
-        Ok(merged) => match call(&shard, &ctx, &merged.body).await {
+        Ok(merged) => match call(&shard, &ctx, &merged.body, priority).await {
             Ok((status, body)) if (200..300).contains(&status) => {
                 match split(&body, &merged.plan) {
                     Ok(parts) => parts
@@ -409,7 +470,7 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
                 // One member may have failed the whole batch: resend each alone.
                 let mut out = Vec::with_capacity(members.len());
                 for m in &members {
-                    out.push(match call(&shard, &ctx, &m.body).await {
+                    out.push(match call(&shard, &ctx, &m.body, m.priority).await {
                         Ok((s, b)) => Reply { status: s, body: b },
                         Err(r) => r,
                     });
@@ -449,9 +510,18 @@ fn gateway_error(status: u16, code: &str, message: &str) -> Reply {
 }
 
 /// One buffered upstream call for a batch: pick, pooled connection, whole body.
-async fn call(shard: &Rc<Shard>, ctx: &LaneCtx, body: &[u8]) -> Result<(u16, Vec<u8>), Reply> {
+async fn call(
+    shard: &Rc<Shard>,
+    ctx: &LaneCtx,
+    body: &[u8],
+    priority: i32,
+) -> Result<(u16, Vec<u8>), Reply> {
     let settings = &shard.state.settings;
-    let (backends, policy) = rule_of(&shard.state.table, &ctx.route, ctx.rule);
+    let (backends, policy) = shard
+        .state
+        .table
+        .rule(ctx.rule_id)
+        .map_or((&[][..], None), |r| (r.backends, r.policy));
     let profile = shard.state.profile(policy);
     let req = PickRequest {
         model: Some(&ctx.model),
@@ -461,8 +531,15 @@ async fn call(shard: &Rc<Shard>, ctx: &LaneCtx, body: &[u8]) -> Result<(u16, Vec
     let mut tried = Vec::new();
     loop {
         let now = monoio::time::Instant::now();
-        let ep = match shard.pick(backends, &tried, now, profile, &req, None, 0) {
+        let ep = match shard.pick(backends, &tried, now, profile, &req, None, priority) {
             Ok(ep) => ep,
+            Err(crate::shard::PickFailure::Shed) => {
+                return Err(gateway_error(
+                    429,
+                    "shed_saturated",
+                    "every endpoint is saturated and the request is sheddable",
+                ))
+            }
             Err(_) => {
                 return Err(gateway_error(
                     503,
@@ -504,8 +581,11 @@ async fn call(shard: &Rc<Shard>, ctx: &LaneCtx, body: &[u8]) -> Result<(u16, Vec
                 continue;
             }
         };
+        let counted = EndpointInFlight::new(shard, ep);
         let fut = crate::client::exchange(&mut conn.stream, &mut conn.buf, out);
-        match monoio::time::timeout(settings.response_timeout, fut).await {
+        let answer = monoio::time::timeout(settings.response_timeout, fut).await;
+        drop(counted);
+        match answer {
             Ok(Ok((status, body, keep))) => {
                 if status >= 500 {
                     shard.upstream_5xx(ep, monoio::time::Instant::now());

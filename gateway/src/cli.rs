@@ -181,6 +181,24 @@ pub struct LimitArgs {
     /// (about 50 bytes of memory per block).
     #[arg(long, default_value_t = 31_250)]
     pub prefix_blocks_per_endpoint: usize,
+    /// Queue scale k of the scorers: the queue scores k/(k+q) and a prefix match
+    /// counts its matched fraction × k/(k+q), q = waiting + this shard's in-flight
+    /// requests to the endpoint. Larger keeps prefix affinity under more load.
+    /// Default: --saturation-waiting.
+    #[arg(long)]
+    pub queue_scale: Option<f64>,
+    /// Size of each ring that shares recorded prefix blocks between shards (two per
+    /// shard), in 8-byte words; a record takes 1 + its blocks (at most 257). A
+    /// record that does not fit is dropped and counted. 0 turns sharing off.
+    #[arg(long, default_value_t = 32_768)]
+    pub prefix_share_ring: usize,
+    /// Most prefix blocks a shard replays from the other shards before one pick
+    /// (at least one record per pick).
+    #[arg(long, default_value_t = 4_096)]
+    pub prefix_share_drain: usize,
+    /// How often the control thread moves prefix records between the shards' rings.
+    #[arg(long, default_value = "5ms", value_parser = duration)]
+    pub prefix_share_interval: Duration,
     /// Telemetry scrape interval (`GET /metrics` on every endpoint).
     #[arg(long, default_value = "100ms", value_parser = duration)]
     pub scrape_interval: Duration,

@@ -13,16 +13,26 @@
 //! store, the health verdicts and the in-flight counts the shards publish into an
 //! immutable [`ScoringSnapshot`] and swaps it in (`arc-swap`): shards never block
 //! on it and keep using the last one if this thread stalls.
+//!
+//! With more than one shard it is also the hub of prefix sharing
+//! ([`shardgate_routing::scoring::share`]): each shard, once at start, sends the
+//! control thread its ends of two SPSC rings (a `std::sync::mpsc` registration,
+//! never used again), and every `--prefix-share-interval` (default 5 ms) the
+//! control thread moves the prefix records each shard published to every other
+//! shard's inbound ring, dropping and counting what does not fit. The counters
+//! (records received, forwarded, dropped) are plain atomics that only this
+//! thread writes, read by the admin views (`gateway_prefix_share_records_total`).
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
-use shardgate_routing::scoring::{EndpointInput, ScoringSnapshot};
+use shardgate_routing::scoring::{EndpointInput, HubLink, ScoringSnapshot, ShareHub, ShareStats};
 use shardgate_routing::telemetry::{StoreConfig, TelemetryStore};
 use shardgate_routing::RoutingTable;
 
@@ -90,6 +100,37 @@ pub struct ControlShared {
     pub shares: ArcSwap<Vec<u32>>,
     /// The `maxConcurrentInferences` budget.
     pub budget: Option<u32>,
+    /// Prefix sharing between shards: registration and counters.
+    prefix_share: PrefixShare,
+}
+
+/// The control thread's side of prefix sharing, as shards and admin views see it.
+struct PrefixShare {
+    /// Shards send their hub-side ring ends here once, at start.
+    register: mpsc::Sender<(usize, HubLink)>,
+    received: AtomicU64,
+    forwarded: AtomicU64,
+    dropped: AtomicU64,
+    shards: AtomicU64,
+}
+
+impl PrefixShare {
+    fn new(register: mpsc::Sender<(usize, HubLink)>) -> Self {
+        Self {
+            register,
+            received: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            shards: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The control thread's end of the shards' prefix-sharing registrations; hand
+/// it to [`spawn`].
+pub struct PrefixShareInbox {
+    rx: mpsc::Receiver<(usize, HubLink)>,
+    interval: Duration,
 }
 
 impl ControlShared {
@@ -132,6 +173,33 @@ impl ControlShared {
                     .unwrap_or_default(),
             ),
             budget,
+            // No hub until `with_prefix_share`: registrations fail, sharing is off.
+            prefix_share: PrefixShare::new(mpsc::channel().0),
+        }
+    }
+
+    /// Turns prefix sharing on: shards may attach their rings, and the control
+    /// thread started with the returned inbox moves records every `interval`.
+    pub fn with_prefix_share(mut self, interval: Duration) -> (Self, PrefixShareInbox) {
+        let (tx, rx) = mpsc::channel();
+        self.prefix_share = PrefixShare::new(tx);
+        (self, PrefixShareInbox { rx, interval })
+    }
+
+    /// Hands shard `shard`'s hub-side ring ends to the control thread (once, at
+    /// shard start). False when sharing is off: the shard then keeps no rings.
+    pub fn attach_prefix_share(&self, shard: usize, link: HubLink) -> bool {
+        self.prefix_share.register.send((shard, link)).is_ok()
+    }
+
+    /// Prefix-sharing counters as of the control thread's last pump.
+    pub fn prefix_share_stats(&self) -> ShareStats {
+        let p = &self.prefix_share;
+        ShareStats {
+            received: p.received.load(Ordering::Relaxed),
+            forwarded: p.forwarded.load(Ordering::Relaxed),
+            dropped: p.dropped.load(Ordering::Relaxed),
+            shards: p.shards.load(Ordering::Relaxed),
         }
     }
 }
@@ -186,17 +254,18 @@ pub fn health_specs(table: &RoutingTable) -> Vec<Option<HealthSpec>> {
     specs
 }
 
-/// Start the control thread.
+/// Start the control thread (the prefix-sharing hub too when `share` is given).
 pub fn spawn(
     shared: Arc<ControlShared>,
     endpoints: Vec<SocketAddr>,
     specs: Vec<Option<HealthSpec>>,
     hub: Arc<MetricsHub>,
+    share: Option<PrefixShareInbox>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
-            let r = shardgate_runtime::block_on(run(shared, endpoints, specs, hub));
+            let r = shardgate_runtime::block_on(run(shared, endpoints, specs, hub, share));
             if let Err(e) = r {
                 tracing::error!(error = %e, "control runtime");
             }
@@ -213,7 +282,11 @@ async fn run(
     endpoints: Vec<SocketAddr>,
     specs: Vec<Option<HealthSpec>>,
     hub: Arc<MetricsHub>,
+    share: Option<PrefixShareInbox>,
 ) {
+    if let Some(inbox) = share {
+        monoio::spawn(share_loop(inbox, shared.clone()));
+    }
     let settings = shared.settings.clone();
     let store = Rc::new(RefCell::new(TelemetryStore::new(store_config(&settings))));
     let health = Rc::new(RefCell::new(Health {
@@ -275,6 +348,26 @@ fn rebalance_shares(shared: &ControlShared, hub: &MetricsHub, total: u32) {
     let next = shardgate_batching::next_shares(&base, &target, &in_use);
     if next != *published.as_ref() {
         shared.shares.store(Arc::new(next));
+    }
+}
+
+/// Every `inbox.interval`: attach newly started shards' rings, move every
+/// published prefix record to the other shards, publish the counters.
+async fn share_loop(inbox: PrefixShareInbox, shared: Arc<ControlShared>) {
+    let mut hub = ShareHub::new();
+    let interval = inbox.interval.max(Duration::from_micros(100));
+    loop {
+        monoio::time::sleep(interval).await;
+        while let Ok((shard, link)) = inbox.rx.try_recv() {
+            hub.attach(shard, link);
+        }
+        hub.pump();
+        let st = hub.stats();
+        let p = &shared.prefix_share;
+        p.received.store(st.received, Ordering::Relaxed);
+        p.forwarded.store(st.forwarded, Ordering::Relaxed);
+        p.dropped.store(st.dropped, Ordering::Relaxed);
+        p.shards.store(st.shards, Ordering::Relaxed);
     }
 }
 

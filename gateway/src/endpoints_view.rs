@@ -1,10 +1,12 @@
 //! What the admin port shows about endpoints: `/debug/endpoints` (JSON: per
 //! endpoint its telemetry, staleness, health, in-flight, ejection and score per
-//! scorer under the default profile), `/readyz` (ready when every model the
-//! routes serve has at least one healthy endpoint), and the telemetry-derived
-//! metrics (`gateway_gpu_utilization_percent`, `gateway_gpu_memory_used_ratio`,
+//! scorer under the default profile; and the prefix-sharing counters),
+//! `/readyz` (ready when every model the routes serve has at least one healthy
+//! endpoint), and the telemetry-derived metrics
+//! (`gateway_gpu_utilization_percent`, `gateway_gpu_memory_used_ratio`,
 //! `gateway_endpoint_healthy`, `gateway_endpoint_queue_depth`,
-//! `gateway_telemetry_scrape_age_seconds`).
+//! `gateway_telemetry_scrape_age_seconds`) plus
+//! `gateway_prefix_share_records_total{result="received|forwarded|dropped"}`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -155,6 +157,7 @@ impl EndpointsView {
                     "ttft_seconds": signal(SignalKind::Ttft),
                     "e2e_latency_seconds": signal(SignalKind::E2eLatency),
                     "prefix_cache_hit_rate": t.and_then(|t| t.prefix_cache_hit_rate),
+                    "served_model": t.and_then(|t| t.served_model.as_deref()),
                     "lora": t.and_then(|t| t.lora()).map(|l| serde_json::json!({"max_lora": l.max_lora, "running": l.running, "waiting": l.waiting})),
                     "stale": t.map(|t| t.stale.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
                     "missing": t.map(|t| t.missing.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
@@ -167,9 +170,16 @@ impl EndpointsView {
                 },
             }));
         }
+        let share = self.control.prefix_share_stats();
         serde_json::to_vec_pretty(&serde_json::json!({
             "generation": snap.generation,
             "endpoints": out,
+            "prefix_share": {
+                "shards": share.shards,
+                "received": share.received,
+                "forwarded": share.forwarded,
+                "dropped": share.dropped,
+            },
         }))
         .unwrap_or_default()
     }
@@ -259,6 +269,21 @@ impl EndpointsView {
                     self.profile.kind.as_str()
                 );
             }
+        }
+        let share = self.control.prefix_share_stats();
+        let _ = writeln!(
+            out,
+            "# HELP gateway_prefix_share_records_total Prefix-index records shared between shards: received from a shard, forwarded to another shard, dropped on a full ring.\n# TYPE gateway_prefix_share_records_total counter"
+        );
+        for (result, n) in [
+            ("received", share.received),
+            ("forwarded", share.forwarded),
+            ("dropped", share.dropped),
+        ] {
+            let _ = writeln!(
+                out,
+                "gateway_prefix_share_records_total{{result=\"{result}\"}} {n}"
+            );
         }
         let _ = writeln!(out, "# HELP gateway_telemetry_scrape_age_seconds Time since the endpoint's last successful telemetry scrape.\n# TYPE gateway_telemetry_scrape_age_seconds gauge");
         for (id, (addr, _)) in self.endpoints.iter().enumerate() {

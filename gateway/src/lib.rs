@@ -194,16 +194,38 @@ pub fn start(
         None => None,
     };
     let specs = control::health_specs(&loaded.table);
-    let control = Arc::new(control::ControlShared::new(
+    let pick = shard::PickSettings {
+        queue_scale: run.limits.queue_scale,
+        share: shardgate_routing::scoring::ShareConfig {
+            ring_words: run.limits.prefix_share_ring,
+            drain_blocks: run.limits.prefix_share_drain,
+        },
+        share_interval: run.limits.prefix_share_interval,
+    };
+    let control = control::ControlShared::new(
         loaded.table.endpoints().len(),
         load::control_settings(&run.limits),
         &specs,
         settings.max_concurrent,
         shards,
-    ));
+    );
+    // Prefix sharing between shards: the control thread is the rings' hub.
+    let (control, share_inbox) = if shards > 1 && pick.share.enabled() {
+        let (c, inbox) = control.with_prefix_share(pick.share_interval);
+        (c, Some(inbox))
+    } else {
+        (control, None)
+    };
+    let control = Arc::new(control);
     let endpoint_addrs: Vec<SocketAddr> = loaded.table.endpoints().iter().map(|e| e.addr).collect();
-    control::spawn(control.clone(), endpoint_addrs, specs, hub.clone())
-        .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
+    control::spawn(
+        control.clone(),
+        endpoint_addrs,
+        specs,
+        hub.clone(),
+        share_inbox,
+    )
+    .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
@@ -221,11 +243,14 @@ pub fn start(
                 model_endpoints: endpoints_view::model_endpoints(&loaded.table),
                 control: control.clone(),
                 hub: hub.clone(),
-                profile: shardgate_routing::scoring::Profile::resolve(
-                    None,
-                    loaded.table.inference_config(),
-                )
-                .unwrap_or_default(),
+                profile: pick.tune(
+                    shardgate_routing::scoring::Profile::resolve(
+                        None,
+                        loaded.table.inference_config(),
+                    )
+                    .unwrap_or_default(),
+                    &settings,
+                ),
             },
             shutdown: shutdown.clone(),
             hub: hub.clone(),
@@ -233,7 +258,8 @@ pub fn start(
         admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
     }
 
-    let state = Arc::new(GatewayState::new(loaded.table, settings).map_err(|e| vec![e])?);
+    let state =
+        Arc::new(GatewayState::with_pick(loaded.table, settings, pick).map_err(|e| vec![e])?);
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards(per_shard, !run.no_pin, move |info, sockets| {
         server::shard_main(

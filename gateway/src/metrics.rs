@@ -6,9 +6,12 @@
 //! writer per slot). The admin thread sums the latest copies of every shard when
 //! Prometheus scrapes, so a scrape shows data at most 500 ms old.
 //!
-//! Label cardinality is bounded: `model` is one of the models the routes serve,
-//! `other` (any model name no route lists — a client cannot mint series) or
-//! `none`; `route` is a configured route or `none`; `code` is the status code.
+//! Label cardinality is bounded: `model` is one of the models the routes serve
+//! (their model-header matches, plus — registered on first use through
+//! [`ShardMetrics::know_model`] — the models a matched rule is known to serve: a
+//! KServe v2 path's `{name}`, the `InferenceModel` names of its InferencePools),
+//! `other` (any model name the config does not list — a client cannot mint
+//! series) or `none`; `route` is a configured route or `none`; `code` is the status code.
 //! Buckets suit inference: 5 ms to 10 minutes for durations, 1 ms to 1 minute for
 //! time to first token, 1 ms to 2 s per output token.
 
@@ -101,6 +104,8 @@ pub struct RequestRecord<'a> {
 #[derive(Debug, Clone)]
 pub struct ShardMetrics {
     models: Arc<[String]>,
+    /// Models known from the matched rules (config-bounded), in registration order.
+    rule_models: Vec<String>,
     routes: HashMap<String, u16>,
     route_names: Vec<String>,
     requests: HashMap<(u16, u16, u16), u64>,
@@ -131,6 +136,7 @@ impl ShardMetrics {
     pub fn new(models: Arc<[String]>) -> Self {
         ShardMetrics {
             models,
+            rule_models: Vec::new(),
             routes: HashMap::new(),
             route_names: vec![NO_MODEL.to_string()],
             requests: HashMap::new(),
@@ -160,13 +166,26 @@ impl ShardMetrics {
         }
     }
 
-    /// Bounded model label id: 0 none, 1 other, 2.. a served model.
+    /// Give `model` its own label from now on. Only for names the config lists
+    /// (a model the matched rule is known to serve), never for a client's
+    /// arbitrary name, so the label set stays bounded by the config.
+    pub fn know_model(&mut self, model: &str) {
+        if self.model_id(Some(model)) == 1 {
+            self.rule_models.push(model.to_owned());
+        }
+    }
+
+    /// Bounded model label id: 0 none, 1 other, 2.. a served model, then the
+    /// models registered by [`Self::know_model`].
     fn model_id(&self, model: Option<&str>) -> u16 {
         match model {
             None => 0,
             Some(m) => match self.models.binary_search_by(|x| x.as_str().cmp(m)) {
                 Ok(i) => (i + 2) as u16,
-                Err(_) => 1,
+                Err(_) => match self.rule_models.iter().position(|x| x == m) {
+                    Some(i) => (self.models.len() + i + 2) as u16,
+                    None => 1,
+                },
             },
         }
     }
@@ -175,11 +194,17 @@ impl ShardMetrics {
         match id {
             0 => NO_MODEL,
             1 => OTHER_MODEL,
-            i => self
-                .models
-                .get(i as usize - 2)
-                .map(|s| s.as_str())
-                .unwrap_or(OTHER_MODEL),
+            i => {
+                let i = i as usize - 2;
+                self.models
+                    .get(i)
+                    .or_else(|| {
+                        i.checked_sub(self.models.len())
+                            .and_then(|j| self.rule_models.get(j))
+                    })
+                    .map(|s| s.as_str())
+                    .unwrap_or(OTHER_MODEL)
+            }
         }
     }
 
@@ -849,6 +874,37 @@ mod tests {
         s.feed(b"data: {\"a\":1}\n\ndata: {\"a\":2}\n\n");
         s.feed(b"data: [DONE]\n\n");
         assert_eq!(s.events, 2);
+    }
+
+    #[test]
+    fn models_known_from_the_matched_rule_get_their_own_label() {
+        let models: Arc<[String]> = vec!["a".to_string()].into();
+        let mut m = ShardMetrics::new(models);
+        let req = |model| RequestRecord {
+            model: Some(model),
+            route: Some("ns/kserve"),
+            status: 200,
+            ..Default::default()
+        };
+        m.record(&req("resnet"));
+        // The proxy registers a model its rule serves (a KServe path's, a pool's).
+        m.know_model("resnet");
+        m.know_model("resnet");
+        m.know_model("a");
+        m.record(&req("resnet"));
+        m.record(&req("a"));
+        m.queue_depth_add("default", Some("resnet"), 1);
+        let hub = MetricsHub::new(1, vec![], "epoll");
+        hub.publish(0, m);
+        let text = hub.render();
+        for line in [
+            "gateway_requests_total{model=\"other\",route=\"ns/kserve\",code=\"200\"} 1",
+            "gateway_requests_total{model=\"resnet\",route=\"ns/kserve\",code=\"200\"} 1",
+            "gateway_requests_total{model=\"a\",route=\"ns/kserve\",code=\"200\"} 1",
+            "gateway_queue_depth{priority=\"default\",model=\"resnet\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use shardgate_runtime::io::{peer_state, read_into, read_into_cancelable, PeerSta
 use crate::error::Failure;
 use crate::metrics::{RequestRecord, UsageScanner};
 use crate::shard::{ConnGauge, GatewayState, InFlight, PickFailure, Shard, UpstreamConn};
-use shardgate_routing::scoring::{PickRequest, ProfileKind, Scorer};
+use shardgate_routing::scoring::{PickRequest, Scorer};
 
 /// The virtual model header, as sent upstream.
 pub const MODEL_HEADER_NAME: &str = MODEL_HEADER;
@@ -518,10 +518,49 @@ async fn route_and_forward<'s>(
             respond_failure(client, out, &Failure::filter_not_found(filter), Some(rid)).await;
         return client_keep;
     }
-    // Request priority: X-Request-Priority (integer), else the X-Priority queue's.
+    // The request's model: its own (body or header), else the rule's one model (a
+    // KServe v2 path, or the only model its pool serves), else a KServe path's. A
+    // model the rule is known to serve gets its own metrics label (config-bounded).
+    if rq.model.is_none() {
+        rq.model = route
+            .model
+            .or_else(|| shardgate_routing::table::kserve_model(head.path()))
+            .map(|m| ModelName(Bytes::copy_from_slice(m.as_bytes())));
+    }
+    if let Some(m) = rq.model.as_deref() {
+        if route.models.iter().any(|k| k == m) {
+            shard.metrics.borrow_mut().know_model(m);
+        }
+    }
+    // Request priority (README "Flow control"): X-Request-Priority (integer), else
+    // the X-Priority queue's, else the InferenceObjective named by
+    // x-gateway-inference-objective (an unknown name is a 400 whatever else is
+    // set), else the model's InferenceModel / like-named InferenceObjective, else 0.
     let named = head
         .header("x-priority")
         .and_then(|v| std::str::from_utf8(v).ok());
+    let objective = match head.header(shardgate_routing::table::OBJECTIVE_HEADER) {
+        None => None,
+        Some(v) => {
+            let found = std::str::from_utf8(v)
+                .ok()
+                .and_then(|n| state.table.objective_priority(route.rule_id, n.trim()));
+            if found.is_none() {
+                let f = Failure::batch_refused(
+                    400,
+                    "unknown_inference_objective",
+                    format!(
+                        "{} `{}` names no InferenceObjective",
+                        shardgate_routing::table::OBJECTIVE_HEADER,
+                        String::from_utf8_lossy(v)
+                    ),
+                );
+                rq.status = respond_failure(client, out, &f, Some(rid)).await;
+                return client_keep;
+            }
+            found
+        }
+    };
     let priority = head
         .header("x-request-priority")
         .and_then(|v| std::str::from_utf8(v).ok())
@@ -533,6 +572,12 @@ async fn route_and_forward<'s>(
                     .and_then(|k| shard.batcher(k))
                     .and_then(|b| b.priority_of(n))
             })
+        })
+        .or(objective)
+        .or_else(|| {
+            rq.model
+                .as_deref()
+                .and_then(|m| state.table.model_priority(route.rule_id, m))
         })
         .unwrap_or(0);
     // maxConcurrentInferences: hold a permit until the answer is out.
@@ -552,12 +597,11 @@ async fn route_and_forward<'s>(
             let req = crate::batch::Request {
                 path: head.path(),
                 body: &body,
-                priority: head
-                    .header("x-priority")
-                    .and_then(|v| std::str::from_utf8(v).ok()),
+                priority: named,
+                level: priority,
                 auth: head.header("authorization"),
                 model,
-                route: (route.route, route.rule),
+                rule_id: route.rule_id,
             };
             match crate::batch::submit(shard, &pb, &req) {
                 crate::batch::Submitted::NotBatchable => {}
@@ -570,18 +614,17 @@ async fn route_and_forward<'s>(
                     rq.status = respond_failure(client, out, &f, Some(rid)).await;
                     return client_keep;
                 }
-                crate::batch::Submitted::Waiting(rx) => {
-                    shard.metrics.borrow_mut().queue_depth_add(
-                        req.priority.unwrap_or("default"),
-                        Some(model),
-                        1,
-                    );
+                crate::batch::Submitted::Waiting(rx, queue) => {
+                    let queue = pb.queue_name(queue);
+                    shard
+                        .metrics
+                        .borrow_mut()
+                        .queue_depth_add(queue, Some(model), 1);
                     let reply = rx.await;
-                    shard.metrics.borrow_mut().queue_depth_add(
-                        req.priority.unwrap_or("default"),
-                        Some(model),
-                        -1,
-                    );
+                    shard
+                        .metrics
+                        .borrow_mut()
+                        .queue_depth_add(queue, Some(model), -1);
                     let reply = reply.unwrap_or(crate::batch::Reply {
                         status: 500,
                         body: b"{\"error\":{\"message\":\"the batch was dropped\",\"type\":\"gateway_error\",\"param\":null,\"code\":\"batch_dropped\"}}".to_vec(),
@@ -702,10 +745,10 @@ async fn forward(
         .then(|| shard.prefix_hashes(ctx.model.unwrap_or(""), ctx.body));
     let pick_req = PickRequest {
         model: ctx.model,
-        adapter: (profile.kind == ProfileKind::LoraAffinity)
-            .then_some(ctx.model)
-            .flatten(),
-        prefix_total_blocks: hashes.as_ref().map_or(0, |h| h.len() as u32),
+        adapter: profile.lora_adapter(ctx.model),
+        prefix_total_blocks: hashes
+            .as_ref()
+            .map_or(0, |h| u32::try_from(h.prompt_blocks()).unwrap_or(u32::MAX)),
     };
     shard.earn_retry();
     let mut tried = Tried::default();

@@ -2,6 +2,13 @@
 //! endpoint (in-flight count, ejection with exponential backoff), its upstream
 //! keep-alive pool and its RNG. Nothing here is shared with other shards; it lives
 //! in an `Rc` on the shard's thread and is touched only between `.await`s.
+//!
+//! The prefix index is per shard but learns every shard's records: with more
+//! than one shard, each shard owns the two ends of its SPSC rings
+//! ([`shardgate_routing::scoring::share`]; `--prefix-share-ring`, 32,768 words
+//! each), hands the other two to the control thread once at start, publishes
+//! what it records and replays the others' records (≤ `--prefix-share-drain`
+//! 4,096 blocks) before each prefix-scored pick.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -21,8 +28,8 @@ use crate::batch::PolicyBatcher;
 use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, ShardMetrics};
 use shardgate_routing::scoring::{
-    Candidate, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes, PrefixIndex, Profile,
-    Saturation,
+    share_link, Candidate, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
+    PrefixIndex, Profile, Saturation, ShardLink, ShareConfig,
 };
 
 /// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
@@ -70,6 +77,43 @@ pub struct Settings {
     pub shards: usize,
 }
 
+/// Scoring and prefix-sharing settings (CLI flags), apart from [`Settings`].
+#[derive(Debug, Clone, Copy)]
+pub struct PickSettings {
+    /// Queue scale `k` of the queue scorer and the prefix discount, `k / (k + q)`
+    /// (`--queue-scale`); `None` = the saturation threshold `--saturation-waiting`.
+    pub queue_scale: Option<f64>,
+    /// Ring and drain sizes for sharing prefix records between shards
+    /// (`--prefix-share-ring`, `--prefix-share-drain`).
+    pub share: ShareConfig,
+    /// How often the control thread moves records between the rings
+    /// (`--prefix-share-interval`).
+    pub share_interval: Duration,
+}
+
+impl Default for PickSettings {
+    fn default() -> Self {
+        Self {
+            queue_scale: None,
+            share: ShareConfig::default(),
+            share_interval: Duration::from_millis(5),
+        }
+    }
+}
+
+impl PickSettings {
+    /// `p` with the gateway's saturation thresholds (for profiles that filter
+    /// on saturation) and queue scale.
+    pub fn tune(&self, p: Profile, settings: &Settings) -> Profile {
+        let p = if p.saturation.is_some() {
+            p.with_saturation(Some(settings.saturation))
+        } else {
+            p
+        };
+        p.with_queue_scale(self.queue_scale.unwrap_or(settings.saturation.max_waiting))
+    }
+}
+
 /// The immutable, process-wide view every shard reads: routing table and settings.
 pub struct GatewayState {
     /// Compiled routes, listeners and endpoints.
@@ -84,21 +128,25 @@ pub struct GatewayState {
     default_profile: Profile,
     /// BatchingPolicies linked from rules, validated.
     pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
+    /// Scoring and prefix-sharing settings.
+    pub pick: PickSettings,
 }
 
 impl GatewayState {
     /// Build the shared state: pre-render `/v1/models` and resolve every rule's
     /// scheduling profile (an unknown algorithm name is a configuration error).
     pub fn new(table: RoutingTable, settings: Settings) -> Result<Self, String> {
+        Self::with_pick(table, settings, PickSettings::default())
+    }
+
+    /// Like [`Self::new`], with scoring and prefix-sharing settings.
+    pub fn with_pick(
+        table: RoutingTable,
+        settings: Settings,
+        pick: PickSettings,
+    ) -> Result<Self, String> {
         let config = table.inference_config();
-        let sat = settings.saturation;
-        let tune = |p: Profile| {
-            if p.saturation.is_some() {
-                p.with_saturation(Some(sat))
-            } else {
-                p
-            }
-        };
+        let tune = |p: Profile| pick.tune(p, &settings);
         let default_profile = tune(
             Profile::resolve(None, config)
                 .map_err(|e| format!("InferenceConfig spec.modelRouting.strategy: {e}"))?,
@@ -124,6 +172,7 @@ impl GatewayState {
             profiles,
             default_profile,
             batch_policies,
+            pick,
         })
     }
 
@@ -212,6 +261,8 @@ pub struct Shard {
     pub control: Arc<ControlShared>,
     picker: RefCell<Picker>,
     prefix: RefCell<PrefixIndex>,
+    /// This shard's ends of the prefix-sharing rings (None with one shard).
+    share: RefCell<Option<ShardLink>>,
     cands: RefCell<Vec<Candidate>>,
     local: RefCell<Vec<u32>>,
     /// Retry tokens: each request adds `retry_budget`, each retry takes 1 (cap 10).
@@ -239,6 +290,13 @@ impl Shard {
     ) -> Rc<Self> {
         let n = state.table.endpoints().len();
         let models: Arc<[String]> = state.table.models().to_vec().into();
+        // Prefix sharing: keep our ends, hand the control thread its ends.
+        let share = if state.settings.shards > 1 {
+            share_link(&state.pick.share)
+                .and_then(|(mine, theirs)| control.attach_prefix_share(id, theirs).then_some(mine))
+        } else {
+            None
+        };
         Rc::new(Shard {
             metrics: RefCell::new(ShardMetrics::new(models)),
             hub,
@@ -249,6 +307,7 @@ impl Shard {
                 capacity_per_endpoint: state.settings.prefix_blocks_per_endpoint,
                 ..PrefixConfig::default()
             })),
+            share: RefCell::new(share),
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             retry_tokens: Cell::new(1.0),
@@ -337,6 +396,11 @@ impl Shard {
         let mut local = self.local.borrow_mut();
         cands.clear();
         local.clear();
+        if prefix.is_some() {
+            if let Some(link) = self.share.borrow_mut().as_mut() {
+                link.drain_into(&mut self.prefix.borrow_mut(), now.into_std());
+            }
+        }
         let index = self.prefix.borrow();
         for &ep in group.endpoints.iter().filter(|ep| usable(ep)) {
             let prefix_blocks = prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32);
@@ -452,11 +516,15 @@ impl Shard {
         }
     }
 
-    /// Remember that `ep` now holds the prompt's prefix blocks in its cache.
+    /// Remember that `ep` now holds the prompt's prefix blocks in its cache, and
+    /// tell the other shards (dropped, and counted, when the ring is full).
     pub fn record_prefix(&self, ep: usize, hashes: &PrefixHashes) {
         self.prefix
             .borrow_mut()
             .record(ep, hashes.as_slice(), std::time::Instant::now());
+        if let Some(link) = self.share.borrow_mut().as_mut() {
+            link.publish(ep, hashes.as_slice());
+        }
     }
 
     /// Hash a prompt for the prefix-cache scorer.

@@ -60,21 +60,46 @@
 //!   ([`RuleAction::FilterNotFound`]). Other filter types are kept (see
 //!   [`RoutingTable::rule_details`]) and reported as not enforced;
 //! - `timeouts.request: 0s` means no timeout (`None`), as the spec says.
+//!
+//! Defaults, priorities and models:
+//! - a `BatchingPolicy` with `spec.targetRefs` is the default of every rule of
+//!   the targeted `HTTPRoute` (`sectionName`: the rule named so) or of every
+//!   route attached to the targeted `Gateway` (`sectionName`: through that
+//!   listener) that links no BatchingPolicy itself (an ExtensionRef of kind
+//!   `BatchingPolicy`, even an unresolved one, wins). Targets are looked up in
+//!   `targetRef.namespace`, else the policy's namespace; a missing target,
+//!   listener or rule is an error naming the field. The more specific
+//!   attachment wins (rule › route › listener › Gateway); two different
+//!   defaults at the same level for one rule are an error;
+//! - `InferenceObjective` and `InferenceModel` priorities are resolved into
+//!   maps keyed by name at build time (see [`priority`]);
+//! - every rule has a dense id ([`RouteMatch::rule_id`], [`RoutingTable::rule`]:
+//!   O(1)), and the models it is known to serve ([`RouteMatch::models`]):
+//!   `Exact` model-header values of its matches, the `{name}` of KServe v2
+//!   paths (`Exact` or `PathPrefix` `/v2/models/{name}…`), and the
+//!   `InferenceModel` / `InferenceObjective` names bound to its InferencePools;
+//!   [`RouteMatch::model`] is the one model when that is unambiguous (every match
+//!   pins the same one, or none pins any and its pools serve exactly one).
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::config::{
-    AddressType, Config, ConfigError, DocMeta, EndpointSlice, FilterType, FromNamespaces,
+    AddressType, Config, ConfigError, DocMeta, EndpointSlice, FilterType, FromNamespaces, Gateway,
     HttpMethod, HttpRoute, HttpRouteFilter, HttpRouteMatch, InferenceConfig, IntOrString,
     PathMatchType, Resource, Service, ServicePort, StringMatchType, POOL_NAME_LABEL,
     SERVICE_NAME_LABEL,
 };
-use crate::config::{BatchingPolicy, InferencePolicy};
+use crate::config::{BatchingPolicy, InferencePolicy, PolicyTargetReference};
 use crate::duration::format_duration;
+
+pub mod priority;
+
+use priority::Priorities;
+pub use priority::{PriorityEntry, OBJECTIVE_HEADER};
 
 /// Virtual header the gateway sets from the JSON body's `model`.
 pub const MODEL_HEADER: &str = "x-gateway-model-name";
@@ -149,6 +174,12 @@ pub struct RouteMatch<'a> {
     pub action: &'a RuleAction,
     /// `timeouts.request` of the rule (`0s` reads as `None`).
     pub request_timeout: Option<Duration>,
+    /// Dense id of the rule over all routes (see [`RoutingTable::rule`]).
+    pub rule_id: usize,
+    /// The one model the rule serves, when unambiguous (see the module docs).
+    pub model: Option<&'a str>,
+    /// Models the rule is known to serve, sorted (see the module docs).
+    pub models: &'a [String],
 }
 
 /// What matching needs to know about a request.
@@ -419,10 +450,23 @@ struct CompiledRule {
     backend_ports: Vec<Option<u16>>,
     policy: Option<String>,
     batching: Option<String>,
+    /// Whether a filter of the rule is an ExtensionRef of kind BatchingPolicy.
+    own_batching_ref: bool,
+    /// `Kind namespace/name[/section]` of the target that made `batching` this
+    /// rule's default (None: linked by ExtensionRef, or no policy).
+    batching_default: Option<String>,
     action: RuleAction,
     request_timeout: Option<Duration>,
     backend_request_timeout: Option<Duration>,
     filters: Vec<HttpRouteFilter>,
+    /// `namespace/name` of its InferencePool backendRefs.
+    pools: Vec<String>,
+    /// The models its matches pin (one per match; None = that match pins none).
+    pinned: Vec<Option<String>>,
+    /// Models it is known to serve, sorted.
+    models: Vec<String>,
+    /// The one model it serves, when unambiguous.
+    model: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -450,8 +494,15 @@ pub struct RuleSummary<'a> {
     pub backends: &'a [BackendGroup],
     /// Linked InferencePolicy key.
     pub policy: Option<&'a str>,
-    /// Linked BatchingPolicy key.
+    /// Linked BatchingPolicy key (by ExtensionRef or as a default).
     pub batching: Option<&'a str>,
+    /// When `batching` is a default (`targetRefs`): `Kind namespace/name` of
+    /// the target it came through.
+    pub batching_default: Option<&'a str>,
+    /// Dense rule id (see [`RoutingTable::rule`]).
+    pub id: usize,
+    /// `namespace/name` of its InferencePool backendRefs.
+    pub pools: &'a [String],
 }
 
 /// The immutable routing table built from a [`Config`].
@@ -474,6 +525,11 @@ pub struct RoutingTable {
     inference_config: Option<InferenceConfig>,
     policies: Vec<(String, InferencePolicy)>,
     batching: Vec<(String, BatchingPolicy)>,
+    /// Rule id → (route index, rule index).
+    rule_ids: Vec<(usize, usize)>,
+    /// Per route: the id of its first rule.
+    rule_base: Vec<usize>,
+    priorities: Priorities,
 }
 
 impl RoutingTable {
@@ -531,6 +587,9 @@ impl RoutingTable {
                     batching: rule.batching.as_deref(),
                     action: &rule.action,
                     request_timeout: rule.request_timeout,
+                    rule_id: self.rule_base[e.route] + e.rule,
+                    model: rule.model.as_deref(),
+                    models: &rule.models,
                 });
             }
         }
@@ -586,21 +645,62 @@ impl RoutingTable {
     }
 
     /// Every rule of every route with its backends and linked policies, in
-    /// route and rule order (for the control plane: which InferencePolicy
-    /// health-checks which endpoints, which profile a rule uses).
+    /// route and rule order, i.e. in rule id order (for the control plane:
+    /// which InferencePolicy health-checks which endpoints, which profile a
+    /// rule uses).
     pub fn rules(&self) -> impl Iterator<Item = RuleSummary<'_>> + '_ {
-        self.routes.iter().flat_map(|r| {
-            r.rules
-                .iter()
-                .enumerate()
-                .map(move |(i, rule)| RuleSummary {
-                    route: &r.key,
-                    rule: i,
-                    backends: &rule.backends,
-                    policy: rule.policy.as_deref(),
-                    batching: rule.batching.as_deref(),
-                })
+        (0..self.rule_ids.len()).filter_map(|id| self.rule(id))
+    }
+
+    /// The rule with dense id `id` ([`RouteMatch::rule_id`]); O(1).
+    pub fn rule(&self, id: usize) -> Option<RuleSummary<'_>> {
+        let &(ri, i) = self.rule_ids.get(id)?;
+        let route = self.routes.get(ri)?;
+        let rule = route.rules.get(i)?;
+        Some(RuleSummary {
+            route: &route.key,
+            rule: i,
+            backends: &rule.backends,
+            policy: rule.policy.as_deref(),
+            batching: rule.batching.as_deref(),
+            batching_default: rule.batching_default.as_deref(),
+            id,
+            pools: &rule.pools,
         })
+    }
+
+    /// The priority of the `InferenceObjective` named `name` (header
+    /// [`OBJECTIVE_HEADER`]) for a request matched to rule `rule_id`; `None`
+    /// when no objective has that name (the gateway answers 400). No allocation.
+    pub fn objective_priority(&self, rule_id: usize, name: &str) -> Option<i32> {
+        let entries = self.priorities.objectives.get(name)?;
+        self.pick_priority(rule_id, entries)
+    }
+
+    /// The priority of requests for `model` matched to rule `rule_id`: its
+    /// `InferenceModel`'s criticality, else the `InferenceObjective` named like
+    /// the model; `None` when neither exists (priority 0). No allocation.
+    pub fn model_priority(&self, rule_id: usize, model: &str) -> Option<i32> {
+        let p = &self.priorities;
+        let entries = p.models.get(model).or_else(|| p.objectives.get(model))?;
+        self.pick_priority(rule_id, entries)
+    }
+
+    fn pick_priority(&self, rule_id: usize, entries: &[PriorityEntry]) -> Option<i32> {
+        let (pools, namespace): (&[String], &str) = match self.rule(rule_id) {
+            Some(r) => (r.pools, r.route.split('/').next().unwrap_or("")),
+            None => (&[], ""),
+        };
+        Priorities::pick(entries, pools, namespace).map(|e| e.priority)
+    }
+
+    /// Every `InferenceObjective` (by name) and `InferenceModel` (by model
+    /// name) with their priorities, sorted by name (for `check` and debugging).
+    pub fn priorities(&self) -> (Vec<NamedPriority<'_>>, Vec<NamedPriority<'_>>) {
+        (
+            flat_priorities(&self.priorities.objectives),
+            flat_priorities(&self.priorities.models),
+        )
     }
 
     /// Every InferencePolicy loaded, with its `namespace/name` key.
@@ -635,6 +735,19 @@ impl RoutingTable {
             .get(rule)?;
         Some((&r.filters, r.backend_request_timeout))
     }
+}
+
+/// An objective or model name with one of its entries.
+pub type NamedPriority<'a> = (&'a str, &'a PriorityEntry);
+
+/// `(name, entry)` pairs sorted by name and source.
+fn flat_priorities(m: &HashMap<String, Vec<PriorityEntry>>) -> Vec<NamedPriority<'_>> {
+    let mut v: Vec<NamedPriority<'_>> = m
+        .iter()
+        .flat_map(|(k, es)| es.iter().map(move |e| (k.as_str(), e)))
+        .collect();
+    v.sort_by(|a, b| (a.0, &a.1.source).cmp(&(b.0, &b.1.source)));
+    v
 }
 
 fn lookup<'a, T>(list: &'a [(String, T)], name: &str) -> Option<&'a T> {
@@ -707,6 +820,9 @@ impl fmt::Display for RoutingTable {
                 }
                 if let Some(b) = &rule.batching {
                     write!(f, " batching={b}")?;
+                    if let Some(t) = &rule.batching_default {
+                        write!(f, " (default via {t})")?;
+                    }
                 }
                 if let RuleAction::FilterNotFound { filter } = &rule.action {
                     write!(f, " → 500 (filter {filter} not found)")?;
@@ -715,6 +831,24 @@ impl fmt::Display for RoutingTable {
                     write!(f, " timeout={}", format_duration(t))?;
                 }
                 writeln!(f, "  ({} rule {})", route.key, e.rule)?;
+            }
+        }
+        if !self.priorities.is_empty() {
+            let (objectives, models) = self.priorities();
+            writeln!(f, "priorities:")?;
+            for (name, e) in objectives {
+                writeln!(
+                    f,
+                    "  objective {name}: {} (InferenceObjective {}, pool {})",
+                    e.priority, e.source, e.pool
+                )?;
+            }
+            for (name, e) in models {
+                writeln!(
+                    f,
+                    "  model {name}: {} (InferenceModel {}, pool {})",
+                    e.priority, e.source, e.pool
+                )?;
             }
         }
         if !self.warnings.is_empty() {
@@ -743,6 +877,16 @@ struct Builder<'c, 'r> {
     backend_cache: HashMap<(String, String, String, Option<u16>), Vec<usize>>,
     slices: Vec<(&'c DocMeta, &'c EndpointSlice)>,
     services: Vec<(&'c DocMeta, &'c Service)>,
+    /// `namespace/name` of every InferencePool some backendRef names.
+    referenced_pools: HashSet<String>,
+}
+
+/// A rule's default BatchingPolicy while defaults are being resolved.
+struct DefaultPick {
+    /// 0 Gateway, 1 listener, 2 route, 3 rule: the more specific wins.
+    rank: u8,
+    policy: String,
+    via: String,
 }
 
 impl<'c, 'r> Builder<'c, 'r> {
@@ -766,6 +910,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             backend_cache: HashMap::new(),
             slices,
             services,
+            referenced_pools: HashSet::new(),
         }
     }
 
@@ -875,8 +1020,9 @@ impl<'c, 'r> Builder<'c, 'r> {
             .collect();
         http_routes.sort_by_key(|(m, _)| m.key());
         let mut routes = Vec::new();
+        let mut route_listeners: Vec<Vec<usize>> = Vec::new();
         let mut entries: Vec<Vec<Entry>> = vec![Vec::new(); listeners.len()];
-        for (meta, route) in http_routes {
+        for &(meta, route) in &http_routes {
             let route_idx = routes.len();
             let compiled = self.compile_route(meta, route);
             let route_hosts: Vec<HostPattern> = route
@@ -998,7 +1144,23 @@ impl<'c, 'r> Builder<'c, 'r> {
                 }
             }
             routes.push(compiled);
+            route_listeners.push(attached);
         }
+        let mut rule_base = Vec::with_capacity(routes.len());
+        let mut rule_ids = Vec::new();
+        for (ri, r) in routes.iter().enumerate() {
+            rule_base.push(rule_ids.len());
+            rule_ids.extend((0..r.rules.len()).map(|i| (ri, i)));
+        }
+        let priorities = self.build_priorities();
+        rule_models(&mut routes, &priorities);
+        self.apply_batching_defaults(
+            &mut routes,
+            &http_routes,
+            &route_listeners,
+            &gateways,
+            (&rule_base, &rule_ids),
+        );
         for list in &mut entries {
             list.sort_by_key(|e| {
                 let m = &routes[e.route].rules[e.rule].matches[e.matcher];
@@ -1097,6 +1259,9 @@ impl<'c, 'r> Builder<'c, 'r> {
             inference_config,
             policies,
             batching,
+            rule_ids,
+            rule_base,
+            priorities,
         })
     }
 
@@ -1172,6 +1337,12 @@ impl<'c, 'r> Builder<'c, 'r> {
             let mut policy = None;
             let mut batching = None;
             let mut action = RuleAction::Forward;
+            let own_batching_ref = rule.filters.iter().any(|f| {
+                f.filter_type == FilterType::ExtensionRef
+                    && f.extension_ref
+                        .as_ref()
+                        .is_some_and(|e| e.kind == "BatchingPolicy")
+            });
             for (fi, f) in rule.filters.iter().enumerate() {
                 if f.filter_type != FilterType::ExtensionRef {
                     self.warn(format!(
@@ -1231,6 +1402,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             // Backends.
             let mut backends = Vec::new();
             let mut backend_ports = Vec::new();
+            let mut pools = Vec::new();
             for (bi, b) in rule.backend_refs.iter().enumerate() {
                 let ns = b.namespace.as_deref().unwrap_or(&meta.namespace);
                 if ns != meta.namespace {
@@ -1259,6 +1431,11 @@ impl<'c, 'r> Builder<'c, 'r> {
                             "" | "inference.networking.k8s.io" | "inference.networking.x-k8s.io"
                         ) =>
                     {
+                        let key = format!("{ns}/{}", b.name);
+                        if !pools.contains(&key) {
+                            pools.push(key.clone());
+                        }
+                        self.referenced_pools.insert(key);
                         self.pool_endpoints(ns, &b.name, b.port)
                     }
                     _ => {
@@ -1283,16 +1460,27 @@ impl<'c, 'r> Builder<'c, 'r> {
                 ));
             }
             let timeouts = rule.timeouts.clone().unwrap_or_default();
+            let pinned = if rule.matches.is_empty() {
+                vec![None]
+            } else {
+                rule.matches.iter().map(pinned_model).collect()
+            };
             rules.push(CompiledRule {
                 matches,
                 backends,
                 backend_ports,
                 policy,
                 batching,
+                own_batching_ref,
+                batching_default: None,
                 action,
                 request_timeout: timeouts.request.filter(|d| !d.is_zero()),
                 backend_request_timeout: timeouts.backend_request.filter(|d| !d.is_zero()),
                 filters: rule.filters.clone(),
+                pools,
+                pinned,
+                models: Vec::new(),
+                model: None,
             });
         }
         CompiledRoute {
@@ -1573,6 +1761,309 @@ impl<'c, 'r> Builder<'c, 'r> {
         }
         self.backend_cache.insert(key, out.clone());
         out
+    }
+}
+
+impl Builder<'_, '_> {
+    /// `InferenceObjective` and `InferenceModel` priorities by name; a
+    /// `poolRef` that names no known pool, or one model twice for one pool
+    /// with different priorities, is an error (see [`priority`]).
+    fn build_priorities(&mut self) -> Priorities {
+        let config = self.config;
+        let mut known: HashSet<String> = config
+            .docs
+            .iter()
+            .filter(|(_, r)| matches!(r, Resource::InferencePool(_)))
+            .map(|(m, _)| m.key())
+            .collect();
+        known.extend(self.referenced_pools.iter().cloned());
+        let mut out = Priorities::default();
+        for (meta, r) in &config.docs {
+            let (pool_ref, name, priority, is_model) = match r {
+                Resource::InferenceObjective(o) => {
+                    (&o.spec.pool_ref, &meta.name, o.spec.priority(), false)
+                }
+                Resource::InferenceModel(m) => (
+                    &m.spec.pool_ref,
+                    &m.spec.model_name,
+                    m.spec.priority(),
+                    true,
+                ),
+                _ => continue,
+            };
+            let pool = format!("{}/{}", meta.namespace, pool_ref.name);
+            if !known.contains(&pool) {
+                self.errors.push(ConfigError::at(
+                    meta,
+                    "spec.poolRef.name",
+                    format!(
+                        "InferencePool {pool} not found: define it, or name it in an HTTPRoute backendRef"
+                    ),
+                ));
+                continue;
+            }
+            let map = if is_model {
+                &mut out.models
+            } else {
+                &mut out.objectives
+            };
+            let entries = map.entry(name.clone()).or_default();
+            if let Some(other) = entries.iter().find(|e| e.pool == pool) {
+                if other.priority != priority {
+                    self.errors.push(ConfigError::at(
+                        meta,
+                        "spec.modelName",
+                        format!(
+                            "model {name} of pool {pool} already has priority {} (InferenceModel {}); one model, one criticality per pool",
+                            other.priority, other.source
+                        ),
+                    ));
+                }
+                continue;
+            }
+            entries.push(PriorityEntry {
+                source: meta.key(),
+                namespace: meta.namespace.clone(),
+                pool,
+                priority,
+            });
+            if let Resource::InferenceModel(m) = r {
+                if !m.spec.target_models.is_empty() {
+                    self.warn(format!(
+                        "{}: spec.targetModels accepted, not acted on (requests keep the model they name)",
+                        meta.label()
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes `targetRefs` BatchingPolicies the defaults of the rules without a
+    /// BatchingPolicy ExtensionRef (see the module docs).
+    fn apply_batching_defaults(
+        &mut self,
+        routes: &mut [CompiledRoute],
+        route_docs: &[(&DocMeta, &HttpRoute)],
+        route_listeners: &[Vec<usize>],
+        gateways: &[(&DocMeta, &Gateway, usize)],
+        (rule_base, rule_ids): (&[usize], &[(usize, usize)]),
+    ) {
+        let config = self.config;
+        let mut picks: Vec<Option<DefaultPick>> = (0..rule_ids.len()).map(|_| None).collect();
+        for (pmeta, r) in &config.docs {
+            let Resource::BatchingPolicy(bp) = r else {
+                continue;
+            };
+            let policy = pmeta.key();
+            for (ti, t) in bp.spec.target_refs.iter().enumerate() {
+                let base = format!("spec.targetRefs[{ti}]");
+                let Some((rank, via, ids)) = self.default_target(
+                    pmeta,
+                    &base,
+                    t,
+                    routes,
+                    route_docs,
+                    route_listeners,
+                    gateways,
+                    rule_base,
+                ) else {
+                    continue;
+                };
+                let mut applied = 0usize;
+                for id in ids {
+                    let Some(&(ri, i)) = rule_ids.get(id) else {
+                        continue;
+                    };
+                    if routes[ri].rules[i].own_batching_ref {
+                        continue;
+                    }
+                    applied += 1;
+                    match &picks[id] {
+                        Some(p) if p.rank > rank || (p.rank == rank && p.policy == policy) => {}
+                        Some(p) if p.rank == rank => {
+                            self.errors.push(ConfigError::at(
+                                pmeta,
+                                base.clone(),
+                                format!(
+                                    "{via}: rule {i} of HTTPRoute {} already has BatchingPolicy {} as its default (through {}); two defaults at the same level for one rule",
+                                    routes[ri].key, p.policy, p.via
+                                ),
+                            ));
+                            break;
+                        }
+                        _ => {
+                            picks[id] = Some(DefaultPick {
+                                rank,
+                                policy: policy.clone(),
+                                via: via.clone(),
+                            })
+                        }
+                    }
+                }
+                if applied == 0 {
+                    self.warn(format!(
+                        "{}: {base} ({via}): no rule without its own BatchingPolicy ExtensionRef; the default applies nowhere",
+                        pmeta.label()
+                    ));
+                }
+            }
+        }
+        for (id, pick) in picks.into_iter().enumerate() {
+            let (Some(p), Some(&(ri, i))) = (pick, rule_ids.get(id)) else {
+                continue;
+            };
+            let rule = &mut routes[ri].rules[i];
+            rule.batching = Some(p.policy);
+            rule.batching_default = Some(p.via);
+        }
+    }
+
+    /// One `targetRef`'s (rank, description, rule ids); `None` after an error.
+    #[allow(clippy::too_many_arguments)]
+    fn default_target(
+        &mut self,
+        pmeta: &DocMeta,
+        base: &str,
+        t: &PolicyTargetReference,
+        routes: &[CompiledRoute],
+        route_docs: &[(&DocMeta, &HttpRoute)],
+        route_listeners: &[Vec<usize>],
+        gateways: &[(&DocMeta, &Gateway, usize)],
+        rule_base: &[usize],
+    ) -> Option<(u8, String, Vec<usize>)> {
+        let ns = t.namespace.as_deref().unwrap_or(&pmeta.namespace);
+        let mut fail = |field: &str, message: String| {
+            self.errors
+                .push(ConfigError::at(pmeta, format!("{base}.{field}"), message));
+            None
+        };
+        match t.kind.as_str() {
+            "HTTPRoute" => {
+                let Some(ri) = route_docs
+                    .iter()
+                    .position(|(m, _)| m.namespace == ns && m.name == t.name)
+                else {
+                    return fail("name", format!("HTTPRoute {ns}/{} not found", t.name));
+                };
+                let all = rule_base[ri]..rule_base[ri] + routes[ri].rules.len();
+                match &t.section_name {
+                    None => Some((2, format!("HTTPRoute {ns}/{}", t.name), all.collect())),
+                    Some(sec) => {
+                        let rules = &route_docs[ri].1.spec.rules;
+                        match rules.iter().position(|r| r.name.as_deref() == Some(sec)) {
+                            Some(i) => Some((
+                                3,
+                                format!("HTTPRoute {ns}/{} rule {sec}", t.name),
+                                vec![rule_base[ri] + i],
+                            )),
+                            None => fail(
+                                "sectionName",
+                                format!("HTTPRoute {ns}/{} has no rule named {sec:?}", t.name),
+                            ),
+                        }
+                    }
+                }
+            }
+            "Gateway" => {
+                let Some(&(_, g, first)) = gateways
+                    .iter()
+                    .find(|(m, _, _)| m.namespace == ns && m.name == t.name)
+                else {
+                    return fail("name", format!("Gateway {ns}/{} not found", t.name));
+                };
+                let (rank, via, wanted) = match &t.section_name {
+                    None => (
+                        0,
+                        format!("Gateway {ns}/{}", t.name),
+                        (first..first + g.spec.listeners.len()).collect::<Vec<_>>(),
+                    ),
+                    Some(sec) => match g.spec.listeners.iter().position(|l| l.name == *sec) {
+                        Some(li) => (
+                            1,
+                            format!("Gateway {ns}/{} listener {sec}", t.name),
+                            vec![first + li],
+                        ),
+                        None => {
+                            return fail(
+                                "sectionName",
+                                format!("Gateway {ns}/{} has no listener named {sec:?}", t.name),
+                            )
+                        }
+                    },
+                };
+                let ids = route_listeners
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, ls)| ls.iter().any(|l| wanted.contains(l)))
+                    .flat_map(|(ri, _)| rule_base[ri]..rule_base[ri] + routes[ri].rules.len())
+                    .collect();
+                Some((rank, via, ids))
+            }
+            // Rejected when the document was loaded.
+            _ => None,
+        }
+    }
+}
+
+/// The model a match pins: an `Exact` model-header value, else the `{name}`
+/// of an `Exact` / `PathPrefix` KServe v2 path `/v2/models/{name}…`.
+fn pinned_model(m: &HttpRouteMatch) -> Option<String> {
+    let header = m.headers.iter().find(|h| {
+        h.match_type == StringMatchType::Exact
+            && (h.name.eq_ignore_ascii_case(MODEL_HEADER)
+                || h.name.eq_ignore_ascii_case(MODEL_TYPE_HEADER))
+    });
+    if let Some(h) = header {
+        return Some(h.value.clone());
+    }
+    let path = m.path.as_ref()?;
+    if path.match_type == PathMatchType::RegularExpression {
+        return None;
+    }
+    kserve_model(&path.value).map(str::to_owned)
+}
+
+/// `{name}` of a KServe v2 path `/v2/models/{name}[/…]`.
+pub fn kserve_model(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/models/")?;
+    let name = rest.split('/').next().unwrap_or("");
+    (!name.is_empty()).then_some(name)
+}
+
+/// Fills each rule's known models and its single model (see the module docs).
+fn rule_models(routes: &mut [CompiledRoute], priorities: &Priorities) {
+    for rule in routes.iter_mut().flat_map(|r| r.rules.iter_mut()) {
+        let mut served: Vec<String> = Vec::new();
+        let mut named: Vec<String> = Vec::new();
+        for pool in &rule.pools {
+            for (name, entries) in &priorities.models {
+                if entries.iter().any(|e| e.pool == *pool) {
+                    served.push(name.clone());
+                }
+            }
+            for (name, entries) in &priorities.objectives {
+                if entries.iter().any(|e| e.pool == *pool) {
+                    named.push(name.clone());
+                }
+            }
+        }
+        served.sort();
+        served.dedup();
+        let first = rule.pinned.first().cloned().flatten();
+        rule.model = if first.is_some() && rule.pinned.iter().all(|p| *p == first) {
+            first
+        } else if rule.pinned.iter().all(Option::is_none) && served.len() == 1 {
+            served.first().cloned()
+        } else {
+            None
+        };
+        let mut models: Vec<String> = rule.pinned.iter().flatten().cloned().collect();
+        models.extend(served);
+        models.extend(named);
+        models.sort();
+        models.dedup();
+        rule.models = models;
     }
 }
 

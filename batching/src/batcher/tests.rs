@@ -118,6 +118,50 @@ fn adaptive_flushes_at_once_when_idle_and_waits_when_busy_or_unknown() {
     assert_eq!(off.poll_ready(t0, Some(0.0)), None);
 }
 
+/// An embedding server: KV use ~0 whatever the load. With the KV signal alone every
+/// lane flushed at once; with [`crate::EndpointLoad`] a queue at the server (or the
+/// gateway's in-flight over the learned capacity) makes the lane grow.
+#[test]
+fn adaptive_signal_of_an_embedding_server_batches_while_it_queues() {
+    use crate::{CapacityEstimate, EndpointLoad};
+    let t0 = Instant::now();
+    let mut b = Batcher::new(seed(true));
+    let mut cap = CapacityEstimate::default();
+    let mut util = |running: f64, waiting: f64, in_flight: u32| {
+        cap.observe(Some(running), Some(waiting));
+        EndpointLoad {
+            kv_usage: Some(0.0),
+            running: Some(running),
+            waiting: Some(waiting),
+            capacity: cap.get(),
+            gateway_in_flight: Some(in_flight),
+            ..EndpointLoad::default()
+        }
+        .utilization()
+    };
+    // Idle server: flush at once.
+    push(&mut b, DEF, 1, 0, t0);
+    let r = b.poll_ready(t0, util(0.0, 0.0, 0)).unwrap();
+    assert_eq!(r.info.reason, FlushReason::Adaptive);
+    // Queueing (4 running, 2 waiting): the lane waits and grows until its deadline.
+    for i in 1..=5 {
+        push(&mut b, DEF, 1, i, t0 + ms(i.into()));
+        assert_eq!(b.poll_ready(t0 + ms(i.into()), util(4.0, 2.0, 6)), None);
+    }
+    let r = b.poll_ready(t0 + ms(51), util(4.0, 2.0, 6)).unwrap();
+    assert_eq!((r.info.reason, r.members.len()), (FlushReason::Deadline, 5));
+    // The queue drained but the gateway still has 4 in flight to a server that runs
+    // 4 at once (learned above): still busy.
+    push(&mut b, DEF, 1, 9, t0 + ms(60));
+    assert_eq!(b.poll_ready(t0 + ms(60), util(1.0, 0.0, 4)), None);
+    // Down to 1 of 4: room again, flush at once.
+    let r = b.poll_ready(t0 + ms(61), util(1.0, 0.0, 1)).unwrap();
+    assert_eq!(
+        (r.info.reason, r.members.as_slice()),
+        (FlushReason::Adaptive, [9].as_slice())
+    );
+}
+
 #[test]
 fn utilization_is_asked_per_key() {
     let t0 = Instant::now();

@@ -1,7 +1,8 @@
 //! Inference resources: shardgate's own `ai.gateway.io/v1alpha1` kinds
 //! (`InferenceConfig`, `InferencePolicy`, `BatchingPolicy`), the seed's
 //! `SecurityPolicy`, and the Gateway API Inference Extension's
-//! `InferencePool` (parsed loosely: only what endpoint resolution needs).
+//! `InferencePool` (parsed loosely: only what endpoint resolution needs),
+//! `InferenceObjective` and the older `InferenceModel` (a request's priority).
 //!
 //! Durations are [`std::time::Duration`]s parsed with
 //! [`crate::parse_duration`]; ratios and weights are `f64`s validated to lie
@@ -202,6 +203,11 @@ pub struct BatchingPolicySpec {
     /// Priority classes, names non-empty and unique.
     #[serde(default, deserialize_with = "nullable")]
     pub priority_queues: Vec<PriorityQueue>,
+    /// Policy attachment: the policy is the default of every rule of these
+    /// `Gateway`s / `HTTPRoute`s that links no BatchingPolicy itself (kind
+    /// `Gateway` or `HTTPRoute`; `sectionName` = listener or rule name).
+    #[serde(default, deserialize_with = "nullable")]
+    pub target_refs: Vec<PolicyTargetReference>,
 }
 
 /// `BatchingPolicy.spec.adaptiveBatching`.
@@ -425,4 +431,119 @@ impl InferencePoolSpec {
             })
             .unwrap_or_default()
     }
+}
+
+/// The Gateway API Inference Extension's `poolRef` (of `InferenceObjective` and
+/// `InferenceModel`): the `InferencePool` in the same namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolReference {
+    /// API group (default `inference.networking.k8s.io`).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind (default `InferencePool`; nothing else is accepted).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Pool name (required, non-empty).
+    pub name: String,
+}
+
+/// `InferenceObjective` (`inference.networking.x-k8s.io/v1alpha2`): the
+/// priority of the requests that name it (header
+/// `x-gateway-inference-objective`) or, by shardgate's convention, of the
+/// requests for the model its `metadata.name` equals.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceObjective {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification (required: `poolRef` is).
+    pub spec: InferenceObjectiveSpec,
+}
+
+/// `InferenceObjective.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceObjectiveSpec {
+    /// Higher is more important; below 0 is sheddable; default 0.
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// The pool whose requests it describes.
+    pub pool_ref: PoolReference,
+}
+
+impl InferenceObjectiveSpec {
+    /// `priority`, 0 when left out.
+    pub fn priority(&self) -> i32 {
+        self.priority.unwrap_or(0)
+    }
+}
+
+/// `InferenceModel` (`inference.networking.x-k8s.io/v1alpha2`, the
+/// predecessor of `InferenceObjective`): a model name served by a pool, with
+/// its criticality.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceModel {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// Specification (required: `modelName` and `poolRef` are).
+    pub spec: InferenceModelSpec,
+}
+
+/// `InferenceModel.spec`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceModelSpec {
+    /// The model name requests carry (`model` of the body).
+    pub model_name: String,
+    /// Criticality (default `Standard`).
+    #[serde(default)]
+    pub criticality: Option<Criticality>,
+    /// The pool that serves it.
+    pub pool_ref: PoolReference,
+    /// Traffic split over model versions; accepted, not acted on (requests
+    /// keep the model they name).
+    #[serde(default, deserialize_with = "nullable")]
+    pub target_models: Vec<TargetModel>,
+}
+
+impl InferenceModelSpec {
+    /// The priority its criticality stands for (`Standard` when left out).
+    pub fn priority(&self) -> i32 {
+        self.criticality.unwrap_or(Criticality::Standard).priority()
+    }
+}
+
+/// `InferenceModel.spec.criticality`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum Criticality {
+    /// Priority 1.
+    Critical,
+    /// Priority 0.
+    Standard,
+    /// Priority -1: shed first.
+    Sheddable,
+}
+
+impl Criticality {
+    /// 1, 0 or -1.
+    pub fn priority(self) -> i32 {
+        match self {
+            Criticality::Critical => 1,
+            Criticality::Standard => 0,
+            Criticality::Sheddable => -1,
+        }
+    }
+}
+
+/// `InferenceModel.spec.targetModels[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetModel {
+    /// Model version name (non-empty).
+    pub name: String,
+    /// Relative weight (≤ 1,000,000).
+    #[serde(default)]
+    pub weight: Option<u32>,
 }

@@ -15,8 +15,11 @@
 //!   [`Config::warnings`];
 //! - values are validated here (durations, ports 1..=65535, ratios in 0..=1,
 //!   weights ≤ 1,000,000, regular expressions compile, hostnames, unique
-//!   listener and priority-queue names); references *between* documents are
-//!   checked by [`crate::RoutingTable::build`];
+//!   listener and priority-queue names, `BatchingPolicy` `targetRefs` of kind
+//!   Gateway / HTTPRoute, `poolRef`s of kind InferencePool, InferenceModel
+//!   criticality `Critical` / `Standard` / `Sheddable`); references *between*
+//!   documents (parents, policies, `targetRefs`, `poolRef`s) are checked by
+//!   [`crate::RoutingTable::build`];
 //! - two documents with the same kind, namespace and name are an error;
 //! - YAML merge keys (`<<`) are applied.
 
@@ -115,6 +118,10 @@ pub enum Resource {
     ServiceMonitor(ServiceMonitor),
     /// Gateway API Inference Extension `InferencePool`.
     InferencePool(InferencePool),
+    /// Gateway API Inference Extension `InferenceObjective`.
+    InferenceObjective(InferenceObjective),
+    /// Gateway API Inference Extension `InferenceModel` (the older kind).
+    InferenceModel(InferenceModel),
 }
 
 impl Resource {
@@ -133,6 +140,8 @@ impl Resource {
             Resource::SecurityPolicy(r) => &r.metadata,
             Resource::ServiceMonitor(r) => &r.metadata,
             Resource::InferencePool(r) => &r.metadata,
+            Resource::InferenceObjective(r) => &r.metadata,
+            Resource::InferenceModel(r) => &r.metadata,
         }
     }
 }
@@ -160,6 +169,7 @@ const GATEWAY_API_GRPC: &[&str] = &[
     "gateway.networking.k8s.io/v1alpha2",
 ];
 const AI_GATEWAY: &[&str] = &["ai.gateway.io/v1alpha1"];
+const GAIE_ALPHA: &[&str] = &["inference.networking.x-k8s.io/v1alpha2"];
 
 /// Supported kinds, in report order.
 const KINDS: &[KindSpec] = &[
@@ -216,6 +226,20 @@ const KINDS: &[KindSpec] = &[
         parse: |v, u| typed(v, u).map(Resource::InferencePool),
     },
     KindSpec {
+        kind: "InferenceObjective",
+        api_versions: GAIE_ALPHA,
+        cluster_scoped: false,
+        enforced: ENFORCED,
+        parse: |v, u| typed(v, u).map(Resource::InferenceObjective),
+    },
+    KindSpec {
+        kind: "InferenceModel",
+        api_versions: GAIE_ALPHA,
+        cluster_scoped: false,
+        enforced: PARTLY_MODEL,
+        parse: |v, u| typed(v, u).map(Resource::InferenceModel),
+    },
+    KindSpec {
         kind: "InferenceConfig",
         api_versions: AI_GATEWAY,
         cluster_scoped: false,
@@ -262,6 +286,9 @@ pub const NOT_ENFORCED: &str = "accepted, not enforced";
 /// Enforcement status of `InferenceConfig`: its timeouts and routing strategy act today.
 pub const PARTLY: &str = "partly enforced (timeout, modelRouting.strategy)";
 
+/// Enforcement status of `InferenceModel`: its criticality acts, `targetModels` does not.
+pub const PARTLY_MODEL: &str = "partly enforced (criticality; targetModels accepted, not acted on)";
+
 /// Whether shardgate acts on `kind`, wholly or in part (see
 /// [`Config::enforcement_report`]); `None` for kinds it does not load at all.
 pub fn is_enforced(kind: &str) -> Option<bool> {
@@ -281,8 +308,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Per kind present: its enforcement status ([`ENFORCED`], [`PARTLY`] or
-    /// [`NOT_ENFORCED`]) and how many documents of it were loaded, in a fixed
+    /// Per kind present: its enforcement status ([`ENFORCED`], [`PARTLY`],
+    /// [`PARTLY_MODEL`] or [`NOT_ENFORCED`]) and how many documents of it were loaded, in a fixed
     /// kind order. Meant to be logged at start-up so no kind is silently
     /// dropped. `GRPCRoute`, `SecurityPolicy` and `ServiceMonitor` are not
     /// enforced yet.

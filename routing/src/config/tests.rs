@@ -677,3 +677,160 @@ fn error_display_omits_missing_parts() {
     };
     assert_eq!(e.to_string(), "Gateway a/b: spec.x: boom");
 }
+
+const OBJECTIVE: &str = "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceObjective\nmetadata:\n  name: urgent\n  namespace: ml\nspec:\n  priority: 5\n  poolRef:\n    group: inference.networking.k8s.io\n    kind: InferencePool\n    name: pool\n";
+
+const INFERENCE_MODEL: &str = "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceModel\nmetadata:\n  name: chat\n  namespace: ml\nspec:\n  modelName: llama-3\n  criticality: Sheddable\n  poolRef:\n    name: pool\n  targetModels:\n  - name: llama-3-v1\n    weight: 90\n  - name: llama-3-v2\n    weight: 10\n";
+
+#[test]
+fn inference_objective_and_model_load_with_their_priorities() {
+    let c = load(&format!("{OBJECTIVE}---\n{INFERENCE_MODEL}")).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let (m, Resource::InferenceObjective(o)) = &c.docs[0] else {
+        panic!()
+    };
+    assert_eq!(m.key(), "ml/urgent");
+    assert_eq!(o.spec.priority(), 5);
+    assert_eq!(o.spec.pool_ref.name, "pool");
+    let (_, Resource::InferenceModel(im)) = &c.docs[1] else {
+        panic!()
+    };
+    assert_eq!(im.spec.model_name, "llama-3");
+    assert_eq!(im.spec.priority(), -1);
+    assert_eq!(im.spec.target_models.len(), 2);
+    assert_eq!(im.spec.target_models[1].weight, Some(10));
+    assert_eq!(
+        c.enforcement_report(),
+        vec![
+            ("InferenceObjective".to_owned(), ENFORCED, 1),
+            ("InferenceModel".to_owned(), PARTLY_MODEL, 1),
+        ]
+    );
+    assert_eq!(is_enforced("InferenceModel"), Some(true));
+    // Defaults: priority 0, criticality Standard.
+    let bare = OBJECTIVE.replace("  priority: 5\n", "");
+    let Resource::InferenceObjective(o) = &load(&bare).unwrap().docs[0].1 else {
+        panic!()
+    };
+    assert_eq!(o.spec.priority(), 0);
+    for (crit, prio) in [("Critical", 1), ("Standard", 0), ("Sheddable", -1)] {
+        let doc = INFERENCE_MODEL.replace("Sheddable", crit);
+        let Resource::InferenceModel(im) = &load(&doc).unwrap().docs[0].1 else {
+            panic!()
+        };
+        assert_eq!(im.spec.priority(), prio, "{crit}");
+    }
+    let plain = INFERENCE_MODEL.replace("  criticality: Sheddable\n", "");
+    let Resource::InferenceModel(im) = &load(&plain).unwrap().docs[0].1 else {
+        panic!()
+    };
+    assert_eq!(im.spec.priority(), 0);
+}
+
+#[test]
+fn inference_objective_and_model_errors_name_their_field() {
+    check(
+        &OBJECTIVE.replace("  priority: 5\n", "  priority: high\n"),
+        "spec.priority",
+        "invalid type",
+    );
+    check(
+        &OBJECTIVE.replace("  priority: 5\n", "  priority: 99999999999\n"),
+        "spec.priority",
+        "invalid value",
+    );
+    check(
+        &OBJECTIVE.replace("    name: pool\n", ""),
+        "spec.poolRef",
+        "missing field `name`",
+    );
+    check(
+        &OBJECTIVE.replace("    name: pool\n", "    name: \"\"\n"),
+        "spec.poolRef.name",
+        "must not be empty",
+    );
+    check(
+        &OBJECTIVE.replace("kind: InferencePool", "kind: Service"),
+        "spec.poolRef.kind",
+        "only InferencePool",
+    );
+    check(
+        &OBJECTIVE.replace("group: inference.networking.k8s.io", "group: apps"),
+        "spec.poolRef.group",
+        "not an InferencePool group",
+    );
+    let no_pool = "apiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceObjective\nmetadata:\n  name: o\nspec:\n  priority: 1\n";
+    check(no_pool, "spec", "missing field `poolRef`");
+    check(
+        &OBJECTIVE.replace(
+            "inference.networking.x-k8s.io/v1alpha2",
+            "inference.networking.k8s.io/v1",
+        ),
+        "apiVersion",
+        "unsupported apiVersion",
+    );
+    check(
+        &INFERENCE_MODEL.replace("Sheddable", "Sometimes"),
+        "spec.criticality",
+        "unknown variant `Sometimes`",
+    );
+    check(
+        &INFERENCE_MODEL.replace("modelName: llama-3", "modelName: \"\""),
+        "spec.modelName",
+        "must not be empty",
+    );
+    check(
+        &INFERENCE_MODEL.replace("  modelName: llama-3\n", ""),
+        "spec",
+        "missing field `modelName`",
+    );
+    check(
+        &INFERENCE_MODEL.replace("weight: 90", "weight: 2000000"),
+        "spec.targetModels[0].weight",
+        "out of range 0..=1000000",
+    );
+    check(
+        &INFERENCE_MODEL.replace("name: llama-3-v2", "name: \"\""),
+        "spec.targetModels[1].name",
+        "must not be empty",
+    );
+}
+
+#[test]
+fn batching_policy_target_refs_are_typed() {
+    let b = "apiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata:\n  name: b\nspec:\n  maxBatchSize: 8\n  targetRefs:\n  - group: gateway.networking.k8s.io\n    kind: HTTPRoute\n    name: r\n  - group: gateway.networking.k8s.io\n    kind: Gateway\n    name: gw\n    sectionName: http\n";
+    let c = load(b).unwrap();
+    let Resource::BatchingPolicy(p) = &c.docs[0].1 else {
+        panic!()
+    };
+    assert_eq!(p.spec.target_refs.len(), 2);
+    assert_eq!(p.spec.target_refs[1].section_name.as_deref(), Some("http"));
+    check(
+        &b.replace("kind: HTTPRoute", "kind: GRPCRoute"),
+        "spec.targetRefs[0].kind",
+        "targets a Gateway or an HTTPRoute",
+    );
+    check(
+        &b.replace(
+            "group: gateway.networking.k8s.io\n    kind: Gateway",
+            "group: example.com\n    kind: Gateway",
+        ),
+        "spec.targetRefs[1].group",
+        "is not gateway.networking.k8s.io",
+    );
+    check(
+        &b.replace("    name: r\n", "    name: \"\"\n"),
+        "spec.targetRefs[0].name",
+        "must not be empty",
+    );
+    check(
+        &b.replace("sectionName: http", "sectionName: \"\""),
+        "spec.targetRefs[1].sectionName",
+        "must not be empty",
+    );
+    check(
+        &b.replace("    kind: HTTPRoute\n", ""),
+        "spec.targetRefs[0]",
+        "missing field `kind`",
+    );
+}

@@ -37,6 +37,8 @@ pub(crate) fn validate(resource: &Resource) -> Problems {
         Resource::InferencePolicy(pol) => inference_policy(pol, &mut p),
         Resource::BatchingPolicy(b) => batching_policy(b, &mut p),
         Resource::SecurityPolicy(s) => security_policy(s, &mut p),
+        Resource::InferenceObjective(o) => pool_ref(&o.spec.pool_ref, &mut p),
+        Resource::InferenceModel(m) => inference_model(m, &mut p),
         Resource::GatewayClass(_)
         | Resource::Service(_)
         | Resource::ServiceMonitor(_)
@@ -282,6 +284,30 @@ fn batching_policy(b: &BatchingPolicy, p: &mut Problems) {
             p,
         );
     }
+    for (i, t) in b.spec.target_refs.iter().enumerate() {
+        let base = format!("spec.targetRefs[{i}]");
+        if !matches!(t.kind.as_str(), "Gateway" | "HTTPRoute") {
+            p.push((
+                format!("{base}.kind"),
+                format!(
+                    "a BatchingPolicy targets a Gateway or an HTTPRoute, not {:?}",
+                    t.kind
+                ),
+            ));
+        }
+        if !matches!(t.group.as_str(), "" | GATEWAY_GROUP) {
+            p.push((
+                format!("{base}.group"),
+                format!("{:?} is not {GATEWAY_GROUP}", t.group),
+            ));
+        }
+        if t.name.is_empty() {
+            p.push((format!("{base}.name"), "must not be empty".into()));
+        }
+        if t.section_name.as_deref() == Some("") {
+            p.push((format!("{base}.sectionName"), "must not be empty".into()));
+        }
+    }
     let mut names = HashSet::new();
     for (i, q) in b.spec.priority_queues.iter().enumerate() {
         if q.name.is_empty() {
@@ -299,6 +325,55 @@ fn batching_policy(b: &BatchingPolicy, p: &mut Problems) {
             p.push((
                 format!("spec.priorityQueues[{i}].maxBatchSize"),
                 "must be at least 1".into(),
+            ));
+        }
+    }
+}
+
+/// API group of Gateway API kinds.
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// `spec.poolRef` of `InferenceObjective` / `InferenceModel` (that the pool
+/// exists is checked by the routing table).
+fn pool_ref(r: &PoolReference, p: &mut Problems) {
+    if r.name.is_empty() {
+        p.push(("spec.poolRef.name".into(), "must not be empty".into()));
+    }
+    if let Some(kind) = r.kind.as_deref().filter(|k| *k != "InferencePool") {
+        p.push((
+            "spec.poolRef.kind".into(),
+            format!("{kind:?}: only InferencePool is supported"),
+        ));
+    }
+    if let Some(group) = r.group.as_deref().filter(|g| {
+        !matches!(
+            *g,
+            "" | "inference.networking.k8s.io" | "inference.networking.x-k8s.io"
+        )
+    }) {
+        p.push((
+            "spec.poolRef.group".into(),
+            format!("{group:?} is not an InferencePool group (inference.networking.k8s.io, inference.networking.x-k8s.io)"),
+        ));
+    }
+}
+
+fn inference_model(m: &InferenceModel, p: &mut Problems) {
+    if m.spec.model_name.is_empty() {
+        p.push(("spec.modelName".into(), "must not be empty".into()));
+    }
+    pool_ref(&m.spec.pool_ref, p);
+    for (i, t) in m.spec.target_models.iter().enumerate() {
+        if t.name.is_empty() {
+            p.push((
+                format!("spec.targetModels[{i}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        if let Some(w) = t.weight.filter(|w| *w > MAX_WEIGHT) {
+            p.push((
+                format!("spec.targetModels[{i}].weight"),
+                format!("weight {w} out of range 0..={MAX_WEIGHT}"),
             ));
         }
     }

@@ -13,17 +13,36 @@
 //!    as `Σ wₛ·scoreₛ / Σ wₛ` over the scorers *present* for that candidate:
 //!    a missing or stale signal is never read as zero — its weight is
 //!    redistributed over the present ones and reported in [`Pick::missing`] /
-//!    [`ScoreBreakdown::missing`]. A candidate with no scorer present scores a
-//!    neutral 0.5. Min-max normalisation runs over the filtered set.
+//!    [`ScoreBreakdown::missing`]. A scorer that does not apply to the request
+//!    (prefix for a prompt without a whole block, LoRA without an adapter or
+//!    for a candidate whose served base model *is* the requested model) weighs
+//!    nothing and is not reported missing. A candidate with no scorer present
+//!    scores a neutral 0.5.
+//!
+//!    **Load against affinity, on fixed scales.** With `q` = waiting + local
+//!    in-flight and `k` = [`Profile::queue_scale`] (default 5, the saturation
+//!    threshold; `--queue-scale`): queue = `k / (k + q)` (1, 0.83, 0.71 for
+//!    q = 0, 1, 2; ½ at q = k), and prefix = matched fraction of the prompt ×
+//!    `k / (k + q)` (a cache hit saves prefill, which matters less behind a
+//!    queue, and a hot prefix must not melt one replica). Under the default
+//!    weights (queue 2, KV 2, prefix 3) a 90 % match on an endpoint with
+//!    q = 2 scores 3·0.9·0.71 + 2·0.71 = 3.36 against 2 for an idle cold one,
+//!    so affinity holds against a 1–2 request difference even with 0.5 more
+//!    KV usage; a full match against a cold endpoint with equal KV usage is
+//!    lost once `q > 1.5·k + 2.5·q_cold`: q ≥ 8 against an idle one. The min-max queue that GAIE uses
+//!    gave one waiting request the whole queue weight. The running scorer
+//!    (no built-in profile uses it; batch sizes have no common scale) stays
+//!    min-max over the filtered set.
 //! 3. **Picker**: max score; ties (within `tie_epsilon`) go to the fewest
 //!    local in-flight requests, then uniformly at random. Or round robin,
 //!    random, or power of two choices.
 //!
 //! **Local in-flight (bursts)**: `local_inflight[i]` is this shard's current
 //! in-flight count to candidate *i* (increment on dispatch, decrement on
-//! completion). The queue scorer uses `waiting + local_inflight`, the running
-//! scorer `running + local_inflight`, P2C `waiting + running + local`, and the
-//! max-score tie-break prefers the smaller local count. A snapshot is up to a
+//! completion). The queue scorer and the prefix scorer's load factor use
+//! `waiting + local_inflight`, the running scorer `running + local_inflight`,
+//! P2C `waiting + running + local`, and the max-score tie-break prefers the
+//! smaller local count. A snapshot is up to a
 //! scrape interval old; without this, every request of a burst would see the
 //! same "best" endpoint. Requests the server already counts are counted twice
 //! — a bias towards spreading, small since each shard holds only its share of
@@ -43,10 +62,13 @@ use crate::telemetry::{LoraState, SignalKind};
 pub struct PickRequest<'a> {
     /// Requested model (checked against [`EndpointView::models`]).
     pub model: Option<&'a str>,
-    /// Requested LoRA adapter, if any (enables the LoRA scorer).
+    /// Requested LoRA adapter, if any (enables the LoRA scorer; see
+    /// [`super::Profile::lora_adapter`]). A candidate whose served base model
+    /// is this name is scored without it.
     pub adapter: Option<&'a str>,
-    /// Whole prefix blocks of the prompt ([`super::PrefixHashes::len`]); 0
-    /// turns the prefix scorer off for this request.
+    /// Whole blocks of the prompt ([`super::PrefixHashes::prompt_blocks`]):
+    /// the prefix score is matched blocks / this; 0 turns the prefix scorer
+    /// off for this request.
     pub prefix_total_blocks: u32,
 }
 
@@ -204,6 +226,10 @@ impl Picker {
 }
 
 const STACK: usize = 64;
+
+/// Marks a scorer that does not apply to a candidate in the raw scratch (raw
+/// signals are never negative; NaN marks a missing one).
+const NOT_APPLICABLE: f64 = f64::NEG_INFINITY;
 
 struct Scratch<'s> {
     status: &'s mut [CandidateStatus],
@@ -377,6 +403,32 @@ impl Ctx<'_, '_> {
         }
     }
 
+    /// `k / (k + q)` with q = waiting (if fresh) + local in-flight: the
+    /// queue score, and the factor a prefix match is discounted by.
+    fn load_factor(&self, i: usize) -> f64 {
+        let waiting = self
+            .view(i)
+            .and_then(|v| v.telemetry.value_at(SignalKind::Waiting, self.now))
+            .filter(|w| w.is_finite())
+            .map_or(0.0, |w| w.max(0.0));
+        let k = self.profile.effective_queue_scale();
+        k / (k + waiting + f64::from(self.local(i)))
+    }
+
+    /// Whether scorer `s` applies to candidate `i` for this request (see the
+    /// module docs); one that does not weighs nothing and is not missing.
+    fn applies(&self, s: Scorer, i: usize) -> bool {
+        match s {
+            Scorer::Prefix => self.req.prefix_total_blocks > 0,
+            Scorer::Lora => self.req.adapter.is_some_and(|a| {
+                self.view(i)
+                    .and_then(|v| v.telemetry.served_model.as_deref())
+                    .is_none_or(|base| base != a)
+            }),
+            _ => true,
+        }
+    }
+
     fn raw_signal(&self, s: Scorer, i: usize) -> Option<f64> {
         let v = self.view(i)?;
         let c = self.candidates.get(i)?;
@@ -507,7 +559,7 @@ impl Ctx<'_, '_> {
         let status: &[CandidateStatus] = status;
         let weights = self.profile.weights;
         let active = weights.active();
-        let (mut queue, mut running) = (Range::default(), Range::default());
+        let mut running = Range::default();
         let mut fastest = f64::INFINITY;
         for (i, st) in status.iter().enumerate() {
             if !is_member(*st) {
@@ -515,12 +567,15 @@ impl Ctx<'_, '_> {
             }
             let Some(row) = raw.get_mut(i) else { continue };
             for sc in active.iter() {
-                let v = self.raw_signal(sc, i).unwrap_or(f64::NAN);
+                let v = if self.applies(sc, i) {
+                    self.raw_signal(sc, i).unwrap_or(f64::NAN)
+                } else {
+                    NOT_APPLICABLE
+                };
                 if let Some(cell) = row.get_mut(sc.index()) {
                     *cell = v;
                 }
                 match sc {
-                    Scorer::Queue => queue.add(v),
                     Scorer::Running => running.add(v),
                     Scorer::Latency if v > 0.0 => fastest = fastest.min(v),
                     _ => {}
@@ -539,12 +594,20 @@ impl Ctx<'_, '_> {
                     continue;
                 };
                 let v = *cell;
+                if v == NOT_APPLICABLE {
+                    *cell = f64::NAN;
+                    continue;
+                }
                 if v.is_nan() {
                     miss.insert(sc);
                     continue;
                 }
                 let score = match sc {
-                    Scorer::Queue => queue.inverted(v),
+                    Scorer::Queue => {
+                        let k = self.profile.effective_queue_scale();
+                        k / (k + v.max(0.0))
+                    }
+                    Scorer::Prefix => v.clamp(0.0, 1.0) * self.load_factor(i),
                     Scorer::Running => running.inverted(v),
                     Scorer::Latency => {
                         if v <= 0.0 || !fastest.is_finite() {

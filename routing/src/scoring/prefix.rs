@@ -23,13 +23,12 @@
 //! longest matched prefix by binary search: ≤ 9 lookups for 256 blocks,
 //! instead of one per matched block.
 //!
-//! **Ownership**: one index per shard, owned by its thread, no locks. Every
-//! shard learns only from the requests it routed; since a keep-alive client
-//! connection stays on one shard, a multi-turn conversation keeps meeting the
-//! same index. A later control-thread merge can read each shard's recent
-//! blocks with [`PrefixIndex::recent`] (most recent first) and replay them into
-//! the other shards' indexes with [`PrefixIndex::record`] (shipping hash lists,
-//! not the maps).
+//! **Ownership**: one index per shard, owned by its thread, no locks. A shard
+//! learns from the requests it routed and, through [`super::share`], from the
+//! records of every other shard (hash lists shipped over SPSC rings via the
+//! control thread and replayed with [`PrefixIndex::record`], not the maps):
+//! users of one system prompt arrive on every shard, and with N shards a
+//! shard alone would see 1/N of the history.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -71,6 +70,7 @@ impl Default for PrefixConfig {
 pub struct PrefixHashes {
     hashes: [u64; MAX_BLOCKS],
     len: usize,
+    prompt_blocks: usize,
 }
 
 impl std::fmt::Debug for PrefixHashes {
@@ -84,6 +84,7 @@ impl Default for PrefixHashes {
         Self {
             hashes: [0; MAX_BLOCKS],
             len: 0,
+            prompt_blocks: 0,
         }
     }
 }
@@ -98,7 +99,10 @@ impl PrefixHashes {
             config.block_bytes
         };
         let max = config.max_blocks.min(MAX_BLOCKS);
-        let mut out = Self::default();
+        let mut out = Self {
+            prompt_blocks: prompt.len() / block,
+            ..Self::default()
+        };
         let mut prev = xxh3_64(model.as_bytes());
         for (slot, chunk) in out
             .hashes
@@ -117,9 +121,17 @@ impl PrefixHashes {
         self.hashes.get(..self.len).unwrap_or(&[])
     }
 
-    /// Number of blocks.
+    /// Number of blocks hashed (at most `max_blocks`).
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whole blocks in the prompt, hashed or not: the denominator of the
+    /// prefix score ([`super::PickRequest::prefix_total_blocks`]), so that a
+    /// match covers the fraction of the prompt it saves even beyond the
+    /// hashed 256 blocks.
+    pub fn prompt_blocks(&self) -> usize {
+        self.prompt_blocks.max(self.len)
     }
 
     /// Whether the prompt had no whole block.

@@ -78,7 +78,7 @@ fn picked(o: PickOutcome) -> usize {
 // ---- scorers ----
 
 #[test]
-fn queue_scorer_min_max_inverted() {
+fn queue_scorer_on_a_fixed_scale() {
     let t0 = Instant::now();
     let s = snap(
         t0,
@@ -100,9 +100,10 @@ fn queue_scorer_min_max_inverted() {
         .iter()
         .map(|b| score_of(b, Scorer::Queue).unwrap())
         .collect();
-    assert_eq!(q, vec![1.0, 0.5, 0.0]);
+    // k / (k + q) with k = 5: not min-max, so 2 waiting is not "the worst".
+    assert_eq!(q, vec![1.0, 5.0 / 7.0, 5.0 / 9.0]);
     assert_eq!(picked(o), 0);
-    // Local in-flight is added before normalising.
+    // Local in-flight is added to the queue.
     let (o, b) = scores(
         &only(Scorer::Queue),
         &s,
@@ -115,9 +116,28 @@ fn queue_scorer_min_max_inverted() {
         .iter()
         .map(|b| score_of(b, Scorer::Queue).unwrap())
         .collect();
-    assert_eq!(q, vec![0.0, 1.0, 0.5]);
+    assert_eq!(q, vec![5.0 / 11.0, 5.0 / 7.0, 5.0 / 9.0]);
     assert_eq!(picked(o), 1);
-    // All equal: all 1.
+    // Another scale: ½ at q = k.
+    let (_, b) = scores(
+        &only(Scorer::Queue).with_queue_scale(2.0),
+        &s,
+        &PickRequest::default(),
+        &cands(&[0, 1, 2]),
+        &[],
+        t0,
+    );
+    assert_eq!(score_of(&b[1], Scorer::Queue), Some(0.5));
+    // Nonsense scales read as the default.
+    for k in [0.0, -3.0, f64::NAN, f64::INFINITY] {
+        assert_eq!(
+            only(Scorer::Queue)
+                .with_queue_scale(k)
+                .effective_queue_scale(),
+            DEFAULT_QUEUE_SCALE
+        );
+    }
+    // All equal: all the same score.
     let s = snap(t0, vec![load(0, t0, 3.0, 0.1), load(1, t0, 3.0, 0.1)]);
     let (_, b) = scores(
         &only(Scorer::Queue),
@@ -127,7 +147,9 @@ fn queue_scorer_min_max_inverted() {
         &[],
         t0,
     );
-    assert!(b.iter().all(|b| score_of(b, Scorer::Queue) == Some(1.0)));
+    assert!(b
+        .iter()
+        .all(|b| score_of(b, Scorer::Queue) == Some(5.0 / 8.0)));
 }
 
 #[test]
@@ -225,7 +247,23 @@ fn prefix_scorer() {
         .collect();
     assert_eq!(p, vec![0.0, 0.75, 1.0]);
     assert_eq!(picked(o), 2);
-    // No whole block in the prompt: the scorer is absent (weight redistributed).
+    // The match is discounted by the endpoint's load factor k / (k + q).
+    let loaded = snap(
+        t0,
+        vec![
+            load(0, t0, 0.0, 0.0),
+            load(1, t0, 0.0, 0.0),
+            load(2, t0, 3.0, 0.0),
+        ],
+    );
+    let (_, b) = scores(&only(Scorer::Prefix), &loaded, &req, &c, &[0, 5, 2], t0);
+    let p: Vec<_> = b
+        .iter()
+        .map(|b| score_of(b, Scorer::Prefix).unwrap())
+        .collect();
+    assert_eq!(p, vec![0.0, 0.75 * 0.5, 1.0 * 0.5]);
+    // No whole block in the prompt: the scorer does not apply (no weight, not
+    // reported missing: nothing is wrong with the endpoint's telemetry).
     let (_, b) = scores(
         &only(Scorer::Prefix),
         &s,
@@ -234,9 +272,9 @@ fn prefix_scorer() {
         &[],
         t0,
     );
-    assert!(b
-        .iter()
-        .all(|b| b.missing.contains(Scorer::Prefix) && b.total == Some(0.5)));
+    assert!(b.iter().all(|b| score_of(b, Scorer::Prefix).is_none()
+        && !b.missing.contains(Scorer::Prefix)
+        && b.total == Some(0.5)));
 }
 
 #[test]
@@ -285,6 +323,72 @@ fn lora_affinity_tiers() {
     // Stale LoRA state is absent too.
     let (_, b) = scores(&only(Scorer::Lora), &s, &req, &c, &[], ms(t0, 201));
     assert!(b.iter().all(|b| score_of(b, Scorer::Lora).is_none()));
+}
+
+#[test]
+fn every_lora_profile_scores_the_requested_model_as_an_adapter() {
+    let t0 = Instant::now();
+    // Which profiles pass the model on as the adapter.
+    for (name, lora) in [
+        ("default", true),
+        ("prefix-cache-aware", true),
+        ("lora-affinity", true),
+        ("least-queue", false),
+        ("kv-cache-aware", false),
+        ("latency-optimized", false),
+        ("round-robin", false),
+    ] {
+        let p = Profile::from_name(name, None).unwrap();
+        let want = lora.then_some("m-lora-3");
+        assert_eq!(p.lora_adapter(Some("m-lora-3")), want, "{name}");
+        assert_eq!(p.lora_adapter(None), None);
+        assert_eq!(p.lora_adapter(Some("")), None);
+    }
+    // Two vLLM endpoints serving base model "m" with LoRA on: the adapter is
+    // running on endpoint 1 only, and endpoint 1 has one more waiting request.
+    let lora = |running: &[&str]| LoraState {
+        max_lora: 1,
+        running: running.iter().map(|s| s.to_string()).collect(),
+        waiting: Vec::new(),
+    };
+    let mut views = Vec::new();
+    for (i, (waiting, running)) in [(0.0, vec!["m-lora-1"]), (1.0, vec!["m-lora-3"])]
+        .into_iter()
+        .enumerate()
+    {
+        let mut v = load(i, t0, waiting, 0.2);
+        v.telemetry.set_lora(lora(&running), t0);
+        v.telemetry.served_model = Some("m".into());
+        views.push(v);
+    }
+    let s = snap(t0, views);
+    let c = cands(&[0, 1]);
+    let p = Profile::default();
+    let adapter_req = PickRequest {
+        model: Some("m-lora-3"),
+        adapter: p.lora_adapter(Some("m-lora-3")),
+        ..PickRequest::default()
+    };
+    let (o, b) = scores(&p, &s, &adapter_req, &c, &[], t0);
+    assert_eq!(
+        score_of(&b[0], Scorer::Lora),
+        Some(0.0),
+        "slot taken by another adapter"
+    );
+    assert_eq!(score_of(&b[1], Scorer::Lora), Some(1.0));
+    assert_eq!(picked(o), 1, "the loaded adapter beats one waiting request");
+    // The base model is not an adapter of itself: the LoRA scorer stays out,
+    // and the emptier endpoint wins.
+    let base_req = PickRequest {
+        model: Some("m"),
+        adapter: p.lora_adapter(Some("m")),
+        ..PickRequest::default()
+    };
+    let (o, b) = scores(&p, &s, &base_req, &c, &[], t0);
+    assert!(b
+        .iter()
+        .all(|b| score_of(b, Scorer::Lora).is_none() && !b.missing.contains(Scorer::Lora)));
+    assert_eq!(picked(o), 0);
 }
 
 #[test]
@@ -419,10 +523,12 @@ fn all_saturated_is_a_distinct_outcome_with_a_fallback() {
     let PickOutcome::AllSaturated { fallback: Some(f) } = o else {
         panic!("{o:?}");
     };
-    // Among the saturated: queue 9 vs 7, kv 0.5 vs 0.95 → (2·0 + 2·0.5)/4 vs (2·1 + 2·0.05)/4.
-    assert_eq!(f.endpoint, 1);
+    // Among the saturated: queue 9 vs 7, kv 0.5 vs 0.95 →
+    // (2·5/14 + 2·0.5)/4 = 0.43 vs (2·5/12 + 2·0.05)/4 = 0.23: two more
+    // waiting weigh less than a nearly full KV cache.
+    assert_eq!(f.endpoint, 0);
     assert_eq!(o.endpoint(false), None, "sheddable: 503 / 429");
-    assert_eq!(o.endpoint(true), Some(1), "non-sheddable: still served");
+    assert_eq!(o.endpoint(true), Some(0), "non-sheddable: still served");
     // Round robin does not shed by default.
     let rr = Profile::from_name("round-robin", None).unwrap();
     assert!(matches!(
@@ -874,6 +980,12 @@ fn prefix_hashes_are_chained_seeded_and_bounded() {
         .all(|(x, y)| x != y));
     let long = vec![b'x'; 64 * 1000];
     assert_eq!(PrefixHashes::compute("m", &long, &cfg).len(), 256);
+    // The score's denominator counts every whole block, hashed or not.
+    assert_eq!(
+        PrefixHashes::compute("m", &long, &cfg).prompt_blocks(),
+        1000
+    );
+    assert_eq!(a.prompt_blocks(), 1000 / 64);
     assert!(PrefixHashes::compute("m", b"short", &cfg).is_empty());
     let small = PrefixConfig {
         block_bytes: 4,
@@ -956,6 +1068,307 @@ fn prefix_index_lru_eviction_keeps_prefixes_closed() {
     assert_eq!(idx.match_len(2, long.as_slice()), 8);
 }
 
+// ---- load against affinity (fixed scales) ----
+
+/// Candidate `id` holding `matched` blocks of the prompt.
+fn hit(id: usize, matched: u32) -> Candidate {
+    Candidate {
+        endpoint: id,
+        prefix_blocks: matched,
+    }
+}
+
+fn prefix_req(total: u32) -> PickRequest<'static> {
+    PickRequest {
+        prefix_total_blocks: total,
+        ..PickRequest::default()
+    }
+}
+
+#[test]
+fn a_long_prefix_match_beats_a_small_queue_difference() {
+    // The routing-quality benchmark's case: endpoint 0 holds 90 % of the
+    // prompt, has one waiting and one local in-flight request and a KV cache
+    // half full from serving that group; three cold endpoints idle.
+    let t0 = Instant::now();
+    let s = snap(
+        t0,
+        vec![
+            load(0, t0, 1.0, 0.6),
+            load(1, t0, 0.0, 0.1),
+            load(2, t0, 0.0, 0.1),
+            load(3, t0, 0.0, 0.1),
+        ],
+    );
+    let c = vec![hit(0, 180), hit(1, 0), hit(2, 0), hit(3, 0)];
+    let local = [1, 0, 0, 0];
+    let (o, b) = scores(&Profile::default(), &s, &prefix_req(200), &c, &local, t0);
+    assert_eq!(picked(o), 0, "{b:?}");
+    // (3·0.9·5/7 + 2·5/7 + 2·0.4) / 7 against (2 + 2·0.9) / 7.
+    let want = (3.0 * 0.9 * 5.0 / 7.0 + 2.0 * 5.0 / 7.0 + 2.0 * 0.4) / 7.0;
+    assert!((b[0].total.unwrap() - want).abs() < 1e-12);
+    assert!((b[1].total.unwrap() - 3.8 / 7.0).abs() < 1e-12);
+    // GAIE's min-max queue would have given the cold endpoints the whole
+    // queue weight: (2.7 + 0 + 0.8) / 7 < 3.8 / 7.
+    assert!((2.7 + 0.8) / 7.0 < b[1].total.unwrap());
+    // Same for latency-optimized (prefix 2, queue 2, KV 1, latency absent).
+    let lat = Profile::from_name("latency-optimized", None).unwrap();
+    assert_eq!(
+        picked(Picker::new(1).pick(&lat, &s, &prefix_req(200), &c, &local, t0)),
+        0
+    );
+}
+
+#[test]
+fn a_saturated_or_much_more_loaded_endpoint_loses_despite_a_match() {
+    let t0 = Instant::now();
+    let c = vec![hit(0, 200), hit(1, 0)];
+    let req = prefix_req(200);
+    let p = Profile::default();
+    // Saturated (more than 5 waiting): filtered out, whatever it holds.
+    let s = snap(t0, vec![load(0, t0, 6.0, 0.3), load(1, t0, 4.0, 0.3)]);
+    let (o, b) = scores(&p, &s, &req, &c, &[], t0);
+    assert_eq!(b[0].status, CandidateStatus::Saturated);
+    assert_eq!(picked(o), 1);
+    // Not saturated by telemetry, but 3 waiting + 5 of this shard's requests
+    // in flight since the last scrape: q = 8 > 1.5·5 against an idle one.
+    let s = snap(t0, vec![load(0, t0, 3.0, 0.3), load(1, t0, 0.0, 0.3)]);
+    let (o, _) = scores(&p, &s, &req, &c, &[5, 0], t0);
+    assert_eq!(picked(o), 1);
+    // One request fewer and the match still wins: the crossover is sharp.
+    let (o, _) = scores(&p, &s, &req, &c, &[4, 0], t0);
+    assert_eq!(picked(o), 0);
+    // A larger --queue-scale keeps affinity longer.
+    let patient = Profile::default().with_queue_scale(10.0);
+    let (o, _) = scores(&patient, &s, &req, &c, &[5, 0], t0);
+    assert_eq!(picked(o), 0);
+}
+
+#[test]
+fn a_burst_for_a_hot_prefix_spills_over_instead_of_melting_one_replica() {
+    // Four idle endpoints; endpoint 0 holds a hot system prompt. A burst of
+    // 32 requests for it arrives between two scrapes: only local in-flight
+    // counts move, and each pick records the prompt where it went.
+    let t0 = Instant::now();
+    let s = snap(t0, (0..4).map(|i| load(i, t0, 0.0, 0.2)).collect());
+    let mut index = PrefixIndex::new(PrefixConfig::default());
+    let prompt = vec![b's'; 64 * 100];
+    let h = index.hash("m", &prompt);
+    index.record(0, h.as_slice(), t0);
+    let mut picker = Picker::new(3);
+    let mut local = [0u32; 4];
+    let mut order = Vec::new();
+    for _ in 0..32 {
+        let c: Vec<Candidate> = (0..4)
+            .map(|e| hit(e, index.match_len(e, h.as_slice()) as u32))
+            .collect();
+        let req = prefix_req(h.prompt_blocks() as u32);
+        let e = picked(picker.pick(&Profile::default(), &s, &req, &c, &local, t0));
+        index.record(e, h.as_slice(), t0);
+        local[e] += 1;
+        order.push(e);
+    }
+    // Affinity first: the holder takes the burst until it is 8 deep
+    // (5·5/(5+q) > 2 ⇔ q < 7.5), then one replica after the other takes over
+    // (and now holds the prefix too) up to the same depth.
+    assert_eq!(&order[..8], &[0; 8]);
+    assert_eq!(local, [8, 8, 8, 8]);
+}
+
+#[test]
+fn least_queue_and_kv_profiles_keep_their_meaning() {
+    let t0 = Instant::now();
+    let s = snap(
+        t0,
+        vec![
+            load(0, t0, 3.0, 0.1),
+            load(1, t0, 1.0, 0.7),
+            load(2, t0, 2.0, 0.0),
+        ],
+    );
+    let c = cands(&[0, 1, 2]);
+    let lq = Profile::from_name("least-queue", None).unwrap();
+    let o = Picker::new(1).pick(&lq, &s, &PickRequest::default(), &c, &[], t0);
+    assert_eq!(picked(o), 1, "fewest waiting");
+    let o = Picker::new(1).pick(&lq, &s, &PickRequest::default(), &c, &[0, 2, 0], t0);
+    assert_eq!(picked(o), 2, "fewest waiting + local in-flight");
+    // kv-cache-aware: queue 1, KV 2: 1·5/7 + 2·1 beats 1·5/6 + 2·0.3.
+    let kv = Profile::from_name("kv-cache-aware", None).unwrap();
+    let o = Picker::new(1).pick(&kv, &s, &PickRequest::default(), &c, &[], t0);
+    assert_eq!(picked(o), 2);
+}
+
+// ---- prefix sharing between shards ----
+
+/// A shard of the sharing tests: its index and its link.
+struct TestShard {
+    index: PrefixIndex,
+    link: ShardLink,
+}
+
+fn shards(n: usize, config: ShareConfig) -> (ShareHub, Vec<TestShard>) {
+    let mut hub = ShareHub::new();
+    let mut out = Vec::new();
+    for id in 0..n {
+        let (link, hub_link) = share_link(&config).unwrap();
+        hub.attach(id, hub_link);
+        out.push(TestShard {
+            index: PrefixIndex::new(PrefixConfig::default()),
+            link,
+        });
+    }
+    (hub, out)
+}
+
+impl TestShard {
+    /// What the gateway does after a pick: record locally, publish.
+    fn route(&mut self, endpoint: usize, h: &PrefixHashes, now: Instant) {
+        self.index.record(endpoint, h.as_slice(), now);
+        assert!(self.link.publish(endpoint, h.as_slice()));
+    }
+
+    /// Replays the other shards' records.
+    fn drain(&mut self, now: Instant) -> usize {
+        self.link.drain_into(&mut self.index, now)
+    }
+
+    /// What the gateway does before a pick: drain, match, pick.
+    fn pick(&mut self, s: &ScoringSnapshot, h: &PrefixHashes, now: Instant) -> PickOutcome {
+        self.link.drain_into(&mut self.index, now);
+        let c: Vec<Candidate> = (0..s.endpoints.len())
+            .map(|e| hit(e, self.index.match_len(e, h.as_slice()) as u32))
+            .collect();
+        let req = prefix_req(h.prompt_blocks() as u32);
+        Picker::new(5).pick(&Profile::default(), s, &req, &c, &[], now)
+    }
+}
+
+#[test]
+fn a_prefix_recorded_on_one_shard_is_a_hit_on_another() {
+    let t0 = Instant::now();
+    let s = snap(t0, (0..4).map(|i| load(i, t0, 0.0, 0.1)).collect());
+    let (mut hub, mut sh) = shards(2, ShareConfig::default());
+    let mut prompt = vec![b's'; 64 * 150];
+    prompt.extend(vec![b'q'; 64 * 10]);
+    let h = sh[0].index.hash("m", &prompt);
+    sh[0].route(2, &h, t0);
+    // Before the control thread pumps, shard 1 knows nothing.
+    sh[1].drain(t0);
+    assert_eq!(sh[1].index.match_len(2, h.as_slice()), 0);
+    assert_eq!(hub.pump(), 1);
+    // Shard 1 scores it as a hit, and picks endpoint 2 every time.
+    for _ in 0..10 {
+        assert_eq!(picked(sh[1].pick(&s, &h, ms(t0, 1))), 2);
+    }
+    assert_eq!(sh[1].index.match_len(2, h.as_slice()), 160);
+    assert_eq!(sh[1].link.applied(), 1);
+    // The origin does not get its own record back.
+    assert_eq!(sh[0].drain(t0), 0);
+    assert_eq!(
+        hub.stats(),
+        ShareStats {
+            received: 1,
+            forwarded: 1,
+            dropped: 0,
+            shards: 2
+        }
+    );
+    assert_eq!(sh[0].link.published(), 1);
+    // A follow-up turn routed by shard 1 reaches shard 0 the same way.
+    let mut turn2 = prompt.clone();
+    turn2.extend(vec![b'a'; 64 * 20]);
+    let h2 = sh[1].index.hash("m", &turn2);
+    sh[1].route(2, &h2, ms(t0, 2));
+    hub.pump();
+    assert_eq!(picked(sh[0].pick(&s, &h2, ms(t0, 3))), 2);
+    assert_eq!(sh[0].index.match_len(2, h2.as_slice()), 180);
+}
+
+#[test]
+fn sharing_fans_out_to_every_other_shard() {
+    let t0 = Instant::now();
+    let (mut hub, mut sh) = shards(4, ShareConfig::default());
+    let hashes: Vec<PrefixHashes> = (0..4u8)
+        .map(|i| sh[0].index.hash("m", &vec![b'a' + i; 64 * 20]))
+        .collect();
+    for (i, h) in hashes.iter().enumerate() {
+        sh[i].route(i, h, t0);
+    }
+    assert_eq!(hub.pump(), 4);
+    for (i, shard) in sh.iter_mut().enumerate() {
+        assert_eq!(shard.drain(t0), 3);
+        for (e, h) in hashes.iter().enumerate() {
+            assert_eq!(shard.index.match_len(e, h.as_slice()), 20, "shard {i}");
+        }
+    }
+    assert_eq!(hub.stats().forwarded, 12);
+}
+
+#[test]
+fn full_rings_drop_and_count_and_drains_are_bounded() {
+    let t0 = Instant::now();
+    // The smallest ring holds one full record (257 words).
+    let tiny = ShareConfig {
+        ring_words: 1,
+        drain_blocks: 10,
+    };
+    let (mut hub, mut sh) = shards(2, tiny);
+    let big = sh[0].index.hash("m", &vec![b'x'; 64 * 300]);
+    assert_eq!(big.len(), 256);
+    assert!(sh[0].link.publish(0, big.as_slice()));
+    assert!(!sh[0].link.publish(1, big.as_slice()), "out ring full");
+    assert_eq!(sh[0].link.dropped(), 1);
+    assert_eq!(hub.pump(), 1);
+    // Shard 1 has not drained: its in ring is full, the next copy drops.
+    assert!(sh[0].link.publish(1, big.as_slice()));
+    assert_eq!(hub.pump(), 1);
+    let st = hub.stats();
+    assert_eq!((st.received, st.forwarded, st.dropped), (2, 1, 2));
+    // A record larger than the budget still goes through (progress)...
+    assert_eq!(sh[1].drain(t0), 1);
+    assert_eq!(sh[1].index.match_len(0, big.as_slice()), 256);
+    assert_eq!(sh[1].index.match_len(1, big.as_slice()), 0, "dropped");
+    // ...and small ones stop at the budget: 10 blocks = one 8-block record.
+    let (mut hub, mut sh) = shards(2, tiny);
+    let small = sh[0].index.hash("m", &vec![b'y'; 64 * 8]);
+    for e in 0..3 {
+        assert!(sh[0].link.publish(e, small.as_slice()));
+    }
+    assert_eq!(hub.pump(), 3);
+    for want_applied in [1, 1, 1, 0] {
+        assert_eq!(sh[1].drain(t0), want_applied);
+    }
+    // Sharing off.
+    assert!(share_link(&ShareConfig {
+        ring_words: 0,
+        ..ShareConfig::default()
+    })
+    .is_none());
+}
+
+#[test]
+fn records_survive_ring_wrap_around() {
+    let t0 = Instant::now();
+    // 300 words: records of 101 words wrap after two.
+    let cfg = ShareConfig {
+        ring_words: 300,
+        drain_blocks: 1000,
+    };
+    let (mut hub, mut sh) = shards(2, cfg);
+    for round in 0..10u8 {
+        let h = sh[0].index.hash("m", &vec![b'a' + round; 64 * 100]);
+        sh[0].route(usize::from(round % 3), &h, t0);
+        hub.pump();
+        assert_eq!(sh[1].drain(t0), 1);
+        assert_eq!(
+            sh[1].index.match_len(usize::from(round % 3), h.as_slice()),
+            100,
+            "round {round}"
+        );
+    }
+    assert_eq!(hub.stats().dropped, 0);
+}
+
 // ---- properties ----
 
 fn arb_view(id: usize, t0: Instant) -> impl Strategy<Value = EndpointView> {
@@ -1035,8 +1448,20 @@ proptest! {
         for bd in &b {
             let Some(total_score) = bd.total else { continue };
             prop_assert!((0.0..=1.0).contains(&total_score));
+            // Every active scorer is scored, missing (weight redistributed) or
+            // does not apply (prefix without blocks, LoRA without adapter).
+            for sc in p.weights.active().iter() {
+                let scored = bd.scores[sc.index()].is_some();
+                let missing = bd.missing.contains(sc);
+                let inapplicable = (sc == Scorer::Prefix && total == 0) || sc == Scorer::Lora;
+                if inapplicable {
+                    prop_assert!(!scored && !missing);
+                } else {
+                    prop_assert!(scored != missing);
+                }
+            }
             let present: Vec<Scorer> = p.weights.active().iter()
-                .filter(|s| !bd.missing.contains(*s)).collect();
+                .filter(|s| bd.scores[s.index()].is_some()).collect();
             let den: f64 = present.iter().map(|s| p.weights.get(*s)).sum();
             if den == 0.0 {
                 prop_assert_eq!(total_score, 0.5);
@@ -1093,6 +1518,68 @@ proptest! {
                 }
             }
         }
+    }
+
+    /// A match of ≥ 75 % of the prompt wins against an endpoint with one or
+    /// two fewer requests queued (waiting + local in-flight) that holds at
+    /// most 10 %, with up to 0.2 more KV usage, under the default profile.
+    #[test]
+    fn a_long_match_beats_a_one_or_two_request_queue_difference(
+        total in 16u32..=256,
+        frac in 0.75..=1.0f64,
+        other_frac in 0.0..=0.1f64,
+        waiting_b in 0.0..=3.0f64,
+        local_b in 0u32..=6,
+        d in 1u32..=2,
+        d_waiting in any::<bool>(),
+        kv_b in 0.0..0.6f64,
+        dkv in -0.2..=0.2f64,
+    ) {
+        let t0 = *T0;
+        let (waiting_a, local_a) = if d_waiting {
+            (waiting_b + f64::from(d), local_b)
+        } else {
+            (waiting_b, local_b + d)
+        };
+        let kv_a = (kv_b + dkv).clamp(0.0, 0.79);
+        let s = snap(t0, vec![load(0, t0, waiting_a, kv_a), load(1, t0, waiting_b, kv_b)]);
+        let matched = (frac * f64::from(total)).ceil() as u32;
+        let other = (other_frac * f64::from(total)).floor() as u32;
+        let c = vec![hit(0, matched), hit(1, other)];
+        let (o, b) = scores(&Profile::default(), &s, &prefix_req(total), &c, &[local_a, local_b], t0);
+        prop_assert_eq!(picked(o), 0, "{:?}", b);
+    }
+
+    /// An endpoint queued beyond `1.5·k + 2.5·q_other` (k = 5) loses even a
+    /// full match to a cold one with no more KV usage; one with more than 5
+    /// waiting is filtered out whatever it holds.
+    #[test]
+    fn a_much_more_loaded_or_saturated_endpoint_loses_its_match(
+        total in 1u32..=256,
+        frac in 0.0..=1.0f64,
+        waiting_b in 0.0..=5.0f64,
+        local_b in 0u32..=5,
+        extra in 0u32..=20,
+        waiting_a in 0.0..=5.0f64,
+        kv_b in 0.0..=0.8f64,
+        dkv in 0.0..=0.5f64,
+        saturated in 5.5..=50.0f64,
+    ) {
+        let t0 = *T0;
+        let k = DEFAULT_QUEUE_SCALE;
+        let q_b = waiting_b + f64::from(local_b);
+        let q_a_min = (1.5 * k + 2.5 * q_b).floor() + 1.0;
+        let local_a = ((q_a_min - waiting_a).max(0.0) as u32) + extra;
+        let kv_a = (kv_b + dkv).min(0.8);
+        let matched = (frac * f64::from(total)).ceil() as u32;
+        let c = vec![hit(0, matched), hit(1, 0)];
+        let req = prefix_req(total);
+        let s = snap(t0, vec![load(0, t0, waiting_a, kv_a), load(1, t0, waiting_b, kv_b)]);
+        let (o, b) = scores(&Profile::default(), &s, &req, &c, &[local_a, local_b], t0);
+        prop_assert_eq!(picked(o), 1, "{:?}", b);
+        let s = snap(t0, vec![load(0, t0, saturated, kv_a), load(1, t0, waiting_b, kv_b)]);
+        let (o, _) = scores(&Profile::default(), &s, &req, &c, &[0, local_b], t0);
+        prop_assert_eq!(picked(o), 1);
     }
 
     #[test]

@@ -1222,3 +1222,370 @@ fn host_pattern_algebra() {
     assert_eq!(normalize_host("[::1]:80"), "[::1]");
     assert_eq!(normalize_host("plain"), "plain");
 }
+
+/// A match on listener 0 (panics when nothing matches).
+fn matched<'t>(t: &'t RoutingTable, path: &str, headers: &[(&str, &str)]) -> RouteMatch<'t> {
+    let lookup = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    };
+    let view = RequestView {
+        method: "POST",
+        path,
+        query: None,
+        host: None,
+        headers: &lookup,
+    };
+    t.match_request(0, &view)
+        .unwrap_or_else(|| panic!("no match for {path}"))
+}
+
+fn gaie(kind: &str, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n{spec}"
+    )
+}
+
+/// Pools `pool-a` (a document) and `pool-b` (only a backendRef), models and
+/// objectives bound to them.
+fn priorities_yaml() -> String {
+    let routes = route(
+        "r",
+        "  rules:
+  - matches: [{path: {type: Exact, value: /v2/models/resnet/infer}}]
+    backendRefs: [{kind: InferencePool, group: inference.networking.k8s.io, name: pool-a, port: 8000}]
+  - matches: [{path: {value: /b}}]
+    backendRefs: [{kind: InferencePool, name: pool-b, port: 8000}]
+  - matches: [{path: {value: /c}, headers: [{name: X-Gateway-Model-Name, value: gpt}]}]
+    backendRefs: [{name: svc, port: 80}]
+  - backendRefs: [{kind: InferencePool, name: pool-a, port: 8000}]
+",
+    );
+    let pool = "---\napiVersion: inference.networking.k8s.io/v1\nkind: InferencePool\nmetadata:\n  name: pool-a\nspec:\n  targetPorts: [{number: 8000}]\n  selector: {matchLabels: {app: a}}\n";
+    format!(
+        "{GW}{routes}{pool}{}{}{}{}{}{}",
+        gaie("InferenceModel", "m1", "  modelName: llama\n  criticality: Critical\n  poolRef: {name: pool-a}\n"),
+        gaie("InferenceModel", "m2", "  modelName: llama\n  criticality: Sheddable\n  poolRef: {name: pool-b}\n  targetModels: [{name: llama-v2, weight: 1}]\n"),
+        gaie("InferenceModel", "m3", "  modelName: mistral\n  criticality: Sheddable\n  poolRef: {name: pool-a}\n"),
+        gaie("InferenceObjective", "urgent", "  priority: 7\n  poolRef: {name: pool-a}\n"),
+        gaie("InferenceObjective", "llama", "  priority: 3\n  poolRef: {name: pool-a}\n"),
+        gaie("InferenceObjective", "phi", "  priority: -2\n  poolRef: {name: pool-b, kind: InferencePool}\n"),
+    )
+}
+
+#[test]
+fn priorities_resolve_from_objectives_and_models() {
+    let t = build(&priorities_yaml());
+    let kserve = matched(&t, "/v2/models/resnet/infer", &[]);
+    let b = matched(&t, "/b", &[]);
+    let c = matched(&t, "/c", &[(MODEL_HEADER, "gpt")]);
+    let any = matched(&t, "/v1/embeddings", &[]);
+    assert_eq!((kserve.rule, b.rule, c.rule, any.rule), (0, 1, 2, 3));
+    // The objective header: by name; an unknown name is None (the gateway's 400).
+    assert_eq!(t.objective_priority(any.rule_id, "urgent"), Some(7));
+    assert_eq!(t.objective_priority(any.rule_id, "phi"), Some(-2));
+    assert_eq!(t.objective_priority(any.rule_id, "nope"), None);
+    // Models: the InferenceModel first (llama: Critical on pool-a, Sheddable on
+    // pool-b, picked by the rule's pool), then an objective named like the model.
+    assert_eq!(t.model_priority(any.rule_id, "llama"), Some(1));
+    assert_eq!(t.model_priority(b.rule_id, "llama"), Some(-1));
+    // A rule routing to neither pool: the first in file order.
+    assert_eq!(t.model_priority(c.rule_id, "llama"), Some(1));
+    assert_eq!(t.model_priority(any.rule_id, "mistral"), Some(-1));
+    assert_eq!(t.model_priority(any.rule_id, "phi"), Some(-2));
+    assert_eq!(t.model_priority(any.rule_id, "gpt"), None);
+    assert_eq!(t.model_priority(usize::MAX, "phi"), Some(-2));
+    // Models each rule is known to serve, and its single model.
+    assert_eq!(kserve.model, Some("resnet"));
+    assert_eq!(kserve.models, ["llama", "mistral", "resnet", "urgent"]);
+    assert_eq!(any.model, None, "pool-a serves llama and mistral");
+    assert_eq!(any.models, ["llama", "mistral", "urgent"]);
+    assert_eq!(b.model, Some("llama"), "pool-b serves llama only");
+    assert_eq!(b.models, ["llama", "phi"]);
+    assert_eq!(
+        (c.model, c.models),
+        (Some("gpt"), ["gpt".to_owned()].as_slice())
+    );
+    // The routes' model-header list is unchanged (it feeds /v1/models).
+    assert_eq!(t.models(), ["gpt"]);
+    let w = t.warnings().join("\n");
+    assert!(
+        w.contains("InferenceModel default/m2: spec.targetModels accepted, not acted on"),
+        "{w}"
+    );
+    let shown = t.to_string();
+    assert!(shown.contains("priorities:\n  objective llama: 3 (InferenceObjective default/llama, pool default/pool-a)\n"), "{shown}");
+    assert!(
+        shown.contains("  model llama: -1 (InferenceModel default/m2, pool default/pool-b)\n"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn priority_cross_reference_errors_name_the_field() {
+    let ghost = format!(
+        "{}{}",
+        priorities_yaml(),
+        gaie(
+            "InferenceObjective",
+            "lost",
+            "  priority: 1\n  poolRef: {name: ghost}\n"
+        )
+    );
+    let errs = build_err(&ghost);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "spec.poolRef.name");
+    assert_eq!(
+        errs[0].doc.as_deref(),
+        Some("InferenceObjective default/lost")
+    );
+    assert!(
+        errs[0]
+            .message
+            .contains("InferencePool default/ghost not found"),
+        "{}",
+        errs[0]
+    );
+    // A pool is looked up in the object's own namespace.
+    let elsewhere = format!(
+        "{}{}",
+        priorities_yaml(),
+        "---\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceModel\nmetadata:\n  name: x\n  namespace: other\nspec:\n  modelName: x\n  poolRef: {name: pool-a}\n"
+    );
+    assert_eq!(build_err(&elsewhere)[0].field, "spec.poolRef.name");
+    // One model, two criticalities, one pool.
+    let twice = format!(
+        "{}{}",
+        priorities_yaml(),
+        gaie(
+            "InferenceModel",
+            "m4",
+            "  modelName: mistral\n  criticality: Critical\n  poolRef: {name: pool-a}\n"
+        )
+    );
+    let errs = build_err(&twice);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "spec.modelName");
+    assert!(
+        errs[0]
+            .message
+            .contains("model mistral of pool default/pool-a already has priority -1 (InferenceModel default/m3)"),
+        "{}",
+        errs[0]
+    );
+    // The same criticality again is harmless.
+    let same = format!(
+        "{}{}",
+        priorities_yaml(),
+        gaie(
+            "InferenceModel",
+            "m5",
+            "  modelName: mistral\n  criticality: Sheddable\n  poolRef: {name: pool-a}\n"
+        )
+    );
+    build(&same);
+}
+
+/// Gateway `gw` with listeners `http` (:80) and `alt` (:81); route `a` on
+/// `http` (rule `first`, then a rule with its own BatchingPolicy), route `b`
+/// on `alt`; BatchingPolicy `own` plus `extra`.
+fn defaults_yaml(extra: &str) -> String {
+    let gw = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\nspec:\n  gatewayClassName: c\n  listeners:\n  - {name: http, protocol: HTTP, port: 80}\n  - {name: alt, protocol: HTTP, port: 81}\n";
+    let a = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: a\nspec:\n  parentRefs: [{name: gw, sectionName: http}]\n  rules:\n  - name: first\n    matches: [{path: {value: /a0}}]\n  - matches: [{path: {value: /a1}}]\n    filters:\n    - {type: ExtensionRef, extensionRef: {group: ai.gateway.io, kind: BatchingPolicy, name: own}}\n";
+    let b = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: b\nspec:\n  parentRefs: [{name: gw, sectionName: alt}]\n  rules:\n  - matches: [{path: {value: /b}}]\n";
+    format!("{gw}{a}{b}{}{extra}", batching("own", ""))
+}
+
+fn batching(name: &str, targets: &str) -> String {
+    let refs = if targets.is_empty() {
+        String::new()
+    } else {
+        format!("  targetRefs:\n{targets}")
+    };
+    format!("---\napiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata:\n  name: {name}\nspec:\n  maxBatchSize: 8\n{refs}")
+}
+
+fn target(kind: &str, name: &str, section: Option<&str>) -> String {
+    let s = section.map_or(String::new(), |s| format!(", sectionName: {s}"));
+    format!("  - {{group: gateway.networking.k8s.io, kind: {kind}, name: {name}{s}}}\n")
+}
+
+/// `route#rule → batching (default via …)` for every rule.
+fn batching_of(t: &RoutingTable) -> Vec<String> {
+    t.rules()
+        .map(|r| {
+            format!(
+                "{}#{} → {} {}",
+                r.route,
+                r.rule,
+                r.batching.unwrap_or("-"),
+                r.batching_default.unwrap_or("")
+            )
+            .trim_end()
+            .to_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn target_refs_make_a_batching_policy_the_default_of_rules_without_one() {
+    // Without defaults, only the ExtensionRef links a policy.
+    let t = build(&defaults_yaml(""));
+    assert_eq!(
+        batching_of(&t),
+        [
+            "default/a#0 → -",
+            "default/a#1 → default/own",
+            "default/b#0 → -"
+        ]
+    );
+    // A Gateway default covers every route attached to it; a listener default is
+    // more specific, a route default more still; ExtensionRefs always win.
+    let yaml = defaults_yaml(&format!(
+        "{}{}{}",
+        batching("gwdef", &target("Gateway", "gw", None)),
+        batching("routedef", &target("HTTPRoute", "a", None)),
+        batching("listenerdef", &target("Gateway", "gw", Some("alt"))),
+    ));
+    let t = build(&yaml);
+    assert_eq!(
+        batching_of(&t),
+        [
+            "default/a#0 → default/routedef HTTPRoute default/a",
+            "default/a#1 → default/own",
+            "default/b#0 → default/listenerdef Gateway default/gw listener alt",
+        ]
+    );
+    let m = matched(&t, "/a0", &[]);
+    assert_eq!(m.batching, Some("default/routedef"));
+    let shown = t.to_string();
+    assert!(
+        shown.contains("batching=default/routedef (default via HTTPRoute default/a)"),
+        "{shown}"
+    );
+    // Only the Gateway-wide default: both routes get it, but not the linked rule.
+    let t = build(&defaults_yaml(&batching(
+        "gwdef",
+        &target("Gateway", "gw", None),
+    )));
+    assert_eq!(
+        batching_of(&t),
+        [
+            "default/a#0 → default/gwdef Gateway default/gw",
+            "default/a#1 → default/own",
+            "default/b#0 → default/gwdef Gateway default/gw",
+        ]
+    );
+    // A rule by its name.
+    let t = build(&defaults_yaml(&batching(
+        "one",
+        &target("HTTPRoute", "a", Some("first")),
+    )));
+    assert_eq!(
+        batching_of(&t)[0],
+        "default/a#0 → default/one HTTPRoute default/a rule first"
+    );
+    assert_eq!(batching_of(&t)[2], "default/b#0 → -");
+    // A target whose every rule links its own policy: a warning.
+    let yaml = format!(
+        "{}{}",
+        defaults_yaml(""),
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: c\nspec:\n  parentRefs: [{name: gw}]\n  rules:\n  - matches: [{path: {value: /c}}]\n    filters:\n    - {type: ExtensionRef, extensionRef: {group: ai.gateway.io, kind: BatchingPolicy, name: own}}\n"
+    );
+    let t = build(&format!(
+        "{yaml}{}",
+        batching("idle", &target("HTTPRoute", "c", None))
+    ));
+    let w = t.warnings().join("\n");
+    assert!(w.contains("BatchingPolicy default/idle: spec.targetRefs[0] (HTTPRoute default/c): no rule without its own BatchingPolicy ExtensionRef"), "{w}");
+    // Rule ids are dense and O(1) to look up.
+    for (id, r) in t.rules().enumerate() {
+        assert_eq!(r.id, id);
+        let again = t.rule(id).unwrap();
+        assert_eq!((again.route, again.rule), (r.route, r.rule));
+    }
+    assert!(t.rule(t.rules().count()).is_none());
+}
+
+#[test]
+fn target_ref_errors_name_the_field() {
+    let one = |targets: &str| {
+        let errs = build_err(&defaults_yaml(&batching("p", targets)));
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].doc.as_deref(), Some("BatchingPolicy default/p"));
+        errs[0].clone()
+    };
+    let e = one(&target("HTTPRoute", "nope", None));
+    assert_eq!(e.field, "spec.targetRefs[0].name");
+    assert_eq!(e.message, "HTTPRoute default/nope not found");
+    let e = one(&format!(
+        "{}{}",
+        target("HTTPRoute", "a", None),
+        target("Gateway", "gw2", None)
+    ));
+    assert_eq!(e.field, "spec.targetRefs[1].name");
+    assert_eq!(e.message, "Gateway default/gw2 not found");
+    let e = one(&target("Gateway", "gw", Some("tls")));
+    assert_eq!(e.field, "spec.targetRefs[0].sectionName");
+    assert_eq!(
+        e.message,
+        "Gateway default/gw has no listener named \"tls\""
+    );
+    let e = one(&target("HTTPRoute", "a", Some("second")));
+    assert_eq!(e.field, "spec.targetRefs[0].sectionName");
+    assert_eq!(
+        e.message,
+        "HTTPRoute default/a has no rule named \"second\""
+    );
+    // Targets live in the policy's namespace unless the ref names another.
+    let e =
+        one("  - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: a, namespace: ml}\n");
+    assert_eq!(e.message, "HTTPRoute ml/a not found");
+    // Two defaults at the same level for one rule.
+    let yaml = defaults_yaml(&format!(
+        "{}{}",
+        batching("p1", &target("HTTPRoute", "a", None)),
+        batching("p2", &target("Gateway", "gw", Some("alt"))),
+    ));
+    build(&yaml);
+    let clash = format!("{yaml}{}", batching("p3", &target("HTTPRoute", "a", None)));
+    let errs = build_err(&clash);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].field, "spec.targetRefs[0]");
+    assert_eq!(errs[0].doc.as_deref(), Some("BatchingPolicy default/p3"));
+    assert!(
+        errs[0].message.contains("rule 0 of HTTPRoute default/a already has BatchingPolicy default/p1 as its default (through HTTPRoute default/a); two defaults at the same level"),
+        "{}",
+        errs[0]
+    );
+    // The same policy twice, or at different levels, is fine.
+    build(&format!(
+        "{yaml}{}",
+        batching("p4", &target("Gateway", "gw", None))
+    ));
+    build(&defaults_yaml(&batching(
+        "p5",
+        &format!(
+            "{}{}",
+            target("HTTPRoute", "a", None),
+            target("HTTPRoute", "a", None)
+        ),
+    )));
+}
+
+#[test]
+fn seed_rules_have_ids_and_no_defaults() {
+    let t = build(SEED);
+    let rules: Vec<RuleSummary<'_>> = t.rules().collect();
+    assert_eq!(rules.len(), 2);
+    assert!(rules
+        .iter()
+        .all(|r| r.batching.is_none() && r.batching_default.is_none()));
+    let m = matched(&t, "/", &[("x-model-type", "bert-base")]);
+    assert_eq!(
+        (m.rule_id, m.model, m.models),
+        (1, Some("bert-base"), ["bert-base".to_owned()].as_slice())
+    );
+}

@@ -30,7 +30,10 @@
 //! relative scorer needs.
 //!
 //! `vllm:lora_requests_info` keeps stale label sets; its value is a Unix
-//! timestamp and the series with the largest one is current.
+//! timestamp and the series with the largest one is current. The served (base)
+//! model is the `model_name` label of the first vLLM / SGLang series that has
+//! one: a request naming another model on a LoRA-enabled server names an
+//! adapter (see [`EndpointTelemetry::served_model`]).
 //!
 //! Latency comes from histogram `_sum` / `_count` deltas between scrapes: a
 //! [`Window`] keeps the previous totals (see [`LatencyWindows`]). Non-finite
@@ -182,6 +185,8 @@ pub struct EndpointTelemetry {
     pub e2e_mean: Option<f64>,
     /// LoRA adapters (vLLM only).
     pub lora: Option<LoraState>,
+    /// The served base model (label `model_name` of vLLM / SGLang series).
+    pub served_model: Option<String>,
     /// KV-cache geometry.
     pub cache: Option<CacheConfig>,
     /// Cumulative prefix-cache counters.
@@ -353,6 +358,7 @@ struct Decoder<'a> {
     block_size: Option<u32>,
     num_blocks: Agg,
     lora: Option<Sample<'a>>,
+    served_model: Option<prom::LabelValue<'a>>,
 }
 
 /// Series repeated per tensor / pipeline-parallel rank: only rank 0 counts.
@@ -381,8 +387,10 @@ impl<'a> Decoder<'a> {
     fn sample(&mut self, s: &Sample<'a>) {
         let name = s.name;
         let used = if let Some(rest) = name.strip_prefix("vllm:") {
+            self.served_model_of(s);
             self.vllm(rest, s)
         } else if let Some(rest) = name.strip_prefix("sglang:") {
+            self.served_model_of(s);
             !replicated_rank(s) && self.sglang(rest, s)
         } else if let Some(rest) = name
             .strip_prefix("trtllm_")
@@ -408,6 +416,13 @@ impl<'a> Decoder<'a> {
 
     fn count(&mut self, used: bool) {
         self.used += usize::from(used);
+    }
+
+    /// Keeps the first non-empty `model_name` label (the served base model).
+    fn served_model_of(&mut self, s: &Sample<'a>) {
+        if self.served_model.is_none() {
+            self.served_model = s.label("model_name").filter(|v| !v.raw().is_empty());
+        }
     }
 
     fn vllm(&mut self, rest: &str, s: &Sample<'a>) -> bool {
@@ -630,6 +645,7 @@ impl<'a> Decoder<'a> {
             ttft_mean: None,
             e2e_mean: None,
             lora,
+            served_model: self.served_model.map(|v| v.get().into_owned()),
             cache,
             prefix_cache: prefix,
             prefix_cache_hit_rate: self.hit_rate.mean().map(clamp01),

@@ -157,6 +157,8 @@ pub struct EndpointRecord {
     signals: [Option<Signal>; NUMERIC],
     /// LoRA state and when it was scraped.
     pub lora: Option<(LoraState, Instant)>,
+    /// The served base model (static; the latest seen).
+    pub served_model: Option<String>,
     /// KV-cache geometry (static; the latest seen).
     pub cache: Option<CacheConfig>,
     /// Prefix-cache hit rate, 0–1.
@@ -194,6 +196,9 @@ pub struct FreshView {
     pub server: ServerKind,
     signals: [Option<Signal>; NUMERIC],
     lora: Option<(LoraState, Instant)>,
+    /// The served base model (static; the latest seen, never stale): a
+    /// request for any other model on a LoRA-enabled server names an adapter.
+    pub served_model: Option<String>,
     /// KV-cache geometry.
     pub cache: Option<CacheConfig>,
     /// Prefix-cache hit rate, 0–1 (fresh only).
@@ -409,6 +414,11 @@ impl TelemetryStore {
         if let Some(l) = &t.lora {
             rec.lora = Some((l.clone(), now));
         }
+        if let Some(m) = &t.served_model {
+            if rec.served_model.as_ref() != Some(m) {
+                rec.served_model = Some(m.clone());
+            }
+        }
         if let Some(c) = t.cache {
             rec.cache = Some(c);
         }
@@ -464,6 +474,7 @@ impl TelemetryStore {
         };
         let is_fresh = |at: Instant| now.saturating_duration_since(at) <= max_age;
         view.server = rec.server;
+        view.served_model.clone_from(&rec.served_model);
         view.cache = rec.cache;
         view.last_scrape = rec.last_scrape;
         view.consecutive_failures = rec.consecutive_failures;

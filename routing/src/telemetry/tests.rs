@@ -298,6 +298,38 @@ vllm:lora_requests_info{max_lora=\"3\",running_lora_adapters=\"e\",waiting_lora_
 }
 
 #[test]
+fn served_model_comes_from_the_model_name_label_and_reaches_the_view() {
+    let text = "\
+vllm:lora_requests_info{max_lora=\"2\",running_lora_adapters=\"m-lora\",waiting_lora_adapters=\"\"} 100
+vllm:num_requests_waiting{engine=\"0\",model_name=\"\"} 1
+vllm:num_requests_waiting{engine=\"1\",model_name=\"base-m\"} 1
+vllm:num_requests_running{engine=\"0\",model_name=\"other\"} 2
+";
+    let (t, _) = decode(text.as_bytes());
+    assert_eq!(
+        t.served_model.as_deref(),
+        Some("base-m"),
+        "first non-empty label"
+    );
+    let t0 = Instant::now();
+    let mut store = TelemetryStore::new(StoreConfig::default());
+    store.apply(0, &t, t0);
+    // Identity, not a signal: still known once the signals went stale.
+    let view = store.fresh(0, t0 + Duration::from_secs(60));
+    assert_eq!(view.served_model.as_deref(), Some("base-m"));
+    assert!(view.lora().is_none());
+    // TGI exports no model name.
+    let (t, _) = decode(b"tgi_queue_size 3\n");
+    assert_eq!(t.served_model, None);
+    // A real vLLM dump with a LoRA adapter: base "tiny", adapter "tiny-lora".
+    let (t, _) = decode(include_bytes!(
+        "../../tests/data/vllm-0.32-cpu-under-load-lora.txt"
+    ));
+    assert_eq!(t.served_model.as_deref(), Some("tiny"));
+    assert!(t.lora.unwrap().is_running("tiny-lora"));
+}
+
+#[test]
 fn lora_slots() {
     let mut l = LoraState {
         max_lora: 2,
