@@ -94,6 +94,7 @@ class RouterSpec:
     shards: int = 2
     pass_saturated: bool = True
     api: str = "chat"  # "chat" or "completions" (same tokens for the sim, see to_completions)
+    flags: list = field(default_factory=list)  # extra `shardgate serve` flags (`:name=value`)
 
 
 SHARDGATE_PROFILES = ["round-robin", "least-queue", "prefix-cache-aware", "default",
@@ -105,7 +106,7 @@ def router_specs(names: list[str], shards: int) -> list[RouterSpec]:
     for n in names:
         parts = n.split(":")
         if parts[0] not in ("shardgate", "vllm-router") or len(parts) < 2:
-            raise SystemExit(f"unknown router {n!r} (shardgate:PROFILE[:shards=N][:strict]"
+            raise SystemExit(f"unknown router {n!r} (shardgate:PROFILE[:shards=N][:strict][:FLAG=V]"
                              "[:completions] or vllm-router:POLICY[:completions])")
         spec = RouterSpec(n, parts[0], parts[1], shards=shards)
         for extra in parts[2:]:
@@ -115,6 +116,9 @@ def router_specs(names: list[str], shards: int) -> list[RouterSpec]:
                 spec.pass_saturated = False
             elif extra == "completions":
                 spec.api = "completions"
+            elif "=" in extra and spec.kind == "shardgate":
+                name, value = extra.split("=", 1)
+                spec.flags += [f"--{name}", value]
             elif extra == "shim" and spec.kind == "vllm-router":
                 raise SystemExit(f"{n}: the render shim is gone; shardgate-sim answers vLLM's "
                                  "render endpoints itself, so use vllm-router:POLICY")
@@ -323,6 +327,7 @@ class Router:
                    "--ready-file", str(d / "ready.json")]
             if s.pass_saturated:
                 cmd.append("--pass-saturated")
+            cmd += s.flags
             env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
             self.proc = spawn(cmd, self.logdir / f"router-{tag}.log", env)
             end = time.monotonic() + 20

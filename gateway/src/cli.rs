@@ -88,6 +88,9 @@ pub struct RunArgs {
     /// Use the epoll driver even when io_uring is available (same as MONOIO_FORCE_LEGACY_DRIVER=1).
     #[arg(long)]
     pub force_epoll: bool,
+    /// io_uring ring setup: `coop` (COOP_TASKRUN + SINGLE_ISSUER), `defer` (+ DEFER_TASKRUN) or `plain`; a kernel that refuses the flags gets a plain ring.
+    #[arg(long, default_value = "coop", value_parser = parse_uring_setup)]
+    pub uring_setup: shardgate_runtime::UringSetup,
     /// Once serving, write `{"listen":["ip:port",…],"admin":…,"shards":…,"driver":…,"pid":…}` to this file (for scripts and tests).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -231,4 +234,9 @@ pub fn admin_addr(s: &str) -> Result<Option<SocketAddr>, String> {
     s.parse()
         .map(Some)
         .map_err(|e| format!("--admin-addr {s}: {e}"))
+}
+
+fn parse_uring_setup(s: &str) -> Result<shardgate_runtime::UringSetup, String> {
+    shardgate_runtime::UringSetup::parse(s)
+        .ok_or_else(|| format!("`{s}`: expected coop, defer or plain"))
 }

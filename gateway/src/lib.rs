@@ -261,17 +261,22 @@ pub fn start(
     let state =
         Arc::new(GatewayState::with_pick(loaded.table, settings, pick).map_err(|e| vec![e])?);
     let shard_shutdown = shutdown.clone();
-    let handles = shardgate_runtime::spawn_shards(per_shard, !run.no_pin, move |info, sockets| {
-        server::shard_main(
-            info,
-            state.clone(),
-            shard_shutdown.clone(),
-            hub.clone(),
-            access_log.clone(),
-            control.clone(),
-            sockets,
-        )
-    })
+    let handles = shardgate_runtime::spawn_shards_with(
+        per_shard,
+        !run.no_pin,
+        run.uring_setup,
+        move |info, sockets| {
+            server::shard_main(
+                info,
+                state.clone(),
+                shard_shutdown.clone(),
+                hub.clone(),
+                access_log.clone(),
+                control.clone(),
+                sockets,
+            )
+        },
+    )
     .map_err(|e| vec![format!("cannot start shards: {e}")])?;
 
     install_signals(shutdown);

@@ -1253,6 +1253,11 @@ async fn respond_json(
     write::header(out, "content-type", b"application/json");
     write::header_u64(out, "content-length", body.len() as u64);
     write::header(out, "x-request-id", rid);
+    // The gateway's own 429 / 503 answers to batched requests (shed, queue
+    // timeout, nothing healthy) say when to come back, like unbatched ones.
+    if matches!(status, 429 | 503) {
+        write::header(out, "retry-after", b"1");
+    }
     if !keep {
         write::header(out, "connection", b"close");
     }

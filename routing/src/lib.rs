@@ -17,7 +17,8 @@
 //!   model-server metrics to one model, and the per-endpoint store with
 //!   staleness.
 //! - [`scoring`]: scorers, filters, scheduling profiles and pickers over an
-//!   immutable scoring snapshot, plus the per-shard prefix-cache index.
+//!   immutable scoring snapshot, plus the per-shard prefix-cache index and the
+//!   SPSC rings through which shards share what they record in it.
 
 pub mod config;
 pub mod duration;

@@ -9,7 +9,15 @@
 //! between shards except what [`Shutdown`] carries (one flag, read at most every
 //! [`Shutdown::POLL`]) and the read-only snapshots the gateway publishes.
 //!
-//! Numbers: listener backlog 4,096; shutdown flag polled every 50 ms by idle loops.
+//! Numbers: listener backlog 4,096; shutdown flag polled every 50 ms by idle loops;
+//! 1,024 io_uring entries per shard.
+//!
+//! io_uring setup ([`UringSetup`], `--uring-setup`): by default every shard's ring is
+//! created with `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER` (each ring is
+//! only ever used by the thread that made it, so completions need no inter-processor
+//! interrupt to be posted); `defer` adds `IORING_SETUP_DEFER_TASKRUN` (completion
+//! work runs only when the shard asks for events); `plain` uses none. A kernel that
+//! rejects the flags (before Linux 6.0 / 6.1) gets a plain ring, logged.
 
 pub mod io;
 
@@ -38,6 +46,74 @@ impl Driver {
             Driver::IoUring => "io_uring",
             Driver::Epoll => "epoll",
         }
+    }
+}
+
+/// io_uring setup flags for the shards' rings (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UringSetup {
+    /// No setup flags.
+    Plain,
+    /// `COOP_TASKRUN | SINGLE_ISSUER` (the default).
+    #[default]
+    Coop,
+    /// `COOP_TASKRUN | SINGLE_ISSUER | DEFER_TASKRUN`.
+    Defer,
+}
+
+impl UringSetup {
+    /// Parse `plain`, `coop` or `defer`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "plain" => Some(UringSetup::Plain),
+            "coop" => Some(UringSetup::Coop),
+            "defer" => Some(UringSetup::Defer),
+            _ => None,
+        }
+    }
+
+    fn builder(self) -> io_uring::Builder {
+        let mut b = io_uring::IoUring::builder();
+        match self {
+            UringSetup::Plain => {}
+            UringSetup::Coop => {
+                b.setup_coop_taskrun().setup_single_issuer();
+            }
+            UringSetup::Defer => {
+                b.setup_coop_taskrun()
+                    .setup_single_issuer()
+                    .setup_defer_taskrun();
+            }
+        }
+        b
+    }
+}
+
+/// Build a shard's runtime with `setup`, falling back to a plain ring when the
+/// kernel refuses the flags.
+fn build_shard_runtime(
+    id: usize,
+    setup: UringSetup,
+) -> std::io::Result<
+    monoio::FusionRuntime<
+        monoio::time::TimeDriver<monoio::IoUringDriver>,
+        monoio::time::TimeDriver<monoio::LegacyDriver>,
+    >,
+> {
+    let build = |urb: io_uring::Builder| {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .with_entries(1024)
+            .uring_builder(urb)
+            .enable_timer()
+            .build()
+    };
+    match build(setup.builder()) {
+        Ok(rt) => Ok(rt),
+        Err(e) if setup != UringSetup::Plain => {
+            tracing::warn!(shard = id, error = %e, ?setup, "io_uring setup flags refused; using a plain ring");
+            build(UringSetup::Plain.builder())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -150,10 +226,26 @@ impl Shards {
 }
 
 /// Start one shard thread per element of `per_shard`. Each builds its runtime (timer
-/// enabled), pins itself to a core when `pin` is true (cores taken round-robin from
-/// those this process may use), and runs `main(info, payload)` to completion. The
-/// payload hands a shard what is its alone (e.g. its listening sockets).
+/// enabled, io_uring set up as [`UringSetup::default`]), pins itself to a core when
+/// `pin` is true (cores taken round-robin from those this process may use), and runs
+/// `main(info, payload)` to completion. The payload hands a shard what is its alone
+/// (e.g. its listening sockets).
 pub fn spawn_shards<P, F, Fut>(per_shard: Vec<P>, pin: bool, main: F) -> std::io::Result<Shards>
+where
+    P: Send + 'static,
+    F: Fn(ShardInfo, P) -> Fut + Send + Sync + Clone + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    spawn_shards_with(per_shard, pin, UringSetup::default(), main)
+}
+
+/// [`spawn_shards`] with an explicit io_uring setup.
+pub fn spawn_shards_with<P, F, Fut>(
+    per_shard: Vec<P>,
+    pin: bool,
+    uring: UringSetup,
+    main: F,
+) -> std::io::Result<Shards>
 where
     P: Send + 'static,
     F: Fn(ShardInfo, P) -> Fut + Send + Sync + Clone + 'static,
@@ -179,11 +271,7 @@ where
                 let pinned = core
                     .filter(|c| core_affinity::set_for_current(*c))
                     .map(|c| c.id);
-                let built = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-                    .with_entries(1024)
-                    .enable_timer()
-                    .build();
-                let mut rt = match built {
+                let mut rt = match build_shard_runtime(id, uring) {
                     Ok(rt) => rt,
                     Err(e) => {
                         tracing::error!(shard = id, error = %e, "cannot build the shard runtime");
@@ -215,4 +303,33 @@ pub fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
         .enable_timer()
         .build()?;
     Ok(rt.block_on(fut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uring_setup_names_parse() {
+        assert_eq!(UringSetup::parse("coop"), Some(UringSetup::Coop));
+        assert_eq!(UringSetup::parse("defer"), Some(UringSetup::Defer));
+        assert_eq!(UringSetup::parse("plain"), Some(UringSetup::Plain));
+        assert_eq!(UringSetup::parse("fast"), None);
+        assert_eq!(UringSetup::default(), UringSetup::Coop);
+    }
+
+    #[test]
+    fn every_setup_builds_a_runtime_that_runs() {
+        for setup in [UringSetup::Plain, UringSetup::Coop, UringSetup::Defer] {
+            let mut rt = match build_shard_runtime(0, setup) {
+                Ok(rt) => rt,
+                Err(e) => panic!("{setup:?}: {e}"),
+            };
+            let v = rt.block_on(async {
+                monoio::time::sleep(Duration::from_millis(1)).await;
+                7
+            });
+            assert_eq!(v, 7, "{setup:?}");
+        }
+    }
 }
