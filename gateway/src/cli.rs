@@ -186,8 +186,8 @@ pub struct LimitArgs {
     pub prefix_blocks_per_endpoint: usize,
     /// Queue scale k of the scorers: the queue scores k/(k+q) and a prefix match
     /// counts its matched fraction × k/(k+q), q = waiting + this shard's in-flight
-    /// requests to the endpoint. Larger keeps prefix affinity under more load.
-    /// Default: --saturation-waiting.
+    /// requests to the endpoint. Larger keeps prefix affinity under more load (the
+    /// saturation filter still applies). Default 30.
     #[arg(long)]
     pub queue_scale: Option<f64>,
     /// Size of each ring that shares recorded prefix blocks between shards (two per

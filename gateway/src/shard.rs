@@ -81,7 +81,7 @@ pub struct Settings {
 #[derive(Debug, Clone, Copy)]
 pub struct PickSettings {
     /// Queue scale `k` of the queue scorer and the prefix discount, `k / (k + q)`
-    /// (`--queue-scale`); `None` = the saturation threshold `--saturation-waiting`.
+    /// (`--queue-scale`); `None` = [`shardgate_routing::scoring::GATEWAY_QUEUE_SCALE`] (30).
     pub queue_scale: Option<f64>,
     /// Ring and drain sizes for sharing prefix records between shards
     /// (`--prefix-share-ring`, `--prefix-share-drain`).
@@ -110,7 +110,10 @@ impl PickSettings {
         } else {
             p
         };
-        p.with_queue_scale(self.queue_scale.unwrap_or(settings.saturation.max_waiting))
+        p.with_queue_scale(
+            self.queue_scale
+                .unwrap_or(shardgate_routing::scoring::GATEWAY_QUEUE_SCALE),
+        )
     }
 }
 

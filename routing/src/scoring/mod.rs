@@ -40,7 +40,7 @@ pub use pick::{
 pub use prefix::{PrefixConfig, PrefixHashes, PrefixIndex};
 pub use profile::{
     PickerKind, Profile, ProfileKind, Saturation, Scorer, ScorerSet, UnknownProfile, Weights,
-    DEFAULT_QUEUE_SCALE, SCORERS,
+    DEFAULT_QUEUE_SCALE, GATEWAY_QUEUE_SCALE, SCORERS,
 };
 pub use share::{link as share_link, HubLink, ShardLink, ShareConfig, ShareHub, ShareStats};
 pub use snapshot::{EndpointInput, EndpointView, ScoringSnapshot};
