@@ -772,7 +772,7 @@ async fn forward(
             Instant::now(),
             profile,
             &pick_req,
-            hashes.as_ref(),
+            hashes.as_deref(),
             ctx.priority,
         ) {
             Ok(ep) => ep,

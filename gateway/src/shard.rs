@@ -279,6 +279,9 @@ pub struct Shard {
     /// Reusable client read buffers (taken when a connection gets busy, returned
     /// when it goes idle).
     read_pool: RefCell<Vec<BytesMut>>,
+    /// Reusable prompt-hash arrays (2 KiB each), so a request's future holds a
+    /// pointer instead of moving the array around.
+    hash_pool: RefCell<Vec<Box<PrefixHashes>>>,
 }
 
 impl Shard {
@@ -316,6 +319,7 @@ impl Shard {
             retry_tokens: Cell::new(1.0),
             out_pool: RefCell::new(Vec::new()),
             read_pool: RefCell::new(Vec::new()),
+            hash_pool: RefCell::new(Vec::new()),
             admission: state.settings.max_concurrent.map(|total| {
                 let shares =
                     shardgate_batching::Budget { total }.initial(state.settings.shards.max(1));
@@ -531,8 +535,17 @@ impl Shard {
     }
 
     /// Hash a prompt for the prefix-cache scorer.
-    pub fn prefix_hashes(&self, model: &str, prompt: &[u8]) -> PrefixHashes {
-        self.prefix.borrow().hash(model, prompt)
+    pub fn prefix_hashes(&self, model: &str, prompt: &[u8]) -> PooledHashes<'_> {
+        let mut b = self
+            .hash_pool
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| Box::new(PrefixHashes::default()));
+        self.prefix.borrow().hash_into(model, prompt, &mut b);
+        PooledHashes {
+            shard: self,
+            hashes: Some(b),
+        }
     }
 
     /// The endpoint refused or dropped a connection: eject it for an exponentially
@@ -701,6 +714,35 @@ impl Drop for InFlight {
             .set(self.shard.in_flight.get().saturating_sub(1));
     }
 }
+
+/// A request's prompt hashes, borrowed from the shard's pool (returned on drop;
+/// the pool keeps at most 256).
+pub struct PooledHashes<'a> {
+    shard: &'a Shard,
+    hashes: Option<Box<PrefixHashes>>,
+}
+
+impl std::ops::Deref for PooledHashes<'_> {
+    type Target = PrefixHashes;
+    fn deref(&self) -> &PrefixHashes {
+        // Always `Some` until dropped.
+        self.hashes.as_deref().unwrap_or(&EMPTY_HASHES)
+    }
+}
+
+impl Drop for PooledHashes<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.hashes.take() {
+            let mut pool = self.shard.hash_pool.borrow_mut();
+            if pool.len() < 256 {
+                pool.push(b);
+            }
+        }
+    }
+}
+
+static EMPTY_HASHES: std::sync::LazyLock<PrefixHashes> =
+    std::sync::LazyLock::new(PrefixHashes::default);
 
 /// Pooled upstream connections idle at least this long are peeked at (1 s) before
 /// reuse; see [`Shard::take_conn`].

@@ -93,27 +93,32 @@ impl PrefixHashes {
     /// Hashes `prompt` in whole blocks of `config.block_bytes`, chained and
     /// seeded with `model` (see the module docs).
     pub fn compute(model: &str, prompt: &[u8], config: &PrefixConfig) -> Self {
+        let mut out = Self::default();
+        out.compute_into(model, prompt, config);
+        out
+    }
+
+    /// [`Self::compute`] into `self`, overwriting it: lets a caller keep one
+    /// (2 KiB) value in a pool instead of moving a fresh one through its futures.
+    pub fn compute_into(&mut self, model: &str, prompt: &[u8], config: &PrefixConfig) {
         let block = if config.block_bytes == 0 {
             DEFAULT_BLOCK_BYTES
         } else {
             config.block_bytes
         };
         let max = config.max_blocks.min(MAX_BLOCKS);
-        let mut out = Self {
-            prompt_blocks: prompt.len() / block,
-            ..Self::default()
-        };
+        self.prompt_blocks = prompt.len() / block;
+        self.len = 0;
         let mut prev = xxh3_64(model.as_bytes());
-        for (slot, chunk) in out
+        for (slot, chunk) in self
             .hashes
             .iter_mut()
             .zip(prompt.chunks_exact(block).take(max))
         {
             prev = xxh3_64_with_seed(chunk, prev);
             *slot = prev;
-            out.len += 1;
+            self.len += 1;
         }
-        out
     }
 
     /// The hashes, block 0 first.
@@ -233,6 +238,11 @@ impl PrefixIndex {
     /// Hashes a prompt with this index's settings.
     pub fn hash(&self, model: &str, prompt: &[u8]) -> PrefixHashes {
         PrefixHashes::compute(model, prompt, &self.config)
+    }
+
+    /// [`Self::hash`] into an existing value.
+    pub fn hash_into(&self, model: &str, prompt: &[u8], out: &mut PrefixHashes) {
+        out.compute_into(model, prompt, &self.config);
     }
 
     fn contains(&self, endpoint: u32, hash: u64) -> bool {
