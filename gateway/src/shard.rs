@@ -281,6 +281,7 @@ pub struct Shard {
     read_pool: RefCell<Vec<BytesMut>>,
     /// Reusable prompt-hash arrays (2 KiB each), so a request's future holds a
     /// pointer instead of moving the array around.
+    #[allow(clippy::vec_box)] // the boxes move between the pool and requests
     hash_pool: RefCell<Vec<Box<PrefixHashes>>>,
 }
 
