@@ -471,13 +471,14 @@ impl Shard {
             .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
     }
 
-    /// Return an empty client read buffer; the pool keeps at most 1,024.
+    /// Return an empty client read buffer; the pool keeps at most [`READ_POOL_MAX`]
+    /// (busy connections keep their own; the pool only bridges idle spells).
     pub fn give_read_buf(&self, mut buf: BytesMut) {
         if !buf.is_empty() {
             return;
         }
         let mut pool = self.read_pool.borrow_mut();
-        if pool.len() < 1024 {
+        if pool.len() < READ_POOL_MAX {
             // Reclaims the whole allocation in place when nothing else references
             // it (the usual case), so the next taker reads without allocating.
             buf.reserve(READ_CHUNK);
@@ -715,6 +716,9 @@ impl Drop for InFlight {
             .set(self.shard.in_flight.get().saturating_sub(1));
     }
 }
+
+/// Most client read buffers a shard's pool keeps: 128 (2 MiB).
+pub const READ_POOL_MAX: usize = 128;
 
 /// A request's prompt hashes, borrowed from the shard's pool (returned on drop;
 /// the pool keeps at most 256).
