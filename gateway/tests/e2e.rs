@@ -1029,25 +1029,7 @@ fn when_saturated_sheddable_requests_get_429_and_others_go_through() {
         &["--saturation-waiting", "0", "--scrape-interval", "50ms"],
     );
     // Three streams: one runs, two wait in the backend's queue: it is saturated.
-    let mut streams = Vec::new();
-    for _ in 0..3 {
-        let mut c = gw.connect();
-        let body = chat("m", true, 30);
-        c.send_raw(
-            format!(
-                "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        streams.push(c);
-    }
-    let admin = gw.admin.unwrap();
-    let saturated = poll(Duration::from_secs(10), || {
-        let j = Client::connect(admin).get("/debug/endpoints").json();
-        (j["endpoints"][0]["telemetry"]["waiting"].as_f64()? >= 1.0).then_some(())
-    });
-    assert!(saturated.is_some(), "the backend never reported a queue");
+    let streams = saturate(&gw, "m", 3, 30);
     let req = r#"{"model":"m","prompt":"x","max_tokens":1}"#;
     let r = gw
         .connect()

@@ -143,25 +143,8 @@ fn when_saturated_sheddable_models_and_objectives_are_shed_and_critical_ones_ser
         &["--saturation-waiting", "0", "--scrape-interval", "50ms"],
     );
     // Two streams: one runs, one waits in the backend's queue: it is saturated.
-    let mut streams = Vec::new();
-    for _ in 0..2 {
-        let mut c = gw.connect();
-        let body = chat("crit", true, 60);
-        c.send_raw(
-            format!(
-                "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        streams.push(c);
-    }
+    let streams = saturate(&gw, "crit", 2, 60);
     let admin = gw.admin.unwrap();
-    let saturated = poll(Duration::from_secs(10), || {
-        let j = Client::connect(admin).get("/debug/endpoints").json();
-        (j["endpoints"][0]["telemetry"]["waiting"].as_f64()? >= 1.0).then_some(())
-    });
-    assert!(saturated.is_some(), "the backend never reported a queue");
 
     // Sheddable by its InferenceModel, and by the objective header (which beats
     // the model's own Critical).

@@ -56,18 +56,37 @@ pub fn chat(cfg: &SimConfig, body: &[u8], id: impl FnOnce() -> u128) -> Result<B
         r.max_completion_tokens.or(r.max_tokens),
     )?;
     let stream = r.stream == Some(true);
-    Ok(api::to_bytes(&Rendered {
-        request_id: format!("chatcmpl-{:032x}", id()),
+    Ok(api::to_bytes(&rendered(
+        format!("chatcmpl-{:032x}", id()),
+        &prompt,
+        max_tokens,
+        r.model.as_deref(),
+        r.stream_options.as_ref().filter(|_| stream),
+        stream,
+    )))
+}
+
+/// One `GenerateRequest` for `prompt` (`stream_options` only when it streams).
+fn rendered<'a>(
+    request_id: String,
+    prompt: &Prompt,
+    max_tokens: usize,
+    model: Option<&'a str>,
+    stream_options: Option<&'a api::StreamOptions>,
+    stream: bool,
+) -> Rendered<'a> {
+    Rendered {
+        request_id,
         token_ids: prompt.token_ids(),
         features: None,
         sampling_params: RenderedSampling { n: 1, max_tokens },
-        model: r.model.as_deref(),
+        model,
         stream,
-        stream_options: r.stream_options.as_ref().filter(|_| stream),
+        stream_options,
         cache_salt: None,
         priority: 0,
         kv_transfer_params: None,
-    }))
+    }
 }
 
 /// `/v1/completions/render`: a list of `GenerateRequest`s, one per prompt, ids
@@ -83,17 +102,15 @@ pub fn completions(
     let stream = r.stream == Some(true);
     let rendered: Vec<Rendered<'_>> = prompts
         .iter()
-        .map(|p| Rendered {
-            request_id: format!("cmpl-{:032x}", id()),
-            token_ids: p.token_ids(),
-            features: None,
-            sampling_params: RenderedSampling { n: 1, max_tokens },
-            model: r.model.as_deref(),
-            stream,
-            stream_options: r.stream_options.as_ref().filter(|_| stream),
-            cache_salt: None,
-            priority: 0,
-            kv_transfer_params: None,
+        .map(|p| {
+            rendered(
+                format!("cmpl-{:032x}", id()),
+                p,
+                max_tokens,
+                r.model.as_deref(),
+                r.stream_options.as_ref().filter(|_| stream),
+                stream,
+            )
         })
         .collect();
     Ok(api::to_bytes(&rendered))

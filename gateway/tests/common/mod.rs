@@ -367,6 +367,34 @@ impl Client {
     }
 }
 
+/// Saturate the first endpoint: open `n` streaming chat requests for `model`
+/// (`max_tokens` each) and wait until its telemetry (the admin listener's
+/// `/debug/endpoints`) reports a waiting request. Keep the returned connections
+/// open for as long as the backend must stay saturated.
+#[allow(dead_code)]
+pub fn saturate(gw: &Gateway, model: &str, n: usize, max_tokens: u32) -> Vec<Client> {
+    let mut streams = Vec::new();
+    for _ in 0..n {
+        let mut c = gw.connect();
+        let body = chat(model, true, max_tokens);
+        c.send_raw(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        streams.push(c);
+    }
+    let admin = gw.admin.expect("saturate needs the admin listener");
+    let saturated = poll(Duration::from_secs(10), || {
+        let j = Client::connect(admin).get("/debug/endpoints").json();
+        (j["endpoints"][0]["telemetry"]["waiting"].as_f64()? >= 1.0).then_some(())
+    });
+    assert!(saturated.is_some(), "the backend never reported a queue");
+    streams
+}
+
 /// A chat completion body.
 pub fn chat(model: &str, stream: bool, max_tokens: u32) -> String {
     format!(
