@@ -275,14 +275,13 @@ pub struct Shard {
     /// This shard's share of `maxConcurrentInferences`, when set.
     pub admission: Option<Rc<crate::admit::ShardAdmission>>,
     /// Reusable response buffers (taken for one request, returned after).
-    out_pool: RefCell<Vec<Vec<u8>>>,
+    out_pool: Pool<Vec<u8>>,
     /// Reusable client read buffers (taken when a connection gets busy, returned
     /// when it goes idle).
-    read_pool: RefCell<Vec<BytesMut>>,
+    read_pool: Pool<BytesMut>,
     /// Reusable prompt-hash arrays (2 KiB each), so a request's future holds a
     /// pointer instead of moving the array around.
-    #[allow(clippy::vec_box)] // the boxes move between the pool and requests
-    hash_pool: RefCell<Vec<Box<PrefixHashes>>>,
+    hash_pool: Pool<Box<PrefixHashes>>,
 }
 
 impl Shard {
@@ -318,9 +317,9 @@ impl Shard {
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             retry_tokens: Cell::new(1.0),
-            out_pool: RefCell::new(Vec::new()),
-            read_pool: RefCell::new(Vec::new()),
-            hash_pool: RefCell::new(Vec::new()),
+            out_pool: Pool::new(OUT_POOL_MAX),
+            read_pool: Pool::new(READ_POOL_MAX),
+            hash_pool: Pool::new(HASH_POOL_MAX),
             admission: state.settings.max_concurrent.map(|total| {
                 let shares =
                     shardgate_batching::Budget { total }.initial(state.settings.shards.max(1));
@@ -448,43 +447,34 @@ impl Shard {
 
     /// A response buffer for one request (4 KiB to start), from the pool.
     pub fn take_out_buf(&self) -> Vec<u8> {
-        self.out_pool
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(4096))
+        self.out_pool.take(|| Vec::with_capacity(4096))
     }
 
-    /// Return a response buffer; the pool keeps at most 1,024 of at most 64 KiB.
+    /// Return a response buffer; the pool keeps at most [`OUT_POOL_MAX`] of at most
+    /// 64 KiB.
     pub fn give_out_buf(&self, mut buf: Vec<u8>) {
-        let mut pool = self.out_pool.borrow_mut();
-        if buf.capacity() <= 64 * 1024 && pool.len() < 1024 {
+        if buf.capacity() <= 64 * 1024 {
             buf.clear();
-            pool.push(buf);
+            self.out_pool.give(buf);
         }
     }
 
     /// A client read buffer with [`READ_CHUNK`] bytes of room, from the pool.
     pub fn take_read_buf(&self) -> BytesMut {
-        self.read_pool
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| BytesMut::with_capacity(READ_CHUNK))
+        self.read_pool.take(|| BytesMut::with_capacity(READ_CHUNK))
     }
 
     /// Return an empty client read buffer; the pool keeps at most [`READ_POOL_MAX`]
     /// (busy connections keep their own; the pool only bridges idle spells).
     pub fn give_read_buf(&self, mut buf: BytesMut) {
-        if !buf.is_empty() {
+        if !buf.is_empty() || self.read_pool.is_full() {
             return;
         }
-        let mut pool = self.read_pool.borrow_mut();
-        if pool.len() < READ_POOL_MAX {
-            // Reclaims the whole allocation in place when nothing else references
-            // it (the usual case), so the next taker reads without allocating.
-            buf.reserve(READ_CHUNK);
-            if buf.capacity() <= 4 * READ_CHUNK {
-                pool.push(buf);
-            }
+        // Reclaims the whole allocation in place when nothing else references it
+        // (the usual case), so the next taker reads without allocating.
+        buf.reserve(READ_CHUNK);
+        if buf.capacity() <= 4 * READ_CHUNK {
+            self.read_pool.give(buf);
         }
     }
 
@@ -538,11 +528,7 @@ impl Shard {
 
     /// Hash a prompt for the prefix-cache scorer.
     pub fn prefix_hashes(&self, model: &str, prompt: &[u8]) -> PooledHashes<'_> {
-        let mut b = self
-            .hash_pool
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Box::new(PrefixHashes::default()));
+        let mut b = self.hash_pool.take(Box::default);
         self.prefix.borrow().hash_into(model, prompt, &mut b);
         PooledHashes {
             shard: self,
@@ -719,6 +705,43 @@ impl Drop for InFlight {
 
 /// Most client read buffers a shard's pool keeps: 128 (2 MiB).
 pub const READ_POOL_MAX: usize = 128;
+/// Most response buffers a shard's pool keeps: 1,024.
+pub const OUT_POOL_MAX: usize = 1024;
+/// Most prompt-hash arrays a shard's pool keeps: 256 (512 KiB).
+pub const HASH_POOL_MAX: usize = 256;
+
+/// A shard's free list of reusable values, capped (single-threaded: it lives in
+/// the shard's `Rc`).
+struct Pool<T> {
+    items: RefCell<Vec<T>>,
+    max: usize,
+}
+
+impl<T> Pool<T> {
+    fn new(max: usize) -> Self {
+        Pool {
+            items: RefCell::new(Vec::new()),
+            max,
+        }
+    }
+
+    /// A pooled value, or a fresh one from `make`.
+    fn take(&self, make: impl FnOnce() -> T) -> T {
+        self.items.borrow_mut().pop().unwrap_or_else(make)
+    }
+
+    fn is_full(&self) -> bool {
+        self.items.borrow().len() >= self.max
+    }
+
+    /// Keep `item` for a later [`Pool::take`] unless the pool is full.
+    fn give(&self, item: T) {
+        let mut items = self.items.borrow_mut();
+        if items.len() < self.max {
+            items.push(item);
+        }
+    }
+}
 
 /// A request's prompt hashes, borrowed from the shard's pool (returned on drop;
 /// the pool keeps at most 256).
@@ -738,10 +761,7 @@ impl std::ops::Deref for PooledHashes<'_> {
 impl Drop for PooledHashes<'_> {
     fn drop(&mut self) {
         if let Some(b) = self.hashes.take() {
-            let mut pool = self.shard.hash_pool.borrow_mut();
-            if pool.len() < 256 {
-                pool.push(b);
-            }
+            self.shard.hash_pool.give(b);
         }
     }
 }
