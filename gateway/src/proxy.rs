@@ -362,6 +362,7 @@ async fn handle_request(
 
 /// A request's id: the client's `X-Request-Id` when it is usable (1–200 visible
 /// ASCII bytes), else a generated one. Neither allocates.
+#[derive(Clone, Copy)]
 enum RequestId<'h> {
     Client(&'h [u8]),
     Own([u8; 32]),
@@ -387,17 +388,22 @@ impl<'h> RequestId<'h> {
     }
 }
 
-/// A model name that shares the request's buffers (a slice of the body or of the
-/// head): valid UTF-8 by construction, no allocation unless the name was escaped.
+/// A request's model name without a copy: a slice of the body or the head (valid
+/// UTF-8 by construction; allocated only when the name was escaped or not UTF-8),
+/// or a name borrowed for the request (a rule's configured model, the name in a
+/// KServe path).
 #[derive(Clone)]
-struct ModelName(Bytes);
+enum ModelName<'a> {
+    Shared(Bytes),
+    Config(&'a str),
+}
 
-impl ModelName {
+impl ModelName<'_> {
     /// From a header value (lossily decoded if it is not UTF-8).
     fn from_header(head: &RequestHead, value: &[u8]) -> Self {
         match std::str::from_utf8(value) {
-            Ok(_) => ModelName(head.raw().slice_ref(value)),
-            Err(_) => ModelName(Bytes::from(
+            Ok(_) => ModelName::Shared(head.raw().slice_ref(value)),
+            Err(_) => ModelName::Shared(Bytes::from(
                 String::from_utf8_lossy(value).into_owned().into_bytes(),
             )),
         }
@@ -406,16 +412,19 @@ impl ModelName {
     /// From the body's `model` field as the scanner returned it.
     fn from_body(body: &Bytes, name: std::borrow::Cow<'_, str>) -> Self {
         match name {
-            std::borrow::Cow::Borrowed(s) => ModelName(body.slice_ref(s.as_bytes())),
-            std::borrow::Cow::Owned(s) => ModelName(Bytes::from(s.into_bytes())),
+            std::borrow::Cow::Borrowed(s) => ModelName::Shared(body.slice_ref(s.as_bytes())),
+            std::borrow::Cow::Owned(s) => ModelName::Shared(Bytes::from(s.into_bytes())),
         }
     }
 }
 
-impl std::ops::Deref for ModelName {
+impl std::ops::Deref for ModelName<'_> {
     type Target = str;
     fn deref(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or("")
+        match self {
+            ModelName::Shared(b) => std::str::from_utf8(b).unwrap_or(""),
+            ModelName::Config(s) => s,
+        }
     }
 }
 
@@ -427,7 +436,7 @@ struct RequestState<'s> {
     endpoint: Option<usize>,
     bytes: u64,
     status: u16,
-    model: Option<ModelName>,
+    model: Option<ModelName<'s>>,
     route: Option<&'s str>,
     ttft: Option<Duration>,
     tpot: Option<Duration>,
@@ -441,16 +450,13 @@ async fn route_and_forward<'s>(
     client: &mut TcpStream,
     rbuf: &mut BytesMut,
     out: &mut Vec<u8>,
-    head: &RequestHead,
+    head: &'s RequestHead,
     peer: SocketAddr,
     listeners: &[usize],
     rq: &mut RequestState<'s>,
 ) -> bool {
     let mut guard = InFlight::new(shard);
-    let request_id = match &rq.request_id {
-        RequestId::Client(v) => RequestId::Client(v),
-        RequestId::Own(id) => RequestId::Own(*id),
-    };
+    let request_id = rq.request_id;
     let rid = request_id.as_bytes();
     let body = match read_body(shard, client, rbuf, head, out).await {
         Ok(b) => b,
@@ -534,7 +540,7 @@ async fn route_and_forward<'s>(
         rq.model = route
             .model
             .or_else(|| shardgate_routing::table::kserve_model(head.path()))
-            .map(|m| ModelName(Bytes::copy_from_slice(m.as_bytes())));
+            .map(ModelName::Config);
     }
     if let Some(m) = rq.model.as_deref() {
         if route.models.iter().any(|k| k == m) {
