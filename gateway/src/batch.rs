@@ -383,30 +383,6 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     }
 }
 
-/// Counts a merged call as one in-flight request on its endpoint (this shard's
-/// count, which picks and the control thread's snapshot read), on every exit path.
-struct EndpointInFlight<'s> {
-    shard: &'s Shard,
-    ep: usize,
-}
-
-impl<'s> EndpointInFlight<'s> {
-    fn new(shard: &'s Shard, ep: usize) -> Self {
-        if let Some(e) = shard.endpoints.get(ep) {
-            e.in_flight.set(e.in_flight.get().saturating_add(1));
-        }
-        EndpointInFlight { shard, ep }
-    }
-}
-
-impl Drop for EndpointInFlight<'_> {
-    fn drop(&mut self) {
-        if let Some(e) = self.shard.endpoints.get(self.ep) {
-            e.in_flight.set(e.in_flight.get().saturating_sub(1));
-        }
-    }
-}
-
 /// The per-policy driver: sleeps until the batcher's next deadline (or a push),
 /// then drains.
 pub async fn driver(shard: Rc<Shard>, pb: Rc<PolicyBatcher>) {
@@ -581,7 +557,7 @@ async fn call(
                 continue;
             }
         };
-        let counted = EndpointInFlight::new(shard, ep);
+        let counted = crate::shard::EndpointInFlight::new(shard, ep);
         let fut = crate::client::exchange(&mut conn.stream, &mut conn.buf, out);
         let answer = monoio::time::timeout(settings.response_timeout, fut).await;
         drop(counted);

@@ -459,6 +459,20 @@ impl Shard {
         }
     }
 
+    /// One more call in flight on `ep` (the count picks and the snapshot read).
+    fn enter_endpoint(&self, ep: usize) {
+        if let Some(e) = self.endpoints.get(ep) {
+            e.in_flight.set(e.in_flight.get().saturating_add(1));
+        }
+    }
+
+    /// One call fewer in flight on `ep`.
+    fn leave_endpoint(&self, ep: usize) {
+        if let Some(e) = self.endpoints.get(ep) {
+            e.in_flight.set(e.in_flight.get().saturating_sub(1));
+        }
+    }
+
     /// A client read buffer with [`READ_CHUNK`] bytes of room, from the pool.
     pub fn take_read_buf(&self) -> BytesMut {
         self.read_pool.take(|| BytesMut::with_capacity(READ_CHUNK))
@@ -681,16 +695,36 @@ impl InFlight {
     /// Move the request's endpoint count to `ep`.
     pub fn set_endpoint(&mut self, ep: usize) {
         self.clear_endpoint();
-        let st = &self.shard.endpoints[ep];
-        st.in_flight.set(st.in_flight.get() + 1);
+        self.shard.enter_endpoint(ep);
         self.ep = Some(ep);
     }
 
     fn clear_endpoint(&mut self) {
         if let Some(ep) = self.ep.take() {
-            let st = &self.shard.endpoints[ep];
-            st.in_flight.set(st.in_flight.get().saturating_sub(1));
+            self.shard.leave_endpoint(ep);
         }
+    }
+}
+
+/// Counts one call in flight on endpoint `ep` of this shard while it lives, without
+/// counting a client request (a batch's merged upstream call: its members are
+/// counted by their own [`InFlight`]).
+pub struct EndpointInFlight<'s> {
+    shard: &'s Shard,
+    ep: usize,
+}
+
+impl<'s> EndpointInFlight<'s> {
+    /// Start counting.
+    pub fn new(shard: &'s Shard, ep: usize) -> Self {
+        shard.enter_endpoint(ep);
+        EndpointInFlight { shard, ep }
+    }
+}
+
+impl Drop for EndpointInFlight<'_> {
+    fn drop(&mut self) {
+        self.shard.leave_endpoint(self.ep);
     }
 }
 
