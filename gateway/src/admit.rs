@@ -20,11 +20,14 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardgate_batching::{Admission, AdmissionConfig, AdmissionEvent, Decision, WaitTicket};
 
-use crate::batch::Notify;
+use crate::control::ControlShared;
+use crate::error::{Failure, Side};
+use crate::notify::Notify;
 
 /// Why a request was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,12 +41,36 @@ pub enum Refusal {
     TimedOut,
 }
 
+impl Refusal {
+    /// The answer for the client: 429 with `Retry-After`.
+    pub fn failure(self) -> Failure {
+        let (code, message, retry) = match self {
+            Refusal::Shed { retry_after } => (
+                "admission_shed",
+                "The gateway is at its maxConcurrentInferences limit and this request's priority is shed first.".to_string(),
+                retry_after,
+            ),
+            Refusal::TimedOut => (
+                "admission_timeout",
+                "The request waited too long for a maxConcurrentInferences permit.".to_string(),
+                1,
+            ),
+        };
+        let mut f = Failure::with(Side::Gateway, 429, "rate_limit_error", code, message);
+        f.retry_after = Some(retry.min(u64::from(u32::MAX)) as u32);
+        f
+    }
+}
+
 /// Where a parked request learns its fate.
 type Answer = local_sync::oneshot::Sender<Result<(), Refusal>>;
 
 /// One shard's admission state.
 pub struct ShardAdmission {
     adm: RefCell<Admission>,
+    /// Where the shard reports its numbers to the control thread.
+    control: Arc<ControlShared>,
+    shard: usize,
     waiters: RefCell<Vec<(WaitTicket, Answer)>>,
     wake: Notify,
     /// Longest wait for a permit.
@@ -64,13 +91,30 @@ impl Drop for Permit {
 
 impl ShardAdmission {
     /// A shard's admission with `share` permits.
-    pub fn new(share: u32, timeout: Duration) -> Rc<Self> {
-        Rc::new(ShardAdmission {
+    pub fn new(
+        share: u32,
+        timeout: Duration,
+        control: Arc<ControlShared>,
+        shard: usize,
+    ) -> Rc<Self> {
+        let a = Rc::new(ShardAdmission {
             adm: RefCell::new(Admission::new(share, AdmissionConfig::default())),
+            control,
+            shard,
             waiters: RefCell::new(Vec::new()),
             wake: Notify::default(),
             timeout,
-        })
+        });
+        a.report();
+        a
+    }
+
+    /// Publish (share, in use, demand, waiting) to the control thread.
+    fn report(&self) {
+        if let Some(r) = self.control.reports.shard(self.shard) {
+            let a = self.adm.borrow();
+            r.set_admission(a.share(), a.in_use(), a.demand(), a.waiting() as u32);
+        }
     }
 
     /// Wait for a permit at `priority`.
@@ -80,6 +124,7 @@ impl ShardAdmission {
             .adm
             .borrow_mut()
             .try_acquire(priority, Some(now + self.timeout));
+        self.report();
         match decision {
             Decision::Admit => Ok(Permit {
                 owner: self.clone(),
@@ -122,6 +167,11 @@ impl ShardAdmission {
 
     /// Hand out grants, sheds and timeouts that are due.
     fn dispatch(&self, now: Instant) {
+        self.dispatch_events(now);
+        self.report();
+    }
+
+    fn dispatch_events(&self, now: Instant) {
         loop {
             let ev = self.adm.borrow_mut().poll_event(now);
             let Some(ev) = ev else { break };

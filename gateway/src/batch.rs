@@ -1,4 +1,4 @@
-//! Micro-batching on the data path: the shard side of `BatchingPolicy`.
+//! Micro-batching on the data path: the executor of [`crate::plan::Plan::Batch`].
 //!
 //! A rule linked to a `BatchingPolicy` (ExtensionRef, or a `targetRefs` default)
 //! sends its non-streaming `/v1/embeddings` and `/v1/completions` requests through
@@ -11,7 +11,10 @@
 //! upstream call whose answer is split back byte-exactly, each member getting only
 //! its own items. Requests that cannot be merged go alone through the normal path.
 //! Everything stays on the shard: one batcher per policy, no cross-core traffic.
-//! A driver task per policy sleeps until the batcher's next deadline.
+//! A driver task per policy sleeps until the batcher's next deadline. The merged
+//! upstream call goes through the one upstream client ([`crate::upstream`])
+//! and the attempt machine ([`crate::attempt`]): the same picks, retry budget,
+//! stale-connection retry, ejections and error metrics as a proxied request.
 //!
 //! The adaptive signal of a lane is the least utilised healthy endpoint its rule
 //! reaches, each one's utilisation being [`shardgate_batching::EndpointLoad`] over
@@ -23,218 +26,28 @@
 //! endpoints are saturated only if every member is sheddable (its highest
 //! priority is below 0).
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
+use monoio::time::Instant;
 use shardgate_batching::{
-    classify, merge, retry_alone, split, split_error, BatchKey, BatchPolicy, BatchSpec, Batcher,
-    CapacityEstimate, EndpointLoad, FlushReason, Pending, QueueId, QueueSpec, ReadyBatch, Reject,
+    merge, retry_alone, split, split_error, Batchable, CapacityEstimate, EndpointLoad, Pending,
+    QueueId, ReadyBatch, Reject,
 };
 use shardgate_routing::scoring::PickRequest;
 use shardgate_routing::telemetry::SignalKind;
-use shardgate_routing::RoutingTable;
 
-use crate::shard::Shard;
-
-/// What a member gets back.
-#[derive(Debug)]
-pub struct Reply {
-    /// Status for the client.
-    pub status: u16,
-    /// JSON body for the client.
-    pub body: Vec<u8>,
-}
-
-/// What separates lanes beyond the body's batch key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct LaneCtx {
-    /// Dense rule id ([`RoutingTable::rule`]).
-    rule_id: usize,
-    path: String,
-    model: String,
-    auth: Option<Vec<u8>>,
-}
-
-/// A waiting request.
-pub struct Member {
-    body: Bytes,
-    priority: i32,
-    tx: local_sync::oneshot::Sender<Reply>,
-}
-
-type Lane = (BatchKey, LaneCtx);
-
-/// One policy's batcher on one shard.
-pub struct PolicyBatcher {
-    /// `namespace/name` of the BatchingPolicy.
-    pub key: String,
-    batcher: RefCell<Batcher<Member, Lane>>,
-    wake: Notify,
-    /// Queue names by [`QueueId`].
-    queue_names: Vec<String>,
-    /// Per endpoint id: its learned capacity (grown on demand).
-    capacity: RefCell<Vec<CapacityEstimate>>,
-}
-
-/// Build a shard's batchers, one per BatchingPolicy (errors name the policy and field).
-pub fn policies(table: &RoutingTable) -> Result<Vec<(String, BatchPolicy)>, String> {
-    let mut out = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    for rule in table.rules() {
-        let Some(key) = rule.batching else { continue };
-        if seen.contains(&key) {
-            continue;
-        }
-        seen.push(key);
-        let Some(p) = table.batching_policy(key) else {
-            continue;
-        };
-        let spec = BatchSpec {
-            max_batch_size: p.spec.max_batch_size,
-            max_latency: p.spec.max_latency,
-            adaptive_enabled: p.spec.adaptive_batching.as_ref().is_some_and(|a| a.enabled),
-            target_utilization: p
-                .spec
-                .adaptive_batching
-                .as_ref()
-                .and_then(|a| a.target_utilization),
-            queues: p
-                .spec
-                .priority_queues
-                .iter()
-                .map(|q| QueueSpec {
-                    name: q.name.clone(),
-                    max_latency: q.max_latency,
-                    max_batch_size: q.max_batch_size,
-                })
-                .collect(),
-        };
-        let policy =
-            BatchPolicy::from_spec(&spec).map_err(|e| format!("BatchingPolicy {key}: {e}"))?;
-        out.push((key.to_string(), policy));
-    }
-    Ok(out)
-}
-
-impl PolicyBatcher {
-    /// A batcher for `policy`.
-    pub fn new(key: String, policy: BatchPolicy) -> Self {
-        let queue_names = policy.queues().iter().map(|q| q.name.clone()).collect();
-        PolicyBatcher {
-            key,
-            batcher: RefCell::new(Batcher::new(policy)),
-            wake: Notify::default(),
-            queue_names,
-            capacity: RefCell::new(Vec::new()),
-        }
-    }
-
-    /// The name of queue `id` (`"default"` for an id of another policy).
-    pub fn queue_name(&self, id: QueueId) -> &str {
-        self.queue_names
-            .get(id.0)
-            .map_or(shardgate_batching::policy::DEFAULT_QUEUE, String::as_str)
-    }
-
-    /// The admission priority of queue `name` (higher is more important).
-    pub fn priority_of(&self, name: &str) -> Option<i32> {
-        let b = self.batcher.borrow();
-        let id = b.policy().queue_id(name)?;
-        b.policy().queues().get(id.0).map(|q| q.priority)
-    }
-
-    /// Requests waiting per queue: (queue name, depth).
-    pub fn depths(&self) -> Vec<(String, usize)> {
-        let b = self.batcher.borrow();
-        b.policy()
-            .queues()
-            .iter()
-            .enumerate()
-            .map(|(i, q)| (q.name.clone(), b.depth(shardgate_batching::QueueId(i))))
-            .collect()
-    }
-
-    /// Per queue: flushes by reason, batch-size and wait histograms (for metrics).
-    pub fn stats(&self) -> Vec<QueueMetrics> {
-        let b = self.batcher.borrow();
-        b.stats()
-            .map(|(q, s)| QueueMetrics {
-                queue: q.name.clone(),
-                depth: s.depth as u64,
-                flushes: FLUSH_REASONS
-                    .iter()
-                    .map(|r| (flush_name(*r), s.flushes(*r)))
-                    .collect(),
-                batch_size: s.batch_size.buckets().collect(),
-                batch_size_sum: s.batch_size.sum(),
-                queued_us: s.queued_us.buckets().collect(),
-                queued_us_sum: s.queued_us.sum(),
-                expired: s.expired,
-                rejected_full: s.rejected_full,
-            })
-            .collect()
-    }
-}
-
-/// A queue's numbers for `/metrics`.
-#[derive(Debug, Clone)]
-pub struct QueueMetrics {
-    /// Queue (priority) name.
-    pub queue: String,
-    /// Requests waiting.
-    pub depth: u64,
-    /// Flushes by reason.
-    pub flushes: Vec<(&'static str, u64)>,
-    /// Batch-size buckets: (upper bound, count); `None` = +Inf.
-    pub batch_size: Vec<(Option<u64>, u64)>,
-    /// Sum of batch sizes.
-    pub batch_size_sum: u64,
-    /// Wait buckets in µs.
-    pub queued_us: Vec<(Option<u64>, u64)>,
-    /// Sum of waits in µs.
-    pub queued_us_sum: u64,
-    /// Requests expired waiting.
-    pub expired: u64,
-    /// Requests refused on a full queue.
-    pub rejected_full: u64,
-}
-
-const FLUSH_REASONS: [FlushReason; 5] = [
-    FlushReason::Full,
-    FlushReason::Deadline,
-    FlushReason::Adaptive,
-    FlushReason::Alone,
-    FlushReason::Drain,
-];
-
-fn flush_name(r: FlushReason) -> &'static str {
-    match r {
-        FlushReason::Full => "full",
-        FlushReason::Deadline => "deadline",
-        FlushReason::Adaptive => "adaptive",
-        FlushReason::Alone => "alone",
-        FlushReason::Drain => "drain",
-    }
-}
+use crate::attempt::{Action, Attempts, Outcome};
+use crate::error::Failure;
+use crate::lanes::{Lane, LaneCtx, Member, PolicyBatcher, Reply};
+use crate::shard::{EndpointInFlight, Shard};
+use crate::upstream::{connect, exchange_whole, write_post};
 
 /// What [`submit`] decided.
 pub enum Submitted {
-    /// The request is not batchable: send it through the normal path.
-    NotBatchable,
-    /// Answer now (unknown queue, queue full).
-    Refused {
-        /// Status.
-        status: u16,
-        /// Error code.
-        code: &'static str,
-        /// Message.
-        message: String,
-    },
+    /// Answer now (queue full).
+    Refused(Failure),
     /// Wait for the reply; the request waits in this queue.
     Waiting(local_sync::oneshot::Receiver<Reply>, QueueId),
 }
@@ -245,10 +58,11 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Body.
     pub body: &'a Bytes,
-    /// `X-Priority` value (a queue name).
-    pub priority: Option<&'a str>,
-    /// The request's resolved priority: picks the queue when `priority` is
-    /// `None`, and lets a batch of sheddable members be shed.
+    /// The body's batch key and inputs ([`shardgate_batching::classify`]).
+    pub class: Batchable,
+    /// The queue the plan chose.
+    pub queue: QueueId,
+    /// The request's resolved priority (a batch of sheddable members may be shed).
     pub level: i32,
     /// `Authorization` value.
     pub auth: Option<&'a [u8]>,
@@ -258,36 +72,9 @@ pub struct Request<'a> {
     pub rule_id: usize,
 }
 
-/// Queue a request on `pb` if it can be merged.
-pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: &Request<'_>) -> Submitted {
-    let now = Instant::now();
-    let Ok(Some(class)) = classify(req.path, req.body) else {
-        return Submitted::NotBatchable;
-    };
-    let mut b = pb.batcher.borrow_mut();
-    let queue = match req.priority {
-        None => b.policy().queue_for_priority(req.level),
-        Some(name) => match b.policy().queue_id(name) {
-            Some(q) => q,
-            None => {
-                let names: Vec<&str> = b
-                    .policy()
-                    .queues()
-                    .iter()
-                    .map(|q| q.name.as_str())
-                    .collect();
-                return Submitted::Refused {
-                    status: 400,
-                    code: "unknown_priority_queue",
-                    message: format!(
-                        "X-Priority `{name}` names no queue of BatchingPolicy {}; queues: {}",
-                        pb.key,
-                        names.join(", ")
-                    ),
-                };
-            }
-        },
-    };
+/// Queue a request on `pb`.
+pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: Request<'_>) -> Submitted {
+    let now = std::time::Instant::now();
     let (tx, rx) = local_sync::oneshot::channel();
     let ctx = LaneCtx {
         rule_id: req.rule_id,
@@ -296,42 +83,42 @@ pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: &Request<'_>) -> S
         auth: req.auth.map(|a| a.to_vec()),
     };
     let pending = Pending {
-        queue,
-        key: Some((class.key, ctx)),
-        items: class.inputs,
+        queue: req.queue,
+        key: Some((req.class.key, ctx)),
+        items: req.class.inputs,
         payload: Member {
             body: req.body.clone(),
             priority: req.level,
             tx,
         },
     };
-    match b.push(pending, now) {
+    let pushed = pb.batcher.borrow_mut().push(pending, now);
+    match pushed {
         Ok(_) => {
-            drop(b);
             pb.wake.notify();
             drain(shard, pb);
-            Submitted::Waiting(rx, queue)
+            Submitted::Waiting(rx, req.queue)
         }
         Err(rej) => {
             let (status, code) = match rej.reason {
                 Reject::UnknownQueue => (400, "unknown_priority_queue"),
                 _ => (429, "queue_full"),
             };
-            Submitted::Refused {
+            Submitted::Refused(Failure::batch_refused(
                 status,
                 code,
-                message: format!(
+                format!(
                     "batching queue of BatchingPolicy {} refused the request ({:?})",
                     pb.key, rej.reason
                 ),
-            }
+            ))
         }
     }
 }
 
 /// Flush every ready batch (each becomes its own task) and fail expired members.
 fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
-    let now = Instant::now();
+    let now = std::time::Instant::now();
     let snapshot = shard.control.snapshot.load();
     let table = &shard.state.table;
     let mut capacity = pb.capacity.borrow_mut();
@@ -353,7 +140,7 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
                     }
                     let cap = capacity.get_mut(ep)?;
                     cap.observe(running, waiting);
-                    let local = shard.endpoints.get(ep).map_or(0, |e| e.in_flight.get());
+                    let local = shard.report().map_or(0, |r| r.in_flight(ep));
                     EndpointLoad {
                         kv_usage: t.value(SignalKind::KvUsage),
                         gpu_util: t.value(SignalKind::GpuUtil),
@@ -372,13 +159,14 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     loop {
         let expired = pb.batcher.borrow_mut().poll_expired(now);
         let Some(x) = expired else { break };
-        let body = format!(
-            "{{\"error\":{{\"message\":\"waited {} ms in the batching queue\",\"type\":\"rate_limit_error\",\"param\":null,\"code\":\"queue_timeout\"}}}}",
-            x.waited.as_millis()
+        let f = Failure::batch_refused(
+            429,
+            "queue_timeout",
+            format!("waited {} ms in the batching queue", x.waited.as_millis()),
         );
         let _ = x.payload.tx.send(Reply {
             status: 429,
-            body: body.into_bytes(),
+            body: f.json_body(),
         });
     }
 }
@@ -396,7 +184,7 @@ pub async fn driver(shard: Rc<Shard>, pb: Rc<PolicyBatcher>) {
         };
         match next {
             Some(t) => {
-                let wait = t.saturating_duration_since(Instant::now());
+                let wait = t.saturating_duration_since(std::time::Instant::now());
                 if !wait.is_zero() {
                     monoio::select! {
                         _ = monoio::time::sleep(wait) => {}
@@ -409,6 +197,13 @@ pub async fn driver(shard: Rc<Shard>, pb: Rc<PolicyBatcher>) {
         drain(&shard, &pb);
         // A batch ready but not taken (its deadline is now) must not spin.
         monoio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn reply(f: &Failure) -> Reply {
+    Reply {
+        status: f.status,
+        body: f.json_body(),
     }
 }
 
@@ -430,15 +225,12 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
                         .collect(),
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot split a batched response");
-                        (0..members.len())
-                            .map(|_| {
-                                gateway_error(
-                                    502,
-                                    "batch_split_failed",
-                                    "the upstream's batched answer could not be split",
-                                )
-                            })
-                            .collect()
+                        let f = batch_failure(
+                            502,
+                            "batch_split_failed",
+                            "the upstream's batched answer could not be split",
+                        );
+                        (0..members.len()).map(|_| reply(&f)).collect()
                     }
                 }
             }
@@ -448,7 +240,7 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
                 for m in &members {
                     out.push(match call(&shard, &ctx, &m.body, m.priority).await {
                         Ok((s, b)) => Reply { status: s, body: b },
-                        Err(r) => r,
+                        Err(f) => reply(&f),
                     });
                 }
                 out
@@ -460,18 +252,12 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
                     body: e.body,
                 })
                 .collect(),
-            Err(r) => (0..members.len())
-                .map(|_| Reply {
-                    status: r.status,
-                    body: r.body.clone(),
-                })
-                .collect(),
+            Err(f) => (0..members.len()).map(|_| reply(&f)).collect(),
         },
         Err(e) => {
             tracing::warn!(error = %e, "cannot merge a batch");
-            (0..members.len())
-                .map(|_| gateway_error(500, "batch_merge_failed", "the batch could not be merged"))
-                .collect()
+            let f = batch_failure(500, "batch_merge_failed", "the batch could not be merged");
+            (0..members.len()).map(|_| reply(&f)).collect()
         }
     };
     for (m, r) in members.into_iter().zip(replies) {
@@ -479,145 +265,116 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
     }
 }
 
-fn gateway_error(status: u16, code: &str, message: &str) -> Reply {
-    let mut body = Vec::new();
-    shardgate_http::write::openai_error_json(&mut body, message, "gateway_error", code);
-    Reply { status, body }
+fn batch_failure(status: u16, code: &'static str, message: &str) -> Failure {
+    Failure::with(
+        crate::error::Side::Gateway,
+        status,
+        "gateway_error",
+        code,
+        message.to_string(),
+    )
 }
 
-/// One buffered upstream call for a batch: pick, pooled connection, whole body.
+/// One buffered upstream call for a batch: the attempt machine over picks,
+/// pooled or fresh connections and whole-body exchanges.
 async fn call(
     shard: &Rc<Shard>,
     ctx: &LaneCtx,
     body: &[u8],
     priority: i32,
-) -> Result<(u16, Vec<u8>), Reply> {
+) -> Result<(u16, Vec<u8>), Failure> {
     let settings = &shard.state.settings;
-    let (backends, policy) = shard
-        .state
-        .table
-        .rule(ctx.rule_id)
-        .map_or((&[][..], None), |r| (r.backends, r.policy));
+    let rule = shard.state.table.rule(ctx.rule_id);
+    let (backends, policy, route) =
+        rule.map_or((&[][..], None, ""), |r| (r.backends, r.policy, r.route));
     let profile = shard.state.profile(policy);
     let req = PickRequest {
         model: Some(&ctx.model),
         adapter: None,
         prefix_total_blocks: 0,
     };
-    let mut tried = Vec::new();
+    let deadline = Instant::now() + settings.response_timeout;
+    let mut attempts = Attempts::new(settings.retries);
+    shard.budget.borrow_mut().earn();
+    let mut out = Vec::with_capacity(body.len() + 256);
     loop {
-        let now = monoio::time::Instant::now();
-        let ep = match shard.pick(backends, &tried, now, profile, &req, None, priority) {
+        attempts.next(&mut shard.budget.borrow_mut())?;
+        let now = Instant::now();
+        let ep = match shard.pick(
+            backends,
+            attempts.tried(),
+            now,
+            profile,
+            &req,
+            None,
+            priority,
+        ) {
             Ok(ep) => ep,
-            Err(crate::shard::PickFailure::Shed) => {
-                return Err(gateway_error(
-                    429,
-                    "shed_saturated",
-                    "every endpoint is saturated and the request is sheddable",
-                ))
-            }
-            Err(_) => {
-                return Err(gateway_error(
-                    503,
-                    "no_healthy_endpoint",
-                    "no healthy endpoint is available for the batch",
-                ))
-            }
+            Err(why) => return Err(attempts.pick_failed(why, route)),
         };
-        tried.push(ep);
+        attempts.picked(ep);
         let addr = shard.addr(ep);
-        let mut out = Vec::with_capacity(body.len() + 256);
-        out.extend_from_slice(b"POST ");
-        out.extend_from_slice(ctx.path.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        shardgate_http::write::header(&mut out, "host", addr.to_string().as_bytes());
-        shardgate_http::write::header(&mut out, "content-type", b"application/json");
-        shardgate_http::write::header(
-            &mut out,
-            crate::proxy::MODEL_HEADER_NAME,
-            ctx.model.as_bytes(),
-        );
-        if let Some(a) = &ctx.auth {
-            shardgate_http::write::header(&mut out, "authorization", a);
-        }
-        shardgate_http::write::header_u64(&mut out, "content-length", body.len() as u64);
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(body);
-        let conn = match shard.take_conn(ep, now) {
-            Some(c) => Ok(c),
-            None => crate::proxy::connect(addr, settings.connect_timeout).await,
+        let mut extra: [(&str, &[u8]); 2] = [
+            (crate::proxy::MODEL_HEADER_NAME, ctx.model.as_bytes()),
+            ("", b""),
+        ];
+        let n = match &ctx.auth {
+            Some(a) => {
+                extra[1] = ("authorization", a);
+                2
+            }
+            None => 1,
         };
-        let mut conn = match conn {
-            Ok(c) => c,
-            Err(why) => {
-                shard.eject(ep, monoio::time::Instant::now(), why);
-                if tried.len() > settings.retries as usize {
-                    return Err(gateway_error(502, "upstream_failed", why));
+        write_post(&ctx.path, addr, &extra[..n], body, &mut out);
+        loop {
+            let pooled = if attempts.may_use_pool() {
+                shard.pool.borrow_mut().take(ep, Instant::now())
+            } else {
+                None
+            };
+            let conn = match pooled {
+                Some(c) => Ok(c),
+                None => connect(addr, settings.connect_timeout).await,
+            };
+            let counted = EndpointInFlight::new(shard, ep);
+            let result = match conn {
+                Ok(conn) => {
+                    exchange_whole(conn, &mut out, deadline, settings.stream_idle_timeout).await
                 }
-                continue;
-            }
-        };
-        let counted = crate::shard::EndpointInFlight::new(shard, ep);
-        let fut = crate::client::exchange(&mut conn.stream, &mut conn.buf, out);
-        let answer = monoio::time::timeout(settings.response_timeout, fut).await;
-        drop(counted);
-        match answer {
-            Ok(Ok((status, body, keep))) => {
-                if status >= 500 {
-                    shard.upstream_5xx(ep, monoio::time::Instant::now());
-                } else {
-                    shard.restore(ep);
+                Err(e) => Err(e),
+            };
+            drop(counted);
+            let (outcome, answer) = match result {
+                Ok((reply, conn)) => {
+                    let status = reply.status;
+                    (Outcome::Head(status), Some((reply, conn)))
                 }
-                if keep {
-                    shard.put_conn(ep, conn, monoio::time::Instant::now());
+                Err(e) => (Outcome::Error(e), None),
+            };
+            let verdict = attempts.on(
+                ep,
+                outcome,
+                Instant::now().into_std(),
+                &mut shard.outliers.borrow_mut(),
+                &mut shard.budget.borrow_mut(),
+                backends,
+            );
+            shard.apply(ep, &verdict);
+            match verdict.action {
+                Action::Deliver => {
+                    let Some((reply, conn)) = answer else {
+                        return Err(Failure::upstream_failed("no answer"));
+                    };
+                    if reply.keep_alive && !shard.shutdown.is_draining() {
+                        shard.pool.borrow_mut().put(ep, conn, Instant::now());
+                    }
+                    return Ok((reply.status, reply.body));
                 }
-                return Ok((status, body));
+                Action::RetryFresh => continue,
+                Action::PickAgain => break,
+                Action::Respond(f) => return Err(f),
+                Action::Abandon => return Err(Failure::upstream_failed("the call was abandoned")),
             }
-            Ok(Err(e)) => return Err(gateway_error(502, "upstream_failed", &e)),
-            Err(_) => {
-                return Err(gateway_error(
-                    504,
-                    "upstream_timeout",
-                    "the batched upstream call timed out",
-                ))
-            }
-        }
-    }
-}
-
-/// A single-thread notification: `notify` wakes the one `wait`er (or the next one).
-#[derive(Default)]
-pub struct Notify {
-    set: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Notify {
-    /// Wake the waiter (or let the next `wait` return at once).
-    pub fn notify(&self) {
-        self.set.set(true);
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
-        }
-    }
-
-    /// Resolve at the next (or a pending) `notify`.
-    pub fn wait(&self) -> NotifyWait<'_> {
-        NotifyWait(self)
-    }
-}
-
-/// The future of [`Notify::wait`].
-pub struct NotifyWait<'a>(&'a Notify);
-
-impl Future for NotifyWait<'_> {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.set.replace(false) {
-            Poll::Ready(())
-        } else {
-            *self.0.waker.borrow_mut() = Some(cx.waker().clone());
-            Poll::Pending
         }
     }
 }

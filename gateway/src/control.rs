@@ -10,7 +10,8 @@
 //! else `GET /health`). `--unhealthy-after` consecutive failures (default 2)
 //! mark an endpoint unhealthy, `--healthy-after` successes (default 1) restore
 //! it; transitions are logged. Every scrape interval it merges the telemetry
-//! store, the health verdicts and the in-flight counts the shards publish into an
+//! store, the health verdicts and the in-flight counts the shards report
+//! ([`crate::report`], their own channel, not the metrics) into an
 //! immutable [`ScoringSnapshot`] and swaps it in (`arc-swap`): shards never block
 //! on it and keep using the last one if this thread stalls.
 //!
@@ -36,8 +37,8 @@ use shardgate_routing::scoring::{EndpointInput, HubLink, ScoringSnapshot, ShareH
 use shardgate_routing::telemetry::{StoreConfig, TelemetryStore};
 use shardgate_routing::RoutingTable;
 
-use crate::client::Conn;
-use crate::metrics::MetricsHub;
+use crate::report::Reports;
+use crate::upstream::Client as Conn;
 
 /// Control-plane settings (CLI flags).
 #[derive(Debug, Clone)]
@@ -102,6 +103,8 @@ pub struct ControlShared {
     pub budget: Option<u32>,
     /// Prefix sharing between shards: registration and counters.
     prefix_share: PrefixShare,
+    /// What every shard reports (in-flight calls per endpoint, admission).
+    pub reports: Reports,
 }
 
 /// The control thread's side of prefix sharing, as shards and admin views see it.
@@ -175,6 +178,7 @@ impl ControlShared {
             budget,
             // No hub until `with_prefix_share`: registrations fail, sharing is off.
             prefix_share: PrefixShare::new(mpsc::channel().0),
+            reports: Reports::new(shards.max(1), endpoints),
         }
     }
 
@@ -259,13 +263,12 @@ pub fn spawn(
     shared: Arc<ControlShared>,
     endpoints: Vec<SocketAddr>,
     specs: Vec<Option<HealthSpec>>,
-    hub: Arc<MetricsHub>,
     share: Option<PrefixShareInbox>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
-            let r = shardgate_runtime::block_on(run(shared, endpoints, specs, hub, share));
+            let r = shardgate_runtime::block_on(run(shared, endpoints, specs, share));
             if let Err(e) = r {
                 tracing::error!(error = %e, "control runtime");
             }
@@ -281,7 +284,6 @@ async fn run(
     shared: Arc<ControlShared>,
     endpoints: Vec<SocketAddr>,
     specs: Vec<Option<HealthSpec>>,
-    hub: Arc<MetricsHub>,
     share: Option<PrefixShareInbox>,
 ) {
     if let Some(inbox) = share {
@@ -312,7 +314,7 @@ async fn run(
         monoio::time::sleep(settings.scrape_interval).await;
         generation += 1;
         let now = Instant::now();
-        let inflight = hub.endpoint_in_flight();
+        let inflight = shared.reports.endpoint_in_flight();
         let h = health.borrow();
         let inputs = (0..endpoints.len()).map(|id| EndpointInput {
             id,
@@ -323,15 +325,15 @@ async fn run(
         let snap = ScoringSnapshot::build(generation, now, &store.borrow(), inputs);
         shared.snapshot.store(Arc::new(snap));
         if let Some(total) = shared.budget {
-            rebalance_shares(&shared, &hub, total);
+            rebalance_shares(&shared, total);
         }
     }
 }
 
 /// Move each shard's `maxConcurrentInferences` share towards its demand, never
 /// promising more than the budget while shards still hold permits.
-fn rebalance_shares(shared: &ControlShared, hub: &MetricsHub, total: u32) {
-    let reports = hub.admission();
+fn rebalance_shares(shared: &ControlShared, total: u32) {
+    let reports = shared.reports.admission();
     if reports.iter().any(|r| r.is_none()) {
         return;
     }
@@ -416,9 +418,13 @@ async fn probe(conn: &mut Conn, spec: &HealthSpec) -> Result<(), String> {
         Some(model) => {
             let body = serde_json::json!({"model": model, "prompt": "health check", "max_tokens": 1, "temperature": 0});
             conn.post_json("/v1/completions", body.to_string().as_bytes(), spec.timeout)
-                .await?
+                .await
+                .map_err(|e| e.to_string())?
         }
-        None => conn.get("/health", spec.timeout).await?,
+        None => conn
+            .get("/health", spec.timeout)
+            .await
+            .map_err(|e| e.to_string())?,
     };
     if reply.status == 200 {
         Ok(())

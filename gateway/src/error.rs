@@ -2,6 +2,8 @@
 //! the client gets, and the OpenAI-style `type`/`code` of the JSON error body
 //! (`{"error":{"message","type","param","code"}}`).
 
+use std::borrow::Cow;
+
 use shardgate_http::{ErrorKind, HttpError};
 
 /// Who caused a failure.
@@ -170,25 +172,6 @@ impl Failure {
         f
     }
 
-    /// `maxConcurrentInferences` is exhausted: shed, or waited too long.
-    pub fn not_admitted(r: crate::admit::Refusal) -> Self {
-        let (code, message, retry) = match r {
-            crate::admit::Refusal::Shed { retry_after } => (
-                "admission_shed",
-                "The gateway is at its maxConcurrentInferences limit and this request's priority is shed first.".to_string(),
-                retry_after,
-            ),
-            crate::admit::Refusal::TimedOut => (
-                "admission_timeout",
-                "The request waited too long for a maxConcurrentInferences permit.".to_string(),
-                1,
-            ),
-        };
-        let mut f = Failure::new(Side::Gateway, 429, "rate_limit_error", code, message);
-        f.retry_after = Some(retry.min(u64::from(u32::MAX)) as u32);
-        f
-    }
-
     /// Every endpoint is saturated and the request's priority is sheddable.
     pub fn shed_saturated(route: &str) -> Self {
         let mut f = Failure::new(
@@ -228,14 +211,63 @@ impl Failure {
     }
 
     /// The upstream sent an invalid response.
-    pub fn upstream_protocol(e: &HttpError) -> Self {
+    pub fn upstream_protocol(what: &str) -> Self {
         Failure::new(
             Side::Upstream,
             502,
             "upstream_error",
             "upstream_protocol_error",
-            format!("The upstream sent an invalid response: {}.", e.message),
+            format!("The upstream sent an invalid response: {what}."),
         )
+    }
+
+    /// A failure built from its parts (the admission and batching executors).
+    pub fn with(
+        side: Side,
+        status: u16,
+        err_type: &'static str,
+        code: &'static str,
+        message: String,
+    ) -> Self {
+        Failure::new(side, status, err_type, code, message)
+    }
+
+    /// Write this failure as a whole HTTP/1.1 response into `out` (the one
+    /// OpenAI error writer: [`shardgate_http::write::error_response`]).
+    pub fn write_http1(&self, out: &mut Vec<u8>, request_id: Option<&[u8]>) {
+        let mut retry = [0u8; 10];
+        let mut extra: [(&str, &[u8]); 2] = [("", b""), ("", b"")];
+        let mut n = 0;
+        if let Some(r) = self.retry_after {
+            let len = fmt_u32(r, &mut retry);
+            extra[n] = ("retry-after", &retry[..len]);
+            n += 1;
+        }
+        if let Some(rid) = request_id {
+            extra[n] = ("x-request-id", rid);
+            n += 1;
+        }
+        shardgate_http::write::error_response(
+            out,
+            self.status,
+            &self.message,
+            self.err_type,
+            self.code,
+            self.close,
+            &extra[..n],
+        );
+    }
+
+    /// This failure's JSON body alone.
+    pub fn json_body(&self) -> Vec<u8> {
+        let mut body = Vec::new();
+        shardgate_http::write::openai_error_json(
+            &mut body,
+            &self.message,
+            self.err_type,
+            self.code,
+        );
+        body
     }
 
     /// The upstream did not answer in time.
@@ -261,5 +293,117 @@ impl Failure {
         f.close = true;
         f.retry_after = Some(1);
         f
+    }
+}
+
+/// Decimal digits of `v` into `buf`; returns their count.
+fn fmt_u32(mut v: u32, buf: &mut [u8; 10]) -> usize {
+    let mut tmp = [0u8; 10];
+    let mut n = 0;
+    loop {
+        tmp[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        buf[i] = tmp[n - 1 - i];
+    }
+    n
+}
+
+/// How an upstream exchange failed before a response head reached the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Connecting failed (refused, unreachable, timed out).
+    Connect,
+    /// A fresh connection broke while the request head was sent.
+    Send,
+    /// A pooled (reused) connection broke before any response byte: the server
+    /// closed it while idle, so the request never reached it.
+    Stale,
+    /// The connection closed or broke after the request was sent (or while its
+    /// body was).
+    Closed,
+    /// No response (head, or bytes) in time.
+    Timeout,
+    /// The response was not valid HTTP.
+    Protocol,
+    /// The client went away while the gateway waited (the request is cancelled).
+    ClientGone,
+}
+
+/// An upstream exchange's failure: which side failed, what, and whether a
+/// retry is allowed.
+#[derive(Debug, Clone)]
+pub struct UpstreamError {
+    /// What failed.
+    pub kind: UpstreamErrorKind,
+    message: Cow<'static, str>,
+}
+
+impl UpstreamError {
+    /// A failure of `kind`.
+    pub fn new(kind: UpstreamErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        UpstreamError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The side at fault.
+    pub fn side(&self) -> Side {
+        match self.kind {
+            UpstreamErrorKind::ClientGone => Side::Client,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// Whether the request certainly did not reach the server, so that trying
+    /// again (fresh connection, or another endpoint) cannot run it twice.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self.kind,
+            UpstreamErrorKind::Connect | UpstreamErrorKind::Send | UpstreamErrorKind::Stale
+        )
+    }
+
+    /// The message when it is static, else a generic one for the kind.
+    pub fn static_message(&self) -> &'static str {
+        match &self.message {
+            Cow::Borrowed(s) => s,
+            Cow::Owned(_) => match self.kind {
+                UpstreamErrorKind::Connect => "connection refused",
+                UpstreamErrorKind::Send => "connection reset while sending",
+                UpstreamErrorKind::Stale | UpstreamErrorKind::Closed => {
+                    "connection closed before the response"
+                }
+                UpstreamErrorKind::Timeout => "no response in time",
+                UpstreamErrorKind::Protocol => "invalid response",
+                UpstreamErrorKind::ClientGone => "the client went away",
+            },
+        }
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The answer for the client.
+    pub fn to_failure(&self) -> Failure {
+        match self.kind {
+            UpstreamErrorKind::Timeout => Failure::upstream_timeout(&self.message),
+            UpstreamErrorKind::Protocol => Failure::upstream_protocol(&self.message),
+            _ => Failure::upstream_failed(&self.message),
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }

@@ -10,18 +10,24 @@
 pub mod access_log;
 pub mod admin;
 pub mod admit;
+pub mod attempt;
 pub mod batch;
 pub mod cli;
-pub mod client;
 pub mod control;
 pub mod demo;
 pub mod endpoints_view;
 pub mod error;
+pub mod lanes;
 pub mod load;
 pub mod metrics;
+pub mod notify;
+pub mod plan;
 pub mod proxy;
+pub mod report;
 pub mod server;
 pub mod shard;
+pub mod state;
+pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,7 +38,7 @@ use clap::Parser;
 use shardgate_runtime::Shutdown;
 
 use crate::cli::{Cli, Command, RunArgs};
-use crate::shard::GatewayState;
+use crate::state::GatewayState;
 
 /// Entry point of the `shardgate` binary.
 pub fn main_entry() -> ExitCode {
@@ -194,7 +200,7 @@ pub fn start(
         None => None,
     };
     let specs = control::health_specs(&loaded.table);
-    let pick = shard::PickSettings {
+    let pick = state::PickSettings {
         queue_scale: run.limits.queue_scale,
         share: shardgate_routing::scoring::ShareConfig {
             ring_words: run.limits.prefix_share_ring,
@@ -218,14 +224,8 @@ pub fn start(
     };
     let control = Arc::new(control);
     let endpoint_addrs: Vec<SocketAddr> = loaded.table.endpoints().iter().map(|e| e.addr).collect();
-    control::spawn(
-        control.clone(),
-        endpoint_addrs,
-        specs,
-        hub.clone(),
-        share_inbox,
-    )
-    .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
+    control::spawn(control.clone(), endpoint_addrs, specs, share_inbox)
+        .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =

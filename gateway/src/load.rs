@@ -10,7 +10,7 @@ use std::time::Duration;
 use shardgate_routing::{load_sources, Config, RoutingTable};
 
 use crate::cli::LimitArgs;
-use crate::shard::Settings;
+use crate::state::Settings;
 
 /// A loaded configuration.
 pub struct Loaded {
@@ -91,9 +91,9 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         eject_base: limits.eject_base,
         eject_max: limits.eject_max,
         saturated_action: match (limits.pass_saturated, limits.saturated_action.as_str()) {
-            (true, _) | (_, "pass") => crate::shard::SaturatedAction::Pass,
-            (_, "reject") => crate::shard::SaturatedAction::Reject,
-            _ => crate::shard::SaturatedAction::Shed,
+            (true, _) | (_, "pass") => crate::state::SaturatedAction::Pass,
+            (_, "reject") => crate::state::SaturatedAction::Reject,
+            _ => crate::state::SaturatedAction::Shed,
         },
         prefix_blocks_per_endpoint: limits.prefix_blocks_per_endpoint,
         saturation: shardgate_routing::scoring::Saturation {

@@ -126,7 +126,7 @@ pub struct ShardMetrics {
     /// Requests waiting on a batching queue or its batched call, by (queue, model).
     queue_depth: HashMap<(String, u16), i64>,
     /// Per BatchingPolicy: its queues' numbers (filled at publish).
-    pub batch: Vec<(String, Vec<crate::batch::QueueMetrics>)>,
+    pub batch: Vec<(String, Vec<QueueMetrics>)>,
     /// Admission (share, in use, demand, waiting), when `maxConcurrentInferences` is set.
     pub admission: Option<(u32, u32, u32, u32)>,
 }
@@ -383,7 +383,7 @@ impl MetricsHub {
             }
         }
         let mut queue_depth: HashMap<(String, String), i64> = HashMap::new();
-        let mut batch: HashMap<(String, String), Vec<&crate::batch::QueueMetrics>> = HashMap::new();
+        let mut batch: HashMap<(String, String), Vec<&QueueMetrics>> = HashMap::new();
         for s in &shards {
             for ((q, m), v) in &s.queue_depth {
                 *queue_depth
@@ -620,7 +620,7 @@ fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[f64], h: &Hi
     let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
 }
 
-type BatchMap<'a> = HashMap<(String, String), Vec<&'a crate::batch::QueueMetrics>>;
+type BatchMap<'a> = HashMap<(String, String), Vec<&'a QueueMetrics>>;
 
 fn render_batching(
     out: &mut String,
@@ -941,4 +941,27 @@ mod tests {
         assert!(text.contains("gateway_inference_duration_seconds_count{model=\"a\",route=\"ns/r\",status_class=\"2xx\"} 1"));
         assert!(!text.contains("random-"));
     }
+}
+
+/// A queue's numbers for `/metrics`.
+#[derive(Debug, Clone)]
+pub struct QueueMetrics {
+    /// Queue (priority) name.
+    pub queue: String,
+    /// Requests waiting.
+    pub depth: u64,
+    /// Flushes by reason.
+    pub flushes: Vec<(&'static str, u64)>,
+    /// Batch-size buckets: (upper bound, count); `None` = +Inf.
+    pub batch_size: Vec<(Option<u64>, u64)>,
+    /// Sum of batch sizes.
+    pub batch_size_sum: u64,
+    /// Wait buckets in µs.
+    pub queued_us: Vec<(Option<u64>, u64)>,
+    /// Sum of waits in µs.
+    pub queued_us_sum: u64,
+    /// Requests expired waiting.
+    pub expired: u64,
+    /// Requests refused on a full queue.
+    pub rejected_full: u64,
 }

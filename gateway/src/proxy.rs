@@ -20,8 +20,9 @@
 //! pools, and the request future (~7 KiB) lives in a box the connection reuses. A
 //! connection quiet for [`HOT_WAIT`] (50 ms) returns buffer and box and waits for
 //! readability without them; the client-disconnect watch starts after
-//! [`WATCH_AFTER`] (10 ms) of waiting on the upstream.
+//! [`crate::upstream::WATCH_AFTER`] (10 ms) of waiting on the upstream.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -31,34 +32,25 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_http::{
-    split_request_head, split_response_head, write, BodyDecoder, Framing, RequestHead,
-    ResponseHead, Version,
+    split_request_head, write, BodyDecoder, Framing, RequestHead, ResponseHead, Version,
 };
-use shardgate_routing::{
-    extract_model_strict, RequestView, RouteMatch, RuleAction, MODEL_HEADER, MODEL_TYPE_HEADER,
-};
-use shardgate_runtime::io::{peer_state, read_into, read_into_cancelable, PeerState};
+use shardgate_routing::scoring::{PickRequest, Scorer};
+use shardgate_routing::MODEL_HEADER;
+use shardgate_runtime::io::{read_into, read_into_cancelable};
 
+use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::Failure;
 use crate::metrics::{RequestRecord, UsageScanner};
-use crate::shard::{ConnGauge, GatewayState, InFlight, PickFailure, Shard, UpstreamConn};
-use shardgate_routing::scoring::{PickRequest, Scorer};
+use crate::plan::{plan, Plan, RequestInfo, Target};
+use crate::shard::{ConnGauge, InFlight, Shard};
+use crate::state::GatewayState;
+use crate::upstream::{
+    connect, read_watched, send_and_read_head, write_request, ExchangeLimits, Forwarded,
+    UpstreamConn, Watched, INLINE_BODY,
+};
 
 /// The virtual model header, as sent upstream.
 pub const MODEL_HEADER_NAME: &str = MODEL_HEADER;
-
-/// Paths whose JSON body carries the OpenAI `model` field.
-const MODEL_BODY_PATHS: [&str; 3] = ["/v1/completions", "/v1/chat/completions", "/v1/embeddings"];
-
-/// Headers the gateway sets itself on the upstream request (client copies dropped).
-const REPLACED_UPSTREAM: [&str; 6] = [
-    "content-length",
-    "expect",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-request-id",
-    MODEL_HEADER,
-];
 
 /// A connection's I/O state, moved into each request's future and back.
 struct ConnIo {
@@ -294,10 +286,6 @@ fn body_too_large() -> shardgate_http::HttpError {
     }
 }
 
-fn is_model_body_path(method: &str, path: &str) -> bool {
-    method == "POST" && MODEL_BODY_PATHS.contains(&path)
-}
-
 /// Handle one request and record its metrics; returns whether the connection may
 /// serve another, and the connection's I/O state.
 async fn handle_request(
@@ -310,9 +298,13 @@ async fn handle_request(
     let shard = &shard;
     let (client, rbuf, out) = (&mut io.client, &mut io.rbuf, &mut io.out);
     let state = shard.state.clone();
+    let started = Instant::now();
+    let ts_ms = crate::access_log::now_ms();
+    let mut guard = InFlight::new(shard);
+    let body = read_body(shard, client, rbuf, &head, out).await;
     let mut rq = RequestState {
-        started: Instant::now(),
-        ts_ms: crate::access_log::now_ms(),
+        started,
+        ts_ms,
         request_id: RequestId::of(&head, shard),
         status: 0,
         model: None,
@@ -323,10 +315,25 @@ async fn handle_request(
         tpot: None,
         usage: UsageScanner::default(),
     };
-    let keep = route_and_forward(
-        shard, &state, client, rbuf, out, &head, peer, &listeners, &mut rq,
-    )
-    .await;
+    let keep = match &body {
+        Ok(body) => {
+            let req = Req {
+                head: &head,
+                body,
+                peer,
+                client_keep: head.keep_alive() && !shard.shutdown.is_draining(),
+            };
+            execute(
+                shard, &state, client, out, &req, &listeners, &mut rq, &mut guard,
+            )
+            .await
+        }
+        Err(f) => {
+            rq.status = respond_failure(client, out, f, Some(rq.request_id.as_bytes())).await;
+            false
+        }
+    };
+    drop(guard);
     let duration = rq.started.elapsed();
     shard.metrics.borrow_mut().record(&RequestRecord {
         model: rq.model.as_deref(),
@@ -388,47 +395,7 @@ impl<'h> RequestId<'h> {
     }
 }
 
-/// A request's model name without a copy: a slice of the body or the head (valid
-/// UTF-8 by construction; allocated only when the name was escaped or not UTF-8),
-/// or a name borrowed for the request (a rule's configured model, the name in a
-/// KServe path).
-#[derive(Clone)]
-enum ModelName<'a> {
-    Shared(Bytes),
-    Config(&'a str),
-}
-
-impl ModelName<'_> {
-    /// From a header value (lossily decoded if it is not UTF-8).
-    fn from_header(head: &RequestHead, value: &[u8]) -> Self {
-        match std::str::from_utf8(value) {
-            Ok(_) => ModelName::Shared(head.raw().slice_ref(value)),
-            Err(_) => ModelName::Shared(Bytes::from(
-                String::from_utf8_lossy(value).into_owned().into_bytes(),
-            )),
-        }
-    }
-
-    /// From the body's `model` field as the scanner returned it.
-    fn from_body(body: &Bytes, name: std::borrow::Cow<'_, str>) -> Self {
-        match name {
-            std::borrow::Cow::Borrowed(s) => ModelName::Shared(body.slice_ref(s.as_bytes())),
-            std::borrow::Cow::Owned(s) => ModelName::Shared(Bytes::from(s.into_bytes())),
-        }
-    }
-}
-
-impl std::ops::Deref for ModelName<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        match self {
-            ModelName::Shared(b) => std::str::from_utf8(b).unwrap_or(""),
-            ModelName::Config(s) => s,
-        }
-    }
-}
-
-/// What one request's handling observed, for metrics.
+/// What one request's handling observed, for metrics and the access log.
 struct RequestState<'s> {
     started: Instant,
     ts_ms: u64,
@@ -436,198 +403,109 @@ struct RequestState<'s> {
     endpoint: Option<usize>,
     bytes: u64,
     status: u16,
-    model: Option<ModelName<'s>>,
+    /// A slice of the head or body, or a configured name; owned only when the
+    /// body's name was JSON-escaped or a header's was not UTF-8.
+    model: Option<Cow<'s, str>>,
     route: Option<&'s str>,
     ttft: Option<Duration>,
     tpot: Option<Duration>,
     usage: UsageScanner,
 }
 
+/// The request as the executors need it.
+struct Req<'a> {
+    head: &'a RequestHead,
+    body: &'a Bytes,
+    peer: SocketAddr,
+    /// The client wants, and the gateway allows, another request on the connection.
+    client_keep: bool,
+}
+
+/// Plan the request ([`crate::plan::plan`]), then carry the plan out: answer,
+/// admit, batch or forward.
 #[allow(clippy::too_many_arguments)]
-async fn route_and_forward<'s>(
+async fn execute<'s>(
     shard: &Rc<Shard>,
     state: &'s GatewayState,
     client: &mut TcpStream,
-    rbuf: &mut BytesMut,
     out: &mut Vec<u8>,
-    head: &'s RequestHead,
-    peer: SocketAddr,
+    req: &Req<'s>,
     listeners: &[usize],
     rq: &mut RequestState<'s>,
+    guard: &mut InFlight,
 ) -> bool {
-    let mut guard = InFlight::new(shard);
+    let head = req.head;
     let request_id = rq.request_id;
     let rid = request_id.as_bytes();
-    let body = match read_body(shard, client, rbuf, head, out).await {
-        Ok(b) => b,
-        Err(f) => {
-            rq.status = respond_failure(client, out, &f, Some(rid)).await;
-            return false;
-        }
-    };
-    let client_keep = head.keep_alive() && !shard.shutdown.is_draining();
-
-    // The gateway answers `GET /v1/models` itself: the union of what routes serve.
-    if head.method() == "GET" && head.path() == "/v1/models" {
-        rq.status = respond_json(client, out, 200, &state.models_body, client_keep, rid).await;
-        return client_keep;
-    }
-
-    let body_model = if is_model_body_path(head.method(), head.path()) {
-        match extract_model_strict(&body) {
-            Ok(m) => m.map(|m| ModelName::from_body(&body, m)),
-            Err(e) => {
-                rq.status =
-                    respond_failure(client, out, &Failure::bad_json(e.to_string()), Some(rid))
-                        .await;
-                return client_keep;
-            }
-        }
-    } else {
-        None
-    };
-    rq.model = body_model.clone().or_else(|| {
-        head.header(MODEL_TYPE_HEADER)
-            .or_else(|| head.header(MODEL_HEADER))
-            .map(|v| ModelName::from_header(head, v))
-    });
-
-    let host = head
-        .header("host")
-        .and_then(|h| std::str::from_utf8(h).ok());
-    // The body's model answers for `X-Gateway-Model-Name` (overriding any client
-    // copy), and for the seed's `X-Model-Type` when the client did not send one, so
-    // routes written either way serve plain OpenAI clients.
-    let lookup = |name: &str| -> Option<&[u8]> {
-        if let Some(m) = &body_model {
-            if name == MODEL_HEADER
-                || (name == MODEL_TYPE_HEADER && head.header(MODEL_TYPE_HEADER).is_none())
-            {
-                return Some(m.as_bytes());
-            }
-        }
-        head.header(name)
-    };
-    let view = RequestView {
+    let lookup = |name: &str| head.header(name);
+    let info = RequestInfo {
         method: head.method(),
         path: head.path(),
         query: head.query(),
-        host,
-        headers: &lookup,
+        host: head
+            .header("host")
+            .and_then(|h| std::str::from_utf8(h).ok()),
+        header: &lookup,
+        body: req.body,
     };
-    // Listeners sharing a port share one table: the first index stands for them all.
-    let Some(route) = listeners
-        .first()
-        .and_then(|l| state.table.match_request(*l, &view))
-    else {
-        let f = match &rq.model {
-            Some(m) => Failure::unknown_model(m),
-            None => Failure::no_route(head.method(), head.path()),
-        };
-        rq.status = respond_failure(client, out, &f, Some(rid)).await;
-        return client_keep;
-    };
-    rq.route = Some(route.route);
-    if let RuleAction::FilterNotFound { filter } = route.action {
-        rq.status =
-            respond_failure(client, out, &Failure::filter_not_found(filter), Some(rid)).await;
-        return client_keep;
-    }
-    // The request's model: its own (body or header), else the rule's one model (a
-    // KServe v2 path, or the only model its pool serves), else a KServe path's. A
-    // model the rule is known to serve gets its own metrics label (config-bounded).
-    if rq.model.is_none() {
-        rq.model = route
-            .model
-            .or_else(|| shardgate_routing::table::kserve_model(head.path()))
-            .map(ModelName::Config);
-    }
-    if let Some(m) = rq.model.as_deref() {
-        if route.models.iter().any(|k| k == m) {
+    let decision = plan(&info, state, listeners);
+    rq.model = decision.model.clone();
+    rq.route = decision.route;
+    if decision.known_model {
+        if let Some(m) = rq.model.as_deref() {
             shard.metrics.borrow_mut().know_model(m);
         }
     }
-    // Request priority (README "Flow control"): X-Request-Priority (integer), else
-    // the X-Priority queue's, else the InferenceObjective named by
-    // x-gateway-inference-objective (an unknown name is a 400 whatever else is
-    // set), else the model's InferenceModel / like-named InferenceObjective, else 0.
-    let named = head
-        .header("x-priority")
-        .and_then(|v| std::str::from_utf8(v).ok());
-    let objective = match head.header(shardgate_routing::table::OBJECTIVE_HEADER) {
-        None => None,
-        Some(v) => {
-            let found = std::str::from_utf8(v)
-                .ok()
-                .and_then(|n| state.table.objective_priority(route.rule_id, n.trim()));
-            if found.is_none() {
-                let f = Failure::batch_refused(
-                    400,
-                    "unknown_inference_objective",
-                    format!(
-                        "{} `{}` names no InferenceObjective",
-                        shardgate_routing::table::OBJECTIVE_HEADER,
-                        String::from_utf8_lossy(v)
-                    ),
-                );
-                rq.status = respond_failure(client, out, &f, Some(rid)).await;
-                return client_keep;
-            }
-            found
+    let body_model = decision.body_model();
+    let target = match &decision.plan {
+        Plan::Models => {
+            rq.status =
+                respond_json(client, out, 200, &state.models_body, req.client_keep, rid).await;
+            return req.client_keep;
         }
+        Plan::Reject(f) => {
+            rq.status = respond_failure(client, out, f, Some(rid)).await;
+            return req.client_keep && !f.close;
+        }
+        Plan::Forward(t) | Plan::Batch { target: t, .. } => t,
     };
-    let priority = head
-        .header("x-request-priority")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.trim().parse::<i32>().ok())
-        .or_else(|| {
-            named.and_then(|n| {
-                route
-                    .batching
-                    .and_then(|k| shard.batcher(k))
-                    .and_then(|b| b.priority_of(n))
-            })
-        })
-        .or(objective)
-        .or_else(|| {
-            rq.model
-                .as_deref()
-                .and_then(|m| state.table.model_priority(route.rule_id, m))
-        })
-        .unwrap_or(0);
     // maxConcurrentInferences: hold a permit until the answer is out.
     let _permit = match &shard.admission {
-        Some(adm) => match adm.acquire(priority).await {
+        Some(adm) => match adm.acquire(target.priority).await {
             Ok(p) => Some(p),
             Err(r) => {
-                rq.status =
-                    respond_failure(client, out, &Failure::not_admitted(r), Some(rid)).await;
-                return client_keep;
+                rq.status = respond_failure(client, out, &r.failure(), Some(rid)).await;
+                return req.client_keep;
             }
         },
         None => None,
     };
-    if let Some(pb) = route.batching.and_then(|k| shard.batcher(k)).cloned() {
-        if let Some(model) = body_model.as_deref() {
-            let req = crate::batch::Request {
-                path: head.path(),
-                body: &body,
-                priority: named,
-                level: priority,
-                auth: head.header("authorization"),
-                model,
-                rule_id: route.rule_id,
-            };
-            match crate::batch::submit(shard, &pb, &req) {
-                crate::batch::Submitted::NotBatchable => {}
-                crate::batch::Submitted::Refused {
-                    status,
-                    code,
-                    message,
-                } => {
-                    let f = Failure::batch_refused(status, code, message);
+    if let Plan::Batch {
+        policy,
+        queue,
+        class,
+        ..
+    } = &decision.plan
+    {
+        if let (Some(pb), Some(model)) = (shard.batcher(policy).cloned(), body_model) {
+            let submitted = crate::batch::submit(
+                shard,
+                &pb,
+                crate::batch::Request {
+                    path: head.path(),
+                    body: req.body,
+                    class: class.clone(),
+                    queue: *queue,
+                    level: target.priority,
+                    auth: head.header("authorization"),
+                    model,
+                    rule_id: target.route.rule_id,
+                },
+            );
+            match submitted {
+                crate::batch::Submitted::Refused(f) => {
                     rq.status = respond_failure(client, out, &f, Some(rid)).await;
-                    return client_keep;
+                    return req.client_keep;
                 }
                 crate::batch::Submitted::Waiting(rx, queue) => {
                     let queue = pb.queue_name(queue);
@@ -640,258 +518,152 @@ async fn route_and_forward<'s>(
                         .metrics
                         .borrow_mut()
                         .queue_depth_add(queue, Some(model), -1);
-                    let reply = reply.unwrap_or(crate::batch::Reply {
+                    let reply = reply.unwrap_or_else(|_| crate::lanes::Reply {
                         status: 500,
-                        body: b"{\"error\":{\"message\":\"the batch was dropped\",\"type\":\"gateway_error\",\"param\":null,\"code\":\"batch_dropped\"}}".to_vec(),
+                        body: Failure::with(
+                            crate::error::Side::Gateway,
+                            500,
+                            "gateway_error",
+                            "batch_dropped",
+                            "the batch was dropped".to_string(),
+                        )
+                        .json_body(),
                     });
                     rq.usage.feed(&reply.body);
                     rq.bytes = reply.body.len() as u64;
                     rq.status =
-                        respond_json(client, out, reply.status, &reply.body, client_keep, rid)
+                        respond_json(client, out, reply.status, &reply.body, req.client_keep, rid)
                             .await;
-                    return client_keep;
+                    return req.client_keep;
                 }
             }
         }
     }
-    let ctx = Forward {
-        head,
-        body: &body,
-        peer,
-        request_id: rid,
-        model: body_model.as_deref(),
-        client_keep,
-        priority,
-    };
-    forward(shard, client, out, &ctx, &route, &mut guard, rq).await
+    forward(shard, client, out, req, body_model, target, guard, rq).await
 }
 
-struct Forward<'a> {
-    head: &'a RequestHead,
-    body: &'a Bytes,
-    peer: SocketAddr,
-    request_id: &'a [u8],
-    model: Option<&'a str>,
-    client_keep: bool,
-    priority: i32,
-}
-
-/// Serialise the upstream request (head, and the body when it is small).
-fn upstream_request(ctx: &Forward<'_>, ep_addr: SocketAddr, buf: &mut Vec<u8>) {
-    let head = ctx.head;
-    buf.clear();
-    buf.extend_from_slice(head.method().as_bytes());
-    buf.push(b' ');
-    buf.extend_from_slice(head.target().as_bytes());
-    buf.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut has_host = false;
-    let mut xff: Option<&[u8]> = None;
-    for (name, value) in head.headers() {
-        if head.is_hop_by_hop(name) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
-            xff = Some(value);
-            continue;
-        }
-        if REPLACED_UPSTREAM
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h))
-        {
-            continue;
-        }
-        has_host |= name.eq_ignore_ascii_case("host");
-        write::header(buf, name, value);
-    }
-    if !has_host {
-        let host = ep_addr.to_string();
-        write::header(buf, "host", host.as_bytes());
-    }
-    buf.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prev) = xff {
-        buf.extend_from_slice(prev);
-        buf.extend_from_slice(b", ");
-    }
-    // Formats straight into the buffer (no temporary String).
-    let _ = std::io::Write::write_fmt(buf, format_args!("{}", ctx.peer.ip()));
-    buf.extend_from_slice(b"\r\n");
-    write::header(buf, "x-forwarded-proto", b"http");
-    write::header(buf, "x-request-id", ctx.request_id);
-    if let Some(m) = ctx.model {
-        write::header(buf, MODEL_HEADER, m.as_bytes());
-    }
-    if !ctx.body.is_empty() || matches!(head.method(), "POST" | "PUT" | "PATCH") {
-        write::header_u64(buf, "content-length", ctx.body.len() as u64);
-    }
-    buf.extend_from_slice(b"\r\n");
-    if ctx.body.len() <= 64 * 1024 {
-        buf.extend_from_slice(ctx.body);
-    }
-}
-
-/// Why one upstream attempt failed.
-enum Attempt {
-    /// A reused pooled connection failed before any response byte: retry fresh.
-    Stale,
-    /// Connect failed: eject the endpoint, try another.
-    Connect(&'static str),
-    /// Anything else: answer with this failure.
-    Fail(Failure),
-    /// The client went away while we waited.
-    ClientGone,
-}
-
+/// Forward the request to one endpoint of its route, as the attempt machine
+/// directs, and stream the answer back.
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shard: &Rc<Shard>,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
-    ctx: &Forward<'_>,
-    route: &RouteMatch<'_>,
+    req: &Req<'_>,
+    body_model: Option<&str>,
+    target: &Target<'_>,
     guard: &mut InFlight,
     rq: &mut RequestState<'_>,
 ) -> bool {
     let settings = &shard.state.settings;
-    let total = route.request_timeout.unwrap_or(settings.response_timeout);
-    let deadline = Instant::now() + total;
+    let route = &target.route;
+    let deadline = Instant::now() + route.request_timeout.unwrap_or(settings.response_timeout);
     let profile = shard.state.profile(route.policy);
     let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
-    let hashes = (uses_prefix && !ctx.body.is_empty())
-        .then(|| shard.prefix_hashes(ctx.model.unwrap_or(""), ctx.body));
+    let hashes = (uses_prefix && !req.body.is_empty())
+        .then(|| shard.prefix_hashes(body_model.unwrap_or(""), req.body));
     let pick_req = PickRequest {
-        model: ctx.model,
-        adapter: profile.lora_adapter(ctx.model),
+        model: body_model,
+        adapter: profile.lora_adapter(body_model),
         prefix_total_blocks: hashes
             .as_ref()
             .map_or(0, |h| u32::try_from(h.prompt_blocks()).unwrap_or(u32::MAX)),
     };
-    shard.earn_retry();
-    let mut tried = Tried::default();
-    let mut last_error: Option<&'static str> = None;
+    let request_id = rq.request_id;
+    let rid = request_id.as_bytes();
+    let fwd = Forwarded {
+        peer: req.peer,
+        request_id: rid,
+        model: body_model,
+        body: req.body,
+    };
+    let lim = ExchangeLimits {
+        limits: &settings.limits,
+        deadline,
+        idle_timeout: settings.stream_idle_timeout,
+        head_request: req.head.method() == "HEAD",
+    };
+    let tail = (req.body.len() > INLINE_BODY).then_some(req.body);
+    shard.budget.borrow_mut().earn();
+    let mut attempts = Attempts::new(settings.retries);
     let mut pooled = PooledBuf::new(shard);
     let reqbuf: &mut Vec<u8> = &mut pooled.buf;
-    let rid = Some(ctx.request_id);
-    let mut retry_paid = false;
     loop {
-        if !tried.is_empty()
-            && !std::mem::take(&mut retry_paid)
-            && (tried.len() as u32 > settings.retries || !shard.take_retry())
-        {
-            let f = Failure::upstream_failed(last_error.unwrap_or("retry budget exhausted"));
-            rq.status = respond_failure(client, out, &f, rid).await;
-            return ctx.client_keep;
+        let next = attempts.next(&mut shard.budget.borrow_mut());
+        if let Err(f) = next {
+            rq.status = respond_failure(client, out, &f, Some(rid)).await;
+            return req.client_keep;
         }
-        let ep = match shard.pick(
+        let picked = shard.pick(
             route.backends,
-            tried.as_slice(),
+            attempts.tried(),
             Instant::now(),
             profile,
             &pick_req,
             hashes.as_deref(),
-            ctx.priority,
-        ) {
+            target.priority,
+        );
+        let ep = match picked {
             Ok(ep) => ep,
             Err(why) => {
-                let f = match (why, last_error) {
-                    (PickFailure::Saturated, _) => Failure::saturated(route.route),
-                    (PickFailure::Shed, _) => Failure::shed_saturated(route.route),
-                    (_, Some(e)) => Failure::upstream_failed(e),
-                    _ => Failure::no_endpoint(route.route),
-                };
-                rq.status = respond_failure(client, out, &f, rid).await;
-                return ctx.client_keep;
+                let f = attempts.pick_failed(why, route.route);
+                rq.status = respond_failure(client, out, &f, Some(rid)).await;
+                return req.client_keep;
             }
         };
         guard.set_endpoint(ep);
         rq.endpoint = Some(ep);
-        tried.push(ep);
+        attempts.picked(ep);
         let addr = shard.addr(ep);
-        upstream_request(ctx, addr, reqbuf);
-        let mut fresh_retry_done = false;
+        write_request(req.head, &fwd, addr, reqbuf);
         loop {
-            let pooled = if fresh_retry_done {
-                None
+            let pooled = if attempts.may_use_pool() {
+                shard.pool.borrow_mut().take(ep, Instant::now())
             } else {
-                shard.take_conn(ep, Instant::now())
+                None
             };
             let conn = match pooled {
-                Some(c) => c,
-                None => match connect(addr, settings.connect_timeout).await {
-                    Ok(c) => c,
-                    Err(why) => {
-                        shard.metrics.borrow_mut().upstream_error(ep, "connect");
-                        shard.eject(ep, Instant::now(), why);
-                        last_error = Some(why);
-                        break;
-                    }
-                },
+                Some(c) => Ok(c),
+                None => connect(addr, settings.connect_timeout).await,
             };
-            match exchange(shard, client, conn, reqbuf, ctx, deadline).await {
-                Ok((resp, conn)) => {
+            let result = match conn {
+                Ok(c) => send_and_read_head(c, reqbuf, tail, Some(&*client), &lim).await,
+                Err(e) => Err(e),
+            };
+            let (outcome, answer) = match result {
+                Ok((resp, conn)) => (Outcome::Head(resp.status()), Some((resp, conn))),
+                Err(e) => (Outcome::Error(e), None),
+            };
+            let verdict = attempts.on(
+                ep,
+                outcome,
+                std::time::Instant::now(),
+                &mut shard.outliers.borrow_mut(),
+                &mut shard.budget.borrow_mut(),
+                route.backends,
+            );
+            shard.apply(ep, &verdict);
+            match verdict.action {
+                Action::Deliver => {
+                    let Some((resp, conn)) = answer else {
+                        return false;
+                    };
                     if let Some(h) = &hashes {
                         shard.record_prefix(ep, h);
                     }
-                    if resp.status() >= 500 {
-                        shard.upstream_5xx(ep, Instant::now());
-                    } else {
-                        shard.restore(ep);
-                    }
-                    // A 503 before anything reached the client: try another endpoint.
-                    if resp.status() == 503
-                        && (tried.len() as u32) <= settings.retries
-                        && shard.has_alternative(route.backends, tried.as_slice(), Instant::now())
-                        && shard.take_retry()
-                    {
-                        retry_paid = true;
-                        shard
-                            .metrics
-                            .borrow_mut()
-                            .upstream_error(ep, "http_503_retried");
-                        last_error = Some("the upstream answered 503");
-                        drop(conn);
-                        break;
-                    }
-                    return stream_response(shard, client, out, ctx, resp, conn, ep, deadline, rq)
-                        .await;
+                    return stream_response(
+                        shard, client, out, req, rid, resp, conn, ep, deadline, rq,
+                    )
+                    .await;
                 }
-                Err(Attempt::Stale) if !fresh_retry_done => {
-                    shard
-                        .metrics
-                        .borrow_mut()
-                        .upstream_error(ep, "stale_connection_retried");
-                    fresh_retry_done = true;
-                    upstream_request(ctx, addr, reqbuf);
+                // The request bytes come back from the failed write: resend them.
+                Action::RetryFresh => {}
+                Action::PickAgain => break,
+                Action::Respond(f) => {
+                    rq.status = respond_failure(client, out, &f, Some(rid)).await;
+                    return req.client_keep && !f.close;
                 }
-                Err(Attempt::Stale) => {
-                    shard.metrics.borrow_mut().upstream_error(ep, "reset");
-                    let f = Failure::upstream_failed("connection closed before the response");
-                    rq.status = respond_failure(client, out, &f, rid).await;
-                    return ctx.client_keep;
-                }
-                Err(Attempt::Connect(why)) => {
-                    shard.metrics.borrow_mut().upstream_error(ep, "reset");
-                    shard.eject(ep, Instant::now(), why);
-                    last_error = Some(why);
-                    break;
-                }
-                Err(Attempt::Fail(f)) => {
-                    let kind = match f.status {
-                        504 => "timeout",
-                        _ if f.code == "upstream_protocol_error" => "protocol",
-                        _ => "reset",
-                    };
-                    shard.metrics.borrow_mut().upstream_error(ep, kind);
-                    shard.upstream_5xx(ep, Instant::now());
-                    rq.status = respond_failure(client, out, &f, rid).await;
-                    return ctx.client_keep && !f.close;
-                }
-                Err(Attempt::ClientGone) => {
-                    shard
-                        .metrics
-                        .borrow_mut()
-                        .upstream_error(ep, "client_cancelled");
-                    return false;
-                }
+                Action::Abandon => return false,
             }
         }
     }
@@ -918,176 +690,14 @@ impl Drop for PooledBuf<'_> {
     }
 }
 
-/// Endpoints already tried for one request (at most 8; no heap).
-#[derive(Default)]
-struct Tried {
-    eps: [usize; 8],
-    len: usize,
-}
-
-impl Tried {
-    fn push(&mut self, ep: usize) {
-        if self.len < self.eps.len() {
-            self.eps[self.len] = ep;
-            self.len += 1;
-        }
-    }
-    fn as_slice(&self) -> &[usize] {
-        &self.eps[..self.len]
-    }
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-}
-
-/// Open a fresh upstream connection within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, &'static str> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(UpstreamConn {
-                stream,
-                buf: BytesMut::with_capacity(16 * 1024),
-                idle_since: Instant::now(),
-                reused: false,
-            })
-        }
-        Ok(Err(_)) => Err("connection refused"),
-        Err(_) => Err("connect timed out"),
-    }
-}
-
-/// How long an upstream read waits before the client socket is watched for a
-/// disconnect (10 ms): a fast exchange pays no poll and cancel for the watch.
-pub const WATCH_AFTER: Duration = Duration::from_millis(10);
-
-/// Outcome of waiting on an upstream read while watching the client.
-enum Watched {
-    Read(std::io::Result<usize>, BytesMut),
-    TimedOut,
-    ClientGone,
-}
-
-/// Read once from the upstream, giving up at `deadline`, and abandoning the read
-/// if the client disconnects meanwhile (pipelined client bytes stop the watch).
-async fn read_upstream_watched(
-    client: &TcpStream,
-    conn: &mut UpstreamConn,
-    deadline: Instant,
-    watch: &mut bool,
-) -> Watched {
-    let buf = std::mem::take(&mut conn.buf);
-    let read = read_into(&mut conn.stream, buf);
-    let mut read = std::pin::pin!(read);
-    let sleep = monoio::time::sleep_until(deadline);
-    let mut sleep = std::pin::pin!(sleep);
-    if *watch {
-        // Most reads finish quickly: start watching the client only once this one
-        // has waited WATCH_AFTER, so a fast exchange costs no poll and cancel.
-        monoio::select! {
-            (res, b) = &mut read => return Watched::Read(res, b),
-            _ = &mut sleep => return Watched::TimedOut,
-            _ = monoio::time::sleep(WATCH_AFTER) => {}
-        }
-    }
-    loop {
-        let watching = *watch;
-        monoio::select! {
-            (res, b) = &mut read => return Watched::Read(res, b),
-            _ = &mut sleep => return Watched::TimedOut,
-            r = client.readable(false), if watching => {
-                match (r, peer_state(client)) {
-                    (Err(_), _) | (_, PeerState::Gone) => return Watched::ClientGone,
-                    (_, PeerState::Data) => *watch = false,
-                    (_, PeerState::Idle) => {}
-                }
-            }
-        }
-    }
-}
-
-/// Send the request and read the response head.
-async fn exchange(
-    shard: &Shard,
-    client: &mut TcpStream,
-    mut conn: UpstreamConn,
-    reqbuf: &mut Vec<u8>,
-    ctx: &Forward<'_>,
-    deadline: Instant,
-) -> Result<(ResponseHead, UpstreamConn), Attempt> {
-    let settings = &shard.state.settings;
-    let (res, b) = conn.stream.write_all(std::mem::take(reqbuf)).await;
-    *reqbuf = b;
-    if res.is_err() {
-        return Err(if conn.reused {
-            Attempt::Stale
-        } else {
-            Attempt::Connect("connection reset while sending")
-        });
-    }
-    if ctx.body.len() > 64 * 1024 {
-        let (res, _) = conn.stream.write_all(ctx.body.clone()).await;
-        if res.is_err() {
-            return Err(Attempt::Fail(Failure::upstream_failed(
-                "connection reset while sending the body",
-            )));
-        }
-    }
-    let head_request = ctx.head.method() == "HEAD";
-    let mut watch = true;
-    let mut got_bytes = false;
-    loop {
-        if !conn.buf.is_empty() {
-            got_bytes = true;
-            match split_response_head(&mut conn.buf, head_request, &settings.limits) {
-                Ok(Some(resp)) => {
-                    if resp.is_informational() && resp.status() != 101 {
-                        continue;
-                    }
-                    if resp.has_other_transfer_coding() {
-                        return Err(Attempt::Fail(Failure::upstream_failed(
-                            "response uses a transfer coding other than chunked",
-                        )));
-                    }
-                    return Ok((resp, conn));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(Attempt::Fail(Failure::upstream_protocol(&e))),
-            }
-        }
-        let idle_deadline = Instant::now() + settings.stream_idle_timeout;
-        let until = deadline.min(idle_deadline);
-        match read_upstream_watched(client, &mut conn, until, &mut watch).await {
-            Watched::Read(Ok(0), _) | Watched::Read(Err(_), _) => {
-                return Err(if conn.reused && !got_bytes {
-                    Attempt::Stale
-                } else {
-                    Attempt::Fail(Failure::upstream_failed(
-                        "connection closed before the response head",
-                    ))
-                });
-            }
-            Watched::Read(Ok(_), b) => conn.buf = b,
-            Watched::TimedOut => {
-                return Err(Attempt::Fail(Failure::upstream_timeout(
-                    "no response head in time",
-                )))
-            }
-            Watched::ClientGone => return Err(Attempt::ClientGone),
-        }
-    }
-}
-
 /// Copy the response head to the client and stream the body, chunk by chunk.
 #[allow(clippy::too_many_arguments)]
 async fn stream_response(
     shard: &Shard,
     client: &mut TcpStream,
     out: &mut Vec<u8>,
-    ctx: &Forward<'_>,
+    req: &Req<'_>,
+    request_id: &[u8],
     resp: ResponseHead,
     mut conn: UpstreamConn,
     ep: usize,
@@ -1101,10 +711,10 @@ async fn stream_response(
         .header("content-type")
         .is_some_and(|v| memchr::memmem::find(v, b"text/event-stream").is_some());
     let mut timing = StreamTiming::default();
-    let client_http11 = ctx.head.version() == Version::Http11;
+    let client_http11 = req.head.version() == Version::Http11;
     // Chunked toward the client whenever the length is unknown and it speaks 1.1.
     let chunked_out = matches!(framing, Framing::Chunked | Framing::UntilClose) && client_http11;
-    let mut keep = ctx.client_keep && (framing != Framing::UntilClose || chunked_out);
+    let mut keep = req.client_keep && (framing != Framing::UntilClose || chunked_out);
     out.clear();
     write::status_line(out, resp.status());
     let mut has_rid = false;
@@ -1119,7 +729,7 @@ async fn stream_response(
         write::header(out, name, value);
     }
     if !has_rid {
-        write::header(out, "x-request-id", ctx.request_id);
+        write::header(out, "x-request-id", request_id);
     }
     match framing {
         Framing::Length(n) => write::header_u64(out, "content-length", n),
@@ -1137,7 +747,7 @@ async fn stream_response(
     }
     if !keep {
         write::header(out, "connection", b"close");
-    } else if ctx.head.version() == Version::Http10 {
+    } else if req.head.version() == Version::Http10 {
         write::header(out, "connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
@@ -1180,8 +790,8 @@ async fn stream_response(
                 return false;
             }
             timing.flushed(sse, rq);
-            if resp.keep_alive() && conn.buf.is_empty() {
-                shard.put_conn(ep, conn, Instant::now());
+            if resp.keep_alive() && conn.buf.is_empty() && !shard.shutdown.is_draining() {
+                shard.pool.borrow_mut().put(ep, conn, Instant::now());
             }
             return keep;
         }
@@ -1193,7 +803,7 @@ async fn stream_response(
             timing.flushed(sse, rq);
         }
         let until = deadline.min(Instant::now() + settings.stream_idle_timeout);
-        match read_upstream_watched(client, &mut conn, until, &mut watch).await {
+        match read_watched(Some(&*client), &mut conn, until, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;
                 if dec.on_eof().is_ok() {
@@ -1290,18 +900,7 @@ pub async fn respond_failure(
     rid: Option<&[u8]>,
 ) -> u16 {
     out.clear();
-    let retry;
-    let mut extra: Vec<(&str, &[u8])> = Vec::with_capacity(2);
-    if let Some(r) = f.retry_after {
-        retry = r.to_string();
-        extra.push(("retry-after", retry.as_bytes()));
-    }
-    if let Some(rid) = rid {
-        extra.push(("x-request-id", rid));
-    }
-    write::error_response(
-        out, f.status, &f.message, f.err_type, f.code, f.close, &extra,
-    );
+    f.write_http1(out, rid);
     let _ = flush(client, out).await;
     f.status
 }

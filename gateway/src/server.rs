@@ -15,7 +15,8 @@ use crate::access_log::{AccessLog, FLUSH_EVERY};
 use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, PUBLISH_EVERY};
 use crate::proxy::serve_connection;
-use crate::shard::{GatewayState, Shard};
+use crate::shard::Shard;
+use crate::state::GatewayState;
 
 /// One served port: the listener indices of the routing table on it, and one
 /// pre-bound socket per shard.

@@ -1,7 +1,11 @@
-//! Per-shard state: the read-only gateway snapshot, this shard's view of every
-//! endpoint (in-flight count, ejection with exponential backoff), its upstream
-//! keep-alive pool and its RNG. Nothing here is shared with other shards; it lives
-//! in an `Rc` on the shard's thread and is touched only between `.await`s.
+//! Per-shard state: the read-only gateway state, this shard's passive health
+//! view of every endpoint ([`Outliers`]: ejection with exponential backoff, 5xx
+//! streaks), its retry budget, its upstream keep-alive pool, its batching lanes
+//! and admission share, its pools of buffers and its RNG, and the picker that
+//! chooses an endpoint. Nothing here is shared with other shards; it lives in an
+//! `Rc` on the shard's thread and is touched only between `.await`s. The one
+//! thing other threads read is the shard's [`crate::report::ShardReport`]
+//! (in-flight calls per endpoint, admission numbers), which only this shard writes.
 //!
 //! The prefix index is per shard but learns every shard's records: with more
 //! than one shard, each shard owns the two ends of its SPSC rings
@@ -14,227 +18,25 @@ use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::net::TcpStream;
 use monoio::time::Instant;
-use shardgate_routing::{BackendGroup, RoutingTable};
-use shardgate_runtime::io::{peer_state, PeerState, READ_CHUNK};
+use shardgate_routing::scoring::{
+    share_link, Candidate, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
+    PrefixIndex, Profile, ShardLink,
+};
+use shardgate_routing::BackendGroup;
+use shardgate_runtime::io::READ_CHUNK;
 use shardgate_runtime::Shutdown;
 
 use crate::access_log::ShardLog;
-use crate::batch::PolicyBatcher;
+use crate::attempt::{OutlierConfig, Outliers, PickFailure, RetryBudget, Verdict};
 use crate::control::ControlShared;
+use crate::lanes::PolicyBatcher;
 use crate::metrics::{MetricsHub, ShardMetrics};
-use shardgate_routing::scoring::{
-    share_link, Candidate, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
-    PrefixIndex, Profile, Saturation, ShardLink, ShareConfig,
-};
-
-/// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Codec limits.
-    pub limits: shardgate_http::Limits,
-    /// Whole request must arrive within this once started.
-    pub header_timeout: Duration,
-    /// Keep-alive idle limit for client connections.
-    pub client_idle_timeout: Duration,
-    /// Upstream connect timeout.
-    pub connect_timeout: Duration,
-    /// Whole upstream exchange deadline.
-    pub response_timeout: Duration,
-    /// Longest silence between upstream bytes.
-    pub stream_idle_timeout: Duration,
-    /// Idle upstream connections kept per endpoint per shard.
-    pub upstream_idle_per_endpoint: usize,
-    /// Pooled upstream connections older than this are dropped.
-    pub upstream_idle_timeout: Duration,
-    /// Drain deadline on shutdown.
-    pub drain_timeout: Duration,
-    /// First ejection period.
-    pub eject_base: Duration,
-    /// Longest ejection period.
-    pub eject_max: Duration,
-    /// What to do when every candidate is saturated.
-    pub saturated_action: SaturatedAction,
-    /// Prefix-index capacity per endpoint per shard, in blocks.
-    pub prefix_blocks_per_endpoint: usize,
-    /// Saturation thresholds for every profile that filters on saturation.
-    pub saturation: Saturation,
-    /// Consecutive 5xx answers from an endpoint that eject it on a shard (0 = never).
-    pub eject_after_5xx: u32,
-    /// Retries per request on another endpoint.
-    pub retries: u32,
-    /// Retries may add at most this fraction of requests (0.2 = 20 %).
-    pub retry_budget: f64,
-    /// `maxConcurrentInferences` across the gateway (None = unlimited).
-    pub max_concurrent: Option<u32>,
-    /// Longest wait for an admission permit.
-    pub admission_timeout: Duration,
-    /// Number of shards.
-    pub shards: usize,
-}
-
-/// Scoring and prefix-sharing settings (CLI flags), apart from [`Settings`].
-#[derive(Debug, Clone, Copy)]
-pub struct PickSettings {
-    /// Queue scale `k` of the queue scorer and the prefix discount, `k / (k + q)`
-    /// (`--queue-scale`); `None` = [`shardgate_routing::scoring::GATEWAY_QUEUE_SCALE`] (30).
-    pub queue_scale: Option<f64>,
-    /// Ring and drain sizes for sharing prefix records between shards
-    /// (`--prefix-share-ring`, `--prefix-share-drain`).
-    pub share: ShareConfig,
-    /// How often the control thread moves records between the rings
-    /// (`--prefix-share-interval`).
-    pub share_interval: Duration,
-}
-
-impl Default for PickSettings {
-    fn default() -> Self {
-        Self {
-            queue_scale: None,
-            share: ShareConfig::default(),
-            share_interval: Duration::from_millis(5),
-        }
-    }
-}
-
-impl PickSettings {
-    /// `p` with the gateway's saturation thresholds (for profiles that filter
-    /// on saturation) and queue scale.
-    pub fn tune(&self, p: Profile, settings: &Settings) -> Profile {
-        let p = if p.saturation.is_some() {
-            p.with_saturation(Some(settings.saturation))
-        } else {
-            p
-        };
-        p.with_queue_scale(
-            self.queue_scale
-                .unwrap_or(shardgate_routing::scoring::GATEWAY_QUEUE_SCALE),
-        )
-    }
-}
-
-/// The immutable, process-wide view every shard reads: routing table and settings.
-pub struct GatewayState {
-    /// Compiled routes, listeners and endpoints.
-    pub table: RoutingTable,
-    /// Limits and timeouts.
-    pub settings: Settings,
-    /// Pre-rendered `GET /v1/models` body.
-    pub models_body: Vec<u8>,
-    /// Scheduling profile per linked InferencePolicy key.
-    profiles: Vec<(String, Profile)>,
-    /// Profile of rules without a policy (InferenceConfig strategy or default).
-    default_profile: Profile,
-    /// BatchingPolicies linked from rules, validated.
-    pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
-    /// Scoring and prefix-sharing settings.
-    pub pick: PickSettings,
-}
-
-impl GatewayState {
-    /// Build the shared state: pre-render `/v1/models` and resolve every rule's
-    /// scheduling profile (an unknown algorithm name is a configuration error).
-    pub fn new(table: RoutingTable, settings: Settings) -> Result<Self, String> {
-        Self::with_pick(table, settings, PickSettings::default())
-    }
-
-    /// Like [`Self::new`], with scoring and prefix-sharing settings.
-    pub fn with_pick(
-        table: RoutingTable,
-        settings: Settings,
-        pick: PickSettings,
-    ) -> Result<Self, String> {
-        let config = table.inference_config();
-        let tune = |p: Profile| pick.tune(p, &settings);
-        let default_profile = tune(
-            Profile::resolve(None, config)
-                .map_err(|e| format!("InferenceConfig spec.modelRouting.strategy: {e}"))?,
-        );
-        let mut profiles: Vec<(String, Profile)> = Vec::new();
-        for (key, policy) in table.inference_policies() {
-            let p = Profile::resolve(Some(policy), config)
-                .map_err(|e| format!("InferencePolicy {key}: spec.loadBalancing.algorithm: {e}"))?;
-            profiles.push((key.to_string(), tune(p)));
-        }
-        let data: Vec<serde_json::Value> = table
-            .models()
-            .iter()
-            .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "shardgate"}))
-            .collect();
-        let models_body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
-            .unwrap_or_default();
-        let batch_policies = crate::batch::policies(&table)?;
-        Ok(GatewayState {
-            table,
-            settings,
-            models_body,
-            profiles,
-            default_profile,
-            batch_policies,
-            pick,
-        })
-    }
-
-    /// The scheduling profile for a rule linked to `policy`.
-    pub fn profile(&self, policy: Option<&str>) -> &Profile {
-        policy
-            .and_then(|k| self.profiles.iter().find(|(key, _)| key == k))
-            .map_or(&self.default_profile, |(_, p)| p)
-    }
-}
-
-/// What to do when every healthy endpoint of a route is saturated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaturatedAction {
-    /// Sheddable requests (priority < 0) get 429; others go to the best saturated endpoint.
-    Shed,
-    /// Everyone gets 503 with Retry-After.
-    Reject,
-    /// Everyone goes to the best saturated endpoint.
-    Pass,
-}
-
-/// Why no endpoint could be picked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PickFailure {
-    /// Every endpoint of the route is ejected (connection failures) or was tried.
-    NoEndpoint,
-    /// Every candidate failed its health checks.
-    Unhealthy,
-    /// Every healthy candidate is saturated (queue or KV-cache over threshold).
-    Saturated,
-    /// Every healthy candidate is saturated and the request is sheddable.
-    Shed,
-}
-
-/// One endpoint as this shard sees it.
-#[derive(Debug, Default)]
-pub struct EndpointState {
-    /// Requests this shard has in flight to the endpoint.
-    pub in_flight: Cell<u32>,
-    /// Consecutive connection failures.
-    pub failures: Cell<u32>,
-    /// Ejected until this instant.
-    pub ejected_until: Cell<Option<Instant>>,
-    /// Consecutive 5xx answers.
-    pub errors_5xx: Cell<u32>,
-}
-
-/// A pooled upstream connection with its read buffer.
-pub struct UpstreamConn {
-    /// The socket.
-    pub stream: TcpStream,
-    /// Bytes read but not consumed.
-    pub buf: BytesMut,
-    /// When it went idle (for the pool's idle timeout).
-    pub idle_since: Instant,
-    /// Whether it has carried a request before (stale-connection retry applies).
-    pub reused: bool,
-}
+use crate::report::ShardReport;
+use crate::state::{GatewayState, SaturatedAction};
+use crate::upstream::ConnPool;
 
 /// Everything one shard owns.
 pub struct Shard {
@@ -242,10 +44,10 @@ pub struct Shard {
     pub id: usize,
     /// Read-only gateway state.
     pub state: Arc<GatewayState>,
-    /// Per-endpoint view, indexed like `RoutingTable::endpoints()`.
-    pub endpoints: Vec<EndpointState>,
-    /// Idle upstream connections per endpoint (LIFO).
-    pool: RefCell<Vec<Vec<UpstreamConn>>>,
+    /// Passive health of every endpoint, indexed like `RoutingTable::endpoints()`.
+    pub outliers: RefCell<Outliers>,
+    /// Idle upstream connections per endpoint.
+    pub pool: RefCell<ConnPool>,
     /// Per-shard RNG (weights, tie-breaks, request ids).
     pub rng: RefCell<fastrand::Rng>,
     /// Requests in flight on this shard (drain waits for 0).
@@ -268,8 +70,8 @@ pub struct Shard {
     share: RefCell<Option<ShardLink>>,
     cands: RefCell<Vec<Candidate>>,
     local: RefCell<Vec<u32>>,
-    /// Retry tokens: each request adds `retry_budget`, each retry takes 1 (cap 10).
-    retry_tokens: Cell<f64>,
+    /// Retries may add at most `--retry-budget` of the requests.
+    pub budget: RefCell<RetryBudget>,
     /// One batcher per BatchingPolicy.
     pub batchers: Vec<Rc<PolicyBatcher>>,
     /// This shard's share of `maxConcurrentInferences`, when set.
@@ -307,7 +109,7 @@ impl Shard {
             metrics: RefCell::new(ShardMetrics::new(models)),
             hub,
             access_log: access_log.map(RefCell::new),
-            control,
+            control: control.clone(),
             picker: RefCell::new(Picker::new(fastrand::u64(..))),
             prefix: RefCell::new(PrefixIndex::new(PrefixConfig {
                 capacity_per_endpoint: state.settings.prefix_blocks_per_endpoint,
@@ -316,7 +118,7 @@ impl Shard {
             share: RefCell::new(share),
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
-            retry_tokens: Cell::new(1.0),
+            budget: RefCell::new(RetryBudget::new(state.settings.retry_budget)),
             out_pool: Pool::new(OUT_POOL_MAX),
             read_pool: Pool::new(READ_POOL_MAX),
             hash_pool: Pool::new(HASH_POOL_MAX),
@@ -326,6 +128,8 @@ impl Shard {
                 crate::admit::ShardAdmission::new(
                     shares.get(id).copied().unwrap_or(1),
                     state.settings.admission_timeout,
+                    control.clone(),
+                    id,
                 )
             }),
             batchers: state
@@ -334,8 +138,19 @@ impl Shard {
                 .map(|(k, p)| Rc::new(PolicyBatcher::new(k.clone(), p.clone())))
                 .collect(),
             id,
-            endpoints: (0..n).map(|_| EndpointState::default()).collect(),
-            pool: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+            outliers: RefCell::new(Outliers::new(
+                n,
+                OutlierConfig {
+                    eject_base: state.settings.eject_base,
+                    eject_max: state.settings.eject_max,
+                    eject_after_5xx: state.settings.eject_after_5xx,
+                },
+            )),
+            pool: RefCell::new(ConnPool::new(
+                n,
+                state.settings.upstream_idle_per_endpoint,
+                state.settings.upstream_idle_timeout,
+            )),
             rng: RefCell::new(fastrand::Rng::new()),
             in_flight: Cell::new(0),
             requests: Cell::new(0),
@@ -349,10 +164,24 @@ impl Shard {
         self.state.table.endpoints()[ep].addr
     }
 
-    fn available(&self, ep: usize, now: Instant) -> bool {
-        match self.endpoints[ep].ejected_until.get() {
-            Some(t) => t <= now,
-            None => true,
+    /// This shard's report to the control thread.
+    pub fn report(&self) -> Option<&ShardReport> {
+        self.control.reports.shard(self.id)
+    }
+
+    /// Carry out the side effects of an attempt verdict on `ep`: count the
+    /// error, log and apply an ejection (its pooled connections go), log a
+    /// restore.
+    pub fn apply(&self, ep: usize, v: &Verdict) {
+        if let Some(kind) = v.error_kind {
+            self.metrics.borrow_mut().upstream_error(ep, kind);
+        }
+        if let Some(e) = v.ejection {
+            self.pool.borrow_mut().clear(ep);
+            tracing::warn!(shard = self.id, endpoint = %self.addr(ep), failures = e.failures, period_ms = e.period.as_millis() as u64, reason = e.reason, "endpoint ejected");
+        }
+        if v.restored {
+            tracing::info!(shard = self.id, endpoint = %self.addr(ep), "endpoint restored");
         }
     }
 
@@ -376,7 +205,8 @@ impl Shard {
         prefix: Option<&PrefixHashes>,
         priority: i32,
     ) -> Result<usize, PickFailure> {
-        let usable = |ep: &usize| !exclude.contains(ep) && self.available(*ep, now);
+        let outliers = self.outliers.borrow();
+        let usable = |ep: &usize| !exclude.contains(ep) && outliers.available(*ep, now.into_std());
         let total: u64 = groups
             .iter()
             .filter(|g| g.weight > 0 && g.endpoints.iter().any(usable))
@@ -415,7 +245,7 @@ impl Shard {
                 endpoint: ep,
                 prefix_blocks,
             });
-            local.push(self.endpoints[ep].in_flight.get());
+            local.push(self.report().map_or(0, |r| r.in_flight(ep)));
         }
         drop(index);
         let snapshot = self.control.snapshot.load();
@@ -436,15 +266,6 @@ impl Shard {
         }
     }
 
-    /// Whether some endpoint of `groups` is neither ejected here nor in `tried`.
-    pub fn has_alternative(&self, groups: &[BackendGroup], tried: &[usize], now: Instant) -> bool {
-        groups
-            .iter()
-            .filter(|g| g.weight > 0)
-            .flat_map(|g| g.endpoints.iter())
-            .any(|ep| !tried.contains(ep) && self.available(*ep, now))
-    }
-
     /// A response buffer for one request (4 KiB to start), from the pool.
     pub fn take_out_buf(&self) -> Vec<u8> {
         self.out_pool.take(|| Vec::with_capacity(4096))
@@ -459,17 +280,17 @@ impl Shard {
         }
     }
 
-    /// One more call in flight on `ep` (the count picks and the snapshot read).
+    /// One more call in flight on `ep` (the count picks and the control thread read).
     fn enter_endpoint(&self, ep: usize) {
-        if let Some(e) = self.endpoints.get(ep) {
-            e.in_flight.set(e.in_flight.get().saturating_add(1));
+        if let Some(r) = self.report() {
+            r.enter(ep);
         }
     }
 
     /// One call fewer in flight on `ep`.
     fn leave_endpoint(&self, ep: usize) {
-        if let Some(e) = self.endpoints.get(ep) {
-            e.in_flight.set(e.in_flight.get().saturating_sub(1));
+        if let Some(r) = self.report() {
+            r.leave(ep);
         }
     }
 
@@ -497,38 +318,6 @@ impl Shard {
         self.batchers.iter().find(|b| b.key == key)
     }
 
-    /// Credit the retry budget for one request.
-    pub fn earn_retry(&self) {
-        let t = self.retry_tokens.get() + self.state.settings.retry_budget;
-        self.retry_tokens.set(t.min(10.0));
-    }
-
-    /// Take a retry token, if the budget allows one.
-    pub fn take_retry(&self) -> bool {
-        let t = self.retry_tokens.get();
-        if t >= 1.0 {
-            self.retry_tokens.set(t - 1.0);
-            true
-        } else {
-            false
-        }
-    }
-
-    /// Count a 5xx answer from `ep`; enough in a row eject it like a refused connection.
-    pub fn upstream_5xx(&self, ep: usize, now: Instant) {
-        let limit = self.state.settings.eject_after_5xx;
-        if limit == 0 {
-            return;
-        }
-        let st = &self.endpoints[ep];
-        let n = st.errors_5xx.get() + 1;
-        st.errors_5xx.set(n);
-        if n >= limit {
-            st.errors_5xx.set(0);
-            self.eject(ep, now, "consecutive 5xx responses");
-        }
-    }
-
     /// Remember that `ep` now holds the prompt's prefix blocks in its cache, and
     /// tell the other shards (dropped, and counted, when the ring is full).
     pub fn record_prefix(&self, ep: usize, hashes: &PrefixHashes) {
@@ -548,70 +337,6 @@ impl Shard {
             shard: self,
             hashes: Some(b),
         }
-    }
-
-    /// The endpoint refused or dropped a connection: eject it for an exponentially
-    /// growing period (`eject_base × 2^(failures-1)`, capped at `eject_max`).
-    pub fn eject(&self, ep: usize, now: Instant, why: &str) {
-        let st = &self.endpoints[ep];
-        let failures = st.failures.get().saturating_add(1);
-        st.failures.set(failures);
-        let s = &self.state.settings;
-        let factor = 1u32 << (failures - 1).min(16);
-        let period = s.eject_base.saturating_mul(factor).min(s.eject_max);
-        st.ejected_until.set(Some(now + period));
-        self.pool.borrow_mut()[ep].clear();
-        tracing::warn!(shard = self.id, endpoint = %self.addr(ep), failures, period_ms = period.as_millis() as u64, reason = why, "endpoint ejected");
-    }
-
-    /// `ep` answered without a server error: clear any ejection and 5xx streak.
-    pub fn restore(&self, ep: usize) {
-        let st = &self.endpoints[ep];
-        st.errors_5xx.set(0);
-        if st.failures.get() > 0 {
-            st.failures.set(0);
-            st.ejected_until.set(None);
-            tracing::info!(shard = self.id, endpoint = %self.addr(ep), "endpoint restored");
-        }
-    }
-
-    /// Take an idle pooled connection to `ep`, dropping expired or dead ones.
-    pub fn take_conn(&self, ep: usize, now: Instant) -> Option<UpstreamConn> {
-        let mut pool = self.pool.borrow_mut();
-        let idle = &mut pool[ep];
-        while let Some(c) = idle.pop() {
-            if now.saturating_duration_since(c.idle_since)
-                >= self.state.settings.upstream_idle_timeout
-            {
-                continue;
-            }
-            // An idle upstream must have nothing to say: data or EOF means it is stale.
-            // Checked (one syscall) only on connections idle long enough for a
-            // server's keep-alive timer to matter; a busy connection that turns out
-            // stale is retried once on a fresh one anyway.
-            if now.saturating_duration_since(c.idle_since) >= PEEK_AFTER_IDLE
-                && peer_state(&c.stream) != PeerState::Idle
-            {
-                continue;
-            }
-            return Some(c);
-        }
-        None
-    }
-
-    /// Return a connection whose exchange completed cleanly to the pool.
-    pub fn put_conn(&self, ep: usize, mut conn: UpstreamConn, now: Instant) {
-        if self.shutdown.is_draining() || !conn.buf.is_empty() {
-            return;
-        }
-        let mut pool = self.pool.borrow_mut();
-        let idle = &mut pool[ep];
-        if idle.len() >= self.state.settings.upstream_idle_per_endpoint {
-            idle.remove(0);
-        }
-        conn.idle_since = now;
-        conn.reused = true;
-        idle.push(conn);
     }
 
     /// A new request id: 32 hex digits (64 random bits, the shard, a counter),
@@ -641,13 +366,13 @@ impl Shard {
             let (share, in_use, demand) = a.numbers();
             (share, in_use, demand, a.waiting() as u32)
         });
-        let now = Instant::now();
-        m.endpoint_in_flight = self.endpoints.iter().map(|e| e.in_flight.get()).collect();
-        m.endpoint_ejected = self
-            .endpoints
-            .iter()
-            .map(|e| e.ejected_until.get().is_some_and(|t| t > now))
+        let now = std::time::Instant::now();
+        let n = self.state.table.endpoints().len();
+        m.endpoint_in_flight = (0..n)
+            .map(|ep| self.report().map_or(0, |r| r.in_flight(ep)))
             .collect();
+        let outliers = self.outliers.borrow();
+        m.endpoint_ejected = (0..n).map(|ep| outliers.ejected(ep, now)).collect();
         self.hub.publish(self.id, m);
     }
 }
@@ -802,10 +527,6 @@ impl Drop for PooledHashes<'_> {
 
 static EMPTY_HASHES: std::sync::LazyLock<PrefixHashes> =
     std::sync::LazyLock::new(PrefixHashes::default);
-
-/// Pooled upstream connections idle at least this long are peeked at (1 s) before
-/// reuse; see [`Shard::take_conn`].
-pub const PEEK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Write the low `out.len()` hex digits of `v` into `out` (lower case).
 fn hex_into(out: &mut [u8], mut v: u64) {

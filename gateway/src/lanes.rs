@@ -1,0 +1,138 @@
+//! A shard's batching lanes: one [`PolicyBatcher`] per `BatchingPolicy`, the
+//! sans-IO [`shardgate_batching::Batcher`] with its queues and lanes (same
+//! model, parameters, route rule and credentials), the driver's wake-up, and
+//! the capacity learned per endpoint for the adaptive signal. The shard owns
+//! these; [`crate::batch`] carries out their flushes.
+
+use std::cell::RefCell;
+
+use bytes::Bytes;
+use shardgate_batching::{BatchKey, BatchPolicy, Batcher, CapacityEstimate, FlushReason, QueueId};
+
+use crate::metrics::QueueMetrics;
+use crate::notify::Notify;
+
+/// What a member gets back.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status for the client.
+    pub status: u16,
+    /// JSON body for the client.
+    pub body: Vec<u8>,
+}
+
+/// What separates lanes beyond the body's batch key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LaneCtx {
+    /// Dense rule id ([`shardgate_routing::RoutingTable::rule`]).
+    pub rule_id: usize,
+    /// Request path.
+    pub path: String,
+    /// Model.
+    pub model: String,
+    /// `Authorization` value.
+    pub auth: Option<Vec<u8>>,
+}
+
+/// A waiting request.
+pub struct Member {
+    /// Request body.
+    pub body: Bytes,
+    /// Resolved priority.
+    pub priority: i32,
+    /// Where the reply goes.
+    pub tx: local_sync::oneshot::Sender<Reply>,
+}
+
+/// A lane: the body's batch key and the request context.
+pub type Lane = (BatchKey, LaneCtx);
+
+/// One policy's batcher on one shard.
+pub struct PolicyBatcher {
+    /// `namespace/name` of the BatchingPolicy.
+    pub key: String,
+    pub(crate) batcher: RefCell<Batcher<Member, Lane>>,
+    pub(crate) wake: Notify,
+    /// Queue names by [`QueueId`].
+    queue_names: Vec<String>,
+    /// Per endpoint id: its learned capacity (grown on demand).
+    pub(crate) capacity: RefCell<Vec<CapacityEstimate>>,
+}
+
+impl PolicyBatcher {
+    /// A batcher for `policy`.
+    pub fn new(key: String, policy: BatchPolicy) -> Self {
+        let queue_names = policy.queues().iter().map(|q| q.name.clone()).collect();
+        PolicyBatcher {
+            key,
+            batcher: RefCell::new(Batcher::new(policy)),
+            wake: Notify::default(),
+            queue_names,
+            capacity: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// The name of queue `id` (`"default"` for an id of another policy).
+    pub fn queue_name(&self, id: QueueId) -> &str {
+        self.queue_names
+            .get(id.0)
+            .map_or(shardgate_batching::policy::DEFAULT_QUEUE, String::as_str)
+    }
+
+    /// The admission priority of queue `name` (higher is more important).
+    pub fn priority_of(&self, name: &str) -> Option<i32> {
+        let b = self.batcher.borrow();
+        let id = b.policy().queue_id(name)?;
+        b.policy().queues().get(id.0).map(|q| q.priority)
+    }
+
+    /// Requests waiting per queue: (queue name, depth).
+    pub fn depths(&self) -> Vec<(String, usize)> {
+        let b = self.batcher.borrow();
+        b.policy()
+            .queues()
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.name.clone(), b.depth(shardgate_batching::QueueId(i))))
+            .collect()
+    }
+
+    /// Per queue: flushes by reason, batch-size and wait histograms (for metrics).
+    pub fn stats(&self) -> Vec<QueueMetrics> {
+        let b = self.batcher.borrow();
+        b.stats()
+            .map(|(q, s)| QueueMetrics {
+                queue: q.name.clone(),
+                depth: s.depth as u64,
+                flushes: FLUSH_REASONS
+                    .iter()
+                    .map(|r| (flush_name(*r), s.flushes(*r)))
+                    .collect(),
+                batch_size: s.batch_size.buckets().collect(),
+                batch_size_sum: s.batch_size.sum(),
+                queued_us: s.queued_us.buckets().collect(),
+                queued_us_sum: s.queued_us.sum(),
+                expired: s.expired,
+                rejected_full: s.rejected_full,
+            })
+            .collect()
+    }
+}
+
+const FLUSH_REASONS: [FlushReason; 5] = [
+    FlushReason::Full,
+    FlushReason::Deadline,
+    FlushReason::Adaptive,
+    FlushReason::Alone,
+    FlushReason::Drain,
+];
+
+fn flush_name(r: FlushReason) -> &'static str {
+    match r {
+        FlushReason::Full => "full",
+        FlushReason::Deadline => "deadline",
+        FlushReason::Adaptive => "adaptive",
+        FlushReason::Alone => "alone",
+        FlushReason::Drain => "drain",
+    }
+}

@@ -1,0 +1,225 @@
+//! The immutable, process-wide configuration every shard reads: the routing
+//! table, the data-path settings (limits, timeouts, retries, ejection), the
+//! scheduling profile of every rule and the validated BatchingPolicies. Built
+//! once per configuration by the main thread and shared read-only (`Arc`); the
+//! request plan ([`crate::plan`]) is a pure function of it.
+
+use std::time::Duration;
+
+use shardgate_batching::{BatchPolicy, BatchSpec, QueueSpec};
+use shardgate_routing::scoring::{Profile, Saturation, ShareConfig};
+use shardgate_routing::RoutingTable;
+
+/// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Codec limits.
+    pub limits: shardgate_http::Limits,
+    /// Whole request must arrive within this once started.
+    pub header_timeout: Duration,
+    /// Keep-alive idle limit for client connections.
+    pub client_idle_timeout: Duration,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Whole upstream exchange deadline.
+    pub response_timeout: Duration,
+    /// Longest silence between upstream bytes.
+    pub stream_idle_timeout: Duration,
+    /// Idle upstream connections kept per endpoint per shard.
+    pub upstream_idle_per_endpoint: usize,
+    /// Pooled upstream connections older than this are dropped.
+    pub upstream_idle_timeout: Duration,
+    /// Drain deadline on shutdown.
+    pub drain_timeout: Duration,
+    /// First ejection period.
+    pub eject_base: Duration,
+    /// Longest ejection period.
+    pub eject_max: Duration,
+    /// What to do when every candidate is saturated.
+    pub saturated_action: SaturatedAction,
+    /// Prefix-index capacity per endpoint per shard, in blocks.
+    pub prefix_blocks_per_endpoint: usize,
+    /// Saturation thresholds for every profile that filters on saturation.
+    pub saturation: Saturation,
+    /// Consecutive 5xx answers from an endpoint that eject it on a shard (0 = never).
+    pub eject_after_5xx: u32,
+    /// Retries per request on another endpoint.
+    pub retries: u32,
+    /// Retries may add at most this fraction of requests (0.2 = 20 %).
+    pub retry_budget: f64,
+    /// `maxConcurrentInferences` across the gateway (None = unlimited).
+    pub max_concurrent: Option<u32>,
+    /// Longest wait for an admission permit.
+    pub admission_timeout: Duration,
+    /// Number of shards.
+    pub shards: usize,
+}
+
+/// Scoring and prefix-sharing settings (CLI flags), apart from [`Settings`].
+#[derive(Debug, Clone, Copy)]
+pub struct PickSettings {
+    /// Queue scale `k` of the queue scorer and the prefix discount, `k / (k + q)`
+    /// (`--queue-scale`); `None` = [`shardgate_routing::scoring::GATEWAY_QUEUE_SCALE`] (30).
+    pub queue_scale: Option<f64>,
+    /// Ring and drain sizes for sharing prefix records between shards
+    /// (`--prefix-share-ring`, `--prefix-share-drain`).
+    pub share: ShareConfig,
+    /// How often the control thread moves records between the rings
+    /// (`--prefix-share-interval`).
+    pub share_interval: Duration,
+}
+
+impl Default for PickSettings {
+    fn default() -> Self {
+        Self {
+            queue_scale: None,
+            share: ShareConfig::default(),
+            share_interval: Duration::from_millis(5),
+        }
+    }
+}
+
+impl PickSettings {
+    /// `p` with the gateway's saturation thresholds (for profiles that filter
+    /// on saturation) and queue scale.
+    pub fn tune(&self, p: Profile, settings: &Settings) -> Profile {
+        let p = if p.saturation.is_some() {
+            p.with_saturation(Some(settings.saturation))
+        } else {
+            p
+        };
+        p.with_queue_scale(
+            self.queue_scale
+                .unwrap_or(shardgate_routing::scoring::GATEWAY_QUEUE_SCALE),
+        )
+    }
+}
+
+/// The immutable, process-wide view every shard reads: routing table and settings.
+pub struct GatewayState {
+    /// Compiled routes, listeners and endpoints.
+    pub table: RoutingTable,
+    /// Limits and timeouts.
+    pub settings: Settings,
+    /// Pre-rendered `GET /v1/models` body.
+    pub models_body: Vec<u8>,
+    /// Scheduling profile per linked InferencePolicy key.
+    profiles: Vec<(String, Profile)>,
+    /// Profile of rules without a policy (InferenceConfig strategy or default).
+    default_profile: Profile,
+    /// BatchingPolicies linked from rules, validated.
+    pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
+    /// Scoring and prefix-sharing settings.
+    pub pick: PickSettings,
+}
+
+impl GatewayState {
+    /// Build the shared state: pre-render `/v1/models` and resolve every rule's
+    /// scheduling profile (an unknown algorithm name is a configuration error).
+    pub fn new(table: RoutingTable, settings: Settings) -> Result<Self, String> {
+        Self::with_pick(table, settings, PickSettings::default())
+    }
+
+    /// Like [`Self::new`], with scoring and prefix-sharing settings.
+    pub fn with_pick(
+        table: RoutingTable,
+        settings: Settings,
+        pick: PickSettings,
+    ) -> Result<Self, String> {
+        let config = table.inference_config();
+        let tune = |p: Profile| pick.tune(p, &settings);
+        let default_profile = tune(
+            Profile::resolve(None, config)
+                .map_err(|e| format!("InferenceConfig spec.modelRouting.strategy: {e}"))?,
+        );
+        let mut profiles: Vec<(String, Profile)> = Vec::new();
+        for (key, policy) in table.inference_policies() {
+            let p = Profile::resolve(Some(policy), config)
+                .map_err(|e| format!("InferencePolicy {key}: spec.loadBalancing.algorithm: {e}"))?;
+            profiles.push((key.to_string(), tune(p)));
+        }
+        let data: Vec<serde_json::Value> = table
+            .models()
+            .iter()
+            .map(|m| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": "shardgate"}))
+            .collect();
+        let models_body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default();
+        let batch_policies = batch_policies(&table)?;
+        Ok(GatewayState {
+            table,
+            settings,
+            models_body,
+            profiles,
+            default_profile,
+            batch_policies,
+            pick,
+        })
+    }
+
+    /// The validated BatchingPolicy `key` (`namespace/name`).
+    pub fn batch_policy(&self, key: &str) -> Option<&BatchPolicy> {
+        self.batch_policies
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, p)| p)
+    }
+
+    /// The scheduling profile for a rule linked to `policy`.
+    pub fn profile(&self, policy: Option<&str>) -> &Profile {
+        policy
+            .and_then(|k| self.profiles.iter().find(|(key, _)| key == k))
+            .map_or(&self.default_profile, |(_, p)| p)
+    }
+}
+
+/// What to do when every healthy endpoint of a route is saturated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaturatedAction {
+    /// Sheddable requests (priority < 0) get 429; others go to the best saturated endpoint.
+    Shed,
+    /// Everyone gets 503 with Retry-After.
+    Reject,
+    /// Everyone goes to the best saturated endpoint.
+    Pass,
+}
+
+/// Build a shard's batchers, one per BatchingPolicy (errors name the policy and field).
+pub fn batch_policies(table: &RoutingTable) -> Result<Vec<(String, BatchPolicy)>, String> {
+    let mut out = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for rule in table.rules() {
+        let Some(key) = rule.batching else { continue };
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let Some(p) = table.batching_policy(key) else {
+            continue;
+        };
+        let spec = BatchSpec {
+            max_batch_size: p.spec.max_batch_size,
+            max_latency: p.spec.max_latency,
+            adaptive_enabled: p.spec.adaptive_batching.as_ref().is_some_and(|a| a.enabled),
+            target_utilization: p
+                .spec
+                .adaptive_batching
+                .as_ref()
+                .and_then(|a| a.target_utilization),
+            queues: p
+                .spec
+                .priority_queues
+                .iter()
+                .map(|q| QueueSpec {
+                    name: q.name.clone(),
+                    max_latency: q.max_latency,
+                    max_batch_size: q.max_batch_size,
+                })
+                .collect(),
+        };
+        let policy =
+            BatchPolicy::from_spec(&spec).map_err(|e| format!("BatchingPolicy {key}: {e}"))?;
+        out.push((key.to_string(), policy));
+    }
+    Ok(out)
+}

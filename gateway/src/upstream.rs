@@ -1,0 +1,547 @@
+//! The one upstream HTTP/1.1 client: connecting, the per-shard keep-alive pool,
+//! serialising the proxied request, and the exchange, for every caller: the
+//! proxy (streamed responses), batched calls and the control thread's scrapes
+//! and health checks (whole responses). Every failure is an [`UpstreamError`]
+//! that says which side failed and whether a retry is allowed; the attempt
+//! machine ([`crate::attempt`]) turns it into the next step and the error metric.
+//!
+//! Numbers: a fresh connection gets a 16 KiB read buffer and `TCP_NODELAY`; the
+//! pool keeps `--upstream-idle-per-endpoint` connections per endpoint per shard
+//! (LIFO) for at most `--upstream-idle-timeout`, and peeks (one `recv`) only at
+//! connections idle for [`PEEK_AFTER_IDLE`] (1 s); request bodies up to 64 KiB
+//! go out in the head's write, larger ones in a second write; a proxied
+//! exchange starts watching the client for a disconnect only after
+//! [`WATCH_AFTER`] (10 ms); whole responses are bounded by [`MAX_BODY`] (8 MiB).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use shardgate_http::{split_response_head, write, BodyDecoder, Limits, RequestHead, ResponseHead};
+use shardgate_routing::MODEL_HEADER;
+use shardgate_runtime::io::{peer_state, read_into, PeerState};
+
+use crate::error::{UpstreamError, UpstreamErrorKind as Kind};
+
+/// A connection to an endpoint with its read buffer.
+pub struct UpstreamConn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// Bytes read but not consumed.
+    pub buf: BytesMut,
+    /// When it went idle (for the pool's idle timeout).
+    pub idle_since: Instant,
+    /// Whether it has carried a request before (a failure before any response
+    /// byte then means it was stale, not that the request failed).
+    pub reused: bool,
+}
+
+/// Open a fresh connection to `addr` within `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, UpstreamError> {
+    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(UpstreamConn {
+                stream,
+                buf: BytesMut::with_capacity(16 * 1024),
+                idle_since: Instant::now(),
+                reused: false,
+            })
+        }
+        Ok(Err(_)) => Err(UpstreamError::new(Kind::Connect, "connection refused")),
+        Err(_) => Err(UpstreamError::new(Kind::Connect, "connect timed out")),
+    }
+}
+
+/// Pooled connections idle at least this long are peeked at before reuse (1 s).
+pub const PEEK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// One shard's idle upstream connections, per endpoint (LIFO).
+pub struct ConnPool {
+    idle: Vec<Vec<UpstreamConn>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl ConnPool {
+    /// A pool for `endpoints` endpoints keeping `max_idle` each for `idle_timeout`.
+    pub fn new(endpoints: usize, max_idle: usize, idle_timeout: Duration) -> Self {
+        ConnPool {
+            idle: (0..endpoints).map(|_| Vec::new()).collect(),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// An idle connection to `ep`, dropping expired or dead ones.
+    pub fn take(&mut self, ep: usize, now: Instant) -> Option<UpstreamConn> {
+        let idle = self.idle.get_mut(ep)?;
+        while let Some(c) = idle.pop() {
+            let age = now.saturating_duration_since(c.idle_since);
+            if age >= self.idle_timeout {
+                continue;
+            }
+            // An idle upstream must have nothing to say: data or EOF means it is
+            // stale. Checked (one syscall) only on connections idle long enough
+            // for a server's keep-alive timer to matter; a busy connection that
+            // turns out stale is retried once on a fresh one anyway.
+            if age >= PEEK_AFTER_IDLE && peer_state(&c.stream) != PeerState::Idle {
+                continue;
+            }
+            return Some(c);
+        }
+        None
+    }
+
+    /// Keep a connection whose exchange completed cleanly.
+    pub fn put(&mut self, ep: usize, mut conn: UpstreamConn, now: Instant) {
+        if !conn.buf.is_empty() {
+            return;
+        }
+        let Some(idle) = self.idle.get_mut(ep) else {
+            return;
+        };
+        if idle.len() >= self.max_idle {
+            idle.remove(0);
+        }
+        conn.idle_since = now;
+        conn.reused = true;
+        idle.push(conn);
+    }
+
+    /// Drop every idle connection to `ep` (it was ejected).
+    pub fn clear(&mut self, ep: usize) {
+        if let Some(idle) = self.idle.get_mut(ep) {
+            idle.clear();
+        }
+    }
+}
+
+/// Headers the gateway sets itself on the upstream request (client copies dropped).
+const REPLACED_UPSTREAM: [&str; 6] = [
+    "content-length",
+    "expect",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-request-id",
+    MODEL_HEADER,
+];
+
+/// Request bodies up to this size go out in the same write as the head (64 KiB).
+pub const INLINE_BODY: usize = 64 * 1024;
+
+/// What the gateway adds to a proxied request.
+pub struct Forwarded<'a> {
+    /// The client's address (`X-Forwarded-For`).
+    pub peer: SocketAddr,
+    /// `X-Request-Id`.
+    pub request_id: &'a [u8],
+    /// The body's model (`X-Gateway-Model-Name`).
+    pub model: Option<&'a str>,
+    /// The whole body.
+    pub body: &'a Bytes,
+}
+
+/// Serialise the proxied request for endpoint `ep_addr` into `buf`: the client's
+/// head without hop-by-hop fields, `Host` if absent, `X-Forwarded-*`,
+/// `X-Request-Id`, the model header, `Content-Length`, and the body when it is at
+/// most [`INLINE_BODY`].
+pub fn write_request(
+    head: &RequestHead,
+    fwd: &Forwarded<'_>,
+    ep_addr: SocketAddr,
+    buf: &mut Vec<u8>,
+) {
+    buf.clear();
+    buf.extend_from_slice(head.method().as_bytes());
+    buf.push(b' ');
+    buf.extend_from_slice(head.target().as_bytes());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut has_host = false;
+    let mut xff: Option<&[u8]> = None;
+    for (name, value) in head.headers() {
+        if head.is_hop_by_hop(name) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            xff = Some(value);
+            continue;
+        }
+        if REPLACED_UPSTREAM
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+        {
+            continue;
+        }
+        has_host |= name.eq_ignore_ascii_case("host");
+        write::header(buf, name, value);
+    }
+    if !has_host {
+        let host = ep_addr.to_string();
+        write::header(buf, "host", host.as_bytes());
+    }
+    buf.extend_from_slice(b"x-forwarded-for: ");
+    if let Some(prev) = xff {
+        buf.extend_from_slice(prev);
+        buf.extend_from_slice(b", ");
+    }
+    // Formats straight into the buffer (no temporary String).
+    let _ = std::io::Write::write_fmt(buf, format_args!("{}", fwd.peer.ip()));
+    buf.extend_from_slice(b"\r\n");
+    write::header(buf, "x-forwarded-proto", b"http");
+    write::header(buf, "x-request-id", fwd.request_id);
+    if let Some(m) = fwd.model {
+        write::header(buf, MODEL_HEADER, m.as_bytes());
+    }
+    if !fwd.body.is_empty() || matches!(head.method(), "POST" | "PUT" | "PATCH") {
+        write::header_u64(buf, "content-length", fwd.body.len() as u64);
+    }
+    buf.extend_from_slice(b"\r\n");
+    if fwd.body.len() <= INLINE_BODY {
+        buf.extend_from_slice(fwd.body);
+    }
+}
+
+/// Serialise a gateway-made JSON `POST` (batched calls, inference probes).
+pub fn write_post(
+    path: &str,
+    host: SocketAddr,
+    extra: &[(&str, &[u8])],
+    body: &[u8],
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    out.extend_from_slice(b"POST ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write::header(out, "host", host.to_string().as_bytes());
+    write::header(out, "user-agent", b"shardgate");
+    write::header(out, "content-type", b"application/json");
+    for (name, value) in extra {
+        write::header(out, name, value);
+    }
+    write::header_u64(out, "content-length", body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// Serialise a gateway-made `GET` (scrapes, health checks).
+pub fn write_get(path: &str, host: SocketAddr, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write::header(out, "host", host.to_string().as_bytes());
+    write::header(out, "user-agent", b"shardgate");
+    write::header(out, "accept", b"*/*");
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How long an upstream read waits before the client socket is watched for a
+/// disconnect (10 ms): a fast exchange pays no poll and cancel for the watch.
+pub const WATCH_AFTER: Duration = Duration::from_millis(10);
+
+/// Outcome of waiting on an upstream read while watching the client.
+pub enum Watched {
+    /// The read finished.
+    Read(std::io::Result<usize>, BytesMut),
+    /// The deadline passed.
+    TimedOut,
+    /// The client disconnected.
+    ClientGone,
+}
+
+/// Read once from the upstream, giving up at `deadline`, and abandoning the read
+/// if the client (when given) disconnects meanwhile (pipelined client bytes stop
+/// the watch).
+pub async fn read_watched(
+    client: Option<&TcpStream>,
+    conn: &mut UpstreamConn,
+    deadline: Instant,
+    watch: &mut bool,
+) -> Watched {
+    let buf = std::mem::take(&mut conn.buf);
+    let read = read_into(&mut conn.stream, buf);
+    let mut read = std::pin::pin!(read);
+    let sleep = monoio::time::sleep_until(deadline);
+    let mut sleep = std::pin::pin!(sleep);
+    let Some(client) = client else {
+        monoio::select! {
+            (res, b) = &mut read => return Watched::Read(res, b),
+            _ = &mut sleep => return Watched::TimedOut,
+        }
+    };
+    if *watch {
+        // Most reads finish quickly: start watching the client only once this one
+        // has waited WATCH_AFTER, so a fast exchange costs no poll and cancel.
+        monoio::select! {
+            (res, b) = &mut read => return Watched::Read(res, b),
+            _ = &mut sleep => return Watched::TimedOut,
+            _ = monoio::time::sleep(WATCH_AFTER) => {}
+        }
+    }
+    loop {
+        let watching = *watch;
+        monoio::select! {
+            (res, b) = &mut read => return Watched::Read(res, b),
+            _ = &mut sleep => return Watched::TimedOut,
+            r = client.readable(false), if watching => {
+                match (r, peer_state(client)) {
+                    (Err(_), _) | (_, PeerState::Gone) => return Watched::ClientGone,
+                    (_, PeerState::Data) => *watch = false,
+                    (_, PeerState::Idle) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Timing and limits of one exchange.
+pub struct ExchangeLimits<'a> {
+    /// Codec limits for the response head.
+    pub limits: &'a Limits,
+    /// The whole exchange's deadline.
+    pub deadline: Instant,
+    /// Longest silence between upstream bytes.
+    pub idle_timeout: Duration,
+    /// The request was `HEAD` (the response has no body).
+    pub head_request: bool,
+}
+
+/// Send `req` (and `tail`, a body too large to go with the head, when not empty)
+/// and read the response head (1xx but 101 skipped), watching `client` for a
+/// disconnect meanwhile. The connection comes back with the head, for the body.
+pub async fn send_and_read_head(
+    mut conn: UpstreamConn,
+    req: &mut Vec<u8>,
+    tail: Option<&Bytes>,
+    client: Option<&TcpStream>,
+    lim: &ExchangeLimits<'_>,
+) -> Result<(ResponseHead, UpstreamConn), UpstreamError> {
+    let (res, b) = conn.stream.write_all(std::mem::take(req)).await;
+    *req = b;
+    if res.is_err() {
+        return Err(if conn.reused {
+            UpstreamError::new(Kind::Stale, "connection closed before the response")
+        } else {
+            UpstreamError::new(Kind::Send, "connection reset while sending")
+        });
+    }
+    if let Some(body) = tail.filter(|b| !b.is_empty()) {
+        let (res, _) = conn.stream.write_all(body.clone()).await;
+        if res.is_err() {
+            return Err(UpstreamError::new(
+                Kind::Closed,
+                "connection reset while sending the body",
+            ));
+        }
+    }
+    let mut watch = true;
+    let mut got_bytes = false;
+    loop {
+        if !conn.buf.is_empty() {
+            got_bytes = true;
+            match split_response_head(&mut conn.buf, lim.head_request, lim.limits) {
+                Ok(Some(resp)) => {
+                    if resp.is_informational() && resp.status() != 101 {
+                        continue;
+                    }
+                    if resp.has_other_transfer_coding() {
+                        return Err(UpstreamError::new(
+                            Kind::Closed,
+                            "response uses a transfer coding other than chunked",
+                        ));
+                    }
+                    return Ok((resp, conn));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(UpstreamError::new(Kind::Protocol, e.message)),
+            }
+        }
+        let until = lim.deadline.min(Instant::now() + lim.idle_timeout);
+        match read_watched(client, &mut conn, until, &mut watch).await {
+            Watched::Read(Ok(0), _) | Watched::Read(Err(_), _) => {
+                return Err(if conn.reused && !got_bytes {
+                    UpstreamError::new(Kind::Stale, "connection closed before the response")
+                } else {
+                    UpstreamError::new(Kind::Closed, "connection closed before the response head")
+                });
+            }
+            Watched::Read(Ok(_), b) => conn.buf = b,
+            Watched::TimedOut => {
+                return Err(UpstreamError::new(
+                    Kind::Timeout,
+                    "no response head in time",
+                ))
+            }
+            Watched::ClientGone => {
+                return Err(UpstreamError::new(Kind::ClientGone, "the client went away"))
+            }
+        }
+    }
+}
+
+/// Largest whole response body the gateway reads for itself (8 MiB).
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+
+/// A whole response.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Body bytes.
+    pub body: Vec<u8>,
+    /// Whether the connection may carry another request.
+    pub keep_alive: bool,
+}
+
+/// Send `req` and read the whole response (body bounded by [`MAX_BODY`]) by
+/// `deadline`: batched calls and the control thread's requests.
+pub async fn exchange_whole(
+    conn: UpstreamConn,
+    req: &mut Vec<u8>,
+    deadline: Instant,
+    idle_timeout: Duration,
+) -> Result<(Reply, UpstreamConn), UpstreamError> {
+    let limits = Limits::default();
+    let lim = ExchangeLimits {
+        limits: &limits,
+        deadline,
+        idle_timeout,
+        head_request: false,
+    };
+    let (head, mut conn) = send_and_read_head(conn, req, None, None, &lim).await?;
+    let mut dec = BodyDecoder::new(head.framing());
+    let mut body = Vec::new();
+    let mut watch = false;
+    loop {
+        while !conn.buf.is_empty() && !dec.is_done() {
+            let d = dec
+                .decode(&conn.buf)
+                .map_err(|e| UpstreamError::new(Kind::Protocol, e.message))?;
+            if let Some(r) = d.data.clone() {
+                if body.len() + r.len() > MAX_BODY {
+                    return Err(UpstreamError::new(
+                        Kind::Protocol,
+                        "response body too large",
+                    ));
+                }
+                body.extend_from_slice(&conn.buf[r]);
+            }
+            conn.buf.advance(d.consumed);
+            if d.consumed == 0 && d.data.is_none() {
+                break;
+            }
+        }
+        if dec.is_done() {
+            let keep_alive = head.keep_alive() && conn.buf.is_empty();
+            let reply = Reply {
+                status: head.status(),
+                body,
+                keep_alive,
+            };
+            return Ok((reply, conn));
+        }
+        let until = deadline.min(Instant::now() + idle_timeout);
+        match read_watched(None, &mut conn, until, &mut watch).await {
+            Watched::Read(Ok(0), b) => {
+                conn.buf = b;
+                dec.on_eof()
+                    .map_err(|_| UpstreamError::new(Kind::Closed, "response body truncated"))?;
+                let reply = Reply {
+                    status: head.status(),
+                    body,
+                    keep_alive: false,
+                };
+                return Ok((reply, conn));
+            }
+            Watched::Read(Ok(_), b) => conn.buf = b,
+            Watched::Read(Err(_), _) => {
+                return Err(UpstreamError::new(
+                    Kind::Closed,
+                    "connection reset mid-body",
+                ))
+            }
+            Watched::TimedOut | Watched::ClientGone => {
+                return Err(UpstreamError::new(
+                    Kind::Timeout,
+                    "response body not in time",
+                ))
+            }
+        }
+    }
+}
+
+/// A keep-alive client to one endpoint for the control thread (scrapes, health
+/// checks): connects lazily, reconnects after any error, retries once on a fresh
+/// connection when a kept-alive one turns out stale.
+pub struct Client {
+    addr: SocketAddr,
+    conn: Option<UpstreamConn>,
+    req: Vec<u8>,
+}
+
+impl Client {
+    /// A client for `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Client {
+            addr,
+            conn: None,
+            req: Vec::new(),
+        }
+    }
+
+    /// `GET path` within `timeout`.
+    pub async fn get(&mut self, path: &str, timeout: Duration) -> Result<Reply, UpstreamError> {
+        let mut req = std::mem::take(&mut self.req);
+        write_get(path, self.addr, &mut req);
+        let r = self.call(&mut req, timeout).await;
+        self.req = req;
+        r
+    }
+
+    /// `POST path` with a JSON body within `timeout`.
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Reply, UpstreamError> {
+        let mut req = std::mem::take(&mut self.req);
+        write_post(path, self.addr, &[], body, &mut req);
+        let r = self.call(&mut req, timeout).await;
+        self.req = req;
+        r
+    }
+
+    async fn call(&mut self, req: &mut Vec<u8>, timeout: Duration) -> Result<Reply, UpstreamError> {
+        let deadline = Instant::now() + timeout;
+        let mut retried = false;
+        loop {
+            let conn = match self.conn.take() {
+                Some(c) => c,
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    connect(self.addr, left).await?
+                }
+            };
+            // The request bytes come back from the write: a stale retry resends them.
+            match exchange_whole(conn, req, deadline, timeout).await {
+                Ok((reply, conn)) => {
+                    if reply.keep_alive {
+                        self.conn = Some(UpstreamConn {
+                            reused: true,
+                            ..conn
+                        });
+                    }
+                    return Ok(reply);
+                }
+                Err(e) if e.kind == Kind::Stale && !retried => retried = true,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
