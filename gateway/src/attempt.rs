@@ -382,3 +382,333 @@ impl Attempts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const BASE: Duration = Duration::from_millis(50);
+
+    fn outliers(n: usize, after_5xx: u32) -> Outliers {
+        Outliers::new(
+            n,
+            OutlierConfig {
+                eject_base: BASE,
+                eject_max: Duration::from_millis(300),
+                eject_after_5xx: after_5xx,
+            },
+        )
+    }
+
+    fn groups(eps: &[usize]) -> Vec<BackendGroup> {
+        vec![BackendGroup {
+            name: "default/svc".into(),
+            weight: 1,
+            endpoints: eps.to_vec(),
+        }]
+    }
+
+    fn err(kind: UpstreamErrorKind, msg: &'static str) -> Outcome {
+        Outcome::Error(UpstreamError::new(kind, msg))
+    }
+
+    /// One request's machine with the shard state it acts on, on a virtual clock.
+    struct World {
+        now: Instant,
+        out: Outliers,
+        budget: RetryBudget,
+        groups: Vec<BackendGroup>,
+    }
+
+    impl World {
+        fn new(eps: &[usize]) -> Self {
+            World {
+                now: Instant::now(),
+                out: outliers(eps.len(), 3),
+                budget: RetryBudget::new(0.2),
+                groups: groups(eps),
+            }
+        }
+        fn on(&mut self, a: &mut Attempts, ep: usize, o: Outcome) -> Verdict {
+            a.on(
+                ep,
+                o,
+                self.now,
+                &mut self.out,
+                &mut self.budget,
+                &self.groups,
+            )
+        }
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_is_retried_once_on_a_fresh_one() {
+        let mut w = World::new(&[0, 1]);
+        let mut a = Attempts::new(2);
+        a.next(&mut w.budget).unwrap();
+        a.picked(0);
+        assert!(a.may_use_pool());
+        let v = w.on(&mut a, 0, err(UpstreamErrorKind::Stale, "stale"));
+        assert!(matches!(v.action, Action::RetryFresh));
+        assert_eq!(v.error_kind, Some("stale_connection_retried"));
+        assert!(
+            !a.may_use_pool(),
+            "the retry must not take a pooled connection"
+        );
+        let v = w.on(&mut a, 0, err(UpstreamErrorKind::Stale, "stale"));
+        match v.action {
+            Action::Respond(f) => assert_eq!((f.status, f.code), (502, "upstream_failed")),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            w.out.available(0, w.now),
+            "a stale connection ejects nothing"
+        );
+    }
+
+    #[test]
+    fn a_refused_connect_ejects_and_tries_the_next_endpoint() {
+        let mut w = World::new(&[0, 1]);
+        let mut a = Attempts::new(2);
+        w.budget.earn();
+        a.next(&mut w.budget).unwrap();
+        a.picked(0);
+        let v = w.on(
+            &mut a,
+            0,
+            err(UpstreamErrorKind::Connect, "connection refused"),
+        );
+        assert!(matches!(v.action, Action::PickAgain));
+        assert_eq!(v.error_kind, Some("connect"));
+        assert_eq!(
+            v.ejection,
+            Some(Ejection {
+                endpoint: 0,
+                failures: 1,
+                period: BASE,
+                reason: "connection refused"
+            })
+        );
+        assert!(!w.out.available(0, w.now));
+        // The retry costs a budget token (the one banked at start).
+        a.next(&mut w.budget).unwrap();
+        assert_eq!(a.tried(), &[0]);
+        a.picked(1);
+        let v = w.on(&mut a, 1, Outcome::Head(200));
+        assert!(matches!(v.action, Action::Deliver));
+        assert_eq!(v.error_kind, None);
+    }
+
+    #[test]
+    fn the_only_endpoint_refusing_gives_one_exact_502() {
+        // What `dead_backend_gives_502_then_recovers` sees end to end.
+        let mut w = World::new(&[0]);
+        let mut a = Attempts::new(2);
+        a.next(&mut w.budget).unwrap();
+        a.picked(0);
+        let v = w.on(
+            &mut a,
+            0,
+            err(UpstreamErrorKind::Connect, "connection refused"),
+        );
+        assert!(matches!(v.action, Action::PickAgain));
+        // Budget allows a retry, but the pick finds nothing: the answer names the
+        // connect failure, not "no healthy endpoint".
+        a.next(&mut w.budget).unwrap();
+        let f = a.pick_failed(PickFailure::NoEndpoint, "default/r");
+        assert_eq!((f.status, f.code), (502, "upstream_failed"));
+        assert!(f.message.contains("connection refused"), "{}", f.message);
+    }
+
+    #[test]
+    fn ejection_grows_exponentially_is_capped_and_ends_on_the_clock() {
+        let mut out = outliers(1, 0);
+        let t0 = Instant::now();
+        let periods: Vec<u64> = (0..5)
+            .map(|_| out.eject(0, t0, "x").unwrap().period.as_millis() as u64)
+            .collect();
+        assert_eq!(periods, [50, 100, 200, 300, 300]);
+        assert!(!out.available(0, t0 + Duration::from_millis(299)));
+        assert!(out.available(0, t0 + Duration::from_millis(300)));
+        assert!(out.restore(0), "it was failing");
+        assert!(!out.restore(0), "a second restore has nothing to log");
+        assert_eq!(
+            out.eject(0, t0, "x").unwrap().period,
+            BASE,
+            "restore resets the backoff"
+        );
+        assert!(
+            out.eject(9, t0, "x").is_none(),
+            "unknown endpoints are ignored"
+        );
+    }
+
+    #[test]
+    fn a_5xx_streak_ejects_and_a_success_resets_it() {
+        let mut w = World::new(&[0]);
+        for round in 0..2 {
+            let mut a = Attempts::new(0);
+            a.picked(0);
+            let v = w.on(&mut a, 0, Outcome::Head(500));
+            assert!(matches!(v.action, Action::Deliver), "a 500 is delivered");
+            assert!(v.ejection.is_none(), "round {round}");
+        }
+        let mut a = Attempts::new(0);
+        a.picked(0);
+        assert!(w.on(&mut a, 0, Outcome::Head(200)).ejection.is_none());
+        for _ in 0..2 {
+            assert!(w.on(&mut a, 0, Outcome::Head(502)).ejection.is_none());
+        }
+        let v = w.on(&mut a, 0, Outcome::Head(500));
+        assert_eq!(
+            v.ejection.map(|e| e.reason),
+            Some("consecutive 5xx responses")
+        );
+        // Timeouts and broken responses count towards the streak too.
+        let mut w = World::new(&[0]);
+        for _ in 0..2 {
+            let v = w.on(&mut a, 0, err(UpstreamErrorKind::Timeout, "slow"));
+            assert_eq!(v.error_kind, Some("timeout"));
+            match v.action {
+                Action::Respond(f) => assert_eq!(f.status, 504),
+                other => panic!("{other:?}"),
+            }
+        }
+        let v = w.on(&mut a, 0, err(UpstreamErrorKind::Protocol, "bad"));
+        assert_eq!(v.error_kind, Some("protocol"));
+        assert!(v.ejection.is_some());
+    }
+
+    #[test]
+    fn a_503_is_retried_elsewhere_only_with_budget_room_and_an_alternative() {
+        // Alternative and budget: retried, paying the token up front.
+        let mut w = World::new(&[0, 1]);
+        let mut a = Attempts::new(1);
+        a.next(&mut w.budget).unwrap();
+        a.picked(0);
+        let v = w.on(&mut a, 0, Outcome::Head(503));
+        assert!(matches!(v.action, Action::PickAgain));
+        assert_eq!(v.error_kind, Some("http_503_retried"));
+        a.next(&mut w.budget)
+            .expect("the 503 retry was paid for already");
+        a.picked(1);
+        // `--retries 1` used up: the second 503 is delivered.
+        let v = w.on(&mut a, 1, Outcome::Head(503));
+        assert!(matches!(v.action, Action::Deliver));
+
+        // No alternative: delivered.
+        let mut w = World::new(&[0]);
+        let mut a = Attempts::new(3);
+        a.picked(0);
+        assert!(matches!(
+            w.on(&mut a, 0, Outcome::Head(503)).action,
+            Action::Deliver
+        ));
+
+        // No budget: delivered.
+        let mut w = World::new(&[0, 1]);
+        assert!(w.budget.take());
+        let mut a = Attempts::new(3);
+        a.picked(0);
+        assert!(matches!(
+            w.on(&mut a, 0, Outcome::Head(503)).action,
+            Action::Deliver
+        ));
+
+        // The alternative is ejected: delivered.
+        let mut w = World::new(&[0, 1]);
+        w.out.eject(1, w.now, "down");
+        let mut a = Attempts::new(3);
+        a.picked(0);
+        assert!(matches!(
+            w.on(&mut a, 0, Outcome::Head(503)).action,
+            Action::Deliver
+        ));
+    }
+
+    #[test]
+    fn the_retry_budget_caps_retries_at_a_fraction_of_requests() {
+        let mut b = RetryBudget::new(0.2);
+        assert!(b.take(), "one token banked at start");
+        assert!(!b.take());
+        let mut granted = 0;
+        for _ in 0..100 {
+            b.earn();
+            if b.take() {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 20, "20 % of 100 requests");
+        for _ in 0..1000 {
+            b.earn();
+        }
+        let banked = (0..100).filter(|_| b.take()).count();
+        assert_eq!(banked, RETRY_TOKENS_MAX as usize);
+    }
+
+    #[test]
+    fn retries_stop_at_the_limit_or_an_empty_budget_naming_the_last_error() {
+        let mut w = World::new(&[0, 1, 2, 3]);
+        for _ in 0..20 {
+            w.budget.earn();
+        }
+        let mut a = Attempts::new(2);
+        for ep in 0..3 {
+            a.next(&mut w.budget).unwrap();
+            a.picked(ep);
+            let v = w.on(
+                &mut a,
+                ep,
+                err(UpstreamErrorKind::Send, "connection reset while sending"),
+            );
+            assert_eq!(v.error_kind, Some("reset"));
+        }
+        let f = a.next(&mut w.budget).unwrap_err();
+        assert_eq!(f.status, 502);
+        assert!(
+            f.message.contains("connection reset while sending"),
+            "{}",
+            f.message
+        );
+
+        let mut w = World::new(&[0, 1]);
+        assert!(w.budget.take());
+        let mut a = Attempts::new(5);
+        a.picked(0);
+        w.on(
+            &mut a,
+            0,
+            err(UpstreamErrorKind::Connect, "connect timed out"),
+        );
+        let f = a.next(&mut w.budget).unwrap_err();
+        assert!(f.message.contains("connect timed out"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_client_that_leaves_abandons_the_request() {
+        let mut w = World::new(&[0]);
+        let mut a = Attempts::new(1);
+        a.picked(0);
+        let v = w.on(&mut a, 0, err(UpstreamErrorKind::ClientGone, "gone"));
+        assert!(matches!(v.action, Action::Abandon));
+        assert_eq!(v.error_kind, Some("client_cancelled"));
+        assert!(v.ejection.is_none());
+    }
+
+    #[test]
+    fn pick_failures_map_to_their_answers() {
+        let a = Attempts::new(1);
+        let code = |why| {
+            let f = a.pick_failed(why, "r");
+            (f.status, f.code)
+        };
+        assert_eq!(
+            code(PickFailure::Saturated),
+            (503, "all_endpoints_saturated")
+        );
+        assert_eq!(code(PickFailure::Shed), (429, "shed_saturated"));
+        assert_eq!(code(PickFailure::NoEndpoint), (503, "no_healthy_endpoint"));
+        assert_eq!(code(PickFailure::Unhealthy), (503, "no_healthy_endpoint"));
+    }
+}

@@ -315,7 +315,7 @@ async fn call(
         attempts.picked(ep);
         let addr = shard.addr(ep);
         let mut extra: [(&str, &[u8]); 2] = [
-            (crate::proxy::MODEL_HEADER_NAME, ctx.model.as_bytes()),
+            (shardgate_routing::MODEL_HEADER, ctx.model.as_bytes()),
             ("", b""),
         ];
         let n = match &ctx.auth {

@@ -118,7 +118,8 @@ impl EndpointsView {
         let now = Instant::now();
         let snap = self.control.snapshot.load();
         let health = self.control.health.load();
-        let inflight = self.hub.endpoint_in_flight();
+        // From the shards' reports: current, not as of the last metrics publication.
+        let inflight = self.control.reports.endpoint_in_flight();
         let ejected = self.hub.endpoint_ejected();
         let breakdown = self.breakdown(&snap, now);
         let mut out = Vec::new();

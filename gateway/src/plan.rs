@@ -299,3 +299,301 @@ pub fn plan<'a>(
     };
     d
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use clap::Parser;
+
+    const CONFIG: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: shardgate
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+---
+apiVersion: inference.networking.k8s.io/v1
+kind: InferencePool
+metadata: {name: pool, namespace: default}
+spec:
+  targetPorts: [{number: 8000}]
+  selector: {matchLabels: {app: sim}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: pool-1
+  namespace: default
+  labels: {inference.networking.k8s.io/pool-name: pool}
+addressType: IPv4
+ports: [{port: 8000}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: crit, namespace: default}
+spec: {modelName: crit, criticality: Critical, poolRef: {name: pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: shed, namespace: default}
+spec: {modelName: shed, criticality: Sheddable, poolRef: {name: pool}}
+---
+apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceObjective
+metadata: {name: urgent, namespace: default}
+spec: {priority: 10, poolRef: {name: pool}}
+---
+apiVersion: ai.gateway.io/v1alpha1
+kind: BatchingPolicy
+metadata: {name: batching, namespace: default}
+spec:
+  maxBatchSize: 32
+  maxLatency: 50ms
+  priorityQueues:
+  - {name: real-time, maxLatency: 10ms, maxBatchSize: 4}
+  - {name: batch, maxLatency: 100ms, maxBatchSize: 64}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r0, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches:
+    - headers: [{name: X-Gateway-Model-Name, value: crit}]
+    - headers: [{name: X-Gateway-Model-Name, value: shed}]
+    - headers: [{name: X-Model-Type, value: typed}]
+    backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: pool}]
+  - matches: [{headers: [{name: X-Gateway-Model-Name, value: emb}]}]
+    filters:
+    - {type: ExtensionRef, extensionRef: {group: ai.gateway.io, kind: BatchingPolicy, name: batching}}
+    backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: pool}]
+  - matches: [{path: {type: Exact, value: /v2/models/resnet/infer}}]
+    backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: pool}]
+  - matches: [{path: {type: PathPrefix, value: /broken}}]
+    filters:
+    - {type: ExtensionRef, extensionRef: {group: ai.gateway.io, kind: BatchingPolicy, name: missing}}
+    backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: pool}]
+";
+
+    fn state() -> GatewayState {
+        let loaded = crate::load::load(&[("plan.yaml".into(), CONFIG.into())]).expect("config");
+        let cli = crate::cli::Cli::try_parse_from(["shardgate", "serve", "-c", "plan.yaml"])
+            .expect("cli");
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let settings = crate::load::settings(&args.run.limits, &loaded.table);
+        GatewayState::new(loaded.table, settings).expect("state")
+    }
+
+    /// Plan `method path` with `headers` and `body` on listener 0.
+    fn run<'a>(
+        st: &'a GatewayState,
+        method: &'a str,
+        path: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+        body: &'a str,
+    ) -> Decision<'a> {
+        let lookup = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_bytes())
+        };
+        let info = RequestInfo {
+            method,
+            path,
+            query: None,
+            host: None,
+            header: &lookup,
+            body: body.as_bytes(),
+        };
+        plan(&info, st, &[0])
+    }
+
+    fn forward(d: &Decision<'_>) -> (i32, &'static str) {
+        match &d.plan {
+            Plan::Forward(t) => (t.priority, "forward"),
+            Plan::Batch { target, .. } => (target.priority, "batch"),
+            Plan::Models => (0, "models"),
+            Plan::Reject(_) => (0, "reject"),
+        }
+    }
+
+    fn rejected(d: &Decision<'_>) -> (u16, &'static str) {
+        match &d.plan {
+            Plan::Reject(f) => (f.status, f.code),
+            _ => panic!("not rejected"),
+        }
+    }
+
+    fn completion(model: &str) -> String {
+        format!(r#"{{"model":"{model}","prompt":"hi","max_tokens":1}}"#)
+    }
+
+    #[test]
+    fn the_gateway_answers_v1_models_itself() {
+        let st = state();
+        let d = run(&st, "GET", "/v1/models", &[], "");
+        assert!(matches!(d.plan, Plan::Models));
+        assert!(d.route.is_none());
+    }
+
+    #[test]
+    fn body_model_routes_and_is_a_known_model() {
+        let st = state();
+        let body = completion("crit");
+        let d = run(&st, "POST", "/v1/completions", &[], &body);
+        assert_eq!(forward(&d), (1, "forward"), "InferenceModel Critical = 1");
+        assert_eq!(d.model.as_deref(), Some("crit"));
+        assert_eq!(d.body_model(), Some("crit"));
+        assert!(d.known_model);
+        assert_eq!(d.route, Some("default/r0"));
+    }
+
+    #[test]
+    fn header_model_routes_but_is_not_a_body_model() {
+        let st = state();
+        let d = run(&st, "GET", "/anything", &[("X-Model-Type", "typed")], "");
+        assert_eq!(forward(&d), (0, "forward"));
+        assert_eq!(d.model.as_deref(), Some("typed"));
+        assert_eq!(d.body_model(), None);
+    }
+
+    #[test]
+    fn priority_order_request_header_then_objective_then_model() {
+        let st = state();
+        let body = completion("shed");
+        let p = |headers: &[(&str, &str)]| {
+            forward(&run(&st, "POST", "/v1/completions", headers, &body)).0
+        };
+        assert_eq!(p(&[]), -1, "InferenceModel Sheddable");
+        assert_eq!(p(&[("x-gateway-inference-objective", "urgent")]), 10);
+        assert_eq!(
+            p(&[
+                ("x-gateway-inference-objective", "urgent"),
+                ("x-request-priority", "-3")
+            ]),
+            -3
+        );
+        // A priority that does not parse falls through to the next source.
+        assert_eq!(p(&[("x-request-priority", "high")]), -1);
+    }
+
+    #[test]
+    fn an_unknown_objective_is_a_400_even_with_an_explicit_priority() {
+        let st = state();
+        let body = completion("crit");
+        let headers = [
+            ("x-gateway-inference-objective", "nope"),
+            ("x-request-priority", "3"),
+        ];
+        let d = run(&st, "POST", "/v1/completions", &headers, &body);
+        assert_eq!(rejected(&d), (400, "unknown_inference_objective"));
+    }
+
+    #[test]
+    fn unknown_model_and_unknown_route_are_404s() {
+        let st = state();
+        let body = completion("ghost");
+        let d = run(&st, "POST", "/v1/completions", &[], &body);
+        assert_eq!(rejected(&d), (404, "model_not_found"));
+        assert_eq!(d.model.as_deref(), Some("ghost"));
+        let d = run(&st, "GET", "/nothing", &[], "");
+        assert_eq!(rejected(&d), (404, "route_not_found"));
+    }
+
+    #[test]
+    fn malformed_json_and_two_model_keys_are_400s() {
+        let st = state();
+        for body in [r#"{"model":"#, r#"{"model":"a","model":"b"}"#] {
+            let d = run(&st, "POST", "/v1/chat/completions", &[], body);
+            assert_eq!(rejected(&d), (400, "invalid_json"), "{body}");
+        }
+    }
+
+    #[test]
+    fn an_escaped_model_name_is_decoded() {
+        let st = state();
+        let d = run(
+            &st,
+            "POST",
+            "/v1/completions",
+            &[],
+            r#"{"model":"cr\u0069t","prompt":"x"}"#,
+        );
+        assert_eq!(d.model.as_deref(), Some("crit"));
+        assert_eq!(forward(&d), (1, "forward"));
+    }
+
+    #[test]
+    fn a_kserve_path_names_its_model() {
+        let st = state();
+        let d = run(&st, "POST", "/v2/models/resnet/infer", &[], "{}");
+        assert_eq!(forward(&d), (0, "forward"));
+        assert_eq!(d.model.as_deref(), Some("resnet"));
+        assert_eq!(d.body_model(), None);
+    }
+
+    #[test]
+    fn a_missing_filter_is_a_500() {
+        let st = state();
+        let d = run(&st, "GET", "/broken/x", &[], "");
+        assert_eq!(rejected(&d), (500, "filter_not_found"));
+        assert_eq!(d.route, Some("default/r0"));
+    }
+
+    #[test]
+    fn batchable_requests_pick_their_queue() {
+        let st = state();
+        let body = r#"{"model":"emb","input":["a","b"]}"#;
+        let queue = |headers: &[(&str, &str)]| -> Result<(usize, i32), (u16, &'static str)> {
+            let d = run(&st, "POST", "/v1/embeddings", headers, body);
+            match d.plan {
+                Plan::Batch {
+                    queue,
+                    target,
+                    policy,
+                    class,
+                    ..
+                } => {
+                    assert_eq!(policy, "default/batching");
+                    assert_eq!(class.inputs, 2);
+                    Ok((queue.0, target.priority))
+                }
+                Plan::Reject(f) => Err((f.status, f.code)),
+                _ => panic!("neither batched nor rejected"),
+            }
+        };
+        // Queues most urgent first: real-time (priority 2), default (1), batch (0).
+        assert_eq!(queue(&[]), Ok((1, 0)), "priority 0: the default queue");
+        assert_eq!(queue(&[("x-priority", "real-time")]), Ok((0, 2)));
+        assert_eq!(queue(&[("x-priority", "batch")]), Ok((2, 0)));
+        assert_eq!(queue(&[("x-request-priority", "4")]), Ok((0, 4)));
+        assert_eq!(queue(&[("x-request-priority", "-1")]), Ok((2, -1)));
+        assert_eq!(
+            queue(&[("x-priority", "nope")]),
+            Err((400, "unknown_priority_queue"))
+        );
+    }
+
+    #[test]
+    fn streaming_or_header_routed_requests_are_not_batched() {
+        let st = state();
+        let body = r#"{"model":"emb","prompt":"a","stream":true}"#;
+        let d = run(&st, "POST", "/v1/completions", &[], body);
+        assert_eq!(forward(&d).1, "forward");
+        let d = run(
+            &st,
+            "POST",
+            "/v1/other",
+            &[("x-gateway-model-name", "emb")],
+            r#"{"input":["a"]}"#,
+        );
+        assert_eq!(forward(&d).1, "forward", "the body names no model");
+    }
+}
