@@ -54,6 +54,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use serde_json::value::RawValue;
+use shardgate_http::write::{openai_error_json_code, ErrorCode};
 use thiserror::Error;
 
 use crate::json::{
@@ -752,33 +753,24 @@ pub fn split_error(status: u16, body: &[u8], members: usize) -> Vec<MemberError>
         }];
     }
     let (ty, code) = upstream_type_code(body);
-    let mut out = Vec::new();
-    out.extend_from_slice(b"{\"error\":{\"message\":");
-    write_str(
-        &mut out,
-        &format!(
-            "the batched upstream request failed with HTTP {status}; its details are withheld \
-             because the batch carried other requests"
-        ),
+    let code = match code {
+        None => ErrorCode::Null,
+        Some(raw) => match raw.strip_prefix('"').and_then(|c| c.strip_suffix('"')) {
+            Some(s) => ErrorCode::Str(s),
+            None => raw.parse().map_or(ErrorCode::Null, ErrorCode::Int),
+        },
+    };
+    let ty = ty.unwrap_or(if status >= 500 {
+        "server_error"
+    } else {
+        "upstream_error"
+    });
+    let message = format!(
+        "the batched upstream request failed with HTTP {status}; its details are withheld \
+         because the batch carried other requests"
     );
-    out.extend_from_slice(b",\"type\":");
-    match ty {
-        Some(t) => write_str(&mut out, t),
-        None => write_str(
-            &mut out,
-            if status >= 500 {
-                "server_error"
-            } else {
-                "upstream_error"
-            },
-        ),
-    }
-    out.extend_from_slice(b",\"code\":");
-    match code {
-        Some(c) => out.extend_from_slice(c.as_bytes()),
-        None => out.extend_from_slice(b"null"),
-    }
-    out.extend_from_slice(b"}}");
+    let mut out = Vec::new();
+    openai_error_json_code(&mut out, &message, ty, code);
     vec![MemberError { status, body: out }; members]
 }
 

@@ -138,6 +138,45 @@ pub fn openai_error_json(out: &mut Vec<u8>, message: &str, err_type: &str, code:
     out.extend_from_slice(JSON_TAIL);
 }
 
+/// An error body's `code` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode<'a> {
+    /// A string code (the gateway's own, e.g. `model_not_found`).
+    Str(&'a str),
+    /// An integer code (as inference servers send, e.g. vLLM's `"code": 400`).
+    Int(i64),
+    /// No code.
+    Null,
+}
+
+/// Like [`openai_error_json`] with any kind of `code`: the one writer of
+/// OpenAI error bodies (the gateway's own errors and the sanitised errors of
+/// batched calls).
+pub fn openai_error_json_code(
+    out: &mut Vec<u8>,
+    message: &str,
+    err_type: &str,
+    code: ErrorCode<'_>,
+) {
+    match code {
+        ErrorCode::Str(c) => openai_error_json(out, message, err_type, c),
+        ErrorCode::Int(_) | ErrorCode::Null => {
+            out.extend_from_slice(JSON_HEAD);
+            escape_json(out, message);
+            out.extend_from_slice(JSON_TYPE);
+            escape_json(out, err_type);
+            out.extend_from_slice(b"\",\"param\":null,\"code\":");
+            match code {
+                ErrorCode::Int(n) => {
+                    let _ = std::io::Write::write_fmt(out, format_args!("{n}"));
+                }
+                _ => out.extend_from_slice(b"null"),
+            }
+            out.extend_from_slice(b"}}");
+        }
+    }
+}
+
 /// Length in bytes of what [`openai_error_json`] appends.
 pub fn openai_error_json_len(message: &str, err_type: &str, code: &str) -> usize {
     JSON_HEAD.len()
@@ -224,6 +263,29 @@ fn escaped_len(s: &str) -> usize {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn error_codes_may_be_strings_integers_or_null() {
+        let body = |code| {
+            let mut out = Vec::new();
+            openai_error_json_code(&mut out, "m\"x", "t", code);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            body(ErrorCode::Int(-400)),
+            r#"{"error":{"message":"m\"x","type":"t","param":null,"code":-400}}"#
+        );
+        assert_eq!(
+            body(ErrorCode::Null),
+            r#"{"error":{"message":"m\"x","type":"t","param":null,"code":null}}"#
+        );
+        let mut plain = Vec::new();
+        openai_error_json(&mut plain, "m\"x", "t", "c");
+        assert_eq!(body(ErrorCode::Str("c")).into_bytes(), plain);
+        for b in [body(ErrorCode::Int(7)), body(ErrorCode::Null)] {
+            serde_json::from_str::<serde_json::Value>(&b).unwrap();
+        }
+    }
 
     #[test]
     fn reason_phrases() {

@@ -346,13 +346,13 @@ fn errors_are_sanitised_for_batches_and_passed_through_alone() {
     assert_eq!(e.len(), 2);
     assert_eq!(
         s(&e[0].body),
-        r#"{"error":{"message":"the batched upstream request failed with HTTP 400; its details are withheld because the batch carried other requests","type":"BadRequestError","code":400}}"#
+        r#"{"error":{"message":"the batched upstream request failed with HTTP 400; its details are withheld because the batch carried other requests","type":"BadRequestError","param":null,"code":400}}"#
     );
     // Types / codes that are not short identifiers are dropped; odd statuses become 502.
     let odd = br#"{"error":{"message":"x","type":"has secret spaces","code":"also secret!"}}"#;
     let e = split_error(503, odd, 3);
     assert!(
-        s(&e[2].body).ends_with(r#""type":"server_error","code":null}}"#),
+        s(&e[2].body).ends_with(r#""type":"server_error","param":null,"code":null}}"#),
         "{}",
         s(&e[2].body)
     );
@@ -362,7 +362,8 @@ fn errors_are_sanitised_for_batches_and_passed_through_alone() {
         br#"{"error":{"type":"rate_limit","code":"rate_limit_exceeded"}}"#,
         2,
     );
-    assert!(s(&e[0].body).ends_with(r#""type":"rate_limit","code":"rate_limit_exceeded"}}"#));
+    assert!(s(&e[0].body)
+        .ends_with(r#""type":"rate_limit","param":null,"code":"rate_limit_exceeded"}}"#));
     assert!(retry_alone(400) && retry_alone(413) && retry_alone(422));
     assert!(!retry_alone(500) && !retry_alone(429) && !retry_alone(404));
 }
