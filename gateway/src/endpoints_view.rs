@@ -8,10 +8,10 @@
 //! `gateway_telemetry_scrape_age_seconds`) plus
 //! `gateway_prefix_share_records_total{result="received|forwarded|dropped"}`.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
+use shardgate_promtext::{Kind, PromWriter, Style};
 use shardgate_routing::scoring::{Candidate, PickRequest, Picker, Profile, ScoreBreakdown, Scorer};
 use shardgate_routing::telemetry::SignalKind;
 use shardgate_routing::{RequestView, RoutingTable, MODEL_HEADER};
@@ -185,7 +185,8 @@ impl EndpointsView {
         .unwrap_or_default()
     }
 
-    /// Telemetry-derived metrics, appended to `/metrics`.
+    /// Telemetry-derived metrics, appended to `/metrics` (Prometheus text, written by
+    /// [`shardgate_promtext`]).
     pub fn render_metrics(&self, out: &mut String) {
         let now = Instant::now();
         let snap = self.control.snapshot.load();
@@ -203,97 +204,92 @@ impl EndpointsView {
                 names.join(",")
             }
         };
-        let _ = writeln!(
-            out,
-            "# HELP gateway_gpu_utilization_percent GPU utilisation per endpoint, 0-100: the GPU's own utilisation where the backend exports it (DCGM, Triton), else, for vLLM-family servers, their KV-cache utilisation.\n# TYPE gateway_gpu_utilization_percent gauge"
+        let telemetry = |id: usize| snap.endpoint(id).map(|v| &v.telemetry);
+        let mut w = PromWriter::new(out, Style::PLAIN);
+        w.family(
+            "gateway_gpu_utilization_percent",
+            "GPU utilisation per endpoint, 0-100: the GPU's own utilisation where the backend exports it (DCGM, Triton), else, for vLLM-family servers, their KV-cache utilisation.",
+            Kind::Gauge,
         );
         for (id, (addr, _)) in self.endpoints.iter().enumerate() {
-            let t = snap.endpoint(id).map(|v| &v.telemetry);
-            let v = t.and_then(|t| {
+            let v = telemetry(id).and_then(|t| {
                 t.value(SignalKind::GpuUtil)
                     .or_else(|| t.value(SignalKind::KvUsage))
             });
             if let Some(v) = v {
-                let _ = writeln!(
-                    out,
-                    "gateway_gpu_utilization_percent{{endpoint=\"{addr}\",model=\"{}\"}} {}",
-                    model_of(id),
-                    v * 100.0
-                );
+                let model = model_of(id);
+                w.sample("", &[("endpoint", addr), ("model", &model)], v * 100.0);
             }
         }
-        let _ = writeln!(out, "# HELP gateway_gpu_memory_used_ratio GPU memory (or, for vLLM-family servers, KV-cache) in use, 0-1.\n# TYPE gateway_gpu_memory_used_ratio gauge");
+        w.family(
+            "gateway_gpu_memory_used_ratio",
+            "GPU memory (or, for vLLM-family servers, KV-cache) in use, 0-1.",
+            Kind::Gauge,
+        );
         for (id, (addr, _)) in self.endpoints.iter().enumerate() {
-            let t = snap.endpoint(id).map(|v| &v.telemetry);
-            if let Some(v) = t.and_then(|t| {
+            if let Some(v) = telemetry(id).and_then(|t| {
                 t.value(SignalKind::GpuMemUsed)
                     .or_else(|| t.value(SignalKind::KvUsage))
             }) {
-                let _ = writeln!(
-                    out,
-                    "gateway_gpu_memory_used_ratio{{endpoint=\"{addr}\",model=\"{}\"}} {v}",
-                    model_of(id)
-                );
+                let model = model_of(id);
+                w.sample("", &[("endpoint", addr), ("model", &model)], v);
             }
         }
-        let _ = writeln!(out, "# HELP gateway_endpoint_queue_depth Requests waiting in the endpoint's own queue (from its telemetry).\n# TYPE gateway_endpoint_queue_depth gauge");
+        w.family(
+            "gateway_endpoint_queue_depth",
+            "Requests waiting in the endpoint's own queue (from its telemetry).",
+            Kind::Gauge,
+        );
         for (id, (addr, _)) in self.endpoints.iter().enumerate() {
-            if let Some(v) = snap
-                .endpoint(id)
-                .and_then(|v| v.telemetry.value(SignalKind::Waiting))
-            {
-                let _ = writeln!(
-                    out,
-                    "gateway_endpoint_queue_depth{{endpoint=\"{addr}\"}} {v}"
-                );
+            if let Some(v) = telemetry(id).and_then(|t| t.value(SignalKind::Waiting)) {
+                w.sample("", &[("endpoint", addr)], v);
             }
         }
-        let _ = writeln!(out, "# HELP gateway_endpoint_healthy 1 while the endpoint passes its health checks.\n# TYPE gateway_endpoint_healthy gauge");
+        w.family(
+            "gateway_endpoint_healthy",
+            "1 while the endpoint passes its health checks.",
+            Kind::Gauge,
+        );
         for (id, (addr, _)) in self.endpoints.iter().enumerate() {
             let ok = health.get(id).is_none_or(|h| h.healthy);
-            let _ = writeln!(
-                out,
-                "gateway_endpoint_healthy{{endpoint=\"{addr}\"}} {}",
-                u8::from(ok)
-            );
+            w.sample("", &[("endpoint", addr)], ok);
         }
         let breakdown = self.breakdown(&snap, now);
-        let _ = writeln!(
-            out,
-            "# HELP gateway_endpoint_score Endpoint score (0-1) under the gateway's default scheduling profile from the latest telemetry, without prefix affinity.\n# TYPE gateway_endpoint_score gauge"
+        w.family(
+            "gateway_endpoint_score",
+            "Endpoint score (0-1) under the gateway's default scheduling profile from the latest telemetry, without prefix affinity.",
+            Kind::Gauge,
         );
         for (id, (addr, _)) in self.endpoints.iter().enumerate() {
             if let Some(total) = breakdown.get(id).and_then(|b| b.total) {
-                let _ = writeln!(
-                    out,
-                    "gateway_endpoint_score{{endpoint=\"{addr}\",profile=\"{}\"}} {total}",
-                    self.profile.kind.as_str()
-                );
+                let labels = [
+                    ("endpoint", addr.as_str()),
+                    ("profile", self.profile.kind.as_str()),
+                ];
+                w.sample("", &labels, total);
             }
         }
         let share = self.control.prefix_share_stats();
-        let _ = writeln!(
-            out,
-            "# HELP gateway_prefix_share_records_total Prefix-index records shared between shards: received from a shard, forwarded to another shard, dropped on a full ring.\n# TYPE gateway_prefix_share_records_total counter"
+        w.family(
+            "gateway_prefix_share_records_total",
+            "Prefix-index records shared between shards: received from a shard, forwarded to another shard, dropped on a full ring.",
+            Kind::Counter,
         );
         for (result, n) in [
             ("received", share.received),
             ("forwarded", share.forwarded),
             ("dropped", share.dropped),
         ] {
-            let _ = writeln!(
-                out,
-                "gateway_prefix_share_records_total{{result=\"{result}\"}} {n}"
-            );
+            w.sample("", &[("result", result)], n);
         }
-        let _ = writeln!(out, "# HELP gateway_telemetry_scrape_age_seconds Time since the endpoint's last successful telemetry scrape.\n# TYPE gateway_telemetry_scrape_age_seconds gauge");
+        w.family(
+            "gateway_telemetry_scrape_age_seconds",
+            "Time since the endpoint's last successful telemetry scrape.",
+            Kind::Gauge,
+        );
         for (id, (addr, _)) in self.endpoints.iter().enumerate() {
-            if let Some(age) = snap.endpoint(id).and_then(|v| v.telemetry.age(now)) {
-                let _ = writeln!(
-                    out,
-                    "gateway_telemetry_scrape_age_seconds{{endpoint=\"{addr}\"}} {}",
-                    age.as_secs_f64()
-                );
+            if let Some(age) = telemetry(id).and_then(|t| t.age(now)) {
+                w.sample("", &[("endpoint", addr)], age.as_secs_f64());
             }
         }
     }

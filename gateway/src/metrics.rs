@@ -16,11 +16,11 @@
 //! time to first token, 1 ms to 2 s per output token.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use shardgate_promtext::{Kind, PromWriter, Style};
 
 /// How often a shard publishes its metrics for scraping.
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(500);
@@ -74,8 +74,13 @@ impl Hist {
         self.sum += other.sum;
     }
 
-    fn count(&self) -> u64 {
-        self.counts.iter().sum()
+    /// (upper bound, count in that bucket alone) for `bounds`, then the overflow
+    /// bucket at +Inf: what [`PromWriter::histogram`] takes.
+    fn buckets<'a>(&'a self, bounds: &'a [f64]) -> impl Iterator<Item = (f64, u64)> + 'a {
+        (0..=bounds.len()).map(|i| {
+            let bound = bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            (bound, self.counts.get(i).copied().unwrap_or(0))
+        })
     }
 }
 
@@ -323,7 +328,8 @@ impl MetricsHub {
         out
     }
 
-    /// Render every shard's latest metrics, merged, in Prometheus text format 0.0.4.
+    /// Render every shard's latest metrics, merged, in Prometheus text format 0.0.4
+    /// (written by [`shardgate_promtext`]).
     pub fn render(&self) -> String {
         let snaps: Vec<Arc<Option<ShardMetrics>>> =
             self.slots.iter().map(|s| s.load_full()).collect();
@@ -399,108 +405,85 @@ impl MetricsHub {
                 }
             }
         }
-        let mut out = String::with_capacity(16 * 1024);
-        let _ = writeln!(out, "# HELP gateway_build_info shardgate build and runtime information.\n# TYPE gateway_build_info gauge");
-        let _ = writeln!(
-            out,
-            "gateway_build_info{{version=\"{}\",driver=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION"),
-            self.driver
+        let mut text = String::with_capacity(16 * 1024);
+        let mut w = PromWriter::new(&mut text, Style::PLAIN);
+        w.family(
+            "gateway_build_info",
+            "shardgate build and runtime information.",
+            Kind::Gauge,
+        )
+        .sample(
+            "",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("driver", self.driver),
+            ],
+            1u8,
         );
-        let _ = writeln!(out, "# HELP gateway_shards Number of shards (threads with their own listener).\n# TYPE gateway_shards gauge\ngateway_shards {}", self.slots.len());
+        w.family(
+            "gateway_shards",
+            "Number of shards (threads with their own listener).",
+            Kind::Gauge,
+        )
+        .sample("", &[], self.slots.len());
 
-        header(&mut out, "gateway_requests_total", "counter", "Requests answered, by model, route and status code (code 0: the client left before an answer).");
+        w.family("gateway_requests_total", "Requests answered, by model, route and status code (code 0: the client left before an answer).", Kind::Counter);
         for ((m, r, c), v) in sorted(&requests) {
-            let _ = writeln!(
-                out,
-                "gateway_requests_total{{model=\"{}\",route=\"{}\",code=\"{c}\"}} {v}",
-                esc(m),
-                esc(r)
-            );
+            let mut code = itoa::Buffer::new();
+            let labels = [
+                ("model", m.as_str()),
+                ("route", r),
+                ("code", code.format(*c)),
+            ];
+            w.sample("", &labels, *v);
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_inference_duration_seconds",
-            "histogram",
             "Time from the request head to the last response byte.",
+            Kind::Histogram,
         );
         for ((m, r, c), h) in sorted(&duration) {
-            let labels = format!(
-                "model=\"{}\",route=\"{}\",status_class=\"{c}xx\"",
-                esc(m),
-                esc(r)
-            );
-            histogram(
-                &mut out,
-                "gateway_inference_duration_seconds",
-                &labels,
-                &DURATION_BUCKETS,
-                h,
-            );
+            let class = STATUS_CLASSES[usize::from(*c).min(9)];
+            let labels = [("model", m.as_str()), ("route", r), ("status_class", class)];
+            w.histogram(&labels, h.buckets(&DURATION_BUCKETS), h.sum);
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_time_to_first_token_seconds",
-            "histogram",
             "Time from the request head to the first streamed (SSE) event sent to the client.",
+            Kind::Histogram,
         );
         for ((m, r), h) in sorted(&ttft) {
-            let labels = format!("model=\"{}\",route=\"{}\"", esc(m), esc(r));
-            histogram(
-                &mut out,
-                "gateway_time_to_first_token_seconds",
-                &labels,
-                &TTFT_BUCKETS,
-                h,
-            );
+            let labels = [("model", m.as_str()), ("route", r)];
+            w.histogram(&labels, h.buckets(&TTFT_BUCKETS), h.sum);
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_time_per_output_token_seconds",
-            "histogram",
             "Mean time between streamed events after the first, per request.",
+            Kind::Histogram,
         );
         for (m, h) in sorted(&tpot) {
-            let labels = format!("model=\"{}\"", esc(m));
-            histogram(
-                &mut out,
-                "gateway_time_per_output_token_seconds",
-                &labels,
-                &TPOT_BUCKETS,
-                h,
-            );
+            w.histogram(&[("model", m)], h.buckets(&TPOT_BUCKETS), h.sum);
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_prompt_tokens_total",
-            "counter",
             "Prompt tokens reported in responses' usage.",
+            Kind::Counter,
         );
         for (m, v) in sorted(&prompt) {
-            let _ = writeln!(
-                out,
-                "gateway_prompt_tokens_total{{model=\"{}\"}} {v}",
-                esc(m)
-            );
+            w.sample("", &[("model", m)], *v);
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_completion_tokens_total",
-            "counter",
             "Completion tokens reported in responses' usage.",
+            Kind::Counter,
         );
         for (m, v) in sorted(&completion) {
-            let _ = writeln!(
-                out,
-                "gateway_completion_tokens_total{{model=\"{}\"}} {v}",
-                esc(m)
-            );
+            w.sample("", &[("model", m)], *v);
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_upstream_errors_total",
-            "counter",
             "Upstream failures by endpoint and kind.",
+            Kind::Counter,
         );
         for ((ep, kind), v) in sorted(&upstream) {
             let addr = self
@@ -508,136 +491,97 @@ impl MetricsHub {
                 .get(*ep as usize)
                 .map(|s| s.as_str())
                 .unwrap_or("unknown");
-            let _ = writeln!(
-                out,
-                "gateway_upstream_errors_total{{endpoint=\"{addr}\",kind=\"{kind}\"}} {v}"
-            );
+            w.sample("", &[("endpoint", addr), ("kind", kind)], *v);
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_endpoint_in_flight",
-            "gauge",
             "Requests in flight per endpoint, all shards.",
+            Kind::Gauge,
         );
-        for (i, v) in in_flight.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "gateway_endpoint_in_flight{{endpoint=\"{}\"}} {v}",
-                self.endpoints[i]
-            );
+        for (addr, v) in self.endpoints.iter().zip(&in_flight) {
+            w.sample("", &[("endpoint", addr)], *v);
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_endpoint_ejected",
-            "gauge",
             "1 while some shard has the endpoint ejected after connection failures.",
+            Kind::Gauge,
         );
-        for (i, v) in ejected.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "gateway_endpoint_ejected{{endpoint=\"{}\"}} {}",
-                self.endpoints[i],
-                u8::from(*v)
-            );
+        for (addr, v) in self.endpoints.iter().zip(&ejected) {
+            w.sample("", &[("endpoint", addr)], *v);
         }
-        render_batching(&mut out, &queue_depth, &batch);
-        header(
-            &mut out,
+        render_batching(&mut w, &queue_depth, &batch);
+        w.family(
             "gateway_admission_permits",
-            "gauge",
             "maxConcurrentInferences permits per shard: its share and how many are in use.",
+            Kind::Gauge,
         );
         for (i, s) in snaps.iter().enumerate() {
             if let Some((share, in_use, _, _)) = s.as_ref().as_ref().and_then(|m| m.admission) {
-                let _ = writeln!(
-                    out,
-                    "gateway_admission_permits{{shard=\"{i}\",state=\"share\"}} {share}"
-                );
-                let _ = writeln!(
-                    out,
-                    "gateway_admission_permits{{shard=\"{i}\",state=\"in_use\"}} {in_use}"
-                );
+                let mut shard = itoa::Buffer::new();
+                let shard = shard.format(i);
+                w.sample("", &[("shard", shard), ("state", "share")], share);
+                w.sample("", &[("shard", shard), ("state", "in_use")], in_use);
             }
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_admission_waiting",
-            "gauge",
             "Requests waiting for a maxConcurrentInferences permit, per shard.",
+            Kind::Gauge,
         );
         for (i, s) in snaps.iter().enumerate() {
             if let Some((_, _, _, waiting)) = s.as_ref().as_ref().and_then(|m| m.admission) {
-                let _ = writeln!(out, "gateway_admission_waiting{{shard=\"{i}\"}} {waiting}");
+                w.sample("", &[("shard", itoa::Buffer::new().format(i))], waiting);
             }
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_connections_open",
-            "gauge",
             "Client connections open, per shard.",
+            Kind::Gauge,
         );
         for (i, s) in snaps.iter().enumerate() {
             if let Some(s) = s.as_ref() {
-                let _ = writeln!(
-                    out,
-                    "gateway_connections_open{{shard=\"{i}\"}} {}",
-                    s.connections_open
+                w.sample(
+                    "",
+                    &[("shard", itoa::Buffer::new().format(i))],
+                    s.connections_open,
                 );
             }
         }
-        header(
-            &mut out,
+        w.family(
             "gateway_connections_total",
-            "counter",
             "Client connections accepted, per shard.",
+            Kind::Counter,
         );
         for (i, s) in snaps.iter().enumerate() {
             if let Some(s) = s.as_ref() {
-                let _ = writeln!(
-                    out,
-                    "gateway_connections_total{{shard=\"{i}\"}} {}",
-                    s.connections_total
+                w.sample(
+                    "",
+                    &[("shard", itoa::Buffer::new().format(i))],
+                    s.connections_total,
                 );
             }
         }
-        out
+        text
     }
 }
 
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn histogram(out: &mut String, name: &str, labels: &str, buckets: &[f64], h: &Hist) {
-    let mut cum = 0u64;
-    for (i, b) in buckets.iter().enumerate() {
-        cum += h.counts.get(i).copied().unwrap_or(0);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {cum}");
-    }
-    let total = h.count();
-    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {total}");
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", h.sum);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
-}
+/// `status_class` label values, by status / 100.
+const STATUS_CLASSES: [&str; 10] = [
+    "0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx",
+];
 
 type BatchMap<'a> = HashMap<(String, String), Vec<&'a QueueMetrics>>;
 
 fn render_batching(
-    out: &mut String,
+    w: &mut PromWriter<'_>,
     queue_depth: &HashMap<(String, String), i64>,
     batch: &BatchMap<'_>,
 ) {
-    header(out, "gateway_queue_depth", "gauge", "Requests held by the gateway's batching queues (waiting for their batch, or for its merged upstream call), by priority queue and model.");
+    w.family("gateway_queue_depth", "Requests held by the gateway's batching queues (waiting for their batch, or for its merged upstream call), by priority queue and model.", Kind::Gauge);
     for ((q, m), v) in sorted(queue_depth) {
-        let _ = writeln!(
-            out,
-            "gateway_queue_depth{{priority=\"{}\",model=\"{}\"}} {}",
-            esc(q),
-            esc(m),
-            (*v).max(0)
-        );
+        w.sample("", &[("priority", q), ("model", m)], (*v).max(0));
     }
-    header(out, "gateway_batch_flushes_total", "counter", "Batches flushed, by BatchingPolicy, priority queue and reason (full, deadline, adaptive, alone, drain).");
+    w.family("gateway_batch_flushes_total", "Batches flushed, by BatchingPolicy, priority queue and reason (full, deadline, adaptive, alone, drain).", Kind::Counter);
     for ((p, q), list) in sorted(batch) {
         let mut by_reason: Vec<(&str, u64)> = Vec::new();
         for m in list {
@@ -649,72 +593,54 @@ fn render_batching(
             }
         }
         for (r, n) in by_reason {
-            let _ = writeln!(
-                out,
-                "gateway_batch_flushes_total{{policy=\"{}\",priority=\"{}\",reason=\"{r}\"}} {n}",
-                esc(p),
-                esc(q)
-            );
+            w.sample("", &[("policy", p), ("priority", q), ("reason", r)], n);
         }
     }
-    header(
-        out,
+    w.family(
         "gateway_batch_size",
-        "histogram",
         "Requests per flushed batch.",
+        Kind::Histogram,
     );
     for ((p, q), list) in sorted(batch) {
-        let labels = format!("policy=\"{}\",priority=\"{}\"", esc(p), esc(q));
-        batch_histogram(
-            out,
-            "gateway_batch_size",
-            &labels,
-            list.iter().map(|m| (&m.batch_size, m.batch_size_sum)),
-            1.0,
-        );
+        let parts = list.iter().map(|m| (&m.batch_size, m.batch_size_sum));
+        batch_histogram(w, &[("policy", p), ("priority", q)], parts, 1.0);
     }
-    header(
-        out,
+    w.family(
         "gateway_batch_queue_wait_seconds",
-        "histogram",
         "Time each request spent queued before its batch was flushed.",
+        Kind::Histogram,
     );
     for ((p, q), list) in sorted(batch) {
-        let labels = format!("policy=\"{}\",priority=\"{}\"", esc(p), esc(q));
-        batch_histogram(
-            out,
-            "gateway_batch_queue_wait_seconds",
-            &labels,
-            list.iter().map(|m| (&m.queued_us, m.queued_us_sum)),
-            1e6,
-        );
+        let parts = list.iter().map(|m| (&m.queued_us, m.queued_us_sum));
+        batch_histogram(w, &[("policy", p), ("priority", q)], parts, 1e6);
     }
-    header(
-        out,
+    w.family(
         "gateway_batch_rejected_total",
-        "counter",
         "Requests a batching queue refused (full) or that expired waiting.",
+        Kind::Counter,
     );
     for ((p, q), list) in sorted(batch) {
         let full: u64 = list.iter().map(|m| m.rejected_full).sum();
         let expired: u64 = list.iter().map(|m| m.expired).sum();
-        let _ = writeln!(
-            out,
-            "gateway_batch_rejected_total{{policy=\"{}\",priority=\"{}\",reason=\"full\"}} {full}",
-            esc(p),
-            esc(q)
+        w.sample(
+            "",
+            &[("policy", p), ("priority", q), ("reason", "full")],
+            full,
         );
-        let _ = writeln!(out, "gateway_batch_rejected_total{{policy=\"{}\",priority=\"{}\",reason=\"timeout\"}} {expired}", esc(p), esc(q));
+        w.sample(
+            "",
+            &[("policy", p), ("priority", q), ("reason", "timeout")],
+            expired,
+        );
     }
 }
 
-/// Render merged batching histograms whose buckets are `(upper bound,
-/// cumulative count)` pairs ending with `None` = +Inf, divided by `divisor` (1e6: µs → s;
-/// dividing keeps labels like `0.0001` free of float noise).
+/// Write the shards' batching histograms merged. Their buckets are `(upper bound,
+/// cumulative count)` pairs ending with `None` = +Inf; bounds and the sum are divided by
+/// `divisor` (1e6: µs → s; dividing keeps labels like `0.0001` free of float noise).
 fn batch_histogram<'a>(
-    out: &mut String,
-    name: &str,
-    labels: &str,
+    w: &mut PromWriter<'_>,
+    labels: &[(&str, &str)],
     parts: impl Iterator<Item = (&'a Vec<(Option<u64>, u64)>, u64)>,
     divisor: f64,
 ) {
@@ -729,37 +655,20 @@ fn batch_histogram<'a>(
             }
         }
     }
-    let mut total = 0u64;
-    for (b, n) in &merged {
-        total = *n;
-        match b {
-            Some(b) => {
-                let _ = writeln!(
-                    out,
-                    "{name}_bucket{{{labels},le=\"{}\"}} {n}",
-                    *b as f64 / divisor
-                );
-            }
-            None => {
-                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {n}");
-            }
-        }
-    }
-    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", sum as f64 / divisor);
-    let _ = writeln!(out, "{name}_count{{{labels}}} {total}");
+    // The writer wants each bucket's own count: undo the accumulation.
+    let mut below = 0u64;
+    let buckets = merged.iter().map(|(b, n)| {
+        let own = n.saturating_sub(below);
+        below = *n;
+        (b.map_or(f64::INFINITY, |b| b as f64 / divisor), own)
+    });
+    w.histogram(labels, buckets, sum as f64 / divisor);
 }
 
 fn sorted<K: Ord, V>(m: &HashMap<K, V>) -> Vec<(&K, &V)> {
     let mut v: Vec<(&K, &V)> = m.iter().collect();
     v.sort_by(|a, b| a.0.cmp(b.0));
     v
-}
-
-/// Escape a label value (`\`, `"`, newline).
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Finds `usage` token counts in a response body streamed in pieces, including

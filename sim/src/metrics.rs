@@ -9,10 +9,13 @@
 //! only when LoRA adapters are configured, with up to [`LORA_INFO_HISTORY`] stale label
 //! sets kept, like vLLM's gauge.
 //!
+//! Written with [`shardgate_promtext`] in its [`Style::PYTHON`] (the number format and
+//! `le` placement above).
+//!
 //! Histogram buckets (seconds) are vLLM's: [`TTFT_BUCKETS`], [`ITL_BUCKETS`],
 //! [`REQUEST_LATENCY_BUCKETS`].
 
-use std::fmt::Write as _;
+use shardgate_promtext::{Kind, PromWriter, Style};
 
 use crate::engine::EngineMetrics;
 
@@ -115,123 +118,49 @@ impl LoraInfoHistory {
     }
 }
 
-/// Formats a float as Python's `prometheus_client` does (Go-style exponents for values
-/// with more than six integer digits).
-pub fn go_float(d: f64) -> String {
-    if d.is_nan() {
-        return "NaN".into();
-    }
-    if d == f64::INFINITY {
-        return "+Inf".into();
-    }
-    if d == f64::NEG_INFINITY {
-        return "-Inf".into();
-    }
-    let s = format!("{d:?}");
-    if let Some((mantissa, exp)) = s.split_once('e') {
-        // Rust writes `2.7e-5` / `1e16`; Python writes `2.7e-05` / `1e+16`.
-        let (sign, digits) = exp.strip_prefix('-').map_or(("+", exp), |d| ("-", d));
-        return format!("{mantissa}e{sign}{digits:0>2}");
-    }
-    match s.find('.') {
-        Some(dot) if d > 0.0 && dot > 6 && !s.contains('e') => {
-            let mantissa = format!("{}.{}{}", &s[..1], &s[1..dot], &s[dot + 1..]);
-            let mantissa = mantissa.trim_end_matches(['0', '.']);
-            format!("{mantissa}e+0{}", dot - 1)
-        }
-        _ => s,
-    }
-}
-
-struct Writer {
-    out: String,
-    labels: String,
+/// The vLLM series' common labels and `_created` value, over the shared writer.
+struct Writer<'a, 'b> {
+    w: PromWriter<'a>,
+    /// `engine`, `model_name`.
+    labels: [(&'b str, &'b str); 2],
     created: f64,
 }
 
-impl Writer {
-    fn header(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}");
-        let _ = writeln!(self.out, "# TYPE {name} {kind}");
-    }
-
+impl Writer<'_, '_> {
     fn gauge(&mut self, name: &str, help: &str, v: f64) {
-        self.header(name, help, "gauge");
-        let _ = writeln!(self.out, "{name}{{{}}} {}", self.labels, go_float(v));
+        self.w
+            .family(name, help, Kind::Gauge)
+            .sample("", &self.labels, v);
     }
 
     fn counter(&mut self, base: &str, help: &str, v: f64) {
-        let name = format!("{base}_total");
-        self.header(&name, help, "counter");
-        let _ = writeln!(self.out, "{name}{{{}}} {}", self.labels, go_float(v));
-        let created = format!("{base}_created");
-        self.header(&created, help, "gauge");
-        let _ = writeln!(
-            self.out,
-            "{created}{{{}}} {}",
-            self.labels,
-            go_float(self.created)
-        );
+        self.w
+            .family(&format!("{base}_total"), help, Kind::Counter)
+            .sample("", &self.labels, v);
+        self.w
+            .family(&format!("{base}_created"), help, Kind::Gauge)
+            .sample("", &self.labels, self.created);
     }
 
     fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
-        self.header(name, help, "histogram");
-        let (engine, model) = self.split_labels();
-        let mut cum = 0;
-        for (i, c) in h.counts.iter().enumerate() {
-            cum += c;
-            let le = h
-                .bounds
-                .get(i)
-                .map_or_else(|| "+Inf".to_owned(), |&b| go_float(b));
-            let _ = writeln!(
-                self.out,
-                "{name}_bucket{{{engine},le=\"{le}\",{model}}} {}",
-                go_float(cum as f64)
-            );
-        }
-        let _ = writeln!(
-            self.out,
-            "{name}_count{{{}}} {}",
-            self.labels,
-            go_float(h.count as f64)
+        let buckets = h.bounds.iter().copied().chain([f64::INFINITY]);
+        self.w.family(name, help, Kind::Histogram).histogram(
+            &self.labels,
+            buckets.zip(h.counts.iter().copied()),
+            h.sum,
         );
-        let _ = writeln!(
-            self.out,
-            "{name}_sum{{{}}} {}",
-            self.labels,
-            go_float(h.sum)
-        );
-        let created = format!("{name}_created");
-        self.header(&created, help, "gauge");
-        let _ = writeln!(
-            self.out,
-            "{created}{{{}}} {}",
-            self.labels,
-            go_float(self.created)
-        );
+        self.w
+            .family(&format!("{name}_created"), help, Kind::Gauge)
+            .sample("", &self.labels, self.created);
     }
-
-    fn split_labels(&self) -> (String, String) {
-        match self.labels.split_once(',') {
-            Some((a, b)) => (a.to_owned(), b.to_owned()),
-            None => (self.labels.clone(), String::new()),
-        }
-    }
-}
-
-/// Escapes a label value (backslash, double quote, newline).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Renders the `/metrics` body.
 pub fn render(info: &ExpositionInfo<'_>, m: &EngineMetrics, lora: &LoraInfoHistory) -> String {
+    let mut out = String::with_capacity(16 * 1024);
     let mut w = Writer {
-        out: String::with_capacity(16 * 1024),
-        labels: format!("engine=\"0\",model_name=\"{}\"", escape(info.model_name)),
+        w: PromWriter::new(&mut out, Style::PYTHON),
+        labels: [("engine", "0"), ("model_name", info.model_name)],
         created: info.created_unix,
     };
     w.gauge(
@@ -283,29 +212,27 @@ pub fn render(info: &ExpositionInfo<'_>, m: &EngineMetrics, lora: &LoraInfoHisto
         m.generation_tokens as f64,
     );
 
-    // request_success has a third label in the middle: write it by hand.
+    // request_success has a third label, between the common two.
     let help = "Count of successfully processed requests.";
-    let model = escape(info.model_name);
     let reasons = [
         ("stop", m.finished_stop),
         ("length", m.finished_length),
         ("abort", m.finished_abort),
     ];
-    w.header("vllm:request_success_total", help, "counter");
+    let labels = |reason| {
+        [
+            ("engine", "0"),
+            ("finished_reason", reason),
+            ("model_name", info.model_name),
+        ]
+    };
+    w.w.family("vllm:request_success_total", help, Kind::Counter);
     for (reason, v) in reasons {
-        let _ = writeln!(
-            w.out,
-            "vllm:request_success_total{{engine=\"0\",finished_reason=\"{reason}\",model_name=\"{model}\"}} {}",
-            go_float(v as f64)
-        );
+        w.w.sample("", &labels(reason), v);
     }
-    w.header("vllm:request_success_created", help, "gauge");
+    w.w.family("vllm:request_success_created", help, Kind::Gauge);
     for (reason, _) in reasons {
-        let _ = writeln!(
-            w.out,
-            "vllm:request_success_created{{engine=\"0\",finished_reason=\"{reason}\",model_name=\"{model}\"}} {}",
-            go_float(info.created_unix)
-        );
+        w.w.sample("", &labels(reason), info.created_unix);
     }
 
     w.histogram(
@@ -329,52 +256,48 @@ pub fn render(info: &ExpositionInfo<'_>, m: &EngineMetrics, lora: &LoraInfoHisto
         &m.queue_time,
     );
 
+    let mut w = w.w;
     if info.lora_enabled {
-        w.header(
+        w.family(
             "vllm:lora_requests_info",
             "Running stats on lora requests.",
-            "gauge",
+            Kind::Gauge,
         );
+        let max_lora = info.max_loras.to_string();
         for (running, waiting, t) in lora.entries.iter().rev() {
-            let _ = writeln!(
-                w.out,
-                "vllm:lora_requests_info{{max_lora=\"{}\",running_lora_adapters=\"{}\",waiting_lora_adapters=\"{}\"}} {}",
-                info.max_loras,
-                escape(running),
-                escape(waiting),
-                go_float(*t)
-            );
+            let labels = [
+                ("max_lora", max_lora.as_str()),
+                ("running_lora_adapters", running),
+                ("waiting_lora_adapters", waiting),
+            ];
+            w.sample("", &labels, *t);
         }
     }
-    w.header(
+    let (block_size, num_gpu_blocks) =
+        (info.block_size.to_string(), info.num_gpu_blocks.to_string());
+    w.family(
         "vllm:cache_config_info",
         "Information of the LLMEngine CacheConfig",
-        "gauge",
+        Kind::Gauge,
+    )
+    .sample(
+        "",
+        &[
+            ("block_size", &block_size),
+            ("cache_dtype", "auto"),
+            ("enable_prefix_caching", "True"),
+            ("engine", "0"),
+            ("num_gpu_blocks", &num_gpu_blocks),
+            ("prefix_caching_hash_algo", "xxh3"),
+        ],
+        1.0,
     );
-    let _ = writeln!(
-        w.out,
-        "vllm:cache_config_info{{block_size=\"{}\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",engine=\"0\",num_gpu_blocks=\"{}\",prefix_caching_hash_algo=\"xxh3\"}} 1.0",
-        info.block_size, info.num_gpu_blocks
-    );
-    w.out
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn go_float_matches_prometheus_client() {
-        assert_eq!(go_float(8.0), "8.0");
-        assert_eq!(go_float(0.25806451612903225), "0.25806451612903225");
-        assert_eq!(go_float(1.7956480950568624e9), "1.7956480950568624e+09");
-        assert_eq!(go_float(4855529472.0), "4.855529472e+09");
-        assert_eq!(go_float(2560.0), "2560.0");
-        assert_eq!(go_float(f64::INFINITY), "+Inf");
-        assert_eq!(go_float(2.7e-5), "2.7e-05");
-        assert_eq!(go_float(1e16), "1e+16");
-        assert_eq!(go_float(0.0001), "0.0001");
-    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {
