@@ -1,11 +1,36 @@
 //! shardgate: the gateway binary's library — CLI commands, wiring of shards,
-//! admin listener and signal handling.
+//! the data path, the control thread and the admin listener.
 //!
 //! `serve` loads the config, binds one `SO_REUSEPORT` socket per shard per served
 //! port on the main thread (so bind errors surface before anything starts), starts
 //! the shards and the admin thread, then waits. SIGTERM/SIGINT starts a drain:
 //! listeners close within 50 ms, in-flight requests finish (up to
 //! `--drain-timeout`), and the process exits 0. A second signal exits at once.
+//!
+//! # One request, accept to response (modules in one direction)
+//!
+//! 1. [`server`] accepts on the shard the kernel chose and spawns
+//!    [`proxy::serve_connection`].
+//! 2. [`proxy`] (the HTTP/1.1 front end) reads and parses the head and body, and
+//!    hands a protocol-neutral [`plan::RequestInfo`] to
+//! 3. [`plan`] (pure): model, route, priority, and the decision — answer now,
+//!    batch, or forward — from the read-only [`state::GatewayState`].
+//! 4. [`proxy`] carries the plan out: the admission permit from [`admit`], a
+//!    batched request through [`batch`] (the executor of [`lanes`]), a forwarded
+//!    one through the pick of [`shard`] and
+//! 5. [`attempt`] (pure): after each try — stale connection, connect failure,
+//!    503 before the first byte, timeout — retry fresh, pick again, deliver or
+//!    answer; ejections, 5xx streaks and the retry budget live there too;
+//! 6. [`upstream`]: the one client — pool, connect, request serialisation,
+//!    exchange — used by the proxy, batched calls and the control thread;
+//! 7. back in [`proxy`], the response streams to the client; [`metrics`] and
+//!    [`access_log`] record it.
+//!
+//! Beside the data path, never inside it: [`control`] (scrapes, health checks,
+//! the scoring snapshot, prefix sharing), fed by the shards' [`report`]s;
+//! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`). The leaves —
+//! [`error`], [`notify`], [`report`], [`state`] — import no other module of the
+//! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
 pub mod access_log;
 pub mod admin;
