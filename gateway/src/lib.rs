@@ -19,6 +19,7 @@ pub mod endpoints_view;
 pub mod error;
 pub mod load;
 pub mod metrics;
+pub mod models_poll;
 pub mod proxy;
 pub mod server;
 pub mod shard;
