@@ -67,7 +67,10 @@ fn requests_only_reach_endpoints_that_serve_their_model() {
     assert_eq!(r.status, 404, "{}", r.text());
 
     let gw = Gateway::start(
-        &one_pool(&["model-a", "model-b", "a-sql"], &[a.addr(), b.addr()]),
+        &one_pool(
+            &["model-a", "model-b", "a-sql", "model-c"],
+            &[a.addr(), b.addr()],
+        ),
         &[],
     );
     // Wait for the first poll (at start, not after the 10 s interval) to reach
@@ -106,6 +109,13 @@ fn requests_only_reach_endpoints_that_serve_their_model() {
     }
     assert!(misrouted.is_empty(), "misrouted: {misrouted:?}");
     // Each server saw exactly the requests for what it serves.
+    assert_eq!(requests_total(a.addr()) - a0, 40);
+    assert_eq!(requests_total(b.addr()) - b0, 20);
+    // A model the route names but no endpoint of the pool serves: 503 from the
+    // gateway, nothing sent upstream.
+    let r = c.post("/v1/chat/completions", &varied_chat("model-c", 0), &[]);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "no_healthy_endpoint");
     assert_eq!(requests_total(a.addr()) - a0, 40);
     assert_eq!(requests_total(b.addr()) - b0, 20);
 }
