@@ -73,7 +73,7 @@ fn setup(n: usize) -> Setup {
         .map(|id| shardgate_routing::scoring::EndpointInput {
             id,
             healthy: true,
-            models: &[],
+            models: None,
             inflight: 0,
         })
         .collect();

@@ -215,6 +215,12 @@ pub struct LimitArgs {
     /// Do not scrape endpoints' telemetry (scorers then see no signals).
     #[arg(long)]
     pub no_scrape: bool,
+    /// How often to poll every endpoint's `GET /v1/models` for the models and
+    /// LoRA adapters it serves (first poll at start); requests go only to
+    /// endpoints that serve their model. An endpoint never listed serves any
+    /// model; a failed poll keeps the last list. 0 turns polling off.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub models_interval: Duration,
     /// Longest wait for a `maxConcurrentInferences` permit before 429.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub admission_timeout: Duration,

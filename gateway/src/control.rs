@@ -9,9 +9,12 @@
 //! `inferenceTest.enabled` a real one-token completion for `inferenceTest.model`,
 //! else `GET /health`). `--unhealthy-after` consecutive failures (default 2)
 //! mark an endpoint unhealthy, `--healthy-after` successes (default 1) restore
-//! it; transitions are logged. Every scrape interval it merges the telemetry
-//! store, the health verdicts and the in-flight counts the shards report
-//! ([`crate::report`], their own channel, not the metrics) into an
+//! it; transitions are logged. Per endpoint it also polls `GET /v1/models`
+//! (every `--models-interval`, default 10 s; [`crate::models_poll`]) for the
+//! models and LoRA adapters it serves. Every scrape interval it merges the
+//! telemetry store, the health verdicts, the model lists and the in-flight
+//! counts the shards report ([`crate::report`], their own channel, not the
+//! metrics) into an
 //! immutable [`ScoringSnapshot`] and swaps it in (`arc-swap`): shards never block
 //! on it and keep using the last one if this thread stalls.
 //!
@@ -55,6 +58,9 @@ pub struct ControlSettings {
     pub healthy_after: u32,
     /// Whether to scrape at all.
     pub scrape: bool,
+    /// `GET /v1/models` poll interval; zero turns polling off (every endpoint
+    /// then serves any model).
+    pub models_interval: Duration,
 }
 
 /// How one endpoint is health-checked.
@@ -150,7 +156,7 @@ impl ControlShared {
             .map(|id| EndpointInput {
                 id,
                 healthy: true,
-                models: &[],
+                models: None,
                 inflight: 0,
             })
             .collect();
@@ -294,7 +300,17 @@ async fn run(
     let health = Rc::new(RefCell::new(Health {
         status: shared.health.load().as_ref().clone(),
     }));
+    let lists: crate::models_poll::ModelLists = Rc::new(RefCell::new(vec![None; endpoints.len()]));
     for (ep, addr) in endpoints.iter().enumerate() {
+        if !settings.models_interval.is_zero() {
+            monoio::spawn(crate::models_poll::poll_loop(
+                ep,
+                *addr,
+                settings.models_interval,
+                settings.scrape_timeout,
+                lists.clone(),
+            ));
+        }
         if settings.scrape {
             monoio::spawn(scrape_loop(ep, *addr, settings.clone(), store.clone()));
         }
@@ -316,10 +332,11 @@ async fn run(
         let now = Instant::now();
         let inflight = shared.reports.endpoint_in_flight();
         let h = health.borrow();
+        let listed = lists.borrow();
         let inputs = (0..endpoints.len()).map(|id| EndpointInput {
             id,
             healthy: h.status.get(id).is_none_or(|s| s.healthy),
-            models: &[],
+            models: listed.get(id).and_then(Option::as_ref),
             inflight: inflight.get(id).copied().unwrap_or(0),
         });
         let snap = ScoringSnapshot::build(generation, now, &store.borrow(), inputs);

@@ -1,6 +1,8 @@
 //! What the admin port shows about endpoints: `/debug/endpoints` (JSON: per
-//! endpoint its telemetry, staleness, health, in-flight, ejection and score per
-//! scorer under the default profile; and the prefix-sharing counters),
+//! endpoint its telemetry, staleness, health, in-flight, ejection, the models
+//! and adapters its `GET /v1/models` listed (`served_models`, null until a
+//! poll succeeded: it then serves any model) and score per scorer under the
+//! default profile; and the prefix-sharing counters),
 //! `/readyz` (ready when every model the routes serve has at least one healthy
 //! endpoint), and the telemetry-derived metrics
 //! (`gateway_gpu_utilization_percent`, `gateway_gpu_memory_used_ratio`,
@@ -146,6 +148,10 @@ impl EndpointsView {
                 "health": health.get(id),
                 "in_flight": inflight.get(id),
                 "ejected_on_some_shard": ejected.get(id),
+                "served_models": view.and_then(|v| v.models.as_ref()).map(|m| serde_json::json!({
+                    "models": m.models,
+                    "adapters": m.adapters.iter().map(|a| serde_json::json!({"name": a.name, "base": a.base})).collect::<Vec<_>>(),
+                })),
                 "telemetry": {
                     "server": t.map(|t| t.server.as_str()),
                     "last_scrape_ms_ago": t.and_then(|t| t.age(now)).map(|d| d.as_millis() as u64),

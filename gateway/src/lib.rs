@@ -45,6 +45,7 @@ pub mod error;
 pub mod lanes;
 pub mod load;
 pub mod metrics;
+pub mod models_poll;
 pub mod notify;
 pub mod plan;
 pub mod proxy;

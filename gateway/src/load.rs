@@ -123,5 +123,6 @@ pub fn control_settings(limits: &LimitArgs) -> crate::control::ControlSettings {
         unhealthy_after: limits.unhealthy_after.max(1),
         healthy_after: limits.healthy_after.max(1),
         scrape: !limits.no_scrape,
+        models_interval: limits.models_interval,
     }
 }

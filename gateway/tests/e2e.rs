@@ -155,8 +155,9 @@ fn upstream_keep_alive_connections_are_reused() {
     let a = sim(&["m"], |_| {});
     let gw = Gateway::start(
         &config(&[("m", vec![(1, vec![a.addr()])])]),
-        // No telemetry scrapes: the sim counts every connection, scrapes included.
-        &["--shards", "1", "--no-scrape"],
+        // No telemetry scrapes, no /v1/models polls: the sim counts every
+        // connection, the control thread's included.
+        &["--shards", "1", "--no-scrape", "--models-interval", "0"],
     );
     for _ in 0..3 {
         let mut c = gw.connect();

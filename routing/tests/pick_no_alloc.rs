@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use shardgate_routing::scoring::{
     Candidate, EndpointView, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
-    PrefixIndex, Profile, ScoreBreakdown, ScoringSnapshot,
+    PrefixIndex, Profile, ScoreBreakdown, ScoringSnapshot, ServedModels,
 };
 use shardgate_routing::telemetry::{prom, LoraState, SignalKind};
 
@@ -81,6 +81,13 @@ fn picking_does_not_allocate() {
                 },
                 t0,
             );
+            // The model filter runs on listed models: some endpoints list the
+            // adapter, some can load it into a free slot, some serve another model.
+            v.models = Some(match i % 8 {
+                0 => ServedModels::from_names(&["llama"], &[("lora-1", "llama")]),
+                7 => ServedModels::from_names(&["other"], &[]),
+                _ => ServedModels::from_names(&["llama"], &[]),
+            });
             v
         })
         .collect();

@@ -43,4 +43,4 @@ pub use profile::{
     DEFAULT_QUEUE_SCALE, GATEWAY_QUEUE_SCALE, SCORERS,
 };
 pub use share::{link as share_link, HubLink, ShardLink, ShareConfig, ShareHub, ShareStats};
-pub use snapshot::{EndpointInput, EndpointView, ScoringSnapshot};
+pub use snapshot::{EndpointInput, EndpointView, ScoringSnapshot, ServedAdapter, ServedModels};

@@ -1,7 +1,10 @@
 //! Filters → scorers → picker, on a shard, against its current snapshot.
 //!
 //! 1. **Filters**: the endpoint is known, healthy, serves the request's model
-//!    and adapter ([`super::EndpointView::serves`]) and — when the profile has
+//!    and adapter ([`super::EndpointView::serves`]: a base model it lists, an
+//!    adapter loaded there, or an adapter of a base model it serves when a
+//!    LoRA slot is free; one whose `/v1/models` was never read serves
+//!    anything — see [`super::snapshot`]) and — when the profile has
 //!    a [`Saturation`] filter — is not saturated: more than 5 waiting, more
 //!    than 0.8 KV usage, or a last scrape older than 200 ms (GAIE's numbers,
 //!    configurable). If every healthy, serving candidate is saturated the
@@ -60,7 +63,8 @@ use crate::telemetry::{LoraState, SignalKind};
 /// What the request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PickRequest<'a> {
-    /// Requested model (checked against [`EndpointView::models`]).
+    /// Requested model: a base model or an adapter name (checked with
+    /// [`EndpointView::serves`]).
     pub model: Option<&'a str>,
     /// Requested LoRA adapter, if any (enables the LoRA scorer; see
     /// [`super::Profile::lora_adapter`]). A candidate whose served base model
@@ -390,7 +394,12 @@ impl Ctx<'_, '_> {
             CandidateStatus::Unknown
         } else if !v.healthy {
             CandidateStatus::Unhealthy
-        } else if !v.serves(self.req.model, self.req.adapter) {
+        } else if !v.serves(
+            self.req.model,
+            self.req.adapter,
+            &self.snapshot.adapters,
+            self.now,
+        ) {
             CandidateStatus::NotServing
         } else if self
             .profile

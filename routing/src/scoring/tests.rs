@@ -465,12 +465,15 @@ fn health_model_and_saturation_filters() {
     let mut sick = load(0, t0, 0.0, 0.0);
     sick.healthy = false;
     let mut other_model = load(1, t0, 0.0, 0.0);
-    other_model.models = vec!["gpt-other".into()];
+    other_model.models = Some(ServedModels::from_names(&["gpt-other"], &[]));
     let busy_queue = load(2, t0, 6.0, 0.1);
     let busy_kv = load(3, t0, 0.0, 0.81);
     let edge = load(4, t0, 5.0, 0.8); // exactly at the thresholds: fine
     let mut serving = load(5, t0, 1.0, 0.5);
-    serving.models = vec!["llama".into(), "llama-sql-lora".into()];
+    serving.models = Some(ServedModels::from_names(
+        &["llama"],
+        &[("llama-sql-lora", "llama")],
+    ));
     let s = snap(
         t0,
         vec![sick, other_model, busy_queue, busy_kv, edge, serving],
@@ -496,7 +499,10 @@ fn health_model_and_saturation_filters() {
     };
     let (_, b) = scores(&Profile::default(), &s, &req2, &c, &[], t0);
     assert_eq!(b[5].status, NotServing);
-    assert_eq!(b[4].status, Eligible, "an empty model list serves anything");
+    assert_eq!(
+        b[4].status, Eligible,
+        "an endpoint never listed serves anything"
+    );
     // Configurable thresholds.
     let strict = Profile::default().with_saturation(Some(Saturation {
         max_waiting: 0.5,
@@ -505,6 +511,140 @@ fn health_model_and_saturation_filters() {
     let (_, b) = scores(&strict, &s, &req, &c, &[], t0);
     assert_eq!(b[4].status, Saturated);
     assert_eq!(b[5].status, Saturated);
+}
+
+/// The model / adapter filter on vLLM's rules (see the snapshot module docs).
+#[test]
+fn model_filter_follows_listed_models_and_lora_slots() {
+    let t0 = Instant::now();
+    let lora = |running: &[&str], waiting: &[&str], max| LoraState {
+        max_lora: max,
+        running: running.iter().map(|s| s.to_string()).collect(),
+        waiting: waiting.iter().map(|s| s.to_string()).collect(),
+    };
+    let with = |id, models: ServedModels, l: Option<LoraState>| {
+        let mut v = load(id, t0, 0.0, 0.0);
+        v.models = Some(models);
+        if let Some(l) = l {
+            v.telemetry.set_lora(l, t0);
+        }
+        v
+    };
+    let views = vec![
+        // 0: base "m", lists adapter "m-sql" (loaded), one slot free.
+        with(
+            0,
+            ServedModels::from_names(&["m"], &[("m-sql", "m")]),
+            Some(lora(&["m-sql"], &[], 2)),
+        ),
+        // 1: base "m", "m-chat" running, all slots taken.
+        with(
+            1,
+            ServedModels::from_names(&["m"], &[]),
+            Some(lora(&["m-chat"], &[], 1)),
+        ),
+        // 2: base "m", no adapter, a free slot.
+        with(
+            2,
+            ServedModels::from_names(&["m"], &[]),
+            Some(lora(&[], &[], 1)),
+        ),
+        // 3: another model only.
+        with(3, ServedModels::from_names(&["other"], &[]), None),
+        // 4: never listed: serves anything.
+        load(4, t0, 0.0, 0.0),
+        // 5: base "m", adapter "m-math" waiting, slots full by it.
+        with(
+            5,
+            ServedModels::from_names(&["m"], &[]),
+            Some(lora(&["m-chat"], &["m-math"], 1)),
+        ),
+    ];
+    let s = snap(t0, views);
+    let c = cands(&[0, 1, 2, 3, 4, 5]);
+    use CandidateStatus::*;
+    let status = |model: &str, lora_profile: bool| -> Vec<CandidateStatus> {
+        // least-queue passes no adapter; lora-affinity passes the model.
+        let name = if lora_profile {
+            "lora-affinity"
+        } else {
+            "least-queue"
+        };
+        let p = Profile::from_name(name, None).unwrap();
+        assert_eq!(p.lora_adapter(Some(model)).is_some(), lora_profile);
+        let req = PickRequest {
+            model: Some(model),
+            adapter: p.lora_adapter(Some(model)),
+            ..PickRequest::default()
+        };
+        let (_, b) = scores(&p.with_saturation(None), &s, &req, &c, &[], t0);
+        b.iter().map(|b| b.status).collect()
+    };
+    for lora_profile in [false, true] {
+        // Base model served: every endpoint that lists it.
+        assert_eq!(
+            status("m", lora_profile),
+            vec![Eligible, Eligible, Eligible, NotServing, Eligible, Eligible]
+        );
+        // A model only one endpoint lists.
+        assert_eq!(
+            status("other", lora_profile),
+            vec![NotServing, NotServing, NotServing, Eligible, Eligible, NotServing]
+        );
+        // Adapter listed on 0: loaded there; loadable on 2 (free slot, base
+        // served); not on 1 (no free slot, not loaded) nor on 5 (full).
+        assert_eq!(
+            status("m-sql", lora_profile),
+            vec![Eligible, NotServing, Eligible, NotServing, Eligible, NotServing]
+        );
+        // Adapter only running on 1 (telemetry), listed nowhere: loaded on 1
+        // only; its base is unknown, so no one else can load it.
+        assert_eq!(
+            status("m-chat", lora_profile),
+            vec![NotServing, Eligible, NotServing, NotServing, Eligible, Eligible]
+        );
+        // Waiting counts as loaded.
+        assert_eq!(
+            status("m-math", lora_profile),
+            vec![NotServing, NotServing, NotServing, NotServing, Eligible, Eligible]
+        );
+        // Unknown everywhere but the unlisted endpoint.
+        assert_eq!(
+            status("nope", lora_profile),
+            vec![NotServing, NotServing, NotServing, NotServing, Eligible, NotServing]
+        );
+    }
+    // Stale LoRA state neither loads nor frees a slot: only the listing counts.
+    let later = ms(t0, 201);
+    assert!(s.serves(0, Some("m-sql"), None, later));
+    assert!(!s.serves(2, Some("m-sql"), None, later));
+    assert!(!s.serves(1, Some("m-chat"), None, later));
+    assert!(s.serves(1, Some("m"), None, later));
+    // The telemetry's `model_name` is a served base model too.
+    let mut v = load(0, t0, 0.0, 0.0);
+    v.models = Some(ServedModels::default());
+    v.telemetry.served_model = Some("m".into());
+    assert!(v.serves(Some("m"), None, &[], t0));
+    assert!(!v.serves(Some("x"), None, &[], t0));
+    // A model and a distinct adapter must both be served.
+    assert!(s.serves(0, Some("m"), Some("m-sql"), t0));
+    assert!(!s.serves(3, Some("other"), Some("m-sql"), t0));
+    assert!(!s.serves(9, None, None, t0), "an id it does not hold");
+    // With only one endpoint serving, the pick goes there.
+    let req = PickRequest {
+        model: Some("other"),
+        ..PickRequest::default()
+    };
+    let only_listed = snap(t0, s.endpoints[..4].to_vec());
+    let o = Picker::new(3).pick(
+        &Profile::default(),
+        &only_listed,
+        &req,
+        &cands(&[0, 1, 2, 3]),
+        &[],
+        t0,
+    );
+    assert_eq!(picked(o), 3);
 }
 
 #[test]
@@ -917,7 +1057,7 @@ fn snapshot_from_store() {
         t0,
     );
     store.ingest(2, b"vllm:num_requests_waiting 1\n", ms(t0, 150));
-    let models = vec!["llama".to_owned()];
+    let models = ServedModels::from_names(&["llama"], &[("llama-sql", "llama")]);
     let s = ScoringSnapshot::build(
         7,
         ms(t0, 250),
@@ -926,13 +1066,13 @@ fn snapshot_from_store() {
             EndpointInput {
                 id: 0,
                 healthy: true,
-                models: &models,
+                models: Some(&models),
                 inflight: 4,
             },
             EndpointInput {
                 id: 2,
                 healthy: true,
-                models: &[],
+                models: None,
                 inflight: 1,
             },
         ],
@@ -947,7 +1087,12 @@ fn snapshot_from_store() {
     let e0 = s.endpoint(0).unwrap();
     assert_eq!(e0.telemetry.waiting(), None, "stale at build time");
     assert!(e0.telemetry.stale.contains(SignalKind::Waiting));
-    assert_eq!((e0.inflight, e0.models.clone()), (4, models));
+    assert_eq!((e0.inflight, e0.models.clone()), (4, Some(models.clone())));
+    assert_eq!(s.endpoint(2).unwrap().models, None);
+    assert_eq!(
+        s.adapters, models.adapters,
+        "the adapters any endpoint lists"
+    );
     assert_eq!(s.endpoint(2).unwrap().telemetry.waiting(), Some(1.0));
     let arc = std::sync::Arc::new(s);
     assert_eq!(arc.built_at, ms(t0, 250));
