@@ -116,6 +116,32 @@ pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: Request<'_>) -> Su
     }
 }
 
+/// Queue the request on `pb` and wait for its answer: a member's share of the
+/// batched reply, or the gateway's error (queue full, queue timeout, a batch that
+/// could not be merged, split or sent). Counts the queue depth while waiting.
+pub async fn run(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: Request<'_>) -> Reply {
+    let model = req.model;
+    match submit(shard, pb, req) {
+        Submitted::Refused(f) => reply(&f),
+        Submitted::Waiting(rx, queue) => {
+            let queue = pb.queue_name(queue);
+            shard
+                .metrics
+                .borrow_mut()
+                .queue_depth_add(queue, Some(model), 1);
+            let answer = rx.await;
+            shard
+                .metrics
+                .borrow_mut()
+                .queue_depth_add(queue, Some(model), -1);
+            answer.unwrap_or_else(|_| {
+                let f = batch_failure(500, "batch_dropped", "the batch was dropped");
+                reply(&f)
+            })
+        }
+    }
+}
+
 /// Flush every ready batch (each becomes its own task) and fail expired members.
 fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     let now = std::time::Instant::now();

@@ -407,3 +407,61 @@ impl std::fmt::Display for UpstreamError {
         f.write_str(&self.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn upstream_errors_say_their_side_and_whether_a_retry_is_safe() {
+        use UpstreamErrorKind as K;
+        for (kind, retry) in [
+            (K::Connect, true),
+            (K::Send, true),
+            (K::Stale, true),
+            (K::Closed, false),
+            (K::Timeout, false),
+            (K::Protocol, false),
+            (K::ClientGone, false),
+        ] {
+            let e = UpstreamError::new(kind, "x");
+            assert_eq!(e.retryable(), retry, "{kind:?}");
+            let side = if kind == K::ClientGone {
+                Side::Client
+            } else {
+                Side::Upstream
+            };
+            assert_eq!(e.side(), side, "{kind:?}");
+        }
+        let t = UpstreamError::new(K::Timeout, "no head").to_failure();
+        assert_eq!((t.status, t.code), (504, "upstream_timeout"));
+        let p = UpstreamError::new(K::Protocol, "bad status line").to_failure();
+        assert_eq!((p.status, p.code), (502, "upstream_protocol_error"));
+        assert!(p.message.contains("bad status line"));
+        let owned = UpstreamError::new(K::Connect, format!("connect: {}", 111));
+        assert_eq!(owned.static_message(), "connection refused");
+        assert_eq!(owned.to_string(), "connect: 111");
+    }
+
+    #[test]
+    fn failures_write_one_http1_answer_with_retry_after_and_request_id() {
+        let mut f = Failure::no_endpoint("default/r");
+        f.retry_after = Some(120);
+        let mut out = Vec::new();
+        f.write_http1(&mut out, Some(b"abc"));
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        assert!(text.contains("\r\nretry-after: 120\r\n"), "{text}");
+        assert!(text.contains("\r\nx-request-id: abc\r\n"), "{text}");
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        assert_eq!(body.as_bytes(), f.json_body().as_slice());
+        let j: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(j["error"]["code"], "no_healthy_endpoint");
+        let mut digits = [0u8; 10];
+        let n = fmt_u32(u32::MAX, &mut digits);
+        assert_eq!(&digits[..n], u32::MAX.to_string().as_bytes());
+        let n = fmt_u32(0, &mut digits);
+        assert_eq!(&digits[..n], b"0");
+    }
+}

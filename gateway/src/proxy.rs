@@ -488,7 +488,7 @@ async fn execute<'s>(
     } = &decision.plan
     {
         if let (Some(pb), Some(model)) = (shard.batcher(policy).cloned(), body_model) {
-            let submitted = crate::batch::submit(
+            let reply = crate::batch::run(
                 shard,
                 &pb,
                 crate::batch::Request {
@@ -501,42 +501,13 @@ async fn execute<'s>(
                     model,
                     rule_id: target.route.rule_id,
                 },
-            );
-            match submitted {
-                crate::batch::Submitted::Refused(f) => {
-                    rq.status = respond_failure(client, out, &f, Some(rid)).await;
-                    return req.client_keep;
-                }
-                crate::batch::Submitted::Waiting(rx, queue) => {
-                    let queue = pb.queue_name(queue);
-                    shard
-                        .metrics
-                        .borrow_mut()
-                        .queue_depth_add(queue, Some(model), 1);
-                    let reply = rx.await;
-                    shard
-                        .metrics
-                        .borrow_mut()
-                        .queue_depth_add(queue, Some(model), -1);
-                    let reply = reply.unwrap_or_else(|_| crate::lanes::Reply {
-                        status: 500,
-                        body: Failure::with(
-                            crate::error::Side::Gateway,
-                            500,
-                            "gateway_error",
-                            "batch_dropped",
-                            "the batch was dropped".to_string(),
-                        )
-                        .json_body(),
-                    });
-                    rq.usage.feed(&reply.body);
-                    rq.bytes = reply.body.len() as u64;
-                    rq.status =
-                        respond_json(client, out, reply.status, &reply.body, req.client_keep, rid)
-                            .await;
-                    return req.client_keep;
-                }
-            }
+            )
+            .await;
+            rq.usage.feed(&reply.body);
+            rq.bytes = reply.body.len() as u64;
+            rq.status =
+                respond_json(client, out, reply.status, &reply.body, req.client_keep, rid).await;
+            return req.client_keep;
         }
     }
     forward(shard, client, out, req, body_model, target, guard, rq).await
