@@ -41,15 +41,25 @@ pub struct OutlierConfig {
 #[derive(Debug, Default, Clone, Copy)]
 struct EndpointHealth {
     failures: u32,
+    /// When the current ejection episode began (failures > 0).
+    ejected_at: Option<Instant>,
+    /// The episode began with a 5xx streak, not a connection failure: only a
+    /// passing health probe (not a telemetry scrape) ends it early.
+    by_5xx: bool,
     ejected_until: Option<Instant>,
     errors_5xx: u32,
 }
+
+/// Why a 5xx streak ejects.
+const EJECT_5XX: &str = "consecutive 5xx responses";
 
 /// One shard's passive health view of every endpoint.
 #[derive(Debug)]
 pub struct Outliers {
     eps: Vec<EndpointHealth>,
     cfg: OutlierConfig,
+    /// Endpoints with a failure streak (so the common case skips restore checks).
+    failing: usize,
 }
 
 /// An endpoint was ejected.
@@ -71,6 +81,7 @@ impl Outliers {
         Outliers {
             eps: vec![EndpointHealth::default(); endpoints],
             cfg,
+            failing: 0,
         }
     }
 
@@ -81,17 +92,32 @@ impl Outliers {
             .is_some_and(|e| e.ejected_until.is_none_or(|t| t <= now))
     }
 
-    /// Eject `ep` for an exponentially growing period.
+    /// Eject `ep` for an exponentially growing period. Once per episode: while
+    /// `ep` is ejected, more failures (requests that were already in flight when
+    /// it failed) change nothing, so a burst of concurrent failures escalates
+    /// the backoff once, not once per request.
     pub fn eject(&mut self, ep: usize, now: Instant, reason: &'static str) -> Option<Ejection> {
         let cfg = self.cfg;
         let st = self.eps.get_mut(ep)?;
+        if st.ejected_until.is_some_and(|t| t > now) {
+            return None;
+        }
+        let new_episode = st.failures == 0;
+        if new_episode {
+            st.ejected_at = Some(now);
+            st.by_5xx = reason == EJECT_5XX;
+        }
         st.failures = st.failures.saturating_add(1);
-        let factor = 1u32 << (st.failures - 1).min(16);
+        let failures = st.failures;
+        let factor = 1u32 << (failures - 1).min(16);
         let period = cfg.eject_base.saturating_mul(factor).min(cfg.eject_max);
         st.ejected_until = Some(now + period);
+        if new_episode {
+            self.failing += 1;
+        }
         Some(Ejection {
             endpoint: ep,
-            failures: st.failures,
+            failures,
             period,
             reason,
         })
@@ -109,7 +135,7 @@ impl Outliers {
             return None;
         }
         st.errors_5xx = 0;
-        self.eject(ep, now, "consecutive 5xx responses")
+        self.eject(ep, now, EJECT_5XX)
     }
 
     /// `ep` answered without a server error: clear its streak and any ejection.
@@ -123,8 +149,45 @@ impl Outliers {
             return false;
         }
         st.failures = 0;
+        st.ejected_at = None;
         st.ejected_until = None;
+        self.failing = self.failing.saturating_sub(1);
         true
+    }
+
+    /// Whether some endpoint has a failure streak (then [`Self::restore_checked`]
+    /// is worth calling).
+    pub fn any_failing(&self) -> bool {
+        self.failing > 0
+    }
+
+    /// Active checks of `ep` passed: its last telemetry scrape at `scraped`, its
+    /// last health probe at `probed`. A failure streak that began before one of
+    /// them ends, whatever is left of the ejection period; a streak of 5xx
+    /// answers only ends by a probe (the metrics page of a server that fails
+    /// inference still answers). True when `ep` was restored.
+    pub fn restore_checked(
+        &mut self,
+        ep: usize,
+        scraped: Option<Instant>,
+        probed: Option<Instant>,
+    ) -> bool {
+        let Some(st) = self.eps.get(ep) else {
+            return false;
+        };
+        let Some(began) = st.ejected_at else {
+            return false;
+        };
+        let checked = if st.by_5xx {
+            probed
+        } else {
+            scraped.max(probed)
+        };
+        if checked.is_some_and(|t| t > began) {
+            self.restore(ep)
+        } else {
+            false
+        }
     }
 
     /// Whether `ep` is ejected at `now`.
@@ -525,12 +588,18 @@ mod tests {
     fn ejection_grows_exponentially_is_capped_and_ends_on_the_clock() {
         let mut out = outliers(1, 0);
         let t0 = Instant::now();
-        let periods: Vec<u64> = (0..5)
-            .map(|_| out.eject(0, t0, "x").unwrap().period.as_millis() as u64)
-            .collect();
+        // Each failure comes when the previous ejection has ended.
+        let mut t = t0;
+        let mut periods = Vec::new();
+        for _ in 0..5 {
+            let p = out.eject(0, t, "x").unwrap().period;
+            periods.push(p.as_millis() as u64);
+            t += p;
+        }
         assert_eq!(periods, [50, 100, 200, 300, 300]);
-        assert!(!out.available(0, t0 + Duration::from_millis(299)));
-        assert!(out.available(0, t0 + Duration::from_millis(300)));
+        let last = t - Duration::from_millis(300);
+        assert!(!out.available(0, last + Duration::from_millis(299)));
+        assert!(out.available(0, last + Duration::from_millis(300)));
         assert!(out.restore(0), "it was failing");
         assert!(!out.restore(0), "a second restore has nothing to log");
         assert_eq!(
@@ -710,5 +779,57 @@ mod tests {
         assert_eq!(code(PickFailure::Shed), (429, "shed_saturated"));
         assert_eq!(code(PickFailure::NoEndpoint), (503, "no_healthy_endpoint"));
         assert_eq!(code(PickFailure::Unhealthy), (503, "no_healthy_endpoint"));
+    }
+
+    #[test]
+    fn concurrent_failures_escalate_an_ejection_once() {
+        // 59 requests in flight when the endpoint died all fail within 2 ms.
+        let mut out = outliers(1, 0);
+        let t0 = Instant::now();
+        let first = out.eject(0, t0, "connection refused").unwrap();
+        for i in 1..59u64 {
+            let t = t0 + Duration::from_micros(i * 30);
+            assert!(
+                out.eject(0, t, "connection refused").is_none(),
+                "failure {i}"
+            );
+        }
+        assert_eq!((first.failures, first.period), (1, BASE));
+        // The next episode (after the period) escalates once more.
+        let next = out.eject(0, t0 + BASE, "connection refused").unwrap();
+        assert_eq!((next.failures, next.period), (2, BASE * 2));
+    }
+
+    #[test]
+    fn a_passing_check_after_the_ejection_began_restores() {
+        let mut out = outliers(2, 2);
+        let t0 = Instant::now();
+        assert!(!out.any_failing());
+        out.eject(0, t0, "connection refused").unwrap();
+        assert!(out.any_failing());
+        let before = Some(t0 - Duration::from_millis(1));
+        let after = Some(t0 + Duration::from_millis(1));
+        assert!(
+            !out.restore_checked(0, before, None),
+            "a check before the failure proves nothing"
+        );
+        assert!(!out.available(0, t0 + Duration::from_millis(10)));
+        assert!(
+            out.restore_checked(0, after, None),
+            "a scrape that passed after it"
+        );
+        assert!(out.available(0, t0 + Duration::from_millis(10)));
+        assert!(!out.any_failing());
+        assert!(
+            !out.restore_checked(0, after, after),
+            "nothing left to restore"
+        );
+
+        // A 5xx streak: the metrics page may still answer; only a probe restores.
+        out.on_5xx(1, t0);
+        assert!(out.on_5xx(1, t0).is_some());
+        assert!(!out.restore_checked(1, after, None));
+        assert!(!out.restore_checked(1, after, before));
+        assert!(out.restore_checked(1, None, after));
     }
 }

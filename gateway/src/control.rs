@@ -111,6 +111,58 @@ pub struct ControlShared {
     prefix_share: PrefixShare,
     /// What every shard reports (in-flight calls per endpoint, admission).
     pub reports: Reports,
+    /// When each endpoint last passed an active check (a telemetry scrape or a
+    /// health probe): shards end an ejection that began before it.
+    pub checks: CheckTimes,
+}
+
+/// Per endpoint, the instants of its last successful telemetry scrape and
+/// its last passed health probe, written by the control thread and read by
+/// shards (one `Relaxed` atomic each; nanoseconds since `epoch`, 0 = never).
+pub struct CheckTimes {
+    epoch: Instant,
+    scraped: Box<[AtomicU64]>,
+    probed: Box<[AtomicU64]>,
+}
+
+impl CheckTimes {
+    fn new(endpoints: usize) -> Self {
+        CheckTimes {
+            epoch: Instant::now(),
+            scraped: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
+            probed: (0..endpoints).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn store(&self, slots: &[AtomicU64], ep: usize, at: Instant) {
+        if let Some(v) = slots.get(ep) {
+            let n = at.saturating_duration_since(self.epoch).as_nanos();
+            v.store(
+                u64::try_from(n).unwrap_or(u64::MAX).max(1),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    fn load(&self, slots: &[AtomicU64], ep: usize) -> Option<Instant> {
+        let n = slots.get(ep)?.load(Ordering::Relaxed);
+        (n > 0).then(|| self.epoch + Duration::from_nanos(n))
+    }
+
+    /// `ep`'s telemetry scrape succeeded at `at`.
+    pub fn scraped(&self, ep: usize, at: Instant) {
+        self.store(&self.scraped, ep, at);
+    }
+
+    /// `ep` passed a health probe at `at`.
+    pub fn probed(&self, ep: usize, at: Instant) {
+        self.store(&self.probed, ep, at);
+    }
+
+    /// (last successful scrape, last passed probe) of `ep`.
+    pub fn last_ok(&self, ep: usize) -> (Option<Instant>, Option<Instant>) {
+        (self.load(&self.scraped, ep), self.load(&self.probed, ep))
+    }
 }
 
 /// The control thread's side of prefix sharing, as shards and admin views see it.
@@ -185,6 +237,7 @@ impl ControlShared {
             // No hub until `with_prefix_share`: registrations fail, sharing is off.
             prefix_share: PrefixShare::new(mpsc::channel().0),
             reports: Reports::new(shards.max(1), endpoints),
+            checks: CheckTimes::new(endpoints),
         }
     }
 
@@ -312,7 +365,13 @@ async fn run(
             ));
         }
         if settings.scrape {
-            monoio::spawn(scrape_loop(ep, *addr, settings.clone(), store.clone()));
+            monoio::spawn(scrape_loop(
+                ep,
+                *addr,
+                settings.clone(),
+                store.clone(),
+                shared.clone(),
+            ));
         }
         if let Some(spec) = specs[ep].clone() {
             monoio::spawn(health_loop(
@@ -399,13 +458,17 @@ async fn scrape_loop(
     addr: SocketAddr,
     settings: ControlSettings,
     store: Rc<RefCell<TelemetryStore>>,
+    shared: Arc<ControlShared>,
 ) {
+    let checks = &shared.checks;
     let mut conn = Conn::new(addr);
     let mut failing = false;
     loop {
         match conn.get("/metrics", settings.scrape_timeout).await {
             Ok(r) if r.status == 200 => {
-                store.borrow_mut().ingest(ep, &r.body, Instant::now());
+                let now = Instant::now();
+                store.borrow_mut().ingest(ep, &r.body, now);
+                checks.scraped(ep, now);
                 if failing {
                     tracing::info!(endpoint = %addr, "telemetry scrape recovered");
                     failing = false;
@@ -471,6 +534,7 @@ async fn health_loop(
             st.checks += 1;
             match result {
                 Ok(()) => {
+                    shared.checks.probed(ep, Instant::now());
                     st.consecutive_failures = 0;
                     st.consecutive_successes += 1;
                     if !st.healthy && st.consecutive_successes >= settings.healthy_after {

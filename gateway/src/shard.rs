@@ -169,6 +169,22 @@ impl Shard {
         self.control.reports.shard(self.id)
     }
 
+    /// End the failure streak of every endpoint of `groups` that passed an active
+    /// check (scrape or health probe) since its ejection began. Free when no
+    /// endpoint is failing on this shard.
+    fn restore_checked(&self, groups: &[BackendGroup]) {
+        if !self.outliers.borrow().any_failing() {
+            return;
+        }
+        let mut outliers = self.outliers.borrow_mut();
+        for &ep in groups.iter().flat_map(|g| g.endpoints.iter()) {
+            let (scraped, probed) = self.control.checks.last_ok(ep);
+            if outliers.restore_checked(ep, scraped, probed) {
+                tracing::info!(shard = self.id, endpoint = %self.addr(ep), "endpoint restored: an active check passed");
+            }
+        }
+    }
+
     /// Carry out the side effects of an attempt verdict on `ep`: count the
     /// error, log and apply an ejection (its pooled connections go), log a
     /// restore.
@@ -205,6 +221,7 @@ impl Shard {
         prefix: Option<&PrefixHashes>,
         priority: i32,
     ) -> Result<usize, PickFailure> {
+        self.restore_checked(groups);
         let outliers = self.outliers.borrow();
         let usable = |ep: &usize| !exclude.contains(ep) && outliers.available(*ep, now.into_std());
         let total: u64 = groups

@@ -1086,3 +1086,59 @@ fn in_flight_shows_within_100ms() {
         "in_flight cleared after {lag:?}"
     );
 }
+
+/// A backend killed under load and started again gets traffic back within 2 s of
+/// its return: concurrent failures escalate its ejection once (not to
+/// `--eject-max` at once), and a telemetry scrape that succeeds again ends the
+/// ejection early.
+#[test]
+fn a_killed_backend_gets_traffic_within_2s_of_its_return() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let a = sim(&["m"], |_| {});
+    let b = sim(&["m"], |_| {});
+    let (addr_a, addr_b) = (a.addr(), b.addr());
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![addr_a, addr_b])])]),
+        &["--eject-max", "30s", "--shards", "2"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let req = r#"{"model":"m","prompt":"x","max_tokens":1}"#;
+    let load: Vec<_> = (0..24)
+        .map(|_| {
+            let (stop, addr) = (stop.clone(), gw.addr);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let r = std::panic::catch_unwind(|| {
+                        Client::connect(addr).post("/v1/completions", req, &[]).status
+                    });
+                    assert!(matches!(r, Ok(200 | 502 | 503)), "{r:?}");
+                }
+            })
+        })
+        .collect();
+    let served = |addr| sim_stats(addr)["requests_total"].as_u64().unwrap_or(0);
+    assert!(
+        poll(Duration::from_secs(10), || (served(addr_a) > 50).then_some(())).is_some(),
+        "a never got traffic"
+    );
+    a.shutdown();
+    // The outage lasts while b serves 1,500 more requests (about 1-3 s here).
+    let mark = served(addr_b);
+    assert!(
+        poll(Duration::from_secs(20), || (served(addr_b) > mark + 1500).then_some(())).is_some(),
+        "b did not take the load"
+    );
+    let back = sim_at(addr_a, &["m"]);
+    let returned = Instant::now();
+    let took = poll(Duration::from_secs(10), || {
+        (served(addr_a) > 10).then(|| returned.elapsed())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for t in load {
+        t.join().unwrap();
+    }
+    let took = took.expect("the returned backend got no traffic within 10 s");
+    assert!(took < Duration::from_secs(2), "traffic came back after {took:?}");
+    drop(back);
+}
