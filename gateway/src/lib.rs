@@ -401,12 +401,19 @@ fn debug_config_json(loaded: &load::Loaded, sources: &[(String, String)]) -> Vec
         .iter()
         .map(|e| e.addr.to_string())
         .collect();
+    // Warnings as the sentences `check` and the log show.
+    let warnings: Vec<String> = loaded
+        .table
+        .warnings()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     serde_json::to_vec_pretty(&serde_json::json!({
         "documents": docs,
         "kinds": report,
         "models": loaded.table.models(),
         "endpoints": endpoints,
-        "warnings": loaded.table.warnings(),
+        "warnings": warnings,
         "resources": resources_json(sources),
     }))
     .unwrap_or_default()

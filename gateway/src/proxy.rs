@@ -44,7 +44,7 @@ use crate::metrics::{RequestRecord, UsageScanner};
 use crate::shard::{ConnGauge, GatewayState, InFlight, PickFailure, Shard, UpstreamConn};
 use shardgate_routing::scoring::{PickRequest, Scorer};
 
-/// The virtual model header, as sent upstream.
+/// The model header the gateway sets on the upstream request (the request's model).
 pub const MODEL_HEADER_NAME: &str = MODEL_HEADER;
 
 /// Paths whose JSON body carries the OpenAI `model` field.
@@ -495,25 +495,16 @@ async fn route_and_forward<'s>(
     let host = head
         .header("host")
         .and_then(|h| std::str::from_utf8(h).ok());
-    // The body's model answers for `X-Gateway-Model-Name` (overriding any client
-    // copy), and for the seed's `X-Model-Type` when the client did not send one, so
-    // routes written either way serve plain OpenAI clients.
-    let lookup = |name: &str| -> Option<&[u8]> {
-        if let Some(m) = &body_model {
-            if name == MODEL_HEADER
-                || (name == MODEL_TYPE_HEADER && head.header(MODEL_TYPE_HEADER).is_none())
-            {
-                return Some(m.as_bytes());
-            }
-        }
-        head.header(name)
-    };
+    // The matcher reads the body's model for `X-Gateway-Model-Name` (overriding any
+    // client copy) and for the seed's `X-Model-Type` when the client sent none.
+    let lookup = |name: &str| head.header(name);
     let view = RequestView {
         method: head.method(),
         path: head.path(),
         query: head.query(),
         host,
         headers: &lookup,
+        model: body_model.as_deref(),
     };
     // Listeners sharing a port share one table: the first index stands for them all.
     let Some(route) = listeners
