@@ -11,8 +11,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use crate::config::{
-    Config, ConfigError, DocMeta, EndpointSlice, FromNamespaces, HttpRoute, HttpRouteMatch,
-    PathMatchType, Resource, Service, StringMatchType,
+    Config, ConfigError, DocMeta, EndpointSlice, FromNamespaces, Gateway, HttpRoute,
+    HttpRouteMatch, PathMatchType, Resource, Service, StringMatchType,
 };
 
 use super::matcher::{
@@ -62,6 +62,19 @@ fn carries_http_routes(protocol: &str) -> bool {
     protocol.eq_ignore_ascii_case("HTTP") || protocol.eq_ignore_ascii_case("HTTPS")
 }
 
+/// The listeners of all Gateways.
+struct Listeners<'c> {
+    listeners: Vec<ListenerInfo>,
+    /// Per listener: its hostname, if any.
+    hosts: Vec<Option<HostPattern>>,
+    /// (meta, gateway, index of its first listener).
+    gateways: Vec<(&'c DocMeta, &'c Gateway, usize)>,
+    /// Listeners sharing a port.
+    port_groups: Vec<Vec<usize>>,
+    /// Per listener: index into `port_groups`.
+    listener_group: Vec<usize>,
+}
+
 /// The state of one build: what it found so far, and the config's endpoint
 /// sources indexed once.
 pub(super) struct Builder<'c, 'r> {
@@ -80,6 +93,7 @@ pub(super) struct Builder<'c, 'r> {
 }
 
 impl<'c, 'r> Builder<'c, 'r> {
+    /// A builder over `config`, with its EndpointSlices and Services indexed.
     pub(super) fn new(
         config: &'c Config,
         resolve: &'r mut dyn FnMut(&str, u16) -> Vec<SocketAddr>,
@@ -112,96 +126,22 @@ impl<'c, 'r> Builder<'c, 'r> {
         }
     }
 
+    /// Records a finding (deduplicated when the table is made).
     pub(super) fn warn(&mut self, w: Warning) {
         self.warnings.push(w);
     }
 
+    /// The table, or every hard error found.
     pub(super) fn build(mut self) -> Result<RoutingTable, Vec<ConfigError>> {
         let config = self.config;
 
-        // Listeners.
-        let classes: Vec<&str> = config
-            .docs
-            .iter()
-            .filter_map(|(m, r)| matches!(r, Resource::GatewayClass(_)).then_some(m.name.as_str()))
-            .collect();
-        let mut listeners = Vec::new();
-        let mut listener_hosts = Vec::new();
-        let mut gateways = Vec::new(); // (meta, gateway, first listener index)
-        let mut by_port: HashMap<u16, usize> = HashMap::new(); // port → group index
-        let mut port_groups: Vec<Vec<usize>> = Vec::new();
-        let mut listener_group = Vec::new();
-        for (meta, r) in &config.docs {
-            let Resource::Gateway(g) = r else { continue };
-            if !classes.contains(&g.spec.gateway_class_name.as_str()) {
-                self.warn(Warning::GatewayClassNotFound {
-                    doc: meta.label(),
-                    class: g.spec.gateway_class_name.clone(),
-                });
-            }
-            gateways.push((meta, g, listeners.len()));
-            for (li, l) in g.spec.listeners.iter().enumerate() {
-                let idx = listeners.len();
-                let served = l.protocol == "HTTP";
-                let host = l.hostname.as_deref().map(HostPattern::parse);
-                let group = match by_port.get(&l.port) {
-                    Some(&gi) => {
-                        let first = port_groups[gi][0];
-                        let other: &ListenerInfo = &listeners[first];
-                        if !other.protocol.eq_ignore_ascii_case(&l.protocol) {
-                            self.errors.push(ConfigError::at(
-                                meta,
-                                format!("spec.listeners[{li}].protocol"),
-                                format!(
-                                    "port {} is used by listener {}/{} with protocol {} and here with {}",
-                                    l.port, other.gateway, other.name, other.protocol, l.protocol
-                                ),
-                            ));
-                        } else if port_groups[gi].iter().any(|&o| listener_hosts[o] == host) {
-                            self.warn(Warning::ListenerConflict {
-                                doc: meta.label(),
-                                listener: l.name.clone(),
-                                port: l.port,
-                            });
-                        }
-                        port_groups[gi].push(idx);
-                        gi
-                    }
-                    None => {
-                        by_port.insert(l.port, port_groups.len());
-                        port_groups.push(vec![idx]);
-                        port_groups.len() - 1
-                    }
-                };
-                listener_group.push(group);
-                if !served {
-                    self.warn(Warning::ListenerNotServed {
-                        doc: meta.label(),
-                        listener: l.name.clone(),
-                        protocol: l.protocol.clone(),
-                        port: l.port,
-                    });
-                }
-                if l.allowed_routes
-                    .as_ref()
-                    .and_then(|a| a.namespaces.as_ref())
-                    .is_some_and(|n| n.from == FromNamespaces::Selector)
-                {
-                    self.warn(Warning::SelectorTreatedAsAll {
-                        doc: meta.label(),
-                        listener: l.name.clone(),
-                    });
-                }
-                listeners.push(ListenerInfo {
-                    gateway: meta.key(),
-                    name: l.name.clone(),
-                    port: l.port,
-                    protocol: l.protocol.clone(),
-                    served,
-                });
-                listener_hosts.push(host);
-            }
-        }
+        let Listeners {
+            listeners,
+            hosts: listener_hosts,
+            gateways,
+            port_groups,
+            listener_group,
+        } = self.build_listeners();
 
         // Routes, sorted by namespace/name (the precedence tie-breaker).
         let mut http_routes: Vec<(&DocMeta, &HttpRoute)> = config
@@ -225,99 +165,7 @@ impl<'c, 'r> Builder<'c, 'r> {
                 .iter()
                 .map(|h| HostPattern::parse(h))
                 .collect();
-            // Attachment.
-            let mut attached: Vec<usize> = Vec::new();
-            if route.spec.parent_refs.is_empty() {
-                self.warn(Warning::NoParentRefs { doc: meta.label() });
-            }
-            for (pi, pr) in route.spec.parent_refs.iter().enumerate() {
-                let kind = pr.kind.as_deref().unwrap_or("Gateway");
-                if kind != "Gateway" {
-                    self.warn(Warning::ParentKindUnsupported {
-                        doc: meta.label(),
-                        index: pi,
-                        kind: kind.to_owned(),
-                    });
-                    continue;
-                }
-                let gns = pr.namespace.as_deref().unwrap_or(&meta.namespace);
-                let Some(&(gmeta, g, first)) = gateways
-                    .iter()
-                    .find(|(gm, _, _)| gm.namespace == gns && gm.name == pr.name)
-                else {
-                    self.errors.push(ConfigError::at(
-                        meta,
-                        format!("spec.parentRefs[{pi}].name"),
-                        format!("Gateway {gns}/{} not found", pr.name),
-                    ));
-                    continue;
-                };
-                let mut reasons = Vec::new();
-                let mut hit = false;
-                for (li, l) in g.spec.listeners.iter().enumerate() {
-                    let idx = first + li;
-                    if pr.section_name.as_ref().is_some_and(|s| *s != l.name) {
-                        continue;
-                    }
-                    if pr.port.is_some_and(|p| p != l.port) {
-                        continue;
-                    }
-                    if !carries_http_routes(&l.protocol) {
-                        reasons.push(format!(
-                            "listener {}: protocol {} does not carry HTTPRoutes",
-                            l.name, l.protocol
-                        ));
-                        continue;
-                    }
-                    let allowed = l.allowed_routes.clone().unwrap_or_default();
-                    let from = allowed.namespaces.map(|n| n.from).unwrap_or_default();
-                    if from == FromNamespaces::Same && gmeta.namespace != meta.namespace {
-                        reasons.push(format!(
-                            "listener {}: allows routes from namespace {} only",
-                            l.name, gmeta.namespace
-                        ));
-                        continue;
-                    }
-                    if !allowed.kinds.is_empty()
-                        && !allowed.kinds.iter().any(|k| {
-                            k.kind == "HTTPRoute"
-                                && k.group
-                                    .as_deref()
-                                    .is_none_or(|g| g == "gateway.networking.k8s.io")
-                        })
-                    {
-                        reasons.push(format!(
-                            "listener {}: allowedRoutes.kinds excludes HTTPRoute",
-                            l.name
-                        ));
-                        continue;
-                    }
-                    if effective_hosts(listener_hosts[idx].as_ref(), &route_hosts).is_empty() {
-                        reasons.push(format!(
-                            "listener {}: hostname {} does not intersect the route's hostnames",
-                            l.name,
-                            l.hostname.as_deref().unwrap_or("*")
-                        ));
-                        continue;
-                    }
-                    hit = true;
-                    if !attached.contains(&idx) {
-                        attached.push(idx);
-                    }
-                }
-                if !hit {
-                    let target = match &pr.section_name {
-                        Some(s) => format!("{}/{s}", gmeta.key()),
-                        None => gmeta.key(),
-                    };
-                    self.warn(Warning::ParentRefUnattached {
-                        doc: meta.label(),
-                        index: pi,
-                        target,
-                        reasons,
-                    });
-                }
-            }
+            let attached = self.attach(meta, route, &route_hosts, &gateways, &listener_hosts);
             for &l in &attached {
                 for host in effective_hosts(listener_hosts[l].as_ref(), &route_hosts) {
                     for (ri, rule) in compiled.rules.iter().enumerate() {
@@ -431,6 +279,205 @@ impl<'c, 'r> Builder<'c, 'r> {
             rule_base,
             priorities,
         })
+    }
+
+    /// Every Gateway listener, in config order, grouped by port.
+    fn build_listeners(&mut self) -> Listeners<'c> {
+        let config = self.config;
+        let classes: Vec<&str> = config
+            .docs
+            .iter()
+            .filter_map(|(m, r)| matches!(r, Resource::GatewayClass(_)).then_some(m.name.as_str()))
+            .collect();
+        let mut listeners = Vec::new();
+        let mut listener_hosts = Vec::new();
+        let mut gateways = Vec::new(); // (meta, gateway, first listener index)
+        let mut by_port: HashMap<u16, usize> = HashMap::new(); // port → group index
+        let mut port_groups: Vec<Vec<usize>> = Vec::new();
+        let mut listener_group = Vec::new();
+        for (meta, r) in &config.docs {
+            let Resource::Gateway(g) = r else { continue };
+            if !classes.contains(&g.spec.gateway_class_name.as_str()) {
+                self.warn(Warning::GatewayClassNotFound {
+                    doc: meta.label(),
+                    class: g.spec.gateway_class_name.clone(),
+                });
+            }
+            gateways.push((meta, g, listeners.len()));
+            for (li, l) in g.spec.listeners.iter().enumerate() {
+                let idx = listeners.len();
+                let served = l.protocol == "HTTP";
+                let host = l.hostname.as_deref().map(HostPattern::parse);
+                let group = match by_port.get(&l.port) {
+                    Some(&gi) => {
+                        let first = port_groups[gi][0];
+                        let other: &ListenerInfo = &listeners[first];
+                        if !other.protocol.eq_ignore_ascii_case(&l.protocol) {
+                            self.errors.push(ConfigError::at(
+                                meta,
+                                format!("spec.listeners[{li}].protocol"),
+                                format!(
+                                    "port {} is used by listener {}/{} with protocol {} and here with {}",
+                                    l.port, other.gateway, other.name, other.protocol, l.protocol
+                                ),
+                            ));
+                        } else if port_groups[gi].iter().any(|&o| listener_hosts[o] == host) {
+                            self.warn(Warning::ListenerConflict {
+                                doc: meta.label(),
+                                listener: l.name.clone(),
+                                port: l.port,
+                            });
+                        }
+                        port_groups[gi].push(idx);
+                        gi
+                    }
+                    None => {
+                        by_port.insert(l.port, port_groups.len());
+                        port_groups.push(vec![idx]);
+                        port_groups.len() - 1
+                    }
+                };
+                listener_group.push(group);
+                if !served {
+                    self.warn(Warning::ListenerNotServed {
+                        doc: meta.label(),
+                        listener: l.name.clone(),
+                        protocol: l.protocol.clone(),
+                        port: l.port,
+                    });
+                }
+                if l.allowed_routes
+                    .as_ref()
+                    .and_then(|a| a.namespaces.as_ref())
+                    .is_some_and(|n| n.from == FromNamespaces::Selector)
+                {
+                    self.warn(Warning::SelectorTreatedAsAll {
+                        doc: meta.label(),
+                        listener: l.name.clone(),
+                    });
+                }
+                listeners.push(ListenerInfo {
+                    gateway: meta.key(),
+                    name: l.name.clone(),
+                    port: l.port,
+                    protocol: l.protocol.clone(),
+                    served,
+                });
+                listener_hosts.push(host);
+            }
+        }
+        Listeners {
+            listeners,
+            hosts: listener_hosts,
+            gateways,
+            port_groups,
+            listener_group,
+        }
+    }
+
+    /// The listeners (indices) HTTPRoute `meta` attaches to through its
+    /// `parentRefs`; a parentRef no listener accepts is a warning naming why.
+    fn attach(
+        &mut self,
+        meta: &DocMeta,
+        route: &HttpRoute,
+        route_hosts: &[HostPattern],
+        gateways: &[(&DocMeta, &Gateway, usize)],
+        listener_hosts: &[Option<HostPattern>],
+    ) -> Vec<usize> {
+        let mut attached: Vec<usize> = Vec::new();
+        if route.spec.parent_refs.is_empty() {
+            self.warn(Warning::NoParentRefs { doc: meta.label() });
+        }
+        for (pi, pr) in route.spec.parent_refs.iter().enumerate() {
+            let kind = pr.kind.as_deref().unwrap_or("Gateway");
+            if kind != "Gateway" {
+                self.warn(Warning::ParentKindUnsupported {
+                    doc: meta.label(),
+                    index: pi,
+                    kind: kind.to_owned(),
+                });
+                continue;
+            }
+            let gns = pr.namespace.as_deref().unwrap_or(&meta.namespace);
+            let Some(&(gmeta, g, first)) = gateways
+                .iter()
+                .find(|(gm, _, _)| gm.namespace == gns && gm.name == pr.name)
+            else {
+                self.errors.push(ConfigError::at(
+                    meta,
+                    format!("spec.parentRefs[{pi}].name"),
+                    format!("Gateway {gns}/{} not found", pr.name),
+                ));
+                continue;
+            };
+            let mut reasons = Vec::new();
+            let mut hit = false;
+            for (li, l) in g.spec.listeners.iter().enumerate() {
+                let idx = first + li;
+                if pr.section_name.as_ref().is_some_and(|s| *s != l.name) {
+                    continue;
+                }
+                if pr.port.is_some_and(|p| p != l.port) {
+                    continue;
+                }
+                if !carries_http_routes(&l.protocol) {
+                    reasons.push(format!(
+                        "listener {}: protocol {} does not carry HTTPRoutes",
+                        l.name, l.protocol
+                    ));
+                    continue;
+                }
+                let allowed = l.allowed_routes.clone().unwrap_or_default();
+                let from = allowed.namespaces.map(|n| n.from).unwrap_or_default();
+                if from == FromNamespaces::Same && gmeta.namespace != meta.namespace {
+                    reasons.push(format!(
+                        "listener {}: allows routes from namespace {} only",
+                        l.name, gmeta.namespace
+                    ));
+                    continue;
+                }
+                if !allowed.kinds.is_empty()
+                    && !allowed.kinds.iter().any(|k| {
+                        k.kind == "HTTPRoute"
+                            && k.group
+                                .as_deref()
+                                .is_none_or(|g| g == "gateway.networking.k8s.io")
+                    })
+                {
+                    reasons.push(format!(
+                        "listener {}: allowedRoutes.kinds excludes HTTPRoute",
+                        l.name
+                    ));
+                    continue;
+                }
+                if effective_hosts(listener_hosts[idx].as_ref(), &route_hosts).is_empty() {
+                    reasons.push(format!(
+                        "listener {}: hostname {} does not intersect the route's hostnames",
+                        l.name,
+                        l.hostname.as_deref().unwrap_or("*")
+                    ));
+                    continue;
+                }
+                hit = true;
+                if !attached.contains(&idx) {
+                    attached.push(idx);
+                }
+            }
+            if !hit {
+                let target = match &pr.section_name {
+                    Some(s) => format!("{}/{s}", gmeta.key()),
+                    None => gmeta.key(),
+                };
+                self.warn(Warning::ParentRefUnattached {
+                    doc: meta.label(),
+                    index: pi,
+                    target,
+                    reasons,
+                });
+            }
+        }
+        attached
     }
 
     /// Compiles one HTTPRoute's rules: matches, linked policies, backends.
