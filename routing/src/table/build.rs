@@ -451,7 +451,7 @@ impl<'c, 'r> Builder<'c, 'r> {
                     ));
                     continue;
                 }
-                if effective_hosts(listener_hosts[idx].as_ref(), &route_hosts).is_empty() {
+                if effective_hosts(listener_hosts[idx].as_ref(), route_hosts).is_empty() {
                     reasons.push(format!(
                         "listener {}: hostname {} does not intersect the route's hostnames",
                         l.name,
