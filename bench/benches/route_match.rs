@@ -6,8 +6,8 @@
 //! The 100 routes: 80 model routes (`X-Gateway-Model-Name: model-N`, exact,
 //! under `PathPrefix /v1/`), 10 tenant routes (`x-tenant: tenant-N` on
 //! `Exact /v1/chat/completions`), 10 path routes (`PathPrefix /api/vN/`).
-//! The request is a parsed `openai`-client head (17 fields); the lookup
-//! closure answers the model header from the body's model, as the proxy does.
+//! The request is a parsed `openai`-client head (17 fields) plus the body's
+//! model in `RequestView::model`, built exactly as the proxy builds it.
 //!
 //! Parameters (which request):
 //! - `model-first` / `model-last`: a model route that precedence puts early /
@@ -25,7 +25,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate_http::{parse_request_head, Limits, RequestHead};
-use shardgate_routing::{load_sources, RequestView, RoutingTable, MODEL_HEADER};
+use shardgate_routing::{load_sources, RequestView, RoutingTable};
 
 const ROUTES: usize = 100;
 
@@ -82,20 +82,14 @@ fn route<'t>(table: &'t RoutingTable, head: &RequestHead, model: Option<&str>) -
     let host = head
         .header("host")
         .and_then(|h| std::str::from_utf8(h).ok());
-    let lookup = |name: &str| -> Option<&[u8]> {
-        if name == MODEL_HEADER {
-            if let Some(m) = model {
-                return Some(m.as_bytes());
-            }
-        }
-        head.header(name)
-    };
+    let lookup = |name: &str| head.header(name);
     let view = RequestView {
         method: head.method(),
         path: head.path(),
         query: head.query(),
         host,
         headers: &lookup,
+        model,
     };
     table.match_request(0, &view).map(|m| m.route)
 }

@@ -16,7 +16,7 @@ use std::time::Instant;
 use shardgate_promtext::{Kind, PromWriter, Style};
 use shardgate_routing::scoring::{Candidate, PickRequest, Picker, Profile, ScoreBreakdown, Scorer};
 use shardgate_routing::telemetry::SignalKind;
-use shardgate_routing::{RequestView, RoutingTable, MODEL_HEADER};
+use shardgate_routing::{RequestView, RoutingTable};
 
 use crate::control::ControlShared;
 use crate::metrics::MetricsHub;
@@ -45,16 +45,14 @@ pub fn model_endpoints(table: &RoutingTable) -> Vec<(String, Vec<usize>)> {
         .models()
         .iter()
         .map(|m| {
-            let lookup = |name: &str| -> Option<&[u8]> {
-                (name == MODEL_HEADER || name == shardgate_routing::MODEL_TYPE_HEADER)
-                    .then_some(m.as_bytes())
-            };
+            // A chat request whose body names `m` and that sends no header.
             let view = RequestView {
                 method: "POST",
                 path: "/v1/chat/completions",
                 query: None,
                 host: None,
-                headers: &lookup,
+                headers: &|_| None,
+                model: Some(m),
             };
             let mut eps: Vec<usize> = table
                 .match_request(listener, &view)

@@ -427,12 +427,19 @@ fn debug_config_json(loaded: &load::Loaded, sources: &[(String, String)]) -> Vec
         .iter()
         .map(|e| e.addr.to_string())
         .collect();
+    // Warnings as the sentences `check` and the log show.
+    let warnings: Vec<String> = loaded
+        .table
+        .warnings()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     serde_json::to_vec_pretty(&serde_json::json!({
         "documents": docs,
         "kinds": report,
         "models": loaded.table.models(),
         "endpoints": endpoints,
-        "warnings": loaded.table.warnings(),
+        "warnings": warnings,
         "resources": resources_json(sources),
     }))
     .unwrap_or_default()
@@ -453,5 +460,23 @@ mod tests {
         }
         assert!(text.contains("https://auth.example.com"));
         assert_eq!(docs[0]["spec"]["apiKey"], "<redacted>");
+    }
+
+    #[test]
+    fn debug_config_lists_warnings_as_sentences() {
+        let yaml = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: d}\nspec:\n  gatewayClassName: missing\n  listeners: [{name: http, protocol: HTTP, port: 80}]\n";
+        let sources = [("g.yaml".to_owned(), yaml.to_owned())];
+        let config = shardgate_routing::load_sources(&sources).unwrap();
+        let table =
+            shardgate_routing::RoutingTable::build(&config, &mut |_, _| Vec::new()).unwrap();
+        let loaded = load::Loaded { config, table };
+        let json: serde_json::Value =
+            serde_json::from_slice(&debug_config_json(&loaded, &sources)).unwrap();
+        assert_eq!(
+            json["warnings"],
+            serde_json::json!([
+                "Gateway d/gw: GatewayClass missing not found (standalone mode: ignored)"
+            ])
+        );
     }
 }

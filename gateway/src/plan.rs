@@ -172,25 +172,16 @@ pub fn plan<'a>(
             .or_else(|| req.header(MODEL_HEADER))
             .map(header_model);
     }
-    let body_model = d.body_model();
-    // The body's model answers for `X-Gateway-Model-Name` (overriding any client
-    // copy), and for the seed's `X-Model-Type` when the client did not send one,
-    // so routes written either way serve plain OpenAI clients.
-    let lookup = |name: &str| -> Option<&[u8]> {
-        if let Some(m) = body_model {
-            if name == MODEL_HEADER
-                || (name == MODEL_TYPE_HEADER && req.header(MODEL_TYPE_HEADER).is_none())
-            {
-                return Some(m.as_bytes());
-            }
-        }
-        req.header(name)
-    };
+    // The matcher reads the body's model for `X-Gateway-Model-Name` (over any
+    // client copy) and `X-Model-Type` (when the client sent none), so routes
+    // written either way serve plain OpenAI clients.
+    let lookup = |name: &str| req.header(name);
     let view = RequestView {
         method: req.method,
         path: req.path,
         query: req.query,
         host: req.host,
+        model: d.body_model(),
         headers: &lookup,
     };
     let matched = listeners

@@ -1110,7 +1110,9 @@ fn a_killed_backend_gets_traffic_within_2s_of_its_return() {
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let r = std::panic::catch_unwind(|| {
-                        Client::connect(addr).post("/v1/completions", req, &[]).status
+                        Client::connect(addr)
+                            .post("/v1/completions", req, &[])
+                            .status
                     });
                     assert!(matches!(r, Ok(200 | 502 | 503)), "{r:?}");
                 }
@@ -1119,14 +1121,18 @@ fn a_killed_backend_gets_traffic_within_2s_of_its_return() {
         .collect();
     let served = |addr| sim_stats(addr)["requests_total"].as_u64().unwrap_or(0);
     assert!(
-        poll(Duration::from_secs(10), || (served(addr_a) > 50).then_some(())).is_some(),
+        poll(Duration::from_secs(10), || (served(addr_a) > 50)
+            .then_some(()))
+        .is_some(),
         "a never got traffic"
     );
     a.shutdown();
     // The outage lasts while b serves 1,500 more requests (about 1-3 s here).
     let mark = served(addr_b);
     assert!(
-        poll(Duration::from_secs(20), || (served(addr_b) > mark + 1500).then_some(())).is_some(),
+        poll(Duration::from_secs(20), || (served(addr_b) > mark + 1500)
+            .then_some(()))
+        .is_some(),
         "b did not take the load"
     );
     let back = sim_at(addr_a, &["m"]);
@@ -1139,6 +1145,9 @@ fn a_killed_backend_gets_traffic_within_2s_of_its_return() {
         t.join().unwrap();
     }
     let took = took.expect("the returned backend got no traffic within 10 s");
-    assert!(took < Duration::from_secs(2), "traffic came back after {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "traffic came back after {took:?}"
+    );
     drop(back);
 }

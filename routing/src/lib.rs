@@ -32,5 +32,5 @@ pub use duration::parse_duration;
 pub use model::{extract_model, extract_model_strict, ModelError};
 pub use table::{
     BackendGroup, EndpointInfo, ListenerInfo, RequestView, RouteMatch, RoutingTable, RuleAction,
-    RuleSummary, MODEL_HEADER, MODEL_TYPE_HEADER,
+    RuleSummary, Warning, MODEL_HEADER, MODEL_TYPE_HEADER,
 };

@@ -69,11 +69,6 @@ spec:
 fn matching_and_model_scan_do_not_allocate() {
     let config = load_sources(&[("r.yaml".to_owned(), ROUTES.to_owned())]).unwrap();
     let table = RoutingTable::build(&config, &mut |_, _| Vec::new()).unwrap();
-    let lookup = |name: &str| match name {
-        "x-model-type" => Some(&b"gpt-large"[..]),
-        "x-gateway-model-name" => Some(&b"llama"[..]),
-        _ => None,
-    };
     let requests = [
         (
             "GET",
@@ -87,6 +82,14 @@ fn matching_and_model_scan_do_not_allocate() {
     ];
     let body = br#"{"messages":[{"role":"user","content":"hello \"model\""}],"model":"llama"}"#;
     let run = || {
+        let model = extract_model(body).unwrap().unwrap();
+        assert_eq!(model, "llama");
+        // The client sends X-Model-Type; the body's model answers for
+        // x-gateway-model-name through `RequestView::model`.
+        let lookup = |name: &str| match name {
+            "x-model-type" => Some(&b"gpt-large"[..]),
+            _ => None,
+        };
         let mut found = 0;
         for (method, path, query, host) in requests {
             let view = RequestView {
@@ -95,11 +98,10 @@ fn matching_and_model_scan_do_not_allocate() {
                 query,
                 host,
                 headers: &lookup,
+                model: Some(&model),
             };
             found += usize::from(table.match_request(0, &view).is_some());
         }
-        let model = extract_model(body).unwrap().unwrap();
-        assert_eq!(model, "llama");
         found
     };
     assert_eq!(run(), 3); // warm regex caches

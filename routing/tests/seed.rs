@@ -58,6 +58,7 @@ fn seed_loads_builds_and_routes() {
             query: None,
             host: Some("localhost:8080"),
             headers: &lookup,
+            model: None,
         };
         let m = table.match_request(http, &view).unwrap();
         assert_eq!((m.route, m.rule), ("ai-workloads/model-routing", 1));

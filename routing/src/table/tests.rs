@@ -2,8 +2,11 @@
 //! resolution, ExtensionRefs and the seed.
 #![allow(clippy::unwrap_used)]
 
+use super::build::effective_hosts;
+use super::matcher::{normalize_host, PathCond};
 use super::*;
 use crate::config::load_sources;
+use std::net::SocketAddr;
 
 const SEED: &str = include_str!("../../tests/data/seed-manifests.yaml");
 
@@ -129,11 +132,31 @@ fn on(t: &RoutingTable, l: usize, r: &Req<'_>) -> String {
         query: r.query,
         host: r.host,
         headers: &lookup,
+        model: None,
     };
     match t.match_request(l, &view) {
         Some(m) => format!("{}#{}", m.route, m.rule),
         None => "-".to_owned(),
     }
+}
+
+/// Asserts that some warning of a table matches a pattern (`pat` or
+/// `pat if guard`), or that none does (`!` first).
+macro_rules! assert_warns {
+    ($t:expr, ! $($pat:tt)+) => {
+        assert!(
+            !$t.warnings().iter().any(|w| matches!(w, $($pat)+)),
+            "{:#?}",
+            $t.warnings()
+        )
+    };
+    ($t:expr, $($pat:tt)+) => {
+        assert!(
+            $t.warnings().iter().any(|w| matches!(w, $($pat)+)),
+            "{:#?}",
+            $t.warnings()
+        )
+    };
 }
 
 fn hit(t: &RoutingTable, r: &Req<'_>) -> String {
@@ -157,27 +180,15 @@ fn seed_builds_with_expected_warnings() {
     assert!(!t.listeners()[1].served);
     assert_eq!(t.models(), ["bert-base", "gpt-large"]);
     assert!(t.endpoints().is_empty());
-    let w = t.warnings().join("\n");
-    assert!(
-        w.contains("ExtensionRef InferencePolicy gpu-required not found"),
-        "{w}"
-    );
-    assert!(
-        w.contains("backend ai-workloads/gpt-large-service:8080 has no endpoints"),
-        "{w}"
-    );
-    assert!(
-        w.contains("backend ai-workloads/bert-service:8080 has no endpoints"),
-        "{w}"
-    );
-    assert!(
-        w.contains("inference-grpc (GRPC :50051) is accepted but not served"),
-        "{w}"
-    );
-    assert!(
-        !w.contains("GatewayClass ai-inference-gateway not found"),
-        "{w}"
-    );
+    assert_warns!(t, Warning::ExtensionRefUnresolved { kind, name, .. }
+        if kind == "InferencePolicy" && name == "gpu-required");
+    for svc in ["gpt-large-service", "bert-service"] {
+        assert_warns!(t, Warning::ServiceUnresolved { namespace, name, port: 8080 }
+            if namespace == "ai-workloads" && name == svc);
+    }
+    assert_warns!(t, Warning::ListenerNotServed { listener, protocol, port: 50051, .. }
+        if listener == "inference-grpc" && protocol == "GRPC");
+    assert_warns!(t, !Warning::GatewayClassNotFound { .. });
 
     let gpt = [("X-Model-Type", "gpt-large")];
     let m = {
@@ -188,6 +199,7 @@ fn seed_builds_with_expected_warnings() {
             query: None,
             host: Some("gw.local:8080"),
             headers: &lookup,
+            model: None,
         };
         let m = t.match_request(0, &view).unwrap();
         assert_eq!(m.route, "ai-workloads/model-routing");
@@ -533,7 +545,8 @@ fn header_matching() {
         "default/r#1"
     );
     assert_eq!(hit(&t, &Req::get("/").headers(&[("x-exact", "yes")])), "-");
-    assert!(t.warnings().iter().any(|w| w.contains("listed twice")));
+    assert_warns!(t, Warning::DuplicateHeaderMatch { field, header, .. }
+        if field == "spec.rules[1].matches[0].headers[1]" && header == "x-exact");
 }
 
 #[test]
@@ -647,10 +660,7 @@ spec:
   rules: [{}]
 ";
     let t = build(yaml);
-    assert!(t
-        .warnings()
-        .iter()
-        .any(|w| w.contains("GatewayClass missing-class not found")));
+    assert_warns!(t, Warning::GatewayClassNotFound { class, .. } if class == "missing-class");
     for l in [0, 1] {
         assert_eq!(
             on(&t, l, &Req::get("/a").host("a.example.com")),
@@ -706,21 +716,18 @@ spec:
     let t = build(&format!("{gw}{}{}", r("infra"), r("apps")));
     assert_eq!(on(&t, 0, &Req::get("/")), "infra/r#0");
     assert_eq!(on(&t, 1, &Req::get("/")), "apps/r#0"); // alphabetical: apps < infra
-    let w = t.warnings().join("\n");
-    assert!(w.contains("Selector is treated as All"), "{w}");
+    assert_warns!(t, Warning::SelectorTreatedAsAll { listener, .. } if listener == "sel");
     // apps/r still attaches through `sel`, so no "matches no listener" warning.
-    assert!(!w.contains("matches no listener"), "{w}");
+    assert_warns!(t, !Warning::ParentRefUnattached { .. });
 
     let only_same = gw.replace("from: Selector", "from: Same");
     let t = build(&format!("{only_same}{}", r("apps")));
     assert_eq!(on(&t, 0, &Req::get("/")), "-");
     assert_eq!(on(&t, 1, &Req::get("/")), "-");
-    let w = t.warnings().join("\n");
-    assert!(
-        w.contains("HTTPRoute apps/r: spec.parentRefs[0] (infra/gw) matches no listener"),
-        "{w}"
-    );
-    assert!(w.contains("allows routes from namespace infra only"), "{w}");
+    assert_warns!(t, Warning::ParentRefUnattached { doc, index: 0, target, reasons }
+        if doc == "HTTPRoute apps/r"
+            && target == "infra/gw"
+            && reasons.iter().any(|r| r.contains("allows routes from namespace infra only")));
 }
 
 #[test]
@@ -756,13 +763,8 @@ fn cross_reference_errors() {
         "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\nspec:\n  parentRefs: [{name: gw, sectionName: nope}]\n  rules: [{}]\n"
     );
     let t = build(&missing_section);
-    assert!(
-        t.warnings().iter().any(|w| w.contains(
-            "(default/gw/nope) matches no listener that accepts it: no listener has that name/port"
-        )),
-        "{:?}",
-        t.warnings()
-    );
+    assert_warns!(t, Warning::ParentRefUnattached { target, reasons, .. }
+        if target == "default/gw/nope" && reasons.is_empty());
 }
 
 const SLICES: &str = "---
@@ -937,6 +939,7 @@ fn endpoint_slice_resolution() {
             query: None,
             host: None,
             headers: &lookup,
+            model: None,
         };
         t.match_request(0, &view).unwrap()
     };
@@ -971,16 +974,10 @@ fn endpoint_slice_resolution() {
     assert_eq!(t.endpoints()[b[0].endpoints[0]].backend, "ml/svc");
     assert_eq!(t.endpoints().len(), 8);
 
-    let w = t.warnings().join("\n");
-    assert!(
-        w.contains("backend ml/dead:80 has no ready endpoints"),
-        "{w}"
-    );
-    assert!(
-        w.contains("backend ml/nowhere:8080 has no endpoints"),
-        "{w}"
-    );
-    assert!(!w.contains("ml/svc:80 has no"), "{w}");
+    assert_warns!(t, Warning::ServiceNoReadyEndpoints { backend, port: 80 } if backend == "ml/dead");
+    assert_warns!(t, Warning::ServiceUnresolved { namespace, name, port: 8080 }
+        if namespace == "ml" && name == "nowhere");
+    assert_warns!(t, !Warning::ServiceNoReadyEndpoints { backend, .. } if backend == "ml/svc");
     let shown = t.to_string();
     assert!(
         shown.contains("ml/svc:80 (w 3) [10.0.0.1:8000, 10.0.0.2:8000, [fd00::1]:8000]"),
@@ -1006,17 +1003,12 @@ fn pool_without_slices_and_unknown_backend_kinds_warn() {
     - {name: svc, namespace: other, port: 80}
 ";
     let t = build(&format!("{GW}{}", ml_route(backends)));
-    let w = t.warnings().join("\n");
-    assert!(
-        w.contains("InferencePool ml/ghost is referenced but not defined"),
-        "{w}"
-    );
-    assert!(w.contains("InferencePool ml/ghost has no endpoints"), "{w}");
-    assert!(
-        w.contains("backend kind storage.example.com/Bucket is not supported"),
-        "{w}"
-    );
-    assert!(w.contains("cross-namespace reference to other/svc"), "{w}");
+    assert_warns!(t, Warning::PoolUndefined { backend } if backend == "ml/ghost");
+    assert_warns!(t, Warning::PoolNoSlices { namespace, name } if namespace == "ml" && name == "ghost");
+    assert_warns!(t, Warning::BackendKindUnsupported { group, kind, .. }
+        if group == "storage.example.com" && kind == "Bucket");
+    assert_warns!(t, Warning::CrossNamespaceBackend { field, target, .. }
+        if field == "spec.rules[0].backendRefs[2]" && target == "other/svc");
 }
 
 #[test]
@@ -1083,6 +1075,7 @@ spec:
             query: None,
             host: None,
             headers: &lookup,
+            model: None,
         };
         t.match_request(0, &view).unwrap()
     };
@@ -1128,15 +1121,9 @@ spec:
             filter: "Widget w".into()
         }
     );
-    let w = t.warnings().join("\n");
-    assert!(
-        w.contains("RequestHeaderModifier filter accepted, not enforced"),
-        "{w}"
-    );
-    assert!(
-        w.contains("ExtensionRef Widget w is not a kind shardgate supports"),
-        "{w}"
-    );
+    assert_warns!(t, Warning::FilterNotEnforced { filter_type, .. }
+        if filter_type == "RequestHeaderModifier");
+    assert_warns!(t, Warning::ExtensionRefUnresolved { kind, name, .. } if kind == "Widget" && name == "w");
     let shown = t.to_string();
     assert!(
         shown.contains("policy=default/lb batching=default/batch"),
@@ -1187,10 +1174,7 @@ metadata:
 ";
     let t = build(&format!("{GW}{two}"));
     assert!(t.inference_config().is_none());
-    assert!(t
-        .warnings()
-        .iter()
-        .any(|w| w.contains("2 InferenceConfigs and none linked")));
+    assert_warns!(t, Warning::InferenceConfigAmbiguous { count: 2 });
     let linked = GW.replace(
         "controllerName: x/y",
         "controllerName: x/y\n  parametersRef: {group: ai.gateway.io, kind: InferenceConfig, name: two}",
@@ -1237,6 +1221,7 @@ fn matched<'t>(t: &'t RoutingTable, path: &str, headers: &[(&str, &str)]) -> Rou
         query: None,
         host: None,
         headers: &lookup,
+        model: None,
     };
     t.match_request(0, &view)
         .unwrap_or_else(|| panic!("no match for {path}"))
@@ -1310,11 +1295,7 @@ fn priorities_resolve_from_objectives_and_models() {
     );
     // The routes' model-header list is unchanged (it feeds /v1/models).
     assert_eq!(t.models(), ["gpt"]);
-    let w = t.warnings().join("\n");
-    assert!(
-        w.contains("InferenceModel default/m2: spec.targetModels accepted, not acted on"),
-        "{w}"
-    );
+    assert_warns!(t, Warning::TargetModelsIgnored { doc } if doc == "InferenceModel default/m2");
     let shown = t.to_string();
     assert!(shown.contains("priorities:\n  objective llama: 3 (InferenceObjective default/llama, pool default/pool-a)\n"), "{shown}");
     assert!(
@@ -1498,8 +1479,8 @@ fn target_refs_make_a_batching_policy_the_default_of_rules_without_one() {
         "{yaml}{}",
         batching("idle", &target("HTTPRoute", "c", None))
     ));
-    let w = t.warnings().join("\n");
-    assert!(w.contains("BatchingPolicy default/idle: spec.targetRefs[0] (HTTPRoute default/c): no rule without its own BatchingPolicy ExtensionRef"), "{w}");
+    assert_warns!(t, Warning::BatchingDefaultUnused { doc, field, via }
+        if doc == "BatchingPolicy default/idle" && field == "spec.targetRefs[0]" && via == "HTTPRoute default/c");
     // Rule ids are dense and O(1) to look up.
     for (id, r) in t.rules().enumerate() {
         assert_eq!(r.id, id);
@@ -1589,3 +1570,6 @@ fn seed_rules_have_ids_and_no_defaults() {
         (1, Some("bert-base"), ["bert-base".to_owned()].as_slice())
     );
 }
+
+mod model;
+mod warnings;

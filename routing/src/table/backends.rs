@@ -1,0 +1,324 @@
+//! Backend resolution at build time: each `backendRef` of a rule becomes a
+//! [`BackendGroup`] of indices into one deduplicated endpoint list, cached per
+//! (kind, namespace, name, port) so the resolver runs once per name and port.
+//!
+//! - a `Service` backendRef resolves through the EndpointSlices of its
+//!   namespace labelled `kubernetes.io/service-name`; only ready endpoints
+//!   (`conditions.ready` absent = ready), first address of each. The port is
+//!   the slice port named like the Service port or its `targetPort`, else the
+//!   slice port equal to the backendRef port, else the slice's only port, else
+//!   the backendRef port. Without any slice the resolver is called with the
+//!   backendRef *name* verbatim and its port (DNS fallback); `FQDN` slice
+//!   addresses go through the resolver too;
+//! - an `InferencePool` backendRef resolves through slices labelled
+//!   `inference.networking.k8s.io/pool-name: <pool>` or
+//!   `kubernetes.io/service-name: <pool>`, on the backendRef port, else the
+//!   pool's first target port;
+//! - a backend without endpoints keeps its (empty) group and adds a warning;
+//!   weight 0 groups are kept and must never be chosen; the same address in
+//!   several groups is one [`EndpointInfo`];
+//! - cross-namespace backendRefs are allowed with a warning (no
+//!   `ReferenceGrant` support in standalone mode).
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::config::{
+    AddressType, DocMeta, EndpointSlice, HttpRouteRule, IntOrString, Resource, ServicePort,
+    POOL_NAME_LABEL, SERVICE_NAME_LABEL,
+};
+
+use super::build::Builder;
+use super::{BackendGroup, EndpointInfo, Warning};
+
+/// The resolved backends of one rule.
+pub(super) struct RuleBackends {
+    /// One group per backendRef, in order.
+    pub(super) groups: Vec<BackendGroup>,
+    /// Port of each backendRef, for display.
+    pub(super) ports: Vec<Option<u16>>,
+    /// `namespace/name` of its InferencePool backendRefs.
+    pub(super) pools: Vec<String>,
+}
+
+impl<'c> Builder<'c, '_> {
+    /// Resolves the backendRefs of rule `rule` (at field `base`) of HTTPRoute
+    /// `meta`.
+    pub(super) fn rule_backends(
+        &mut self,
+        meta: &DocMeta,
+        base: &str,
+        rule: &HttpRouteRule,
+    ) -> RuleBackends {
+        let mut groups = Vec::new();
+        let mut ports = Vec::new();
+        let mut pools = Vec::new();
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let field = format!("{base}.backendRefs[{bi}]");
+            let ns = b.namespace.as_deref().unwrap_or(&meta.namespace);
+            if ns != meta.namespace {
+                self.warn(Warning::CrossNamespaceBackend {
+                    doc: meta.label(),
+                    field: field.clone(),
+                    target: format!("{ns}/{}", b.name),
+                });
+            }
+            if !b.filters.is_empty() {
+                self.warn(Warning::BackendFiltersNotEnforced {
+                    doc: meta.label(),
+                    field: field.clone(),
+                });
+            }
+            let kind = b.kind.as_deref().unwrap_or("Service");
+            let group = b.group.as_deref().unwrap_or("");
+            let endpoints = match kind {
+                "Service" if group.is_empty() || group == "core" => match b.port {
+                    Some(port) => self.service_endpoints(ns, &b.name, port),
+                    None => Vec::new(), // rejected by validation
+                },
+                "InferencePool"
+                    if matches!(
+                        group,
+                        "" | "inference.networking.k8s.io" | "inference.networking.x-k8s.io"
+                    ) =>
+                {
+                    let key = format!("{ns}/{}", b.name);
+                    if !pools.contains(&key) {
+                        pools.push(key.clone());
+                    }
+                    self.referenced_pools.insert(key);
+                    self.pool_endpoints(ns, &b.name, b.port)
+                }
+                _ => {
+                    self.warn(Warning::BackendKindUnsupported {
+                        doc: meta.label(),
+                        field,
+                        group: group.to_owned(),
+                        kind: kind.to_owned(),
+                    });
+                    Vec::new()
+                }
+            };
+            groups.push(BackendGroup {
+                name: format!("{ns}/{}", b.name),
+                weight: b.weight,
+                endpoints,
+            });
+            ports.push(b.port);
+        }
+        if !groups.is_empty() && groups.iter().all(|b| b.weight == 0) {
+            self.warn(Warning::AllWeightsZero {
+                doc: meta.label(),
+                field: base.to_owned(),
+            });
+        }
+        RuleBackends {
+            groups,
+            ports,
+            pools,
+        }
+    }
+
+    /// The index of `addr` in the endpoint list, adding it (found for
+    /// `backend`) when new.
+    fn add_endpoint(&mut self, addr: SocketAddr, backend: &str) -> usize {
+        if let Some(&i) = self.endpoint_index.get(&addr) {
+            return i;
+        }
+        let i = self.endpoints.len();
+        self.endpoints.push(EndpointInfo {
+            addr,
+            backend: backend.to_owned(),
+        });
+        self.endpoint_index.insert(addr, i);
+        i
+    }
+
+    /// Ready endpoint addresses of `slices`, with the port chosen per slice.
+    fn slice_addrs(
+        &mut self,
+        slices: &[&'c EndpointSlice],
+        svc_port: Option<&ServicePort>,
+        port: Option<u16>,
+        backend: &str,
+    ) -> Vec<usize> {
+        let mut out = Vec::new();
+        for s in slices {
+            let Some(p) = slice_port(s, svc_port, port) else {
+                self.warn(Warning::SlicePortUnknown {
+                    slice: s.metadata.name.clone(),
+                    backend: backend.to_owned(),
+                });
+                continue;
+            };
+            for e in &s.endpoints {
+                if !e.is_ready() {
+                    continue;
+                }
+                let Some(a) = e.addresses.first() else {
+                    continue;
+                };
+                let addrs: Vec<SocketAddr> = match s.address_type {
+                    AddressType::IPv4 | AddressType::IPv6 => match a.parse::<IpAddr>() {
+                        Ok(ip) => vec![SocketAddr::new(ip, p)],
+                        Err(_) => Vec::new(), // rejected by validation
+                    },
+                    AddressType::Fqdn => (self.resolve)(a, p),
+                };
+                for addr in addrs {
+                    let i = self.add_endpoint(addr, backend);
+                    if !out.contains(&i) {
+                        out.push(i);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Endpoint indices of Service `ns/name` on backendRef port `port`.
+    fn service_endpoints(&mut self, ns: &str, name: &str, port: u16) -> Vec<usize> {
+        let key = (
+            "Service".to_owned(),
+            ns.to_owned(),
+            name.to_owned(),
+            Some(port),
+        );
+        if let Some(v) = self.backend_cache.get(&key) {
+            return v.clone();
+        }
+        let backend = format!("{ns}/{name}");
+        let slices: Vec<&'c EndpointSlice> = self
+            .slices
+            .iter()
+            .filter(|(m, s)| {
+                m.namespace == ns
+                    && s.metadata
+                        .labels
+                        .get(SERVICE_NAME_LABEL)
+                        .map(String::as_str)
+                        == Some(name)
+            })
+            .map(|(_, s)| *s)
+            .collect();
+        let svc_port = self
+            .services
+            .iter()
+            .find(|(m, _)| m.namespace == ns && m.name == name)
+            .and_then(|(_, s)| s.spec.ports.iter().find(|p| p.port == port));
+        let out = if slices.is_empty() {
+            let addrs = (self.resolve)(name, port);
+            let out: Vec<usize> = addrs
+                .into_iter()
+                .map(|a| self.add_endpoint(a, &backend))
+                .collect();
+            if out.is_empty() {
+                self.warn(Warning::ServiceUnresolved {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                    port,
+                });
+            }
+            out
+        } else {
+            let out = self.slice_addrs(&slices, svc_port, Some(port), &backend);
+            if out.is_empty() {
+                self.warn(Warning::ServiceNoReadyEndpoints {
+                    backend: backend.clone(),
+                    port,
+                });
+            }
+            out
+        };
+        self.backend_cache.insert(key, out.clone());
+        out
+    }
+
+    /// Endpoint indices of InferencePool `ns/name` on backendRef port `port`.
+    fn pool_endpoints(&mut self, ns: &str, name: &str, port: Option<u16>) -> Vec<usize> {
+        let key = (
+            "InferencePool".to_owned(),
+            ns.to_owned(),
+            name.to_owned(),
+            port,
+        );
+        if let Some(v) = self.backend_cache.get(&key) {
+            return v.clone();
+        }
+        let backend = format!("{ns}/{name}");
+        let pool = self.config.docs.iter().find_map(|(m, r)| match r {
+            Resource::InferencePool(p) if m.namespace == ns && m.name == name => Some(p),
+            _ => None,
+        });
+        if pool.is_none() {
+            self.warn(Warning::PoolUndefined {
+                backend: backend.clone(),
+            });
+        }
+        let port = port.or_else(|| pool.and_then(|p| p.spec.target_port()));
+        let slices: Vec<&'c EndpointSlice> = self
+            .slices
+            .iter()
+            .filter(|(m, s)| {
+                let labels = &s.metadata.labels;
+                m.namespace == ns
+                    && (labels.get(POOL_NAME_LABEL).map(String::as_str) == Some(name)
+                        || labels.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name))
+            })
+            .map(|(_, s)| *s)
+            .collect();
+        let out = self.slice_addrs(&slices, None, port, &backend);
+        if slices.is_empty() {
+            self.warn(Warning::PoolNoSlices {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            });
+        } else if out.is_empty() {
+            self.warn(Warning::PoolNoReadyEndpoints { backend });
+        }
+        self.backend_cache.insert(key, out.clone());
+        out
+    }
+}
+
+/// Which port of an EndpointSlice serves a backendRef port.
+///
+/// In order: the Service port's name, the Service's `targetPort` (name or
+/// number), the slice port equal to the wanted port, the slice's only port,
+/// the wanted port.
+fn slice_port(
+    slice: &EndpointSlice,
+    svc_port: Option<&ServicePort>,
+    want: Option<u16>,
+) -> Option<u16> {
+    let named = |n: &str| {
+        slice
+            .ports
+            .iter()
+            .find(|p| p.name.as_deref().unwrap_or("") == n)
+            .and_then(|p| p.port)
+    };
+    if let Some(sp) = svc_port {
+        if let Some(p) = named(sp.name.as_deref().unwrap_or("")) {
+            return Some(p);
+        }
+        match &sp.target_port {
+            Some(IntOrString::Int(t)) => return Some(*t),
+            Some(IntOrString::String(n)) => {
+                if let Some(p) = named(n) {
+                    return Some(p);
+                }
+            }
+            None => {}
+        }
+    }
+    if let Some(w) = want {
+        if slice.ports.iter().any(|p| p.port == Some(w)) {
+            return Some(w);
+        }
+    }
+    let mut numbered = slice.ports.iter().filter_map(|p| p.port);
+    match (numbered.next(), numbered.next()) {
+        (Some(only), None) => Some(only),
+        _ => want,
+    }
+}

@@ -1,0 +1,151 @@
+//! What `shardgate check` prints: the `Display` of [`RoutingTable`] — per
+//! listener its entries in precedence order (conditions → backends with up to
+//! 8 endpoints each, policies, timeout, `route rule`), then priorities and
+//! warnings — and of the compiled conditions it is made of.
+
+use std::fmt;
+
+use crate::duration::format_duration;
+
+use super::matcher::{CompiledMatch, HostPattern, NamedCond, PathCond, ValueCond};
+use super::{RoutingTable, RuleAction};
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Any => f.write_str("*"),
+            HostPattern::Exact(e) => f.write_str(e),
+            HostPattern::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+impl fmt::Display for PathCond {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathCond::Exact(v) => write!(f, "Exact {v}"),
+            PathCond::Prefix(v) => write!(f, "PathPrefix {v}"),
+            PathCond::Regex(_, v) => write!(f, "RegularExpression {v}"),
+        }
+    }
+}
+
+impl fmt::Display for NamedCond {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            ValueCond::Exact(v) => write!(f, "{}={v}", self.name),
+            ValueCond::Regex(_, v) => write!(f, "{}~{v}", self.name),
+        }
+    }
+}
+
+impl fmt::Display for CompiledMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path)?;
+        if let Some(m) = self.method {
+            write!(f, " + method {}", m.as_str())?;
+        }
+        for h in &self.headers {
+            write!(f, " + header {}", h.cond)?;
+        }
+        for q in &self.query {
+            write!(f, " + query {q}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for RoutingTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (li, l) in self.listeners.iter().enumerate() {
+            write!(
+                f,
+                "listener {} {} {} :{}",
+                l.gateway, l.name, l.protocol, l.port
+            )?;
+            if let Some(h) = &self.listener_hosts[li] {
+                write!(f, " host {h}")?;
+            }
+            writeln!(f, "{}", if l.served { "" } else { " (not served)" })?;
+            if self.entries[li].is_empty() {
+                writeln!(f, "  (no routes)")?;
+            }
+            for (n, e) in self.entries[li].iter().enumerate() {
+                let route = &self.routes[e.route];
+                let rule = &route.rules[e.rule];
+                write!(f, "  {:>2}. ", n + 1)?;
+                if e.host != HostPattern::Any {
+                    write!(f, "host {} + ", e.host)?;
+                }
+                write!(f, "{} →", rule.matches[e.matcher])?;
+                if rule.backends.is_empty() {
+                    write!(f, " (no backends)")?;
+                }
+                for (bi, b) in rule.backends.iter().enumerate() {
+                    if bi > 0 {
+                        write!(f, ",")?;
+                    }
+                    write!(f, " {}", b.name)?;
+                    if let Some(p) = rule.backend_ports[bi] {
+                        write!(f, ":{p}")?;
+                    }
+                    write!(f, " (w {}) [", b.weight)?;
+                    if b.endpoints.is_empty() {
+                        write!(f, "no endpoints")?;
+                    }
+                    for (i, &ep) in b.endpoints.iter().take(8).enumerate() {
+                        if i > 0 {
+                            write!(f, ", ")?;
+                        }
+                        write!(f, "{}", self.endpoints[ep].addr)?;
+                    }
+                    if b.endpoints.len() > 8 {
+                        write!(f, ", … {} more", b.endpoints.len() - 8)?;
+                    }
+                    write!(f, "]")?;
+                }
+                if let Some(p) = &rule.policy {
+                    write!(f, " policy={p}")?;
+                }
+                if let Some(b) = &rule.batching {
+                    write!(f, " batching={b}")?;
+                    if let Some(t) = &rule.batching_default {
+                        write!(f, " (default via {t})")?;
+                    }
+                }
+                if let RuleAction::FilterNotFound { filter } = &rule.action {
+                    write!(f, " → 500 (filter {filter} not found)")?;
+                }
+                if let Some(t) = rule.request_timeout {
+                    write!(f, " timeout={}", format_duration(t))?;
+                }
+                writeln!(f, "  ({} rule {})", route.key, e.rule)?;
+            }
+        }
+        if !self.priorities.is_empty() {
+            let (objectives, models) = self.priorities();
+            writeln!(f, "priorities:")?;
+            for (name, e) in objectives {
+                writeln!(
+                    f,
+                    "  objective {name}: {} (InferenceObjective {}, pool {})",
+                    e.priority, e.source, e.pool
+                )?;
+            }
+            for (name, e) in models {
+                writeln!(
+                    f,
+                    "  model {name}: {} (InferenceModel {}, pool {})",
+                    e.priority, e.source, e.pool
+                )?;
+            }
+        }
+        if !self.warnings.is_empty() {
+            writeln!(f, "warnings:")?;
+            for w in &self.warnings {
+                writeln!(f, "  - {w}")?;
+            }
+        }
+        Ok(())
+    }
+}
