@@ -73,9 +73,8 @@ pub struct Decision<'a> {
     /// The request's model: its own (body or header), else the rule's one model,
     /// else a KServe path's; for metrics, logs and picking.
     pub model: Option<Cow<'a, str>>,
-    /// Whether [`Self::model`] came from the JSON body (it is then sent upstream
-    /// as `X-Gateway-Model-Name` and drives batching and model-aware picks).
-    pub model_from_body: bool,
+    /// Where [`Self::model`] came from.
+    pub model_source: ModelSource,
     /// Whether the matched rule is known to serve [`Self::model`] (it then gets a
     /// metrics label of its own; the set is bounded by the configuration).
     pub known_model: bool,
@@ -85,13 +84,34 @@ pub struct Decision<'a> {
     pub plan: Plan<'a>,
 }
 
+/// Where a request's model came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelSource {
+    /// No model.
+    None,
+    /// The JSON body's `model`.
+    Body,
+    /// `X-Model-Type`, else `X-Gateway-Model-Name`.
+    Header,
+    /// The matched rule's one model, or a KServe path's.
+    Route,
+}
+
 impl Decision<'_> {
-    /// The model named by the body, if any.
+    /// The model named by the body, if any (batching needs it).
     pub fn body_model(&self) -> Option<&str> {
-        if self.model_from_body {
-            self.model.as_deref()
-        } else {
-            None
+        match self.model_source {
+            ModelSource::Body => self.model.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The model the client named, in the body or a header: route matching,
+    /// model-aware picks and the upstream's `X-Gateway-Model-Name` use it.
+    pub fn named_model(&self) -> Option<&str> {
+        match self.model_source {
+            ModelSource::Body | ModelSource::Header => self.model.as_deref(),
+            _ => None,
         }
     }
 }
@@ -145,7 +165,7 @@ pub fn plan<'a>(
 ) -> Decision<'a> {
     let mut d = Decision {
         model: None,
-        model_from_body: false,
+        model_source: ModelSource::None,
         known_model: false,
         route: None,
         plan: Plan::Models,
@@ -157,7 +177,7 @@ pub fn plan<'a>(
         match extract_model_strict(req.body) {
             Ok(Some(m)) => {
                 d.model = Some(m);
-                d.model_from_body = true;
+                d.model_source = ModelSource::Body;
             }
             Ok(None) => {}
             Err(e) => {
@@ -171,17 +191,20 @@ pub fn plan<'a>(
             .header(MODEL_TYPE_HEADER)
             .or_else(|| req.header(MODEL_HEADER))
             .map(header_model);
+        if d.model.is_some() {
+            d.model_source = ModelSource::Header;
+        }
     }
-    // The matcher reads the body's model for `X-Gateway-Model-Name` (over any
+    // The matcher reads the request's model for `X-Gateway-Model-Name` (over any
     // client copy) and `X-Model-Type` (when the client sent none), so routes
-    // written either way serve plain OpenAI clients.
+    // written either way serve plain OpenAI clients and `X-Model-Type` clients.
     let lookup = |name: &str| req.header(name);
     let view = RequestView {
         method: req.method,
         path: req.path,
         query: req.query,
         host: req.host,
-        model: d.body_model(),
+        model: d.named_model(),
         headers: &lookup,
     };
     let matched = listeners
@@ -205,6 +228,9 @@ pub fn plan<'a>(
             .model
             .or_else(|| kserve_model(req.path))
             .map(Cow::Borrowed);
+        if d.model.is_some() {
+            d.model_source = ModelSource::Route;
+        }
     }
     d.known_model = d
         .model
@@ -250,8 +276,8 @@ pub fn plan<'a>(
         .unwrap_or(0);
 
     let target = Target { route, priority };
-    let batchable = match (route.batching, batch_policy, d.model_from_body) {
-        (Some(key), Some(policy), true) => match classify(req.path, req.body) {
+    let batchable = match (route.batching, batch_policy, d.model_source) {
+        (Some(key), Some(policy), ModelSource::Body) => match classify(req.path, req.body) {
             Ok(Some(class)) => Some((key, policy, class)),
             _ => None,
         },
@@ -453,6 +479,35 @@ spec:
         assert_eq!(forward(&d), (0, "forward"));
         assert_eq!(d.model.as_deref(), Some("typed"));
         assert_eq!(d.body_model(), None);
+        assert_eq!(d.named_model(), Some("typed"));
+        assert_eq!(d.model_source, ModelSource::Header);
+    }
+
+    #[test]
+    fn x_model_type_reaches_routes_that_match_x_gateway_model_name() {
+        // README: both headers name the model; the rule for `crit` matches
+        // `X-Gateway-Model-Name` only.
+        let st = state();
+        let d = run(
+            &st,
+            "POST",
+            "/v1/chat/completions",
+            &[("X-Model-Type", "crit")],
+            r#"{"messages":[]}"#,
+        );
+        assert_eq!(forward(&d), (1, "forward"), "routed, with crit's priority");
+        assert_eq!(d.named_model(), Some("crit"));
+        // The body's model wins over the header.
+        let shed = completion("shed");
+        let d = run(
+            &st,
+            "POST",
+            "/v1/completions",
+            &[("X-Model-Type", "typed")],
+            &shed,
+        );
+        assert_eq!(forward(&d), (-1, "forward"));
+        assert_eq!(d.named_model(), Some("shed"));
     }
 
     #[test]
@@ -528,6 +583,8 @@ spec:
         assert_eq!(forward(&d), (0, "forward"));
         assert_eq!(d.model.as_deref(), Some("resnet"));
         assert_eq!(d.body_model(), None);
+        assert_eq!(d.named_model(), None);
+        assert_eq!(d.model_source, ModelSource::Route);
     }
 
     #[test]

@@ -457,6 +457,7 @@ async fn execute<'s>(
         }
     }
     let body_model = decision.body_model();
+    let named_model = decision.named_model();
     let target = match &decision.plan {
         Plan::Models => {
             rq.status =
@@ -510,7 +511,7 @@ async fn execute<'s>(
             return req.client_keep;
         }
     }
-    forward(shard, client, out, req, body_model, target, guard, rq).await
+    forward(shard, client, out, req, named_model, target, guard, rq).await
 }
 
 /// Forward the request to one endpoint of its route, as the attempt machine
@@ -521,7 +522,7 @@ async fn forward(
     client: &mut TcpStream,
     out: &mut Vec<u8>,
     req: &Req<'_>,
-    body_model: Option<&str>,
+    model: Option<&str>,
     target: &Target<'_>,
     guard: &mut InFlight,
     rq: &mut RequestState<'_>,
@@ -532,10 +533,10 @@ async fn forward(
     let profile = shard.state.profile(route.policy);
     let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
     let hashes = (uses_prefix && !req.body.is_empty())
-        .then(|| shard.prefix_hashes(body_model.unwrap_or(""), req.body));
+        .then(|| shard.prefix_hashes(model.unwrap_or(""), req.body));
     let pick_req = PickRequest {
-        model: body_model,
-        adapter: profile.lora_adapter(body_model),
+        model,
+        adapter: profile.lora_adapter(model),
         prefix_total_blocks: hashes
             .as_ref()
             .map_or(0, |h| u32::try_from(h.prompt_blocks()).unwrap_or(u32::MAX)),
@@ -545,7 +546,7 @@ async fn forward(
     let fwd = Forwarded {
         peer: req.peer,
         request_id: rid,
-        model: body_model,
+        model,
         body: req.body,
     };
     let lim = ExchangeLimits {
