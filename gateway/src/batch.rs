@@ -42,7 +42,7 @@ use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::Failure;
 use crate::lanes::{Lane, LaneCtx, Member, PolicyBatcher, Reply};
 use crate::shard::{EndpointInFlight, Shard};
-use crate::upstream::{connect, exchange_whole, write_post};
+use crate::upstream::{exchange_whole, write_post};
 
 /// What [`submit`] decided.
 pub enum Submitted {
@@ -353,15 +353,7 @@ async fn call(
         };
         write_post(&ctx.path, addr, &extra[..n], body, &mut out);
         loop {
-            let pooled = if attempts.may_use_pool() {
-                shard.pool.borrow_mut().take(ep, Instant::now())
-            } else {
-                None
-            };
-            let conn = match pooled {
-                Some(c) => Ok(c),
-                None => connect(addr, settings.connect_timeout).await,
-            };
+            let conn = shard.upstream_conn(ep, attempts.may_use_pool()).await;
             let counted = EndpointInFlight::new(shard, ep);
             let result = match conn {
                 Ok(conn) => {

@@ -45,8 +45,8 @@ use crate::plan::{plan, Plan, RequestInfo, Target};
 use crate::shard::{ConnGauge, InFlight, Shard};
 use crate::state::GatewayState;
 use crate::upstream::{
-    connect, read_watched, send_and_read_head, write_request, ExchangeLimits, Forwarded,
-    UpstreamConn, Watched, INLINE_BODY,
+    read_watched, send_and_read_head, write_request, ExchangeLimits, Forwarded, UpstreamConn,
+    Watched, INLINE_BODY,
 };
 
 /// The virtual model header, as sent upstream.
@@ -589,15 +589,7 @@ async fn forward(
         let addr = shard.addr(ep);
         write_request(req.head, &fwd, addr, reqbuf);
         loop {
-            let pooled = if attempts.may_use_pool() {
-                shard.pool.borrow_mut().take(ep, Instant::now())
-            } else {
-                None
-            };
-            let conn = match pooled {
-                Some(c) => Ok(c),
-                None => connect(addr, settings.connect_timeout).await,
-            };
+            let conn = shard.upstream_conn(ep, attempts.may_use_pool()).await;
             let result = match conn {
                 Ok(c) => send_and_read_head(c, reqbuf, tail, Some(&*client), &lim).await,
                 Err(e) => Err(e),

@@ -32,11 +32,12 @@ use shardgate_runtime::Shutdown;
 use crate::access_log::ShardLog;
 use crate::attempt::{OutlierConfig, Outliers, PickFailure, RetryBudget, Verdict};
 use crate::control::ControlShared;
+use crate::error::UpstreamError;
 use crate::lanes::PolicyBatcher;
 use crate::metrics::{MetricsHub, ShardMetrics};
 use crate::report::ShardReport;
 use crate::state::{GatewayState, SaturatedAction};
-use crate::upstream::ConnPool;
+use crate::upstream::{connect, ConnPool, UpstreamConn};
 
 /// Everything one shard owns.
 pub struct Shard {
@@ -182,6 +183,24 @@ impl Shard {
             if outliers.restore_checked(ep, scraped, probed) {
                 tracing::info!(shard = self.id, endpoint = %self.addr(ep), "endpoint restored: an active check passed");
             }
+        }
+    }
+
+    /// A connection to `ep` for one try: an idle pooled one when `use_pool`
+    /// (the attempt is not a fresh retry) and there is one, else a new one.
+    pub async fn upstream_conn(
+        &self,
+        ep: usize,
+        use_pool: bool,
+    ) -> Result<UpstreamConn, UpstreamError> {
+        let pooled = if use_pool {
+            self.pool.borrow_mut().take(ep, Instant::now())
+        } else {
+            None
+        };
+        match pooled {
+            Some(c) => Ok(c),
+            None => connect(self.addr(ep), self.state.settings.connect_timeout).await,
         }
     }
 

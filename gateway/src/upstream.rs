@@ -205,6 +205,17 @@ pub fn write_request(
     }
 }
 
+/// The request line, `host` and `user-agent` of a gateway-made request.
+fn request_head(out: &mut Vec<u8>, method: &str, path: &str, host: SocketAddr) {
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    write::header(out, "host", host.to_string().as_bytes());
+    write::header(out, "user-agent", b"shardgate");
+}
+
 /// Serialise a gateway-made JSON `POST` (batched calls, inference probes).
 pub fn write_post(
     path: &str,
@@ -213,12 +224,7 @@ pub fn write_post(
     body: &[u8],
     out: &mut Vec<u8>,
 ) {
-    out.clear();
-    out.extend_from_slice(b"POST ");
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    write::header(out, "host", host.to_string().as_bytes());
-    write::header(out, "user-agent", b"shardgate");
+    request_head(out, "POST", path, host);
     write::header(out, "content-type", b"application/json");
     for (name, value) in extra {
         write::header(out, name, value);
@@ -230,12 +236,7 @@ pub fn write_post(
 
 /// Serialise a gateway-made `GET` (scrapes, health checks).
 pub fn write_get(path: &str, host: SocketAddr, out: &mut Vec<u8>) {
-    out.clear();
-    out.extend_from_slice(b"GET ");
-    out.extend_from_slice(path.as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\n");
-    write::header(out, "host", host.to_string().as_bytes());
-    write::header(out, "user-agent", b"shardgate");
+    request_head(out, "GET", path, host);
     write::header(out, "accept", b"*/*");
     out.extend_from_slice(b"\r\n");
 }
