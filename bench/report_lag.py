@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import shutil
 import socket
 import statistics
 import subprocess
@@ -91,6 +92,7 @@ def measure(binary: str, sim_port: int, runs: int) -> tuple[list[float], list[fl
     finally:
         gw.kill()
         gw.wait()
+        shutil.rmtree(d, ignore_errors=True)
     return up, down
 
 
