@@ -7,6 +7,8 @@
 //! listeners close within 50 ms, in-flight requests finish (up to
 //! `--drain-timeout`), and the process exits 0. A second signal exits at once.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod admit;
