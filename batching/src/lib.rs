@@ -43,6 +43,8 @@
 //! pass the `BatchKey` half to `merge`. `tests/shard_loop.rs` runs this recipe on a
 //! virtual clock against the fake server.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod batcher;
 mod json;

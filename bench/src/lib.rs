@@ -24,6 +24,8 @@
 //! Numbers: start 50 ms after [`run`] is called (threads build their runtimes and
 //! connect meanwhile); progress every 1 s; timer precision a few µs ([`timers`]).
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod config;
 pub mod queue;

@@ -29,7 +29,8 @@ pub enum Command {
     /// exits non-zero with every error found.
     Check(CheckArgs),
     /// Run the gateway on its embedded demo config with simulated vLLM backends
-    /// started in-process: no cluster and no GPU needed.
+    /// started in-process: no cluster and no GPU needed (a binary built without the
+    /// default `demo` feature only prints the config).
     Demo(DemoArgs),
 }
 

@@ -2,9 +2,15 @@
 //! config a user can copy) with one simulated vLLM server (`shardgate-sim`, in
 //! process) on every EndpointSlice address of that config: two models, four
 //! servers. Prints the listen address and a ready-to-paste streaming `curl`.
+//!
+//! The simulated servers come with the cargo feature `demo` (on by default). A
+//! binary built with `--no-default-features` has no simulator linked in: its
+//! `shardgate demo` still prints the config (`--print-config`) but otherwise exits
+//! with status 2 and says the feature is missing.
 
 use std::process::ExitCode;
 
+#[cfg(feature = "demo")]
 use shardgate_runtime::Shutdown;
 
 use crate::cli::DemoArgs;
@@ -20,6 +26,7 @@ pub const DEMO_SERVICES: [(&str, &str); 2] = [
 
 /// Start one simulated server per endpoint of `table`, serving the model its
 /// Service maps to in [`DEMO_SERVICES`].
+#[cfg(feature = "demo")]
 pub fn start_sims(
     table: &shardgate_routing::RoutingTable,
 ) -> Result<Vec<shardgate_sim::SimHandle>, String> {
@@ -56,6 +63,22 @@ pub fn run(args: &DemoArgs) -> ExitCode {
         print!("{DEMO_CONFIG}");
         return ExitCode::SUCCESS;
     }
+    serve_demo(args)
+}
+
+/// Without the `demo` feature there are no simulated servers to start.
+#[cfg(not(feature = "demo"))]
+fn serve_demo(_args: &DemoArgs) -> ExitCode {
+    eprintln!(
+        "error: this shardgate was built without the `demo` feature (no simulated backends); \
+         rebuild with default features for `shardgate demo`, or run `shardgate serve -c CONFIG`"
+    );
+    ExitCode::from(2)
+}
+
+/// Start the simulated servers, then the gateway in front of them.
+#[cfg(feature = "demo")]
+fn serve_demo(args: &DemoArgs) -> ExitCode {
     let sources = vec![("demo.yaml (embedded)".to_string(), DEMO_CONFIG.to_string())];
     let loaded = match crate::load::load(&sources) {
         Ok(l) => l,

@@ -32,6 +32,8 @@
 //! [`error`], [`notify`], [`report`], [`state`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod admit;

@@ -10,81 +10,13 @@
 //! two extra requests come from, to find a regression.
 
 #![allow(clippy::unwrap_used, missing_docs)]
+#![forbid(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-/// `SHARDGATE_ALLOC_TRACE=N`: print where the first N allocations of the measured
-/// window come from (a debugging aid; the count is unaffected).
-static TRACE_LEFT: AtomicU64 = AtomicU64::new(0);
-#[allow(clippy::disallowed_types)] // a test-only debugging aid, off the data path
-static TRACES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-
-thread_local! {
-    static IN_TRACE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn counted(size: usize) {
-    ALLOCS.fetch_add(1, Ordering::Relaxed);
-    if TRACE_LEFT.load(Ordering::Relaxed) == 0 || IN_TRACE.with(|t| t.replace(true)) {
-        return;
-    }
-    if TRACE_LEFT
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-        .is_ok()
-    {
-        let bt = std::backtrace::Backtrace::force_capture().to_string();
-        let frames: Vec<&str> = bt
-            .lines()
-            .filter(|l| {
-                l.trim_start()
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_digit())
-            })
-            .filter(|l| {
-                ![
-                    "std::",
-                    "alloc::",
-                    "core::",
-                    "backtrace",
-                    "alloc::counted",
-                    "__rust",
-                ]
-                .iter()
-                .any(|p| l.contains(p))
-            })
-            .take(7)
-            .collect();
-        if let Ok(mut t) = TRACES.lock() {
-            t.push(format!("{size} bytes\n{}", frames.join("\n")));
-        }
-    }
-    IN_TRACE.with(|t| t.set(false));
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        counted(layout.size());
-        // SAFETY: forwarding the caller's layout to the system allocator.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the pointer came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        counted(new_size);
-        // SAFETY: as for `alloc`/`dealloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use shardgate_testkit::Counting;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -221,21 +153,20 @@ fn proxied_requests_allocate_a_bounded_amount() {
         exchange(&mut c);
     }
     let n = 20_000u64;
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = Counting::total();
     for _ in 0..n {
         exchange(&mut c);
     }
-    let per_request = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    let per_request = (Counting::total() - before) as f64 / n as f64;
     let trace: u64 = std::env::var("SHARDGATE_ALLOC_TRACE")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     if trace > 0 {
-        TRACE_LEFT.store(trace, Ordering::Relaxed);
+        Counting::start_trace(trace);
         exchange(&mut c);
         exchange(&mut c);
-        TRACE_LEFT.store(0, Ordering::Relaxed);
-        for t in TRACES.lock().unwrap().iter() {
+        for t in Counting::take_traces() {
             println!("--- {t}");
         }
     }

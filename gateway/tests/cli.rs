@@ -18,10 +18,15 @@ fn shardgate(args: &[&str]) -> (i32, String, String) {
 
 fn seed_paths() -> Vec<String> {
     let here = env!("CARGO_MANIFEST_DIR");
-    let mut v = vec![format!("{here}/tests/data/seed-manifests.yaml")];
-    let shared = format!("{here}/../../shared/examples/seed-manifests.yaml");
-    if std::path::Path::new(&shared).exists() {
-        v.push(shared);
+    let v = vec![
+        format!("{here}/tests/data/seed-manifests.yaml"),
+        format!("{here}/../../shared/examples/seed-manifests.yaml"),
+    ];
+    for path in &v {
+        assert!(
+            std::path::Path::new(path).is_file(),
+            "seed manifests {path} missing"
+        );
     }
     v
 }

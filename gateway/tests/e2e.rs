@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -966,6 +967,18 @@ fn max_concurrent_inferences_queues_then_times_out_with_429() {
     assert!(ok.is_some());
 }
 
+/// Requests waiting for a `maxConcurrentInferences` permit, summed over the shards
+/// (the admin listener's `gateway_admission_waiting` gauges, published every 500 ms).
+fn admission_waiting(admin: SocketAddr) -> u64 {
+    Client::connect(admin)
+        .get("/metrics")
+        .text()
+        .lines()
+        .filter(|l| l.starts_with("gateway_admission_waiting{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
 #[test]
 fn max_concurrent_inferences_lets_waiting_requests_through_in_turn() {
     let a = sim(&["m"], |c| {
@@ -974,31 +987,42 @@ fn max_concurrent_inferences_lets_waiting_requests_through_in_turn() {
     let yaml = with_max_concurrent(config(&[("m", vec![(1, vec![a.addr()])])]), 2);
     let gw = Gateway::start(&yaml, &["--shards", "2"]);
     let addr = gw.addr;
+    let admin = gw.admin.unwrap();
+    // Six requests of 150 tokens (1.5 s each) and a budget of 2: at least two rounds
+    // (3 s) of requests wait for a permit, several times the 500 ms at which the
+    // shards publish their admission gauges.
     let workers: Vec<_> = (0..6)
         .map(|_| {
             std::thread::spawn(move || {
                 Client::connect(addr)
                     .post(
                         "/v1/completions",
-                        r#"{"model":"m","prompt":"x","max_tokens":20}"#,
+                        r#"{"model":"m","prompt":"x","max_tokens":150}"#,
                         &[],
                     )
                     .status
             })
         })
         .collect();
-    // While they run, the sim never has more than 2 running (the budget), and some wait.
+    // The sim never has more than 2 requests (the budget), and the gateway reports
+    // requests waiting for a permit.
     let mut max_running = 0;
-    let mut saw_waiting = false;
-    let admin = gw.admin.unwrap();
-    while workers.iter().any(|w| !w.is_finished()) {
+    let mut sample = || {
         let s = sim_stats(a.addr());
         max_running =
             max_running.max(s["running"].as_u64().unwrap() + s["waiting"].as_u64().unwrap());
-        let m = Client::connect(admin).get("/metrics").text();
-        saw_waiting |= m
-            .lines()
-            .any(|l| l.starts_with("gateway_admission_waiting{") && !l.ends_with(" 0"));
+    };
+    let waited = poll(Duration::from_secs(10), || {
+        sample();
+        let w = admission_waiting(admin);
+        (w > 0).then_some(w)
+    });
+    assert!(
+        waited.is_some(),
+        "no request ever waited for a permit with 6 requests and a budget of 2"
+    );
+    while workers.iter().any(|w| !w.is_finished()) {
+        sample();
     }
     for w in workers {
         assert_eq!(w.join().unwrap(), 200);
@@ -1007,7 +1031,10 @@ fn max_concurrent_inferences_lets_waiting_requests_through_in_turn() {
         max_running <= 2,
         "the sim saw {max_running} concurrent requests with a budget of 2"
     );
-    assert!(saw_waiting || max_running == 2, "nothing ever waited");
+    let drained = poll(Duration::from_secs(5), || {
+        (admission_waiting(admin) == 0).then_some(())
+    });
+    assert!(drained.is_some(), "requests still waiting at the end");
 }
 
 #[test]

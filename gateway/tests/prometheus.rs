@@ -14,12 +14,13 @@ mod observability;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{poll, Client};
 use observability::*;
 use serde_json::Value;
+use shardgate_testkit::{temp_dir, ChildGuard};
 
 /// The metric series this test asserts through Prometheus: the name queried, the
 /// family's type in Prometheus' metadata, and the exact label names of every series
@@ -70,18 +71,17 @@ fn find_bin(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// A Prometheus child process and its temp dir; killed and removed on drop (also
-/// when the test panics).
+/// A Prometheus child process and its temp dir; killed and removed on drop by the
+/// guard (also when the test panics).
 struct Prometheus {
-    child: Child,
+    process: ChildGuard,
     dir: PathBuf,
     addr: SocketAddr,
 }
 
 impl Prometheus {
     fn start(bin: &Path, target: SocketAddr) -> Prometheus {
-        let dir = std::env::temp_dir().join(format!("shardgate-prometheus-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = temp_dir("shardgate-prometheus");
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let cfg = dir.join("prometheus.yml");
         std::fs::write(
@@ -106,9 +106,13 @@ impl Prometheus {
             .stderr(log)
             .spawn()
             .expect("spawn prometheus");
-        let mut p = Prometheus { child, dir, addr };
+        let mut p = Prometheus {
+            process: ChildGuard::new(child, Some(dir.clone())),
+            dir,
+            addr,
+        };
         poll(DEADLINE, || {
-            if let Ok(Some(status)) = p.child.try_wait() {
+            if let Some(status) = p.process.exited() {
                 panic!("prometheus exited early ({status}):\n{}", p.log());
             }
             TcpStream::connect(p.addr).ok()?;
@@ -146,14 +150,6 @@ impl Prometheus {
             Some("scalar") => Ok(vec![data["result"].clone()]),
             other => Err(format!("{promql}: result type {other:?}")),
         }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -16,6 +16,8 @@
 //! - [`mod@write`]: serialisers for heads, chunks and OpenAI-style error responses;
 //! - [`headers`]: hop-by-hop rules and small header helpers.
 
+#![forbid(unsafe_code)]
+
 pub mod body;
 pub mod error;
 pub mod headers;

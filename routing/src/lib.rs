@@ -20,6 +20,8 @@
 //!   immutable scoring snapshot, plus the per-shard prefix-cache index and the
 //!   SPSC rings through which shards share what they record in it.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod duration;
 pub mod model;

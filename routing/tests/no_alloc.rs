@@ -1,42 +1,10 @@
 //! `RoutingTable::match_request` and `extract_model` (on escape-free values)
 //! must not allocate: a counting global allocator checks it on a warm table.
 #![allow(clippy::unwrap_used)]
-
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+#![forbid(unsafe_code)]
 
 use shardgate_routing::{extract_model, load_sources, RequestView, RoutingTable};
-
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use shardgate_testkit::Counting;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -105,12 +73,7 @@ fn matching_and_model_scan_do_not_allocate() {
         found
     };
     assert_eq!(run(), 3); // warm regex caches
-    COUNTING.with(|c| c.set(true));
-    let mut found = 0;
-    for _ in 0..100 {
-        found += run();
-    }
-    COUNTING.with(|c| c.set(false));
+    let (found, allocs) = Counting::count(|| (0..100).map(|_| run()).sum::<usize>());
     assert_eq!(found, 300);
-    assert_eq!(ALLOCS.load(Ordering::Relaxed), 0);
+    assert_eq!(allocs, 0);
 }

@@ -3,10 +3,8 @@
 //! the explain output) and re-recording known blocks; nor may parsing a
 //! scrape allocate per sample. A counting global allocator checks it.
 #![allow(clippy::unwrap_used)]
+#![forbid(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shardgate_routing::scoring::{
@@ -14,47 +12,10 @@ use shardgate_routing::scoring::{
     PrefixIndex, Profile, ScoreBreakdown, ScoringSnapshot, ServedModels,
 };
 use shardgate_routing::telemetry::{prom, LoraState, SignalKind};
-
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if COUNTING.with(Cell::get) {
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use shardgate_testkit::Counting;
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn count<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let before = ALLOCS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let out = f();
-    COUNTING.with(|c| c.set(false));
-    (out, ALLOCS.load(Ordering::Relaxed) - before)
-}
 
 #[test]
 fn picking_does_not_allocate() {
@@ -118,7 +79,7 @@ fn picking_does_not_allocate() {
     .collect();
     let now = t0 + Duration::from_millis(50);
 
-    let (_, n) = count(|| {
+    let (_, n) = Counting::count(|| {
         let hashes = PrefixHashes::compute("llama", &prompt, index.config());
         for (i, c) in candidates.iter_mut().enumerate() {
             *c = Candidate {
@@ -162,7 +123,7 @@ fn parsing_a_scrape_does_not_allocate() {
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read(path).unwrap();
-    let ((samples, sum), n) = count(|| {
+    let ((samples, sum), n) = Counting::count(|| {
         let mut sum = 0.0;
         let stats = prom::parse(&text, |s| {
             if s.label("engine").is_some_and(|e| e.eq_str("0")) {

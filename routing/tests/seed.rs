@@ -15,11 +15,14 @@ fn seeds() -> Vec<(String, String)> {
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/examples/seed-manifests.yaml"
     );
-    let mut out = vec![(local.to_owned(), std::fs::read_to_string(local).unwrap())];
-    if let Ok(text) = std::fs::read_to_string(shared) {
-        out.push((shared.to_owned(), text));
-    }
-    out
+    [local, shared]
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .unwrap_or_else(|e| panic!("seed manifests {path}: {e}"));
+            (path.to_owned(), text)
+        })
+        .collect()
 }
 
 #[test]

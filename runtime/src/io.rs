@@ -8,11 +8,13 @@
 //! - [`peer_state`] peeks at a socket without consuming anything, to tell a client
 //!   that went away (EOF / reset) from one that pipelined its next request.
 
-use std::os::fd::AsRawFd;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use bytes::BytesMut;
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, CancelHandle, CancelableAsyncReadRent};
+use socket2::SockRef;
 
 /// Spare room guaranteed before each read: 16 KiB.
 pub const READ_CHUNK: usize = 16 * 1024;
@@ -65,24 +67,61 @@ pub enum PeerState {
     Idle,
 }
 
-/// Peek at `sock` with `MSG_PEEK | MSG_DONTWAIT`; never consumes data.
+/// Peek at `sock` with `MSG_PEEK | MSG_DONTWAIT`; never consumes data and never
+/// allocates (a one-byte stack buffer).
+///
+/// The `recv` goes through socket2's safe [`socket2::SockRef`]. monoio's sockets
+/// implement `AsRawFd` but not `AsFd`, so the one `unsafe` of this crate is the
+/// borrow of the raw descriptor as a `BorrowedFd` for the duration of the call.
+#[allow(unsafe_code)]
 pub fn peer_state<S: AsRawFd>(sock: &S) -> PeerState {
-    let mut byte = [0u8; 1];
-    // SAFETY: recv into a valid 1-byte stack buffer on a socket fd we own a borrow of.
-    let n = unsafe {
-        libc::recv(
-            sock.as_raw_fd(),
-            byte.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => PeerState::Gone,
-        n if n > 0 => PeerState::Data,
-        _ => match std::io::Error::last_os_error().kind() {
+    // SAFETY: `sock` is borrowed for this whole call, so the descriptor it owns stays
+    // open while the `BorrowedFd` (and the `SockRef` made from it) live.
+    let fd = unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    match SockRef::from(&fd).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(0) => PeerState::Gone,
+        Ok(_) => PeerState::Data,
+        Err(e) => match e.kind() {
             std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => PeerState::Idle,
             _ => PeerState::Gone,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    /// Poll `peer_state` until it answers `want` or 5 s pass.
+    fn wait_for(sock: &TcpStream, want: PeerState) -> PeerState {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = peer_state(sock);
+            if got == want || Instant::now() > end {
+                return got;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn peer_state_sees_idle_data_and_gone_without_consuming() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (server, _) = l.accept().expect("accept");
+        assert_eq!(peer_state(&server), PeerState::Idle);
+        client.write_all(b"x").expect("write");
+        assert_eq!(wait_for(&server, PeerState::Data), PeerState::Data);
+        // Peeking left the byte in place.
+        assert_eq!(peer_state(&server), PeerState::Data);
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut &server, &mut byte).expect("read");
+        assert_eq!(&byte, b"x");
+        drop(client);
+        assert_eq!(wait_for(&server, PeerState::Gone), PeerState::Gone);
     }
 }

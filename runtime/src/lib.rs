@@ -18,6 +18,11 @@
 //! interrupt to be posted); `defer` adds `IORING_SETUP_DEFER_TASKRUN` (completion
 //! work runs only when the shard asks for events); `plain` uses none. A kernel that
 //! rejects the flags (before Linux 6.0 / 6.1) gets a plain ring, logged.
+//!
+//! Unsafe code is denied except in one place: [`io::peer_state`] borrows a monoio
+//! socket's raw descriptor (monoio offers no `AsFd`) to peek through socket2.
+
+#![deny(unsafe_code)]
 
 pub mod io;
 

@@ -25,6 +25,8 @@
 //! Each server runs on its own thread with a tokio current-thread runtime ([`spawn`]) or
 //! on the calling thread until ctrl-c ([`run_blocking`]).
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod config;
 mod driver;

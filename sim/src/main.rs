@@ -1,6 +1,8 @@
 //! `shardgate-sim` binary: parses [`shardgate_sim::SimConfig`] flags and serves until
 //! ctrl-c. Logs go to stderr (`RUST_LOG`, default `info`).
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 fn main() {

@@ -1,66 +1,23 @@
-//! Test harness shared by the end-to-end tests: a gateway child process on
-//! 127.0.0.1 with ephemeral ports (killed on drop), in-process simulated backends,
-//! config builders, and a small raw HTTP/1.1 client that can read responses
-//! incrementally (to see SSE events arrive) or send malformed bytes.
+//! Test harness shared by the end-to-end tests: the gateway binary as a child
+//! process and in-process simulated backends (both from `shardgate-testkit`), config
+//! builders, and a small raw HTTP/1.1 client that can read responses incrementally
+//! (to see SSE events arrive) or send malformed bytes.
 
 #![allow(dead_code, clippy::unwrap_used, missing_docs)]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::ops::{Deref, DerefMut};
+use std::path::Path;
+use std::time::Duration;
 
-pub use shardgate_sim::{SimConfig, SimHandle};
-
-/// Poll `f` until it returns Some or `deadline` passes.
-pub fn poll<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f() {
-            return Some(v);
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        // The polling interval of a deadline-bounded poll: the condition decides, not the pause.
-        #[allow(clippy::disallowed_methods)]
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// A simulated vLLM backend on an ephemeral port.
-pub fn sim(models: &[&str], tweak: impl FnOnce(&mut SimConfig)) -> SimHandle {
-    let mut c = SimConfig {
-        host: "127.0.0.1".into(),
-        port: 0,
-        model: models.iter().map(|m| m.to_string()).collect(),
-        ..Default::default()
-    };
-    tweak(&mut c);
-    shardgate_sim::spawn(c).expect("start sim")
-}
-
-/// Restart a sim on a fixed address (after it was shut down).
-pub fn sim_at(addr: SocketAddr, models: &[&str]) -> SimHandle {
-    let c = SimConfig {
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        model: models.iter().map(|m| m.to_string()).collect(),
-        ..Default::default()
-    };
-    let mut last = None;
-    let h = poll(Duration::from_secs(5), || {
-        match shardgate_sim::spawn(c.clone()) {
-            Ok(h) => Some(h),
-            Err(e) => {
-                last = Some(e);
-                None
-            }
-        }
-    });
-    h.unwrap_or_else(|| panic!("restart sim on {addr}: {last:?}"))
-}
+// Each test crate uses a different part of the harness.
+#[allow(unused_imports)]
+pub use shardgate_testkit::{
+    poll,
+    sim::{sim, sim_at},
+    GatewayProcess, SimConfig, SimHandle,
+};
 
 /// Config: a Gateway on port 8080 (overridden to 0), and one HTTPRoute per
 /// `(model, [(weight, [addrs])])`, matching the model by body or X-Model-Type.
@@ -93,102 +50,35 @@ pub fn config(routes: &[(&str, Vec<Group>)]) -> String {
     y
 }
 
-/// A gateway child process.
-pub struct Gateway {
-    pub child: Child,
-    pub addr: SocketAddr,
-    pub admin: Option<SocketAddr>,
-    /// The I/O driver the gateway reported (`io_uring` or `epoll`).
-    pub driver: String,
-    dir: PathBuf,
-}
-
-static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-fn temp_dir() -> PathBuf {
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let d = std::env::temp_dir().join(format!("shardgate-test-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+/// A gateway child process (`shardgate serve`, killed on drop): the testkit's
+/// [`GatewayProcess`] on this crate's binary, plus a [`Client`] to it.
+pub struct Gateway(GatewayProcess);
 
 impl Gateway {
     /// Start `shardgate serve` on `yaml` with extra flags; waits (polling) until it serves.
     pub fn start(yaml: &str, extra: &[&str]) -> Gateway {
-        let dir = temp_dir();
-        let cfg = dir.join("config.yaml");
-        std::fs::write(&cfg, yaml).unwrap();
-        let ready = dir.join("ready.json");
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "-c".into(),
-            cfg.display().to_string(),
-            "--bind".into(),
-            "127.0.0.1".into(),
-            "--listen-port".into(),
-            "0".into(),
-            "--admin-addr".into(),
-            "127.0.0.1:0".into(),
-            "--ready-file".into(),
-            ready.display().to_string(),
-        ];
-        if !extra.contains(&"--shards") {
-            args.extend(["--shards".into(), "1".into()]);
-        }
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-            .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn shardgate");
-        let mut gw = Gateway {
-            child,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            admin: None,
-            driver: String::new(),
-            dir,
-        };
-        let info: serde_json::Value = poll(Duration::from_secs(20), || {
-            if let Ok(Some(status)) = gw.child.try_wait() {
-                panic!("shardgate exited early: {status}");
-            }
-            let text = std::fs::read_to_string(&ready).ok()?;
-            serde_json::from_str(&text).ok()
-        })
-        .expect("gateway did not become ready");
-        gw.addr = info["listen"][0].as_str().unwrap().parse().unwrap();
-        gw.admin = info["admin"].as_str().map(|a| a.parse().unwrap());
-        gw.driver = info["driver"].as_str().unwrap_or_default().to_string();
-        gw
+        Gateway(GatewayProcess::start(
+            Path::new(env!("CARGO_BIN_EXE_shardgate")),
+            yaml,
+            extra,
+        ))
     }
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
     }
+}
 
-    /// Send SIGTERM.
-    pub fn terminate(&self) {
-        // SAFETY: plain kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-    }
-
-    /// Wait for exit with a deadline.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        poll(within, || self.child.try_wait().ok().flatten())
+impl Deref for Gateway {
+    type Target = GatewayProcess;
+    fn deref(&self) -> &GatewayProcess {
+        &self.0
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+impl DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut GatewayProcess {
+        &mut self.0
     }
 }
 

@@ -261,15 +261,15 @@ fn seed_builds_with_expected_warnings() {
 }
 
 #[test]
-fn shared_seed_builds_when_present() {
+fn shared_seed_builds() {
     let shared = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../shared/examples/seed-manifests.yaml"
     );
-    if let Ok(text) = std::fs::read_to_string(shared) {
-        let t = build(&text);
-        assert_eq!(t.models(), ["bert-base", "gpt-large"]);
-    }
+    let text = std::fs::read_to_string(shared)
+        .unwrap_or_else(|e| panic!("the shared seed manifests {shared}: {e}"));
+    let t = build(&text);
+    assert_eq!(t.models(), ["bert-base", "gpt-large"]);
 }
 
 #[test]
