@@ -100,7 +100,21 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// The I/O driver the gateway reported (`io_uring` or `epoll`).
     pub driver: String,
+    /// Where the gateway's stderr goes, when [`Launch::capture_stderr`] was set.
+    pub stderr: Option<PathBuf>,
     dir: PathBuf,
+}
+
+/// How to launch a gateway child beyond its flags.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Launch {
+    /// Run the child under this `RLIMIT_NOFILE` (soft and hard), set between
+    /// fork and exec.
+    pub nofile: Option<u64>,
+    /// Send the child's stderr to a file ([`Gateway::stderr`]) instead of ours.
+    pub capture_stderr: bool,
+    /// `RUST_LOG` for the child (default: ours, else `warn`).
+    pub rust_log: Option<&'static str>,
 }
 
 static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -115,6 +129,11 @@ fn temp_dir() -> PathBuf {
 impl Gateway {
     /// Start `shardgate serve` on `yaml` with extra flags; waits (polling) until it serves.
     pub fn start(yaml: &str, extra: &[&str]) -> Gateway {
+        Self::launch(yaml, extra, Launch::default())
+    }
+
+    /// [`Gateway::start`] with a descriptor limit and/or captured stderr.
+    pub fn launch(yaml: &str, extra: &[&str], how: Launch) -> Gateway {
         let dir = temp_dir();
         let cfg = dir.join("config.yaml");
         std::fs::write(&cfg, yaml).unwrap();
@@ -136,20 +155,43 @@ impl Gateway {
             args.extend(["--shards".into(), "1".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-            .args(&args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_shardgate"));
+        cmd.args(&args)
             .env(
                 "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                how.rust_log
+                    .map(str::to_string)
+                    .unwrap_or_else(|| std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
             )
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn shardgate");
+            .stdin(Stdio::null());
+        let stderr = how.capture_stderr.then(|| dir.join("stderr.log"));
+        if let Some(path) = &stderr {
+            cmd.stderr(std::fs::File::create(path).unwrap());
+        }
+        if let Some(n) = how.nofile {
+            use std::os::unix::process::CommandExt;
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches only the child.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd.spawn().expect("spawn shardgate");
         let mut gw = Gateway {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
             admin: None,
             driver: String::new(),
+            stderr,
             dir,
         };
         let info: serde_json::Value = poll(Duration::from_secs(20), || {
@@ -176,6 +218,34 @@ impl Gateway {
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }
+    }
+
+    /// The captured stderr so far (empty when not captured).
+    pub fn stderr_text(&self) -> String {
+        self.stderr
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// CPU time (user + system) the child has used so far, from `/proc`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        // Fields after the command name (which may hold spaces) start at ") ".
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the name.
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        Client::connect(self.admin.expect("admin listener"))
+            .get("/metrics")
+            .text()
     }
 
     /// Wait for exit with a deadline.
