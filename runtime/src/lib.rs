@@ -32,7 +32,9 @@ pub mod io;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -149,8 +151,9 @@ pub fn force_epoll() {
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     draining: Arc<AtomicBool>,
-    /// Duplicates of the listening sockets to shut on trigger (taken then).
-    listeners: Arc<Mutex<Vec<Socket>>>,
+    /// Duplicates of the listening sockets to shut on trigger (no lock: the list
+    /// is swapped whole; touched only at bind and at trigger).
+    listeners: Arc<ArcSwap<Vec<Arc<Socket>>>>,
 }
 
 impl Shutdown {
@@ -165,9 +168,8 @@ impl Shutdown {
     /// Start draining: shut every registered listener (new connections are
     /// refused from now on, backlogs reset), then finish in-flight requests and exit.
     pub fn trigger(&self) {
-        self.draining.store(true, Ordering::Release);
-        let listeners = std::mem::take(&mut *self.lock_listeners());
-        for l in &listeners {
+        self.draining.store(true, Ordering::SeqCst);
+        for l in self.listeners.load().iter() {
             shut_listener(l);
         }
     }
@@ -187,19 +189,18 @@ impl Shutdown {
     /// Shut `listener` (a duplicate of its descriptor, so the caller keeps its
     /// own) when the drain starts, or now if it has started.
     pub fn close_on_trigger(&self, listener: &StdListener) -> std::io::Result<()> {
-        let dup = Socket::from(listener.try_clone()?);
-        let mut held = self.lock_listeners();
-        if self.is_draining() {
+        let dup = Arc::new(Socket::from(listener.try_clone()?));
+        self.listeners.rcu(|held| {
+            let mut held = Vec::clone(held);
+            held.push(dup.clone());
+            held
+        });
+        // A trigger that read the list before our push is seen here (both SeqCst);
+        // shutting a socket twice is harmless.
+        if self.draining.load(Ordering::SeqCst) {
             shut_listener(&dup);
-        } else {
-            held.push(dup);
         }
         Ok(())
-    }
-
-    fn lock_listeners(&self) -> std::sync::MutexGuard<'_, Vec<Socket>> {
-        // A panic while holding the list leaves it intact: keep using it.
-        self.listeners.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -222,7 +223,7 @@ pub fn nofile_limit() -> std::io::Result<(u64, u64)> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Most descriptors [`raise_nofile_limit`] asks for: 1,048,576 (Linux's default
@@ -387,6 +388,7 @@ pub fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
