@@ -122,6 +122,14 @@ pub struct LimitArgs {
     /// Time allowed to receive a whole request (head and body) once its first byte arrived (408 beyond).
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
+    /// Most client connections open at once, in total; each shard takes an even
+    /// share. At a shard's share a new connection first makes the longest-idle
+    /// keep-alive connection close; with none idle it is accepted and closed at
+    /// once. Default: derived from the descriptor limit (the soft RLIMIT_NOFILE,
+    /// raised to the hard one at start), leaving room for one upstream connection
+    /// per client connection, the listeners and the control thread (logged).
+    #[arg(long)]
+    pub max_connections: Option<u64>,
     /// Close a client keep-alive connection idle this long.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub client_idle_timeout: Duration,

@@ -4,8 +4,15 @@
 //! `serve` loads the config, binds one `SO_REUSEPORT` socket per shard per served
 //! port on the main thread (so bind errors surface before anything starts), starts
 //! the shards and the admin thread, then waits. SIGTERM/SIGINT starts a drain:
-//! listeners close within 50 ms, in-flight requests finish (up to
-//! `--drain-timeout`), and the process exits 0. A second signal exits at once.
+//! every shard's listener is shut at once by the signal thread (new connections
+//! are refused, connections still in a backlog are reset), requests on open
+//! keep-alive connections are answered with `Connection: close`, in-flight
+//! requests finish (up to `--drain-timeout`), and the process exits 0. A second
+//! signal exits at once.
+//!
+//! Descriptors: at start the soft `RLIMIT_NOFILE` is raised to the hard limit
+//! and, without `--max-connections`, the client-connection cap is derived from
+//! it ([`conns::default_max_connections`]); both are logged.
 //!
 //! # One request, accept to response (modules in one direction)
 //!
@@ -29,7 +36,7 @@
 //! Beside the data path, never inside it: [`control`] (scrapes, health checks,
 //! the scoring snapshot, prefix sharing), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`). The leaves —
-//! [`error`], [`notify`], [`report`], [`state`] — import no other module of the
+//! [`conns`], [`error`], [`notify`], [`report`], [`state`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
 #![forbid(unsafe_code)]
@@ -40,6 +47,7 @@ pub mod admit;
 pub mod attempt;
 pub mod batch;
 pub mod cli;
+pub mod conns;
 pub mod control;
 pub mod demo;
 pub mod endpoints_view;
@@ -172,6 +180,12 @@ pub fn start(
         })
         .max(1);
     settings.shards = shards;
+    settings.max_connections = connection_cap(
+        run.limits.max_connections,
+        shards,
+        loaded.table.listeners().iter().filter(|l| l.served).count(),
+        loaded.table.endpoints().len(),
+    );
 
     // Group served listeners by port; bind one socket per shard per port.
     let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
@@ -206,6 +220,11 @@ pub fn start(
             .map_err(|e| vec![format!("cannot listen on {addr}: {e}")])?;
         if let Some(first) = sockets.first() {
             addrs.push(first.local_addr().map_err(|e| vec![e.to_string()])?);
+        }
+        for sock in &sockets {
+            shutdown
+                .close_on_trigger(sock)
+                .map_err(|e| vec![format!("cannot prepare {addr} for the drain: {e}")])?;
         }
         for (shard, sock) in sockets.into_iter().enumerate() {
             per_shard[shard].push((listeners.clone(), sock));
@@ -331,6 +350,47 @@ pub fn start(
     })
 }
 
+/// The total client-connection cap: `--max-connections` when given, else derived
+/// from the descriptor limit (after raising the soft limit to the hard one).
+fn connection_cap(flag: Option<u64>, shards: usize, ports: usize, endpoints: usize) -> u64 {
+    let nofile = match shardgate_runtime::raise_nofile_limit() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE");
+            None
+        }
+    };
+    let derived = nofile.map(|n| conns::default_max_connections(n, shards, ports, endpoints));
+    let cap = match (flag, derived) {
+        (Some(cap), Some(safe)) if cap > safe => {
+            tracing::warn!(
+                max_connections = cap,
+                nofile = nofile.unwrap_or(0),
+                safe,
+                "--max-connections is above what the descriptor limit safely allows; \
+                 accepts will pause when descriptors run out"
+            );
+            cap
+        }
+        (Some(cap), _) => cap,
+        (None, Some(safe)) => safe,
+        (None, None) => 10_000,
+    }
+    .max(shards as u64);
+    tracing::info!(
+        max_connections = cap,
+        per_shard = cap / shards.max(1) as u64,
+        nofile = nofile.unwrap_or(0),
+        source = if flag.is_some() {
+            "--max-connections"
+        } else {
+            "RLIMIT_NOFILE"
+        },
+        "client connection cap"
+    );
+    cap
+}
+
 fn install_signals(shutdown: Shutdown) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
@@ -350,11 +410,13 @@ fn install_signals(shutdown: Shutdown) {
                     tracing::warn!(signal = sig, "second signal: exiting now");
                     std::process::exit(1);
                 }
+                // Shut the listeners first: once this line is logged, no new
+                // connection is accepted.
+                shutdown.trigger();
                 tracing::info!(
                     signal = sig,
                     "draining: no new connections; finishing in-flight requests"
                 );
-                shutdown.trigger();
             }
         });
     if let Err(e) = spawned {

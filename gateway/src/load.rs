@@ -111,6 +111,7 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
             .filter(|n| *n > 0),
         admission_timeout: limits.admission_timeout,
         shards: 1,
+        max_connections: limits.max_connections.unwrap_or(u64::MAX),
     }
 }
 

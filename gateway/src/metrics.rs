@@ -124,6 +124,15 @@ pub struct ShardMetrics {
     pub connections_open: u64,
     /// Client connections accepted.
     pub connections_total: u64,
+    /// Idle keep-alive connections now (filled at publish).
+    pub connections_idle: u64,
+    /// Connections accepted and closed at once at the shard's connection cap.
+    pub connections_refused_cap: u64,
+    /// Accepts that failed for want of descriptors (EMFILE/ENFILE), each
+    /// followed by a back-off pause.
+    pub connections_refused_emfile: u64,
+    /// Idle keep-alive connections closed to make room (at the cap or at EMFILE).
+    pub connections_closed_idle: u64,
     /// Per endpoint: requests in flight from this shard (filled at publish).
     pub endpoint_in_flight: Vec<u32>,
     /// Per endpoint: ejected on this shard (filled at publish).
@@ -153,6 +162,10 @@ impl ShardMetrics {
             upstream_errors: HashMap::new(),
             connections_open: 0,
             connections_total: 0,
+            connections_idle: 0,
+            connections_refused_cap: 0,
+            connections_refused_emfile: 0,
+            connections_closed_idle: 0,
             endpoint_in_flight: Vec::new(),
             endpoint_ejected: Vec::new(),
             queue_depth: HashMap::new(),
@@ -558,6 +571,55 @@ impl MetricsHub {
                     "",
                     &[("shard", itoa::Buffer::new().format(i))],
                     s.connections_total,
+                );
+            }
+        }
+        w.family(
+            "gateway_connections_idle",
+            "Client keep-alive connections waiting for their next request (the first closed when room is needed), per shard.",
+            Kind::Gauge,
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some(s) = s.as_ref() {
+                w.sample(
+                    "",
+                    &[("shard", itoa::Buffer::new().format(i))],
+                    s.connections_idle,
+                );
+            }
+        }
+        w.family(
+            "gateway_connections_refused_total",
+            "Client connections refused, per shard: `cap` = accepted and closed at once at the shard's --max-connections share with no idle connection to close; `emfile` = accepts that failed for want of descriptors (EMFILE/ENFILE), each followed by a back-off pause.",
+            Kind::Counter,
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some(s) = s.as_ref() {
+                let mut shard = itoa::Buffer::new();
+                let shard = shard.format(i);
+                w.sample(
+                    "",
+                    &[("shard", shard), ("reason", "cap")],
+                    s.connections_refused_cap,
+                );
+                w.sample(
+                    "",
+                    &[("shard", shard), ("reason", "emfile")],
+                    s.connections_refused_emfile,
+                );
+            }
+        }
+        w.family(
+            "gateway_connections_closed_idle_total",
+            "Idle keep-alive client connections closed to make room for new ones (at the connection cap or when descriptors ran out), per shard.",
+            Kind::Counter,
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some(s) = s.as_ref() {
+                w.sample(
+                    "",
+                    &[("shard", itoa::Buffer::new().format(i))],
+                    s.connections_closed_idle,
                 );
             }
         }

@@ -61,15 +61,18 @@ struct ConnIo {
     out: Vec<u8>,
 }
 
-/// Serve one client connection until it closes, errs, idles out or the gateway drains.
+/// Serve one client connection until it closes, errs, idles out, is told to
+/// close while idle (to make room, see [`crate::conns`]) or the gateway drains.
+/// `open` counts it as open (taken by the accept loop, so the cap sees it at once).
 pub async fn serve_connection(
     shard: Rc<Shard>,
     client: TcpStream,
     peer: SocketAddr,
     listeners: Rc<[usize]>,
+    open: ConnGauge,
 ) {
     let _ = client.set_nodelay(true);
-    let _open = ConnGauge::new(&shard);
+    let _open = open;
     // Idle connections hold no buffers: the read buffer comes from the shard's pool
     // when bytes arrive and goes back when the connection idles; the write buffer
     // comes from the pool for one request.
@@ -176,10 +179,19 @@ async fn read_head<F>(
                 *slot = None;
                 idle_left = idle_left.saturating_sub(hot);
             }
-            // Wait for readiness without a buffer.
-            match monoio::time::timeout(idle_left, client.readable(false)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Ok(None),
+            // Wait for readiness without a buffer, as one of the shard's idle
+            // connections: the first to close when room is needed.
+            let idle = shard.conns.idle.enter();
+            let ready = monoio::select! {
+                r = monoio::time::timeout(idle_left, client.readable(false)) => matches!(r, Ok(Ok(()))),
+                _ = idle.closed() => {
+                    shard.metrics.borrow_mut().connections_closed_idle += 1;
+                    false
+                }
+            };
+            drop(idle);
+            if !ready {
+                return Ok(None);
             }
             *rbuf = shard.take_read_buf();
             started = Some(Instant::now());

@@ -2,6 +2,19 @@
 //! listeners, accepts until the gateway drains, spawns one task per connection, and
 //! on drain waits for its in-flight requests (up to the drain deadline) before its
 //! runtime — and with it every idle connection — is dropped.
+//!
+//! The accept loop keeps the shard within its connection cap
+//! ([`crate::conns`]): at the cap a new connection makes the longest-idle
+//! keep-alive connection close, or, with none idle, is accepted and closed at once
+//! (`gateway_connections_refused_total{reason="cap"}`). When descriptors run out
+//! (EMFILE/ENFILE) it closes up to 16 idle connections and pauses accepting for
+//! 10 ms, doubling up to 1 s while the failures go on (`reason="emfile"`); other
+//! accept errors pause the same way, except a client's own abort. Its warnings
+//! are rate-limited to one line a second per shard, with the count held back.
+//!
+//! Drain: the listening sockets are shut by [`Shutdown::trigger`] on the signal
+//! thread (new connections refused, backlogs reset at once); the accept loops
+//! wake on the shut socket and end.
 
 use std::net::TcpListener as StdListener;
 use std::rc::Rc;
@@ -12,10 +25,11 @@ use monoio::time::Instant;
 use shardgate_runtime::{ShardInfo, Shutdown};
 
 use crate::access_log::{AccessLog, FLUSH_EVERY};
+use crate::conns::{Backoff, LogLimiter, SHED_ON_EMFILE};
 use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, PUBLISH_EVERY};
 use crate::proxy::serve_connection;
-use crate::shard::Shard;
+use crate::shard::{ConnGauge, Shard};
 use crate::state::GatewayState;
 
 /// One served port: the listener indices of the routing table on it, and one
@@ -105,7 +119,24 @@ async fn publish_loop(shard: Rc<Shard>) {
     }
 }
 
+/// Whether an accept failed for want of descriptors.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// Whether an accept error is the client's doing or a retry (no pause needed).
+fn transient(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted, WouldBlock};
+    matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
 async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, listeners: Rc<[usize]>) {
+    let mut backoff = Backoff::default();
+    let mut accept_log = LogLimiter::default();
+    let mut cap_log = LogLimiter::default();
     loop {
         // Wait for readiness (cancel-safe) so the drain check never drops an accepted socket.
         monoio::select! {
@@ -123,14 +154,57 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, listeners: Rc<[usi
         // The socket is readable, so this completes at once (each shard owns its socket).
         match listener.accept().await {
             Ok((stream, peer)) => {
+                backoff.reset();
+                let conns = &shard.conns;
+                if conns.open.get() >= conns.cap && conns.idle.shed_oldest(1) == 0 {
+                    // At the cap with no idle connection to close: close at once.
+                    drop(stream);
+                    shard.metrics.borrow_mut().connections_refused_cap += 1;
+                    if let Some(held_back) = cap_log.allow(std::time::Instant::now()) {
+                        tracing::warn!(
+                            shard = shard.id,
+                            cap = conns.cap,
+                            held_back,
+                            "connection cap reached: closing new connections (--max-connections)"
+                        );
+                    }
+                    continue;
+                }
+                let open = ConnGauge::new(&shard);
                 monoio::spawn(serve_connection(
                     shard.clone(),
                     stream,
                     peer,
                     listeners.clone(),
+                    open,
                 ));
             }
-            Err(e) => tracing::warn!(error = %e, "accept failed"),
+            Err(_) if shard.shutdown.is_draining() => return,
+            Err(e) if transient(&e) => {
+                tracing::debug!(shard = shard.id, error = %e, "accept failed");
+            }
+            Err(e) => {
+                let exhausted = out_of_descriptors(&e);
+                let shed = if exhausted {
+                    shard.metrics.borrow_mut().connections_refused_emfile += 1;
+                    shard.conns.idle.shed_oldest(SHED_ON_EMFILE)
+                } else {
+                    0
+                };
+                let pause = backoff.fail();
+                if let Some(held_back) = accept_log.allow(std::time::Instant::now()) {
+                    tracing::warn!(
+                        shard = shard.id,
+                        error = %e,
+                        pause_ms = pause.as_millis() as u64,
+                        idle_closed = shed,
+                        open = shard.conns.open.get(),
+                        held_back,
+                        "accept failed; pausing accepts"
+                    );
+                }
+                monoio::time::sleep(pause).await;
+            }
         }
     }
 }

@@ -31,6 +31,7 @@ use shardgate_runtime::Shutdown;
 
 use crate::access_log::ShardLog;
 use crate::attempt::{OutlierConfig, Outliers, PickFailure, RetryBudget, Verdict};
+use crate::conns::{per_shard_cap, Conns};
 use crate::control::ControlShared;
 use crate::error::UpstreamError;
 use crate::lanes::PolicyBatcher;
@@ -77,6 +78,9 @@ pub struct Shard {
     pub batchers: Vec<Rc<PolicyBatcher>>,
     /// This shard's share of `maxConcurrentInferences`, when set.
     pub admission: Option<Rc<crate::admit::ShardAdmission>>,
+    /// Client connections: this shard's share of `--max-connections`, the open
+    /// count and the idle keep-alive connections that can be told to close.
+    pub conns: Conns,
     /// Reusable response buffers (taken for one request, returned after).
     out_pool: Pool<Vec<u8>>,
     /// Reusable client read buffers (taken when a connection gets busy, returned
@@ -133,6 +137,11 @@ impl Shard {
                     id,
                 )
             }),
+            conns: Conns::new(per_shard_cap(
+                state.settings.max_connections,
+                state.settings.shards,
+                id,
+            )),
             batchers: state
                 .batch_policies
                 .iter()
@@ -393,6 +402,7 @@ impl Shard {
     /// Copy this shard's metrics (plus endpoint state) into its hub slot.
     pub fn publish_metrics(&self) {
         let mut m = self.metrics.borrow().clone();
+        m.connections_idle = self.conns.idle.idle() as u64;
         m.batch = self
             .batchers
             .iter()
@@ -421,6 +431,7 @@ pub struct ConnGauge {
 impl ConnGauge {
     /// Count a new connection.
     pub fn new(shard: &Rc<Shard>) -> Self {
+        shard.conns.open.set(shard.conns.open.get() + 1);
         let mut m = shard.metrics.borrow_mut();
         m.connections_open += 1;
         m.connections_total += 1;
@@ -432,6 +443,8 @@ impl ConnGauge {
 
 impl Drop for ConnGauge {
     fn drop(&mut self) {
+        let open = &self.shard.conns.open;
+        open.set(open.get().saturating_sub(1));
         let mut m = self.shard.metrics.borrow_mut();
         m.connections_open = m.connections_open.saturating_sub(1);
     }

@@ -53,6 +53,9 @@ pub struct Settings {
     pub admission_timeout: Duration,
     /// Number of shards.
     pub shards: usize,
+    /// Client connections across the gateway (`--max-connections`, or derived
+    /// from `RLIMIT_NOFILE` at start), split evenly over the shards.
+    pub max_connections: u64,
 }
 
 /// Scoring and prefix-sharing settings (CLI flags), apart from [`Settings`].

@@ -7,10 +7,18 @@
 //! served port, so the kernel spreads connections across shards and a connection
 //! lives and dies on the core that accepted it. Nothing on the data path is shared
 //! between shards except what [`Shutdown`] carries (one flag, read at most every
-//! [`Shutdown::POLL`]) and the read-only snapshots the gateway publishes.
+//! [`Shutdown::POLL`], and the listening sockets it shuts when it fires) and the
+//! read-only snapshots the gateway publishes.
+//!
+//! Drain: [`Shutdown::trigger`] shuts every registered listening socket
+//! (`shutdown(SHUT_RD)`) on the triggering thread before it returns, so from then
+//! on a new connection is refused by the kernel (RST) and connections still in a
+//! listener's backlog are reset at once, whatever the shards are busy with; the
+//! shards' accept loops wake on the shut socket and stop.
 //!
 //! Numbers: listener backlog 4,096; shutdown flag polled every 50 ms by idle loops;
-//! 1,024 io_uring entries per shard.
+//! 1,024 io_uring entries per shard; [`raise_nofile_limit`] raises the soft
+//! descriptor limit to the hard one (at most 1,048,576).
 //!
 //! io_uring setup ([`UringSetup`], `--uring-setup`): by default every shard's ring is
 //! created with `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER` (each ring is
@@ -19,8 +27,9 @@
 //! work runs only when the shard asks for events); `plain` uses none. A kernel that
 //! rejects the flags (before Linux 6.0 / 6.1) gets a plain ring, logged.
 //!
-//! Unsafe code is denied except in one place: [`io::peer_state`] borrows a monoio
-//! socket's raw descriptor (monoio offers no `AsFd`) to peek through socket2.
+//! Unsafe code is denied except in three places: [`io::peer_state`] borrows a
+//! monoio socket's raw descriptor (monoio offers no `AsFd`) to peek through
+//! socket2, and [`nofile_limit`] / [`raise_nofile_limit`] make one libc call each.
 
 #![deny(unsafe_code)]
 
@@ -30,6 +39,8 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -141,10 +152,14 @@ pub fn force_epoll() {
 }
 
 /// Process-wide stop signal: set once by the signal handler (or a test), observed by
-/// every shard's accept loop and by connections between requests.
+/// every shard's accept loop and by connections between requests. The listening
+/// sockets registered with [`Shutdown::close_on_trigger`] are shut when it fires.
 #[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     draining: Arc<AtomicBool>,
+    /// Duplicates of the listening sockets to shut on trigger (no lock: the list
+    /// is swapped whole; touched only at bind and at trigger).
+    listeners: Arc<ArcSwap<Vec<Arc<Socket>>>>,
 }
 
 impl Shutdown {
@@ -156,9 +171,13 @@ impl Shutdown {
         Self::default()
     }
 
-    /// Start draining: stop accepting, finish in-flight requests, then exit.
+    /// Start draining: shut every registered listener (new connections are
+    /// refused from now on, backlogs reset), then finish in-flight requests and exit.
     pub fn trigger(&self) {
-        self.draining.store(true, Ordering::Release);
+        self.draining.store(true, Ordering::SeqCst);
+        for l in self.listeners.load().iter() {
+            shut_listener(l);
+        }
     }
 
     /// Whether draining has started.
@@ -172,6 +191,71 @@ impl Shutdown {
             monoio::time::sleep(Self::POLL).await;
         }
     }
+
+    /// Shut `listener` (a duplicate of its descriptor, so the caller keeps its
+    /// own) when the drain starts, or now if it has started.
+    pub fn close_on_trigger(&self, listener: &StdListener) -> std::io::Result<()> {
+        let dup = Arc::new(Socket::from(listener.try_clone()?));
+        self.listeners.rcu(|held| {
+            let mut held = Vec::clone(held);
+            held.push(dup.clone());
+            held
+        });
+        // A trigger that read the list before our push is seen here (both SeqCst);
+        // shutting a socket twice is harmless.
+        if self.draining.load(Ordering::SeqCst) {
+            shut_listener(&dup);
+        }
+        Ok(())
+    }
+}
+
+/// Stop a listening socket: `shutdown(SHUT_RD)` takes it out of its
+/// `SO_REUSEPORT` group and resets the connections in its backlog; accepts on
+/// it fail and waiters on its readiness wake.
+fn shut_listener(l: &Socket) {
+    if let Err(e) = l.shutdown(std::net::Shutdown::Read) {
+        tracing::warn!(error = %e, "cannot shut a listener for the drain");
+    }
+}
+
+/// The process's `RLIMIT_NOFILE` as (soft, hard).
+#[allow(unsafe_code)] // one libc call on a struct we own; see SAFETY.
+pub fn nofile_limit() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Most descriptors [`raise_nofile_limit`] asks for: 1,048,576 (Linux's default
+/// `fs.nr_open`).
+pub const NOFILE_CEILING: u64 = 1 << 20;
+
+/// Raise the soft `RLIMIT_NOFILE` to the hard limit (at most [`NOFILE_CEILING`])
+/// and return the soft limit in force afterwards. A refused raise keeps the old
+/// limit and returns it.
+#[allow(unsafe_code)] // one libc call on a struct we own; see SAFETY.
+pub fn raise_nofile_limit() -> std::io::Result<u64> {
+    let (soft, hard) = nofile_limit()?;
+    let want = hard.min(NOFILE_CEILING);
+    if want <= soft {
+        return Ok(soft);
+    }
+    let lim = libc::rlimit {
+        rlim_cur: want as libc::rlim_t,
+        rlim_max: hard as libc::rlim_t,
+    };
+    // SAFETY: setrlimit reads the valid struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Ok(soft);
+    }
+    Ok(want)
 }
 
 /// Bind `count` listening sockets on `addr` with `SO_REUSEPORT`, one per shard.
@@ -312,7 +396,42 @@ pub fn block_on<F: Future>(fut: F) -> std::io::Result<F::Output> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn trigger_shuts_registered_listeners_at_once() {
+        let shutdown = Shutdown::new();
+        let listeners = bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let addr = listeners[0].local_addr().unwrap();
+        for l in &listeners {
+            shutdown.close_on_trigger(l).unwrap();
+        }
+        // Before the drain: connections land in a backlog.
+        let queued = std::net::TcpStream::connect(addr).unwrap();
+        shutdown.trigger();
+        // Nothing listens any more, though the shards still hold their sockets.
+        let e = std::net::TcpStream::connect(addr).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused);
+        // The backlogged connection was reset.
+        let mut b = [0u8; 1];
+        let r = std::io::Read::read(&mut &queued, &mut b);
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        // A listener registered after the drain began is shut at once.
+        let late = bind_reuseport("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let late_addr = late[0].local_addr().unwrap();
+        shutdown.close_on_trigger(&late[0]).unwrap();
+        assert!(std::net::TcpStream::connect(late_addr).is_err());
+        assert!(shutdown.is_draining());
+    }
+
+    #[test]
+    fn nofile_limit_can_be_raised_to_the_hard_limit() {
+        let (soft, hard) = nofile_limit().unwrap();
+        assert!(soft <= hard);
+        let now = raise_nofile_limit().unwrap();
+        assert!(now >= soft && now <= hard.min(NOFILE_CEILING).max(soft));
+    }
 
     #[test]
     fn uring_setup_names_parse() {

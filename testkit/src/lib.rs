@@ -29,7 +29,7 @@ pub mod process;
 pub mod sim;
 
 pub use alloc::Counting;
-pub use gateway::GatewayProcess;
+pub use gateway::{GatewayProcess, Launch};
 pub use process::{poll, temp_dir, wait_ready_file, ChildGuard};
 #[cfg(feature = "sim")]
 pub use shardgate_sim::{SimConfig, SimHandle};

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub use shardgate_testkit::{
     poll,
     sim::{sim, sim_at},
-    GatewayProcess, SimConfig, SimHandle,
+    GatewayProcess, Launch, SimConfig, SimHandle,
 };
 
 /// Config: a Gateway on port 8080 (overridden to 0), and one HTTPRoute per
@@ -57,15 +57,28 @@ pub struct Gateway(GatewayProcess);
 impl Gateway {
     /// Start `shardgate serve` on `yaml` with extra flags; waits (polling) until it serves.
     pub fn start(yaml: &str, extra: &[&str]) -> Gateway {
-        Gateway(GatewayProcess::start(
+        Self::launch(yaml, extra, Launch::default())
+    }
+
+    /// [`Gateway::start`] with a descriptor limit and/or captured stderr.
+    pub fn launch(yaml: &str, extra: &[&str], how: Launch) -> Gateway {
+        Gateway(GatewayProcess::launch(
             Path::new(env!("CARGO_BIN_EXE_shardgate")),
             yaml,
             extra,
+            how,
         ))
     }
 
     pub fn connect(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        Client::connect(self.admin.expect("admin listener"))
+            .get("/metrics")
+            .text()
     }
 }
 
