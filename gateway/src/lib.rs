@@ -37,6 +37,7 @@ pub mod admin;
 pub mod admit;
 pub mod attempt;
 pub mod batch;
+pub mod bodymem;
 pub mod cli;
 pub mod control;
 pub mod demo;
@@ -170,6 +171,15 @@ pub fn start(
         })
         .max(1);
     settings.shards = shards;
+    let body_share = bodymem::BodyBudget::share_of(settings.max_buffered_body_bytes, shards);
+    if body_share < settings.limits.max_body_bytes {
+        tracing::warn!(
+            share = body_share,
+            max_body_bytes = settings.limits.max_body_bytes,
+            shards,
+            "each shard may buffer {body_share} bytes of request bodies (--max-buffered-body-bytes over {shards} shards), less than --max-body-bytes: larger bodies get 413"
+        );
+    }
 
     // Group served listeners by port; bind one socket per shard per port.
     let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
