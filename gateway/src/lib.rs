@@ -29,7 +29,7 @@
 //! Beside the data path, never inside it: [`control`] (scrapes, health checks,
 //! the scoring snapshot, prefix sharing), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`). The leaves —
-//! [`error`], [`notify`], [`report`], [`state`] — import no other module of the
+//! [`bodymem`], [`error`], [`notify`], [`report`], [`state`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
 pub mod access_log;

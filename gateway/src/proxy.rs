@@ -11,7 +11,19 @@
 //! connection, which cancels the request on the inference server.
 //!
 //! Request bodies are buffered (bounded by `--max-body-bytes`) because the route
-//! depends on the body's `model`; responses are never buffered.
+//! depends on the body's `model`; responses are never buffered. All bodies a
+//! shard buffers at once are bounded by its share of `--max-buffered-body-bytes`
+//! (256 MiB over all shards, [`crate::bodymem`]): the grant is taken before the
+//! memory is reserved, a request that cannot get one is refused at once (503
+//! `body_budget_exhausted`, or 413 above the whole share), and it is given back
+//! when the request ends.
+//!
+//! Every write to the client may block at most `--send-timeout` (60 s): past it
+//! the write is cancelled, the connection closes and the upstream connection is
+//! dropped, cancelling the request. How each delivery ended is the access log's
+//! `outcome` (`ok`, `aborted_upstream`, `aborted_client`, `send_timeout`); an
+//! SSE stream whose upstream fails after the head ends with an error event
+//! (`code` `aborted_mid_stream`) and the end of the chunked body.
 //!
 //! Memory per request (numbers): none allocated on a busy keep-alive connection.
 //! Heads are split off the connection's read buffer (16 header fields inline),
