@@ -442,6 +442,9 @@ async fn handle_request(
             .await
         }
         Err(f) => {
+            // The connection closes after a body failure: drop a buffer grown
+            // for a `Content-Length` body now, its grant being gone already.
+            drop(std::mem::take(rbuf));
             rq.status = respond_failure(client, out, f, Some(rq.request_id.as_bytes())).await;
             false
         }
