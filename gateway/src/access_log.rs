@@ -51,6 +51,11 @@ pub struct Line<'a> {
     pub prompt_tokens: Option<u64>,
     /// `usage.completion_tokens`.
     pub completion_tokens: Option<u64>,
+    /// How the delivery ended: `ok` (the whole answer was written, whatever its
+    /// status), `aborted_upstream` (the upstream closed, broke or stalled after
+    /// the response began), `aborted_client` (the client went away first) or
+    /// `send_timeout` (a write to the client blocked past `--send-timeout`).
+    pub outcome: &'a str,
 }
 
 /// A shard's side of the access log.

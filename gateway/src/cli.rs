@@ -119,6 +119,12 @@ pub struct LimitArgs {
     /// Maximum request body size in bytes (413 beyond). Bodies are buffered to route on `model`.
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: u64,
+    /// Request-body memory all shards may buffer at once, in bytes (each shard gets
+    /// an equal share). A request whose body does not fit its shard's share now is
+    /// refused at once with 503 and `Retry-After: 1` (`body_budget_exhausted`); one
+    /// larger than the whole share gets 413. Default 256 MiB.
+    #[arg(long, default_value_t = crate::bodymem::DEFAULT_TOTAL)]
+    pub max_buffered_body_bytes: u64,
     /// Time allowed to receive a whole request (head and body) once its first byte arrived (408 beyond).
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub header_timeout: Duration,
@@ -133,6 +139,12 @@ pub struct LimitArgs {
     /// Close a client keep-alive connection idle this long.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub client_idle_timeout: Duration,
+    /// Longest a single write to a client may block (a client that stops reading).
+    /// When it fires the connection closes, the upstream request is cancelled (its
+    /// connection dropped) and `gateway_client_aborts_total{reason="send_timeout"}`
+    /// counts it. Like nginx's `send_timeout`.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub send_timeout: Duration,
     /// Upstream connect timeout (the endpoint is then ejected and another tried).
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub connect_timeout: Duration,

@@ -281,6 +281,48 @@ impl Failure {
         )
     }
 
+    /// The shard's share of `--max-buffered-body-bytes` is held by other
+    /// requests' bodies: refused at once, before the body is read (503, retry
+    /// after 1 s; the connection closes, the body unread).
+    pub fn body_budget_exhausted() -> Self {
+        let mut f = Failure::new(
+            Side::Gateway,
+            503,
+            "service_unavailable",
+            "body_budget_exhausted",
+            "The gateway is buffering as many request bodies as its memory budget (--max-buffered-body-bytes) allows; retry later.".to_string(),
+        );
+        f.close = true;
+        f.retry_after = Some(1);
+        f
+    }
+
+    /// The body is larger than a shard's whole share of
+    /// `--max-buffered-body-bytes`, so it can never be buffered (413).
+    pub fn body_over_budget(share: u64) -> Self {
+        let mut f = Failure::new(
+            Side::Client,
+            413,
+            "invalid_request_error",
+            "body_too_large",
+            format!("The request body is larger than the {share} bytes of request-body memory a shard may buffer (--max-buffered-body-bytes over the shards)."),
+        );
+        f.close = true;
+        f
+    }
+
+    /// The upstream failed after the response began (the error event that ends
+    /// an SSE stream; the status already sent stays).
+    pub fn aborted_mid_stream(what: &str) -> Self {
+        Failure::new(
+            Side::Upstream,
+            502,
+            "upstream_error",
+            "aborted_mid_stream",
+            format!("The upstream failed mid-stream: {what}; the response is incomplete."),
+        )
+    }
+
     /// The gateway is shutting down.
     pub fn draining() -> Self {
         let mut f = Failure::new(

@@ -36,7 +36,7 @@
 //! Beside the data path, never inside it: [`control`] (scrapes, health checks,
 //! the scoring snapshot, prefix sharing), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`). The leaves —
-//! [`conns`], [`error`], [`notify`], [`report`], [`state`] — import no other module of the
+//! [`bodymem`], [`conns`], [`error`], [`notify`], [`report`], [`state`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
 #![forbid(unsafe_code)]
@@ -46,6 +46,7 @@ pub mod admin;
 pub mod admit;
 pub mod attempt;
 pub mod batch;
+pub mod bodymem;
 pub mod cli;
 pub mod conns;
 pub mod control;
@@ -186,6 +187,15 @@ pub fn start(
         loaded.table.listeners().iter().filter(|l| l.served).count(),
         loaded.table.endpoints().len(),
     );
+    let body_share = bodymem::BodyBudget::share_of(settings.max_buffered_body_bytes, shards);
+    if body_share < settings.limits.max_body_bytes {
+        tracing::warn!(
+            share = body_share,
+            max_body_bytes = settings.limits.max_body_bytes,
+            shards,
+            "each shard may buffer {body_share} bytes of request bodies (--max-buffered-body-bytes over {shards} shards), less than --max-body-bytes: larger bodies get 413"
+        );
+    }
 
     // Group served listeners by port; bind one socket per shard per port.
     let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();

@@ -76,6 +76,8 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         },
         header_timeout: limits.header_timeout,
         client_idle_timeout: limits.client_idle_timeout,
+        max_buffered_body_bytes: limits.max_buffered_body_bytes,
+        send_timeout: limits.send_timeout,
         connect_timeout: limits.connect_timeout,
         response_timeout: limits
             .response_timeout

@@ -143,7 +143,22 @@ pub struct ShardMetrics {
     pub batch: Vec<(String, Vec<QueueMetrics>)>,
     /// Admission (share, in use, demand, waiting), when `maxConcurrentInferences` is set.
     pub admission: Option<(u32, u32, u32, u32)>,
+    /// Responses cut short on the client's side, by [`CLIENT_ABORT_REASONS`].
+    pub client_aborts: [u64; 2],
+    /// Requests refused for want of body budget, by [`BODY_REFUSAL_REASONS`].
+    pub body_refused: [u64; 2],
+    /// Buffered-body budget (bytes held now, share), filled at publish.
+    pub body_budget: (u64, u64),
 }
+
+/// `reason` label values of `gateway_client_aborts_total`: the client closed
+/// (or reset) its connection before the whole response was written; a single
+/// write blocked longer than `--send-timeout`.
+pub const CLIENT_ABORT_REASONS: [&str; 2] = ["closed", "send_timeout"];
+
+/// `reason` label values of `gateway_body_budget_refused_total`: the shard's
+/// share was held by other bodies (503); the body was larger than the share (413).
+pub const BODY_REFUSAL_REASONS: [&str; 2] = ["exhausted", "over_share"];
 
 impl ShardMetrics {
     /// Empty metrics; `models` is the sorted list the routes serve.
@@ -171,6 +186,9 @@ impl ShardMetrics {
             queue_depth: HashMap::new(),
             batch: Vec::new(),
             admission: None,
+            client_aborts: [0; 2],
+            body_refused: [0; 2],
+            body_budget: (0, 0),
         }
     }
 
@@ -495,7 +513,7 @@ impl MetricsHub {
         }
         w.family(
             "gateway_upstream_errors_total",
-            "Upstream failures by endpoint and kind.",
+            "Upstream failures by endpoint and kind (aborted_mid_stream: the upstream closed, stalled or broke the framing after the response began).",
             Kind::Counter,
         );
         for ((ep, kind), v) in sorted(&upstream) {
@@ -505,6 +523,43 @@ impl MetricsHub {
                 .map(|s| s.as_str())
                 .unwrap_or("unknown");
             w.sample("", &[("endpoint", addr), ("kind", kind)], *v);
+        }
+        let mut aborts = [0u64; 2];
+        let mut refused = [0u64; 2];
+        for s in &shards {
+            for i in 0..2 {
+                aborts[i] += s.client_aborts[i];
+                refused[i] += s.body_refused[i];
+            }
+        }
+        w.family(
+            "gateway_client_aborts_total",
+            "Responses cut short on the client's side: it closed its connection (closed), or a write to it blocked longer than --send-timeout (send_timeout). The upstream request is cancelled either way.",
+            Kind::Counter,
+        );
+        for (reason, v) in CLIENT_ABORT_REASONS.iter().zip(aborts) {
+            w.sample("", &[("reason", reason)], v);
+        }
+        w.family(
+            "gateway_body_budget_refused_total",
+            "Requests refused because their body did not fit the shard's share of --max-buffered-body-bytes: held by other bodies (exhausted, 503) or larger than the share (over_share, 413).",
+            Kind::Counter,
+        );
+        for (reason, v) in BODY_REFUSAL_REASONS.iter().zip(refused) {
+            w.sample("", &[("reason", reason)], v);
+        }
+        w.family(
+            "gateway_buffered_body_bytes",
+            "Request-body bytes buffered now, per shard (held against its share of --max-buffered-body-bytes).",
+            Kind::Gauge,
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some(s) = s.as_ref() {
+                let mut shard = itoa::Buffer::new();
+                let shard = shard.format(i);
+                w.sample("", &[("shard", shard), ("state", "used")], s.body_budget.0);
+                w.sample("", &[("shard", shard), ("state", "share")], s.body_budget.1);
+            }
         }
         w.family(
             "gateway_endpoint_in_flight",

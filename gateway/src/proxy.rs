@@ -11,7 +11,19 @@
 //! connection, which cancels the request on the inference server.
 //!
 //! Request bodies are buffered (bounded by `--max-body-bytes`) because the route
-//! depends on the body's `model`; responses are never buffered.
+//! depends on the body's `model`; responses are never buffered. All bodies a
+//! shard buffers at once are bounded by its share of `--max-buffered-body-bytes`
+//! (256 MiB over all shards, [`crate::bodymem`]): the grant is taken before the
+//! memory is reserved, a request that cannot get one is refused at once (503
+//! `body_budget_exhausted`, or 413 above the whole share), and it is given back
+//! when the request ends.
+//!
+//! Every write to the client may block at most `--send-timeout` (60 s): past it
+//! the write is cancelled, the connection closes and the upstream connection is
+//! dropped, cancelling the request. How each delivery ended is the access log's
+//! `outcome` (`ok`, `aborted_upstream`, `aborted_client`, `send_timeout`); an
+//! SSE stream whose upstream fails after the head ends with an error event
+//! (`code` `aborted_mid_stream`) and the end of the chunked body.
 //!
 //! Memory per request (numbers): none allocated on a busy keep-alive connection.
 //! Heads are split off the connection's read buffer (16 header fields inline),
@@ -28,7 +40,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use monoio::io::AsyncWriteRentExt;
+use monoio::buf::IoBuf;
+use monoio::io::{CancelableAsyncWriteRent, Canceller};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use shardgate_http::{
@@ -36,9 +49,10 @@ use shardgate_http::{
 };
 use shardgate_routing::scoring::{PickRequest, Scorer};
 use shardgate_routing::MODEL_HEADER;
-use shardgate_runtime::io::{read_into, read_into_cancelable};
+use shardgate_runtime::io::{read_into, read_into_cancelable, READ_CHUNK};
 
 use crate::attempt::{Action, Attempts, Outcome};
+use crate::bodymem::{BodyGrant, Refusal};
 use crate::error::Failure;
 use crate::metrics::{RequestRecord, UsageScanner};
 use crate::plan::{plan, Plan, RequestInfo, Target};
@@ -54,11 +68,58 @@ pub const MODEL_HEADER_NAME: &str = MODEL_HEADER;
 
 /// A connection's I/O state, moved into each request's future and back.
 struct ConnIo {
-    client: TcpStream,
+    client: ClientConn,
     /// Read buffer: empty with no capacity while the connection is idle.
     rbuf: BytesMut,
     /// Response buffer, from the shard's pool for one request.
     out: Vec<u8>,
+}
+
+/// The client socket, with the send timeout and how a write to it failed.
+struct ClientConn {
+    sock: TcpStream,
+    /// Longest a single write may block (`--send-timeout`).
+    send_timeout: Duration,
+    /// Set when a write failed; nothing more is written and the connection closes.
+    failed: Option<ClientAbort>,
+    /// Cancels this connection's pending read (idle wait) or write (send timeout);
+    /// reused, so it allocates only after a cancel.
+    cancel: Canceller,
+}
+
+/// How writing to a client failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientAbort {
+    /// The client closed or reset its connection.
+    Closed,
+    /// A single write blocked longer than `--send-timeout`.
+    SendTimeout,
+}
+
+/// How a response's delivery ended: the access log's `outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// The whole answer was written (whatever its status).
+    Ok,
+    /// The upstream closed, broke or stalled after the response began
+    /// (`gateway_upstream_errors_total{kind="aborted_mid_stream"}`).
+    AbortedUpstream,
+    /// The client went away first (`gateway_client_aborts_total{reason="closed"}`).
+    AbortedClient,
+    /// A write to the client blocked past `--send-timeout`
+    /// (`gateway_client_aborts_total{reason="send_timeout"}`).
+    SendTimeout,
+}
+
+impl Delivery {
+    fn as_str(self) -> &'static str {
+        match self {
+            Delivery::Ok => "ok",
+            Delivery::AbortedUpstream => "aborted_upstream",
+            Delivery::AbortedClient => "aborted_client",
+            Delivery::SendTimeout => "send_timeout",
+        }
+    }
 }
 
 /// Serve one client connection until it closes, errs, idles out, is told to
@@ -77,7 +138,12 @@ pub async fn serve_connection(
     // when bytes arrive and goes back when the connection idles; the write buffer
     // comes from the pool for one request.
     let mut io = ConnIo {
-        client,
+        client: ClientConn {
+            sock: client,
+            send_timeout: shard.state.settings.send_timeout,
+            failed: None,
+            cancel: Canceller::new(),
+        },
         rbuf: BytesMut::new(),
         out: Vec::new(),
     };
@@ -85,9 +151,8 @@ pub async fn serve_connection(
     // small, and the box is reused from one request to the next, so a busy
     // keep-alive connection allocates it once; it is freed when the connection idles.
     let mut slot = None;
-    let mut cancel = monoio::io::Canceller::new();
     loop {
-        let head = match read_head(&shard, &mut io, &mut cancel, &mut slot).await {
+        let head = match read_head(&shard, &mut io, &mut slot).await {
             Ok(Some(h)) => h,
             Ok(None) => break,
             Err(f) => {
@@ -100,7 +165,7 @@ pub async fn serve_connection(
         let (keep, back) = reuse_box(&mut slot, fut).await;
         io = back;
         shard.give_out_buf(std::mem::take(&mut io.out));
-        if !keep || shard.shutdown.is_draining() {
+        if !keep || io.client.failed.is_some() || shard.shutdown.is_draining() {
             break;
         }
     }
@@ -132,12 +197,15 @@ pub const HOT_WAIT: Duration = Duration::from_millis(50);
 async fn read_head<F>(
     shard: &Shard,
     io: &mut ConnIo,
-    cancel: &mut monoio::io::Canceller,
     slot: &mut Option<F>,
 ) -> Result<Option<RequestHead>, Failure> {
     let settings = &shard.state.settings;
     let mut started: Option<Instant> = None;
-    let client = &mut io.client;
+    let ClientConn {
+        sock: client,
+        cancel,
+        ..
+    } = &mut io.client;
     let rbuf = &mut io.rbuf;
     loop {
         if !rbuf.is_empty() {
@@ -218,33 +286,42 @@ async fn read_head<F>(
 }
 
 /// Read the request body into one buffer, answering `100 Continue` when asked.
-async fn read_body(
-    shard: &Shard,
-    client: &mut TcpStream,
+/// The body's memory is granted from the shard's [`crate::bodymem::BodyBudget`]
+/// before it is reserved: a `Content-Length` body in full before any of it is
+/// read (and before `100 Continue`), a chunked one as its buffer grows. The grant
+/// must live as long as the body.
+async fn read_body<'s>(
+    shard: &'s Shard,
+    client: &mut ClientConn,
     rbuf: &mut BytesMut,
     head: &RequestHead,
     out: &mut Vec<u8>,
-) -> Result<Bytes, Failure> {
+) -> Result<(Bytes, BodyGrant<'s>), Failure> {
     let settings = &shard.state.settings;
     let framing = head.framing();
+    let mut grant = shard.body_budget.empty();
     if framing == Framing::None || framing == Framing::Length(0) {
-        return Ok(Bytes::new());
+        return Ok((Bytes::new(), grant));
+    }
+    let max = settings.limits.max_body_bytes;
+    if let Framing::Length(n) = framing {
+        if n > max {
+            return Err(Failure::from_codec(&body_too_large()));
+        }
+        grow_grant(shard, &mut grant, n)?;
     }
     if head.expect_continue() && rbuf.is_empty() {
         out.clear();
         out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-        let (res, o) = client.write_all(std::mem::take(out)).await;
-        *out = o;
-        out.clear();
-        res.map_err(|_| Failure::request_timeout())?;
+        flush(client, out)
+            .await
+            .map_err(|_| Failure::request_timeout())?;
     }
+    let client = &mut client.sock;
     let deadline = Instant::now() + settings.header_timeout;
     if let Framing::Length(n) = framing {
         // Read the whole body into the connection buffer and split it off: no copy,
         // and no allocation when it fits the buffer's spare room.
-        if n > settings.limits.max_body_bytes {
-            return Err(Failure::from_codec(&body_too_large()));
-        }
         let n = usize::try_from(n).map_err(|_| Failure::from_codec(&body_too_large()))?;
         if rbuf.len() < n {
             rbuf.reserve(n - rbuf.len());
@@ -258,7 +335,7 @@ async fn read_body(
                 Err(_) => return Err(Failure::request_timeout()),
             }
         }
-        return Ok(rbuf.split_to(n).freeze());
+        return Ok((rbuf.split_to(n).freeze(), grant));
     }
     let mut dec = BodyDecoder::new(framing);
     let mut body = BytesMut::new();
@@ -266,8 +343,21 @@ async fn read_body(
         while !rbuf.is_empty() && !dec.is_done() {
             let d = dec.decode(rbuf).map_err(|e| Failure::from_codec(&e))?;
             if let Some(r) = d.data.clone() {
-                if (body.len() + r.len()) as u64 > settings.limits.max_body_bytes {
+                let need = body.len() + r.len();
+                if need as u64 > max {
                     return Err(Failure::from_codec(&body_too_large()));
+                }
+                if need > body.capacity() {
+                    // Grow by doubling (at least a read chunk, at most the
+                    // body limit or the shard's share), granted first.
+                    let cap = max.min(shard.body_budget.share());
+                    let target = need
+                        .max(body.capacity() * 2)
+                        .max(READ_CHUNK)
+                        .min(usize::try_from(cap).unwrap_or(usize::MAX))
+                        .max(need);
+                    grow_grant(shard, &mut grant, target as u64)?;
+                    body.reserve(target - body.len());
                 }
                 body.extend_from_slice(&rbuf[r]);
             }
@@ -277,7 +367,7 @@ async fn read_body(
             }
         }
         if dec.is_done() {
-            return Ok(body.freeze());
+            return Ok((body.freeze(), grant));
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         let buf = std::mem::take(rbuf);
@@ -287,6 +377,25 @@ async fn read_body(
             Err(_) => return Err(Failure::request_timeout()),
         }
     }
+}
+
+/// Grow `grant` to `n` bytes of the shard's body budget, or the failure to
+/// answer (counted): 503 `body_budget_exhausted`, or 413 when `n` exceeds the
+/// whole share.
+fn grow_grant(shard: &Shard, grant: &mut BodyGrant<'_>, n: u64) -> Result<(), Failure> {
+    grant.grow_to(n).map_err(|r| {
+        let mut m = shard.metrics.borrow_mut();
+        match r {
+            Refusal::Exhausted => {
+                m.body_refused[0] += 1;
+                Failure::body_budget_exhausted()
+            }
+            Refusal::OverShare { share } => {
+                m.body_refused[1] += 1;
+                Failure::body_over_budget(share)
+            }
+        }
+    })
 }
 
 fn body_too_large() -> shardgate_http::HttpError {
@@ -313,7 +422,10 @@ async fn handle_request(
     let started = Instant::now();
     let ts_ms = crate::access_log::now_ms();
     let mut guard = InFlight::new(shard);
-    let body = read_body(shard, client, rbuf, &head, out).await;
+    let (body, grant) = match read_body(shard, client, rbuf, &head, out).await {
+        Ok((b, g)) => (Ok(b), Some(g)),
+        Err(f) => (Err(f), None),
+    };
     let mut rq = RequestState {
         started,
         ts_ms,
@@ -326,6 +438,7 @@ async fn handle_request(
         ttft: None,
         tpot: None,
         usage: UsageScanner::default(),
+        delivery: None,
     };
     let keep = match &body {
         Ok(body) => {
@@ -341,11 +454,25 @@ async fn handle_request(
             .await
         }
         Err(f) => {
+            // The connection closes after a body failure: drop a buffer grown
+            // for a `Content-Length` body now, its grant being gone already.
+            drop(std::mem::take(rbuf));
             rq.status = respond_failure(client, out, f, Some(rq.request_id.as_bytes())).await;
             false
         }
     };
     drop(guard);
+    let delivery = match (rq.delivery, client.failed) {
+        (Some(d), _) => d,
+        (None, Some(ClientAbort::SendTimeout)) => Delivery::SendTimeout,
+        (None, Some(ClientAbort::Closed)) => Delivery::AbortedClient,
+        (None, None) => Delivery::Ok,
+    };
+    match delivery {
+        Delivery::AbortedClient => shard.metrics.borrow_mut().client_aborts[0] += 1,
+        Delivery::SendTimeout => shard.metrics.borrow_mut().client_aborts[1] += 1,
+        Delivery::Ok | Delivery::AbortedUpstream => {}
+    }
     let duration = rq.started.elapsed();
     shard.metrics.borrow_mut().record(&RequestRecord {
         model: rq.model.as_deref(),
@@ -374,8 +501,21 @@ async fn handle_request(
             duration_ms: duration.as_secs_f64() * 1000.0,
             prompt_tokens: rq.usage.prompt_tokens,
             completion_tokens: rq.usage.completion_tokens,
+            outcome: delivery.as_str(),
         });
     }
+    // The body's memory goes back before its budget does: a `Content-Length` body
+    // larger than a read chunk was read into a grown connection buffer, whose
+    // allocation the rest of the buffer still holds, so swap in a pooled one.
+    drop(body);
+    if grant
+        .as_ref()
+        .is_some_and(|g| g.bytes() > READ_CHUNK as u64)
+    {
+        let old = std::mem::replace(&mut io.rbuf, shard.take_read_buf());
+        io.rbuf.extend_from_slice(&old);
+    }
+    drop(grant);
     (keep, io)
 }
 
@@ -422,6 +562,9 @@ struct RequestState<'s> {
     ttft: Option<Duration>,
     tpot: Option<Duration>,
     usage: UsageScanner,
+    /// How the delivery ended, once known to have gone wrong (the first cause
+    /// wins); `None` at the end: from the client's write state, else `ok`.
+    delivery: Option<Delivery>,
 }
 
 /// The request as the executors need it.
@@ -439,7 +582,7 @@ struct Req<'a> {
 async fn execute<'s>(
     shard: &Rc<Shard>,
     state: &'s GatewayState,
-    client: &mut TcpStream,
+    client: &mut ClientConn,
     out: &mut Vec<u8>,
     req: &Req<'s>,
     listeners: &[usize],
@@ -531,7 +674,7 @@ async fn execute<'s>(
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shard: &Rc<Shard>,
-    client: &mut TcpStream,
+    client: &mut ClientConn,
     out: &mut Vec<u8>,
     req: &Req<'_>,
     model: Option<&str>,
@@ -603,7 +746,7 @@ async fn forward(
         loop {
             let conn = shard.upstream_conn(ep, attempts.may_use_pool()).await;
             let result = match conn {
-                Ok(c) => send_and_read_head(c, reqbuf, tail, Some(&*client), &lim).await,
+                Ok(c) => send_and_read_head(c, reqbuf, tail, Some(&client.sock), &lim).await,
                 Err(e) => Err(e),
             };
             let (outcome, answer) = match result {
@@ -639,7 +782,10 @@ async fn forward(
                     rq.status = respond_failure(client, out, &f, Some(rid)).await;
                     return req.client_keep && !f.close;
                 }
-                Action::Abandon => return false,
+                Action::Abandon => {
+                    rq.delivery.get_or_insert(Delivery::AbortedClient);
+                    return false;
+                }
             }
         }
     }
@@ -670,7 +816,7 @@ impl Drop for PooledBuf<'_> {
 #[allow(clippy::too_many_arguments)]
 async fn stream_response(
     shard: &Shard,
-    client: &mut TcpStream,
+    client: &mut ClientConn,
     out: &mut Vec<u8>,
     req: &Req<'_>,
     request_id: &[u8],
@@ -730,6 +876,16 @@ async fn stream_response(
 
     let mut dec = BodyDecoder::new(framing);
     let mut watch = true;
+    // An upstream failure mid-stream ends an SSE stream with an error event when
+    // the client's framing can carry one (chunked, or close-delimited).
+    let mut cut = MidStream {
+        ep,
+        event: sse
+            && (chunked_out || framing == Framing::UntilClose)
+            && req.head.method() != "HEAD",
+        chunked: chunked_out,
+        tail: *b"\n\n",
+    };
     loop {
         // Decode everything buffered and frame it for the client.
         while !conn.buf.is_empty() && !dec.is_done() {
@@ -737,7 +893,8 @@ async fn stream_response(
                 Ok(d) => d,
                 Err(_) => {
                     tracing::warn!(endpoint = %shard.addr(ep), "invalid response body framing from upstream");
-                    let _ = flush(client, out).await;
+                    cut.abort(shard, client, out, rq, "invalid body framing")
+                        .await;
                     return false;
                 }
             };
@@ -745,6 +902,7 @@ async fn stream_response(
                 rq.usage.feed(&conn.buf[r.clone()]);
                 rq.bytes += r.len() as u64;
                 timing.pending = true;
+                cut.saw(&conn.buf[r.clone()]);
                 if chunked_out {
                     write::chunk_header(out, r.len());
                     out.extend_from_slice(&conn.buf[r]);
@@ -779,7 +937,7 @@ async fn stream_response(
             timing.flushed(sse, rq);
         }
         let until = deadline.min(Instant::now() + settings.stream_idle_timeout);
-        match read_watched(Some(&*client), &mut conn, until, &mut watch).await {
+        match read_watched(Some(&client.sock), &mut conn, until, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;
                 if dec.on_eof().is_ok() {
@@ -792,16 +950,97 @@ async fn stream_response(
                     return keep;
                 }
                 tracing::warn!(endpoint = %shard.addr(ep), "upstream closed mid-body; aborting the client response");
+                cut.abort(
+                    shard,
+                    client,
+                    out,
+                    rq,
+                    "the connection closed before the end of the body",
+                )
+                .await;
                 return false;
             }
             Watched::Read(Ok(_), b) => conn.buf = b,
-            Watched::Read(Err(_), _) => return false,
-            Watched::TimedOut => {
-                tracing::warn!(endpoint = %shard.addr(ep), "upstream stalled mid-body; aborting");
+            Watched::Read(Err(_), _) => {
+                tracing::warn!(endpoint = %shard.addr(ep), "upstream connection broke mid-body; aborting the client response");
+                cut.abort(shard, client, out, rq, "the connection broke")
+                    .await;
                 return false;
             }
-            Watched::ClientGone => return false,
+            Watched::TimedOut => {
+                tracing::warn!(endpoint = %shard.addr(ep), "upstream stalled mid-body; aborting");
+                cut.abort(shard, client, out, rq, "no bytes in time").await;
+                return false;
+            }
+            Watched::ClientGone => {
+                // Dropping `conn` closes the upstream, cancelling the request.
+                rq.delivery.get_or_insert(Delivery::AbortedClient);
+                return false;
+            }
         }
+    }
+}
+
+/// Ending a response whose upstream failed after the head went out.
+struct MidStream {
+    ep: usize,
+    /// Send an SSE error event before closing.
+    event: bool,
+    /// The client's framing is chunked.
+    chunked: bool,
+    /// The last two body bytes sent (to end a partly sent event first).
+    tail: [u8; 2],
+}
+
+impl MidStream {
+    /// Remember the end of body bytes about to be sent.
+    fn saw(&mut self, data: &[u8]) {
+        match data {
+            [.., a, b] => self.tail = [*a, *b],
+            [b] => self.tail = [self.tail[1], *b],
+            [] => {}
+        }
+    }
+
+    /// Count the abort (`gateway_upstream_errors_total{kind="aborted_mid_stream"}`,
+    /// outcome `aborted_upstream`), send what is buffered and, for SSE, an error
+    /// event `data: {"error":{…,"code":"aborted_mid_stream"}}` and the end of the
+    /// chunked body; the caller then closes the connection.
+    async fn abort(
+        &self,
+        shard: &Shard,
+        client: &mut ClientConn,
+        out: &mut Vec<u8>,
+        rq: &mut RequestState<'_>,
+        what: &str,
+    ) {
+        shard
+            .metrics
+            .borrow_mut()
+            .upstream_error(self.ep, "aborted_mid_stream");
+        rq.delivery.get_or_insert(Delivery::AbortedUpstream);
+        if self.event {
+            let f = Failure::aborted_mid_stream(what);
+            // Rare path: the event is built in its own buffer.
+            let mut ev = Vec::with_capacity(256);
+            match self.tail {
+                [_, b'\n'] if self.tail == *b"\n\n" => {}
+                [_, b'\n'] => ev.push(b'\n'),
+                _ => ev.extend_from_slice(b"\n\n"),
+            }
+            ev.extend_from_slice(b"data: ");
+            write::openai_error_json(&mut ev, &f.message, f.err_type, f.code);
+            ev.extend_from_slice(b"\n\n");
+            if self.chunked {
+                write::chunk_header(out, ev.len());
+                out.extend_from_slice(&ev);
+                out.extend_from_slice(write::CHUNK_END);
+                out.extend_from_slice(write::LAST_CHUNK);
+            } else {
+                out.extend_from_slice(&ev);
+            }
+        }
+        let _ = flush(client, out).await;
     }
 }
 
@@ -830,19 +1069,63 @@ impl StreamTiming {
     }
 }
 
-async fn flush(client: &mut TcpStream, out: &mut Vec<u8>) -> std::io::Result<()> {
+/// Write `out` to the client and clear it. Each single write may block at most
+/// `--send-timeout`; past it the write is cancelled. After a failure the client
+/// is marked failed, nothing more is written, and the connection closes.
+async fn flush(client: &mut ClientConn, out: &mut Vec<u8>) -> Result<(), ClientAbort> {
     if out.is_empty() {
         return Ok(());
     }
-    let (res, o) = client.write_all(std::mem::take(out)).await;
-    *out = o;
-    out.clear();
-    res.map(|_| ())
+    if let Some(f) = client.failed {
+        out.clear();
+        return Err(f);
+    }
+    let mut buf = std::mem::take(out);
+    let mut done = 0;
+    let mut failed = None;
+    while done < buf.len() {
+        let write = client
+            .sock
+            .cancelable_write(buf.slice(done..), client.cancel.handle());
+        let mut write = std::pin::pin!(write);
+        let mut timed_out = false;
+        let (res, slice) = monoio::select! {
+            r = &mut write => r,
+            _ = monoio::time::sleep(client.send_timeout) => {
+                // Cancelled, the write still hands the buffer back (and says
+                // whether it had written after all).
+                timed_out = true;
+                client.cancel = std::mem::take(&mut client.cancel).cancel();
+                write.await
+            }
+        };
+        buf = slice.into_inner();
+        match res {
+            Ok(n) if n > 0 => done += n,
+            _ if timed_out => {
+                failed = Some(ClientAbort::SendTimeout);
+                break;
+            }
+            _ => {
+                failed = Some(ClientAbort::Closed);
+                break;
+            }
+        }
+    }
+    buf.clear();
+    *out = buf;
+    match failed {
+        None => Ok(()),
+        Some(f) => {
+            client.failed = Some(f);
+            Err(f)
+        }
+    }
 }
 
 /// Answer a JSON body with `status`.
 async fn respond_json(
-    client: &mut TcpStream,
+    client: &mut ClientConn,
     out: &mut Vec<u8>,
     status: u16,
     body: &[u8],
@@ -869,8 +1152,8 @@ async fn respond_json(
 }
 
 /// Answer an OpenAI-style error.
-pub async fn respond_failure(
-    client: &mut TcpStream,
+async fn respond_failure(
+    client: &mut ClientConn,
     out: &mut Vec<u8>,
     f: &Failure,
     rid: Option<&[u8]>,

@@ -31,6 +31,7 @@ use shardgate_runtime::Shutdown;
 
 use crate::access_log::ShardLog;
 use crate::attempt::{OutlierConfig, Outliers, PickFailure, RetryBudget, Verdict};
+use crate::bodymem::BodyBudget;
 use crate::conns::{per_shard_cap, Conns};
 use crate::control::ControlShared;
 use crate::error::UpstreamError;
@@ -74,6 +75,8 @@ pub struct Shard {
     local: RefCell<Vec<u32>>,
     /// Retries may add at most `--retry-budget` of the requests.
     pub budget: RefCell<RetryBudget>,
+    /// This shard's share of `--max-buffered-body-bytes`.
+    pub body_budget: BodyBudget,
     /// One batcher per BatchingPolicy.
     pub batchers: Vec<Rc<PolicyBatcher>>,
     /// This shard's share of `maxConcurrentInferences`, when set.
@@ -124,6 +127,10 @@ impl Shard {
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             budget: RefCell::new(RetryBudget::new(state.settings.retry_budget)),
+            body_budget: BodyBudget::new(BodyBudget::share_of(
+                state.settings.max_buffered_body_bytes,
+                state.settings.shards,
+            )),
             out_pool: Pool::new(OUT_POOL_MAX),
             read_pool: Pool::new(READ_POOL_MAX),
             hash_pool: Pool::new(HASH_POOL_MAX),
@@ -419,6 +426,7 @@ impl Shard {
             .collect();
         let outliers = self.outliers.borrow();
         m.endpoint_ejected = (0..n).map(|ep| outliers.ejected(ep, now)).collect();
+        m.body_budget = (self.body_budget.used(), self.body_budget.share());
         self.hub.publish(self.id, m);
     }
 }

@@ -17,6 +17,10 @@ pub struct Settings {
     pub limits: shardgate_http::Limits,
     /// Whole request must arrive within this once started.
     pub header_timeout: Duration,
+    /// Request-body memory all shards may buffer at once (`--max-buffered-body-bytes`).
+    pub max_buffered_body_bytes: u64,
+    /// Longest a single write to a client may block (`--send-timeout`).
+    pub send_timeout: Duration,
     /// Keep-alive idle limit for client connections.
     pub client_idle_timeout: Duration,
     /// Upstream connect timeout.
