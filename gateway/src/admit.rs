@@ -17,6 +17,10 @@
 //! `Standard` 0, `Sheddable` -1), else the `InferenceObjective` named like the
 //! model, else 0. The objectives and models are looked up in maps the routing
 //! table builds once ([`shardgate_routing::RoutingTable::model_priority`]).
+//!
+//! A request that waits is counted, for as long as it waits, by the guard the
+//! caller passes to [`ShardAdmission::acquire`] (the proxy counts it in
+//! `gateway_queue_depth{queue="admission"}`).
 
 use std::cell::RefCell;
 use std::rc::Rc;

@@ -20,11 +20,15 @@
 //! reaches, each one's utilisation being [`shardgate_batching::EndpointLoad`] over
 //! the latest scoring snapshot: KV use, GPU use, its queue, and running plus
 //! waiting (or the gateway's in-flight, whichever is larger) over the capacity
-//! learned per endpoint ([`shardgate_batching::CapacityEstimate`]). A lane carries
-//! its rule's dense id, so finding its backends is one index, not a scan. A merged
-//! call counts as one in-flight request on its endpoint, and is shed when all
-//! endpoints are saturated only if every member is sheddable (its highest
-//! priority is below 0).
+//! learned per endpoint ([`shardgate_batching::CapacityEstimate`]; 1 until a scrape
+//! shows more running). A lane carries its rule's dense id, so finding its
+//! backends is one index, not a scan. A merged call counts as one in-flight
+//! request on its endpoint; between its flush and that moment (pick, connect) it
+//! counts on every endpoint of its rule ([`crate::lanes::Dispatching`]), so a
+//! burst does not read an idle target before the first call is counted (issue 12,
+//! item 12: 64 clients became 64 single calls). When a call ends, the policy's
+//! driver drains again at once. A merged call is shed when all endpoints are
+//! saturated only if every member is sheddable (its highest priority is below 0).
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -11,7 +11,10 @@
 //! [`ShardMetrics::know_model`] — the models a matched rule is known to serve: a
 //! KServe v2 path's `{name}`, the `InferenceModel` names of its InferencePools),
 //! `other` (any model name the config does not list — a client cannot mint
-//! series) or `none`; `route` is a configured route or `none`; `code` is the status code.
+//! series) or `none`; `route` is a configured route or `none`; `code` is the status code;
+//! `gateway_queue_depth`'s `queue` is `batching` or `admission` and its `priority` a
+//! configured BatchingPolicy queue or one of the three [`ADMISSION_PRIORITIES`], each
+//! with a 0 series per configured model from the start.
 //! Buckets suit inference: 5 ms to 10 minutes for durations, 1 ms to 1 minute for
 //! time to first token, 1 ms to 2 s per output token.
 
