@@ -17,6 +17,10 @@
 //! `Standard` 0, `Sheddable` -1), else the `InferenceObjective` named like the
 //! model, else 0. The objectives and models are looked up in maps the routing
 //! table builds once ([`shardgate_routing::RoutingTable::model_priority`]).
+//!
+//! A request that waits is counted, for as long as it waits, by the guard the
+//! caller passes to [`ShardAdmission::acquire`] (the proxy counts it in
+//! `gateway_queue_depth{queue="admission"}`).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -117,8 +121,14 @@ impl ShardAdmission {
         }
     }
 
-    /// Wait for a permit at `priority`.
-    pub async fn acquire(self: &Rc<Self>, priority: i32) -> Result<Permit, Refusal> {
+    /// Wait for a permit at `priority`. When the request has to wait, `waiting` is
+    /// called once and what it returns is held until the wait ends (the caller
+    /// counts the request in `gateway_queue_depth{queue="admission"}` with it).
+    pub async fn acquire<G>(
+        self: &Rc<Self>,
+        priority: i32,
+        waiting: impl FnOnce() -> G,
+    ) -> Result<Permit, Refusal> {
         let now = Instant::now();
         let decision = self
             .adm
@@ -136,6 +146,7 @@ impl ShardAdmission {
                 let (tx, rx) = local_sync::oneshot::channel();
                 self.waiters.borrow_mut().push((ticket, tx));
                 self.wake.notify();
+                let _counted = waiting();
                 // The driver task answers every ticket (grant, shed or timeout).
                 match rx.await {
                     Ok(Ok(())) => Ok(Permit {

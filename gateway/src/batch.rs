@@ -20,11 +20,15 @@
 //! reaches, each one's utilisation being [`shardgate_batching::EndpointLoad`] over
 //! the latest scoring snapshot: KV use, GPU use, its queue, and running plus
 //! waiting (or the gateway's in-flight, whichever is larger) over the capacity
-//! learned per endpoint ([`shardgate_batching::CapacityEstimate`]). A lane carries
-//! its rule's dense id, so finding its backends is one index, not a scan. A merged
-//! call counts as one in-flight request on its endpoint, and is shed when all
-//! endpoints are saturated only if every member is sheddable (its highest
-//! priority is below 0).
+//! learned per endpoint ([`shardgate_batching::CapacityEstimate`]; 1 until a scrape
+//! shows more running). A lane carries its rule's dense id, so finding its
+//! backends is one index, not a scan. A merged call counts as one in-flight
+//! request on its endpoint; between its flush and that moment (pick, connect) it
+//! counts on every endpoint of its rule ([`crate::lanes::Dispatching`]), so a
+//! burst does not read an idle target before the first call is counted (issue 12,
+//! item 12: 64 clients became 64 single calls). When a call ends, the policy's
+//! driver drains again at once. A merged call is shed when all endpoints are
+//! saturated only if every member is sheddable (its highest priority is below 0).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -40,7 +44,7 @@ use shardgate_routing::telemetry::SignalKind;
 
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::Failure;
-use crate::lanes::{Lane, LaneCtx, Member, PolicyBatcher, Reply};
+use crate::lanes::{Dispatching, Lane, LaneCtx, Member, PolicyBatcher, Reply};
 use crate::shard::{EndpointInFlight, Shard};
 use crate::upstream::{exchange_whole, write_post};
 
@@ -152,6 +156,9 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
         let ready = pb.batcher.borrow_mut().poll_ready_with(now, |(_, ctx)| {
             // The adaptive signal: the least utilised healthy endpoint the lane reaches.
             let rule = table.rule(ctx.rule_id)?;
+            // Flushed batches of this rule not counted in flight yet: on each
+            // endpoint (we do not know which one they will pick), the safe side.
+            let dispatching = pb.dispatching(ctx.rule_id);
             rule.backends
                 .iter()
                 .filter(|g| g.weight > 0)
@@ -165,7 +172,7 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
                         capacity.resize(ep + 1, CapacityEstimate::default());
                     }
                     let cap = capacity.get_mut(ep)?;
-                    cap.observe(running, waiting);
+                    cap.observe(running);
                     let local = shard.report().map_or(0, |r| r.in_flight(ep));
                     EndpointLoad {
                         kv_usage: t.value(SignalKind::KvUsage),
@@ -173,14 +180,19 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
                         running,
                         waiting,
                         capacity: cap.get(),
-                        gateway_in_flight: Some(view.inflight.max(local)),
+                        gateway_in_flight: Some(view.inflight.max(local) + dispatching),
                     }
                     .utilization()
                 })
                 .reduce(f64::min)
         });
         let Some(batch) = ready else { break };
-        monoio::spawn(send_batch(shard.clone(), batch));
+        let rule = batch
+            .key
+            .as_ref()
+            .map_or(usize::MAX, |(_, ctx)| ctx.rule_id);
+        let dispatch = Dispatching::start(pb, rule);
+        monoio::spawn(send_batch(shard.clone(), pb.clone(), batch, dispatch));
     }
     loop {
         let expired = pb.batcher.borrow_mut().poll_expired(now);
@@ -233,7 +245,13 @@ fn reply(f: &Failure) -> Reply {
     }
 }
 
-async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
+async fn send_batch(
+    shard: Rc<Shard>,
+    pb: Rc<PolicyBatcher>,
+    batch: ReadyBatch<Member, Lane>,
+    dispatch: Dispatching,
+) {
+    let mut dispatch = Some(dispatch);
     let members = batch.members;
     let Some((key, ctx)) = batch.key else {
         return;
@@ -242,7 +260,7 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
     // Shed only if every member may be shed.
     let priority = members.iter().map(|m| m.priority).max().unwrap_or(0);
     let replies: Vec<Reply> = match merge(&key, &bodies) {
-        Ok(merged) => match call(&shard, &ctx, &merged.body, priority).await {
+        Ok(merged) => match call(&shard, &ctx, &merged.body, priority, &mut dispatch).await {
             Ok((status, body)) if (200..300).contains(&status) => {
                 match split(&body, &merged.plan) {
                     Ok(parts) => parts
@@ -264,10 +282,12 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
                 // One member may have failed the whole batch: resend each alone.
                 let mut out = Vec::with_capacity(members.len());
                 for m in &members {
-                    out.push(match call(&shard, &ctx, &m.body, m.priority).await {
-                        Ok((s, b)) => Reply { status: s, body: b },
-                        Err(f) => reply(&f),
-                    });
+                    out.push(
+                        match call(&shard, &ctx, &m.body, m.priority, &mut None).await {
+                            Ok((s, b)) => Reply { status: s, body: b },
+                            Err(f) => reply(&f),
+                        },
+                    );
                 }
                 out
             }
@@ -289,6 +309,9 @@ async fn send_batch(shard: Rc<Shard>, batch: ReadyBatch<Member, Lane>) {
     for (m, r) in members.into_iter().zip(replies) {
         let _ = m.tx.send(r);
     }
+    // The endpoint has one call less: lanes held back by a busy target look again.
+    drop(dispatch);
+    pb.wake.notify();
 }
 
 fn batch_failure(status: u16, code: &'static str, message: &str) -> Failure {
@@ -302,12 +325,14 @@ fn batch_failure(status: u16, code: &'static str, message: &str) -> Failure {
 }
 
 /// One buffered upstream call for a batch: the attempt machine over picks,
-/// pooled or fresh connections and whole-body exchanges.
+/// pooled or fresh connections and whole-body exchanges. `dispatch` is let go
+/// once the call counts in flight on its endpoint.
 async fn call(
     shard: &Rc<Shard>,
     ctx: &LaneCtx,
     body: &[u8],
     priority: i32,
+    dispatch: &mut Option<Dispatching>,
 ) -> Result<(u16, Vec<u8>), Failure> {
     let settings = &shard.state.settings;
     let rule = shard.state.table.rule(ctx.rule_id);
@@ -355,6 +380,7 @@ async fn call(
         loop {
             let conn = shard.upstream_conn(ep, attempts.may_use_pool()).await;
             let counted = EndpointInFlight::new(shard, ep);
+            dispatch.take();
             let result = match conn {
                 Ok(conn) => {
                     exchange_whole(conn, &mut out, deadline, settings.stream_idle_timeout).await

@@ -5,6 +5,7 @@
 //! these; [`crate::batch`] carries out their flushes.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use shardgate_batching::{BatchKey, BatchPolicy, Batcher, CapacityEstimate, FlushReason, QueueId};
@@ -57,6 +58,46 @@ pub struct PolicyBatcher {
     queue_names: Vec<String>,
     /// Per endpoint id: its learned capacity (grown on demand).
     pub(crate) capacity: RefCell<Vec<CapacityEstimate>>,
+    /// Per rule id: batches flushed whose upstream call is not counted in flight
+    /// yet (picking, connecting); grown on demand. See [`Dispatching`].
+    dispatching: RefCell<Vec<u32>>,
+}
+
+/// A flushed batch on its way to an endpoint: until its upstream call counts as
+/// in flight ([`crate::shard::EndpointInFlight`]), it counts here, so the lanes
+/// of its rule do not read the target idle in between (a burst would otherwise
+/// flush every request alone before the first call is counted). Dropping it
+/// uncounts it.
+pub struct Dispatching {
+    pb: Rc<PolicyBatcher>,
+    rule: usize,
+}
+
+impl Dispatching {
+    /// Count one batch of `rule` as dispatching.
+    pub fn start(pb: &Rc<PolicyBatcher>, rule: usize) -> Self {
+        {
+            let mut d = pb.dispatching.borrow_mut();
+            if d.len() <= rule {
+                d.resize(rule + 1, 0);
+            }
+            if let Some(n) = d.get_mut(rule) {
+                *n += 1;
+            }
+        }
+        Dispatching {
+            pb: pb.clone(),
+            rule,
+        }
+    }
+}
+
+impl Drop for Dispatching {
+    fn drop(&mut self) {
+        if let Some(n) = self.pb.dispatching.borrow_mut().get_mut(self.rule) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 impl PolicyBatcher {
@@ -69,7 +110,13 @@ impl PolicyBatcher {
             wake: Notify::default(),
             queue_names,
             capacity: RefCell::new(Vec::new()),
+            dispatching: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Batches of rule `rule` flushed but not yet counted in flight.
+    pub fn dispatching(&self, rule: usize) -> u32 {
+        self.dispatching.borrow().get(rule).copied().unwrap_or(0)
     }
 
     /// The name of queue `id` (`"default"` for an id of another policy).

@@ -11,10 +11,14 @@
 //! [`ShardMetrics::know_model`] — the models a matched rule is known to serve: a
 //! KServe v2 path's `{name}`, the `InferenceModel` names of its InferencePools),
 //! `other` (any model name the config does not list — a client cannot mint
-//! series) or `none`; `route` is a configured route or `none`; `code` is the status code.
+//! series) or `none`; `route` is a configured route or `none`; `code` is the status code;
+//! `gateway_queue_depth`'s `queue` is `batching` or `admission` and its `priority` a
+//! configured BatchingPolicy queue or one of the three [`ADMISSION_PRIORITIES`], each
+//! with a 0 series per configured model from the start.
 //! Buckets suit inference: 5 ms to 10 minutes for durations, 1 ms to 1 minute for
 //! time to first token, 1 ms to 2 s per output token.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +47,52 @@ pub const TPOT_BUCKETS: [f64; 12] = [
 pub const NO_MODEL: &str = "none";
 /// Label value for model names no route lists.
 pub const OTHER_MODEL: &str = "other";
+
+/// `gateway_queue_depth{queue}` of requests held by a BatchingPolicy's queues
+/// (`priority` is the queue's name).
+pub const QUEUE_BATCHING: &str = "batching";
+/// `gateway_queue_depth{queue}` of requests waiting for a `maxConcurrentInferences`
+/// permit (`priority` is one of [`ADMISSION_PRIORITIES`]).
+pub const QUEUE_ADMISSION: &str = "admission";
+/// The `priority` label of a request waiting for admission, by its resolved
+/// priority: above 0, 0, below 0 (sheddable). The resolved priority is an integer
+/// a client may choose (`X-Request-Priority`), so it is never a label itself.
+pub const ADMISSION_PRIORITIES: [&str; 3] = ["critical", "standard", "sheddable"];
+
+/// Index into [`ADMISSION_PRIORITIES`] of a resolved priority.
+pub fn admission_priority(priority: i32) -> u8 {
+    match priority.signum() {
+        1 => 0,
+        0 => 1,
+        _ => 2,
+    }
+}
+
+/// A request's `priority` and `model` labels in the admission queue
+/// ([`ShardMetrics::admission_key`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionKey(u8, u16);
+
+/// Counts one request in `gateway_queue_depth{queue="admission"}` for as long as
+/// it lives (while the request waits for a permit; a dropped wait uncounts too).
+pub struct AdmissionWait<'a> {
+    metrics: &'a RefCell<ShardMetrics>,
+    key: AdmissionKey,
+}
+
+impl<'a> AdmissionWait<'a> {
+    /// Count a request under `key` from now on.
+    pub fn start(metrics: &'a RefCell<ShardMetrics>, key: AdmissionKey) -> Self {
+        metrics.borrow_mut().admission_depth_add(key, 1);
+        AdmissionWait { metrics, key }
+    }
+}
+
+impl Drop for AdmissionWait<'_> {
+    fn drop(&mut self) {
+        self.metrics.borrow_mut().admission_depth_add(self.key, -1);
+    }
+}
 
 /// A fixed-bucket histogram (cumulative at render time).
 #[derive(Debug, Clone, Default)]
@@ -139,6 +189,9 @@ pub struct ShardMetrics {
     pub endpoint_ejected: Vec<bool>,
     /// Requests waiting on a batching queue or its batched call, by (queue, model).
     queue_depth: HashMap<(String, u16), i64>,
+    /// Requests waiting for an admission permit, by (index into
+    /// [`ADMISSION_PRIORITIES`], model).
+    admission_depth: HashMap<(u8, u16), i64>,
     /// Per BatchingPolicy: its queues' numbers (filled at publish).
     pub batch: Vec<(String, Vec<QueueMetrics>)>,
     /// Admission (share, in use, demand, waiting), when `maxConcurrentInferences` is set.
@@ -184,6 +237,7 @@ impl ShardMetrics {
             endpoint_in_flight: Vec::new(),
             endpoint_ejected: Vec::new(),
             queue_depth: HashMap::new(),
+            admission_depth: HashMap::new(),
             batch: Vec::new(),
             admission: None,
             client_aborts: [0; 2],
@@ -200,6 +254,17 @@ impl ShardMetrics {
         } else {
             self.queue_depth.insert((queue.to_string(), m), delta);
         }
+    }
+
+    /// Move the admission queue depth of `key` by `delta` (no allocation once the
+    /// key has been seen).
+    pub fn admission_depth_add(&mut self, key: AdmissionKey, delta: i64) {
+        *self.admission_depth.entry((key.0, key.1)).or_default() += delta;
+    }
+
+    /// The key [`AdmissionWait`] counts a request under.
+    pub fn admission_key(&self, priority: i32, model: Option<&str>) -> AdmissionKey {
+        AdmissionKey(admission_priority(priority), self.model_id(model))
     }
 
     /// Give `model` its own label from now on. Only for names the config lists
@@ -419,12 +484,50 @@ impl MetricsHub {
                 ejected[i] |= *v;
             }
         }
-        let mut queue_depth: HashMap<(String, String), i64> = HashMap::new();
+        let mut queue_depth: QueueDepths = HashMap::new();
         let mut batch: HashMap<(String, String), Vec<&QueueMetrics>> = HashMap::new();
         for s in &shards {
+            // A zero series for every configured queue and model: dashboards show 0,
+            // not "no data", before the first request waits.
+            let models: Vec<&str> = if s.models.is_empty() {
+                vec![NO_MODEL]
+            } else {
+                s.models.iter().map(String::as_str).collect()
+            };
+            for (_, queues) in &s.batch {
+                for q in queues {
+                    for m in &models {
+                        queue_depth
+                            .entry((QUEUE_BATCHING, q.queue.clone(), m.to_string()))
+                            .or_default();
+                    }
+                }
+            }
+            if s.admission.is_some() {
+                for p in ADMISSION_PRIORITIES {
+                    for m in &models {
+                        queue_depth
+                            .entry((QUEUE_ADMISSION, p.to_string(), m.to_string()))
+                            .or_default();
+                    }
+                }
+            }
             for ((q, m), v) in &s.queue_depth {
                 *queue_depth
-                    .entry((q.clone(), s.model_label(*m).to_string()))
+                    .entry((QUEUE_BATCHING, q.clone(), s.model_label(*m).to_string()))
+                    .or_default() += v;
+            }
+            for ((p, m), v) in &s.admission_depth {
+                let p = ADMISSION_PRIORITIES
+                    .get(usize::from(*p))
+                    .copied()
+                    .unwrap_or(ADMISSION_PRIORITIES[1]);
+                *queue_depth
+                    .entry((
+                        QUEUE_ADMISSION,
+                        p.to_string(),
+                        s.model_label(*m).to_string(),
+                    ))
                     .or_default() += v;
             }
             for (policy, queues) in &s.batch {
@@ -689,14 +792,17 @@ const STATUS_CLASSES: [&str; 10] = [
 
 type BatchMap<'a> = HashMap<(String, String), Vec<&'a QueueMetrics>>;
 
-fn render_batching(
-    w: &mut PromWriter<'_>,
-    queue_depth: &HashMap<(String, String), i64>,
-    batch: &BatchMap<'_>,
-) {
-    w.family("gateway_queue_depth", "Requests held by the gateway's batching queues (waiting for their batch, or for its merged upstream call), by priority queue and model.", Kind::Gauge);
-    for ((q, m), v) in sorted(queue_depth) {
-        w.sample("", &[("priority", q), ("model", m)], (*v).max(0));
+/// `gateway_queue_depth` by (queue, priority, model).
+type QueueDepths = HashMap<(&'static str, String, String), i64>;
+
+fn render_batching(w: &mut PromWriter<'_>, queue_depth: &QueueDepths, batch: &BatchMap<'_>) {
+    w.family("gateway_queue_depth", "Pending inference requests: queue=\"batching\" held by a BatchingPolicy queue (waiting for their batch or its merged upstream call), priority = the queue's name; queue=\"admission\" waiting for a maxConcurrentInferences permit, priority = critical (above 0), standard (0) or sheddable (below 0). By model; 0 for every configured queue and model.", Kind::Gauge);
+    for ((queue, p, m), v) in sorted(queue_depth) {
+        w.sample(
+            "",
+            &[("queue", queue), ("priority", p), ("model", m)],
+            (*v).max(0),
+        );
     }
     w.family("gateway_batch_flushes_total", "Batches flushed, by BatchingPolicy, priority queue and reason (full, deadline, adaptive, alone, drain).", Kind::Counter);
     for ((p, q), list) in sorted(batch) {
@@ -927,10 +1033,75 @@ mod tests {
             "gateway_requests_total{model=\"other\",route=\"ns/kserve\",code=\"200\"} 1",
             "gateway_requests_total{model=\"resnet\",route=\"ns/kserve\",code=\"200\"} 1",
             "gateway_requests_total{model=\"a\",route=\"ns/kserve\",code=\"200\"} 1",
-            "gateway_queue_depth{priority=\"default\",model=\"resnet\"} 1",
+            "gateway_queue_depth{queue=\"batching\",priority=\"default\",model=\"resnet\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    /// Issue 12, item 13: a zero series per configured queue and model, and the
+    /// requests waiting for admission, by a bounded priority class.
+    #[test]
+    fn queue_depth_has_zero_series_and_counts_admission_waiters() {
+        let models: Arc<[String]> = vec!["a".to_string(), "b".to_string()].into();
+        let mut m = ShardMetrics::new(models);
+        m.admission = Some((4, 4, 6, 2));
+        m.batch = vec![(
+            "default/p".to_string(),
+            vec![QueueMetrics {
+                queue: "real-time".into(),
+                depth: 0,
+                flushes: Vec::new(),
+                batch_size: Vec::new(),
+                batch_size_sum: 0,
+                queued_us: Vec::new(),
+                queued_us_sum: 0,
+                expired: 0,
+                rejected_full: 0,
+            }],
+        )];
+        let metrics = RefCell::new(m);
+        let key = |p, model| metrics.borrow().admission_key(p, model);
+        let (k_std, k_crit, k_other) = (key(0, Some("a")), key(7, Some("b")), key(1, Some("zzz")));
+        let w1 = AdmissionWait::start(&metrics, k_std);
+        let w2 = AdmissionWait::start(&metrics, k_std);
+        let w3 = AdmissionWait::start(&metrics, k_crit);
+        let w4 = AdmissionWait::start(&metrics, k_other);
+        drop(w2);
+        let render = |m: &RefCell<ShardMetrics>| {
+            let hub = MetricsHub::new(1, vec![], "epoll");
+            hub.publish(0, m.borrow().clone());
+            hub.render()
+        };
+        let text = render(&metrics);
+        let q = "gateway_queue_depth";
+        for line in [
+            format!("{q}{{queue=\"admission\",priority=\"critical\",model=\"a\"}} 0"),
+            format!("{q}{{queue=\"admission\",priority=\"critical\",model=\"b\"}} 1"),
+            format!("{q}{{queue=\"admission\",priority=\"critical\",model=\"other\"}} 1"),
+            format!("{q}{{queue=\"admission\",priority=\"standard\",model=\"a\"}} 1"),
+            format!("{q}{{queue=\"admission\",priority=\"sheddable\",model=\"b\"}} 0"),
+            format!("{q}{{queue=\"batching\",priority=\"real-time\",model=\"a\"}} 0"),
+            format!("{q}{{queue=\"batching\",priority=\"real-time\",model=\"b\"}} 0"),
+        ] {
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+        drop((w1, w3, w4));
+        let text = render(&metrics);
+        assert!(text.contains(
+            "gateway_queue_depth{queue=\"admission\",priority=\"standard\",model=\"a\"} 0"
+        ));
+        // Without admission or batching: no series at all (nothing is configured).
+        let bare = RefCell::new(ShardMetrics::new(vec!["a".to_string()].into()));
+        assert!(!render(&bare).contains("gateway_queue_depth{"));
+        assert_eq!(
+            [
+                admission_priority(i32::MAX),
+                admission_priority(0),
+                admission_priority(-1)
+            ],
+            [0, 1, 2]
+        );
     }
 
     #[test]

@@ -627,13 +627,20 @@ async fn execute<'s>(
     };
     // maxConcurrentInferences: hold a permit until the answer is out.
     let _permit = match &shard.admission {
-        Some(adm) => match adm.acquire(target.priority).await {
-            Ok(p) => Some(p),
-            Err(r) => {
-                rq.status = respond_failure(client, out, &r.failure(), Some(rid)).await;
-                return req.client_keep;
+        Some(adm) => {
+            let key = shard
+                .metrics
+                .borrow()
+                .admission_key(target.priority, rq.model.as_deref());
+            let counted = || crate::metrics::AdmissionWait::start(&shard.metrics, key);
+            match adm.acquire(target.priority, counted).await {
+                Ok(p) => Some(p),
+                Err(r) => {
+                    rq.status = respond_failure(client, out, &r.failure(), Some(rid)).await;
+                    return req.client_keep;
+                }
             }
-        },
+        }
         None => None,
     };
     if let Plan::Batch {

@@ -849,7 +849,7 @@ fn embeddings_are_micro_batched_and_each_client_gets_its_own_answer() {
     })
     .expect("no batch metrics");
     assert!(
-        text.contains("gateway_queue_depth{priority=\"batch\",model=\"emb\"} 0"),
+        text.contains("gateway_queue_depth{queue=\"batching\",priority=\"batch\",model=\"emb\"} 0"),
         "{text}"
     );
 }

@@ -56,7 +56,7 @@ const ASSERTED: &[(&str, &str, &str, &[&str])] = &[
         "gateway_queue_depth",
         "gateway_queue_depth",
         "gauge",
-        &["model", "priority"],
+        &["model", "priority", "queue"],
     ),
 ];
 

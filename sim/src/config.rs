@@ -100,6 +100,11 @@ pub struct SimConfig {
     /// Export the older `vllm:gpu_cache_usage_perc` instead of `vllm:kv_cache_usage_perc`.
     #[arg(long)]
     pub legacy_metrics: bool,
+    /// Export no telemetry: `GET /metrics` answers 404 (FastAPI's `Not Found`), as
+    /// a server started without a metrics endpoint (tests comparing a gateway's
+    /// behaviour with and without backend telemetry).
+    #[arg(long)]
+    pub no_metrics: bool,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -136,6 +141,7 @@ impl Default for SimConfig {
             slow_start_ms: 0,
             fast: false,
             legacy_metrics: false,
+            no_metrics: false,
         }
     }
 }
@@ -222,6 +228,8 @@ mod tests {
         assert_eq!(c.lora, vec!["l1", "l2"]);
         assert_eq!(c.base_model(), "a");
         assert!(c.fast);
+        assert!(!c.no_metrics);
+        assert!(SimConfig::parse_from(["x", "--no-metrics"]).no_metrics);
         assert!(SimConfig::try_parse_from(["x", "--error-rate", "1.5"]).is_err());
         let dup = SimConfig {
             lora: vec!["sim-model".into()],

@@ -4,7 +4,7 @@
 //! `POST /v1/chat/completions/render`, `POST /v1/completions/render`, `POST /tokenize`,
 //! `GET /v1/models`, `GET /health`, `GET /metrics`, `GET /version`, `GET|POST
 //! /sim/faults`, `GET /sim/stats`, `/sim/echo`. Unknown paths answer FastAPI's
-//! `{"detail":"Not Found"}` 404 as vLLM does.
+//! `{"detail":"Not Found"}` 404 as vLLM does; so does `/metrics` with `--no-metrics`.
 //!
 //! Render / tokenize order ([`crate::render`]): slow start (503) → read body → parse and
 //! validate like the inference call (400 / 404) → token ids; no engine, no faults.
@@ -353,6 +353,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBod
             ),
         ),
         (Method::GET, "/version") => json(200, format!("{{\"version\":\"{VLLM_VERSION}\"}}")),
+        (Method::GET, "/metrics") if shared.cfg.no_metrics => not_found(),
         (Method::GET, "/metrics") => metrics_page(&shared).await,
         (Method::GET, "/sim/stats") => stats_page(&shared).await,
         (Method::GET, "/sim/faults") => json(200, api::to_bytes(&shared.faults.view())),
@@ -364,8 +365,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBod
         (_, "/health" | "/v1/models" | "/version" | "/metrics" | "/sim/stats" | "/sim/faults") => {
             not_allowed()
         }
-        _ => json(404, &b"{\"detail\":\"Not Found\"}"[..]),
+        _ => not_found(),
     }
+}
+
+/// FastAPI's 404, as vLLM answers an unknown path.
+fn not_found() -> Response<RespBody> {
+    json(404, &b"{\"detail\":\"Not Found\"}"[..])
 }
 
 /// `/sim/echo` (any method): the request as the server received it — method,

@@ -599,6 +599,19 @@ fn metrics_have_vllm_families_and_labels() {
     assert!(!text.contains("vllm:kv_cache_usage_perc"));
     assert!(!text.contains("vllm:lora_requests_info"));
     legacy.shutdown();
+
+    // --no-metrics: a server without telemetry; everything else still answers.
+    let silent = start(SimConfig {
+        no_metrics: true,
+        lora: Vec::new(),
+        ..config()
+    });
+    let r = get(&silent, "/metrics");
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text(), r#"{"detail":"Not Found"}"#);
+    assert_eq!(get(&silent, "/health").status, 200);
+    assert_eq!(stats(&silent)["requests_total"], 0);
+    silent.shutdown();
     h.shutdown();
 }
 

@@ -128,7 +128,7 @@ fn adaptive_signal_of_an_embedding_server_batches_while_it_queues() {
     let mut b = Batcher::new(seed(true));
     let mut cap = CapacityEstimate::default();
     let mut util = |running: f64, waiting: f64, in_flight: u32| {
-        cap.observe(Some(running), Some(waiting));
+        cap.observe(Some(running));
         EndpointLoad {
             kv_usage: Some(0.0),
             running: Some(running),

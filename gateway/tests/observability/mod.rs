@@ -132,7 +132,7 @@ pub fn traffic(s: &Setup) -> String {
             r#"gateway_inference_duration_seconds_count{{model="{MODEL_DEAD}",route="default/r2",status_class="5xx"}} {DEAD}"#
         ),
         "gateway_upstream_errors_total{".to_string(),
-        format!(r#"gateway_queue_depth{{priority="batch",model="{MODEL_B}"}} 0"#),
+        format!(r#"gateway_queue_depth{{queue="batching",priority="batch",model="{MODEL_B}"}} 0"#),
     ];
     let mut last = String::new();
     poll(Duration::from_secs(10), || {
