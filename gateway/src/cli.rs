@@ -79,6 +79,12 @@ pub struct RunArgs {
     /// Override the port of the (first) HTTP listener, e.g. 0 for an ephemeral port in tests.
     #[arg(long)]
     pub listen_port: Option<u16>,
+    /// Let other processes of the same user share the listener ports through
+    /// SO_REUSEPORT (a zero-downtime binary upgrade: start the new binary, then
+    /// drain the old one). Without it a port another process listens on is
+    /// refused: `serve` exits 2 naming the address.
+    #[arg(long)]
+    pub reuse_port_with_other_processes: bool,
     /// Admin address (/healthz, /readyz, /debug/config). `off` disables it.
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin_addr: String,
