@@ -39,6 +39,30 @@ pub struct CheckArgs {
     /// Config file(s); `-` reads standard input.
     #[arg(short = 'c', long = "config", required = true)]
     pub config: Vec<PathBuf>,
+    /// Limits on the configuration files.
+    #[command(flatten)]
+    pub config_limits: ConfigLimitArgs,
+}
+
+/// Limits on configuration files, checked before any YAML is parsed.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigLimitArgs {
+    /// Largest total size of all config files together, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_config_bytes: usize,
+    /// Deepest nesting of any one YAML document (Kubernetes manifests stay under 20).
+    #[arg(long, default_value_t = 64)]
+    pub max_config_depth: usize,
+}
+
+impl ConfigLimitArgs {
+    /// As the routing crate's loader takes them.
+    pub fn limits(&self) -> shardgate_routing::LoadLimits {
+        shardgate_routing::LoadLimits {
+            max_bytes: self.max_config_bytes,
+            max_depth: self.max_config_depth,
+        }
+    }
 }
 
 /// `shardgate serve`.
@@ -106,6 +130,9 @@ pub struct RunArgs {
     /// Data-path limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Limits on the configuration files.
+    #[command(flatten)]
+    pub config_limits: ConfigLimitArgs,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -227,6 +254,11 @@ pub struct LimitArgs {
     /// model; a failed poll keeps the last list. 0 turns polling off.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub models_interval: Duration,
+    /// Telemetry scrapes and `/v1/models` polls in flight at once (the control
+    /// thread queues the rest); with more endpoints than this, their
+    /// connections are closed after each request instead of kept open.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_scrapes: usize,
     /// Longest wait for a `maxConcurrentInferences` permit before 429.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub admission_timeout: Duration,

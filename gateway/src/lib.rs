@@ -57,6 +57,7 @@ pub mod report;
 pub mod server;
 pub mod shard;
 pub mod state;
+pub mod throttle;
 pub mod upstream;
 
 use std::collections::BTreeMap;
@@ -75,11 +76,13 @@ pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
-        Command::Serve(args) => match load::read_sources(&args.config) {
-            Ok(sources) => serve(&sources, &args.run, Shutdown::new()),
-            Err(errors) => report_errors(&errors),
-        },
-        Command::Check(args) => check(&args.config),
+        Command::Serve(args) => {
+            match load::read_sources(&args.config, args.run.config_limits.max_config_bytes) {
+                Ok(sources) => serve(&sources, &args.run, Shutdown::new()),
+                Err(errors) => report_errors(&errors),
+            }
+        }
+        Command::Check(args) => check(&args.config, &args.config_limits),
         Command::Demo(args) => demo::run(&args),
     }
 }
@@ -106,12 +109,12 @@ fn report_errors(errors: &[String]) -> ExitCode {
 }
 
 /// `shardgate check`: validate, print the routing table, exit 0 or 2.
-pub fn check(paths: &[std::path::PathBuf]) -> ExitCode {
-    let sources = match load::read_sources(paths) {
+pub fn check(paths: &[std::path::PathBuf], limits: &cli::ConfigLimitArgs) -> ExitCode {
+    let sources = match load::read_sources(paths, limits.max_config_bytes) {
         Ok(s) => s,
         Err(errors) => return report_errors(&errors),
     };
-    match load::load(&sources) {
+    match load::load_with(&sources, &limits.limits()) {
         Ok(loaded) => {
             println!("{}", loaded.table);
             println!("Resources:");
@@ -157,7 +160,7 @@ pub fn start(
     if run.force_epoll {
         shardgate_runtime::force_epoll();
     }
-    let loaded = load::load(sources)?;
+    let loaded = load::load_with(sources, &run.config_limits.limits())?;
     for w in loaded.table.warnings() {
         tracing::warn!("config: {w}");
     }
