@@ -40,6 +40,30 @@ pub struct CheckArgs {
     /// Config file(s); `-` reads standard input.
     #[arg(short = 'c', long = "config", required = true)]
     pub config: Vec<PathBuf>,
+    /// Limits on the configuration files.
+    #[command(flatten)]
+    pub config_limits: ConfigLimitArgs,
+}
+
+/// Limits on configuration files, checked before any YAML is parsed.
+#[derive(Debug, Args, Clone)]
+pub struct ConfigLimitArgs {
+    /// Largest total size of all config files together, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub max_config_bytes: usize,
+    /// Deepest nesting of any one YAML document (Kubernetes manifests stay under 20).
+    #[arg(long, default_value_t = 64)]
+    pub max_config_depth: usize,
+}
+
+impl ConfigLimitArgs {
+    /// As the routing crate's loader takes them.
+    pub fn limits(&self) -> shardgate_routing::LoadLimits {
+        shardgate_routing::LoadLimits {
+            max_bytes: self.max_config_bytes,
+            max_depth: self.max_config_depth,
+        }
+    }
 }
 
 /// `shardgate serve`.
@@ -80,6 +104,12 @@ pub struct RunArgs {
     /// Override the port of the (first) HTTP listener, e.g. 0 for an ephemeral port in tests.
     #[arg(long)]
     pub listen_port: Option<u16>,
+    /// Let other processes of the same user share the listener ports through
+    /// SO_REUSEPORT (a zero-downtime binary upgrade: start the new binary, then
+    /// drain the old one). Without it a port another process listens on is
+    /// refused: `serve` exits 2 naming the address.
+    #[arg(long)]
+    pub reuse_port_with_other_processes: bool,
     /// Admin address (/healthz, /readyz, /debug/config). `off` disables it.
     #[arg(long, default_value = "127.0.0.1:9901")]
     pub admin_addr: String,
@@ -101,6 +131,9 @@ pub struct RunArgs {
     /// Data-path limits and timeouts.
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Limits on the configuration files.
+    #[command(flatten)]
+    pub config_limits: ConfigLimitArgs,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -242,6 +275,11 @@ pub struct LimitArgs {
     /// model; a failed poll keeps the last list. 0 turns polling off.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub models_interval: Duration,
+    /// Telemetry scrapes and `/v1/models` polls in flight at once (the control
+    /// thread queues the rest); with more endpoints than this, their
+    /// connections are closed after each request instead of kept open.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_scrapes: usize,
     /// Longest wait for a `maxConcurrentInferences` permit before 429.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub admission_timeout: Duration,

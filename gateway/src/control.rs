@@ -41,6 +41,7 @@ use shardgate_routing::telemetry::{StoreConfig, TelemetryStore};
 use shardgate_routing::RoutingTable;
 
 use crate::report::Reports;
+use crate::throttle::Throttle;
 use crate::upstream::Client as Conn;
 
 /// Control-plane settings (CLI flags).
@@ -61,6 +62,10 @@ pub struct ControlSettings {
     /// `GET /v1/models` poll interval; zero turns polling off (every endpoint
     /// then serves any model).
     pub models_interval: Duration,
+    /// Scrapes and model polls in flight at once (`--max-concurrent-scrapes`);
+    /// with more endpoints than this, their connections are also closed after
+    /// each request instead of kept open.
+    pub max_concurrent_scrapes: usize,
 }
 
 /// How one endpoint is health-checked.
@@ -354,6 +359,7 @@ async fn run(
         status: shared.health.load().as_ref().clone(),
     }));
     let lists: crate::models_poll::ModelLists = Rc::new(RefCell::new(vec![None; endpoints.len()]));
+    let throttle = Throttle::new(settings.max_concurrent_scrapes, endpoints.len());
     for (ep, addr) in endpoints.iter().enumerate() {
         if !settings.models_interval.is_zero() {
             monoio::spawn(crate::models_poll::poll_loop(
@@ -362,6 +368,7 @@ async fn run(
                 settings.models_interval,
                 settings.scrape_timeout,
                 lists.clone(),
+                throttle.clone(),
             ));
         }
         if settings.scrape {
@@ -371,6 +378,7 @@ async fn run(
                 settings.clone(),
                 store.clone(),
                 shared.clone(),
+                throttle.clone(),
             ));
         }
         if let Some(spec) = specs[ep].clone() {
@@ -459,12 +467,19 @@ async fn scrape_loop(
     settings: ControlSettings,
     store: Rc<RefCell<TelemetryStore>>,
     shared: Arc<ControlShared>,
+    throttle: Throttle,
 ) {
     let checks = &shared.checks;
     let mut conn = Conn::new(addr);
     let mut failing = false;
     loop {
-        match conn.get("/metrics", settings.scrape_timeout).await {
+        let slot = throttle.slots.acquire().await;
+        let result = conn.get("/metrics", settings.scrape_timeout).await;
+        if !throttle.keep_alive {
+            conn = Conn::new(addr);
+        }
+        drop(slot);
+        match result {
             Ok(r) if r.status == 200 => {
                 let now = Instant::now();
                 store.borrow_mut().ingest(ep, &r.body, now);
@@ -477,14 +492,18 @@ async fn scrape_loop(
             Ok(r) => {
                 store.borrow_mut().record_failure(ep, Instant::now());
                 if !failing {
-                    tracing::warn!(endpoint = %addr, status = r.status, "telemetry scrape failed");
+                    if let Some(suppressed) = throttle.warn() {
+                        tracing::warn!(endpoint = %addr, status = r.status, suppressed, "telemetry scrape failed");
+                    }
                     failing = true;
                 }
             }
             Err(e) => {
                 store.borrow_mut().record_failure(ep, Instant::now());
                 if !failing {
-                    tracing::warn!(endpoint = %addr, error = %e, "telemetry scrape failed");
+                    if let Some(suppressed) = throttle.warn() {
+                        tracing::warn!(endpoint = %addr, error = %e, suppressed, "telemetry scrape failed");
+                    }
                     failing = true;
                 }
             }

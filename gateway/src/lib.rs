@@ -2,7 +2,9 @@
 //! the data path, the control thread and the admin listener.
 //!
 //! `serve` loads the config, binds one `SO_REUSEPORT` socket per shard per served
-//! port on the main thread (so bind errors surface before anything starts), starts
+//! port on the main thread (so bind errors surface before anything starts; a
+//! port another process listens on is refused unless
+//! `--reuse-port-with-other-processes`), starts
 //! the shards and the admin thread, then waits. SIGTERM/SIGINT starts a drain:
 //! every shard's listener is shut at once by the signal thread (new connections
 //! are refused, connections still in a backlog are reset), requests on open
@@ -35,8 +37,9 @@
 //!
 //! Beside the data path, never inside it: [`control`] (scrapes, health checks,
 //! the scoring snapshot, prefix sharing), fed by the shards' [`report`]s;
-//! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`). The leaves —
-//! [`bodymem`], [`conns`], [`error`], [`notify`], [`report`], [`state`] — import no other module of the
+//! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`; [`redact`] masks
+//! credentials in `/debug/config`). The leaves — [`bodymem`], [`conns`],
+//! [`error`], [`notify`], [`report`], [`state`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
 #![forbid(unsafe_code)]
@@ -60,10 +63,12 @@ pub mod models_poll;
 pub mod notify;
 pub mod plan;
 pub mod proxy;
+pub mod redact;
 pub mod report;
 pub mod server;
 pub mod shard;
 pub mod state;
+pub mod throttle;
 pub mod upstream;
 
 use std::collections::BTreeMap;
@@ -82,11 +87,13 @@ pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
-        Command::Serve(args) => match load::read_sources(&args.config) {
-            Ok(sources) => serve(&sources, &args.run, Shutdown::new()),
-            Err(errors) => report_errors(&errors),
-        },
-        Command::Check(args) => check(&args.config),
+        Command::Serve(args) => {
+            match load::read_sources(&args.config, args.run.config_limits.max_config_bytes) {
+                Ok(sources) => serve(&sources, &args.run, Shutdown::new()),
+                Err(errors) => report_errors(&errors),
+            }
+        }
+        Command::Check(args) => check(&args.config, &args.config_limits),
         Command::Demo(args) => demo::run(&args),
     }
 }
@@ -113,12 +120,12 @@ fn report_errors(errors: &[String]) -> ExitCode {
 }
 
 /// `shardgate check`: validate, print the routing table, exit 0 or 2.
-pub fn check(paths: &[std::path::PathBuf]) -> ExitCode {
-    let sources = match load::read_sources(paths) {
+pub fn check(paths: &[std::path::PathBuf], limits: &cli::ConfigLimitArgs) -> ExitCode {
+    let sources = match load::read_sources(paths, limits.max_config_bytes) {
         Ok(s) => s,
         Err(errors) => return report_errors(&errors),
     };
-    match load::load(&sources) {
+    match load::load_with(&sources, &limits.limits()) {
         Ok(loaded) => {
             println!("{}", loaded.table);
             println!("Resources:");
@@ -164,7 +171,7 @@ pub fn start(
     if run.force_epoll {
         shardgate_runtime::force_epoll();
     }
-    let loaded = load::load(sources)?;
+    let loaded = load::load_with(sources, &run.config_limits.limits())?;
     for w in loaded.table.warnings() {
         tracing::warn!("config: {w}");
     }
@@ -226,8 +233,20 @@ pub fn start(
     let mut addrs = Vec::new();
     for (port, listeners) in &ports {
         let addr = SocketAddr::new(run.bind, *port);
-        let sockets = shardgate_runtime::bind_reuseport(addr, shards)
-            .map_err(|e| vec![format!("cannot listen on {addr}: {e}")])?;
+        let sharing = if run.reuse_port_with_other_processes {
+            shardgate_runtime::PortSharing::WithOtherProcesses
+        } else {
+            shardgate_runtime::PortSharing::ThisProcessOnly
+        };
+        let sockets = shardgate_runtime::bind_reuseport(addr, shards, sharing).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse && !run.reuse_port_with_other_processes {
+                vec![format!(
+                    "cannot listen on {addr}: address in use by another process (is another shardgate running? pass --reuse-port-with-other-processes to share the port for a zero-downtime upgrade): {e}"
+                )]
+            } else {
+                vec![format!("cannot listen on {addr}: {e}")]
+            }
+        })?;
         if let Some(first) = sockets.first() {
             addrs.push(first.local_addr().map_err(|e| vec![e.to_string()])?);
         }
@@ -434,37 +453,7 @@ fn install_signals(shutdown: Shutdown) {
     }
 }
 
-/// Keys whose values `/debug/config` never shows.
-const SECRET_KEYS: [&str; 8] = [
-    "secret",
-    "password",
-    "token",
-    "apikey",
-    "api_key",
-    "privatekey",
-    "private_key",
-    "credential",
-];
-
-/// Replace the value of every key that looks like it holds a secret.
-fn redact(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, val) in map.iter_mut() {
-                let lower = k.to_ascii_lowercase();
-                if SECRET_KEYS.iter().any(|s| lower.contains(s)) {
-                    *val = serde_json::Value::String("<redacted>".into());
-                } else {
-                    redact(val);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
-        _ => {}
-    }
-}
-
-/// Every document of the sources as JSON, secrets redacted.
+/// Every document of the sources as JSON, redacted by [`redact::redact_document`].
 fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
     use serde::Deserialize;
     let mut out = Vec::new();
@@ -474,7 +463,7 @@ fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
                 if v.is_null() {
                     continue;
                 }
-                redact(&mut v);
+                redact::redact_document(&mut v);
                 out.push(v);
             }
         }
@@ -524,16 +513,70 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// A loadable configuration with a credential in each place #12 item 6
+    /// found one (and the seed's SecurityPolicy, whose JWT material lands here).
+    const HOSTILE_CONFIG: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+  annotations:
+    kubectl.kubernetes.io/last-applied-configuration: '{"password":"LEAK-LAST"}'
+spec:
+  gatewayClassName: shardgate
+  listeners: [{name: http, protocol: HTTP, port: 80}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches:
+    - headers:
+      - {name: X-Gateway-Model-Name, value: llama}
+      - {name: X-Tenant-Token, value: LEAK-MATCH}
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: Authorization, value: "Bearer LEAK-SET"}]
+        add: [{name: X-Api-Key, value: LEAK-ADD}]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier:
+        set: [{name: X-Upstream-Cookie, value: LEAK-RESP}]
+    backendRefs: [{name: svc, port: 8000}]
+---
+apiVersion: ai.gateway.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: sp}
+spec:
+  authorization: LEAK-AUTHZ
+  auth: {bearer: LEAK-BEARER}
+  access_key: LEAK-ACCESS
+  key: LEAK-KEY
+  hmac: LEAK-HMAC
+  cookie: LEAK-COOKIE
+  pass: LEAK-PASS
+  passphrase: LEAK-PHRASE
+  upstream: https://admin:LEAK-URLPW@models.example/v1
+"#;
+
     #[test]
-    fn debug_config_redacts_secret_looking_keys() {
-        let yaml = "apiVersion: v1\nkind: Secretish\nmetadata:\n  name: x\nspec:\n  apiKey: abc\n  nested:\n    - clientSecret: s3cr3t\n      issuer: https://auth.example.com\n  password: hunter2\n";
-        let docs = resources_json(&[("f.yaml".into(), yaml.into())]);
-        let text = serde_json::to_string(&docs).unwrap();
-        for secret in ["abc", "s3cr3t", "hunter2"] {
-            assert!(!text.contains(secret), "{secret} leaked: {text}");
-        }
-        assert!(text.contains("https://auth.example.com"));
-        assert_eq!(docs[0]["spec"]["apiKey"], "<redacted>");
+    fn debug_config_shows_no_secret() {
+        let sources = [("hostile.yaml".to_owned(), HOSTILE_CONFIG.to_owned())];
+        let config = shardgate_routing::load_sources(&sources).unwrap();
+        let table =
+            shardgate_routing::RoutingTable::build(&config, &mut |_, _| Vec::new()).unwrap();
+        let loaded = load::Loaded { config, table };
+        let text = String::from_utf8(debug_config_json(&loaded, &sources)).unwrap();
+        assert_eq!(text.matches("LEAK-").count(), 0, "{text}");
+        // What is harmless stays visible.
+        assert!(text.contains("\"llama\""), "{text}");
+        assert!(
+            text.contains("https://<redacted>@models.example/v1"),
+            "{text}"
+        );
+        assert!(text.contains("X-Api-Key"), "header names stay: {text}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shardgate_routing::{load_sources, Config, RoutingTable};
+use shardgate_routing::{load_sources_with, Config, LoadLimits, RoutingTable};
 
 use crate::cli::LimitArgs;
 use crate::state::Settings;
@@ -20,20 +20,37 @@ pub struct Loaded {
     pub table: RoutingTable,
 }
 
-/// Read `paths` (`-` = stdin) into (name, text) pairs.
-pub fn read_sources(paths: &[PathBuf]) -> Result<Vec<(String, String)>, Vec<String>> {
+/// Read `paths` (`-` = stdin) into (name, text) pairs, reading no more than
+/// `max_bytes` in all (`--max-config-bytes`): a file that would cross it is
+/// an error naming it, and what is left is not read.
+pub fn read_sources(
+    paths: &[PathBuf],
+    max_bytes: usize,
+) -> Result<Vec<(String, String)>, Vec<String>> {
+    use std::io::Read;
     let mut out = Vec::new();
     let mut errors = Vec::new();
+    let mut left = max_bytes;
     for p in paths {
         let name = p.display().to_string();
-        let text = if name == "-" {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+        let reader: std::io::Result<Box<dyn Read>> = if name == "-" {
+            Ok(Box::new(std::io::stdin()))
         } else {
-            std::fs::read_to_string(p)
+            std::fs::File::open(p).map(|f| Box::new(f) as Box<dyn Read>)
         };
-        match text {
-            Ok(t) => out.push((name, t)),
+        let mut text = String::new();
+        let read = reader.and_then(|r| r.take(left as u64 + 1).read_to_string(&mut text));
+        match read {
+            Ok(n) if n > left => {
+                errors.push(format!(
+                    "{name}: configuration larger than the limit of {max_bytes} bytes (--max-config-bytes)"
+                ));
+                break;
+            }
+            Ok(n) => {
+                left -= n;
+                out.push((name, text));
+            }
             Err(e) => errors.push(format!("{name}: cannot read: {e}")),
         }
     }
@@ -53,9 +70,15 @@ pub fn resolve_dns(host: &str, port: u16) -> Vec<SocketAddr> {
     }
 }
 
-/// Parse and compile the sources; every error is returned, formatted.
+/// Parse and compile the sources with the default [`LoadLimits`]; every
+/// error is returned, formatted.
 pub fn load(sources: &[(String, String)]) -> Result<Loaded, Vec<String>> {
-    let config = load_sources(sources)
+    load_with(sources, &LoadLimits::default())
+}
+
+/// [`load`] with explicit limits on size and nesting.
+pub fn load_with(sources: &[(String, String)], limits: &LoadLimits) -> Result<Loaded, Vec<String>> {
+    let config = load_sources_with(sources, limits)
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
     let table = RoutingTable::build(&config, &mut resolve_dns)
         .map_err(|errs| errs.iter().map(|e| e.to_string()).collect::<Vec<_>>())?;
@@ -127,5 +150,6 @@ pub fn control_settings(limits: &LimitArgs) -> crate::control::ControlSettings {
         healthy_after: limits.healthy_after.max(1),
         scrape: !limits.no_scrape,
         models_interval: limits.models_interval,
+        max_concurrent_scrapes: limits.max_concurrent_scrapes.max(1),
     }
 }

@@ -74,11 +74,18 @@ pub async fn poll_loop(
     interval: Duration,
     timeout: Duration,
     lists: ModelLists,
+    throttle: crate::throttle::Throttle,
 ) {
     let mut conn = Conn::new(addr);
     let mut failing = false;
     loop {
-        let result = match conn.get("/v1/models", timeout).await {
+        let slot = throttle.slots.acquire().await;
+        let got = conn.get("/v1/models", timeout).await;
+        if !throttle.keep_alive {
+            conn = Conn::new(addr);
+        }
+        drop(slot);
+        let result = match got {
             Ok(r) if r.status == 200 => parse_models(&r.body),
             Ok(r) => Err(format!("status {}", r.status)),
             Err(e) => Err(e.to_string()),
@@ -96,7 +103,9 @@ pub async fn poll_loop(
             }
             Err(e) => {
                 if !failing {
-                    tracing::warn!(endpoint = %addr, error = %e, "GET /v1/models failed: keeping the last list");
+                    if let Some(suppressed) = throttle.warn() {
+                        tracing::warn!(endpoint = %addr, error = %e, suppressed, "GET /v1/models failed: keeping the last list");
+                    }
                     failing = true;
                 }
             }

@@ -597,9 +597,8 @@ async fn execute<'s>(
         method: head.method(),
         path: head.path(),
         query: head.query(),
-        host: head
-            .header("host")
-            .and_then(|h| std::str::from_utf8(h).ok()),
+        // The authority of an absolute-form target wins over `Host`.
+        host: head.host().and_then(|h| std::str::from_utf8(h).ok()),
         header: &lookup,
         body: req.body,
     };

@@ -146,9 +146,13 @@ pub struct Forwarded<'a> {
 }
 
 /// Serialise the proxied request for endpoint `ep_addr` into `buf`: the client's
-/// head without hop-by-hop fields, `Host` if absent, `X-Forwarded-*`,
-/// `X-Request-Id`, the model header, `Content-Length`, and the body when it is at
-/// most [`INLINE_BODY`].
+/// head without hop-by-hop fields, `X-Forwarded-*`, `X-Request-Id`, the model
+/// header, `Content-Length`, and the body when it is at most [`INLINE_BODY`].
+///
+/// The target goes out in origin-form. For an absolute-form target
+/// (`GET http://a.example/x`) that is its path and query, and its authority
+/// replaces the client's `Host` field (RFC 9112 §3.2.2). Without either, as an
+/// HTTP/1.0 client may send, `Host` is the endpoint's address.
 pub fn write_request(
     head: &RequestHead,
     fwd: &Forwarded<'_>,
@@ -160,6 +164,7 @@ pub fn write_request(
     buf.push(b' ');
     buf.extend_from_slice(head.target().as_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
+    let authority = head.authority();
     let mut has_host = false;
     let mut xff: Option<&[u8]> = None;
     for (name, value) in head.headers() {
@@ -176,12 +181,21 @@ pub fn write_request(
         {
             continue;
         }
-        has_host |= name.eq_ignore_ascii_case("host");
+        if name.eq_ignore_ascii_case("host") {
+            if authority.is_some() {
+                continue;
+            }
+            has_host = true;
+        }
         write::header(buf, name, value);
     }
-    if !has_host {
-        let host = ep_addr.to_string();
-        write::header(buf, "host", host.as_bytes());
+    match authority {
+        Some(a) => write::header(buf, "host", a.as_bytes()),
+        None if !has_host => {
+            let host = ep_addr.to_string();
+            write::header(buf, "host", host.as_bytes());
+        }
+        None => {}
     }
     buf.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prev) = xff {
@@ -544,5 +558,58 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What `write_request` sends for the raw client head `raw`.
+    fn forwarded(raw: &[u8]) -> String {
+        let buf = Bytes::copy_from_slice(raw);
+        let (head, _) =
+            shardgate_http::parse_request_head(&buf, &shardgate_http::Limits::default())
+                .unwrap()
+                .unwrap();
+        let body = Bytes::new();
+        let fwd = Forwarded {
+            peer: "10.0.0.9:5000".parse().unwrap(),
+            request_id: b"rid",
+            model: None,
+            body: &body,
+        };
+        let mut out = Vec::new();
+        write_request(&head, &fwd, "127.0.0.1:9000".parse().unwrap(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn hosts(req: &str) -> Vec<&str> {
+        req.split("\r\n")
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    #[test]
+    fn absolute_form_goes_upstream_in_origin_form_with_its_authority_as_host() {
+        let req = forwarded(b"GET http://evil.example/x?y=1 HTTP/1.1\r\nHost: a\r\nX-K: v\r\n\r\n");
+        assert!(req.starts_with("GET /x?y=1 HTTP/1.1\r\n"), "{req}");
+        assert_eq!(hosts(&req), ["evil.example"], "{req}");
+        assert!(req.contains("X-K: v\r\n"), "{req}");
+        let req = forwarded(b"GET https://b.example:8443 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert!(req.starts_with("GET / HTTP/1.1\r\n"), "{req}");
+        assert_eq!(hosts(&req), ["b.example:8443"], "{req}");
+    }
+
+    #[test]
+    fn origin_form_keeps_the_clients_host_and_http10_gets_the_endpoints() {
+        let req = forwarded(b"GET /v1/models HTTP/1.1\r\nHost: api.example\r\n\r\n");
+        assert!(req.starts_with("GET /v1/models HTTP/1.1\r\n"), "{req}");
+        assert_eq!(hosts(&req), ["api.example"], "{req}");
+        let req = forwarded(b"GET /v1/models HTTP/1.0\r\n\r\n");
+        assert_eq!(hosts(&req), ["127.0.0.1:9000"], "{req}");
     }
 }

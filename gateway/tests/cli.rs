@@ -116,3 +116,36 @@ fn the_deploy_configmap_carries_the_demo_config() {
         "deploy/configmap.yaml is out of date with gateway/demo.yaml"
     );
 }
+
+#[test]
+fn check_refuses_deep_and_oversized_configs_with_exit_2_naming_the_file() {
+    let dir = std::env::temp_dir().join(format!("shardgate-cli-limits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let deep = dir.join("deep.yaml");
+    std::fs::write(
+        &deep,
+        format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)),
+    )
+    .unwrap();
+    let (code, _, err) = shardgate(&["check", "-c", deep.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("deep.yaml: document 0: nested deeper than the limit of 64 levels"),
+        "{err}"
+    );
+    let (code, _, err) = shardgate(&[
+        "check",
+        "-c",
+        deep.to_str().unwrap(),
+        "--max-config-bytes",
+        "1000",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "deep.yaml: configuration larger than the limit of 1000 bytes (--max-config-bytes)"
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

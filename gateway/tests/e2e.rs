@@ -441,6 +441,35 @@ fn proxy_headers_are_rewritten_and_hop_by_hop_ones_dropped() {
 }
 
 #[test]
+fn absolute_form_goes_upstream_in_origin_form_and_a_missing_host_is_refused() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(&catch_all(a.addr()), &[]);
+    let mut c = gw.connect();
+    c.send_raw(b"GET http://evil.example/sim/echo?x=1 HTTP/1.1\r\nhost: a\r\n\r\n");
+    let r = c.read_response();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["target"], "/sim/echo?x=1");
+    let hosts: Vec<&str> = j["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case("host"))
+        .map(|h| h[1].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["evil.example"]);
+    // RFC 9112 §3.2: HTTP/1.1 without Host, or with two, is a 400.
+    for raw in [
+        &b"GET /sim/echo HTTP/1.1\r\n\r\n"[..],
+        b"GET /sim/echo HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n",
+    ] {
+        let mut c = gw.connect();
+        c.send_raw(raw);
+        assert_eq!(c.read_response().status, 400);
+    }
+}
+
+#[test]
 fn seed_style_x_model_type_routes_serve_body_model_requests() {
     let a = sim(&["gpt-large"], |_| {});
     let yaml = config(&[("gpt-large", vec![(1, vec![a.addr()])])]).replace(
@@ -1177,4 +1206,73 @@ fn a_killed_backend_gets_traffic_within_2s_of_its_return() {
         "traffic came back after {took:?}"
     );
     drop(back);
+}
+
+/// Runs `shardgate serve` on `yaml` at `port` with `extra` flags until it
+/// exits (its code and stderr) or serves (its ready file appears: it is killed
+/// and the answer is `None`).
+fn second_instance(yaml: &str, port: u16, extra: &[&str]) -> Option<(i32, String)> {
+    use std::process::{Command, Stdio};
+    let base = std::env::temp_dir().join(format!("shardgate-second-{}-{port}", std::process::id()));
+    let cfg = base.with_extension("yaml");
+    let ready = base.with_extension("ready");
+    let _ = std::fs::remove_file(&ready);
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["serve", "-c", cfg.to_str().unwrap(), "--bind", "127.0.0.1"])
+        .args([
+            "--listen-port",
+            &port.to_string(),
+            "--admin-addr",
+            "off",
+            "--shards",
+            "2",
+        ])
+        .args(["--ready-file", ready.to_str().unwrap()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let outcome = poll(Duration::from_secs(20), || {
+        if let Some(s) = child.try_wait().ok().flatten() {
+            return Some(Some(s));
+        }
+        ready.exists().then_some(None)
+    })
+    .expect("the second instance neither exited nor served");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&cfg);
+    let _ = std::fs::remove_file(&ready);
+    outcome.map(|s| {
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        (s.code().unwrap_or(-1), err)
+    })
+}
+
+#[test]
+fn a_second_instance_on_the_same_port_exits_2_unless_asked_to_share() {
+    let a = sim(&["m"], |_| {});
+    let yaml = config(&[("m", vec![(1, vec![a.addr()])])]);
+    let gw = Gateway::start(&yaml, &["--shards", "2"]);
+    let port = gw.addr.port();
+    let (code, err) = second_instance(&yaml, port, &[])
+        .expect("a second instance served on a port another gateway holds");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(err.contains("--reuse-port-with-other-processes"), "{err}");
+    // The first one still serves.
+    let r = gw
+        .connect()
+        .post("/v1/chat/completions", &chat("m", false, 2), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // With the flag (a zero-downtime upgrade) the second one starts and serves.
+    assert_eq!(
+        second_instance(&yaml, port, &["--reuse-port-with-other-processes"]),
+        None,
+        "the second instance with the flag did not serve"
+    );
 }

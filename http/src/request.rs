@@ -6,8 +6,14 @@
 //! - statuses: 400 syntax / framing, 413 `Content-Length` over the body limit,
 //!   431 head too large or too many fields, 501 a transfer coding other than a
 //!   lone `chunked` (also `gzip, chunked`), 505 a well-formed other version;
-//! - `Host` is not required (routing falls back to the listener); more than one
-//!   `Host` field is a 400 (RFC 9112 §3.2);
+//! - an HTTP/1.1 request without a `Host` field is a 400, and so is more than
+//!   one `Host` field (RFC 9112 §3.2); HTTP/1.0 may omit it;
+//! - an absolute-form target (`http://a.example/p?q`, `https://…`; RFC 9112
+//!   §3.2.2) is split into its authority ([`RequestHead::authority`]), which
+//!   wins over the `Host` field ([`RequestHead::host`]), and its origin-form
+//!   ([`RequestHead::target`]: `/p?q`, `/` for an empty path). An absolute-form
+//!   target with another scheme, an empty authority, userinfo (`user@host`), or
+//!   a query but no path is a 400;
 //! - `Content-Length: 0` gives `Framing::Length(0)`, no body fields give
 //!   `Framing::None`;
 //! - `Expect: 100-continue` is honoured for HTTP/1.1 only (RFC 9110 §10.1.1);
@@ -32,7 +38,13 @@ use crate::{Framing, HeaderSpans, HttpError, Limits, Span, Version};
 pub struct RequestHead {
     buf: Bytes,
     method: Span,
+    /// The origin-form part of the target (for an absolute-form target, what
+    /// follows the authority); empty with `root` for `http://host`.
     target: Span,
+    /// The authority of an absolute-form target; empty for other forms.
+    authority: Span,
+    /// An absolute-form target with an empty path: the origin-form is `/`.
+    root: bool,
     version: Version,
     headers: HeaderSpans,
     framing: Framing,
@@ -51,12 +63,31 @@ impl RequestHead {
     pub fn method(&self) -> &str {
         span_str(&self.buf, self.method)
     }
-    /// Request target as sent (origin-form path plus optional query).
+    /// Request target in origin-form (path plus optional query): as sent, or,
+    /// for an absolute-form target (`http://host/p?q`), the part after the
+    /// authority (`/p?q`; `/` when the path is empty). Asterisk- and
+    /// authority-form targets are returned as sent.
     pub fn target(&self) -> &str {
-        span_str(&self.buf, self.target)
+        if self.root {
+            "/"
+        } else {
+            span_str(&self.buf, self.target)
+        }
     }
-    /// Path part of the target (before `?`). For an absolute-form target
-    /// (`http://host/p?q`) this is everything before the `?`.
+    /// The authority of an absolute-form target (`host[:port]`), if the target
+    /// had that form.
+    pub fn authority(&self) -> Option<&str> {
+        (self.authority.start != self.authority.end).then(|| span_str(&self.buf, self.authority))
+    }
+    /// The host the request is for: the authority of an absolute-form target,
+    /// which wins (RFC 9112 §3.2.2), else the `Host` field.
+    pub fn host(&self) -> Option<&[u8]> {
+        match self.authority() {
+            Some(a) => Some(a.as_bytes()),
+            None => self.header("host"),
+        }
+    }
+    /// Path part of the target (before `?`), in origin-form.
     pub fn path(&self) -> &str {
         let target = self.target();
         target.split_once('?').map_or(target, |(path, _)| path)
@@ -170,7 +201,7 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Ht
         _ => Version::Http11,
     };
     let method = span_of(win, req.method.unwrap_or("").as_bytes());
-    let target = span_of(win, req.path.unwrap_or("").as_bytes());
+    let mut target = span_of(win, req.path.unwrap_or("").as_bytes());
     let fields: HeaderSpans = req
         .headers
         .iter()
@@ -183,6 +214,24 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Ht
     if facts.hosts > 1 {
         return Err(malformed("more than one Host header field"));
     }
+    if facts.hosts == 0 && version == Version::Http11 {
+        return Err(malformed("HTTP/1.1 request without a Host header field"));
+    }
+    let (authority, root) = match absolute_form(target.get(win))? {
+        Some(abs) => {
+            let base = target.start;
+            target = Span {
+                start: base + abs.path_start,
+                end: target.end,
+            };
+            let authority = Span {
+                start: base + abs.authority.0,
+                end: base + abs.authority.1,
+            };
+            (authority, target.start == target.end)
+        }
+        None => (Span::default(), false),
+    };
     let framing = request_framing(&facts, version, limits)?;
     let keep_alive = match version {
         Version::Http11 => !facts.conn_close,
@@ -193,6 +242,8 @@ fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, Ht
         buf: Bytes::new(),
         method,
         target,
+        authority,
+        root,
         version,
         headers: fields,
         framing,
@@ -256,6 +307,55 @@ fn request_framing(
     }
 }
 
+/// Offsets (within the target) of an absolute-form target's parts.
+struct AbsoluteForm {
+    /// `start..end` of the authority.
+    authority: (u32, u32),
+    /// Where the origin-form part (`/path?query`) starts.
+    path_start: u32,
+}
+
+/// Recognises an absolute-form target (`scheme://authority[/path][?query]`).
+/// `Ok(None)` for every other form; a 400 for an absolute-form target this
+/// gateway will not convert (see the module doc).
+fn absolute_form(target: &[u8]) -> Result<Option<AbsoluteForm>, HttpError> {
+    let Some(sep) = memchr::memmem::find(target, b"://") else {
+        return Ok(None);
+    };
+    let scheme = &target[..sep];
+    // Origin-form starts with `/`; a `://` after it is part of the path.
+    if target.first() == Some(&b'/') || !scheme.iter().all(u8::is_ascii_alphabetic) {
+        return Ok(None);
+    }
+    if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
+        return Err(malformed(
+            "absolute-form target with a scheme other than http or https",
+        ));
+    }
+    let start = sep + 3;
+    let rest = &target[start..];
+    let len = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..len];
+    if authority.is_empty() {
+        return Err(malformed("absolute-form target without an authority"));
+    }
+    if authority.contains(&b'@') {
+        return Err(malformed("absolute-form target with userinfo"));
+    }
+    if rest.get(len).is_some_and(|&b| b != b'/') {
+        return Err(malformed("absolute-form target with a query but no path"));
+    }
+    // Targets are bounded by the head window (u32 offsets, see `parse::window`).
+    let to_u32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    Ok(Some(AbsoluteForm {
+        authority: (to_u32(start), to_u32(start + len)),
+        path_start: to_u32(start + len),
+    }))
+}
+
 fn malformed(message: &'static str) -> HttpError {
     HttpError::new(ErrorKind::Malformed, 400, message)
 }
@@ -310,10 +410,10 @@ mod tests {
 
     #[test]
     fn path_without_query() {
-        let h = head(b"POST /a HTTP/1.1\r\n\r\n");
+        let h = head(b"POST /a HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.path(), "/a");
         assert_eq!(h.query(), None);
-        let h = head(b"GET /a? HTTP/1.1\r\n\r\n");
+        let h = head(b"GET /a? HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.query(), Some(""));
     }
 
@@ -339,24 +439,24 @@ mod tests {
 
     #[test]
     fn many_headers_spill_to_the_heap_intact() {
-        let mut raw = b"GET / HTTP/1.1\r\n".to_vec();
+        let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
         for i in 0..40 {
             raw.extend_from_slice(format!("x-h{i}: v{i}\r\n").as_bytes());
         }
         raw.extend_from_slice(b"\r\n");
         let h = head(&raw);
-        assert_eq!(h.headers().count(), 40);
+        assert_eq!(h.headers().count(), 41);
         assert_eq!(h.header("x-h39"), Some(&b"v39"[..]));
     }
 
     #[test]
     fn head_is_zero_copy_view() {
-        let buf = Bytes::from_static(b"GET / HTTP/1.1\r\n\r\nrest");
+        let buf = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest");
         let (h, len) = parse_request_head(&buf, &Limits::default())
             .unwrap()
             .unwrap();
         assert_eq!(h.raw().as_ptr(), buf.as_ptr());
-        assert_eq!(len, 18);
+        assert_eq!(len, 27);
     }
 
     #[test]
@@ -370,41 +470,42 @@ mod tests {
     #[test]
     fn framing_decisions() {
         assert_eq!(
-            head(b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n").framing(),
+            head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n").framing(),
             Framing::Length(12)
         );
         assert_eq!(
-            head(b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").framing(),
+            head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").framing(),
             Framing::Length(0)
         );
         assert_eq!(
-            head(b"POST / HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n").framing(),
+            head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n")
+                .framing(),
             Framing::Length(7)
         );
         assert_eq!(
-            head(b"POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n").framing(),
+            head(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n").framing(),
             Framing::Chunked
         );
-        let e = err(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(
             (e.kind, e.status),
             (ErrorKind::ContentLengthAndTransferEncoding, 400)
         );
-        let e = err(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n");
         assert_eq!(
             (e.kind, e.status),
             (ErrorKind::UnsupportedTransferEncoding, 501)
         );
-        let e = err(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(
             (e.kind, e.status),
             (ErrorKind::UnsupportedTransferEncoding, 501)
         );
         let e = err(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!((e.kind, e.status), (ErrorKind::Malformed, 400));
-        let e = err(b"POST / HTTP/1.1\r\nContent-Length: 1, 2\r\n\r\n");
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\n");
         assert_eq!((e.kind, e.status), (ErrorKind::InvalidContentLength, 400));
-        let e = err(b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n");
+        let e = err(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n");
         assert_eq!((e.kind, e.status), (ErrorKind::Malformed, 400));
     }
 
@@ -414,9 +515,9 @@ mod tests {
             max_body_bytes: 10,
             ..Limits::default()
         };
-        let ok = Bytes::from_static(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n");
+        let ok = Bytes::from_static(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n");
         assert!(parse_request_head(&ok, &limits).unwrap().is_some());
-        let big = Bytes::from_static(b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n");
+        let big = Bytes::from_static(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n");
         let e = parse_request_head(&big, &limits).unwrap_err();
         assert_eq!(
             (e.kind, e.status, e.close),
@@ -426,10 +527,10 @@ mod tests {
 
     #[test]
     fn keep_alive_rules() {
-        assert!(head(b"GET / HTTP/1.1\r\n\r\n").keep_alive());
-        assert!(!head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive());
-        assert!(!head(b"GET / HTTP/1.1\r\nConnection: foo, Close\r\n\r\n").keep_alive());
-        assert!(head(b"GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n").keep_alive());
+        assert!(head(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").keep_alive());
+        assert!(!head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive());
+        assert!(!head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n").keep_alive());
+        assert!(head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n").keep_alive());
         assert!(!head(b"GET / HTTP/1.0\r\n\r\n").keep_alive());
         assert!(head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive());
         assert!(!head(b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n").keep_alive());
@@ -437,15 +538,17 @@ mod tests {
 
     #[test]
     fn expect_continue_only_for_http11() {
-        assert!(head(b"POST / HTTP/1.1\r\nExpect: 100-Continue\r\n\r\n").expect_continue());
+        assert!(
+            head(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\n\r\n").expect_continue()
+        );
         assert!(!head(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\n\r\n").expect_continue());
-        assert!(!head(b"POST / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n").expect_continue());
+        assert!(!head(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n").expect_continue());
     }
 
     #[test]
     fn hop_by_hop_includes_connection_tokens() {
         let h =
-            head(b"GET / HTTP/1.1\r\nConnection: X-Secret, close\r\nConnection: x-other\r\n\r\n");
+            head(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: X-Secret, close\r\nConnection: x-other\r\n\r\n");
         assert!(h.is_hop_by_hop("x-secret"));
         assert!(h.is_hop_by_hop("X-Other"));
         assert!(h.is_hop_by_hop("Keep-Alive"));
@@ -463,10 +566,10 @@ mod tests {
         let long = Bytes::from(format!("GET /{} HTTP/1.1\r\n", "a".repeat(80)));
         let e = parse_request_head(&long, &limits).unwrap_err();
         assert_eq!((e.kind, e.status), (ErrorKind::HeaderTooLarge, 431));
-        let three = Bytes::from_static(b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n\r\n");
+        let three = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\nb: 2\r\nc: 3\r\n\r\n");
         let e = parse_request_head(&three, &limits).unwrap_err();
         assert_eq!((e.kind, e.status), (ErrorKind::TooManyHeaders, 431));
-        let two = Bytes::from_static(b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\n\r\n");
+        let two = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: a\r\nb: 2\r\n\r\n");
         assert!(parse_request_head(&two, &limits).unwrap().is_some());
     }
 
@@ -476,8 +579,8 @@ mod tests {
             max_headers: 300,
             ..Limits::default()
         };
-        let mut raw = String::from("GET / HTTP/1.1\r\n");
-        for i in 0..250 {
+        let mut raw = String::from("GET / HTTP/1.1\r\nHost: a\r\n");
+        for i in 1..250 {
             raw.push_str(&format!("h{i}: v\r\n"));
         }
         raw.push_str("\r\n");
@@ -489,10 +592,50 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_host_rejected_missing_host_ok() {
-        assert!(parse(b"GET / HTTP/1.1\r\n\r\n").unwrap().is_some());
+    fn host_is_required_once_in_http11_optional_in_http10() {
+        let e = err(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            (e.kind, e.status, e.close),
+            (ErrorKind::Malformed, 400, true)
+        );
         let e = err(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
         assert_eq!((e.kind, e.status), (ErrorKind::Malformed, 400));
+        let e = err(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n");
+        assert_eq!((e.kind, e.status), (ErrorKind::Malformed, 400));
+        let h = head(b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(h.host(), None);
+        let e = err(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n");
+        assert_eq!(e.status, 400);
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form_and_its_authority_wins() {
+        let h = head(b"GET http://evil.example/x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(h.target(), "/x?y=1");
+        assert_eq!(h.path(), "/x");
+        assert_eq!(h.query(), Some("y=1"));
+        assert_eq!(h.authority(), Some("evil.example"));
+        assert_eq!(h.host(), Some(&b"evil.example"[..]));
+        assert_eq!(
+            h.header("host"),
+            Some(&b"a"[..]),
+            "the field is kept as sent"
+        );
+        let h = head(b"GET HTTPS://b.example:8443 HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!((h.target(), h.authority()), ("/", Some("b.example:8443")));
+        // Origin-form with `://` inside the path is not absolute-form.
+        let h = head(b"GET /p/http://x HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!((h.target(), h.authority()), ("/p/http://x", None));
+        assert_eq!(h.host(), Some(&b"a"[..]));
+        for bad in [
+            &b"GET ftp://x/y HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET http:///y HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://u:p@x/y HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET http://x?q HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let e = err(bad);
+            assert_eq!((e.kind, e.status), (ErrorKind::Malformed, 400), "{bad:?}");
+        }
     }
 
     #[test]
@@ -520,10 +663,10 @@ mod tests {
     #[test]
     fn every_error_closes() {
         for raw in [
-            &b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"[..],
+            &b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: x\r\n\r\n"[..],
             b"GET / HTTP/3\r\n\r\n",
             b"\x00\x01\x02\r\n\r\n",
-            b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n",
         ] {
             assert!(err(raw).close, "{raw:?}");
         }

@@ -14,7 +14,7 @@ use shardgate_http::{
 
 const VALID_REQUEST: &[u8] = b"POST /v1/chat/completions?stream=true HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: keep-alive, x-a\r\nX-Model-Type: llama\r\n\r\n{\"model\":\"llama\"}";
 const VALID_CHUNKED: &[u8] =
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n";
+    b"POST / HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n";
 const VALID_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n6\r\ndata: \r\n0\r\n\r\n";
 
 fn small_limits() -> Limits {
@@ -199,6 +199,8 @@ proptest! {
             .collect();
         let mut raw = Vec::new();
         raw.extend_from_slice(format!("{method} {path} HTTP/1.1\r\n").as_bytes());
+        // HTTP/1.1 requires Host (RFC 9112 §3.2).
+        write::header(&mut raw, "Host", b"h");
         for (n, v) in &fields {
             write::header(&mut raw, n, v.as_bytes());
         }
@@ -208,7 +210,9 @@ proptest! {
         prop_assert_eq!(h.method(), method.as_str());
         prop_assert_eq!(h.target(), path.as_str());
         let got: Vec<(String, Vec<u8>)> = h.headers().map(|(n, v)| (n.to_string(), v.to_vec())).collect();
-        let want: Vec<(String, Vec<u8>)> = fields.into_iter().map(|(n, v)| (n, v.into_bytes())).collect();
+        let want: Vec<(String, Vec<u8>)> = std::iter::once(("Host".to_string(), b"h".to_vec()))
+            .chain(fields.into_iter().map(|(n, v)| (n, v.into_bytes())))
+            .collect();
         prop_assert_eq!(got, want);
     }
 

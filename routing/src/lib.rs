@@ -29,7 +29,9 @@ pub mod scoring;
 pub mod table;
 pub mod telemetry;
 
-pub use config::{load_sources, Config, ConfigError, DocMeta, Resource};
+pub use config::{
+    load_sources, load_sources_with, Config, ConfigError, DocMeta, LoadLimits, Resource,
+};
 pub use duration::parse_duration;
 pub use model::{extract_model, extract_model_strict, ModelError};
 pub use table::{

@@ -5,7 +5,9 @@
 //! by a container seccomp profile), optionally pinned to one core with
 //! `core_affinity`. Every shard owns its own `SO_REUSEPORT` listener socket for each
 //! served port, so the kernel spreads connections across shards and a connection
-//! lives and dies on the core that accepted it. Nothing on the data path is shared
+//! lives and dies on the core that accepted it. Another process is refused the
+//! port (`EADDRINUSE`) unless it asks to share it ([`PortSharing`], see
+//! [`bind_reuseport`] for how and the one race left). Nothing on the data path is shared
 //! between shards except what [`Shutdown`] carries (one flag, read at most every
 //! [`Shutdown::POLL`], and the listening sockets it shuts when it fires) and the
 //! read-only snapshots the gateway publishes.
@@ -258,13 +260,49 @@ pub fn raise_nofile_limit() -> std::io::Result<u64> {
     Ok(want)
 }
 
+/// Who may share a served port with this process's shards (`SO_REUSEPORT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortSharing {
+    /// Only this process's shards: binding fails with `EADDRINUSE` when another
+    /// process already listens on the address (see [`bind_reuseport`]).
+    #[default]
+    ThisProcessOnly,
+    /// Any process of the same user may join (a zero-downtime binary upgrade:
+    /// the new binary starts on the port, the old one drains and exits).
+    WithOtherProcesses,
+}
+
 /// Bind `count` listening sockets on `addr` with `SO_REUSEPORT`, one per shard.
 ///
 /// The first socket binds `addr` as given (port 0 picks an ephemeral port); the
 /// others bind the port the first one got, so every shard listens on the same
 /// port. Binding happens on the calling thread so errors (address in use,
 /// permission) surface before any shard starts.
-pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<StdListener>> {
+///
+/// # Exclusivity ([`PortSharing::ThisProcessOnly`])
+///
+/// Linux lets any socket with `SO_REUSEPORT` of the same effective UID join a
+/// listening group, so a second gateway started by the same user on the same
+/// port would bind without error and take part of the traffic. To refuse that,
+/// a probe socket **without** `SO_REUSEPORT` (but with `SO_REUSEADDR`, so the
+/// `TIME_WAIT` connections a restarted gateway leaves do not count) first
+/// binds the address: the kernel refuses it (`EADDRINUSE`) while any other
+/// socket listens there, whatever its options and owner. Once it binds, the
+/// probe is closed and the group is bound and listening at once. The one
+/// window left is the few microseconds between the probe's close and the first
+/// group socket's `listen`: two gateways started in that same instant could
+/// both pass. Every later start is refused. (Keeping the probe bound would not
+/// close the window: a non-listening socket with `SO_REUSEADDR` blocks nobody,
+/// and a listening one blocks this process's own group too.) With port 0 the
+/// kernel picks a port nobody holds, so there is no probe.
+pub fn bind_reuseport(
+    addr: SocketAddr,
+    count: usize,
+    sharing: PortSharing,
+) -> std::io::Result<Vec<StdListener>> {
+    if sharing == PortSharing::ThisProcessOnly && addr.port() != 0 {
+        probe_exclusive(addr)?;
+    }
     let mut out = Vec::with_capacity(count);
     let mut bound = addr;
     for _ in 0..count.max(1) {
@@ -283,6 +321,23 @@ pub fn bind_reuseport(addr: SocketAddr, count: usize) -> std::io::Result<Vec<Std
         out.push(listener);
     }
     Ok(out)
+}
+
+/// Bind (and drop) a socket without `SO_REUSEPORT` on `addr`: `EADDRINUSE`
+/// when another socket listens there (see [`bind_reuseport`]).
+fn probe_exclusive(addr: SocketAddr) -> std::io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into()).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{e}: another process listens on {addr}"),
+            )
+        } else {
+            e
+        }
+    })
 }
 
 /// What a shard's main future gets to know about its place.
@@ -402,7 +457,12 @@ mod tests {
     #[test]
     fn trigger_shuts_registered_listeners_at_once() {
         let shutdown = Shutdown::new();
-        let listeners = bind_reuseport("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let listeners = bind_reuseport(
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+            PortSharing::ThisProcessOnly,
+        )
+        .unwrap();
         let addr = listeners[0].local_addr().unwrap();
         for l in &listeners {
             shutdown.close_on_trigger(l).unwrap();
@@ -418,7 +478,12 @@ mod tests {
         let r = std::io::Read::read(&mut &queued, &mut b);
         assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
         // A listener registered after the drain began is shut at once.
-        let late = bind_reuseport("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let late = bind_reuseport(
+            "127.0.0.1:0".parse().unwrap(),
+            1,
+            PortSharing::ThisProcessOnly,
+        )
+        .unwrap();
         let late_addr = late[0].local_addr().unwrap();
         shutdown.close_on_trigger(&late[0]).unwrap();
         assert!(std::net::TcpStream::connect(late_addr).is_err());
@@ -431,6 +496,28 @@ mod tests {
         assert!(soft <= hard);
         let now = raise_nofile_limit().unwrap();
         assert!(now >= soft && now <= hard.min(NOFILE_CEILING).max(soft));
+    }
+
+    #[test]
+    fn a_second_group_on_a_held_port_is_refused_unless_sharing_is_asked_for() -> std::io::Result<()>
+    {
+        let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+        let first = bind_reuseport(any, 3, PortSharing::ThisProcessOnly)?;
+        let addr = first[0].local_addr()?;
+        assert!(first.iter().all(|l| l.local_addr().ok() == Some(addr)));
+        // What a second gateway does: the probe finds the listeners.
+        let e = bind_reuseport(addr, 2, PortSharing::ThisProcessOnly)
+            .err()
+            .ok_or_else(|| std::io::Error::other("second group bound"))?;
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        // The upgrade path joins the group (same user), as the kernel allows.
+        let joined = bind_reuseport(addr, 1, PortSharing::WithOtherProcesses)?;
+        drop((first, joined));
+        // Once the listeners are gone, the port is free again.
+        let again = bind_reuseport(addr, 2, PortSharing::ThisProcessOnly)?;
+        assert_eq!(again.len(), 2);
+        Ok(())
     }
 
     #[test]

@@ -21,11 +21,15 @@
 //!   documents (parents, policies, `targetRefs`, `poolRef`s) are checked by
 //!   [`crate::RoutingTable::build`];
 //! - two documents with the same kind, namespace and name are an error;
-//! - YAML merge keys (`<<`) are applied.
+//! - YAML merge keys (`<<`) are applied;
+//! - before any parsing, the sources together must stay within
+//!   [`LoadLimits::max_bytes`] (64 MiB) and every document within
+//!   [`LoadLimits::max_depth`] (64 levels of nesting), see [`load_sources_with`].
 
 mod gateway_api;
 mod inference;
 mod k8s;
+mod limits;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -38,6 +42,7 @@ use serde::{Deserialize, Deserializer};
 pub use gateway_api::*;
 pub use inference::*;
 pub use k8s::*;
+pub use limits::{nesting_depth, LoadLimits};
 
 /// Kubernetes object metadata (the parts shardgate reads).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -397,9 +402,49 @@ impl std::error::Error for ConfigError {}
 /// first; a YAML syntax error stops the reading of that file (its message
 /// carries line and column) but other files are still read.
 pub fn load_sources(sources: &[(String, String)]) -> Result<Config, Vec<ConfigError>> {
+    load_sources_with(sources, &LoadLimits::default())
+}
+
+/// [`load_sources`] with explicit [`LoadLimits`]: sources whose total size
+/// exceeds `max_bytes` are refused whole (the error names the file that
+/// crossed the limit), and a file with a document nested deeper than
+/// `max_depth` is not parsed (the error names the file and the document).
+pub fn load_sources_with(
+    sources: &[(String, String)],
+    limits: &LoadLimits,
+) -> Result<Config, Vec<ConfigError>> {
     let mut config = Config::default();
     let mut errors = Vec::new();
+    let mut total = 0usize;
     for (file, text) in sources {
+        total = total.saturating_add(text.len());
+        if total > limits.max_bytes {
+            return Err(vec![ConfigError {
+                file: file.clone(),
+                doc_index: None,
+                doc: None,
+                field: String::new(),
+                message: format!(
+                    "configuration larger than the limit of {} bytes (--max-config-bytes)",
+                    limits.max_bytes
+                ),
+            }]);
+        }
+    }
+    for (file, text) in sources {
+        if let Some((index, depth)) = nesting_depth(text, limits.max_depth) {
+            errors.push(ConfigError {
+                file: file.clone(),
+                doc_index: Some(index),
+                doc: None,
+                field: String::new(),
+                message: format!(
+                    "nested deeper than the limit of {} levels (reached {depth}; --max-config-depth); the file was not parsed",
+                    limits.max_depth
+                ),
+            });
+            continue;
+        }
         for (index, document) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
             let mut value = match serde_yaml_ng::Value::deserialize(document) {
                 Ok(v) => v,

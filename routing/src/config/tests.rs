@@ -834,3 +834,52 @@ fn batching_policy_target_refs_are_typed() {
         "missing field `kind`",
     );
 }
+
+#[test]
+fn a_document_nested_too_deep_is_refused_before_parsing_naming_file_and_document() {
+    let ok = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n";
+    let deep = format!(
+        "{ok}---\nx: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let e = load_sources(&[("deep.yaml".into(), deep)]).unwrap_err();
+    assert_eq!(e.len(), 1, "{e:?}");
+    let text = e[0].to_string();
+    assert!(
+        text.starts_with("deep.yaml: document 1: nested deeper than the limit of 64 levels"),
+        "{text}"
+    );
+    assert!(text.contains("--max-config-depth"), "{text}");
+    // A tighter limit refuses what the default allows, and names the limit.
+    let limits = LoadLimits {
+        max_depth: 2,
+        ..LoadLimits::default()
+    };
+    let e = load_sources_with(&[("ok.yaml".into(), ok.into())], &limits).unwrap_err();
+    assert!(e[0].to_string().contains("limit of 2 levels"), "{}", e[0]);
+    assert!(load_sources(&[("ok.yaml".into(), ok.into())]).is_ok());
+}
+
+#[test]
+fn sources_over_the_size_limit_are_refused_naming_the_file() {
+    let doc = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec: {ports: [{port: 80}]}\n";
+    let limits = LoadLimits {
+        max_bytes: doc.len() + 10,
+        ..LoadLimits::default()
+    };
+    let sources = [
+        ("a.yaml".to_owned(), doc.to_owned()),
+        ("b.yaml".to_owned(), "# padding\n".repeat(2)),
+    ];
+    let e = load_sources_with(&sources, &limits).unwrap_err();
+    assert_eq!(e.len(), 1);
+    assert_eq!(
+        e[0].to_string(),
+        format!(
+            "b.yaml: configuration larger than the limit of {} bytes (--max-config-bytes)",
+            doc.len() + 10
+        )
+    );
+    assert!(load_sources_with(&sources[..1], &limits).is_ok());
+}

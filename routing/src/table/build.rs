@@ -12,7 +12,8 @@ use std::net::SocketAddr;
 
 use crate::config::{
     Config, ConfigError, DocMeta, EndpointSlice, FromNamespaces, Gateway, HttpRoute,
-    HttpRouteMatch, PathMatchType, Resource, Service, StringMatchType,
+    HttpRouteMatch, InferencePool, PathMatchType, Resource, Service, StringMatchType,
+    POOL_NAME_LABEL, SERVICE_NAME_LABEL,
 };
 
 use super::matcher::{
@@ -57,6 +58,12 @@ pub(super) fn effective_hosts(
     out
 }
 
+#[cfg(test)]
+thread_local! {
+    /// The [`Builder::work`] of this thread's last build (tests only).
+    pub(super) static LAST_WORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 /// Whether a listener protocol carries HTTPRoutes.
 fn carries_http_routes(protocol: &str) -> bool {
     protocol.eq_ignore_ascii_case("HTTP") || protocol.eq_ignore_ascii_case("HTTPS")
@@ -87,9 +94,19 @@ pub(super) struct Builder<'c, 'r> {
     /// (kind, namespace, name, port) → endpoint indices.
     pub(super) backend_cache: HashMap<(String, String, String, Option<u16>), Vec<usize>>,
     pub(super) slices: Vec<(&'c DocMeta, &'c EndpointSlice)>,
-    pub(super) services: Vec<(&'c DocMeta, &'c Service)>,
+    /// (namespace, label, label value) → indices into `slices`, for the
+    /// `kubernetes.io/service-name` and pool-name labels: a backendRef finds
+    /// its slices without scanning them all.
+    pub(super) slices_by_label: HashMap<(&'c str, &'static str, &'c str), Vec<usize>>,
+    /// (namespace, name) → Service.
+    pub(super) services: HashMap<(&'c str, &'c str), &'c Service>,
+    /// (namespace, name) → InferencePool.
+    pub(super) pools: HashMap<(&'c str, &'c str), &'c InferencePool>,
     /// `namespace/name` of every InferencePool some backendRef names.
     pub(super) referenced_pools: HashSet<String>,
+    /// Steps of endpoint resolution (slices and endpoints visited): what the
+    /// scaling test counts to prove resolution linear.
+    pub(super) work: u64,
 }
 
 impl<'c, 'r> Builder<'c, 'r> {
@@ -99,11 +116,33 @@ impl<'c, 'r> Builder<'c, 'r> {
         resolve: &'r mut dyn FnMut(&str, u16) -> Vec<SocketAddr>,
     ) -> Self {
         let mut slices = Vec::new();
-        let mut services = Vec::new();
+        let mut slices_by_label: HashMap<_, Vec<usize>> = HashMap::new();
+        let mut services = HashMap::new();
+        let mut pools = HashMap::new();
         for (m, r) in &config.docs {
             match r {
-                Resource::EndpointSlice(s) => slices.push((m, s)),
-                Resource::Service(s) => services.push((m, s)),
+                Resource::EndpointSlice(s) => {
+                    for label in [SERVICE_NAME_LABEL, POOL_NAME_LABEL] {
+                        if let Some(v) = s.metadata.labels.get(label) {
+                            slices_by_label
+                                .entry((m.namespace.as_str(), label, v.as_str()))
+                                .or_default()
+                                .push(slices.len());
+                        }
+                    }
+                    slices.push((m, s));
+                }
+                Resource::Service(s) => {
+                    // The first of duplicates wins (duplicates are a load error).
+                    services
+                        .entry((m.namespace.as_str(), m.name.as_str()))
+                        .or_insert(s);
+                }
+                Resource::InferencePool(p) => {
+                    pools
+                        .entry((m.namespace.as_str(), m.name.as_str()))
+                        .or_insert(p);
+                }
                 _ => {}
             }
         }
@@ -121,8 +160,11 @@ impl<'c, 'r> Builder<'c, 'r> {
             endpoint_index: HashMap::new(),
             backend_cache: HashMap::new(),
             slices,
+            slices_by_label,
             services,
+            pools,
             referenced_pools: HashSet::new(),
+            work: 0,
         }
     }
 
@@ -255,6 +297,8 @@ impl<'c, 'r> Builder<'c, 'r> {
             }
         }
 
+        #[cfg(test)]
+        LAST_WORK.with(|w| w.set(self.work));
         if !self.errors.is_empty() {
             return Err(self.errors);
         }

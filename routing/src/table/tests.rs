@@ -1573,3 +1573,52 @@ fn seed_rules_have_ids_and_no_defaults() {
 
 mod model;
 mod warnings;
+
+/// A config of `services` Services, each with `slices` EndpointSlices of 100
+/// ready endpoints, all named by one route's backendRefs.
+fn scaled(services: usize, slices: usize) -> String {
+    let mut y = String::from(GW);
+    let refs: String = (0..services)
+        .map(|s| format!("    - name: svc{s}\n      port: 8000\n"))
+        .collect();
+    y.push_str(&route("r", &format!("  rules:\n  - backendRefs:\n{refs}")));
+    for s in 0..services {
+        for k in 0..slices {
+            y.push_str(&format!(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc{s}-{k}\n  labels:\n    kubernetes.io/service-name: svc{s}\naddressType: IPv4\nports:\n- port: 8000\nendpoints:\n"
+            ));
+            for e in 0..100 {
+                let n = (s * slices + k) * 100 + e;
+                y.push_str(&format!(
+                    "- addresses: [\"10.{}.{}.{}\"]\n",
+                    n >> 16,
+                    (n >> 8) & 255,
+                    n & 255
+                ));
+            }
+        }
+    }
+    y
+}
+
+/// Endpoint resolution is linear: four times the endpoints (as four times
+/// the Services, or four times the slices of each) costs four times the
+/// steps, not sixteen. Counts steps, not time (timings live in
+/// `bench/results/config-scale.md`).
+#[test]
+fn endpoint_resolution_work_is_linear_in_the_endpoints() {
+    let work = |services, slices| {
+        let t = build(&scaled(services, slices));
+        assert_eq!(t.endpoints().len(), services * slices * 100);
+        super::build::LAST_WORK.with(std::cell::Cell::get)
+    };
+    let base = work(5, 2);
+    assert!(base >= 1_000, "{base}");
+    for (services, slices) in [(20, 2), (5, 8)] {
+        let w = work(services, slices);
+        assert!(
+            w <= base * 4 + base / 4,
+            "{services}×{slices}: {w} steps vs {base} for a quarter"
+        );
+    }
+}
