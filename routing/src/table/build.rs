@@ -240,6 +240,13 @@ impl<'c, 'r> Builder<'c, 'r> {
             &gateways,
             (&rule_base, &rule_ids),
         );
+        self.apply_security_policies(
+            &mut routes,
+            &http_routes,
+            &route_listeners,
+            &gateways,
+            (&rule_base, &rule_ids),
+        );
         for list in &mut entries {
             list.sort_by_key(|e| {
                 let m = &routes[e.route].rules[e.rule].matches[e.matcher];
@@ -291,6 +298,14 @@ impl<'c, 'r> Builder<'c, 'r> {
                 _ => None,
             })
             .collect();
+        let security = config
+            .docs
+            .iter()
+            .filter_map(|(m, r)| match r {
+                Resource::SecurityPolicy(p) => Some((m.key(), p.clone())),
+                _ => None,
+            })
+            .collect();
         for (meta, r) in &config.docs {
             if let Resource::GrpcRoute(_) = r {
                 self.warn(Warning::GrpcRouteNotEnforced { doc: meta.label() });
@@ -319,6 +334,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             inference_config,
             policies,
             batching,
+            security,
             rule_ids,
             rule_base,
             priorities,
@@ -558,6 +574,7 @@ impl<'c, 'r> Builder<'c, 'r> {
                 backend_ports: backends.ports,
                 policy: links.policy,
                 batching: links.batching,
+                security: None,
                 own_batching_ref: links.own_batching_ref,
                 batching_default: None,
                 action: links.action,

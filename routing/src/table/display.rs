@@ -113,6 +113,9 @@ impl fmt::Display for RoutingTable {
                         write!(f, " (default via {t})")?;
                     }
                 }
+                if let Some((sp, via)) = &rule.security {
+                    write!(f, " security={sp} (via {via})")?;
+                }
                 if let RuleAction::FilterNotFound { filter } = &rule.action {
                     write!(f, " → 500 (filter {filter} not found)")?;
                 }

@@ -295,6 +295,7 @@ impl RoutingTable {
                     backends: &rule.backends,
                     policy: rule.policy.as_deref(),
                     batching: rule.batching.as_deref(),
+                    security: rule.security.as_ref().map(|(k, _)| k.as_str()),
                     action: &rule.action,
                     request_timeout: rule.request_timeout,
                     rule_id: self.rule_base[e.route] + e.rule,

@@ -20,6 +20,7 @@
 //! [`RouteMatch::model`]). `timeouts.request: 0s` means no timeout (`None`),
 //! as the spec says.
 
+use crate::config::SecurityPolicy;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -116,6 +117,10 @@ pub struct RouteMatch<'a> {
     /// `namespace/name` of the linked BatchingPolicy (see
     /// [`RoutingTable::batching_policy`]).
     pub batching: Option<&'a str>,
+    /// `namespace/name` of the SecurityPolicy that applies (its `targetRef`
+    /// names the rule's HTTPRoute, or a Gateway or listener it is attached to;
+    /// the most specific wins; see [`RoutingTable::security_policy`]).
+    pub security: Option<&'a str>,
     /// Forward, or answer 500.
     pub action: &'a RuleAction,
     /// `timeouts.request` of the rule (`0s` reads as `None`).
@@ -145,6 +150,8 @@ struct CompiledRule {
     /// `Kind namespace/name[/section]` of the target that made `batching` this
     /// rule's default (None: linked by ExtensionRef, or no policy).
     batching_default: Option<String>,
+    /// The SecurityPolicy that applies, and the target it came through.
+    security: Option<(String, String)>,
     action: RuleAction,
     request_timeout: Option<Duration>,
     backend_request_timeout: Option<Duration>,
@@ -191,6 +198,8 @@ pub struct RuleSummary<'a> {
     /// When `batching` is a default (`targetRefs`): `Kind namespace/name` of
     /// the target it came through.
     pub batching_default: Option<&'a str>,
+    /// The SecurityPolicy that applies.
+    pub security: Option<&'a str>,
     /// Dense rule id (see [`RoutingTable::rule`]).
     pub id: usize,
     /// `namespace/name` of its InferencePool backendRefs.
@@ -217,6 +226,7 @@ pub struct RoutingTable {
     inference_config: Option<InferenceConfig>,
     policies: Vec<(String, InferencePolicy)>,
     batching: Vec<(String, BatchingPolicy)>,
+    security: Vec<(String, SecurityPolicy)>,
     /// Rule id → (route index, rule index).
     rule_ids: Vec<(usize, usize)>,
     /// Per route: the id of its first rule.
@@ -299,6 +309,7 @@ impl RoutingTable {
             policy: rule.policy.as_deref(),
             batching: rule.batching.as_deref(),
             batching_default: rule.batching_default.as_deref(),
+            security: rule.security.as_ref().map(|(k, _)| k.as_str()),
             id,
             pools: &rule.pools,
         })

@@ -22,6 +22,7 @@
 //! - The `InferenceConfig` is the one a Gateway's GatewayClass
 //!   `parametersRef` links, else the only one present.
 
+use crate::config::SecurityPolicy;
 use std::collections::{HashMap, HashSet};
 
 use crate::config::{
@@ -106,6 +107,11 @@ impl RoutingTable {
     /// or by bare name when that is unambiguous.
     pub fn batching_policy(&self, name: &str) -> Option<&BatchingPolicy> {
         lookup(&self.batching, name)
+    }
+
+    /// The SecurityPolicy `namespace/name`.
+    pub fn security_policy(&self, name: &str) -> Option<&SecurityPolicy> {
+        lookup(&self.security, name)
     }
 }
 
@@ -385,6 +391,7 @@ impl Builder<'_, '_> {
                     route_listeners,
                     gateways,
                     rule_base,
+                    false,
                 ) else {
                     continue;
                 };
@@ -438,6 +445,79 @@ impl Builder<'_, '_> {
         }
     }
 
+    /// Attaches every SecurityPolicy to the rules its `targetRef` reaches: a
+    /// Gateway (every rule attached to it), one of its listeners
+    /// (`sectionName`), an HTTPRoute (every rule), or one of its rules. The
+    /// most specific target wins; two different policies at the same level for
+    /// one rule are an error.
+    pub(super) fn apply_security_policies(
+        &mut self,
+        routes: &mut [CompiledRoute],
+        route_docs: &[(&DocMeta, &HttpRoute)],
+        route_listeners: &[Vec<usize>],
+        gateways: &[(&DocMeta, &Gateway, usize)],
+        (rule_base, rule_ids): (&[usize], &[(usize, usize)]),
+    ) {
+        let config = self.config;
+        let mut picks: Vec<Option<DefaultPick>> = (0..rule_ids.len()).map(|_| None).collect();
+        for (pmeta, r) in &config.docs {
+            let Resource::SecurityPolicy(sp) = r else {
+                continue;
+            };
+            let Some(t) = &sp.spec.target_ref else {
+                continue;
+            };
+            let policy = pmeta.key();
+            let base = "spec.targetRef";
+            let any_namespace = sp.metadata.namespace.is_none() && t.namespace.is_none();
+            let Some((rank, via, ids)) = self.default_target(
+                pmeta,
+                base,
+                t,
+                routes,
+                route_docs,
+                route_listeners,
+                gateways,
+                rule_base,
+                any_namespace,
+            ) else {
+                continue;
+            };
+            for id in ids {
+                let Some(&(ri, i)) = rule_ids.get(id) else {
+                    continue;
+                };
+                match &picks[id] {
+                    Some(p) if p.rank > rank || (p.rank == rank && p.policy == policy) => {}
+                    Some(p) if p.rank == rank => {
+                        self.errors.push(ConfigError::at(
+                            pmeta,
+                            base,
+                            format!(
+                                "{via}: rule {i} of HTTPRoute {} already has SecurityPolicy {} (through {}); two SecurityPolicies at the same level for one rule",
+                                routes[ri].key, p.policy, p.via
+                            ),
+                        ));
+                        break;
+                    }
+                    _ => {
+                        picks[id] = Some(DefaultPick {
+                            rank,
+                            policy: policy.clone(),
+                            via: via.clone(),
+                        })
+                    }
+                }
+            }
+        }
+        for (id, pick) in picks.into_iter().enumerate() {
+            let (Some(p), Some(&(ri, i))) = (pick, rule_ids.get(id)) else {
+                continue;
+            };
+            routes[ri].rules[i].security = Some((p.policy, p.via));
+        }
+    }
+
     /// One `targetRef`'s (rank, description, rule ids); `None` after an error.
     #[allow(clippy::too_many_arguments)]
     fn default_target(
@@ -450,8 +530,12 @@ impl Builder<'_, '_> {
         route_listeners: &[Vec<usize>],
         gateways: &[(&DocMeta, &Gateway, usize)],
         rule_base: &[usize],
+        any_namespace: bool,
     ) -> Option<(u8, String, Vec<usize>)> {
         let ns = t.namespace.as_deref().unwrap_or(&pmeta.namespace);
+        // A policy written without a namespace, naming its target without one,
+        // matches a target of that name in any namespace (as the seed's do).
+        let in_ns = |m: &DocMeta| (any_namespace || m.namespace == ns) && m.name == t.name;
         let mut fail = |field: &str, message: String| {
             self.errors
                 .push(ConfigError::at(pmeta, format!("{base}.{field}"), message));
@@ -459,54 +543,61 @@ impl Builder<'_, '_> {
         };
         match t.kind.as_str() {
             "HTTPRoute" => {
-                let Some(ri) = route_docs
-                    .iter()
-                    .position(|(m, _)| m.namespace == ns && m.name == t.name)
-                else {
+                let Some(ri) = route_docs.iter().position(|(m, _)| in_ns(m)) else {
                     return fail("name", format!("HTTPRoute {ns}/{} not found", t.name));
                 };
                 let all = rule_base[ri]..rule_base[ri] + routes[ri].rules.len();
                 match &t.section_name {
-                    None => Some((2, format!("HTTPRoute {ns}/{}", t.name), all.collect())),
+                    None => Some((
+                        2,
+                        format!("HTTPRoute {}/{}", route_docs[ri].0.namespace, t.name),
+                        all.collect(),
+                    )),
                     Some(sec) => {
                         let rules = &route_docs[ri].1.spec.rules;
                         match rules.iter().position(|r| r.name.as_deref() == Some(sec)) {
                             Some(i) => Some((
                                 3,
-                                format!("HTTPRoute {ns}/{} rule {sec}", t.name),
+                                format!(
+                                    "HTTPRoute {}/{} rule {sec}",
+                                    route_docs[ri].0.namespace, t.name
+                                ),
                                 vec![rule_base[ri] + i],
                             )),
                             None => fail(
                                 "sectionName",
-                                format!("HTTPRoute {ns}/{} has no rule named {sec:?}", t.name),
+                                format!(
+                                    "HTTPRoute {}/{} has no rule named {sec:?}",
+                                    route_docs[ri].0.namespace, t.name
+                                ),
                             ),
                         }
                     }
                 }
             }
             "Gateway" => {
-                let Some(&(_, g, first)) = gateways
-                    .iter()
-                    .find(|(m, _, _)| m.namespace == ns && m.name == t.name)
-                else {
+                let Some(&(gm, g, first)) = gateways.iter().find(|(m, _, _)| in_ns(m)) else {
                     return fail("name", format!("Gateway {ns}/{} not found", t.name));
                 };
                 let (rank, via, wanted) = match &t.section_name {
                     None => (
                         0,
-                        format!("Gateway {ns}/{}", t.name),
+                        format!("Gateway {}/{}", gm.namespace, t.name),
                         (first..first + g.spec.listeners.len()).collect::<Vec<_>>(),
                     ),
                     Some(sec) => match g.spec.listeners.iter().position(|l| l.name == *sec) {
                         Some(li) => (
                             1,
-                            format!("Gateway {ns}/{} listener {sec}", t.name),
+                            format!("Gateway {}/{} listener {sec}", gm.namespace, t.name),
                             vec![first + li],
                         ),
                         None => {
                             return fail(
                                 "sectionName",
-                                format!("Gateway {ns}/{} has no listener named {sec:?}", t.name),
+                                format!(
+                                    "Gateway {}/{} has no listener named {sec:?}",
+                                    gm.namespace, t.name
+                                ),
                             )
                         }
                     },

@@ -251,7 +251,7 @@ fn seed_builds_with_expected_warnings() {
         "{shown}"
     );
     assert!(shown.contains(
-        "PathPrefix / + header x-model-type=gpt-large → ai-workloads/gpt-large-service:8080 (w 100) [no endpoints] → 500 (filter InferencePolicy gpu-required not found)"
+        "PathPrefix / + header x-model-type=gpt-large → ai-workloads/gpt-large-service:8080 (w 100) [no endpoints] security=default/ai-security (via Gateway ai-workloads/llm-gateway) → 500 (filter InferencePolicy gpu-required not found)"
     ), "{shown}");
     assert!(
         shown.contains("inference-grpc GRPC :50051 (not served)\n  (no routes)"),
@@ -1572,6 +1572,7 @@ fn seed_rules_have_ids_and_no_defaults() {
 }
 
 mod model;
+mod security;
 mod warnings;
 
 /// A config of `services` Services, each with `slices` EndpointSlices of 100
