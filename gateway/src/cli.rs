@@ -178,6 +178,10 @@ pub struct LimitArgs {
     /// counts it. Like nginx's `send_timeout`.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub send_timeout: Duration,
+    /// Time allowed for a client's TLS handshake on an `HTTPS` listener; past it
+    /// the connection closes.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub tls_handshake_timeout: Duration,
     /// Upstream connect timeout (the endpoint is then ejected and another tried).
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub connect_timeout: Duration,

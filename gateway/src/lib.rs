@@ -69,6 +69,7 @@ pub mod server;
 pub mod shard;
 pub mod state;
 pub mod throttle;
+pub mod tls;
 pub mod upstream;
 
 use std::collections::BTreeMap;
@@ -210,12 +211,12 @@ pub fn start(
         if l.served {
             ports.entry(l.port).or_default().push(i);
         } else {
-            tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP/1.1 listeners only)");
+            tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP and HTTPS listeners only)");
         }
     }
     if ports.is_empty() {
         return Err(vec![
-            "no Gateway listener with protocol HTTP: nothing to serve".to_string(),
+            "no Gateway listener with protocol HTTP or HTTPS: nothing to serve".to_string(),
         ]);
     }
     if let Some(p) = run.listen_port {
@@ -228,11 +229,11 @@ pub fn start(
             ports.entry(p).or_default().extend(ls);
         }
     }
-    let mut per_shard: Vec<Vec<(Vec<usize>, std::net::TcpListener)>> =
-        (0..shards).map(|_| Vec::new()).collect();
+    let mut per_shard: Vec<Vec<server::PortSocket>> = (0..shards).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for (port, listeners) in &ports {
         let addr = SocketAddr::new(run.bind, *port);
+        let tls = tls::port_config(loaded.table.listeners(), listeners).map_err(|e| vec![e])?;
         let sharing = if run.reuse_port_with_other_processes {
             shardgate_runtime::PortSharing::WithOtherProcesses
         } else {
@@ -256,7 +257,11 @@ pub fn start(
                 .map_err(|e| vec![format!("cannot prepare {addr} for the drain: {e}")])?;
         }
         for (shard, sock) in sockets.into_iter().enumerate() {
-            per_shard[shard].push((listeners.clone(), sock));
+            per_shard[shard].push(server::PortSocket {
+                listeners: listeners.clone(),
+                tls: tls.clone(),
+                socket: sock,
+            });
         }
     }
 

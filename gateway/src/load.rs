@@ -101,6 +101,7 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         client_idle_timeout: limits.client_idle_timeout,
         max_buffered_body_bytes: limits.max_buffered_body_bytes,
         send_timeout: limits.send_timeout,
+        tls_handshake_timeout: limits.tls_handshake_timeout,
         connect_timeout: limits.connect_timeout,
         response_timeout: limits
             .response_timeout

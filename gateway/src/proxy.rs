@@ -40,16 +40,14 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use monoio::buf::IoBuf;
-use monoio::io::{CancelableAsyncWriteRent, Canceller};
-use monoio::net::TcpStream;
+use monoio::io::Canceller;
 use monoio::time::Instant;
 use shardgate_http::{
     split_request_head, write, BodyDecoder, Framing, RequestHead, ResponseHead, Version,
 };
 use shardgate_routing::scoring::{PickRequest, Scorer};
 use shardgate_routing::MODEL_HEADER;
-use shardgate_runtime::io::{read_into, read_into_cancelable, READ_CHUNK};
+use shardgate_runtime::io::READ_CHUNK;
 
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::bodymem::{BodyGrant, Refusal};
@@ -58,6 +56,7 @@ use crate::metrics::{RequestRecord, UsageScanner};
 use crate::plan::{plan, Plan, RequestInfo, Target};
 use crate::shard::{ConnGauge, InFlight, Shard};
 use crate::state::GatewayState;
+use crate::tls::ClientStream;
 use crate::upstream::{
     read_watched, send_and_read_head, write_request, ExchangeLimits, Forwarded, UpstreamConn,
     Watched, INLINE_BODY,
@@ -67,8 +66,8 @@ use crate::upstream::{
 pub const MODEL_HEADER_NAME: &str = MODEL_HEADER;
 
 /// A connection's I/O state, moved into each request's future and back.
-struct ConnIo {
-    client: ClientConn,
+struct ConnIo<S> {
+    client: ClientConn<S>,
     /// Read buffer: empty with no capacity while the connection is idle.
     rbuf: BytesMut,
     /// Response buffer, from the shard's pool for one request.
@@ -76,8 +75,9 @@ struct ConnIo {
 }
 
 /// The client socket, with the send timeout and how a write to it failed.
-struct ClientConn {
-    sock: TcpStream,
+struct ClientConn<S> {
+    /// The plain socket or the TLS stream over it.
+    sock: S,
     /// Longest a single write may block (`--send-timeout`).
     send_timeout: Duration,
     /// Set when a write failed; nothing more is written and the connection closes.
@@ -125,14 +125,14 @@ impl Delivery {
 /// Serve one client connection until it closes, errs, idles out, is told to
 /// close while idle (to make room, see [`crate::conns`]) or the gateway drains.
 /// `open` counts it as open (taken by the accept loop, so the cap sees it at once).
-pub async fn serve_connection(
+pub(crate) async fn serve_connection<S: ClientStream>(
     shard: Rc<Shard>,
-    client: TcpStream,
+    client: S,
     peer: SocketAddr,
     listeners: Rc<[usize]>,
     open: ConnGauge,
 ) {
-    let _ = client.set_nodelay(true);
+    let _ = client.tcp().set_nodelay(true);
     let _open = open;
     // Idle connections hold no buffers: the read buffer comes from the shard's pool
     // when bytes arrive and goes back when the connection idles; the write buffer
@@ -150,6 +150,11 @@ pub async fn serve_connection(
     // The request future (several KiB) is boxed, so an idle connection's task stays
     // small, and the box is reused from one request to the next, so a busy
     // keep-alive connection allocates it once; it is freed when the connection idles.
+    if io.client.sock.buffered() {
+        // Bytes came with the end of a TLS handshake: read them at once (no
+        // readiness would announce them).
+        io.rbuf = shard.take_read_buf();
+    }
     let mut slot = None;
     loop {
         let head = match read_head(&shard, &mut io, &mut slot).await {
@@ -170,6 +175,9 @@ pub async fn serve_connection(
         }
     }
     shard.give_read_buf(std::mem::take(&mut io.rbuf));
+    if io.client.failed.is_none() {
+        io.client.sock.finish().await;
+    }
 }
 
 /// Put `fut` in `slot`'s box, reusing the allocation when there is one (the future
@@ -194,9 +202,9 @@ pub const HOT_WAIT: Duration = Duration::from_millis(50);
 
 /// Read until a complete request head is buffered. `Ok(None)`: the client closed
 /// or idled out between requests (nothing to answer).
-async fn read_head<F>(
+async fn read_head<F, S: ClientStream>(
     shard: &Shard,
-    io: &mut ConnIo,
+    io: &mut ConnIo<S>,
     slot: &mut Option<F>,
 ) -> Result<Option<RequestHead>, Failure> {
     let settings = &shard.state.settings;
@@ -222,7 +230,7 @@ async fn read_head<F>(
             if rbuf.capacity() > 0 {
                 // Hot: read straight into the buffer, for a while.
                 let hot = HOT_WAIT.min(idle_left);
-                let read = read_into_cancelable(client, std::mem::take(rbuf), cancel.handle());
+                let read = client.read_into_cancelable(std::mem::take(rbuf), cancel.handle());
                 let mut read = std::pin::pin!(read);
                 let (res, b) = monoio::select! {
                     r = &mut read => r,
@@ -251,7 +259,7 @@ async fn read_head<F>(
             // connections: the first to close when room is needed.
             let idle = shard.conns.idle.enter();
             let ready = monoio::select! {
-                r = monoio::time::timeout(idle_left, client.readable(false)) => matches!(r, Ok(Ok(()))),
+                r = monoio::time::timeout(idle_left, client.tcp().readable(false)) => matches!(r, Ok(Ok(()))),
                 _ = idle.closed() => {
                     shard.metrics.borrow_mut().connections_closed_idle += 1;
                     false
@@ -272,7 +280,7 @@ async fn read_head<F>(
             },
         };
         let buf = std::mem::take(rbuf);
-        match monoio::time::timeout(wait, read_into(client, buf)).await {
+        match monoio::time::timeout(wait, client.read_into(buf)).await {
             Ok((Ok(0), b)) => {
                 *rbuf = b;
                 return Ok(None);
@@ -290,9 +298,9 @@ async fn read_head<F>(
 /// before it is reserved: a `Content-Length` body in full before any of it is
 /// read (and before `100 Continue`), a chunked one as its buffer grows. The grant
 /// must live as long as the body.
-async fn read_body<'s>(
+async fn read_body<'s, S: ClientStream>(
     shard: &'s Shard,
-    client: &mut ClientConn,
+    client: &mut ClientConn<S>,
     rbuf: &mut BytesMut,
     head: &RequestHead,
     out: &mut Vec<u8>,
@@ -329,7 +337,7 @@ async fn read_body<'s>(
         while rbuf.len() < n {
             let wait = deadline.saturating_duration_since(Instant::now());
             let buf = std::mem::take(rbuf);
-            match monoio::time::timeout(wait, read_into(client, buf)).await {
+            match monoio::time::timeout(wait, client.read_into(buf)).await {
                 Ok((Ok(k), b)) if k > 0 => *rbuf = b,
                 Ok(_) => return Err(Failure::bad_request_closed()),
                 Err(_) => return Err(Failure::request_timeout()),
@@ -371,7 +379,7 @@ async fn read_body<'s>(
         }
         let wait = deadline.saturating_duration_since(Instant::now());
         let buf = std::mem::take(rbuf);
-        match monoio::time::timeout(wait, read_into(client, buf)).await {
+        match monoio::time::timeout(wait, client.read_into(buf)).await {
             Ok((Ok(n), b)) if n > 0 => *rbuf = b,
             Ok(_) => return Err(Failure::bad_request_closed()),
             Err(_) => return Err(Failure::request_timeout()),
@@ -409,13 +417,13 @@ fn body_too_large() -> shardgate_http::HttpError {
 
 /// Handle one request and record its metrics; returns whether the connection may
 /// serve another, and the connection's I/O state.
-async fn handle_request(
+async fn handle_request<S: ClientStream>(
     shard: Rc<Shard>,
-    mut io: ConnIo,
+    mut io: ConnIo<S>,
     head: RequestHead,
     peer: SocketAddr,
     listeners: Rc<[usize]>,
-) -> (bool, ConnIo) {
+) -> (bool, ConnIo<S>) {
     let shard = &shard;
     let (client, rbuf, out) = (&mut io.client, &mut io.rbuf, &mut io.out);
     let state = shard.state.clone();
@@ -579,10 +587,10 @@ struct Req<'a> {
 /// Plan the request ([`crate::plan::plan`]), then carry the plan out: answer,
 /// admit, batch or forward.
 #[allow(clippy::too_many_arguments)]
-async fn execute<'s>(
+async fn execute<'s, S: ClientStream>(
     shard: &Rc<Shard>,
     state: &'s GatewayState,
-    client: &mut ClientConn,
+    client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
     req: &Req<'s>,
     listeners: &[usize],
@@ -678,9 +686,9 @@ async fn execute<'s>(
 /// Forward the request to one endpoint of its route, as the attempt machine
 /// directs, and stream the answer back.
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+async fn forward<S: ClientStream>(
     shard: &Rc<Shard>,
-    client: &mut ClientConn,
+    client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
     req: &Req<'_>,
     model: Option<&str>,
@@ -752,7 +760,7 @@ async fn forward(
         loop {
             let conn = shard.upstream_conn(ep, attempts.may_use_pool()).await;
             let result = match conn {
-                Ok(c) => send_and_read_head(c, reqbuf, tail, Some(&client.sock), &lim).await,
+                Ok(c) => send_and_read_head(c, reqbuf, tail, Some(client.sock.tcp()), &lim).await,
                 Err(e) => Err(e),
             };
             let (outcome, answer) = match result {
@@ -820,9 +828,9 @@ impl Drop for PooledBuf<'_> {
 
 /// Copy the response head to the client and stream the body, chunk by chunk.
 #[allow(clippy::too_many_arguments)]
-async fn stream_response(
+async fn stream_response<S: ClientStream>(
     shard: &Shard,
-    client: &mut ClientConn,
+    client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
     req: &Req<'_>,
     request_id: &[u8],
@@ -943,7 +951,7 @@ async fn stream_response(
             timing.flushed(sse, rq);
         }
         let until = deadline.min(Instant::now() + settings.stream_idle_timeout);
-        match read_watched(Some(&client.sock), &mut conn, until, &mut watch).await {
+        match read_watched(Some(client.sock.tcp()), &mut conn, until, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;
                 if dec.on_eof().is_ok() {
@@ -1012,10 +1020,10 @@ impl MidStream {
     /// outcome `aborted_upstream`), send what is buffered and, for SSE, an error
     /// event `data: {"error":{…,"code":"aborted_mid_stream"}}` and the end of the
     /// chunked body; the caller then closes the connection.
-    async fn abort(
+    async fn abort<S: ClientStream>(
         &self,
         shard: &Shard,
-        client: &mut ClientConn,
+        client: &mut ClientConn<S>,
         out: &mut Vec<u8>,
         rq: &mut RequestState<'_>,
         what: &str,
@@ -1078,7 +1086,10 @@ impl StreamTiming {
 /// Write `out` to the client and clear it. Each single write may block at most
 /// `--send-timeout`; past it the write is cancelled. After a failure the client
 /// is marked failed, nothing more is written, and the connection closes.
-async fn flush(client: &mut ClientConn, out: &mut Vec<u8>) -> Result<(), ClientAbort> {
+async fn flush<S: ClientStream>(
+    client: &mut ClientConn<S>,
+    out: &mut Vec<u8>,
+) -> Result<(), ClientAbort> {
     if out.is_empty() {
         return Ok(());
     }
@@ -1090,9 +1101,7 @@ async fn flush(client: &mut ClientConn, out: &mut Vec<u8>) -> Result<(), ClientA
     let mut done = 0;
     let mut failed = None;
     while done < buf.len() {
-        let write = client
-            .sock
-            .cancelable_write(buf.slice(done..), client.cancel.handle());
+        let write = client.sock.write_from(buf, done, client.cancel.handle());
         let mut write = std::pin::pin!(write);
         let mut timed_out = false;
         let (res, slice) = monoio::select! {
@@ -1105,7 +1114,7 @@ async fn flush(client: &mut ClientConn, out: &mut Vec<u8>) -> Result<(), ClientA
                 write.await
             }
         };
-        buf = slice.into_inner();
+        buf = slice;
         match res {
             Ok(n) if n > 0 => done += n,
             _ if timed_out => {
@@ -1130,8 +1139,8 @@ async fn flush(client: &mut ClientConn, out: &mut Vec<u8>) -> Result<(), ClientA
 }
 
 /// Answer a JSON body with `status`.
-async fn respond_json(
-    client: &mut ClientConn,
+async fn respond_json<S: ClientStream>(
+    client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
     status: u16,
     body: &[u8],
@@ -1158,8 +1167,8 @@ async fn respond_json(
 }
 
 /// Answer an OpenAI-style error.
-async fn respond_failure(
-    client: &mut ClientConn,
+async fn respond_failure<S: ClientStream>(
+    client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
     f: &Failure,
     rid: Option<&[u8]>,

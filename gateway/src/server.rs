@@ -12,6 +12,10 @@
 //! accept errors pause the same way, except a client's own abort. Its warnings
 //! are rate-limited to one line a second per shard, with the count held back.
 //!
+//! A port whose listeners are `HTTPS` completes a TLS handshake first
+//! ([`crate::tls`], within `--tls-handshake-timeout`) and then serves the
+//! connection exactly as a plain one.
+//!
 //! Drain: the listening sockets are shut by [`Shutdown::trigger`] on the signal
 //! thread (new connections refused, backlogs reset at once); the accept loops
 //! wake on the shut socket and end.
@@ -32,13 +36,16 @@ use crate::proxy::serve_connection;
 use crate::shard::{ConnGauge, Shard};
 use crate::state::GatewayState;
 
-/// One served port: the listener indices of the routing table on it, and one
-/// pre-bound socket per shard.
-pub struct PortSockets {
+/// One served port on one shard: the listener indices of the routing table on
+/// it, its TLS configuration when its listeners are `HTTPS`, and the shard's
+/// pre-bound socket.
+pub struct PortSocket {
     /// Routing-table listener indices sharing this port.
     pub listeners: Vec<usize>,
-    /// One socket per shard (index = shard id).
-    pub sockets: Vec<StdListener>,
+    /// The port's rustls configuration (`HTTPS` listeners), shared by shards.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// This shard's socket.
+    pub socket: StdListener,
 }
 
 /// A shard's main future: accept on every port until drain, then wait for in-flight
@@ -50,7 +57,7 @@ pub async fn shard_main(
     hub: Arc<MetricsHub>,
     access_log: Option<AccessLog>,
     control: Arc<ControlShared>,
-    sockets: Vec<(Vec<usize>, StdListener)>,
+    sockets: Vec<PortSocket>,
 ) {
     let shard = Shard::new(
         info.id,
@@ -69,8 +76,13 @@ pub async fn shard_main(
         monoio::spawn(crate::batch::driver(shard.clone(), pb.clone()));
     }
     tracing::debug!(shard = info.id, driver = info.driver.name(), core = ?info.core, "shard started");
-    for (listeners, std_listener) in sockets {
-        let listener = match TcpListener::from_std(std_listener) {
+    for PortSocket {
+        listeners,
+        tls,
+        socket,
+    } in sockets
+    {
+        let listener = match TcpListener::from_std(socket) {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(shard = info.id, error = %e, "cannot register listener");
@@ -78,7 +90,7 @@ pub async fn shard_main(
             }
         };
         let listeners: Rc<[usize]> = listeners.into();
-        monoio::spawn(accept_loop(shard.clone(), listener, listeners));
+        monoio::spawn(accept_loop(shard.clone(), listener, listeners, tls));
     }
     shutdown.wait().await;
     let deadline = Instant::now() + shard.state.settings.drain_timeout;
@@ -133,7 +145,12 @@ fn transient(e: &std::io::Error) -> bool {
     ) || e.raw_os_error() == Some(libc::EPROTO)
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, listeners: Rc<[usize]>) {
+async fn accept_loop(
+    shard: Rc<Shard>,
+    listener: TcpListener,
+    listeners: Rc<[usize]>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let mut backoff = Backoff::default();
     let mut accept_log = LogLimiter::default();
     let mut cap_log = LogLimiter::default();
@@ -171,13 +188,27 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, listeners: Rc<[usi
                     continue;
                 }
                 let open = ConnGauge::new(&shard);
-                monoio::spawn(serve_connection(
-                    shard.clone(),
-                    stream,
-                    peer,
-                    listeners.clone(),
-                    open,
-                ));
+                match &tls {
+                    None => {
+                        monoio::spawn(serve_connection(
+                            shard.clone(),
+                            stream,
+                            peer,
+                            listeners.clone(),
+                            open,
+                        ));
+                    }
+                    Some(config) => {
+                        monoio::spawn(serve_tls(
+                            shard.clone(),
+                            stream,
+                            peer,
+                            listeners.clone(),
+                            open,
+                            config.clone(),
+                        ));
+                    }
+                }
             }
             Err(_) if shard.shutdown.is_draining() => return,
             Err(e) if transient(&e) => {
@@ -205,6 +236,26 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, listeners: Rc<[usi
                 }
                 monoio::time::sleep(pause).await;
             }
+        }
+    }
+}
+
+/// Complete a TLS handshake (within `--tls-handshake-timeout`), then serve the
+/// connection like a plain one. A failed handshake closes the connection.
+async fn serve_tls(
+    shard: Rc<Shard>,
+    stream: monoio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    listeners: Rc<[usize]>,
+    open: ConnGauge,
+    config: Arc<rustls::ServerConfig>,
+) {
+    let _ = stream.set_nodelay(true);
+    let timeout = shard.state.settings.tls_handshake_timeout;
+    match crate::tls::accept(stream, config, timeout).await {
+        Ok(tls) => serve_connection(shard, tls, peer, listeners, open).await,
+        Err(e) => {
+            tracing::debug!(shard = shard.id, %peer, reason = e.reason(), error = ?e, "TLS handshake failed");
         }
     }
 }

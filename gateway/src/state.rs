@@ -21,6 +21,8 @@ pub struct Settings {
     pub max_buffered_body_bytes: u64,
     /// Longest a single write to a client may block (`--send-timeout`).
     pub send_timeout: Duration,
+    /// Longest a client's TLS handshake may take (`--tls-handshake-timeout`).
+    pub tls_handshake_timeout: Duration,
     /// Keep-alive idle limit for client connections.
     pub client_idle_timeout: Duration,
     /// Upstream connect timeout.

@@ -36,5 +36,5 @@ pub use duration::parse_duration;
 pub use model::{extract_model, extract_model_strict, ModelError};
 pub use table::{
     BackendGroup, EndpointInfo, ListenerInfo, RequestView, RouteMatch, RoutingTable, RuleAction,
-    RuleSummary, Warning, MODEL_HEADER, MODEL_TYPE_HEADER,
+    RuleSummary, TlsCertificate, Warning, MODEL_HEADER, MODEL_TYPE_HEADER,
 };

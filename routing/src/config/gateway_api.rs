@@ -88,7 +88,7 @@ pub struct Listener {
     /// Listener name, unique within the Gateway (the `sectionName` routes use).
     pub name: String,
     /// `HTTP`, `HTTPS`, `TLS`, `TCP`, `UDP` or an implementation-specific
-    /// protocol such as the seed's `GRPC`. Only `HTTP` is served for now.
+    /// protocol such as the seed's `GRPC`. `HTTP` and `HTTPS` are served.
     pub protocol: String,
     /// Port, 1..=65535.
     #[serde(deserialize_with = "de_port")]
@@ -99,9 +99,42 @@ pub struct Listener {
     /// Which routes may attach (default: HTTPRoutes from the same namespace).
     #[serde(default)]
     pub allowed_routes: Option<AllowedRoutes>,
-    /// TLS settings (accepted, not enforced yet).
+    /// TLS settings: the certificates an `HTTPS` listener terminates with.
     #[serde(default)]
-    pub tls: Option<serde_json::Value>,
+    pub tls: Option<ListenerTls>,
+}
+
+/// `Gateway.spec.listeners[].tls`.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// `Terminate` (the default, the only mode served) or `Passthrough`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// The certificates, in order: `Secret`s of type `kubernetes.io/tls`. The
+    /// first is the listener's default.
+    #[serde(default, deserialize_with = "nullable")]
+    pub certificate_refs: Vec<SecretObjectRef>,
+    /// Implementation-specific options (accepted, not acted on).
+    #[serde(default)]
+    pub options: Option<serde_json::Value>,
+}
+
+/// A reference to a `Secret` (`tls.certificateRefs[]`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretObjectRef {
+    /// API group: `""` (core) or absent.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Kind: `Secret` or absent.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// The Secret's name.
+    pub name: String,
+    /// Its namespace; absent means the Gateway's.
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 /// `Gateway.spec.listeners[].allowedRoutes`.

@@ -107,6 +107,51 @@ pub struct EndpointPort {
     pub app_protocol: Option<String>,
 }
 
+/// `v1 Secret`: the certificates of `HTTPS` listeners (type
+/// `kubernetes.io/tls`, keys `tls.crt` and `tls.key`). `data` values are
+/// base64, `stringData` values plain text; both are PEM.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    /// Object metadata.
+    pub metadata: ObjectMeta,
+    /// `type`, e.g. `kubernetes.io/tls` or `Opaque`.
+    #[serde(default, rename = "type")]
+    pub secret_type: Option<String>,
+    /// Base64-encoded values.
+    #[serde(default, deserialize_with = "nullable")]
+    pub data: BTreeMap<String, String>,
+    /// Plain-text values (win over `data` for the same key, as in Kubernetes).
+    #[serde(default, deserialize_with = "nullable")]
+    pub string_data: BTreeMap<String, String>,
+    /// `immutable` (accepted, not acted on).
+    #[serde(default)]
+    pub immutable: Option<bool>,
+}
+
+/// The `type` of a TLS Secret.
+pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
+
+impl Secret {
+    /// The value of `key`: from `stringData` as written, else `data` decoded
+    /// from base64 (whitespace ignored). `Ok(None)`: the key is absent; `Err`:
+    /// the field path and what is wrong with it.
+    pub fn value(&self, key: &str) -> Result<Option<Vec<u8>>, (String, String)> {
+        use base64::Engine as _;
+        if let Some(v) = self.string_data.get(key) {
+            return Ok(Some(v.as_bytes().to_vec()));
+        }
+        let Some(v) = self.data.get(key) else {
+            return Ok(None);
+        };
+        let compact: String = v.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(compact.as_bytes())
+            .map(Some)
+            .map_err(|e| (format!("data.{key}"), format!("not valid base64: {e}")))
+    }
+}
+
 /// `v1 Service`: only the ports matter (mapping `port` → `targetPort`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]

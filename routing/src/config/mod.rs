@@ -111,6 +111,8 @@ pub enum Resource {
     EndpointSlice(EndpointSlice),
     /// `v1` `Service`.
     Service(Service),
+    /// `v1` `Secret` (the certificates of `HTTPS` listeners).
+    Secret(Secret),
     /// `ai.gateway.io/v1alpha1` `InferenceConfig`.
     InferenceConfig(InferenceConfig),
     /// `ai.gateway.io/v1alpha1` `InferencePolicy`.
@@ -139,6 +141,7 @@ impl Resource {
             Resource::GrpcRoute(r) => &r.metadata,
             Resource::EndpointSlice(r) => &r.metadata,
             Resource::Service(r) => &r.metadata,
+            Resource::Secret(r) => &r.metadata,
             Resource::InferenceConfig(r) => &r.metadata,
             Resource::InferencePolicy(r) => &r.metadata,
             Resource::BatchingPolicy(r) => &r.metadata,
@@ -219,6 +222,13 @@ const KINDS: &[KindSpec] = &[
         cluster_scoped: false,
         enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::Service),
+    },
+    KindSpec {
+        kind: "Secret",
+        api_versions: &["v1"],
+        cluster_scoped: false,
+        enforced: ENFORCED,
+        parse: |v, u| typed(v, u).map(Resource::Secret),
     },
     KindSpec {
         kind: "InferencePool",

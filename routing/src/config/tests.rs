@@ -883,3 +883,44 @@ fn sources_over_the_size_limit_are_refused_naming_the_file() {
     );
     assert!(load_sources_with(&sources[..1], &limits).is_ok());
 }
+
+#[test]
+fn tls_secrets_and_https_listeners_are_checked_naming_the_field() {
+    let secret = |body: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: s, namespace: n}}\ntype: kubernetes.io/tls\n{body}")
+    };
+    // stringData wins over data; data is base64 (whitespace ignored).
+    let c = load(&secret(
+        "data: {tls.crt: 'Y2Vy\n dA==', tls.key: a2V5}\nstringData: {tls.key: plain}\n",
+    ))
+    .unwrap();
+    let Resource::Secret(s) = &c.docs[0].1 else {
+        panic!("not a Secret")
+    };
+    assert_eq!(s.value("tls.crt").unwrap().as_deref(), Some(&b"cert"[..]));
+    assert_eq!(s.value("tls.key").unwrap().as_deref(), Some(&b"plain"[..]));
+    assert_eq!(s.value("other").unwrap(), None);
+
+    let e = load_err(&secret("data: {tls.crt: '!!notbase64', tls.key: a2V5}\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].field, "data.tls.crt");
+    assert!(e[0].message.contains("base64"), "{}", e[0]);
+    let e = load_err(&secret("stringData: {tls.crt: x}\n"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0].field, "data.tls.key");
+
+    let gw = |tls: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: g}}\nspec:\n  gatewayClassName: c\n  listeners:\n  - {{name: h, protocol: HTTPS, port: 443{tls}}}\n")
+    };
+    let e = load_err(&gw(""));
+    assert_eq!(e[0].field, "spec.listeners[0].tls");
+    let e = load_err(&gw(
+        ", tls: {mode: Passthrough, certificateRefs: [{name: s}]}",
+    ));
+    assert_eq!(e[0].field, "spec.listeners[0].tls.mode");
+    let e = load_err(&gw(
+        ", tls: {certificateRefs: [{kind: ConfigMap, name: s}]}",
+    ));
+    assert_eq!(e[0].field, "spec.listeners[0].tls.certificateRefs[0]");
+    assert!(load(&gw(", tls: {certificateRefs: [{name: s}]}")).is_ok());
+}

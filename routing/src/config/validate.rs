@@ -39,6 +39,7 @@ pub(crate) fn validate(resource: &Resource) -> Problems {
         Resource::SecurityPolicy(s) => security_policy(s, &mut p),
         Resource::InferenceObjective(o) => pool_ref(&o.spec.pool_ref, &mut p),
         Resource::InferenceModel(m) => inference_model(m, &mut p),
+        Resource::Secret(s) => secret(s, &mut p),
         Resource::GatewayClass(_)
         | Resource::Service(_)
         | Resource::ServiceMonitor(_)
@@ -75,6 +76,65 @@ fn gateway(g: &Gateway, p: &mut Problems) {
         }
         if let Some(h) = &l.hostname {
             hostname(h, format!("spec.listeners[{i}].hostname"), p);
+        }
+        if l.protocol == "HTTPS" {
+            listener_tls(l.tls.as_ref(), i, p);
+        }
+    }
+}
+
+/// An `HTTPS` listener terminates TLS with at least one certificate from a
+/// `Secret`.
+fn listener_tls(tls: Option<&ListenerTls>, i: usize, p: &mut Problems) {
+    let Some(tls) = tls else {
+        p.push((
+            format!("spec.listeners[{i}].tls"),
+            "an HTTPS listener needs tls.certificateRefs".into(),
+        ));
+        return;
+    };
+    if let Some(mode) = tls.mode.as_deref().filter(|m| *m != "Terminate") {
+        p.push((
+            format!("spec.listeners[{i}].tls.mode"),
+            format!("{mode:?} is not supported on an HTTPS listener (only Terminate)"),
+        ));
+    }
+    if tls.certificate_refs.is_empty() {
+        p.push((
+            format!("spec.listeners[{i}].tls.certificateRefs"),
+            "an HTTPS listener needs at least one certificate".into(),
+        ));
+    }
+    for (j, r) in tls.certificate_refs.iter().enumerate() {
+        let kind_ok = r.kind.as_deref().is_none_or(|k| k == "Secret");
+        let group_ok = r.group.as_deref().is_none_or(str::is_empty);
+        if !kind_ok || !group_ok {
+            p.push((
+                format!("spec.listeners[{i}].tls.certificateRefs[{j}]"),
+                "only core Secrets are supported (group \"\", kind Secret)".into(),
+            ));
+        }
+    }
+}
+
+/// A `kubernetes.io/tls` Secret has `tls.crt` and `tls.key`, and every `data`
+/// value is base64.
+fn secret(s: &Secret, p: &mut Problems) {
+    for key in s.data.keys() {
+        if let Err(e) = s.value(key) {
+            if !s.string_data.contains_key(key) {
+                p.push(e);
+            }
+        }
+    }
+    if s.secret_type.as_deref() == Some(SECRET_TYPE_TLS) {
+        for key in ["tls.crt", "tls.key"] {
+            if matches!(s.value(key), Ok(None)) {
+                p.push((
+                    format!("data.{key}"),
+                    format!("a {SECRET_TYPE_TLS} Secret needs {key}"),
+                ));
+            }
         }
     }
 }

@@ -21,7 +21,8 @@ use super::matcher::{
 };
 use super::models::{header_models, pinned_model, rule_models};
 use super::{
-    CompiledRoute, CompiledRule, EndpointInfo, Entry, ListenerInfo, RoutingTable, Warning,
+    CompiledRoute, CompiledRule, EndpointInfo, Entry, ListenerInfo, RoutingTable, TlsCertificate,
+    Warning,
 };
 
 /// Hostnames a route serves on a listener: the intersection of both; empty
@@ -366,7 +367,12 @@ impl<'c, 'r> Builder<'c, 'r> {
             gateways.push((meta, g, listeners.len()));
             for (li, l) in g.spec.listeners.iter().enumerate() {
                 let idx = listeners.len();
-                let served = l.protocol == "HTTP";
+                let served = l.protocol == "HTTP" || l.protocol == "HTTPS";
+                let tls = if l.protocol == "HTTPS" {
+                    self.listener_certificates(meta, li, l)
+                } else {
+                    Vec::new()
+                };
                 let host = l.hostname.as_deref().map(HostPattern::parse);
                 let group = match by_port.get(&l.port) {
                     Some(&gi) => {
@@ -422,6 +428,8 @@ impl<'c, 'r> Builder<'c, 'r> {
                     port: l.port,
                     protocol: l.protocol.clone(),
                     served,
+                    hostname: l.hostname.clone(),
+                    tls,
                 });
                 listener_hosts.push(host);
             }
@@ -433,6 +441,60 @@ impl<'c, 'r> Builder<'c, 'r> {
             port_groups,
             listener_group,
         }
+    }
+
+    /// An `HTTPS` listener's certificates, resolved from its `certificateRefs`
+    /// (a Secret of type `kubernetes.io/tls` in the config, in the Gateway's
+    /// namespace unless the ref names one); each unresolved ref is an error.
+    fn listener_certificates(
+        &mut self,
+        meta: &DocMeta,
+        li: usize,
+        l: &crate::config::Listener,
+    ) -> Vec<TlsCertificate> {
+        let config = self.config;
+        let mut certs = Vec::new();
+        let refs = l.tls.as_ref().map(|t| t.certificate_refs.as_slice());
+        for (j, r) in refs.unwrap_or_default().iter().enumerate() {
+            let field = format!("spec.listeners[{li}].tls.certificateRefs[{j}]");
+            let ns = r.namespace.as_deref().unwrap_or(&meta.namespace);
+            let found = config.docs.iter().find_map(|(m, res)| match res {
+                Resource::Secret(s) if m.name == r.name && m.namespace == ns => Some((m, s)),
+                _ => None,
+            });
+            let Some((sm, secret)) = found else {
+                self.errors.push(ConfigError::at(
+                    meta,
+                    field,
+                    format!("Secret {ns}/{} is not in the config", r.name),
+                ));
+                continue;
+            };
+            if secret.secret_type.as_deref() != Some(crate::config::SECRET_TYPE_TLS) {
+                self.errors.push(ConfigError::at(
+                    meta,
+                    field,
+                    format!(
+                        "Secret {ns}/{} has type {:?}, not {}",
+                        r.name,
+                        secret.secret_type.as_deref().unwrap_or(""),
+                        crate::config::SECRET_TYPE_TLS
+                    ),
+                ));
+                continue;
+            }
+            // Per-document validation has reported missing keys and bad base64.
+            if let (Ok(Some(cert_pem)), Ok(Some(key_pem))) =
+                (secret.value("tls.crt"), secret.value("tls.key"))
+            {
+                certs.push(TlsCertificate {
+                    origin: format!("{}: document {} ({})", sm.file, sm.index, sm.label()),
+                    cert_pem,
+                    key_pem,
+                });
+            }
+        }
+        certs
     }
 
     /// The listeners (indices) HTTPRoute `meta` attaches to through its

@@ -64,8 +64,34 @@ pub struct ListenerInfo {
     pub port: u16,
     /// Protocol as written (`HTTP`, `HTTPS`, `GRPC`, …).
     pub protocol: String,
-    /// Whether shardgate serves it (only `HTTP` for now).
+    /// Whether shardgate serves it (`HTTP` and `HTTPS`).
     pub served: bool,
+    /// The listener's hostname as written (SNI selects among the `HTTPS`
+    /// listeners of one port by it).
+    pub hostname: Option<String>,
+    /// An `HTTPS` listener's certificates, in `certificateRefs` order (the
+    /// first is its default); empty for other protocols.
+    pub tls: Vec<TlsCertificate>,
+}
+
+/// One certificate of an `HTTPS` listener, from a `kubernetes.io/tls` Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsCertificate {
+    /// Where it came from, for messages: `file: document i (Secret ns/name)`.
+    pub origin: String,
+    /// `tls.crt`: the PEM certificate chain, leaf first.
+    pub cert_pem: Vec<u8>,
+    /// `tls.key`: the PEM private key.
+    pub key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for TlsCertificate {
+    /// Never shows the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsCertificate")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One upstream endpoint.

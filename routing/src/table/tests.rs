@@ -174,7 +174,9 @@ fn seed_builds_with_expected_warnings() {
             name: "inference-http".into(),
             port: 8080,
             protocol: "HTTP".into(),
-            served: true
+            served: true,
+            hostname: None,
+            tls: Vec::new(),
         }
     );
     assert!(!t.listeners()[1].served);
@@ -744,11 +746,13 @@ fn cross_reference_errors() {
     );
 
     let clash = format!(
-        "{GW}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw2\nspec:\n  gatewayClassName: c\n  listeners:\n  - name: ok\n    protocol: HTTP\n    port: 81\n  - name: tls\n    protocol: HTTPS\n    port: 80\n"
+        "{GW}---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw2\nspec:\n  gatewayClassName: c\n  listeners:\n  - name: ok\n    protocol: HTTP\n    port: 81\n  - name: tls\n    protocol: HTTPS\n    port: 80\n    tls: {{certificateRefs: [{{name: missing}}]}}\n"
     );
-    let errs = build_err(&clash);
+    let mut errs = build_err(&clash);
+    // The HTTPS listener's Secret is missing too.
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    errs.retain(|e| e.field == "spec.listeners[1].protocol");
     assert_eq!(errs.len(), 1);
-    assert_eq!(errs[0].field, "spec.listeners[1].protocol");
     assert!(
         errs[0].message.contains(
             "port 80 is used by listener default/gw/http with protocol HTTP and here with HTTPS"

@@ -32,7 +32,7 @@ pub enum Warning {
         /// The port.
         port: u16,
     },
-    /// A listener whose protocol is not served (only `HTTP` is).
+    /// A listener whose protocol is not served (only `HTTP` and `HTTPS` are).
     ListenerNotServed {
         /// The Gateway.
         doc: String,
@@ -261,7 +261,7 @@ impl fmt::Display for Warning {
                 port,
             } => write!(
                 f,
-                "{doc}: listener {listener} ({protocol} :{port}) is accepted but not served yet (only HTTP is)"
+                "{doc}: listener {listener} ({protocol} :{port}) is accepted but not served yet (only HTTP and HTTPS are)"
             ),
             SelectorTreatedAsAll { doc, listener } => write!(
                 f,

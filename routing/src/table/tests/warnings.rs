@@ -30,7 +30,7 @@ fn every_variant_displays_its_sentence() {
                 protocol: s("GRPC"),
                 port: 50051,
             },
-            "Gateway ns/gw: listener g (GRPC :50051) is accepted but not served yet (only HTTP is)",
+            "Gateway ns/gw: listener g (GRPC :50051) is accepted but not served yet (only HTTP and HTTPS are)",
         ),
         (
             Warning::SelectorTreatedAsAll { doc: s("Gateway ns/gw"), listener: s("sel") },

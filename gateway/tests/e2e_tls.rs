@@ -1,0 +1,341 @@
+//! End-to-end tests of TLS termination: `HTTPS` listeners with certificates
+//! from `kubernetes.io/tls` Secrets (made here with rcgen, signed by a test
+//! CA), checked with a rustls client: completions and SSE streaming over
+//! TLS, SNI choosing between two certificates (and the default for an unknown
+//! name), plaintext on the TLS port, a stalled handshake, garbage.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+
+/// A test CA and two leaf certificates signed by it.
+struct Pki {
+    ca_der: CertificateDer<'static>,
+    /// `(cert PEM, key PEM, cert DER)` for `a.example.test` (also valid for
+    /// `c.example.test`) and for `b.example.test`.
+    a: (String, String, Vec<u8>),
+    b: (String, String, Vec<u8>),
+}
+
+fn pki() -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let leaf = |names: &[&str]| {
+        let key = KeyPair::generate().unwrap();
+        let p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    };
+    Pki {
+        ca_der: ca.der().clone(),
+        a: leaf(&["a.example.test", "c.example.test"]),
+        b: leaf(&["b.example.test"]),
+    }
+}
+
+/// Two HTTPS listeners on one port (hostnames a. and b.example.test; Secret
+/// `a` written with base64 `data`, `b` with `stringData`), one route to `sim`.
+fn tls_config(pki: &Pki, sim: SocketAddr) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: default\nspec:\n  gatewayClassName: shardgate\n  listeners:\n  - name: a\n    protocol: HTTPS\n    port: 8443\n    hostname: a.example.test\n    tls:\n      mode: Terminate\n      certificateRefs: [{{kind: Secret, name: a}}]\n  - name: b\n    protocol: HTTPS\n    port: 8443\n    hostname: b.example.test\n    tls:\n      certificateRefs: [{{name: b}}]\n\
+---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: a\n  namespace: default\ntype: kubernetes.io/tls\ndata:\n  tls.crt: {}\n  tls.key: {}\n\
+---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: b\n  namespace: default\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}\
+---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw\n  rules:\n  - backendRefs:\n    - name: svc\n      port: 8000\n\
+---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-0\n  namespace: default\n  labels:\n    kubernetes.io/service-name: svc\naddressType: IPv4\nports:\n- port: {}\nendpoints:\n- addresses: [\"{}\"]\n",
+        b64(&pki.a.0),
+        b64(&pki.a.1),
+        indent(&pki.b.0),
+        indent(&pki.b.1),
+        sim.port(),
+        sim.ip()
+    )
+}
+
+type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+fn client_config(pki: &Pki) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+fn connect(cfg: &Arc<rustls::ClientConfig>, addr: SocketAddr, sni: &str) -> Tls {
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock).unwrap();
+    }
+    s
+}
+
+/// Send a POST and read one response: `(status, head, body)` (a chunked body
+/// is returned raw, up to its last chunk).
+fn post(s: &mut Tls, path: &str, body: &str) -> (u16, String, String) {
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: a.example.test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s.flush().unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed before the head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let status: u16 = head[9..12].parse().unwrap();
+    let lower = head.to_ascii_lowercase();
+    let done = |b: &[u8]| -> bool {
+        if let Some(cl) = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+        {
+            b.len() >= cl
+        } else {
+            b.ends_with(b"0\r\n\r\n")
+        }
+    };
+    while !done(&buf[head_end..]) {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+    (status, head, body)
+}
+
+fn peer_cert(s: &Tls) -> Vec<u8> {
+    s.conn.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[test]
+fn https_listener_serves_completions_and_streams_with_sni() {
+    let pki = pki();
+    let backend = sim(&["model-a"], |_| {});
+    let gw = Gateway::start(&tls_config(&pki, backend.addr()), &[]);
+    let cfg = client_config(&pki);
+
+    // SNI a: certificate a, ALPN http/1.1, two requests on one connection.
+    let mut s = connect(&cfg, gw.addr, "a.example.test");
+    assert_eq!(peer_cert(&s), pki.a.2);
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (status, _, body) = post(&mut s, "/v1/chat/completions", &chat("model-a", false, 3));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"model\":\"model-a\""), "{body}");
+    // SSE streaming over TLS, on the same connection.
+    let (status, head, body) = post(&mut s, "/v1/chat/completions", &chat("model-a", true, 4));
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        head.to_ascii_lowercase().contains("text/event-stream"),
+        "{head}"
+    );
+    assert!(body.matches("data: {").count() >= 4, "{body}");
+    assert!(body.contains("data: [DONE]"), "{body}");
+
+    // SNI b: certificate b.
+    let mut s = connect(&cfg, gw.addr, "b.example.test");
+    assert_eq!(peer_cert(&s), pki.b.2);
+    let (status, _, _) = post(
+        &mut s,
+        "/v1/completions",
+        r#"{"model":"model-a","prompt":"hi","max_tokens":2}"#,
+    );
+    assert_eq!(status, 200);
+
+    // An unknown SNI gets the port's default (its first listener's first
+    // certificate), which here is also valid for that name.
+    let s = connect(&cfg, gw.addr, "c.example.test");
+    assert_eq!(peer_cert(&s), pki.a.2);
+
+    // A resumed session (TLS 1.3 ticket) works too.
+    let mut s = connect(&cfg, gw.addr, "a.example.test");
+    let (status, _, _) = post(&mut s, "/v1/chat/completions", &chat("model-a", false, 1));
+    assert_eq!(status, 200);
+    assert_eq!(
+        s.conn.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+}
+
+/// Read until the gateway closes (or 10 s); what it sent and how long it took.
+fn read_until_closed(mut sock: TcpStream) -> (Vec<u8>, Duration) {
+    let t = Instant::now();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        match sock.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => panic!("not closed in 10 s"),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => panic!("not closed in 10 s"),
+            Err(_) => break,
+        }
+    }
+    (got, t.elapsed())
+}
+
+#[test]
+fn bad_clients_on_the_tls_port_get_clean_outcomes() {
+    let pki = pki();
+    let backend = sim(&["model-a"], |_| {});
+    let mut gw = Gateway::start(
+        &tls_config(&pki, backend.addr()),
+        &["--tls-handshake-timeout", "300ms"],
+    );
+
+    // Plaintext HTTP: a 400 that says so, then close.
+    let mut sock = TcpStream::connect(gw.addr).unwrap();
+    sock.write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (got, _) = read_until_closed(sock);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 400 "), "{text}");
+    assert!(text.contains("tls_required"), "{text}");
+
+    // A stalled handshake (nothing, or half a ClientHello) is closed after the timeout.
+    let sock = TcpStream::connect(gw.addr).unwrap();
+    let (got, took) = read_until_closed(sock);
+    assert!(got.is_empty());
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    let mut sock = TcpStream::connect(gw.addr).unwrap();
+    sock.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+    let (_, took) = read_until_closed(sock);
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+
+    // Garbage that claims to be TLS: an alert, then close.
+    let mut sock = TcpStream::connect(gw.addr).unwrap();
+    let mut junk = vec![0x16, 0x03, 0x03, 0x00, 0x20];
+    junk.extend((0..32u8).map(|i| i.wrapping_mul(37)));
+    sock.write_all(&junk).unwrap();
+    let (got, _) = read_until_closed(sock);
+    assert!(
+        got.first().is_none_or(|b| *b == 0x15),
+        "an alert or nothing: {got:?}"
+    );
+
+    // The gateway still serves.
+    let cfg = client_config(&pki);
+    let mut s = connect(&cfg, gw.addr, "a.example.test");
+    let (status, _, _) = post(&mut s, "/v1/chat/completions", &chat("model-a", false, 1));
+    assert_eq!(status, 200);
+    assert!(gw.exited().is_none());
+}
+
+#[test]
+fn a_missing_secret_or_a_bad_certificate_refuses_to_start() {
+    let pki = pki();
+    let good = tls_config(&pki, "127.0.0.1:9".parse().unwrap());
+    // The listener names a Secret that is not there.
+    let missing = good.replacen("name: b}", "name: nope}", 1);
+    let out = check(&missing);
+    assert!(
+        out.contains("spec.listeners[1].tls.certificateRefs[0]")
+            && out.contains("Secret default/nope is not in the config"),
+        "{out}"
+    );
+    // A key that does not match the certificate.
+    let swapped = good.replacen(
+        &indent_key(&pki.b.1),
+        &indent_key(&KeyPair::generate().unwrap().serialize_pem()),
+        1,
+    );
+    let out = serve_error(&swapped);
+    assert!(out.contains("Secret default/b"), "{out}");
+}
+
+fn indent_key(pem: &str) -> String {
+    pem.lines().map(|l| format!("    {l}\n")).collect()
+}
+
+/// `shardgate check` on `yaml`: its output (it must fail).
+fn check(yaml: &str) -> String {
+    let dir = shardgate_testkit::temp_dir("tls-check");
+    let path = dir.join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `shardgate serve` on `yaml`: its error output (it must exit with an error).
+fn serve_error(yaml: &str) -> String {
+    let dir = shardgate_testkit::temp_dir("tls-serve");
+    let path = dir.join("c.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["serve", "-c"])
+        .arg(&path)
+        .args([
+            "--listen-port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--shards", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = poll(Duration::from_secs(20), || child.try_wait().unwrap());
+    if exited.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("serve did not exit on a bad certificate");
+    }
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!exited.unwrap().success());
+    err
+}
