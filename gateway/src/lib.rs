@@ -63,6 +63,7 @@ pub mod models_poll;
 pub mod notify;
 pub mod plan;
 pub mod proxy;
+pub mod ratelimit;
 pub mod redact;
 pub mod report;
 pub mod server;
