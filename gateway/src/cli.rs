@@ -284,6 +284,16 @@ pub struct LimitArgs {
     /// connections are closed after each request instead of kept open.
     #[arg(long, default_value_t = 256)]
     pub max_concurrent_scrapes: usize,
+    /// Most (SecurityPolicy, client, model) rate-limit keys tracked at once
+    /// (about 100 bytes each). Idle keys are forgotten when the table is full; a
+    /// new client that finds it full of active keys is refused with 429.
+    #[arg(long, default_value_t = crate::ratelimit::DEFAULT_MAX_KEYS)]
+    pub rate_limit_max_keys: usize,
+    /// Proxies whose `X-Forwarded-For` is believed for rate limiting, as
+    /// addresses or CIDRs, comma-separated (e.g. `10.0.0.0/8,fd00::/8`). Empty
+    /// (the default): the client is always the TCP peer.
+    #[arg(long, value_delimiter = ',', value_parser = crate::ratelimit::IpNet::parse)]
+    pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
     /// Longest wait for a `maxConcurrentInferences` permit before 429.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub admission_timeout: Duration,

@@ -34,6 +34,8 @@ pub struct Failure {
     pub close: bool,
     /// `Retry-After` seconds, for 429/503.
     pub retry_after: Option<u32>,
+    /// The `x-ratelimit-*-requests` headers of a rate-limited request.
+    pub rate: Option<crate::ratelimit::Quota>,
 }
 
 impl Failure {
@@ -52,6 +54,7 @@ impl Failure {
             message,
             close: false,
             retry_after: None,
+            rate: None,
         }
     }
 
@@ -236,12 +239,22 @@ impl Failure {
     /// OpenAI error writer: [`shardgate_http::write::error_response`]).
     pub fn write_http1(&self, out: &mut Vec<u8>, request_id: Option<&[u8]>) {
         let mut retry = [0u8; 10];
-        let mut extra: [(&str, &[u8]); 2] = [("", b""), ("", b"")];
+        let (mut limit, mut remaining, mut reset) = ([0u8; 10], [0u8; 10], [0u8; 32]);
+        let mut extra: [(&str, &[u8]); 5] = [("", b""); 5];
         let mut n = 0;
         if let Some(r) = self.retry_after {
             let len = fmt_u32(r, &mut retry);
             extra[n] = ("retry-after", &retry[..len]);
             n += 1;
+        }
+        if let Some(q) = &self.rate {
+            let l = fmt_u32(q.limit, &mut limit);
+            let r = fmt_u32(q.remaining, &mut remaining);
+            let z = crate::ratelimit::fmt_reset(q.reset_ns, &mut reset);
+            extra[n] = ("x-ratelimit-limit-requests", &limit[..l]);
+            extra[n + 1] = ("x-ratelimit-remaining-requests", &remaining[..r]);
+            extra[n + 2] = ("x-ratelimit-reset-requests", &reset[..z]);
+            n += 3;
         }
         if let Some(rid) = request_id {
             extra[n] = ("x-request-id", rid);
@@ -268,6 +281,43 @@ impl Failure {
             self.code,
         );
         body
+    }
+
+    /// Over a SecurityPolicy rate limit (429 `rate_limit_exceeded`, with
+    /// `Retry-After` rounded up to the second and the `x-ratelimit-*-requests`
+    /// headers); `quota` is `None` when the limiter's table is full.
+    pub fn rate_limited(
+        model: Option<&str>,
+        retry_after_ns: u64,
+        quota: Option<crate::ratelimit::Quota>,
+    ) -> Self {
+        let message = match (model, quota) {
+            (_, None) => {
+                "Too many clients are being rate limited at once; try again shortly.".to_string()
+            }
+            (Some(m), Some(q)) => format!(
+                "Rate limit reached for model `{m}`: {} requests per period. Try again later.",
+                q.limit
+            ),
+            (None, Some(q)) => format!(
+                "Rate limit reached: {} requests per period. Try again later.",
+                q.limit
+            ),
+        };
+        let mut f = Failure::new(
+            Side::Client,
+            429,
+            "requests",
+            "rate_limit_exceeded",
+            message,
+        );
+        f.retry_after = Some(
+            u32::try_from(retry_after_ns.div_ceil(1_000_000_000))
+                .unwrap_or(u32::MAX)
+                .max(1),
+        );
+        f.rate = quota;
+        f
     }
 
     /// The upstream did not answer in time.

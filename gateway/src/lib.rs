@@ -24,7 +24,8 @@
 //!    hands a protocol-neutral [`plan::RequestInfo`] to
 //! 3. [`plan`] (pure): model, route, priority, and the decision — answer now,
 //!    batch, or forward — from the read-only [`state::GatewayState`].
-//! 4. [`proxy`] carries the plan out: the admission permit from [`admit`], a
+//! 4. [`proxy`] carries the plan out: the rule's SecurityPolicy rate limit
+//!    ([`ratelimit`], 429 over it), the admission permit from [`admit`], a
 //!    batched request through [`batch`] (the executor of [`lanes`]), a forwarded
 //!    one through the pick of [`shard`] and
 //! 5. [`attempt`] (pure): after each try — stale connection, connect failure,
@@ -39,7 +40,7 @@
 //! the scoring snapshot, prefix sharing), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`; [`redact`] masks
 //! credentials in `/debug/config`). The leaves — [`bodymem`], [`conns`],
-//! [`error`], [`notify`], [`report`], [`state`] — import no other module of the
+//! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
 #![forbid(unsafe_code)]
@@ -63,6 +64,7 @@ pub mod models_poll;
 pub mod notify;
 pub mod plan;
 pub mod proxy;
+pub mod ratelimit;
 pub mod redact;
 pub mod report;
 pub mod server;

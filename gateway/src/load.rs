@@ -138,6 +138,8 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         admission_timeout: limits.admission_timeout,
         shards: 1,
         max_connections: limits.max_connections.unwrap_or(u64::MAX),
+        rate_limit_max_keys: limits.rate_limit_max_keys,
+        trusted_proxies: limits.trusted_proxies.clone(),
     }
 }
 

@@ -169,6 +169,8 @@ pub struct ShardMetrics {
     tpot: HashMap<u16, Hist>,
     prompt_tokens: HashMap<u16, u64>,
     completion_tokens: HashMap<u16, u64>,
+    /// Requests refused by a SecurityPolicy rate limit, by model.
+    rate_limited: HashMap<u16, u64>,
     upstream_errors: HashMap<(u32, &'static str), u64>,
     /// Client connections open now.
     pub connections_open: u64,
@@ -227,6 +229,7 @@ impl ShardMetrics {
             tpot: HashMap::new(),
             prompt_tokens: HashMap::new(),
             completion_tokens: HashMap::new(),
+            rate_limited: HashMap::new(),
             upstream_errors: HashMap::new(),
             connections_open: 0,
             connections_total: 0,
@@ -353,6 +356,11 @@ impl ShardMetrics {
         }
     }
 
+    /// Count a request refused by a rate limit (`gateway_rate_limited_total`).
+    pub fn rate_limited(&mut self, model: Option<&str>) {
+        *self.rate_limited.entry(self.model_id(model)).or_default() += 1;
+    }
+
     /// Count an upstream failure of `kind` on endpoint `ep`.
     pub fn upstream_error(&mut self, ep: usize, kind: &'static str) {
         *self.upstream_errors.entry((ep as u32, kind)).or_default() += 1;
@@ -436,6 +444,7 @@ impl MetricsHub {
         let mut tpot: HashMap<String, Hist> = HashMap::new();
         let mut prompt: HashMap<String, u64> = HashMap::new();
         let mut completion: HashMap<String, u64> = HashMap::new();
+        let mut rate_limited: HashMap<String, u64> = HashMap::new();
         let mut upstream: HashMap<(u32, &'static str), u64> = HashMap::new();
         let n_ep = self.endpoints.len();
         let mut in_flight = vec![0u64; n_ep];
@@ -473,6 +482,11 @@ impl MetricsHub {
             }
             for (m, v) in &s.completion_tokens {
                 *completion.entry(s.model_label(*m).to_string()).or_default() += v;
+            }
+            for (m, v) in &s.rate_limited {
+                *rate_limited
+                    .entry(s.model_label(*m).to_string())
+                    .or_default() += v;
             }
             for (k, v) in &s.upstream_errors {
                 *upstream.entry(*k).or_default() += v;
@@ -612,6 +626,14 @@ impl MetricsHub {
             Kind::Counter,
         );
         for (m, v) in sorted(&completion) {
+            w.sample("", &[("model", m)], *v);
+        }
+        w.family(
+            "gateway_rate_limited_total",
+            "Requests refused with 429 by a SecurityPolicy rate limit, by model.",
+            Kind::Counter,
+        );
+        for (m, v) in sorted(&rate_limited) {
             w.sample("", &[("model", m)], *v);
         }
         w.family(

@@ -632,6 +632,15 @@ async fn execute<'s, S: ClientStream>(
         }
         Plan::Forward(t) | Plan::Batch { target: t, .. } => t,
     };
+    // SecurityPolicy rateLimit, before any permit is taken. (JWT authentication
+    // supplies `subject` once it lands; until then the client IP is the identity.)
+    if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
+        if let Some(f) = rate_limit(state, limiter, policy, req, rq.model.as_deref(), None) {
+            shard.metrics.borrow_mut().rate_limited(rq.model.as_deref());
+            rq.status = respond_failure(client, out, &f, Some(rid)).await;
+            return req.client_keep;
+        }
+    }
     // maxConcurrentInferences: hold a permit until the answer is out.
     let _permit = match &shard.admission {
         Some(adm) => {
@@ -681,6 +690,49 @@ async fn execute<'s, S: ClientStream>(
         }
     }
     forward(shard, client, out, req, named_model, target, guard, rq).await
+}
+
+/// The rate-limit step ([`crate::ratelimit`]): the 429 to answer, if the
+/// request is over a limit of `policy`.
+fn rate_limit(
+    state: &GatewayState,
+    limiter: &crate::ratelimit::RateLimiter,
+    policy: &str,
+    req: &Req<'_>,
+    model: Option<&str>,
+    subject: Option<&str>,
+) -> Option<Failure> {
+    use crate::ratelimit::{check_request, RequestKey, Verdict};
+    let key = RequestKey {
+        policy: Some(policy),
+        model,
+        subject,
+        peer: req.peer.ip(),
+        forwarded_for: if state.settings.trusted_proxies.is_empty() {
+            None
+        } else {
+            req.head.header("x-forwarded-for")
+        },
+    };
+    let now = limiter.now();
+    match check_request(
+        limiter,
+        &state.table,
+        &state.settings.trusted_proxies,
+        &key,
+        now,
+    )? {
+        Verdict::Allowed(_) => None,
+        Verdict::Limited {
+            quota,
+            retry_after_ns,
+        } => Some(Failure::rate_limited(model, retry_after_ns, Some(quota))),
+        Verdict::Full => Some(Failure::rate_limited(
+            model,
+            crate::ratelimit::SWEEP_EVERY_NS,
+            None,
+        )),
+    }
 }
 
 /// Forward the request to one endpoint of its route, as the attempt machine

@@ -62,6 +62,10 @@ pub struct Settings {
     /// Client connections across the gateway (`--max-connections`, or derived
     /// from `RLIMIT_NOFILE` at start), split evenly over the shards.
     pub max_connections: u64,
+    /// `--rate-limit-max-keys`.
+    pub rate_limit_max_keys: usize,
+    /// `--trusted-proxies`: whose `X-Forwarded-For` rate limits believe.
+    pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
 }
 
 /// Scoring and prefix-sharing settings (CLI flags), apart from [`Settings`].
@@ -120,6 +124,9 @@ pub struct GatewayState {
     pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
     /// Scoring and prefix-sharing settings.
     pub pick: PickSettings,
+    /// The rate-limit cells every shard shares, when some SecurityPolicy has a
+    /// `rateLimit` ([`crate::ratelimit`]).
+    pub rate_limiter: Option<crate::ratelimit::RateLimiter>,
 }
 
 impl GatewayState {
@@ -155,7 +162,12 @@ impl GatewayState {
         let models_body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
             .unwrap_or_default();
         let batch_policies = batch_policies(&table)?;
+        let rate_limiter = table
+            .security_policies()
+            .any(|(_, p)| p.spec.rate_limit.is_some())
+            .then(|| crate::ratelimit::RateLimiter::new(settings.rate_limit_max_keys));
         Ok(GatewayState {
+            rate_limiter,
             table,
             settings,
             models_body,

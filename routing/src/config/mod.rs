@@ -282,7 +282,7 @@ const KINDS: &[KindSpec] = &[
             "ai.gateway.io/v1alpha1",
         ],
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: PARTLY_SECURITY,
         parse: |v, u| typed(v, u).map(Resource::SecurityPolicy),
     },
     KindSpec {
@@ -305,6 +305,11 @@ pub const PARTLY: &str = "partly enforced (timeout, modelRouting.strategy, resou
 /// Enforcement status of `InferenceModel`: its criticality acts, `targetModels` does not.
 pub const PARTLY_MODEL: &str = "partly enforced (criticality; targetModels accepted, not acted on)";
 
+/// Enforcement status of `SecurityPolicy`: its rate limits act (per client,
+/// exact across shards); `authentication` does not yet.
+pub const PARTLY_SECURITY: &str =
+    "partly enforced (rateLimit; authentication accepted, not enforced)";
+
 /// Whether shardgate acts on `kind`, wholly or in part (see
 /// [`Config::enforcement_report`]); `None` for kinds it does not load at all.
 pub fn is_enforced(kind: &str) -> Option<bool> {
@@ -325,10 +330,10 @@ pub struct Config {
 
 impl Config {
     /// Per kind present: its enforcement status ([`ENFORCED`], [`PARTLY`],
-    /// [`PARTLY_MODEL`] or [`NOT_ENFORCED`]) and how many documents of it were loaded, in a fixed
+    /// [`PARTLY_MODEL`], [`PARTLY_SECURITY`] or [`NOT_ENFORCED`]) and how many documents of it were loaded, in a fixed
     /// kind order. Meant to be logged at start-up so no kind is silently
-    /// dropped. `GRPCRoute`, `SecurityPolicy` and `ServiceMonitor` are not
-    /// enforced yet.
+    /// dropped. `GRPCRoute` and `ServiceMonitor` are not enforced yet, nor
+    /// `SecurityPolicy`'s authentication.
     pub fn enforcement_report(&self) -> Vec<(String, &'static str, usize)> {
         KINDS
             .iter()

@@ -109,6 +109,11 @@ impl RoutingTable {
         lookup(&self.batching, name)
     }
 
+    /// Every SecurityPolicy loaded, with its `namespace/name` key.
+    pub fn security_policies(&self) -> impl Iterator<Item = (&str, &SecurityPolicy)> + '_ {
+        self.security.iter().map(|(k, p)| (k.as_str(), p))
+    }
+
     /// The SecurityPolicy `namespace/name`.
     pub fn security_policy(&self, name: &str) -> Option<&SecurityPolicy> {
         lookup(&self.security, name)

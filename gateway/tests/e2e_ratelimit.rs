@@ -1,0 +1,119 @@
+//! SecurityPolicy rate limits end to end (issue #15 section 3): the seed's shape
+//! (`default` + `perModel`) with a small per-model limit; the request over it
+//! gets 429 `rate_limit_exceeded` with `Retry-After` and the
+//! `x-ratelimit-*-requests` headers, other models and other clients (told apart
+//! by `X-Forwarded-For` from a `--trusted-proxies` peer) are unaffected, and with
+//! two shards and many connections the number admitted is exactly the limit.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+
+/// Two models on one Gateway, and a SecurityPolicy on the Gateway written as the
+/// seed writes it: `default` 100/minute, `big` `big_limit`/minute.
+fn limited_config(backend: SocketAddr, big_limit: u32) -> String {
+    let mut y = config(&[
+        ("small", vec![(1, vec![backend])]),
+        ("big", vec![(1, vec![backend])]),
+    ]);
+    y.push_str(&format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: SecurityPolicy\nmetadata:\n  name: inference-security\nspec:\n  targetRef:\n    kind: Gateway\n    name: gw\n  rateLimit:\n    default:\n      requests: 100\n      unit: minute\n    perModel:\n      big:\n        requests: {big_limit}\n        unit: minute\n"
+    ));
+    y
+}
+
+fn ask(c: &mut Client, model: &str, xff: Option<&str>) -> Response {
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(x) = xff {
+        headers.push(("x-forwarded-for", x));
+    }
+    c.post("/v1/chat/completions", &chat(model, false, 2), &headers)
+}
+
+#[test]
+fn the_request_over_a_per_model_limit_gets_429_with_rate_limit_headers() {
+    let a = sim(&["small", "big"], |_| {});
+    let gw = Gateway::start(
+        &limited_config(a.addr(), 3),
+        &["--trusted-proxies", "127.0.0.0/8"],
+    );
+    let mut c = gw.connect();
+    let alice = Some("203.0.113.7");
+    for i in 0..3 {
+        let r = ask(&mut c, "big", alice);
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+    }
+    let r = ask(&mut c, "big", alice);
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "rate_limit_exceeded");
+    // One request per 20 s comes back: Retry-After 20, the bucket full after 60 s.
+    assert_eq!(r.header("retry-after"), Some("20"));
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
+    let reset = r.header("x-ratelimit-reset-requests").unwrap();
+    assert!(reset == "1m0s" || reset == "59s", "{reset}");
+    // The connection stays usable; another model (the default bucket) and another
+    // client behind the same trusted proxy are unaffected.
+    assert_eq!(ask(&mut c, "small", alice).status, 200);
+    assert_eq!(ask(&mut c, "big", Some("198.51.100.9")).status, 200);
+    // A client-written entry left of the proxy's is not believed: still alice.
+    assert_eq!(
+        ask(&mut c, "big", Some("198.51.100.10, 203.0.113.7")).status,
+        429
+    );
+    // Shards publish metrics every 500 ms: poll.
+    let want = "gateway_rate_limited_total{model=\"big\"} 2";
+    let counted = poll(std::time::Duration::from_secs(10), || {
+        gw.metrics().contains(want).then_some(())
+    });
+    assert!(counted.is_some(), "{want} missing:\n{}", gw.metrics());
+}
+
+#[test]
+fn without_trusted_proxies_forwarded_for_is_ignored() {
+    let a = sim(&["small", "big"], |_| {});
+    let gw = Gateway::start(&limited_config(a.addr(), 1), &[]);
+    let mut c = gw.connect();
+    assert_eq!(ask(&mut c, "big", Some("192.0.2.1")).status, 200);
+    // Another X-Forwarded-For from the same peer is the same client.
+    assert_eq!(ask(&mut c, "big", Some("192.0.2.2")).status, 429);
+}
+
+#[test]
+fn the_limit_is_exact_across_two_shards_and_many_connections() {
+    const LIMIT: usize = 25;
+    let a = sim(&["small", "big"], |_| {});
+    let gw = Gateway::start(&limited_config(a.addr(), LIMIT as u32), &["--shards", "2"]);
+    let addr = gw.addr;
+    let (ok, limited) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let (ok, limited) = (ok.clone(), limited.clone());
+            std::thread::spawn(move || {
+                // Several connections per thread, so the kernel spreads them over
+                // both shards.
+                for _ in 0..2 {
+                    let mut c = Client::connect(addr);
+                    for _ in 0..3 {
+                        match ask(&mut c, "big", None).status {
+                            200 => ok.fetch_add(1, Ordering::Relaxed),
+                            429 => limited.fetch_add(1, Ordering::Relaxed),
+                            s => panic!("unexpected status {s}"),
+                        };
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(ok.load(Ordering::Relaxed), LIMIT);
+    assert_eq!(limited.load(Ordering::Relaxed), 16 * 6 - LIMIT);
+}
