@@ -1,4 +1,4 @@
-//! Micro-batching on the data path: the executor of [`crate::plan::Plan::Batch`].
+//! Micro-batching on the data path: the executor of `plan::Plan::Batch`.
 //!
 //! A rule linked to a `BatchingPolicy` (ExtensionRef, or a `targetRefs` default)
 //! sends its non-streaming `/v1/embeddings` and `/v1/completions` requests through

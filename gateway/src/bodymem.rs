@@ -6,7 +6,7 @@
 //! over the shards; each shard holds its share here. A request takes a
 //! [`BodyGrant`] for its body *before* any memory is reserved for it — the whole
 //! `Content-Length` up front, a chunked body in steps as it grows — and the grant
-//! gives the bytes back when it is dropped, which [`crate::proxy`] does when the
+//! gives the bytes back when it is dropped, which `proxy` does when the
 //! request ends (every exit path, the future's drop included). A request that
 //! cannot get budget is refused at once (no waiting): 503 with `Retry-After: 1`
 //! (`body_budget_exhausted`) while other bodies hold the share, 413 when its body

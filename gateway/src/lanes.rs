@@ -2,7 +2,7 @@
 //! sans-IO [`shardgate_batching::Batcher`] with its queues and lanes (same
 //! model, parameters, route rule and credentials), the driver's wake-up, and
 //! the capacity learned per endpoint for the adaptive signal. The shard owns
-//! these; [`crate::batch`] carries out their flushes.
+//! these; `batch` carries out their flushes.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -64,7 +64,7 @@ pub struct PolicyBatcher {
 }
 
 /// A flushed batch on its way to an endpoint: until its upstream call counts as
-/// in flight ([`crate::shard::EndpointInFlight`]), it counts here, so the lanes
+/// in flight (`shard::EndpointInFlight`), it counts here, so the lanes
 /// of its rule do not read the target idle in between (a burst would otherwise
 /// flush every request alone before the first call is counted). Dropping it
 /// uncounts it.

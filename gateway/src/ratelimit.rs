@@ -28,7 +28,7 @@
 //! allocates its map entry once.
 //!
 //! Why not per-shard budgets drawn in batches from a shared counter (as
-//! [`crate::admit`] shares `maxConcurrentInferences`): a permit batch held by one
+//! `admit` shares `maxConcurrentInferences`): a permit batch held by one
 //! shard is unavailable to the others, so a limit of 10/minute reached through two
 //! shards would refuse requests while permits sit unused (not exact), and a
 //! refill needs a clock-driven refill protocol between shards. The shared GCRA

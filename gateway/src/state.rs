@@ -2,7 +2,7 @@
 //! table, the data-path settings (limits, timeouts, retries, ejection), the
 //! scheduling profile of every rule and the validated BatchingPolicies. Built
 //! once per configuration by the main thread and shared read-only (`Arc`); the
-//! request plan ([`crate::plan`]) is a pure function of it.
+//! request plan (`plan`) is a pure function of it.
 
 use std::time::Duration;
 

@@ -8,7 +8,7 @@
 //! buffer, written with the socket's cancelable write). No other runtime, no
 //! thread.
 //!
-//! The HTTP/1.1 front end ([`crate::proxy`]) is generic over [`ClientStream`],
+//! The HTTP/1.1 front end (`proxy`) is generic over [`ClientStream`],
 //! implemented by the plain `TcpStream` (the same calls as before: the plain
 //! path costs nothing new) and by [`TlsStream`]; it is monomorphised for
 //! each, no dynamic dispatch.

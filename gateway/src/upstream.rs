@@ -3,7 +3,7 @@
 //! proxy (streamed responses), batched calls and the control thread's scrapes
 //! and health checks (whole responses). Every failure is an [`UpstreamError`]
 //! that says which side failed and whether a retry is allowed; the attempt
-//! machine ([`crate::attempt`]) turns it into the next step and the error metric.
+//! machine (`attempt`) turns it into the next step and the error metric.
 //!
 //! Numbers: a fresh connection gets a 16 KiB read buffer and `TCP_NODELAY`; the
 //! pool keeps `--upstream-idle-per-endpoint` connections per endpoint per shard
