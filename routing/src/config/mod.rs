@@ -117,7 +117,7 @@ pub enum Resource {
     InferencePolicy(InferencePolicy),
     /// `ai.gateway.io/v1alpha1` `BatchingPolicy`.
     BatchingPolicy(BatchingPolicy),
-    /// The seed's `SecurityPolicy` (not enforced yet).
+    /// The seed's `SecurityPolicy` (JWT authentication enforced; rate limits not yet).
     SecurityPolicy(SecurityPolicy),
     /// `monitoring.coreos.com/v1` `ServiceMonitor` (not enforced).
     ServiceMonitor(ServiceMonitor),
@@ -272,7 +272,7 @@ const KINDS: &[KindSpec] = &[
             "ai.gateway.io/v1alpha1",
         ],
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: PARTLY_SECURITY,
         parse: |v, u| typed(v, u).map(Resource::SecurityPolicy),
     },
     KindSpec {
@@ -291,6 +291,10 @@ pub const NOT_ENFORCED: &str = "accepted, not enforced";
 /// Enforcement status of `InferenceConfig`: its timeouts, routing strategy and
 /// concurrency cap act; `gpuAffinity` and `modelPrewarming` do not.
 pub const PARTLY: &str = "partly enforced (timeout, modelRouting.strategy, resourceManagement.maxConcurrentInferences; gpuAffinity, modelPrewarming accepted, not acted on)";
+
+/// Enforcement status of `SecurityPolicy`: JWT authentication acts, rate limits do not yet.
+pub const PARTLY_SECURITY: &str =
+    "partly enforced (authentication.jwt; rateLimit accepted, not acted on)";
 
 /// Enforcement status of `InferenceModel`: its criticality acts, `targetModels` does not.
 pub const PARTLY_MODEL: &str = "partly enforced (criticality; targetModels accepted, not acted on)";
@@ -315,10 +319,9 @@ pub struct Config {
 
 impl Config {
     /// Per kind present: its enforcement status ([`ENFORCED`], [`PARTLY`],
-    /// [`PARTLY_MODEL`] or [`NOT_ENFORCED`]) and how many documents of it were loaded, in a fixed
-    /// kind order. Meant to be logged at start-up so no kind is silently
-    /// dropped. `GRPCRoute`, `SecurityPolicy` and `ServiceMonitor` are not
-    /// enforced yet.
+    /// [`PARTLY_MODEL`], [`PARTLY_SECURITY`] or [`NOT_ENFORCED`]) and how many documents of
+    /// it were loaded, in a fixed kind order. Meant to be logged at start-up so no kind is
+    /// silently dropped. `GRPCRoute` and `ServiceMonitor` are not enforced yet.
     pub fn enforcement_report(&self) -> Vec<(String, &'static str, usize)> {
         KINDS
             .iter()
