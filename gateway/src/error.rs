@@ -34,6 +34,8 @@ pub struct Failure {
     pub close: bool,
     /// `Retry-After` seconds, for 429/503.
     pub retry_after: Option<u32>,
+    /// `WWW-Authenticate` value, for 401.
+    pub www_authenticate: Option<&'static str>,
 }
 
 impl Failure {
@@ -52,6 +54,7 @@ impl Failure {
             message,
             close: false,
             retry_after: None,
+            www_authenticate: None,
         }
     }
 
@@ -221,6 +224,29 @@ impl Failure {
         )
     }
 
+    /// 401 for a request without valid credentials on a rule with JWT
+    /// authentication: `code` `invalid_api_key` when there was no token, else
+    /// `invalid_token`; `www_authenticate` is the RFC 6750 challenge.
+    pub fn unauthorized(
+        missing: bool,
+        message: &'static str,
+        www_authenticate: &'static str,
+    ) -> Self {
+        let mut f = Failure::new(
+            Side::Client,
+            401,
+            "authentication_error",
+            if missing {
+                "invalid_api_key"
+            } else {
+                "invalid_token"
+            },
+            message.to_string(),
+        );
+        f.www_authenticate = Some(www_authenticate);
+        f
+    }
+
     /// A failure built from its parts (the admission and batching executors).
     pub fn with(
         side: Side,
@@ -236,8 +262,12 @@ impl Failure {
     /// OpenAI error writer: [`shardgate_http::write::error_response`]).
     pub fn write_http1(&self, out: &mut Vec<u8>, request_id: Option<&[u8]>) {
         let mut retry = [0u8; 10];
-        let mut extra: [(&str, &[u8]); 2] = [("", b""), ("", b"")];
+        let mut extra: [(&str, &[u8]); 3] = [("", b""), ("", b""), ("", b"")];
         let mut n = 0;
+        if let Some(w) = self.www_authenticate {
+            extra[n] = ("www-authenticate", w.as_bytes());
+            n += 1;
+        }
         if let Some(r) = self.retry_after {
             let len = fmt_u32(r, &mut retry);
             extra[n] = ("retry-after", &retry[..len]);

@@ -4,11 +4,14 @@
 //! once per configuration by the main thread and shared read-only (`Arc`); the
 //! request plan ([`crate::plan`]) is a pure function of it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_batching::{BatchPolicy, BatchSpec, QueueSpec};
 use shardgate_routing::scoring::{Profile, Saturation, ShareConfig};
 use shardgate_routing::RoutingTable;
+
+use crate::jwt::Authenticator;
 
 /// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
 #[derive(Debug, Clone)]
@@ -55,6 +58,8 @@ pub struct Settings {
     pub max_concurrent: Option<u32>,
     /// Longest wait for an admission permit.
     pub admission_timeout: Duration,
+    /// Clock skew allowed on a JWT's `exp` and `nbf` (`--jwt-leeway`).
+    pub jwt_leeway: Duration,
     /// Number of shards.
     pub shards: usize,
     /// Client connections across the gateway (`--max-connections`, or derived
@@ -118,6 +123,9 @@ pub struct GatewayState {
     pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
     /// Scoring and prefix-sharing settings.
     pub pick: PickSettings,
+    /// JWT providers of the SecurityPolicies rules link (key sets swapped in
+    /// by the control thread's fetcher).
+    pub auth: Arc<Authenticator>,
 }
 
 impl GatewayState {
@@ -132,6 +140,17 @@ impl GatewayState {
         table: RoutingTable,
         settings: Settings,
         pick: PickSettings,
+    ) -> Result<Self, String> {
+        let auth = Arc::new(Authenticator::build(&table, settings.jwt_leeway)?);
+        Self::with_auth(table, settings, pick, auth)
+    }
+
+    /// Like [`Self::with_pick`], with JWT providers built already ([`Authenticator::build`]).
+    pub fn with_auth(
+        table: RoutingTable,
+        settings: Settings,
+        pick: PickSettings,
+        auth: Arc<Authenticator>,
     ) -> Result<Self, String> {
         let config = table.inference_config();
         let tune = |p: Profile| pick.tune(p, &settings);
@@ -161,6 +180,7 @@ impl GatewayState {
             default_profile,
             batch_policies,
             pick,
+            auth,
         })
     }
 
