@@ -342,10 +342,12 @@ impl Provider {
                 },
                 KeySet::default(),
             ),
-            (None, None, None) => return Err(format!(
+            (None, None, None) => {
+                return Err(format!(
                 "SecurityPolicy {policy}: provider {}: no keys (localJWKS, remoteJWKS or issuer)",
                 p.name
-            )),
+            ))
+            }
         };
         let validation = |algs: &[Algorithm]| {
             let mut v = Validation::new(algs[0]);

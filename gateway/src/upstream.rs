@@ -606,6 +606,35 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    #[test]
+    fn claim_headers_replace_the_clients_copies() {
+        let raw = b"POST /v1/x HTTP/1.1\r\nHost: h\r\nX-JWT-Sub: forged\r\nx-other: 1\r\n\r\n";
+        let buf = Bytes::copy_from_slice(raw);
+        let (head, _) =
+            shardgate_http::parse_request_head(&buf, &shardgate_http::Limits::default())
+                .unwrap()
+                .unwrap();
+        let body = Bytes::new();
+        let strip = ["x-jwt-sub".to_string(), "x-tier".to_string()];
+        let set = [("x-jwt-sub".to_string(), "user-1".to_string())];
+        let fwd = Forwarded {
+            peer: "10.0.0.9:5000".parse().unwrap(),
+            request_id: b"rid",
+            model: None,
+            body: &body,
+            claims: Some(ClaimHeaders {
+                strip: &strip,
+                set: &set,
+            }),
+        };
+        let mut out = Vec::new();
+        write_request(&head, &fwd, "127.0.0.1:9000".parse().unwrap(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("forged"), "{text}");
+        assert!(text.contains("\r\nx-jwt-sub: user-1\r\n"), "{text}");
+        assert!(text.contains("\r\nx-other: 1\r\n"), "{text}");
+    }
+
     fn hosts(req: &str) -> Vec<&str> {
         req.split("\r\n")
             .filter_map(|l| l.split_once(": "))
