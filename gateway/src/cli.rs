@@ -303,6 +303,10 @@ pub struct LimitArgs {
     /// Consecutive passed health checks that restore it.
     #[arg(long, default_value_t = 1)]
     pub healthy_after: u32,
+    /// Clock skew allowed on a JWT's `exp` and `nbf` (SecurityPolicy
+    /// `authentication.jwt`).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub jwt_leeway: Duration,
 }
 
 /// Parse an admin address flag: `off` → None.

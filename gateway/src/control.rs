@@ -328,11 +328,15 @@ pub fn spawn(
     endpoints: Vec<SocketAddr>,
     specs: Vec<Option<HealthSpec>>,
     share: Option<PrefixShareInbox>,
+    auth: Arc<crate::jwt::Authenticator>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
-            let r = shardgate_runtime::block_on(run(shared, endpoints, specs, share));
+            let r = shardgate_runtime::block_on(async move {
+                crate::jwks_fetch::spawn_all(&auth);
+                run(shared, endpoints, specs, share).await
+            });
             if let Err(e) = r {
                 tracing::error!(error = %e, "control runtime");
             }

@@ -36,6 +36,8 @@ pub struct Failure {
     pub retry_after: Option<u32>,
     /// The `x-ratelimit-*-requests` headers of a rate-limited request.
     pub rate: Option<crate::ratelimit::Quota>,
+    /// `WWW-Authenticate` value, for 401.
+    pub www_authenticate: Option<&'static str>,
 }
 
 impl Failure {
@@ -55,6 +57,7 @@ impl Failure {
             close: false,
             retry_after: None,
             rate: None,
+            www_authenticate: None,
         }
     }
 
@@ -224,6 +227,29 @@ impl Failure {
         )
     }
 
+    /// 401 for a request without valid credentials on a rule with JWT
+    /// authentication: `code` `invalid_api_key` when there was no token, else
+    /// `invalid_token`; `www_authenticate` is the RFC 6750 challenge.
+    pub fn unauthorized(
+        missing: bool,
+        message: &'static str,
+        www_authenticate: &'static str,
+    ) -> Self {
+        let mut f = Failure::new(
+            Side::Client,
+            401,
+            "authentication_error",
+            if missing {
+                "invalid_api_key"
+            } else {
+                "invalid_token"
+            },
+            message.to_string(),
+        );
+        f.www_authenticate = Some(www_authenticate);
+        f
+    }
+
     /// A failure built from its parts (the admission and batching executors).
     pub fn with(
         side: Side,
@@ -240,8 +266,12 @@ impl Failure {
     pub fn write_http1(&self, out: &mut Vec<u8>, request_id: Option<&[u8]>) {
         let mut retry = [0u8; 10];
         let (mut limit, mut remaining, mut reset) = ([0u8; 10], [0u8; 10], [0u8; 32]);
-        let mut extra: [(&str, &[u8]); 5] = [("", b""); 5];
+        let mut extra: [(&str, &[u8]); 6] = [("", b""); 6];
         let mut n = 0;
+        if let Some(w) = self.www_authenticate {
+            extra[n] = ("www-authenticate", w.as_bytes());
+            n += 1;
+        }
         if let Some(r) = self.retry_after {
             let len = fmt_u32(r, &mut retry);
             extra[n] = ("retry-after", &retry[..len]);

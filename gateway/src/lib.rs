@@ -24,8 +24,10 @@
 //!    hands a protocol-neutral [`plan::RequestInfo`] to
 //! 3. [`plan`] (pure): model, route, priority, and the decision — answer now,
 //!    batch, or forward — from the read-only [`state::GatewayState`].
-//! 4. [`proxy`] carries the plan out: the rule's SecurityPolicy rate limit
-//!    ([`ratelimit`], 429 over it), the admission permit from [`admit`], a
+//! 4. [`proxy`] carries the plan out: a rule with a SecurityPolicy's JWT
+//!    authentication first checks the bearer token ([`jwt`], pure; 401 when it
+//!    fails), then its rate limit ([`ratelimit`], 429 over it), the admission
+//!    permit from [`admit`], a
 //!    batched request through [`batch`] (the executor of [`lanes`]), a forwarded
 //!    one through the pick of [`shard`] and
 //! 5. [`attempt`] (pure): after each try — stale connection, connect failure,
@@ -37,7 +39,8 @@
 //!    [`access_log`] record it.
 //!
 //! Beside the data path, never inside it: [`control`] (scrapes, health checks,
-//! the scoring snapshot, prefix sharing), fed by the shards' [`report`]s;
+//! the scoring snapshot, prefix sharing, remote JWK sets through
+//! [`jwks_fetch`]), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`; [`redact`] masks
 //! credentials in `/debug/config`). The leaves — [`bodymem`], [`conns`],
 //! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`] — import no other module of the
@@ -57,6 +60,8 @@ pub mod control;
 pub mod demo;
 pub mod endpoints_view;
 pub mod error;
+pub mod jwks_fetch;
+pub mod jwt;
 pub mod lanes;
 pub mod load;
 pub mod metrics;
@@ -307,8 +312,17 @@ pub fn start(
     };
     let control = Arc::new(control);
     let endpoint_addrs: Vec<SocketAddr> = loaded.table.endpoints().iter().map(|e| e.addr).collect();
-    control::spawn(control.clone(), endpoint_addrs, specs, share_inbox)
-        .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
+    let auth = Arc::new(
+        jwt::Authenticator::build(&loaded.table, settings.jwt_leeway).map_err(|e| vec![e])?,
+    );
+    control::spawn(
+        control.clone(),
+        endpoint_addrs,
+        specs,
+        share_inbox,
+        auth.clone(),
+    )
+    .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
@@ -342,7 +356,7 @@ pub fn start(
     }
 
     let state =
-        Arc::new(GatewayState::with_pick(loaded.table, settings, pick).map_err(|e| vec![e])?);
+        Arc::new(GatewayState::with_auth(loaded.table, settings, pick, auth).map_err(|e| vec![e])?);
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards_with(
         per_shard,

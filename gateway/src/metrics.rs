@@ -204,7 +204,12 @@ pub struct ShardMetrics {
     pub body_refused: [u64; 2],
     /// Buffered-body budget (bytes held now, share), filled at publish.
     pub body_budget: (u64, u64),
+    /// Requests refused by JWT authentication, by [`crate::jwt::Reason::ALL`].
+    pub auth_failures: [u64; AUTH_REASONS],
 }
+
+/// Number of `reason` values of `gateway_auth_failures_total`.
+pub const AUTH_REASONS: usize = crate::jwt::Reason::ALL.len();
 
 /// `reason` label values of `gateway_client_aborts_total`: the client closed
 /// (or reset) its connection before the whole response was written; a single
@@ -246,6 +251,7 @@ impl ShardMetrics {
             client_aborts: [0; 2],
             body_refused: [0; 2],
             body_budget: (0, 0),
+            auth_failures: [0; AUTH_REASONS],
         }
     }
 
@@ -672,6 +678,20 @@ impl MetricsHub {
         );
         for (reason, v) in BODY_REFUSAL_REASONS.iter().zip(refused) {
             w.sample("", &[("reason", reason)], v);
+        }
+        let mut auth = [0u64; AUTH_REASONS];
+        for s in &shards {
+            for (sum, v) in auth.iter_mut().zip(s.auth_failures) {
+                *sum += v;
+            }
+        }
+        w.family(
+            "gateway_auth_failures_total",
+            "Requests refused with 401 by JWT authentication (SecurityPolicy authentication.jwt), by reason.",
+            Kind::Counter,
+        );
+        for (reason, v) in crate::jwt::Reason::ALL.iter().zip(auth) {
+            w.sample("", &[("reason", reason.label())], v);
         }
         w.family(
             "gateway_buffered_body_bytes",

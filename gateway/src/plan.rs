@@ -80,6 +80,9 @@ pub struct Decision<'a> {
     pub known_model: bool,
     /// The matched route's `namespace/name`.
     pub route: Option<&'a str>,
+    /// `namespace/name` of the SecurityPolicy of the matched rule: the executor
+    /// authenticates the request ([`crate::jwt`]) before carrying out any plan.
+    pub security: Option<&'a str>,
     /// What to do.
     pub plan: Plan<'a>,
 }
@@ -168,6 +171,7 @@ pub fn plan<'a>(
         model_source: ModelSource::None,
         known_model: false,
         route: None,
+        security: None,
         plan: Plan::Models,
     };
     if req.method == "GET" && req.path == "/v1/models" {
@@ -219,6 +223,7 @@ pub fn plan<'a>(
         return d;
     };
     d.route = Some(route.route);
+    d.security = route.security;
     if let RuleAction::FilterNotFound { filter } = route.action {
         d.plan = Plan::Reject(Failure::filter_not_found(filter));
         return d;

@@ -58,8 +58,8 @@ use crate::shard::{ConnGauge, InFlight, Shard};
 use crate::state::GatewayState;
 use crate::tls::ClientStream;
 use crate::upstream::{
-    read_watched, send_and_read_head, write_request, ExchangeLimits, Forwarded, UpstreamConn,
-    Watched, INLINE_BODY,
+    read_watched, send_and_read_head, write_request, ClaimHeaders, ExchangeLimits, Forwarded,
+    UpstreamConn, Watched, INLINE_BODY,
 };
 
 /// The virtual model header, as sent upstream.
@@ -618,6 +618,32 @@ async fn execute<'s, S: ClientStream>(
             shard.metrics.borrow_mut().know_model(m);
         }
     }
+    // JWT authentication (SecurityPolicy `authentication.jwt`) comes before any
+    // answer about the rule; rules without it pay one `None` check.
+    let jwt = decision.security.and_then(|k| state.auth.policy(k));
+    let verified = match jwt.map(|p| p.verify(head.header("authorization"))) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(reason)) => {
+            shard.metrics.borrow_mut().auth_failures[reason.index()] += 1;
+            let f = Failure::unauthorized(
+                reason == crate::jwt::Reason::Missing,
+                reason.message(),
+                reason.www_authenticate(),
+            );
+            rq.status = respond_failure(client, out, &f, Some(rid)).await;
+            return req.client_keep;
+        }
+    };
+    // The verified identity (JWT `sub`), for per-client limits.
+    let subject: Option<&str> = verified.as_ref().and_then(|v| v.subject.as_deref());
+    let claims = match (jwt, &verified) {
+        (Some(p), Some(v)) if !p.claim_header_names().is_empty() => Some(ClaimHeaders {
+            strip: p.claim_header_names(),
+            set: &v.headers,
+        }),
+        _ => None,
+    };
     let body_model = decision.body_model();
     let named_model = decision.named_model();
     let target = match &decision.plan {
@@ -632,10 +658,10 @@ async fn execute<'s, S: ClientStream>(
         }
         Plan::Forward(t) | Plan::Batch { target: t, .. } => t,
     };
-    // SecurityPolicy rateLimit, before any permit is taken. (JWT authentication
-    // supplies `subject` once it lands; until then the client IP is the identity.)
+    // SecurityPolicy rateLimit, before any permit is taken: per verified JWT
+    // `sub`, else per client IP.
     if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
-        if let Some(f) = rate_limit(state, limiter, policy, req, rq.model.as_deref(), None) {
+        if let Some(f) = rate_limit(state, limiter, policy, req, rq.model.as_deref(), subject) {
             shard.metrics.borrow_mut().rate_limited(rq.model.as_deref());
             rq.status = respond_failure(client, out, &f, Some(rid)).await;
             return req.client_keep;
@@ -689,7 +715,18 @@ async fn execute<'s, S: ClientStream>(
             return req.client_keep;
         }
     }
-    forward(shard, client, out, req, named_model, target, guard, rq).await
+    forward(
+        shard,
+        client,
+        out,
+        req,
+        named_model,
+        claims,
+        target,
+        guard,
+        rq,
+    )
+    .await
 }
 
 /// The rate-limit step ([`crate::ratelimit`]): the 429 to answer, if the
@@ -744,6 +781,7 @@ async fn forward<S: ClientStream>(
     out: &mut Vec<u8>,
     req: &Req<'_>,
     model: Option<&str>,
+    claims: Option<ClaimHeaders<'_>>,
     target: &Target<'_>,
     guard: &mut InFlight,
     rq: &mut RequestState<'_>,
@@ -769,6 +807,7 @@ async fn forward<S: ClientStream>(
         request_id: rid,
         model,
         body: req.body,
+        claims,
     };
     let lim = ExchangeLimits {
         limits: &settings.limits,

@@ -4,11 +4,14 @@
 //! once per configuration by the main thread and shared read-only (`Arc`); the
 //! request plan (`plan`) is a pure function of it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_batching::{BatchPolicy, BatchSpec, QueueSpec};
 use shardgate_routing::scoring::{Profile, Saturation, ShareConfig};
 use shardgate_routing::RoutingTable;
+
+use crate::jwt::Authenticator;
 
 /// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
 #[derive(Debug, Clone)]
@@ -57,6 +60,8 @@ pub struct Settings {
     pub max_concurrent: Option<u32>,
     /// Longest wait for an admission permit.
     pub admission_timeout: Duration,
+    /// Clock skew allowed on a JWT's `exp` and `nbf` (`--jwt-leeway`).
+    pub jwt_leeway: Duration,
     /// Number of shards.
     pub shards: usize,
     /// Client connections across the gateway (`--max-connections`, or derived
@@ -127,6 +132,9 @@ pub struct GatewayState {
     /// The rate-limit cells every shard shares, when some SecurityPolicy has a
     /// `rateLimit` ([`crate::ratelimit`]).
     pub rate_limiter: Option<crate::ratelimit::RateLimiter>,
+    /// JWT providers of the SecurityPolicies rules link (key sets swapped in
+    /// by the control thread's fetcher).
+    pub auth: Arc<Authenticator>,
 }
 
 impl GatewayState {
@@ -141,6 +149,17 @@ impl GatewayState {
         table: RoutingTable,
         settings: Settings,
         pick: PickSettings,
+    ) -> Result<Self, String> {
+        let auth = Arc::new(Authenticator::build(&table, settings.jwt_leeway)?);
+        Self::with_auth(table, settings, pick, auth)
+    }
+
+    /// Like [`Self::with_pick`], with JWT providers built already ([`Authenticator::build`]).
+    pub fn with_auth(
+        table: RoutingTable,
+        settings: Settings,
+        pick: PickSettings,
+        auth: Arc<Authenticator>,
     ) -> Result<Self, String> {
         let config = table.inference_config();
         let tune = |p: Profile| pick.tune(p, &settings);
@@ -175,6 +194,7 @@ impl GatewayState {
             default_profile,
             batch_policies,
             pick,
+            auth,
         })
     }
 

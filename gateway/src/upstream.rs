@@ -143,6 +143,17 @@ pub struct Forwarded<'a> {
     pub model: Option<&'a str>,
     /// The whole body.
     pub body: &'a Bytes,
+    /// Headers set from a verified JWT's claims (`claimToHeaders`).
+    pub claims: Option<ClaimHeaders<'a>>,
+}
+
+/// Request headers from a verified token's claims.
+#[derive(Clone, Copy)]
+pub struct ClaimHeaders<'a> {
+    /// Header names the gateway owns on this rule: the client's copies are dropped.
+    pub strip: &'a [String],
+    /// (lowercase name, value) to send.
+    pub set: &'a [(String, String)],
 }
 
 /// Serialise the proxied request for endpoint `ep_addr` into `buf`: the client's
@@ -181,6 +192,12 @@ pub fn write_request(
         {
             continue;
         }
+        if fwd
+            .claims
+            .is_some_and(|c| c.strip.iter().any(|h| name.eq_ignore_ascii_case(h)))
+        {
+            continue;
+        }
         if name.eq_ignore_ascii_case("host") {
             if authority.is_some() {
                 continue;
@@ -209,6 +226,9 @@ pub fn write_request(
     write::header(buf, "x-request-id", fwd.request_id);
     if let Some(m) = fwd.model {
         write::header(buf, MODEL_HEADER, m.as_bytes());
+    }
+    for (name, value) in fwd.claims.iter().flat_map(|c| c.set) {
+        write::header(buf, name, value.as_bytes());
     }
     if !fwd.body.is_empty() || matches!(head.method(), "POST" | "PUT" | "PATCH") {
         write::header_u64(buf, "content-length", fwd.body.len() as u64);
@@ -579,10 +599,40 @@ mod tests {
             request_id: b"rid",
             model: None,
             body: &body,
+            claims: None,
         };
         let mut out = Vec::new();
         write_request(&head, &fwd, "127.0.0.1:9000".parse().unwrap(), &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn claim_headers_replace_the_clients_copies() {
+        let raw = b"POST /v1/x HTTP/1.1\r\nHost: h\r\nX-JWT-Sub: forged\r\nx-other: 1\r\n\r\n";
+        let buf = Bytes::copy_from_slice(raw);
+        let (head, _) =
+            shardgate_http::parse_request_head(&buf, &shardgate_http::Limits::default())
+                .unwrap()
+                .unwrap();
+        let body = Bytes::new();
+        let strip = ["x-jwt-sub".to_string(), "x-tier".to_string()];
+        let set = [("x-jwt-sub".to_string(), "user-1".to_string())];
+        let fwd = Forwarded {
+            peer: "10.0.0.9:5000".parse().unwrap(),
+            request_id: b"rid",
+            model: None,
+            body: &body,
+            claims: Some(ClaimHeaders {
+                strip: &strip,
+                set: &set,
+            }),
+        };
+        let mut out = Vec::new();
+        write_request(&head, &fwd, "127.0.0.1:9000".parse().unwrap(), &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("forged"), "{text}");
+        assert!(text.contains("\r\nx-jwt-sub: user-1\r\n"), "{text}");
+        assert!(text.contains("\r\nx-other: 1\r\n"), "{text}");
     }
 
     fn hosts(req: &str) -> Vec<&str> {

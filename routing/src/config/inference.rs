@@ -300,21 +300,60 @@ pub struct JwtAuthentication {
     pub providers: Vec<JwtProvider>,
 }
 
-/// `authentication.jwt.providers[]`.
+/// `authentication.jwt.providers[]`: who issues tokens and where their keys are.
+///
+/// Keys come from `localJWKS` (an inline JWK set) or `remoteJWKS.uri`; with
+/// neither, from `<issuer>/.well-known/jwks.json` (README "JWT authentication").
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JwtProvider {
     /// Provider name.
     pub name: String,
-    /// Expected `iss`.
+    /// Expected `iss`; with several providers, a token's `iss` picks its provider.
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Accepted `aud` values.
+    /// Accepted `aud` values (a token must name one of them when any are set).
     #[serde(default, deserialize_with = "nullable")]
     pub audiences: Vec<String>,
-    /// Where to fetch keys (kept as written).
-    #[serde(default)]
-    pub remote_jwks: Option<serde_json::Value>,
+    /// A JWK set fetched over HTTP.
+    #[serde(default, rename = "remoteJWKS", alias = "remoteJwks")]
+    pub remote_jwks: Option<RemoteJwks>,
+    /// A JWK set written in the policy.
+    #[serde(default, rename = "localJWKS", alias = "localJwks")]
+    pub local_jwks: Option<LocalJwks>,
+    /// Claims copied into request headers for the backend.
+    #[serde(default, deserialize_with = "nullable")]
+    pub claim_to_headers: Vec<ClaimToHeader>,
+}
+
+/// `providers[].remoteJWKS`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteJwks {
+    /// `http://` or `https://` URL of the JWK set.
+    pub uri: String,
+    /// How long a fetched set is used before it is fetched again.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub cache_duration: Option<Duration>,
+}
+
+/// `providers[].localJWKS`: `{keys: [JWK, …]}`, as a JWKS document writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct LocalJwks {
+    /// The JWKs, kept as written (parsed by the gateway).
+    #[serde(default, deserialize_with = "nullable")]
+    pub keys: Vec<serde_json::Value>,
+}
+
+/// `providers[].claimToHeaders[]`: copy claim `claim` (a string or number) of a
+/// valid token into request header `header` (a client's own copy is dropped).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimToHeader {
+    /// Claim name, e.g. `sub`.
+    pub claim: String,
+    /// Header name, e.g. `x-jwt-sub`.
+    pub header: String,
 }
 
 /// `SecurityPolicy.spec.rateLimit`.

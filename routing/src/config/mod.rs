@@ -119,7 +119,7 @@ pub enum Resource {
     InferencePolicy(InferencePolicy),
     /// `ai.gateway.io/v1alpha1` `BatchingPolicy`.
     BatchingPolicy(BatchingPolicy),
-    /// The seed's `SecurityPolicy` (not enforced yet).
+    /// The seed's `SecurityPolicy` (JWT authentication enforced; rate limits not yet).
     SecurityPolicy(SecurityPolicy),
     /// `monitoring.coreos.com/v1` `ServiceMonitor` (not enforced).
     ServiceMonitor(ServiceMonitor),
@@ -305,10 +305,11 @@ pub const PARTLY: &str = "partly enforced (timeout, modelRouting.strategy, resou
 /// Enforcement status of `InferenceModel`: its criticality acts, `targetModels` does not.
 pub const PARTLY_MODEL: &str = "partly enforced (criticality; targetModels accepted, not acted on)";
 
-/// Enforcement status of `SecurityPolicy`: its rate limits act (per client,
-/// exact across shards); `authentication` does not yet.
+/// Enforcement status of `SecurityPolicy`: its JWT authentication and its rate
+/// limits (per client, exact across shards) act; a JWKS behind `https://` is not
+/// fetched yet.
 pub const PARTLY_SECURITY: &str =
-    "partly enforced (rateLimit; authentication accepted, not enforced)";
+    "partly enforced (authentication.jwt, rateLimit; https:// JWKS URIs not fetched yet)";
 
 /// Whether shardgate acts on `kind`, wholly or in part (see
 /// [`Config::enforcement_report`]); `None` for kinds it does not load at all.
@@ -330,10 +331,9 @@ pub struct Config {
 
 impl Config {
     /// Per kind present: its enforcement status ([`ENFORCED`], [`PARTLY`],
-    /// [`PARTLY_MODEL`], [`PARTLY_SECURITY`] or [`NOT_ENFORCED`]) and how many documents of it were loaded, in a fixed
-    /// kind order. Meant to be logged at start-up so no kind is silently
-    /// dropped. `GRPCRoute` and `ServiceMonitor` are not enforced yet, nor
-    /// `SecurityPolicy`'s authentication.
+    /// [`PARTLY_MODEL`] or [`NOT_ENFORCED`]) and how many documents of
+    /// it were loaded, in a fixed kind order. Meant to be logged at start-up so no kind is
+    /// silently dropped. `GRPCRoute` and `ServiceMonitor` are not enforced yet.
     pub fn enforcement_report(&self) -> Vec<(String, &'static str, usize)> {
         KINDS
             .iter()

@@ -924,3 +924,61 @@ fn tls_secrets_and_https_listeners_are_checked_naming_the_field() {
     assert_eq!(e[0].field, "spec.listeners[0].tls.certificateRefs[0]");
     assert!(load(&gw(", tls: {certificateRefs: [{name: s}]}")).is_ok());
 }
+
+const SP_HEAD: &str = "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: SecurityPolicy\nmetadata: {name: sp}\nspec:\n  authentication:\n    jwt:\n      providers:\n";
+
+#[test]
+fn jwt_provider_key_sources_and_claim_headers_parse() {
+    let doc = format!(
+        "{SP_HEAD}      - name: a\n        issuer: https://a.example\n        remoteJWKS: {{uri: 'http://127.0.0.1:9/jwks', cacheDuration: 60s}}\n        claimToHeaders: [{{claim: sub, header: x-jwt-sub}}]\n      - name: b\n        issuer: https://b.example\n        localJWKS: {{keys: [{{kty: OKP, crv: Ed25519, x: abc}}]}}\n"
+    );
+    let c = load(&doc).unwrap();
+    let Resource::SecurityPolicy(sp) = &c.docs[0].1 else {
+        panic!("not a SecurityPolicy")
+    };
+    let p = &sp
+        .spec
+        .authentication
+        .as_ref()
+        .unwrap()
+        .jwt
+        .as_ref()
+        .unwrap()
+        .providers;
+    let r = p[0].remote_jwks.as_ref().unwrap();
+    assert_eq!(r.uri, "http://127.0.0.1:9/jwks");
+    assert_eq!(r.cache_duration, Some(Duration::from_secs(60)));
+    assert_eq!(p[0].claim_to_headers[0].header, "x-jwt-sub");
+    assert_eq!(p[1].local_jwks.as_ref().unwrap().keys.len(), 1);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn jwt_provider_problems_name_the_field() {
+    let field = "spec.authentication.jwt.providers[0]";
+    check(
+        &format!("{SP_HEAD}      - name: a\n        issuer: not-a-url\n"),
+        field,
+        "no keys",
+    );
+    check(
+        &format!("{SP_HEAD}      - name: a\n        remoteJWKS: {{uri: 'ftp://x/jwks'}}\n"),
+        &format!("{field}.remoteJWKS.uri"),
+        "not an http",
+    );
+    check(
+        &format!("{SP_HEAD}      - name: a\n        issuer: https://a\n        claimToHeaders: [{{claim: sub, header: 'x y'}}]\n"),
+        &format!("{field}.claimToHeaders[0].header"),
+        "not a valid header name",
+    );
+    check(
+        &format!("{SP_HEAD}      - name: a\n        localJWKS: {{keys: []}}\n      - name: b\n        issuer: https://b\n"),
+        &format!("{field}.issuer"),
+        "several providers",
+    );
+    check(
+        &format!("{SP_HEAD}      - name: a\n        localJWKS: {{keys: []}}\n        remoteJWKS: {{uri: 'http://x/'}}\n"),
+        field,
+        "not both",
+    );
+}

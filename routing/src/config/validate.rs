@@ -440,6 +440,9 @@ fn inference_model(m: &InferenceModel, p: &mut Problems) {
 }
 
 fn security_policy(s: &SecurityPolicy, p: &mut Problems) {
+    if let Some(jwt) = s.spec.authentication.as_ref().and_then(|a| a.jwt.as_ref()) {
+        jwt_providers(&jwt.providers, p);
+    }
     let Some(rl) = &s.spec.rate_limit else {
         return;
     };
@@ -455,6 +458,79 @@ fn security_policy(s: &SecurityPolicy, p: &mut Problems) {
                 format!("spec.rateLimit.perModel.{model}.requests"),
                 "must be at least 1".into(),
             ));
+        }
+    }
+}
+
+fn jwt_providers(providers: &[JwtProvider], p: &mut Problems) {
+    let base = "spec.authentication.jwt.providers";
+    if providers.is_empty() {
+        p.push((base.into(), "must name at least one provider".into()));
+    }
+    for (i, prov) in providers.iter().enumerate() {
+        let at = format!("{base}[{i}]");
+        if providers[..i].iter().any(|o| o.name == prov.name) {
+            p.push((
+                format!("{at}.name"),
+                format!("duplicate provider `{}`", prov.name),
+            ));
+        }
+        if providers.len() > 1 {
+            match &prov.issuer {
+                None => p.push((
+                    format!("{at}.issuer"),
+                    "required when there are several providers (a token's iss picks its provider)"
+                        .into(),
+                )),
+                Some(iss)
+                    if providers[..i]
+                        .iter()
+                        .any(|o| o.issuer.as_ref() == Some(iss)) =>
+                {
+                    p.push((
+                        format!("{at}.issuer"),
+                        format!("two providers with issuer `{iss}`"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if prov.remote_jwks.is_some() && prov.local_jwks.is_some() {
+            p.push((at.clone(), "set localJWKS or remoteJWKS, not both".into()));
+        }
+        if let Some(r) = &prov.remote_jwks {
+            if !(r.uri.starts_with("http://") || r.uri.starts_with("https://")) {
+                p.push((
+                    format!("{at}.remoteJWKS.uri"),
+                    format!("`{}` is not an http:// or https:// URL", r.uri),
+                ));
+            }
+        }
+        if prov.remote_jwks.is_none()
+            && prov.local_jwks.is_none()
+            && !prov
+                .issuer
+                .as_deref()
+                .is_some_and(|i| i.starts_with("http://") || i.starts_with("https://"))
+        {
+            p.push((
+                at.clone(),
+                "no keys: set localJWKS or remoteJWKS (or an http(s) issuer, whose /.well-known/jwks.json is fetched)".into(),
+            ));
+        }
+        for (j, c) in prov.claim_to_headers.iter().enumerate() {
+            if c.claim.is_empty() {
+                p.push((
+                    format!("{at}.claimToHeaders[{j}].claim"),
+                    "must not be empty".into(),
+                ));
+            }
+            if !is_token(&c.header) {
+                p.push((
+                    format!("{at}.claimToHeaders[{j}].header"),
+                    format!("`{}` is not a valid header name", c.header),
+                ));
+            }
         }
     }
 }

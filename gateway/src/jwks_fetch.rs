@@ -1,0 +1,184 @@
+//! Remote JWK sets: the control thread's fetch loop, one per `remoteJWKS`
+//! provider ([`crate::jwt::KeySource::Remote`]).
+//!
+//! Each loop fetches its set at start, then again every `cacheDuration`
+//! (default 5 min) and, within [`POLL`] (50 ms), when a shard asked for it: a
+//! token named an unknown `kid` or the provider had no keys yet. Shards ask at
+//! most once per [`crate::jwt::REFETCH_MIN_INTERVAL`] (10 s) per provider, so
+//! a flood of unknown `kid`s costs at most one fetch per 10 s. A 200 with a
+//! JWK set holding at least one usable key replaces the provider's set (an
+//! `ArcSwap`: shards never wait); anything else keeps the last one and is
+//! logged. Each fetch is bounded by [`FETCH_TIMEOUT`] (5 s) and
+//! [`crate::upstream::MAX_BODY`].
+//!
+//! Only `http://` URIs are fetched today: an `https://` one (as the default
+//! `<issuer>/.well-known/jwks.json` of an https issuer is) is logged once and
+//! its provider stays without keys (every token 401 `no_keys`) until upstream
+//! TLS lands. A host name is resolved (blocking) on the control thread at each
+//! fetch.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use monoio::time::Instant;
+
+use crate::jwt::{Authenticator, KeySet, KeySource};
+use crate::upstream::{connect, exchange_whole};
+
+/// How often a loop checks for a shard's refetch request (50 ms).
+pub const POLL: Duration = Duration::from_millis(50);
+/// Bound on one fetch: connect, request and whole response (5 s).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait before retrying a failed fetch when no shard asks sooner (30 s).
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// An `http://host[:port]/path` URI, split.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpUri<'a> {
+    /// `host[:port]`, for `Host`.
+    pub authority: &'a str,
+    /// Host alone (brackets kept off an IPv6 literal).
+    pub host: &'a str,
+    /// Port (80 when absent).
+    pub port: u16,
+    /// Path and query, `/` when absent.
+    pub path: &'a str,
+}
+
+/// Split an `http://` URI; `None` for another scheme or a malformed one.
+pub fn parse_http_uri(uri: &str) -> Option<HttpUri<'_>> {
+    let rest = uri.strip_prefix("http://")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (h, after) = v6.split_once(']')?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, p.parse().ok()?),
+                None if after.is_empty() => (h, 80),
+                None => return None,
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (authority, 80),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some(HttpUri {
+        authority,
+        host,
+        port,
+        path,
+    })
+}
+
+/// Start one fetch loop per remote provider on the current (control) runtime.
+pub fn spawn_all(auth: &Arc<Authenticator>) {
+    for (i, p) in auth.providers().enumerate() {
+        if matches!(p.source(), KeySource::Remote { .. }) {
+            monoio::spawn(fetch_loop(auth.clone(), i));
+        }
+    }
+}
+
+async fn fetch_loop(auth: Arc<Authenticator>, index: usize) {
+    let Some(provider) = auth.providers().nth(index) else {
+        return;
+    };
+    let KeySource::Remote { uri, refresh } = provider.source() else {
+        return;
+    };
+    let refresh = (*refresh).max(Duration::from_secs(1));
+    let Some(target) = parse_http_uri(uri) else {
+        tracing::warn!(provider = %provider.name, uri = %uri, "remoteJWKS: only http:// URIs are fetched until upstream TLS lands; tokens of this provider are refused (401 no_keys)");
+        return;
+    };
+    let mut req = Vec::new();
+    loop {
+        let next = match fetch(&target, &mut req).await {
+            Ok(set) => {
+                tracing::info!(provider = %provider.name, keys = set.len(), "remoteJWKS fetched");
+                provider.store_keys(set);
+                Instant::now() + refresh
+            }
+            Err(e) => {
+                tracing::warn!(provider = %provider.name, uri = %uri, error = %e, "remoteJWKS fetch failed; keeping the last key set");
+                Instant::now() + refresh.min(RETRY_AFTER_FAILURE)
+            }
+        };
+        loop {
+            monoio::time::sleep(POLL).await;
+            if provider.take_refetch() || Instant::now() >= next {
+                break;
+            }
+        }
+    }
+}
+
+async fn fetch(target: &HttpUri<'_>, req: &mut Vec<u8>) -> Result<KeySet, String> {
+    let addr: SocketAddr = (target.host, target.port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+        .next()
+        .ok_or_else(|| format!("{} resolves to no address", target.host))?;
+    let deadline = Instant::now() + FETCH_TIMEOUT;
+    let conn = connect(addr, FETCH_TIMEOUT)
+        .await
+        .map_err(|e| e.message().to_string())?;
+    req.clear();
+    req.extend_from_slice(b"GET ");
+    req.extend_from_slice(target.path.as_bytes());
+    req.extend_from_slice(b" HTTP/1.1\r\n");
+    shardgate_http::write::header(req, "host", target.authority.as_bytes());
+    shardgate_http::write::header(req, "user-agent", b"shardgate");
+    shardgate_http::write::header(req, "accept", b"application/json");
+    shardgate_http::write::header(req, "connection", b"close");
+    req.extend_from_slice(b"\r\n");
+    let (reply, _) = exchange_whole(conn, req, deadline, FETCH_TIMEOUT)
+        .await
+        .map_err(|e| e.message().to_string())?;
+    if reply.status != 200 {
+        return Err(format!("status {}", reply.status));
+    }
+    let (set, skipped) = KeySet::from_json(&reply.body)?;
+    if set.is_empty() {
+        return Err(format!("no usable key ({skipped} left out)"));
+    }
+    Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_uris_split() {
+        let u = parse_http_uri("http://127.0.0.1:8080/jwks?x=1");
+        assert_eq!(
+            u,
+            Some(HttpUri {
+                authority: "127.0.0.1:8080",
+                host: "127.0.0.1",
+                port: 8080,
+                path: "/jwks?x=1"
+            })
+        );
+        let u = parse_http_uri("http://auth.example").map(|u| (u.host, u.port, u.path));
+        assert_eq!(u, Some(("auth.example", 80, "/")));
+        let u = parse_http_uri("http://[::1]:9/k").map(|u| (u.host, u.port));
+        assert_eq!(u, Some(("::1", 9)));
+        assert_eq!(parse_http_uri("https://auth.example/jwks"), None);
+        assert_eq!(parse_http_uri("http://u:p@h/jwks"), None);
+        assert_eq!(parse_http_uri("http:///jwks"), None);
+        assert_eq!(parse_http_uri("http://h:notaport/"), None);
+    }
+}

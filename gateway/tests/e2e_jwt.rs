@@ -1,0 +1,232 @@
+//! End to end: JWT authentication through the gateway binary. A rule whose
+//! SecurityPolicy has `authentication.jwt` answers 401 (with `WWW-Authenticate`
+//! and an OpenAI error body) without a token or with a bad one and forwards a
+//! good one; keys come from an inline `localJWKS` or from a `remoteJWKS` served
+//! by a tiny HTTP server in the test, which counts its fetches (an unknown
+//! `kid` refetches at once, a flood of them does not refetch again).
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const RSA: &[u8] = include_bytes!("data/jwt/rsa.pem");
+const EC: &[u8] = include_bytes!("data/jwt/ec.pem");
+const JWKS: &str = include_str!("data/jwt/jwks.json");
+const ISS: &str = "https://auth.example.com";
+
+fn token(alg: Algorithm, kid: &str, exp_in: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let key = match alg {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(EC).unwrap(),
+        _ => EncodingKey::from_rsa_pem(RSA).unwrap(),
+    };
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.into());
+    let claims = json!({"sub": "user-7", "iss": ISS, "aud": "ai-inference", "exp": now + exp_in});
+    encode(&h, &claims, &key).unwrap()
+}
+
+/// The model `m` served by `backend`, behind a SecurityPolicy on the Gateway
+/// with one provider written as `provider` (its keys).
+fn yaml(backend: SocketAddr, provider: &str) -> String {
+    format!(
+        "{}---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: SecurityPolicy\nmetadata: {{name: sp, namespace: default}}\nspec:\n  targetRef: {{group: gateway.networking.k8s.io, kind: Gateway, name: gw}}\n  authentication:\n    jwt:\n      providers:\n      - name: idp\n        issuer: {ISS}\n        audiences: [ai-inference]\n{provider}",
+        config(&[("m", vec![(1, vec![backend])])])
+    )
+}
+
+fn keys_json(kids: &[&str]) -> String {
+    let all: serde_json::Value = serde_json::from_str(JWKS).unwrap();
+    let keys: Vec<_> = all["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| kids.contains(&k["kid"].as_str().unwrap()))
+        .cloned()
+        .collect();
+    serde_json::Value::from(keys).to_string()
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+#[test]
+fn local_jwks_401_without_or_with_a_bad_token_200_with_a_good_one() {
+    let backend = sim(&["m"], |_| {});
+    let provider = format!(
+        "        localJWKS: {{keys: {}}}\n",
+        keys_json(&["rsa-1", "ec-1"])
+    );
+    let gw = Gateway::start(&yaml(backend.addr(), &provider), &[]);
+    let mut c = gw.connect();
+    let body = chat("m", false, 2);
+
+    let r = c.post("/v1/chat/completions", &body, &[]);
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Bearer realm=\"shardgate\"")
+    );
+    assert_eq!(r.json()["error"]["type"], "authentication_error");
+    assert_eq!(r.json()["error"]["code"], "invalid_api_key");
+
+    let expired = token(Algorithm::RS256, "rsa-1", -3600);
+    let r = c.post(
+        "/v1/chat/completions",
+        &body,
+        &[("authorization", &bearer(&expired))],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "invalid_token");
+    let challenge = r.header("www-authenticate").unwrap();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    assert!(challenge.contains("expired"), "{challenge}");
+    assert!(!r.text().contains(&expired), "the token is not echoed");
+
+    for (alg, kid) in [(Algorithm::RS256, "rsa-1"), (Algorithm::ES256, "ec-1")] {
+        let good = token(alg, kid, 600);
+        let r = c.post(
+            "/v1/chat/completions",
+            &body,
+            &[("authorization", &bearer(&good))],
+        );
+        assert_eq!(r.status, 200, "{alg:?}: {}", r.text());
+    }
+    // GET /v1/models has no rule: no token needed.
+    assert_eq!(c.get("/v1/models").status, 200);
+
+    // Shards publish their metrics periodically.
+    let counted = poll(Duration::from_secs(10), || {
+        let m = gw.metrics();
+        (m.contains("gateway_auth_failures_total{reason=\"missing\"} 1")
+            && m.contains("gateway_auth_failures_total{reason=\"expired\"} 1"))
+        .then_some(())
+    });
+    assert!(counted.is_some(), "{}", gw.metrics());
+    let log = gw.stderr_text();
+    assert!(!log.contains(&expired), "a token reached the log");
+}
+
+/// A JWKS server: serves the RSA key until `rotated`, then the RSA and EC keys;
+/// counts requests.
+struct JwksServer {
+    addr: SocketAddr,
+    fetches: Arc<AtomicUsize>,
+    rotated: Arc<AtomicBool>,
+}
+
+fn jwks_server() -> JwksServer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let rotated = Arc::new(AtomicBool::new(false));
+    let (f, r) = (fetches.clone(), rotated.clone());
+    let v1 = format!("{{\"keys\":{}}}", keys_json(&["rsa-1"]));
+    let v2 = format!("{{\"keys\":{}}}", keys_json(&["rsa-1", "ec-1"]));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            f.fetch_add(1, Ordering::SeqCst);
+            let body = if r.load(Ordering::SeqCst) { &v2 } else { &v1 };
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    JwksServer {
+        addr,
+        fetches,
+        rotated,
+    }
+}
+
+#[test]
+fn remote_jwks_is_fetched_refetched_on_an_unknown_kid_and_not_flooded() {
+    let backend = sim(&["m"], |_| {});
+    let jwks = jwks_server();
+    let provider = format!(
+        "        remoteJWKS: {{uri: 'http://{}/jwks.json', cacheDuration: 1h}}\n",
+        jwks.addr
+    );
+    let gw = Gateway::start(&yaml(backend.addr(), &provider), &[]);
+    let mut c = gw.connect();
+    let body = chat("m", false, 2);
+    let rs = token(Algorithm::RS256, "rsa-1", 600);
+    let ok = poll(Duration::from_secs(10), || {
+        let r = c.post(
+            "/v1/chat/completions",
+            &body,
+            &[("authorization", &bearer(&rs))],
+        );
+        (r.status == 200).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "the first fetch never made the RSA key usable"
+    );
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
+
+    // Key rotation: the EC key appears; its first token asks for a refetch.
+    jwks.rotated.store(true, Ordering::SeqCst);
+    let es = token(Algorithm::ES256, "ec-1", 600);
+    let ok = poll(Duration::from_secs(10), || {
+        let r = c.post(
+            "/v1/chat/completions",
+            &body,
+            &[("authorization", &bearer(&es))],
+        );
+        (r.status == 200).then_some(())
+    });
+    assert!(ok.is_some(), "an unknown kid did not refetch the set");
+    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2);
+
+    // A flood of unknown kids: every one 401, no further fetch within 10 s.
+    for i in 0..200 {
+        let t = token(Algorithm::RS256, &format!("flood-{i}"), 600);
+        let r = c.post(
+            "/v1/chat/completions",
+            &body,
+            &[("authorization", &bearer(&t))],
+        );
+        assert_eq!(r.status, 401);
+    }
+    let extra = poll(Duration::from_millis(500), || {
+        (jwks.fetches.load(Ordering::SeqCst) > 2).then_some(())
+    });
+    assert!(extra.is_none(), "the flood refetched the JWKS");
+    let counted = poll(Duration::from_secs(10), || {
+        let m = gw.metrics();
+        let n: u64 = m
+            .lines()
+            .find_map(|l| l.strip_prefix("gateway_auth_failures_total{reason=\"unknown_kid\"} "))?
+            .parse()
+            .ok()?;
+        // The flood, plus the EC token's tries before the refetch landed.
+        (n > 200).then_some(())
+    });
+    assert!(counted.is_some(), "{}", gw.metrics());
+}
