@@ -86,6 +86,11 @@ pub struct DemoArgs {
     /// Print the embedded demo config and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Run the demo on these config files instead of the embedded one: an edited
+    /// copy of `--print-config` (an HTTPS listener, a SecurityPolicy, …). Every
+    /// EndpointSlice must still belong to one of the demo's two Services.
+    #[arg(short = 'c', long = "config")]
+    pub config: Vec<std::path::PathBuf>,
     /// Shared runtime options.
     #[command(flatten)]
     pub run: RunArgs,

@@ -2,6 +2,9 @@
 //! config a user can copy) with one simulated vLLM server (`shardgate-sim`, in
 //! process) on every EndpointSlice address of that config: two models, four
 //! servers. Prints the listen address and a ready-to-paste streaming `curl`.
+//! `demo -c FILE…` runs the same on an edited copy of that config (e.g. with an
+//! HTTPS listener and a SecurityPolicy), as long as its EndpointSlices still
+//! belong to the two demo Services.
 //!
 //! The simulated servers come with the cargo feature `demo` (on by default). A
 //! binary built with `--no-default-features` has no simulator linked in: its
@@ -34,7 +37,8 @@ pub fn start_sims(
     for ep in table.endpoints() {
         let Some((_, model)) = DEMO_SERVICES.iter().find(|(svc, _)| *svc == ep.backend) else {
             return Err(format!(
-                "demo config endpoint {} belongs to {}, which has no simulated model",
+                "demo config endpoint {} belongs to {}, which has no simulated model \
+                 (the demo simulates default/llama-vllm and default/qwen-vllm)",
                 ep.addr, ep.backend
             ));
         };
@@ -79,7 +83,19 @@ fn serve_demo(_args: &DemoArgs) -> ExitCode {
 /// Start the simulated servers, then the gateway in front of them.
 #[cfg(feature = "demo")]
 fn serve_demo(args: &DemoArgs) -> ExitCode {
-    let sources = vec![("demo.yaml (embedded)".to_string(), DEMO_CONFIG.to_string())];
+    let sources = if args.config.is_empty() {
+        vec![("demo.yaml (embedded)".to_string(), DEMO_CONFIG.to_string())]
+    } else {
+        match crate::load::read_sources(&args.config, args.run.config_limits.max_config_bytes) {
+            Ok(s) => s,
+            Err(errors) => {
+                for e in errors {
+                    eprintln!("error: {e}");
+                }
+                return ExitCode::from(2);
+            }
+        }
+    };
     let loaded = match crate::load::load(&sources) {
         Ok(l) => l,
         Err(errors) => {
@@ -112,14 +128,18 @@ fn serve_demo(args: &DemoArgs) -> ExitCode {
                 .map(|a| a.to_string())
                 .unwrap_or_default();
             let host = addr.replace("0.0.0.0", "127.0.0.1");
+            let scheme = match loaded.table.listeners().iter().find(|l| l.served) {
+                Some(l) if l.protocol == "HTTPS" => "https",
+                _ => "http",
+            };
             println!(
-                "shardgate demo is serving on http://{host} (models: llama-3-8b, qwen-2.5-7b)"
+                "shardgate demo is serving on {scheme}://{host} (models: llama-3-8b, qwen-2.5-7b)"
             );
             println!("Try a streaming chat completion:\n");
             println!(
-                "  curl -N http://{host}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"llama-3-8b\",\"stream\":true,\"max_tokens\":40,\"messages\":[{{\"role\":\"user\",\"content\":\"Tell me about shard-per-core gateways\"}}]}}'\n"
+                "  curl -N {scheme}://{host}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"llama-3-8b\",\"stream\":true,\"max_tokens\":40,\"messages\":[{{\"role\":\"user\",\"content\":\"Tell me about shard-per-core gateways\"}}]}}'\n"
             );
-            println!("  curl http://{host}/v1/models\n\nCtrl-C stops it.");
+            println!("  curl {scheme}://{host}/v1/models\n\nCtrl-C stops it.");
             running.shards.join();
             ExitCode::SUCCESS
         }
