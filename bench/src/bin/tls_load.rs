@@ -21,7 +21,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -237,7 +237,7 @@ fn worker(
                 "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
                 args.path, args.sni
             );
-            while !stop.load(Ordering::Relaxed) {
+            while running() {
                 let c = if one_handshake(args, cfg, req.as_bytes()) {
                     ok
                 } else {
@@ -249,12 +249,12 @@ fn worker(
         Mode::Keepalive => {
             let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", args.path, args.sni);
             let mut buf = Vec::with_capacity(16384);
-            while !stop.load(Ordering::Relaxed) {
+            while running() {
                 let Ok(mut tls) = open(args, cfg) else {
                     bad.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
-                while !stop.load(Ordering::Relaxed) {
+                while running() {
                     if tls.write_all(req.as_bytes()).is_err() || !read_response(&mut tls, &mut buf)
                     {
                         bad.fetch_add(1, Ordering::Relaxed);
@@ -277,15 +277,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let stop = AtomicBool::new(false);
     let (ok, bad) = (AtomicU64::new(0), AtomicU64::new(0));
     let start = Instant::now();
+    // Every worker stops at the deadline, after the request it is in.
+    let until = start + Duration::from_secs_f64(args.duration);
     std::thread::scope(|s| {
         for _ in 0..args.threads.max(1) {
-            s.spawn(|| worker(&args, &cfg, &stop, &ok, &bad));
+            s.spawn(|| worker(&args, &cfg, until, &ok, &bad));
         }
-        std::thread::sleep(Duration::from_secs_f64(args.duration));
-        stop.store(true, Ordering::Relaxed);
     });
     let secs = start.elapsed().as_secs_f64();
     println!(
