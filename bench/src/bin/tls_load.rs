@@ -224,13 +224,8 @@ fn one_handshake(args: &Args, cfg: &Arc<ClientConfig>, req: &[u8]) -> bool {
     body.starts_with(b"HTTP/1.1 200")
 }
 
-fn worker(
-    args: &Args,
-    cfg: &Arc<ClientConfig>,
-    stop: &AtomicBool,
-    ok: &AtomicU64,
-    bad: &AtomicU64,
-) {
+fn worker(args: &Args, cfg: &Arc<ClientConfig>, until: Instant, ok: &AtomicU64, bad: &AtomicU64) {
+    let running = || Instant::now() < until;
     match args.mode {
         Mode::Handshake => {
             let req = format!(
