@@ -312,6 +312,10 @@ pub struct LimitArgs {
     /// `authentication.jwt`).
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub jwt_leeway: Duration,
+    /// Verified JWTs each shard remembers, so a client's token is checked once
+    /// until it expires or its key set changes (0 = verify every request).
+    #[arg(long, default_value_t = crate::jwt::DEFAULT_CACHE_ENTRIES)]
+    pub jwt_cache_size: usize,
 }
 
 /// Parse an admin address flag: `off` → None.

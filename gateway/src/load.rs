@@ -137,6 +137,7 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
             .filter(|n| *n > 0),
         admission_timeout: limits.admission_timeout,
         jwt_leeway: limits.jwt_leeway,
+        jwt_cache_size: limits.jwt_cache_size,
         shards: 1,
         max_connections: limits.max_connections.unwrap_or(u64::MAX),
         rate_limit_max_keys: limits.rate_limit_max_keys,

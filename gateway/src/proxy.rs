@@ -621,7 +621,13 @@ async fn execute<'s, S: ClientStream>(
     // JWT authentication (SecurityPolicy `authentication.jwt`) comes before any
     // answer about the rule; rules without it pay one `None` check.
     let jwt = decision.security.and_then(|k| state.auth.policy(k));
-    let verified = match jwt.map(|p| p.verify(head.header("authorization"))) {
+    let verified = match jwt.map(|p| {
+        p.verify_cached(
+            &mut shard.jwt_cache.borrow_mut(),
+            head.header("authorization"),
+            crate::jwt::unix_now(),
+        )
+    }) {
         None => None,
         Some(Ok(v)) => Some(v),
         Some(Err(reason)) => {

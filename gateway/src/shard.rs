@@ -75,6 +75,8 @@ pub struct Shard {
     local: RefCell<Vec<u32>>,
     /// Retries may add at most `--retry-budget` of the requests.
     pub budget: RefCell<RetryBudget>,
+    /// Tokens this shard verified (`--jwt-cache-size`).
+    pub jwt_cache: RefCell<crate::jwt::TokenCache>,
     /// This shard's share of `--max-buffered-body-bytes`.
     pub body_budget: BodyBudget,
     /// One batcher per BatchingPolicy.
@@ -127,6 +129,7 @@ impl Shard {
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             budget: RefCell::new(RetryBudget::new(state.settings.retry_budget)),
+            jwt_cache: RefCell::new(crate::jwt::TokenCache::new(state.settings.jwt_cache_size)),
             body_budget: BodyBudget::new(BodyBudget::share_of(
                 state.settings.max_buffered_body_bytes,
                 state.settings.shards,

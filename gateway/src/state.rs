@@ -62,6 +62,8 @@ pub struct Settings {
     pub admission_timeout: Duration,
     /// Clock skew allowed on a JWT's `exp` and `nbf` (`--jwt-leeway`).
     pub jwt_leeway: Duration,
+    /// Verified tokens each shard remembers (`--jwt-cache-size`).
+    pub jwt_cache_size: usize,
     /// Number of shards.
     pub shards: usize,
     /// Client connections across the gateway (`--max-connections`, or derived

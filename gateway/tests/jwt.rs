@@ -315,3 +315,82 @@ fn a_local_jwks_without_usable_keys_is_a_start_error() {
         .unwrap();
     assert!(e.contains("no usable key"), "{e}");
 }
+
+#[test]
+fn the_token_cache_skips_re_verification_until_exp_or_a_key_change() {
+    use shardgate::jwt::TokenCache;
+    use std::rc::Rc;
+    let a = local("");
+    let p = policy(&a);
+    let mut cache = TokenCache::new(16);
+    let c = claims();
+    let exp = c["exp"].as_u64().unwrap();
+    let bearer = format!("Bearer {}", mint(Algorithm::RS256, Some("rsa-1"), &c));
+    let auth = Some(bearer.as_bytes());
+    let first = p.verify_cached(&mut cache, auth, now()).unwrap();
+    assert_eq!(first.subject.as_deref(), Some("user-1"));
+    assert_eq!(first.expires, exp);
+    assert_eq!(cache.len(), 1);
+    // A hit is the very same verification (no new check, no allocation).
+    let hit = p.verify_cached(&mut cache, auth, now()).unwrap();
+    assert!(Rc::ptr_eq(&first, &hit));
+    // Past exp + leeway (30 s) the entry is not used: a full check again (the
+    // token is still valid by the real clock, so it passes, as a new result).
+    let late = p.verify_cached(&mut cache, auth, exp + 30).unwrap();
+    assert!(!Rc::ptr_eq(&first, &late));
+    let again = p.verify_cached(&mut cache, auth, now()).unwrap();
+    assert!(Rc::ptr_eq(&late, &again), "the re-verified token is cached");
+    // A key-set swap (JWKS refresh) re-verifies every cached token.
+    let set = shardgate::jwt::KeySet::from_json(JWKS.as_bytes())
+        .unwrap()
+        .0;
+    a.providers().next().unwrap().store_keys(set);
+    let after = p.verify_cached(&mut cache, auth, now()).unwrap();
+    assert!(!Rc::ptr_eq(&again, &after));
+    // Refused tokens are never cached: each is checked in full.
+    let before = cache.len();
+    let mut bad = bearer.clone().into_bytes();
+    let n = bad.len();
+    bad[n - 3] = if bad[n - 3] == b'A' { b'B' } else { b'A' };
+    for _ in 0..3 {
+        assert_eq!(
+            p.verify_cached(&mut cache, Some(&bad), now()).map(|_| ()),
+            Err(Reason::BadSignature)
+        );
+    }
+    assert_eq!(cache.len(), before);
+    assert_eq!(
+        p.verify_cached(&mut cache, None, now()).map(|_| ()),
+        Err(Reason::Missing)
+    );
+}
+
+#[test]
+fn the_token_cache_is_bounded_and_can_be_off() {
+    use shardgate::jwt::TokenCache;
+    use std::rc::Rc;
+    let a = local("");
+    let p = policy(&a);
+    let token = |sub: &str| {
+        let mut c = claims();
+        c["sub"] = json!(sub);
+        format!("Bearer {}", mint(Algorithm::ES256, Some("ec-1"), &c))
+    };
+    let mut cache = TokenCache::new(2);
+    for i in 0..5 {
+        let t = token(&format!("user-{i}"));
+        p.verify_cached(&mut cache, Some(t.as_bytes()), now())
+            .unwrap();
+        assert!(cache.len() <= 2, "{} entries", cache.len());
+    }
+    let mut off = TokenCache::new(0);
+    let t = token("x");
+    let one = p
+        .verify_cached(&mut off, Some(t.as_bytes()), now())
+        .unwrap();
+    let two = p
+        .verify_cached(&mut off, Some(t.as_bytes()), now())
+        .unwrap();
+    assert!(!Rc::ptr_eq(&one, &two));
+    assert!(off.is_empty());
+}
