@@ -394,3 +394,17 @@ fn the_token_cache_is_bounded_and_can_be_off() {
     assert!(!Rc::ptr_eq(&one, &two));
     assert!(off.is_empty());
 }
+
+#[test]
+fn a_local_jwks_from_a_secret_verifies_tokens() {
+    let jwks = serde_json::from_str::<serde_json::Value>(JWKS)
+        .unwrap()
+        .to_string();
+    let a = auth_for(&format!(
+        "      - name: p\n        issuer: {ISS}\n        audiences: [{AUD}]\n        localJWKS: {{secretRef: {{name: idp-jwks}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: idp-jwks, namespace: default}}\ntype: Opaque\nstringData:\n  jwks.json: '{jwks}'\n"
+    ));
+    let p = policy(&a);
+    assert_eq!(a.providers().next().unwrap().key_count(), 3);
+    let v = check(p, &mint(Algorithm::ES256, Some("ec-1"), &claims()));
+    assert_eq!(v.map(|v| v.subject), Ok(Some("user-1".into())));
+}

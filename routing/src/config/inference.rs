@@ -337,13 +337,36 @@ pub struct RemoteJwks {
     pub cache_duration: Option<Duration>,
 }
 
-/// `providers[].localJWKS`: `{keys: [JWK, …]}`, as a JWKS document writes it.
+/// `providers[].localJWKS`: `{keys: [JWK, …]}`, as a JWKS document writes it,
+/// or `{secretRef: {name, namespace?, key?}}`: a JWKS document held in a
+/// Secret of the config (key `jwks.json` unless named), which the routing
+/// table resolves into `keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LocalJwks {
     /// The JWKs, kept as written (parsed by the gateway).
     #[serde(default, deserialize_with = "nullable")]
     pub keys: Vec<serde_json::Value>,
+    /// The Secret holding the JWK set instead.
+    #[serde(default)]
+    pub secret_ref: Option<JwksSecretRef>,
 }
+
+/// `localJWKS.secretRef`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct JwksSecretRef {
+    /// The Secret's name.
+    pub name: String,
+    /// Its namespace; absent means the SecurityPolicy's.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// The data key holding the JWKS JSON (default [`JWKS_SECRET_KEY`]).
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+/// Default data key of a `localJWKS.secretRef` Secret.
+pub const JWKS_SECRET_KEY: &str = "jwks.json";
 
 /// `providers[].claimToHeaders[]`: copy claim `claim` (a string or number) of a
 /// valid token into request header `header` (a client's own copy is dropped).

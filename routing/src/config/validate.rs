@@ -498,6 +498,14 @@ fn jwt_providers(providers: &[JwtProvider], p: &mut Problems) {
         if prov.remote_jwks.is_some() && prov.local_jwks.is_some() {
             p.push((at.clone(), "set localJWKS or remoteJWKS, not both".into()));
         }
+        if let Some(l) = &prov.local_jwks {
+            if l.secret_ref.is_some() && !l.keys.is_empty() {
+                p.push((
+                    format!("{at}.localJWKS"),
+                    "set keys or secretRef, not both".into(),
+                ));
+            }
+        }
         if let Some(r) = &prov.remote_jwks {
             if !(r.uri.starts_with("http://") || r.uri.starts_with("https://")) {
                 p.push((

@@ -303,7 +303,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             .docs
             .iter()
             .filter_map(|(m, r)| match r {
-                Resource::SecurityPolicy(p) => Some((m.key(), p.clone())),
+                Resource::SecurityPolicy(p) => Some((m.key(), self.resolve_jwks_secrets(m, p))),
                 _ => None,
             })
             .collect();
@@ -441,6 +441,77 @@ impl<'c, 'r> Builder<'c, 'r> {
             port_groups,
             listener_group,
         }
+    }
+
+    /// `sp` with every `localJWKS.secretRef` replaced by the keys of the JWKS
+    /// document its Secret holds; a missing Secret or key, or a value that is
+    /// not a JWKS document, is an error naming the field.
+    fn resolve_jwks_secrets(
+        &mut self,
+        meta: &DocMeta,
+        sp: &crate::config::SecurityPolicy,
+    ) -> crate::config::SecurityPolicy {
+        let mut sp = sp.clone();
+        let config = self.config;
+        let Some(jwt) = sp.spec.authentication.as_mut().and_then(|a| a.jwt.as_mut()) else {
+            return sp;
+        };
+        for (i, prov) in jwt.providers.iter_mut().enumerate() {
+            let Some(local) = prov.local_jwks.as_mut() else {
+                continue;
+            };
+            let Some(r) = local.secret_ref.take() else {
+                continue;
+            };
+            let field = format!("spec.authentication.jwt.providers[{i}].localJWKS.secretRef");
+            let ns = r.namespace.as_deref().unwrap_or(&meta.namespace);
+            let key = r.key.as_deref().unwrap_or(crate::config::JWKS_SECRET_KEY);
+            let found = config.docs.iter().find_map(|(m, res)| match res {
+                Resource::Secret(s) if m.name == r.name && m.namespace == ns => Some(s),
+                _ => None,
+            });
+            let Some(secret) = found else {
+                self.errors.push(ConfigError::at(
+                    meta,
+                    field,
+                    format!("Secret {ns}/{} is not in the config", r.name),
+                ));
+                continue;
+            };
+            let value = match secret.value(key) {
+                Ok(Some(v)) => v,
+                Ok(None) => {
+                    self.errors.push(ConfigError::at(
+                        meta,
+                        field,
+                        format!("Secret {ns}/{} has no key `{key}`", r.name),
+                    ));
+                    continue;
+                }
+                // Per-document validation reported the bad base64 already.
+                Err(_) => continue,
+            };
+            match serde_json::from_slice::<crate::config::LocalJwks>(&value) {
+                Ok(set) if !set.keys.is_empty() => local.keys = set.keys,
+                Ok(_) => self.errors.push(ConfigError::at(
+                    meta,
+                    field,
+                    format!(
+                        "Secret {ns}/{} key `{key}`: the JWK set has no keys",
+                        r.name
+                    ),
+                )),
+                Err(e) => self.errors.push(ConfigError::at(
+                    meta,
+                    field,
+                    format!(
+                        "Secret {ns}/{} key `{key}` is not a JWKS document: {e}",
+                        r.name
+                    ),
+                )),
+            }
+        }
+        sp
     }
 
     /// An `HTTPS` listener's certificates, resolved from its `certificateRefs`

@@ -123,3 +123,92 @@ fn the_seed_policy_covers_the_seed_routes() {
             .collect::<Vec<_>>()
     );
 }
+
+fn jwks_policy(secret_ref: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: SecurityPolicy\nmetadata:\n  name: jwt\n  namespace: default\nspec:\n  targetRef: {{group: gateway.networking.k8s.io, kind: Gateway, name: gw}}\n  authentication:\n    jwt:\n      providers:\n      - name: idp\n        issuer: https://idp.example\n        localJWKS:\n          secretRef: {secret_ref}\n"
+    )
+}
+
+fn opaque_secret(name: &str, body: &str) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}\n  namespace: default\ntype: Opaque\n{body}"
+    )
+}
+
+#[test]
+fn a_local_jwks_from_a_secret_is_resolved_into_keys() {
+    let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"abc","kid":"k"}]}"#;
+    let yaml = format!(
+        "{}{}{}",
+        two_routes(),
+        jwks_policy("{name: idp-keys}"),
+        opaque_secret("idp-keys", &format!("stringData:\n  jwks.json: '{jwks}'\n")),
+    );
+    let t = build(&yaml);
+    let sp = t.security_policy("default/jwt").expect("policy");
+    let local = sp
+        .spec
+        .authentication
+        .as_ref()
+        .unwrap()
+        .jwt
+        .as_ref()
+        .unwrap()
+        .providers[0]
+        .local_jwks
+        .as_ref()
+        .unwrap();
+    assert_eq!(local.keys.len(), 1);
+    assert_eq!(local.keys[0]["kid"], "k");
+    assert!(local.secret_ref.is_none());
+    // Another data key, named by the ref.
+    let yaml = format!(
+        "{}{}{}",
+        two_routes(),
+        jwks_policy("{name: idp-keys, key: keys}"),
+        opaque_secret("idp-keys", &format!("stringData:\n  keys: '{jwks}'\n")),
+    );
+    assert!(build(&yaml).security_policy("default/jwt").is_some());
+}
+
+#[test]
+fn a_jwks_secret_that_is_missing_or_wrong_is_an_error_naming_the_field() {
+    let field = "spec.authentication.jwt.providers[0].localJWKS.secretRef";
+    let cases = [
+        (jwks_policy("{name: absent}"), "is not in the config"),
+        (
+            format!(
+                "{}{}",
+                jwks_policy("{name: s}"),
+                opaque_secret("s", "stringData:\n  other: x\n")
+            ),
+            "has no key `jwks.json`",
+        ),
+        (
+            format!(
+                "{}{}",
+                jwks_policy("{name: s}"),
+                opaque_secret("s", "stringData:\n  jwks.json: 'not json'\n")
+            ),
+            "is not a JWKS document",
+        ),
+        (
+            format!(
+                "{}{}",
+                jwks_policy("{name: s}"),
+                opaque_secret("s", "stringData:\n  jwks.json: '{\"keys\":[]}'\n")
+            ),
+            "has no keys",
+        ),
+    ];
+    for (docs, want) in cases {
+        let yaml = format!("{}{docs}", two_routes());
+        let errs = build_err(&yaml);
+        assert!(
+            errs.iter()
+                .any(|e| e.field == field && e.message.contains(want)),
+            "{want}: {errs:?}"
+        );
+    }
+}
