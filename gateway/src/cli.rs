@@ -187,6 +187,11 @@ pub struct LimitArgs {
     /// the connection closes.
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub tls_handshake_timeout: Duration,
+    /// A TLS client whose SNI names no `HTTPS` listener of the port (or that
+    /// sends none while every listener has a hostname): `default` serves the
+    /// port's first certificate, `reject` ends the handshake with an alert.
+    #[arg(long, value_enum, default_value = "default")]
+    pub tls_unknown_sni: UnknownSni,
     /// Upstream connect timeout (the endpoint is then ejected and another tried).
     #[arg(long, default_value = "5s", value_parser = duration)]
     pub connect_timeout: Duration,
@@ -316,6 +321,15 @@ pub struct LimitArgs {
     /// until it expires or its key set changes (0 = verify every request).
     #[arg(long, default_value_t = crate::jwt::DEFAULT_CACHE_ENTRIES)]
     pub jwt_cache_size: usize,
+}
+
+/// `--tls-unknown-sni`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownSni {
+    /// Serve the port's default certificate (its first listener's first).
+    Default,
+    /// Refuse the handshake (a TLS alert; the client sees a handshake failure).
+    Reject,
 }
 
 /// Parse an admin address flag: `off` → None.

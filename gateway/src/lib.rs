@@ -240,7 +240,9 @@ pub fn start(
     let mut addrs = Vec::new();
     for (port, listeners) in &ports {
         let addr = SocketAddr::new(run.bind, *port);
-        let tls = tls::port_config(loaded.table.listeners(), listeners).map_err(|e| vec![e])?;
+        let reject_unknown = run.limits.tls_unknown_sni == cli::UnknownSni::Reject;
+        let tls = tls::port_config(loaded.table.listeners(), listeners, reject_unknown)
+            .map_err(|e| vec![e])?;
         let sharing = if run.reuse_port_with_other_processes {
             shardgate_runtime::PortSharing::WithOtherProcesses
         } else {

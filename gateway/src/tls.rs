@@ -18,7 +18,8 @@
 //!   certificate is chosen by SNI ([`SniResolver`]): an exact listener
 //!   hostname first, then a `*.` wildcard one (one label), then a listener
 //!   without hostname; a client that sends no SNI or an unknown name gets the
-//!   port's first listener's first certificate (its default);
+//!   port's first listener's first certificate (its default), or, with
+//!   `--tls-unknown-sni reject`, a TLS alert (no certificate is shown);
 //! - TLS 1.3 and 1.2, the `ring` provider's default cipher suites; ALPN
 //!   offers `http/1.1`; session resumption by tickets (12 h lifetime, keys
 //!   rotated by rustls) and by a 256-entry session cache;
@@ -426,14 +427,18 @@ enum Name {
 pub struct SniResolver {
     /// In listener order; each listener's first certificate.
     by_name: Vec<(Name, Arc<CertifiedKey>)>,
-    /// The port's first listener's first certificate.
-    default: Arc<CertifiedKey>,
+    /// The port's first listener's first certificate; `None` with
+    /// `--tls-unknown-sni reject` (unknown names get no certificate).
+    default: Option<Arc<CertifiedKey>>,
 }
 
 impl SniResolver {
-    fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+    fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let any = || self.by_name.iter().find(|(n, _)| matches!(n, Name::Any));
         let Some(sni) = sni else {
-            return self.default.clone();
+            return any()
+                .map(|(_, k)| k.clone())
+                .or_else(|| self.default.clone());
         };
         let sni = sni.to_ascii_lowercase();
         let exact = self
@@ -448,17 +453,16 @@ impl SniResolver {
                 _ => false,
             })
         };
-        let any = || self.by_name.iter().find(|(n, _)| matches!(n, Name::Any));
         exact
             .or_else(wildcard)
             .or_else(any)
-            .map_or_else(|| self.default.clone(), |(_, k)| k.clone())
+            .map_or_else(|| self.default.clone(), |(_, k)| Some(k.clone()))
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.pick(hello.server_name()))
+        self.pick(hello.server_name())
     }
 }
 
@@ -487,6 +491,7 @@ fn certified_key(
 pub fn port_config(
     all: &[ListenerInfo],
     listeners: &[usize],
+    reject_unknown_sni: bool,
 ) -> Result<Option<Arc<ServerConfig>>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut by_name = Vec::new();
@@ -525,7 +530,10 @@ pub fn port_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver { by_name, default }));
+        .with_cert_resolver(Arc::new(SniResolver {
+            by_name,
+            default: (!reject_unknown_sni).then_some(default),
+        }));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS setup: {e}"))?;
     Ok(Some(Arc::new(cfg)))

@@ -339,3 +339,38 @@ fn serve_error(yaml: &str) -> String {
     assert!(!exited.unwrap().success());
     err
 }
+
+/// `--tls-unknown-sni reject`: a name no listener has gets a TLS alert and no
+/// certificate; the listeners' own names still work.
+#[test]
+fn an_unknown_sni_can_be_refused_with_an_alert() {
+    let pki = pki();
+    let backend = sim(&["model-a"], |_| {});
+    let gw = Gateway::start(
+        &tls_config(&pki, backend.addr()),
+        &["--tls-unknown-sni", "reject"],
+    );
+    let cfg = client_config(&pki);
+    let s = connect(&cfg, gw.addr, "b.example.test");
+    assert_eq!(peer_cert(&s), pki.b.2);
+
+    let sock = TcpStream::connect(gw.addr).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let name = ServerName::try_from("c.example.test".to_string()).unwrap();
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    let mut outcome = Ok(());
+    while s.conn.is_handshaking() {
+        if let Err(e) = s.conn.complete_io(&mut s.sock) {
+            outcome = Err(e);
+            break;
+        }
+    }
+    let err = outcome.expect_err("the handshake for an unknown name must fail");
+    assert!(
+        err.to_string().contains("alert") || err.to_string().contains("Alert"),
+        "{err}"
+    );
+    assert!(s.conn.peer_certificates().is_none());
+}
