@@ -17,8 +17,8 @@ use shardgate_runtime::Shutdown;
 
 /// What the admin endpoints report.
 pub struct AdminView {
-    /// `/debug/config` body.
-    pub config_json: Vec<u8>,
+    /// `/debug/config` and the configuration revision.
+    pub config: Arc<crate::reload::ConfigStatus>,
     /// Drain flag.
     pub shutdown: Shutdown,
     /// Shard metrics, merged at scrape.
@@ -100,10 +100,11 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                     (200, b"text/plain", b"ready\n".to_vec())
                 }
             }
-            "/debug/config" => (200, b"application/json", view.config_json.clone()),
+            "/debug/config" => (200, b"application/json", view.config.debug_json()),
             "/metrics" => (200, b"text/plain; version=0.0.4; charset=utf-8", {
                 let mut text = view.hub.render();
                 view.endpoints.render_metrics(&mut text);
+                view.config.render(&mut text);
                 text.into_bytes()
             }),
             "/debug/endpoints" => (200, b"application/json", view.endpoints.debug_json()),

@@ -305,7 +305,8 @@ fn parse_key(v: &serde_json::Value) -> Option<Key> {
 /// Where a provider's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {
-    /// `localJWKS`, fixed at start.
+    /// `localJWKS`, inline or from a Secret (a reload that changes the
+    /// Secret swaps the set: [`Authenticator::adopt_local_keys`]).
     Local,
     /// Fetched from `uri` every `refresh` (and on an unknown `kid`).
     Remote {
@@ -821,6 +822,33 @@ impl Authenticator {
     /// Whether no rule uses JWT authentication.
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+
+    /// Take the local key sets of `newer` (built from a reloaded
+    /// configuration) for this authenticator's `localJWKS` providers of the
+    /// same policy and name; how many were swapped. Tokens cached under the
+    /// old sets lapse (the generation moves).
+    pub fn adopt_local_keys(&self, newer: &Authenticator) -> usize {
+        let mut swapped = 0;
+        for (key, policy) in &self.policies {
+            let Some(new_policy) = newer.policy(key) else {
+                continue;
+            };
+            for p in &policy.providers {
+                if !matches!(p.source, KeySource::Local) {
+                    continue;
+                }
+                let Some(np) = new_policy.providers.iter().find(|np| np.name == p.name) else {
+                    continue;
+                };
+                if matches!(np.source, KeySource::Local) {
+                    p.keys.store(np.keys.load_full());
+                    p.generation.fetch_add(1, Ordering::AcqRel);
+                    swapped += 1;
+                }
+            }
+        }
+        swapped
     }
 }
 

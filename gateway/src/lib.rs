@@ -71,6 +71,7 @@ pub mod plan;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redact;
+pub mod reload;
 pub mod report;
 pub mod server;
 pub mod shard;
@@ -97,7 +98,7 @@ pub fn main_entry() -> ExitCode {
     match cli.command {
         Command::Serve(args) => {
             match load::read_sources(&args.config, args.run.config_limits.max_config_bytes) {
-                Ok(sources) => serve(&sources, &args.run, Shutdown::new()),
+                Ok(sources) => serve_watching(&sources, &args.config, &args.run, Shutdown::new()),
                 Err(errors) => report_errors(&errors),
             }
         }
@@ -152,8 +153,29 @@ pub fn check(paths: &[std::path::PathBuf], limits: &cli::ConfigLimitArgs) -> Exi
 
 /// Run the gateway on `sources` until `shutdown` fires (a signal or the caller).
 pub fn serve(sources: &[(String, String)], run: &RunArgs, shutdown: Shutdown) -> ExitCode {
+    serve_watching(sources, &[], run, shutdown)
+}
+
+/// [`serve`] `sources`, read from `paths`, reloading them when they change or
+/// on `SIGHUP` ([`reload`]).
+pub fn serve_watching(
+    sources: &[(String, String)],
+    paths: &[std::path::PathBuf],
+    run: &RunArgs,
+    shutdown: Shutdown,
+) -> ExitCode {
     match start(sources, run, shutdown) {
         Ok(running) => {
+            let files: Vec<_> = paths
+                .iter()
+                .filter(|p| p.as_os_str() != "-")
+                .cloned()
+                .collect();
+            if !files.is_empty() {
+                if let Err(e) = running.reloader.watch(files) {
+                    tracing::warn!(error = %e, "cannot watch the configuration files: no live reload");
+                }
+            }
             running.shards.join();
             tracing::info!("drained; bye");
             ExitCode::SUCCESS
@@ -168,6 +190,9 @@ pub struct Running {
     pub shards: shardgate_runtime::Shards,
     /// Served addresses, one per port.
     pub addrs: Vec<SocketAddr>,
+    /// Reloads the configuration (certificates and JWK sets live); taken
+    /// by [`reload::Reloader::watch`].
+    pub reloader: reload::Reloader,
 }
 
 /// Load, bind and start everything; returns once the shards run.
@@ -238,6 +263,7 @@ pub fn start(
     }
     let mut per_shard: Vec<Vec<server::PortSocket>> = (0..shards).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
+    let mut tls_ports = Vec::new();
     for (port, listeners) in &ports {
         let addr = SocketAddr::new(run.bind, *port);
         let reject_unknown = run.limits.tls_unknown_sni == cli::UnknownSni::Reject;
@@ -268,8 +294,14 @@ pub fn start(
         for (shard, sock) in sockets.into_iter().enumerate() {
             per_shard[shard].push(server::PortSocket {
                 listeners: listeners.clone(),
-                tls: tls.clone(),
+                tls: tls.as_ref().map(|t| t.config.clone()),
                 socket: sock,
+            });
+        }
+        if let Some(tls) = tls {
+            tls_ports.push(reload::TlsPort {
+                listeners: listeners.clone(),
+                tls,
             });
         }
     }
@@ -325,13 +357,27 @@ pub fn start(
         auth.clone(),
     )
     .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
+    let config_status = Arc::new(reload::ConfigStatus::new(
+        debug_config_value(&loaded, sources),
+        sources,
+    ));
+    let reloader = reload::Reloader::new(
+        &run.config_limits,
+        settings.jwt_leeway,
+        sources,
+        &loaded.config,
+        loaded.table.listeners(),
+        tls_ports,
+        auth.clone(),
+        config_status.clone(),
+    );
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
             admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
         admin_addr = listener.local_addr().ok();
         let view = Arc::new(admin::AdminView {
-            config_json: debug_config_json(&loaded, sources),
+            config: config_status.clone(),
             endpoints: endpoints_view::EndpointsView {
                 endpoints: loaded
                     .table
@@ -399,6 +445,7 @@ pub fn start(
     Ok(Running {
         shards: handles,
         addrs,
+        reloader,
     })
 }
 
@@ -494,7 +541,9 @@ fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
     out
 }
 
-fn debug_config_json(loaded: &load::Loaded, sources: &[(String, String)]) -> Vec<u8> {
+/// The `/debug/config` body of a loaded configuration (before the reload
+/// fields [`reload::ConfigStatus`] adds).
+fn debug_config_value(loaded: &load::Loaded, sources: &[(String, String)]) -> serde_json::Value {
     let docs: Vec<serde_json::Value> = loaded
         .config
         .docs
@@ -520,15 +569,14 @@ fn debug_config_json(loaded: &load::Loaded, sources: &[(String, String)]) -> Vec
         .iter()
         .map(ToString::to_string)
         .collect();
-    serde_json::to_vec_pretty(&serde_json::json!({
+    serde_json::json!({
         "documents": docs,
         "kinds": report,
         "models": loaded.table.models(),
         "endpoints": endpoints,
         "warnings": warnings,
         "resources": resources_json(sources),
-    }))
-    .unwrap_or_default()
+    })
 }
 
 #[cfg(test)]
@@ -591,7 +639,7 @@ spec:
         let table =
             shardgate_routing::RoutingTable::build(&config, &mut |_, _| Vec::new()).unwrap();
         let loaded = load::Loaded { config, table };
-        let text = String::from_utf8(debug_config_json(&loaded, &sources)).unwrap();
+        let text = debug_config_value(&loaded, &sources).to_string();
         assert_eq!(text.matches("LEAK-").count(), 0, "{text}");
         // What is harmless stays visible.
         assert!(text.contains("\"llama\""), "{text}");
@@ -610,8 +658,7 @@ spec:
         let table =
             shardgate_routing::RoutingTable::build(&config, &mut |_, _| Vec::new()).unwrap();
         let loaded = load::Loaded { config, table };
-        let json: serde_json::Value =
-            serde_json::from_slice(&debug_config_json(&loaded, &sources)).unwrap();
+        let json: serde_json::Value = debug_config_value(&loaded, &sources);
         assert_eq!(
             json["warnings"],
             serde_json::json!([

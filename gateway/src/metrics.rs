@@ -206,6 +206,30 @@ pub struct ShardMetrics {
     pub body_budget: (u64, u64),
     /// Requests refused by JWT authentication, by [`crate::jwt::Reason::ALL`].
     pub auth_failures: [u64; AUTH_REASONS],
+    /// TLS handshakes, by [`crate::tls::HANDSHAKE_RESULTS`].
+    pub tls_handshakes: [u64; crate::tls::HANDSHAKE_RESULTS.len()],
+}
+
+/// One counter family with one label, summed over the shards: `get` gives a
+/// shard's counts in the order of `label.1`.
+fn labelled_sum<const N: usize>(
+    w: &mut PromWriter<'_>,
+    shards: &[&ShardMetrics],
+    name: &str,
+    help: &str,
+    label: (&str, &[&str; N]),
+    get: impl Fn(&ShardMetrics) -> [u64; N],
+) {
+    let mut sum = [0u64; N];
+    for s in shards {
+        for (t, v) in sum.iter_mut().zip(get(s)) {
+            *t += v;
+        }
+    }
+    w.family(name, help, Kind::Counter);
+    for (value, v) in label.1.iter().zip(sum) {
+        w.sample("", &[(label.0, value)], v);
+    }
 }
 
 /// Number of `reason` values of `gateway_auth_failures_total`.
@@ -252,6 +276,7 @@ impl ShardMetrics {
             body_refused: [0; 2],
             body_budget: (0, 0),
             auth_failures: [0; AUTH_REASONS],
+            tls_handshakes: [0; crate::tls::HANDSHAKE_RESULTS.len()],
         }
     }
 
@@ -655,44 +680,39 @@ impl MetricsHub {
                 .unwrap_or("unknown");
             w.sample("", &[("endpoint", addr), ("kind", kind)], *v);
         }
-        let mut aborts = [0u64; 2];
-        let mut refused = [0u64; 2];
-        for s in &shards {
-            for i in 0..2 {
-                aborts[i] += s.client_aborts[i];
-                refused[i] += s.body_refused[i];
-            }
-        }
-        w.family(
+        labelled_sum(
+            &mut w,
+            &shards,
             "gateway_client_aborts_total",
             "Responses cut short on the client's side: it closed its connection (closed), or a write to it blocked longer than --send-timeout (send_timeout). The upstream request is cancelled either way.",
-            Kind::Counter,
+            ("reason", &CLIENT_ABORT_REASONS),
+            |s| s.client_aborts,
         );
-        for (reason, v) in CLIENT_ABORT_REASONS.iter().zip(aborts) {
-            w.sample("", &[("reason", reason)], v);
-        }
-        w.family(
+        labelled_sum(
+            &mut w,
+            &shards,
             "gateway_body_budget_refused_total",
             "Requests refused because their body did not fit the shard's share of --max-buffered-body-bytes: held by other bodies (exhausted, 503) or larger than the share (over_share, 413).",
-            Kind::Counter,
+            ("reason", &BODY_REFUSAL_REASONS),
+            |s| s.body_refused,
         );
-        for (reason, v) in BODY_REFUSAL_REASONS.iter().zip(refused) {
-            w.sample("", &[("reason", reason)], v);
-        }
-        let mut auth = [0u64; AUTH_REASONS];
-        for s in &shards {
-            for (sum, v) in auth.iter_mut().zip(s.auth_failures) {
-                *sum += v;
-            }
-        }
-        w.family(
+        let auth_labels = crate::jwt::Reason::ALL.map(|r| r.label());
+        labelled_sum(
+            &mut w,
+            &shards,
             "gateway_auth_failures_total",
             "Requests refused with 401 by JWT authentication (SecurityPolicy authentication.jwt), by reason.",
-            Kind::Counter,
+            ("reason", &auth_labels),
+            |s| s.auth_failures,
         );
-        for (reason, v) in crate::jwt::Reason::ALL.iter().zip(auth) {
-            w.sample("", &[("reason", reason.label())], v);
-        }
+        labelled_sum(
+            &mut w,
+            &shards,
+            "gateway_tls_handshakes_total",
+            "TLS handshakes on HTTPS listeners, by result: completed in full (full) or by session resumption (resumed); failed by --tls-handshake-timeout (timeout), plaintext HTTP on the TLS port (plaintext), the client closing or a socket error (io), or TLS the gateway refused: not TLS, no shared version or cipher suite, an unknown SNI with --tls-unknown-sni reject (tls).",
+            ("result", &crate::tls::HANDSHAKE_RESULTS),
+            |s| s.tls_handshakes,
+        );
         w.family(
             "gateway_buffered_body_bytes",
             "Request-body bytes buffered now, per shard (held against its share of --max-buffered-body-bytes).",

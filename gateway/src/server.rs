@@ -253,8 +253,12 @@ async fn serve_tls(
     let _ = stream.set_nodelay(true);
     let timeout = shard.state.settings.tls_handshake_timeout;
     match crate::tls::accept(stream, config, timeout).await {
-        Ok(tls) => serve_connection(shard, tls, peer, listeners, open).await,
+        Ok(tls) => {
+            shard.metrics.borrow_mut().tls_handshakes[tls.handshake_result()] += 1;
+            serve_connection(shard, tls, peer, listeners, open).await
+        }
         Err(e) => {
+            shard.metrics.borrow_mut().tls_handshakes[e.index()] += 1;
             tracing::debug!(shard = shard.id, %peer, reason = e.reason(), error = ?e, "TLS handshake failed");
         }
     }

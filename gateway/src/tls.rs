@@ -32,6 +32,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
 use monoio::buf::IoBuf;
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, CancelHandle, CancelableAsyncWriteRent};
@@ -126,6 +127,15 @@ pub struct TlsStream {
 }
 
 impl TlsStream {
+    /// Its index in [`HANDSHAKE_RESULTS`]: a full handshake (0) or a resumed
+    /// session (1).
+    pub fn handshake_result(&self) -> usize {
+        usize::from(matches!(
+            self.conn.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        ))
+    }
+
     /// Move decrypted bytes into `buf`; how many.
     fn drain_plain(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         let mut total = 0;
@@ -324,14 +334,23 @@ pub enum HandshakeError {
     Tls(rustls::Error),
 }
 
+/// `result` label values of `gateway_tls_handshakes_total`: two successes
+/// (a full handshake, a resumed session), then [`HandshakeError::reason`]s.
+pub const HANDSHAKE_RESULTS: [&str; 6] = ["full", "resumed", "timeout", "plaintext", "io", "tls"];
+
 impl HandshakeError {
     /// A short label for logs and metrics.
     pub fn reason(&self) -> &'static str {
+        HANDSHAKE_RESULTS[self.index()]
+    }
+
+    /// Its index in [`HANDSHAKE_RESULTS`].
+    pub fn index(&self) -> usize {
         match self {
-            HandshakeError::Timeout => "timeout",
-            HandshakeError::Plaintext => "plaintext",
-            HandshakeError::Io(_) => "io",
-            HandshakeError::Tls(_) => "tls",
+            HandshakeError::Timeout => 2,
+            HandshakeError::Plaintext => 3,
+            HandshakeError::Io(_) => 4,
+            HandshakeError::Tls(_) => 5,
         }
     }
 }
@@ -422,9 +441,9 @@ enum Name {
     Any,
 }
 
-/// Chooses a port's certificate by the client's SNI (see the module doc).
+/// A port's certificates, as [`SniResolver`] chooses among them.
 #[derive(Debug)]
-pub struct SniResolver {
+struct PortCerts {
     /// In listener order; each listener's first certificate.
     by_name: Vec<(Name, Arc<CertifiedKey>)>,
     /// The port's first listener's first certificate; `None` with
@@ -432,7 +451,7 @@ pub struct SniResolver {
     default: Option<Arc<CertifiedKey>>,
 }
 
-impl SniResolver {
+impl PortCerts {
     fn pick(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let any = || self.by_name.iter().find(|(n, _)| matches!(n, Name::Any));
         let Some(sni) = sni else {
@@ -460,9 +479,18 @@ impl SniResolver {
     }
 }
 
+/// Chooses a port's certificate by the client's SNI (see the module doc).
+/// The certificates sit behind an [`ArcSwap`]: a rotation ([`PortTls::rotate`])
+/// swaps them for the handshakes that follow; a connection keeps the
+/// certificate its handshake chose.
+#[derive(Debug)]
+pub struct SniResolver {
+    certs: ArcSwap<PortCerts>,
+}
+
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.pick(hello.server_name())
+        self.certs.load().pick(hello.server_name())
     }
 }
 
@@ -485,15 +513,15 @@ fn certified_key(
     Ok(Arc::new(ck))
 }
 
-/// The rustls configuration of one served port: its `HTTPS` listeners
-/// (indices into `all`) with their certificates. `Ok(None)` for a plain
-/// `HTTP` port; `Err` names the Secret and field that cannot be used.
-pub fn port_config(
+/// The certificates of one served port's `HTTPS` listeners (indices into
+/// `all`). `Ok(None)` for a plain `HTTP` port; `Err` names the Secret and field
+/// that cannot be used.
+fn port_certs(
     all: &[ListenerInfo],
     listeners: &[usize],
     reject_unknown_sni: bool,
-) -> Result<Option<Arc<ServerConfig>>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Option<PortCerts>, String> {
     let mut by_name = Vec::new();
     let mut default = None;
     for &i in listeners {
@@ -503,7 +531,7 @@ pub fn port_config(
         }
         let mut first = None;
         for c in &l.tls {
-            let ck = certified_key(&c.cert_pem, &c.key_pem, &provider)
+            let ck = certified_key(&c.cert_pem, &c.key_pem, provider)
                 .map_err(|e| format!("{}: {e}", c.origin))?;
             first.get_or_insert(ck);
         }
@@ -523,18 +551,73 @@ pub fn port_config(
         };
         by_name.push((name, first));
     }
-    let Some(default) = default else {
+    Ok(default.map(|default| PortCerts {
+        by_name,
+        default: (!reject_unknown_sni).then_some(default),
+    }))
+}
+
+/// One served port's TLS: the rustls configuration its connections use and
+/// the resolver whose certificates [`PortTls::rotate`] replaces.
+#[derive(Debug, Clone)]
+pub struct PortTls {
+    /// Shared by the port's sockets on every shard.
+    pub config: Arc<ServerConfig>,
+    resolver: Arc<SniResolver>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    reject_unknown_sni: bool,
+}
+
+impl PortTls {
+    /// The certificates that `all` (a newer configuration's listeners) gives
+    /// the port's `listeners`, checked and ready for [`PortTls::install`].
+    /// `Err` names the Secret and field, or says the port lost its `HTTPS`
+    /// listeners.
+    pub fn prepare(&self, all: &[ListenerInfo], listeners: &[usize]) -> Result<Certs, String> {
+        match port_certs(all, listeners, self.reject_unknown_sni, &self.provider)? {
+            Some(certs) => Ok(Certs(certs)),
+            None => Err("a TLS port has no HTTPS listener any more".to_string()),
+        }
+    }
+
+    /// Serve `certs` on every handshake from now on; connections that exist
+    /// keep the certificate theirs chose.
+    pub fn install(&self, certs: Certs) {
+        self.resolver.certs.store(Arc::new(certs.0));
+    }
+}
+
+/// A port's certificates, checked, between [`PortTls::prepare`] and
+/// [`PortTls::install`].
+#[derive(Debug)]
+pub struct Certs(PortCerts);
+
+/// The rustls configuration of one served port: its `HTTPS` listeners
+/// (indices into `all`) with their certificates. `Ok(None)` for a plain
+/// `HTTP` port; `Err` names the Secret and field that cannot be used.
+pub fn port_config(
+    all: &[ListenerInfo],
+    listeners: &[usize],
+    reject_unknown_sni: bool,
+) -> Result<Option<PortTls>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Some(certs) = port_certs(all, listeners, reject_unknown_sni, &provider)? else {
         return Ok(None);
     };
-    let mut cfg = ServerConfig::builder_with_provider(provider)
+    let resolver = Arc::new(SniResolver {
+        certs: ArcSwap::from_pointee(certs),
+    });
+    let mut cfg = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(SniResolver {
-            by_name,
-            default: (!reject_unknown_sni).then_some(default),
-        }));
+        .with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS setup: {e}"))?;
-    Ok(Some(Arc::new(cfg)))
+    Ok(Some(PortTls {
+        config: Arc::new(cfg),
+        resolver,
+        provider,
+        reject_unknown_sni,
+    }))
 }

@@ -18,13 +18,16 @@ use common::*;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 
-/// A test CA and two leaf certificates signed by it.
+/// A test CA and leaf certificates signed by it.
+#[derive(Clone)]
 struct Pki {
     ca_der: CertificateDer<'static>,
     /// `(cert PEM, key PEM, cert DER)` for `a.example.test` (also valid for
     /// `c.example.test`) and for `b.example.test`.
     a: (String, String, Vec<u8>),
     b: (String, String, Vec<u8>),
+    /// A renewal of `a` (same names, new key).
+    a2: (String, String, Vec<u8>),
 }
 
 fn pki() -> Pki {
@@ -43,6 +46,7 @@ fn pki() -> Pki {
         ca_der: ca.der().clone(),
         a: leaf(&["a.example.test", "c.example.test"]),
         b: leaf(&["b.example.test"]),
+        a2: leaf(&["a.example.test", "c.example.test"]),
     }
 }
 
@@ -373,4 +377,142 @@ fn an_unknown_sni_can_be_refused_with_an_alert() {
         "{err}"
     );
     assert!(s.conn.peer_certificates().is_none());
+}
+
+/// The value of the sample `line_start` (`name{labels}`) in a metrics text.
+fn sample(metrics: &str, line_start: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+/// Replace the gateway's config file the way editors and ConfigMap volumes
+/// do: write a sibling, rename it over.
+fn replace_config(gw: &Gateway, yaml: &str) {
+    let dir = gw.process.dir().unwrap();
+    let tmp = dir.join("config.yaml.tmp");
+    std::fs::write(&tmp, yaml).unwrap();
+    std::fs::rename(&tmp, dir.join("config.yaml")).unwrap();
+}
+
+fn debug_config(gw: &Gateway) -> serde_json::Value {
+    Client::connect(gw.admin.unwrap())
+        .get("/debug/config")
+        .json()
+}
+
+/// A renewed certificate in the Secret serves new handshakes without a
+/// restart; the connection that exists keeps its certificate and keeps
+/// working. An invalid edit changes nothing; a route change is valid but
+/// waits for a restart; SIGHUP reloads too. All counted and shown.
+#[test]
+fn a_renewed_certificate_serves_without_a_restart() {
+    let pki = pki();
+    let backend = sim(&["model-a"], |_| {});
+    let gw = Gateway::start(&tls_config(&pki, backend.addr()), &[]);
+    let cfg = client_config(&pki);
+    let mut old = connect(&cfg, gw.addr, "a.example.test");
+    assert_eq!(peer_cert(&old), pki.a.2);
+    assert_eq!(
+        post(&mut old, "/v1/chat/completions", &chat("model-a", false, 1)).0,
+        200
+    );
+    assert_eq!(debug_config(&gw)["revision"], 1);
+
+    // The renewal: Secret `a` gets a2.
+    let renewed = Pki {
+        a: pki.a2.clone(),
+        ..pki.clone()
+    };
+    let t = Instant::now();
+    replace_config(&gw, &tls_config(&renewed, backend.addr()));
+    // A fresh client config each time: no resumed session hides the certificate.
+    let served = poll(Duration::from_secs(10), || {
+        let s = connect(&client_config(&pki), gw.addr, "a.example.test");
+        (peer_cert(&s) == pki.a2.2).then_some(())
+    });
+    assert!(served.is_some(), "the renewed certificate never served");
+    eprintln!(
+        "file replaced -> renewed certificate served: {:?}",
+        t.elapsed()
+    );
+    // The other listener's certificate is untouched.
+    assert_eq!(
+        peer_cert(&connect(&cfg, gw.addr, "b.example.test")),
+        pki.b.2
+    );
+    // The connection from before keeps its certificate and its keep-alive.
+    assert_eq!(peer_cert(&old), pki.a.2);
+    assert_eq!(
+        post(&mut old, "/v1/chat/completions", &chat("model-a", false, 1)).0,
+        200
+    );
+    let m = gw.metrics();
+    assert_eq!(sample(&m, "gateway_config_revision "), Some(2.0), "{m}");
+    assert_eq!(
+        sample(&m, "gateway_config_reloads_total{result=\"applied\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    // Shards publish their counters periodically.
+    let counted = poll(Duration::from_secs(10), || {
+        let m = gw.metrics();
+        (sample(&m, "gateway_tls_handshakes_total{result=\"full\"}")? >= 3.0).then_some(())
+    });
+    assert!(counted.is_some(), "{}", gw.metrics());
+
+    // An invalid edit (a key that is not PEM): the renewed certificate keeps serving.
+    let broken = Pki {
+        a: (pki.a2.0.clone(), "not a key".into(), pki.a2.2.clone()),
+        ..pki.clone()
+    };
+    replace_config(&gw, &tls_config(&broken, backend.addr()));
+    let errored = poll(Duration::from_secs(10), || {
+        let m = gw.metrics();
+        (sample(&m, "gateway_config_reloads_total{result=\"error\"}")? >= 1.0).then_some(())
+    });
+    assert!(errored.is_some(), "the invalid edit was not reported");
+    let dbg = debug_config(&gw);
+    assert_eq!(dbg["revision"], 2, "{dbg}");
+    let err = dbg["reload"]["last_error"].to_string();
+    assert!(err.contains("Secret") && err.contains("tls.key"), "{err}");
+    let s = connect(&client_config(&pki), gw.addr, "a.example.test");
+    assert_eq!(peer_cert(&s), pki.a2.2);
+
+    // A valid change to a route: named, waits for a restart; Secrets still apply.
+    let moved = tls_config(&renewed, backend.addr()).replace("port: 8000", "port: 8001");
+    replace_config(&gw, &moved);
+    let pending = poll(Duration::from_secs(10), || {
+        let dbg = debug_config(&gw);
+        (dbg["reload"]["last_result"] == "restart_required").then_some(dbg)
+    })
+    .expect("the route change was not reported");
+    assert!(
+        pending["reload"]["pending_restart"]
+            .to_string()
+            .contains("HTTPRoute default/r (changed)"),
+        "{pending}"
+    );
+    // The running routes still serve.
+    let mut s = connect(&cfg, gw.addr, "a.example.test");
+    assert_eq!(
+        post(&mut s, "/v1/chat/completions", &chat("model-a", false, 1)).0,
+        200
+    );
+
+    // SIGHUP with nothing new on disk: unchanged.
+    let before = sample(
+        &gw.metrics(),
+        "gateway_config_reloads_total{result=\"unchanged\"}",
+    )
+    .unwrap_or(0.0);
+    gw.process.signal(libc::SIGHUP);
+    let hup = poll(Duration::from_secs(10), || {
+        let n = sample(
+            &gw.metrics(),
+            "gateway_config_reloads_total{result=\"unchanged\"}",
+        )?;
+        (n > before).then_some(())
+    });
+    assert!(hup.is_some(), "SIGHUP did not reload");
 }

@@ -408,3 +408,49 @@ fn a_local_jwks_from_a_secret_verifies_tokens() {
     let v = check(p, &mint(Algorithm::ES256, Some("ec-1"), &claims()));
     assert_eq!(v.map(|v| v.subject), Ok(Some("user-1".into())));
 }
+
+/// A reload that changes the Secret of a `localJWKS.secretRef` swaps the key
+/// set of the running provider (`Authenticator::adopt_local_keys`): a key
+/// added to the Secret verifies at once, a removed one stops verifying, and
+/// a token cached under the old set is checked again.
+#[test]
+fn a_reloaded_jwks_secret_swaps_the_keys() {
+    let all = serde_json::from_str::<serde_json::Value>(JWKS).unwrap();
+    let only = |kid: &str| {
+        let keys: Vec<_> = all["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k["kid"] == kid)
+            .cloned()
+            .collect();
+        json!({ "keys": keys }).to_string()
+    };
+    let with_secret = |jwks: &str| {
+        auth_for(&format!(
+            "      - name: p\n        issuer: {ISS}\n        audiences: [{AUD}]\n        localJWKS: {{secretRef: {{name: idp-jwks}}}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: idp-jwks, namespace: default}}\ntype: Opaque\nstringData:\n  jwks.json: '{jwks}'\n"
+        ))
+    };
+    let running = with_secret(&only("rsa-1"));
+    let rsa = mint(Algorithm::RS256, Some("rsa-1"), &claims());
+    let ec = mint(Algorithm::ES256, Some("ec-1"), &claims());
+    let mut cache = shardgate::jwt::TokenCache::new(16);
+    let p = policy(&running);
+    let header = format!("Bearer {rsa}");
+    assert!(p
+        .verify_cached(&mut cache, Some(header.as_bytes()), now())
+        .is_ok());
+    assert!(check(p, &ec).is_err());
+
+    assert_eq!(running.adopt_local_keys(&with_secret(&only("ec-1"))), 1);
+    assert!(check(p, &ec).is_ok(), "the added key verifies");
+    assert!(
+        check(p, &rsa).is_err(),
+        "the removed key no longer verifies"
+    );
+    assert!(
+        p.verify_cached(&mut cache, Some(header.as_bytes()), now())
+            .is_err(),
+        "a token cached under the old set is checked again"
+    );
+}

@@ -64,6 +64,16 @@ impl ChildGuard {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Send `signal` to the process (best effort).
+    pub fn signal(&self, signal: libc::c_int) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child's pid, reaped only on drop.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+
     /// Send SIGTERM (a graceful stop, unlike the SIGKILL of drop).
     pub fn terminate(&self) {
         let Ok(pid) = libc::pid_t::try_from(self.child.id()) else {
