@@ -75,6 +75,7 @@ fn setup(n: usize) -> Setup {
             healthy: true,
             models: None,
             inflight: 0,
+            local: false,
         })
         .collect();
     let snapshot = ScoringSnapshot::build(1, now, &store, inputs);

@@ -258,6 +258,16 @@ pub struct LimitArgs {
     /// saturation filter still applies). Default 30.
     #[arg(long)]
     pub queue_scale: Option<f64>,
+    /// The Kubernetes node this gateway runs on (in the DaemonSet, from the
+    /// downward API: `spec.nodeName`). With `InferenceConfig` `gpuAffinity: true`,
+    /// endpoints whose EndpointSlice `nodeName` is this node are preferred.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Weight of the locality scorer (endpoints on `--node-name`) when
+    /// `gpuAffinity` is on; the default 2 keeps traffic local until the local
+    /// endpoints are saturated. 0 turns the preference off.
+    #[arg(long, default_value_t = 2.0)]
+    pub locality_weight: f64,
     /// Size of each ring that shares recorded prefix blocks between shards (two per
     /// shard), in 8-byte words; a record takes 1 + its blocks (at most 257). A
     /// record that does not fit is dropped and counted. 0 turns sharing off.

@@ -119,6 +119,8 @@ pub struct ControlShared {
     /// When each endpoint last passed an active check (a telemetry scrape or a
     /// health probe): shards end an ejection that began before it.
     pub checks: CheckTimes,
+    /// Per endpoint: on the gateway's own node (`gpuAffinity`; empty = none).
+    pub locality: Vec<bool>,
 }
 
 /// Per endpoint, the instants of its last successful telemetry scrape and
@@ -215,6 +217,7 @@ impl ControlShared {
                 healthy: true,
                 models: None,
                 inflight: 0,
+                local: false,
             })
             .collect();
         let store = TelemetryStore::new(store_config(&settings));
@@ -243,7 +246,20 @@ impl ControlShared {
             prefix_share: PrefixShare::new(mpsc::channel().0),
             reports: Reports::new(shards.max(1), endpoints),
             checks: CheckTimes::new(endpoints),
+            locality: Vec::new(),
         }
+    }
+
+    /// Marks the endpoints on the gateway's own node (`gpuAffinity`), indexed
+    /// like the routing table's endpoints; every snapshot carries the marks.
+    pub fn with_locality(mut self, local: Vec<bool>) -> Self {
+        let mut snap = ScoringSnapshot::clone(&self.snapshot.load());
+        for v in &mut snap.endpoints {
+            v.local = local.get(v.id).copied().unwrap_or(false);
+        }
+        self.snapshot.store(Arc::new(snap));
+        self.locality = local;
+        self
     }
 
     /// Turns prefix sharing on: shards may attach their rings, and the control
@@ -409,6 +425,7 @@ async fn run(
             healthy: h.status.get(id).is_none_or(|s| s.healthy),
             models: listed.get(id).and_then(Option::as_ref),
             inflight: inflight.get(id).copied().unwrap_or(0),
+            local: shared.locality.get(id).copied().unwrap_or(false),
         });
         let snap = ScoringSnapshot::build(generation, now, &store.borrow(), inputs);
         shared.snapshot.store(Arc::new(snap));

@@ -146,6 +146,7 @@ impl EndpointsView {
                 "health": health.get(id),
                 "in_flight": inflight.get(id),
                 "ejected_on_some_shard": ejected.get(id),
+                "on_this_node": view.map(|v| v.local),
                 "served_models": view.and_then(|v| v.models.as_ref()).map(|m| serde_json::json!({
                     "models": m.models,
                     "adapters": m.adapters.iter().map(|a| serde_json::json!({"name": a.name, "base": a.base})).collect::<Vec<_>>(),

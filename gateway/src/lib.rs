@@ -329,6 +329,16 @@ pub fn start(
             drain_blocks: run.limits.prefix_share_drain,
         },
         share_interval: run.limits.prefix_share_interval,
+        locality_weight: 0.0,
+    };
+    let locality = locality(&loaded.table, run.limits.node_name.as_deref());
+    let pick = state::PickSettings {
+        locality_weight: if locality.iter().any(|l| l.is_some()) {
+            run.limits.locality_weight.max(0.0)
+        } else {
+            0.0
+        },
+        ..pick
     };
     let control = control::ControlShared::new(
         loaded.table.endpoints().len(),
@@ -337,6 +347,7 @@ pub fn start(
         settings.max_concurrent,
         shards,
     );
+    let control = control.with_locality(locality.iter().map(|l| *l == Some(true)).collect());
     // Prefix sharing between shards: the control thread is the rings' hub.
     let (control, share_inbox) = if shards > 1 && pick.share.enabled() {
         let (c, inbox) = control.with_prefix_share(pick.share_interval);
@@ -447,6 +458,36 @@ pub fn start(
         addrs,
         reloader,
     })
+}
+
+/// Per endpoint, with `gpuAffinity` on and `node` known: whether it runs on
+/// `node` (its EndpointSlice `nodeName`; an endpoint without one is remote).
+/// All `None` when the preference is off; says why in the log once.
+fn locality(table: &shardgate_routing::RoutingTable, node: Option<&str>) -> Vec<Option<bool>> {
+    let n = table.endpoints().len();
+    let affinity = table
+        .inference_config()
+        .and_then(|c| c.spec.resource_management.as_ref())
+        .is_some_and(|r| r.gpu_affinity);
+    if !affinity {
+        return vec![None; n];
+    }
+    let Some(node) = node else {
+        tracing::warn!("InferenceConfig gpuAffinity is on but the gateway's node is unknown (--node-name or NODE_NAME): no node preference");
+        return vec![None; n];
+    };
+    let local: Vec<Option<bool>> = table
+        .endpoints()
+        .iter()
+        .map(|e| Some(e.node.as_deref() == Some(node)))
+        .collect();
+    tracing::info!(
+        node,
+        local = local.iter().filter(|l| **l == Some(true)).count(),
+        endpoints = n,
+        "gpuAffinity: endpoints on this node are preferred"
+    );
+    local
 }
 
 /// The total client-connection cap: `--max-connections` when given, else derived

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_batching::{BatchPolicy, BatchSpec, QueueSpec};
-use shardgate_routing::scoring::{Profile, Saturation, ShareConfig};
+use shardgate_routing::scoring::{PickerKind, Profile, Saturation, Scorer, ShareConfig};
 use shardgate_routing::RoutingTable;
 
 use crate::jwt::Authenticator;
@@ -87,6 +87,9 @@ pub struct PickSettings {
     /// How often the control thread moves records between the rings
     /// (`--prefix-share-interval`).
     pub share_interval: Duration,
+    /// Weight of the locality scorer in max-score profiles: `--locality-weight`
+    /// when `gpuAffinity` is on and `--node-name` is known, else 0.
+    pub locality_weight: f64,
 }
 
 impl Default for PickSettings {
@@ -95,6 +98,7 @@ impl Default for PickSettings {
             queue_scale: None,
             share: ShareConfig::default(),
             share_interval: Duration::from_millis(5),
+            locality_weight: 0.0,
         }
     }
 }
@@ -105,6 +109,13 @@ impl PickSettings {
     pub fn tune(&self, p: Profile, settings: &Settings) -> Profile {
         let p = if p.saturation.is_some() {
             p.with_saturation(Some(settings.saturation))
+        } else {
+            p
+        };
+        let p = if self.locality_weight > 0.0 && p.picker == PickerKind::MaxScore {
+            let mut w = p.weights;
+            w.set(Scorer::Locality, self.locality_weight);
+            p.with_weights(w)
         } else {
             p
         };

@@ -299,8 +299,8 @@ pub const ENFORCED: &str = "enforced";
 /// Enforcement status string for kinds that are parsed and validated only.
 pub const NOT_ENFORCED: &str = "accepted, not enforced";
 /// Enforcement status of `InferenceConfig`: its timeouts, routing strategy and
-/// concurrency cap act; `gpuAffinity` and `modelPrewarming` do not.
-pub const PARTLY: &str = "partly enforced (timeout, modelRouting.strategy, resourceManagement.maxConcurrentInferences; gpuAffinity, modelPrewarming accepted, not acted on)";
+/// concurrency cap and `gpuAffinity` act; `modelPrewarming` does not.
+pub const PARTLY: &str = "partly enforced (timeout, modelRouting.strategy, resourceManagement.maxConcurrentInferences, resourceManagement.gpuAffinity; modelPrewarming accepted, not acted on)";
 
 /// Enforcement status of `InferenceModel`: its criticality acts, `targetModels` does not.
 pub const PARTLY_MODEL: &str = "partly enforced (criticality; targetModels accepted, not acted on)";

@@ -465,6 +465,7 @@ impl Ctx<'_, '_> {
             Scorer::Memory => val(SignalKind::KvUsage)
                 .or_else(|| val(SignalKind::GpuMemUsed))
                 .map(inv),
+            Scorer::Locality => Some(if v.local { 1.0 } else { 0.0 }),
         }
     }
 

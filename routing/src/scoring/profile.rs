@@ -44,6 +44,16 @@
 //!   exports no GPU utilisation: without DCGM that weight is redistributed.
 //! - `round-robin` and `random` read no telemetry and shed nothing (telemetry-
 //!   free baselines); set [`Profile::saturation`] to change that.
+//! - `locality` is in no built-in profile: the gateway adds it to every
+//!   max-score profile when `InferenceConfig.resourceManagement.gpuAffinity`
+//!   is true and it knows its node (`--node-name`), with weight
+//!   `--locality-weight` (default 2). An endpoint whose EndpointSlice
+//!   `nodeName` is the gateway's node scores 1, any other (or unknown) 0. With
+//!   the default weights (queue 2, KV 2) a queue or KV difference is worth at
+//!   most 2 each, so a local endpoint keeps the traffic until the saturation
+//!   filter takes it out (more than 5 waiting or 0.8 KV usage by default);
+//!   then the remote ones serve. A weight under 2 lets load differences win
+//!   earlier.
 
 use std::time::Duration;
 
@@ -144,10 +154,12 @@ pub enum Scorer {
     Gpu,
     /// 1 − KV-cache usage, else 1 − GPU memory used ratio.
     Memory,
+    /// 1 on the gateway's own node, else 0 (`gpuAffinity`; see the module docs).
+    Locality,
 }
 
 /// Number of scorers.
-pub const SCORERS: usize = 8;
+pub const SCORERS: usize = 9;
 
 impl Scorer {
     /// Every scorer, in index order.
@@ -160,6 +172,7 @@ impl Scorer {
         Scorer::Lora,
         Scorer::Gpu,
         Scorer::Memory,
+        Scorer::Locality,
     ];
 
     /// Name for the debug view.
@@ -173,6 +186,7 @@ impl Scorer {
             Self::Lora => "lora",
             Self::Gpu => "gpu",
             Self::Memory => "memory",
+            Self::Locality => "locality",
         }
     }
 
@@ -184,7 +198,7 @@ impl Scorer {
 
 /// A small set of [`Scorer`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub struct ScorerSet(u8);
+pub struct ScorerSet(u16);
 
 impl ScorerSet {
     /// The empty set.

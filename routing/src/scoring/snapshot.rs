@@ -101,6 +101,8 @@ pub struct EndpointInput<'a> {
     pub models: Option<&'a ServedModels>,
     /// In-flight requests to it, summed over shards at the last report.
     pub inflight: u32,
+    /// On the gateway's own node (the locality scorer).
+    pub local: bool,
 }
 
 /// One endpoint in a snapshot.
@@ -117,6 +119,8 @@ pub struct EndpointView {
     pub telemetry: FreshView,
     /// In-flight requests to it over all shards at the last report.
     pub inflight: u32,
+    /// On the gateway's own node (EndpointSlice `nodeName` = `--node-name`).
+    pub local: bool,
 }
 
 impl EndpointView {
@@ -175,6 +179,7 @@ impl EndpointView {
             models: None,
             telemetry: FreshView::with_signals(at, max_age, values),
             inflight: 0,
+            local: false,
         }
     }
 }
@@ -229,6 +234,7 @@ impl ScoringSnapshot {
                     models: input.models.cloned(),
                     telemetry: store.fresh(input.id, now),
                     inflight: input.inflight,
+                    local: input.local,
                 };
             }
         }

@@ -1068,15 +1068,18 @@ fn snapshot_from_store() {
                 healthy: true,
                 models: Some(&models),
                 inflight: 4,
+                local: true,
             },
             EndpointInput {
                 id: 2,
                 healthy: true,
                 models: None,
                 inflight: 1,
+                local: false,
             },
         ],
     );
+    assert!(s.endpoints[0].local && !s.endpoints[2].local);
     assert_eq!(s.generation, 7);
     assert_eq!(s.endpoints.len(), 3);
     assert!(s.endpoints.iter().enumerate().all(|(i, v)| v.id == i));
@@ -1752,4 +1755,47 @@ proptest! {
             }
         }
     }
+}
+
+/// The locality scorer: 1 on the gateway's node, 0 elsewhere; with equal load
+/// the local endpoint wins every pick, and a saturated local one loses to
+/// the others.
+#[test]
+fn locality_prefers_the_local_endpoint_until_it_is_saturated() {
+    let t0 = Instant::now();
+    let mut local = load(0, t0, 0.0, 0.1);
+    local.local = true;
+    let remote = load(1, t0, 0.0, 0.1);
+    let snap = ScoringSnapshot::from_views(1, t0, vec![local, remote.clone()]);
+    let mut w = Profile::default().weights;
+    w.set(Scorer::Locality, 2.0);
+    let p = Profile::default().with_weights(w);
+    let cands = [
+        Candidate {
+            endpoint: 0,
+            prefix_blocks: 0,
+        },
+        Candidate {
+            endpoint: 1,
+            prefix_blocks: 0,
+        },
+    ];
+    let req = PickRequest::default();
+    let mut picker = Picker::new(7);
+    for _ in 0..50 {
+        let pick = picker.pick(&p, &snap, &req, &cands, &[0, 0], t0);
+        assert!(
+            matches!(pick, PickOutcome::Picked(ref k) if k.endpoint == 0),
+            "{pick:?}"
+        );
+    }
+    // Saturated (6 waiting > 5): out; the remote endpoint serves.
+    let mut busy = load(0, t0, 6.0, 0.1);
+    busy.local = true;
+    let snap = ScoringSnapshot::from_views(2, t0, vec![busy, remote]);
+    let pick = picker.pick(&p, &snap, &req, &cands, &[0, 0], t0);
+    assert!(
+        matches!(pick, PickOutcome::Picked(ref k) if k.endpoint == 1),
+        "{pick:?}"
+    );
 }

@@ -125,15 +125,20 @@ impl<'c> Builder<'c, '_> {
     }
 
     /// The index of `addr` in the endpoint list, adding it (found for
-    /// `backend`) when new.
-    fn add_endpoint(&mut self, addr: SocketAddr, backend: &str) -> usize {
+    /// `backend`, on `node` when known) when new; a node learnt later fills
+    /// in an unknown one.
+    fn add_endpoint(&mut self, addr: SocketAddr, backend: &str, node: Option<&str>) -> usize {
         if let Some(&i) = self.endpoint_index.get(&addr) {
+            if let (Some(e), Some(n)) = (self.endpoints.get_mut(i), node) {
+                e.node.get_or_insert_with(|| n.to_owned());
+            }
             return i;
         }
         let i = self.endpoints.len();
         self.endpoints.push(EndpointInfo {
             addr,
             backend: backend.to_owned(),
+            node: node.map(str::to_owned),
         });
         self.endpoint_index.insert(addr, i);
         i
@@ -174,7 +179,7 @@ impl<'c> Builder<'c, '_> {
                     AddressType::Fqdn => (self.resolve)(a, p),
                 };
                 for addr in addrs {
-                    let i = self.add_endpoint(addr, backend);
+                    let i = self.add_endpoint(addr, backend, e.node_name.as_deref());
                     if seen.insert(i) {
                         out.push(i);
                     }
@@ -226,7 +231,7 @@ impl<'c> Builder<'c, '_> {
             let addrs = (self.resolve)(name, port);
             let out: Vec<usize> = addrs
                 .into_iter()
-                .map(|a| self.add_endpoint(a, &backend))
+                .map(|a| self.add_endpoint(a, &backend, None))
                 .collect();
             if out.is_empty() {
                 self.warn(Warning::ServiceUnresolved {

@@ -102,6 +102,9 @@ pub struct EndpointInfo {
     /// `namespace/name` of the Service (or InferencePool) it was found for
     /// first.
     pub backend: String,
+    /// The node it runs on (the EndpointSlice endpoint's `nodeName`), when
+    /// known: `gpuAffinity` prefers the gateway's own node.
+    pub node: Option<String>,
 }
 
 /// The endpoints of one `backendRef`.
