@@ -19,6 +19,8 @@ use shardgate_runtime::Shutdown;
 pub struct AdminView {
     /// `/debug/config` and the configuration revision.
     pub config: Arc<crate::reload::ConfigStatus>,
+    /// Model pre-warming state, when `modelPrewarming` is on.
+    pub warmth: Option<Arc<crate::prewarm::Warmth>>,
     /// Drain flag.
     pub shutdown: Shutdown,
     /// Shard metrics, merged at scrape.
@@ -105,6 +107,9 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 let mut text = view.hub.render();
                 view.endpoints.render_metrics(&mut text);
                 view.config.render(&mut text);
+                if let Some(w) = &view.warmth {
+                    w.render(&mut text);
+                }
                 text.into_bytes()
             }),
             "/debug/endpoints" => (200, b"application/json", view.endpoints.debug_json()),

@@ -251,6 +251,9 @@ pub enum PickFailure {
     Saturated,
     /// Every healthy candidate is saturated and the request is sheddable.
     Shed,
+    /// Only endpoints still warming up for the model are left, and
+    /// `modelPrewarming.mode` is `strict`.
+    Warming,
 }
 
 /// What happened on one try.
@@ -354,6 +357,7 @@ impl Attempts {
         match (why, self.last_error) {
             (PickFailure::Saturated, _) => Failure::saturated(route),
             (PickFailure::Shed, _) => Failure::shed_saturated(route),
+            (PickFailure::Warming, _) => Failure::warming(route),
             (_, Some(e)) => Failure::upstream_failed(e),
             _ => Failure::no_endpoint(route),
         }

@@ -191,6 +191,20 @@ impl Failure {
         f
     }
 
+    /// Only endpoints still warming up for the model are left
+    /// (`modelPrewarming.mode: strict`).
+    pub fn warming(route: &str) -> Self {
+        let mut f = Failure::new(
+            Side::Gateway,
+            503,
+            "service_unavailable",
+            "model_warming",
+            format!("The endpoints of route {route} are still warming up this model (modelPrewarming, strict); retry shortly."),
+        );
+        f.retry_after = Some(1);
+        f
+    }
+
     /// Every healthy endpoint of the route is saturated (queue or KV-cache over
     /// the thresholds).
     pub fn saturated(route: &str) -> Self {

@@ -68,6 +68,7 @@ pub mod metrics;
 pub mod models_poll;
 pub mod notify;
 pub mod plan;
+pub mod prewarm;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redact;
@@ -382,6 +383,7 @@ pub fn start(
         auth.clone(),
         config_status.clone(),
     );
+    let warmth = prewarm::Warmth::for_table(&loaded.table);
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
@@ -389,6 +391,7 @@ pub fn start(
         admin_addr = listener.local_addr().ok();
         let view = Arc::new(admin::AdminView {
             config: config_status.clone(),
+            warmth: warmth.clone(),
             endpoints: endpoints_view::EndpointsView {
                 endpoints: loaded
                     .table
@@ -414,8 +417,11 @@ pub fn start(
         admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
     }
 
-    let state =
-        Arc::new(GatewayState::with_auth(loaded.table, settings, pick, auth).map_err(|e| vec![e])?);
+    let mut state =
+        GatewayState::with_auth(loaded.table, settings, pick, auth).map_err(|e| vec![e])?;
+    state.warmth = warmth;
+    let state = Arc::new(state);
+    start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards_with(
         per_shard,
@@ -458,6 +464,28 @@ pub fn start(
         addrs,
         reloader,
     })
+}
+
+/// Warm the models `modelPrewarming` lists ([`prewarm`]), when it is on.
+fn start_prewarm(state: &GatewayState) -> std::io::Result<()> {
+    let (Some(w), Some(spec)) = (
+        &state.warmth,
+        state
+            .table
+            .inference_config()
+            .and_then(|c| c.spec.model_prewarming.as_ref()),
+    ) else {
+        return Ok(());
+    };
+    let reach = endpoints_view::model_endpoints(&state.table);
+    let addrs: Vec<SocketAddr> = state.table.endpoints().iter().map(|e| e.addr).collect();
+    let targets = prewarm::targets(spec, &reach, &addrs);
+    tracing::info!(
+        pairs = targets.len(),
+        strict = w.strict(),
+        "modelPrewarming: warming up"
+    );
+    prewarm::spawn(w.clone(), spec, targets)
 }
 
 /// Per endpoint, with `gpuAffinity` on and `node` known: whether it runs on

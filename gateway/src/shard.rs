@@ -73,6 +73,9 @@ pub struct Shard {
     share: RefCell<Option<ShardLink>>,
     cands: RefCell<Vec<Candidate>>,
     local: RefCell<Vec<u32>>,
+    /// Scratch for the warm candidates while some are warming up.
+    warm_cands: RefCell<Vec<Candidate>>,
+    warm_local: RefCell<Vec<u32>>,
     /// Retries may add at most `--retry-budget` of the requests.
     pub budget: RefCell<RetryBudget>,
     /// Tokens this shard verified (`--jwt-cache-size`).
@@ -128,6 +131,8 @@ impl Shard {
             share: RefCell::new(share),
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
+            warm_cands: RefCell::new(Vec::with_capacity(64)),
+            warm_local: RefCell::new(Vec::with_capacity(64)),
             budget: RefCell::new(RetryBudget::new(state.settings.retry_budget)),
             jwt_cache: RefCell::new(crate::jwt::TokenCache::new(state.settings.jwt_cache_size)),
             body_budget: BodyBudget::new(BodyBudget::share_of(
@@ -304,10 +309,59 @@ impl Shard {
         }
         drop(index);
         let snapshot = self.control.snapshot.load();
+        // modelPrewarming: endpoints still warming up for this model come
+        // after the warm ones (preferred) or not at all (strict).
+        let cold = self
+            .state
+            .warmth
+            .as_ref()
+            .filter(|w| w.any_cold())
+            .and_then(|w| {
+                let m = w.model_index(req.model?)?;
+                cands
+                    .iter()
+                    .any(|c| w.is_cold(m, c.endpoint))
+                    .then_some((w, m))
+            });
+        if let Some((w, m)) = cold {
+            let mut warm = self.warm_cands.borrow_mut();
+            let mut warm_local = self.warm_local.borrow_mut();
+            warm.clear();
+            warm_local.clear();
+            for (c, l) in cands.iter().zip(local.iter()) {
+                if !w.is_cold(m, c.endpoint) {
+                    warm.push(*c);
+                    warm_local.push(*l);
+                }
+            }
+            let outcome = self.picker.borrow_mut().pick(
+                profile,
+                &snapshot,
+                req,
+                &warm,
+                &warm_local,
+                now.into_std(),
+            );
+            if let PickOutcome::Picked(p) = outcome {
+                return Ok(p.endpoint);
+            }
+            if w.strict() {
+                if outcome == PickOutcome::NoCandidate {
+                    return Err(PickFailure::Warming);
+                }
+                return self.settle(outcome, priority);
+            }
+        }
         let outcome =
             self.picker
                 .borrow_mut()
                 .pick(profile, &snapshot, req, &cands, &local, now.into_std());
+        self.settle(outcome, priority)
+    }
+
+    /// The endpoint of a pick, or why there is none (saturation handling:
+    /// `--saturated-action`, shedding of negative priorities).
+    fn settle(&self, outcome: PickOutcome, priority: i32) -> Result<usize, PickFailure> {
         match outcome {
             PickOutcome::Picked(p) => Ok(p.endpoint),
             PickOutcome::AllSaturated { fallback } => {

@@ -148,6 +148,9 @@ pub struct GatewayState {
     /// JWT providers of the SecurityPolicies rules link (key sets swapped in
     /// by the control thread's fetcher).
     pub auth: Arc<Authenticator>,
+    /// Which (model, endpoint) pairs are still warming up, when the
+    /// InferenceConfig's `modelPrewarming` is enabled ([`crate::prewarm`]).
+    pub warmth: Option<Arc<crate::prewarm::Warmth>>,
 }
 
 impl GatewayState {
@@ -199,6 +202,7 @@ impl GatewayState {
             .any(|(_, p)| p.spec.rate_limit.is_some())
             .then(|| crate::ratelimit::RateLimiter::new(settings.rate_limit_max_keys));
         Ok(GatewayState {
+            warmth: None,
             rate_limiter,
             table,
             settings,

@@ -92,6 +92,12 @@ pub struct SimConfig {
     /// in milliseconds (model loading).
     #[arg(long, default_value_t = 0)]
     pub slow_start_ms: u64,
+    /// Cold start: the first inference request for each model or adapter pays this
+    /// load time, in milliseconds, before it is scheduled (weights or an adapter
+    /// loading, CUDA graphs being captured); requests that arrive meanwhile wait
+    /// for the same load. 0 = warm from the start.
+    #[arg(long, default_value_t = 0)]
+    pub cold_start_ms: u64,
     /// Fixed-response mode: skip the engine and answer every inference request at once
     /// with at most 8 output tokens (benchmarks where the backend must not be the
     /// bottleneck).
@@ -139,6 +145,7 @@ impl Default for SimConfig {
             stall_ms: 0,
             close_mid_stream_rate: 0.0,
             slow_start_ms: 0,
+            cold_start_ms: 0,
             fast: false,
             legacy_metrics: false,
             no_metrics: false,

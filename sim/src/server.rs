@@ -10,7 +10,8 @@
 //! validate like the inference call (400 / 404) → token ids; no engine, no faults.
 //!
 //! Inference request order: slow start (503) → read body (≤ 64 MiB, else 413) → stall →
-//! error-rate fault (500) → parse (400) → model (404) → limits (400) → fast answer or
+//! error-rate fault (500) → parse (400) → model (404) → cold start of the model or
+//! adapter (`--cold-start-ms`, first request only) → limits (400) → fast answer or
 //! engine. Streaming bodies are fed by the engine task through a channel and each SSE
 //! event is handed to hyper as its own frame when produced. A streaming response picked
 //! by `close_mid_stream_rate` fails its body after `k ∈ [1, max_tokens]` token events,
@@ -156,6 +157,9 @@ pub(crate) struct Shared {
     pub(crate) faults: Faults,
     requests_total: AtomicU64,
     renders_total: AtomicU64,
+    /// Per model or adapter: when its cold start ends (`--cold-start-ms`).
+    loaded: tokio::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    cold_starts_total: AtomicU64,
     connections_total: AtomicU64,
     engine: mpsc::UnboundedSender<Command>,
 }
@@ -176,6 +180,22 @@ impl Shared {
             }
             Some(m) => Err(ApiError::unknown_model(m)),
         }
+    }
+
+    /// Wait out `name`'s cold start: the first request for it starts the load
+    /// (`--cold-start-ms`), later ones wait until it ends.
+    async fn cold_start(&self, name: &str) {
+        if self.cfg.cold_start_ms == 0 {
+            return;
+        }
+        let ready = {
+            let mut loaded = self.loaded.lock().await;
+            *loaded.entry(name.to_owned()).or_insert_with(|| {
+                self.cold_starts_total.fetch_add(1, Relaxed);
+                tokio::time::Instant::now() + Duration::from_millis(self.cfg.cold_start_ms)
+            })
+        };
+        tokio::time::sleep_until(ready).await;
     }
 
     async fn snapshot(&self) -> Option<driver::Snapshot> {
@@ -221,6 +241,8 @@ pub(crate) async fn serve(
         created_unix: unix_secs(),
         requests_total: AtomicU64::new(0),
         renders_total: AtomicU64::new(0),
+        loaded: tokio::sync::Mutex::new(std::collections::HashMap::new()),
+        cold_starts_total: AtomicU64::new(0),
         connections_total: AtomicU64::new(0),
         engine: tx,
     });
@@ -464,6 +486,7 @@ async fn stats_page(shared: &Shared) -> Response<RespBody> {
     let m = snap.metrics;
     let body = serde_json::json!({
         "requests_total": shared.requests_total.load(Relaxed),
+        "cold_starts_total": shared.cold_starts_total.load(Relaxed),
         "render_requests_total": shared.renders_total.load(Relaxed),
         "requests_cancelled_total": m.finished_abort,
         "connections_total": shared.connections_total.load(Relaxed),
@@ -631,6 +654,7 @@ fn submit(
 
 async fn generate(shared: &Shared, g: Generate) -> Result<Response<RespBody>, ApiError> {
     let (served, lora, seed_name) = shared.resolve(g.model.as_deref())?;
+    shared.cold_start(&served).await;
     let max_tokens = api::max_tokens(g.max_tokens, shared.cfg.max_tokens_default)?;
     check_lengths(shared, &g.prompts, max_tokens)?;
     let prefix = match g.kind {

@@ -95,6 +95,37 @@ pub struct ModelPrewarming {
     /// Replicas per model.
     #[serde(default)]
     pub replicas_per_model: Option<u32>,
+    /// A prompt (a common system-prompt prefix, say) the warm-up sends, so the
+    /// prefix cache is warm too; default: a one-word prompt.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// `preferred` (default): an endpoint still warming gets traffic only when
+    /// no warm endpoint can take it; `strict`: none at all until it is warm.
+    #[serde(default)]
+    pub mode: Option<PrewarmMode>,
+    /// Longest a warm-up inference may take (default 120 s: a cold start
+    /// loads weights).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Tries per endpoint and model before giving up (default 5; backoff
+    /// 1 s, 2 s, 4 s, … at most 30 s between tries).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Warm-ups in flight at once across the gateway (default 4), so a burst
+    /// of new pods is not stampeded.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
+}
+
+/// `modelPrewarming.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PrewarmMode {
+    /// Cold endpoints serve only when no warm one can.
+    #[default]
+    Preferred,
+    /// Cold endpoints serve nothing.
+    Strict,
 }
 
 /// `InferencePolicy` (`ai.gateway.io/v1alpha1`): load balancing and health

@@ -258,7 +258,7 @@ const KINDS: &[KindSpec] = &[
         kind: "InferenceConfig",
         api_versions: AI_GATEWAY,
         cluster_scoped: false,
-        enforced: PARTLY,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::InferenceConfig),
     },
     KindSpec {
@@ -298,10 +298,6 @@ const KINDS: &[KindSpec] = &[
 pub const ENFORCED: &str = "enforced";
 /// Enforcement status string for kinds that are parsed and validated only.
 pub const NOT_ENFORCED: &str = "accepted, not enforced";
-/// Enforcement status of `InferenceConfig`: its timeouts, routing strategy and
-/// concurrency cap and `gpuAffinity` act; `modelPrewarming` does not.
-pub const PARTLY: &str = "partly enforced (timeout, modelRouting.strategy, resourceManagement.maxConcurrentInferences, resourceManagement.gpuAffinity; modelPrewarming accepted, not acted on)";
-
 /// Enforcement status of `InferenceModel`: its criticality acts, `targetModels` does not.
 pub const PARTLY_MODEL: &str = "partly enforced (criticality; targetModels accepted, not acted on)";
 
@@ -330,7 +326,7 @@ pub struct Config {
 }
 
 impl Config {
-    /// Per kind present: its enforcement status ([`ENFORCED`], [`PARTLY`],
+    /// Per kind present: its enforcement status ([`ENFORCED`],
     /// [`PARTLY_MODEL`] or [`NOT_ENFORCED`]) and how many documents of
     /// it were loaded, in a fixed kind order. Meant to be logged at start-up so no kind is
     /// silently dropped. `GRPCRoute` and `ServiceMonitor` are not enforced yet.

@@ -253,7 +253,7 @@ fn enforcement_report_lists_every_kind() {
             ("GatewayClass".to_owned(), ENFORCED, 1),
             ("Gateway".to_owned(), ENFORCED, 1),
             ("HTTPRoute".to_owned(), ENFORCED, 1),
-            ("InferenceConfig".to_owned(), PARTLY, 1),
+            ("InferenceConfig".to_owned(), ENFORCED, 1),
             ("InferencePolicy".to_owned(), ENFORCED, 1),
             ("BatchingPolicy".to_owned(), ENFORCED, 1),
             ("SecurityPolicy".to_owned(), PARTLY_SECURITY, 1),

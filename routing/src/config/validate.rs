@@ -33,6 +33,26 @@ pub(crate) fn validate(resource: &Resource) -> Problems {
                     ));
                 }
             }
+            if let Some(pw) = &c.spec.model_prewarming {
+                for (field, v) in [
+                    ("replicasPerModel", pw.replicas_per_model),
+                    ("maxAttempts", pw.max_attempts),
+                    ("maxConcurrent", pw.max_concurrent),
+                ] {
+                    if v == Some(0) {
+                        p.push((
+                            format!("spec.modelPrewarming.{field}"),
+                            "must be at least 1".into(),
+                        ));
+                    }
+                }
+                if pw.timeout.is_some_and(|t| t.is_zero()) {
+                    p.push((
+                        "spec.modelPrewarming.timeout".into(),
+                        "must be more than 0".into(),
+                    ));
+                }
+            }
         }
         Resource::InferencePolicy(pol) => inference_policy(pol, &mut p),
         Resource::BatchingPolicy(b) => batching_policy(b, &mut p),
