@@ -61,6 +61,15 @@ fn a_cold_endpoint_is_warmed_before_clients_reach_it() {
         ),
         &[],
     );
+    // At start every targeted pair is cold; the warm replica's warm-up takes
+    // milliseconds (until then a request may fall back to either, as nothing
+    // is warm). This stands for a replica that already served before the new
+    // one joined.
+    let ready = poll(Duration::from_secs(10), || {
+        (warm_gauge(&gw, warm.addr())? == 1.0).then_some(())
+    });
+    assert!(ready.is_some(), "{}", gw.metrics());
+    assert_eq!(warm_gauge(&gw, fresh.addr()), Some(0.0));
     for _ in 0..10 {
         let t = Instant::now();
         let r = gw.connect().post("/v1/completions", REQ, &[]);
