@@ -38,37 +38,41 @@ pub struct EndpointsView {
 /// For each model the routes list, the endpoints a request naming it reaches
 /// (resolved with the real matcher on the first listener).
 pub fn model_endpoints(table: &RoutingTable) -> Vec<(String, Vec<usize>)> {
-    let Some(listener) = table.listeners().iter().position(|l| l.served) else {
-        return Vec::new();
-    };
     table
         .models()
         .iter()
-        .map(|m| {
-            // A chat request whose body names `m` and that sends no header.
-            let view = RequestView {
-                method: "POST",
-                path: "/v1/chat/completions",
-                query: None,
-                host: None,
-                headers: &|_| None,
-                model: Some(m),
-            };
-            let mut eps: Vec<usize> = table
-                .match_request(listener, &view)
-                .map(|r| {
-                    r.backends
-                        .iter()
-                        .filter(|g| g.weight > 0)
-                        .flat_map(|g| g.endpoints.iter().copied())
-                        .collect()
-                })
-                .unwrap_or_default();
-            eps.sort_unstable();
-            eps.dedup();
-            (m.clone(), eps)
-        })
+        .map(|m| (m.clone(), endpoints_for_model(table, m)))
         .collect()
+}
+
+/// The endpoints a chat request whose body names `model` (and that sends no
+/// header) reaches on the first served listener, by id, each once; also for
+/// a model no route names (a catch-all rule reaches it).
+pub fn endpoints_for_model(table: &RoutingTable, model: &str) -> Vec<usize> {
+    let Some(listener) = table.listeners().iter().position(|l| l.served) else {
+        return Vec::new();
+    };
+    let view = RequestView {
+        method: "POST",
+        path: "/v1/chat/completions",
+        query: None,
+        host: None,
+        headers: &|_| None,
+        model: Some(model),
+    };
+    let mut eps: Vec<usize> = table
+        .match_request(listener, &view)
+        .map(|r| {
+            r.backends
+                .iter()
+                .filter(|g| g.weight > 0)
+                .flat_map(|g| g.endpoints.iter().copied())
+                .collect()
+        })
+        .unwrap_or_default();
+    eps.sort_unstable();
+    eps.dedup();
+    eps
 }
 
 impl EndpointsView {

@@ -477,7 +477,16 @@ fn start_prewarm(state: &GatewayState) -> std::io::Result<()> {
     ) else {
         return Ok(());
     };
-    let reach = endpoints_view::model_endpoints(&state.table);
+    let reach: Vec<(String, Vec<usize>)> = spec
+        .models
+        .iter()
+        .map(|m| {
+            (
+                m.clone(),
+                endpoints_view::endpoints_for_model(&state.table, m),
+            )
+        })
+        .collect();
     let addrs: Vec<SocketAddr> = state.table.endpoints().iter().map(|e| e.addr).collect();
     let targets = prewarm::targets(spec, &reach, &addrs);
     tracing::info!(

@@ -237,8 +237,11 @@ pub fn targets(
     let per_model = spec.replicas_per_model.unwrap_or(1).max(1) as usize;
     let mut out = Vec::new();
     for (mi, m) in spec.models.iter().enumerate() {
-        let Some((_, eps)) = reach.iter().find(|(name, _)| name == m) else {
-            tracing::warn!(model = %m, "modelPrewarming: no route serves this model; nothing to warm");
+        let Some((_, eps)) = reach
+            .iter()
+            .find(|(name, eps)| name == m && !eps.is_empty())
+        else {
+            tracing::warn!(model = %m, "modelPrewarming: no route reaches an endpoint for this model; nothing to warm");
             continue;
         };
         for &ep in eps.iter().take(per_model) {
