@@ -1,7 +1,8 @@
 //! Admin listener (default 127.0.0.1:9901) on its own thread and runtime, away from
 //! the shards: `/healthz` (process up), `/readyz` (serving and not draining; 503
 //! while draining or when some model has no healthy endpoint), `/debug/config`
-//! (the loaded resources, their enforcement status, warnings),
+//! (the loaded resources, their enforcement status, warnings, the revision
+//! and the last reload), `POST /admin/reload` (re-read the config files),
 //! `/debug/endpoints` (telemetry, health, scores per endpoint), `/metrics`
 //! (Prometheus text format, every shard merged at scrape).
 
@@ -103,6 +104,22 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 }
             }
             "/debug/config" => (200, b"application/json", view.config.debug_json()),
+            "/admin/reload" if head.method() == "POST" => {
+                if view.config.request_reload() {
+                    let body = format!(
+                        "{{\"reload\":\"requested\",\"revision\":{},\"see\":\"/debug/config\"}}\n",
+                        view.config.revision()
+                    );
+                    (202, b"application/json", body.into_bytes())
+                } else {
+                    (
+                        409,
+                        b"application/json",
+                        b"{\"error\":\"the configuration is not read from watched files (serve -c FILE)\"}\n".to_vec(),
+                    )
+                }
+            }
+            "/admin/reload" => (405, b"text/plain", b"POST only\n".to_vec()),
             "/metrics" => (200, b"text/plain; version=0.0.4; charset=utf-8", {
                 let mut text = view.hub.render();
                 view.endpoints.render_metrics(&mut text);

@@ -3,7 +3,8 @@
 //! `serve -c FILE…` watches the directories that hold its files (inotify, in
 //! a thread of its own: editors and Kubernetes ConfigMap/Secret volumes
 //! replace a file by a rename, or swap a `..data` symlink, so the directory
-//! is watched, not the inode) and also reloads on `SIGHUP`. Events are
+//! is watched, not the inode) and also reloads on `SIGHUP` and on
+//! `POST /admin/reload` (admin listener; answers 202 with the revision). Events are
 //! debounced: a reload starts after [`QUIET`] without a new event (at most
 //! [`MAX_DELAY`] after the first one).
 //!
@@ -76,6 +77,8 @@ pub enum Outcome {
 /// What admin and metrics report about the configuration (shared, read at
 /// scrape time; written only by reloads).
 pub struct ConfigStatus {
+    /// Wakes the reload thread (`POST /admin/reload`), once it watches.
+    trigger: std::sync::OnceLock<Sender<Instant>>,
     revision: AtomicU64,
     reloads: [AtomicU64; 4],
     /// The `/debug/config` body of the configuration loaded at start.
@@ -96,6 +99,7 @@ impl ConfigStatus {
     /// Revision 1 of the configuration `base` describes, loaded from `sources`.
     pub fn new(base: serde_json::Value, sources: &[(String, String)]) -> Self {
         ConfigStatus {
+            trigger: std::sync::OnceLock::new(),
             revision: AtomicU64::new(1),
             reloads: Default::default(),
             base,
@@ -104,6 +108,14 @@ impl ConfigStatus {
                 ..Report::default()
             }),
         }
+    }
+
+    /// Ask for a reload of the files (`POST /admin/reload`): false when the
+    /// files are not watched (stdin, or `serve` from an embedding program).
+    pub fn request_reload(&self) -> bool {
+        self.trigger
+            .get()
+            .is_some_and(|tx| tx.send(Instant::now()).is_ok())
     }
 
     /// The configuration revision serving now.
@@ -390,6 +402,7 @@ impl Reloader {
     pub fn watch(mut self, paths: Vec<PathBuf>) -> std::io::Result<()> {
         let (tx, rx) = std::sync::mpsc::channel::<Instant>();
         watch_files(&paths, tx.clone())?;
+        let _ = self.status.trigger.set(tx.clone());
         watch_sighup(tx)?;
         std::thread::Builder::new()
             .name("config-reload".into())

@@ -515,4 +515,23 @@ fn a_renewed_certificate_serves_without_a_restart() {
         (n > before).then_some(())
     });
     assert!(hup.is_some(), "SIGHUP did not reload");
+
+    // POST /admin/reload does the same; GET is refused.
+    let r = Client::connect(gw.admin.unwrap()).post("/admin/reload", "", &[]);
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["revision"], 2);
+    let posted = poll(Duration::from_secs(10), || {
+        let n = sample(
+            &gw.metrics(),
+            "gateway_config_reloads_total{result=\"unchanged\"}",
+        )?;
+        (n > before + 1.0).then_some(())
+    });
+    assert!(posted.is_some(), "POST /admin/reload did not reload");
+    assert_eq!(
+        Client::connect(gw.admin.unwrap())
+            .get("/admin/reload")
+            .status,
+        405
+    );
 }
