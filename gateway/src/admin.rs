@@ -22,6 +22,8 @@ pub struct AdminView {
     pub config: Arc<crate::reload::ConfigStatus>,
     /// Model pre-warming state, when `modelPrewarming` is on.
     pub warmth: Option<Arc<crate::prewarm::Warmth>>,
+    /// Per-model autoscaling signals (`/autoscale`), unless turned off.
+    pub autoscale: Option<Arc<crate::autoscale::AutoscaleView>>,
     /// Drain flag.
     pub shutdown: Shutdown,
     /// Shard metrics, merged at scrape.
@@ -120,12 +122,23 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 }
             }
             "/admin/reload" => (405, b"text/plain", b"POST only\n".to_vec()),
+            "/autoscale" => match &view.autoscale {
+                Some(a) => (200, b"application/json", a.json()),
+                None => (
+                    404,
+                    b"text/plain",
+                    b"autoscaling signals are off (--autoscale-interval 0)\n".to_vec(),
+                ),
+            },
             "/metrics" => (200, b"text/plain; version=0.0.4; charset=utf-8", {
                 let mut text = view.hub.render();
                 view.endpoints.render_metrics(&mut text);
                 view.config.render(&mut text);
                 if let Some(w) = &view.warmth {
                     w.render(&mut text);
+                }
+                if let Some(a) = &view.autoscale {
+                    a.render(&mut text);
                 }
                 text.into_bytes()
             }),

@@ -268,6 +268,16 @@ pub struct LimitArgs {
     /// endpoints are saturated. 0 turns the preference off.
     #[arg(long, default_value_t = 2.0)]
     pub locality_weight: f64,
+    /// How often the per-model autoscaling signals (`/autoscale`,
+    /// `gateway_model_*`) are computed; 0 turns them off.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub autoscale_interval: Duration,
+    /// TTFT a backend must keep for its concurrency to count as its capacity.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    pub autoscale_ttft_slo: Duration,
+    /// Requests one replica is assumed to run until its capacity is measured.
+    #[arg(long, default_value_t = 8.0)]
+    pub autoscale_default_capacity: f64,
     /// Size of each ring that shares recorded prefix blocks between shards (two per
     /// shard), in 8-byte words; a record takes 1 + its blocks (at most 257). A
     /// record that does not fit is dropped and counted. 0 turns sharing off.

@@ -52,6 +52,7 @@ pub mod access_log;
 pub mod admin;
 pub mod admit;
 pub mod attempt;
+pub mod autoscale;
 pub mod batch;
 pub mod bodymem;
 pub mod cli;
@@ -384,6 +385,23 @@ pub fn start(
         config_status.clone(),
     );
     let warmth = prewarm::Warmth::for_table(&loaded.table);
+    let autoscale = if run.limits.autoscale_interval.is_zero() {
+        None
+    } else {
+        Some(
+            autoscale::spawn(
+                autoscale::Settings {
+                    interval: run.limits.autoscale_interval,
+                    ttft_slo: run.limits.autoscale_ttft_slo,
+                    default_capacity: run.limits.autoscale_default_capacity,
+                },
+                endpoints_view::model_endpoints(&loaded.table),
+                hub.clone(),
+                control.clone(),
+            )
+            .map_err(|e| vec![format!("cannot start the autoscaling signals: {e}")])?,
+        )
+    };
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
@@ -392,6 +410,7 @@ pub fn start(
         let view = Arc::new(admin::AdminView {
             config: config_status.clone(),
             warmth: warmth.clone(),
+            autoscale: autoscale.clone(),
             endpoints: endpoints_view::EndpointsView {
                 endpoints: loaded
                     .table

@@ -417,6 +417,29 @@ impl MetricsHub {
         }
     }
 
+    /// Per model label, over every shard's last publish: (requests answered
+    /// so far, requests held in the gateway's queues now: batching and
+    /// admission). The autoscaling signals read it once per interval.
+    pub fn model_load(&self) -> HashMap<String, (u64, i64)> {
+        let mut out: HashMap<String, (u64, i64)> = HashMap::new();
+        for slot in &self.slots {
+            let snap = slot.load();
+            let Some(s) = snap.as_ref().as_ref() else {
+                continue;
+            };
+            for ((m, _, _), v) in &s.requests {
+                out.entry(s.model_label(*m).to_string()).or_default().0 += v;
+            }
+            for ((_, m), v) in &s.queue_depth {
+                out.entry(s.model_label(*m).to_string()).or_default().1 += v;
+            }
+            for ((_, m), v) in &s.admission_depth {
+                out.entry(s.model_label(*m).to_string()).or_default().1 += v;
+            }
+        }
+        out
+    }
+
     /// Publish shard `id`'s latest metrics.
     pub fn publish(&self, id: usize, m: ShardMetrics) {
         if let Some(slot) = self.slots.get(id) {
