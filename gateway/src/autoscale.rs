@@ -301,55 +301,35 @@ impl AutoscaleView {
 
     /// The signals as Prometheus metrics (nothing before the first tick).
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
+        use shardgate_promtext::{Kind, PromWriter, Style};
         let r = self.report.load();
         if r.at.is_none() {
             return;
         }
-        let family = |out: &mut String, name: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        };
-        let label = |out: &mut String, name: &str, m: &str| {
-            out.push_str(name);
-            out.push_str("{model=\"");
-            shardgate_promtext::escape_label_value(out, m);
-            out.push('"');
-        };
-        family(
-            out,
-            "gateway_model_arrival_rate",
-            "Requests per second for the model over the last autoscaling interval.",
-        );
-        for m in &r.models {
-            label(out, "gateway_model_arrival_rate", &m.model);
-            let _ = writeln!(out, "}} {}", m.arrival_rate);
-        }
-        family(out, "gateway_model_queued", "Requests waiting for the model: in its backends (where=\"backend\", their telemetry) or in the gateway's admission and batching queues (where=\"gateway\").");
-        for m in &r.models {
-            for (w, v) in [("backend", m.queued_backend), ("gateway", m.queued_gateway)] {
-                label(out, "gateway_model_queued", &m.model);
-                let _ = writeln!(out, ",where=\"{w}\"}} {v}");
+        let mut w = PromWriter::new(out, Style::PLAIN);
+        type Get = fn(&ModelSignals) -> f64;
+        let per_model: [(&str, &str, Get); 3] = [
+            ("gateway_model_arrival_rate", "Requests per second for the model over the last autoscaling interval.", |m| m.arrival_rate),
+            ("gateway_model_capacity_per_replica", "Requests one replica of the model runs within the TTFT SLO (measured; the default until measured).", |m| m.capacity),
+            ("gateway_model_desired_replicas", "Replicas the model needs now at 80 % of the measured capacity.", |m| f64::from(m.desired)),
+        ];
+        for (name, help, get) in per_model {
+            w.family(name, help, Kind::Gauge);
+            for m in &r.models {
+                w.sample("", &[("model", &m.model)], get(m));
             }
         }
-        family(out, "gateway_model_capacity_per_replica", "Requests one replica of the model runs within the TTFT SLO (measured; the default until measured).");
+        w.family("gateway_model_queued", "Requests waiting for the model: in its backends (where=\"backend\", their telemetry) or in the gateway's admission and batching queues (where=\"gateway\").", Kind::Gauge);
         for m in &r.models {
-            label(out, "gateway_model_capacity_per_replica", &m.model);
-            let _ = writeln!(out, "}} {}", m.capacity);
+            for (place, v) in [("backend", m.queued_backend), ("gateway", m.queued_gateway)] {
+                w.sample("", &[("model", &m.model), ("where", place)], v);
+            }
         }
-        family(
-            out,
-            "gateway_model_desired_replicas",
-            "Replicas the model needs now at 80 % of the measured capacity.",
-        );
-        for m in &r.models {
-            label(out, "gateway_model_desired_replicas", &m.model);
-            let _ = writeln!(out, "}} {}", m.desired);
-        }
-        family(out, "gateway_model_forecast_replicas", "Replicas the model will need, by horizon: its arrival rate forecast by Holt-Winters (daily season, damped trend) times the latency, over the capacity.");
+        w.family("gateway_model_forecast_replicas", "Replicas the model will need, by horizon: its arrival rate forecast by Holt-Winters (daily season, damped trend) times the latency, over the capacity.", Kind::Gauge);
         for m in &r.models {
             for (min, (_, replicas)) in HORIZONS_MIN.iter().zip(m.forecast) {
-                label(out, "gateway_model_forecast_replicas", &m.model);
-                let _ = writeln!(out, ",horizon=\"{min}m\"}} {replicas}");
+                let horizon = format!("{min}m");
+                w.sample("", &[("model", &m.model), ("horizon", &horizon)], replicas);
             }
         }
     }

@@ -146,49 +146,30 @@ impl Warmth {
     /// `gateway_endpoint_warm` and `gateway_prewarm_duration_seconds`, in the
     /// Prometheus text format (nothing before the warm-ups were started).
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write as _;
+        use shardgate_promtext::{Kind, PromWriter, Style};
         if !self.started.load(Ordering::Acquire) {
             return;
         }
-        let _ = writeln!(out, "# HELP gateway_endpoint_warm Whether a pre-warmed model's warm-up on the endpoint succeeded (modelPrewarming): 1 warm, 0 still cold or given up.\n# TYPE gateway_endpoint_warm gauge");
+        let mut w = PromWriter::new(out, Style::PLAIN);
+        w.family("gateway_endpoint_warm", "Whether a pre-warmed model's warm-up on the endpoint succeeded (modelPrewarming): 1 warm, 0 still cold or given up.", Kind::Gauge);
         for (mi, m) in self.models.iter().enumerate() {
             for (ei, e) in self.endpoints.iter().enumerate() {
                 let Some(s) = self.slot(mi, ei) else { continue };
                 let v = match s.load(Ordering::Acquire) {
                     NOT_TARGETED => continue,
-                    WARM => 1,
+                    WARM => 1u8,
                     _ => 0,
                 };
-                out.push_str("gateway_endpoint_warm{endpoint=\"");
-                shardgate_promtext::escape_label_value(out, e);
-                out.push_str("\",model=\"");
-                shardgate_promtext::escape_label_value(out, m);
-                let _ = writeln!(out, "\"}} {v}");
+                w.sample("", &[("endpoint", e), ("model", m)], v);
             }
         }
-        let _ = writeln!(out, "# HELP gateway_prewarm_duration_seconds Time from the gateway's start to a successful warm-up of a model on an endpoint (retries and the cold start included).\n# TYPE gateway_prewarm_duration_seconds histogram");
-        let mut cum = 0;
-        for (i, b) in self.buckets.iter().enumerate() {
-            cum += b.load(Ordering::Relaxed);
-            match BUCKETS.get(i) {
-                Some(le) => {
-                    let _ = writeln!(
-                        out,
-                        "gateway_prewarm_duration_seconds_bucket{{le=\"{le}\"}} {cum}"
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "gateway_prewarm_duration_seconds_bucket{{le=\"+Inf\"}} {cum}"
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "gateway_prewarm_duration_seconds_sum {}\ngateway_prewarm_duration_seconds_count {cum}",
-            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        w.family("gateway_prewarm_duration_seconds", "Time from the gateway's start to a successful warm-up of a model on an endpoint (retries and the cold start included).", Kind::Histogram);
+        let bounds = BUCKETS.iter().copied().chain([f64::INFINITY]);
+        let counts = self.buckets.iter().map(|b| b.load(Ordering::Relaxed));
+        w.histogram(
+            &[],
+            bounds.zip(counts),
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
         );
     }
 }

@@ -159,18 +159,21 @@ impl ConfigStatus {
     /// `gateway_config_revision` and `gateway_config_reloads_total`, in the
     /// Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let _ = writeln!(
-            out,
-            "# HELP gateway_config_revision Configuration revision serving now (1 at start, +1 per applied reload).\n# TYPE gateway_config_revision gauge\ngateway_config_revision {}",
-            self.revision()
+        use shardgate_promtext::{Kind, PromWriter, Style};
+        let mut w = PromWriter::new(out, Style::PLAIN);
+        w.family(
+            "gateway_config_revision",
+            "Configuration revision serving now (1 at start, +1 per applied reload).",
+            Kind::Gauge,
+        )
+        .sample("", &[], self.revision());
+        w.family(
+            "gateway_config_reloads_total",
+            "Configuration reloads (file change, SIGHUP or POST /admin/reload), by result.",
+            Kind::Counter,
         );
-        let _ = writeln!(out, "# HELP gateway_config_reloads_total Configuration reloads (file change or SIGHUP), by result.\n# TYPE gateway_config_reloads_total counter");
         for (label, n) in RESULTS.iter().zip(self.reloads()) {
-            let _ = writeln!(
-                out,
-                "gateway_config_reloads_total{{result=\"{label}\"}} {n}"
-            );
+            w.sample("", &[("result", label)], n);
         }
     }
 }
