@@ -281,7 +281,7 @@ fn empty_documents_are_skipped_and_counted() {
 #[test]
 fn several_files_and_all_errors_reported() {
     let bad1 = route_with("  - matches:\n    - path:\n        type: Prefix\n        value: /\n");
-    let bad2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n";
+    let bad2 = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n";
     let errs = load_sources(&[
         ("a.yaml".to_owned(), bad1),
         ("b.yaml".to_owned(), format!("---\n{bad2}")),
