@@ -515,9 +515,6 @@ impl<'c, 'r> Builder<'c, 'r> {
         sp
     }
 
-    /// An `HTTPS` listener's certificates, resolved from its `certificateRefs`
-    /// (a Secret of type `kubernetes.io/tls` in the config, in the Gateway's
-    /// namespace unless the ref names one); each unresolved ref is an error.
     /// Every `BackendTLSPolicy` CA reference names a ConfigMap of the config
     /// that holds a `ca.crt` PEM bundle.
     fn check_backend_tls_refs(&mut self) {
@@ -560,6 +557,9 @@ impl<'c, 'r> Builder<'c, 'r> {
         }
     }
 
+    /// An `HTTPS` listener's certificates, resolved from its `certificateRefs`
+    /// (a Secret of type `kubernetes.io/tls` in the config, in the Gateway's
+    /// namespace unless the ref names one); each unresolved ref is an error.
     fn listener_certificates(
         &mut self,
         meta: &DocMeta,
