@@ -70,6 +70,7 @@ pub mod notify;
 pub mod plan;
 pub mod proxy;
 pub mod ratelimit;
+pub mod ratelimit_global;
 pub mod redact;
 pub mod reload;
 pub mod report;
