@@ -72,6 +72,7 @@ pub mod plan;
 pub mod prewarm;
 pub mod proxy;
 pub mod ratelimit;
+pub mod ratelimit_global;
 pub mod redact;
 pub mod reload;
 pub mod report;

@@ -167,6 +167,22 @@ pub fn gcra(tat: u64, now: u64, limit: &Limit) -> Step {
     }
 }
 
+/// One pure weighted GCRA charge (token limits): `n` units consumed at `now`
+/// against stored `tat`, charged after the fact, so debt is allowed:
+/// `tat' = max(tat, now) + n*T`. A key in debt is refused by [`over_burst`]
+/// until time has paid it back; one in-flight request can therefore overshoot
+/// the limit by its own size.
+pub fn charge(tat: u64, now: u64, n: u64, limit: &Limit) -> u64 {
+    tat.max(now)
+        .saturating_add(n.saturating_mul(limit.interval_ns))
+}
+
+/// Whether a token cell is over its burst at `now` (`tat - now > period`):
+/// the next request on the key is refused before it is sent.
+pub fn over_burst(tat: u64, now: u64, limit: &Limit) -> bool {
+    tat.saturating_sub(now) > limit.period_ns
+}
+
 /// What a request learns from the limiter (the numbers of its
 /// `x-ratelimit-*-requests` headers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -793,6 +809,26 @@ mod tests {
         assert!(IpNet::parse("nope").is_err());
         assert!(IpNet::parse("0.0.0.0/0").unwrap().contains(ip("9.9.9.9")));
         assert!(!IpNet::parse("0.0.0.0/0").unwrap().contains(ip("::2")));
+    }
+
+    #[test]
+    fn weighted_charge_allows_debt_and_refuses_until_repaid() {
+        // 1000 tokens per minute: T = 60 ms per token.
+        let l = per_minute(1000);
+        let mut tat = 0;
+        let now = 1_000_000_000;
+        tat = charge(tat, now, 600, &l);
+        assert!(!over_burst(tat, now, &l));
+        // One response overshoots: debt of 200 tokens beyond the burst.
+        tat = charge(tat, now, 600, &l);
+        assert_eq!(tat - now, 1200 * l.interval_ns);
+        assert!(over_burst(tat, now, &l));
+        // Refused until 200 tokens' worth of time has passed.
+        assert!(over_burst(tat, now + 200 * l.interval_ns - 1, &l));
+        assert!(!over_burst(tat, now + 200 * l.interval_ns, &l));
+        // An idle key starts from now, not from its old TAT.
+        let later = tat + 10 * l.period_ns;
+        assert_eq!(charge(tat, later, 1, &l), later + l.interval_ns);
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //!   [`LoadLimits::max_bytes`] (64 MiB) and every document within
 //!   [`LoadLimits::max_depth`] (64 levels of nesting), see [`load_sources_with`].
 
+mod backend_tls;
 mod gateway_api;
 mod inference;
 mod k8s;
@@ -39,6 +40,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
+pub use backend_tls::*;
 pub use gateway_api::*;
 pub use inference::*;
 pub use k8s::*;
@@ -113,6 +115,11 @@ pub enum Resource {
     Service(Service),
     /// `v1` `Secret` (the certificates of `HTTPS` listeners).
     Secret(Secret),
+    /// `v1` `ConfigMap` (CA bundles of `BackendTLSPolicy`).
+    ConfigMap(ConfigMap),
+    /// `gateway.networking.k8s.io` `BackendTLSPolicy` (parsed and validated;
+    /// upstream TLS not enforced yet).
+    BackendTlsPolicy(BackendTlsPolicy),
     /// `ai.gateway.io/v1alpha1` `InferenceConfig`.
     InferenceConfig(InferenceConfig),
     /// `ai.gateway.io/v1alpha1` `InferencePolicy`.
@@ -142,6 +149,8 @@ impl Resource {
             Resource::EndpointSlice(r) => &r.metadata,
             Resource::Service(r) => &r.metadata,
             Resource::Secret(r) => &r.metadata,
+            Resource::ConfigMap(r) => &r.metadata,
+            Resource::BackendTlsPolicy(r) => &r.metadata,
             Resource::InferenceConfig(r) => &r.metadata,
             Resource::InferencePolicy(r) => &r.metadata,
             Resource::BatchingPolicy(r) => &r.metadata,
@@ -229,6 +238,23 @@ const KINDS: &[KindSpec] = &[
         cluster_scoped: false,
         enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::Secret),
+    },
+    KindSpec {
+        kind: "ConfigMap",
+        api_versions: &["v1"],
+        cluster_scoped: false,
+        enforced: NOT_ENFORCED,
+        parse: |v, u| typed(v, u).map(Resource::ConfigMap),
+    },
+    KindSpec {
+        kind: "BackendTLSPolicy",
+        api_versions: &[
+            "gateway.networking.k8s.io/v1",
+            "gateway.networking.k8s.io/v1alpha3",
+        ],
+        cluster_scoped: false,
+        enforced: NOT_ENFORCED,
+        parse: |v, u| typed(v, u).map(Resource::BackendTlsPolicy),
     },
     KindSpec {
         kind: "InferencePool",

@@ -281,7 +281,7 @@ fn empty_documents_are_skipped_and_counted() {
 #[test]
 fn several_files_and_all_errors_reported() {
     let bad1 = route_with("  - matches:\n    - path:\n        type: Prefix\n        value: /\n");
-    let bad2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n";
+    let bad2 = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n";
     let errs = load_sources(&[
         ("a.yaml".to_owned(), bad1),
         ("b.yaml".to_owned(), format!("---\n{bad2}")),
@@ -981,4 +981,94 @@ fn jwt_provider_problems_name_the_field() {
         field,
         "not both",
     );
+}
+
+/// A BackendTLSPolicy with `validation` spliced in.
+fn backend_tls(version: &str, validation: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/{version}\nkind: BackendTLSPolicy\nmetadata:\n  name: p\n  namespace: ns\nspec:\n  targetRefs:\n  - {{group: \"\", kind: Service, name: vllm, sectionName: https}}\n  validation:\n{validation}"
+    )
+}
+
+#[test]
+fn backend_tls_policy_and_config_map_parse() {
+    let text = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ca\n  namespace: ns\ndata:\n  ca.crt: pem\n---\n{}---\n{}",
+        backend_tls(
+            "v1",
+            "    caCertificateRefs:\n    - {group: \"\", kind: ConfigMap, name: ca}\n    hostname: vllm.internal\n    subjectAltNames:\n    - {type: Hostname, hostname: alt.internal}\n    - {type: URI, uri: \"spiffe://td/ns/vllm\"}\n"
+        ),
+        backend_tls("v1alpha3", "    wellKnownCACertificates: System\n    hostname: api.example.com\n")
+            .replace("name: p\n", "name: q\n"),
+    );
+    let c = load(&text).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let Resource::ConfigMap(cm) = &c.docs[0].1 else {
+        panic!()
+    };
+    assert_eq!(cm.data[CA_CERT_KEY], "pem");
+    let Resource::BackendTlsPolicy(p) = &c.docs[1].1 else {
+        panic!()
+    };
+    assert_eq!(p.spec.target_refs[0].section_name.as_deref(), Some("https"));
+    assert_eq!(p.spec.validation.hostname, "vllm.internal");
+    assert_eq!(p.spec.validation.subject_alt_names.len(), 2);
+    let Resource::BackendTlsPolicy(p) = &c.docs[2].1 else {
+        panic!()
+    };
+    assert_eq!(
+        p.spec.validation.well_known_ca_certificates.as_deref(),
+        Some("System")
+    );
+}
+
+#[test]
+fn backend_tls_policy_errors_name_the_field() {
+    let cases = [
+        ("    hostname: a.b\n", "spec.validation", "needs caCertificateRefs"),
+        (
+            "    wellKnownCACertificates: System\n    caCertificateRefs: [{kind: ConfigMap, name: ca}]\n    hostname: a.b\n",
+            "spec.validation",
+            "mutually exclusive",
+        ),
+        (
+            "    wellKnownCACertificates: Mozilla\n    hostname: a.b\n",
+            "spec.validation.wellKnownCACertificates",
+            "not supported",
+        ),
+        (
+            "    caCertificateRefs: [{kind: Secret, name: ca}]\n    hostname: a.b\n",
+            "spec.validation.caCertificateRefs[0]",
+            "only core ConfigMaps",
+        ),
+        (
+            "    wellKnownCACertificates: System\n    hostname: \"bad host!\"\n",
+            "spec.validation.hostname",
+            "",
+        ),
+        (
+            "    wellKnownCACertificates: System\n    hostname: a.b\n    subjectAltNames: [{type: IP, hostname: x}]\n",
+            "spec.validation.subjectAltNames[0].type",
+            "not supported",
+        ),
+        (
+            "    wellKnownCACertificates: System\n    hostname: a.b\n    subjectAltNames: [{type: URI, hostname: x}]\n",
+            "spec.validation.subjectAltNames[0]",
+            "only uri",
+        ),
+    ];
+    for (validation, field, msg) in cases {
+        let e = load_err(&backend_tls("v1", validation));
+        let s = e[0].to_string();
+        assert!(s.contains(field) && s.contains(msg), "{validation}: {s}");
+        assert!(s.contains("test.yaml"), "{s}");
+    }
+    let e = load_err(
+        &backend_tls(
+            "v1",
+            "    wellKnownCACertificates: System\n    hostname: a.b\n",
+        )
+        .replace("kind: Service", "kind: Pod"),
+    );
+    assert!(e[0].to_string().contains("spec.targetRefs[0]"), "{}", e[0]);
 }

@@ -60,9 +60,11 @@ pub(crate) fn validate(resource: &Resource) -> Problems {
         Resource::InferenceObjective(o) => pool_ref(&o.spec.pool_ref, &mut p),
         Resource::InferenceModel(m) => inference_model(m, &mut p),
         Resource::Secret(s) => secret(s, &mut p),
+        Resource::BackendTlsPolicy(b) => backend_tls_policy(b, &mut p),
         Resource::GatewayClass(_)
         | Resource::Service(_)
         | Resource::ServiceMonitor(_)
+        | Resource::ConfigMap(_)
         | Resource::InferencePool(_) => {}
     }
     p
@@ -155,6 +157,71 @@ fn secret(s: &Secret, p: &mut Problems) {
                     format!("a {SECRET_TYPE_TLS} Secret needs {key}"),
                 ));
             }
+        }
+    }
+}
+
+/// `BackendTLSPolicy`: core Service targets, ConfigMap CA refs or `System`
+/// roots (exactly one of the two), a valid `hostname`, typed SANs.
+fn backend_tls_policy(b: &BackendTlsPolicy, p: &mut Problems) {
+    if b.spec.target_refs.is_empty() {
+        p.push((
+            "spec.targetRefs".into(),
+            "a BackendTLSPolicy needs at least one target".into(),
+        ));
+    }
+    for (i, t) in b.spec.target_refs.iter().enumerate() {
+        if !t.group.is_empty() || t.kind != "Service" {
+            p.push((
+                format!("spec.targetRefs[{i}]"),
+                "only core Services are supported (group \"\", kind Service)".into(),
+            ));
+        }
+    }
+    let v = &b.spec.validation;
+    for (i, r) in v.ca_certificate_refs.iter().enumerate() {
+        if !r.group.is_empty() || r.kind != "ConfigMap" {
+            p.push((
+                format!("spec.validation.caCertificateRefs[{i}]"),
+                "only core ConfigMaps are supported (group \"\", kind ConfigMap)".into(),
+            ));
+        }
+    }
+    match (
+        &v.well_known_ca_certificates,
+        v.ca_certificate_refs.is_empty(),
+    ) {
+        (Some(w), _) if w != "System" => p.push((
+            "spec.validation.wellKnownCACertificates".into(),
+            format!("{w:?} is not supported (only \"System\")"),
+        )),
+        (Some(_), false) => p.push((
+            "spec.validation".into(),
+            "caCertificateRefs and wellKnownCACertificates are mutually exclusive".into(),
+        )),
+        (None, true) => p.push((
+            "spec.validation".into(),
+            "needs caCertificateRefs or wellKnownCACertificates".into(),
+        )),
+        _ => {}
+    }
+    hostname(&v.hostname, "spec.validation.hostname".into(), p);
+    for (i, san) in v.subject_alt_names.iter().enumerate() {
+        let field = format!("spec.validation.subjectAltNames[{i}]");
+        match (san.san_type.as_str(), &san.hostname, &san.uri) {
+            ("Hostname", Some(h), None) => hostname(h, format!("{field}.hostname"), p),
+            ("URI", None, Some(u)) if u.contains("://") => {}
+            ("URI", None, Some(u)) => {
+                p.push((format!("{field}.uri"), format!("{u:?} is not a URI")))
+            }
+            ("Hostname" | "URI", _, _) => p.push((
+                field,
+                "type Hostname takes only hostname, type URI only uri".into(),
+            )),
+            (t, _, _) => p.push((
+                format!("{field}.type"),
+                format!("{t:?} is not supported (Hostname or URI)"),
+            )),
         }
     }
 }

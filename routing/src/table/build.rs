@@ -185,6 +185,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             port_groups,
             listener_group,
         } = self.build_listeners();
+        self.check_backend_tls_refs();
 
         // Routes, sorted by namespace/name (the precedence tie-breaker).
         let mut http_routes: Vec<(&DocMeta, &HttpRoute)> = config
@@ -512,6 +513,48 @@ impl<'c, 'r> Builder<'c, 'r> {
             }
         }
         sp
+    }
+
+    /// Every `BackendTLSPolicy` CA reference names a ConfigMap of the config
+    /// that holds a `ca.crt` PEM bundle.
+    fn check_backend_tls_refs(&mut self) {
+        let config = self.config;
+        for (meta, res) in &config.docs {
+            let Resource::BackendTlsPolicy(b) = res else {
+                continue;
+            };
+            for (j, r) in b.spec.validation.ca_certificate_refs.iter().enumerate() {
+                let field = format!("spec.validation.caCertificateRefs[{j}]");
+                let ns = &meta.namespace;
+                let found = config.docs.iter().find_map(|(m, res)| match res {
+                    Resource::ConfigMap(c) if m.name == r.name && &m.namespace == ns => Some(c),
+                    _ => None,
+                });
+                let Some(cm) = found else {
+                    self.errors.push(ConfigError::at(
+                        meta,
+                        field,
+                        format!("ConfigMap {ns}/{} not found", r.name),
+                    ));
+                    continue;
+                };
+                let key = crate::config::CA_CERT_KEY;
+                let pem_ok = cm
+                    .data
+                    .get(key)
+                    .is_some_and(|v| v.contains("-----BEGIN CERTIFICATE-----"));
+                if !pem_ok {
+                    self.errors.push(ConfigError::at(
+                        meta,
+                        field,
+                        format!(
+                            "ConfigMap {ns}/{} has no PEM certificate under data.{key}",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+        }
     }
 
     /// An `HTTPS` listener's certificates, resolved from its `certificateRefs`

@@ -1575,6 +1575,7 @@ fn seed_rules_have_ids_and_no_defaults() {
     );
 }
 
+mod backend_tls;
 mod model;
 mod security;
 mod warnings;
