@@ -24,13 +24,10 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shardgate::ratelimit::{Bucket, Identity, Limit, RateLimiter, Verdict};
-use shardgate_routing::config::{RateLimitUnit, RateLimitValue};
+use shardgate_routing::config::RateLimitUnit;
 
 fn limit() -> Limit {
-    Limit::of(RateLimitValue {
-        requests: u32::MAX,
-        unit: RateLimitUnit::Day,
-    })
+    Limit::new(u32::MAX, RateLimitUnit::Day)
 }
 
 fn bench(c: &mut Criterion) {

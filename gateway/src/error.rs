@@ -295,9 +295,10 @@ impl Failure {
             let l = fmt_u32(q.limit, &mut limit);
             let r = fmt_u32(q.remaining, &mut remaining);
             let z = crate::ratelimit::fmt_reset(q.reset_ns, &mut reset);
-            extra[n] = ("x-ratelimit-limit-requests", &limit[..l]);
-            extra[n + 1] = ("x-ratelimit-remaining-requests", &remaining[..r]);
-            extra[n + 2] = ("x-ratelimit-reset-requests", &reset[..z]);
+            let names = crate::ratelimit::header_names(q.counted);
+            extra[n] = (names[0], &limit[..l]);
+            extra[n + 1] = (names[1], &remaining[..r]);
+            extra[n + 2] = (names[2], &reset[..z]);
             n += 3;
         }
         if let Some(rid) = request_id {
@@ -340,18 +341,23 @@ impl Failure {
                 "Too many clients are being rate limited at once; try again shortly.".to_string()
             }
             (Some(m), Some(q)) => format!(
-                "Rate limit reached for model `{m}`: {} requests per period. Try again later.",
-                q.limit
+                "Rate limit reached for model `{m}`: {} {} per period. Try again later.",
+                q.limit,
+                q.counted.noun()
             ),
             (None, Some(q)) => format!(
-                "Rate limit reached: {} requests per period. Try again later.",
-                q.limit
+                "Rate limit reached: {} {} per period. Try again later.",
+                q.limit,
+                q.counted.noun()
             ),
         };
         let mut f = Failure::new(
             Side::Client,
             429,
-            "requests",
+            match quota.map(|q| q.counted) {
+                Some(crate::ratelimit::Counted::Tokens) => "tokens",
+                _ => "requests",
+            },
             "rate_limit_exceeded",
             message,
         );

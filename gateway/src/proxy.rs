@@ -446,6 +446,7 @@ async fn handle_request<S: ClientStream>(
         ttft: None,
         tpot: None,
         usage: UsageScanner::default(),
+        rate: Default::default(),
         delivery: None,
     };
     let keep = match &body {
@@ -480,6 +481,18 @@ async fn handle_request<S: ClientStream>(
         Delivery::AbortedClient => shard.metrics.borrow_mut().client_aborts[0] += 1,
         Delivery::SendTimeout => shard.metrics.borrow_mut().client_aborts[1] += 1,
         Delivery::Ok | Delivery::AbortedUpstream => {}
+    }
+    if let (Some(c), Some(limiter), Ok(body)) = (rq.rate.charge, &state.rate_limiter, &body) {
+        if (200..300).contains(&rq.status) {
+            let n = crate::ratelimit::tokens_used(
+                rq.usage.prompt_tokens,
+                rq.usage.completion_tokens,
+                body.len() as u64,
+                rq.usage.events,
+                rq.bytes,
+            );
+            limiter.charge_tokens(c.key, &c.limit, n, limiter.now());
+        }
     }
     let duration = rq.started.elapsed();
     shard.metrics.borrow_mut().record(&RequestRecord {
@@ -570,6 +583,8 @@ struct RequestState<'s> {
     ttft: Option<Duration>,
     tpot: Option<Duration>,
     usage: UsageScanner,
+    /// The rate limits' quotas (success headers) and the token charge.
+    rate: crate::ratelimit::Admitted,
     /// How the delivery ended, once known to have gone wrong (the first cause
     /// wins); `None` at the end: from the client's write state, else `ok`.
     delivery: Option<Delivery>,
@@ -667,10 +682,13 @@ async fn execute<'s, S: ClientStream>(
     // SecurityPolicy rateLimit, before any permit is taken: per verified JWT
     // `sub`, else per client IP.
     if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
-        if let Some(f) = rate_limit(state, limiter, policy, req, rq.model.as_deref(), subject) {
-            shard.metrics.borrow_mut().rate_limited(rq.model.as_deref());
-            rq.status = respond_failure(client, out, &f, Some(rid)).await;
-            return req.client_keep;
+        match rate_limit(state, limiter, policy, req, rq.model.as_deref(), subject) {
+            Ok(admitted) => rq.rate = admitted,
+            Err(f) => {
+                shard.metrics.borrow_mut().rate_limited(rq.model.as_deref());
+                rq.status = respond_failure(client, out, &f, Some(rid)).await;
+                return req.client_keep;
+            }
         }
     }
     // maxConcurrentInferences: hold a permit until the answer is out.
@@ -735,8 +753,8 @@ async fn execute<'s, S: ClientStream>(
     .await
 }
 
-/// The rate-limit step ([`crate::ratelimit`]): the 429 to answer, if the
-/// request is over a limit of `policy`.
+/// The rate-limit step ([`crate::ratelimit`]): the quotas of an admitted
+/// request (for its success headers and token charge), or the 429 to answer.
 fn rate_limit(
     state: &GatewayState,
     limiter: &crate::ratelimit::RateLimiter,
@@ -744,8 +762,8 @@ fn rate_limit(
     req: &Req<'_>,
     model: Option<&str>,
     subject: Option<&str>,
-) -> Option<Failure> {
-    use crate::ratelimit::{check_request, RequestKey, Verdict};
+) -> Result<crate::ratelimit::Admitted, Failure> {
+    use crate::ratelimit::{check_request, Outcome, RequestKey};
     let key = RequestKey {
         policy: Some(policy),
         model,
@@ -764,13 +782,14 @@ fn rate_limit(
         &state.settings.trusted_proxies,
         &key,
         now,
-    )? {
-        Verdict::Allowed(_) => None,
-        Verdict::Limited {
+    ) {
+        None => Ok(Default::default()),
+        Some(Outcome::Allowed(a)) => Ok(a),
+        Some(Outcome::Limited {
             quota,
             retry_after_ns,
-        } => Some(Failure::rate_limited(model, retry_after_ns, Some(quota))),
-        Verdict::Full => Some(Failure::rate_limited(
+        }) => Err(Failure::rate_limited(model, retry_after_ns, Some(quota))),
+        Some(Outcome::Full) => Err(Failure::rate_limited(
             model,
             crate::ratelimit::SWEEP_EVERY_NS,
             None,
@@ -963,6 +982,9 @@ async fn stream_response<S: ClientStream>(
     }
     if !has_rid {
         write::header(out, "x-request-id", request_id);
+    }
+    for q in [rq.rate.requests, rq.rate.tokens].into_iter().flatten() {
+        crate::ratelimit::write_quota_headers(out, &q);
     }
     match framing {
         Framing::Length(n) => write::header_u64(out, "content-length", n),

@@ -65,7 +65,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use shardgate_routing::config::{RateLimit, RateLimitValue};
+use shardgate_routing::config::{RateLimit, RateLimitUnit, RateLimitValue};
 
 /// A cell evicted from the table: never admits again (racing requests retry).
 pub const DEAD: u64 = u64::MAX;
@@ -77,10 +77,10 @@ pub const SWEEP_EVERY_NS: u64 = 100_000_000;
 /// Default `--rate-limit-max-keys`.
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 
-/// One `{requests, unit}` limit in the form GCRA uses.
+/// One limit (of requests, or of tokens) in the form GCRA uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
-    /// Requests per period (≥ 1).
+    /// Requests (or tokens) per period (≥ 1).
     pub requests: u32,
     /// The period, ns.
     pub period_ns: u64,
@@ -89,17 +89,47 @@ pub struct Limit {
 }
 
 impl Limit {
-    /// The limit of a policy value (`requests` 0 is refused by validation; it
-    /// is read as 1 here).
-    pub fn of(v: RateLimitValue) -> Self {
-        let requests = v.requests.max(1);
-        let period_ns = v.unit.duration().as_nanos() as u64;
+    /// `amount` per `unit` (0 is refused by validation; it is read as 1 here).
+    pub fn new(amount: u32, unit: RateLimitUnit) -> Self {
+        let requests = amount.max(1);
+        let period_ns = unit.duration().as_nanos() as u64;
         Limit {
             requests,
             period_ns,
             interval_ns: (period_ns / u64::from(requests)).max(1),
         }
     }
+
+    /// The request limit of a policy value (`None` when it limits tokens only).
+    pub fn of(v: RateLimitValue) -> Option<Self> {
+        v.requests.map(|n| Limit::new(n, v.unit))
+    }
+
+    /// The token limit of a policy value (`None` when it limits requests only).
+    pub fn tokens_of(v: RateLimitValue) -> Option<Self> {
+        v.tokens.map(|n| Limit::new(n, v.unit))
+    }
+}
+
+/// What a limit counts (it picks the `x-ratelimit-*-requests` or `-tokens`
+/// header names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// Requests, counted when admitted.
+    Requests,
+    /// Prompt + completion tokens, charged from the response's `usage`.
+    Tokens,
+}
+
+/// The limits of one bucket of a policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule<'a> {
+    /// The bucket the request falls in.
+    pub bucket: Bucket<'a>,
+    /// Its request limit.
+    pub requests: Option<Limit>,
+    /// Its token limit.
+    pub tokens: Option<Limit>,
 }
 
 /// Which bucket of a policy a request falls in.
@@ -111,13 +141,18 @@ pub enum Bucket<'a> {
     Default,
 }
 
-/// The limit that applies to `model` under `rl`: its `perModel` entry, else
+/// The limits that apply to `model` under `rl`: its `perModel` entry, else
 /// `default`, else none.
-pub fn rule_for<'a>(rl: &'a RateLimit, model: Option<&'a str>) -> Option<(Limit, Bucket<'a>)> {
-    if let Some((name, v)) = model.and_then(|m| rl.per_model.get_key_value(m)) {
-        return Some((Limit::of(*v), Bucket::Model(name.as_str())));
-    }
-    rl.default.map(|v| (Limit::of(v), Bucket::Default))
+pub fn rule_for<'a>(rl: &'a RateLimit, model: Option<&'a str>) -> Option<Rule<'a>> {
+    let (v, bucket) = match model.and_then(|m| rl.per_model.get_key_value(m)) {
+        Some((name, v)) => (*v, Bucket::Model(name.as_str())),
+        None => (rl.default?, Bucket::Default),
+    };
+    Some(Rule {
+        bucket,
+        requests: Limit::of(v),
+        tokens: Limit::tokens_of(v),
+    })
 }
 
 /// Who a request is counted against.
@@ -200,9 +235,11 @@ pub enum Verdict {
     Full,
 }
 
-/// The numbers of the `x-ratelimit-*-requests` headers.
+/// The numbers of the `x-ratelimit-*-requests` (or `-tokens`) headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
+    /// Which headers: requests or tokens.
+    pub counted: Counted,
     /// `x-ratelimit-limit-requests`.
     pub limit: u32,
     /// `x-ratelimit-remaining-requests`.
@@ -212,9 +249,14 @@ pub struct Quota {
 }
 
 fn quota(tat: u64, now: u64, limit: &Limit) -> Quota {
+    quota_of(Counted::Requests, tat, now, limit)
+}
+
+fn quota_of(counted: Counted, tat: u64, now: u64, limit: &Limit) -> Quota {
     let used = tat.saturating_sub(now);
     let room = limit.period_ns.saturating_sub(used) / limit.interval_ns;
     Quota {
+        counted,
         limit: limit.requests,
         remaining: room.min(u64::from(limit.requests)) as u32,
         reset_ns: used,
@@ -333,6 +375,54 @@ impl RateLimiter {
     /// Count one request of `key` under `limit` at `now` (ns on [`Self::now`]'s
     /// clock, or a virtual one in tests).
     pub fn check(&self, key: u128, limit: &Limit, now: u64) -> Verdict {
+        let stepped = self.update(key, now, |cur| match gcra(cur, now, limit) {
+            Step::Admit { tat } => Ok(tat),
+            Step::Refuse { wait_ns } => Err((cur, wait_ns)),
+        });
+        match stepped {
+            None => Verdict::Full,
+            Some(Ok(tat)) => Verdict::Allowed(quota(tat, now, limit)),
+            Some(Err((cur, wait_ns))) => Verdict::Limited {
+                quota: quota(cur, now, limit),
+                retry_after_ns: wait_ns,
+            },
+        }
+    }
+
+    /// Whether the token cell `key` admits one more request at `now` (it is
+    /// not in debt beyond its burst): the quota, else the quota and the wait.
+    /// Reads only; an unknown key has its whole burst.
+    pub fn peek_tokens(&self, key: u128, limit: &Limit, now: u64) -> Result<Quota, (Quota, u64)> {
+        let tat = match self.map.pin().get(&key) {
+            Some(c) => c.tat.load(Ordering::Acquire),
+            None => 0,
+        };
+        let tat = if tat == DEAD { 0 } else { tat };
+        let q = quota_of(Counted::Tokens, tat, now, limit);
+        if over_burst(tat, now, limit) {
+            Err((q, tat - now - limit.period_ns))
+        } else {
+            Ok(q)
+        }
+    }
+
+    /// Charge `n` tokens to the token cell `key` at `now` (debt allowed, see
+    /// [`charge`]). `false` when the table is full and the key is new (the
+    /// tokens go uncounted; the request limit refuses new keys then anyway).
+    pub fn charge_tokens(&self, key: u128, limit: &Limit, n: u64, now: u64) -> bool {
+        self.update(key, now, |cur| Ok::<u64, ()>(charge(cur, now, n, limit)))
+            .is_some()
+    }
+
+    /// One CAS-linearised step on `key`'s cell (inserted when new): `step`
+    /// maps the current TAT to the one to store (`Ok`), or refuses (`Err`, and
+    /// nothing is stored). `None` when the table is full of active keys.
+    fn update<R>(
+        &self,
+        key: u128,
+        now: u64,
+        mut step: impl FnMut(u64) -> Result<u64, R>,
+    ) -> Option<Result<u64, R>> {
         let map = self.map.pin();
         loop {
             let cell = match map.get(&key) {
@@ -341,7 +431,7 @@ impl RateLimiter {
                     if self.live.load(Ordering::Relaxed) >= self.max_keys {
                         self.sweep_at_most_every(now);
                         if self.live.load(Ordering::Relaxed) >= self.max_keys {
-                            return Verdict::Full;
+                            return None;
                         }
                     }
                     match map.try_insert(
@@ -370,20 +460,15 @@ impl RateLimiter {
                     }
                     break;
                 }
-                match gcra(cur, now, limit) {
-                    Step::Refuse { wait_ns } => {
-                        return Verdict::Limited {
-                            quota: quota(cur, now, limit),
-                            retry_after_ns: wait_ns,
-                        }
-                    }
-                    Step::Admit { tat } => match cell.tat.compare_exchange_weak(
+                match step(cur) {
+                    Err(r) => return Some(Err(r)),
+                    Ok(tat) => match cell.tat.compare_exchange_weak(
                         cur,
                         tat,
                         Ordering::AcqRel,
                         Ordering::Acquire,
                     ) {
-                        Ok(_) => return Verdict::Allowed(quota(tat, now, limit)),
+                        Ok(_) => return Some(Ok(tat)),
                         Err(actual) => cur = actual,
                     },
                 }
@@ -446,22 +531,129 @@ pub struct RequestKey<'a> {
     pub forwarded_for: Option<&'a [u8]>,
 }
 
+/// The token cell of a request key: the same keyed hash with a fixed tweak (a
+/// bijection, so token and request keys collide no more often than any two
+/// keyed hashes).
+pub fn token_key(key: u128) -> u128 {
+    key ^ 0x746f_6b65_6e73_0000_0000_0000_0000_0001
+}
+
+/// What to charge once a request's answer is out: its token cell and limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCharge {
+    /// The token cell ([`token_key`]).
+    pub key: u128,
+    /// The token limit.
+    pub limit: Limit,
+}
+
+/// An admitted request's quotas (what its success headers say) and the token
+/// charge to make when its answer is out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Admitted {
+    /// `x-ratelimit-*-requests` after this request.
+    pub requests: Option<Quota>,
+    /// `x-ratelimit-*-tokens` before this request's tokens are charged.
+    pub tokens: Option<Quota>,
+    /// The token charge to make when the answer is out.
+    pub charge: Option<TokenCharge>,
+}
+
+/// The rate-limit step's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Admitted.
+    Allowed(Admitted),
+    /// Over a limit (the quota says which): 429.
+    Limited {
+        /// What the headers say.
+        quota: Quota,
+        /// `Retry-After`, ns.
+        retry_after_ns: u64,
+    },
+    /// The table is full of active keys and this is a new one: 429 (fail closed).
+    Full,
+}
+
 /// The rate-limit step of a request: `None` when no limit applies (no
 /// SecurityPolicy, no `rateLimit`, or no entry for the model and no `default`),
-/// else the verdict. Allocates nothing for a known key.
+/// else the outcome. The token limit is looked at first (a read: a request
+/// refused for tokens takes no request permit), then the request limit counts
+/// the request. Allocates nothing for a known key.
 pub fn check_request(
     limiter: &RateLimiter,
     table: &shardgate_routing::RoutingTable,
     proxies: &[IpNet],
     req: &RequestKey<'_>,
     now: u64,
-) -> Option<Verdict> {
+) -> Option<Outcome> {
     let policy = req.policy?;
     let rl = table.security_policy(policy)?.spec.rate_limit.as_ref()?;
-    let (limit, bucket) = rule_for(rl, req.model)?;
+    let rule = rule_for(rl, req.model)?;
     let ip = client_ip(req.peer, req.forwarded_for, proxies);
-    let key = limiter.key(policy, Identity::of(req.subject, ip), bucket);
-    Some(limiter.check(key, &limit, now))
+    let key = limiter.key(policy, Identity::of(req.subject, ip), rule.bucket);
+    Some(limiter.check_rule(key, &rule, now))
+}
+
+impl RateLimiter {
+    /// [`check_request`] once the key is known.
+    pub fn check_rule(&self, key: u128, rule: &Rule<'_>, now: u64) -> Outcome {
+        let mut tokens = None;
+        let mut charge = None;
+        if let Some(limit) = rule.tokens {
+            let tkey = token_key(key);
+            match self.peek_tokens(tkey, &limit, now) {
+                Ok(q) => tokens = Some(q),
+                Err((quota, retry_after_ns)) => {
+                    return Outcome::Limited {
+                        quota,
+                        retry_after_ns,
+                    }
+                }
+            }
+            charge = Some(TokenCharge { key: tkey, limit });
+        }
+        let requests = match rule.requests {
+            None => None,
+            Some(limit) => match self.check(key, &limit, now) {
+                Verdict::Allowed(q) => Some(q),
+                Verdict::Limited {
+                    quota,
+                    retry_after_ns,
+                } => {
+                    return Outcome::Limited {
+                        quota,
+                        retry_after_ns,
+                    }
+                }
+                Verdict::Full => return Outcome::Full,
+            },
+        };
+        Outcome::Allowed(Admitted {
+            requests,
+            tokens,
+            charge,
+        })
+    }
+}
+
+/// The tokens a finished request is charged: the response's `usage` when it
+/// reported one, else an estimate (prompt: the request body's bytes / 4;
+/// completion: the SSE events streamed, else the response body's bytes / 4).
+pub fn tokens_used(
+    prompt: Option<u64>,
+    completion: Option<u64>,
+    request_bytes: u64,
+    events: u32,
+    response_bytes: u64,
+) -> u64 {
+    let prompt = prompt.unwrap_or(request_bytes.div_ceil(4));
+    let completion = completion.unwrap_or(if events > 0 {
+        u64::from(events)
+    } else {
+        response_bytes.div_ceil(4)
+    });
+    prompt.saturating_add(completion)
 }
 
 /// An IP network of `--trusted-proxies`: an address with a prefix length.
@@ -558,6 +750,43 @@ pub fn client_ip(peer: IpAddr, xff: Option<&[u8]>, proxies: &[IpNet]) -> IpAddr 
     hop
 }
 
+impl Counted {
+    /// The word for what is counted (`requests`, `tokens`).
+    pub fn noun(self) -> &'static str {
+        match self {
+            Counted::Requests => "requests",
+            Counted::Tokens => "tokens",
+        }
+    }
+}
+
+/// The `x-ratelimit-{limit,remaining,reset}-*` header names for `counted`.
+pub fn header_names(counted: Counted) -> [&'static str; 3] {
+    match counted {
+        Counted::Requests => [
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ],
+        Counted::Tokens => [
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ],
+    }
+}
+
+/// Append the three `x-ratelimit-*` headers of `q` to a response head being
+/// written (no allocation).
+pub fn write_quota_headers(out: &mut Vec<u8>, q: &Quota) {
+    let names = header_names(q.counted);
+    shardgate_http::write::header_u64(out, names[0], u64::from(q.limit));
+    shardgate_http::write::header_u64(out, names[1], u64::from(q.remaining));
+    let mut reset = [0u8; 32];
+    let z = fmt_reset(q.reset_ns, &mut reset);
+    shardgate_http::write::header(out, names[2], &reset[..z]);
+}
+
 /// Write a duration as OpenAI's reset headers do (`1s`, `6m0s`, `1h2m3s`),
 /// rounded up to the second; returns the bytes used of `buf`.
 pub fn fmt_reset(ns: u64, buf: &mut [u8; 32]) -> usize {
@@ -601,10 +830,7 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     fn per_minute(n: u32) -> Limit {
-        Limit::of(RateLimitValue {
-            requests: n,
-            unit: RateLimitUnit::Minute,
-        })
+        Limit::new(n, RateLimitUnit::Minute)
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -613,16 +839,15 @@ mod tests {
 
     #[test]
     fn units_and_intervals() {
-        let day = Limit::of(RateLimitValue {
-            requests: 1000,
-            unit: RateLimitUnit::Day,
-        });
+        let day = Limit::new(1000, RateLimitUnit::Day);
         assert_eq!(day.period_ns, 86_400 * SEC);
         assert_eq!(day.interval_ns, 86_400 * SEC / 1000);
         let sec = Limit::of(RateLimitValue {
-            requests: 4,
+            requests: Some(4),
+            tokens: None,
             unit: RateLimitUnit::Second,
-        });
+        })
+        .unwrap();
         assert_eq!(sec.interval_ns, SEC / 4);
         assert_eq!(per_minute(10).interval_ns, 6 * SEC);
     }
@@ -666,6 +891,7 @@ mod tests {
             assert_eq!(
                 rl.check(key, &lim, later),
                 Verdict::Allowed(Quota {
+                    counted: Counted::Requests,
                     limit: 3,
                     remaining: want,
                     reset_ns: (3 - u64::from(want)) * 20 * SEC
@@ -680,19 +906,27 @@ mod tests {
             "default: {requests: 100, unit: minute}\nperModel:\n  gpt-large: {requests: 10, unit: minute}\n",
         )
         .unwrap();
-        let (l, b) = rule_for(&spec, Some("gpt-large")).unwrap();
-        assert_eq!((l.requests, b), (10, Bucket::Model("gpt-large")));
-        let (l, b) = rule_for(&spec, Some("bert")).unwrap();
-        assert_eq!((l.requests, b), (100, Bucket::Default));
-        assert_eq!(rule_for(&spec, None).unwrap().1, Bucket::Default);
+        let r = rule_for(&spec, Some("gpt-large")).unwrap();
+        assert_eq!(
+            (r.requests.unwrap().requests, r.bucket, r.tokens),
+            (10, Bucket::Model("gpt-large"), None)
+        );
+        let r = rule_for(&spec, Some("bert")).unwrap();
+        assert_eq!(
+            (r.requests.unwrap().requests, r.bucket),
+            (100, Bucket::Default)
+        );
+        assert_eq!(rule_for(&spec, None).unwrap().bucket, Bucket::Default);
         let only_model: RateLimit =
             serde_yaml_ng::from_str("perModel:\n  a: {requests: 1, unit: second}\n").unwrap();
         assert!(rule_for(&only_model, Some("b")).is_none());
 
         let rl = RateLimiter::new(16);
         let who = Identity::Ip(ip("10.0.0.1"));
-        let (large, bl) = rule_for(&spec, Some("gpt-large")).unwrap();
-        let (dflt, bd) = rule_for(&spec, Some("bert")).unwrap();
+        let r = rule_for(&spec, Some("gpt-large")).unwrap();
+        let (large, bl) = (r.requests.unwrap(), r.bucket);
+        let r = rule_for(&spec, Some("bert")).unwrap();
+        let (dflt, bd) = (r.requests.unwrap(), r.bucket);
         let k_large = rl.key("ns/p", who, bl);
         let k_dflt = rl.key("ns/p", who, bd);
         assert_ne!(k_large, k_dflt);
@@ -829,6 +1063,91 @@ mod tests {
         // An idle key starts from now, not from its old TAT.
         let later = tat + 10 * l.period_ns;
         assert_eq!(charge(tat, later, 1, &l), later + l.interval_ns);
+    }
+
+    #[test]
+    fn token_limits_refuse_once_in_debt_and_requests_then_count_nothing() {
+        let spec: RateLimit = serde_yaml_ng::from_str(
+            "perModel:\n  m: {requests: 100, tokens: 1000, unit: minute}\n  t: {tokens: 50, unit: second}\n",
+        )
+        .unwrap();
+        let rl = RateLimiter::new(16);
+        let who = Identity::Subject("alice");
+        let rule = rule_for(&spec, Some("m")).unwrap();
+        let key = rl.key("ns/p", who, rule.bucket);
+        let t0 = 100 * SEC;
+        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0) else {
+            panic!()
+        };
+        let tq = a.tokens.unwrap();
+        assert_eq!(
+            (tq.counted, tq.limit, tq.remaining),
+            (Counted::Tokens, 1000, 1000)
+        );
+        assert_eq!(a.requests.unwrap().remaining, 99);
+        let c = a.charge.unwrap();
+        assert_eq!(c.key, token_key(key));
+        // The answer used 1,200 tokens: 200 in debt, the next request is refused
+        // for tokens (and takes no request permit).
+        assert!(rl.charge_tokens(c.key, &c.limit, 1200, t0));
+        let Outcome::Limited {
+            quota,
+            retry_after_ns,
+        } = rl.check_rule(key, &rule, t0)
+        else {
+            panic!()
+        };
+        assert_eq!((quota.counted, quota.remaining), (Counted::Tokens, 0));
+        assert_eq!(retry_after_ns, 200 * c.limit.interval_ns);
+        // The refused request took no request permit.
+        let Verdict::Allowed(q) = rl.check(key, &rule.requests.unwrap(), t0) else {
+            panic!()
+        };
+        assert_eq!(q.remaining, 98);
+        // Once repaid, admitted again.
+        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0 + retry_after_ns) else {
+            panic!()
+        };
+        assert_eq!(a.tokens.unwrap().remaining, 0);
+        // A tokens-only rule counts no requests.
+        let rule = rule_for(&spec, Some("t")).unwrap();
+        assert!(rule.requests.is_none());
+        let key = rl.key("ns/p", who, rule.bucket);
+        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0) else {
+            panic!()
+        };
+        assert!(a.requests.is_none());
+        assert_eq!(a.tokens.unwrap().limit, 50);
+    }
+
+    #[test]
+    fn tokens_used_prefers_usage_and_estimates_otherwise() {
+        assert_eq!(tokens_used(Some(10), Some(5), 999, 9, 999), 15);
+        assert_eq!(tokens_used(None, Some(5), 40, 0, 0), 15);
+        assert_eq!(tokens_used(Some(3), None, 0, 7, 500), 10, "SSE events");
+        assert_eq!(tokens_used(Some(3), None, 0, 0, 41), 14, "body bytes / 4");
+    }
+
+    #[test]
+    fn quota_headers_name_what_is_counted() {
+        let mut out = Vec::new();
+        let q = Quota {
+            counted: Counted::Tokens,
+            limit: 1000,
+            remaining: 250,
+            reset_ns: 45 * SEC,
+        };
+        write_quota_headers(&mut out, &q);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("x-ratelimit-limit-tokens: 1000\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x-ratelimit-remaining-tokens: 250\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("x-ratelimit-reset-tokens: 45s\r\n"), "{text}");
     }
 
     #[test]

@@ -4,6 +4,10 @@
 //! `x-ratelimit-*-requests` headers, other models and other clients (told apart
 //! by `X-Forwarded-For` from a `--trusted-proxies` peer) are unaffected, and with
 //! two shards and many connections the number admitted is exactly the limit.
+//! Successful answers carry the `x-ratelimit-*` headers too. Token limits
+//! (`tokens` per unit, an extension of the seed's shape) are charged from the
+//! responses' `usage`: the client is refused once its answers have used the
+//! budget, with the `x-ratelimit-*-tokens` headers.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -48,6 +52,18 @@ fn the_request_over_a_per_model_limit_gets_429_with_rate_limit_headers() {
     for i in 0..3 {
         let r = ask(&mut c, "big", alice);
         assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        // Successful answers carry the quota too, as OpenAI's do.
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
+        let left = (2 - i).to_string();
+        assert_eq!(
+            r.header("x-ratelimit-remaining-requests"),
+            Some(left.as_str())
+        );
+        assert!(r.header("x-ratelimit-reset-requests").is_some());
+        assert!(
+            r.header("x-ratelimit-limit-tokens").is_none(),
+            "no token limit"
+        );
     }
     let r = ask(&mut c, "big", alice);
     assert_eq!(r.status, 429, "{}", r.text());
@@ -116,4 +132,60 @@ fn the_limit_is_exact_across_two_shards_and_many_connections() {
     }
     assert_eq!(ok.load(Ordering::Relaxed), LIMIT);
     assert_eq!(limited.load(Ordering::Relaxed), 16 * 6 - LIMIT);
+}
+
+#[test]
+fn token_limits_are_charged_from_usage_and_refuse_with_token_headers() {
+    const TOKENS: u64 = 40;
+    let a = sim(&["small", "big"], |_| {});
+    let mut y = config(&[("big", vec![(1, vec![a.addr()])])]);
+    y.push_str(&format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: SecurityPolicy\nmetadata:\n  name: budget\nspec:\n  targetRef:\n    kind: Gateway\n    name: gw\n  rateLimit:\n    perModel:\n      big: {{requests: 1000, tokens: {TOKENS}, unit: hour}}\n"
+    ));
+    let gw = Gateway::start(&y, &[]);
+    let mut c = gw.connect();
+    let mut charged = Vec::new();
+    let refused = loop {
+        let r = ask(&mut c, "big", None);
+        if r.status == 429 {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(charged.len() < 100, "never refused");
+        // Before this answer's tokens: the limit less what earlier ones used.
+        assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("40"));
+        let before: u64 = charged.iter().sum();
+        let remaining: u64 = r
+            .header("x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            remaining <= TOKENS.saturating_sub(before),
+            "{remaining} after {before}"
+        );
+        assert!(
+            remaining + 1 >= TOKENS.saturating_sub(before),
+            "{remaining} after {before}"
+        );
+        assert_eq!(r.header("x-ratelimit-limit-requests"), Some("1000"));
+        charged.push(r.json()["usage"]["total_tokens"].as_u64().unwrap());
+    };
+    // Admitted while the usage so far was within the budget; refused once over.
+    let total: u64 = charged.iter().sum();
+    let last = *charged.last().unwrap();
+    assert!(total > TOKENS, "{charged:?}");
+    assert!(total - last <= TOKENS, "{charged:?}");
+    assert_eq!(refused.json()["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(refused.json()["error"]["type"], "tokens");
+    assert_eq!(refused.header("x-ratelimit-limit-tokens"), Some("40"));
+    assert_eq!(refused.header("x-ratelimit-remaining-tokens"), Some("0"));
+    assert!(refused.header("x-ratelimit-limit-requests").is_none());
+    // The debt is repaid at 40 tokens per hour: 90 s per token.
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    let debt = total - TOKENS;
+    assert!(
+        retry.abs_diff(debt * 90) <= 1,
+        "retry-after {retry} for a debt of {debt}"
+    );
 }

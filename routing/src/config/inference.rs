@@ -422,12 +422,18 @@ pub struct RateLimit {
     pub per_model: BTreeMap<String, RateLimitValue>,
 }
 
-/// A number of requests per time unit.
+/// A number of requests, and/or of tokens, per time unit: the seed's
+/// `{requests, unit}`, extended with `tokens` (prompt + completion tokens,
+/// charged from the response's `usage`). At least one of the two is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitValue {
     /// Requests allowed per unit (≥ 1).
-    pub requests: u32,
+    #[serde(default)]
+    pub requests: Option<u32>,
+    /// Tokens (prompt + completion) allowed per unit (≥ 1).
+    #[serde(default)]
+    pub tokens: Option<u32>,
     /// The unit.
     pub unit: RateLimitUnit,
 }

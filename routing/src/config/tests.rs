@@ -203,14 +203,16 @@ fn seed_loads_with_all_fields() {
     assert_eq!(
         rl.default,
         Some(RateLimitValue {
-            requests: 100,
+            requests: Some(100),
+            tokens: None,
             unit: RateLimitUnit::Minute
         })
     );
     assert_eq!(
         rl.per_model["gpt-large"],
         RateLimitValue {
-            requests: 10,
+            requests: Some(10),
+            tokens: None,
             unit: RateLimitUnit::Minute
         }
     );
@@ -1071,4 +1073,33 @@ fn backend_tls_policy_errors_name_the_field() {
         .replace("kind: Service", "kind: Pod"),
     );
     assert!(e[0].to_string().contains("spec.targetRefs[0]"), "{}", e[0]);
+}
+
+#[test]
+fn rate_limit_values_need_requests_or_tokens() {
+    let doc = |rl: &str| {
+        format!("apiVersion: ai.gateway.io/v1alpha1\nkind: SecurityPolicy\nmetadata:\n  name: s\nspec:\n  rateLimit:\n{rl}")
+    };
+    let c = load(&doc("    default: {tokens: 20000, unit: minute}\n    perModel:\n      m: {requests: 5, tokens: 100, unit: second}\n")).unwrap();
+    let (_, Resource::SecurityPolicy(sp)) = &c.docs[0] else {
+        panic!()
+    };
+    let rl = sp.spec.rate_limit.as_ref().unwrap();
+    assert_eq!(rl.default.unwrap().tokens, Some(20000));
+    assert_eq!(rl.default.unwrap().requests, None);
+    assert_eq!(rl.per_model["m"].requests, Some(5));
+    let errs = load_err(&doc(
+        "    default: {unit: minute}\n    perModel:\n      m: {requests: 0, tokens: 0, unit: hour}\n",
+    ));
+    let text = format!("{errs:?}");
+    assert!(
+        text.contains("spec.rateLimit.default")
+            && text.contains("must set requests, tokens or both"),
+        "{text}"
+    );
+    assert!(
+        text.contains("spec.rateLimit.perModel.m.requests"),
+        "{text}"
+    );
+    assert!(text.contains("spec.rateLimit.perModel.m.tokens"), "{text}");
 }

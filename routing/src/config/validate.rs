@@ -533,19 +533,22 @@ fn security_policy(s: &SecurityPolicy, p: &mut Problems) {
     let Some(rl) = &s.spec.rate_limit else {
         return;
     };
-    if rl.default.is_some_and(|d| d.requests == 0) {
-        p.push((
-            "spec.rateLimit.default.requests".into(),
-            "must be at least 1".into(),
-        ));
+    let mut check = |at: String, v: &RateLimitValue| {
+        if v.requests.is_none() && v.tokens.is_none() {
+            p.push((at.clone(), "must set requests, tokens or both".into()));
+        }
+        if v.requests == Some(0) {
+            p.push((format!("{at}.requests"), "must be at least 1".into()));
+        }
+        if v.tokens == Some(0) {
+            p.push((format!("{at}.tokens"), "must be at least 1".into()));
+        }
+    };
+    if let Some(d) = &rl.default {
+        check("spec.rateLimit.default".into(), d);
     }
     for (model, v) in &rl.per_model {
-        if v.requests == 0 {
-            p.push((
-                format!("spec.rateLimit.perModel.{model}.requests"),
-                "must be at least 1".into(),
-            ));
-        }
+        check(format!("spec.rateLimit.perModel.{model}"), v);
     }
 }
 
