@@ -24,6 +24,8 @@ pub struct AdminView {
     pub warmth: Option<Arc<crate::prewarm::Warmth>>,
     /// Per-model autoscaling signals (`/autoscale`), unless turned off.
     pub autoscale: Option<Arc<crate::autoscale::AutoscaleView>>,
+    /// Global rate limits through Redis, when on.
+    pub global_limiter: Option<Arc<crate::ratelimit_global::GlobalLimiter>>,
     /// Drain flag.
     pub shutdown: Shutdown,
     /// Shard metrics, merged at scrape.
@@ -139,6 +141,9 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 }
                 if let Some(a) = &view.autoscale {
                     a.render(&mut text);
+                }
+                if let Some(g) = &view.global_limiter {
+                    g.render(&mut text);
                 }
                 text.into_bytes()
             }),

@@ -324,6 +324,28 @@ pub struct LimitArgs {
     /// (the default): the client is always the TCP peer.
     #[arg(long, value_delimiter = ',', value_parser = crate::ratelimit::IpNet::parse)]
     pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
+    /// Make SecurityPolicy request limits fleet-wide through this Redis
+    /// (`redis://HOST:PORT[/DB]`): every replica draws permits in leases from
+    /// one GCRA cell per key there, so 10/minute means 10 for the fleet.
+    /// Unset (the default): limits are per replica.
+    #[arg(long, value_parser = |s: &str| s.parse::<crate::ratelimit_global::RedisAddr>())]
+    pub rate_limit_redis: Option<crate::ratelimit_global::RedisAddr>,
+    /// While Redis is unreachable: `open` falls back to the per-replica limit,
+    /// `closed` refuses with 429 `rate_limit_unavailable`.
+    #[arg(long, default_value = "open", value_parser = |s: &str| s.parse::<crate::ratelimit_global::FailureMode>())]
+    pub rate_limit_redis_failure: crate::ratelimit_global::FailureMode,
+    /// The most permits one lease draws from Redis at once (leases are also
+    /// kept to a quarter of the limit over the replicas).
+    #[arg(long, default_value_t = crate::ratelimit_global::DEFAULT_BATCH)]
+    pub rate_limit_redis_batch: u32,
+    /// Redis connect and command timeout, and a request's longest wait for a
+    /// lease refill before the failure mode decides.
+    #[arg(long, default_value = "100ms", value_parser = duration)]
+    pub rate_limit_redis_timeout: Duration,
+    /// Prefix of the rate-limit keys in Redis (replicas sharing limits must
+    /// use the same one).
+    #[arg(long, default_value = crate::ratelimit_global::DEFAULT_PREFIX)]
+    pub rate_limit_redis_prefix: String,
     /// Longest wait for a `maxConcurrentInferences` permit before 429.
     #[arg(long, default_value = "60s", value_parser = duration)]
     pub admission_timeout: Duration,

@@ -370,6 +370,21 @@ impl Failure {
         f
     }
 
+    /// Global rate limits cannot be checked (Redis unreachable) under
+    /// `--rate-limit-redis-failure closed`: 429 `rate_limit_unavailable`,
+    /// `Retry-After: 1`.
+    pub fn rate_limit_unavailable() -> Self {
+        let mut f = Failure::new(
+            Side::Gateway,
+            429,
+            "rate_limit_error",
+            "rate_limit_unavailable",
+            "Rate limits cannot be checked right now (the rate-limit store is unreachable); try again shortly.".to_string(),
+        );
+        f.retry_after = Some(1);
+        f
+    }
+
     /// The upstream did not answer in time.
     pub fn upstream_timeout(what: &str) -> Self {
         Failure::new(

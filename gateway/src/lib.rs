@@ -403,6 +403,7 @@ pub fn start(
             .map_err(|e| vec![format!("cannot start the autoscaling signals: {e}")])?,
         )
     };
+    let global_limiter = start_global_limits(&run.limits, &loaded.table)?;
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
@@ -412,6 +413,7 @@ pub fn start(
             config: config_status.clone(),
             warmth: warmth.clone(),
             autoscale: autoscale.clone(),
+            global_limiter: global_limiter.clone(),
             endpoints: endpoints_view::EndpointsView {
                 endpoints: loaded
                     .table
@@ -440,6 +442,7 @@ pub fn start(
     let mut state =
         GatewayState::with_auth(loaded.table, settings, pick, auth).map_err(|e| vec![e])?;
     state.warmth = warmth;
+    state.global_limiter = global_limiter;
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let shard_shutdown = shutdown.clone();
@@ -487,6 +490,37 @@ pub fn start(
 }
 
 /// Warm the models `modelPrewarming` lists ([`prewarm`]), when it is on.
+/// The fleet-wide limiter and its lease thread, with `--rate-limit-redis` and
+/// some SecurityPolicy `rateLimit` to apply it to.
+fn start_global_limits(
+    limits: &cli::LimitArgs,
+    table: &shardgate_routing::RoutingTable,
+) -> Result<Option<Arc<ratelimit_global::GlobalLimiter>>, Vec<String>> {
+    let Some(addr) = &limits.rate_limit_redis else {
+        return Ok(None);
+    };
+    if !table
+        .security_policies()
+        .any(|(_, p)| p.spec.rate_limit.is_some())
+    {
+        tracing::warn!("--rate-limit-redis is set but no SecurityPolicy has a rateLimit");
+        return Ok(None);
+    }
+    let (lim, rx) = ratelimit_global::GlobalLimiter::new(ratelimit_global::GlobalSettings {
+        addr: addr.clone(),
+        failure: limits.rate_limit_redis_failure,
+        batch: limits.rate_limit_redis_batch.max(1),
+        timeout: limits
+            .rate_limit_redis_timeout
+            .max(std::time::Duration::from_millis(1)),
+        prefix: limits.rate_limit_redis_prefix.clone(),
+        max_keys: limits.rate_limit_max_keys,
+    });
+    ratelimit_global::spawn(&lim, rx)
+        .map_err(|e| vec![format!("cannot start the rate-limit Redis thread: {e}")])?;
+    Ok(Some(lim))
+}
+
 fn start_prewarm(state: &GatewayState) -> std::io::Result<()> {
     let (Some(w), Some(spec)) = (
         &state.warmth,

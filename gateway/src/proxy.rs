@@ -682,7 +682,41 @@ async fn execute<'s, S: ClientStream>(
     // SecurityPolicy rateLimit, before any permit is taken: per verified JWT
     // `sub`, else per client IP.
     if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
-        match rate_limit(state, limiter, policy, req, rq.model.as_deref(), subject) {
+        // With global limits, a request whose replica holds no permit for its
+        // key waits (polling its lease) for the lease thread's refill, at most
+        // `--rate-limit-redis-timeout`; then the failure mode decides.
+        let mut waited: Option<Instant> = None;
+        let decided = loop {
+            let gave_up = waited.is_some_and(|t| {
+                state
+                    .global_limiter
+                    .as_ref()
+                    .is_none_or(|g| t.elapsed() >= g.timeout())
+            });
+            match rate_limit(
+                state,
+                limiter,
+                policy,
+                req,
+                rq.model.as_deref(),
+                subject,
+                gave_up,
+            ) {
+                Some(d) => break d,
+                None => {
+                    if waited.is_none() {
+                        waited = Some(Instant::now());
+                        if let Some(g) = &state.global_limiter {
+                            g.stats
+                                .waited
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    monoio::time::sleep(crate::ratelimit_global::WAIT_STEP).await;
+                }
+            }
+        };
+        match decided {
             Ok(admitted) => rq.rate = admitted,
             Err(f) => {
                 shard.metrics.borrow_mut().rate_limited(rq.model.as_deref());
@@ -754,7 +788,9 @@ async fn execute<'s, S: ClientStream>(
 }
 
 /// The rate-limit step ([`crate::ratelimit`]): the quotas of an admitted
-/// request (for its success headers and token charge), or the 429 to answer.
+/// request (for its success headers and token charge), or the 429 to answer;
+/// `None`: wait for the fleet's lease refill and ask again.
+#[allow(clippy::too_many_arguments)]
 fn rate_limit(
     state: &GatewayState,
     limiter: &crate::ratelimit::RateLimiter,
@@ -762,7 +798,8 @@ fn rate_limit(
     req: &Req<'_>,
     model: Option<&str>,
     subject: Option<&str>,
-) -> Result<crate::ratelimit::Admitted, Failure> {
+    gave_up: bool,
+) -> Option<Result<crate::ratelimit::Admitted, Failure>> {
     use crate::ratelimit::{check_request, Outcome, RequestKey};
     let key = RequestKey {
         policy: Some(policy),
@@ -775,13 +812,13 @@ fn rate_limit(
             req.head.header("x-forwarded-for")
         },
     };
-    let now = limiter.now();
-    match check_request(
+    let decided = match check_request(
         limiter,
+        state.global_limiter.as_deref(),
         &state.table,
         &state.settings.trusted_proxies,
         &key,
-        now,
+        gave_up,
     ) {
         None => Ok(Default::default()),
         Some(Outcome::Allowed(a)) => Ok(a),
@@ -794,7 +831,10 @@ fn rate_limit(
             crate::ratelimit::SWEEP_EVERY_NS,
             None,
         )),
-    }
+        Some(Outcome::Unavailable) => Err(Failure::rate_limit_unavailable()),
+        Some(Outcome::Wait) => return None,
+    };
+    Some(decided)
 }
 
 /// Forward the request to one endpoint of its route, as the attempt machine

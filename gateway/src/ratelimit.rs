@@ -573,31 +573,57 @@ pub enum Outcome {
     },
     /// The table is full of active keys and this is a new one: 429 (fail closed).
     Full,
+    /// The fleet's lease for the key is empty and a refill is on its way: ask
+    /// again in [`crate::ratelimit_global::WAIT_STEP`].
+    Wait,
+    /// The fleet's limits cannot be checked (Redis unreachable) and
+    /// `--rate-limit-redis-failure closed`: 429.
+    Unavailable,
 }
 
 /// The rate-limit step of a request: `None` when no limit applies (no
 /// SecurityPolicy, no `rateLimit`, or no entry for the model and no `default`),
 /// else the outcome. The token limit is looked at first (a read: a request
 /// refused for tokens takes no request permit), then the request limit counts
-/// the request. Allocates nothing for a known key.
+/// the request: in this replica's cells, or, with `global`, in the fleet's
+/// ([`crate::ratelimit_global`]). `gave_up`: the request waited for a lease
+/// refill as long as it may; the failure mode decides. Allocates nothing for a
+/// known key.
 pub fn check_request(
     limiter: &RateLimiter,
+    global: Option<&crate::ratelimit_global::GlobalLimiter>,
     table: &shardgate_routing::RoutingTable,
     proxies: &[IpNet],
     req: &RequestKey<'_>,
-    now: u64,
+    gave_up: bool,
 ) -> Option<Outcome> {
     let policy = req.policy?;
     let rl = table.security_policy(policy)?.spec.rate_limit.as_ref()?;
     let rule = rule_for(rl, req.model)?;
     let ip = client_ip(req.peer, req.forwarded_for, proxies);
-    let key = limiter.key(policy, Identity::of(req.subject, ip), rule.bucket);
-    Some(limiter.check_rule(key, &rule, now))
+    let identity = Identity::of(req.subject, ip);
+    let key = limiter.key(policy, identity, rule.bucket);
+    let global = global.map(|g| (g, (policy, identity, rule.bucket)));
+    Some(limiter.check_rule(key, &rule, limiter.now(), global, gave_up))
 }
+
+/// The fleet's limiter and the (policy, identity, bucket) a key stands for.
+pub type Global<'a> = (
+    &'a crate::ratelimit_global::GlobalLimiter,
+    (&'a str, Identity<'a>, Bucket<'a>),
+);
 
 impl RateLimiter {
     /// [`check_request`] once the key is known.
-    pub fn check_rule(&self, key: u128, rule: &Rule<'_>, now: u64) -> Outcome {
+    pub fn check_rule(
+        &self,
+        key: u128,
+        rule: &Rule<'_>,
+        now: u64,
+        global: Option<Global<'_>>,
+        gave_up: bool,
+    ) -> Outcome {
+        use crate::ratelimit_global::{FailureMode, GlobalVerdict};
         let mut tokens = None;
         let mut charge = None;
         if let Some(limit) = rule.tokens {
@@ -613,21 +639,51 @@ impl RateLimiter {
             }
             charge = Some(TokenCharge { key: tkey, limit });
         }
-        let requests = match rule.requests {
-            None => None,
-            Some(limit) => match self.check(key, &limit, now) {
-                Verdict::Allowed(q) => Some(q),
-                Verdict::Limited {
-                    quota,
-                    retry_after_ns,
-                } => {
-                    return Outcome::Limited {
+        let local = |limit: &Limit| match self.check(key, limit, now) {
+            Verdict::Allowed(q) => Ok(q),
+            Verdict::Limited {
+                quota,
+                retry_after_ns,
+            } => Err(Outcome::Limited {
+                quota,
+                retry_after_ns,
+            }),
+            Verdict::Full => Err(Outcome::Full),
+        };
+        let fallback =
+            |g: &crate::ratelimit_global::GlobalLimiter, limit: &Limit| match g.failure_mode() {
+                FailureMode::Open => local(limit),
+                FailureMode::Closed => Err(Outcome::Unavailable),
+            };
+        let requests = match (rule.requests, global) {
+            (None, _) => None,
+            (Some(limit), None) => match local(&limit) {
+                Ok(q) => Some(q),
+                Err(o) => return o,
+            },
+            (Some(limit), Some((g, who))) => {
+                let decided = match g.check(key, who, &limit, g.now()) {
+                    GlobalVerdict::Allowed(q) => Ok(q),
+                    GlobalVerdict::Limited {
                         quota,
                         retry_after_ns,
+                    } => Err(Outcome::Limited {
+                        quota,
+                        retry_after_ns,
+                    }),
+                    GlobalVerdict::Full => Err(Outcome::Full),
+                    GlobalVerdict::Wait if !gave_up => Err(Outcome::Wait),
+                    GlobalVerdict::Wait => {
+                        g.stats.fallback.fetch_add(1, Ordering::Relaxed);
+                        fallback(g, &limit)
                     }
+                    GlobalVerdict::Unavailable(_) => fallback(g, &limit),
+                };
+                match decided {
+                    Ok(q) => Some(q),
+                    Err(o) => return o,
                 }
-                Verdict::Full => return Outcome::Full,
-            },
+            }
         };
         Outcome::Allowed(Admitted {
             requests,
@@ -1076,7 +1132,7 @@ mod tests {
         let rule = rule_for(&spec, Some("m")).unwrap();
         let key = rl.key("ns/p", who, rule.bucket);
         let t0 = 100 * SEC;
-        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0) else {
+        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0, None, false) else {
             panic!()
         };
         let tq = a.tokens.unwrap();
@@ -1093,7 +1149,7 @@ mod tests {
         let Outcome::Limited {
             quota,
             retry_after_ns,
-        } = rl.check_rule(key, &rule, t0)
+        } = rl.check_rule(key, &rule, t0, None, false)
         else {
             panic!()
         };
@@ -1105,7 +1161,8 @@ mod tests {
         };
         assert_eq!(q.remaining, 98);
         // Once repaid, admitted again.
-        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0 + retry_after_ns) else {
+        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0 + retry_after_ns, None, false)
+        else {
             panic!()
         };
         assert_eq!(a.tokens.unwrap().remaining, 0);
@@ -1113,7 +1170,7 @@ mod tests {
         let rule = rule_for(&spec, Some("t")).unwrap();
         assert!(rule.requests.is_none());
         let key = rl.key("ns/p", who, rule.bucket);
-        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0) else {
+        let Outcome::Allowed(a) = rl.check_rule(key, &rule, t0, None, false) else {
             panic!()
         };
         assert!(a.requests.is_none());

@@ -1,53 +1,89 @@
-//! Global rate limits across gateway replicas through Redis: the pure parts
-//! (configuration values, lease sizing, the grant step the Redis script runs, a
-//! lock-free per-key lease). The Redis client thread and the request-path hook
-//! are a later step (#15); nothing here touches the network.
+//! Global rate limits across gateway replicas through Redis
+//! (`--rate-limit-redis redis://HOST:PORT[/DB]`): a SecurityPolicy's request
+//! limit of 10 per minute means 10 for the whole fleet, not 10 per replica.
 //!
-//! # Design
-//! A DaemonSet runs one gateway per node, so `10 per minute` must hold for the
-//! fleet. A shard never waits on Redis: each replica keeps, per key (the same
-//! keyed hash as [`crate::ratelimit`]), a [`Lease`] of permits, one atomic
-//! counter shared by the replica's shards (exact across shards, no lock). A
-//! request takes a permit from the lease; the control side tops leases up by
-//! running [`GRANT_SCRIPT`] on the Redis key, which does GCRA on the fleet's
-//! budget and grants up to k permits at once ([`grant`] is the same step in
-//! Rust, unit-tested on a virtual clock). A request whose lease is empty is
-//! refused (429) only when Redis said the fleet budget is exhausted.
+//! # Design: leases, never a Redis round trip per request
+//! A DaemonSet runs one gateway per node. Each replica keeps, per key (policy,
+//! client identity, bucket, as in [`crate::ratelimit`]), a [`Lease`]: permits
+//! granted by Redis, one atomic counter its shards share (taking one is one
+//! CAS; no lock). Redis holds one GCRA cell per key for the fleet;
+//! [`GRANT_SCRIPT`] runs GCRA there and grants up to k permits at once
+//! ([`grant`] is the same step in Rust, unit-tested on a virtual clock). The
+//! lease thread ([`spawn`], a thread of its own with a blocking Redis client)
+//! tops leases up: a shard that takes a lease's last permits (or finds it
+//! below half) queues the key once (an MPSC channel, one message per refill,
+//! not per request), and the thread sends all queued keys' grants to Redis in
+//! one pipelined round trip. A request whose lease is empty while a refill is
+//! on its way waits for it, polling its lease every [`WAIT_STEP`] (0.5 ms), at
+//! most `--rate-limit-redis-timeout` (default 100 ms); other requests on the
+//! shard go on meanwhile. With the refill asked for at half a lease, a steady
+//! stream of requests does not wait at all; the first request of a key on a
+//! replica waits one Redis round trip (about 0.1 ms on a LAN). A key Redis
+//! refused (the fleet's budget is spent) is refused locally, with Redis's
+//! `Retry-After`, until then: no Redis traffic for a refused client.
 //!
-//! # Accuracy
-//! Redis grants are linearised by the script, so the permits granted to the
-//! whole fleet follow one GCRA cell exactly. Over-admission comes only from
-//! permits granted before a window and spent inside it: each lease expires
-//! [`LEASE_TTL_NS`] after its grant, so at most one lease per replica per key
-//! overlaps a window, and the fleet admits at most `limit + R·k` per period (R
-//! replicas, k the lease size; leases are per replica, not per shard, so there
-//! is no shard factor). [`lease_size`] keeps `R·k` at most a quarter of the
-//! limit (and k at least 1): a 10/minute limit on 2 replicas gets k = 1, so the
-//! bound is 10 + 2; a limit of 6000/minute gets k = min(batch, 750).
-//! Under-admission: permits left in an expired lease are lost for the period
-//! (at most R·k as well).
-//! The script keeps the TAT in ns in a Lua double: at today's Unix time that is
-//! exact to 256 ns, far below the emission interval of any limit under a
-//! million requests per second (1 µs). Checked against redis-server 7 by hand (grants 4, 6, 0 for
-//! `want` 4, 100, 1 on a fresh 10/minute key, as [`grant`]); the automated test
-//! with a real redis-server comes with the client thread.
+//! # Accuracy (stated, and tested against a real redis-server)
+//! Redis linearises grants, so the permits granted to the whole fleet follow
+//! one GCRA cell exactly. A replica holds at most 1.5·k unused permits (a
+//! refill asked for at k/2 adds k), so over any window the fleet admits at
+//! most the cell's allowance + 1.5·R·k (R replicas): permits granted earlier
+//! and spent inside the window. Permits left in a lease when the key goes idle
+//! are spent later or lost with the lease, so under-admission is bounded the
+//! same way. [`lease_size`] keeps R·k at most a quarter of the limit (k ≥ 1):
+//! 10/minute on 2 replicas gets k = 1 (at most 10 + 3 in a burst), 6000/minute
+//! k = min(`--rate-limit-redis-batch`, 750). R is measured, not configured:
+//! each replica's lease thread registers in a Redis sorted set every second
+//! and counts the replicas seen in the last 3 s.
+//! Keys in Redis are a SHA-256 of (policy, identity, bucket) under
+//! `--rate-limit-redis-prefix` (replicas must agree; the local keys use
+//! per-process random hash keys instead). The script keeps the TAT in ns in a
+//! Lua double: exact to 256 ns at today's Unix time, far below the emission
+//! interval of any limit under a million requests per second.
 //!
 //! # Redis down
-//! `--rate-limit-redis-failure open` (the default) falls back to the local
-//! per-replica limit ([`crate::ratelimit`]), so the fleet admits at most R ×
-//! limit while Redis is unreachable and inference keeps working; `closed`
-//! refuses with 429 once the lease is empty. Open is the default because the
-//! fallback is still bounded (unlike Envoy's fail-open, which admits
-//! everything) and a Redis outage should not become a gateway outage.
+//! A failed connect, command or timeout marks Redis down (counted in
+//! `gateway_rate_limit_redis_errors_total`, `gateway_rate_limit_redis_up` 0)
+//! and the thread reconnects every second. While it is down, a request whose
+//! lease is empty follows `--rate-limit-redis-failure`:
+//! - `open` (the default) falls back to the local per-replica limit
+//!   ([`crate::ratelimit`]), so the fleet admits at most R × limit and
+//!   inference keeps working (Envoy's global limiter fails open by admitting
+//!   everything; this stays bounded);
+//! - `closed` refuses with 429 `rate_limit_unavailable`.
+//!
+//! Either way the request is counted in
+//! `gateway_rate_limit_redis_fallback_total{mode}`. Token limits stay local
+//! (per replica): they are charged after the answer, from its `usage`.
 
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
-/// A lease's permits are usable for this long after their grant (1 s).
-pub const LEASE_TTL_NS: u64 = 1_000_000_000;
+use crate::ratelimit::{Bucket, Identity, Limit, PassThrough};
+
+/// How often a request waiting for a refill looks at its lease (0.5 ms).
+pub const WAIT_STEP: Duration = Duration::from_micros(500);
 
 /// Default `--rate-limit-redis-batch`: the largest lease.
 pub const DEFAULT_BATCH: u32 = 100;
+
+/// Default `--rate-limit-redis-timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Default `--rate-limit-redis-prefix`.
+pub const DEFAULT_PREFIX: &str = "shardgate:rl:";
+
+/// How often the lease thread registers its replica and counts the others (1 s).
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Replicas not seen for this long are not counted (3 s).
+pub const REPLICA_TTL: Duration = Duration::from_secs(3);
+
+/// Refill requests queued at most (a full queue drops the request: the key's
+/// `pending` flag is cleared and a later request asks again).
+pub const QUEUE: usize = 65_536;
 
 /// What a shard does with an empty lease while Redis is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -150,7 +186,9 @@ pub fn grant(tat: u64, now: u64, interval_ns: u64, period_ns: u64, want: u32) ->
 
 /// The Redis side of [`grant`]: KEYS[1] the key; ARGV interval_ns, period_ns,
 /// want. Uses Redis' clock (`TIME`) so replicas' clocks do not matter; the key
-/// expires once idle. Returns the number of permits granted.
+/// expires once idle. Returns {granted, wait_ms (until one more permit, when
+/// none was granted), room (permits the fleet has left after this grant),
+/// reset_ms (until the cell is full again)}.
 pub const GRANT_SCRIPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000000 + tonumber(t[2]) * 1000
@@ -162,52 +200,625 @@ local base = math.max(tat, now)
 local fit = math.floor((now + period - base) / interval)
 if fit < 0 then fit = 0 end
 local granted = math.min(fit, want)
+local new = base + granted * interval
 if granted > 0 then
-  local new = base + granted * interval
   redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000000) + 1)
 end
-return granted
+local wait = 0
+if granted == 0 then wait = math.ceil((base + interval - now - period) / 1000000) end
+local room = math.floor((now + period - new) / interval)
+if room < 0 then room = 0 end
+local reset = math.ceil((new - now) / 1000000)
+if reset < 0 then reset = 0 end
+return {granted, wait, room, reset}
 ";
 
-/// A replica's permits for one key: a count and the grant time they expire
-/// with, packed in one atomic (permits in the low 16 bits, grant time in ms
-/// since the limiter's epoch in the high 48), so taking a permit is one CAS.
+/// Registers a replica and counts the live ones: KEYS[1] the set; ARGV the
+/// replica id and the TTL in ms.
+pub const HEARTBEAT_SCRIPT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// A replica's permits for one key: one atomic counter its shards share.
 #[derive(Debug, Default)]
-pub struct Lease(AtomicU64);
+pub struct Lease(AtomicU32);
 
 impl Lease {
-    const PERMITS: u64 = 0xffff;
+    /// Takes one permit if there is one; returns the permits left after it.
+    pub fn take(&self) -> Option<u32> {
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |p| p.checked_sub(1))
+            .ok()
+            .map(|before| before - 1)
+    }
 
-    /// Takes one permit if the lease holds one that has not expired at `now_ms`.
-    pub fn take(&self, now_ms: u64) -> bool {
-        let mut cur = self.0.load(Ordering::Acquire);
-        loop {
-            let permits = cur & Self::PERMITS;
-            let at = cur >> 16;
-            if permits == 0 || now_ms.saturating_sub(at) * 1_000_000 >= LEASE_TTL_NS {
-                return false;
+    /// Adds `permits` granted by Redis.
+    pub fn add(&self, permits: u32) {
+        self.0.fetch_add(permits, Ordering::AcqRel);
+    }
+
+    /// Permits left.
+    pub fn left(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// One key's global state on this replica.
+#[derive(Debug)]
+pub struct GlobalCell {
+    /// Permits held.
+    pub lease: Lease,
+    /// A refill is queued or in flight.
+    pending: AtomicBool,
+    /// Redis refused: refuse locally until then (ns on the limiter's clock).
+    denied_until: AtomicU64,
+    /// Permits the fleet had left after the last grant (for the headers).
+    room: AtomicU32,
+    /// When the fleet's cell is full again, as of the last grant (ns).
+    reset_at: AtomicU64,
+    /// Last request on the key (ns), for eviction.
+    last_used: AtomicU64,
+    /// The Redis key.
+    redis_key: String,
+    /// The limit the key was made with.
+    limit: Limit,
+}
+
+/// What the global step says about one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobalVerdict {
+    /// A permit was taken.
+    Allowed(crate::ratelimit::Quota),
+    /// Redis refused the fleet more permits until `retry_after_ns` from now.
+    Limited {
+        /// What the headers say.
+        quota: crate::ratelimit::Quota,
+        /// `Retry-After`, ns.
+        retry_after_ns: u64,
+    },
+    /// The lease is empty and a refill is on its way: look again in
+    /// [`WAIT_STEP`].
+    Wait,
+    /// Redis is unreachable: follow the failure mode.
+    Unavailable(FailureMode),
+    /// The key table is full of active keys (429, as the local limiter).
+    Full,
+}
+
+/// Settings of the global limiter (from the command line).
+#[derive(Debug, Clone)]
+pub struct GlobalSettings {
+    /// Where Redis is.
+    pub addr: RedisAddr,
+    /// What an empty lease does while Redis is down.
+    pub failure: FailureMode,
+    /// The largest lease.
+    pub batch: u32,
+    /// Connect and command timeout, and a request's longest wait for a refill.
+    pub timeout: Duration,
+    /// Prefix of every Redis key.
+    pub prefix: String,
+    /// Most keys tracked.
+    pub max_keys: usize,
+}
+
+/// Counters of the lease thread and the request path.
+#[derive(Debug, Default)]
+pub struct GlobalStats {
+    /// Round trips that succeeded.
+    pub round_trips: AtomicU64,
+    /// Connect or command failures.
+    pub errors: AtomicU64,
+    /// Permits granted by Redis.
+    pub granted: AtomicU64,
+    /// Refill requests answered with no permit (the fleet's budget spent).
+    pub refused: AtomicU64,
+    /// Requests decided by the failure mode (open: by the local limit;
+    /// closed: refused).
+    pub fallback: AtomicU64,
+    /// Requests that waited for a refill.
+    pub waited: AtomicU64,
+}
+
+/// The fleet-wide limiter of one replica: leases per key, shared by its shards.
+pub struct GlobalLimiter {
+    cells: papaya::HashMap<u128, Arc<GlobalCell>, PassThrough>,
+    live: AtomicUsize,
+    settings: GlobalSettings,
+    up: AtomicBool,
+    replicas: AtomicU32,
+    queue: SyncSender<u128>,
+    /// Counters for `/metrics`.
+    pub stats: GlobalStats,
+    epoch: Instant,
+}
+
+impl std::fmt::Debug for GlobalLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlobalLimiter")
+            .field("keys", &self.live.load(Ordering::Relaxed))
+            .field("up", &self.is_up())
+            .finish()
+    }
+}
+
+/// The Redis key of (policy, identity, bucket): `prefix` + 32 hex digits of a
+/// SHA-256, the same on every replica.
+pub fn redis_key(prefix: &str, policy: &str, identity: Identity<'_>, bucket: Bucket<'_>) -> String {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut put = |tag: u8, bytes: &[u8]| {
+        h.update(&[tag]);
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    put(0, policy.as_bytes());
+    match identity {
+        Identity::Subject(s) => put(1, s.as_bytes()),
+        Identity::Ip(std::net::IpAddr::V4(a)) => put(2, &a.octets()),
+        Identity::Ip(std::net::IpAddr::V6(a)) => put(3, &a.octets()),
+    }
+    match bucket {
+        Bucket::Model(m) => put(4, m.as_bytes()),
+        Bucket::Default => put(5, b""),
+    }
+    let d = h.finish();
+    let mut key = String::with_capacity(prefix.len() + 32);
+    key.push_str(prefix);
+    for b in &d.as_ref()[..16] {
+        key.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+        key.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+    }
+    key
+}
+
+impl GlobalLimiter {
+    /// A limiter whose refills go to the returned receiver (the lease thread's).
+    pub fn new(settings: GlobalSettings) -> (Arc<Self>, Receiver<u128>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+        let max = settings.max_keys.max(1);
+        let lim = GlobalLimiter {
+            cells: papaya::HashMap::builder()
+                .capacity(max.saturating_mul(2))
+                .hasher(PassThrough)
+                .build(),
+            live: AtomicUsize::new(0),
+            settings,
+            up: AtomicBool::new(false),
+            replicas: AtomicU32::new(1),
+            queue: tx,
+            stats: GlobalStats::default(),
+            epoch: Instant::now(),
+        };
+        (Arc::new(lim), rx)
+    }
+
+    /// The limiter's clock: ns since it was made.
+    pub fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Whether the last Redis round trip succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// Replicas seen at the last heartbeat (≥ 1).
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    /// The failure mode.
+    pub fn failure_mode(&self) -> FailureMode {
+        self.settings.failure
+    }
+
+    /// A request's longest wait for a refill.
+    pub fn timeout(&self) -> Duration {
+        self.settings.timeout
+    }
+
+    /// Keys tracked.
+    pub fn len(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// One request of `key` (the local limiter's key of the same triple) under
+    /// `limit` at `now`. `who` names the triple for a new key's Redis key.
+    pub fn check(
+        &self,
+        key: u128,
+        who: (&str, Identity<'_>, Bucket<'_>),
+        limit: &Limit,
+        now: u64,
+    ) -> GlobalVerdict {
+        use crate::ratelimit::{Counted, Quota};
+        let map = self.cells.pin();
+        let cell = match map.get(&key) {
+            Some(c) => c,
+            None => {
+                if self.live.load(Ordering::Relaxed) >= self.settings.max_keys {
+                    self.evict_idle(now, limit.period_ns);
+                    if self.live.load(Ordering::Relaxed) >= self.settings.max_keys {
+                        return GlobalVerdict::Full;
+                    }
+                }
+                let fresh = Arc::new(GlobalCell {
+                    lease: Lease::default(),
+                    pending: AtomicBool::new(false),
+                    denied_until: AtomicU64::new(0),
+                    room: AtomicU32::new(limit.requests),
+                    reset_at: AtomicU64::new(now),
+                    last_used: AtomicU64::new(now),
+                    redis_key: redis_key(&self.settings.prefix, who.0, who.1, who.2),
+                    limit: *limit,
+                });
+                match map.try_insert(key, fresh) {
+                    Ok(c) => {
+                        self.live.fetch_add(1, Ordering::Relaxed);
+                        c
+                    }
+                    Err(e) => e.current,
+                }
             }
-            match self
-                .0
-                .compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Acquire)
+        };
+        cell.last_used.store(now, Ordering::Relaxed);
+        let quota = |left: u32| Quota {
+            counted: Counted::Requests,
+            limit: limit.requests,
+            remaining: cell
+                .room
+                .load(Ordering::Relaxed)
+                .saturating_add(left)
+                .min(limit.requests),
+            reset_ns: cell.reset_at.load(Ordering::Relaxed).saturating_sub(now),
+        };
+        if let Some(left) = cell.lease.take() {
+            // Ask for more at half a lease, so a steady stream never waits.
+            if left
+                <= lease_size(
+                    u64::from(limit.requests),
+                    self.replicas(),
+                    self.settings.batch,
+                ) / 2
             {
-                Ok(_) => return true,
-                Err(seen) => cur = seen,
+                self.ask(key, cell);
+            }
+            return GlobalVerdict::Allowed(quota(left));
+        }
+        if !self.is_up() {
+            self.stats.fallback.fetch_add(1, Ordering::Relaxed);
+            return GlobalVerdict::Unavailable(self.settings.failure);
+        }
+        let until = cell.denied_until.load(Ordering::Acquire);
+        if until > now {
+            return GlobalVerdict::Limited {
+                quota: quota(0),
+                retry_after_ns: until - now,
+            };
+        }
+        self.ask(key, cell);
+        GlobalVerdict::Wait
+    }
+
+    /// Queue a refill of `key` unless one is queued already.
+    fn ask(&self, key: u128, cell: &GlobalCell) {
+        if cell
+            .pending
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                self.queue.try_send(key)
+            {
+                cell.pending.store(false, Ordering::Release);
             }
         }
     }
 
-    /// Replaces the lease with `permits` granted at `now_ms` (what was left is
-    /// dropped: it would otherwise outlive [`LEASE_TTL_NS`]).
-    pub fn refill(&self, permits: u32, now_ms: u64) {
-        let p = u64::from(permits).min(Self::PERMITS);
-        self.0.store((now_ms << 16) | p, Ordering::Release);
+    /// Forget keys idle for a period or more with no permit held.
+    fn evict_idle(&self, now: u64, period_ns: u64) {
+        let map = self.cells.pin();
+        for (key, cell) in map.iter() {
+            let idle = now.saturating_sub(cell.last_used.load(Ordering::Relaxed));
+            if idle >= period_ns.max(cell.limit.period_ns)
+                && !cell.pending.load(Ordering::Acquire)
+                && map.remove(key).is_some()
+            {
+                self.live.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
     }
 
-    /// Permits left (ignoring expiry).
-    pub fn left(&self) -> u32 {
-        (self.0.load(Ordering::Acquire) & Self::PERMITS) as u32
+    /// Apply one grant answer to `key`'s cell (the lease thread).
+    fn apply(&self, key: u128, a: Answer, now: u64) {
+        let map = self.cells.pin();
+        let Some(cell) = map.get(&key) else {
+            return;
+        };
+        cell.room.store(a.room, Ordering::Relaxed);
+        cell.reset_at.store(
+            now.saturating_add(a.reset_ms.saturating_mul(1_000_000)),
+            Ordering::Relaxed,
+        );
+        if a.granted > 0 {
+            self.stats
+                .granted
+                .fetch_add(u64::from(a.granted), Ordering::Relaxed);
+            cell.denied_until.store(0, Ordering::Release);
+            cell.lease.add(a.granted);
+        } else {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let wait = a.wait_ms.max(1).saturating_mul(1_000_000);
+            cell.denied_until
+                .store(now.saturating_add(wait), Ordering::Release);
+        }
+        cell.pending.store(false, Ordering::Release);
     }
+
+    /// Clear the pending flag of `key` (its refill failed).
+    fn unpend(&self, key: u128) {
+        if let Some(cell) = self.cells.pin().get(&key) {
+            cell.pending.store(false, Ordering::Release);
+        }
+    }
+
+    /// `gateway_rate_limit_redis_*` metrics.
+    pub fn render(&self, out: &mut String) {
+        use shardgate_promtext::{Kind, PromWriter, Style};
+        let mut w = PromWriter::new(out, Style::PLAIN);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        w.family(
+            "gateway_rate_limit_redis_up",
+            "Whether the last round trip to the global rate-limit Redis succeeded.",
+            Kind::Gauge,
+        )
+        .sample("", &[], u64::from(self.is_up()));
+        w.family(
+            "gateway_rate_limit_redis_replicas",
+            "Gateway replicas sharing the global rate limits (seen in Redis in the last 3 s).",
+            Kind::Gauge,
+        )
+        .sample("", &[], u64::from(self.replicas()));
+        w.family(
+            "gateway_rate_limit_redis_keys",
+            "Global rate-limit keys this replica holds a lease for.",
+            Kind::Gauge,
+        )
+        .sample("", &[], self.len() as u64);
+        w.family(
+            "gateway_rate_limit_redis_round_trips_total",
+            "Pipelined round trips to Redis that succeeded (grants and heartbeats).",
+            Kind::Counter,
+        )
+        .sample("", &[], load(&self.stats.round_trips));
+        w.family(
+            "gateway_rate_limit_redis_errors_total",
+            "Failed connects, commands and timeouts talking to the rate-limit Redis.",
+            Kind::Counter,
+        )
+        .sample("", &[], load(&self.stats.errors));
+        w.family(
+            "gateway_rate_limit_redis_permits_granted_total",
+            "Permits Redis granted this replica's leases.",
+            Kind::Counter,
+        )
+        .sample("", &[], load(&self.stats.granted));
+        w.family(
+            "gateway_rate_limit_redis_refusals_total",
+            "Refills Redis answered with no permit: the fleet's budget for the key was spent.",
+            Kind::Counter,
+        )
+        .sample("", &[], load(&self.stats.refused));
+        w.family(
+            "gateway_rate_limit_redis_waits_total",
+            "Requests that waited for a lease refill.",
+            Kind::Counter,
+        )
+        .sample("", &[], load(&self.stats.waited));
+        let mode = match self.settings.failure {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+        };
+        w.family("gateway_rate_limit_redis_fallback_total", "Requests decided by --rate-limit-redis-failure while Redis was unreachable (open: by the local per-replica limit; closed: refused).", Kind::Counter)
+            .sample("", &[("mode", mode)], load(&self.stats.fallback));
+    }
+}
+
+/// One grant's answer from Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Answer {
+    granted: u32,
+    wait_ms: u64,
+    room: u32,
+    reset_ms: u64,
+}
+
+/// Start the lease thread of `lim` (it ends when the limiter is dropped).
+pub fn spawn(lim: &Arc<GlobalLimiter>, rx: Receiver<u128>) -> std::io::Result<()> {
+    let weak = Arc::downgrade(lim);
+    let id = format!("{:016x}", fastrand::u64(..));
+    std::thread::Builder::new()
+        .name("rate-limit-redis".into())
+        .spawn(move || lease_thread(weak, rx, id))
+        .map(|_| ())
+}
+
+struct Session {
+    con: redis::Connection,
+    grant_sha: String,
+    heartbeat_sha: String,
+}
+
+fn connect(s: &GlobalSettings) -> redis::RedisResult<Session> {
+    let host = if s.addr.host.contains(':') {
+        format!("[{}]", s.addr.host)
+    } else {
+        s.addr.host.clone()
+    };
+    let client = redis::Client::open(format!("redis://{host}:{}/{}", s.addr.port, s.addr.db))?;
+    let mut con = client.get_connection_with_timeout(s.timeout)?;
+    con.set_read_timeout(Some(s.timeout))?;
+    con.set_write_timeout(Some(s.timeout))?;
+    let grant_sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(GRANT_SCRIPT)
+        .query(&mut con)?;
+    let heartbeat_sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(HEARTBEAT_SCRIPT)
+        .query(&mut con)?;
+    Ok(Session {
+        con,
+        grant_sha,
+        heartbeat_sha,
+    })
+}
+
+fn lease_thread(weak: Weak<GlobalLimiter>, rx: Receiver<u128>, id: String) {
+    let mut session: Option<Session> = None;
+    let mut next_heartbeat = Instant::now();
+    let mut next_connect = Instant::now();
+    let mut keys: Vec<u128> = Vec::new();
+    loop {
+        let wait = next_heartbeat.saturating_duration_since(Instant::now());
+        keys.clear();
+        match rx.recv_timeout(wait) {
+            Ok(k) => keys.push(k),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        while keys.len() < 4096 {
+            match rx.try_recv() {
+                Ok(k) => keys.push(k),
+                Err(_) => break,
+            }
+        }
+        let Some(lim) = weak.upgrade() else {
+            return;
+        };
+        if session.is_none() && Instant::now() >= next_connect {
+            match connect(&lim.settings) {
+                Ok(s) => session = Some(s),
+                Err(e) => {
+                    lim.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    if lim.up.swap(false, Ordering::AcqRel) || next_heartbeat == next_connect {
+                        tracing::warn!(error = %e, redis = %format!("{}:{}", lim.settings.addr.host, lim.settings.addr.port), "rate-limit Redis unreachable; --rate-limit-redis-failure applies");
+                    }
+                    next_connect = Instant::now() + HEARTBEAT;
+                }
+            }
+        }
+        let Some(s) = session.as_mut() else {
+            for k in &keys {
+                lim.unpend(*k);
+            }
+            next_heartbeat = Instant::now()
+                + HEARTBEAT.min(
+                    next_connect
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(10)),
+                );
+            continue;
+        };
+        let heartbeat = Instant::now() >= next_heartbeat;
+        match round_trip(&lim, s, &keys, heartbeat, &id) {
+            Ok(()) => {
+                lim.stats.round_trips.fetch_add(1, Ordering::Relaxed);
+                if !lim.up.swap(true, Ordering::AcqRel) {
+                    tracing::info!("rate-limit Redis reachable; global limits apply");
+                }
+                if heartbeat {
+                    next_heartbeat = Instant::now() + HEARTBEAT;
+                }
+            }
+            Err(e) => {
+                lim.stats.errors.fetch_add(1, Ordering::Relaxed);
+                if lim.up.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(error = %e, "rate-limit Redis failed; --rate-limit-redis-failure applies");
+                }
+                for k in &keys {
+                    lim.unpend(*k);
+                }
+                session = None;
+                next_connect = Instant::now() + HEARTBEAT;
+                next_heartbeat = next_connect;
+            }
+        }
+    }
+}
+
+/// One pipelined round trip: the heartbeat (when due) and one grant per key.
+fn round_trip(
+    lim: &GlobalLimiter,
+    s: &mut Session,
+    keys: &[u128],
+    heartbeat: bool,
+    id: &str,
+) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    if heartbeat {
+        pipe.cmd("EVALSHA")
+            .arg(&s.heartbeat_sha)
+            .arg(1)
+            .arg(format!("{}replicas", lim.settings.prefix))
+            .arg(id)
+            .arg(REPLICA_TTL.as_millis() as u64);
+    }
+    let replicas = lim.replicas();
+    let mut sent: Vec<u128> = Vec::with_capacity(keys.len());
+    {
+        let map = lim.cells.pin();
+        for k in keys {
+            let Some(cell) = map.get(k) else {
+                continue;
+            };
+            let want = lease_size(u64::from(cell.limit.requests), replicas, lim.settings.batch);
+            pipe.cmd("EVALSHA")
+                .arg(&s.grant_sha)
+                .arg(1)
+                .arg(&cell.redis_key)
+                .arg(cell.limit.interval_ns)
+                .arg(cell.limit.period_ns)
+                .arg(want);
+            sent.push(*k);
+        }
+    }
+    if !heartbeat && sent.is_empty() {
+        return Ok(());
+    }
+    let replies: Vec<redis::Value> = pipe.query(&mut s.con)?;
+    let now = lim.now();
+    let mut it = replies.into_iter();
+    if heartbeat {
+        if let Some(v) = it.next() {
+            let n: u32 = redis::from_redis_value(v)?;
+            lim.replicas.store(n.max(1), Ordering::Relaxed);
+        }
+    }
+    for (k, v) in sent.iter().zip(it) {
+        let (granted, wait_ms, room, reset_ms): (u32, u64, u32, u64) = redis::from_redis_value(v)?;
+        lim.apply(
+            *k,
+            Answer {
+                granted,
+                wait_ms,
+                room,
+                reset_ms,
+            },
+            now,
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -286,17 +897,39 @@ mod tests {
     }
 
     #[test]
-    fn lease_takes_until_empty_or_expired() {
+    fn lease_takes_until_empty() {
         let l = Lease::default();
-        assert!(!l.take(5));
-        l.refill(2, 1000);
-        assert!(l.take(1000));
-        assert!(l.take(1500));
-        assert!(!l.take(1500));
-        l.refill(3, 2000);
+        assert_eq!(l.take(), None);
+        l.add(2);
+        assert_eq!(l.take(), Some(1));
+        assert_eq!(l.take(), Some(0));
+        assert_eq!(l.take(), None);
+        l.add(3);
         assert_eq!(l.left(), 3);
-        assert!(!l.take(2000 + LEASE_TTL_NS / 1_000_000), "expired");
-        l.refill(u32::MAX, 3000);
-        assert_eq!(l.left(), 0xffff);
+    }
+
+    #[test]
+    fn redis_keys_are_the_same_on_every_replica_and_tell_triples_apart() {
+        let ip = Identity::Ip("10.0.0.1".parse().expect("an address"));
+        let a = redis_key("p:", "ns/pol", ip, Bucket::Default);
+        assert_eq!(a, redis_key("p:", "ns/pol", ip, Bucket::Default));
+        assert_eq!(a.len(), 2 + 32);
+        assert!(a.starts_with("p:"));
+        assert_ne!(a, redis_key("p:", "ns/pol", ip, Bucket::Model("m")));
+        assert_ne!(
+            a,
+            redis_key(
+                "p:",
+                "ns/pol",
+                Identity::Subject("10.0.0.1"),
+                Bucket::Default
+            )
+        );
+        assert_ne!(a, redis_key("p:", "ns/po", ip, Bucket::Default));
+        // Length-prefixed fields: moving bytes between fields changes the key.
+        assert_ne!(
+            redis_key("p:", "a", Identity::Subject("bc"), Bucket::Default),
+            redis_key("p:", "ab", Identity::Subject("c"), Bucket::Default)
+        );
     }
 }

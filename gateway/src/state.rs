@@ -145,6 +145,9 @@ pub struct GatewayState {
     /// The rate-limit cells every shard shares, when some SecurityPolicy has a
     /// `rateLimit` ([`crate::ratelimit`]).
     pub rate_limiter: Option<crate::ratelimit::RateLimiter>,
+    /// The fleet-wide request limits through Redis, with
+    /// `--rate-limit-redis` ([`crate::ratelimit_global`]).
+    pub global_limiter: Option<Arc<crate::ratelimit_global::GlobalLimiter>>,
     /// JWT providers of the SecurityPolicies rules link (key sets swapped in
     /// by the control thread's fetcher).
     pub auth: Arc<Authenticator>,
@@ -203,6 +206,7 @@ impl GatewayState {
             .then(|| crate::ratelimit::RateLimiter::new(settings.rate_limit_max_keys));
         Ok(GatewayState {
             warmth: None,
+            global_limiter: None,
             rate_limiter,
             table,
             settings,

@@ -11,7 +11,9 @@
 //!   127.0.0.1, ephemeral port;
 //! - [`gateway`]: [`GatewayProcess`], `shardgate serve` as a child process on
 //!   127.0.0.1 with ephemeral ports, ready once its `--ready-file` appears (20 s
-//!   deadline).
+//!   deadline);
+//! - [`redis`]: [`RedisServer`], a real `redis-server` on 127.0.0.1 (free
+//!   port), killable and restartable, for the global rate-limit tests.
 //!
 //! Unsafe code: this is the one crate of the workspace that cannot forbid it.
 //! Implementing `GlobalAlloc` is `unsafe` by definition (the allocator forwards to
@@ -25,11 +27,13 @@
 pub mod alloc;
 pub mod gateway;
 pub mod process;
+pub mod redis;
 #[cfg(feature = "sim")]
 pub mod sim;
 
 pub use alloc::Counting;
 pub use gateway::{GatewayProcess, Launch};
 pub use process::{poll, temp_dir, wait_ready_file, ChildGuard};
+pub use redis::RedisServer;
 #[cfg(feature = "sim")]
 pub use shardgate_sim::{SimConfig, SimHandle};
