@@ -51,14 +51,20 @@
 //! eviction fails) or sees the mark and retries on a fresh entry: exactness holds
 //! through eviction too.
 //!
-//! # Global limits (not here)
-//! Limits across gateway replicas through Redis are a later step. The intended
-//! design: the same key hashing; each replica leases quota per key from Redis in
-//! small batches (a Lua script doing GCRA on a Redis key, granting up to k
-//! permits), the control thread keeps leases topped up asynchronously so a shard
-//! never waits on Redis, and `failOpen`/`failClosed` decides what a shard does
-//! with an exhausted lease while Redis is unreachable (counted in metrics). The
-//! accuracy is then the limit plus at most k × replicas per period.
+//! # Token limits
+//! A value may limit `tokens` per unit as well as (or instead of) `requests`
+//! (an extension of the seed's `{requests, unit}`). A token cell is the same
+//! GCRA cell, charged after the answer with the tokens it used ([`charge`],
+//! debt allowed: the response's `usage`, or an estimate, [`tokens_used`]) and
+//! only read before a request ([`over_burst`]): a client whose answers used
+//! its budget is refused until time has paid the debt back, with the
+//! `x-ratelimit-*-tokens` headers. One in-flight request can overshoot by its
+//! own size; no request is cut off mid-answer.
+//!
+//! # Global limits
+//! With `--rate-limit-redis`, request limits hold for the fleet of replicas:
+//! [`crate::ratelimit_global`] (leases of permits from one GCRA cell per key
+//! in Redis). Token limits stay per replica.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;

@@ -184,7 +184,7 @@ pub fn grant(tat: u64, now: u64, interval_ns: u64, period_ns: u64, want: u32) ->
     }
 }
 
-/// The Redis side of [`grant`]: KEYS[1] the key; ARGV interval_ns, period_ns,
+/// The Redis side of [`grant`]: `KEYS[1]` the key; ARGV interval_ns, period_ns,
 /// want. Uses Redis' clock (`TIME`) so replicas' clocks do not matter; the key
 /// expires once idle. Returns {granted, wait_ms (until one more permit, when
 /// none was granted), room (permits the fleet has left after this grant),
@@ -213,7 +213,7 @@ if reset < 0 then reset = 0 end
 return {granted, wait, room, reset}
 ";
 
-/// Registers a replica and counts the live ones: KEYS[1] the set; ARGV the
+/// Registers a replica and counts the live ones: `KEYS[1]` the set; ARGV the
 /// replica id and the TTL in ms.
 pub const HEARTBEAT_SCRIPT: &str = r"
 local t = redis.call('TIME')
