@@ -34,7 +34,7 @@
 //! k = min(`--rate-limit-redis-batch`, 750). R is measured, not configured:
 //! each replica's lease thread registers in a Redis sorted set every second
 //! and counts the replicas seen in the last 3 s.
-//! Keys in Redis are a SHA-256 of (policy, identity, bucket) under
+//! Keys in Redis are a SHA-256 of (policy, identity, bucket, limit) under
 //! `--rate-limit-redis-prefix` (replicas must agree; the local keys use
 //! per-process random hash keys instead). The script keeps the TAT in ns in a
 //! Lua double: exact to 256 ns at today's Unix time, far below the emission
@@ -347,9 +347,18 @@ impl std::fmt::Debug for GlobalLimiter {
     }
 }
 
-/// The Redis key of (policy, identity, bucket): `prefix` + 32 hex digits of a
-/// SHA-256, the same on every replica.
-pub fn redis_key(prefix: &str, policy: &str, identity: Identity<'_>, bucket: Bucket<'_>) -> String {
+/// The Redis key of (policy, identity, bucket) under `limit`: `prefix` + 32
+/// hex digits of a SHA-256, the same on every replica. The limit is part of it:
+/// a cell's TAT only means something under the limit it was kept with, so a
+/// changed limit starts from a fresh cell instead of one a smaller limit left
+/// far in the future.
+pub fn redis_key(
+    prefix: &str,
+    policy: &str,
+    identity: Identity<'_>,
+    bucket: Bucket<'_>,
+    limit: &Limit,
+) -> String {
     let mut h = ring::digest::Context::new(&ring::digest::SHA256);
     let mut put = |tag: u8, bytes: &[u8]| {
         h.update(&[tag]);
@@ -366,6 +375,8 @@ pub fn redis_key(prefix: &str, policy: &str, identity: Identity<'_>, bucket: Buc
         Bucket::Model(m) => put(4, m.as_bytes()),
         Bucket::Default => put(5, b""),
     }
+    put(6, &limit.interval_ns.to_le_bytes());
+    put(7, &limit.period_ns.to_le_bytes());
     let d = h.finish();
     let mut key = String::with_capacity(prefix.len() + 32);
     key.push_str(prefix);
@@ -459,7 +470,7 @@ impl GlobalLimiter {
                     room: AtomicU32::new(limit.requests),
                     reset_at: AtomicU64::new(now),
                     last_used: AtomicU64::new(now),
-                    redis_key: redis_key(&self.settings.prefix, who.0, who.1, who.2),
+                    redis_key: redis_key(&self.settings.prefix, who.0, who.1, who.2, limit),
                     limit: *limit,
                 });
                 match map.try_insert(key, fresh) {
@@ -910,26 +921,24 @@ mod tests {
 
     #[test]
     fn redis_keys_are_the_same_on_every_replica_and_tell_triples_apart() {
+        use shardgate_routing::config::RateLimitUnit;
         let ip = Identity::Ip("10.0.0.1".parse().expect("an address"));
-        let a = redis_key("p:", "ns/pol", ip, Bucket::Default);
-        assert_eq!(a, redis_key("p:", "ns/pol", ip, Bucket::Default));
+        let l = Limit::new(10, RateLimitUnit::Minute);
+        let a = redis_key("p:", "ns/pol", ip, Bucket::Default, &l);
+        assert_eq!(a, redis_key("p:", "ns/pol", ip, Bucket::Default, &l));
         assert_eq!(a.len(), 2 + 32);
         assert!(a.starts_with("p:"));
-        assert_ne!(a, redis_key("p:", "ns/pol", ip, Bucket::Model("m")));
-        assert_ne!(
-            a,
-            redis_key(
-                "p:",
-                "ns/pol",
-                Identity::Subject("10.0.0.1"),
-                Bucket::Default
-            )
-        );
-        assert_ne!(a, redis_key("p:", "ns/po", ip, Bucket::Default));
+        assert_ne!(a, redis_key("p:", "ns/pol", ip, Bucket::Model("m"), &l));
+        let sub = Identity::Subject("10.0.0.1");
+        assert_ne!(a, redis_key("p:", "ns/pol", sub, Bucket::Default, &l));
+        assert_ne!(a, redis_key("p:", "ns/po", ip, Bucket::Default, &l));
+        // Another limit, another cell.
+        let l2 = Limit::new(10, RateLimitUnit::Hour);
+        assert_ne!(a, redis_key("p:", "ns/pol", ip, Bucket::Default, &l2));
         // Length-prefixed fields: moving bytes between fields changes the key.
         assert_ne!(
-            redis_key("p:", "a", Identity::Subject("bc"), Bucket::Default),
-            redis_key("p:", "ab", Identity::Subject("c"), Bucket::Default)
+            redis_key("p:", "a", Identity::Subject("bc"), Bucket::Default, &l),
+            redis_key("p:", "ab", Identity::Subject("c"), Bucket::Default, &l)
         );
     }
 }
