@@ -33,7 +33,7 @@ pub use config::{
     load_sources, load_sources_with, Config, ConfigError, DocMeta, LoadLimits, Resource,
 };
 pub use duration::parse_duration;
-pub use model::{extract_model, extract_model_strict, ModelError};
+pub use model::{extract_model, extract_model_strict, model_span, ModelError};
 pub use table::{
     BackendGroup, EndpointInfo, ListenerInfo, RequestView, RouteMatch, RoutingTable, RuleAction,
     RuleSummary, TlsCertificate, Warning, MODEL_HEADER, MODEL_TYPE_HEADER,

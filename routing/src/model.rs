@@ -49,14 +49,24 @@ pub enum ModelError {
 /// UTF-8 byte order mark are tolerated. Scanning stops right after the model
 /// value (see the module docs for what that implies).
 pub fn extract_model(body: &[u8]) -> std::result::Result<Option<Cow<'_, str>>, ModelError> {
-    Scanner::new(body).run(false)
+    Scanner::new(body).run(false, &mut None)
+}
+
+/// Where the top-level `model` string's raw bytes (between its quotes, escapes
+/// as written) lie in `body`: what a model rewrite replaces in place (the
+/// rest of the body is copied untouched). Stops after the value, as
+/// [`extract_model`] does.
+pub fn model_span(body: &[u8]) -> std::result::Result<Option<std::ops::Range<usize>>, ModelError> {
+    let mut span = None;
+    Scanner::new(body).run(false, &mut span)?;
+    Ok(span)
 }
 
 /// Like [`extract_model`], but scans (and structurally checks) the whole body
 /// and rejects a body with two top-level `model` members
 /// (`InvalidJson("duplicate top-level `model` key")`).
 pub fn extract_model_strict(body: &[u8]) -> std::result::Result<Option<Cow<'_, str>>, ModelError> {
-    Scanner::new(body).run(true)
+    Scanner::new(body).run(true, &mut None)
 }
 
 type Result<T> = std::result::Result<T, ModelError>;
@@ -96,7 +106,11 @@ impl<'a> Scanner<'a> {
         self.buf.get(self.pos).copied()
     }
 
-    fn run(mut self, strict: bool) -> Result<Option<Cow<'a, str>>> {
+    fn run(
+        mut self,
+        strict: bool,
+        span: &mut Option<std::ops::Range<usize>>,
+    ) -> Result<Option<Cow<'a, str>>> {
         self.skip_ws();
         match self.peek() {
             None => return invalid("empty body"),
@@ -133,7 +147,9 @@ impl<'a> Scanner<'a> {
                     self.skip_value(1)?;
                     return Err(ModelError::NotAString);
                 }
+                let start = self.pos + 1;
                 let value = self.read_string()?;
+                *span = Some(start..self.pos - 1);
                 if !strict {
                     return Ok(Some(value));
                 }

@@ -31,6 +31,7 @@ mod gateway_api;
 mod inference;
 mod k8s;
 mod limits;
+mod rollout;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ pub use gateway_api::*;
 pub use inference::*;
 pub use k8s::*;
 pub use limits::{nesting_depth, LoadLimits};
+pub use rollout::*;
 
 /// Kubernetes object metadata (the parts shardgate reads).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
@@ -136,6 +138,10 @@ pub enum Resource {
     InferenceObjective(InferenceObjective),
     /// Gateway API Inference Extension `InferenceModel` (the older kind).
     InferenceModel(InferenceModel),
+    /// Gateway API Inference Extension `InferenceModelRewrite`.
+    InferenceModelRewrite(InferenceModelRewrite),
+    /// `ai.gateway.io/v1alpha1` `ModelRollout`.
+    ModelRollout(ModelRollout),
 }
 
 impl Resource {
@@ -159,6 +165,8 @@ impl Resource {
             Resource::InferencePool(r) => &r.metadata,
             Resource::InferenceObjective(r) => &r.metadata,
             Resource::InferenceModel(r) => &r.metadata,
+            Resource::InferenceModelRewrite(r) => &r.metadata,
+            Resource::ModelRollout(r) => &r.metadata,
         }
     }
 }
@@ -277,8 +285,22 @@ const KINDS: &[KindSpec] = &[
         kind: "InferenceModel",
         api_versions: GAIE_ALPHA,
         cluster_scoped: false,
-        enforced: PARTLY_MODEL,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::InferenceModel),
+    },
+    KindSpec {
+        kind: "InferenceModelRewrite",
+        api_versions: GAIE_ALPHA,
+        cluster_scoped: false,
+        enforced: ENFORCED,
+        parse: |v, u| typed(v, u).map(Resource::InferenceModelRewrite),
+    },
+    KindSpec {
+        kind: "ModelRollout",
+        api_versions: AI_GATEWAY,
+        cluster_scoped: false,
+        enforced: ENFORCED,
+        parse: |v, u| typed(v, u).map(Resource::ModelRollout),
     },
     KindSpec {
         kind: "InferenceConfig",
@@ -324,9 +346,6 @@ const KINDS: &[KindSpec] = &[
 pub const ENFORCED: &str = "enforced";
 /// Enforcement status string for kinds that are parsed and validated only.
 pub const NOT_ENFORCED: &str = "accepted, not enforced";
-/// Enforcement status of `InferenceModel`: its criticality acts, `targetModels` does not.
-pub const PARTLY_MODEL: &str = "partly enforced (criticality; targetModels accepted, not acted on)";
-
 /// Enforcement status of `SecurityPolicy`: its JWT authentication and its rate
 /// limits (per client, exact across shards) act; a JWKS behind `https://` is not
 /// fetched yet.

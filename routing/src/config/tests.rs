@@ -705,7 +705,7 @@ fn inference_objective_and_model_load_with_their_priorities() {
         c.enforcement_report(),
         vec![
             ("InferenceObjective".to_owned(), ENFORCED, 1),
-            ("InferenceModel".to_owned(), PARTLY_MODEL, 1),
+            ("InferenceModel".to_owned(), ENFORCED, 1),
         ]
     );
     assert_eq!(is_enforced("InferenceModel"), Some(true));

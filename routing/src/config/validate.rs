@@ -59,6 +59,8 @@ pub(crate) fn validate(resource: &Resource) -> Problems {
         Resource::SecurityPolicy(s) => security_policy(s, &mut p),
         Resource::InferenceObjective(o) => pool_ref(&o.spec.pool_ref, &mut p),
         Resource::InferenceModel(m) => inference_model(m, &mut p),
+        Resource::InferenceModelRewrite(r) => model_rewrite(r, &mut p),
+        Resource::ModelRollout(r) => model_rollout(r, &mut p),
         Resource::Secret(s) => secret(s, &mut p),
         Resource::BackendTlsPolicy(b) => backend_tls_policy(b, &mut p),
         Resource::GatewayClass(_)
@@ -521,6 +523,111 @@ fn inference_model(m: &InferenceModel, p: &mut Problems) {
             p.push((
                 format!("spec.targetModels[{i}].weight"),
                 format!("weight {w} out of range 0..={MAX_WEIGHT}"),
+            ));
+        }
+    }
+}
+
+fn model_rewrite(r: &InferenceModelRewrite, p: &mut Problems) {
+    pool_ref(&r.spec.pool_ref, p);
+    if r.spec.rules.is_empty() {
+        p.push(("spec.rules".into(), "must have at least one rule".into()));
+    }
+    for (i, rule) in r.spec.rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        if rule.matches.is_empty() {
+            p.push((
+                format!("{at}.matches"),
+                "must name at least one model (a rule for every model is not supported)".into(),
+            ));
+        }
+        for (j, m) in rule.matches.iter().enumerate() {
+            let at = format!("{at}.matches[{j}].model");
+            match &m.model {
+                None => p.push((at, "must be set".into())),
+                Some(mm) => {
+                    if let Some(t) = mm.match_type.as_deref().filter(|t| *t != "Exact") {
+                        p.push((format!("{at}.type"), format!("{t:?}: only Exact is supported")));
+                    }
+                    if mm.value.is_empty() {
+                        p.push((format!("{at}.value"), "must not be empty".into()));
+                    }
+                }
+            }
+        }
+        if rule.targets.is_empty() {
+            p.push((format!("{at}.targets"), "must have at least one target".into()));
+        }
+        for (j, t) in rule.targets.iter().enumerate() {
+            if t.model_rewrite.is_empty() {
+                p.push((
+                    format!("{at}.targets[{j}].modelRewrite"),
+                    "must not be empty".into(),
+                ));
+            }
+            if let Some(w) = t.weight.filter(|w| *w > MAX_WEIGHT) {
+                p.push((
+                    format!("{at}.targets[{j}].weight"),
+                    format!("weight {w} out of range 0..={MAX_WEIGHT}"),
+                ));
+            }
+        }
+        if !rule.targets.is_empty() && rule.targets.iter().all(|t| t.weight == Some(0)) {
+            p.push((
+                format!("{at}.targets"),
+                "the weights must not all be 0".into(),
+            ));
+        }
+    }
+}
+
+fn model_rollout(r: &ModelRollout, p: &mut Problems) {
+    let s = &r.spec;
+    pool_ref(&s.pool_ref, p);
+    for (field, v) in [
+        ("spec.modelName", &s.model_name),
+        ("spec.stable", &s.stable),
+        ("spec.canary", &s.canary),
+    ] {
+        if v.is_empty() {
+            p.push((field.into(), "must not be empty".into()));
+        }
+    }
+    if !s.canary.is_empty() && s.canary == s.stable {
+        p.push(("spec.canary".into(), "must differ from spec.stable".into()));
+    }
+    let steps = s.steps();
+    for (i, w) in steps.iter().enumerate() {
+        if !(1..=100).contains(w) {
+            p.push((format!("spec.steps[{i}]"), format!("{w}: a canary weight is 1–100 (percent)")));
+        } else if i > 0 && *w <= steps[i - 1] {
+            p.push((format!("spec.steps[{i}]"), format!("{w}: steps must increase")));
+        }
+    }
+    if steps.last() != Some(&100) {
+        p.push(("spec.steps".into(), "the last step must be 100".into()));
+    }
+    if s.step_duration.is_some_and(|d| d.is_zero()) {
+        p.push(("spec.stepDuration".into(), "must be more than 0".into()));
+    }
+    let a = &s.analysis;
+    if a.min_requests == Some(0) {
+        p.push(("spec.analysis.minRequests".into(), "must be at least 1".into()));
+    }
+    if let Some(v) = a.max_error_rate_increase.filter(|v| !(0.0..=1.0).contains(v)) {
+        p.push((
+            "spec.analysis.maxErrorRateIncrease".into(),
+            format!("{v}: a fraction, 0–1"),
+        ));
+    }
+    for (field, v) in [
+        ("maxTtftP99Ratio", a.max_ttft_p99_ratio),
+        ("maxTpotP99Ratio", a.max_tpot_p99_ratio),
+    ] {
+        if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 1.0)) {
+            p.push((
+                format!("spec.analysis.{field}"),
+                format!("{v}: a ratio of at least 1"),
             ));
         }
     }

@@ -293,3 +293,15 @@ proptest! {
         let _ = extract_model_strict(body.as_bytes());
     }
 }
+
+#[test]
+fn model_span_is_the_raw_value_between_its_quotes() {
+    let body = br#"{"messages":[{"model":"inner"}], "model" : "llama\u002dv1", "x": 1}"#;
+    let span = model_span(body).unwrap().unwrap();
+    assert_eq!(&body[span.clone()], br"llama\u002dv1");
+    assert_eq!(body[span.start - 1], b'"');
+    assert_eq!(body[span.end], b'"');
+    assert_eq!(model_span(br#"{"prompt":"x"}"#).unwrap(), None);
+    assert_eq!(model_span(br#"{"model":""}"#).unwrap(), Some(10..10));
+    assert!(model_span(b"[1]").is_err());
+}

@@ -19,7 +19,7 @@ use crate::config::{
 use super::matcher::{
     anchored, CompiledMatch, HeaderCond, HeaderSource, HostPattern, NamedCond, PathCond, ValueCond,
 };
-use super::models::{header_models, pinned_model, rule_models};
+use super::models::{header_models, pinned_model, rule_models, rule_models_add};
 use super::{
     CompiledRoute, CompiledRule, EndpointInfo, Entry, ListenerInfo, RoutingTable, TlsCertificate,
     Warning,
@@ -234,7 +234,9 @@ impl<'c, 'r> Builder<'c, 'r> {
             rule_ids.extend((0..r.rules.len()).map(|i| (ri, i)));
         }
         let priorities = self.build_priorities();
+        let splits = self.build_splits(&self.known_pools());
         rule_models(&mut routes, &priorities);
+        rule_models_add(&mut routes, &super::split::split_models(&splits));
         self.apply_batching_defaults(
             &mut routes,
             &http_routes,
@@ -340,6 +342,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             rule_ids,
             rule_base,
             priorities,
+            splits,
         })
     }
 

@@ -143,6 +143,29 @@ impl fmt::Display for RoutingTable {
                 )?;
             }
         }
+        let splits = self.splits();
+        if !splits.is_empty() {
+            writeln!(f, "model splits:")?;
+            for (model, e) in splits {
+                write!(f, "  model {model} (pool {}):", e.pool)?;
+                match e.rollout.and_then(|i| self.rollouts().get(i)) {
+                    Some(r) => write!(
+                        f,
+                        " rollout {} → {} in steps {:?}% every {}",
+                        r.stable,
+                        r.canary,
+                        r.steps,
+                        format_duration(r.step_duration)
+                    )?,
+                    None => {
+                        for t in &e.targets {
+                            write!(f, " {}={}", t.model, t.weight)?;
+                        }
+                    }
+                }
+                writeln!(f, "  ({})", e.source)?;
+            }
+        }
         if !self.warnings.is_empty() {
             writeln!(f, "warnings:")?;
             for w in &self.warnings {

@@ -12,6 +12,8 @@
 //!   priority lookups;
 //! - `models`: the models each rule serves;
 //! - [`priority`]: `InferenceObjective` / `InferenceModel` priorities;
+//! - `split`: model-version splits (`InferenceModel.targetModels`,
+//!   `InferenceModelRewrite`, `ModelRollout`);
 //! - `warning`: the typed [`Warning`]s of a build;
 //! - `display`: what `shardgate check` prints.
 //!
@@ -35,7 +37,9 @@ mod matcher;
 mod models;
 mod policy;
 pub mod priority;
+mod split;
 mod warning;
+pub use split::{RolloutSpec, SplitEntry, SplitTarget};
 
 pub(crate) use matcher::anchored;
 pub use matcher::RequestView;
@@ -261,6 +265,7 @@ pub struct RoutingTable {
     /// Per route: the id of its first rule.
     rule_base: Vec<usize>,
     priorities: Priorities,
+    splits: split::Splits,
 }
 
 impl RoutingTable {

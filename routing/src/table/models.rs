@@ -103,3 +103,18 @@ pub(super) fn rule_models(routes: &mut [CompiledRoute], priorities: &Priorities)
         rule.models = models;
     }
 }
+
+/// Adds to each rule's known models those `extra` entries give its pools (the
+/// requested models of splits); a rule's single model is left as it is.
+pub(super) fn rule_models_add(routes: &mut [CompiledRoute], extra: &Priorities) {
+    for rule in routes.iter_mut().flat_map(|r| r.rules.iter_mut()) {
+        for (name, entries) in &extra.models {
+            if rule.pools.iter().any(|p| entries.iter().any(|e| e.pool == *p))
+                && !rule.models.contains(name)
+            {
+                rule.models.push(name.clone());
+            }
+        }
+        rule.models.sort();
+    }
+}

@@ -302,13 +302,7 @@ impl Builder<'_, '_> {
     /// with different priorities, is an error (see [`priority`](super::priority)).
     pub(super) fn build_priorities(&mut self) -> Priorities {
         let config = self.config;
-        let mut known: HashSet<String> = config
-            .docs
-            .iter()
-            .filter(|(_, r)| matches!(r, Resource::InferencePool(_)))
-            .map(|(m, _)| m.key())
-            .collect();
-        known.extend(self.referenced_pools.iter().cloned());
+        let known = self.known_pools();
         let mut out = Priorities::default();
         for (meta, r) in &config.docs {
             let (pool_ref, name, priority, is_model) = match r {
@@ -359,13 +353,22 @@ impl Builder<'_, '_> {
                 pool,
                 priority,
             });
-            if let Resource::InferenceModel(m) = r {
-                if !m.spec.target_models.is_empty() {
-                    self.warn(Warning::TargetModelsIgnored { doc: meta.label() });
-                }
-            }
         }
         out
+    }
+
+    /// `namespace/name` of every pool: InferencePool documents, and pools some
+    /// HTTPRoute backendRef names.
+    pub(super) fn known_pools(&self) -> HashSet<String> {
+        let mut known: HashSet<String> = self
+            .config
+            .docs
+            .iter()
+            .filter(|(_, r)| matches!(r, Resource::InferencePool(_)))
+            .map(|(m, _)| m.key())
+            .collect();
+        known.extend(self.referenced_pools.iter().cloned());
+        known
     }
 
     /// Makes `targetRefs` BatchingPolicies the defaults of the rules without a

@@ -1299,7 +1299,13 @@ fn priorities_resolve_from_objectives_and_models() {
     );
     // The routes' model-header list is unchanged (it feeds /v1/models).
     assert_eq!(t.models(), ["gpt"]);
-    assert_warns!(t, Warning::TargetModelsIgnored { doc } if doc == "InferenceModel default/m2");
+    // m2's targetModels split llama for pool-b.
+    let b_rule = (0..8)
+        .find(|id| t.rule(*id).is_some_and(|r| r.pools.contains(&"default/pool-b".to_string())))
+        .expect("a rule of pool-b");
+    let split = t.model_split(b_rule, "llama").expect("llama is split for pool-b");
+    assert_eq!(split.source, "InferenceModel default/m2");
+    assert_eq!(split.targets, [SplitTarget { model: "llama-v2".into(), weight: 1 }]);
     let shown = t.to_string();
     assert!(shown.contains("priorities:\n  objective llama: 3 (InferenceObjective default/llama, pool default/pool-a)\n"), "{shown}");
     assert!(

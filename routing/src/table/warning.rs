@@ -221,11 +221,6 @@ pub enum Warning {
         /// `namespace/name`.
         backend: String,
     },
-    /// An InferenceModel's `spec.targetModels` (accepted, not acted on).
-    TargetModelsIgnored {
-        /// The InferenceModel.
-        doc: String,
-    },
     /// A BatchingPolicy `targetRef` whose every rule links its own policy.
     BatchingDefaultUnused {
         /// The BatchingPolicy.
@@ -387,10 +382,6 @@ impl fmt::Display for Warning {
             PoolNoReadyEndpoints { backend } => write!(
                 f,
                 "InferencePool {backend} has no ready endpoints in its EndpointSlices"
-            ),
-            TargetModelsIgnored { doc } => write!(
-                f,
-                "{doc}: spec.targetModels accepted, not acted on (requests keep the model they name)"
             ),
             BatchingDefaultUnused { doc, field, via } => write!(
                 f,

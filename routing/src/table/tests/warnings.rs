@@ -175,10 +175,6 @@ fn every_variant_displays_its_sentence() {
             "InferencePool ns/pool has no ready endpoints in its EndpointSlices",
         ),
         (
-            Warning::TargetModelsIgnored { doc: s("InferenceModel ns/m") },
-            "InferenceModel ns/m: spec.targetModels accepted, not acted on (requests keep the model they name)",
-        ),
-        (
             Warning::BatchingDefaultUnused {
                 doc: s("BatchingPolicy ns/b"),
                 field: s("spec.targetRefs[0]"),
