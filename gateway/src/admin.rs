@@ -24,6 +24,8 @@ pub struct AdminView {
     pub warmth: Option<Arc<crate::prewarm::Warmth>>,
     /// Per-model autoscaling signals (`/autoscale`), unless turned off.
     pub autoscale: Option<Arc<crate::autoscale::AutoscaleView>>,
+    /// Canary rollouts (`ModelRollout`), when the config has any.
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
     /// Global rate limits through Redis, when on.
     pub global_limiter: Option<Arc<crate::ratelimit_global::GlobalLimiter>>,
     /// Drain flag.
@@ -145,9 +147,16 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 if let Some(g) = &view.global_limiter {
                     g.render(&mut text);
                 }
+                if let Some(r) = &view.rollouts {
+                    r.render(&mut text);
+                }
                 text.into_bytes()
             }),
             "/debug/endpoints" => (200, b"application/json", view.endpoints.debug_json()),
+            "/debug/rollouts" => match &view.rollouts {
+                Some(r) => (200, b"application/json", r.json()),
+                None => (200, b"application/json", b"{\"rollouts\": []}\n".to_vec()),
+            },
             _ => (404, b"text/plain", b"not found\n".to_vec()),
         };
         let mut out = Vec::with_capacity(256 + body.len());

@@ -70,6 +70,7 @@ pub mod models_poll;
 pub mod notify;
 pub mod plan;
 pub mod prewarm;
+pub mod rollout;
 pub mod proxy;
 pub mod ratelimit;
 pub mod ratelimit_global;
@@ -404,6 +405,11 @@ pub fn start(
         )
     };
     let global_limiter = start_global_limits(&run.limits, &loaded.table)?;
+    let rollouts = rollout::Rollouts::for_table(&loaded.table);
+    if let Some(r) = &rollouts {
+        rollout::spawn(r, hub.clone())
+            .map_err(|e| vec![format!("cannot start the rollout controller: {e}")])?;
+    }
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
@@ -414,6 +420,7 @@ pub fn start(
             warmth: warmth.clone(),
             autoscale: autoscale.clone(),
             global_limiter: global_limiter.clone(),
+            rollouts: rollouts.clone(),
             endpoints: endpoints_view::EndpointsView {
                 endpoints: loaded
                     .table
@@ -443,6 +450,7 @@ pub fn start(
         GatewayState::with_auth(loaded.table, settings, pick, auth).map_err(|e| vec![e])?;
     state.warmth = warmth;
     state.global_limiter = global_limiter;
+    state.rollouts = rollouts;
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let shard_shutdown = shutdown.clone();

@@ -114,6 +114,46 @@ impl Hist {
         self.sum += v;
     }
 
+    /// Observations counted.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The `q` quantile (0–1) with linear interpolation inside its bucket
+    /// (`bounds` the finite upper bounds; the overflow bucket reads as the
+    /// last bound); `None` without observations.
+    pub fn quantile(&self, bounds: &[f64], q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = (q.clamp(0.0, 1.0) * n as f64).max(1.0);
+        let mut seen = 0.0;
+        for (i, c) in self.counts.iter().enumerate() {
+            let c = *c as f64;
+            if c > 0.0 && seen + c >= rank {
+                let hi = bounds.get(i).or(bounds.last()).copied().unwrap_or(0.0);
+                let lo = if i == 0 { 0.0 } else { bounds.get(i - 1).copied().unwrap_or(hi) };
+                return Some(lo + (hi - lo) * ((rank - seen) / c));
+            }
+            seen += c;
+        }
+        bounds.last().copied()
+    }
+
+    /// Bucket-wise `self - base` (never below 0).
+    pub fn minus(&self, base: &Hist) -> Hist {
+        Hist {
+            counts: self
+                .counts
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.saturating_sub(base.counts.get(i).copied().unwrap_or(0)))
+                .collect(),
+            sum: (self.sum - base.sum).max(0.0),
+        }
+    }
+
     fn merge(&mut self, other: &Hist) {
         if self.counts.len() < other.counts.len() {
             self.counts.resize(other.counts.len(), 0);
@@ -131,6 +171,32 @@ impl Hist {
             let bound = bounds.get(i).copied().unwrap_or(f64::INFINITY);
             (bound, self.counts.get(i).copied().unwrap_or(0))
         })
+    }
+}
+
+/// One model's answers so far (cumulative): requests, failed ones (5xx, or
+/// none sent), TTFT and time-per-output-token histograms.
+#[derive(Debug, Clone, Default)]
+pub struct ModelQuality {
+    /// Requests answered.
+    pub requests: u64,
+    /// Of which failed: status 5xx, or no status sent.
+    pub errors: u64,
+    /// TTFT ([`TTFT_BUCKETS`]).
+    pub ttft: Hist,
+    /// Time per output token ([`TPOT_BUCKETS`]).
+    pub tpot: Hist,
+}
+
+impl ModelQuality {
+    /// What happened since `base` (an earlier reading of the same model).
+    pub fn since(&self, base: &ModelQuality) -> ModelQuality {
+        ModelQuality {
+            requests: self.requests.saturating_sub(base.requests),
+            errors: self.errors.saturating_sub(base.errors),
+            ttft: self.ttft.minus(&base.ttft),
+            tpot: self.tpot.minus(&base.tpot),
+        }
     }
 }
 
@@ -438,6 +504,39 @@ impl MetricsHub {
             }
         }
         out
+    }
+
+    /// One model label's answers so far, over every shard's last publish: what
+    /// a canary rollout compares between versions ([`crate::rollout`]).
+    pub fn model_quality(&self, model: &str) -> ModelQuality {
+        let mut q = ModelQuality::default();
+        for slot in &self.slots {
+            let snap = slot.load();
+            let Some(s) = snap.as_ref().as_ref() else {
+                continue;
+            };
+            let id = s.model_id(Some(model));
+            if id < 2 {
+                continue;
+            }
+            for ((m, _, status), v) in &s.requests {
+                if *m == id {
+                    q.requests += v;
+                    if *status == 0 || *status >= 500 {
+                        q.errors += v;
+                    }
+                }
+            }
+            for ((m, _), h) in &s.ttft {
+                if *m == id {
+                    q.ttft.merge(h);
+                }
+            }
+            if let Some(h) = s.tpot.get(&id) {
+                q.tpot.merge(h);
+            }
+        }
+        q
     }
 
     /// Publish shard `id`'s latest metrics.

@@ -56,6 +56,10 @@ pub struct RequestInfo<'r, 'a> {
     pub header: &'r dyn Fn(&str) -> Option<&'a [u8]>,
     /// The whole request body.
     pub body: &'a [u8],
+    /// A uniformly random number for this request: picks a model-version
+    /// split's target (the caller draws it, so the plan stays a function of
+    /// its inputs).
+    pub roll: u32,
 }
 
 impl<'a> RequestInfo<'_, 'a> {
@@ -85,6 +89,10 @@ pub struct Decision<'a> {
     pub security: Option<&'a str>,
     /// What to do.
     pub plan: Plan<'a>,
+    /// The model name the body's `model` is rewritten to (a model-version
+    /// split: `InferenceModel.targetModels`, `InferenceModelRewrite`,
+    /// `ModelRollout`); [`Self::model`] is then this target.
+    pub rewrite: Option<&'a str>,
 }
 
 /// Where a request's model came from.
@@ -173,6 +181,7 @@ pub fn plan<'a>(
         route: None,
         security: None,
         plan: Plan::Models,
+        rewrite: None,
     };
     if req.method == "GET" && req.path == "/v1/models" {
         return d;
@@ -280,8 +289,24 @@ pub fn plan<'a>(
         })
         .unwrap_or(0);
 
+    // A model-version split sends the request upstream as one of its targets
+    // (priority and route stay those of the requested model). Only a body's
+    // model is rewritten; a split request is forwarded, never batched.
+    if d.model_source == ModelSource::Body {
+        let split = d
+            .model
+            .as_deref()
+            .and_then(|m| state.table.model_split(route.rule_id, m));
+        if let Some(to) = split.and_then(|s| split_target(s, state, req.roll)) {
+            d.rewrite = Some(to);
+            d.model = Some(Cow::Borrowed(to));
+            d.known_model = true;
+        }
+    }
+
     let target = Target { route, priority };
     let batchable = match (route.batching, batch_policy, d.model_source) {
+        _ if d.rewrite.is_some() => None,
         (Some(key), Some(policy), ModelSource::Body) => match classify(req.path, req.body) {
             Ok(Some(class)) => Some((key, policy, class)),
             _ => None,
@@ -320,6 +345,37 @@ pub fn plan<'a>(
         }
     };
     d
+}
+
+/// The target a `roll` picks from a split: by static weights, or, for a
+/// rollout, the canary with its live weight in percent.
+fn split_target<'a>(
+    split: &'a shardgate_routing::SplitEntry,
+    state: &GatewayState,
+    roll: u32,
+) -> Option<&'a str> {
+    if let Some(i) = split.rollout {
+        let canary = state.rollouts.as_ref().map_or(0, |r| r.canary_weight(i));
+        let (stable, canary_t) = (split.targets.first()?, split.targets.get(1)?);
+        return Some(if roll % 100 < canary {
+            canary_t.model.as_str()
+        } else {
+            stable.model.as_str()
+        });
+    }
+    let total: u64 = split.targets.iter().map(|t| u64::from(t.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut at = u64::from(roll) % total;
+    for t in &split.targets {
+        let w = u64::from(t.weight);
+        if at < w {
+            return Some(t.model.as_str());
+        }
+        at -= w;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -402,7 +458,12 @@ spec:
 ";
 
     fn state() -> GatewayState {
-        let loaded = crate::load::load(&[("plan.yaml".into(), CONFIG.into())]).expect("config");
+        state_with("")
+    }
+
+    fn state_with(extra: &str) -> GatewayState {
+        let text = format!("{CONFIG}{extra}");
+        let loaded = crate::load::load(&[("plan.yaml".into(), text)]).expect("config");
         let cli = crate::cli::Cli::try_parse_from(["shardgate", "serve", "-c", "plan.yaml"])
             .expect("cli");
         let crate::cli::Command::Serve(args) = cli.command else {
@@ -420,6 +481,17 @@ spec:
         headers: &'a [(&'a str, &'a str)],
         body: &'a str,
     ) -> Decision<'a> {
+        run_rolled(st, method, path, headers, body, 0)
+    }
+
+    fn run_rolled<'a>(
+        st: &'a GatewayState,
+        method: &'a str,
+        path: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+        body: &'a str,
+        roll: u32,
+    ) -> Decision<'a> {
         let lookup = |name: &str| {
             headers
                 .iter()
@@ -433,6 +505,7 @@ spec:
             host: None,
             header: &lookup,
             body: body.as_bytes(),
+            roll,
         };
         plan(&info, st, &[0])
     }
@@ -455,6 +528,36 @@ spec:
 
     fn completion(model: &str) -> String {
         format!(r#"{{"model":"{model}","prompt":"hi","max_tokens":1}}"#)
+    }
+
+    #[test]
+    fn a_split_model_is_rewritten_to_a_target_by_weight_and_not_batched() {
+        let st = state_with("---\napiVersion: inference.networking.x-k8s.io/v1alpha2\nkind: InferenceModelRewrite\nmetadata: {name: rw, namespace: default}\nspec:\n  poolRef: {name: pool}\n  rules:\n  - matches: [{model: {type: Exact, value: crit}}]\n    targets: [{modelRewrite: crit-v1, weight: 3}, {modelRewrite: crit-v2, weight: 1}]\n");
+        let body = completion("crit");
+        let mut seen = std::collections::HashMap::new();
+        for roll in 0..400u32 {
+            let d = run_rolled(&st, "POST", "/v1/completions", &[], &body, roll);
+            assert_eq!(d.rewrite, d.model.as_deref());
+            assert!(d.known_model);
+            // Priority stays the requested model's (InferenceModel crit: Critical).
+            assert_eq!(forward(&d), (1, "forward"));
+            *seen.entry(d.rewrite.unwrap().to_string()).or_insert(0) += 1;
+        }
+        assert_eq!(seen["crit-v1"], 300);
+        assert_eq!(seen["crit-v2"], 100);
+        // Another model is left alone.
+        let other = completion("shed");
+        assert_eq!(run(&st, "POST", "/v1/completions", &[], &other).rewrite, None);
+    }
+
+    #[test]
+    fn a_rollout_sends_its_live_canary_share() {
+        let st = state_with("---\napiVersion: ai.gateway.io/v1alpha1\nkind: ModelRollout\nmetadata: {name: ro, namespace: default}\nspec:\n  modelName: crit\n  poolRef: {name: pool}\n  stable: crit-v1\n  canary: crit-v2\n  steps: [10, 100]\n");
+        let body = completion("crit");
+        let canary = (0..1000u32)
+            .filter(|r| run_rolled(&st, "POST", "/v1/completions", &[], &body, *r).rewrite == Some("crit-v2"))
+            .count();
+        assert_eq!(canary, 100, "the first step: 10 %");
     }
 
     #[test]

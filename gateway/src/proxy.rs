@@ -624,6 +624,7 @@ async fn execute<'s, S: ClientStream>(
         host: head.host().and_then(|h| std::str::from_utf8(h).ok()),
         header: &lookup,
         body: req.body,
+        roll: fastrand::u32(..),
     };
     let decision = plan(&info, state, listeners);
     rq.model = decision.model.clone();
@@ -773,6 +774,20 @@ async fn execute<'s, S: ClientStream>(
             return req.client_keep;
         }
     }
+    // A model-version split: the body goes upstream naming the chosen target
+    // (one copy of the body with the value replaced; the rest untouched).
+    let rewritten = decision.rewrite.map(|to| {
+        shard.metrics.borrow_mut().know_model(to);
+        rewrite_model(req.body, to)
+    });
+    let req_rw;
+    let req = match &rewritten {
+        Some(body) => {
+            req_rw = Req { body, ..*req };
+            &req_rw
+        }
+        None => req,
+    };
     forward(
         shard,
         client,
@@ -785,6 +800,22 @@ async fn execute<'s, S: ClientStream>(
         rq,
     )
     .await
+}
+
+/// `body` with its top-level `model` string's value replaced by `to` (JSON-
+/// escaped), everything else byte for byte; the body as it is when it has no
+/// such value (the plan found one, so that does not happen).
+pub fn rewrite_model(body: &Bytes, to: &str) -> Bytes {
+    let Ok(Some(span)) = shardgate_routing::model_span(body) else {
+        return body.clone();
+    };
+    let quoted = serde_json::to_string(to).unwrap_or_else(|_| format!("{to:?}"));
+    let value = &quoted.as_bytes()[1..quoted.len() - 1];
+    let mut out = Vec::with_capacity(body.len() - span.len() + value.len());
+    out.extend_from_slice(&body[..span.start]);
+    out.extend_from_slice(value);
+    out.extend_from_slice(&body[span.end..]);
+    Bytes::from(out)
 }
 
 /// The rate-limit step ([`crate::ratelimit`]): the quotas of an admitted

@@ -148,6 +148,8 @@ pub struct GatewayState {
     /// The fleet-wide request limits through Redis, with
     /// `--rate-limit-redis` ([`crate::ratelimit_global`]).
     pub global_limiter: Option<Arc<crate::ratelimit_global::GlobalLimiter>>,
+    /// Canary rollouts' live weights (`ModelRollout`, [`crate::rollout`]).
+    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
     /// JWT providers of the SecurityPolicies rules link (key sets swapped in
     /// by the control thread's fetcher).
     pub auth: Arc<Authenticator>,
@@ -207,6 +209,7 @@ impl GatewayState {
         Ok(GatewayState {
             warmth: None,
             global_limiter: None,
+            rollouts: crate::rollout::Rollouts::for_table(&table),
             rate_limiter,
             table,
             settings,

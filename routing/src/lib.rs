@@ -36,5 +36,6 @@ pub use duration::parse_duration;
 pub use model::{extract_model, extract_model_strict, model_span, ModelError};
 pub use table::{
     BackendGroup, EndpointInfo, ListenerInfo, RequestView, RouteMatch, RoutingTable, RuleAction,
-    RuleSummary, TlsCertificate, Warning, MODEL_HEADER, MODEL_TYPE_HEADER,
+    RolloutSpec, RuleSummary, SplitEntry, SplitTarget, TlsCertificate, Warning, MODEL_HEADER,
+    MODEL_TYPE_HEADER,
 };
