@@ -133,7 +133,11 @@ impl Hist {
             let c = *c as f64;
             if c > 0.0 && seen + c >= rank {
                 let hi = bounds.get(i).or(bounds.last()).copied().unwrap_or(0.0);
-                let lo = if i == 0 { 0.0 } else { bounds.get(i - 1).copied().unwrap_or(hi) };
+                let lo = if i == 0 {
+                    0.0
+                } else {
+                    bounds.get(i - 1).copied().unwrap_or(hi)
+                };
                 return Some(lo + (hi - lo) * ((rank - seen) / c));
             }
             seen += c;

@@ -547,7 +547,10 @@ spec:
         assert_eq!(seen["crit-v2"], 100);
         // Another model is left alone.
         let other = completion("shed");
-        assert_eq!(run(&st, "POST", "/v1/completions", &[], &other).rewrite, None);
+        assert_eq!(
+            run(&st, "POST", "/v1/completions", &[], &other).rewrite,
+            None
+        );
     }
 
     #[test]
@@ -555,7 +558,10 @@ spec:
         let st = state_with("---\napiVersion: ai.gateway.io/v1alpha1\nkind: ModelRollout\nmetadata: {name: ro, namespace: default}\nspec:\n  modelName: crit\n  poolRef: {name: pool}\n  stable: crit-v1\n  canary: crit-v2\n  steps: [10, 100]\n");
         let body = completion("crit");
         let canary = (0..1000u32)
-            .filter(|r| run_rolled(&st, "POST", "/v1/completions", &[], &body, *r).rewrite == Some("crit-v2"))
+            .filter(|r| {
+                run_rolled(&st, "POST", "/v1/completions", &[], &body, *r).rewrite
+                    == Some("crit-v2")
+            })
             .count();
         assert_eq!(canary, 100, "the first step: 10 %");
     }

@@ -1368,3 +1368,30 @@ async fn respond_failure<S: ClientStream>(
     let _ = flush(client, out).await;
     f.status
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn rewriting_the_model_replaces_only_its_value() {
+        let body = Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":"model \"x\""}],"model":"llama\u002dv1","stream":true}"#,
+        );
+        let out = rewrite_model(&body, "llama-v2");
+        assert_eq!(
+            &out[..],
+            br#"{"messages":[{"role":"user","content":"model \"x\""}],"model":"llama-v2","stream":true}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "llama-v2");
+        // A target that needs escaping stays valid JSON.
+        let out = rewrite_model(&body, "a\"b\\c");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "a\"b\\c");
+        // No model: unchanged.
+        let none = Bytes::from_static(br#"{"prompt":"hi"}"#);
+        assert_eq!(rewrite_model(&none, "x"), none);
+    }
+}

@@ -257,8 +257,8 @@ impl Rollouts {
                 })
             })
             .collect();
-        let mut body = serde_json::to_vec_pretty(&serde_json::json!({ "rollouts": list }))
-            .unwrap_or_default();
+        let mut body =
+            serde_json::to_vec_pretty(&serde_json::json!({ "rollouts": list })).unwrap_or_default();
         body.push(b'\n');
         body
     }
@@ -347,7 +347,11 @@ impl Controller {
         let mut ws = Window::of(&stable.since(&self.base.1), min);
         let weight = |step: usize| spec.steps.get(step).copied().unwrap_or(100);
         if self.state != State::Progressing {
-            let w = if self.state == State::RolledBack { 0 } else { 100 };
+            let w = if self.state == State::RolledBack {
+                0
+            } else {
+                100
+            };
             return self.status(w, String::new(), (wc, ws));
         }
         if ws.requests >= min {
@@ -462,8 +466,12 @@ fn run(weak: &std::sync::Weak<Rollouts>, hub: &MetricsHub) {
             l.canary_pct.store(s.weight, Ordering::Relaxed);
             if s.state != before.state || s.step != before.step {
                 match s.state {
-                    State::RolledBack => tracing::warn!(rollout = %l.spec.key, model = %l.spec.model, canary = %l.spec.canary, reason = %s.reason, "rollout rolled back"),
-                    _ => tracing::info!(rollout = %l.spec.key, model = %l.spec.model, weight = s.weight, reason = %s.reason, "rollout {}", s.state.as_str()),
+                    State::RolledBack => {
+                        tracing::warn!(rollout = %l.spec.key, model = %l.spec.model, canary = %l.spec.canary, reason = %s.reason, "rollout rolled back")
+                    }
+                    _ => {
+                        tracing::info!(rollout = %l.spec.key, model = %l.spec.model, weight = s.weight, reason = %s.reason, "rollout {}", s.state.as_str())
+                    }
                 }
             }
             let keep_reason = s.reason.is_empty();
@@ -531,7 +539,10 @@ mod tests {
         let Verdict::Breach(why) = judge(&c, &s, &a) else {
             panic!()
         };
-        assert!(why.contains("p99 TTFT 200.0 ms against the stable's 100.0 ms"), "{why}");
+        assert!(
+            why.contains("p99 TTFT 200.0 ms against the stable's 100.0 ms"),
+            "{why}"
+        );
         c.ttft_p99 = Some(0.14);
         assert_eq!(judge(&c, &s, &a), Verdict::Holds);
     }
@@ -548,7 +559,11 @@ mod tests {
         // Dwelt but too few canary answers: waits.
         let s = c.tick(&sp, at(10), &q(8, 0), &q(80, 0));
         assert_eq!(s.weight, 10);
-        assert!(s.reason.contains("waiting for 10 canary answers (has 8)"), "{}", s.reason);
+        assert!(
+            s.reason.contains("waiting for 10 canary answers (has 8)"),
+            "{}",
+            s.reason
+        );
         let s = c.tick(&sp, at(11), &q(12, 0), &q(90, 0));
         assert_eq!((s.step, s.weight), (1, 50));
         // The next window counts from the step's start.
@@ -563,8 +578,16 @@ mod tests {
         let mut c = Controller::new(t0, q(0, 0), q(0, 0));
         let s = c.tick(&sp, at(1), &q(10, 5), &q(90, 0));
         assert_eq!((s.state, s.weight), (State::RolledBack, 0));
-        assert!(s.reason.contains("rolled back at step 1 (10 %)"), "{}", s.reason);
-        assert!(s.reason.contains("error rate 50.0 % (5 of 10)"), "{}", s.reason);
+        assert!(
+            s.reason.contains("rolled back at step 1 (10 %)"),
+            "{}",
+            s.reason
+        );
+        assert!(
+            s.reason.contains("error rate 50.0 % (5 of 10)"),
+            "{}",
+            s.reason
+        );
         // And stays there.
         let s = c.tick(&sp, at(100), &q(10, 5), &q(1000, 0));
         assert_eq!((s.state, s.weight), (State::RolledBack, 0));

@@ -547,7 +547,10 @@ fn model_rewrite(r: &InferenceModelRewrite, p: &mut Problems) {
                 None => p.push((at, "must be set".into())),
                 Some(mm) => {
                     if let Some(t) = mm.match_type.as_deref().filter(|t| *t != "Exact") {
-                        p.push((format!("{at}.type"), format!("{t:?}: only Exact is supported")));
+                        p.push((
+                            format!("{at}.type"),
+                            format!("{t:?}: only Exact is supported"),
+                        ));
                     }
                     if mm.value.is_empty() {
                         p.push((format!("{at}.value"), "must not be empty".into()));
@@ -556,7 +559,10 @@ fn model_rewrite(r: &InferenceModelRewrite, p: &mut Problems) {
             }
         }
         if rule.targets.is_empty() {
-            p.push((format!("{at}.targets"), "must have at least one target".into()));
+            p.push((
+                format!("{at}.targets"),
+                "must have at least one target".into(),
+            ));
         }
         for (j, t) in rule.targets.iter().enumerate() {
             if t.model_rewrite.is_empty() {
@@ -599,9 +605,15 @@ fn model_rollout(r: &ModelRollout, p: &mut Problems) {
     let steps = s.steps();
     for (i, w) in steps.iter().enumerate() {
         if !(1..=100).contains(w) {
-            p.push((format!("spec.steps[{i}]"), format!("{w}: a canary weight is 1–100 (percent)")));
+            p.push((
+                format!("spec.steps[{i}]"),
+                format!("{w}: a canary weight is 1–100 (percent)"),
+            ));
         } else if i > 0 && *w <= steps[i - 1] {
-            p.push((format!("spec.steps[{i}]"), format!("{w}: steps must increase")));
+            p.push((
+                format!("spec.steps[{i}]"),
+                format!("{w}: steps must increase"),
+            ));
         }
     }
     if steps.last() != Some(&100) {
@@ -612,9 +624,15 @@ fn model_rollout(r: &ModelRollout, p: &mut Problems) {
     }
     let a = &s.analysis;
     if a.min_requests == Some(0) {
-        p.push(("spec.analysis.minRequests".into(), "must be at least 1".into()));
+        p.push((
+            "spec.analysis.minRequests".into(),
+            "must be at least 1".into(),
+        ));
     }
-    if let Some(v) = a.max_error_rate_increase.filter(|v| !(0.0..=1.0).contains(v)) {
+    if let Some(v) = a
+        .max_error_rate_increase
+        .filter(|v| !(0.0..=1.0).contains(v))
+    {
         p.push((
             "spec.analysis.maxErrorRateIncrease".into(),
             format!("{v}: a fraction, 0–1"),

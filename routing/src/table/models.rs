@@ -109,7 +109,10 @@ pub(super) fn rule_models(routes: &mut [CompiledRoute], priorities: &Priorities)
 pub(super) fn rule_models_add(routes: &mut [CompiledRoute], extra: &Priorities) {
     for rule in routes.iter_mut().flat_map(|r| r.rules.iter_mut()) {
         for (name, entries) in &extra.models {
-            if rule.pools.iter().any(|p| entries.iter().any(|e| e.pool == *p))
+            if rule
+                .pools
+                .iter()
+                .any(|p| entries.iter().any(|e| e.pool == *p))
                 && !rule.models.contains(name)
             {
                 rule.models.push(name.clone());

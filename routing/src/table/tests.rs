@@ -1301,11 +1301,22 @@ fn priorities_resolve_from_objectives_and_models() {
     assert_eq!(t.models(), ["gpt"]);
     // m2's targetModels split llama for pool-b.
     let b_rule = (0..8)
-        .find(|id| t.rule(*id).is_some_and(|r| r.pools.contains(&"default/pool-b".to_string())))
+        .find(|id| {
+            t.rule(*id)
+                .is_some_and(|r| r.pools.contains(&"default/pool-b".to_string()))
+        })
         .expect("a rule of pool-b");
-    let split = t.model_split(b_rule, "llama").expect("llama is split for pool-b");
+    let split = t
+        .model_split(b_rule, "llama")
+        .expect("llama is split for pool-b");
     assert_eq!(split.source, "InferenceModel default/m2");
-    assert_eq!(split.targets, [SplitTarget { model: "llama-v2".into(), weight: 1 }]);
+    assert_eq!(
+        split.targets,
+        [SplitTarget {
+            model: "llama-v2".into(),
+            weight: 1
+        }]
+    );
     let shown = t.to_string();
     assert!(shown.contains("priorities:\n  objective llama: 3 (InferenceObjective default/llama, pool default/pool-a)\n"), "{shown}");
     assert!(
