@@ -845,7 +845,10 @@ fn rate_limit(
     };
     let decided = match check_request(
         limiter,
-        state.global_limiter.as_deref(),
+        state
+            .global_limiter
+            .as_deref()
+            .map(|g| g as &dyn crate::ratelimit::FleetLimit),
         &state.table,
         &state.settings.trusted_proxies,
         &key,

@@ -597,7 +597,7 @@ pub enum Outcome {
 /// known key.
 pub fn check_request(
     limiter: &RateLimiter,
-    global: Option<&crate::ratelimit_global::GlobalLimiter>,
+    global: Option<&dyn FleetLimit>,
     table: &shardgate_routing::RoutingTable,
     proxies: &[IpNet],
     req: &RequestKey<'_>,
@@ -614,10 +614,25 @@ pub fn check_request(
 }
 
 /// The fleet's limiter and the (policy, identity, bucket) a key stands for.
-pub type Global<'a> = (
-    &'a crate::ratelimit_global::GlobalLimiter,
-    (&'a str, Identity<'a>, Bucket<'a>),
-);
+pub type Global<'a> = (&'a dyn FleetLimit, (&'a str, Identity<'a>, Bucket<'a>));
+
+/// A request limit kept for a fleet of replicas (implemented by the Redis
+/// leases of `ratelimit_global`; a trait so that this module does not import
+/// it).
+pub trait FleetLimit {
+    /// Count one request of `key` (the triple `who`) under `limit`: the quota,
+    /// or the outcome to answer (`Outcome::Wait` while a refill is on its
+    /// way, unless `gave_up`). `local` is this replica's own cell, for the
+    /// failure mode that falls back to it.
+    fn count(
+        &self,
+        key: u128,
+        who: (&str, Identity<'_>, Bucket<'_>),
+        limit: &Limit,
+        gave_up: bool,
+        local: &dyn Fn(&Limit) -> Result<Quota, Outcome>,
+    ) -> Result<Quota, Outcome>;
+}
 
 impl RateLimiter {
     /// [`check_request`] once the key is known.
@@ -629,7 +644,6 @@ impl RateLimiter {
         global: Option<Global<'_>>,
         gave_up: bool,
     ) -> Outcome {
-        use crate::ratelimit_global::{FailureMode, GlobalVerdict};
         let mut tokens = None;
         let mut charge = None;
         if let Some(limit) = rule.tokens {
@@ -656,40 +670,16 @@ impl RateLimiter {
             }),
             Verdict::Full => Err(Outcome::Full),
         };
-        let fallback =
-            |g: &crate::ratelimit_global::GlobalLimiter, limit: &Limit| match g.failure_mode() {
-                FailureMode::Open => local(limit),
-                FailureMode::Closed => Err(Outcome::Unavailable),
-            };
         let requests = match (rule.requests, global) {
             (None, _) => None,
             (Some(limit), None) => match local(&limit) {
                 Ok(q) => Some(q),
                 Err(o) => return o,
             },
-            (Some(limit), Some((g, who))) => {
-                let decided = match g.check(key, who, &limit, g.now()) {
-                    GlobalVerdict::Allowed(q) => Ok(q),
-                    GlobalVerdict::Limited {
-                        quota,
-                        retry_after_ns,
-                    } => Err(Outcome::Limited {
-                        quota,
-                        retry_after_ns,
-                    }),
-                    GlobalVerdict::Full => Err(Outcome::Full),
-                    GlobalVerdict::Wait if !gave_up => Err(Outcome::Wait),
-                    GlobalVerdict::Wait => {
-                        g.stats.fallback.fetch_add(1, Ordering::Relaxed);
-                        fallback(g, &limit)
-                    }
-                    GlobalVerdict::Unavailable(_) => fallback(g, &limit),
-                };
-                match decided {
-                    Ok(q) => Some(q),
-                    Err(o) => return o,
-                }
-            }
+            (Some(limit), Some((g, who))) => match g.count(key, who, &limit, gave_up, &local) {
+                Ok(q) => Some(q),
+                Err(o) => return o,
+            },
         };
         Outcome::Allowed(Admitted {
             requests,

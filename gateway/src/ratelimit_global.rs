@@ -645,6 +645,40 @@ impl GlobalLimiter {
     }
 }
 
+impl crate::ratelimit::FleetLimit for GlobalLimiter {
+    fn count(
+        &self,
+        key: u128,
+        who: (&str, Identity<'_>, Bucket<'_>),
+        limit: &Limit,
+        gave_up: bool,
+        local: &dyn Fn(&Limit) -> Result<crate::ratelimit::Quota, crate::ratelimit::Outcome>,
+    ) -> Result<crate::ratelimit::Quota, crate::ratelimit::Outcome> {
+        use crate::ratelimit::Outcome;
+        let fallback = || match self.failure_mode() {
+            FailureMode::Open => local(limit),
+            FailureMode::Closed => Err(Outcome::Unavailable),
+        };
+        match self.check(key, who, limit, self.now()) {
+            GlobalVerdict::Allowed(q) => Ok(q),
+            GlobalVerdict::Limited {
+                quota,
+                retry_after_ns,
+            } => Err(Outcome::Limited {
+                quota,
+                retry_after_ns,
+            }),
+            GlobalVerdict::Full => Err(Outcome::Full),
+            GlobalVerdict::Wait if !gave_up => Err(Outcome::Wait),
+            GlobalVerdict::Wait => {
+                self.stats.fallback.fetch_add(1, Ordering::Relaxed);
+                fallback()
+            }
+            GlobalVerdict::Unavailable(_) => fallback(),
+        }
+    }
+}
+
 /// One grant's answer from Redis.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Answer {
