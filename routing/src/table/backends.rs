@@ -129,8 +129,19 @@ impl<'c> Builder<'c, '_> {
     /// in an unknown one.
     fn add_endpoint(&mut self, addr: SocketAddr, backend: &str, node: Option<&str>) -> usize {
         if let Some(&i) = self.endpoint_index.get(&addr) {
-            if let (Some(e), Some(n)) = (self.endpoints.get_mut(i), node) {
-                e.node.get_or_insert_with(|| n.to_owned());
+            if let Some(e) = self.endpoints.get_mut(i) {
+                if e.retired {
+                    // Seeded from the previous table: live again, described
+                    // by this configuration.
+                    *e = EndpointInfo {
+                        addr,
+                        backend: backend.to_owned(),
+                        node: node.map(str::to_owned),
+                        retired: false,
+                    };
+                } else if let Some(n) = node {
+                    e.node.get_or_insert_with(|| n.to_owned());
+                }
             }
             return i;
         }
@@ -139,6 +150,7 @@ impl<'c> Builder<'c, '_> {
             addr,
             backend: backend.to_owned(),
             node: node.map(str::to_owned),
+            retired: false,
         });
         self.endpoint_index.insert(addr, i);
         i

@@ -169,6 +169,18 @@ impl<'c, 'r> Builder<'c, 'r> {
         }
     }
 
+    /// Start from `prev`'s endpoints, all retired until a backend of this
+    /// configuration names them again ([`RoutingTable::build_next`]).
+    pub(super) fn seed_endpoints(&mut self, prev: &[EndpointInfo]) {
+        for e in prev {
+            self.endpoint_index.insert(e.addr, self.endpoints.len());
+            self.endpoints.push(EndpointInfo {
+                retired: true,
+                ..e.clone()
+            });
+        }
+    }
+
     /// Records a finding (deduplicated when the table is made).
     pub(super) fn warn(&mut self, w: Warning) {
         self.warnings.push(w);

@@ -109,6 +109,10 @@ pub struct EndpointInfo {
     /// The node it runs on (the EndpointSlice endpoint's `nodeName`), when
     /// known: `gpuAffinity` prefers the gateway's own node.
     pub node: Option<String>,
+    /// No backend of this table names it any more: it is kept only so that
+    /// endpoint indices stay stable from one table to the next
+    /// ([`RoutingTable::build_next`]); no group lists it.
+    pub retired: bool,
 }
 
 /// The endpoints of one `backendRef`.
@@ -280,6 +284,24 @@ impl RoutingTable {
         resolve: &mut dyn FnMut(&str, u16) -> Vec<SocketAddr>,
     ) -> Result<RoutingTable, Vec<ConfigError>> {
         build::Builder::new(config, resolve).build()
+    }
+
+    /// Like [`Self::build`], for a configuration that replaces `prev`'s: every
+    /// endpoint of `prev` keeps its index (an address that is gone stays as a
+    /// retired entry, [`EndpointInfo::retired`], in no group; one that comes
+    /// back is live again under its old index), and new addresses come after
+    /// them. State kept per endpoint index (pools, telemetry, health,
+    /// ejections, prefix index) therefore stays valid across a reload; it only
+    /// grows. Retired entries are never dropped while the process runs (one
+    /// `EndpointInfo` per address ever seen).
+    pub fn build_next(
+        config: &Config,
+        resolve: &mut dyn FnMut(&str, u16) -> Vec<SocketAddr>,
+        prev: &RoutingTable,
+    ) -> Result<RoutingTable, Vec<ConfigError>> {
+        let mut b = build::Builder::new(config, resolve);
+        b.seed_endpoints(&prev.endpoints);
+        b.build()
     }
 
     /// All Gateway listeners, in config order; `match_request` takes an index

@@ -1595,6 +1595,7 @@ fn seed_rules_have_ids_and_no_defaults() {
 mod backend_tls;
 mod model;
 mod security;
+mod stable_endpoints;
 mod warnings;
 
 /// A config of `services` Services, each with `slices` EndpointSlices of 100
