@@ -670,8 +670,16 @@ async fn execute<'s, S: ClientStream>(
     let named_model = decision.named_model();
     let target = match &decision.plan {
         Plan::Models => {
-            rq.status =
-                respond_json(client, out, 200, &state.models_body, req.client_keep, rid).await;
+            rq.status = respond_json(
+                client,
+                out,
+                200,
+                &state.models_body,
+                req.client_keep,
+                rid,
+                &Default::default(),
+            )
+            .await;
             return req.client_keep;
         }
         Plan::Reject(f) => {
@@ -769,8 +777,16 @@ async fn execute<'s, S: ClientStream>(
             .await;
             rq.usage.feed(&reply.body);
             rq.bytes = reply.body.len() as u64;
-            rq.status =
-                respond_json(client, out, reply.status, &reply.body, req.client_keep, rid).await;
+            rq.status = respond_json(
+                client,
+                out,
+                reply.status,
+                &reply.body,
+                req.client_keep,
+                rid,
+                &rq.rate,
+            )
+            .await;
             return req.client_keep;
         }
     }
@@ -1332,6 +1348,7 @@ async fn flush<S: ClientStream>(
 }
 
 /// Answer a JSON body with `status`.
+#[allow(clippy::too_many_arguments)]
 async fn respond_json<S: ClientStream>(
     client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
@@ -1339,12 +1356,16 @@ async fn respond_json<S: ClientStream>(
     body: &[u8],
     keep: bool,
     rid: &[u8],
+    rate: &crate::ratelimit::Admitted,
 ) -> u16 {
     out.clear();
     write::status_line(out, status);
     write::header(out, "content-type", b"application/json");
     write::header_u64(out, "content-length", body.len() as u64);
     write::header(out, "x-request-id", rid);
+    for q in [rate.requests, rate.tokens].into_iter().flatten() {
+        crate::ratelimit::write_quota_headers(out, &q);
+    }
     // The gateway's own 429 / 503 answers to batched requests (shed, queue
     // timeout, nothing healthy) say when to come back, like unbatched ones.
     if matches!(status, 429 | 503) {

@@ -189,3 +189,29 @@ fn token_limits_are_charged_from_usage_and_refuse_with_token_headers() {
         "retry-after {retry} for a debt of {debt}"
     );
 }
+
+#[test]
+fn micro_batched_answers_carry_the_rate_limit_headers_too() {
+    let a = sim(&["emb"], |_| {});
+    let mut y = config(&[("emb", vec![(1, vec![a.addr()])])]);
+    y.push_str("---\napiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata:\n  name: b\n  namespace: default\nspec:\n  maxBatchSize: 8\n  maxLatency: 5ms\n  targetRefs:\n  - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: r0}\n---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: SecurityPolicy\nmetadata:\n  name: sp\nspec:\n  targetRef: {kind: Gateway, name: gw}\n  rateLimit:\n    default: {requests: 50, tokens: 100000, unit: minute}\n");
+    let gw = Gateway::start(&y, &[]);
+    let mut c = gw.connect();
+    let r = c.post(
+        "/v1/embeddings",
+        r#"{"model":"emb","input":["a","b"]}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-ratelimit-limit-requests"), Some("50"));
+    assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("49"));
+    assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("100000"));
+    // It did go through the batcher (shards publish metrics every 500 ms).
+    let flushed = poll(std::time::Duration::from_secs(10), || {
+        gw.metrics()
+            .lines()
+            .any(|l| l.starts_with("gateway_batch_size_count") && !l.ends_with(" 0"))
+            .then_some(())
+    });
+    assert!(flushed.is_some(), "{}", gw.metrics());
+}
