@@ -46,24 +46,8 @@ def log(msg: str) -> None:
     print(f"[global-limits {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def wait_for(what: str, deadline: float, f):
-    while time.monotonic() < deadline:
-        try:
-            v = f()
-            if v:
-                return v
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
-def metric(admin: str, name: str) -> float:
-    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=2) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[-1])
-    return 0.0
 
 
 def gateway_yaml(sim_port: int, limit: int, unit: str) -> str:
@@ -119,7 +103,7 @@ def run(bins: dict, work: Path, redis_port: int | None, limit: int, unit: str, r
     sim_port = C.free_port()
     procs = [C.PROCS.start([bins["shardgate-sim"], "--host", "127.0.0.1", "--port", str(sim_port),
                             "--model", "m"], d / "sim.log")]
-    wait_for("the sim", time.monotonic() + 20,
+    C.wait_for("the sim", time.monotonic() + 20,
              lambda: urllib.request.urlopen(f"http://127.0.0.1:{sim_port}/health", timeout=1).status == 200)
     cfg = d / "gw.yaml"
     cfg.write_text(gateway_yaml(sim_port, limit, unit))
@@ -132,13 +116,13 @@ def run(bins: dict, work: Path, redis_port: int | None, limit: int, unit: str, r
         if redis_port:
             cmd += ["--rate-limit-redis", f"redis://127.0.0.1:{redis_port}"]
         procs.append(C.PROCS.start(cmd, d / f"gw-{i}.log", env=dict(C.os.environ, RUST_LOG="warn")))
-        info = wait_for(f"gateway {i}", time.monotonic() + 20,
+        info = C.wait_for(f"gateway {i}", time.monotonic() + 20,
                         lambda ready=ready: ready.exists() and json.loads(ready.read_text()))
         gws.append((port, info["admin"]))
     if redis_port:
         for _, admin in gws:
-            wait_for("the replicas' heartbeats", time.monotonic() + 20,
-                     lambda admin=admin: metric(admin, "gateway_rate_limit_redis_replicas") == replicas)
+            C.wait_for("the replicas' heartbeats", time.monotonic() + 20,
+                     lambda admin=admin: (C.metric(admin, "gateway_rate_limit_redis_replicas ") or 0) == replicas)
     counts = {"ok": 0, "limited": 0, "other": 0}
     lock = threading.Lock()
     start = time.monotonic()
@@ -150,8 +134,8 @@ def run(bins: dict, work: Path, redis_port: int | None, limit: int, unit: str, r
     for t in threads:
         t.join()
     elapsed = time.monotonic() - start
-    trips = sum(metric(a, "gateway_rate_limit_redis_round_trips_total") for _, a in gws)
-    waits = sum(metric(a, "gateway_rate_limit_redis_waits_total") for _, a in gws)
+    trips = sum((C.metric(a, "gateway_rate_limit_redis_round_trips_total ") or 0) for _, a in gws)
+    waits = sum((C.metric(a, "gateway_rate_limit_redis_waits_total ") or 0) for _, a in gws)
     for p in procs:
         C.PROCS.stop(p)
     period = PERIOD[unit]
@@ -185,7 +169,7 @@ def main() -> int:
     redis_port = C.free_port()
     C.PROCS.start([redis, "--bind", "127.0.0.1", "--port", str(redis_port), "--save", "",
                    "--appendonly", "no", "--dir", str(work)], work / "redis.log")
-    wait_for("redis-server", time.monotonic() + 20,
+    C.wait_for("redis-server", time.monotonic() + 20,
              lambda: C.socket.create_connection(("127.0.0.1", redis_port), timeout=1).close() or True)
     limits = [(10, "minute"), (600, "minute"), (100, "second")]
     if a.quick:

@@ -64,24 +64,8 @@ def gateway_yaml(warm_port: int, fresh_port: int, prewarm: bool) -> str:
         "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 8000}]}]\n") + slices
 
 
-def wait_for(what: str, deadline: float, f):
-    while time.monotonic() < deadline:
-        try:
-            v = f()
-            if v:
-                return v
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
-def metric(admin: str, line_start: str) -> float | None:
-    with urllib.request.urlopen(f"http://{admin}/metrics", timeout=2) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(line_start):
-                return float(line.split()[-1])
-    return None
 
 
 def one_request(port: int, out: list, i: int) -> None:
@@ -115,7 +99,7 @@ def run(bins: dict, work: Path, prewarm: bool, cold_ms: int, rate: float, secs: 
         sims.append(C.PROCS.start([bins["shardgate-sim"], "--host", "127.0.0.1", "--port", str(port),
                                    "--model", "m", "--cold-start-ms", str(cold)], d / f"sim-{port}.log"))
     for port in (warm_port, fresh_port):
-        wait_for(f"sim {port}", time.monotonic() + 20,
+        C.wait_for(f"sim {port}", time.monotonic() + 20,
                  lambda port=port: urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).status == 200)
     cfg = d / "gw.yaml"
     cfg.write_text(gateway_yaml(warm_port, fresh_port, prewarm))
@@ -123,11 +107,11 @@ def run(bins: dict, work: Path, prewarm: bool, cold_ms: int, rate: float, secs: 
     gw = C.PROCS.start([bins["shardgate"], "serve", "-c", str(cfg), "--shards", "1", "--bind", "127.0.0.1",
                         "--listen-port", str(gw_port), "--admin-addr", "127.0.0.1:0", "--ready-file", str(ready)],
                        d / "gw.log", env=dict(C.os.environ, RUST_LOG="warn"))
-    info = wait_for("the gateway", time.monotonic() + 20, lambda: ready.exists() and json.loads(ready.read_text()))
+    info = C.wait_for("the gateway", time.monotonic() + 20, lambda: ready.exists() and json.loads(ready.read_text()))
     admin = info["admin"]
     if prewarm:
-        wait_for("the warm replica's warm-up", time.monotonic() + 20,
-                 lambda: metric(admin, f'gateway_endpoint_warm{{endpoint="127.0.0.1:{warm_port}",model="m"}}') == 1.0)
+        C.wait_for("the warm replica's warm-up", time.monotonic() + 20,
+                 lambda: C.metric(admin, f'gateway_endpoint_warm{{endpoint="127.0.0.1:{warm_port}",model="m"}}') == 1.0)
     n = int(rate * secs)
     out: list = [None] * n
     threads = []

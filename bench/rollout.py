@@ -47,16 +47,6 @@ def log(msg: str) -> None:
     print(f"[rollout {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def wait_for(what: str, deadline: float, f):
-    while time.monotonic() < deadline:
-        try:
-            v = f()
-            if v:
-                return v
-        except OSError:
-            pass
-        time.sleep(0.02)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def gateway_yaml(v1: int, v2: int, step: str) -> str:
@@ -106,7 +96,7 @@ def run(bins: dict, work: Path, name: str, canary_flags: list[str], rate: float,
                            + (canary_flags if m == "m-v2" else []), d / f"sim-{m}.log")
              for p, m in ((v1, "m-v1"), (v2, "m-v2"))]
     for p in (v1, v2):
-        wait_for(f"sim {p}", time.monotonic() + 20,
+        C.wait_for(f"sim {p}", time.monotonic() + 20,
                  lambda p=p: urllib.request.urlopen(f"http://127.0.0.1:{p}/health", timeout=1).status == 200)
     cfg = d / "gw.yaml"
     cfg.write_text(gateway_yaml(v1, v2, step))
@@ -115,7 +105,7 @@ def run(bins: dict, work: Path, name: str, canary_flags: list[str], rate: float,
                                 "127.0.0.1", "--listen-port", str(gw_port), "--admin-addr", "127.0.0.1:0",
                                 "--ready-file", str(ready), "--models-interval", "1s"],
                                d / "gw.log", env=dict(C.os.environ, RUST_LOG="warn")))
-    admin = wait_for("the gateway", time.monotonic() + 20,
+    admin = C.wait_for("the gateway", time.monotonic() + 20,
                      lambda: ready.exists() and json.loads(ready.read_text()))["admin"]
 
     def endpoints_known():
@@ -127,7 +117,7 @@ def run(bins: dict, work: Path, name: str, canary_flags: list[str], rate: float,
         with urllib.request.urlopen(f"http://{admin}/debug/rollouts", timeout=2) as r:
             return json.loads(r.read())["rollouts"][0]
 
-    wait_for("the models polls", time.monotonic() + 20, endpoints_known)
+    C.wait_for("the models polls", time.monotonic() + 20, endpoints_known)
     out: list = [None] * int(rate * limit_s)
     threads = []
     start = time.monotonic()

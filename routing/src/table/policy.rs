@@ -317,17 +317,9 @@ impl Builder<'_, '_> {
                 ),
                 _ => continue,
             };
-            let pool = format!("{}/{}", meta.namespace, pool_ref.name);
-            if !known.contains(&pool) {
-                self.errors.push(ConfigError::at(
-                    meta,
-                    "spec.poolRef.name",
-                    format!(
-                        "InferencePool {pool} not found: define it, or name it in an HTTPRoute backendRef"
-                    ),
-                ));
+            let Some(pool) = self.known_pool(&known, meta, &pool_ref.name) else {
                 continue;
-            }
+            };
             let map = if is_model {
                 &mut out.models
             } else {
@@ -355,6 +347,28 @@ impl Builder<'_, '_> {
             });
         }
         out
+    }
+
+    /// `namespace/name` of the pool a `poolRef` in `meta`'s namespace names,
+    /// when it is one of `known`; else an error on `spec.poolRef.name`.
+    pub(super) fn known_pool(
+        &mut self,
+        known: &HashSet<String>,
+        meta: &crate::config::DocMeta,
+        name: &str,
+    ) -> Option<String> {
+        let pool = format!("{}/{}", meta.namespace, name);
+        if known.contains(&pool) {
+            return Some(pool);
+        }
+        self.errors.push(ConfigError::at(
+            meta,
+            "spec.poolRef.name",
+            format!(
+                "InferencePool {pool} not found: define it, or name it in an HTTPRoute backendRef"
+            ),
+        ));
+        None
     }
 
     /// `namespace/name` of every pool: InferencePool documents, and pools some

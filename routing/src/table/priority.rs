@@ -50,13 +50,25 @@ impl Priorities {
         pools: &[String],
         namespace: &str,
     ) -> Option<&'a PriorityEntry> {
+        Self::pick_by(entries, pools, namespace, |e| (&e.pool, &e.namespace))
+    }
+
+    /// [`Self::pick`] over any per-pool entries; `key` gives an entry's
+    /// (pool, namespace): the lone entry, else the one whose pool the rule
+    /// routes to, else the one in the route's namespace, else the first.
+    pub(crate) fn pick_by<'a, T>(
+        entries: &'a [T],
+        pools: &[String],
+        namespace: &str,
+        key: impl Fn(&T) -> (&String, &String),
+    ) -> Option<&'a T> {
         match entries {
             [] => None,
             [only] => Some(only),
             _ => entries
                 .iter()
-                .find(|e| pools.contains(&e.pool))
-                .or_else(|| entries.iter().find(|e| e.namespace == namespace))
+                .find(|e| pools.contains(key(e).0))
+                .or_else(|| entries.iter().find(|e| key(e).1 == namespace))
                 .or(entries.first()),
         }
     }

@@ -82,15 +82,7 @@ impl RoutingTable {
             Some(r) => (r.pools, r.route.split('/').next().unwrap_or("")),
             None => (&[], ""),
         };
-        match entries.as_slice() {
-            [] => None,
-            [only] => Some(only),
-            _ => entries
-                .iter()
-                .find(|e| pools.contains(&e.pool))
-                .or_else(|| entries.iter().find(|e| e.namespace == namespace))
-                .or(entries.first()),
-        }
+        Priorities::pick_by(entries, pools, namespace, |e| (&e.pool, &e.namespace))
     }
 
     /// Every `ModelRollout`, in file order (the gateway runs one controller
@@ -188,17 +180,9 @@ impl Builder<'_, '_> {
                 }
                 _ => continue,
             };
-            let pool = format!("{}/{}", meta.namespace, pool_ref.name);
-            if !known_pools.contains(&pool) {
-                self.errors.push(ConfigError::at(
-                    meta,
-                    "spec.poolRef.name",
-                    format!(
-                        "InferencePool {pool} not found: define it, or name it in an HTTPRoute backendRef"
-                    ),
-                ));
+            let Some(pool) = self.known_pool(known_pools, meta, &pool_ref.name) else {
                 continue;
-            }
+            };
             let source = meta.label();
             for (model, field, targets, rollout) in add {
                 let entries = out.by_model.entry(model.clone()).or_default();
