@@ -35,6 +35,6 @@ pub use config::{
 pub use duration::parse_duration;
 pub use model::{extract_model, extract_model_strict, ModelError};
 pub use table::{
-    BackendGroup, EndpointInfo, ListenerInfo, RequestView, RouteMatch, RoutingTable, RuleAction,
-    RuleSummary, TlsCertificate, Warning, MODEL_HEADER, MODEL_TYPE_HEADER,
+    BackendGroup, BackendTls, EndpointInfo, ListenerInfo, RequestView, RouteMatch, RoutingTable,
+    RuleAction, RuleSummary, TlsCertificate, Warning, MODEL_HEADER, MODEL_TYPE_HEADER,
 };
