@@ -11,11 +11,13 @@
 //! logged. Each fetch is bounded by [`FETCH_TIMEOUT`] (5 s) and
 //! [`crate::upstream::MAX_BODY`].
 //!
-//! Only `http://` URIs are fetched today: an `https://` one (as the default
-//! `<issuer>/.well-known/jwks.json` of an https issuer is) is logged once and
-//! its provider stays without keys (every token 401 `no_keys`) until upstream
-//! TLS lands. A host name is resolved (blocking) on the control thread at each
-//! fetch.
+//! `http://` and `https://` URIs are fetched. An `https://` server is
+//! verified as a backend under a `BackendTLSPolicy` is ([`crate::upstream_tls`]):
+//! SNI and the verified name are the URI's host, trusted roots are Mozilla's
+//! (`webpki-roots`) plus the certificates of `--jwks-ca-file` when given (a
+//! private CA); a failed verification is a failed fetch (logged, the last key
+//! set kept). A host name is resolved (blocking) on the control thread at
+//! each fetch.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use monoio::time::Instant;
 
 use crate::jwt::{Authenticator, KeySet, KeySource};
 use crate::upstream::{connect, exchange_whole};
+use crate::upstream_tls::{add_pem, system_roots, UpstreamTls};
 
 /// How often a loop checks for a shard's refetch request (50 ms).
 pub const POLL: Duration = Duration::from_millis(50);
@@ -33,22 +36,29 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Wait before retrying a failed fetch when no shard asks sooner (30 s).
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
-/// An `http://host[:port]/path` URI, split.
+/// An `http[s]://host[:port]/path` URI, split.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HttpUri<'a> {
+    /// `https://`.
+    pub tls: bool,
     /// `host[:port]`, for `Host`.
     pub authority: &'a str,
     /// Host alone (brackets kept off an IPv6 literal).
     pub host: &'a str,
-    /// Port (80 when absent).
+    /// Port (80, or 443 for `https://`, when absent).
     pub port: u16,
     /// Path and query, `/` when absent.
     pub path: &'a str,
 }
 
-/// Split an `http://` URI; `None` for another scheme or a malformed one.
+/// Split an `http://` or `https://` URI; `None` for another scheme or a
+/// malformed one.
 pub fn parse_http_uri(uri: &str) -> Option<HttpUri<'_>> {
-    let rest = uri.strip_prefix("http://")?;
+    let (tls, rest) = match uri.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, uri.strip_prefix("http://")?),
+    };
+    let default_port = if tls { 443 } else { 80 };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -61,19 +71,20 @@ pub fn parse_http_uri(uri: &str) -> Option<HttpUri<'_>> {
             let (h, after) = v6.split_once(']')?;
             match after.strip_prefix(':') {
                 Some(p) => (h, p.parse().ok()?),
-                None if after.is_empty() => (h, 80),
+                None if after.is_empty() => (h, default_port),
                 None => return None,
             }
         }
         None => match authority.split_once(':') {
             Some((h, p)) => (h, p.parse().ok()?),
-            None => (authority, 80),
+            None => (authority, default_port),
         },
     };
     if host.is_empty() {
         return None;
     }
     Some(HttpUri {
+        tls,
         authority,
         host,
         port,
@@ -81,16 +92,30 @@ pub fn parse_http_uri(uri: &str) -> Option<HttpUri<'_>> {
     })
 }
 
-/// Start one fetch loop per remote provider on the current (control) runtime.
-pub fn spawn_all(auth: &Arc<Authenticator>) {
+/// The roots `https://` JWK set servers are verified against: Mozilla's,
+/// plus every certificate of the PEM file `ca_file` when given (`Err` names
+/// the file).
+pub fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = system_roots();
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("--jwks-ca-file {}: {e}", path.display()))?;
+        add_pem(&mut roots, &pem).map_err(|e| format!("--jwks-ca-file {}: {e}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// Start one fetch loop per remote provider on the current (control)
+/// runtime; `https://` servers are verified against `roots`.
+pub fn spawn_all(auth: &Arc<Authenticator>, roots: &Arc<rustls::RootCertStore>) {
     for (i, p) in auth.providers().enumerate() {
         if matches!(p.source(), KeySource::Remote { .. }) {
-            monoio::spawn(fetch_loop(auth.clone(), i));
+            monoio::spawn(fetch_loop(auth.clone(), i, roots.clone()));
         }
     }
 }
 
-async fn fetch_loop(auth: Arc<Authenticator>, index: usize) {
+async fn fetch_loop(auth: Arc<Authenticator>, index: usize, roots: Arc<rustls::RootCertStore>) {
     let Some(provider) = auth.providers().nth(index) else {
         return;
     };
@@ -99,12 +124,24 @@ async fn fetch_loop(auth: Arc<Authenticator>, index: usize) {
     };
     let refresh = (*refresh).max(Duration::from_secs(1));
     let Some(target) = parse_http_uri(uri) else {
-        tracing::warn!(provider = %provider.name, uri = %uri, "remoteJWKS: only http:// URIs are fetched until upstream TLS lands; tokens of this provider are refused (401 no_keys)");
+        tracing::warn!(provider = %provider.name, uri = %uri, "remoteJWKS: not an http:// or https:// URI; tokens of this provider are refused (401 no_keys)");
         return;
+    };
+    let tls = if target.tls {
+        let origin = format!("remoteJWKS of provider {}", provider.name);
+        match UpstreamTls::new(target.host, (*roots).clone(), &[], origin) {
+            Ok(t) => Some(Arc::new(t)),
+            Err(e) => {
+                tracing::warn!(provider = %provider.name, uri = %uri, error = %e, "remoteJWKS: cannot set up TLS; tokens of this provider are refused (401 no_keys)");
+                return;
+            }
+        }
+    } else {
+        None
     };
     let mut req = Vec::new();
     loop {
-        let next = match fetch(&target, &mut req).await {
+        let next = match fetch(&target, tls.as_ref(), &mut req).await {
             Ok(set) => {
                 tracing::info!(provider = %provider.name, keys = set.len(), "remoteJWKS fetched");
                 provider.store_keys(set);
@@ -124,14 +161,18 @@ async fn fetch_loop(auth: Arc<Authenticator>, index: usize) {
     }
 }
 
-async fn fetch(target: &HttpUri<'_>, req: &mut Vec<u8>) -> Result<KeySet, String> {
+async fn fetch(
+    target: &HttpUri<'_>,
+    tls: Option<&Arc<UpstreamTls>>,
+    req: &mut Vec<u8>,
+) -> Result<KeySet, String> {
     let addr: SocketAddr = (target.host, target.port)
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
         .next()
         .ok_or_else(|| format!("{} resolves to no address", target.host))?;
     let deadline = Instant::now() + FETCH_TIMEOUT;
-    let conn = connect(addr, FETCH_TIMEOUT)
+    let conn = connect(addr, FETCH_TIMEOUT, tls)
         .await
         .map_err(|e| e.message().to_string())?;
     req.clear();
@@ -161,11 +202,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn http_uris_split() {
+    fn http_and_https_uris_split() {
         let u = parse_http_uri("http://127.0.0.1:8080/jwks?x=1");
         assert_eq!(
             u,
             Some(HttpUri {
+                tls: false,
                 authority: "127.0.0.1:8080",
                 host: "127.0.0.1",
                 port: 8080,
@@ -176,7 +218,11 @@ mod tests {
         assert_eq!(u, Some(("auth.example", 80, "/")));
         let u = parse_http_uri("http://[::1]:9/k").map(|u| (u.host, u.port));
         assert_eq!(u, Some(("::1", 9)));
-        assert_eq!(parse_http_uri("https://auth.example/jwks"), None);
+        let u = parse_http_uri("https://auth.example/jwks").map(|u| (u.tls, u.host, u.port));
+        assert_eq!(u, Some((true, "auth.example", 443)));
+        let u = parse_http_uri("https://127.0.0.1:8443").map(|u| (u.tls, u.port, u.path));
+        assert_eq!(u, Some((true, 8443, "/")));
+        assert_eq!(parse_http_uri("ftp://auth.example/jwks"), None);
         assert_eq!(parse_http_uri("http://u:p@h/jwks"), None);
         assert_eq!(parse_http_uri("http:///jwks"), None);
         assert_eq!(parse_http_uri("http://h:notaport/"), None);

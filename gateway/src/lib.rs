@@ -82,6 +82,7 @@ pub mod state;
 pub mod throttle;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -359,16 +360,27 @@ pub fn start(
         (control, None)
     };
     let control = Arc::new(control);
-    let endpoint_addrs: Vec<SocketAddr> = loaded.table.endpoints().iter().map(|e| e.addr).collect();
+    let upstream_tls =
+        upstream_tls::for_endpoints(loaded.table.endpoints()).map_err(|e| vec![e])?;
+    let endpoint_targets: Vec<(SocketAddr, Option<Arc<upstream_tls::UpstreamTls>>)> = loaded
+        .table
+        .endpoints()
+        .iter()
+        .zip(upstream_tls)
+        .map(|(e, tls)| (e.addr, tls))
+        .collect();
+    let jwks_roots =
+        Arc::new(jwks_fetch::roots(run.limits.jwks_ca_file.as_deref()).map_err(|e| vec![e])?);
     let auth = Arc::new(
         jwt::Authenticator::build(&loaded.table, settings.jwt_leeway).map_err(|e| vec![e])?,
     );
     control::spawn(
         control.clone(),
-        endpoint_addrs,
+        endpoint_targets,
         specs,
         share_inbox,
         auth.clone(),
+        jwks_roots,
     )
     .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
     let config_status = Arc::new(reload::ConfigStatus::new(

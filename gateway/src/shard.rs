@@ -224,7 +224,10 @@ impl Shard {
         };
         match pooled {
             Some(c) => Ok(c),
-            None => connect(self.addr(ep), self.state.settings.connect_timeout).await,
+            None => {
+                let tls = self.state.upstream_tls.get(ep).and_then(Option::as_ref);
+                connect(self.addr(ep), self.state.settings.connect_timeout, tls).await
+            }
         }
     }
 

@@ -12,8 +12,21 @@
 //! go out in the head's write, larger ones in a second write; a proxied
 //! exchange starts watching the client for a disconnect only after
 //! [`WATCH_AFTER`] (10 ms); whole responses are bounded by [`MAX_BODY`] (8 MiB).
+//!
+//! TLS: an endpoint that a `BackendTLSPolicy` covers is connected with its
+//! [`UpstreamTls`] ([`crate::upstream_tls`]): the handshake runs inside
+//! [`connect`], within the same connect timeout, and a failure is an
+//! [`Kind::Tls`] error (a connect failure: retried elsewhere, the endpoint
+//! ejected) whose message says why ("TLS: certificate not valid for …").
+//! [`UpstreamStream`] is then the rustls client connection driven over the
+//! socket ([`crate::tls::TlsStream`], the listeners' driver); everything else
+//! (pool, keep-alive, exchanges, streaming) is the same for both. The plain
+//! variant costs one `match` per read or write, nothing allocated; a TLS
+//! connection allocates its state once, at connect. A peer's `close_notify`
+//! reads as end of file.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -25,11 +38,70 @@ use shardgate_routing::MODEL_HEADER;
 use shardgate_runtime::io::{peer_state, read_into, PeerState};
 
 use crate::error::{UpstreamError, UpstreamErrorKind as Kind};
+use crate::tls::{HandshakeError, TlsStream};
+use crate::upstream_tls::{describe, UpstreamTls};
+
+/// The byte stream to an endpoint: the socket, or TLS over it.
+pub enum UpstreamStream {
+    /// Plaintext HTTP/1.1.
+    Plain(TcpStream),
+    /// HTTP/1.1 over TLS (boxed: the rustls state is large, and allocated
+    /// once per connection).
+    Tls(Box<TlsStream<rustls::ClientConnection>>),
+}
+
+impl UpstreamStream {
+    /// The socket, for peeking.
+    #[inline]
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(s) => s,
+            UpstreamStream::Tls(t) => t.tcp(),
+        }
+    }
+
+    /// Whether it is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, UpstreamStream::Tls(_))
+    }
+
+    /// Read once, appending (plaintext) to `buf`; 0 = end of file.
+    #[inline]
+    pub async fn read_into(&mut self, buf: BytesMut) -> (std::io::Result<usize>, BytesMut) {
+        match self {
+            UpstreamStream::Plain(s) => read_into(s, buf).await,
+            UpstreamStream::Tls(t) => t.read_plain(buf, None).await,
+        }
+    }
+
+    /// Write all of `buf`, which comes back.
+    #[inline]
+    async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        match self {
+            UpstreamStream::Plain(s) => {
+                let (r, b) = s.write_all(buf).await;
+                (r.map(|_| ()), b)
+            }
+            UpstreamStream::Tls(t) => {
+                let r = t.write_all_plain(&buf).await;
+                (r, buf)
+            }
+        }
+    }
+
+    /// Write all of `body`.
+    async fn write_bytes(&mut self, body: &Bytes) -> std::io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.write_all(body.clone()).await.0.map(|_| ()),
+            UpstreamStream::Tls(t) => t.write_all_plain(body).await,
+        }
+    }
+}
 
 /// A connection to an endpoint with its read buffer.
 pub struct UpstreamConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, or TLS over it.
+    pub stream: UpstreamStream,
     /// Bytes read but not consumed.
     pub buf: BytesMut,
     /// When it went idle (for the pool's idle timeout).
@@ -39,19 +111,49 @@ pub struct UpstreamConn {
     pub reused: bool,
 }
 
-/// Open a fresh connection to `addr` within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, UpstreamError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(UpstreamConn {
-                stream,
-                buf: BytesMut::with_capacity(16 * 1024),
-                idle_since: Instant::now(),
-                reused: false,
-            })
+/// Open a fresh connection to `addr` within `timeout`; over TLS with `tls`
+/// (the handshake counts against the same timeout).
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&Arc<UpstreamTls>>,
+) -> Result<UpstreamConn, UpstreamError> {
+    let open = async {
+        let stream = TcpStream::connect_addr(addr)
+            .await
+            .map_err(|_| UpstreamError::new(Kind::Connect, "connection refused"))?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(UpstreamStream::Plain(stream));
+        };
+        let conn = tls.connection().map_err(|e| {
+            tracing::warn!(endpoint = %addr, origin = %tls.origin, error = %e, "TLS setup failed");
+            UpstreamError::new(Kind::Tls, "TLS: handshake failed")
+        })?;
+        match crate::tls::connect(stream, conn).await {
+            Ok(s) => Ok(UpstreamStream::Tls(Box::new(s))),
+            Err(e) => {
+                let why = match &e {
+                    HandshakeError::Tls(t) => describe(t),
+                    _ => "TLS: handshake failed (does the backend speak TLS?)",
+                };
+                tracing::warn!(endpoint = %addr, origin = %tls.origin, error = ?e, "{why}");
+                Err(UpstreamError::new(Kind::Tls, why))
+            }
         }
-        Ok(Err(_)) => Err(UpstreamError::new(Kind::Connect, "connection refused")),
+    };
+    match monoio::time::timeout(timeout, open).await {
+        Ok(Ok(stream)) => Ok(UpstreamConn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            idle_since: Instant::now(),
+            reused: false,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) if tls.is_some() => Err(UpstreamError::new(
+            Kind::Connect,
+            "connect or TLS handshake timed out",
+        )),
         Err(_) => Err(UpstreamError::new(Kind::Connect, "connect timed out")),
     }
 }
@@ -88,7 +190,7 @@ impl ConnPool {
             // stale. Checked (one syscall) only on connections idle long enough
             // for a server's keep-alive timer to matter; a busy connection that
             // turns out stale is retried once on a fresh one anyway.
-            if age >= PEEK_AFTER_IDLE && peer_state(&c.stream) != PeerState::Idle {
+            if age >= PEEK_AFTER_IDLE && peer_state(c.stream.tcp()) != PeerState::Idle {
                 continue;
             }
             return Some(c);
@@ -299,7 +401,7 @@ pub async fn read_watched(
     watch: &mut bool,
 ) -> Watched {
     let buf = std::mem::take(&mut conn.buf);
-    let read = read_into(&mut conn.stream, buf);
+    let read = conn.stream.read_into(buf);
     let mut read = std::pin::pin!(read);
     let sleep = monoio::time::sleep_until(deadline);
     let mut sleep = std::pin::pin!(sleep);
@@ -366,8 +468,7 @@ pub async fn send_and_read_head(
         });
     }
     if let Some(body) = tail.filter(|b| !b.is_empty()) {
-        let (res, _) = conn.stream.write_all(body.clone()).await;
-        if res.is_err() {
+        if conn.stream.write_bytes(body).await.is_err() {
             return Err(UpstreamError::new(
                 Kind::Closed,
                 "connection reset while sending the body",
@@ -510,20 +611,39 @@ pub async fn exchange_whole(
     }
 }
 
+/// An endpoint as the control thread reaches it: its address, over TLS when
+/// a `BackendTLSPolicy` covers it.
+#[derive(Clone)]
+pub struct Target {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its TLS settings; `None` = plaintext.
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+impl Target {
+    /// A fresh keep-alive client to it.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr, self.tls.clone())
+    }
+}
+
 /// A keep-alive client to one endpoint for the control thread (scrapes, health
 /// checks): connects lazily, reconnects after any error, retries once on a fresh
 /// connection when a kept-alive one turns out stale.
 pub struct Client {
     addr: SocketAddr,
+    tls: Option<Arc<UpstreamTls>>,
     conn: Option<UpstreamConn>,
     req: Vec<u8>,
 }
 
 impl Client {
-    /// A client for `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
+    /// A client for `addr`, over TLS with `tls`.
+    pub fn new(addr: SocketAddr, tls: Option<Arc<UpstreamTls>>) -> Self {
         Client {
             addr,
+            tls,
             conn: None,
             req: Vec::new(),
         }
@@ -560,7 +680,7 @@ impl Client {
                 Some(c) => c,
                 None => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    connect(self.addr, left).await?
+                    connect(self.addr, left, self.tls.as_ref()).await?
                 }
             };
             // The request bytes come back from the write: a stale retry resends them.

@@ -84,6 +84,9 @@ struct Listeners<'c> {
     listener_group: Vec<usize>,
 }
 
+/// The BackendTLSPolicies that target one Service: (`sectionName`, policy).
+pub(super) type PolicyTargets = Vec<(Option<String>, Arc<BackendTls>)>;
+
 /// The state of one build: what it found so far, and the config's endpoint
 /// sources indexed once.
 pub(super) struct Builder<'c, 'r> {
@@ -108,7 +111,7 @@ pub(super) struct Builder<'c, 'r> {
     pub(super) referenced_pools: HashSet<String>,
     /// (namespace, Service name) → the BackendTLSPolicies that target it:
     /// (`sectionName`, the resolved policy), policies in `namespace/name` order.
-    pub(super) backend_tls: HashMap<(String, String), Vec<(Option<String>, Arc<BackendTls>)>>,
+    pub(super) backend_tls: HashMap<(String, String), PolicyTargets>,
     /// Steps of endpoint resolution (slices and endpoints visited): what the
     /// scaling test counts to prove resolution linear.
     pub(super) work: u64,
