@@ -137,7 +137,9 @@ pub async fn connect(
                     HandshakeError::Tls(t) => describe(t),
                     _ => "TLS: handshake failed (does the backend speak TLS?)",
                 };
-                tracing::warn!(endpoint = %addr, origin = %tls.origin, error = ?e, "{why}");
+                // The caller logs `why` (rate-limited where it repeats); the
+                // details (names expected and presented) are for debugging.
+                tracing::debug!(endpoint = %addr, origin = %tls.origin, error = ?e, "{why}");
                 Err(UpstreamError::new(Kind::Tls, why))
             }
         }

@@ -167,6 +167,10 @@ pub fn describe(e: &rustls::Error) -> &'static str {
                 "TLS: certificate not valid for the name the BackendTLSPolicy verifies"
             }
             CertificateError::UnknownIssuer => "TLS: certificate signed by an unknown CA",
+            // An issuer named like a trusted CA whose key did not sign it.
+            CertificateError::BadSignature => {
+                "TLS: certificate signed by an unknown CA (its signature does not verify)"
+            }
             CertificateError::Expired
             | CertificateError::ExpiredContext { .. }
             | CertificateError::NotValidYet
