@@ -241,3 +241,158 @@ impl ServerCertVerifier for AltNames {
         self.inner.supported_verify_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::{ServerConfig, ServerConnection};
+
+    struct Ca {
+        key: KeyPair,
+        cert: rcgen::Certificate,
+    }
+
+    fn ca(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let cert = p.self_signed(&key).unwrap();
+        Ca { key, cert }
+    }
+
+    /// A server configuration with a leaf for `names` signed by `ca`.
+    fn server(ca: &Ca, names: &[&str]) -> Arc<ServerConfig> {
+        let key = KeyPair::generate().unwrap();
+        let p = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .unwrap();
+        let cert = p.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        Arc::new(cfg)
+    }
+
+    fn policy(ca: &Ca, hostname: &str, alt: &[&str]) -> BackendTls {
+        BackendTls {
+            policy: "ns/p".into(),
+            hostname: hostname.into(),
+            ca_bundles: vec![("ConfigMap ns/ca".into(), ca.cert.pem())],
+            system_roots: false,
+            subject_alt_names: alt.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Run a handshake in memory; the client's verdict.
+    fn handshake(tls: &UpstreamTls, server: Arc<ServerConfig>) -> Result<(), rustls::Error> {
+        let mut c = tls.connection().unwrap();
+        let mut s = ServerConnection::new(server).unwrap();
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                s.read_tls(&mut &buf[..]).unwrap();
+                // The server's own errors follow the client's alert.
+                let _ = s.process_new_packets();
+            }
+            buf.clear();
+            while s.wants_write() {
+                s.write_tls(&mut buf).unwrap();
+            }
+            if !buf.is_empty() {
+                c.read_tls(&mut &buf[..]).unwrap();
+                c.process_new_packets()?;
+            }
+            if !c.is_handshaking() {
+                assert_eq!(c.alpn_protocol(), None, "the test server offers no ALPN");
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not finish");
+    }
+
+    #[test]
+    fn the_policy_name_and_ca_verify_and_failures_say_why() {
+        let a = ca("a");
+        let tls = UpstreamTls::from_policy(&policy(&a, "vllm.internal", &[])).unwrap();
+        assert_eq!(tls.config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        handshake(&tls, server(&a, &["vllm.internal"])).unwrap();
+        let e = handshake(&tls, server(&a, &["other.internal"])).unwrap_err();
+        assert_eq!(
+            describe(&e),
+            "TLS: certificate not valid for the name the BackendTLSPolicy verifies"
+        );
+        let e = handshake(&tls, server(&ca("b"), &["vllm.internal"])).unwrap_err();
+        assert_eq!(describe(&e), "TLS: certificate signed by an unknown CA");
+    }
+
+    #[test]
+    fn subject_alt_names_replace_the_hostname_in_verification() {
+        let a = ca("a");
+        let tls =
+            UpstreamTls::from_policy(&policy(&a, "sni.internal", &["x.internal", "y.internal"]))
+                .unwrap();
+        handshake(&tls, server(&a, &["y.internal"])).unwrap();
+        // Valid for the SNI name only: not enough once names are listed.
+        let e = handshake(&tls, server(&a, &["sni.internal"])).unwrap_err();
+        assert!(describe(&e).contains("not valid for the name"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_bundle_names_the_policy_and_config_map() {
+        let a = ca("a");
+        let mut p = policy(&a, "vllm.internal", &[]);
+        p.ca_bundles[0].1 =
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n".into();
+        let e = UpstreamTls::from_policy(&p).unwrap_err();
+        assert!(
+            e.starts_with("BackendTLSPolicy ns/p: ConfigMap ns/ca: ca.crt:"),
+            "{e}"
+        );
+        let mut p = policy(&a, "vllm.internal", &[]);
+        p.ca_bundles[0].1 = "no pem here".into();
+        let e = UpstreamTls::from_policy(&p).unwrap_err();
+        assert!(e.ends_with("no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn endpoints_of_one_policy_share_one_configuration() {
+        let a = ca("a");
+        let p = Arc::new(policy(&a, "vllm.internal", &[]));
+        let ep = |port: u16, tls: Option<Arc<BackendTls>>| EndpointInfo {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            backend: "ns/vllm".into(),
+            node: None,
+            tls,
+        };
+        let eps = [ep(1, Some(p.clone())), ep(2, None), ep(3, Some(p))];
+        let out = for_endpoints(&eps).unwrap();
+        assert!(out[1].is_none());
+        let (first, third) = (out[0].as_ref().unwrap(), out[2].as_ref().unwrap());
+        assert!(Arc::ptr_eq(first, third));
+        assert_eq!(first.origin, "BackendTLSPolicy ns/p");
+    }
+
+    #[test]
+    fn system_roots_are_mozillas() {
+        assert!(system_roots().len() > 100);
+        let p = BackendTls {
+            system_roots: true,
+            ca_bundles: Vec::new(),
+            ..policy(&ca("a"), "api.example.com", &[])
+        };
+        UpstreamTls::from_policy(&p).unwrap();
+    }
+}

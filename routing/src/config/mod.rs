@@ -117,8 +117,8 @@ pub enum Resource {
     Secret(Secret),
     /// `v1` `ConfigMap` (CA bundles of `BackendTLSPolicy`).
     ConfigMap(ConfigMap),
-    /// `gateway.networking.k8s.io` `BackendTLSPolicy` (parsed and validated;
-    /// upstream TLS not enforced yet).
+    /// `gateway.networking.k8s.io` `BackendTLSPolicy` (the endpoints of the
+    /// Services it targets are reached over TLS).
     BackendTlsPolicy(BackendTlsPolicy),
     /// `ai.gateway.io/v1alpha1` `InferenceConfig`.
     InferenceConfig(InferenceConfig),
@@ -126,7 +126,7 @@ pub enum Resource {
     InferencePolicy(InferencePolicy),
     /// `ai.gateway.io/v1alpha1` `BatchingPolicy`.
     BatchingPolicy(BatchingPolicy),
-    /// The seed's `SecurityPolicy` (JWT authentication enforced; rate limits not yet).
+    /// The seed's `SecurityPolicy` (JWT authentication and rate limits).
     SecurityPolicy(SecurityPolicy),
     /// `monitoring.coreos.com/v1` `ServiceMonitor` (not enforced).
     ServiceMonitor(ServiceMonitor),
@@ -243,7 +243,7 @@ const KINDS: &[KindSpec] = &[
         kind: "ConfigMap",
         api_versions: &["v1"],
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::ConfigMap),
     },
     KindSpec {
@@ -253,7 +253,7 @@ const KINDS: &[KindSpec] = &[
             "gateway.networking.k8s.io/v1alpha3",
         ],
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::BackendTlsPolicy),
     },
     KindSpec {
@@ -308,7 +308,7 @@ const KINDS: &[KindSpec] = &[
             "ai.gateway.io/v1alpha1",
         ],
         cluster_scoped: false,
-        enforced: PARTLY_SECURITY,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::SecurityPolicy),
     },
     KindSpec {
@@ -326,12 +326,6 @@ pub const ENFORCED: &str = "enforced";
 pub const NOT_ENFORCED: &str = "accepted, not enforced";
 /// Enforcement status of `InferenceModel`: its criticality acts, `targetModels` does not.
 pub const PARTLY_MODEL: &str = "partly enforced (criticality; targetModels accepted, not acted on)";
-
-/// Enforcement status of `SecurityPolicy`: its JWT authentication and its rate
-/// limits (per client, exact across shards) act; a JWKS behind `https://` is not
-/// fetched yet.
-pub const PARTLY_SECURITY: &str =
-    "partly enforced (authentication.jwt, rateLimit; https:// JWKS URIs not fetched yet)";
 
 /// Whether shardgate acts on `kind`, wholly or in part (see
 /// [`Config::enforcement_report`]); `None` for kinds it does not load at all.
