@@ -2,7 +2,8 @@
 //! serve HTTPS (`--tls-cert`/`--tls-key`) with certificates from a test CA
 //! (rcgen); the policy trusts that CA through a ConfigMap. Completions,
 //! streaming, keep-alive reuse of the upstream TLS connection (counted by the
-//! backend's accepted connections) and telemetry scrapes work over TLS; a
+//! backend's accepted connections), telemetry scrapes and batched calls work
+//! over TLS; a
 //! certificate for another name, one from an unknown CA, a plaintext backend
 //! under a policy and a TLS backend without a policy each fail fast with a 502
 //! that says why, and the `tls` error kind is counted.
@@ -193,6 +194,50 @@ fn a_plaintext_backend_under_a_policy_and_a_tls_backend_without_one_both_fail() 
     assert!(
         s["tls_handshake_failures_total"].as_u64().unwrap() >= 1,
         "{s}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn batched_calls_go_over_tls_too() {
+    let ca = TestCa::new();
+    let dir = temp_dir("shardgate-uptls");
+    let backend = https_sim("emb", &ca.leaf(&[HOST]), &dir, "emb");
+    let base = yaml(&ca.pem(), &[("emb", backend.addr(), true)]);
+    let linked = base.replacen(
+        "    backendRefs:\n",
+        "    filters:\n    - type: ExtensionRef\n      extensionRef: {group: ai.gateway.io, kind: BatchingPolicy, name: b}\n    backendRefs:\n",
+        1,
+    );
+    let cfg = format!(
+        "{linked}---\napiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata: {{name: b, namespace: default}}\nspec:\n  maxBatchSize: 32\n  maxLatency: 300ms\n  adaptiveBatching: {{enabled: false}}\n"
+    );
+    let gw = Gateway::start(&cfg, &[]);
+    let before = stats(&ca, backend.addr())["requests_total"]
+        .as_u64()
+        .unwrap();
+    let addr = gw.addr;
+    let n = 8;
+    let workers: Vec<_> = (0..n)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"model":"emb","input":["text {i}","more {i}"]}}"#);
+                let r = Client::connect(addr).post("/v1/embeddings", &body, &[]);
+                assert_eq!(r.status, 200, "{}", r.text());
+                r.json()["data"].as_array().map_or(0, Vec::len)
+            })
+        })
+        .collect();
+    for w in workers {
+        assert_eq!(w.join().unwrap(), 2, "each client gets its own two vectors");
+    }
+    let calls = stats(&ca, backend.addr())["requests_total"]
+        .as_u64()
+        .unwrap()
+        - before;
+    assert!(
+        (1..n as u64).contains(&calls),
+        "{calls} upstream calls for {n} requests: not batched"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
