@@ -33,8 +33,10 @@
 //! 5. [`attempt`] (pure): after each try — stale connection, connect failure,
 //!    503 before the first byte, timeout — retry fresh, pick again, deliver or
 //!    answer; ejections, 5xx streaks and the retry budget live there too;
-//! 6. [`upstream`]: the one client — pool, connect, request serialisation,
-//!    exchange — used by the proxy, batched calls and the control thread;
+//! 6. [`upstream`]: the one client — pool, connect (over TLS where a
+//!    BackendTLSPolicy asks, with [`upstream_tls`]'s settings), request
+//!    serialisation, exchange — used by the proxy, batched calls and the
+//!    control thread;
 //! 7. back in [`proxy`], the response streams to the client; [`metrics`] and
 //!    [`access_log`] record it.
 //!
@@ -43,7 +45,7 @@
 //! [`jwks_fetch`]), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`; [`redact`] masks
 //! credentials in `/debug/config`). The leaves — [`bodymem`], [`conns`],
-//! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`] — import no other module of the
+//! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`], [`upstream_tls`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
 #![forbid(unsafe_code)]
@@ -366,8 +368,8 @@ pub fn start(
         .table
         .endpoints()
         .iter()
-        .zip(upstream_tls)
-        .map(|(e, tls)| (e.addr, tls))
+        .zip(&upstream_tls)
+        .map(|(e, tls)| (e.addr, tls.clone()))
         .collect();
     let jwks_roots =
         Arc::new(jwks_fetch::roots(run.limits.jwks_ca_file.as_deref()).map_err(|e| vec![e])?);
@@ -452,6 +454,8 @@ pub fn start(
     let mut state =
         GatewayState::with_auth(loaded.table, settings, pick, auth).map_err(|e| vec![e])?;
     state.warmth = warmth;
+    // The control thread's settings: one session cache per policy for all.
+    state.upstream_tls = upstream_tls;
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let shard_shutdown = shutdown.clone();

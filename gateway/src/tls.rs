@@ -8,6 +8,12 @@
 //! buffer, written with the socket's cancelable write). No other runtime, no
 //! thread.
 //!
+//! The same driver carries the gateway's own TLS connections to backends
+//! under a `BackendTLSPolicy`: [`TlsStream`] is generic over the rustls side
+//! ([`TlsSide`]: `ServerConnection` here, `ClientConnection` for
+//! [`crate::upstream`], whose handshake is [`connect`]). A peer's
+//! `close_notify` reads as end of file on either side.
+//!
 //! The HTTP/1.1 front end (`proxy`) is generic over [`ClientStream`],
 //! implemented by the plain `TcpStream` (the same calls as before: the plain
 //! path costs nothing new) and by [`TlsStream`]; it is monomorphised for

@@ -295,8 +295,18 @@ mod tests {
 
     /// Run a handshake in memory; the client's verdict.
     fn handshake(tls: &UpstreamTls, server: Arc<ServerConfig>) -> Result<(), rustls::Error> {
+        session(tls, server).map(|_| ())
+    }
+
+    /// Run a handshake in memory, then hand the client what the server sent
+    /// after it (session tickets); the client connection.
+    fn session(
+        tls: &UpstreamTls,
+        server: Arc<ServerConfig>,
+    ) -> Result<ClientConnection, rustls::Error> {
         let mut c = tls.connection().unwrap();
         let mut s = ServerConnection::new(server).unwrap();
+        let mut done = false;
         for _ in 0..10 {
             let mut buf = Vec::new();
             while c.wants_write() {
@@ -315,10 +325,10 @@ mod tests {
                 c.read_tls(&mut &buf[..]).unwrap();
                 c.process_new_packets()?;
             }
-            if !c.is_handshaking() {
-                assert_eq!(c.alpn_protocol(), None, "the test server offers no ALPN");
-                return Ok(());
+            if done {
+                return Ok(c);
             }
+            done = !c.is_handshaking() && !s.is_handshaking();
         }
         panic!("the handshake did not finish");
     }
@@ -336,6 +346,20 @@ mod tests {
         );
         let e = handshake(&tls, server(&ca("b"), &["vllm.internal"])).unwrap_err();
         assert_eq!(describe(&e), "TLS: certificate signed by an unknown CA");
+    }
+
+    #[test]
+    fn a_second_connection_resumes_the_session() {
+        let a = ca("a");
+        let tls = UpstreamTls::from_policy(&policy(&a, "vllm.internal", &[])).unwrap();
+        let server = server(&a, &["vllm.internal"]);
+        let first = session(&tls, server.clone()).unwrap();
+        assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        let second = session(&tls, server).unwrap();
+        assert_eq!(
+            second.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
     }
 
     #[test]
