@@ -16,10 +16,12 @@
 //! SNI and the verified name are the URI's host, trusted roots are Mozilla's
 //! (`webpki-roots`) plus the certificates of `--jwks-ca-file` when given (a
 //! private CA); a failed verification is a failed fetch (logged, the last key
-//! set kept). A host name is resolved (blocking) on the control thread at
-//! each fetch.
+//! set kept). A host name is resolved at each fetch on a short-lived thread
+//! of its own (the control thread polls for the answer every [`DNS_POLL`],
+//! 10 ms, within [`FETCH_TIMEOUT`]): a slow resolver never stalls scrapes and
+//! health checks; an IP address needs no lookup.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +35,8 @@ use crate::upstream_tls::{add_pem, system_roots, UpstreamTls};
 pub const POLL: Duration = Duration::from_millis(50);
 /// Bound on one fetch: connect, request and whole response (5 s).
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the control thread looks for a host name's resolution (10 ms).
+pub const DNS_POLL: Duration = Duration::from_millis(10);
 /// Wait before retrying a failed fetch when no shard asks sooner (30 s).
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
@@ -166,11 +170,7 @@ async fn fetch(
     tls: Option<&Arc<UpstreamTls>>,
     req: &mut Vec<u8>,
 ) -> Result<KeySet, String> {
-    let addr: SocketAddr = (target.host, target.port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
-        .next()
-        .ok_or_else(|| format!("{} resolves to no address", target.host))?;
+    let addr = resolve(target.host, target.port).await?;
     let deadline = Instant::now() + FETCH_TIMEOUT;
     let conn = connect(addr, FETCH_TIMEOUT, tls)
         .await
@@ -197,9 +197,63 @@ async fn fetch(
     Ok(set)
 }
 
+/// The first address of `host:port`, looked up on a thread of its own
+/// (see the module doc).
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_owned();
+    std::thread::Builder::new()
+        .name("jwks-dns".into())
+        .spawn(move || {
+            let r = (name.as_str(), port)
+                .to_socket_addrs()
+                .map(|mut a| a.next());
+            let _ = tx.send(r);
+        })
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let deadline = Instant::now() + FETCH_TIMEOUT;
+    loop {
+        match rx.try_recv() {
+            Ok(Ok(Some(addr))) => return Ok(addr),
+            Ok(Ok(None)) => return Err(format!("{host} resolves to no address")),
+            Ok(Err(e)) => return Err(format!("cannot resolve {host}: {e}")),
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                return Err(format!("cannot resolve {host}"))
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) if Instant::now() >= deadline => {
+                return Err(format!("resolving {host} took over {FETCH_TIMEOUT:?}"))
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => monoio::time::sleep(DNS_POLL).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_need_no_lookup_and_names_resolve_off_the_thread() {
+        let r = shardgate_runtime::block_on(async {
+            (
+                resolve("127.0.0.1", 8443).await,
+                resolve("localhost", 80).await,
+                resolve("no-such-host.invalid", 80).await,
+            )
+        })
+        .expect("runtime");
+        assert_eq!(r.0, Ok(SocketAddr::from(([127, 0, 0, 1], 8443))));
+        assert!(
+            r.1.as_ref()
+                .is_ok_and(|a| a.port() == 80 && a.ip().is_loopback()),
+            "{:?}",
+            r.1
+        );
+        assert!(r.2.is_err());
+    }
 
     #[test]
     fn http_and_https_uris_split() {
