@@ -433,6 +433,16 @@ pub fn start(
                     .iter()
                     .map(|e| (e.addr.to_string(), e.backend.clone()))
                     .collect(),
+                tls: loaded
+                    .table
+                    .endpoints()
+                    .iter()
+                    .map(|e| {
+                        e.tls
+                            .as_ref()
+                            .map(|t| (t.policy.clone(), t.hostname.clone()))
+                    })
+                    .collect(),
                 model_endpoints: endpoints_view::model_endpoints(&loaded.table),
                 control: control.clone(),
                 hub: hub.clone(),

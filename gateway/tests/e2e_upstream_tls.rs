@@ -90,8 +90,13 @@ fn backend_tls_policy_carries_completions_streams_and_scrapes_over_tls() {
     assert!(body.matches("data: {").count() >= 4, "{body}");
     assert!(body.contains("data: [DONE]"), "{body}");
 
-    // Telemetry scraped over TLS shows in the debug view.
+    // Telemetry scraped over TLS shows in the debug view, with the policy.
     let admin = gw.admin.unwrap();
+    let j = Client::connect(admin).get("/debug/endpoints").json();
+    assert_eq!(
+        j["endpoints"][0]["tls"],
+        serde_json::json!({"policy": "default/tls-0", "hostname": HOST})
+    );
     let t = poll(Duration::from_secs(10), || {
         let j = Client::connect(admin).get("/debug/endpoints").json();
         let t = j["endpoints"][0]["telemetry"].clone();
@@ -189,6 +194,10 @@ fn a_plaintext_backend_under_a_policy_and_a_tls_backend_without_one_both_fail() 
     let (status, body, took) = fails(&gw, "tls");
     assert!(matches!(status, 502 | 503), "{status} {body}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
+    let j = Client::connect(gw.admin.unwrap())
+        .get("/debug/endpoints")
+        .json();
+    assert!(j["endpoints"][1]["tls"].is_null(), "{j}");
     let s = stats(&ca, tls.addr());
     assert_eq!(s["requests_total"], 0, "{s}");
     assert!(
