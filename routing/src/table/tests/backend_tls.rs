@@ -69,6 +69,13 @@ fn a_policy_marks_the_endpoints_of_its_service_for_tls() {
     // Every port of the Service (no sectionName), and nothing else.
     assert_eq!(tls_of(&t, "10.0.0.1:9000"), Some(tls));
     assert_eq!(tls_of(&t, "10.0.0.2:8000"), None);
+    // `shardgate check` shows it beside the address.
+    let shown = t.to_string();
+    assert!(
+        shown.contains("[10.0.0.1:8443 tls=vllm.internal]"),
+        "{shown}"
+    );
+    assert!(shown.contains("[10.0.0.2:8000]"), "{shown}");
 }
 
 #[test]
