@@ -1,7 +1,8 @@
 //! What `shardgate check` prints: the `Display` of [`RoutingTable`] — per
 //! listener its entries in precedence order (conditions → backends with up to
-//! 8 endpoints each, `tls=HOSTNAME` after one a BackendTLSPolicy covers, policies, timeout, `route rule`), then priorities and
-//! warnings — and of the compiled conditions it is made of.
+//! 8 endpoints each, `tls=HOSTNAME` after one a BackendTLSPolicy covers;
+//! policies, timeout, `route rule`), then priorities and warnings — and of
+//! the compiled conditions it is made of.
 
 use std::fmt;
 
