@@ -2,8 +2,8 @@
 //! serve HTTPS (`--tls-cert`/`--tls-key`) with certificates from a test CA
 //! (rcgen); the policy trusts that CA through a ConfigMap. Completions,
 //! streaming, keep-alive reuse of the upstream TLS connection (counted by the
-//! backend's accepted connections), telemetry scrapes and batched calls work
-//! over TLS; a
+//! backend's accepted connections), telemetry scrapes, health checks and
+//! batched calls work over TLS; a
 //! certificate for another name, one from an unknown CA, a plaintext backend
 //! under a policy and a TLS backend without a policy each fail fast with a 502
 //! that says why, and the `tls` error kind is counted.
@@ -247,6 +247,59 @@ fn batched_calls_go_over_tls_too() {
     assert!(
         (1..n as u64).contains(&calls),
         "{calls} upstream calls for {n} requests: not batched"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rule 0 of `yaml` linked to an InferencePolicy whose health check is an
+/// inference test request every 100 ms.
+fn with_health_check(yaml: &str) -> String {
+    let linked = yaml.replacen(
+        "    backendRefs:\n",
+        "    filters:\n    - type: ExtensionRef\n      extensionRef: {group: ai.gateway.io, kind: InferencePolicy, name: hc}\n    backendRefs:\n",
+        1,
+    );
+    format!(
+        "{linked}---\napiVersion: ai.gateway.io/v1alpha1\nkind: InferencePolicy\nmetadata: {{name: hc, namespace: default}}\nspec:\n  healthCheck:\n    interval: 100ms\n    timeout: 2s\n    inferenceTest: {{enabled: true, model: m}}\n"
+    )
+}
+
+/// The health entry of endpoint 0 in `/debug/endpoints` once `ok` holds for it.
+fn health_when(gw: &Gateway, ok: impl Fn(&serde_json::Value) -> bool) -> Option<serde_json::Value> {
+    let admin = gw.admin.unwrap();
+    poll(Duration::from_secs(10), || {
+        let j = Client::connect(admin).get("/debug/endpoints").json();
+        let h = j["endpoints"][0]["health"].clone();
+        ok(&h).then_some(h)
+    })
+}
+
+#[test]
+fn health_checks_run_over_tls_and_fail_on_a_certificate_that_does_not_verify() {
+    let ca = TestCa::new();
+    let dir = temp_dir("shardgate-uptls");
+    let good = https_sim("m", &ca.leaf(&[HOST]), &dir, "good");
+    let gw = Gateway::start(
+        &with_health_check(&yaml(&ca.pem(), &[("m", good.addr(), true)])),
+        &[],
+    );
+    let h = health_when(&gw, |h| h["checks"].as_u64() >= Some(2));
+    let h = h.expect("no health checks ran");
+    assert_eq!(h["healthy"], true, "{h}");
+    assert_eq!(h["consecutive_failures"], 0, "{h}");
+    drop(gw);
+
+    let bad = https_sim("m", &ca.leaf(&["other.internal"]), &dir, "bad");
+    let gw = Gateway::start(
+        &with_health_check(&yaml(&ca.pem(), &[("m", bad.addr(), true)])),
+        &[],
+    );
+    let h = health_when(&gw, |h| h["healthy"] == false);
+    let h = h.expect("a backend failing verification stayed healthy");
+    let why = h["last_error"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("TLS: certificate not valid for the name"),
+        "{h}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
