@@ -728,6 +728,108 @@ mod tests {
         String::from_utf8(out).unwrap()
     }
 
+    /// A one-connection TLS server for `localhost` (certificate from a fresh
+    /// CA, returned as PEM) that answers one request with `response`, then
+    /// sends `close_notify` and keeps the socket open until the client closes.
+    fn tls_server_once(response: &'static [u8]) -> (SocketAddr, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        use std::io::{Read, Write};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = p.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(cfg)).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            s.write_all(response).unwrap();
+            s.conn.send_close_notify();
+            s.flush().unwrap();
+            // No FIN: the client must end at close_notify, not wait for EOF.
+            let _ = s.sock.read(&mut buf);
+        });
+        (addr, ca.pem().into_bytes())
+    }
+
+    #[test]
+    fn a_close_notify_ends_a_response_read_to_end_of_file() {
+        let (addr, ca_pem) = tls_server_once(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nhello");
+        let mut roots = rustls::RootCertStore::empty();
+        crate::upstream_tls::add_pem(&mut roots, &ca_pem).unwrap();
+        let tls = Arc::new(UpstreamTls::new("localhost", roots, &[], "test".into()).unwrap());
+        let started = std::time::Instant::now();
+        let reply = shardgate_runtime::block_on(async move {
+            let conn = connect(addr, Duration::from_secs(5), Some(&tls)).await?;
+            assert!(conn.stream.is_tls());
+            let mut req = Vec::new();
+            write_get("/x", addr, &mut req);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            exchange_whole(conn, &mut req, deadline, Duration::from_secs(10))
+                .await
+                .map(|(r, _)| r)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!((reply.status, &reply.body[..]), (200, &b"hello"[..]));
+        assert!(!reply.keep_alive);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited for the socket to close"
+        );
+    }
+
+    #[test]
+    fn a_handshake_failure_is_a_tls_connect_error_with_its_reason() {
+        let (addr, _) = tls_server_once(b"");
+        let tls = Arc::new(
+            UpstreamTls::new(
+                "localhost",
+                crate::upstream_tls::system_roots(),
+                &[],
+                "test".into(),
+            )
+            .unwrap(),
+        );
+        let e = shardgate_runtime::block_on(async move {
+            connect(addr, Duration::from_secs(5), Some(&tls))
+                .await
+                .err()
+        })
+        .unwrap()
+        .expect("an unknown CA must not connect");
+        assert_eq!(e.kind, Kind::Tls);
+        assert!(e.retryable());
+        assert_eq!(
+            e.static_message(),
+            "TLS: certificate signed by an unknown CA"
+        );
+    }
+
     #[test]
     fn claim_headers_replace_the_clients_copies() {
         let raw = b"POST /v1/x HTTP/1.1\r\nHost: h\r\nX-JWT-Sub: forged\r\nx-other: 1\r\n\r\n";
