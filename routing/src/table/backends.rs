@@ -279,6 +279,8 @@ impl<'c> Builder<'c, '_> {
 
     /// Endpoint indices of Service `ns/name` on backendRef port `port`.
     fn service_endpoints(&mut self, ns: &str, name: &str, port: u16) -> Vec<usize> {
+        self.referenced_services
+            .insert((ns.to_owned(), name.to_owned()));
         let key = (
             "Service".to_owned(),
             ns.to_owned(),

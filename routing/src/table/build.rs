@@ -112,6 +112,8 @@ pub(super) struct Builder<'c, 'r> {
     /// (namespace, Service name) → the BackendTLSPolicies that target it:
     /// (`sectionName`, the resolved policy), policies in `namespace/name` order.
     pub(super) backend_tls: HashMap<(String, String), PolicyTargets>,
+    /// (namespace, name) of every Service some backendRef names.
+    pub(super) referenced_services: HashSet<(String, String)>,
     /// Steps of endpoint resolution (slices and endpoints visited): what the
     /// scaling test counts to prove resolution linear.
     pub(super) work: u64,
@@ -173,6 +175,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             pools,
             referenced_pools: HashSet::new(),
             backend_tls: HashMap::new(),
+            referenced_services: HashSet::new(),
             work: 0,
         }
     }
@@ -241,6 +244,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             rule_base.push(rule_ids.len());
             rule_ids.extend((0..r.rules.len()).map(|i| (ri, i)));
         }
+        self.warn_unused_backend_tls();
         let priorities = self.build_priorities();
         rule_models(&mut routes, &priorities);
         self.apply_batching_defaults(
@@ -606,6 +610,28 @@ impl<'c, 'r> Builder<'c, 'r> {
                     .or_default()
                     .push((t.section_name.clone(), tls.clone()));
             }
+        }
+    }
+
+    /// A BackendTLSPolicy target that no backendRef names acts on nothing:
+    /// a warning per (policy, Service), in policy order.
+    fn warn_unused_backend_tls(&mut self) {
+        let mut unused: Vec<(String, String)> = Vec::new();
+        for ((ns, name), list) in &self.backend_tls {
+            if self
+                .referenced_services
+                .contains(&(ns.clone(), name.clone()))
+            {
+                continue;
+            }
+            for (_, t) in list {
+                unused.push((t.policy.clone(), format!("{ns}/{name}")));
+            }
+        }
+        unused.sort();
+        unused.dedup();
+        for (policy, service) in unused {
+            self.warn(Warning::BackendTlsTargetUnused { policy, service });
         }
     }
 

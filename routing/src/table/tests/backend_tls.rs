@@ -15,8 +15,22 @@ fn policy(ca_ref: &str) -> String {
 const CM: &str = "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ca\ndata:\n  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n    MIIB\n    -----END CERTIFICATE-----\n";
 
 #[test]
-fn ca_ref_resolves() {
-    build(&format!("{GW}{CM}{}", policy("ca")));
+fn ca_ref_resolves_and_an_unrouted_target_is_a_warning() {
+    let t = build(&format!("{GW}{CM}{}", policy("ca")));
+    let w: Vec<String> = t.warnings().iter().map(|w| w.to_string()).collect();
+    assert!(
+        w.iter().any(|w| w
+            == "BackendTLSPolicy default/p: no backendRef names Service default/vllm; the target acts on nothing"),
+        "{w:?}"
+    );
+    let t = build(&format!("{GW}{CM}{SERVICES}{}", policy("ca")));
+    assert!(
+        !t.warnings()
+            .iter()
+            .any(|w| w.to_string().contains("acts on nothing")),
+        "{:?}",
+        t.warnings()
+    );
 }
 
 #[test]
