@@ -226,7 +226,13 @@ impl Shard {
             Some(c) => Ok(c),
             None => {
                 let tls = self.state.upstream_tls.get(ep).and_then(Option::as_ref);
-                connect(self.addr(ep), self.state.settings.connect_timeout, tls).await
+                let c = connect(self.addr(ep), self.state.settings.connect_timeout, tls).await?;
+                if let Some(i) = c.stream.tls_handshake() {
+                    if let Some(n) = self.metrics.borrow_mut().upstream_tls_handshakes.get_mut(i) {
+                        *n += 1;
+                    }
+                }
+                Ok(c)
             }
         }
     }

@@ -65,6 +65,14 @@ impl UpstreamStream {
         matches!(self, UpstreamStream::Tls(_))
     }
 
+    /// For TLS, how its handshake went: full (0) or resumed (1).
+    pub fn tls_handshake(&self) -> Option<usize> {
+        match self {
+            UpstreamStream::Plain(_) => None,
+            UpstreamStream::Tls(t) => Some(t.handshake_result()),
+        }
+    }
+
     /// Read once, appending (plaintext) to `buf`; 0 = end of file.
     #[inline]
     pub async fn read_into(&mut self, buf: BytesMut) -> (std::io::Result<usize>, BytesMut) {
@@ -208,6 +216,9 @@ impl ConnPool {
         let Some(idle) = self.idle.get_mut(ep) else {
             return;
         };
+        if self.max_idle == 0 {
+            return;
+        }
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }

@@ -303,3 +303,40 @@ fn health_checks_run_over_tls_and_fail_on_a_certificate_that_does_not_verify() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn fresh_upstream_connections_resume_the_tls_session() {
+    let ca = TestCa::new();
+    let dir = temp_dir("shardgate-uptls");
+    let backend = https_sim("m", &ca.leaf(&[HOST]), &dir, "good");
+    // No pooling: every request opens (and handshakes) a connection.
+    let gw = Gateway::start(
+        &yaml(&ca.pem(), &[("m", backend.addr(), true)]),
+        &["--upstream-idle-per-endpoint", "0"],
+    );
+    for _ in 0..3 {
+        let r = gw
+            .connect()
+            .post("/v1/chat/completions", &chat("m", false, 1), &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let sample = |m: &str, result: &str| -> u64 {
+        let key = format!("gateway_upstream_tls_handshakes_total{{result=\"{result}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let counted = poll(Duration::from_secs(10), || {
+        let m = gw.metrics();
+        (sample(&m, "full") + sample(&m, "resumed") >= 3).then_some(m)
+    });
+    let m = counted.expect("three upstream handshakes not counted");
+    // The first full handshake may be the control thread's (a scrape): the
+    // session cache is one per policy, shared with the shards.
+    assert!(
+        sample(&m, "resumed") >= 2,
+        "later connections did not resume: {m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
