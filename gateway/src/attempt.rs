@@ -408,13 +408,13 @@ impl Attempts {
                 v
             }
             Outcome::Error(e) => match e.kind {
-                UpstreamErrorKind::Connect | UpstreamErrorKind::Send => {
+                UpstreamErrorKind::Connect | UpstreamErrorKind::Tls | UpstreamErrorKind::Send => {
                     let reason = e.static_message();
                     self.last_error = Some(reason);
-                    let kind = if e.kind == UpstreamErrorKind::Connect {
-                        "connect"
-                    } else {
-                        "reset"
+                    let kind = match e.kind {
+                        UpstreamErrorKind::Connect => "connect",
+                        UpstreamErrorKind::Tls => "tls",
+                        _ => "reset",
                     };
                     let mut v = Verdict::new(Action::PickAgain, Some(kind));
                     v.ejection = outliers.eject(ep, now, reason);

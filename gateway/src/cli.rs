@@ -363,6 +363,11 @@ pub struct LimitArgs {
     /// until it expires or its key set changes (0 = verify every request).
     #[arg(long, default_value_t = crate::jwt::DEFAULT_CACHE_ENTRIES)]
     pub jwt_cache_size: usize,
+    /// PEM file of CA certificates that `https://` `remoteJWKS` servers are
+    /// verified against, besides the system roots (a private CA; the tests'
+    /// local one).
+    #[arg(long, value_name = "PATH")]
+    pub jwks_ca_file: Option<std::path::PathBuf>,
 }
 
 /// `--tls-unknown-sni`.

@@ -42,7 +42,8 @@ use shardgate_routing::RoutingTable;
 
 use crate::report::Reports;
 use crate::throttle::Throttle;
-use crate::upstream::Client as Conn;
+use crate::upstream::{Client as Conn, Target};
+use crate::upstream_tls::UpstreamTls;
 
 /// Control-plane settings (CLI flags).
 #[derive(Debug, Clone)]
@@ -339,18 +340,23 @@ pub fn health_specs(table: &RoutingTable) -> Vec<Option<HealthSpec>> {
 }
 
 /// Start the control thread (the prefix-sharing hub too when `share` is given).
+///
+/// `endpoints` are scraped, polled and checked over TLS where their
+/// [`UpstreamTls`] says so; `jwks_roots` are the roots an `https://`
+/// `remoteJWKS` is verified against.
 pub fn spawn(
     shared: Arc<ControlShared>,
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<(SocketAddr, Option<Arc<UpstreamTls>>)>,
     specs: Vec<Option<HealthSpec>>,
     share: Option<PrefixShareInbox>,
     auth: Arc<crate::jwt::Authenticator>,
+    jwks_roots: Arc<rustls::RootCertStore>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
             let r = shardgate_runtime::block_on(async move {
-                crate::jwks_fetch::spawn_all(&auth);
+                crate::jwks_fetch::spawn_all(&auth, &jwks_roots);
                 run(shared, endpoints, specs, share).await
             });
             if let Err(e) = r {
@@ -366,7 +372,7 @@ struct Health {
 
 async fn run(
     shared: Arc<ControlShared>,
-    endpoints: Vec<SocketAddr>,
+    endpoints: Vec<(SocketAddr, Option<Arc<UpstreamTls>>)>,
     specs: Vec<Option<HealthSpec>>,
     share: Option<PrefixShareInbox>,
 ) {
@@ -380,11 +386,15 @@ async fn run(
     }));
     let lists: crate::models_poll::ModelLists = Rc::new(RefCell::new(vec![None; endpoints.len()]));
     let throttle = Throttle::new(settings.max_concurrent_scrapes, endpoints.len());
-    for (ep, addr) in endpoints.iter().enumerate() {
+    for (ep, (addr, tls)) in endpoints.iter().enumerate() {
+        let target = Target {
+            addr: *addr,
+            tls: tls.clone(),
+        };
         if !settings.models_interval.is_zero() {
             monoio::spawn(crate::models_poll::poll_loop(
                 ep,
-                *addr,
+                target.clone(),
                 settings.models_interval,
                 settings.scrape_timeout,
                 lists.clone(),
@@ -394,7 +404,7 @@ async fn run(
         if settings.scrape {
             monoio::spawn(scrape_loop(
                 ep,
-                *addr,
+                target.clone(),
                 settings.clone(),
                 store.clone(),
                 shared.clone(),
@@ -404,7 +414,7 @@ async fn run(
         if let Some(spec) = specs[ep].clone() {
             monoio::spawn(health_loop(
                 ep,
-                *addr,
+                target,
                 spec,
                 settings.clone(),
                 health.clone(),
@@ -484,20 +494,21 @@ fn jittered(d: Duration) -> Duration {
 
 async fn scrape_loop(
     ep: usize,
-    addr: SocketAddr,
+    target: Target,
     settings: ControlSettings,
     store: Rc<RefCell<TelemetryStore>>,
     shared: Arc<ControlShared>,
     throttle: Throttle,
 ) {
     let checks = &shared.checks;
-    let mut conn = Conn::new(addr);
+    let addr = target.addr;
+    let mut conn = target.client();
     let mut failing = false;
     loop {
         let slot = throttle.slots.acquire().await;
         let result = conn.get("/metrics", settings.scrape_timeout).await;
         if !throttle.keep_alive {
-            conn = Conn::new(addr);
+            conn = target.client();
         }
         drop(slot);
         match result {
@@ -559,13 +570,14 @@ async fn probe(conn: &mut Conn, spec: &HealthSpec) -> Result<(), String> {
 
 async fn health_loop(
     ep: usize,
-    addr: SocketAddr,
+    target: Target,
     spec: HealthSpec,
     settings: ControlSettings,
     health: Rc<RefCell<Health>>,
     shared: Arc<ControlShared>,
 ) {
-    let mut conn = Conn::new(addr);
+    let addr = target.addr;
+    let mut conn = target.client();
     loop {
         let result = probe(&mut conn, &spec).await;
         {

@@ -2,7 +2,8 @@
 //! endpoint its telemetry, staleness, health, in-flight, ejection, the models
 //! and adapters its `GET /v1/models` listed (`served_models`, null until a
 //! poll succeeded: it then serves any model) and score per scorer under the
-//! default profile; and the prefix-sharing counters),
+//! default profile, and `tls`: the `BackendTLSPolicy` and verified name when
+//! it is reached over TLS, else null; and the prefix-sharing counters),
 //! `/readyz` (ready when every model the routes serve has at least one healthy
 //! endpoint), and the telemetry-derived metrics
 //! (`gateway_gpu_utilization_percent`, `gateway_gpu_memory_used_ratio`,
@@ -25,6 +26,9 @@ use crate::metrics::MetricsHub;
 pub struct EndpointsView {
     /// Endpoint addresses and backends.
     pub endpoints: Vec<(String, String)>,
+    /// Per endpoint, the `BackendTLSPolicy` (`namespace/name`) and hostname
+    /// it is reached over TLS with; `None` = plaintext.
+    pub tls: Vec<Option<(String, String)>>,
     /// Per served model: its endpoint ids (through the routes, first listener).
     pub model_endpoints: Vec<(String, Vec<usize>)>,
     /// Control-thread state.
@@ -147,6 +151,9 @@ impl EndpointsView {
                 "id": id,
                 "address": addr,
                 "backend": backend,
+                "tls": self.tls.get(id).and_then(Option::as_ref).map(|(policy, hostname)| {
+                    serde_json::json!({"policy": policy, "hostname": hostname})
+                }),
                 "health": health.get(id),
                 "in_flight": inflight.get(id),
                 "ejected_on_some_shard": ejected.get(id),

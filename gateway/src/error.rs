@@ -476,6 +476,10 @@ fn fmt_u32(mut v: u32, buf: &mut [u8; 10]) -> usize {
 pub enum UpstreamErrorKind {
     /// Connecting failed (refused, unreachable, timed out).
     Connect,
+    /// The TLS handshake with a backend that a `BackendTLSPolicy` covers
+    /// failed (its certificate did not verify, or it does not speak TLS): a
+    /// connect failure, nothing was sent.
+    Tls,
     /// A fresh connection broke while the request head was sent.
     Send,
     /// A pooled (reused) connection broke before any response byte: the server
@@ -523,7 +527,10 @@ impl UpstreamError {
     pub fn retryable(&self) -> bool {
         matches!(
             self.kind,
-            UpstreamErrorKind::Connect | UpstreamErrorKind::Send | UpstreamErrorKind::Stale
+            UpstreamErrorKind::Connect
+                | UpstreamErrorKind::Tls
+                | UpstreamErrorKind::Send
+                | UpstreamErrorKind::Stale
         )
     }
 
@@ -533,6 +540,7 @@ impl UpstreamError {
             Cow::Borrowed(s) => s,
             Cow::Owned(_) => match self.kind {
                 UpstreamErrorKind::Connect => "connection refused",
+                UpstreamErrorKind::Tls => "TLS: handshake failed",
                 UpstreamErrorKind::Send => "connection reset while sending",
                 UpstreamErrorKind::Stale | UpstreamErrorKind::Closed => {
                     "connection closed before the response"
@@ -575,6 +583,7 @@ mod tests {
         use UpstreamErrorKind as K;
         for (kind, retry) in [
             (K::Connect, true),
+            (K::Tls, true),
             (K::Send, true),
             (K::Stale, true),
             (K::Closed, false),

@@ -33,8 +33,10 @@
 //! 5. [`attempt`] (pure): after each try — stale connection, connect failure,
 //!    503 before the first byte, timeout — retry fresh, pick again, deliver or
 //!    answer; ejections, 5xx streaks and the retry budget live there too;
-//! 6. [`upstream`]: the one client — pool, connect, request serialisation,
-//!    exchange — used by the proxy, batched calls and the control thread;
+//! 6. [`upstream`]: the one client — pool, connect (over TLS where a
+//!    BackendTLSPolicy asks, with [`upstream_tls`]'s settings), request
+//!    serialisation, exchange — used by the proxy, batched calls and the
+//!    control thread;
 //! 7. back in [`proxy`], the response streams to the client; [`metrics`] and
 //!    [`access_log`] record it.
 //!
@@ -43,7 +45,7 @@
 //! [`jwks_fetch`]), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`; [`redact`] masks
 //! credentials in `/debug/config`). The leaves — [`bodymem`], [`conns`],
-//! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`] — import no other module of the
+//! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`], [`upstream_tls`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
 #![forbid(unsafe_code)]
@@ -83,6 +85,7 @@ pub mod state;
 pub mod throttle;
 pub mod tls;
 pub mod upstream;
+pub mod upstream_tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -360,16 +363,27 @@ pub fn start(
         (control, None)
     };
     let control = Arc::new(control);
-    let endpoint_addrs: Vec<SocketAddr> = loaded.table.endpoints().iter().map(|e| e.addr).collect();
+    let upstream_tls =
+        upstream_tls::for_endpoints(loaded.table.endpoints()).map_err(|e| vec![e])?;
+    let endpoint_targets: Vec<(SocketAddr, Option<Arc<upstream_tls::UpstreamTls>>)> = loaded
+        .table
+        .endpoints()
+        .iter()
+        .zip(&upstream_tls)
+        .map(|(e, tls)| (e.addr, tls.clone()))
+        .collect();
+    let jwks_roots =
+        Arc::new(jwks_fetch::roots(run.limits.jwks_ca_file.as_deref()).map_err(|e| vec![e])?);
     let auth = Arc::new(
         jwt::Authenticator::build(&loaded.table, settings.jwt_leeway).map_err(|e| vec![e])?,
     );
     control::spawn(
         control.clone(),
-        endpoint_addrs,
+        endpoint_targets,
         specs,
         share_inbox,
         auth.clone(),
+        jwks_roots,
     )
     .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
     let config_status = Arc::new(reload::ConfigStatus::new(
@@ -428,6 +442,16 @@ pub fn start(
                     .iter()
                     .map(|e| (e.addr.to_string(), e.backend.clone()))
                     .collect(),
+                tls: loaded
+                    .table
+                    .endpoints()
+                    .iter()
+                    .map(|e| {
+                        e.tls
+                            .as_ref()
+                            .map(|t| (t.policy.clone(), t.hostname.clone()))
+                    })
+                    .collect(),
                 model_endpoints: endpoints_view::model_endpoints(&loaded.table),
                 control: control.clone(),
                 hub: hub.clone(),
@@ -451,6 +475,8 @@ pub fn start(
     state.warmth = warmth;
     state.global_limiter = global_limiter;
     state.rollouts = rollouts;
+    // The control thread's settings: one session cache per policy for all.
+    state.upstream_tls = upstream_tls;
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let shard_shutdown = shutdown.clone();

@@ -278,7 +278,14 @@ pub struct ShardMetrics {
     pub auth_failures: [u64; AUTH_REASONS],
     /// TLS handshakes, by [`crate::tls::HANDSHAKE_RESULTS`].
     pub tls_handshakes: [u64; crate::tls::HANDSHAKE_RESULTS.len()],
+    /// Completed TLS handshakes with backends (`BackendTLSPolicy`), by
+    /// [`UPSTREAM_HANDSHAKE_RESULTS`].
+    pub upstream_tls_handshakes: [u64; 2],
 }
+
+/// `result` label values of `gateway_upstream_tls_handshakes_total`: the
+/// same indices as the first two of [`crate::tls::HANDSHAKE_RESULTS`].
+pub const UPSTREAM_HANDSHAKE_RESULTS: [&str; 2] = ["full", "resumed"];
 
 /// One counter family with one label, summed over the shards: `get` gives a
 /// shard's counts in the order of `label.1`.
@@ -347,6 +354,7 @@ impl ShardMetrics {
             body_budget: (0, 0),
             auth_failures: [0; AUTH_REASONS],
             tls_handshakes: [0; crate::tls::HANDSHAKE_RESULTS.len()],
+            upstream_tls_handshakes: [0; 2],
         }
     }
 
@@ -838,6 +846,14 @@ impl MetricsHub {
             "TLS handshakes on HTTPS listeners, by result: completed in full (full) or by session resumption (resumed); failed by --tls-handshake-timeout (timeout), plaintext HTTP on the TLS port (plaintext), the client closing or a socket error (io), or TLS the gateway refused: not TLS, no shared version or cipher suite, an unknown SNI with --tls-unknown-sni reject (tls).",
             ("result", &crate::tls::HANDSHAKE_RESULTS),
             |s| s.tls_handshakes,
+        );
+        labelled_sum(
+            &mut w,
+            &shards,
+            "gateway_upstream_tls_handshakes_total",
+            "TLS handshakes the shards completed with backends a BackendTLSPolicy covers (proxied and batched calls), by result: in full (full) or by session resumption (resumed). Failures count in gateway_upstream_errors_total{kind=\"tls\"}.",
+            ("result", &UPSTREAM_HANDSHAKE_RESULTS),
+            |s| s.upstream_tls_handshakes,
         );
         w.family(
             "gateway_buffered_body_bytes",

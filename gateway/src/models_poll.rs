@@ -14,14 +14,13 @@
 //! filter costs a request no allocation.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use shardgate_routing::scoring::{ServedAdapter, ServedModels};
 
-use crate::upstream::Client as Conn;
+use crate::upstream::Target;
 
 /// Default `--models-interval`.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -70,19 +69,20 @@ pub fn parse_models(body: &[u8]) -> Result<ServedModels, String> {
 /// list into `lists[ep]`.
 pub async fn poll_loop(
     ep: usize,
-    addr: SocketAddr,
+    target: Target,
     interval: Duration,
     timeout: Duration,
     lists: ModelLists,
     throttle: crate::throttle::Throttle,
 ) {
-    let mut conn = Conn::new(addr);
+    let addr = target.addr;
+    let mut conn = target.client();
     let mut failing = false;
     loop {
         let slot = throttle.slots.acquire().await;
         let got = conn.get("/v1/models", timeout).await;
         if !throttle.keep_alive {
-            conn = Conn::new(addr);
+            conn = target.client();
         }
         drop(slot);
         let result = match got {

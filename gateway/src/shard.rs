@@ -224,7 +224,16 @@ impl Shard {
         };
         match pooled {
             Some(c) => Ok(c),
-            None => connect(self.addr(ep), self.state.settings.connect_timeout).await,
+            None => {
+                let tls = self.state.upstream_tls.get(ep).and_then(Option::as_ref);
+                let c = connect(self.addr(ep), self.state.settings.connect_timeout, tls).await?;
+                if let Some(i) = c.stream.tls_handshake() {
+                    if let Some(n) = self.metrics.borrow_mut().upstream_tls_handshakes.get_mut(i) {
+                        *n += 1;
+                    }
+                }
+                Ok(c)
+            }
         }
     }
 

@@ -156,6 +156,9 @@ pub struct GatewayState {
     /// Which (model, endpoint) pairs are still warming up, when the
     /// InferenceConfig's `modelPrewarming` is enabled ([`crate::prewarm`]).
     pub warmth: Option<Arc<crate::prewarm::Warmth>>,
+    /// Per endpoint (indexed like `table.endpoints()`), the TLS settings of
+    /// the `BackendTLSPolicy` that covers it; `None` = plaintext.
+    pub upstream_tls: Vec<Option<Arc<crate::upstream_tls::UpstreamTls>>>,
 }
 
 impl GatewayState {
@@ -206,7 +209,9 @@ impl GatewayState {
             .security_policies()
             .any(|(_, p)| p.spec.rate_limit.is_some())
             .then(|| crate::ratelimit::RateLimiter::new(settings.rate_limit_max_keys));
+        let upstream_tls = crate::upstream_tls::for_endpoints(table.endpoints())?;
         Ok(GatewayState {
+            upstream_tls,
             warmth: None,
             global_limiter: None,
             rollouts: crate::rollout::Rollouts::for_table(&table),

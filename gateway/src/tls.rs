@@ -8,6 +8,12 @@
 //! buffer, written with the socket's cancelable write). No other runtime, no
 //! thread.
 //!
+//! The same driver carries the gateway's own TLS connections to backends
+//! under a `BackendTLSPolicy`: [`TlsStream`] is generic over the rustls side
+//! ([`TlsSide`]: `ServerConnection` here, `ClientConnection` for
+//! [`crate::upstream`], whose handshake is [`connect`]). A peer's
+//! `close_notify` reads as end of file on either side.
+//!
 //! The HTTP/1.1 front end (`proxy`) is generic over [`ClientStream`],
 //! implemented by the plain `TcpStream` (the same calls as before: the plain
 //! path costs nothing new) and by [`TlsStream`]; it is monomorphised for
@@ -29,6 +35,7 @@
 //!   a TLS alert and is closed.
 
 use std::io;
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +48,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, ServerConnection};
 use rustls::sign::CertifiedKey;
+use rustls::{ClientConnection, ConnectionCommon};
 use shardgate_routing::ListenerInfo;
 use shardgate_runtime::io::{read_into, read_into_cancelable, READ_CHUNK};
 
@@ -114,19 +122,41 @@ impl ClientStream for TcpStream {
 /// Most plaintext one write hands to rustls: 64 KiB.
 const WRITE_CHUNK: usize = 64 * 1024;
 
-/// A client connection after a completed TLS handshake.
-pub struct TlsStream {
+/// One side of a rustls connection: the server side for clients of `HTTPS`
+/// listeners, the client side for backends reached over TLS
+/// ([`crate::upstream`]). [`TlsStream`] drives either the same way.
+pub trait TlsSide: DerefMut<Target = ConnectionCommon<Self::Data>> {
+    /// rustls' per-side state.
+    type Data;
+}
+
+impl TlsSide for ServerConnection {
+    type Data = rustls::server::ServerConnectionData;
+}
+
+impl TlsSide for ClientConnection {
+    type Data = rustls::client::ClientConnectionData;
+}
+
+/// A connection after a completed TLS handshake: a client's (the default)
+/// or, with `ClientConnection`, the gateway's own to a backend.
+pub struct TlsStream<C: TlsSide = ServerConnection> {
     sock: TcpStream,
-    conn: ServerConnection,
+    conn: C,
     /// Ciphertext read from the socket, not yet handed to rustls.
     rx: BytesMut,
     /// Ciphertext from rustls, being written.
     tx: Vec<u8>,
-    /// The socket reached end of file.
+    /// The socket reached end of file, or the peer sent `close_notify`.
     eof: bool,
 }
 
-impl TlsStream {
+impl<C: TlsSide> TlsStream<C> {
+    /// The socket, for readiness and peeking.
+    pub fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+
     /// Its index in [`HANDSHAKE_RESULTS`]: a full handshake (0) or a resumed
     /// session (1).
     pub fn handshake_result(&self) -> usize {
@@ -177,8 +207,11 @@ impl TlsStream {
             let mut src = &self.rx[at..];
             let n = self.conn.read_tls(&mut src)?;
             at += n;
-            if let Err(e) = self.conn.process_new_packets() {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+            match self.conn.process_new_packets() {
+                // A close_notify ends the data cleanly, whatever the socket does.
+                Ok(st) if st.peer_has_closed() => self.eof = true,
+                Ok(_) => {}
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
             got += self.drain_plain(buf)?;
             if n == 0 {
@@ -220,7 +253,10 @@ impl TlsStream {
         Ok(())
     }
 
-    async fn read_plain(
+    /// Read once: plaintext appended to `buf` (0 = the peer closed, by
+    /// `close_notify` or end of file), from a socket read that `cancel`, when
+    /// given, can stop.
+    pub(crate) async fn read_plain(
         &mut self,
         mut buf: BytesMut,
         cancel: Option<CancelHandle>,
@@ -276,6 +312,30 @@ impl ReadPlain for rustls::Reader<'_> {
     }
 }
 
+impl<C: TlsSide> TlsStream<C> {
+    /// Encrypt all of `data` and write it (records of at most 16 KiB; rustls
+    /// buffers what a write does not take).
+    pub(crate) async fn write_all_plain(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < data.len() {
+            let end = data.len().min(at + WRITE_CHUNK);
+            let n = io::Write::write(&mut self.conn.writer(), &data[at..end])?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            at += n;
+            self.flush_tls(None).await?;
+        }
+        Ok(())
+    }
+
+    /// Send `close_notify` (best effort, at most 1 s).
+    pub(crate) async fn close_notify(&mut self) {
+        self.conn.send_close_notify();
+        let _ = monoio::time::timeout(Duration::from_secs(1), self.flush_tls(None)).await;
+    }
+}
+
 impl ClientStream for TlsStream {
     async fn read_into(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         self.read_plain(buf, None).await
@@ -307,8 +367,7 @@ impl ClientStream for TlsStream {
     }
 
     async fn finish(&mut self) {
-        self.conn.send_close_notify();
-        let _ = monoio::time::timeout(Duration::from_secs(1), self.flush_tls(None)).await;
+        self.close_notify().await;
     }
 
     fn buffered(&self) -> bool {
@@ -372,15 +431,36 @@ pub async fn accept(
         tx: Vec::new(),
         eof: false,
     };
-    match monoio::time::timeout(timeout, handshake(&mut s)).await {
+    match monoio::time::timeout(timeout, handshake(&mut s, true)).await {
         Ok(Ok(())) => Ok(s),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(HandshakeError::Timeout),
     }
 }
 
-async fn handshake(s: &mut TlsStream) -> Result<(), HandshakeError> {
-    let mut first = true;
+/// Complete a client handshake with a backend on `sock` (the caller bounds
+/// it with its connect timeout): `conn` carries the configuration and the
+/// server name. Data the server sends after its handshake stays buffered for
+/// the first read.
+pub(crate) async fn connect(
+    sock: TcpStream,
+    conn: ClientConnection,
+) -> Result<TlsStream<ClientConnection>, HandshakeError> {
+    let mut s = TlsStream {
+        sock,
+        conn,
+        rx: BytesMut::new(),
+        tx: Vec::new(),
+        eof: false,
+    };
+    handshake(&mut s, false).await?;
+    Ok(s)
+}
+
+/// Drive a handshake to its end; `server` answers plaintext HTTP on the
+/// first read with a 400.
+async fn handshake<C: TlsSide>(s: &mut TlsStream<C>, server: bool) -> Result<(), HandshakeError> {
+    let mut first = server;
     while s.conn.is_handshaking() {
         if s.conn.wants_write() {
             s.flush_tls(None).await.map_err(HandshakeError::Io)?;

@@ -12,8 +12,21 @@
 //! go out in the head's write, larger ones in a second write; a proxied
 //! exchange starts watching the client for a disconnect only after
 //! [`WATCH_AFTER`] (10 ms); whole responses are bounded by [`MAX_BODY`] (8 MiB).
+//!
+//! TLS: an endpoint that a `BackendTLSPolicy` covers is connected with its
+//! [`UpstreamTls`] ([`crate::upstream_tls`]): the handshake runs inside
+//! [`connect`], within the same connect timeout, and a failure is an
+//! [`Kind::Tls`] error (a connect failure: retried elsewhere, the endpoint
+//! ejected) whose message says why ("TLS: certificate not valid for …").
+//! [`UpstreamStream`] is then the rustls client connection driven over the
+//! socket ([`crate::tls::TlsStream`], the listeners' driver); everything else
+//! (pool, keep-alive, exchanges, streaming) is the same for both. The plain
+//! variant costs one `match` per read or write, nothing allocated; a TLS
+//! connection allocates its state once, at connect. A peer's `close_notify`
+//! reads as end of file.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -25,11 +38,78 @@ use shardgate_routing::MODEL_HEADER;
 use shardgate_runtime::io::{peer_state, read_into, PeerState};
 
 use crate::error::{UpstreamError, UpstreamErrorKind as Kind};
+use crate::tls::{HandshakeError, TlsStream};
+use crate::upstream_tls::{describe, UpstreamTls};
+
+/// The byte stream to an endpoint: the socket, or TLS over it.
+pub enum UpstreamStream {
+    /// Plaintext HTTP/1.1.
+    Plain(TcpStream),
+    /// HTTP/1.1 over TLS (boxed: the rustls state is large, and allocated
+    /// once per connection).
+    Tls(Box<TlsStream<rustls::ClientConnection>>),
+}
+
+impl UpstreamStream {
+    /// The socket, for peeking.
+    #[inline]
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            UpstreamStream::Plain(s) => s,
+            UpstreamStream::Tls(t) => t.tcp(),
+        }
+    }
+
+    /// Whether it is TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, UpstreamStream::Tls(_))
+    }
+
+    /// For TLS, how its handshake went: full (0) or resumed (1).
+    pub fn tls_handshake(&self) -> Option<usize> {
+        match self {
+            UpstreamStream::Plain(_) => None,
+            UpstreamStream::Tls(t) => Some(t.handshake_result()),
+        }
+    }
+
+    /// Read once, appending (plaintext) to `buf`; 0 = end of file.
+    #[inline]
+    pub async fn read_into(&mut self, buf: BytesMut) -> (std::io::Result<usize>, BytesMut) {
+        match self {
+            UpstreamStream::Plain(s) => read_into(s, buf).await,
+            UpstreamStream::Tls(t) => t.read_plain(buf, None).await,
+        }
+    }
+
+    /// Write all of `buf`, which comes back.
+    #[inline]
+    async fn write_all(&mut self, buf: Vec<u8>) -> (std::io::Result<()>, Vec<u8>) {
+        match self {
+            UpstreamStream::Plain(s) => {
+                let (r, b) = s.write_all(buf).await;
+                (r.map(|_| ()), b)
+            }
+            UpstreamStream::Tls(t) => {
+                let r = t.write_all_plain(&buf).await;
+                (r, buf)
+            }
+        }
+    }
+
+    /// Write all of `body`.
+    async fn write_bytes(&mut self, body: &Bytes) -> std::io::Result<()> {
+        match self {
+            UpstreamStream::Plain(s) => s.write_all(body.clone()).await.0.map(|_| ()),
+            UpstreamStream::Tls(t) => t.write_all_plain(body).await,
+        }
+    }
+}
 
 /// A connection to an endpoint with its read buffer.
 pub struct UpstreamConn {
-    /// The socket.
-    pub stream: TcpStream,
+    /// The socket, or TLS over it.
+    pub stream: UpstreamStream,
     /// Bytes read but not consumed.
     pub buf: BytesMut,
     /// When it went idle (for the pool's idle timeout).
@@ -39,19 +119,51 @@ pub struct UpstreamConn {
     pub reused: bool,
 }
 
-/// Open a fresh connection to `addr` within `timeout`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<UpstreamConn, UpstreamError> {
-    match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(UpstreamConn {
-                stream,
-                buf: BytesMut::with_capacity(16 * 1024),
-                idle_since: Instant::now(),
-                reused: false,
-            })
+/// Open a fresh connection to `addr` within `timeout`; over TLS with `tls`
+/// (the handshake counts against the same timeout).
+pub async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&Arc<UpstreamTls>>,
+) -> Result<UpstreamConn, UpstreamError> {
+    let open = async {
+        let stream = TcpStream::connect_addr(addr)
+            .await
+            .map_err(|_| UpstreamError::new(Kind::Connect, "connection refused"))?;
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(UpstreamStream::Plain(stream));
+        };
+        let conn = tls.connection().map_err(|e| {
+            tracing::warn!(endpoint = %addr, origin = %tls.origin, error = %e, "TLS setup failed");
+            UpstreamError::new(Kind::Tls, "TLS: handshake failed")
+        })?;
+        match crate::tls::connect(stream, conn).await {
+            Ok(s) => Ok(UpstreamStream::Tls(Box::new(s))),
+            Err(e) => {
+                let why = match &e {
+                    HandshakeError::Tls(t) => describe(t),
+                    _ => "TLS: handshake failed (does the backend speak TLS?)",
+                };
+                // The caller logs `why` (rate-limited where it repeats); the
+                // details (names expected and presented) are for debugging.
+                tracing::debug!(endpoint = %addr, origin = %tls.origin, error = ?e, "{why}");
+                Err(UpstreamError::new(Kind::Tls, why))
+            }
         }
-        Ok(Err(_)) => Err(UpstreamError::new(Kind::Connect, "connection refused")),
+    };
+    match monoio::time::timeout(timeout, open).await {
+        Ok(Ok(stream)) => Ok(UpstreamConn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+            idle_since: Instant::now(),
+            reused: false,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) if tls.is_some() => Err(UpstreamError::new(
+            Kind::Connect,
+            "connect or TLS handshake timed out",
+        )),
         Err(_) => Err(UpstreamError::new(Kind::Connect, "connect timed out")),
     }
 }
@@ -88,7 +200,7 @@ impl ConnPool {
             // stale. Checked (one syscall) only on connections idle long enough
             // for a server's keep-alive timer to matter; a busy connection that
             // turns out stale is retried once on a fresh one anyway.
-            if age >= PEEK_AFTER_IDLE && peer_state(&c.stream) != PeerState::Idle {
+            if age >= PEEK_AFTER_IDLE && peer_state(c.stream.tcp()) != PeerState::Idle {
                 continue;
             }
             return Some(c);
@@ -104,6 +216,9 @@ impl ConnPool {
         let Some(idle) = self.idle.get_mut(ep) else {
             return;
         };
+        if self.max_idle == 0 {
+            return;
+        }
         if idle.len() >= self.max_idle {
             idle.remove(0);
         }
@@ -299,7 +414,7 @@ pub async fn read_watched(
     watch: &mut bool,
 ) -> Watched {
     let buf = std::mem::take(&mut conn.buf);
-    let read = read_into(&mut conn.stream, buf);
+    let read = conn.stream.read_into(buf);
     let mut read = std::pin::pin!(read);
     let sleep = monoio::time::sleep_until(deadline);
     let mut sleep = std::pin::pin!(sleep);
@@ -366,8 +481,7 @@ pub async fn send_and_read_head(
         });
     }
     if let Some(body) = tail.filter(|b| !b.is_empty()) {
-        let (res, _) = conn.stream.write_all(body.clone()).await;
-        if res.is_err() {
+        if conn.stream.write_bytes(body).await.is_err() {
             return Err(UpstreamError::new(
                 Kind::Closed,
                 "connection reset while sending the body",
@@ -510,20 +624,39 @@ pub async fn exchange_whole(
     }
 }
 
+/// An endpoint as the control thread reaches it: its address, over TLS when
+/// a `BackendTLSPolicy` covers it.
+#[derive(Clone)]
+pub struct Target {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its TLS settings; `None` = plaintext.
+    pub tls: Option<Arc<UpstreamTls>>,
+}
+
+impl Target {
+    /// A fresh keep-alive client to it.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr, self.tls.clone())
+    }
+}
+
 /// A keep-alive client to one endpoint for the control thread (scrapes, health
 /// checks): connects lazily, reconnects after any error, retries once on a fresh
 /// connection when a kept-alive one turns out stale.
 pub struct Client {
     addr: SocketAddr,
+    tls: Option<Arc<UpstreamTls>>,
     conn: Option<UpstreamConn>,
     req: Vec<u8>,
 }
 
 impl Client {
-    /// A client for `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
+    /// A client for `addr`, over TLS with `tls`.
+    pub fn new(addr: SocketAddr, tls: Option<Arc<UpstreamTls>>) -> Self {
         Client {
             addr,
+            tls,
             conn: None,
             req: Vec::new(),
         }
@@ -560,7 +693,7 @@ impl Client {
                 Some(c) => c,
                 None => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    connect(self.addr, left).await?
+                    connect(self.addr, left, self.tls.as_ref()).await?
                 }
             };
             // The request bytes come back from the write: a stale retry resends them.
@@ -604,6 +737,108 @@ mod tests {
         let mut out = Vec::new();
         write_request(&head, &fwd, "127.0.0.1:9000".parse().unwrap(), &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    /// A one-connection TLS server for `localhost` (certificate from a fresh
+    /// CA, returned as PEM) that answers one request with `response`, then
+    /// sends `close_notify` and keeps the socket open until the client closes.
+    fn tls_server_once(response: &'static [u8]) -> (SocketAddr, Vec<u8>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        use std::io::{Read, Write};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = p.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(cfg)).unwrap();
+            let mut s = rustls::StreamOwned::new(conn, sock);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            s.write_all(response).unwrap();
+            s.conn.send_close_notify();
+            s.flush().unwrap();
+            // No FIN: the client must end at close_notify, not wait for EOF.
+            let _ = s.sock.read(&mut buf);
+        });
+        (addr, ca.pem().into_bytes())
+    }
+
+    #[test]
+    fn a_close_notify_ends_a_response_read_to_end_of_file() {
+        let (addr, ca_pem) = tls_server_once(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nhello");
+        let mut roots = rustls::RootCertStore::empty();
+        crate::upstream_tls::add_pem(&mut roots, &ca_pem).unwrap();
+        let tls = Arc::new(UpstreamTls::new("localhost", roots, &[], "test".into()).unwrap());
+        let started = std::time::Instant::now();
+        let reply = shardgate_runtime::block_on(async move {
+            let conn = connect(addr, Duration::from_secs(5), Some(&tls)).await?;
+            assert!(conn.stream.is_tls());
+            let mut req = Vec::new();
+            write_get("/x", addr, &mut req);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            exchange_whole(conn, &mut req, deadline, Duration::from_secs(10))
+                .await
+                .map(|(r, _)| r)
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!((reply.status, &reply.body[..]), (200, &b"hello"[..]));
+        assert!(!reply.keep_alive);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited for the socket to close"
+        );
+    }
+
+    #[test]
+    fn a_handshake_failure_is_a_tls_connect_error_with_its_reason() {
+        let (addr, _) = tls_server_once(b"");
+        let tls = Arc::new(
+            UpstreamTls::new(
+                "localhost",
+                crate::upstream_tls::system_roots(),
+                &[],
+                "test".into(),
+            )
+            .unwrap(),
+        );
+        let e = shardgate_runtime::block_on(async move {
+            connect(addr, Duration::from_secs(5), Some(&tls))
+                .await
+                .err()
+        })
+        .unwrap()
+        .expect("an unknown CA must not connect");
+        assert_eq!(e.kind, Kind::Tls);
+        assert!(e.retryable());
+        assert_eq!(
+            e.static_message(),
+            "TLS: certificate signed by an unknown CA"
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! and an OpenAI error body) without a token or with a bad one and forwards a
 //! good one; keys come from an inline `localJWKS` or from a `remoteJWKS` served
 //! by a tiny HTTP server in the test, which counts its fetches (an unknown
-//! `kid` refetches at once, a flood of them does not refetch again).
+//! `kid` refetches at once, a flood of them does not refetch again); an
+//! `https://` `remoteJWKS` is verified against `--jwks-ca-file` (a test CA),
+//! and without it the unknown CA is refused.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -17,6 +19,7 @@ use std::time::Duration;
 
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 
 const RSA: &[u8] = include_bytes!("data/jwt/rsa.pem");
@@ -229,4 +232,116 @@ fn remote_jwks_is_fetched_refetched_on_an_unknown_kid_and_not_flooded() {
         (n > 200).then_some(())
     });
     assert!(counted.is_some(), "{}", gw.metrics());
+}
+
+/// An HTTPS JWKS server for `127.0.0.1` with a certificate from `ca`: serves
+/// the RSA key; counts the requests it answered.
+fn jwks_https_server(ca: &common::pki::TestCa) -> (SocketAddr, Arc<AtomicUsize>) {
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fetches = Arc::new(AtomicUsize::new(0));
+    let f = fetches.clone();
+    let body = format!("{{\"keys\":{}}}", keys_json(&["rsa-1"]));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(sock) = conn else { continue };
+            let _ = sock.set_read_timeout(Some(Duration::from_secs(5)));
+            let Ok(tls) = rustls::ServerConnection::new(cfg.clone()) else {
+                continue;
+            };
+            let mut s = rustls::StreamOwned::new(tls, sock);
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            if !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                continue; // the handshake failed (an unverified client)
+            }
+            f.fetch_add(1, Ordering::SeqCst);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.flush();
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+    });
+    (addr, fetches)
+}
+
+#[test]
+fn https_remote_jwks_is_verified_against_the_jwks_ca_file() {
+    let backend = sim(&["m"], |_| {});
+    let ca = common::pki::TestCa::new();
+    let (addr, fetches) = jwks_https_server(&ca);
+    let dir = shardgate_testkit::temp_dir("shardgate-jwks-ca");
+    let ca_file = dir.join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let provider =
+        format!("        remoteJWKS: {{uri: 'https://{addr}/jwks.json', cacheDuration: 1h}}\n");
+    let body = chat("m", false, 2);
+    let rs = token(Algorithm::RS256, "rsa-1", 600);
+
+    // Trusting the test CA: the set is fetched over TLS and the token passes.
+    let gw = Gateway::start(
+        &yaml(backend.addr(), &provider),
+        &["--jwks-ca-file", ca_file.to_str().unwrap()],
+    );
+    let mut c = gw.connect();
+    let ok = poll(Duration::from_secs(10), || {
+        let r = c.post(
+            "/v1/chat/completions",
+            &body,
+            &[("authorization", &bearer(&rs))],
+        );
+        (r.status == 200).then_some(())
+    });
+    assert!(ok.is_some(), "the https JWKS never made the key usable");
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    drop(gw);
+
+    // System roots only: the server's certificate does not verify, no set is
+    // fetched, tokens are refused.
+    let gw = Gateway::launch(
+        &yaml(backend.addr(), &provider),
+        &[],
+        Launch {
+            capture_stderr: true,
+            ..Launch::default()
+        },
+    );
+    let logged = poll(Duration::from_secs(10), || {
+        gw.stderr_text()
+            .contains("certificate signed by an unknown CA")
+            .then_some(())
+    });
+    assert!(logged.is_some(), "{}", gw.stderr_text());
+    let r = gw.connect().post(
+        "/v1/chat/completions",
+        &body,
+        &[("authorization", &bearer(&rs))],
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(fetches.load(Ordering::SeqCst), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -111,6 +111,12 @@ pub struct SimConfig {
     /// behaviour with and without backend telemetry).
     #[arg(long)]
     pub no_metrics: bool,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key`).
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `--tls-cert`.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -149,6 +155,8 @@ impl Default for SimConfig {
             fast: false,
             legacy_metrics: false,
             no_metrics: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

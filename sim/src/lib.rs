@@ -19,6 +19,8 @@
 //!   input, `--call-overhead-us`, `--embedding-us-per-input`). Defaults: 16 seqs, 2,048
 //!   blocks × 16 tokens, 200 µs/prefill token, 8 ms + 0.4 ms/seq per decode step, no
 //!   per-call or per-input cost.
+//! - **HTTPS** (`--tls-cert`, `--tls-key`; `tls`): rustls in front of the same server,
+//!   for gateways that reach backends over TLS.
 //! - **Faults**: error rate (500), stall before headers, mid-stream connection aborts,
 //!   slow start (503), and `--fast` (no engine: immediate fixed answers).
 //!
@@ -35,6 +37,7 @@ pub mod kv;
 pub mod metrics;
 pub mod render;
 mod server;
+mod tls;
 pub mod tokens;
 
 use std::io;
@@ -129,6 +132,7 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
 /// runtime.
 pub fn spawn(config: SimConfig) -> io::Result<SimHandle> {
     let listener = bind(&config)?;
+    let tls = tls::acceptor(&config)?;
     let addr = listener.local_addr()?;
     let rt = runtime()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -138,7 +142,7 @@ pub fn spawn(config: SimConfig) -> io::Result<SimHandle> {
             let stopped = async {
                 let _ = stop_rx.await;
             };
-            if let Err(e) = rt.block_on(server::serve(listener, config, stopped)) {
+            if let Err(e) = rt.block_on(server::serve(listener, config, tls, stopped)) {
                 tracing::error!(%addr, error = %e, "simulator failed");
             }
         })?;
@@ -152,16 +156,18 @@ pub fn spawn(config: SimConfig) -> io::Result<SimHandle> {
 /// Runs in the calling thread until SIGINT / ctrl-c.
 pub fn run_blocking(config: SimConfig) -> io::Result<()> {
     let listener = bind(&config)?;
+    let tls = tls::acceptor(&config)?;
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
         models = ?config.model,
         loras = ?config.lora,
         fast = config.fast,
+        https = tls.is_some(),
         "shardgate-sim listening"
     );
     let rt = runtime()?;
-    rt.block_on(server::serve(listener, config, async {
+    rt.block_on(server::serve(listener, config, tls, async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for ctrl-c; stopping");
         }

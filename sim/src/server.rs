@@ -1,4 +1,5 @@
-//! HTTP front: hyper 1 HTTP/1.1 server (keep-alive, `TCP_NODELAY`), routing, faults.
+//! HTTP front: hyper 1 HTTP/1.1 server (keep-alive, `TCP_NODELAY`; HTTPS with
+//! `--tls-cert`/`--tls-key`, see `tls`), routing, faults.
 //!
 //! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/embeddings`,
 //! `POST /v1/chat/completions/render`, `POST /v1/completions/render`, `POST /tokenize`,
@@ -161,6 +162,8 @@ pub(crate) struct Shared {
     loaded: tokio::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     cold_starts_total: AtomicU64,
     connections_total: AtomicU64,
+    /// Connections whose TLS handshake failed (HTTPS only).
+    tls_handshake_failures_total: AtomicU64,
     engine: mpsc::UnboundedSender<Command>,
 }
 
@@ -216,6 +219,7 @@ fn unix_secs() -> f64 {
 pub(crate) async fn serve(
     listener: std::net::TcpListener,
     cfg: SimConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
@@ -244,6 +248,7 @@ pub(crate) async fn serve(
         loaded: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         cold_starts_total: AtomicU64::new(0),
         connections_total: AtomicU64::new(0),
+        tls_handshake_failures_total: AtomicU64::new(0),
         engine: tx,
     });
     let engine_task = tokio::spawn(driver::run(shared.clone(), engine, rx));
@@ -258,16 +263,29 @@ pub(crate) async fn serve(
                     shared.connections_total.fetch_add(1, Relaxed);
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
+                    let tls = tls.clone();
                     conns.spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
-                            let shared = shared.clone();
-                            async move { Ok::<_, Infallible>(handle(shared, req).await) }
-                        });
-                        let conn = hyper::server::conn::http1::Builder::new()
+                        let http = hyper::server::conn::http1::Builder::new()
                             .timer(TokioTimer::new())
                             .keep_alive(true)
-                            .serve_connection(TokioIo::new(stream), service);
-                        if let Err(e) = conn.await {
+                            .clone();
+                        let svc_shared = shared.clone();
+                        let service = hyper::service::service_fn(move |req| {
+                            let shared = svc_shared.clone();
+                            async move { Ok::<_, Infallible>(handle(shared, req).await) }
+                        });
+                        let r = match tls {
+                            None => http.serve_connection(TokioIo::new(stream), service).await,
+                            Some(acceptor) => match acceptor.accept(stream).await {
+                                Ok(s) => http.serve_connection(TokioIo::new(s), service).await,
+                                Err(e) => {
+                                    shared.tls_handshake_failures_total.fetch_add(1, Relaxed);
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                            },
+                        };
+                        if let Err(e) = r {
                             tracing::debug!(error = %e, "connection ended with an error");
                         }
                     });
@@ -490,6 +508,7 @@ async fn stats_page(shared: &Shared) -> Response<RespBody> {
         "render_requests_total": shared.renders_total.load(Relaxed),
         "requests_cancelled_total": m.finished_abort,
         "connections_total": shared.connections_total.load(Relaxed),
+        "tls_handshake_failures_total": shared.tls_handshake_failures_total.load(Relaxed),
         "running": m.running,
         "waiting": m.waiting,
         "kv_cache_usage": m.kv_usage,

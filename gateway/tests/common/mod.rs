@@ -11,6 +11,8 @@ use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::time::Duration;
 
+pub mod pki;
+
 // Each test crate uses a different part of the harness.
 #[allow(unused_imports)]
 pub use shardgate_testkit::{

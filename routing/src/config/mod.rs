@@ -119,8 +119,8 @@ pub enum Resource {
     Secret(Secret),
     /// `v1` `ConfigMap` (CA bundles of `BackendTLSPolicy`).
     ConfigMap(ConfigMap),
-    /// `gateway.networking.k8s.io` `BackendTLSPolicy` (parsed and validated;
-    /// upstream TLS not enforced yet).
+    /// `gateway.networking.k8s.io` `BackendTLSPolicy` (the endpoints of the
+    /// Services it targets are reached over TLS).
     BackendTlsPolicy(BackendTlsPolicy),
     /// `ai.gateway.io/v1alpha1` `InferenceConfig`.
     InferenceConfig(InferenceConfig),
@@ -128,7 +128,7 @@ pub enum Resource {
     InferencePolicy(InferencePolicy),
     /// `ai.gateway.io/v1alpha1` `BatchingPolicy`.
     BatchingPolicy(BatchingPolicy),
-    /// The seed's `SecurityPolicy` (JWT authentication enforced; rate limits not yet).
+    /// The seed's `SecurityPolicy` (JWT authentication and rate limits).
     SecurityPolicy(SecurityPolicy),
     /// `monitoring.coreos.com/v1` `ServiceMonitor` (not enforced).
     ServiceMonitor(ServiceMonitor),
@@ -251,7 +251,7 @@ const KINDS: &[KindSpec] = &[
         kind: "ConfigMap",
         api_versions: &["v1"],
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::ConfigMap),
     },
     KindSpec {
@@ -261,7 +261,7 @@ const KINDS: &[KindSpec] = &[
             "gateway.networking.k8s.io/v1alpha3",
         ],
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::BackendTlsPolicy),
     },
     KindSpec {
@@ -330,7 +330,7 @@ const KINDS: &[KindSpec] = &[
             "ai.gateway.io/v1alpha1",
         ],
         cluster_scoped: false,
-        enforced: PARTLY_SECURITY,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::SecurityPolicy),
     },
     KindSpec {
@@ -346,11 +346,6 @@ const KINDS: &[KindSpec] = &[
 pub const ENFORCED: &str = "enforced";
 /// Enforcement status string for kinds that are parsed and validated only.
 pub const NOT_ENFORCED: &str = "accepted, not enforced";
-/// Enforcement status of `SecurityPolicy`: its JWT authentication and its rate
-/// limits (per client, exact across shards) act; a JWKS behind `https://` is not
-/// fetched yet.
-pub const PARTLY_SECURITY: &str =
-    "partly enforced (authentication.jwt, rateLimit; https:// JWKS URIs not fetched yet)";
 
 /// Whether shardgate acts on `kind`, wholly or in part (see
 /// [`Config::enforcement_report`]); `None` for kinds it does not load at all.
@@ -371,8 +366,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// Per kind present: its enforcement status ([`ENFORCED`],
-    /// [`PARTLY_MODEL`] or [`NOT_ENFORCED`]) and how many documents of
+    /// Per kind present: its enforcement status ([`ENFORCED`] or
+    /// [`NOT_ENFORCED`]) and how many documents of
     /// it were loaded, in a fixed kind order. Meant to be logged at start-up so no kind is
     /// silently dropped. `GRPCRoute` and `ServiceMonitor` are not enforced yet.
     pub fn enforcement_report(&self) -> Vec<(String, &'static str, usize)> {

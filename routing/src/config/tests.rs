@@ -258,7 +258,7 @@ fn enforcement_report_lists_every_kind() {
             ("InferenceConfig".to_owned(), ENFORCED, 1),
             ("InferencePolicy".to_owned(), ENFORCED, 1),
             ("BatchingPolicy".to_owned(), ENFORCED, 1),
-            ("SecurityPolicy".to_owned(), PARTLY_SECURITY, 1),
+            ("SecurityPolicy".to_owned(), ENFORCED, 1),
             ("ServiceMonitor".to_owned(), NOT_ENFORCED, 1),
         ]
     );

@@ -17,6 +17,10 @@
 //! - a backend without endpoints keeps its (empty) group and adds a warning;
 //!   weight 0 groups are kept and must never be chosen; the same address in
 //!   several groups is one [`EndpointInfo`];
+//! - a `Service` backend targeted by a `BackendTLSPolicy` (the whole Service,
+//!   or with `sectionName` the Service port of that name) gets the resolved
+//!   policy on each of its endpoints ([`EndpointInfo::tls`]); InferencePool
+//!   backends are not Services and stay plaintext;
 //! - cross-namespace backendRefs are allowed with a warning (no
 //!   `ReferenceGrant` support in standalone mode).
 //!
@@ -27,6 +31,7 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use crate::config::{
     AddressType, DocMeta, EndpointSlice, HttpRouteRule, IntOrString, ServicePort, POOL_NAME_LABEL,
@@ -34,7 +39,7 @@ use crate::config::{
 };
 
 use super::build::Builder;
-use super::{BackendGroup, EndpointInfo, Warning};
+use super::{BackendGroup, BackendTls, EndpointInfo, Warning};
 
 /// The resolved backends of one rule.
 pub(super) struct RuleBackends {
@@ -125,10 +130,21 @@ impl<'c> Builder<'c, '_> {
     }
 
     /// The index of `addr` in the endpoint list, adding it (found for
-    /// `backend`, on `node` when known) when new; a node learnt later fills
-    /// in an unknown one.
-    fn add_endpoint(&mut self, addr: SocketAddr, backend: &str, node: Option<&str>) -> usize {
+    /// `backend`, on `node` when known, over `tls` when a BackendTLSPolicy
+    /// covers the backend) when new; a node learnt later fills in an unknown
+    /// one. One address speaks one protocol: when backends disagree on TLS,
+    /// TLS wins (a plaintext request to a TLS port cannot work, and sending a
+    /// request in plaintext where a policy asks for TLS must not happen) and
+    /// the disagreement is a warning.
+    fn add_endpoint(
+        &mut self,
+        addr: SocketAddr,
+        backend: &str,
+        node: Option<&str>,
+        tls: Option<&Arc<BackendTls>>,
+    ) -> usize {
         if let Some(&i) = self.endpoint_index.get(&addr) {
+            let mut conflict = None;
             if let Some(e) = self.endpoints.get_mut(i) {
                 if e.retired {
                     // Seeded from the previous table: live again, described
@@ -137,11 +153,43 @@ impl<'c> Builder<'c, '_> {
                         addr,
                         backend: backend.to_owned(),
                         node: node.map(str::to_owned),
+                        tls: tls.cloned(),
                         retired: false,
                     };
-                } else if let Some(n) = node {
+                    return i;
+                }
+                if let Some(n) = node {
                     e.node.get_or_insert_with(|| n.to_owned());
                 }
+                match (&e.tls, tls) {
+                    (None, None) => {}
+                    (Some(a), Some(b)) if a == b => {}
+                    (None, Some(b)) => {
+                        conflict = Some(format!(
+                            "{} reaches it in plaintext, {backend} over TLS (BackendTLSPolicy {}): TLS is used",
+                            e.backend, b.policy
+                        ));
+                        e.tls = Some(b.clone());
+                    }
+                    (Some(a), None) => {
+                        conflict = Some(format!(
+                            "{} reaches it over TLS (BackendTLSPolicy {}), {backend} in plaintext: TLS is used",
+                            e.backend, a.policy
+                        ));
+                    }
+                    (Some(a), Some(b)) => {
+                        conflict = Some(format!(
+                            "BackendTLSPolicies {} and {} both cover it: {} is used",
+                            a.policy, b.policy, a.policy
+                        ));
+                    }
+                }
+            }
+            if let Some(detail) = conflict {
+                self.warn(Warning::BackendTlsConflict {
+                    endpoint: addr.to_string(),
+                    detail,
+                });
             }
             return i;
         }
@@ -150,10 +198,29 @@ impl<'c> Builder<'c, '_> {
             addr,
             backend: backend.to_owned(),
             node: node.map(str::to_owned),
+            tls: tls.cloned(),
             retired: false,
         });
         self.endpoint_index.insert(addr, i);
         i
+    }
+
+    /// The BackendTLSPolicy that covers Service `ns/name` on its port named
+    /// `port_name`: one whose `sectionName` is that port's name before one
+    /// without `sectionName`; among equals the first by `namespace/name`.
+    fn service_tls(
+        &self,
+        ns: &str,
+        name: &str,
+        port_name: Option<&str>,
+    ) -> Option<Arc<BackendTls>> {
+        let list = self.backend_tls.get(&(ns.to_owned(), name.to_owned()))?;
+        let by_section = list
+            .iter()
+            .find(|(s, _)| s.is_some() && s.as_deref() == port_name);
+        by_section
+            .or_else(|| list.iter().find(|(s, _)| s.is_none()))
+            .map(|(_, t)| t.clone())
     }
 
     /// Ready endpoint addresses of `slices`, with the port chosen per slice.
@@ -163,6 +230,7 @@ impl<'c> Builder<'c, '_> {
         svc_port: Option<&ServicePort>,
         port: Option<u16>,
         backend: &str,
+        tls: Option<&Arc<BackendTls>>,
     ) -> Vec<usize> {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
@@ -191,7 +259,7 @@ impl<'c> Builder<'c, '_> {
                     AddressType::Fqdn => (self.resolve)(a, p),
                 };
                 for addr in addrs {
-                    let i = self.add_endpoint(addr, backend, e.node_name.as_deref());
+                    let i = self.add_endpoint(addr, backend, e.node_name.as_deref(), tls);
                     if seen.insert(i) {
                         out.push(i);
                     }
@@ -224,6 +292,8 @@ impl<'c> Builder<'c, '_> {
 
     /// Endpoint indices of Service `ns/name` on backendRef port `port`.
     fn service_endpoints(&mut self, ns: &str, name: &str, port: u16) -> Vec<usize> {
+        self.referenced_services
+            .insert((ns.to_owned(), name.to_owned()));
         let key = (
             "Service".to_owned(),
             ns.to_owned(),
@@ -239,11 +309,12 @@ impl<'c> Builder<'c, '_> {
             .services
             .get(&(ns, name))
             .and_then(|s| s.spec.ports.iter().find(|p| p.port == port));
+        let tls = self.service_tls(ns, name, svc_port.and_then(|p| p.name.as_deref()));
         let out = if slices.is_empty() {
             let addrs = (self.resolve)(name, port);
             let out: Vec<usize> = addrs
                 .into_iter()
-                .map(|a| self.add_endpoint(a, &backend, None))
+                .map(|a| self.add_endpoint(a, &backend, None, tls.as_ref()))
                 .collect();
             if out.is_empty() {
                 self.warn(Warning::ServiceUnresolved {
@@ -254,7 +325,7 @@ impl<'c> Builder<'c, '_> {
             }
             out
         } else {
-            let out = self.slice_addrs(&slices, svc_port, Some(port), &backend);
+            let out = self.slice_addrs(&slices, svc_port, Some(port), &backend, tls.as_ref());
             if out.is_empty() {
                 self.warn(Warning::ServiceNoReadyEndpoints {
                     backend: backend.clone(),
@@ -287,7 +358,7 @@ impl<'c> Builder<'c, '_> {
         }
         let port = port.or_else(|| pool.and_then(|p| p.spec.target_port()));
         let slices = self.labelled_slices(ns, &[POOL_NAME_LABEL, SERVICE_NAME_LABEL], name);
-        let out = self.slice_addrs(&slices, None, port, &backend);
+        let out = self.slice_addrs(&slices, None, port, &backend, None);
         if slices.is_empty() {
             self.warn(Warning::PoolNoSlices {
                 namespace: ns.to_owned(),

@@ -9,6 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::{
     Config, ConfigError, DocMeta, EndpointSlice, FromNamespaces, Gateway, HttpRoute,
@@ -21,8 +22,8 @@ use super::matcher::{
 };
 use super::models::{header_models, pinned_model, rule_models, rule_models_add};
 use super::{
-    CompiledRoute, CompiledRule, EndpointInfo, Entry, ListenerInfo, RoutingTable, TlsCertificate,
-    Warning,
+    BackendTls, CompiledRoute, CompiledRule, EndpointInfo, Entry, ListenerInfo, RoutingTable,
+    TlsCertificate, Warning,
 };
 
 /// Hostnames a route serves on a listener: the intersection of both; empty
@@ -83,6 +84,9 @@ struct Listeners<'c> {
     listener_group: Vec<usize>,
 }
 
+/// The BackendTLSPolicies that target one Service: (`sectionName`, policy).
+pub(super) type PolicyTargets = Vec<(Option<String>, Arc<BackendTls>)>;
+
 /// The state of one build: what it found so far, and the config's endpoint
 /// sources indexed once.
 pub(super) struct Builder<'c, 'r> {
@@ -105,6 +109,11 @@ pub(super) struct Builder<'c, 'r> {
     pub(super) pools: HashMap<(&'c str, &'c str), &'c InferencePool>,
     /// `namespace/name` of every InferencePool some backendRef names.
     pub(super) referenced_pools: HashSet<String>,
+    /// (namespace, Service name) → the BackendTLSPolicies that target it:
+    /// (`sectionName`, the resolved policy), policies in `namespace/name` order.
+    pub(super) backend_tls: HashMap<(String, String), PolicyTargets>,
+    /// (namespace, name) of every Service some backendRef names.
+    pub(super) referenced_services: HashSet<(String, String)>,
     /// Steps of endpoint resolution (slices and endpoints visited): what the
     /// scaling test counts to prove resolution linear.
     pub(super) work: u64,
@@ -165,6 +174,8 @@ impl<'c, 'r> Builder<'c, 'r> {
             services,
             pools,
             referenced_pools: HashSet::new(),
+            backend_tls: HashMap::new(),
+            referenced_services: HashSet::new(),
             work: 0,
         }
     }
@@ -197,7 +208,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             port_groups,
             listener_group,
         } = self.build_listeners();
-        self.check_backend_tls_refs();
+        self.resolve_backend_tls();
 
         // Routes, sorted by namespace/name (the precedence tie-breaker).
         let mut http_routes: Vec<(&DocMeta, &HttpRoute)> = config
@@ -245,6 +256,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             rule_base.push(rule_ids.len());
             rule_ids.extend((0..r.rules.len()).map(|i| (ri, i)));
         }
+        self.warn_unused_backend_tls();
         let priorities = self.build_priorities();
         let splits = self.build_splits(&self.known_pools());
         rule_models(&mut routes, &priorities);
@@ -530,17 +542,28 @@ impl<'c, 'r> Builder<'c, 'r> {
         sp
     }
 
-    /// Every `BackendTLSPolicy` CA reference names a ConfigMap of the config
-    /// that holds a `ca.crt` PEM bundle.
-    fn check_backend_tls_refs(&mut self) {
+    /// Every `BackendTLSPolicy`, resolved: each CA reference names a ConfigMap
+    /// of the config that holds a `ca.crt` PEM bundle, `URI` subject names are
+    /// refused (the verifier checks DNS names only); the policies that pass are
+    /// indexed by the Services they target, for the backends to pick up.
+    fn resolve_backend_tls(&mut self) {
         let config = self.config;
-        for (meta, res) in &config.docs {
-            let Resource::BackendTlsPolicy(b) = res else {
-                continue;
-            };
-            for (j, r) in b.spec.validation.ca_certificate_refs.iter().enumerate() {
+        let mut policies: Vec<(&DocMeta, &crate::config::BackendTlsPolicy)> = config
+            .docs
+            .iter()
+            .filter_map(|(m, r)| match r {
+                Resource::BackendTlsPolicy(b) => Some((m, b)),
+                _ => None,
+            })
+            .collect();
+        policies.sort_by_key(|(m, _)| m.key());
+        for (meta, b) in policies {
+            let ns = &meta.namespace;
+            let v = &b.spec.validation;
+            let mut ok = true;
+            let mut ca_bundles = Vec::new();
+            for (j, r) in v.ca_certificate_refs.iter().enumerate() {
                 let field = format!("spec.validation.caCertificateRefs[{j}]");
-                let ns = &meta.namespace;
                 let found = config.docs.iter().find_map(|(m, res)| match res {
                     Resource::ConfigMap(c) if m.name == r.name && &m.namespace == ns => Some(c),
                     _ => None,
@@ -551,24 +574,79 @@ impl<'c, 'r> Builder<'c, 'r> {
                         field,
                         format!("ConfigMap {ns}/{} not found", r.name),
                     ));
+                    ok = false;
                     continue;
                 };
                 let key = crate::config::CA_CERT_KEY;
-                let pem_ok = cm
-                    .data
-                    .get(key)
-                    .is_some_and(|v| v.contains("-----BEGIN CERTIFICATE-----"));
-                if !pem_ok {
-                    self.errors.push(ConfigError::at(
-                        meta,
-                        field,
-                        format!(
-                            "ConfigMap {ns}/{} has no PEM certificate under data.{key}",
-                            r.name
-                        ),
-                    ));
+                match cm.data.get(key) {
+                    Some(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {
+                        ca_bundles.push((format!("ConfigMap {ns}/{}", r.name), pem.clone()));
+                    }
+                    _ => {
+                        self.errors.push(ConfigError::at(
+                            meta,
+                            field,
+                            format!(
+                                "ConfigMap {ns}/{} has no PEM certificate under data.{key}",
+                                r.name
+                            ),
+                        ));
+                        ok = false;
+                    }
                 }
             }
+            let mut subject_alt_names = Vec::new();
+            for (j, san) in v.subject_alt_names.iter().enumerate() {
+                match (san.san_type.as_str(), &san.hostname) {
+                    ("Hostname", Some(h)) => subject_alt_names.push(h.to_ascii_lowercase()),
+                    _ => {
+                        self.errors.push(ConfigError::at(
+                            meta,
+                            format!("spec.validation.subjectAltNames[{j}]"),
+                            "only Hostname subject names are supported (URI names cannot be verified)",
+                        ));
+                        ok = false;
+                    }
+                }
+            }
+            if !ok {
+                continue;
+            }
+            let tls = Arc::new(BackendTls {
+                policy: format!("{ns}/{}", meta.name),
+                hostname: v.hostname.to_ascii_lowercase(),
+                ca_bundles,
+                system_roots: v.well_known_ca_certificates.is_some(),
+                subject_alt_names,
+            });
+            for t in &b.spec.target_refs {
+                self.backend_tls
+                    .entry((ns.clone(), t.name.clone()))
+                    .or_default()
+                    .push((t.section_name.clone(), tls.clone()));
+            }
+        }
+    }
+
+    /// A BackendTLSPolicy target that no backendRef names acts on nothing:
+    /// a warning per (policy, Service), in policy order.
+    fn warn_unused_backend_tls(&mut self) {
+        let mut unused: Vec<(String, String)> = Vec::new();
+        for ((ns, name), list) in &self.backend_tls {
+            if self
+                .referenced_services
+                .contains(&(ns.clone(), name.clone()))
+            {
+                continue;
+            }
+            for (_, t) in list {
+                unused.push((t.policy.clone(), format!("{ns}/{name}")));
+            }
+        }
+        unused.sort();
+        unused.dedup();
+        for (policy, service) in unused {
+            self.warn(Warning::BackendTlsTargetUnused { policy, service });
         }
     }
 

@@ -1,7 +1,8 @@
 //! What `shardgate check` prints: the `Display` of [`RoutingTable`] — per
 //! listener its entries in precedence order (conditions → backends with up to
-//! 8 endpoints each, policies, timeout, `route rule`), then priorities and
-//! warnings — and of the compiled conditions it is made of.
+//! 8 endpoints each, `tls=HOSTNAME` after one a BackendTLSPolicy covers;
+//! policies, timeout, `route rule`), then priorities and warnings — and of
+//! the compiled conditions it is made of.
 
 use std::fmt;
 
@@ -97,7 +98,11 @@ impl fmt::Display for RoutingTable {
                         if i > 0 {
                             write!(f, ", ")?;
                         }
-                        write!(f, "{}", self.endpoints[ep].addr)?;
+                        let e = &self.endpoints[ep];
+                        write!(f, "{}", e.addr)?;
+                        if let Some(t) = &e.tls {
+                            write!(f, " tls={}", t.hostname)?;
+                        }
                     }
                     if b.endpoints.len() > 8 {
                         write!(f, ", … {} more", b.endpoints.len() - 8)?;

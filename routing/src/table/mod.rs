@@ -109,10 +109,34 @@ pub struct EndpointInfo {
     /// The node it runs on (the EndpointSlice endpoint's `nodeName`), when
     /// known: `gpuAffinity` prefers the gateway's own node.
     pub node: Option<String>,
+    /// How it is reached over TLS, when a `BackendTLSPolicy` targets the
+    /// Service (and port) it was found for; `None` = plaintext. Shared by every
+    /// endpoint of the policy.
+    pub tls: Option<std::sync::Arc<BackendTls>>,
     /// No backend of this table names it any more: it is kept only so that
     /// endpoint indices stay stable from one table to the next
     /// ([`RoutingTable::build_next`]); no group lists it.
     pub retired: bool,
+}
+
+/// The verification a `BackendTLSPolicy` asks for, resolved when the table is
+/// built (ConfigMap bundles read, `URI` names refused): what the gateway turns
+/// into one TLS client configuration per policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTls {
+    /// `namespace/name` of the policy (messages, metrics).
+    pub policy: String,
+    /// `validation.hostname`: the SNI name, and the name verified when no
+    /// `subjectAltNames` are listed.
+    pub hostname: String,
+    /// CA bundles from `validation.caCertificateRefs`: (`ConfigMap ns/name`,
+    /// the PEM text of its `ca.crt`). Empty with system roots.
+    pub ca_bundles: Vec<(String, String)>,
+    /// `validation.wellKnownCACertificates: System`.
+    pub system_roots: bool,
+    /// `validation.subjectAltNames` of type `Hostname`: the certificate must
+    /// be valid for one of them (instead of `hostname`).
+    pub subject_alt_names: Vec<String>,
 }
 
 /// The endpoints of one `backendRef`.

@@ -1,4 +1,4 @@
-//! The table's non-fatal findings as a typed [`Warning`]: 28 kinds, one
+//! The table's non-fatal findings as a typed [`Warning`]: 30 kinds, one
 //! variant each, plus the loader's own (unknown fields). `Display` writes the
 //! sentence `shardgate check`, the start-up log and `/debug/config` show.
 //!
@@ -197,6 +197,20 @@ pub enum Warning {
         /// The backendRef port.
         port: u16,
     },
+    /// A BackendTLSPolicy targets a Service that no backendRef names.
+    BackendTlsTargetUnused {
+        /// `namespace/name` of the policy.
+        policy: String,
+        /// `namespace/name` of the Service.
+        service: String,
+    },
+    /// Backends disagree on whether one endpoint address speaks TLS.
+    BackendTlsConflict {
+        /// The endpoint address.
+        endpoint: String,
+        /// Who says what, and what is used.
+        detail: String,
+    },
     /// A Service backend whose EndpointSlices list no ready endpoint.
     ServiceNoReadyEndpoints {
         /// `namespace/name`.
@@ -367,6 +381,13 @@ impl fmt::Display for Warning {
                 f,
                 "backend {namespace}/{name}:{port} has no endpoints: no EndpointSlice labelled {SERVICE_NAME_LABEL}={name} in namespace {namespace}, and resolving {name}:{port} gave no address"
             ),
+            BackendTlsTargetUnused { policy, service } => write!(
+                f,
+                "BackendTLSPolicy {policy}: no backendRef names Service {service}; the target acts on nothing"
+            ),
+            BackendTlsConflict { endpoint, detail } => {
+                write!(f, "endpoint {endpoint}: {detail}")
+            }
             ServiceNoReadyEndpoints { backend, port } => write!(
                 f,
                 "backend {backend}:{port} has no ready endpoints in its EndpointSlices"
