@@ -400,6 +400,7 @@ mod tests {
             backend: "ns/vllm".into(),
             node: None,
             tls,
+            retired: false,
         };
         let eps = [ep(1, Some(p.clone())), ep(2, None), ep(3, Some(p))];
         let out = for_endpoints(&eps).unwrap();
