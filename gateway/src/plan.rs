@@ -93,6 +93,9 @@ pub struct Decision<'a> {
     /// split: `InferenceModel.targetModels`, `InferenceModelRewrite`,
     /// `ModelRollout`); [`Self::model`] is then this target.
     pub rewrite: Option<&'a str>,
+    /// With a rewrite: the model the client asked for (rate limits and
+    /// priorities are about it, metrics and picks about the target).
+    pub requested: Option<Cow<'a, str>>,
 }
 
 /// Where a request's model came from.
@@ -182,6 +185,7 @@ pub fn plan<'a>(
         security: None,
         plan: Plan::Models,
         rewrite: None,
+        requested: None,
     };
     if req.method == "GET" && req.path == "/v1/models" {
         return d;
@@ -299,7 +303,7 @@ pub fn plan<'a>(
             .and_then(|m| state.table.model_split(route.rule_id, m));
         if let Some(to) = split.and_then(|s| split_target(s, state, req.roll)) {
             d.rewrite = Some(to);
-            d.model = Some(Cow::Borrowed(to));
+            d.requested = d.model.replace(Cow::Borrowed(to));
             d.known_model = true;
         }
     }
@@ -538,6 +542,7 @@ spec:
         for roll in 0..400u32 {
             let d = run_rolled(&st, "POST", "/v1/completions", &[], &body, roll);
             assert_eq!(d.rewrite, d.model.as_deref());
+            assert_eq!(d.requested.as_deref(), Some("crit"));
             assert!(d.known_model);
             // Priority stays the requested model's (InferenceModel crit: Critical).
             assert_eq!(forward(&d), (1, "forward"));

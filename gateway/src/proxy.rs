@@ -695,6 +695,8 @@ async fn execute<'s, S: ClientStream>(
         // key waits (polling its lease) for the lease thread's refill, at most
         // `--rate-limit-redis-timeout`; then the failure mode decides.
         let mut waited: Option<Instant> = None;
+        // Limits name the model the client asked for, not a split's target.
+        let limit_model = decision.requested.as_deref().or(rq.model.as_deref());
         let decided = loop {
             let gave_up = waited.is_some_and(|t| {
                 state
@@ -702,15 +704,7 @@ async fn execute<'s, S: ClientStream>(
                     .as_ref()
                     .is_none_or(|g| t.elapsed() >= g.timeout())
             });
-            match rate_limit(
-                state,
-                limiter,
-                policy,
-                req,
-                rq.model.as_deref(),
-                subject,
-                gave_up,
-            ) {
+            match rate_limit(state, limiter, policy, req, limit_model, subject, gave_up) {
                 Some(d) => break d,
                 None => {
                     if waited.is_none() {
@@ -728,7 +722,7 @@ async fn execute<'s, S: ClientStream>(
         match decided {
             Ok(admitted) => rq.rate = admitted,
             Err(f) => {
-                shard.metrics.borrow_mut().rate_limited(rq.model.as_deref());
+                shard.metrics.borrow_mut().rate_limited(limit_model);
                 rq.status = respond_failure(client, out, &f, Some(rid)).await;
                 return req.client_keep;
             }

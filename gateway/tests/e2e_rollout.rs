@@ -255,3 +255,33 @@ fn a_failing_canary_rolls_back_within_its_window_and_the_error_budget() {
         "{m}"
     );
 }
+
+#[test]
+fn rate_limits_count_the_requested_model_not_the_split_target() {
+    let v1 = sim(&["m-v1"], |_| {});
+    let v2 = sim(&["m-v2"], |_| {});
+    let gw = start(&pool_config(
+        v1.addr(),
+        v2.addr(),
+        "apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: m, namespace: default}
+spec:
+  modelName: m
+  poolRef: {name: pool}
+  targetModels: [{name: m-v1, weight: 1}, {name: m-v2, weight: 1}]
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: SecurityPolicy
+metadata: {name: sp, namespace: default}
+spec:
+  targetRef: {kind: Gateway, name: gw}
+  rateLimit:
+    perModel:
+      m: {requests: 6, unit: hour}
+",
+    ));
+    let mut c = gw.connect();
+    let statuses: Vec<u16> = (0..8).map(|_| ask(&mut c)).collect();
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429]);
+}
