@@ -32,6 +32,20 @@ pub enum Command {
     /// started in-process: no cluster and no GPU needed (a binary built without the
     /// default `demo` feature only prints the config).
     Demo(DemoArgs),
+    /// Ask a running gateway to re-read its config files now (what a file
+    /// change or SIGHUP does): `POST /admin/reload` on its admin listener.
+    Reload(ReloadArgs),
+}
+
+/// `shardgate reload`.
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The running gateway's admin listener.
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    pub admin_addr: SocketAddr,
+    /// How long to wait for its answer.
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    pub timeout: Duration,
 }
 
 /// `shardgate check`.

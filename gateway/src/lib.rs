@@ -111,6 +111,51 @@ pub fn main_entry() -> ExitCode {
         }
         Command::Check(args) => check(&args.config, &args.config_limits),
         Command::Demo(args) => demo::run(&args),
+        Command::Reload(args) => request_reload(&args),
+    }
+}
+
+/// `shardgate reload`: `POST /admin/reload` to a running gateway; prints its
+/// answer; success only on 202.
+fn request_reload(args: &cli::ReloadArgs) -> ExitCode {
+    use std::io::{Read, Write};
+    let addr = args.admin_addr;
+    let attempt = || -> std::io::Result<(u16, String)> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, args.timeout)?;
+        s.set_read_timeout(Some(args.timeout))?;
+        s.set_write_timeout(Some(args.timeout))?;
+        s.write_all(
+            format!("POST /admin/reload HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut raw = Vec::new();
+        s.take(64 * 1024).read_to_end(&mut raw)?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .trim()
+            .to_string();
+        Ok((status, body))
+    };
+    match attempt() {
+        Ok((202, body)) => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("shardgate reload: {addr} answered {status}: {body}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("shardgate reload: cannot reach the admin listener at {addr}: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

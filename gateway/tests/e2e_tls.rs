@@ -534,4 +534,33 @@ fn a_renewed_certificate_serves_without_a_restart() {
             .status,
         405
     );
+
+    // `shardgate reload` sends that POST from the command line.
+    let admin = gw.admin.unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["reload", "--admin-addr", &admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["reload"], "requested");
+    let reloaded = poll(Duration::from_secs(10), || {
+        let n = sample(
+            &gw.metrics(),
+            "gateway_config_reloads_total{result=\"unchanged\"}",
+        )?;
+        (n > before + 2.0).then_some(())
+    });
+    assert!(reloaded.is_some(), "shardgate reload did not reload");
+    // Nobody listening: a clear failure.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args(["reload", "--admin-addr", &dead])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the admin listener"), "{err}");
 }
