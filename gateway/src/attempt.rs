@@ -85,6 +85,13 @@ impl Outliers {
         }
     }
 
+    /// Room for `endpoints` endpoints (a reload added some); new ones are available.
+    pub fn grow(&mut self, endpoints: usize) {
+        if self.eps.len() < endpoints {
+            self.eps.resize(endpoints, EndpointHealth::default());
+        }
+    }
+
     /// Whether `ep` may be picked at `now` (not ejected, or its period is over).
     pub fn available(&self, ep: usize, now: Instant) -> bool {
         self.eps

@@ -150,7 +150,8 @@ pub async fn run(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: Request<'_>) ->
 fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     let now = std::time::Instant::now();
     let snapshot = shard.control.snapshot.load();
-    let table = &shard.state.table;
+    let state = shard.state();
+    let table = &state.table;
     let mut capacity = pb.capacity.borrow_mut();
     loop {
         let ready = pb.batcher.borrow_mut().poll_ready_with(now, |(_, ctx)| {
@@ -334,11 +335,12 @@ async fn call(
     priority: i32,
     dispatch: &mut Option<Dispatching>,
 ) -> Result<(u16, Vec<u8>), Failure> {
-    let settings = &shard.state.settings;
-    let rule = shard.state.table.rule(ctx.rule_id);
+    let settings = &shard.settings;
+    let state = shard.state_for_request();
+    let rule = state.table.rule(ctx.rule_id);
     let (backends, policy, route) =
         rule.map_or((&[][..], None, ""), |r| (r.backends, r.policy, r.route));
-    let profile = shard.state.profile(policy);
+    let profile = state.profile(policy);
     let req = PickRequest {
         model: Some(&ctx.model),
         adapter: None,

@@ -121,7 +121,38 @@ pub struct ControlShared {
     /// health probe): shards end an ejection that began before it.
     pub checks: CheckTimes,
     /// Per endpoint: on the gateway's own node (`gpuAffinity`; empty = none).
-    pub locality: Vec<bool>,
+    pub locality: ArcSwap<Vec<bool>>,
+    /// How many endpoint indices the per-endpoint arrays hold (in-flight
+    /// reports, check times, retired flags): [`endpoint_capacity`] of the
+    /// start's count. A reload that needs more waits for a restart.
+    pub capacity: usize,
+    /// Endpoints a reload retired: their loops idle.
+    pub retired: Arc<crate::report::Retired>,
+    /// Endpoint indices in use (the routing table's count, retired ones too).
+    count: std::sync::atomic::AtomicUsize,
+    /// Where a reload sends endpoints that are new (set when the thread starts).
+    adds: arc_swap::ArcSwapOption<mpsc::Sender<Vec<AddedEndpoint>>>,
+}
+
+/// An endpoint a reload added: its index, how it is reached, how it is
+/// checked, whether it is on this node.
+#[derive(Clone)]
+pub struct AddedEndpoint {
+    /// Its index in the routing table.
+    pub ep: usize,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Upstream TLS, when a BackendTLSPolicy covers it.
+    pub tls: Option<Arc<UpstreamTls>>,
+    /// Its active health check, if any.
+    pub spec: Option<HealthSpec>,
+}
+
+/// The per-endpoint capacity for a start with `n` endpoints: twice as many,
+/// and at least 1,024 more, so that pods coming and going never need a restart
+/// in practice (a few bytes per index per shard).
+pub fn endpoint_capacity(n: usize) -> usize {
+    (n.saturating_mul(2)).max(n + 1024)
 }
 
 /// Per endpoint, the instants of its last successful telemetry scrape and
@@ -245,22 +276,59 @@ impl ControlShared {
             budget,
             // No hub until `with_prefix_share`: registrations fail, sharing is off.
             prefix_share: PrefixShare::new(mpsc::channel().0),
-            reports: Reports::new(shards.max(1), endpoints),
-            checks: CheckTimes::new(endpoints),
-            locality: Vec::new(),
+            reports: Reports::new(shards.max(1), endpoint_capacity(endpoints)),
+            checks: CheckTimes::new(endpoint_capacity(endpoints)),
+            locality: ArcSwap::from_pointee(Vec::new()),
+            capacity: endpoint_capacity(endpoints),
+            retired: Arc::new(crate::report::Retired::new(endpoint_capacity(endpoints))),
+            count: std::sync::atomic::AtomicUsize::new(endpoints),
+            adds: arc_swap::ArcSwapOption::empty(),
         }
     }
 
     /// Marks the endpoints on the gateway's own node (`gpuAffinity`), indexed
     /// like the routing table's endpoints; every snapshot carries the marks.
-    pub fn with_locality(mut self, local: Vec<bool>) -> Self {
+    pub fn with_locality(self, local: Vec<bool>) -> Self {
         let mut snap = ScoringSnapshot::clone(&self.snapshot.load());
         for v in &mut snap.endpoints {
             v.local = local.get(v.id).copied().unwrap_or(false);
         }
         self.snapshot.store(Arc::new(snap));
-        self.locality = local;
+        self.locality.store(Arc::new(local));
         self
+    }
+
+    /// Endpoint indices in use.
+    pub fn endpoint_count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// A reload's endpoint changes: the new count and locality, which
+    /// indices are retired, and the new endpoints to start checking. False
+    /// (nothing changed) when `count` exceeds the capacity or the control
+    /// thread is not running.
+    pub fn apply_endpoints(
+        &self,
+        count: usize,
+        retired: &[bool],
+        locality: Vec<bool>,
+        added: Vec<AddedEndpoint>,
+    ) -> bool {
+        if count > self.capacity {
+            return false;
+        }
+        let Some(tx) = self.adds.load_full() else {
+            return false;
+        };
+        for (ep, r) in retired.iter().enumerate() {
+            self.retired.set(ep, *r);
+        }
+        self.locality.store(Arc::new(locality));
+        if !added.is_empty() && tx.send(added).is_err() {
+            return false;
+        }
+        self.count.store(count, Ordering::Release);
+        true
     }
 
     /// Turns prefix sharing on: shards may attach their rings, and the control
@@ -370,6 +438,77 @@ struct Health {
     status: Vec<HealthStatus>,
 }
 
+/// What every per-endpoint loop of the control thread shares.
+struct Loops {
+    shared: Arc<ControlShared>,
+    settings: ControlSettings,
+    store: Rc<RefCell<TelemetryStore>>,
+    health: Rc<RefCell<Health>>,
+    lists: crate::models_poll::ModelLists,
+    throttle: Throttle,
+}
+
+impl Loops {
+    /// Start endpoint `ep`'s loops: `/v1/models` polls, telemetry scrapes and,
+    /// with a spec, health checks.
+    fn start(&self, ep: usize, target: Target, spec: Option<HealthSpec>) {
+        {
+            let mut h = self.health.borrow_mut();
+            while h.status.len() <= ep {
+                h.status.push(HealthStatus {
+                    healthy: true,
+                    checked: false,
+                    consecutive_failures: 0,
+                    consecutive_successes: 0,
+                    last_error: None,
+                    checks: 0,
+                    probe: None,
+                });
+            }
+            if let Some(st) = h.status.get_mut(ep) {
+                st.checked = spec.is_some();
+                st.probe = spec.as_ref().map(probe_name);
+            }
+            let mut lists = self.lists.borrow_mut();
+            while lists.len() <= ep {
+                lists.push(None);
+            }
+        }
+        let settings = &self.settings;
+        if !settings.models_interval.is_zero() {
+            monoio::spawn(crate::models_poll::poll_loop(
+                ep,
+                target.clone(),
+                settings.models_interval,
+                settings.scrape_timeout,
+                self.lists.clone(),
+                self.throttle.clone(),
+                self.shared.retired.clone(),
+            ));
+        }
+        if settings.scrape {
+            monoio::spawn(scrape_loop(
+                ep,
+                target.clone(),
+                settings.clone(),
+                self.store.clone(),
+                self.shared.clone(),
+                self.throttle.clone(),
+            ));
+        }
+        if let Some(spec) = spec {
+            monoio::spawn(health_loop(
+                ep,
+                target,
+                spec,
+                settings.clone(),
+                self.health.clone(),
+                self.shared.clone(),
+            ));
+        }
+    }
+}
+
 async fn run(
     shared: Arc<ControlShared>,
     endpoints: Vec<(SocketAddr, Option<Arc<UpstreamTls>>)>,
@@ -379,65 +518,63 @@ async fn run(
     if let Some(inbox) = share {
         monoio::spawn(share_loop(inbox, shared.clone()));
     }
+    let (adds_tx, adds) = mpsc::channel::<Vec<AddedEndpoint>>();
+    shared.adds.store(Some(Arc::new(adds_tx)));
     let settings = shared.settings.clone();
-    let store = Rc::new(RefCell::new(TelemetryStore::new(store_config(&settings))));
-    let health = Rc::new(RefCell::new(Health {
-        status: shared.health.load().as_ref().clone(),
-    }));
-    let lists: crate::models_poll::ModelLists = Rc::new(RefCell::new(vec![None; endpoints.len()]));
-    let throttle = Throttle::new(settings.max_concurrent_scrapes, endpoints.len());
+    let loops = Loops {
+        store: Rc::new(RefCell::new(TelemetryStore::new(store_config(&settings)))),
+        health: Rc::new(RefCell::new(Health {
+            status: shared.health.load().as_ref().clone(),
+        })),
+        lists: Rc::new(RefCell::new(vec![None; endpoints.len()])),
+        throttle: Throttle::new(settings.max_concurrent_scrapes, endpoints.len()),
+        shared: shared.clone(),
+        settings: settings.clone(),
+    };
     for (ep, (addr, tls)) in endpoints.iter().enumerate() {
         let target = Target {
             addr: *addr,
             tls: tls.clone(),
         };
-        if !settings.models_interval.is_zero() {
-            monoio::spawn(crate::models_poll::poll_loop(
-                ep,
-                target.clone(),
-                settings.models_interval,
-                settings.scrape_timeout,
-                lists.clone(),
-                throttle.clone(),
-            ));
-        }
-        if settings.scrape {
-            monoio::spawn(scrape_loop(
-                ep,
-                target.clone(),
-                settings.clone(),
-                store.clone(),
-                shared.clone(),
-                throttle.clone(),
-            ));
-        }
-        if let Some(spec) = specs[ep].clone() {
-            monoio::spawn(health_loop(
-                ep,
-                target,
-                spec,
-                settings.clone(),
-                health.clone(),
-                shared.clone(),
-            ));
-        }
+        loops.start(ep, target, specs.get(ep).cloned().flatten());
     }
     let mut generation = 0u64;
     loop {
         monoio::time::sleep(settings.scrape_interval).await;
+        // Endpoints a reload added start being checked now.
+        while let Ok(batch) = adds.try_recv() {
+            for a in batch {
+                tracing::info!(endpoint = %a.addr, "endpoint added by a reload: checks start");
+                loops.start(
+                    a.ep,
+                    Target {
+                        addr: a.addr,
+                        tls: a.tls,
+                    },
+                    a.spec,
+                );
+            }
+            shared
+                .health
+                .store(Arc::new(loops.health.borrow().status.clone()));
+        }
         generation += 1;
         let now = Instant::now();
         let inflight = shared.reports.endpoint_in_flight();
-        let h = health.borrow();
-        let listed = lists.borrow();
-        let inputs = (0..endpoints.len()).map(|id| EndpointInput {
+        let h = loops.health.borrow();
+        let listed = loops.lists.borrow();
+        let local = shared.locality.load();
+        let retired = &shared.retired;
+        let inputs = (0..shared.endpoint_count()).map(|id| EndpointInput {
             id,
-            healthy: h.status.get(id).is_none_or(|s| s.healthy),
+            // A retired endpoint is in no group; it reads as unhealthy in case
+            // a request of the old configuration still looks at it.
+            healthy: !retired.get(id) && h.status.get(id).is_none_or(|s| s.healthy),
             models: listed.get(id).and_then(Option::as_ref),
             inflight: inflight.get(id).copied().unwrap_or(0),
-            local: shared.locality.get(id).copied().unwrap_or(false),
+            local: local.get(id).copied().unwrap_or(false),
         });
-        let snap = ScoringSnapshot::build(generation, now, &store.borrow(), inputs);
+        let snap = ScoringSnapshot::build(generation, now, &loops.store.borrow(), inputs);
         shared.snapshot.store(Arc::new(snap));
         if let Some(total) = shared.budget {
             rebalance_shares(&shared, total);
@@ -505,6 +642,11 @@ async fn scrape_loop(
     let mut conn = target.client();
     let mut failing = false;
     loop {
+        if shared.retired.get(ep) {
+            // Retired by a reload: idle until it comes back.
+            monoio::time::sleep(settings.scrape_interval).await;
+            continue;
+        }
         let slot = throttle.slots.acquire().await;
         let result = conn.get("/metrics", settings.scrape_timeout).await;
         if !throttle.keep_alive {
@@ -579,10 +721,16 @@ async fn health_loop(
     let addr = target.addr;
     let mut conn = target.client();
     loop {
+        if shared.retired.get(ep) {
+            monoio::time::sleep(spec.interval).await;
+            continue;
+        }
         let result = probe(&mut conn, &spec).await;
         {
             let mut h = health.borrow_mut();
-            let st = &mut h.status[ep];
+            let Some(st) = h.status.get_mut(ep) else {
+                return;
+            };
             st.checks += 1;
             match result {
                 Ok(()) => {

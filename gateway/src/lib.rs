@@ -524,6 +524,8 @@ pub fn start(
     state.upstream_tls = upstream_tls;
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
+    let live = Arc::new(state::LiveState::new(state));
+    let shard_live = live.clone();
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards_with(
         per_shard,
@@ -532,7 +534,7 @@ pub fn start(
         move |info, sockets| {
             server::shard_main(
                 info,
-                state.clone(),
+                shard_live.clone(),
                 shard_shutdown.clone(),
                 hub.clone(),
                 access_log.clone(),

@@ -74,11 +74,17 @@ pub async fn poll_loop(
     timeout: Duration,
     lists: ModelLists,
     throttle: crate::throttle::Throttle,
+    retired: std::sync::Arc<crate::report::Retired>,
 ) {
     let addr = target.addr;
     let mut conn = target.client();
     let mut failing = false;
     loop {
+        if retired.get(ep) {
+            // Retired by a reload: idle until it comes back.
+            monoio::time::sleep(interval).await;
+            continue;
+        }
         let slot = throttle.slots.acquire().await;
         let got = conn.get("/v1/models", timeout).await;
         if !throttle.keep_alive {

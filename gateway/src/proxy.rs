@@ -140,7 +140,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     let mut io = ConnIo {
         client: ClientConn {
             sock: client,
-            send_timeout: shard.state.settings.send_timeout,
+            send_timeout: shard.settings.send_timeout,
             failed: None,
             cancel: Canceller::new(),
         },
@@ -207,7 +207,7 @@ async fn read_head<F, S: ClientStream>(
     io: &mut ConnIo<S>,
     slot: &mut Option<F>,
 ) -> Result<Option<RequestHead>, Failure> {
-    let settings = &shard.state.settings;
+    let settings = &shard.settings;
     let mut started: Option<Instant> = None;
     let ClientConn {
         sock: client,
@@ -305,7 +305,7 @@ async fn read_body<'s, S: ClientStream>(
     head: &RequestHead,
     out: &mut Vec<u8>,
 ) -> Result<(Bytes, BodyGrant<'s>), Failure> {
-    let settings = &shard.state.settings;
+    let settings = &shard.settings;
     let framing = head.framing();
     let mut grant = shard.body_budget.empty();
     if framing == Framing::None || framing == Framing::Length(0) {
@@ -426,7 +426,7 @@ async fn handle_request<S: ClientStream>(
 ) -> (bool, ConnIo<S>) {
     let shard = &shard;
     let (client, rbuf, out) = (&mut io.client, &mut io.rbuf, &mut io.out);
-    let state = shard.state.clone();
+    let state = shard.state_for_request();
     let started = Instant::now();
     let ts_ms = crate::access_log::now_ms();
     let mut guard = InFlight::new(shard);
@@ -800,6 +800,7 @@ async fn execute<'s, S: ClientStream>(
     };
     forward(
         shard,
+        state,
         client,
         out,
         req,
@@ -886,6 +887,7 @@ fn rate_limit(
 #[allow(clippy::too_many_arguments)]
 async fn forward<S: ClientStream>(
     shard: &Rc<Shard>,
+    state: &GatewayState,
     client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
     req: &Req<'_>,
@@ -895,10 +897,10 @@ async fn forward<S: ClientStream>(
     guard: &mut InFlight,
     rq: &mut RequestState<'_>,
 ) -> bool {
-    let settings = &shard.state.settings;
+    let settings = &shard.settings;
     let route = &target.route;
     let deadline = Instant::now() + route.request_timeout.unwrap_or(settings.response_timeout);
-    let profile = shard.state.profile(route.policy);
+    let profile = state.profile(route.policy);
     let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
     let hashes = (uses_prefix && !req.body.is_empty())
         .then(|| shard.prefix_hashes(model.unwrap_or(""), req.body));
@@ -1040,7 +1042,7 @@ async fn stream_response<S: ClientStream>(
     deadline: Instant,
     rq: &mut RequestState<'_>,
 ) -> bool {
-    let settings = &shard.state.settings;
+    let settings = &shard.settings;
     let framing = resp.framing();
     rq.status = resp.status();
     let sse = resp

@@ -95,6 +95,34 @@ impl ShardReport {
     }
 }
 
+/// Per endpoint index (up to a capacity fixed at start): whether a reload
+/// retired it (no backend names it any more). The control thread's loops for
+/// a retired endpoint idle until it comes back. Written by the reload thread.
+pub struct Retired(Box<[std::sync::atomic::AtomicBool]>);
+
+impl Retired {
+    /// Flags for `capacity` endpoints, none retired.
+    pub fn new(capacity: usize) -> Self {
+        Retired(
+            (0..capacity)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+        )
+    }
+
+    /// Whether `ep` is retired (false beyond the capacity).
+    pub fn get(&self, ep: usize) -> bool {
+        self.0.get(ep).is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    /// Mark `ep` retired or live again.
+    pub fn set(&self, ep: usize, retired: bool) {
+        if let Some(f) = self.0.get(ep) {
+            f.store(retired, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Every shard's report.
 pub struct Reports {
     shards: Box<[ShardReport]>,

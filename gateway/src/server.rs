@@ -34,7 +34,6 @@ use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, PUBLISH_EVERY};
 use crate::proxy::serve_connection;
 use crate::shard::{ConnGauge, Shard};
-use crate::state::GatewayState;
 
 /// One served port on one shard: the listener indices of the routing table on
 /// it, its TLS configuration when its listeners are `HTTPS`, and the shard's
@@ -52,7 +51,7 @@ pub struct PortSocket {
 /// requests to finish.
 pub async fn shard_main(
     info: ShardInfo,
-    state: Arc<GatewayState>,
+    live: Arc<crate::state::LiveState>,
     shutdown: Shutdown,
     hub: Arc<MetricsHub>,
     access_log: Option<AccessLog>,
@@ -61,7 +60,7 @@ pub async fn shard_main(
 ) {
     let shard = Shard::new(
         info.id,
-        state,
+        live,
         shutdown.clone(),
         hub,
         access_log.map(|l| l.shard()),
@@ -93,7 +92,7 @@ pub async fn shard_main(
         monoio::spawn(accept_loop(shard.clone(), listener, listeners, tls));
     }
     shutdown.wait().await;
-    let deadline = Instant::now() + shard.state.settings.drain_timeout;
+    let deadline = Instant::now() + shard.settings.drain_timeout;
     while shard.in_flight.get() > 0 && Instant::now() < deadline {
         monoio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -251,7 +250,7 @@ async fn serve_tls(
     config: Arc<rustls::ServerConfig>,
 ) {
     let _ = stream.set_nodelay(true);
-    let timeout = shard.state.settings.tls_handshake_timeout;
+    let timeout = shard.settings.tls_handshake_timeout;
     match crate::tls::accept(stream, config, timeout).await {
         Ok(tls) => {
             shard.metrics.borrow_mut().tls_handshakes[tls.handshake_result()] += 1;

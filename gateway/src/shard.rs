@@ -45,8 +45,12 @@ use crate::upstream::{connect, ConnPool, UpstreamConn};
 pub struct Shard {
     /// Shard index.
     pub id: usize,
-    /// Read-only gateway state.
-    pub state: Arc<GatewayState>,
+    /// The gateway state in force (swapped by live reloads).
+    live: Arc<crate::state::LiveState>,
+    /// The revision of [`Self::live`] this shard's per-endpoint state is sized for.
+    seen: Cell<u64>,
+    /// Limits and timeouts (a reload that changes them waits for a restart).
+    pub settings: crate::state::Settings,
     /// Passive health of every endpoint, indexed like `RoutingTable::endpoints()`.
     pub outliers: RefCell<Outliers>,
     /// Idle upstream connections per endpoint.
@@ -100,15 +104,16 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// A fresh shard view over `state`.
+    /// A fresh shard view over `live`'s state.
     pub fn new(
         id: usize,
-        state: Arc<GatewayState>,
+        live: Arc<crate::state::LiveState>,
         shutdown: Shutdown,
         hub: Arc<MetricsHub>,
         access_log: Option<ShardLog>,
         control: Arc<ControlShared>,
     ) -> Rc<Self> {
+        let state = live.load_full();
         let n = state.table.endpoints().len();
         let models: Arc<[String]> = state.table.models().to_vec().into();
         // Prefix sharing: keep our ends, hand the control thread its ends.
@@ -180,13 +185,48 @@ impl Shard {
             in_flight: Cell::new(0),
             requests: Cell::new(0),
             shutdown,
-            state,
+            seen: Cell::new(live.revision()),
+            settings: state.settings.clone(),
+            live,
         })
+    }
+
+    /// The gateway state in force, for a short read.
+    pub fn state(&self) -> arc_swap::Guard<Arc<GatewayState>> {
+        self.live.load()
+    }
+
+    /// The gateway state in force, for a request to keep (requests finish on
+    /// the state they started with). First adopts a newer state: grows the
+    /// per-endpoint state to its endpoint count and drops idle connections to
+    /// endpoints it retired.
+    pub fn state_for_request(&self) -> Arc<GatewayState> {
+        // The revision first: a state published after it is at least as new,
+        // so the growth below covers what that revision needs.
+        let rev = self.live.revision();
+        let state = self.live.load_full();
+        if rev != self.seen.get() {
+            self.seen.set(rev);
+            let eps = state.table.endpoints();
+            self.outliers.borrow_mut().grow(eps.len());
+            let mut pool = self.pool.borrow_mut();
+            pool.grow(eps.len());
+            for (i, e) in eps.iter().enumerate() {
+                if e.retired {
+                    pool.clear(i);
+                }
+            }
+        }
+        state
     }
 
     /// Address of endpoint `ep`.
     pub fn addr(&self, ep: usize) -> SocketAddr {
-        self.state.table.endpoints()[ep].addr
+        self.state()
+            .table
+            .endpoints()
+            .get(ep)
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |e| e.addr)
     }
 
     /// This shard's report to the control thread.
@@ -225,8 +265,8 @@ impl Shard {
         match pooled {
             Some(c) => Ok(c),
             None => {
-                let tls = self.state.upstream_tls.get(ep).and_then(Option::as_ref);
-                let c = connect(self.addr(ep), self.state.settings.connect_timeout, tls).await?;
+                let tls = self.state().upstream_tls.get(ep).cloned().flatten();
+                let c = connect(self.addr(ep), self.settings.connect_timeout, tls.as_ref()).await?;
                 if let Some(i) = c.stream.tls_handshake() {
                     if let Some(n) = self.metrics.borrow_mut().upstream_tls_handshakes.get_mut(i) {
                         *n += 1;
@@ -320,8 +360,8 @@ impl Shard {
         let snapshot = self.control.snapshot.load();
         // modelPrewarming: endpoints still warming up for this model come
         // after the warm ones (preferred) or not at all (strict).
-        let cold = self
-            .state
+        let state = self.state();
+        let cold = state
             .warmth
             .as_ref()
             .filter(|w| w.any_cold())
@@ -374,7 +414,7 @@ impl Shard {
         match outcome {
             PickOutcome::Picked(p) => Ok(p.endpoint),
             PickOutcome::AllSaturated { fallback } => {
-                match (self.state.settings.saturated_action, fallback) {
+                match (self.settings.saturated_action, fallback) {
                     (SaturatedAction::Reject, _) | (_, None) => Err(PickFailure::Saturated),
                     (SaturatedAction::Shed, Some(_)) if priority < 0 => Err(PickFailure::Shed),
                     (_, Some(p)) => Ok(p.endpoint),
@@ -486,7 +526,7 @@ impl Shard {
             (share, in_use, demand, a.waiting() as u32)
         });
         let now = std::time::Instant::now();
-        let n = self.state.table.endpoints().len();
+        let n = self.state().table.endpoints().len();
         m.endpoint_in_flight = (0..n)
             .map(|ep| self.report().map_or(0, |r| r.in_flight(ep)))
             .collect();

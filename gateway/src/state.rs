@@ -13,6 +13,47 @@ use shardgate_routing::RoutingTable;
 
 use crate::jwt::Authenticator;
 
+/// The gateway state in force, swapped by a live reload ([`crate::reload`]):
+/// shards read it per request (an `arc-swap` load, no lock), requests keep
+/// the state they started with, and `revision` tells a shard to grow its
+/// per-endpoint state before its next request.
+pub struct LiveState {
+    current: arc_swap::ArcSwap<GatewayState>,
+    revision: std::sync::atomic::AtomicU64,
+}
+
+impl LiveState {
+    /// Starts with `state` at revision 0.
+    pub fn new(state: Arc<GatewayState>) -> Self {
+        LiveState {
+            current: arc_swap::ArcSwap::new(state),
+            revision: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The state in force, for a short read.
+    pub fn load(&self) -> arc_swap::Guard<Arc<GatewayState>> {
+        self.current.load()
+    }
+
+    /// The state in force, to keep.
+    pub fn load_full(&self) -> Arc<GatewayState> {
+        self.current.load_full()
+    }
+
+    /// How many states have replaced the first.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Put `state` in force.
+    pub fn publish(&self, state: Arc<GatewayState>) {
+        self.current.store(state);
+        self.revision
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Data-path limits and timeouts, resolved from the CLI and the InferenceConfig.
 #[derive(Debug, Clone)]
 pub struct Settings {

@@ -188,6 +188,13 @@ impl ConnPool {
         }
     }
 
+    /// Room for `endpoints` endpoints (a reload added some).
+    pub fn grow(&mut self, endpoints: usize) {
+        while self.idle.len() < endpoints {
+            self.idle.push(Vec::new());
+        }
+    }
+
     /// An idle connection to `ep`, dropping expired or dead ones.
     pub fn take(&mut self, ep: usize, now: Instant) -> Option<UpstreamConn> {
         let idle = self.idle.get_mut(ep)?;
