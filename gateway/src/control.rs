@@ -303,11 +303,14 @@ impl ControlShared {
         self.count.load(Ordering::Acquire)
     }
 
-    /// A reload's endpoint changes: the new count and locality, which
-    /// indices are retired, and the new endpoints to start checking. False
+    /// A reload's endpoint changes, before the new state is in force: the new
+    /// count and locality, the endpoints that are live (a returning one's
+    /// checks resume), and the new endpoints to start checking. Endpoints the
+    /// reload retires are retired after the state swap ([`Self::retire`]), so
+    /// requests of the old state never find their endpoints gone. False
     /// (nothing changed) when `count` exceeds the capacity or the control
     /// thread is not running.
-    pub fn apply_endpoints(
+    pub fn prepare_endpoints(
         &self,
         count: usize,
         retired: &[bool],
@@ -321,7 +324,9 @@ impl ControlShared {
             return false;
         };
         for (ep, r) in retired.iter().enumerate() {
-            self.retired.set(ep, *r);
+            if !r {
+                self.retired.set(ep, false);
+            }
         }
         self.locality.store(Arc::new(locality));
         if !added.is_empty() && tx.send(added).is_err() {
@@ -329,6 +334,16 @@ impl ControlShared {
         }
         self.count.store(count, Ordering::Release);
         true
+    }
+
+    /// After the state swap: the endpoints no backend names any more. Their
+    /// checks idle and the snapshot reads them as unhealthy.
+    pub fn retire(&self, retired: &[bool]) {
+        for (ep, r) in retired.iter().enumerate() {
+            if *r {
+                self.retired.set(ep, true);
+            }
+        }
     }
 
     /// Turns prefix sharing on: shards may attach their rings, and the control
@@ -372,6 +387,35 @@ fn probe_name(s: &HealthSpec) -> String {
         ),
         None => format!("GET /health (policy {})", s.policy),
     }
+}
+
+/// Per endpoint, with `gpuAffinity` on and `node` known: whether it runs on
+/// the gateway's node (`None`: no preference).
+pub fn locality(table: &shardgate_routing::RoutingTable, node: Option<&str>) -> Vec<Option<bool>> {
+    let n = table.endpoints().len();
+    let affinity = table
+        .inference_config()
+        .and_then(|c| c.spec.resource_management.as_ref())
+        .is_some_and(|r| r.gpu_affinity);
+    if !affinity {
+        return vec![None; n];
+    }
+    let Some(node) = node else {
+        tracing::warn!("InferenceConfig gpuAffinity is on but the gateway's node is unknown (--node-name or NODE_NAME): no node preference");
+        return vec![None; n];
+    };
+    let local: Vec<Option<bool>> = table
+        .endpoints()
+        .iter()
+        .map(|e| Some(e.node.as_deref() == Some(node)))
+        .collect();
+    tracing::info!(
+        node,
+        local = local.iter().filter(|l| **l == Some(true)).count(),
+        endpoints = n,
+        "gpuAffinity: endpoints on this node are preferred"
+    );
+    local
 }
 
 /// Health specs per endpoint: the first InferencePolicy with a `healthCheck`

@@ -22,8 +22,9 @@ use shardgate_routing::{RequestView, RoutingTable};
 use crate::control::ControlShared;
 use crate::metrics::MetricsHub;
 
-/// Everything the endpoint views read.
-pub struct EndpointsView {
+/// What the views list, from the routing table in force (a live reload of
+/// endpoints replaces it).
+pub struct EndpointLists {
     /// Endpoint addresses and backends.
     pub endpoints: Vec<(String, String)>,
     /// Per endpoint, the `BackendTLSPolicy` (`namespace/name`) and hostname
@@ -31,6 +32,37 @@ pub struct EndpointsView {
     pub tls: Vec<Option<(String, String)>>,
     /// Per served model: its endpoint ids (through the routes, first listener).
     pub model_endpoints: Vec<(String, Vec<usize>)>,
+    /// Per endpoint: no backend names it any more (kept for stable indices).
+    pub retired: Vec<bool>,
+}
+
+impl EndpointLists {
+    /// The lists of `table`.
+    pub fn of(table: &RoutingTable) -> Self {
+        let eps = table.endpoints();
+        EndpointLists {
+            endpoints: eps
+                .iter()
+                .map(|e| (e.addr.to_string(), e.backend.clone()))
+                .collect(),
+            tls: eps
+                .iter()
+                .map(|e| {
+                    e.tls
+                        .as_ref()
+                        .map(|t| (t.policy.clone(), t.hostname.clone()))
+                })
+                .collect(),
+            model_endpoints: model_endpoints(table),
+            retired: eps.iter().map(|e| e.retired).collect(),
+        }
+    }
+}
+
+/// Everything the endpoint views read.
+pub struct EndpointsView {
+    /// The lists in force.
+    pub lists: Arc<arc_swap::ArcSwap<EndpointLists>>,
     /// Control-thread state.
     pub control: Arc<ControlShared>,
     /// Shard metrics (in-flight, ejection).
@@ -83,7 +115,8 @@ impl EndpointsView {
     /// `Ok(())` when every model has a healthy endpoint, else the models without one.
     pub fn readiness(&self) -> Result<(), Vec<String>> {
         let health = self.control.health.load();
-        let missing: Vec<String> = self
+        let lists = self.lists.load();
+        let missing: Vec<String> = lists
             .model_endpoints
             .iter()
             .filter(|(_, eps)| !eps.iter().any(|e| health.get(*e).is_none_or(|h| h.healthy)))
@@ -103,7 +136,7 @@ impl EndpointsView {
         snap: &shardgate_routing::scoring::ScoringSnapshot,
         now: Instant,
     ) -> Vec<ScoreBreakdown> {
-        let cands: Vec<Candidate> = (0..self.endpoints.len())
+        let cands: Vec<Candidate> = (0..self.lists.load().endpoints.len())
             .map(|endpoint| Candidate {
                 endpoint,
                 prefix_blocks: 0,
@@ -123,6 +156,7 @@ impl EndpointsView {
 
     /// `/debug/endpoints` body.
     pub fn debug_json(&self) -> Vec<u8> {
+        let lists = self.lists.load();
         let now = Instant::now();
         let snap = self.control.snapshot.load();
         let health = self.control.health.load();
@@ -131,7 +165,7 @@ impl EndpointsView {
         let ejected = self.hub.endpoint_ejected();
         let breakdown = self.breakdown(&snap, now);
         let mut out = Vec::new();
-        for (id, (addr, backend)) in self.endpoints.iter().enumerate() {
+        for (id, (addr, backend)) in lists.endpoints.iter().enumerate() {
             let view = snap.endpoint(id);
             let t = view.map(|v| &v.telemetry);
             let signal = |k: SignalKind| t.and_then(|t| t.value(k));
@@ -151,7 +185,8 @@ impl EndpointsView {
                 "id": id,
                 "address": addr,
                 "backend": backend,
-                "tls": self.tls.get(id).and_then(Option::as_ref).map(|(policy, hostname)| {
+                "retired": lists.retired.get(id).copied().unwrap_or(false),
+                "tls": lists.tls.get(id).and_then(Option::as_ref).map(|(policy, hostname)| {
                     serde_json::json!({"policy": policy, "hostname": hostname})
                 }),
                 "health": health.get(id),
@@ -204,11 +239,12 @@ impl EndpointsView {
     /// Telemetry-derived metrics, appended to `/metrics` (Prometheus text, written by
     /// [`shardgate_promtext`]).
     pub fn render_metrics(&self, out: &mut String) {
+        let lists = self.lists.load();
         let now = Instant::now();
         let snap = self.control.snapshot.load();
         let health = self.control.health.load();
         let model_of = |id: usize| -> String {
-            let names: Vec<&str> = self
+            let names: Vec<&str> = lists
                 .model_endpoints
                 .iter()
                 .filter(|(_, eps)| eps.contains(&id))
@@ -227,7 +263,7 @@ impl EndpointsView {
             "GPU utilisation per endpoint, 0-100: the GPU's own utilisation where the backend exports it (DCGM, Triton), else, for vLLM-family servers, their KV-cache utilisation.",
             Kind::Gauge,
         );
-        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+        for (id, (addr, _)) in lists.endpoints.iter().enumerate() {
             let v = telemetry(id).and_then(|t| {
                 t.value(SignalKind::GpuUtil)
                     .or_else(|| t.value(SignalKind::KvUsage))
@@ -242,7 +278,7 @@ impl EndpointsView {
             "GPU memory (or, for vLLM-family servers, KV-cache) in use, 0-1.",
             Kind::Gauge,
         );
-        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+        for (id, (addr, _)) in lists.endpoints.iter().enumerate() {
             if let Some(v) = telemetry(id).and_then(|t| {
                 t.value(SignalKind::GpuMemUsed)
                     .or_else(|| t.value(SignalKind::KvUsage))
@@ -256,7 +292,7 @@ impl EndpointsView {
             "Requests waiting in the endpoint's own queue (from its telemetry).",
             Kind::Gauge,
         );
-        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+        for (id, (addr, _)) in lists.endpoints.iter().enumerate() {
             if let Some(v) = telemetry(id).and_then(|t| t.value(SignalKind::Waiting)) {
                 w.sample("", &[("endpoint", addr)], v);
             }
@@ -266,7 +302,7 @@ impl EndpointsView {
             "1 while the endpoint passes its health checks.",
             Kind::Gauge,
         );
-        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+        for (id, (addr, _)) in lists.endpoints.iter().enumerate() {
             let ok = health.get(id).is_none_or(|h| h.healthy);
             w.sample("", &[("endpoint", addr)], ok);
         }
@@ -276,7 +312,7 @@ impl EndpointsView {
             "Endpoint score (0-1) under the gateway's default scheduling profile from the latest telemetry, without prefix affinity.",
             Kind::Gauge,
         );
-        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+        for (id, (addr, _)) in lists.endpoints.iter().enumerate() {
             if let Some(total) = breakdown.get(id).and_then(|b| b.total) {
                 let labels = [
                     ("endpoint", addr.as_str()),
@@ -303,7 +339,7 @@ impl EndpointsView {
             "Time since the endpoint's last successful telemetry scrape.",
             Kind::Gauge,
         );
-        for (id, (addr, _)) in self.endpoints.iter().enumerate() {
+        for (id, (addr, _)) in lists.endpoints.iter().enumerate() {
             if let Some(age) = telemetry(id).and_then(|t| t.age(now)) {
                 w.sample("", &[("endpoint", addr)], age.as_secs_f64());
             }

@@ -383,7 +383,7 @@ pub fn start(
         share_interval: run.limits.prefix_share_interval,
         locality_weight: 0.0,
     };
-    let locality = locality(&loaded.table, run.limits.node_name.as_deref());
+    let locality = control::locality(&loaded.table, run.limits.node_name.as_deref());
     let pick = state::PickSettings {
         locality_weight: if locality.iter().any(|l| l.is_some()) {
             run.limits.locality_weight.max(0.0)
@@ -435,7 +435,7 @@ pub fn start(
         debug_config_value(&loaded, sources),
         sources,
     ));
-    let reloader = reload::Reloader::new(
+    let mut reloader = reload::Reloader::new(
         &run.config_limits,
         settings.jwt_leeway,
         sources,
@@ -469,6 +469,9 @@ pub fn start(
         rollout::spawn(r, hub.clone())
             .map_err(|e| vec![format!("cannot start the rollout controller: {e}")])?;
     }
+    let endpoint_lists = Arc::new(arc_swap::ArcSwap::from_pointee(
+        endpoints_view::EndpointLists::of(&loaded.table),
+    ));
     let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
     if let Some(a) = admin_addr {
         let listener =
@@ -481,23 +484,7 @@ pub fn start(
             global_limiter: global_limiter.clone(),
             rollouts: rollouts.clone(),
             endpoints: endpoints_view::EndpointsView {
-                endpoints: loaded
-                    .table
-                    .endpoints()
-                    .iter()
-                    .map(|e| (e.addr.to_string(), e.backend.clone()))
-                    .collect(),
-                tls: loaded
-                    .table
-                    .endpoints()
-                    .iter()
-                    .map(|e| {
-                        e.tls
-                            .as_ref()
-                            .map(|t| (t.policy.clone(), t.hostname.clone()))
-                    })
-                    .collect(),
-                model_endpoints: endpoints_view::model_endpoints(&loaded.table),
+                lists: endpoint_lists.clone(),
                 control: control.clone(),
                 hub: hub.clone(),
                 profile: pick.tune(
@@ -525,6 +512,13 @@ pub fn start(
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let live = Arc::new(state::LiveState::new(state));
+    reloader.attach(reload::LiveHandles {
+        live: live.clone(),
+        control: control.clone(),
+        hub: hub.clone(),
+        node: run.limits.node_name.clone(),
+        views: endpoint_lists,
+    });
     let shard_live = live.clone();
     let shard_shutdown = shutdown.clone();
     let handles = shardgate_runtime::spawn_shards_with(
@@ -630,36 +624,6 @@ fn start_prewarm(state: &GatewayState) -> std::io::Result<()> {
         "modelPrewarming: warming up"
     );
     prewarm::spawn(w.clone(), spec, targets)
-}
-
-/// Per endpoint, with `gpuAffinity` on and `node` known: whether it runs on
-/// `node` (its EndpointSlice `nodeName`; an endpoint without one is remote).
-/// All `None` when the preference is off; says why in the log once.
-fn locality(table: &shardgate_routing::RoutingTable, node: Option<&str>) -> Vec<Option<bool>> {
-    let n = table.endpoints().len();
-    let affinity = table
-        .inference_config()
-        .and_then(|c| c.spec.resource_management.as_ref())
-        .is_some_and(|r| r.gpu_affinity);
-    if !affinity {
-        return vec![None; n];
-    }
-    let Some(node) = node else {
-        tracing::warn!("InferenceConfig gpuAffinity is on but the gateway's node is unknown (--node-name or NODE_NAME): no node preference");
-        return vec![None; n];
-    };
-    let local: Vec<Option<bool>> = table
-        .endpoints()
-        .iter()
-        .map(|e| Some(e.node.as_deref() == Some(node)))
-        .collect();
-    tracing::info!(
-        node,
-        local = local.iter().filter(|l| **l == Some(true)).count(),
-        endpoints = n,
-        "gpuAffinity: endpoints on this node are preferred"
-    );
-    local
 }
 
 /// The total client-connection cap: `--max-connections` when given, else derived

@@ -479,8 +479,8 @@ impl ShardMetrics {
 /// Where shards publish and the admin thread reads.
 pub struct MetricsHub {
     slots: Vec<ArcSwap<Option<ShardMetrics>>>,
-    /// Endpoint addresses, for labels.
-    pub endpoints: Vec<String>,
+    /// Endpoint addresses, for labels (a live reload adds to them).
+    endpoints: ArcSwap<Vec<String>>,
     /// I/O driver name.
     pub driver: &'static str,
 }
@@ -490,9 +490,19 @@ impl MetricsHub {
     pub fn new(shards: usize, endpoints: Vec<String>, driver: &'static str) -> Self {
         MetricsHub {
             slots: (0..shards).map(|_| ArcSwap::from_pointee(None)).collect(),
-            endpoints,
+            endpoints: ArcSwap::from_pointee(endpoints),
             driver,
         }
+    }
+
+    /// Endpoint addresses, for labels, indexed like the routing table's.
+    pub fn endpoints(&self) -> Arc<Vec<String>> {
+        self.endpoints.load_full()
+    }
+
+    /// A live reload's endpoint list (addresses, indexed like the table's).
+    pub fn set_endpoints(&self, endpoints: Vec<String>) {
+        self.endpoints.store(Arc::new(endpoints));
     }
 
     /// Per model label, over every shard's last publish: (requests answered
@@ -560,7 +570,7 @@ impl MetricsHub {
 
     /// In-flight requests per endpoint, summed over the shards' latest reports.
     pub fn endpoint_in_flight(&self) -> Vec<u32> {
-        let mut out = vec![0u32; self.endpoints.len()];
+        let mut out = vec![0u32; self.endpoints.load().len()];
         for slot in &self.slots {
             if let Some(m) = slot.load().as_ref() {
                 for (o, v) in out.iter_mut().zip(&m.endpoint_in_flight) {
@@ -586,7 +596,7 @@ impl MetricsHub {
 
     /// Per endpoint: whether some shard has it ejected, at the latest reports.
     pub fn endpoint_ejected(&self) -> Vec<bool> {
-        let mut out = vec![false; self.endpoints.len()];
+        let mut out = vec![false; self.endpoints.load().len()];
         for slot in &self.slots {
             if let Some(m) = slot.load().as_ref() {
                 for (o, v) in out.iter_mut().zip(&m.endpoint_ejected) {
@@ -611,7 +621,8 @@ impl MetricsHub {
         let mut completion: HashMap<String, u64> = HashMap::new();
         let mut rate_limited: HashMap<String, u64> = HashMap::new();
         let mut upstream: HashMap<(u32, &'static str), u64> = HashMap::new();
-        let n_ep = self.endpoints.len();
+        let endpoints = self.endpoints.load_full();
+        let n_ep = endpoints.len();
         let mut in_flight = vec![0u64; n_ep];
         let mut ejected = vec![false; n_ep];
         for s in &shards {
@@ -807,8 +818,7 @@ impl MetricsHub {
             Kind::Counter,
         );
         for ((ep, kind), v) in sorted(&upstream) {
-            let addr = self
-                .endpoints
+            let addr = endpoints
                 .get(*ep as usize)
                 .map(|s| s.as_str())
                 .unwrap_or("unknown");
@@ -873,7 +883,7 @@ impl MetricsHub {
             "Requests in flight per endpoint, all shards.",
             Kind::Gauge,
         );
-        for (addr, v) in self.endpoints.iter().zip(&in_flight) {
+        for (addr, v) in endpoints.iter().zip(&in_flight) {
             w.sample("", &[("endpoint", addr)], *v);
         }
         w.family(
@@ -881,7 +891,7 @@ impl MetricsHub {
             "1 while some shard has the endpoint ejected after connection failures.",
             Kind::Gauge,
         );
-        for (addr, v) in self.endpoints.iter().zip(&ejected) {
+        for (addr, v) in endpoints.iter().zip(&ejected) {
             w.sample("", &[("endpoint", addr)], *v);
         }
         render_batching(&mut w, &queue_depth, &batch);

@@ -1,4 +1,4 @@
-//! Live configuration from files, first step: certificates and JWK sets.
+//! Live configuration from files: certificates, JWK sets and endpoints.
 //!
 //! `serve -c FILE…` watches the directories that hold its files (inotify, in
 //! a thread of its own: editors and Kubernetes ConfigMap/Secret volumes
@@ -21,12 +21,29 @@
 //!   providers with a `localJWKS.secretRef` get the new keys (tokens cached
 //!   under the old set lapse). All ports are prepared before any is changed:
 //!   a Secret that does not parse changes nothing;
-//! - **anything else changed** (routes, endpoints, listeners, policies):
+//! - **only `EndpointSlice` documents changed** (besides Secrets): pods came
+//!   or went. Applied live, `result="applied"`
+//!   ([`Reloader::apply_endpoints`]): the table is rebuilt keeping every
+//!   endpoint's index (a gone address stays as a retired entry, a returning
+//!   one gets its old index back), so everything kept per endpoint (upstream
+//!   pools, telemetry, health, ejections, the prefix index, rate-limit and
+//!   JWT state) carries over; the control thread starts checking new
+//!   endpoints, a scoring snapshot that knows them is awaited (at most 1 s),
+//!   then the new state is swapped in for the shards (`LiveState`, an
+//!   `arc-swap`): requests already running finish on the state they started
+//!   with, the next request of every connection (keep-alive ones included)
+//!   routes on the new one, and only then are the gone endpoints retired (their
+//!   checks idle, their idle connections closed). About 250 ms from the file
+//!   write to the first request on a new endpoint (`e2e_reload`): the 100 ms
+//!   debounce plus two scoring snapshots. Per-endpoint arrays have room for
+//!   [`crate::control::endpoint_capacity`] of the start's count (twice it,
+//!   and at least 1,024 more); beyond it the change waits for a restart.
+//!   New endpoints are not pre-warmed (`modelPrewarming`) yet;
+//! - **anything else changed** (routes, listeners, policies, Services):
 //!   `result="restart_required"`. The Secrets are still applied when the
 //!   listeners are laid out as before; the other changes are named in the log
 //!   and in `/debug/config` (`reload.pending_restart`) and take effect at the
-//!   next start. Live reload of the routing table is the next step of the
-//!   live-configuration work;
+//!   next start;
 //! - **nothing changed** (the bytes are the same, or only comments and
 //!   formatting differ): `result="unchanged"`, nothing else happens.
 //!
@@ -200,8 +217,24 @@ struct Running {
 
 type Layout = (String, String, u16, String, bool, Option<String>);
 
+/// What a reload needs to apply endpoint changes to the running gateway
+/// (handed over once it runs: [`Reloader::attach`]).
+pub struct LiveHandles {
+    /// The state shards read.
+    pub live: Arc<crate::state::LiveState>,
+    /// The control thread's shared state (per-endpoint loops and arrays).
+    pub control: Arc<crate::control::ControlShared>,
+    /// Metrics, for the endpoint labels.
+    pub hub: Arc<crate::metrics::MetricsHub>,
+    /// `--node-name`, for `gpuAffinity`.
+    pub node: Option<String>,
+    /// What `/debug/endpoints` and `/readyz` list.
+    pub views: Arc<ArcSwap<crate::endpoints_view::EndpointLists>>,
+}
+
 /// Reloads the configuration from its files (see the module doc).
 pub struct Reloader {
+    live: Option<LiveHandles>,
     max_bytes: usize,
     limits: LoadLimits,
     jwt_leeway: Duration,
@@ -237,6 +270,14 @@ fn split(config: &Config) -> (Named, Named) {
         .iter()
         .map(|(m, r)| (format!("{} {}", m.kind, m.key()), r.clone()))
         .partition(|(_, r)| !matches!(r, Resource::Secret(_)))
+}
+
+/// `named` without its EndpointSlices (what a live endpoint reload may change).
+fn without_slices(named: &Named) -> Vec<&(String, Resource)> {
+    named
+        .iter()
+        .filter(|(_, r)| !matches!(r, Resource::EndpointSlice(_)))
+        .collect()
 }
 
 fn hash_sources(sources: &[(String, String)]) -> u64 {
@@ -289,6 +330,7 @@ impl Reloader {
     ) -> Self {
         let (others, secrets) = split(config);
         Reloader {
+            live: None,
             max_bytes: limits.max_config_bytes,
             limits: limits.limits(),
             jwt_leeway,
@@ -302,6 +344,115 @@ impl Reloader {
                 layout: layout(listeners),
             },
         }
+    }
+
+    /// Apply endpoint changes live from now on (the gateway runs).
+    pub fn attach(&mut self, handles: LiveHandles) {
+        self.live = Some(handles);
+    }
+
+    /// Put a configuration whose only non-Secret changes are EndpointSlices in
+    /// force: a table rebuilt with every endpoint's index kept
+    /// ([`shardgate_routing::RoutingTable::build_next`]), a gateway state that
+    /// keeps the rate-limit cells, JWT keys, warm-up and rollout state, the
+    /// control thread told which endpoints are new (checks start) and which
+    /// are gone (checks idle), then the state swapped for the shards. Returns
+    /// (endpoints added, retired, live).
+    fn apply_endpoints(&self, config: &Config) -> Result<(usize, usize, usize), String> {
+        let h = self
+            .live
+            .as_ref()
+            .ok_or_else(|| "the gateway is not running yet".to_string())?;
+        let cur = h.live.load_full();
+        let table = shardgate_routing::RoutingTable::build_next(
+            config,
+            &mut crate::load::resolve_dns,
+            &cur.table,
+        )
+        .map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let n = table.endpoints().len();
+        if n > h.control.capacity {
+            return Err(format!(
+                "{n} endpoint addresses (retired ones included) exceed the {} the gateway made room for at start",
+                h.control.capacity
+            ));
+        }
+        let old_n = cur.table.endpoints().len();
+        let fresh_tls = crate::upstream_tls::for_endpoints(table.endpoints())?;
+        let upstream_tls: Vec<_> = fresh_tls
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| {
+                // Keep a surviving endpoint's TLS settings (and session cache).
+                match (cur.table.endpoints().get(i), table.endpoints().get(i)) {
+                    (Some(a), Some(b)) if a.tls == b.tls => {
+                        cur.upstream_tls.get(i).cloned().flatten()
+                    }
+                    _ => t,
+                }
+            })
+            .collect();
+        let specs = crate::control::health_specs(&table);
+        let added: Vec<crate::control::AddedEndpoint> = (old_n..n)
+            .filter_map(|ep| {
+                let e = table.endpoints().get(ep)?;
+                Some(crate::control::AddedEndpoint {
+                    ep,
+                    addr: e.addr,
+                    tls: upstream_tls.get(ep).cloned().flatten(),
+                    spec: specs.get(ep).cloned().flatten(),
+                })
+            })
+            .collect();
+        let retired: Vec<bool> = table.endpoints().iter().map(|e| e.retired).collect();
+        let locality: Vec<bool> = crate::control::locality(&table, h.node.as_deref())
+            .into_iter()
+            .map(|l| l == Some(true))
+            .collect();
+        let lists = crate::endpoints_view::EndpointLists::of(&table);
+        let labels: Vec<String> = table
+            .endpoints()
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        let mut st = crate::state::GatewayState::with_auth(
+            table,
+            cur.settings.clone(),
+            cur.pick,
+            cur.auth.clone(),
+        )?;
+        st.rate_limiter = cur.rate_limiter.clone();
+        st.global_limiter = cur.global_limiter.clone();
+        st.rollouts = cur.rollouts.clone();
+        st.warmth = cur.warmth.clone();
+        st.upstream_tls = upstream_tls;
+        let added_n = added.len();
+        if !h.control.prepare_endpoints(n, &retired, locality, added) {
+            return Err("the control thread did not take the new endpoints".to_string());
+        }
+        h.hub.set_endpoints(labels);
+        h.views.store(Arc::new(lists));
+        // The shards pick from the control thread's scoring snapshot: wait (at
+        // most a second) for one built after the change, so a returning or new
+        // endpoint is not read as unknown by the first requests of the state.
+        let g0 = h.control.snapshot.load().generation;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while h.control.snapshot.load().generation < g0 + 2 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                tracing::warn!("config reload: the control thread built no scoring snapshot in 1 s; the new endpoints are used anyway");
+                break;
+            };
+            std::thread::park_timeout(left.min(Duration::from_millis(5)));
+        }
+        let retired_n = retired.iter().filter(|r| **r).count();
+        h.live.publish(Arc::new(st));
+        h.control.retire(&retired);
+        Ok((added_n, retired_n, n - retired_n))
     }
 
     /// Read `paths` again and reload from them.
@@ -368,6 +519,35 @@ impl Reloader {
             );
             applied = true;
         }
+        // Only EndpointSlices changed (besides Secrets): apply them live.
+        let mut pending = pending;
+        let slices_only = !pending.is_empty()
+            && same_layout
+            && without_slices(&self.running.others) == without_slices(&others);
+        if slices_only {
+            let started = Instant::now();
+            match self.apply_endpoints(&loaded.config) {
+                Ok((added, retired, live)) => {
+                    let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
+                    tracing::info!(
+                        revision,
+                        hash = %hex_hash(sources),
+                        added,
+                        retired,
+                        live,
+                        took_ms = started.elapsed().as_secs_f64() * 1e3,
+                        "config reload: endpoints applied"
+                    );
+                    self.running.others = others;
+                    pending.clear();
+                    applied = true;
+                }
+                Err(why) => {
+                    tracing::warn!(error = %why, "config reload: the endpoint changes cannot be applied live");
+                    pending.push(format!("endpoints ({why})"));
+                }
+            }
+        }
         self.running.seen = seen;
         let hash = hex_hash(sources);
         if pending.is_empty() && (applied || !secrets_changed) {
@@ -383,7 +563,6 @@ impl Reloader {
             });
             return outcome;
         }
-        let mut pending = pending;
         if secrets_changed && !applied {
             pending.push("Secrets (the listeners changed)".to_string());
         }

@@ -185,7 +185,7 @@ pub struct GatewayState {
     pub pick: PickSettings,
     /// The rate-limit cells every shard shares, when some SecurityPolicy has a
     /// `rateLimit` ([`crate::ratelimit`]).
-    pub rate_limiter: Option<crate::ratelimit::RateLimiter>,
+    pub rate_limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// The fleet-wide request limits through Redis, with
     /// `--rate-limit-redis` ([`crate::ratelimit_global`]).
     pub global_limiter: Option<Arc<crate::ratelimit_global::GlobalLimiter>>,
@@ -249,7 +249,11 @@ impl GatewayState {
         let rate_limiter = table
             .security_policies()
             .any(|(_, p)| p.spec.rate_limit.is_some())
-            .then(|| crate::ratelimit::RateLimiter::new(settings.rate_limit_max_keys));
+            .then(|| {
+                Arc::new(crate::ratelimit::RateLimiter::new(
+                    settings.rate_limit_max_keys,
+                ))
+            });
         let upstream_tls = crate::upstream_tls::for_endpoints(table.endpoints())?;
         Ok(GatewayState {
             upstream_tls,
