@@ -111,6 +111,7 @@ impl EndpointsView {
             model: None,
             adapter: None,
             prefix_total_blocks: 0,
+            session: None,
         };
         let _ =
             Picker::new(0).pick_explained(&self.profile, snap, &req, &cands, &zeros, now, &mut out);

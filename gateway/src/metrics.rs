@@ -278,7 +278,15 @@ pub struct ShardMetrics {
     pub auth_failures: [u64; AUTH_REASONS],
     /// TLS handshakes, by [`crate::tls::HANDSHAKE_RESULTS`].
     pub tls_handshakes: [u64; crate::tls::HANDSHAKE_RESULTS.len()],
+    /// Endpoint picks by what decided them, by [`PICK_DECISIONS`].
+    pub pick_decisions: [u64; PICK_DECISIONS.len()],
 }
+
+/// `decided_by` label values of `gateway_pick_decisions_total`
+/// ([`shardgate_routing::scoring::Decision`]): the profile's picker; session
+/// affinity, the session's own endpoint; session affinity, spilled past it at
+/// the load bound.
+pub const PICK_DECISIONS: [&str; 3] = ["profile", "session_home", "session_spilled"];
 
 /// One counter family with one label, summed over the shards: `get` gives a
 /// shard's counts in the order of `label.1`.
@@ -344,6 +352,7 @@ impl ShardMetrics {
             admission: None,
             client_aborts: [0; 2],
             body_refused: [0; 2],
+            pick_decisions: [0; PICK_DECISIONS.len()],
             body_budget: (0, 0),
             auth_failures: [0; AUTH_REASONS],
             tls_handshakes: [0; crate::tls::HANDSHAKE_RESULTS.len()],
@@ -806,6 +815,14 @@ impl MetricsHub {
                 .unwrap_or("unknown");
             w.sample("", &[("endpoint", addr), ("kind", kind)], *v);
         }
+        labelled_sum(
+            &mut w,
+            &shards,
+            "gateway_pick_decisions_total",
+            "Endpoint picks by what decided them: the scheduling profile's picker (profile), session affinity on the session's own endpoint (session_home), or session affinity past it because it was at the load bound (session_spilled).",
+            ("decided_by", &PICK_DECISIONS),
+            |s| s.pick_decisions,
+        );
         labelled_sum(
             &mut w,
             &shards,

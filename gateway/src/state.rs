@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_batching::{BatchPolicy, BatchSpec, QueueSpec};
-use shardgate_routing::scoring::{PickerKind, Profile, Saturation, Scorer, ShareConfig};
+use shardgate_routing::scoring::{
+    session_hash, AffinityConfig, PickerKind, Profile, Saturation, Scorer, Session, SessionRing,
+    ShareConfig,
+};
 use shardgate_routing::RoutingTable;
 
 use crate::jwt::Authenticator;
@@ -138,6 +141,11 @@ pub struct GatewayState {
     profiles: Vec<(String, Profile)>,
     /// Profile of rules without a policy (InferenceConfig strategy or default).
     default_profile: Profile,
+    /// Session affinity per linked InferencePolicy key that configures it.
+    affinities: Vec<(String, AffinityConfig)>,
+    /// The session ring over every endpoint of the table, keyed by address
+    /// (empty when no policy has session affinity).
+    pub session_ring: SessionRing,
     /// BatchingPolicies linked from rules, validated.
     pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
     /// Scoring and prefix-sharing settings.
@@ -194,6 +202,23 @@ impl GatewayState {
                 .map_err(|e| format!("InferencePolicy {key}: spec.loadBalancing.algorithm: {e}"))?;
             profiles.push((key.to_string(), tune(p)));
         }
+        let affinities: Vec<(String, AffinityConfig)> = table
+            .inference_policies()
+            .filter_map(|(key, policy)| {
+                Some((key.to_string(), AffinityConfig::from_policy(policy)?))
+            })
+            .collect();
+        let session_ring = if affinities.is_empty() {
+            SessionRing::default()
+        } else {
+            SessionRing::new(
+                table
+                    .endpoints()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (i, e.addr.to_string())),
+            )
+        };
         let data: Vec<serde_json::Value> = table
             .models()
             .iter()
@@ -216,6 +241,8 @@ impl GatewayState {
             models_body,
             profiles,
             default_profile,
+            affinities,
+            session_ring,
             batch_policies,
             pick,
             auth,
@@ -228,6 +255,46 @@ impl GatewayState {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, p)| p)
+    }
+
+    /// The session affinity of a rule linked to `policy`, when its
+    /// InferencePolicy has `loadBalancing.sessionAffinity`.
+    pub fn affinity(&self, policy: Option<&str>) -> Option<&AffinityConfig> {
+        let k = policy?;
+        self.affinities
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, a)| a)
+    }
+
+    /// The session of a request on a rule linked to `policy`, when that
+    /// policy has session affinity and the request names one: the
+    /// configured header, else (with `useUserField`) the body's top-level
+    /// `user` string; an empty id names no session. Hashes the id's bytes as
+    /// sent; allocates nothing.
+    pub fn session<'h>(
+        &self,
+        policy: Option<&str>,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        body: &[u8],
+    ) -> Option<Session<'_>> {
+        let a = self.affinity(policy)?;
+        let hash = match header(&a.header).filter(|h| !h.is_empty()) {
+            Some(id) => session_hash(id),
+            None if a.use_user_field => {
+                let id = shardgate_routing::user_span(body).and_then(|r| body.get(r))?;
+                if id.is_empty() {
+                    return None;
+                }
+                session_hash(id)
+            }
+            None => return None,
+        };
+        Some(Session {
+            ring: &self.session_ring,
+            hash,
+            load_factor: a.load_factor,
+        })
     }
 
     /// The scheduling profile for a rule linked to `policy`.
