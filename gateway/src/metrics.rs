@@ -598,6 +598,20 @@ impl MetricsHub {
         out
     }
 
+    /// Endpoint picks by what decided them ([`PICK_DECISIONS`]), over every
+    /// shard's last publish.
+    pub fn pick_decisions(&self) -> [u64; PICK_DECISIONS.len()] {
+        let mut out = [0; PICK_DECISIONS.len()];
+        for slot in &self.slots {
+            if let Some(m) = slot.load().as_ref() {
+                for (o, v) in out.iter_mut().zip(m.pick_decisions) {
+                    *o += v;
+                }
+            }
+        }
+        out
+    }
+
     /// Render every shard's latest metrics, merged, in Prometheus text format 0.0.4
     /// (written by [`shardgate_promtext`]).
     pub fn render(&self) -> String {

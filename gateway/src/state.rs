@@ -361,6 +361,7 @@ pub fn batch_policies(table: &RoutingTable) -> Result<Vec<(String, BatchPolicy)>
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use clap::Parser;
     use shardgate_routing::scoring::session_hash;
 

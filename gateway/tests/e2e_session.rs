@@ -10,6 +10,9 @@
 //!   (`ceil(1.25·(L + 1) / 4)`), and once it has drained the session is back
 //!   on its own sim.
 //!
+//! `gateway_pick_decisions_total` and `/debug/endpoints` (`pick_decisions`)
+//! count which picks the session's own sim and a spill decided.
+//!
 //! Deterministic: one shard (its in-flight counts are the whole gateway's),
 //! telemetry scrapes off (`--no-scrape`: the load is the gateway's own
 //! in-flight count), which sim served a request is read from the sims'
@@ -111,6 +114,12 @@ fn a_session_sticks_to_one_sim_and_sessions_spread() {
     });
     assert!(got.is_some(), "{}", gw.metrics());
     assert_eq!(decisions(&gw, "session_spilled"), 0.0);
+    // `/debug/endpoints` shows the same counts.
+    let debug = Client::connect(gw.admin.unwrap())
+        .get("/debug/endpoints")
+        .json();
+    assert!(debug["pick_decisions"]["session_home"].as_u64().unwrap() >= 48);
+    assert_eq!(debug["pick_decisions"]["session_spilled"].as_u64(), Some(0));
 }
 
 #[test]
