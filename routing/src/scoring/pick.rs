@@ -38,10 +38,13 @@
 //!    min-max over the filtered set.
 //! 3. **Picker**: max score; ties (within `tie_epsilon`) go to the fewest
 //!    local in-flight requests, then uniformly at random. A profile with a
-//!    [`Profile::latency_tie_band`] (`latency-optimized`: 0.02) ties every
+//!    [`Profile::latency_tie_band`] (`latency-optimized`: 0.005) ties every
 //!    candidate within that band of the best and gives the tie to the lowest
 //!    measured latency (TTFT, else e2e) first. Or round robin, random, or
-//!    power of two choices.
+//!    power of two choices. A request with a [`PickRequest::session`] skips
+//!    the scorers and the profile's picker: consistent hashing with bounded
+//!    loads over the filtered candidates ([`super::affinity`]); the pick says
+//!    which decided ([`Pick::decision`]).
 //!
 //! **Local in-flight (bursts)**: `local_inflight[i]` is this shard's current
 //! in-flight count to candidate *i* (increment on dispatch, decrement on
@@ -569,7 +572,9 @@ impl Ctx<'_, '_> {
         if let Some(out) = explain {
             for (i, o) in out.iter_mut().enumerate().take(n) {
                 let status = s.status.get(i).copied().unwrap_or_default();
-                let scored = self.profile.picker == PickerKind::MaxScore && is_member(status);
+                let scored = self.profile.picker == PickerKind::MaxScore
+                    && self.req.session.is_none()
+                    && is_member(status);
                 let mut scores = [None; SCORERS];
                 if scored {
                     if let Some(raw) = s.raw.get(i) {

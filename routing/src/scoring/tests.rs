@@ -1859,14 +1859,14 @@ fn latency_breaks_ties_among_cache_equivalent_endpoints() {
     let p = Profile::from_name("latency-optimized", None)
         .unwrap()
         .with_queue_scale(GATEWAY_QUEUE_SCALE);
-    // Equal matches, one request of queue apart (inside the band): the
-    // fastest wins whatever the RNG, even with a slightly lower total.
+    // Equal matches and queues, KV usage 1 point apart (inside the band):
+    // the fastest wins whatever the RNG, even with a slightly lower total.
     let s = snap(
         t0,
         vec![
-            timed(0, t0, 0.0, 0.3, 0.4),
-            timed(1, t0, 1.0, 0.3, 0.1),
-            timed(2, t0, 0.0, 0.3, 0.3),
+            timed(0, t0, 0.0, 0.30, 0.4),
+            timed(1, t0, 0.0, 0.31, 0.1),
+            timed(2, t0, 0.0, 0.30, 0.3),
         ],
     );
     let c = vec![hit(0, 100), hit(1, 100), hit(2, 100)];
@@ -1878,17 +1878,20 @@ fn latency_breaks_ties_among_cache_equivalent_endpoints() {
     assert!(out[1].total.unwrap() < out[0].total.unwrap());
     assert!(out[0].total.unwrap() - out[1].total.unwrap() <= LATENCY_TIE_BAND);
     // A cache difference is outside the band: the match wins over speed.
-    let c = vec![hit(0, 100), hit(1, 60), hit(2, 100)];
+    let c = vec![hit(0, 100), hit(1, 95), hit(2, 100)];
     for seed in 0..32 {
         let o = Picker::new(seed).pick(&p, &s, &prefix_req(200), &c, &[], t0);
         assert_eq!(picked(o), 2, "seed {seed}");
     }
-    // So is a queue much longer: 6 of this shard's requests in flight.
+    // So is one more request in flight from this shard (0.009 at k = 30):
+    // the request just sent to the fastest takes it out of the next tie.
     let c = vec![hit(0, 100), hit(1, 100), hit(2, 100)];
-    let o = Picker::new(3).pick(&p, &s, &prefix_req(200), &c, &[0, 6, 0], t0);
+    let o = Picker::new(3).pick(&p, &s, &prefix_req(200), &c, &[0, 1, 0], t0);
     assert_eq!(picked(o), 2);
-    // The default profile has no latency tie-break: equal totals of 0 and 2
-    // go to the fewest local in-flight, then at random.
+    let o = Picker::new(3).pick(&p, &s, &prefix_req(200), &c, &[0, 1, 1], t0);
+    assert_eq!(picked(o), 0);
+    // The default profile has no latency tie-break: the best total wins
+    // (0 and 2 tie, at random).
     let d = Profile::default().with_queue_scale(GATEWAY_QUEUE_SCALE);
     let seen: std::collections::HashSet<usize> = (0..32)
         .map(|seed| picked(Picker::new(seed).pick(&d, &s, &prefix_req(200), &c, &[], t0)))
