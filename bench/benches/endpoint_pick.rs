@@ -99,6 +99,7 @@ fn bench(c: &mut Criterion) {
         model: Some("tiny"),
         adapter: Some("tiny-lora"),
         prefix_total_blocks: PREFIX_BLOCKS,
+        session: None,
     };
     let mut g = c.benchmark_group("pick");
     for n in [8usize, 64, 512] {

@@ -345,6 +345,7 @@ async fn call(
         model: Some(&ctx.model),
         adapter: None,
         prefix_total_blocks: 0,
+        session: None,
     };
     let deadline = Instant::now() + settings.response_timeout;
     let mut attempts = Attempts::new(settings.retries);

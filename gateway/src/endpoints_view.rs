@@ -2,8 +2,11 @@
 //! endpoint its telemetry, staleness, health, in-flight, ejection, the models
 //! and adapters its `GET /v1/models` listed (`served_models`, null until a
 //! poll succeeded: it then serves any model) and score per scorer under the
-//! default profile, and `tls`: the `BackendTLSPolicy` and verified name when
-//! it is reached over TLS, else null; and the prefix-sharing counters),
+//! default profile; `tls`: the `BackendTLSPolicy` and verified name when it
+//! is reached over TLS, else null; the prefix-sharing counters; and
+//! `pick_decisions`: how many picks the profile's picker, a session's own
+//! endpoint or a session's spill past the load bound decided, as in
+//! `gateway_pick_decisions_total`),
 //! `/readyz` (ready when every model the routes serve has at least one healthy
 //! endpoint), and the telemetry-derived metrics
 //! (`gateway_gpu_utilization_percent`, `gateway_gpu_memory_used_ratio`,
@@ -148,6 +151,7 @@ impl EndpointsView {
             model: None,
             adapter: None,
             prefix_total_blocks: 0,
+            session: None,
         };
         let _ =
             Picker::new(0).pick_explained(&self.profile, snap, &req, &cands, &zeros, now, &mut out);
@@ -223,9 +227,15 @@ impl EndpointsView {
             }));
         }
         let share = self.control.prefix_share_stats();
+        let decided: serde_json::Map<String, serde_json::Value> = crate::metrics::PICK_DECISIONS
+            .iter()
+            .zip(self.hub.pick_decisions())
+            .map(|(k, v)| (k.to_string(), serde_json::json!(v)))
+            .collect();
         serde_json::to_vec_pretty(&serde_json::json!({
             "generation": snap.generation,
             "endpoints": out,
+            "pick_decisions": decided,
             "prefix_share": {
                 "shards": share.shards,
                 "received": share.received,

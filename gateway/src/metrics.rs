@@ -281,7 +281,15 @@ pub struct ShardMetrics {
     /// Completed TLS handshakes with backends (`BackendTLSPolicy`), by
     /// [`UPSTREAM_HANDSHAKE_RESULTS`].
     pub upstream_tls_handshakes: [u64; 2],
+    /// Endpoint picks by what decided them, by [`PICK_DECISIONS`].
+    pub pick_decisions: [u64; PICK_DECISIONS.len()],
 }
+
+/// `decided_by` label values of `gateway_pick_decisions_total`
+/// ([`shardgate_routing::scoring::Decision`]): the profile's picker; session
+/// affinity, the session's own endpoint; session affinity, spilled past it at
+/// the load bound.
+pub const PICK_DECISIONS: [&str; 3] = ["profile", "session_home", "session_spilled"];
 
 /// `result` label values of `gateway_upstream_tls_handshakes_total`: the
 /// same indices as the first two of [`crate::tls::HANDSHAKE_RESULTS`].
@@ -351,6 +359,7 @@ impl ShardMetrics {
             admission: None,
             client_aborts: [0; 2],
             body_refused: [0; 2],
+            pick_decisions: [0; PICK_DECISIONS.len()],
             body_budget: (0, 0),
             auth_failures: [0; AUTH_REASONS],
             tls_handshakes: [0; crate::tls::HANDSHAKE_RESULTS.len()],
@@ -607,6 +616,20 @@ impl MetricsHub {
         out
     }
 
+    /// Endpoint picks by what decided them ([`PICK_DECISIONS`]), over every
+    /// shard's last publish.
+    pub fn pick_decisions(&self) -> [u64; PICK_DECISIONS.len()] {
+        let mut out = [0; PICK_DECISIONS.len()];
+        for slot in &self.slots {
+            if let Some(m) = slot.load().as_ref() {
+                for (o, v) in out.iter_mut().zip(m.pick_decisions) {
+                    *o += v;
+                }
+            }
+        }
+        out
+    }
+
     /// Render every shard's latest metrics, merged, in Prometheus text format 0.0.4
     /// (written by [`shardgate_promtext`]).
     pub fn render(&self) -> String {
@@ -824,6 +847,14 @@ impl MetricsHub {
                 .unwrap_or("unknown");
             w.sample("", &[("endpoint", addr), ("kind", kind)], *v);
         }
+        labelled_sum(
+            &mut w,
+            &shards,
+            "gateway_pick_decisions_total",
+            "Endpoint picks by what decided them: the scheduling profile's picker (profile), session affinity on the session's own endpoint (session_home), or session affinity past it because it was at the load bound (session_spilled).",
+            ("decided_by", &PICK_DECISIONS),
+            |s| s.pick_decisions,
+        );
         labelled_sum(
             &mut w,
             &shards,

@@ -910,6 +910,7 @@ async fn forward<S: ClientStream>(
         prefix_total_blocks: hashes
             .as_ref()
             .map_or(0, |h| u32::try_from(h.prompt_blocks()).unwrap_or(u32::MAX)),
+        session: state.session(route.policy, |h| req.head.header(h), req.body),
     };
     let request_id = rq.request_id;
     let rid = request_id.as_bytes();

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use monoio::time::Instant;
 use shardgate_routing::scoring::{
-    share_link, Candidate, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
+    share_link, Candidate, Pick, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
     PrefixIndex, Profile, ShardLink,
 };
 use shardgate_routing::BackendGroup;
@@ -301,7 +301,11 @@ impl Shard {
     /// 2. Within it, the route's scheduling profile over the control thread's
     ///    latest scoring snapshot: health and saturation filters, then the
     ///    weighted scorers, with this shard's own in-flight counts added so a
-    ///    burst does not all land on one "best" endpoint.
+    ///    burst does not all land on one "best" endpoint; or, for a request
+    ///    naming a session ([`PickRequest::session`]), the session's endpoint
+    ///    on the ring under the load bound, among the same filtered candidates
+    ///    (ejected, excluded and — when others are warm — warming endpoints
+    ///    are not candidates).
     #[allow(clippy::too_many_arguments)]
     pub fn pick(
         &self,
@@ -392,7 +396,7 @@ impl Shard {
                 now.into_std(),
             );
             if let PickOutcome::Picked(p) = outcome {
-                return Ok(p.endpoint);
+                return Ok(self.decided(&p));
             }
             if w.strict() {
                 if outcome == PickOutcome::NoCandidate {
@@ -412,16 +416,29 @@ impl Shard {
     /// `--saturated-action`, shedding of negative priorities).
     fn settle(&self, outcome: PickOutcome, priority: i32) -> Result<usize, PickFailure> {
         match outcome {
-            PickOutcome::Picked(p) => Ok(p.endpoint),
+            PickOutcome::Picked(p) => Ok(self.decided(&p)),
             PickOutcome::AllSaturated { fallback } => {
                 match (self.settings.saturated_action, fallback) {
                     (SaturatedAction::Reject, _) | (_, None) => Err(PickFailure::Saturated),
                     (SaturatedAction::Shed, Some(_)) if priority < 0 => Err(PickFailure::Shed),
-                    (_, Some(p)) => Ok(p.endpoint),
+                    (_, Some(p)) => Ok(self.decided(&p)),
                 }
             }
             PickOutcome::NoCandidate => Err(PickFailure::Unhealthy),
         }
+    }
+
+    /// Count what chose `p` (`gateway_pick_decisions_total`) and return its endpoint.
+    fn decided(&self, p: &Pick) -> usize {
+        if let Some(n) = self
+            .metrics
+            .borrow_mut()
+            .pick_decisions
+            .get_mut(p.decision.index())
+        {
+            *n += 1;
+        }
+        p.endpoint
     }
 
     /// A response buffer for one request (4 KiB to start), from the pool.

@@ -1,6 +1,10 @@
 //! The immutable, process-wide configuration every shard reads: the routing
 //! table, the data-path settings (limits, timeouts, retries, ejection), the
-//! scheduling profile of every rule and the validated BatchingPolicies. Built
+//! scheduling profile of every rule, the session affinity of the policies that
+//! ask for it with the session ring over every endpoint that is not retired
+//! (128 points each, keyed by address, so a reload moves only the sessions
+//! of endpoints that came or went; empty when no policy asks), and the validated
+//! BatchingPolicies. Built
 //! once per configuration by the main thread and shared read-only (`Arc`); the
 //! request plan (`plan`) is a pure function of it.
 
@@ -8,7 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shardgate_batching::{BatchPolicy, BatchSpec, QueueSpec};
-use shardgate_routing::scoring::{PickerKind, Profile, Saturation, Scorer, ShareConfig};
+use shardgate_routing::scoring::{
+    session_hash, AffinityConfig, PickerKind, Profile, Saturation, Scorer, Session, SessionRing,
+    ShareConfig,
+};
 use shardgate_routing::RoutingTable;
 
 use crate::jwt::Authenticator;
@@ -179,6 +186,11 @@ pub struct GatewayState {
     profiles: Vec<(String, Profile)>,
     /// Profile of rules without a policy (InferenceConfig strategy or default).
     default_profile: Profile,
+    /// Session affinity per linked InferencePolicy key that configures it.
+    affinities: Vec<(String, AffinityConfig)>,
+    /// The session ring over every endpoint of the table, keyed by address
+    /// (empty when no policy has session affinity).
+    pub session_ring: SessionRing,
     /// BatchingPolicies linked from rules, validated.
     pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
     /// Scoring and prefix-sharing settings.
@@ -238,6 +250,24 @@ impl GatewayState {
                 .map_err(|e| format!("InferencePolicy {key}: spec.loadBalancing.algorithm: {e}"))?;
             profiles.push((key.to_string(), tune(p)));
         }
+        let affinities: Vec<(String, AffinityConfig)> = table
+            .inference_policies()
+            .filter_map(|(key, policy)| {
+                Some((key.to_string(), AffinityConfig::from_policy(policy)?))
+            })
+            .collect();
+        let session_ring = if affinities.is_empty() {
+            SessionRing::default()
+        } else {
+            SessionRing::new(
+                table
+                    .endpoints()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.retired)
+                    .map(|(i, e)| (i, e.addr.to_string())),
+            )
+        };
         let data: Vec<serde_json::Value> = table
             .models()
             .iter()
@@ -266,6 +296,8 @@ impl GatewayState {
             models_body,
             profiles,
             default_profile,
+            affinities,
+            session_ring,
             batch_policies,
             pick,
             auth,
@@ -278,6 +310,46 @@ impl GatewayState {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, p)| p)
+    }
+
+    /// The session affinity of a rule linked to `policy`, when its
+    /// InferencePolicy has `loadBalancing.sessionAffinity`.
+    pub fn affinity(&self, policy: Option<&str>) -> Option<&AffinityConfig> {
+        let k = policy?;
+        self.affinities
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, a)| a)
+    }
+
+    /// The session of a request on a rule linked to `policy`, when that
+    /// policy has session affinity and the request names one: the
+    /// configured header, else (with `useUserField`) the body's top-level
+    /// `user` string; an empty id names no session. Hashes the id's bytes as
+    /// sent; allocates nothing.
+    pub fn session<'h>(
+        &self,
+        policy: Option<&str>,
+        header: impl Fn(&str) -> Option<&'h [u8]>,
+        body: &[u8],
+    ) -> Option<Session<'_>> {
+        let a = self.affinity(policy)?;
+        let hash = match header(&a.header).filter(|h| !h.is_empty()) {
+            Some(id) => session_hash(id),
+            None if a.use_user_field => {
+                let id = shardgate_routing::user_span(body).and_then(|r| body.get(r))?;
+                if id.is_empty() {
+                    return None;
+                }
+                session_hash(id)
+            }
+            None => return None,
+        };
+        Some(Session {
+            ring: &self.session_ring,
+            hash,
+            load_factor: a.load_factor,
+        })
     }
 
     /// The scheduling profile for a rule linked to `policy`.
@@ -337,4 +409,111 @@ pub fn batch_policies(table: &RoutingTable) -> Result<Vec<(String, BatchPolicy)>
         out.push((key.to_string(), policy));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use clap::Parser;
+    use shardgate_routing::scoring::session_hash;
+
+    use super::*;
+
+    const CONFIG: &str = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: default}
+spec:
+  gatewayClassName: shardgate
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - backendRefs: [{name: svc, port: 8000}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: svc-a
+  namespace: default
+  labels: {kubernetes.io/service-name: svc}
+addressType: IPv4
+ports: [{port: 8000}]
+endpoints:
+- addresses: [10.0.0.1]
+- addresses: [10.0.0.2]
+- addresses: [10.0.0.3]
+---
+apiVersion: ai.gateway.io/v1alpha1
+kind: InferencePolicy
+metadata: {name: header-only, namespace: default}
+spec:
+  loadBalancing:
+    sessionAffinity: {header: X-Conv, useUserField: false, loadFactor: 2}
+---
+apiVersion: ai.gateway.io/v1alpha1
+kind: InferencePolicy
+metadata: {name: defaults, namespace: default}
+spec:
+  loadBalancing:
+    sessionAffinity: {}
+---
+apiVersion: ai.gateway.io/v1alpha1
+kind: InferencePolicy
+metadata: {name: plain, namespace: default}
+spec:
+  loadBalancing: {algorithm: least-queue}
+";
+
+    fn state() -> GatewayState {
+        let loaded = crate::load::load(&[("state.yaml".into(), CONFIG.into())]).expect("config");
+        let cli = crate::cli::Cli::try_parse_from(["shardgate", "serve", "-c", "state.yaml"])
+            .expect("cli");
+        let crate::cli::Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let settings = crate::load::settings(&args.run.limits, &loaded.table);
+        GatewayState::new(loaded.table, settings).expect("state")
+    }
+
+    #[test]
+    fn a_session_comes_from_the_header_else_the_user_field() {
+        let st = state();
+        assert_eq!(st.session_ring.len(), 3 * 128);
+        let body = br#"{"model":"m","messages":[],"user":"u-1"}"#;
+        let none = |_: &str| None;
+        let conv = |h: &str| (h == "x-conv").then_some(&b"c-9"[..]);
+        let sid = |h: &str| (h == "x-session-id").then_some(&b"s-7"[..]);
+        let hash = |s: Option<Session<'_>>| s.map(|s| s.hash);
+        // The configured header (lower-cased), without the user field.
+        let hdr = Some("default/header-only");
+        assert_eq!(
+            hash(st.session(hdr, conv, body)),
+            Some(session_hash(b"c-9"))
+        );
+        assert_eq!(st.session(hdr, conv, body).unwrap().load_factor, 2.0);
+        assert_eq!(hash(st.session(hdr, none, body)), None);
+        assert_eq!(hash(st.session(hdr, sid, body)), None);
+        // Defaults: x-session-id, else `user`; an empty id names no session.
+        let def = Some("default/defaults");
+        assert_eq!(hash(st.session(def, sid, body)), Some(session_hash(b"s-7")));
+        assert_eq!(
+            hash(st.session(def, none, body)),
+            Some(session_hash(b"u-1"))
+        );
+        let empty = |h: &str| (h == "x-session-id").then_some(&b""[..]);
+        assert_eq!(
+            hash(st.session(def, empty, body)),
+            Some(session_hash(b"u-1"))
+        );
+        assert_eq!(hash(st.session(def, none, br#"{"user":""}"#)), None);
+        assert_eq!(hash(st.session(def, none, b"not json")), None);
+        // No sessionAffinity, or no policy: no session.
+        assert_eq!(hash(st.session(Some("default/plain"), sid, body)), None);
+        assert_eq!(hash(st.session(None, sid, body)), None);
+    }
 }

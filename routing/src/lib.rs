@@ -33,7 +33,7 @@ pub use config::{
     load_sources, load_sources_with, Config, ConfigError, DocMeta, LoadLimits, Resource,
 };
 pub use duration::parse_duration;
-pub use model::{extract_model, extract_model_strict, model_span, ModelError};
+pub use model::{extract_model, extract_model_strict, model_span, user_span, ModelError};
 pub use table::{
     BackendGroup, BackendTls, EndpointInfo, ListenerInfo, RequestView, RolloutSpec, RouteMatch,
     RoutingTable, RuleAction, RuleSummary, SplitEntry, SplitTarget, TlsCertificate, Warning,

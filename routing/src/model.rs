@@ -49,7 +49,7 @@ pub enum ModelError {
 /// UTF-8 byte order mark are tolerated. Scanning stops right after the model
 /// value (see the module docs for what that implies).
 pub fn extract_model(body: &[u8]) -> std::result::Result<Option<Cow<'_, str>>, ModelError> {
-    Scanner::new(body).run(false, &mut None)
+    Scanner::new(body, MODEL).run(false, &mut None)
 }
 
 /// Where the top-level `model` string's raw bytes (between its quotes, escapes
@@ -58,16 +58,34 @@ pub fn extract_model(body: &[u8]) -> std::result::Result<Option<Cow<'_, str>>, M
 /// [`extract_model`] does.
 pub fn model_span(body: &[u8]) -> std::result::Result<Option<std::ops::Range<usize>>, ModelError> {
     let mut span = None;
-    Scanner::new(body).run(false, &mut span)?;
+    Scanner::new(body, MODEL).run(false, &mut span)?;
     Ok(span)
+}
+
+/// Where the top-level `user` string's raw bytes (between its quotes, escapes
+/// as written, not decoded) lie in `body`: the OpenAI field that names the
+/// end user, which session affinity may use as the session id. `None` when
+/// the body is not a JSON object, has no top-level `user`, or its value is
+/// not a string. The same scan as [`model_span`] (strings skipped with
+/// `memchr`, stops after the value), and it never allocates.
+pub fn user_span(body: &[u8]) -> Option<std::ops::Range<usize>> {
+    let mut span = None;
+    let mut scanner = Scanner::new(body, USER);
+    scanner.decode = false;
+    scanner.run(false, &mut span).ok()?;
+    span
 }
 
 /// Like [`extract_model`], but scans (and structurally checks) the whole body
 /// and rejects a body with two top-level `model` members
 /// (`InvalidJson("duplicate top-level `model` key")`).
 pub fn extract_model_strict(body: &[u8]) -> std::result::Result<Option<Cow<'_, str>>, ModelError> {
-    Scanner::new(body).run(true, &mut None)
+    Scanner::new(body, MODEL).run(true, &mut None)
 }
+
+/// The members the scanner can look for.
+const MODEL: &str = "model";
+const USER: &str = "user";
 
 type Result<T> = std::result::Result<T, ModelError>;
 
@@ -78,16 +96,26 @@ const fn invalid<T>(why: &'static str) -> Result<T> {
 struct Scanner<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// The top-level member looked for (`model` or `user`).
+    key: &'static str,
+    /// Whether the value is decoded (else only its span is found, and the
+    /// value returned is empty).
+    decode: bool,
 }
 
 impl<'a> Scanner<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    fn new(buf: &'a [u8], key: &'static str) -> Self {
         let pos = if buf.starts_with(b"\xEF\xBB\xBF") {
             3
         } else {
             0
         };
-        Scanner { buf, pos }
+        Scanner {
+            buf,
+            pos,
+            key,
+            decode: true,
+        }
     }
 
     #[inline]
@@ -131,7 +159,7 @@ impl<'a> Scanner<'a> {
             if self.peek() != Some(b'"') {
                 return invalid("expected a string key");
             }
-            let is_model = self.key_is_model()?;
+            let is_model = self.key_is_target()?;
             self.skip_ws();
             if self.peek() != Some(b':') {
                 return invalid("expected `:` after key");
@@ -148,7 +176,12 @@ impl<'a> Scanner<'a> {
                     return Err(ModelError::NotAString);
                 }
                 let start = self.pos + 1;
-                let value = self.read_string()?;
+                let value = if self.decode {
+                    self.read_string()?
+                } else {
+                    self.skip_string()?;
+                    Cow::Borrowed("")
+                };
                 *span = Some(start..self.pos - 1);
                 if !strict {
                     return Ok(Some(value));
@@ -179,20 +212,21 @@ impl<'a> Scanner<'a> {
         Ok(found)
     }
 
-    /// At a `"`: reads a key and says whether it is `model` (escapes decoded).
-    fn key_is_model(&mut self) -> Result<bool> {
+    /// At a `"`: reads a key and says whether it is the one looked for
+    /// (`model`, `user`; escapes decoded).
+    fn key_is_target(&mut self) -> Result<bool> {
         let start = self.pos + 1;
         let end = self.skip_string()?;
         let raw = &self.buf[start..end];
-        if raw == b"model" {
+        if raw == self.key.as_bytes() {
             return Ok(true);
         }
-        // An escaped key can still spell `model` (e.g. "mod\u0065l"); keys
+        // An escaped key can still spell it (e.g. "mod\u0065l"); keys
         // without a backslash cannot.
-        if raw.len() > 5 * 6 || memchr::memchr(b'\\', raw).is_none() {
+        if raw.len() > self.key.len() * 6 || memchr::memchr(b'\\', raw).is_none() {
             return Ok(false);
         }
-        Ok(decode_string(raw)? == "model")
+        Ok(decode_string(raw)? == self.key)
     }
 
     /// At a `"`: moves past the closing quote; returns the index of the

@@ -1,15 +1,17 @@
 //! The per-request picking path must not allocate for ≤ 64 candidates:
 //! prompt hashing, prefix matching, every profile's pick (with and without
-//! the explain output) and re-recording known blocks; nor may parsing a
-//! scrape allocate per sample. A counting global allocator checks it.
+//! the explain output), a session's bounded-load walk of the ring (with the
+//! session id found in the body's `user` field) and re-recording known
+//! blocks; nor may parsing a scrape allocate per sample. A counting global allocator checks it.
 #![allow(clippy::unwrap_used)]
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
 
 use shardgate_routing::scoring::{
-    Candidate, EndpointView, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
-    PrefixIndex, Profile, ScoreBreakdown, ScoringSnapshot, ServedModels,
+    session_hash, Candidate, EndpointView, PickOutcome, PickRequest, Picker, PrefixConfig,
+    PrefixHashes, PrefixIndex, Profile, ScoreBreakdown, ScoringSnapshot, ServedModels, Session,
+    SessionRing,
 };
 use shardgate_routing::telemetry::{prom, LoraState, SignalKind};
 use shardgate_testkit::Counting;
@@ -78,6 +80,11 @@ fn picking_does_not_allocate() {
     .map(|n| Profile::from_name(n, None).unwrap())
     .collect();
     let now = t0 + Duration::from_millis(50);
+    let ring = SessionRing::new((0..64).map(|i| (i, format!("10.0.0.{i}:8000"))));
+    let body = format!(
+        r#"{{"model":"llama","messages":[{{"role":"user","content":"{}"}}],"user":"sess\u00e9-9"}}"#,
+        "q".repeat(10_000)
+    );
 
     let (_, n) = Counting::count(|| {
         let hashes = PrefixHashes::compute("llama", &prompt, index.config());
@@ -91,7 +98,27 @@ fn picking_does_not_allocate() {
             model: Some("llama"),
             adapter: Some("lora-1"),
             prefix_total_blocks: hashes.len() as u32,
+            session: None,
         };
+        let span = shardgate_routing::model::user_span(body.as_bytes()).unwrap();
+        let session = Session {
+            ring: &ring,
+            hash: session_hash(&body.as_bytes()[span]),
+            load_factor: 1.25,
+        };
+        let sreq = PickRequest {
+            session: Some(session),
+            ..req
+        };
+        for p in &profiles {
+            for k in [1, 8, 64] {
+                let o = picker.pick(p, &snapshot, &sreq, &candidates[..k], &local[..k], now);
+                assert!(matches!(
+                    o,
+                    PickOutcome::Picked(_) | PickOutcome::AllSaturated { .. }
+                ));
+            }
+        }
         for p in &profiles {
             for k in [1, 8, 64] {
                 let o = picker.pick(p, &snapshot, &req, &candidates[..k], &local[..k], now);

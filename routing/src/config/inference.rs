@@ -162,6 +162,28 @@ pub struct LoadBalancing {
     /// Weights over normalised signals, each in `0..=1`.
     #[serde(default)]
     pub factors: Option<LoadFactors>,
+    /// Sticky routing of a session's requests (consistent hashing with
+    /// bounded loads; see `scoring::affinity`). Absent = off.
+    #[serde(default)]
+    pub session_affinity: Option<SessionAffinity>,
+}
+
+/// `loadBalancing.sessionAffinity`: what names a request's session and how
+/// far above the average load its endpoint may go before it spills.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionAffinity {
+    /// Header naming the session (default `x-session-id`).
+    #[serde(default)]
+    pub header: Option<String>,
+    /// Whether the body's top-level `user` string names the session when the
+    /// header is absent (default true).
+    #[serde(default)]
+    pub use_user_field: Option<bool>,
+    /// `c = 1 + ε`: an endpoint takes a session's request while its load + 1
+    /// ≤ `ceil(c·(total load + 1) / endpoints)` (default 1.25; > 1).
+    #[serde(default)]
+    pub load_factor: Option<f64>,
 }
 
 /// `loadBalancing.factors`.

@@ -1103,3 +1103,48 @@ fn rate_limit_values_need_requests_or_tokens() {
     );
     assert!(text.contains("spec.rateLimit.perModel.m.tokens"), "{text}");
 }
+
+#[test]
+fn session_affinity_loads_with_defaults_and_names_bad_fields() {
+    use crate::scoring::affinity::AffinityConfig;
+    let pol = "apiVersion: ai.gateway.io/v1alpha1\nkind: InferencePolicy\nmetadata:\n  name: p\nspec:\n  loadBalancing:\n    sessionAffinity:\n      header: X-Conversation\n      useUserField: false\n      loadFactor: 1.5\n";
+    let policy = |text: &str| match &load(text).unwrap().docs[0] {
+        (_, Resource::InferencePolicy(p)) => p.clone(),
+        _ => panic!("not a policy"),
+    };
+    let p = &policy(pol);
+    let a = AffinityConfig::from_policy(p).unwrap();
+    assert_eq!(a.header, "x-conversation");
+    assert!(!a.use_user_field);
+    assert_eq!(a.load_factor, 1.5);
+    // An empty block turns it on with the defaults.
+    let empty = "apiVersion: ai.gateway.io/v1alpha1\nkind: InferencePolicy\nmetadata:\n  name: p\nspec:\n  loadBalancing:\n    sessionAffinity: {}\n";
+    assert_eq!(
+        AffinityConfig::from_policy(&policy(empty)).unwrap(),
+        AffinityConfig::default()
+    );
+    assert_eq!(AffinityConfig::default().header, "x-session-id");
+    // No block: off.
+    let off = "apiVersion: ai.gateway.io/v1alpha1\nkind: InferencePolicy\nmetadata:\n  name: p\nspec:\n  loadBalancing:\n    algorithm: default\n";
+    assert!(AffinityConfig::from_policy(&policy(off)).is_none());
+    check(
+        &pol.replace("1.5", "1.0"),
+        "spec.loadBalancing.sessionAffinity.loadFactor",
+        "must be greater than 1",
+    );
+    check(
+        &pol.replace("1.5", "-2"),
+        "spec.loadBalancing.sessionAffinity.loadFactor",
+        "must be greater than 1",
+    );
+    check(
+        &pol.replace("X-Conversation", "\"x session\""),
+        "spec.loadBalancing.sessionAffinity.header",
+        "is not an HTTP header name",
+    );
+    check(
+        &pol.replace("X-Conversation", "\"\""),
+        "spec.loadBalancing.sessionAffinity.header",
+        "is not an HTTP header name",
+    );
+}

@@ -406,6 +406,30 @@ fn inference_policy(pol: &InferencePolicy, p: &mut Problems) {
         ratio(f.memory_available, &format!("{base}.memoryAvailable"), p);
         ratio(f.inference_latency, &format!("{base}.inferenceLatency"), p);
     }
+    if let Some(sa) = pol
+        .spec
+        .load_balancing
+        .as_ref()
+        .and_then(|lb| lb.session_affinity.as_ref())
+    {
+        let base = "spec.loadBalancing.sessionAffinity";
+        if let Some(h) = &sa.header {
+            if h.is_empty() || !h.bytes().all(is_tchar) {
+                p.push((
+                    format!("{base}.header"),
+                    format!("{h:?} is not an HTTP header name"),
+                ));
+            }
+        }
+        if let Some(c) = sa.load_factor {
+            if !(c.is_finite() && c > 1.0) {
+                p.push((
+                    format!("{base}.loadFactor"),
+                    format!("{c} must be greater than 1 (it is 1 + ε; 1.25 allows 25 % above the average load)"),
+                ));
+            }
+        }
+    }
     if let Some(hc) = &pol.spec.health_check {
         if hc.interval.is_some_and(|d| d.is_zero()) {
             p.push((
@@ -794,4 +818,9 @@ fn hostname(h: &str, field: String, p: &mut Problems) {
             format!("{h:?}: IP addresses are not allowed as hostnames"),
         ));
     }
+}
+
+/// An RFC 9110 `tchar` (a header name is one or more of them).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }

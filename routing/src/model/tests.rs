@@ -305,3 +305,36 @@ fn model_span_is_the_raw_value_between_its_quotes() {
     assert_eq!(model_span(br#"{"model":""}"#).unwrap(), Some(10..10));
     assert!(model_span(b"[1]").is_err());
 }
+
+fn user(body: &str) -> Option<&str> {
+    user_span(body.as_bytes()).map(|r| &body[r])
+}
+
+#[test]
+fn user_field_span() {
+    assert_eq!(user(r#"{"model":"m","user":"alice"}"#), Some("alice"));
+    // After a long message list, nested `user` keys and roles never match.
+    let body = format!(
+        r#"{{"model":"m","messages":[{{"role":"user","content":"{}","user":"nested"}}],"metadata":{{"user":"x"}},"user":"bob-42"}}"#,
+        "a".repeat(100_000)
+    );
+    assert_eq!(user(&body), Some("bob-42"));
+    // Escapes are kept as written (the span is hashed as is).
+    assert_eq!(user(r#"{"user":"a\"b"}"#), Some(r#"a\"b"#));
+    // An escaped key still spells `user`.
+    assert_eq!(user(r#"{"us\u0065r":"carol"}"#), Some("carol"));
+    // Absent, not a string, not an object, or broken JSON: no session.
+    assert_eq!(user(r#"{"model":"m"}"#), None);
+    assert_eq!(user(r#"{"user":null}"#), None);
+    assert_eq!(user(r#"{"user":7}"#), None);
+    assert_eq!(user(r#"["user"]"#), None);
+    assert_eq!(user(r#"{"user":"unterminated}"#), None);
+    assert_eq!(user(""), None);
+    // The empty string is a span (the caller decides what it means).
+    assert_eq!(user(r#"{"user":""}"#), Some(""));
+    // The model scanner is unchanged by the user member.
+    assert_eq!(
+        model(r#"{"user":"u","model":"m"}"#).unwrap().as_deref(),
+        Some("m")
+    );
+}

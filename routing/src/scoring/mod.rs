@@ -19,11 +19,16 @@
 //!    endpoint ([`PrefixIndex::record`]), publishes them to the other shards
 //!    ([`ShardLink::publish`]) and counts the request in flight.
 //!
+//! A request that names a session, on a rule whose policy has session
+//! affinity, skips the scorers: [`affinity`] places it by consistent hashing
+//! with bounded loads among the candidates that pass the filters.
+//!
 //! See [`pick`] for filters, scorers (fixed-scale queue, load-discounted
 //! prefix affinity) and the local in-flight rule, [`profile`] for the
 //! profile → weights table, [`prefix`] for the index, [`share`] for the
 //! shard → control thread → shards rings.
 
+pub mod affinity;
 pub mod pick;
 pub mod prefix;
 pub mod profile;
@@ -33,14 +38,15 @@ pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
+pub use affinity::{session_hash, AffinityConfig, Session, SessionRing};
 pub use pick::{
-    is_saturated, lora_score, pick_with, Candidate, CandidateStatus, Pick, PickOutcome,
+    is_saturated, lora_score, pick_with, Candidate, CandidateStatus, Decision, Pick, PickOutcome,
     PickRequest, Picker, ScoreBreakdown,
 };
 pub use prefix::{PrefixConfig, PrefixHashes, PrefixIndex};
 pub use profile::{
     PickerKind, Profile, ProfileKind, Saturation, Scorer, ScorerSet, UnknownProfile, Weights,
-    DEFAULT_QUEUE_SCALE, GATEWAY_QUEUE_SCALE, SCORERS,
+    DEFAULT_QUEUE_SCALE, GATEWAY_QUEUE_SCALE, LATENCY_TIE_BAND, SCORERS,
 };
 pub use share::{link as share_link, HubLink, ShardLink, ShareConfig, ShareHub, ShareStats};
 pub use snapshot::{EndpointInput, EndpointView, ScoringSnapshot, ServedAdapter, ServedModels};

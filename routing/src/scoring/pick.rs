@@ -37,8 +37,14 @@
 //!    (no built-in profile uses it; batch sizes have no common scale) stays
 //!    min-max over the filtered set.
 //! 3. **Picker**: max score; ties (within `tie_epsilon`) go to the fewest
-//!    local in-flight requests, then uniformly at random. Or round robin,
-//!    random, or power of two choices.
+//!    local in-flight requests, then uniformly at random. A profile with a
+//!    [`Profile::latency_tie_band`] (`latency-optimized`: 0.005) ties every
+//!    candidate within that band of the best and gives the tie to the lowest
+//!    measured latency (TTFT, else e2e) first. Or round robin, random, or
+//!    power of two choices. A request with a [`PickRequest::session`] skips
+//!    the scorers and the profile's picker: consistent hashing with bounded
+//!    loads over the filtered candidates ([`super::affinity`]); the pick says
+//!    which decided ([`Pick::decision`]).
 //!
 //! **Local in-flight (bursts)**: `local_inflight[i]` is this shard's current
 //! in-flight count to candidate *i* (increment on dispatch, decrement on
@@ -56,12 +62,13 @@
 
 use std::time::Instant;
 
+use super::affinity::{bounded_pick, load_cap, Session};
 use super::profile::{PickerKind, Profile, Saturation, Scorer, ScorerSet, SCORERS};
 use super::snapshot::{EndpointView, ScoringSnapshot};
 use crate::telemetry::{LoraState, SignalKind};
 
 /// What the request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct PickRequest<'a> {
     /// Requested model: a base model or an adapter name (checked with
     /// [`EndpointView::serves`]).
@@ -74,6 +81,47 @@ pub struct PickRequest<'a> {
     /// the prefix score is matched blocks / this; 0 turns the prefix scorer
     /// off for this request.
     pub prefix_total_blocks: u32,
+    /// The request's session, when its rule's policy has session affinity
+    /// and the request names one: the endpoint is then chosen by consistent
+    /// hashing with bounded loads among the candidates that pass the filters
+    /// ([`super::affinity`]), whatever the profile's picker.
+    pub session: Option<Session<'a>>,
+}
+
+/// What chose the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Decision {
+    /// The profile's picker (scores, round robin, random, P2C).
+    #[default]
+    Profile,
+    /// Session affinity: the session's first eligible endpoint on the ring.
+    SessionHome,
+    /// Session affinity: an endpoint further clockwise, the earlier ones
+    /// being at the load bound.
+    SessionSpilled,
+}
+
+impl Decision {
+    /// Every decision, in metric-label order.
+    pub const ALL: [Decision; 3] = [
+        Decision::Profile,
+        Decision::SessionHome,
+        Decision::SessionSpilled,
+    ];
+
+    /// Name for metrics and the debug view.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Profile => "profile",
+            Self::SessionHome => "session_home",
+            Self::SessionSpilled => "session_spilled",
+        }
+    }
+
+    /// Index in [`Decision::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// One candidate endpoint (plain data, so a shard can keep a reusable
@@ -130,6 +178,8 @@ pub struct Pick {
     pub score: Option<f64>,
     /// Active scorers without data for it (weight redistributed).
     pub missing: ScorerSet,
+    /// What chose it.
+    pub decision: Decision,
 }
 
 /// The result of a pick.
@@ -412,16 +462,22 @@ impl Ctx<'_, '_> {
         }
     }
 
-    /// `k / (k + q)` with q = waiting (if fresh) + local in-flight: the
-    /// queue score, and the factor a prefix match is discounted by.
-    fn load_factor(&self, i: usize) -> f64 {
+    /// q = waiting (if fresh) + local in-flight: the queue scorer's load,
+    /// and the load session affinity bounds.
+    fn queue_load(&self, i: usize) -> f64 {
         let waiting = self
             .view(i)
             .and_then(|v| v.telemetry.value_at(SignalKind::Waiting, self.now))
             .filter(|w| w.is_finite())
             .map_or(0.0, |w| w.max(0.0));
+        waiting + f64::from(self.local(i))
+    }
+
+    /// `k / (k + q)` with q = [`Self::queue_load`]: the queue score, and the
+    /// factor a prefix match is discounted by.
+    fn load_factor(&self, i: usize) -> f64 {
         let k = self.profile.effective_queue_scale();
-        k / (k + waiting + f64::from(self.local(i)))
+        k / (k + self.queue_load(i))
     }
 
     /// Whether scorer `s` applies to candidate `i` for this request (see the
@@ -496,6 +552,8 @@ impl Ctx<'_, '_> {
         };
         let choice = if members == 0 {
             None
+        } else if let Some(session) = self.req.session {
+            self.session_pick(&session, &is_member, s.status)
         } else {
             match self.profile.picker {
                 PickerKind::MaxScore => self.max_score(rng, &is_member, &mut s),
@@ -514,7 +572,9 @@ impl Ctx<'_, '_> {
         if let Some(out) = explain {
             for (i, o) in out.iter_mut().enumerate().take(n) {
                 let status = s.status.get(i).copied().unwrap_or_default();
-                let scored = self.profile.picker == PickerKind::MaxScore && is_member(status);
+                let scored = self.profile.picker == PickerKind::MaxScore
+                    && self.req.session.is_none()
+                    && is_member(status);
                 let mut scores = [None; SCORERS];
                 if scored {
                     if let Some(raw) = s.raw.get(i) {
@@ -551,7 +611,51 @@ impl Ctx<'_, '_> {
             endpoint: self.candidates.get(i).map_or(0, |c| c.endpoint),
             score: None,
             missing: ScorerSet::EMPTY,
+            decision: Decision::Profile,
         }
+    }
+
+    /// Session affinity: consistent hashing with bounded loads over the
+    /// members, with the queue scorer's load (see [`super::affinity`]);
+    /// the least loaded member if none is on the ring.
+    fn session_pick(
+        &self,
+        session: &Session<'_>,
+        is_member: &impl Fn(CandidateStatus) -> bool,
+        status: &[CandidateStatus],
+    ) -> Option<Pick> {
+        let members =
+            || (0..status.len()).filter(|&i| status.get(i).is_some_and(|st| is_member(*st)));
+        let (mut total, mut n) = (0.0, 0usize);
+        for i in members() {
+            total += self.queue_load(i);
+            n += 1;
+        }
+        let cap = load_cap(total, n, session.load_factor);
+        let index_of = |ep: usize| {
+            members().find(|&i| self.candidates.get(i).is_some_and(|c| c.endpoint == ep))
+        };
+        let placed = bounded_pick(session.ring, session.hash, cap, |ep| {
+            index_of(ep).map(|i| self.queue_load(i))
+        });
+        let (i, decision) = match placed {
+            Some(p) => (
+                index_of(p.endpoint)?,
+                if p.spilled {
+                    Decision::SessionSpilled
+                } else {
+                    Decision::SessionHome
+                },
+            ),
+            None => (
+                members().min_by(|&a, &b| self.queue_load(a).total_cmp(&self.queue_load(b)))?,
+                Decision::SessionSpilled,
+            ),
+        };
+        Some(Pick {
+            decision,
+            ..self.plain(i)
+        })
     }
 
     fn max_score<R: FnMut(u32) -> u32>(
@@ -643,9 +747,29 @@ impl Ctx<'_, '_> {
             best = best.max(total);
         }
         let eps = self.profile.tie_epsilon.max(0.0);
-        let tied = |i: usize| {
+        let lat_band = self.profile.latency_tie_band;
+        let lat_tie = lat_band.is_finite() && lat_band > 0.0;
+        let band = if lat_tie { lat_band.max(eps) } else { eps };
+        let in_band = |i: usize| {
             status.get(i).is_some_and(|st| is_member(*st))
-                && totals.get(i).is_some_and(|t| best - *t <= eps)
+                && totals.get(i).is_some_and(|t| best - *t <= band)
+        };
+        // Latency tie-break: within the band, the lowest measured latency;
+        // candidates without a measurement lose to one with, and when none
+        // has one the band is tied as a whole.
+        let latency = |i: usize| {
+            if lat_tie {
+                self.raw_signal(Scorer::Latency, i).filter(|l| *l > 0.0)
+            } else {
+                None
+            }
+        };
+        let best_lat = (0..status.len())
+            .filter(|&i| in_band(i))
+            .filter_map(latency)
+            .fold(f64::INFINITY, f64::min);
+        let tied = |i: usize| {
+            in_band(i) && (!best_lat.is_finite() || latency(i).is_some_and(|l| l <= best_lat))
         };
         let min_local = (0..status.len())
             .filter(|&i| tied(i))
@@ -663,6 +787,7 @@ impl Ctx<'_, '_> {
             endpoint: self.candidates.get(i).map_or(0, |c| c.endpoint),
             score: totals.get(i).copied(),
             missing: missing.get(i).copied().unwrap_or_default(),
+            decision: Decision::Profile,
         })
     }
 

@@ -13,7 +13,7 @@
 //! | `least-queue` | 1 | | | | | | | | max score | yes |
 //! | `kv-cache-aware` | 1 | 2 | | | | | | | max score | yes |
 //! | `lora-affinity` | 1 | 1 | | | | 2 | | | max score | yes |
-//! | `latency-optimized` | 2 | 1 | 2 | | 2 | | | | max score | yes |
+//! | `latency-optimized` | 2 | 2 | 3 | | tie-break | 1 | | | max score | yes |
 //! | `resource-weighted` | | | | | `inferenceLatency` | | `gpuUtilization` | `memoryAvailable` | max score | yes |
 //! | `power-of-two` (`p2c`) | waiting + running + local in-flight of two random picks | | | | | | | | P2C | yes |
 //! | `round-robin` | | | | | | | | | round robin | no |
@@ -34,9 +34,27 @@
 //!   scorer stays out (weighs nothing) for a candidate whose telemetry says
 //!   that model is its served base model, or for a request without a model.
 //! - `latency-optimized` (the seed's `InferenceConfig` strategy) aims at
-//!   TTFT, which is queue wait + prefill: queue ×2, measured TTFT ×2 (windowed
-//!   mean; e2e latency where no TTFT is exported), prefix ×2 (a cache hit
-//!   skips prefill), KV ×1 (a full cache preempts).
+//!   TTFT, which is queue wait + prefill, and on an LLM pool prefill is what
+//!   a cache hit saves: it scores like the default (queue ×2, KV ×2, prefix
+//!   ×3, LoRA ×1) and uses the measured TTFT (windowed mean; e2e latency
+//!   where no TTFT is exported) only to break ties: among the candidates
+//!   whose total is within [`Profile::latency_tie_band`] (0.005) of the
+//!   best, the one with the lowest measured latency wins (then fewest local
+//!   in-flight, then random). 0.005 of the normalised total is a 1.2 %
+//!   difference in prefix match or 1.75 % in KV usage, and less than one
+//!   request of queue at k = 30 (0.009), so latency chooses only among
+//!   cache-equivalent, equally loaded endpoints, and a request sent to the
+//!   fastest one takes it out of the band for the next (no herding between
+//!   scrapes). It was a weighted scorer (queue 2, KV 1, prefix 2, latency
+//!   2): `fastest / this` spans 0.02–1 between a cache hit's 60 ms and a
+//!   queued miss's seconds, outweighed a full prefix match and pulled traffic
+//!   to whichever sims had answered fastest (routing-quality benchmark,
+//!   shared prefix at 12 req/s: mean TTFT 3.9 s and hit rate 0.46 against
+//!   0.25 s and 0.85 for `prefix-cache-aware`). A band of 0.02 (a 2-request
+//!   queue difference) kept the cache but lost to `default` on the mixed and
+//!   LoRA workloads (mean TTFT 0.67 against 0.55 s at 12 req/s, median of 3
+//!   runs): measured TTFT ignores decode speed and lags, so it sent more to
+//!   the slow-decode sim than the KV and queue terms would.
 //! - `resource-weighted` uses the policy's `factors` as weights (absent ones
 //!   default to ⅓ each; all zero reads as all ⅓). It has no queue term, so
 //!   between snapshots a burst spreads only through the tie-break (equal
@@ -312,7 +330,19 @@ pub struct Profile {
     /// match counts half (`k / (k + q)`); default [`DEFAULT_QUEUE_SCALE`]
     /// (GAIE's saturation threshold). Not finite or ≤ 0 reads as the default.
     pub queue_scale: f64,
+    /// Measured latency as a tie-break: when > 0, candidates whose weighted
+    /// total is within this of the best are tied, and the lowest measured
+    /// latency (TTFT, else e2e) among them wins before the local in-flight
+    /// and random tie-breaks. [`LATENCY_TIE_BAND`] for `latency-optimized`,
+    /// 0 (off) for the others.
+    pub latency_tie_band: f64,
 }
+
+/// [`Profile::latency_tie_band`] of `latency-optimized`: 0.005 of the
+/// normalised total (a 1.2 % prefix-match or 1.75 % KV-usage difference,
+/// less than one request of queue at the gateway's queue scale of 30; see
+/// the module docs).
+pub const LATENCY_TIE_BAND: f64 = 0.005;
 
 /// Library default of [`Profile::queue_scale`]: 5 requests (GAIE's saturation
 /// threshold). The gateway passes its own (`--queue-scale`, default
@@ -347,7 +377,7 @@ impl Profile {
             ProfileKind::KvCacheAware => max(&[(Queue, 1.0), (KvCache, 2.0)]),
             ProfileKind::LoraAffinity => max(&[(Queue, 1.0), (KvCache, 1.0), (Lora, 2.0)]),
             ProfileKind::LatencyOptimized => {
-                max(&[(Queue, 2.0), (KvCache, 1.0), (Prefix, 2.0), (Latency, 2.0)])
+                max(&[(Queue, 2.0), (KvCache, 2.0), (Prefix, 3.0), (Lora, 1.0)])
             }
             ProfileKind::ResourceWeighted => {
                 let f = |v: Option<f64>| v.filter(|x| x.is_finite() && *x >= 0.0);
@@ -372,6 +402,10 @@ impl Profile {
             ProfileKind::RoundRobin | ProfileKind::Random => None,
             _ => Some(Saturation::default()),
         };
+        let latency_tie_band = match kind {
+            ProfileKind::LatencyOptimized => LATENCY_TIE_BAND,
+            _ => 0.0,
+        };
         Self {
             kind,
             picker,
@@ -379,6 +413,7 @@ impl Profile {
             saturation,
             tie_epsilon: 1e-9,
             queue_scale: DEFAULT_QUEUE_SCALE,
+            latency_tie_band,
         }
     }
 
@@ -421,6 +456,13 @@ impl Profile {
     /// This profile with other weights.
     pub fn with_weights(mut self, weights: Weights) -> Self {
         self.weights = weights;
+        self
+    }
+
+    /// This profile with another latency tie band (see
+    /// [`Self::latency_tie_band`]; 0 = off).
+    pub fn with_latency_tie_band(mut self, band: f64) -> Self {
+        self.latency_tie_band = band;
         self
     }
 

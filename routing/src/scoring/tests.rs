@@ -335,7 +335,7 @@ fn every_lora_profile_scores_the_requested_model_as_an_adapter() {
         ("lora-affinity", true),
         ("least-queue", false),
         ("kv-cache-aware", false),
-        ("latency-optimized", false),
+        ("latency-optimized", true),
         ("round-robin", false),
     ] {
         let p = Profile::from_name(name, None).unwrap();
@@ -984,6 +984,7 @@ fn policy(alg: Option<&str>, factors: Option<LoadFactors>) -> InferencePolicy {
             load_balancing: Some(LoadBalancing {
                 algorithm: alg.map(str::to_owned),
                 factors,
+                session_affinity: None,
             }),
             health_check: None,
         },
@@ -1259,7 +1260,7 @@ fn a_long_prefix_match_beats_a_small_queue_difference() {
     // GAIE's min-max queue would have given the cold endpoints the whole
     // queue weight: (2.7 + 0 + 0.8) / 7 < 3.8 / 7.
     assert!((2.7 + 0.8) / 7.0 < b[1].total.unwrap());
-    // Same for latency-optimized (prefix 2, queue 2, KV 1, latency absent).
+    // Same for latency-optimized (the default's weights, latency absent).
     let lat = Profile::from_name("latency-optimized", None).unwrap();
     assert_eq!(
         picked(Picker::new(1).pick(&lat, &s, &prefix_req(200), &c, &local, t0)),
@@ -1798,4 +1799,403 @@ fn locality_prefers_the_local_endpoint_until_it_is_saturated() {
         matches!(pick, PickOutcome::Picked(ref k) if k.endpoint == 1),
         "{pick:?}"
     );
+}
+
+// ---- latency-optimized: measured latency breaks ties only ----
+
+fn timed(id: usize, at: Instant, waiting: f64, kv: f64, ttft: f64) -> EndpointView {
+    view(
+        id,
+        at,
+        &[
+            (SignalKind::Waiting, waiting),
+            (SignalKind::KvUsage, kv),
+            (SignalKind::Ttft, ttft),
+        ],
+    )
+}
+
+#[test]
+fn latency_optimized_keeps_a_prefix_match_against_a_faster_cold_endpoint() {
+    // The shared-prefix benchmark's failure: endpoint 0 holds 90 % of the
+    // prompt but its measured TTFT is high (it prefilled the group's misses),
+    // endpoints 1 and 2 are cold and answered fast.
+    let t0 = Instant::now();
+    let s = snap(
+        t0,
+        vec![
+            timed(0, t0, 1.0, 0.5, 2.0),
+            timed(1, t0, 0.0, 0.2, 0.05),
+            timed(2, t0, 0.0, 0.2, 0.06),
+        ],
+    );
+    let c = vec![hit(0, 180), hit(1, 0), hit(2, 0)];
+    let p = Profile::from_name("latency-optimized", None)
+        .unwrap()
+        .with_queue_scale(GATEWAY_QUEUE_SCALE);
+    assert_eq!(p.weights.get(Scorer::Latency), 0.0);
+    assert_eq!(p.latency_tie_band, LATENCY_TIE_BAND);
+    for seed in 0..32 {
+        let o = Picker::new(seed).pick(&p, &s, &prefix_req(200), &c, &[1, 0, 0], t0);
+        assert_eq!(picked(o), 0, "seed {seed}");
+    }
+    // The old weights (queue 2, KV 1, prefix 2, latency 2) gave it away:
+    // 2·(30/32) + 0.5 + 2·0.9·(30/32) + 2·0.025 < 2 + 0.8 + 0 + 2·1.
+    let old = p
+        .with_weights(Weights::of(&[
+            (Scorer::Queue, 2.0),
+            (Scorer::KvCache, 1.0),
+            (Scorer::Prefix, 2.0),
+            (Scorer::Latency, 2.0),
+        ]))
+        .with_latency_tie_band(0.0);
+    let o = Picker::new(1).pick(&old, &s, &prefix_req(200), &c, &[1, 0, 0], t0);
+    assert_eq!(picked(o), 1);
+}
+
+#[test]
+fn latency_breaks_ties_among_cache_equivalent_endpoints() {
+    let t0 = Instant::now();
+    let p = Profile::from_name("latency-optimized", None)
+        .unwrap()
+        .with_queue_scale(GATEWAY_QUEUE_SCALE);
+    // Equal matches and queues, KV usage 1 point apart (inside the band):
+    // the fastest wins whatever the RNG, even with a slightly lower total.
+    let s = snap(
+        t0,
+        vec![
+            timed(0, t0, 0.0, 0.30, 0.4),
+            timed(1, t0, 0.0, 0.31, 0.1),
+            timed(2, t0, 0.0, 0.30, 0.3),
+        ],
+    );
+    let c = vec![hit(0, 100), hit(1, 100), hit(2, 100)];
+    let mut out = vec![ScoreBreakdown::default(); 3];
+    for seed in 0..32 {
+        let o = Picker::new(seed).pick_explained(&p, &s, &prefix_req(200), &c, &[], t0, &mut out);
+        assert_eq!(picked(o), 1, "seed {seed}");
+    }
+    assert!(out[1].total.unwrap() < out[0].total.unwrap());
+    assert!(out[0].total.unwrap() - out[1].total.unwrap() <= LATENCY_TIE_BAND);
+    // A cache difference is outside the band: the match wins over speed.
+    let c = vec![hit(0, 100), hit(1, 95), hit(2, 100)];
+    for seed in 0..32 {
+        let o = Picker::new(seed).pick(&p, &s, &prefix_req(200), &c, &[], t0);
+        assert_eq!(picked(o), 2, "seed {seed}");
+    }
+    // So is one more request in flight from this shard (0.009 at k = 30):
+    // the request just sent to the fastest takes it out of the next tie.
+    let c = vec![hit(0, 100), hit(1, 100), hit(2, 100)];
+    let o = Picker::new(3).pick(&p, &s, &prefix_req(200), &c, &[0, 1, 0], t0);
+    assert_eq!(picked(o), 2);
+    let o = Picker::new(3).pick(&p, &s, &prefix_req(200), &c, &[0, 1, 1], t0);
+    assert_eq!(picked(o), 0);
+    // The default profile has no latency tie-break: the best total wins
+    // (0 and 2 tie, at random).
+    let d = Profile::default().with_queue_scale(GATEWAY_QUEUE_SCALE);
+    let seen: std::collections::HashSet<usize> = (0..32)
+        .map(|seed| picked(Picker::new(seed).pick(&d, &s, &prefix_req(200), &c, &[], t0)))
+        .collect();
+    assert_eq!(seen, [0, 2].into_iter().collect());
+}
+
+#[test]
+fn latency_tie_break_without_measurements_falls_back_to_the_usual_ties() {
+    let t0 = Instant::now();
+    let p = Profile::from_name("latency-optimized", None).unwrap();
+    // No latency anywhere: fewest local in-flight, then random.
+    let s = snap(t0, vec![load(0, t0, 0.0, 0.3), load(1, t0, 0.0, 0.3)]);
+    let c = cands(&[0, 1]);
+    let o = Picker::new(5).pick(&p, &s, &PickRequest::default(), &c, &[1, 0], t0);
+    assert_eq!(picked(o), 1);
+    let seen: std::collections::HashSet<usize> = (0..32)
+        .map(|seed| picked(Picker::new(seed).pick(&p, &s, &PickRequest::default(), &c, &[], t0)))
+        .collect();
+    assert_eq!(seen.len(), 2);
+    // One measured, one not: the measured one wins the tie.
+    let s = snap(t0, vec![load(0, t0, 0.0, 0.3), timed(1, t0, 0.0, 0.3, 0.9)]);
+    for seed in 0..16 {
+        let o = Picker::new(seed).pick(&p, &s, &PickRequest::default(), &c, &[], t0);
+        assert_eq!(picked(o), 1);
+    }
+}
+
+// ---- session affinity: consistent hashing with bounded loads ----
+
+fn ring_of(ids: &[usize]) -> SessionRing {
+    SessionRing::new(ids.iter().map(|&i| (i, format!("10.1.0.{i}:8000"))))
+}
+
+fn owners(ring: &SessionRing, sessions: u64) -> Vec<usize> {
+    (0..sessions)
+        .map(|s| {
+            ring.owner(affinity::session_hash(format!("s-{s}").as_bytes()), |_| {
+                true
+            })
+            .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn ring_is_deterministic_and_spreads_sessions() {
+    let ids: Vec<usize> = (0..8).collect();
+    let a = ring_of(&ids);
+    // Built in another order: the same ring (points come from the addresses).
+    let mut rev = ids.clone();
+    rev.reverse();
+    assert_eq!(a, ring_of(&rev));
+    assert_eq!(a.len(), 8 * affinity::RING_POINTS as usize);
+    let o = owners(&a, 8_000);
+    assert_eq!(o, owners(&ring_of(&ids), 8_000));
+    let mut count = [0usize; 8];
+    for &e in &o {
+        count[e] += 1;
+    }
+    // 1,000 each on average; 128 points each keep every share within ±30 %.
+    assert!(
+        count.iter().all(|&n| (700..=1_300).contains(&n)),
+        "{count:?}"
+    );
+    assert_eq!(SessionRing::default().owner(1, |_| true), None);
+}
+
+#[test]
+fn adding_or_removing_an_endpoint_moves_about_one_in_n_sessions() {
+    let n = 10;
+    let before = owners(&ring_of(&(0..n).collect::<Vec<_>>()), 10_000);
+    // Add endpoint 10: only sessions that now belong to it move.
+    let after = owners(&ring_of(&(0..=n).collect::<Vec<_>>()), 10_000);
+    let moved: Vec<usize> = (0..before.len())
+        .filter(|&i| before[i] != after[i])
+        .collect();
+    assert!(moved.iter().all(|&i| after[i] == n));
+    let frac = moved.len() as f64 / before.len() as f64;
+    assert!((0.05..=0.14).contains(&frac), "moved {frac} (1/11 = 0.09)");
+    // Remove endpoint 3: only its sessions move, spread over the others.
+    let without: Vec<usize> = (0..n).filter(|&i| i != 3).collect();
+    let after = owners(&ring_of(&without), 10_000);
+    for i in 0..before.len() {
+        if before[i] != 3 {
+            assert_eq!(before[i], after[i]);
+        } else {
+            assert_ne!(after[i], 3);
+        }
+    }
+    let frac = before.iter().filter(|&&e| e == 3).count() as f64 / before.len() as f64;
+    assert!((0.05..=0.15).contains(&frac), "moved {frac} (1/10)");
+    // Taking an endpoint out by filter is the same as removing it from the ring.
+    let full = ring_of(&(0..n).collect::<Vec<_>>());
+    let filtered: Vec<usize> = (0..10_000u64)
+        .map(|s| {
+            full.owner(affinity::session_hash(format!("s-{s}").as_bytes()), |e| {
+                e != 3
+            })
+            .unwrap()
+        })
+        .collect();
+    assert_eq!(filtered, after);
+}
+
+#[test]
+fn load_cap_follows_the_formula() {
+    use affinity::load_cap;
+    // ceil(c·(L + 1) / n).
+    assert_eq!(load_cap(0.0, 4, 1.25), 1.0);
+    assert_eq!(load_cap(3.0, 4, 1.25), 2.0);
+    assert_eq!(load_cap(11.0, 4, 1.25), 4.0);
+    assert_eq!(load_cap(39.0, 4, 1.25), 13.0);
+    // Bad factors read as the default; no members reads as one.
+    assert_eq!(load_cap(3.0, 4, f64::NAN), 2.0);
+    assert_eq!(load_cap(0.0, 0, 1.25), 2.0);
+}
+
+fn session_req<'a>(ring: &'a SessionRing, id: &str) -> PickRequest<'a> {
+    PickRequest {
+        session: Some(Session {
+            ring,
+            hash: session_hash(id.as_bytes()),
+            load_factor: 1.25,
+        }),
+        ..PickRequest::default()
+    }
+}
+
+fn decision(o: PickOutcome) -> Decision {
+    match o {
+        PickOutcome::Picked(p) => p.decision,
+        other => panic!("expected a pick, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_session_sticks_to_its_endpoint_under_any_profile_and_rng() {
+    let t0 = Instant::now();
+    let ring = ring_of(&[0, 1, 2, 3]);
+    let s = snap(t0, (0..4).map(|i| load(i, t0, 0.0, 0.2)).collect());
+    let c = cands(&[0, 1, 2, 3]);
+    for id in ["alice", "bob", "carol", "dave", "erin"] {
+        let req = session_req(&ring, id);
+        let home = ring.owner(session_hash(id.as_bytes()), |_| true).unwrap();
+        for name in PROFILES {
+            let p = Profile::from_name(name, None).unwrap();
+            for seed in 0..8 {
+                let o = Picker::new(seed).pick(&p, &s, &req, &c, &[], t0);
+                assert_eq!(picked(o), home, "{id} {name}");
+                assert_eq!(decision(o), Decision::SessionHome);
+            }
+        }
+    }
+    // Without a session the decision is the profile's.
+    let o = Picker::new(1).pick(
+        &Profile::default(),
+        &s,
+        &PickRequest::default(),
+        &c,
+        &[],
+        t0,
+    );
+    assert_eq!(decision(o), Decision::Profile);
+}
+
+#[test]
+fn a_session_skips_a_saturated_or_filtered_endpoint_like_the_ring_without_it() {
+    let t0 = Instant::now();
+    let ring = ring_of(&[0, 1, 2, 3]);
+    let id = "conversation-7";
+    let h = session_hash(id.as_bytes());
+    let home = ring.owner(h, |_| true).unwrap();
+    let next = ring.owner(h, |e| e != home).unwrap();
+    // The home endpoint is saturated (more than 5 waiting).
+    let s = snap(
+        t0,
+        (0..4)
+            .map(|i| load(i, t0, if i == home { 9.0 } else { 0.0 }, 0.2))
+            .collect(),
+    );
+    let c = cands(&[0, 1, 2, 3]);
+    let (o, b) = scores(
+        &Profile::default(),
+        &s,
+        &session_req(&ring, id),
+        &c,
+        &[],
+        t0,
+    );
+    assert_eq!(b[home].status, CandidateStatus::Saturated);
+    assert_eq!(picked(o), next);
+    // Not a candidate at all (ejected, excluded by a retry, another pool).
+    let others: Vec<usize> = (0..4).filter(|&e| e != home).collect();
+    let s = snap(t0, (0..4).map(|i| load(i, t0, 0.0, 0.2)).collect());
+    let o = Picker::new(1).pick(
+        &Profile::default(),
+        &s,
+        &session_req(&ring, id),
+        &cands(&others),
+        &[],
+        t0,
+    );
+    assert_eq!(picked(o), next);
+    // Every candidate saturated: the fallback is still the session's endpoint.
+    let s = snap(t0, (0..4).map(|i| load(i, t0, 9.0, 0.2)).collect());
+    let o = Picker::new(1).pick(
+        &Profile::default(),
+        &s,
+        &session_req(&ring, id),
+        &c,
+        &[],
+        t0,
+    );
+    match o {
+        PickOutcome::AllSaturated { fallback: Some(p) } => {
+            assert_eq!(p.endpoint, home);
+            assert_eq!(p.decision, Decision::SessionHome);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_burst_of_one_session_spills_at_the_bound_and_returns_home() {
+    let t0 = Instant::now();
+    let ring = ring_of(&[0, 1, 2, 3]);
+    let s = snap(t0, (0..4).map(|i| load(i, t0, 0.0, 0.2)).collect());
+    let c = cands(&[0, 1, 2, 3]);
+    let req = session_req(&ring, "hot");
+    let home = ring.owner(req.session.unwrap().hash, |_| true).unwrap();
+    let mut local = [0u32; 4];
+    let mut picker = Picker::new(3);
+    let mut spilled = 0;
+    for k in 0..40u32 {
+        let o = picker.pick(&Profile::default(), &s, &req, &c, &local, t0);
+        let e = picked(o);
+        // The bound: after placing, no endpoint is above ceil(1.25·(k+1)/4).
+        local[e] += 1;
+        let cap = affinity::load_cap(f64::from(k), 4, 1.25);
+        assert!(local.iter().all(|&l| f64::from(l) <= cap), "{k}: {local:?}");
+        spilled += usize::from(decision(o) == Decision::SessionSpilled);
+    }
+    assert!(spilled > 0);
+    // Home holds the most, and everything is within the bound: 40 → ≤ 13 each.
+    assert_eq!(local.iter().max(), Some(&local[home]));
+    assert!(local.iter().all(|&l| l <= 13), "{local:?}");
+    // The burst drains: the next request goes home again.
+    let o = picker.pick(&Profile::default(), &s, &req, &c, &[0; 4], t0);
+    assert_eq!((picked(o), decision(o)), (home, Decision::SessionHome));
+    // Telemetry counts too: home with 4 waiting while the others idle.
+    let s = snap(
+        t0,
+        (0..4)
+            .map(|i| load(i, t0, if i == home { 4.0 } else { 0.0 }, 0.2))
+            .collect(),
+    );
+    let o = picker.pick(&Profile::default(), &s, &req, &c, &[0; 4], t0);
+    assert_ne!(picked(o), home);
+    assert_eq!(decision(o), Decision::SessionSpilled);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Many sessions arriving and leaving: every placement keeps its endpoint
+    /// within ceil(c·(L + 1) / n), whatever the factor and the order, and
+    /// some endpoint is always under the cap. With arrivals only, every
+    /// endpoint stays within the cap of the current total.
+    #[test]
+    fn bounded_load_is_never_exceeded(
+        n in 1usize..9,
+        c in 1.01f64..3.0,
+        ops in proptest::collection::vec((0u64..40, any::<bool>()), 1..300),
+    ) {
+        let ring = ring_of(&(0..n).collect::<Vec<_>>());
+        for departures in [true, false] {
+            let mut load = vec![0u32; n];
+            let mut placed: Vec<usize> = Vec::new();
+            for &(session, leave) in &ops {
+                if departures && leave && !placed.is_empty() {
+                    let e = placed.remove(session as usize % placed.len());
+                    load[e] -= 1;
+                    continue;
+                }
+                let total: u32 = load.iter().sum();
+                let cap = affinity::load_cap(f64::from(total), n, c);
+                let p = affinity::bounded_pick(
+                    &ring,
+                    session_hash(&session.to_le_bytes()),
+                    cap,
+                    |e| load.get(e).map(|&l| f64::from(l)),
+                );
+                let p = p.expect("some endpoint is always under the cap");
+                load[p.endpoint] += 1;
+                placed.push(p.endpoint);
+                // The endpoint that took it is within the bound (after
+                // departures others may sit above today's cap: the bound is
+                // checked when a request is placed, nothing is moved).
+                prop_assert!(f64::from(load[p.endpoint]) <= cap);
+                if !departures {
+                    prop_assert!(load.iter().all(|&l| f64::from(l) <= cap));
+                }
+            }
+        }
+    }
 }
