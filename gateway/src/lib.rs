@@ -437,6 +437,7 @@ pub fn start(
     ));
     let mut reloader = reload::Reloader::new(
         &run.config_limits,
+        &run.limits,
         settings.jwt_leeway,
         sources,
         &loaded.config,
@@ -469,39 +470,6 @@ pub fn start(
         rollout::spawn(r, hub.clone())
             .map_err(|e| vec![format!("cannot start the rollout controller: {e}")])?;
     }
-    let endpoint_lists = Arc::new(arc_swap::ArcSwap::from_pointee(
-        endpoints_view::EndpointLists::of(&loaded.table),
-    ));
-    let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
-    if let Some(a) = admin_addr {
-        let listener =
-            admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
-        admin_addr = listener.local_addr().ok();
-        let view = Arc::new(admin::AdminView {
-            config: config_status.clone(),
-            warmth: warmth.clone(),
-            autoscale: autoscale.clone(),
-            global_limiter: global_limiter.clone(),
-            rollouts: rollouts.clone(),
-            endpoints: endpoints_view::EndpointsView {
-                lists: endpoint_lists.clone(),
-                control: control.clone(),
-                hub: hub.clone(),
-                profile: pick.tune(
-                    shardgate_routing::scoring::Profile::resolve(
-                        None,
-                        loaded.table.inference_config(),
-                    )
-                    .unwrap_or_default(),
-                    &settings,
-                ),
-            },
-            shutdown: shutdown.clone(),
-            hub: hub.clone(),
-        });
-        admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
-    }
-
     let mut state =
         GatewayState::with_auth(loaded.table, settings, pick, auth).map_err(|e| vec![e])?;
     state.warmth = warmth;
@@ -512,6 +480,30 @@ pub fn start(
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let live = Arc::new(state::LiveState::new(state));
+    let endpoint_lists = Arc::new(arc_swap::ArcSwap::from_pointee(
+        endpoints_view::EndpointLists::of(&live.load().table)
+            .with_profile(*live.load().profile(None)),
+    ));
+    let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
+    if let Some(a) = admin_addr {
+        let listener =
+            admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
+        admin_addr = listener.local_addr().ok();
+        let view = Arc::new(admin::AdminView {
+            config: config_status.clone(),
+            live: live.clone(),
+            autoscale: autoscale.clone(),
+            endpoints: endpoints_view::EndpointsView {
+                lists: endpoint_lists.clone(),
+                control: control.clone(),
+                hub: hub.clone(),
+            },
+            shutdown: shutdown.clone(),
+            hub: hub.clone(),
+        });
+        admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
+    }
+
     reloader.attach(reload::LiveHandles {
         live: live.clone(),
         control: control.clone(),
@@ -567,7 +559,7 @@ pub fn start(
 /// Warm the models `modelPrewarming` lists ([`prewarm`]), when it is on.
 /// The fleet-wide limiter and its lease thread, with `--rate-limit-redis` and
 /// some SecurityPolicy `rateLimit` to apply it to.
-fn start_global_limits(
+pub(crate) fn start_global_limits(
     limits: &cli::LimitArgs,
     table: &shardgate_routing::RoutingTable,
 ) -> Result<Option<Arc<ratelimit_global::GlobalLimiter>>, Vec<String>> {
@@ -720,7 +712,10 @@ fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
 
 /// The `/debug/config` body of a loaded configuration (before the reload
 /// fields [`reload::ConfigStatus`] adds).
-fn debug_config_value(loaded: &load::Loaded, sources: &[(String, String)]) -> serde_json::Value {
+pub(crate) fn debug_config_value(
+    loaded: &load::Loaded,
+    sources: &[(String, String)],
+) -> serde_json::Value {
     let docs: Vec<serde_json::Value> = loaded
         .config
         .docs

@@ -604,7 +604,7 @@ struct Req<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn execute<'s, S: ClientStream>(
     shard: &Rc<Shard>,
-    state: &'s GatewayState,
+    state: &'s std::sync::Arc<GatewayState>,
     client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
     req: &Req<'s>,
@@ -729,7 +729,7 @@ async fn execute<'s, S: ClientStream>(
         }
     }
     // maxConcurrentInferences: hold a permit until the answer is out.
-    let _permit = match &shard.admission {
+    let _permit = match shard.admission() {
         Some(adm) => {
             let key = shard
                 .metrics
@@ -753,7 +753,7 @@ async fn execute<'s, S: ClientStream>(
         ..
     } = &decision.plan
     {
-        if let (Some(pb), Some(model)) = (shard.batcher(policy).cloned(), body_model) {
+        if let (Some(pb), Some(model)) = (shard.batcher(policy), body_model) {
             let reply = crate::batch::run(
                 shard,
                 &pb,
@@ -766,6 +766,7 @@ async fn execute<'s, S: ClientStream>(
                     auth: head.header("authorization"),
                     model,
                     rule_id: target.route.rule_id,
+                    state,
                 },
             )
             .await;
@@ -899,7 +900,11 @@ async fn forward<S: ClientStream>(
 ) -> bool {
     let settings = &shard.settings;
     let route = &target.route;
-    let deadline = Instant::now() + route.request_timeout.unwrap_or(settings.response_timeout);
+    // Timeouts from the state's InferenceConfig (a reload may change them).
+    let deadline = Instant::now()
+        + route
+            .request_timeout
+            .unwrap_or(state.settings.response_timeout);
     let profile = state.profile(route.policy);
     let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
     let hashes = (uses_prefix && !req.body.is_empty())
@@ -924,7 +929,7 @@ async fn forward<S: ClientStream>(
     let lim = ExchangeLimits {
         limits: &settings.limits,
         deadline,
-        idle_timeout: settings.stream_idle_timeout,
+        idle_timeout: state.settings.stream_idle_timeout,
         head_request: req.head.method() == "HEAD",
     };
     let tail = (req.body.len() > INLINE_BODY).then_some(req.body);
@@ -987,8 +992,9 @@ async fn forward<S: ClientStream>(
                     if let Some(h) = &hashes {
                         shard.record_prefix(ep, h);
                     }
+                    let times = (deadline, lim.idle_timeout);
                     return stream_response(
-                        shard, client, out, req, rid, resp, conn, ep, deadline, rq,
+                        shard, client, out, req, rid, resp, conn, ep, times, rq,
                     )
                     .await;
                 }
@@ -1040,10 +1046,9 @@ async fn stream_response<S: ClientStream>(
     resp: ResponseHead,
     mut conn: UpstreamConn,
     ep: usize,
-    deadline: Instant,
+    (deadline, idle_timeout): (Instant, Duration),
     rq: &mut RequestState<'_>,
 ) -> bool {
-    let settings = &shard.settings;
     let framing = resp.framing();
     rq.status = resp.status();
     let sse = resp
@@ -1156,7 +1161,7 @@ async fn stream_response<S: ClientStream>(
             }
             timing.flushed(sse, rq);
         }
-        let until = deadline.min(Instant::now() + settings.stream_idle_timeout);
+        let until = deadline.min(Instant::now() + idle_timeout);
         match read_watched(Some(client.sock.tcp()), &mut conn, until, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;

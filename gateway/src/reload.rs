@@ -1,4 +1,5 @@
-//! Live configuration from files: certificates, JWK sets and endpoints.
+//! Live configuration from files: certificates, JWK sets, endpoints, routes
+//! and policies.
 //!
 //! `serve -c FILE…` watches the directories that hold its files (inotify, in
 //! a thread of its own: editors and Kubernetes ConfigMap/Secret volumes
@@ -21,28 +22,31 @@
 //!   providers with a `localJWKS.secretRef` get the new keys (tokens cached
 //!   under the old set lapse). All ports are prepared before any is changed:
 //!   a Secret that does not parse changes nothing;
-//! - **only `EndpointSlice` documents changed** (besides Secrets): pods came
-//!   or went. Applied live, `result="applied"`
-//!   ([`Reloader::apply_endpoints`]): the table is rebuilt keeping every
-//!   endpoint's index (a gone address stays as a retired entry, a returning
-//!   one gets its old index back), so everything kept per endpoint (upstream
-//!   pools, telemetry, health, ejections, the prefix index, rate-limit and
-//!   JWT state) carries over; the control thread starts checking new
-//!   endpoints, a scoring snapshot that knows them is awaited (at most 1 s),
+//! - **anything else changed, the listeners laid out as before** (endpoints,
+//!   routes, Services, pools, policies, the InferenceConfig, rollouts):
+//!   applied live, `result="applied"` (`Reloader::apply_live`): the table is
+//!   rebuilt keeping every endpoint's index (a gone address stays as a retired
+//!   entry, a returning one gets its old index back), so everything kept per
+//!   endpoint (upstream pools, telemetry, health, ejections, the prefix index)
+//!   carries over, and so do the rate-limit cells and JWT providers unless a
+//!   SecurityPolicy changed, and rollout progress unless a ModelRollout did.
+//!   The control thread starts checking new endpoints (and again those whose
+//!   health check or TLS changed) and resizes `maxConcurrentInferences`; a
+//!   scoring snapshot that knows the new endpoints is awaited (at most 1 s);
 //!   then the new state is swapped in for the shards (`LiveState`, an
 //!   `arc-swap`): requests already running finish on the state they started
-//!   with, the next request of every connection (keep-alive ones included)
+//!   with (a batching lane flushes on the state its members were queued
+//!   under), the next request of every connection (keep-alive ones included)
 //!   routes on the new one, and only then are the gone endpoints retired (their
 //!   checks idle, their idle connections closed). About 250 ms from the file
 //!   write to the first request on a new endpoint (`e2e_reload`): the 100 ms
 //!   debounce plus two scoring snapshots. Per-endpoint arrays have room for
 //!   [`crate::control::endpoint_capacity`] of the start's count (twice it,
-//!   and at least 1,024 more); beyond it the change waits for a restart.
-//!   New endpoints are not pre-warmed (`modelPrewarming`) yet;
-//! - **anything else changed** (routes, listeners, policies, Services):
-//!   `result="restart_required"`. The Secrets are still applied when the
-//!   listeners are laid out as before; the other changes are named in the log
-//!   and in `/debug/config` (`reload.pending_restart`) and take effect at the
+//!   and at least 1,024 more); beyond it the reload is refused. New endpoints
+//!   are not pre-warmed (`modelPrewarming`) yet;
+//! - **the listeners changed** (a Gateway's ports, protocols, hostnames):
+//!   `result="restart_required"`. The other changes are named in the log and
+//!   in `/debug/config` (`reload.pending_restart`) and take effect at the
 //!   next start;
 //! - **nothing changed** (the bytes are the same, or only comments and
 //!   formatting differ): `result="unchanged"`, nothing else happens.
@@ -98,8 +102,8 @@ pub struct ConfigStatus {
     trigger: std::sync::OnceLock<Sender<Instant>>,
     revision: AtomicU64,
     reloads: [AtomicU64; 4],
-    /// The `/debug/config` body of the configuration loaded at start.
-    base: serde_json::Value,
+    /// The `/debug/config` body of the configuration in force.
+    base: ArcSwap<serde_json::Value>,
     report: ArcSwap<Report>,
 }
 
@@ -119,7 +123,7 @@ impl ConfigStatus {
             trigger: std::sync::OnceLock::new(),
             revision: AtomicU64::new(1),
             reloads: Default::default(),
-            base,
+            base: ArcSwap::from_pointee(base),
             report: ArcSwap::from_pointee(Report {
                 hash: hex_hash(sources),
                 ..Report::default()
@@ -156,7 +160,7 @@ impl ConfigStatus {
     /// The `/debug/config` body: the loaded resources, the revision and the
     /// last reload's outcome.
     pub fn debug_json(&self) -> Vec<u8> {
-        let mut v = self.base.clone();
+        let mut v = serde_json::Value::clone(&self.base.load());
         let r = self.report.load();
         if let Some(obj) = v.as_object_mut() {
             obj.insert("revision".into(), self.revision().into());
@@ -217,6 +221,16 @@ struct Running {
 
 type Layout = (String, String, u16, String, bool, Option<String>);
 
+/// What a live reload changed (for the log).
+struct Applied {
+    added: usize,
+    rechecked: usize,
+    retired: usize,
+    live: usize,
+    rules: usize,
+    models: usize,
+}
+
 /// What a reload needs to apply endpoint changes to the running gateway
 /// (handed over once it runs: [`Reloader::attach`]).
 pub struct LiveHandles {
@@ -235,6 +249,8 @@ pub struct LiveHandles {
 /// Reloads the configuration from its files (see the module doc).
 pub struct Reloader {
     live: Option<LiveHandles>,
+    /// The CLI's limits (settings are derived from them and the InferenceConfig).
+    run_limits: crate::cli::LimitArgs,
     max_bytes: usize,
     limits: LoadLimits,
     jwt_leeway: Duration,
@@ -272,11 +288,11 @@ fn split(config: &Config) -> (Named, Named) {
         .partition(|(_, r)| !matches!(r, Resource::Secret(_)))
 }
 
-/// `named` without its EndpointSlices (what a live endpoint reload may change).
-fn without_slices(named: &Named) -> Vec<&(String, Resource)> {
+/// The documents of `kind` in `named`, in order.
+fn of_kind<'a>(named: &'a Named, kind: &str) -> Vec<&'a (String, Resource)> {
     named
         .iter()
-        .filter(|(_, r)| !matches!(r, Resource::EndpointSlice(_)))
+        .filter(|(n, _)| n.split(' ').next() == Some(kind))
         .collect()
 }
 
@@ -320,6 +336,7 @@ impl Reloader {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         limits: &crate::cli::ConfigLimitArgs,
+        run_limits: &crate::cli::LimitArgs,
         jwt_leeway: Duration,
         sources: &[(String, String)],
         config: &Config,
@@ -331,6 +348,7 @@ impl Reloader {
         let (others, secrets) = split(config);
         Reloader {
             live: None,
+            run_limits: run_limits.clone(),
             max_bytes: limits.max_config_bytes,
             limits: limits.limits(),
             jwt_leeway,
@@ -351,14 +369,19 @@ impl Reloader {
         self.live = Some(handles);
     }
 
-    /// Put a configuration whose only non-Secret changes are EndpointSlices in
-    /// force: a table rebuilt with every endpoint's index kept
-    /// ([`shardgate_routing::RoutingTable::build_next`]), a gateway state that
-    /// keeps the rate-limit cells, JWT keys, warm-up and rollout state, the
-    /// control thread told which endpoints are new (checks start) and which
-    /// are gone (checks idle), then the state swapped for the shards. Returns
-    /// (endpoints added, retired, live).
-    fn apply_endpoints(&self, config: &Config) -> Result<(usize, usize, usize), String> {
+    /// Put a valid configuration in force on the running gateway (the
+    /// listeners laid out as before): a table rebuilt with every endpoint's
+    /// index kept ([`shardgate_routing::RoutingTable::build_next`]), a new
+    /// gateway state that carries over what did not change (rate-limit cells
+    /// unless a SecurityPolicy changed, JWT providers and their fetched keys,
+    /// warm-up and rollout state unless the ModelRollouts changed, upstream TLS
+    /// and its session caches), the control thread told which endpoints are
+    /// new or checked differently (their checks start) and the new
+    /// `maxConcurrentInferences`, a scoring snapshot that knows the new
+    /// endpoints awaited, then the state swapped for the shards; the gone
+    /// endpoints are retired last. `security_changed`: a SecurityPolicy
+    /// differs. Returns what changed, for the log.
+    fn apply_live(&self, config: &Config, security_changed: bool) -> Result<Applied, String> {
         let h = self
             .live
             .as_ref()
@@ -398,17 +421,28 @@ impl Reloader {
             })
             .collect();
         let specs = crate::control::health_specs(&table);
-        let added: Vec<crate::control::AddedEndpoint> = (old_n..n)
+        let old_specs = crate::control::health_specs(&cur.table);
+        // New endpoints, and live ones whose health check or TLS changed:
+        // their checks start (again).
+        let checks: Vec<crate::control::AddedEndpoint> = (0..n)
             .filter_map(|ep| {
                 let e = table.endpoints().get(ep)?;
-                Some(crate::control::AddedEndpoint {
+                let spec = specs.get(ep).cloned().flatten();
+                let tls = upstream_tls.get(ep).cloned().flatten();
+                let changed = ep >= old_n
+                    || (!e.retired
+                        && (old_specs.get(ep).cloned().flatten() != spec
+                            || cur.table.endpoints().get(ep).map(|o| &o.tls) != Some(&e.tls)));
+                changed.then_some(crate::control::AddedEndpoint {
                     ep,
                     addr: e.addr,
-                    tls: upstream_tls.get(ep).cloned().flatten(),
-                    spec: specs.get(ep).cloned().flatten(),
+                    tls,
+                    spec,
                 })
             })
             .collect();
+        let added = (old_n..n).count();
+        let rechecked = checks.len() - added;
         let retired: Vec<bool> = table.endpoints().iter().map(|e| e.retired).collect();
         let locality: Vec<bool> = crate::control::locality(&table, h.node.as_deref())
             .into_iter()
@@ -420,21 +454,46 @@ impl Reloader {
             .iter()
             .map(|e| e.addr.to_string())
             .collect();
-        let mut st = crate::state::GatewayState::with_auth(
-            table,
-            cur.settings.clone(),
-            cur.pick,
-            cur.auth.clone(),
-        )?;
-        st.rate_limiter = cur.rate_limiter.clone();
-        st.global_limiter = cur.global_limiter.clone();
-        st.rollouts = cur.rollouts.clone();
+        // Settings from the CLI and the new InferenceConfig (timeouts,
+        // maxConcurrentInferences); what was derived at start stays.
+        let mut settings = crate::load::settings(&self.run_limits, &table);
+        settings.shards = cur.settings.shards;
+        settings.max_connections = cur.settings.max_connections;
+        let auth = if security_changed {
+            let a = Arc::new(Authenticator::build(&table, self.jwt_leeway)?);
+            // Providers that stay keep the key sets fetched so far.
+            a.carry_remote_keys(&cur.auth);
+            a
+        } else {
+            cur.auth.clone()
+        };
+        let rollouts_same = cur.table.rollouts() == table.rollouts();
+        let mut st = crate::state::GatewayState::with_auth(table, settings, cur.pick, auth)?;
+        if !security_changed {
+            st.rate_limiter = cur.rate_limiter.clone();
+        }
+        st.global_limiter = match &cur.global_limiter {
+            Some(g) => Some(g.clone()),
+            None => {
+                crate::start_global_limits(&self.run_limits, &st.table).map_err(|e| e.join("; "))?
+            }
+        };
+        if rollouts_same {
+            st.rollouts = cur.rollouts.clone();
+        } else if let Some(r) = &st.rollouts {
+            crate::rollout::spawn(r, h.hub.clone())
+                .map_err(|e| format!("cannot start the rollout controller: {e}"))?;
+        }
         st.warmth = cur.warmth.clone();
         st.upstream_tls = upstream_tls;
-        let added_n = added.len();
-        if !h.control.prepare_endpoints(n, &retired, locality, added) {
+        let lists = lists.with_profile(*st.profile(None));
+        if !h.control.prepare_endpoints(n, &retired, locality, checks) {
             return Err("the control thread did not take the new endpoints".to_string());
         }
+        if security_changed && !h.control.fetch_jwks(&st.auth) {
+            return Err("the control thread did not take the new JWT providers".to_string());
+        }
+        h.control.set_budget(st.settings.max_concurrent);
         h.hub.set_endpoints(labels);
         h.views.store(Arc::new(lists));
         // The shards pick from the control thread's scoring snapshot: wait (at
@@ -450,9 +509,17 @@ impl Reloader {
             std::thread::park_timeout(left.min(Duration::from_millis(5)));
         }
         let retired_n = retired.iter().filter(|r| **r).count();
+        let applied = Applied {
+            added,
+            rechecked,
+            retired: retired_n,
+            live: n - retired_n,
+            rules: st.table.rules().count(),
+            models: st.table.models().len(),
+        };
         h.live.publish(Arc::new(st));
         h.control.retire(&retired);
-        Ok((added_n, retired_n, n - retired_n))
+        Ok(applied)
     }
 
     /// Read `paths` again and reload from them.
@@ -472,6 +539,14 @@ impl Reloader {
         Outcome::Error
     }
 
+    /// The authenticator in force (the running state's once attached).
+    fn auth(&self) -> Arc<Authenticator> {
+        match &self.live {
+            Some(h) => h.live.load().auth.clone(),
+            None => self.auth.clone(),
+        }
+    }
+
     /// Validate `sources` as a whole and apply what can be applied live.
     pub fn reload(&mut self, sources: &[(String, String)]) -> Outcome {
         let seen = hash_sources(sources);
@@ -479,6 +554,7 @@ impl Reloader {
             self.status.record(Outcome::Unchanged, |_| {});
             return Outcome::Unchanged;
         }
+        let started = Instant::now();
         let loaded = match crate::load::load_with(sources, &self.limits) {
             Ok(l) => l,
             Err(errors) => return self.failed(errors),
@@ -507,7 +583,7 @@ impl Reloader {
             for (port, certs) in self.ports.iter().zip(prepared) {
                 port.tls.install(certs);
             }
-            let providers = self.auth.adopt_local_keys(&auth);
+            let providers = self.auth().adopt_local_keys(&auth);
             self.running.secrets = secrets;
             let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
             tracing::info!(
@@ -519,32 +595,40 @@ impl Reloader {
             );
             applied = true;
         }
-        // Only EndpointSlices changed (besides Secrets): apply them live.
+        // Anything else, with the listeners laid out as before: a new state.
         let mut pending = pending;
-        let slices_only = !pending.is_empty()
-            && same_layout
-            && without_slices(&self.running.others) == without_slices(&others);
-        if slices_only {
-            let started = Instant::now();
-            match self.apply_endpoints(&loaded.config) {
-                Ok((added, retired, live)) => {
+        if !pending.is_empty() && same_layout {
+            let security_changed = of_kind(&self.running.others, "SecurityPolicy")
+                != of_kind(&others, "SecurityPolicy");
+            match self.apply_live(&loaded.config, security_changed) {
+                Ok(a) => {
                     let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
                     tracing::info!(
                         revision,
                         hash = %hex_hash(sources),
-                        added,
-                        retired,
-                        live,
+                        changes = %pending.join(", "),
+                        endpoints_added = a.added,
+                        endpoints_rechecked = a.rechecked,
+                        endpoints_retired = a.retired,
+                        endpoints_live = a.live,
+                        rules = a.rules,
+                        models = a.models,
                         took_ms = started.elapsed().as_secs_f64() * 1e3,
-                        "config reload: endpoints applied"
+                        "config reload: applied"
                     );
                     self.running.others = others;
+                    self.status
+                        .base
+                        .store(Arc::new(crate::debug_config_value(&loaded, sources)));
                     pending.clear();
                     applied = true;
                 }
                 Err(why) => {
-                    tracing::warn!(error = %why, "config reload: the endpoint changes cannot be applied live");
-                    pending.push(format!("endpoints ({why})"));
+                    // Valid, but it cannot be put in force: the running
+                    // configuration keeps serving.
+                    return self.failed(vec![format!(
+                        "the configuration is valid but cannot be applied live: {why}"
+                    )]);
                 }
             }
         }
@@ -569,7 +653,7 @@ impl Reloader {
         tracing::warn!(
             revision = self.status.revision(),
             changes = %pending.join(", "),
-            "config reload: valid, but these changes take effect at the next start (live reload covers Secrets so far)"
+            "config reload: valid, but the listeners changed: these changes take effect at the next start"
         );
         self.status.record(Outcome::RestartRequired, |r| {
             r.hash = hash;

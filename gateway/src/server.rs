@@ -68,10 +68,9 @@ pub async fn shard_main(
     );
     shard.publish_metrics();
     monoio::spawn(publish_loop(shard.clone()));
-    if let Some(a) = &shard.admission {
-        monoio::spawn(a.clone().driver());
-    }
-    for pb in &shard.batchers {
+    // The admission (and its driver) is made now when a budget is set.
+    let _ = shard.admission();
+    for pb in &shard.batchers() {
         monoio::spawn(crate::batch::driver(shard.clone(), pb.clone()));
     }
     tracing::debug!(shard = info.id, driver = info.driver.name(), core = ?info.core, "shard started");
@@ -118,9 +117,20 @@ async fn publish_loop(shard: Rc<Shard>) {
         if let Some(log) = &shard.access_log {
             log.borrow_mut().flush();
         }
-        if let Some(a) = &shard.admission {
-            if let Some(share) = shard.control.shares.load().get(shard.id) {
-                a.set_share(*share);
+        let adm = match shard.control.budget() {
+            // Made here when a reload set a budget, so every shard reports.
+            Some(_) => shard.admission(),
+            None => shard.admission_made(),
+        };
+        if let Some(a) = adm {
+            match shard.control.budget() {
+                Some(_) => {
+                    if let Some(share) = shard.control.shares.load().get(shard.id) {
+                        a.set_share(*share);
+                    }
+                }
+                // The budget was removed by a reload: let every waiter in.
+                None => a.set_share(u32::MAX),
             }
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
