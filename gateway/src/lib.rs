@@ -71,6 +71,7 @@ pub mod metrics;
 pub mod models_poll;
 pub mod notify;
 pub mod plan;
+pub mod ports;
 pub mod prewarm;
 pub mod proxy;
 pub mod ratelimit;
@@ -87,7 +88,6 @@ pub mod tls;
 pub mod upstream;
 pub mod upstream_tls;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -290,73 +290,26 @@ pub fn start(
     }
 
     // Group served listeners by port; bind one socket per shard per port.
-    let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-    for (i, l) in loaded.table.listeners().iter().enumerate() {
-        if l.served {
-            ports.entry(l.port).or_default().push(i);
-        } else {
-            tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP and HTTPS listeners only)");
-        }
+    for l in loaded.table.listeners().iter().filter(|l| !l.served) {
+        tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP and HTTPS listeners only)");
     }
-    if ports.is_empty() {
-        return Err(vec![
-            "no Gateway listener with protocol HTTP or HTTPS: nothing to serve".to_string(),
-        ]);
-    }
-    if let Some(p) = run.listen_port {
-        if let Some((first, ls)) = ports.pop_first() {
-            tracing::info!(
-                from = first,
-                to = p,
-                "listener port overridden by --listen-port"
-            );
-            ports.entry(p).or_default().extend(ls);
-        }
-    }
-    let mut per_shard: Vec<Vec<server::PortSocket>> = (0..shards).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::new();
-    let mut tls_ports = Vec::new();
-    for (port, listeners) in &ports {
-        let addr = SocketAddr::new(run.bind, *port);
-        let reject_unknown = run.limits.tls_unknown_sni == cli::UnknownSni::Reject;
-        let tls = tls::port_config(loaded.table.listeners(), listeners, reject_unknown)
-            .map_err(|e| vec![e])?;
-        let sharing = if run.reuse_port_with_other_processes {
-            shardgate_runtime::PortSharing::WithOtherProcesses
-        } else {
-            shardgate_runtime::PortSharing::ThisProcessOnly
-        };
-        let sockets = shardgate_runtime::bind_reuseport(addr, shards, sharing).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse && !run.reuse_port_with_other_processes {
-                vec![format!(
-                    "cannot listen on {addr}: address in use by another process (is another shardgate running? pass --reuse-port-with-other-processes to share the port for a zero-downtime upgrade): {e}"
-                )]
+    let (ports, per_shard) = ports::Ports::bind(
+        ports::BindSettings {
+            ip: run.bind,
+            listen_port: run.listen_port,
+            sharing: if run.reuse_port_with_other_processes {
+                shardgate_runtime::PortSharing::WithOtherProcesses
             } else {
-                vec![format!("cannot listen on {addr}: {e}")]
-            }
-        })?;
-        if let Some(first) = sockets.first() {
-            addrs.push(first.local_addr().map_err(|e| vec![e.to_string()])?);
-        }
-        for sock in &sockets {
-            shutdown
-                .close_on_trigger(sock)
-                .map_err(|e| vec![format!("cannot prepare {addr} for the drain: {e}")])?;
-        }
-        for (shard, sock) in sockets.into_iter().enumerate() {
-            per_shard[shard].push(server::PortSocket {
-                listeners: listeners.clone(),
-                tls: tls.as_ref().map(|t| t.config.clone()),
-                socket: sock,
-            });
-        }
-        if let Some(tls) = tls {
-            tls_ports.push(reload::TlsPort {
-                listeners: listeners.clone(),
-                tls,
-            });
-        }
-    }
+                shardgate_runtime::PortSharing::ThisProcessOnly
+            },
+            reject_unknown_sni: run.limits.tls_unknown_sni == cli::UnknownSni::Reject,
+            shards,
+        },
+        loaded.table.listeners(),
+        &shutdown,
+    )
+    .map_err(|e| vec![e])?;
+    let addrs = ports.addrs();
 
     let driver = shardgate_runtime::detect_driver();
     let endpoints: Vec<String> = loaded
@@ -441,8 +394,7 @@ pub fn start(
         settings.jwt_leeway,
         sources,
         &loaded.config,
-        loaded.table.listeners(),
-        tls_ports,
+        ports,
         auth.clone(),
         config_status.clone(),
     );

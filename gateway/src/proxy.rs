@@ -129,7 +129,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     shard: Rc<Shard>,
     client: S,
     peer: SocketAddr,
-    listeners: Rc<[usize]>,
+    port: u16,
     open: ConnGauge,
 ) {
     let _ = client.tcp().set_nodelay(true);
@@ -166,7 +166,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
             }
         };
         io.out = shard.take_out_buf();
-        let fut = handle_request(shard.clone(), io, head, peer, listeners.clone());
+        let fut = handle_request(shard.clone(), io, head, peer, port);
         let (keep, back) = reuse_box(&mut slot, fut).await;
         io = back;
         shard.give_out_buf(std::mem::take(&mut io.out));
@@ -422,7 +422,7 @@ async fn handle_request<S: ClientStream>(
     mut io: ConnIo<S>,
     head: RequestHead,
     peer: SocketAddr,
-    listeners: Rc<[usize]>,
+    port: u16,
 ) -> (bool, ConnIo<S>) {
     let shard = &shard;
     let (client, rbuf, out) = (&mut io.client, &mut io.rbuf, &mut io.out);
@@ -451,14 +451,19 @@ async fn handle_request<S: ClientStream>(
     };
     let keep = match &body {
         Ok(body) => {
+            // The port's listeners in this state (none once a reload removed
+            // the port: the request finds no route and the connection closes).
+            let listeners = state.listeners_on(port);
             let req = Req {
                 head: &head,
                 body,
                 peer,
-                client_keep: head.keep_alive() && !shard.shutdown.is_draining(),
+                client_keep: head.keep_alive()
+                    && !shard.shutdown.is_draining()
+                    && !listeners.is_empty(),
             };
             execute(
-                shard, &state, client, out, &req, &listeners, &mut rq, &mut guard,
+                shard, &state, client, out, &req, listeners, &mut rq, &mut guard,
             )
             .await
         }

@@ -22,8 +22,8 @@
 //!   providers with a `localJWKS.secretRef` get the new keys (tokens cached
 //!   under the old set lapse). All ports are prepared before any is changed:
 //!   a Secret that does not parse changes nothing;
-//! - **anything else changed, the listeners laid out as before** (endpoints,
-//!   routes, Services, pools, policies, the InferenceConfig, rollouts):
+//! - **anything else changed** (endpoints, routes, listeners, Services,
+//!   pools, policies, the InferenceConfig, rollouts):
 //!   applied live, `result="applied"` (`Reloader::apply_live`): the table is
 //!   rebuilt keeping every endpoint's index (a gone address stays as a retired
 //!   entry, a returning one gets its old index back), so everything kept per
@@ -44,10 +44,12 @@
 //!   [`crate::control::endpoint_capacity`] of the start's count (twice it,
 //!   and at least 1,024 more); beyond it the reload is refused. New endpoints
 //!   are not pre-warmed (`modelPrewarming`) yet;
-//! - **the listeners changed** (a Gateway's ports, protocols, hostnames):
-//!   `result="restart_required"`. The other changes are named in the log and
-//!   in `/debug/config` (`reload.pending_restart`) and take effect at the
-//!   next start;
+//!   Ports that listeners gained or lost are bound before and unbound after
+//!   the swap ([`crate::ports`]);
+//! - **the port `--listen-port` replaced is removed or switches between
+//!   `HTTP` and `HTTPS`**: `result="restart_required"`. The change is named in
+//!   the log and in `/debug/config` (`reload.pending_restart`) and takes
+//!   effect at the next start;
 //! - **nothing changed** (the bytes are the same, or only comments and
 //!   formatting differ): `result="unchanged"`, nothing else happens.
 //!
@@ -69,10 +71,9 @@ use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use shardgate_routing::config::Resource;
-use shardgate_routing::{Config, ListenerInfo, LoadLimits};
+use shardgate_routing::{Config, LoadLimits};
 
 use crate::jwt::Authenticator;
-use crate::tls::PortTls;
 
 /// A reload starts once no event came for this long.
 pub const QUIET: Duration = Duration::from_millis(100);
@@ -104,6 +105,8 @@ pub struct ConfigStatus {
     reloads: [AtomicU64; 4],
     /// The `/debug/config` body of the configuration in force.
     base: ArcSwap<serde_json::Value>,
+    /// (configuration port, address) of every port served now.
+    listening: ArcSwap<Vec<(u16, std::net::SocketAddr)>>,
     report: ArcSwap<Report>,
 }
 
@@ -124,6 +127,7 @@ impl ConfigStatus {
             revision: AtomicU64::new(1),
             reloads: Default::default(),
             base: ArcSwap::from_pointee(base),
+            listening: ArcSwap::from_pointee(Vec::new()),
             report: ArcSwap::from_pointee(Report {
                 hash: hex_hash(sources),
                 ..Report::default()
@@ -165,6 +169,13 @@ impl ConfigStatus {
         if let Some(obj) = v.as_object_mut() {
             obj.insert("revision".into(), self.revision().into());
             obj.insert("hash".into(), r.hash.clone().into());
+            let listen: Vec<serde_json::Value> = self
+                .listening
+                .load()
+                .iter()
+                .map(|(port, addr)| serde_json::json!({"port": port, "address": addr.to_string()}))
+                .collect();
+            obj.insert("listen".into(), listen.into());
             obj.insert(
                 "reload".into(),
                 serde_json::json!({
@@ -199,14 +210,6 @@ impl ConfigStatus {
     }
 }
 
-/// One served port's TLS, with the listeners (indices in the table) it serves.
-pub struct TlsPort {
-    /// Listener indices, as at start.
-    pub listeners: Vec<usize>,
-    /// The port's rotatable certificates.
-    pub tls: PortTls,
-}
-
 /// What the running configuration is, as far as a reload compares it.
 struct Running {
     /// Hash of the bytes last read (identical bytes: nothing to do).
@@ -215,11 +218,7 @@ struct Running {
     others: Named,
     /// The Secrets serving now.
     secrets: Named,
-    /// The listener layout (without certificates).
-    layout: Vec<Layout>,
 }
-
-type Layout = (String, String, u16, String, bool, Option<String>);
 
 /// What a live reload changed (for the log).
 struct Applied {
@@ -229,6 +228,8 @@ struct Applied {
     live: usize,
     rules: usize,
     models: usize,
+    ports_added: usize,
+    ports_removed: usize,
 }
 
 /// What a reload needs to apply endpoint changes to the running gateway
@@ -254,26 +255,10 @@ pub struct Reloader {
     max_bytes: usize,
     limits: LoadLimits,
     jwt_leeway: Duration,
-    ports: Vec<TlsPort>,
+    ports: crate::ports::Ports,
     auth: Arc<Authenticator>,
     status: Arc<ConfigStatus>,
     running: Running,
-}
-
-fn layout(listeners: &[ListenerInfo]) -> Vec<Layout> {
-    listeners
-        .iter()
-        .map(|l| {
-            (
-                l.gateway.clone(),
-                l.name.clone(),
-                l.port,
-                l.protocol.clone(),
-                l.served,
-                l.hostname.clone(),
-            )
-        })
-        .collect()
 }
 
 /// Named resources (`Kind namespace/name`), in document order.
@@ -340,12 +325,12 @@ impl Reloader {
         jwt_leeway: Duration,
         sources: &[(String, String)],
         config: &Config,
-        listeners: &[ListenerInfo],
-        ports: Vec<TlsPort>,
+        ports: crate::ports::Ports,
         auth: Arc<Authenticator>,
         status: Arc<ConfigStatus>,
     ) -> Self {
         let (others, secrets) = split(config);
+        status.listening.store(Arc::new(ports.listening()));
         Reloader {
             live: None,
             run_limits: run_limits.clone(),
@@ -359,7 +344,6 @@ impl Reloader {
                 seen: hash_sources(sources),
                 others,
                 secrets,
-                layout: layout(listeners),
             },
         }
     }
@@ -381,7 +365,12 @@ impl Reloader {
     /// endpoints awaited, then the state swapped for the shards; the gone
     /// endpoints are retired last. `security_changed`: a SecurityPolicy
     /// differs. Returns what changed, for the log.
-    fn apply_live(&self, config: &Config, security_changed: bool) -> Result<Applied, String> {
+    fn apply_live(
+        &mut self,
+        config: &Config,
+        security_changed: bool,
+        secrets_changed: bool,
+    ) -> Result<Applied, String> {
         let h = self
             .live
             .as_ref()
@@ -398,6 +387,9 @@ impl Reloader {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
+        // New ports bound (and kept ports' certificates checked) first: a
+        // port that cannot be served changes nothing.
+        let ports = self.ports.plan(table.listeners())?;
         let n = table.endpoints().len();
         if n > h.control.capacity {
             return Err(format!(
@@ -465,6 +457,11 @@ impl Reloader {
             a.carry_remote_keys(&cur.auth);
             a
         } else {
+            if secrets_changed {
+                // A `localJWKS.secretRef` may name a changed Secret.
+                cur.auth
+                    .adopt_local_keys(&Authenticator::build(&table, self.jwt_leeway)?);
+            }
             cur.auth.clone()
         };
         let rollouts_same = cur.table.rollouts() == table.rollouts();
@@ -516,10 +513,20 @@ impl Reloader {
             live: n - retired_n,
             rules: st.table.rules().count(),
             models: st.table.models().len(),
+            ports_added: 0,
+            ports_removed: 0,
         };
         h.live.publish(Arc::new(st));
+        let (ports_added, ports_removed) = self.ports.apply(ports);
+        self.status
+            .listening
+            .store(Arc::new(self.ports.listening()));
         h.control.retire(&retired);
-        Ok(applied)
+        Ok(Applied {
+            ports_added,
+            ports_removed,
+            ..applied
+        })
     }
 
     /// Read `paths` again and reload from them.
@@ -560,47 +567,44 @@ impl Reloader {
             Err(errors) => return self.failed(errors),
         };
         let (others, secrets) = split(&loaded.config);
-        let pending = changed_resources(&self.running.others, &others);
+        let mut pending = changed_resources(&self.running.others, &others);
         let secrets_changed = secrets != self.running.secrets;
-        let same_layout = layout(loaded.table.listeners()) == self.running.layout;
+        let listeners = loaded.table.listeners();
         let mut applied = false;
-        if secrets_changed && same_layout {
-            // Prepare everything first: an unusable Secret changes nothing.
-            let all = loaded.table.listeners();
-            let prepared: Result<Vec<_>, String> = self
-                .ports
-                .iter()
-                .map(|p| p.tls.prepare(all, &p.listeners))
-                .collect();
-            let prepared = match prepared {
-                Ok(p) => p,
+        if let Some(why) = self.ports.restart_needed(listeners) {
+            pending.push(why);
+        } else if pending.is_empty() && secrets_changed {
+            // Only Secrets: prepare everything first (an unusable Secret
+            // changes nothing), then rotate.
+            let certs = match self.ports.prepare_certs(listeners) {
+                Ok(c) => c,
                 Err(e) => return self.failed(vec![e]),
             };
             let auth = match Authenticator::build(&loaded.table, self.jwt_leeway) {
                 Ok(a) => a,
                 Err(e) => return self.failed(vec![e]),
             };
-            for (port, certs) in self.ports.iter().zip(prepared) {
-                port.tls.install(certs);
-            }
+            self.ports.install_certs(certs);
             let providers = self.auth().adopt_local_keys(&auth);
             self.running.secrets = secrets;
             let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
             tracing::info!(
                 revision,
                 hash = %hex_hash(sources),
-                tls_ports = self.ports.len(),
+                tls_ports = self.ports.tls_ports(),
                 jwt_providers = providers,
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
                 "config reload: Secrets applied (certificates rotate for new handshakes)"
             );
+            self.status
+                .base
+                .store(Arc::new(crate::debug_config_value(&loaded, sources)));
             applied = true;
-        }
-        // Anything else, with the listeners laid out as before: a new state.
-        let mut pending = pending;
-        if !pending.is_empty() && same_layout {
+        } else if !pending.is_empty() {
+            // Anything else: a new state (and the ports it serves).
             let security_changed = of_kind(&self.running.others, "SecurityPolicy")
                 != of_kind(&others, "SecurityPolicy");
-            match self.apply_live(&loaded.config, security_changed) {
+            match self.apply_live(&loaded.config, security_changed, secrets_changed) {
                 Ok(a) => {
                     let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
                     tracing::info!(
@@ -613,10 +617,13 @@ impl Reloader {
                         endpoints_live = a.live,
                         rules = a.rules,
                         models = a.models,
+                        ports_bound = a.ports_added,
+                        ports_unbound = a.ports_removed,
                         took_ms = started.elapsed().as_secs_f64() * 1e3,
                         "config reload: applied"
                     );
                     self.running.others = others;
+                    self.running.secrets = secrets;
                     self.status
                         .base
                         .store(Arc::new(crate::debug_config_value(&loaded, sources)));
@@ -634,7 +641,7 @@ impl Reloader {
         }
         self.running.seen = seen;
         let hash = hex_hash(sources);
-        if pending.is_empty() && (applied || !secrets_changed) {
+        if pending.is_empty() {
             let outcome = if applied {
                 Outcome::Applied
             } else {
@@ -647,13 +654,10 @@ impl Reloader {
             });
             return outcome;
         }
-        if secrets_changed && !applied {
-            pending.push("Secrets (the listeners changed)".to_string());
-        }
         tracing::warn!(
             revision = self.status.revision(),
             changes = %pending.join(", "),
-            "config reload: valid, but the listeners changed: these changes take effect at the next start"
+            "config reload: valid, but it takes a restart: these changes take effect at the next start"
         );
         self.status.record(Outcome::RestartRequired, |r| {
             r.hash = hash;

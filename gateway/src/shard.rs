@@ -96,6 +96,9 @@ pub struct Shard {
     admission: RefCell<Option<Rc<crate::admit::ShardAdmission>>>,
     /// This shard, for spawning the drivers a reload's new batchers need.
     me: std::rc::Weak<Shard>,
+    /// Starts a batcher's driver task (`batch::driver`, handed in by the
+    /// shard's wiring so this module does not import the batching one).
+    batch_driver: fn(Rc<Shard>, Rc<PolicyBatcher>),
     /// Client connections: this shard's share of `--max-connections`, the open
     /// count and the idle keep-alive connections that can be told to close.
     pub conns: Conns,
@@ -118,6 +121,7 @@ impl Shard {
         hub: Arc<MetricsHub>,
         access_log: Option<ShardLog>,
         control: Arc<ControlShared>,
+        batch_driver: fn(Rc<Shard>, Rc<PolicyBatcher>),
     ) -> Rc<Self> {
         let state = live.load_full();
         let n = state.table.endpoints().len();
@@ -131,6 +135,7 @@ impl Shard {
         };
         Rc::new_cyclic(|me| Shard {
             me: me.clone(),
+            batch_driver,
             metrics: RefCell::new(ShardMetrics::new(models)),
             hub,
             access_log: access_log.map(RefCell::new),
@@ -251,7 +256,7 @@ impl Shard {
             }
             let pb = Rc::new(PolicyBatcher::new(k.clone(), p.clone()));
             if let Some(me) = self.me.upgrade() {
-                monoio::spawn(crate::batch::driver(me, pb.clone()));
+                (self.batch_driver)(me, pb.clone());
             }
             batchers.push(pb);
         }

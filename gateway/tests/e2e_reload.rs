@@ -315,3 +315,60 @@ fn a_removed_batching_policy_answers_the_requests_it_holds() {
     assert!(start.elapsed() >= Duration::from_secs(2), "flushed early");
     assert_eq!(served(emb.addr()) - before, 2, "one batch and one request");
 }
+
+#[test]
+fn a_listener_is_bound_and_unbound_without_a_restart() {
+    let a = sim(&["m"], |_| {});
+    let base = config(&[("m", vec![(1, vec![a.addr()])])]);
+    let gw = Gateway::start(&base, &[]);
+    let mut main_conn = gw.connect();
+    assert_eq!(ask_model(&mut main_conn, "m").status, 200);
+    // A port nobody uses now (bound and let go: the gateway binds it next).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let with_extra = base.replacen(
+        "    port: 8080\n",
+        &format!(
+            "    port: 8080\n  - name: extra\n    protocol: HTTP\n    port: {}\n",
+            free.port()
+        ),
+        1,
+    );
+    assert_ne!(with_extra, base);
+    replace_config(&gw, &with_extra);
+    let mut extra = poll(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(free).ok()?;
+        Some(Client::connect(free))
+    })
+    .expect("the new listener was never bound");
+    assert_eq!(ask_model(&mut extra, "m").status, 200);
+    let cfg = Client::connect(gw.admin.unwrap())
+        .get("/debug/config")
+        .json();
+    assert!(
+        cfg["listen"].to_string().contains(&free.to_string()),
+        "{cfg}"
+    );
+
+    // The listener goes: new connections are refused, the open one gets a
+    // 404 and is closed, the first port serves on as before.
+    replace_config(&gw, &base);
+    let unbound = poll(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(free).is_err().then_some(())
+    });
+    assert!(unbound.is_some(), "the removed listener still accepts");
+    let r = ask_model(&mut extra, "m");
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        extra.is_closed(),
+        "a removed listener's connection stays open"
+    );
+    assert_eq!(ask_model(&mut main_conn, "m").status, 200);
+    let m = gw.metrics();
+    assert!(
+        m.contains("gateway_config_reloads_total{result=\"applied\"} 2"),
+        "{m}"
+    );
+}
