@@ -398,7 +398,7 @@ pub fn start(
         auth.clone(),
         config_status.clone(),
     );
-    let warmth = prewarm::Warmth::for_table(&loaded.table);
+    let warmth = prewarm::Warmth::for_table(&loaded.table, control.capacity);
     let autoscale = if run.limits.autoscale_interval.is_zero() {
         None
     } else {
@@ -541,33 +541,10 @@ pub(crate) fn start_global_limits(
 }
 
 fn start_prewarm(state: &GatewayState) -> std::io::Result<()> {
-    let (Some(w), Some(spec)) = (
-        &state.warmth,
-        state
-            .table
-            .inference_config()
-            .and_then(|c| c.spec.model_prewarming.as_ref()),
-    ) else {
-        return Ok(());
-    };
-    let reach: Vec<(String, Vec<usize>)> = spec
-        .models
-        .iter()
-        .map(|m| {
-            (
-                m.clone(),
-                endpoints_view::endpoints_for_model(&state.table, m),
-            )
-        })
-        .collect();
-    let addrs: Vec<SocketAddr> = state.table.endpoints().iter().map(|e| e.addr).collect();
-    let targets = prewarm::targets(spec, &reach, &addrs);
-    tracing::info!(
-        pairs = targets.len(),
-        strict = w.strict(),
-        "modelPrewarming: warming up"
-    );
-    prewarm::spawn(w.clone(), spec, targets)
+    match &state.warmth {
+        Some(w) => prewarm::start(w, &state.table, None).map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 /// The total client-connection cap: `--max-connections` when given, else derived

@@ -43,7 +43,8 @@
 //!   debounce plus two scoring snapshots. Per-endpoint arrays have room for
 //!   [`crate::control::endpoint_capacity`] of the start's count (twice it,
 //!   and at least 1,024 more); beyond it the reload is refused. New endpoints
-//!   are not pre-warmed (`modelPrewarming`) yet;
+//!   that a `modelPrewarming` model reaches are cold (warming) before the
+//!   swap ([`crate::prewarm::start`]);
 //!   Ports that listeners gained or lost are bound before and unbound after
 //!   the swap ([`crate::ports`]);
 //! - **the port `--listen-port` replaced is removed or switches between
@@ -481,7 +482,24 @@ impl Reloader {
             crate::rollout::spawn(r, h.hub.clone())
                 .map_err(|e| format!("cannot start the rollout controller: {e}"))?;
         }
-        st.warmth = cur.warmth.clone();
+        // modelPrewarming: the same models and mode keep every pair's state
+        // and warm the endpoints that appeared; otherwise start over. The
+        // new pairs are cold before the state that routes to them is in force.
+        st.warmth = match (&cur.warmth, crate::prewarm::spec_of(&st.table)) {
+            (Some(w), Some(spec)) if w.follows(spec) => {
+                w.set_endpoints(labels.clone());
+                Some(w.clone())
+            }
+            (_, Some(_)) => crate::prewarm::Warmth::for_table(&st.table, h.control.capacity),
+            (_, None) => None,
+        };
+        let appeared: Vec<usize> = (old_n..n).collect();
+        if let Some(w) = &st.warmth {
+            let fresh = !cur.warmth.as_ref().is_some_and(|c| Arc::ptr_eq(c, w));
+            let only = (!fresh).then_some(appeared.as_slice());
+            crate::prewarm::start(w, &st.table, only)
+                .map_err(|e| format!("cannot start the model warm-up: {e}"))?;
+        }
         st.upstream_tls = upstream_tls;
         let lists = lists.with_profile(*st.profile(None));
         if !h.control.prepare_endpoints(n, &retired, locality, checks) {
