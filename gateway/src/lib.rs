@@ -399,6 +399,9 @@ pub fn start(
         config_status.clone(),
     );
     let warmth = prewarm::Warmth::for_table(&loaded.table, control.capacity);
+    let endpoint_lists = Arc::new(arc_swap::ArcSwap::from_pointee(
+        endpoints_view::EndpointLists::of(&loaded.table),
+    ));
     let autoscale = if run.limits.autoscale_interval.is_zero() {
         None
     } else {
@@ -409,7 +412,7 @@ pub fn start(
                     ttft_slo: run.limits.autoscale_ttft_slo,
                     default_capacity: run.limits.autoscale_default_capacity,
                 },
-                endpoints_view::model_endpoints(&loaded.table),
+                endpoint_lists.clone(),
                 hub.clone(),
                 control.clone(),
             )
@@ -432,7 +435,7 @@ pub fn start(
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let live = Arc::new(state::LiveState::new(state));
-    let endpoint_lists = Arc::new(arc_swap::ArcSwap::from_pointee(
+    endpoint_lists.store(Arc::new(
         endpoints_view::EndpointLists::of(&live.load().table)
             .with_profile(*live.load().profile(None)),
     ));

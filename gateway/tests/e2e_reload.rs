@@ -182,7 +182,10 @@ fn routes_policies_and_limits_change_live_on_the_same_connection() {
         ("m", vec![(1, vec![a.addr()])]),
         ("n", vec![(1, vec![b.addr()])]),
     ]);
-    let gw = Gateway::start(&with_limits(&one, 3, None), &[]);
+    let gw = Gateway::start(
+        &with_limits(&one, 3, None),
+        &["--autoscale-interval", "100ms"],
+    );
     let mut c = gw.connect();
     assert_eq!(ask_model(&mut c, "m").status, 200);
     let r = ask_model(&mut c, "n");
@@ -211,6 +214,15 @@ fn routes_policies_and_limits_change_live_on_the_same_connection() {
     .expect("the new rate limit never refused");
     assert!(refused.text().contains("rate_limit"), "{}", refused.text());
     assert_eq!(ask_model(&mut c, "m").status, 200);
+    // The autoscaling signals follow the models the routes serve.
+    let signalled = poll(Duration::from_secs(10), || {
+        let a = Client::connect(gw.admin.unwrap()).get("/autoscale").json();
+        a["models"]["n"].is_object().then_some(())
+    });
+    assert!(
+        signalled.is_some(),
+        "/autoscale does not list the new model"
+    );
     let resized = poll(Duration::from_secs(10), || {
         (admission_shares(&gw.metrics()) == 5).then_some(())
     });
