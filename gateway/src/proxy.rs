@@ -631,7 +631,8 @@ async fn execute<'s, S: ClientStream>(
         body: req.body,
         roll: fastrand::u32(..),
     };
-    let decision = plan(&info, state, listeners);
+    let mut decision = plan(&info, state, listeners);
+    split_fallback(shard, state, &mut decision);
     rq.model = decision.model.clone();
     rq.route = decision.route;
     if decision.known_model {
@@ -817,6 +818,46 @@ async fn execute<'s, S: ClientStream>(
         rq,
     )
     .await
+}
+
+/// A model-version split chose a target no endpoint of the route can serve
+/// now (none lists it, or none is healthy and not ejected): the request goes
+/// to the split's first target that one can (a rollout's stable version
+/// first), instead of failing with 503. The choice stands when none can.
+fn split_fallback<'a>(shard: &Shard, state: &'a GatewayState, d: &mut crate::plan::Decision<'a>) {
+    let Some((to, backends, rule_id)) = d
+        .rewrite
+        .zip(d.target_route())
+        .map(|(to, r)| (to, r.backends, r.rule_id))
+    else {
+        return;
+    };
+    let now = Instant::now();
+    if shard.model_reachable(backends, to, now) {
+        return;
+    }
+    let Some(split) = d
+        .requested
+        .as_deref()
+        .and_then(|m| state.table.model_split(rule_id, m))
+    else {
+        return;
+    };
+    let Some(alt) = split
+        .targets
+        .iter()
+        .map(|t| t.model.as_str())
+        .find(|m| *m != to && shard.model_reachable(backends, m, now))
+    else {
+        return;
+    };
+    tracing::debug!(
+        chosen = to,
+        fallback = alt,
+        "split target unreachable: falling back"
+    );
+    d.rewrite = Some(alt);
+    d.model = Some(std::borrow::Cow::Borrowed(alt));
 }
 
 /// `body` with its top-level `model` string's value replaced by `to` (JSON-

@@ -306,6 +306,23 @@ impl Shard {
         self.admission.borrow().clone()
     }
 
+    /// Whether some endpoint of `groups` (weight above 0) can take a request
+    /// for `model` now: healthy in the scoring snapshot, not ejected on this
+    /// shard, and serving the model (or not listing its models yet).
+    pub fn model_reachable(&self, groups: &[BackendGroup], model: &str, now: Instant) -> bool {
+        let snapshot = self.control.snapshot.load();
+        let outliers = self.outliers.borrow();
+        groups
+            .iter()
+            .filter(|g| g.weight > 0)
+            .flat_map(|g| g.endpoints.iter())
+            .any(|&ep| {
+                outliers.available(ep, now.into_std())
+                    && snapshot.endpoint(ep).is_some_and(|v| v.healthy)
+                    && snapshot.serves(ep, Some(model), None, now.into_std())
+            })
+    }
+
     /// Address of endpoint `ep`.
     pub fn addr(&self, ep: usize) -> SocketAddr {
         self.state()
