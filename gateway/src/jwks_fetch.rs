@@ -195,6 +195,13 @@ async fn fetch(
     let conn = connect(addr, FETCH_TIMEOUT, tls)
         .await
         .map_err(|e| e.message().to_string())?;
+    if let Some(n) = conn
+        .stream
+        .tls_handshake()
+        .and_then(|i| crate::upstream::CONTROL_TLS_HANDSHAKES.get(i))
+    {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     req.clear();
     req.extend_from_slice(b"GET ");
     req.extend_from_slice(target.path.as_bytes());
