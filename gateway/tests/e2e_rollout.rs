@@ -70,6 +70,20 @@ spec:
     )
 }
 
+/// An InferenceModel splitting `m` between `m-v1` and `m-v2` by weight.
+fn split(v1: u32, v2: u32) -> String {
+    format!(
+        "apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {{name: m, namespace: default}}
+spec:
+  modelName: m
+  poolRef: {{name: pool}}
+  targetModels: [{{name: m-v1, weight: {v1}}}, {{name: m-v2, weight: {v2}}}]
+"
+    )
+}
+
 const REQ: &str = r#"{"model":"m","prompt":"hello","max_tokens":1}"#;
 
 fn served(a: SocketAddr) -> u64 {
@@ -110,18 +124,7 @@ fn rollout_status(gw: &Gateway) -> serde_json::Value {
 fn target_models_split_requests_by_weight_and_rewrite_the_model() {
     let v1 = sim(&["m-v1"], |_| {});
     let v2 = sim(&["m-v2"], |_| {});
-    let gw = start(&pool_config(
-        v1.addr(),
-        v2.addr(),
-        "apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: m, namespace: default}
-spec:
-  modelName: m
-  poolRef: {name: pool}
-  targetModels: [{name: m-v1, weight: 3}, {name: m-v2, weight: 1}]
-",
-    ));
+    let gw = start(&pool_config(v1.addr(), v2.addr(), &split(3, 1)));
     let (b1, b2) = (served(v1.addr()), served(v2.addr()));
     let mut c = gw.connect();
     for _ in 0..200 {
@@ -263,23 +266,18 @@ fn rate_limits_count_the_requested_model_not_the_split_target() {
     let gw = start(&pool_config(
         v1.addr(),
         v2.addr(),
-        "apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: m, namespace: default}
-spec:
-  modelName: m
-  poolRef: {name: pool}
-  targetModels: [{name: m-v1, weight: 1}, {name: m-v2, weight: 1}]
----
-apiVersion: gateway.networking.k8s.io/v1alpha2
+        &format!(
+            "{}---\napiVersion: gateway.networking.k8s.io/v1alpha2
 kind: SecurityPolicy
-metadata: {name: sp, namespace: default}
+metadata: {{name: sp, namespace: default}}
 spec:
-  targetRef: {kind: Gateway, name: gw}
+  targetRef: {{kind: Gateway, name: gw}}
   rateLimit:
     perModel:
-      m: {requests: 6, unit: hour}
+      m: {{requests: 6, unit: hour}}
 ",
+            split(1, 1)
+        ),
     ));
     let mut c = gw.connect();
     let statuses: Vec<u16> = (0..8).map(|_| ask(&mut c)).collect();
@@ -292,18 +290,7 @@ spec:
 fn a_split_target_no_endpoint_serves_falls_back_to_one_that_does() {
     let v1 = sim(&["m-v1"], |_| {});
     let other = sim(&["x"], |_| {});
-    let gw = start(&pool_config(
-        v1.addr(),
-        other.addr(),
-        "apiVersion: inference.networking.x-k8s.io/v1alpha2
-kind: InferenceModel
-metadata: {name: m, namespace: default}
-spec:
-  modelName: m
-  poolRef: {name: pool}
-  targetModels: [{name: m-v1, weight: 1}, {name: m-v2, weight: 1}]
-",
-    ));
+    let gw = start(&pool_config(v1.addr(), other.addr(), &split(1, 1)));
     let mut c = gw.connect();
     for _ in 0..40 {
         let r = c.post(
