@@ -385,7 +385,7 @@ pub fn start(
     )
     .map_err(|e| vec![format!("cannot start the control thread: {e}")])?;
     let config_status = Arc::new(reload::ConfigStatus::new(
-        debug_config_value(&loaded, sources),
+        load::debug_config_value(&loaded, sources),
         sources,
     ));
     let mut reloader = reload::Reloader::new(
@@ -419,7 +419,9 @@ pub fn start(
             .map_err(|e| vec![format!("cannot start the autoscaling signals: {e}")])?,
         )
     };
-    let global_limiter = start_global_limits(&run.limits, &loaded.table)?;
+    let global_limiter =
+        ratelimit_global::start(load::global_limit_settings(&run.limits), &loaded.table)
+            .map_err(|e| vec![e])?;
     let rollouts = rollout::Rollouts::for_table(&loaded.table);
     if let Some(r) = &rollouts {
         rollout::spawn(r, hub.clone())
@@ -514,35 +516,6 @@ pub fn start(
 /// Warm the models `modelPrewarming` lists ([`prewarm`]), when it is on.
 /// The fleet-wide limiter and its lease thread, with `--rate-limit-redis` and
 /// some SecurityPolicy `rateLimit` to apply it to.
-pub(crate) fn start_global_limits(
-    limits: &cli::LimitArgs,
-    table: &shardgate_routing::RoutingTable,
-) -> Result<Option<Arc<ratelimit_global::GlobalLimiter>>, Vec<String>> {
-    let Some(addr) = &limits.rate_limit_redis else {
-        return Ok(None);
-    };
-    if !table
-        .security_policies()
-        .any(|(_, p)| p.spec.rate_limit.is_some())
-    {
-        tracing::warn!("--rate-limit-redis is set but no SecurityPolicy has a rateLimit");
-        return Ok(None);
-    }
-    let (lim, rx) = ratelimit_global::GlobalLimiter::new(ratelimit_global::GlobalSettings {
-        addr: addr.clone(),
-        failure: limits.rate_limit_redis_failure,
-        batch: limits.rate_limit_redis_batch.max(1),
-        timeout: limits
-            .rate_limit_redis_timeout
-            .max(std::time::Duration::from_millis(1)),
-        prefix: limits.rate_limit_redis_prefix.clone(),
-        max_keys: limits.rate_limit_max_keys,
-    });
-    ratelimit_global::spawn(&lim, rx)
-        .map_err(|e| vec![format!("cannot start the rate-limit Redis thread: {e}")])?;
-    Ok(Some(lim))
-}
-
 fn start_prewarm(state: &GatewayState) -> std::io::Result<()> {
     match &state.warmth {
         Some(w) => prewarm::start(w, &state.table, None).map(|_| ()),
@@ -624,65 +597,6 @@ fn install_signals(shutdown: Shutdown) {
     }
 }
 
-/// Every document of the sources as JSON, redacted by [`redact::redact_document`].
-fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
-    use serde::Deserialize;
-    let mut out = Vec::new();
-    for (_, text) in sources {
-        for doc in serde_yaml_ng::Deserializer::from_str(text) {
-            if let Ok(mut v) = serde_json::Value::deserialize(doc) {
-                if v.is_null() {
-                    continue;
-                }
-                redact::redact_document(&mut v);
-                out.push(v);
-            }
-        }
-    }
-    out
-}
-
-/// The `/debug/config` body of a loaded configuration (before the reload
-/// fields [`reload::ConfigStatus`] adds).
-pub(crate) fn debug_config_value(
-    loaded: &load::Loaded,
-    sources: &[(String, String)],
-) -> serde_json::Value {
-    let docs: Vec<serde_json::Value> = loaded
-        .config
-        .docs
-        .iter()
-        .map(|(m, _)| serde_json::json!({"file": m.file, "index": m.index, "kind": m.kind, "apiVersion": m.api_version, "namespace": m.namespace, "name": m.name}))
-        .collect();
-    let report: Vec<serde_json::Value> = loaded
-        .config
-        .enforcement_report()
-        .into_iter()
-        .map(|(k, s, n)| serde_json::json!({"kind": k, "status": s, "count": n}))
-        .collect();
-    let endpoints: Vec<String> = loaded
-        .table
-        .endpoints()
-        .iter()
-        .map(|e| e.addr.to_string())
-        .collect();
-    // Warnings as the sentences `check` and the log show.
-    let warnings: Vec<String> = loaded
-        .table
-        .warnings()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    serde_json::json!({
-        "documents": docs,
-        "kinds": report,
-        "models": loaded.table.models(),
-        "endpoints": endpoints,
-        "warnings": warnings,
-        "resources": resources_json(sources),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -743,7 +657,7 @@ spec:
         let table =
             shardgate_routing::RoutingTable::build(&config, &mut |_, _| Vec::new()).unwrap();
         let loaded = load::Loaded { config, table };
-        let text = debug_config_value(&loaded, &sources).to_string();
+        let text = load::debug_config_value(&loaded, &sources).to_string();
         assert_eq!(text.matches("LEAK-").count(), 0, "{text}");
         // What is harmless stays visible.
         assert!(text.contains("\"llama\""), "{text}");
@@ -762,7 +676,7 @@ spec:
         let table =
             shardgate_routing::RoutingTable::build(&config, &mut |_, _| Vec::new()).unwrap();
         let loaded = load::Loaded { config, table };
-        let json: serde_json::Value = debug_config_value(&loaded, &sources);
+        let json: serde_json::Value = load::debug_config_value(&loaded, &sources);
         assert_eq!(
             json["warnings"],
             serde_json::json!([

@@ -158,3 +158,75 @@ pub fn control_settings(limits: &LimitArgs) -> crate::control::ControlSettings {
         max_concurrent_scrapes: limits.max_concurrent_scrapes.max(1),
     }
 }
+
+/// `--rate-limit-redis` and its settings from the CLI (None: global limits off).
+pub fn global_limit_settings(
+    limits: &LimitArgs,
+) -> Option<crate::ratelimit_global::GlobalSettings> {
+    Some(crate::ratelimit_global::GlobalSettings {
+        addr: limits.rate_limit_redis.clone()?,
+        failure: limits.rate_limit_redis_failure,
+        batch: limits.rate_limit_redis_batch.max(1),
+        timeout: limits
+            .rate_limit_redis_timeout
+            .max(Duration::from_millis(1)),
+        prefix: limits.rate_limit_redis_prefix.clone(),
+        max_keys: limits.rate_limit_max_keys,
+    })
+}
+
+/// Every document of the sources as JSON, redacted by [`crate::redact::redact_document`].
+fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (_, text) in sources {
+        for doc in serde_yaml_ng::Deserializer::from_str(text) {
+            if let Ok(mut v) = serde_json::Value::deserialize(doc) {
+                if v.is_null() {
+                    continue;
+                }
+                crate::redact::redact_document(&mut v);
+                out.push(v);
+            }
+        }
+    }
+    out
+}
+
+/// The `/debug/config` body of a loaded configuration (before the reload
+/// fields [`crate::reload::ConfigStatus`] adds).
+pub fn debug_config_value(loaded: &Loaded, sources: &[(String, String)]) -> serde_json::Value {
+    let docs: Vec<serde_json::Value> = loaded
+        .config
+        .docs
+        .iter()
+        .map(|(m, _)| serde_json::json!({"file": m.file, "index": m.index, "kind": m.kind, "apiVersion": m.api_version, "namespace": m.namespace, "name": m.name}))
+        .collect();
+    let report: Vec<serde_json::Value> = loaded
+        .config
+        .enforcement_report()
+        .into_iter()
+        .map(|(k, s, n)| serde_json::json!({"kind": k, "status": s, "count": n}))
+        .collect();
+    let endpoints: Vec<String> = loaded
+        .table
+        .endpoints()
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    // Warnings as the sentences `check` and the log show.
+    let warnings: Vec<String> = loaded
+        .table
+        .warnings()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    serde_json::json!({
+        "documents": docs,
+        "kinds": report,
+        "models": loaded.table.models(),
+        "endpoints": endpoints,
+        "warnings": warnings,
+        "resources": resources_json(sources),
+    })
+}

@@ -123,13 +123,6 @@ pub struct PortPlan {
     keep: Vec<(u16, Vec<usize>, Option<Certs>)>,
 }
 
-impl PortPlan {
-    /// Whether the plan binds or shuts any port.
-    pub fn moves_ports(&self) -> bool {
-        !self.add.is_empty() || !self.remove.is_empty()
-    }
-}
-
 fn bind_error(addr: SocketAddr, e: &std::io::Error, sharing: PortSharing) -> String {
     if e.kind() == std::io::ErrorKind::AddrInUse && sharing == PortSharing::ThisProcessOnly {
         format!(
@@ -249,17 +242,6 @@ impl Ports {
     /// (configuration port, address) of every port served now.
     pub fn listening(&self) -> Vec<(u16, SocketAddr)> {
         self.bound.iter().map(|b| (b.port, b.addr)).collect()
-    }
-
-    /// Whether `all`'s served ports are laid out as now: the same numbers
-    /// with the same listener indices.
-    pub fn same_layout(&self, all: &[ListenerInfo]) -> bool {
-        let want = served(all);
-        want.len() == self.bound.len()
-            && self
-                .bound
-                .iter()
-                .all(|b| want.get(&b.port) == Some(&b.listeners))
     }
 
     /// New certificates for every `HTTPS` port from `all` (a reload whose

@@ -866,6 +866,28 @@ fn round_trip(
     Ok(())
 }
 
+/// Start global limits with `settings` (from `--rate-limit-redis`) when
+/// `table` has a SecurityPolicy with a `rateLimit`: the limiter and its
+/// Redis thread. None when either is missing.
+pub fn start(
+    settings: Option<GlobalSettings>,
+    table: &shardgate_routing::RoutingTable,
+) -> Result<Option<Arc<GlobalLimiter>>, String> {
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
+    if !table
+        .security_policies()
+        .any(|(_, p)| p.spec.rate_limit.is_some())
+    {
+        tracing::warn!("--rate-limit-redis is set but no SecurityPolicy has a rateLimit");
+        return Ok(None);
+    }
+    let (lim, rx) = GlobalLimiter::new(settings);
+    spawn(&lim, rx).map_err(|e| format!("cannot start the rate-limit Redis thread: {e}"))?;
+    Ok(Some(lim))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -472,9 +472,10 @@ impl Reloader {
         }
         st.global_limiter = match &cur.global_limiter {
             Some(g) => Some(g.clone()),
-            None => {
-                crate::start_global_limits(&self.run_limits, &st.table).map_err(|e| e.join("; "))?
-            }
+            None => crate::ratelimit_global::start(
+                crate::load::global_limit_settings(&self.run_limits),
+                &st.table,
+            )?,
         };
         if rollouts_same {
             st.rollouts = cur.rollouts.clone();
@@ -616,7 +617,7 @@ impl Reloader {
             );
             self.status
                 .base
-                .store(Arc::new(crate::debug_config_value(&loaded, sources)));
+                .store(Arc::new(crate::load::debug_config_value(&loaded, sources)));
             applied = true;
         } else if !pending.is_empty() {
             // Anything else: a new state (and the ports it serves).
@@ -644,7 +645,7 @@ impl Reloader {
                     self.running.secrets = secrets;
                     self.status
                         .base
-                        .store(Arc::new(crate::debug_config_value(&loaded, sources)));
+                        .store(Arc::new(crate::load::debug_config_value(&loaded, sources)));
                     pending.clear();
                     applied = true;
                 }
