@@ -65,6 +65,7 @@ pub mod endpoints_view;
 pub mod error;
 pub mod jwks_fetch;
 pub mod jwt;
+pub mod k8s;
 pub mod lanes;
 pub mod load;
 pub mod metrics;
@@ -103,6 +104,7 @@ pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
+        Command::Serve(args) if args.kube.kubernetes => k8s::serve(&args.kube, &args.run),
         Command::Serve(args) => {
             match load::read_sources(&args.config, args.run.config_limits.max_config_bytes) {
                 Ok(sources) => serve_watching(&sources, &args.config, &args.run, Shutdown::new()),
