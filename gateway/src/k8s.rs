@@ -219,13 +219,14 @@ async fn controller(
     let fail = |why: String| {
         let _ = tx.send(ToGateway::Failed(why));
     };
-    let client =
-        match kube::Client::try_default().await {
-            Ok(c) => c,
-            Err(e) => return fail(format!(
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(format!(
                 "kubernetes: no usable credentials (in-cluster service account or KUBECONFIG): {e}"
-            )),
-        };
+            ))
+        }
+    };
     let sync_deadline = Instant::now() + args.kubernetes_sync_timeout;
     let watched = loop {
         match discover(&client).await {

@@ -143,6 +143,25 @@ fn slice_yaml(addr: SocketAddr) -> String {
     )
 }
 
+/// A non-loopback address of this machine: the API server refuses loopback
+/// addresses in EndpointSlices, so the simulated backends listen on this one.
+/// (A UDP socket's `connect` only picks the route's source address: nothing is sent.)
+fn host_ip() -> std::net::IpAddr {
+    for target in ["192.0.2.1:9", "10.255.255.255:9", "198.51.100.1:9"] {
+        let Ok(s) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+            continue;
+        };
+        if s.connect(target).is_ok() {
+            if let Ok(a) = s.local_addr() {
+                if !a.ip().is_loopback() && !a.ip().is_unspecified() {
+                    return a.ip();
+                }
+            }
+        }
+    }
+    panic!("this machine has no non-loopback IPv4 address for the simulated backends");
+}
+
 fn ask(gw: SocketAddr) -> u16 {
     let mut c = Client::connect(gw);
     c.post(
@@ -249,8 +268,9 @@ fn controller_mode_against_a_real_api_server() {
     let seed = root.join("gateway/tests/data/seed-manifests.yaml");
     env.must(&["apply", "-f", seed.to_str().unwrap()], None);
 
-    let a = sim(&["bert-base"], |_| {});
-    let b = sim(&["bert-base"], |_| {});
+    let ip = host_ip().to_string();
+    let a = sim(&["bert-base"], |c| c.host = ip.clone());
+    let b = sim(&["bert-base"], |c| c.host = ip.clone());
     env.must(&["apply", "-f", "-"], Some(&slice_yaml(a.addr())));
 
     // The gateway.

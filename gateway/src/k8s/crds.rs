@@ -4,7 +4,8 @@
 //! `ModelRollout` and `SecurityPolicy` under `ai.gateway.io/v1alpha1`, and the
 //! seed's `SecurityPolicy` under `gateway.networking.k8s.io/v1alpha2` (a
 //! `*.k8s.io` group needs the `api-approved.kubernetes.io` annotation; ours says
-//! `unapproved`). Six CRDs, each with a `status` subresource holding the
+//! `unapproved`; Gateway API's admission policy wants its bundle-version and
+//! channel annotations too). Six CRDs, each with a `status` subresource holding the
 //! conditions the controller writes.
 //!
 //! The files are generated here, from the watched-kind table the controller
@@ -19,6 +20,9 @@
 use serde_json::{json, Value};
 
 use super::kinds::{split_api_version, KINDS};
+
+/// The Gateway API release whose CRDs ours sit beside (`scripts/k8s-testenv`'s pin).
+pub const GATEWAY_API_BUNDLE: &str = "v1.6.3";
 
 /// One CRD: its file name in `deploy/crds/` and its YAML.
 pub fn generate() -> Vec<(String, String)> {
@@ -35,8 +39,13 @@ pub fn generate() -> Vec<(String, String)> {
             let singular = w.kind.to_ascii_lowercase();
             let mut metadata = json!({ "name": name });
             if seed_security {
+                // Gateway API's `safe-upgrades` ValidatingAdmissionPolicy admits a
+                // CRD of its group only with a bundle version of v1.5.0 or later
+                // (and, on update, the channel it had): the bundle it sits beside.
                 metadata["annotations"] = json!({
-                    "api-approved.kubernetes.io": "unapproved, the seed's SecurityPolicy for shardgate (not a Gateway API kind)"
+                    "api-approved.kubernetes.io": "unapproved, the seed's SecurityPolicy for shardgate (not a Gateway API kind)",
+                    "gateway.networking.k8s.io/bundle-version": GATEWAY_API_BUNDLE,
+                    "gateway.networking.k8s.io/channel": "standard",
                 });
             }
             let schema = json!({
