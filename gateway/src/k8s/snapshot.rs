@@ -242,18 +242,12 @@ pub(crate) mod tests {
             .map(|k| (k.api_versions[0].to_string(), k.kind.to_string()))
             .collect();
         let mut s = Store::new(types);
-        for i in 0..KINDS.len() {
+        for (i, w) in KINDS.iter().enumerate() {
             s.apply(i, Event::Init);
             for o in objs {
-                let (v, k) = (
-                    o["apiVersion"].as_str().unwrap(),
-                    o["kind"].as_str().unwrap(),
-                );
-                if KINDS[i].kind == k && KINDS[i].api_versions[0] == v {
-                    s.apply(
-                        i,
-                        Event::InitApply(serde_json::from_value(o.clone()).unwrap()),
-                    );
+                let (v, k) = (o["apiVersion"].as_str().unwrap(), o["kind"].as_str().unwrap());
+                if w.kind == k && w.api_versions[0] == v {
+                    s.apply(i, Event::InitApply(serde_json::from_value(o.clone()).unwrap()));
                 }
             }
             s.apply(i, Event::InitDone);
