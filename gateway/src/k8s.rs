@@ -324,8 +324,13 @@ async fn controller(
                 let (docs, owned) = snapshot::select(&store, &kinds, &args.controller_name);
                 match snapshot::isolate(docs, &settings.limits) {
                     Ok(iso) => {
+                        // Each object left out is logged once, when it is first left out
+                        // (its status condition says it for as long as it lasts).
                         for (obj, errs) in &iso.rejected {
-                            tracing::warn!(object = %obj, errors = %errs.join("; "), "kubernetes: object left out of the configuration");
+                            let before = last_iso.as_ref().and_then(|(_, i)| i.rejected.get(obj));
+                            if before != Some(errs) {
+                                tracing::warn!(object = %obj, errors = %errs.join("; "), "kubernetes: object left out of the configuration");
+                            }
                         }
                         if sent.as_ref() != Some(&iso.sources) {
                             seq += 1;

@@ -10,7 +10,8 @@
 //! - an EndpointSlice change moves the traffic within 1 s (the time is printed);
 //! - a bad HTTPRoute is left out with `Accepted=False` and the rest keeps serving;
 //! - a deleted route stops being served (or, until routes reload live, is
-//!   reported as waiting for a restart).
+//!   reported as waiting for a restart);
+//! - with the API server gone, the gateway keeps serving its last snapshot.
 //!
 //! Needs `SHARDGATE_K8S_TESTENV` (the script's path; `scripts/test` sets it after
 //! building the binaries); without it the test skips, unless
@@ -399,5 +400,21 @@ fn controller_mode_against_a_real_api_server() {
     });
     let how = stopped.expect("the deleted route neither stopped nor was reported");
     eprintln!("deleted route: {how}");
+
+    // The API server goes away: the gateway keeps serving its last snapshot.
+    let before = ask(addr);
+    drop(env);
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        assert_eq!(
+            ask(addr),
+            before,
+            "the answer changed once the API server was gone"
+        );
+    }
+    assert!(
+        gw.exited().is_none(),
+        "the gateway exited without its API server"
+    );
     drop(gw);
 }

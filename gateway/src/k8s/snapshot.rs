@@ -245,9 +245,15 @@ pub(crate) mod tests {
         for (i, w) in KINDS.iter().enumerate() {
             s.apply(i, Event::Init);
             for o in objs {
-                let (v, k) = (o["apiVersion"].as_str().unwrap(), o["kind"].as_str().unwrap());
+                let (v, k) = (
+                    o["apiVersion"].as_str().unwrap(),
+                    o["kind"].as_str().unwrap(),
+                );
                 if w.kind == k && w.api_versions[0] == v {
-                    s.apply(i, Event::InitApply(serde_json::from_value(o.clone()).unwrap()));
+                    s.apply(
+                        i,
+                        Event::InitApply(serde_json::from_value(o.clone()).unwrap()),
+                    );
                 }
             }
             s.apply(i, Event::InitDone);
