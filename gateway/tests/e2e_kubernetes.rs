@@ -4,6 +4,9 @@
 //! (`deploy/crds/`), the seed's manifests exactly as written, and an
 //! EndpointSlice for `bert-service` pointing at a simulated backend, then
 //! starts `shardgate serve --kubernetes` and checks that
+//! - the API server refuses what `shardgate check` refuses where our CRDs'
+//!   schemas can say so (a malformed duration, an unknown enum value, a string
+//!   for a number);
 //! - the GatewayClass, the Gateway and the HTTPRoute get `Accepted=True`
 //!   (written by the gateway, elected through its Lease);
 //! - a request for `bert-base` reaches the backend;
@@ -270,6 +273,30 @@ fn controller_mode_against_a_real_api_server() {
     env.must(&["apply", "-f", seed.to_str().unwrap()], None);
 
     let ip = host_ip().to_string();
+    // The CRDs' schemas come from the types the loader parses: what `shardgate
+    // check` refuses for a type, an enum value or a duration, kubectl refuses too.
+    for (bad, field) in [
+        ("apiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata: {name: bad, namespace: ai-workloads}\nspec:\n  maxBatchSize: 8\n  maxLatency: 5 minutes\n", "maxLatency"),
+        ("apiVersion: ai.gateway.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: bad, namespace: ai-workloads}\nspec:\n  rateLimit:\n    default: {requests: 1, unit: fortnight}\n", "unit"),
+        ("apiVersion: ai.gateway.io/v1alpha1\nkind: InferenceConfig\nmetadata: {name: bad}\nspec:\n  resourceManagement: {maxConcurrentInferences: many}\n", "maxConcurrentInferences"),
+    ] {
+        let (ok, text) = env.kubectl(&["apply", "-f", "-"], Some(bad));
+        assert!(!ok && text.contains(field), "the API server took {bad}:\n{text}");
+        let checked = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["check", "-c", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(bad.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(!checked.status.success(), "shardgate check took {bad}");
+    }
+
     let a = sim(&["bert-base"], |c| c.host = ip.clone());
     let b = sim(&["bert-base"], |c| c.host = ip.clone());
     env.must(&["apply", "-f", "-"], Some(&slice_yaml(a.addr())));

@@ -13,9 +13,17 @@
 //! `deploy/crds/` differs from what this module generates (rewrite them with
 //! `SHARDGATE_UPDATE_CRDS=1 cargo test -p shardgate --lib crds`).
 //!
-//! Schemas: `spec` keeps unknown fields (`x-kubernetes-preserve-unknown-fields`),
-//! like the loader, which tolerates and reports them; the checks the loader
-//! makes stay in the gateway and show in each object's `Accepted` condition.
+//! Schemas: each `spec` schema is generated (schemars, with kube-core's
+//! structural rewrites) from the very type the loader parses that kind's spec
+//! into (`shardgate_routing::config::InferenceConfigSpec`, …): field names and
+//! types, closed sets of values as `enum`s (a rate limit's `unit`, prewarm
+//! `mode`, …), durations as strings matching the parser's grammar
+//! ([`shardgate_routing::duration::PATTERN`]), documentation as descriptions.
+//! So `kubectl apply` refuses a wrong type, an unknown enum value or a
+//! malformed duration, as `shardgate check` does; the cross-field and
+//! cross-object checks stay in the gateway and show in each object's
+//! `Accepted` condition. Unknown fields are pruned by the API server (the
+//! loader tolerates and reports them).
 
 use serde_json::{json, Value};
 
@@ -54,10 +62,7 @@ pub fn generate() -> Vec<(String, String)> {
                     "apiVersion": {"type": "string"},
                     "kind": {"type": "string"},
                     "metadata": {"type": "object"},
-                    "spec": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": true,
-                    },
+                    "spec": spec_schema(w.kind),
                     "status": {
                         "type": "object",
                         "properties": {
@@ -107,6 +112,88 @@ pub fn generate() -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The OpenAPI v3 schema of `T`, as Kubernetes takes it: inlined, structural
+/// (kube-core's rewrites), `nullable` for options, and free-form values
+/// (`serde_json::Value` fields) marked `x-kubernetes-preserve-unknown-fields`.
+fn schema_of<T: schemars::JsonSchema>() -> Value {
+    let generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(schemars::transform::AddNullable::default())
+        .with_transform(kube_core::schema::StructuralSchemaRewriter)
+        .with_transform(kube_core::schema::OptionalEnum)
+        .into_generator();
+    let mut v = serde_json::to_value(generator.into_root_schema_for::<T>()).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("title");
+        o.remove("$schema");
+    }
+    free_form(&mut v);
+    v
+}
+
+/// Mark schemas that say nothing (`true`, or no type and no alternatives) as
+/// free-form objects, which a structural schema must spell out.
+fn free_form(v: &mut Value) {
+    if *v == Value::Bool(true) {
+        *v = json!({"x-kubernetes-preserve-unknown-fields": true});
+        return;
+    }
+    let Some(o) = v.as_object_mut() else { return };
+    let says_something = [
+        "type",
+        "anyOf",
+        "oneOf",
+        "allOf",
+        "enum",
+        "properties",
+        "items",
+        "$ref",
+    ]
+    .iter()
+    .any(|k| o.contains_key(*k));
+    if !says_something {
+        o.insert(
+            "x-kubernetes-preserve-unknown-fields".into(),
+            Value::Bool(true),
+        );
+    }
+    if let Some(Value::Object(props)) = o.get_mut("properties") {
+        for p in props.values_mut() {
+            free_form(p);
+        }
+    }
+    for k in ["items", "additionalProperties"] {
+        if let Some(x) = o.get_mut(k) {
+            if x.is_object() || *x == Value::Bool(true) {
+                free_form(x);
+            }
+        }
+    }
+    for k in ["anyOf", "oneOf", "allOf"] {
+        if let Some(Value::Array(xs)) = o.get_mut(k) {
+            for x in xs {
+                free_form(x);
+            }
+        }
+    }
+}
+
+/// The `spec` schema of one of our kinds, from the type the loader parses it into.
+fn spec_schema(kind: &str) -> Value {
+    use shardgate_routing::config as c;
+    match kind {
+        "InferenceConfig" => schema_of::<c::InferenceConfigSpec>(),
+        "InferencePolicy" => schema_of::<c::InferencePolicySpec>(),
+        "BatchingPolicy" => schema_of::<c::BatchingPolicySpec>(),
+        "ModelRollout" => schema_of::<c::ModelRolloutSpec>(),
+        "SecurityPolicy" => schema_of::<c::SecurityPolicySpec>(),
+        _ => json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+    }
 }
 
 fn condition_schema() -> Value {

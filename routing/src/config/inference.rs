@@ -30,6 +30,7 @@ pub struct InferenceConfig {
 
 /// `InferenceConfig.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceConfigSpec {
     /// Model-aware routing switch and strategy.
@@ -48,6 +49,7 @@ pub struct InferenceConfigSpec {
 
 /// `InferenceConfig.spec.modelRouting`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelRouting {
     /// Whether routing looks at the model.
@@ -60,6 +62,7 @@ pub struct ModelRouting {
 
 /// `InferenceConfig.spec.resourceManagement`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceManagement {
     /// Prefer endpoints on the same GPU for a model.
@@ -72,18 +75,28 @@ pub struct ResourceManagement {
 
 /// `InferenceConfig.spec.timeout`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceTimeouts {
     /// Whole inference request timeout.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub inference: Option<Duration>,
     /// Idle (no bytes) timeout.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub idle: Option<Duration>,
 }
 
 /// `InferenceConfig.spec.modelPrewarming`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelPrewarming {
     /// Whether prewarming is on.
@@ -106,6 +119,10 @@ pub struct ModelPrewarming {
     /// Longest a warm-up inference may take (default 120 s: a cold start
     /// loads weights).
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub timeout: Option<Duration>,
     /// Tries per endpoint and model before giving up (default 5; backoff
     /// 1 s, 2 s, 4 s, … at most 30 s between tries).
@@ -119,6 +136,7 @@ pub struct ModelPrewarming {
 
 /// `modelPrewarming.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum PrewarmMode {
     /// Cold endpoints serve only when no warm one can.
@@ -142,6 +160,7 @@ pub struct InferencePolicy {
 
 /// `InferencePolicy.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferencePolicySpec {
     /// Load-balancing algorithm and factor weights.
@@ -154,6 +173,7 @@ pub struct InferencePolicySpec {
 
 /// `InferencePolicy.spec.loadBalancing`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancing {
     /// Algorithm name, e.g. `resource-weighted`.
@@ -171,6 +191,7 @@ pub struct LoadBalancing {
 /// `loadBalancing.sessionAffinity`: what names a request's session and how
 /// far above the average load its endpoint may go before it spills.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionAffinity {
     /// Header naming the session (default `x-session-id`).
@@ -188,6 +209,7 @@ pub struct SessionAffinity {
 
 /// `loadBalancing.factors`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LoadFactors {
     /// Weight of (1 − GPU utilisation).
@@ -203,13 +225,22 @@ pub struct LoadFactors {
 
 /// `InferencePolicy.spec.healthCheck`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Probe interval (> 0).
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub interval: Option<Duration>,
     /// Probe timeout.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub timeout: Option<Duration>,
     /// Real inference probe.
     #[serde(default)]
@@ -218,6 +249,7 @@ pub struct HealthCheck {
 
 /// `healthCheck.inferenceTest`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceTest {
     /// Whether to send a real inference request.
@@ -242,6 +274,7 @@ pub struct BatchingPolicy {
 
 /// `BatchingPolicy.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BatchingPolicySpec {
     /// Largest batch (≥ 1).
@@ -249,6 +282,10 @@ pub struct BatchingPolicySpec {
     pub max_batch_size: Option<u32>,
     /// Longest a request waits for a batch to fill.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub max_latency: Option<Duration>,
     /// Adaptive batch sizing.
     #[serde(default)]
@@ -265,6 +302,7 @@ pub struct BatchingPolicySpec {
 
 /// `BatchingPolicy.spec.adaptiveBatching`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AdaptiveBatching {
     /// Whether batch size adapts to load.
@@ -277,12 +315,17 @@ pub struct AdaptiveBatching {
 
 /// `BatchingPolicy.spec.priorityQueues[]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PriorityQueue {
     /// Queue name (non-empty, unique within the policy).
     pub name: String,
     /// Latency bound for this class.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub max_latency: Option<Duration>,
     /// Batch size bound for this class (≥ 1).
     #[serde(default)]
@@ -303,6 +346,7 @@ pub struct SecurityPolicy {
 
 /// `SecurityPolicy.spec`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityPolicySpec {
     /// The object the policy applies to.
@@ -318,6 +362,7 @@ pub struct SecurityPolicySpec {
 
 /// A policy's `targetRef`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetReference {
     /// API group.
@@ -337,6 +382,7 @@ pub struct PolicyTargetReference {
 
 /// `SecurityPolicy.spec.authentication`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Authentication {
     /// JWT authentication.
@@ -346,6 +392,7 @@ pub struct Authentication {
 
 /// `authentication.jwt`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JwtAuthentication {
     /// Token issuers.
@@ -358,6 +405,7 @@ pub struct JwtAuthentication {
 /// Keys come from `localJWKS` (an inline JWK set) or `remoteJWKS.uri`; with
 /// neither, from `<issuer>/.well-known/jwks.json` (README "JWT authentication").
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JwtProvider {
     /// Provider name.
@@ -381,12 +429,17 @@ pub struct JwtProvider {
 
 /// `providers[].remoteJWKS`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteJwks {
     /// `http://` or `https://` URL of the JWK set.
     pub uri: String,
     /// How long a fetched set is used before it is fetched again.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub cache_duration: Option<Duration>,
 }
 
@@ -395,6 +448,7 @@ pub struct RemoteJwks {
 /// Secret of the config (key `jwks.json` unless named), which the routing
 /// table resolves into `keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LocalJwks {
     /// The JWKs, kept as written (parsed by the gateway).
@@ -407,6 +461,7 @@ pub struct LocalJwks {
 
 /// `localJWKS.secretRef`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JwksSecretRef {
     /// The Secret's name.
     pub name: String,
@@ -424,6 +479,7 @@ pub const JWKS_SECRET_KEY: &str = "jwks.json";
 /// `providers[].claimToHeaders[]`: copy claim `claim` (a string or number) of a
 /// valid token into request header `header` (a client's own copy is dropped).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimToHeader {
     /// Claim name, e.g. `sub`.
@@ -434,6 +490,7 @@ pub struct ClaimToHeader {
 
 /// `SecurityPolicy.spec.rateLimit`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Limit for every model without its own.
@@ -448,6 +505,7 @@ pub struct RateLimit {
 /// `{requests, unit}`, extended with `tokens` (prompt + completion tokens,
 /// charged from the response's `usage`). At least one of the two is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitValue {
     /// Requests allowed per unit (≥ 1).
@@ -462,6 +520,7 @@ pub struct RateLimitValue {
 
 /// Rate limit time unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitUnit {
     /// Per second.
@@ -500,6 +559,7 @@ pub struct InferencePool {
 
 /// `InferencePool.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferencePoolSpec {
     /// Pod selector, as written: v1 `{matchLabels: {...}}`, v1alpha2 a plain
@@ -522,6 +582,7 @@ pub struct InferencePoolSpec {
 
 /// `InferencePool.spec.targetPorts[]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PoolPort {
     /// Port number.
     #[serde(deserialize_with = "super::de_port")]
@@ -557,6 +618,7 @@ impl InferencePoolSpec {
 /// The Gateway API Inference Extension's `poolRef` (of `InferenceObjective` and
 /// `InferenceModel`): the `InferencePool` in the same namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolReference {
     /// API group (default `inference.networking.k8s.io`).
@@ -584,6 +646,7 @@ pub struct InferenceObjective {
 
 /// `InferenceObjective.spec`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceObjectiveSpec {
     /// Higher is more important; below 0 is sheddable; default 0.
@@ -614,6 +677,7 @@ pub struct InferenceModel {
 
 /// `InferenceModel.spec`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceModelSpec {
     /// The model name requests carry (`model` of the body).
@@ -638,6 +702,7 @@ impl InferenceModelSpec {
 
 /// `InferenceModel.spec.criticality`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Criticality {
     /// Priority 1.
     Critical,
@@ -660,6 +725,7 @@ impl Criticality {
 
 /// `InferenceModel.spec.targetModels[]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TargetModel {
     /// Model version name (non-empty).
