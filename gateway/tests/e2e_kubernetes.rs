@@ -8,7 +8,8 @@
 //!   schemas can say so (a malformed duration, an unknown enum value, a string
 //!   for a number);
 //! - the GatewayClass, the Gateway and the HTTPRoute get `Accepted=True`
-//!   (written by the gateway, elected through its Lease);
+//!   (written by the first of two replicas, elected through the Lease; both
+//!   serve and both follow endpoint changes);
 //! - a request for `bert-base` reaches the backend;
 //! - an EndpointSlice change moves the traffic within 1 s (the time is printed);
 //! - a bad HTTPRoute is left out with `Accepted=False` and the rest keeps serving;
@@ -179,6 +180,48 @@ fn ask(gw: SocketAddr) -> u16 {
     .status
 }
 
+/// `shardgate serve --kubernetes` as `identity`; returns once it serves (the
+/// process, its listener and admin addresses).
+fn start_gateway(kubeconfig: &Path, identity: &str) -> (ChildGuard, SocketAddr, SocketAddr) {
+    let dir = temp_dir("shardgate-kube-gw");
+    let ready = dir.join("ready.json");
+    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args([
+            "serve",
+            "--kubernetes",
+            "--bind",
+            "127.0.0.1",
+            "--listen-port",
+            "0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--gateway-address",
+            "127.0.0.1",
+            "--identity",
+            identity,
+            "--lease-namespace",
+            "ai-workloads",
+            "--ready-file",
+        ])
+        .arg(&ready)
+        .env("KUBECONFIG", kubeconfig)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env_remove("POD_NAMESPACE")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gw = ChildGuard::new(child, Some(dir));
+    let info = wait_ready_file(&mut gw, &ready, Duration::from_secs(60));
+    let addr = info["listen"][0].as_str().unwrap().parse().unwrap();
+    let admin = info["admin"].as_str().unwrap().parse().unwrap();
+    (gw, addr, admin)
+}
+
 fn served(a: SocketAddr) -> u64 {
     sim_stats(a)["requests_total"].as_u64().unwrap()
 }
@@ -301,44 +344,11 @@ fn controller_mode_against_a_real_api_server() {
     let b = sim(&["bert-base"], |c| c.host = ip.clone());
     env.must(&["apply", "-f", "-"], Some(&slice_yaml(a.addr())));
 
-    // The gateway.
-    let dir = temp_dir("shardgate-kube-gw");
-    let ready = dir.join("ready.json");
-    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
-        .args([
-            "serve",
-            "--kubernetes",
-            "--bind",
-            "127.0.0.1",
-            "--listen-port",
-            "0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--gateway-address",
-            "127.0.0.1",
-            "--identity",
-            "e2e-gateway",
-            "--lease-namespace",
-            "ai-workloads",
-            "--ready-file",
-        ])
-        .arg(&ready)
-        .env("KUBECONFIG", &sa_config)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .env_remove("POD_NAMESPACE")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gw = ChildGuard::new(child, Some(dir));
-    let info = wait_ready_file(&mut gw, &ready, Duration::from_secs(60));
-    let addr: SocketAddr = info["listen"][0].as_str().unwrap().parse().unwrap();
-    let admin: SocketAddr = info["admin"].as_str().unwrap().parse().unwrap();
-
+    // Two replicas, as a DaemonSet on two nodes runs them: both serve, the first
+    // (it starts first) holds the Lease and writes status.
+    let (mut gw, addr, admin) = start_gateway(&sa_config, "e2e-gateway");
+    let (mut gw2, addr2, _) = start_gateway(&sa_config, "e2e-gateway-2");
+    assert_eq!(ask(addr2), 200);
     assert_eq!(ask(addr), 200);
     assert!(served(a.addr()) >= 1);
 
@@ -396,6 +406,16 @@ fn controller_mode_against_a_real_api_server() {
         a_before,
         "the removed endpoint got requests"
     );
+    // The other replica follows too (it does not write status, it serves).
+    let b_before = served(b.addr());
+    let followed = poll(Duration::from_secs(10), || {
+        assert_eq!(ask(addr2), 200);
+        (served(b.addr()) > b_before).then_some(())
+    });
+    assert!(
+        followed.is_some(),
+        "the second replica did not follow the EndpointSlice"
+    );
 
     // A bad route is left out, with a condition saying why; the rest serves.
     let bad = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: broken\n  namespace: ai-workloads\nspec:\n  parentRefs:\n  - name: llm-gateway\n  rules:\n  - matches:\n    - path: {type: RegularExpression, value: \"((\"}\n    backendRefs:\n    - name: bert-service\n      port: 8080\n";
@@ -443,5 +463,10 @@ fn controller_mode_against_a_real_api_server() {
         gw.exited().is_none(),
         "the gateway exited without its API server"
     );
+    assert!(
+        gw2.exited().is_none(),
+        "the second replica exited without its API server"
+    );
     drop(gw);
+    drop(gw2);
 }
