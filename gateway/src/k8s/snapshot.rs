@@ -4,8 +4,10 @@
 //! [`select`] keeps what this controller serves: GatewayClasses whose
 //! `controllerName` is ours, Gateways of those classes, HTTPRoutes and
 //! GRPCRoutes with a `parentRef` to one of those Gateways, Secrets of type
-//! `kubernetes.io/tls` or `Opaque`, ConfigMaps a BackendTLSPolicy names, and
-//! every object of the other kinds. Each becomes one YAML document, named
+//! `kubernetes.io/tls` or `Opaque`, ConfigMaps a BackendTLSPolicy names, the
+//! Services those routes' `backendRefs` name and the EndpointSlices of those
+//! Services and of InferencePools (so endpoint churn elsewhere in the cluster
+//! makes no reload), and every object of the other kinds. Each becomes one YAML document, named
 //! `Kind namespace/name`, so an error names the object the way `kubectl` does.
 //!
 //! [`isolate`] validates the selection exactly as a reload does (the routing
@@ -19,6 +21,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::Value;
+use shardgate_routing::config::{POOL_NAME_LABEL, SERVICE_NAME_LABEL};
 use shardgate_routing::{Config, LoadLimits, RoutingTable};
 
 use super::kinds::WatchedKind;
@@ -118,6 +121,33 @@ pub fn select(store: &Store, kinds: &[WatchedKind], controller: &str) -> (Vec<Do
             }
         }
     }
+    // Backends (`kind`, namespace, name) the routes we serve name, and every
+    // InferencePool (InferenceObjectives and InferenceModels name them too).
+    let mut backends: Vec<(String, String, String)> = Vec::new();
+    for kind in ["HTTPRoute", "GRPCRoute"] {
+        for ((ns, _), o) in by_kind(kind) {
+            let prs = o.doc["spec"]["parentRefs"].as_array();
+            if !prs.is_some_and(|prs| prs.iter().any(|pr| owned.parent_is_ours(ns, pr))) {
+                continue;
+            }
+            let rules = o.doc["spec"]["rules"].as_array().into_iter().flatten();
+            for b in rules.flat_map(|r| r["backendRefs"].as_array().into_iter().flatten()) {
+                backends.push((
+                    str_at(b, &["kind"]).unwrap_or("Service").to_string(),
+                    str_at(b, &["namespace"]).unwrap_or(ns).to_string(),
+                    str_at(b, &["name"]).unwrap_or("").to_string(),
+                ));
+            }
+        }
+    }
+    for ((ns, name), _) in by_kind("InferencePool") {
+        backends.push(("InferencePool".into(), ns.clone(), name.clone()));
+    }
+    let is_backend = |kind: &str, ns: &str, name: &str| {
+        backends
+            .iter()
+            .any(|(k, n, m)| k == kind && n == ns && m == name)
+    };
     let mut out = Vec::new();
     for (i, w) in kinds.iter().enumerate() {
         if !w.in_snapshot {
@@ -139,6 +169,13 @@ pub fn select(store: &Store, kinds: &[WatchedKind], controller: &str) -> (Vec<Do
                     None | Some("Opaque") | Some("kubernetes.io/tls")
                 ),
                 "ConfigMap" => config_maps.contains(key),
+                "Service" => is_backend("Service", ns, name),
+                // A Service's slices, or an InferencePool's (either label).
+                "EndpointSlice" => [SERVICE_NAME_LABEL, POOL_NAME_LABEL].iter().any(|l| {
+                    str_at(&o.doc, &["metadata", "labels", l]).is_some_and(|owner| {
+                        is_backend("Service", ns, owner) || is_backend("InferencePool", ns, owner)
+                    })
+                }),
                 _ => true,
             };
             if keep {
@@ -321,6 +358,25 @@ metadata:
 addressType: IPv4
 ports: [{port: 8000}]
 endpoints: [{addresses: ["10.0.0.1"]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: unrelated-1
+  namespace: a
+  labels: {kubernetes.io/service-name: unrelated}
+addressType: IPv4
+endpoints: [{addresses: ["10.0.0.9"]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: unrelated, namespace: a}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: a}
+spec: {ports: [{port: 80, targetPort: 8000}]}
 "#;
 
     #[test]
@@ -334,6 +390,7 @@ endpoints: [{addresses: ["10.0.0.1"]}]
                 "GatewayClass ours",
                 "Gateway a/gw",
                 "HTTPRoute a/good",
+                "Service a/svc",
                 "EndpointSlice a/svc-1"
             ]
         );
@@ -370,7 +427,7 @@ spec:
 "#;
         let s = store_of(&yaml_objs(&format!("{BASE}{bad}")));
         let (docs, _) = select(&s, KINDS, "ai.gateway.io/inference-controller");
-        assert_eq!(docs.len(), 6);
+        assert_eq!(docs.len(), 7);
         let iso = isolate(docs, &LoadLimits::default()).unwrap();
         let left_out: Vec<&String> = iso.rejected.keys().collect();
         assert_eq!(
@@ -387,7 +444,7 @@ spec:
             "{:?}",
             iso.rejected
         );
-        assert_eq!(iso.sources.len(), 4);
+        assert_eq!(iso.sources.len(), 5);
         assert_eq!(iso.table.listeners().len(), 1);
     }
 }
