@@ -30,8 +30,10 @@
 //! missing), then starts on the first snapshot that has a listener to serve.
 //! Listeners are bound at start; the routes, policies and endpoints behind
 //! them follow the API live, as far as the reloader applies changes live
-//! (EndpointSlices: about 100 ms from the API write to routing, measured by
-//! `gateway/tests/e2e_kubernetes.rs`; see [`crate::reload`] for the rest).
+//! (EndpointSlices: about 200 ms from `kubectl apply` returning to the first
+//! request on the new endpoint, measured by `gateway/tests/e2e_kubernetes.rs`: the
+//! 50 ms quiet time plus the reloader's wait for two scoring snapshots; see
+//! [`crate::reload`] for the rest).
 
 pub mod crds;
 pub mod kinds;
@@ -42,6 +44,29 @@ pub mod store;
 
 #[cfg(test)]
 mod mock_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_due_when_quiet_or_at_the_latest_max_delay_after_its_start() {
+        let t0 = Instant::now();
+        let mut d = Debounce::default();
+        assert_eq!(d.due(), None);
+        d.event(t0);
+        assert_eq!(d.due(), Some(t0 + QUIET));
+        // Events every 30 ms push it back, but never past MAX_DELAY.
+        for i in 1..=40u32 {
+            d.event(t0 + Duration::from_millis(30) * i);
+        }
+        assert_eq!(d.due(), Some(t0 + MAX_DELAY));
+        let mut quiet = Debounce::default();
+        quiet.event(t0);
+        quiet.event(t0 + Duration::from_millis(20));
+        assert_eq!(quiet.due(), Some(t0 + Duration::from_millis(20) + QUIET));
+    }
+}
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -157,6 +182,27 @@ pub fn serve(kube_args: &KubeArgs, run: &RunArgs) -> ExitCode {
     running.shards.join();
     tracing::info!("drained; bye");
     ExitCode::SUCCESS
+}
+
+/// A burst of watch events: the snapshot is due [`QUIET`] after its last
+/// event, and at most [`MAX_DELAY`] after its first.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Debounce {
+    first: Option<Instant>,
+    last: Option<Instant>,
+}
+
+impl Debounce {
+    /// An event that changed a document, at `now`.
+    pub fn event(&mut self, now: Instant) {
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+    }
+
+    /// When the snapshot is due (`None`: no burst is waiting).
+    pub fn due(&self) -> Option<Instant> {
+        Some((self.last? + QUIET).min(self.first? + MAX_DELAY))
+    }
 }
 
 /// What the controller task needs.
@@ -287,8 +333,7 @@ async fn controller(
         status_rx,
     ));
 
-    let mut first_event: Option<Instant> = None;
-    let mut last_event = Instant::now();
+    let mut burst = Debounce::default();
     let mut status_dirty = false;
     let mut seq = 0u64;
     let mut sent: Option<Vec<(String, String)>> = None;
@@ -296,7 +341,7 @@ async fn controller(
     let mut programmed = status::Programmed::default();
     let mut synced = false;
     loop {
-        let fire_at = first_event.map(|f| (last_event + QUIET).min(f + MAX_DELAY));
+        let fire_at = burst.due();
         tokio::select! {
             ev = events.next() => {
                 let Some((j, ev)) = ev else { break };
@@ -304,8 +349,7 @@ async fn controller(
                     Ok(ev) => {
                         let change = store.apply(j, ev);
                         if change.docs {
-                            last_event = Instant::now();
-                            first_event.get_or_insert(last_event);
+                            burst.event(Instant::now());
                         }
                         status_dirty |= change.status;
                     }
@@ -320,7 +364,7 @@ async fn controller(
                 }
             }
             _ = tokio::time::sleep_until(fire_at.unwrap_or(sync_deadline)), if fire_at.is_some() && synced => {
-                first_event = None;
+                burst = Debounce::default();
                 let (docs, owned) = snapshot::select(&store, &kinds, &args.controller_name);
                 match snapshot::isolate(docs, &settings.limits) {
                     Ok(iso) => {
@@ -370,7 +414,7 @@ async fn controller(
                 }
             }
         }
-        if status_dirty && first_event.is_none() {
+        if status_dirty && burst.due().is_none() {
             status_dirty = false;
             if let Some((owned, iso)) = &last_iso {
                 let patches = status::desired(&status::Input {

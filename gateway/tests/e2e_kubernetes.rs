@@ -470,3 +470,57 @@ fn controller_mode_against_a_real_api_server() {
     drop(gw);
     drop(gw2);
 }
+
+/// Without a reachable API server the gateway does not start: it exits, after
+/// `--kubernetes-sync-timeout`, saying why (no test environment needed).
+#[test]
+fn no_api_server_fails_the_start_with_a_clear_error() {
+    let dir = temp_dir("shardgate-kube-none");
+    // A port nothing listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"http://127.0.0.1:{port}\"}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: x\n  context: {{cluster: c, user: u}}\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_shardgate"))
+        .args([
+            "serve",
+            "--kubernetes",
+            "--kubernetes-sync-timeout",
+            "1s",
+            "--bind",
+            "127.0.0.1",
+            "--admin-addr",
+            "off",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard::new(child, Some(dir));
+    let status = guard
+        .wait_exit(Duration::from_secs(30))
+        .expect("the gateway kept waiting for an API server that is not there");
+    assert_eq!(status.code(), Some(2));
+    let mut err = String::new();
+    use std::io::Read;
+    guard
+        .child()
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("kubernetes: discovery of"), "{err}");
+}
