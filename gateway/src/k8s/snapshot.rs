@@ -3,8 +3,9 @@
 //!
 //! [`select`] keeps what this controller serves: GatewayClasses whose
 //! `controllerName` is ours, Gateways of those classes, HTTPRoutes and
-//! GRPCRoutes with a `parentRef` to one of those Gateways, Secrets of type
-//! `kubernetes.io/tls` or `Opaque`, ConfigMaps a BackendTLSPolicy names, the
+//! GRPCRoutes with a `parentRef` to one of those Gateways, the Secrets those
+//! Gateways' listeners (certificates) and the SecurityPolicies
+//! (`localJWKS.secretRef`) name, ConfigMaps a BackendTLSPolicy names, the
 //! Services those routes' `backendRefs` name and the EndpointSlices of those
 //! Services and of InferencePools (so endpoint churn elsewhere in the cluster
 //! makes no reload), and every object of the other kinds. Each becomes one YAML document, named
@@ -148,6 +149,36 @@ pub fn select(store: &Store, kinds: &[WatchedKind], controller: &str) -> (Vec<Do
             .iter()
             .any(|(k, n, m)| k == kind && n == ns && m == name)
     };
+    // Secrets named by our Gateways' listeners (certificates) and by
+    // SecurityPolicies (`localJWKS.secretRef`), `(namespace, name)`.
+    let mut secrets: Vec<(String, String)> = Vec::new();
+    for ((ns, name), o) in by_kind("Gateway") {
+        if !owned.gateways.iter().any(|(n, g)| n == ns && g == name) {
+            continue;
+        }
+        let listeners = o.doc["spec"]["listeners"].as_array().into_iter().flatten();
+        for r in
+            listeners.flat_map(|l| l["tls"]["certificateRefs"].as_array().into_iter().flatten())
+        {
+            if str_at(r, &["kind"]).unwrap_or("Secret") == "Secret" {
+                let rns = str_at(r, &["namespace"]).unwrap_or(ns);
+                secrets.push((
+                    rns.to_string(),
+                    str_at(r, &["name"]).unwrap_or("").to_string(),
+                ));
+            }
+        }
+    }
+    for ((ns, _), o) in by_kind("SecurityPolicy") {
+        let providers = o.doc["spec"]["authentication"]["jwt"]["providers"].as_array();
+        for p in providers.into_iter().flatten() {
+            let r = &p["localJWKS"]["secretRef"];
+            if let Some(name) = str_at(r, &["name"]) {
+                let rns = str_at(r, &["namespace"]).unwrap_or(ns);
+                secrets.push((rns.to_string(), name.to_string()));
+            }
+        }
+    }
     let mut out = Vec::new();
     for (i, w) in kinds.iter().enumerate() {
         if !w.in_snapshot {
@@ -164,10 +195,7 @@ pub fn select(store: &Store, kinds: &[WatchedKind], controller: &str) -> (Vec<Do
                 "HTTPRoute" | "GRPCRoute" => o.doc["spec"]["parentRefs"]
                     .as_array()
                     .is_some_and(|prs| prs.iter().any(|pr| owned.parent_is_ours(ns, pr))),
-                "Secret" => matches!(
-                    str_at(&o.doc, &["type"]),
-                    None | Some("Opaque") | Some("kubernetes.io/tls")
-                ),
+                "Secret" => secrets.contains(key),
                 "ConfigMap" => config_maps.contains(key),
                 "Service" => is_backend("Service", ns, name),
                 // A Service's slices, or an InferencePool's (either label).
@@ -349,6 +377,23 @@ kind: Secret
 metadata: {name: token, namespace: a}
 type: kubernetes.io/service-account-token
 ---
+apiVersion: v1
+kind: Secret
+metadata: {name: jwks, namespace: a}
+type: Opaque
+stringData: {jwks.json: '{"keys": [{"kty": "EC", "kid": "ec-1", "crv": "P-256", "x": "RgNMLMSPhJ-WPDJ_uscnZsrHnR94kpiY72NmlKdR0_A", "y": "fCWcQaQ-G9OcXhINruAIuu7AETd-TqimdGcowRjGkac"}]}'}
+---
+apiVersion: ai.gateway.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: auth, namespace: a}
+spec:
+  targetRef: {group: gateway.networking.k8s.io, kind: Gateway, name: gw}
+  authentication:
+    jwt:
+      providers:
+      - name: p
+        localJWKS: {secretRef: {name: jwks}}
+---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -391,7 +436,9 @@ spec: {ports: [{port: 80, targetPort: 8000}]}
                 "Gateway a/gw",
                 "HTTPRoute a/good",
                 "Service a/svc",
-                "EndpointSlice a/svc-1"
+                "EndpointSlice a/svc-1",
+                "Secret a/jwks",
+                "SecurityPolicy a/auth"
             ]
         );
         assert_eq!(owned.gateways, vec![("a".to_string(), "gw".to_string())]);
@@ -399,6 +446,12 @@ spec: {ports: [{port: 80, targetPort: 8000}]}
         let (docs, _) = select(&s, KINDS, "example.com/other");
         assert!(docs.iter().any(|d| d.label == "HTTPRoute a/foreign"));
         assert!(!docs.iter().any(|d| d.label == "HTTPRoute a/good"));
+        let iso = isolate(docs, &LoadLimits::default()).unwrap();
+        // Their route serves; our SecurityPolicy's target is not theirs.
+        let rejected: Vec<&String> = iso.rejected.keys().collect();
+        assert_eq!(rejected, vec!["SecurityPolicy a/auth"]);
+        // Ours loads whole.
+        let (docs, _) = select(&s, KINDS, "ai.gateway.io/inference-controller");
         let iso = isolate(docs, &LoadLimits::default()).unwrap();
         assert!(iso.rejected.is_empty(), "{:?}", iso.rejected);
     }
@@ -427,7 +480,7 @@ spec:
 "#;
         let s = store_of(&yaml_objs(&format!("{BASE}{bad}")));
         let (docs, _) = select(&s, KINDS, "ai.gateway.io/inference-controller");
-        assert_eq!(docs.len(), 7);
+        assert_eq!(docs.len(), 9);
         let iso = isolate(docs, &LoadLimits::default()).unwrap();
         let left_out: Vec<&String> = iso.rejected.keys().collect();
         assert_eq!(
@@ -444,7 +497,7 @@ spec:
             "{:?}",
             iso.rejected
         );
-        assert_eq!(iso.sources.len(), 5);
+        assert_eq!(iso.sources.len(), 7);
         assert_eq!(iso.table.listeners().len(), 1);
     }
 }
