@@ -6,7 +6,7 @@
 //! starts `shardgate serve --kubernetes` and checks that
 //! - the API server refuses what `shardgate check` refuses where our CRDs'
 //!   schemas can say so (a malformed duration, an unknown enum value, a string
-//!   for a number);
+//!   for a number, a ratio above 1, a batch size of 0);
 //! - the GatewayClass, the Gateway and the HTTPRoute get `Accepted=True`
 //!   (written by the first of two replicas, elected through the Lease; both
 //!   serve and both follow endpoint changes);
@@ -322,6 +322,8 @@ fn controller_mode_against_a_real_api_server() {
         ("apiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata: {name: bad, namespace: ai-workloads}\nspec:\n  maxBatchSize: 8\n  maxLatency: 5 minutes\n", "maxLatency"),
         ("apiVersion: ai.gateway.io/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: bad, namespace: ai-workloads}\nspec:\n  rateLimit:\n    default: {requests: 1, unit: fortnight}\n", "unit"),
         ("apiVersion: ai.gateway.io/v1alpha1\nkind: InferenceConfig\nmetadata: {name: bad}\nspec:\n  resourceManagement: {maxConcurrentInferences: many}\n", "maxConcurrentInferences"),
+        ("apiVersion: ai.gateway.io/v1alpha1\nkind: InferencePolicy\nmetadata: {name: bad, namespace: ai-workloads}\nspec:\n  loadBalancing:\n    factors: {gpuUtilization: 1.5}\n", "gpuUtilization"),
+        ("apiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata: {name: bad, namespace: ai-workloads}\nspec:\n  maxBatchSize: 0\n", "maxBatchSize"),
     ] {
         let (ok, text) = env.kubectl(&["apply", "-f", "-"], Some(bad));
         assert!(!ok && text.contains(field), "the API server took {bad}:\n{text}");

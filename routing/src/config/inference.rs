@@ -70,6 +70,7 @@ pub struct ResourceManagement {
     pub gpu_affinity: bool,
     /// Admission limit on concurrent inferences (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_concurrent_inferences: Option<u32>,
 }
 
@@ -107,6 +108,7 @@ pub struct ModelPrewarming {
     pub models: Vec<String>,
     /// Replicas per model.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub replicas_per_model: Option<u32>,
     /// A prompt (a common system-prompt prefix, say) the warm-up sends, so the
     /// prefix cache is warm too; default: a one-word prompt.
@@ -127,10 +129,12 @@ pub struct ModelPrewarming {
     /// Tries per endpoint and model before giving up (default 5; backoff
     /// 1 s, 2 s, 4 s, … at most 30 s between tries).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_attempts: Option<u32>,
     /// Warm-ups in flight at once across the gateway (default 4), so a burst
     /// of new pods is not stampeded.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_concurrent: Option<u32>,
 }
 
@@ -214,12 +218,15 @@ pub struct SessionAffinity {
 pub struct LoadFactors {
     /// Weight of (1 − GPU utilisation).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
     pub gpu_utilization: Option<f64>,
     /// Weight of free memory / KV cache.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
     pub memory_available: Option<f64>,
     /// Weight of (normalised) inference latency.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
     pub inference_latency: Option<f64>,
 }
 
@@ -279,6 +286,7 @@ pub struct BatchingPolicy {
 pub struct BatchingPolicySpec {
     /// Largest batch (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_batch_size: Option<u32>,
     /// Longest a request waits for a batch to fill.
     #[serde(default, deserialize_with = "opt_duration")]
@@ -310,6 +318,7 @@ pub struct AdaptiveBatching {
     pub enabled: bool,
     /// Target utilisation in `0..=1`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
     pub target_utilization: Option<f64>,
 }
 
@@ -329,6 +338,7 @@ pub struct PriorityQueue {
     pub max_latency: Option<Duration>,
     /// Batch size bound for this class (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_batch_size: Option<u32>,
 }
 
@@ -510,9 +520,11 @@ pub struct RateLimit {
 pub struct RateLimitValue {
     /// Requests allowed per unit (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub requests: Option<u32>,
     /// Tokens (prompt + completion) allowed per unit (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub tokens: Option<u32>,
     /// The unit.
     pub unit: RateLimitUnit,
