@@ -13,7 +13,8 @@
 //!   refused it); per listener `supportedKinds`, `attachedRoutes`, `Accepted`
 //!   (`UnsupportedProtocol`), `Programmed`, `ResolvedRefs`; `addresses` from
 //!   `--gateway-address`.
-//! - **HTTPRoute**: one `parents` entry per `parentRef` to one of our Gateways,
+//! - **HTTPRoute** (and **GRPCRoute**, `Accepted=False`/`UnsupportedValue`
+//!   while gRPC is not served): one `parents` entry per `parentRef` to one of our Gateways,
 //!   with `Accepted` (`Accepted`, `NotAllowedByListeners`, `NoMatchingParent`,
 //!   `UnsupportedValue` when left out) and `ResolvedRefs` (`ResolvedRefs`,
 //!   `BackendNotFound`, `InvalidKind`, `RefNotPermitted`); entries of other
@@ -388,19 +389,30 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
         }
     }
 
-    // HTTPRoutes, and the InferencePools their accepted rules use.
+    // HTTPRoutes and GRPCRoutes, and the InferencePools their accepted rules use.
     let services: Vec<&Key> = kind_indices(input.kinds, "Service")
         .filter_map(|i| input.store.kinds.get(i))
         .flat_map(|k| k.objects.keys())
         .collect();
     let mut pools: Vec<(Key, (String, String))> = Vec::new();
-    for &i in &route_idx {
+    let all_routes: Vec<(usize, &str)> = route_idx
+        .iter()
+        .map(|&i| (i, "HTTPRoute"))
+        .chain(kind_indices(input.kinds, "GRPCRoute").map(|i| (i, "GRPCRoute")))
+        .collect();
+    for &(i, route_kind) in &all_routes {
         let Some(objs) = input.store.kinds.get(i) else {
             continue;
         };
         for (key, o) in &objs.objects {
             let (ns, name) = key;
-            let l = label("HTTPRoute", true, ns, name);
+            let l = label(route_kind, true, ns, name);
+            // gRPC is not served yet: a GRPCRoute is accepted by the loader and
+            // reported, and its parents say so.
+            let not_served = warnings.iter().find_map(|w| match w {
+                Warning::GrpcRouteNotEnforced { doc } if *doc == l => Some(w.to_string()),
+                _ => None,
+            });
             let prs = o.doc["spec"]["parentRefs"]
                 .as_array()
                 .cloned()
@@ -444,6 +456,12 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
                         ok: false,
                         reason: "UnsupportedValue",
                         message: errs.join("; "),
+                    },
+                    (None, _) if not_served.is_some() => Cond {
+                        ty: "Accepted",
+                        ok: false,
+                        reason: "UnsupportedValue",
+                        message: not_served.clone().unwrap_or_default(),
                     },
                     (None, Some((true, m))) => Cond {
                         ty: "Accepted",
@@ -713,6 +731,7 @@ mod tests {
         // gpu-required is not defined: the seed's ExtensionRef is unresolved.
         assert_eq!(parent["conditions"][1]["status"], "False", "{r}");
         let ic = find(&p, "InferenceConfig", "llm-routing-config");
+        assert!(p.iter().all(|x| KINDS[x.kind_index].kind != "GRPCRoute"));
         assert_eq!(ic["conditions"][0]["status"], "True");
         // Applied as written, the seed's SecurityPolicy lands in `default`, and the
         // Gateway it targets is in `ai-workloads`: left out, and told why.
@@ -767,6 +786,21 @@ mod tests {
             "ai.gateway.io/inference-controller"
         );
         assert_eq!(parents.len(), 2);
+    }
+
+    #[test]
+    fn a_grpc_route_is_reported_as_not_served() {
+        let mut all = objs(SEED, "default");
+        all.extend(objs(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: ai-workloads}\nspec:\n  parentRefs: [{name: llm-gateway, sectionName: inference-grpc}]\n  rules: [{backendRefs: [{name: bert-service, port: 8080}]}]\n",
+            "default",
+        ));
+        let store = crate::k8s::snapshot::tests::store_of(&all);
+        let p = run(&store, Outcome::Applied);
+        let c = &find(&p, "GRPCRoute", "g")["parents"][0]["conditions"][0];
+        assert_eq!(c["status"], "False", "{c}");
+        assert_eq!(c["reason"], "UnsupportedValue");
+        assert!(c["message"].as_str().unwrap().contains("not served"), "{c}");
     }
 
     #[test]
