@@ -12,6 +12,7 @@
 //!   serve and both follow endpoint changes);
 //! - a request for `bert-base` reaches the backend;
 //! - an EndpointSlice change moves the traffic within 1 s (the time is printed);
+//! - an InferencePool behind a route of ours gets an `Accepted` parent in its status;
 //! - a bad HTTPRoute is left out with `Accepted=False` and the rest keeps serving;
 //! - a deleted route stops being served (or, until routes reload live, is
 //!   reported as waiting for a restart);
@@ -418,6 +419,20 @@ fn controller_mode_against_a_real_api_server() {
         followed.is_some(),
         "the second replica did not follow the EndpointSlice"
     );
+
+    // An InferencePool behind a route of ours gets a parent entry in its status.
+    let pool = "apiVersion: inference.networking.k8s.io/v1\nkind: InferencePool\nmetadata: {name: llama-pool, namespace: ai-workloads}\nspec:\n  selector:\n    matchLabels: {app: llama}\n  targetPorts: [{number: 8000}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: pool-route, namespace: ai-workloads}\nspec:\n  parentRefs: [{name: llm-gateway}]\n  rules:\n  - matches: [{headers: [{name: X-Model-Type, value: llama}]}]\n    backendRefs: [{group: inference.networking.k8s.io, kind: InferencePool, name: llama-pool}]\n";
+    env.must(&["apply", "-f", "-"], Some(pool));
+    let pool_status = poll(Duration::from_secs(10), || {
+        let p = env.get_json(&["inferencepool", "-n", "ai-workloads", "llama-pool"]);
+        let parent = &p["status"]["parents"][0];
+        condition(&parent["conditions"], "Accepted")
+            .filter(|c| c.0 == "True")
+            .map(|_| parent.clone())
+    });
+    let parent = pool_status.expect("no Accepted parent in the InferencePool's status");
+    assert_eq!(parent["parentRef"]["name"], "llm-gateway");
+    assert_eq!(parent["controllerName"], CONTROLLER);
 
     // A bad route is left out, with a condition saying why; the rest serves.
     let bad = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: broken\n  namespace: ai-workloads\nspec:\n  parentRefs:\n  - name: llm-gateway\n  rules:\n  - matches:\n    - path: {type: RegularExpression, value: \"((\"}\n    backendRefs:\n    - name: bert-service\n      port: 8080\n";

@@ -537,16 +537,20 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
             if ours.is_empty() {
                 continue;
             }
-            let is_ours_ref =
-                |pr: &Value| {
-                    input.owned.gateways.iter().any(|(gns, gn)| {
-                        pr["name"] == gn.as_str() && pr["namespace"] == gns.as_str()
-                    })
-                };
+            // Entries of other controllers stay (v1 pools carry `controllerName`;
+            // older ones are told apart by their parent).
+            let is_ours = |p: &Value| {
+                p["controllerName"] == input.controller
+                    || (p.get("controllerName").is_none()
+                        && input.owned.gateways.iter().any(|(gns, gn)| {
+                            p["parentRef"]["name"] == gn.as_str()
+                                && p["parentRef"]["namespace"] == gns.as_str()
+                        }))
+            };
             let old_parents = o.status["parents"].as_array().cloned().unwrap_or_default();
             let mut parents: Vec<Value> = old_parents
                 .iter()
-                .filter(|p| !is_ours_ref(&p["parentRef"]))
+                .filter(|p| !is_ours(p))
                 .cloned()
                 .collect();
             for (gns, gname) in ours {
@@ -557,6 +561,7 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
                     .and_then(|p| p.get("conditions"));
                 parents.push(json!({
                     "parentRef": pr,
+                    "controllerName": input.controller,
                     "conditions": [
                         cond(Cond { ty: "Accepted", ok: true, reason: "Accepted", message: format!("used by routes of Gateway {gns}/{gname}") }, old, o.generation, &input.now),
                         cond(Cond { ty: "ResolvedRefs", ok: true, reason: "ResolvedRefs", message: "resolved".into() }, old, o.generation, &input.now),
