@@ -42,32 +42,6 @@ pub mod snapshot;
 pub mod status;
 pub mod store;
 
-#[cfg(test)]
-mod mock_tests;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_burst_is_due_when_quiet_or_at_the_latest_max_delay_after_its_start() {
-        let t0 = Instant::now();
-        let mut d = Debounce::default();
-        assert_eq!(d.due(), None);
-        d.event(t0);
-        assert_eq!(d.due(), Some(t0 + QUIET));
-        // Events every 30 ms push it back, but never past MAX_DELAY.
-        for i in 1..=40u32 {
-            d.event(t0 + Duration::from_millis(30) * i);
-        }
-        assert_eq!(d.due(), Some(t0 + MAX_DELAY));
-        let mut quiet = Debounce::default();
-        quiet.event(t0);
-        quiet.event(t0 + Duration::from_millis(20));
-        assert_eq!(quiet.due(), Some(t0 + Duration::from_millis(20) + QUIET));
-    }
-}
-
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -472,5 +446,31 @@ async fn write_status(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod mock_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_is_due_when_quiet_or_at_the_latest_max_delay_after_its_start() {
+        let t0 = Instant::now();
+        let mut d = Debounce::default();
+        assert_eq!(d.due(), None);
+        d.event(t0);
+        assert_eq!(d.due(), Some(t0 + QUIET));
+        // Events every 30 ms push it back, but never past MAX_DELAY.
+        for i in 1..=40u32 {
+            d.event(t0 + Duration::from_millis(30) * i);
+        }
+        assert_eq!(d.due(), Some(t0 + MAX_DELAY));
+        let mut quiet = Debounce::default();
+        quiet.event(t0);
+        quiet.event(t0 + Duration::from_millis(20));
+        assert_eq!(quiet.due(), Some(t0 + Duration::from_millis(20) + QUIET));
     }
 }

@@ -44,7 +44,9 @@
 //! the scoring snapshot, prefix sharing, remote JWK sets through
 //! [`jwks_fetch`]), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`; [`redact`] masks
-//! credentials in `/debug/config`). The leaves — [`bodymem`], [`conns`],
+//! credentials in `/debug/config`); [`reload`] (live configuration from files)
+//! and [`k8s`] (`serve --kubernetes`: the Kubernetes API as the source of the
+//! same snapshots, and the status written back). The leaves — [`bodymem`], [`conns`],
 //! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`], [`upstream_tls`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
