@@ -28,12 +28,11 @@
 //! Start: the gateway waits for the first complete list of every watched kind
 //! (or fails after `--kubernetes-sync-timeout`, naming the kinds still
 //! missing), then starts on the first snapshot that has a listener to serve.
-//! Listeners are bound at start; the routes, policies and endpoints behind
-//! them follow the API live, as far as the reloader applies changes live
-//! (EndpointSlices: about 200 ms from `kubectl apply` returning to the first
-//! request on the new endpoint, measured by `gateway/tests/e2e_kubernetes.rs`: the
-//! 50 ms quiet time plus the reloader's wait for two scoring snapshots; see
-//! [`crate::reload`] for the rest).
+//! From then on listeners, routes, policies and endpoints follow the API live,
+//! as file reloads do ([`crate::reload`]): about 200 ms from `kubectl apply`
+//! (or `delete`) returning to the first request routed the new way, for an
+//! EndpointSlice change as for a deleted HTTPRoute, measured by
+//! `gateway/tests/e2e_kubernetes.rs` (the 50 ms quiet time plus the reload).
 
 pub mod crds;
 pub mod kinds;
