@@ -84,11 +84,51 @@ impl ConfigLimitArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Config file(s) (multi-document YAML: Gateway, HTTPRoute, EndpointSlice, InferenceConfig, …).
-    #[arg(short = 'c', long = "config", required = true)]
+    #[arg(
+        short = 'c',
+        long = "config",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
     pub config: Vec<PathBuf>,
+    /// Controller mode: the configuration comes from the Kubernetes API.
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Shared runtime options.
     #[command(flatten)]
     pub run: RunArgs,
+}
+
+/// Kubernetes controller mode (`serve --kubernetes`).
+#[derive(Debug, Args, Clone)]
+pub struct KubeArgs {
+    /// Read the configuration from the Kubernetes API instead of files: watch
+    /// Gateway API, Inference Extension and ai.gateway.io objects, serve the
+    /// Gateways whose GatewayClass names `--controller-name`, write their status.
+    /// Credentials: in-cluster (service account), else `KUBECONFIG` / ~/.kube/config.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// The `controllerName` of the GatewayClasses this gateway serves.
+    #[arg(long, default_value = "ai.gateway.io/inference-controller")]
+    pub controller_name: String,
+    /// Longest wait at start for the first list of every watched kind.
+    #[arg(long, default_value = "60s", value_parser = duration)]
+    pub kubernetes_sync_timeout: Duration,
+    /// Namespace of the `coordination.k8s.io` Lease that elects the one
+    /// replica that writes status (every replica serves).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Name of that Lease.
+    #[arg(long, default_value = "shardgate-status-writer")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name, else the
+    /// host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// The address written into Gateway `status.addresses` (in the DaemonSet,
+    /// from the downward API: `status.hostIP`).
+    #[arg(long, env = "GATEWAY_ADDRESS")]
+    pub gateway_address: Option<String>,
 }
 
 /// `shardgate demo`.

@@ -44,7 +44,9 @@
 //! the scoring snapshot, prefix sharing, remote JWK sets through
 //! [`jwks_fetch`]), fed by the shards' [`report`]s;
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`; [`redact`] masks
-//! credentials in `/debug/config`). The leaves — [`bodymem`], [`conns`],
+//! credentials in `/debug/config`); [`reload`] (live configuration from files)
+//! and [`k8s`] (`serve --kubernetes`: the Kubernetes API as the source of the
+//! same snapshots, and the status written back). The leaves — [`bodymem`], [`conns`],
 //! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`], [`upstream_tls`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
 
@@ -65,6 +67,7 @@ pub mod endpoints_view;
 pub mod error;
 pub mod jwks_fetch;
 pub mod jwt;
+pub mod k8s;
 pub mod lanes;
 pub mod load;
 pub mod metrics;
@@ -103,6 +106,7 @@ pub fn main_entry() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     match cli.command {
+        Command::Serve(args) if args.kube.kubernetes => k8s::serve(&args.kube, &args.run),
         Command::Serve(args) => {
             match load::read_sources(&args.config, args.run.config_limits.max_config_bytes) {
                 Ok(sources) => serve_watching(&sources, &args.config, &args.run, Shutdown::new()),

@@ -15,6 +15,10 @@
 
 use std::time::Duration;
 
+/// The grammar [`parse_duration`] accepts, as a regular expression (the CRDs'
+/// schemas carry it, so `kubectl apply` refuses what the parser would).
+pub const PATTERN: &str = r"^(0|((([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(ns|us|µs|μs|ms|s|m|h))+)$";
+
 /// Nanoseconds per unit, longest unit names first so `ms` wins over `m`.
 const UNITS: &[(&str, u128)] = &[
     ("ns", 1),
@@ -195,6 +199,34 @@ impl serde::de::Visitor<'_> for DurationVisitor {
         Err(E::custom(format!(
             "invalid duration {v}: missing unit (write e.g. \"{v}s\")"
         )))
+    }
+}
+
+#[cfg(test)]
+mod pattern_tests {
+    #[test]
+    fn the_pattern_accepts_what_the_parser_accepts() {
+        let re = regex::Regex::new(super::PATTERN).unwrap_or_else(|e| panic!("{e}"));
+        for s in [
+            "0", "300s", "50ms", "1h30m", "2.5s", ".5s", "1.s", "10us", "3µs", "7ns",
+        ] {
+            assert!(super::parse_duration(s).is_ok(), "{s}");
+            assert!(re.is_match(s), "{s}");
+        }
+        for s in [
+            "",
+            "00",
+            "5",
+            "-1s",
+            "1 s",
+            "5 minutes",
+            "1d",
+            "s",
+            "1.2.3s",
+        ] {
+            assert!(super::parse_duration(s).is_err(), "{s}");
+            assert!(!re.is_match(s), "{s}");
+        }
     }
 }
 

@@ -30,6 +30,7 @@ pub struct InferenceConfig {
 
 /// `InferenceConfig.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceConfigSpec {
     /// Model-aware routing switch and strategy.
@@ -48,6 +49,7 @@ pub struct InferenceConfigSpec {
 
 /// `InferenceConfig.spec.modelRouting`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelRouting {
     /// Whether routing looks at the model.
@@ -60,6 +62,7 @@ pub struct ModelRouting {
 
 /// `InferenceConfig.spec.resourceManagement`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceManagement {
     /// Prefer endpoints on the same GPU for a model.
@@ -67,23 +70,34 @@ pub struct ResourceManagement {
     pub gpu_affinity: bool,
     /// Admission limit on concurrent inferences (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_concurrent_inferences: Option<u32>,
 }
 
 /// `InferenceConfig.spec.timeout`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceTimeouts {
     /// Whole inference request timeout.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub inference: Option<Duration>,
     /// Idle (no bytes) timeout.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub idle: Option<Duration>,
 }
 
 /// `InferenceConfig.spec.modelPrewarming`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelPrewarming {
     /// Whether prewarming is on.
@@ -94,6 +108,7 @@ pub struct ModelPrewarming {
     pub models: Vec<String>,
     /// Replicas per model.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub replicas_per_model: Option<u32>,
     /// A prompt (a common system-prompt prefix, say) the warm-up sends, so the
     /// prefix cache is warm too; default: a one-word prompt.
@@ -106,19 +121,26 @@ pub struct ModelPrewarming {
     /// Longest a warm-up inference may take (default 120 s: a cold start
     /// loads weights).
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub timeout: Option<Duration>,
     /// Tries per endpoint and model before giving up (default 5; backoff
     /// 1 s, 2 s, 4 s, … at most 30 s between tries).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_attempts: Option<u32>,
     /// Warm-ups in flight at once across the gateway (default 4), so a burst
     /// of new pods is not stampeded.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_concurrent: Option<u32>,
 }
 
 /// `modelPrewarming.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum PrewarmMode {
     /// Cold endpoints serve only when no warm one can.
@@ -142,6 +164,7 @@ pub struct InferencePolicy {
 
 /// `InferencePolicy.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferencePolicySpec {
     /// Load-balancing algorithm and factor weights.
@@ -154,6 +177,7 @@ pub struct InferencePolicySpec {
 
 /// `InferencePolicy.spec.loadBalancing`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LoadBalancing {
     /// Algorithm name, e.g. `resource-weighted`.
@@ -171,6 +195,7 @@ pub struct LoadBalancing {
 /// `loadBalancing.sessionAffinity`: what names a request's session and how
 /// far above the average load its endpoint may go before it spills.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SessionAffinity {
     /// Header naming the session (default `x-session-id`).
@@ -188,28 +213,41 @@ pub struct SessionAffinity {
 
 /// `loadBalancing.factors`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LoadFactors {
     /// Weight of (1 − GPU utilisation).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
     pub gpu_utilization: Option<f64>,
     /// Weight of free memory / KV cache.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
     pub memory_available: Option<f64>,
     /// Weight of (normalised) inference latency.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
     pub inference_latency: Option<f64>,
 }
 
 /// `InferencePolicy.spec.healthCheck`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct HealthCheck {
     /// Probe interval (> 0).
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub interval: Option<Duration>,
     /// Probe timeout.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub timeout: Option<Duration>,
     /// Real inference probe.
     #[serde(default)]
@@ -218,6 +256,7 @@ pub struct HealthCheck {
 
 /// `healthCheck.inferenceTest`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceTest {
     /// Whether to send a real inference request.
@@ -242,13 +281,19 @@ pub struct BatchingPolicy {
 
 /// `BatchingPolicy.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct BatchingPolicySpec {
     /// Largest batch (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_batch_size: Option<u32>,
     /// Longest a request waits for a batch to fill.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub max_latency: Option<Duration>,
     /// Adaptive batch sizing.
     #[serde(default)]
@@ -265,6 +310,7 @@ pub struct BatchingPolicySpec {
 
 /// `BatchingPolicy.spec.adaptiveBatching`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AdaptiveBatching {
     /// Whether batch size adapts to load.
@@ -272,20 +318,27 @@ pub struct AdaptiveBatching {
     pub enabled: bool,
     /// Target utilisation in `0..=1`.
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 0.0, max = 1.0)))]
     pub target_utilization: Option<f64>,
 }
 
 /// `BatchingPolicy.spec.priorityQueues[]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PriorityQueue {
     /// Queue name (non-empty, unique within the policy).
     pub name: String,
     /// Latency bound for this class.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub max_latency: Option<Duration>,
     /// Batch size bound for this class (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub max_batch_size: Option<u32>,
 }
 
@@ -303,6 +356,7 @@ pub struct SecurityPolicy {
 
 /// `SecurityPolicy.spec`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityPolicySpec {
     /// The object the policy applies to.
@@ -318,6 +372,7 @@ pub struct SecurityPolicySpec {
 
 /// A policy's `targetRef`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetReference {
     /// API group.
@@ -337,6 +392,7 @@ pub struct PolicyTargetReference {
 
 /// `SecurityPolicy.spec.authentication`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Authentication {
     /// JWT authentication.
@@ -346,6 +402,7 @@ pub struct Authentication {
 
 /// `authentication.jwt`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JwtAuthentication {
     /// Token issuers.
@@ -358,6 +415,7 @@ pub struct JwtAuthentication {
 /// Keys come from `localJWKS` (an inline JWK set) or `remoteJWKS.uri`; with
 /// neither, from `<issuer>/.well-known/jwks.json` (README "JWT authentication").
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct JwtProvider {
     /// Provider name.
@@ -381,12 +439,17 @@ pub struct JwtProvider {
 
 /// `providers[].remoteJWKS`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteJwks {
     /// `http://` or `https://` URL of the JWK set.
     pub uri: String,
     /// How long a fetched set is used before it is fetched again.
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub cache_duration: Option<Duration>,
 }
 
@@ -395,6 +458,7 @@ pub struct RemoteJwks {
 /// Secret of the config (key `jwks.json` unless named), which the routing
 /// table resolves into `keys`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct LocalJwks {
     /// The JWKs, kept as written (parsed by the gateway).
@@ -407,6 +471,7 @@ pub struct LocalJwks {
 
 /// `localJWKS.secretRef`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct JwksSecretRef {
     /// The Secret's name.
     pub name: String,
@@ -424,6 +489,7 @@ pub const JWKS_SECRET_KEY: &str = "jwks.json";
 /// `providers[].claimToHeaders[]`: copy claim `claim` (a string or number) of a
 /// valid token into request header `header` (a client's own copy is dropped).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimToHeader {
     /// Claim name, e.g. `sub`.
@@ -434,6 +500,7 @@ pub struct ClaimToHeader {
 
 /// `SecurityPolicy.spec.rateLimit`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Limit for every model without its own.
@@ -448,13 +515,16 @@ pub struct RateLimit {
 /// `{requests, unit}`, extended with `tokens` (prompt + completion tokens,
 /// charged from the response's `usage`). At least one of the two is set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitValue {
     /// Requests allowed per unit (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub requests: Option<u32>,
     /// Tokens (prompt + completion) allowed per unit (≥ 1).
     #[serde(default)]
+    #[cfg_attr(feature = "schema", schemars(range(min = 1)))]
     pub tokens: Option<u32>,
     /// The unit.
     pub unit: RateLimitUnit,
@@ -462,6 +532,7 @@ pub struct RateLimitValue {
 
 /// Rate limit time unit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RateLimitUnit {
     /// Per second.
@@ -500,6 +571,7 @@ pub struct InferencePool {
 
 /// `InferencePool.spec`.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferencePoolSpec {
     /// Pod selector, as written: v1 `{matchLabels: {...}}`, v1alpha2 a plain
@@ -522,6 +594,7 @@ pub struct InferencePoolSpec {
 
 /// `InferencePool.spec.targetPorts[]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct PoolPort {
     /// Port number.
     #[serde(deserialize_with = "super::de_port")]
@@ -557,6 +630,7 @@ impl InferencePoolSpec {
 /// The Gateway API Inference Extension's `poolRef` (of `InferenceObjective` and
 /// `InferenceModel`): the `InferencePool` in the same namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolReference {
     /// API group (default `inference.networking.k8s.io`).
@@ -584,6 +658,7 @@ pub struct InferenceObjective {
 
 /// `InferenceObjective.spec`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceObjectiveSpec {
     /// Higher is more important; below 0 is sheddable; default 0.
@@ -614,6 +689,7 @@ pub struct InferenceModel {
 
 /// `InferenceModel.spec`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceModelSpec {
     /// The model name requests carry (`model` of the body).
@@ -638,6 +714,7 @@ impl InferenceModelSpec {
 
 /// `InferenceModel.spec.criticality`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Criticality {
     /// Priority 1.
     Critical,
@@ -660,6 +737,7 @@ impl Criticality {
 
 /// `InferenceModel.spec.targetModels[]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct TargetModel {
     /// Model version name (non-empty).

@@ -35,6 +35,7 @@ pub struct InferenceModelRewrite {
 
 /// `InferenceModelRewrite.spec`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct InferenceModelRewriteSpec {
     /// The pool whose requests it rewrites.
@@ -46,6 +47,7 @@ pub struct InferenceModelRewriteSpec {
 
 /// One rule of an `InferenceModelRewrite`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RewriteRule {
     /// Requested models this rule applies to (any of them).
@@ -58,6 +60,7 @@ pub struct RewriteRule {
 
 /// `rules[].matches[]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RewriteMatch {
     /// The requested model.
@@ -67,6 +70,7 @@ pub struct RewriteMatch {
 
 /// `rules[].matches[].model`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelMatch {
     /// Match type: `Exact` (the default; nothing else is supported).
@@ -78,6 +82,7 @@ pub struct ModelMatch {
 
 /// `rules[].targets[]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RewriteTarget {
     /// The model name sent upstream.
@@ -102,6 +107,7 @@ pub const DEFAULT_ROLLOUT_STEPS: [u32; 5] = [1, 5, 25, 50, 100];
 
 /// `ModelRollout.spec`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ModelRolloutSpec {
     /// The model name clients request.
@@ -118,6 +124,10 @@ pub struct ModelRolloutSpec {
     pub steps: Vec<u32>,
     /// Each step's dwell, which is also the comparison window (default 5m).
     #[serde(default, deserialize_with = "opt_duration")]
+    #[cfg_attr(
+        feature = "schema",
+        schemars(with = "Option<String>", pattern(crate::duration::PATTERN))
+    )]
     pub step_duration: Option<Duration>,
     /// The SLO the canary must hold against the stable version.
     #[serde(default)]
@@ -142,6 +152,7 @@ impl ModelRolloutSpec {
 
 /// `ModelRollout.spec.analysis`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutAnalysis {
     /// Canary requests a window needs before it is judged (default 20).
