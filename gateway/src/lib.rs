@@ -63,6 +63,7 @@ pub mod control;
 pub mod demo;
 pub mod endpoints_view;
 pub mod error;
+pub mod grpc;
 pub mod jwks_fetch;
 pub mod jwt;
 pub mod lanes;
@@ -292,7 +293,7 @@ pub fn start(
     // Group served listeners by port; bind one socket per shard per port.
     let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     for (i, l) in loaded.table.listeners().iter().enumerate() {
-        if l.served {
+        if l.served && l.protocol != "GRPC" {
             ports.entry(l.port).or_default().push(i);
         } else {
             tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP and HTTPS listeners only)");

@@ -68,7 +68,7 @@ pub struct ListenerInfo {
     pub port: u16,
     /// Protocol as written (`HTTP`, `HTTPS`, `GRPC`, …).
     pub protocol: String,
-    /// Whether shardgate serves it (`HTTP` and `HTTPS`).
+    /// Whether shardgate serves it (`HTTP`, `HTTPS`; `GRPC` as HTTP/2).
     pub served: bool,
     /// The listener's hostname as written (SNI selects among the `HTTPS`
     /// listeners of one port by it).
