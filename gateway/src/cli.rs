@@ -338,6 +338,32 @@ pub struct LimitArgs {
     /// (the default): the client is always the TCP peer.
     #[arg(long, value_delimiter = ',', value_parser = crate::ratelimit::IpNet::parse)]
     pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
+    /// HTTP/2 (GRPC listeners): concurrent streams per client connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`); more are refused (`REFUSED_STREAM`).
+    #[arg(long, default_value_t = 100)]
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: largest header list a client may send, in bytes
+    /// (`SETTINGS_MAX_HEADER_LIST_SIZE`; bounds a CONTINUATION flood).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub h2_max_header_list_bytes: u32,
+    /// HTTP/2: the HPACK dynamic table a client's encoder may use, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub h2_header_table_bytes: u32,
+    /// HTTP/2: receive window per stream, in bytes (the most one stream can
+    /// make the gateway hold per direction).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub h2_stream_window: u32,
+    /// HTTP/2: receive window per connection, in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub h2_connection_window: u32,
+    /// HTTP/2: streams a client may reset before the gateway accepted them
+    /// (rapid reset, CVE-2023-44487); beyond it the connection gets GOAWAY.
+    #[arg(long, default_value_t = 20)]
+    pub h2_max_pending_resets: usize,
+    /// HTTP/2 to gRPC backends: streams per pooled connection before the
+    /// shard opens another.
+    #[arg(long, default_value_t = 100)]
+    pub h2_upstream_streams_per_connection: usize,
     /// Make SecurityPolicy request limits fleet-wide through this Redis
     /// (`redis://HOST:PORT[/DB]`): every replica draws permits in leases from
     /// one GCRA cell per key there, so 10/minute means 10 for the fleet.

@@ -64,6 +64,7 @@ pub mod demo;
 pub mod endpoints_view;
 pub mod error;
 pub mod grpc;
+pub mod h2;
 pub mod jwks_fetch;
 pub mod jwt;
 pub mod lanes;
@@ -293,15 +294,15 @@ pub fn start(
     // Group served listeners by port; bind one socket per shard per port.
     let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
     for (i, l) in loaded.table.listeners().iter().enumerate() {
-        if l.served && l.protocol != "GRPC" {
+        if l.served {
             ports.entry(l.port).or_default().push(i);
         } else {
-            tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP and HTTPS listeners only)");
+            tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP, HTTPS and GRPC listeners only)");
         }
     }
     if ports.is_empty() {
         return Err(vec![
-            "no Gateway listener with protocol HTTP or HTTPS: nothing to serve".to_string(),
+            "no Gateway listener with protocol HTTP, HTTPS or GRPC: nothing to serve".to_string(),
         ]);
     }
     if let Some(p) = run.listen_port {
@@ -349,6 +350,9 @@ pub fn start(
                 listeners: listeners.clone(),
                 tls: tls.as_ref().map(|t| t.config.clone()),
                 socket: sock,
+                h2: listeners
+                    .iter()
+                    .any(|&l| loaded.table.listeners()[l].protocol == "GRPC"),
             });
         }
         if let Some(tls) = tls {

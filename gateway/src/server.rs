@@ -45,6 +45,8 @@ pub struct PortSocket {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// This shard's socket.
     pub socket: StdListener,
+    /// A `GRPC` listener's port: HTTP/2 with prior knowledge ([`crate::h2`]).
+    pub h2: bool,
 }
 
 /// A shard's main future: accept on every port until drain, then wait for in-flight
@@ -79,6 +81,7 @@ pub async fn shard_main(
         listeners,
         tls,
         socket,
+        h2,
     } in sockets
     {
         let listener = match TcpListener::from_std(socket) {
@@ -89,7 +92,7 @@ pub async fn shard_main(
             }
         };
         let listeners: Rc<[usize]> = listeners.into();
-        monoio::spawn(accept_loop(shard.clone(), listener, listeners, tls));
+        monoio::spawn(accept_loop(shard.clone(), listener, listeners, tls, h2));
     }
     shutdown.wait().await;
     let deadline = Instant::now() + shard.settings.drain_timeout;
@@ -149,6 +152,7 @@ async fn accept_loop(
     listener: TcpListener,
     listeners: Rc<[usize]>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    h2: bool,
 ) {
     let mut backoff = Backoff::default();
     let mut accept_log = LogLimiter::default();
@@ -188,6 +192,15 @@ async fn accept_loop(
                 }
                 let open = ConnGauge::new(&shard);
                 match &tls {
+                    None if h2 => {
+                        monoio::spawn(crate::h2::serve_connection(
+                            shard.clone(),
+                            stream,
+                            peer,
+                            listeners.clone(),
+                            open,
+                        ));
+                    }
                     None => {
                         monoio::spawn(serve_connection(
                             shard.clone(),

@@ -3,7 +3,14 @@
 //! unary and streaming inference routed by `model_name`, unknown models
 //! answered `NOT_FOUND`, trailers passed through. Every wait has a deadline;
 //! sims run in process on 127.0.0.1:0, the gateway as a child process.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::Gateway;
 
 use shardgate_sim::grpc::{
     decode_message, encode_message, BoolResponse, HealthCheckRequest, HealthCheckResponse,
@@ -92,4 +99,157 @@ fn the_sim_serves_kserve_v2_over_grpc() {
     }
     assert!(c.recv(&mut call).unwrap().is_none());
     assert_eq!(call.reply.status, Some(0));
+}
+
+/// A Gateway with one GRPC listener and a GRPCRoute sending the KServe v2
+/// service to `models` → Service (one EndpointSlice per address), routed by
+/// the model (`X-Gateway-Model-Name`, which the gRPC `model_name` stands for).
+fn grpc_config(routes: &[(&str, &str, SocketAddr)]) -> String {
+    let mut y = String::from(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: default\nspec:\n  gatewayClassName: shardgate\n  listeners:\n  - name: inference-grpc\n    protocol: GRPC\n    port: 50051\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata:\n  name: kserve\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw\n    sectionName: inference-grpc\n  rules:\n",
+    );
+    for (model, svc, _) in routes {
+        y.push_str(&format!(
+            "  - matches:\n    - method: {{service: inference.GRPCInferenceService}}\n      headers:\n      - name: X-Gateway-Model-Name\n        value: {model}\n    backendRefs:\n    - name: {svc}\n      port: 8000\n"
+        ));
+    }
+    y.push_str("  - matches:\n    - method: {service: grpc.health.v1.Health, method: Check}\n    backendRefs:\n");
+    for (_, svc, _) in routes {
+        y.push_str(&format!("    - name: {svc}\n      port: 8000\n"));
+    }
+    for (_, svc, a) in routes {
+        y.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {svc}\naddressType: IPv4\nports:\n- port: {}\nendpoints:\n- addresses: [\"{}\"]\n",
+            a.port(),
+            a.ip()
+        ));
+    }
+    y
+}
+
+fn requests_total(addr: SocketAddr) -> u64 {
+    common::sim_stats(addr)["requests_total"].as_u64().unwrap()
+}
+
+#[test]
+fn grpc_calls_are_routed_by_model_name_through_the_gateway() {
+    let a = sim(&["resnet"]);
+    let b = sim(&["bert"]);
+    let gw = Gateway::start(
+        &grpc_config(&[("resnet", "svc-a", a.addr()), ("bert", "svc-b", b.addr())]),
+        &[],
+    );
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    let (a0, b0) = (requests_total(a.addr()), requests_total(b.addr()));
+    for i in 0..10u8 {
+        let model = if i % 2 == 0 { "resnet" } else { "bert" };
+        let r = c
+            .unary(&format!("{SVC}/ModelInfer"), &[], &infer(model, &[i; 3]))
+            .unwrap();
+        assert_eq!((r.http_status, r.status), (200, Some(0)), "{r:?}");
+        let out: ModelInferResponse = decode_message(&r.messages[0]).unwrap();
+        assert_eq!(out.model_name, model);
+        assert_eq!(&out.raw_output_contents[0][..], &[i; 3]);
+    }
+    assert_eq!(requests_total(a.addr()) - a0, 5);
+    assert_eq!(requests_total(b.addr()) - b0, 5);
+
+    // A model no route names: NOT_FOUND from the gateway, nothing upstream.
+    let r = c
+        .unary(&format!("{SVC}/ModelInfer"), &[], &infer("llama", b"x"))
+        .unwrap();
+    assert_eq!(r.status, Some(5), "{r:?}");
+    assert!(r.message.contains("llama"), "{r:?}");
+    // A method no route names: UNIMPLEMENTED.
+    let r = c.unary("/other.Service/Call", &[], b"").unwrap();
+    assert_eq!(r.status, Some(12), "{r:?}");
+    // A malformed first message: INVALID_ARGUMENT.
+    let r = c
+        .unary(&format!("{SVC}/ModelInfer"), &[], &[0x0a, 0x7f, b'a'])
+        .unwrap();
+    assert_eq!(r.status, Some(3), "{r:?}");
+    // ModelReady and the health service pass through.
+    let ready = ModelRef {
+        name: "bert".into(),
+        version: String::new(),
+    };
+    let r = c
+        .unary(&format!("{SVC}/ModelReady"), &[], &encode_message(&ready))
+        .unwrap();
+    let ok: BoolResponse = decode_message(&r.messages[0]).unwrap();
+    assert!(ok.value, "{r:?}");
+    let r = c
+        .unary(
+            "/grpc.health.v1.Health/Check",
+            &[],
+            &encode_message(&HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .unwrap();
+    let h: HealthCheckResponse = decode_message(&r.messages[0]).unwrap();
+    assert_eq!(h.status, 1);
+
+    // Bidirectional streaming through the gateway, message by message.
+    let mut call = c.open(&format!("{SVC}/ModelStreamInfer"), &[]).unwrap();
+    for i in 0..5u8 {
+        c.send(&mut call, &infer("bert", &[i; 8]), i == 4).unwrap();
+        let m = c.recv(&mut call).unwrap().unwrap();
+        let a: ModelStreamInferResponse = decode_message(&m).unwrap();
+        assert_eq!(
+            &a.infer_response.unwrap().raw_output_contents[0][..],
+            &[i; 8]
+        );
+    }
+    assert!(c.recv(&mut call).unwrap().is_none());
+    assert_eq!(call.reply.status, Some(0));
+}
+
+#[test]
+fn an_unreachable_backend_is_unavailable_and_a_deadline_is_deadline_exceeded() {
+    let slow = shardgate_sim::spawn(SimConfig {
+        port: 0,
+        model: vec!["slow".into()],
+        stall_ms: 2_000,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_addr = dead.local_addr().unwrap();
+    drop(dead);
+    let gw = Gateway::start(
+        &grpc_config(&[
+            ("slow", "svc-slow", slow.addr()),
+            ("gone", "svc-gone", dead_addr),
+        ]),
+        &[],
+    );
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    let r = c
+        .unary(&format!("{SVC}/ModelInfer"), &[], &infer("gone", b"x"))
+        .unwrap();
+    assert_eq!(r.status, Some(14), "{r:?}");
+    let t0 = std::time::Instant::now();
+    let r = c
+        .unary(
+            &format!("{SVC}/ModelInfer"),
+            &[("grpc-timeout", "200m")],
+            &infer("slow", b"x"),
+        )
+        .unwrap();
+    assert_eq!(r.status, Some(4), "{r:?}");
+    assert!(
+        t0.elapsed() < Duration::from_millis(1_500),
+        "{:?}",
+        t0.elapsed()
+    );
+    // A malformed grpc-timeout: INVALID_ARGUMENT.
+    let r = c
+        .unary(
+            &format!("{SVC}/ModelInfer"),
+            &[("grpc-timeout", "soon")],
+            &infer("slow", b"x"),
+        )
+        .unwrap();
+    assert_eq!(r.status, Some(3), "{r:?}");
 }
