@@ -101,6 +101,32 @@ fn reject(respond: &mut SendResponse<Bytes>, f: &Failure) -> u16 {
     f.status
 }
 
+/// Reads and discards a request body of at most `max` bytes.
+async fn drain(body: &mut RecvStream, max: u64) -> Result<(), ()> {
+    let mut seen = 0u64;
+    while let Some(d) = body.data().await {
+        let d = d.map_err(|_| ())?;
+        seen += d.len() as u64;
+        let _ = body.flow_control().release_capacity(d.len());
+        if seen > max {
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// Answers `f` as HTTP with its OpenAI-style JSON body.
+fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure) {
+    let mut r = Response::new(());
+    *r.status_mut() =
+        http::StatusCode::from_u16(f.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    if let Ok(mut s) = respond.send_response(r, false) {
+        let _ = s.send_data(Bytes::from(f.json_body()), true);
+    }
+}
+
 /// What the first bytes of the body say, and the bytes read so far.
 struct FirstBytes {
     buf: BytesMut,
@@ -182,9 +208,16 @@ pub(crate) async fn serve(
             "unsupported_media_type",
             "this HTTP/2 listener serves gRPC (content-type application/grpc)".to_owned(),
         );
-        let mut r = Response::new(());
-        *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
-        let _ = respond.send_response(r, true);
+        // The whole request is read first (bounded, and within
+        // `--header-timeout`), then answered with an OpenAI-style error.
+        let max = shard.settings.limits.max_body_bytes;
+        let drained = monoio::time::timeout(shard.settings.header_timeout, drain(&mut body, max));
+        if !matches!(drained.await, Ok(Ok(()))) {
+            respond.send_reset(h2::Reason::CANCEL);
+            record(&shard, &rec, started);
+            return;
+        }
+        answer_json(&mut respond, &f);
         rec.status = f.status;
         record(&shard, &rec, started);
         return;
