@@ -16,7 +16,7 @@ use shardgate_sim::grpc::{
     decode_message, encode_message, BoolResponse, HealthCheckRequest, HealthCheckResponse,
     ModelInferRequest, ModelInferResponse, ModelRef, ModelStreamInferResponse, Tensor,
 };
-use shardgate_testkit::grpc::GrpcClient;
+use shardgate_testkit::grpc::{grpc_config, GrpcClient};
 use shardgate_testkit::{SimConfig, SimHandle};
 
 const SVC: &str = "/inference.GRPCInferenceService";
@@ -99,32 +99,6 @@ fn the_sim_serves_kserve_v2_over_grpc() {
     }
     assert!(c.recv(&mut call).unwrap().is_none());
     assert_eq!(call.reply.status, Some(0));
-}
-
-/// A Gateway with one GRPC listener and a GRPCRoute sending the KServe v2
-/// service to `models` → Service (one EndpointSlice per address), routed by
-/// the model (`X-Gateway-Model-Name`, which the gRPC `model_name` stands for).
-fn grpc_config(routes: &[(&str, &str, SocketAddr)]) -> String {
-    let mut y = String::from(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: default\nspec:\n  gatewayClassName: shardgate\n  listeners:\n  - name: inference-grpc\n    protocol: GRPC\n    port: 50051\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata:\n  name: kserve\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw\n    sectionName: inference-grpc\n  rules:\n",
-    );
-    for (model, svc, _) in routes {
-        y.push_str(&format!(
-            "  - matches:\n    - method: {{service: inference.GRPCInferenceService}}\n      headers:\n      - name: X-Gateway-Model-Name\n        value: {model}\n    backendRefs:\n    - name: {svc}\n      port: 8000\n"
-        ));
-    }
-    y.push_str("  - matches:\n    - method: {service: grpc.health.v1.Health, method: Check}\n    backendRefs:\n");
-    for (_, svc, _) in routes {
-        y.push_str(&format!("    - name: {svc}\n      port: 8000\n"));
-    }
-    for (_, svc, a) in routes {
-        y.push_str(&format!(
-            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {svc}\naddressType: IPv4\nports:\n- port: {}\nendpoints:\n- addresses: [\"{}\"]\n",
-            a.port(),
-            a.ip()
-        ));
-    }
-    y
 }
 
 fn requests_total(addr: SocketAddr) -> u64 {

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -90,6 +91,32 @@ fn add_headers(reply: &mut Reply, h: &http::HeaderMap) {
         }
         reply.headers.push((k.as_str().to_owned(), v));
     }
+}
+
+/// A Gateway with one GRPC listener and a GRPCRoute sending the KServe v2
+/// service to `models` → Service (one EndpointSlice per address), routed by
+/// the model (`X-Gateway-Model-Name`, which the gRPC `model_name` stands for).
+pub fn grpc_config(routes: &[(&str, &str, SocketAddr)]) -> String {
+    let mut y = String::from(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: default\nspec:\n  gatewayClassName: shardgate\n  listeners:\n  - name: inference-grpc\n    protocol: GRPC\n    port: 50051\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata:\n  name: kserve\n  namespace: default\nspec:\n  parentRefs:\n  - name: gw\n    sectionName: inference-grpc\n  rules:\n",
+    );
+    for (model, svc, _) in routes {
+        y.push_str(&format!(
+            "  - matches:\n    - method: {{service: inference.GRPCInferenceService}}\n      headers:\n      - name: X-Gateway-Model-Name\n        value: {model}\n    backendRefs:\n    - name: {svc}\n      port: 8000\n"
+        ));
+    }
+    y.push_str("  - matches:\n    - method: {service: grpc.health.v1.Health, method: Check}\n    backendRefs:\n");
+    for (_, svc, _) in routes {
+        y.push_str(&format!("    - name: {svc}\n      port: 8000\n"));
+    }
+    for (_, svc, a) in routes {
+        y.push_str(&format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}\n  namespace: default\n  labels:\n    kubernetes.io/service-name: {svc}\naddressType: IPv4\nports:\n- port: {}\nendpoints:\n- addresses: [\"{}\"]\n",
+            a.port(),
+            a.ip()
+        ));
+    }
+    y
 }
 
 /// One HTTP/2 connection to a gRPC server.
