@@ -202,13 +202,17 @@ async fn accept_loop(
                         ));
                     }
                     None => {
-                        monoio::spawn(serve_connection(
-                            shard.clone(),
-                            stream,
-                            peer,
-                            listeners.clone(),
-                            open,
-                        ));
+                        // HTTP/1.1, or HTTP/2 with prior knowledge ([`crate::h2`]).
+                        let (shard, listeners) = (shard.clone(), listeners.clone());
+                        monoio::spawn(async move {
+                            let wait = crate::h2::SNIFF_WAIT.min(shard.settings.header_timeout);
+                            if crate::h2::sniff_preface(&stream, wait).await {
+                                crate::h2::serve_connection(shard, stream, peer, listeners, open)
+                                    .await
+                            } else {
+                                serve_connection(shard, stream, peer, listeners, open).await
+                            }
+                        });
                     }
                     Some(config) => {
                         monoio::spawn(serve_tls(

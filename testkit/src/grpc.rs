@@ -119,6 +119,9 @@ pub fn grpc_config(routes: &[(&str, &str, SocketAddr)]) -> String {
     y
 }
 
+/// A plain HTTP answer: status, headers, each DATA frame's bytes.
+pub type HttpReply = (u16, Vec<(String, String)>, Vec<Bytes>);
+
 /// One HTTP/2 connection to a gRPC server.
 pub struct GrpcClient {
     rt: Runtime,
@@ -252,6 +255,60 @@ impl GrpcClient {
             call.reply.messages.push(m);
         }
         Ok(call.reply)
+    }
+
+    /// A plain HTTP request over the same connection (no gRPC framing): the
+    /// status, headers, and each DATA frame's bytes as they came.
+    pub fn http(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> io::Result<HttpReply> {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://localhost{path}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(()).map_err(io::Error::other)?;
+        let send = self.send.clone();
+        let body = Bytes::copy_from_slice(body);
+        self.rt.block_on(async move {
+            let run = async {
+                let mut ready = send.ready().await.map_err(io::Error::other)?;
+                let (resp, mut tx) = ready
+                    .send_request(req, body.is_empty())
+                    .map_err(io::Error::other)?;
+                if !body.is_empty() {
+                    tx.send_data(body, true).map_err(io::Error::other)?;
+                }
+                let resp = resp.await.map_err(io::Error::other)?;
+                let status = resp.status().as_u16();
+                let hs = resp
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_owned(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect();
+                let mut rx = resp.into_body();
+                let mut chunks = Vec::new();
+                while let Some(d) = rx.data().await {
+                    let d = d.map_err(io::Error::other)?;
+                    let _ = rx.flow_control().release_capacity(d.len());
+                    chunks.push(d);
+                }
+                Ok::<_, io::Error>((status, hs, chunks))
+            };
+            tokio::time::timeout(WAIT, run)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "HTTP/2 request"))?
+        })
     }
 
     /// A unary call: one message out, the whole answer back.

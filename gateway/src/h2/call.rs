@@ -63,7 +63,7 @@ impl Drop for StreamCount {
 }
 
 /// Headers that never cross a hop.
-const HOP_BY_HOP: [&str; 6] = [
+pub(super) const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -101,22 +101,8 @@ fn reject(respond: &mut SendResponse<Bytes>, f: &Failure) -> u16 {
     f.status
 }
 
-/// Reads and discards a request body of at most `max` bytes.
-async fn drain(body: &mut RecvStream, max: u64) -> Result<(), ()> {
-    let mut seen = 0u64;
-    while let Some(d) = body.data().await {
-        let d = d.map_err(|_| ())?;
-        seen += d.len() as u64;
-        let _ = body.flow_control().release_capacity(d.len());
-        if seen > max {
-            return Err(());
-        }
-    }
-    Ok(())
-}
-
 /// Answers `f` as HTTP with its OpenAI-style JSON body.
-fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure) {
+pub(super) fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure) {
     let mut r = Response::new(());
     *r.status_mut() =
         http::StatusCode::from_u16(f.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -201,25 +187,12 @@ pub(crate) async fn serve(
     };
     let grpc = crate::grpc::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes()));
     if !grpc {
-        let f = Failure::with(
-            crate::error::Side::Client,
-            415,
-            "invalid_request_error",
-            "unsupported_media_type",
-            "this HTTP/2 listener serves gRPC (content-type application/grpc)".to_owned(),
-        );
-        // The whole request is read first (bounded, and within
-        // `--header-timeout`), then answered with an OpenAI-style error.
-        let max = shard.settings.limits.max_body_bytes;
-        let drained = monoio::time::timeout(shard.settings.header_timeout, drain(&mut body, max));
-        if !matches!(drained.await, Ok(Ok(()))) {
-            respond.send_reset(h2::Reason::CANCEL);
-            record(&shard, &rec, started);
-            return;
-        }
-        answer_json(&mut respond, &f);
-        rec.status = f.status;
-        record(&shard, &rec, started);
+        // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
+        // HTTP/1.1 ([`super::openai`]).
+        super::openai::serve(
+            &shard, &state, parts, body, respond, peer, &listeners, &mut guard, started,
+        )
+        .await;
         return;
     }
     let first = if crate::grpc::names_model(&path) {
@@ -283,13 +256,13 @@ pub(crate) async fn serve(
     record(&shard, &rec, started);
 }
 
-struct Record<'s> {
-    status: u16,
-    model: Option<Cow<'s, str>>,
-    route: Option<&'s str>,
+pub(super) struct Record<'s> {
+    pub(super) status: u16,
+    pub(super) model: Option<Cow<'s, str>>,
+    pub(super) route: Option<&'s str>,
 }
 
-fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
+pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
     shard.metrics.borrow_mut().record(&RequestRecord {
         model: rec.model.as_deref(),
         route: rec.route,
@@ -330,50 +303,12 @@ async fn execute(
         Plan::Models => return reject(respond, &Failure::no_route("POST", req.path)),
         Plan::Forward(t) | Plan::Batch { target: t, .. } => t,
     };
+    let _permit = match admit(shard, state, decision, target, req.headers, req.peer).await {
+        Ok(p) => p,
+        Err(f) => return reject(respond, &f),
+    };
     let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
-    // JWT authentication (SecurityPolicy) from the `authorization` metadata.
-    let jwt = decision.security.and_then(|k| state.auth.policy(k));
-    let verified = match jwt.map(|p| {
-        p.verify_cached(
-            &mut shard.jwt_cache.borrow_mut(),
-            header("authorization"),
-            crate::jwt::unix_now(),
-        )
-    }) {
-        None => None,
-        Some(Ok(v)) => Some(v),
-        Some(Err(reason)) => {
-            shard.metrics.borrow_mut().auth_failures[reason.index()] += 1;
-            let f = Failure::unauthorized(
-                reason == crate::jwt::Reason::Missing,
-                reason.message(),
-                reason.www_authenticate(),
-            );
-            return reject(respond, &f);
-        }
-    };
-    let subject = verified.as_ref().and_then(|v| v.subject.as_deref());
     let model = decision.named_model();
-    if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
-        if let Err(f) = rate_limit(state, limiter, policy, &req, model, subject).await {
-            shard.metrics.borrow_mut().rate_limited(model);
-            return reject(respond, &f);
-        }
-    }
-    let _permit = match &shard.admission {
-        Some(adm) => {
-            let key = shard
-                .metrics
-                .borrow()
-                .admission_key(target.priority, decision.model.as_deref());
-            let counted = || crate::metrics::AdmissionWait::start(&shard.metrics, key);
-            match adm.acquire(target.priority, counted).await {
-                Ok(p) => Some(p),
-                Err(r) => return reject(respond, &r.failure()),
-            }
-        }
-        None => None,
-    };
     let route = &target.route;
     let settings = &shard.settings;
     let mut budget = route.request_timeout.unwrap_or(settings.response_timeout);
@@ -457,6 +392,62 @@ async fn execute(
     }
 }
 
+/// The policy steps every plan to forward goes through, for gRPC and HTTP
+/// alike: JWT authentication (`authorization`), the SecurityPolicy's rate
+/// limits, then an admission permit (`maxConcurrentInferences`), held by the
+/// caller until the answer is out.
+pub(super) async fn admit(
+    shard: &Rc<Shard>,
+    state: &GatewayState,
+    decision: &crate::plan::Decision<'_>,
+    target: &crate::plan::Target<'_>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Option<crate::admit::Permit>, Failure> {
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let jwt = decision.security.and_then(|k| state.auth.policy(k));
+    let verified = match jwt.map(|p| {
+        p.verify_cached(
+            &mut shard.jwt_cache.borrow_mut(),
+            header("authorization"),
+            crate::jwt::unix_now(),
+        )
+    }) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(reason)) => {
+            shard.metrics.borrow_mut().auth_failures[reason.index()] += 1;
+            return Err(Failure::unauthorized(
+                reason == crate::jwt::Reason::Missing,
+                reason.message(),
+                reason.www_authenticate(),
+            ));
+        }
+    };
+    let subject = verified.as_ref().and_then(|v| v.subject.as_deref());
+    let model = decision.named_model();
+    if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
+        if let Err(f) = rate_limit(state, limiter, policy, headers, peer, model, subject).await {
+            shard.metrics.borrow_mut().rate_limited(model);
+            return Err(f);
+        }
+    }
+    match &shard.admission {
+        Some(adm) => {
+            let key = shard
+                .metrics
+                .borrow()
+                .admission_key(target.priority, decision.model.as_deref());
+            let counted = || crate::metrics::AdmissionWait::start(&shard.metrics, key);
+            adm.acquire(target.priority, counted)
+                .await
+                .map(Some)
+                .map_err(|r| r.failure())
+        }
+        None => Ok(None),
+    }
+}
+
 /// The upstream request: the client's headers less hop-by-hop ones, the
 /// remaining `grpc-timeout`, and `X-Gateway-Model-Name` when a model was named.
 fn upstream_request(req: &Exec<'_>, model: Option<&str>, deadline: Instant) -> Request<()> {
@@ -492,7 +483,8 @@ async fn rate_limit(
     state: &GatewayState,
     limiter: &crate::ratelimit::RateLimiter,
     policy: &str,
-    req: &Exec<'_>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
     model: Option<&str>,
     subject: Option<&str>,
 ) -> Result<(), Failure> {
@@ -501,11 +493,11 @@ async fn rate_limit(
         policy: Some(policy),
         model,
         subject,
-        peer: req.peer.ip(),
+        peer: peer.ip(),
         forwarded_for: if state.settings.trusted_proxies.is_empty() {
             None
         } else {
-            req.headers.get("x-forwarded-for").map(|v| v.as_bytes())
+            headers.get("x-forwarded-for").map(|v| v.as_bytes())
         },
     };
     let started = Instant::now();
@@ -547,7 +539,7 @@ async fn rate_limit(
 
 /// Sends `data` on `to` as its window allows, waiting at most `wait` for
 /// each grant of capacity.
-async fn send_all(
+pub(super) async fn send_all(
     to: &mut SendStream<Bytes>,
     mut data: Bytes,
     end: bool,

@@ -36,6 +36,7 @@
 //! at most 1,024 streams the gateway had to reset for protocol errors.
 
 pub mod call;
+pub mod openai;
 pub mod pool;
 
 use std::net::SocketAddr;
@@ -89,6 +90,40 @@ impl Default for Limits {
             max_pending_resets: 20,
             max_error_resets: 1024,
             upstream_streams_per_connection: 100,
+        }
+    }
+}
+
+/// The client connection preface of HTTP/2.
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long an HTTP listener waits for a new connection's first bytes to tell
+/// HTTP/2 from HTTP/1.1 (100 ms): a prior-knowledge client sends its preface
+/// right after connecting; a connection silent that long is served as
+/// HTTP/1.1 (and counted idle, so the connection cap can close it).
+pub const SNIFF_WAIT: Duration = Duration::from_millis(100);
+
+/// On an HTTP listener: whether the connection opens with the HTTP/2 preface
+/// (prior knowledge, `curl --http2-prior-knowledge`). Waits for its first
+/// bytes (at most `wait`) and peeks at them without reading: one readiness
+/// wait and one `recv(MSG_PEEK)` per connection. `PRI ` is no HTTP/1.1
+/// method, so four bytes that match decide.
+pub(crate) async fn sniff_preface(tcp: &TcpStream, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        if monoio::time::timeout_at(deadline, tcp.readable(false))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        let mut head = [0u8; 24];
+        let n = shardgate_runtime::io::peek_prefix(tcp, &mut head);
+        if n == 0 || head[..n] != PREFACE[..n] {
+            return false;
+        }
+        if n >= 4 {
+            return true;
         }
     }
 }
