@@ -227,3 +227,26 @@ fn an_unreachable_backend_is_unavailable_and_a_deadline_is_deadline_exceeded() {
         .unwrap();
     assert_eq!(r.status, Some(3), "{r:?}");
 }
+
+#[test]
+fn a_client_gone_mid_stream_cancels_the_upstream_stream() {
+    let s = sim(&["bert"]);
+    let gw = Gateway::start(&grpc_config(&[("bert", "svc-b", s.addr())]), &[]);
+    let cancelled = |addr| {
+        common::sim_stats(addr)["grpc_cancelled_total"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cancelled(s.addr()), 0);
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    let mut call = c.open(&format!("{SVC}/ModelStreamInfer"), &[]).unwrap();
+    c.send(&mut call, &infer("bert", b"one"), false).unwrap();
+    assert!(c.recv(&mut call).unwrap().is_some());
+    // The client process dies: its connection closes with the stream open.
+    drop(call);
+    drop(c);
+    let seen = common::poll(Duration::from_secs(5), || {
+        (cancelled(s.addr()) == 1).then_some(())
+    });
+    assert!(seen.is_some(), "the backend's stream was not cancelled");
+}

@@ -9,7 +9,9 @@
 //! slows the sender through HTTP/2 flow control); `grpc.health.v1.Health/Check`.
 //! Models are the server's `--model` names (and LoRA adapters) as on its HTTP
 //! side; an unknown one is `NOT_FOUND`. `--error-rate` answers `INTERNAL`,
-//! `--stall-ms` delays the answer, slow start answers `UNAVAILABLE`.
+//! `--stall-ms` delays the answer, slow start answers `UNAVAILABLE`. A stream
+//! whose client goes away before its end counts in `/sim/stats`
+//! `grpc_cancelled_total`.
 //!
 //! Messages are `prost` structs written here (field numbers of KServe's
 //! `grpc_predict_v2.proto` and gRPC's `health.proto`); fields the sim does
@@ -492,6 +494,7 @@ fn stream_infer(shared: Arc<Shared>, mut body: Incoming) -> Response<RespBody> {
                             },
                         };
                     if tx.send(Ok(Frame::data(frame(&answer)))).await.is_err() {
+                        shared.grpc_cancelled_total.fetch_add(1, Relaxed);
                         return;
                     }
                     continue;
@@ -505,7 +508,10 @@ fn stream_infer(shared: Arc<Shared>, mut body: Incoming) -> Response<RespBody> {
                         d.buf.extend_from_slice(&data);
                     }
                 }
-                Some(Err(_)) => return,
+                Some(Err(_)) => {
+                    shared.grpc_cancelled_total.fetch_add(1, Relaxed);
+                    return;
+                }
                 None => break (code::OK, String::new()),
             }
         };

@@ -162,6 +162,8 @@ pub(crate) struct Shared {
     /// Per model or adapter: when its cold start ends (`--cold-start-ms`).
     loaded: tokio::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     cold_starts_total: AtomicU64,
+    /// gRPC streams whose client went away (reset or closed) before the end.
+    pub(crate) grpc_cancelled_total: AtomicU64,
     connections_total: AtomicU64,
     /// Connections whose TLS handshake failed (HTTPS only).
     tls_handshake_failures_total: AtomicU64,
@@ -248,6 +250,7 @@ pub(crate) async fn serve(
         renders_total: AtomicU64::new(0),
         loaded: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         cold_starts_total: AtomicU64::new(0),
+        grpc_cancelled_total: AtomicU64::new(0),
         connections_total: AtomicU64::new(0),
         tls_handshake_failures_total: AtomicU64::new(0),
         engine: tx,
@@ -513,6 +516,7 @@ async fn stats_page(shared: &Shared) -> Response<RespBody> {
     let body = serde_json::json!({
         "requests_total": shared.requests_total.load(Relaxed),
         "cold_starts_total": shared.cold_starts_total.load(Relaxed),
+        "grpc_cancelled_total": shared.grpc_cancelled_total.load(Relaxed),
         "render_requests_total": shared.renders_total.load(Relaxed),
         "requests_cancelled_total": m.finished_abort,
         "connections_total": shared.connections_total.load(Relaxed),
