@@ -127,6 +127,19 @@ fn grpc_calls_are_routed_by_model_name_through_the_gateway() {
     }
     assert_eq!(requests_total(a.addr()) - a0, 5);
     assert_eq!(requests_total(b.addr()) - b0, 5);
+    // Counted by protocol (the shard publishes its metrics every 100 ms or so).
+    let counted = common::poll(Duration::from_secs(5), || {
+        let m = gw.metrics();
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("gateway_h2_requests_total{kind=\"grpc\"}"))?;
+        let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
+        (v >= 10.0).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "gateway_h2_requests_total{{kind=grpc}} did not count the calls"
+    );
 
     // A model no route names: NOT_FOUND from the gateway, nothing upstream.
     let r = c

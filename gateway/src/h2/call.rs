@@ -184,6 +184,7 @@ pub(crate) async fn serve(
         status: 0,
         model: None,
         route: None,
+        grpc: true,
     };
     let grpc = crate::grpc::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes()));
     if !grpc {
@@ -260,10 +261,14 @@ pub(super) struct Record<'s> {
     pub(super) status: u16,
     pub(super) model: Option<Cow<'s, str>>,
     pub(super) route: Option<&'s str>,
+    /// A gRPC call (else HTTP over HTTP/2).
+    pub(super) grpc: bool,
 }
 
 pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
-    shard.metrics.borrow_mut().record(&RequestRecord {
+    let mut m = shard.metrics.borrow_mut();
+    m.h2_requests[usize::from(!rec.grpc)] += 1;
+    m.record(&RequestRecord {
         model: rec.model.as_deref(),
         route: rec.route,
         status: rec.status,

@@ -125,6 +125,7 @@ pub(super) async fn serve(
         status: 0,
         model: None,
         route: None,
+        grpc: false,
     };
     let settings = &shard.settings;
     let read = monoio::time::timeout(
