@@ -65,6 +65,7 @@ pub mod endpoints_view;
 pub mod error;
 pub mod grpc;
 pub mod h2;
+pub mod h2_upstream;
 pub mod jwks_fetch;
 pub mod jwt;
 pub mod lanes;

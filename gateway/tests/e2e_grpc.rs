@@ -263,3 +263,61 @@ fn a_client_gone_mid_stream_cancels_the_upstream_stream() {
     });
     assert!(seen.is_some(), "the backend's stream was not cancelled");
 }
+
+#[test]
+fn grpc_backends_are_health_checked_through_grpc_health_v1() {
+    // NOT_SERVING while it loads (slow start), SERVING after.
+    let s = shardgate_sim::spawn(SimConfig {
+        port: 0,
+        model: vec!["bert".into()],
+        slow_start_ms: 1_500,
+        ..SimConfig::default()
+    })
+    .unwrap();
+    let yaml = grpc_config(&[("bert", "svc-b", s.addr())]).replace(
+        "    backendRefs:\n    - name: svc-b\n      port: 8000\n  - matches:",
+        "    filters:\n    - {type: ExtensionRef, extensionRef: {group: ai.gateway.io, kind: InferencePolicy, name: hc}}\n    backendRefs:\n    - name: svc-b\n      port: 8000\n  - matches:",
+    ) + "---\napiVersion: ai.gateway.io/v1alpha1\nkind: InferencePolicy\nmetadata:\n  name: hc\n  namespace: default\nspec:\n  healthCheck:\n    interval: 100ms\n    timeout: 1s\n";
+    let gw = Gateway::start(&yaml, &[]);
+    let admin = gw.admin.unwrap();
+    let health = || {
+        let j = common::Client::connect(admin)
+            .get("/debug/endpoints")
+            .json();
+        j["endpoints"][0]["health"].clone()
+    };
+    let h = health();
+    assert!(
+        h["probe"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("grpc.health.v1.Health/Check"),
+        "{h}"
+    );
+    let down = common::poll(Duration::from_secs(5), || {
+        let h = health();
+        (h["healthy"] == false).then_some(h)
+    })
+    .expect("a NOT_SERVING backend stayed healthy");
+    assert!(
+        down["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("serving status 2"),
+        "{down}"
+    );
+    common::poll(Duration::from_secs(10), || {
+        (health()["healthy"] == true).then_some(())
+    })
+    .expect("a SERVING backend was not restored");
+    // Calls go through again once the scoring snapshot has the verdict
+    // (published every scrape interval).
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    common::poll(Duration::from_secs(5), || {
+        let r = c
+            .unary(&format!("{SVC}/ModelInfer"), &[], &infer("bert", b"x"))
+            .ok()?;
+        (r.status == Some(0)).then_some(())
+    })
+    .expect("calls did not go through after the backend was restored");
+}

@@ -362,7 +362,7 @@ async fn execute(
         guard.set_endpoint(ep);
         attempts.picked(ep);
         let addr = shard.addr(ep);
-        let opened = super::pool::open_stream(
+        let opened = crate::h2_upstream::open_stream(
             addr,
             &settings.h2,
             settings.connect_timeout,
@@ -650,13 +650,13 @@ async fn pump_response(
 /// (`CANCEL`), which cancels the call on the backend.
 async fn relay(
     shard: &Shard,
-    stream: super::pool::UpstreamStream,
+    stream: crate::h2_upstream::UpstreamStream,
     req: Exec<'_>,
     body: &mut RecvStream,
     respond: &mut SendResponse<Bytes>,
     deadline: Instant,
 ) -> u16 {
-    let super::pool::UpstreamStream {
+    let crate::h2_upstream::UpstreamStream {
         mut send,
         response,
         _lease,

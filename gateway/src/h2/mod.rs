@@ -1,6 +1,6 @@
 //! HTTP/2 on the shards: the server side of `GRPC` listeners (h2c with prior
 //! knowledge, what gRPC clients speak) and the client side to gRPC backends
-//! ([`pool`]), both on the shard's own monoio runtime.
+//! ([`crate::h2_upstream`]), both on the shard's own monoio runtime.
 //!
 //! **Why the `h2` crate through `monoio-compat`, not a frame layer of our own.**
 //! HTTP/2's hard parts are not the frame codec but its state: stream states,
@@ -13,7 +13,8 @@
 //! buffers per connection; its boxed read/write futures are reused, not
 //! allocated per frame). Everything stays on the accepting core: the
 //! connection future, its streams (each a `monoio::spawn`ed task on the same
-//! thread, `!Send` state allowed) and the upstream pool, which is per shard.
+//! thread, `!Send` state allowed) and the upstream pool
+//! ([`crate::h2_upstream`]), which is per shard.
 //! The cost is one copy per read and write through the compat buffers and
 //! `h2`'s own allocations (a `Bytes` per DATA frame it hands over); the
 //! figures are in `bench/results/h2.md`. A sans-IO frame layer of our own
@@ -37,7 +38,6 @@
 
 pub mod call;
 pub mod openai;
-pub mod pool;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -129,7 +129,7 @@ pub(crate) async fn sniff_preface(tcp: &TcpStream, wait: Duration) -> bool {
 }
 
 /// Compat buffer sizes per connection (read, write).
-const IO_BUFFER: usize = 16 * 1024;
+pub(crate) const IO_BUFFER: usize = 16 * 1024;
 
 /// How often the connection loop looks at the drain flag and idle time.
 const TICK: Duration = Duration::from_millis(100);

@@ -867,6 +867,7 @@ impl<'c, 'r> Builder<'c, 'r> {
         CompiledRoute {
             key: meta.key(),
             rules,
+            grpc: meta.kind == "GRPCRoute",
         }
     }
 

@@ -1,4 +1,5 @@
-//! HTTP/2 connections to gRPC backends, per shard: each backend address has
+//! HTTP/2 connections to gRPC backends, per thread (a shard, or the control
+//! thread's health checks): each backend address has
 //! a list of connections, and a call takes a stream on the first one with
 //! fewer than `--h2-upstream-streams-per-connection` streams open (and that
 //! the backend's own `SETTINGS_MAX_CONCURRENT_STREAMS` admits), else opens a
@@ -22,8 +23,8 @@ use http::Request;
 use monoio::net::TcpStream;
 use monoio_compat::StreamWrapper;
 
-use super::Limits;
 use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::h2::Limits;
 
 /// One pooled connection.
 struct Conn {
@@ -88,7 +89,7 @@ async fn connect(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let io = StreamWrapper::new_with_buffer_size(tcp, super::IO_BUFFER, super::IO_BUFFER);
+    let io = StreamWrapper::new_with_buffer_size(tcp, crate::h2::IO_BUFFER, crate::h2::IO_BUFFER);
     let handshake = h2::client::Builder::new()
         .initial_window_size(lim.stream_window)
         .initial_connection_window_size(lim.connection_window)
@@ -182,4 +183,66 @@ pub async fn open_stream(
         response,
         _lease: lease,
     })
+}
+
+/// `grpc.health.v1.Health/Check` with an empty service name (the server as a
+/// whole), within `timeout`: `Ok` when the answer is `SERVING` with
+/// `grpc-status` 0, else why not.
+pub async fn health_check(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let check = async {
+        let mut req = Request::new(());
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = http::Uri::from_static("http://upstream/grpc.health.v1.Health/Check");
+        let h = req.headers_mut();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("te", http::HeaderValue::from_static("trailers"));
+        let lim = Limits::default();
+        let mut s = open_stream(addr, &lim, timeout, req, false)
+            .await
+            .map_err(|e| e.message().to_owned())?;
+        // One empty HealthCheckRequest: flag 0, length 0.
+        s.send
+            .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .map_err(|e| e.to_string())?;
+        let resp = s.response.await.map_err(|e| e.to_string())?;
+        if resp.status() != 200 {
+            return Err(format!("HTTP status {}", resp.status()));
+        }
+        let trailers_only = resp.headers().get("grpc-status").cloned();
+        let mut body = resp.into_body();
+        let mut msg = Vec::new();
+        while let Some(d) = body.data().await {
+            let d = d.map_err(|e| e.to_string())?;
+            let _ = body.flow_control().release_capacity(d.len());
+            if msg.len() + d.len() > 1024 {
+                return Err("health answer too large".into());
+            }
+            msg.extend_from_slice(&d);
+        }
+        let status = match trailers_only {
+            Some(s) => Some(s),
+            None => body
+                .trailers()
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|t| t.get("grpc-status").cloned()),
+        };
+        match status.as_ref().map(|v| v.as_bytes()) {
+            Some(b"0") => {}
+            Some(s) => return Err(format!("grpc-status {}", String::from_utf8_lossy(s))),
+            None => return Err("no grpc-status".into()),
+        }
+        // HealthCheckResponse { status = 1 (SERVING) }: field 1, varint 1.
+        match msg.get(5..) {
+            Some([0x08, 0x01]) => Ok(()),
+            Some([0x08, s]) => Err(format!("serving status {s}")),
+            _ => Err("malformed HealthCheckResponse".into()),
+        }
+    };
+    monoio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| format!("no answer in {} ms", timeout.as_millis()))?
 }
