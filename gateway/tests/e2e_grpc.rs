@@ -321,3 +321,62 @@ fn grpc_backends_are_health_checked_through_grpc_health_v1() {
     })
     .expect("calls did not go through after the backend was restored");
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_client_that_does_not_read_slows_the_backend_and_gateway_memory_stays_bounded() {
+    let s = sim(&["bert"]);
+    let mut gw = Gateway::start(&grpc_config(&[("bert", "svc-b", s.addr())]), &[]);
+    let pid = gw.process.child().id();
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    let mut call = c.open(&format!("{SVC}/ModelStreamInfer"), &[]).unwrap();
+    let rss0 = rss_kib(pid);
+    let before = requests_total(s.addr());
+    // 500 requests of 64 KiB (32 MiB), each echoed back as 64 KiB; the client
+    // reads nothing yet.
+    let payload = vec![7u8; 64 * 1024];
+    for _ in 0..500 {
+        c.send(&mut call, &infer("bert", &payload), false).unwrap();
+    }
+    // The backend's progress stops once every window on the way is full:
+    // its count stays the same for 300 ms (polled, with a deadline).
+    let mut last = (u64::MAX, std::time::Instant::now());
+    let settled = common::poll(Duration::from_secs(10), || {
+        let now = requests_total(s.addr()) - before;
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+            None
+        } else {
+            (last.1.elapsed() >= Duration::from_millis(300)).then_some(now)
+        }
+    })
+    .expect("the backend never stopped");
+    eprintln!("backend answered {settled} of 500 unread calls");
+    assert!(
+        settled < 200,
+        "the backend answered {settled} of 500 unread calls"
+    );
+    let grown = rss_kib(pid).saturating_sub(rss0);
+    assert!(grown < 16 * 1024, "the gateway grew by {grown} KiB");
+    // Reading resumes the flow: every answer arrives, in order.
+    c.send(&mut call, &infer("bert", b"last"), true).unwrap();
+    let mut n = 0;
+    while let Some(m) = c.recv(&mut call).unwrap() {
+        let a: ModelStreamInferResponse = decode_message(&m).unwrap();
+        let raw = &a.infer_response.unwrap().raw_output_contents[0];
+        assert_eq!(raw.len(), if n == 500 { 4 } else { 64 * 1024 });
+        n += 1;
+    }
+    assert_eq!(n, 501);
+    assert_eq!(call.reply.status, Some(0));
+}

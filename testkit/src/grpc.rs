@@ -1,5 +1,5 @@
 //! A small gRPC client over HTTP/2 with prior knowledge (the `h2` crate on a
-//! tokio current-thread runtime), blocking, for end-to-end tests: unary calls
+//! one-worker tokio runtime that keeps driving the connection), blocking, for end-to-end tests: unary calls
 //! and streams whose messages the test sends and reads one by one (to check
 //! flow control and cancellation). Every wait has a deadline (10 s).
 
@@ -142,7 +142,10 @@ pub struct Call {
 impl GrpcClient {
     /// Connects with HTTP/2 prior knowledge.
     pub fn connect(addr: SocketAddr) -> io::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+        // One worker thread drives the connection while the test does
+        // something else (e.g. watches the server while its sends are stuck).
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
             .enable_all()
             .build()?;
         let send = rt.block_on(async {
