@@ -268,3 +268,52 @@ fn a_client_that_never_opens_its_window_is_reset_after_the_send_timeout() {
     let _ = f;
     served_within(gw.addr, Duration::from_secs(1));
 }
+
+#[test]
+fn a_stream_that_never_sends_its_first_message_times_out_and_streams_cost_little_memory() {
+    let s = sim();
+    let mut gw = gateway(&s, &["--header-timeout", "1s"]);
+    let pid = gw.process.child().id();
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+    };
+    // 10 connections x 100 streams, each waiting for its first message.
+    let rss0 = rss();
+    let mut conns: Vec<RawH2> = (0..10)
+        .map(|_| RawH2::connect(gw.addr, &[]).unwrap())
+        .collect();
+    for c in &mut conns {
+        let mut b = Vec::new();
+        for i in 0..100u32 {
+            b.extend(frame(
+                ty::HEADERS,
+                flag::END_HEADERS,
+                2 * i + 1,
+                &grpc_request(INFER, &[]),
+            ));
+        }
+        c.send(&b).unwrap();
+        assert!(c.alive(WAIT));
+    }
+    let per_stream = rss().saturating_sub(rss0) * 1024 / 1000;
+    eprintln!("gateway memory per open stream: {per_stream} bytes");
+    assert!(per_stream < 64 * 1024, "{per_stream} bytes per open stream");
+    // Past --header-timeout each is answered DEADLINE_EXCEEDED (trailers-only).
+    let t0 = Instant::now();
+    let f = conns[0]
+        .wait_for(WAIT, |f| f.ty == ty::HEADERS && f.stream == 1)
+        .expect("an idle stream got no answer");
+    assert!(t0.elapsed() < WAIT);
+    assert_ne!(
+        f.flags & flag::END_STREAM,
+        0,
+        "not a trailers-only answer: {f:?}"
+    );
+    served_within(gw.addr, Duration::from_secs(1));
+}

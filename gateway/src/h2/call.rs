@@ -4,7 +4,8 @@
 //!
 //! Steps: read the first bytes of the request until `model_name` is found
 //! (KServe v2 calls only, [`crate::grpc::wire`]: the tensors that follow are
-//! not read yet, at most `--max-body-bytes` are held) → [`crate::plan`] (the
+//! not read yet, at most `--max-body-bytes` are held, and they must arrive
+//! within `--header-timeout`, else `DEADLINE_EXCEEDED`) → [`crate::plan`] (the
 //! model is [`crate::plan::RequestInfo::message_model`]) → JWT
 //! authentication (`authorization` metadata) → rate limits → admission
 //! (`maxConcurrentInferences`) → pick (the same picker, in-flight counts and
@@ -197,7 +198,10 @@ pub(crate) async fn serve(
         return;
     }
     let first = if crate::grpc::names_model(&path) {
-        match first_bytes(&mut body, shard.settings.limits.max_body_bytes).await {
+        // The first message must name its model within `--header-timeout`.
+        let read = first_bytes(&mut body, shard.settings.limits.max_body_bytes);
+        let read = monoio::time::timeout(shard.settings.header_timeout, read).await;
+        match read.unwrap_or_else(|_| Err(Failure::request_timeout())) {
             Ok(fb) => fb,
             Err(f) => {
                 rec.status = reject(&mut respond, &f);
