@@ -99,3 +99,32 @@ fn openai_requests_over_h2_prior_knowledge() {
         }
     }
 }
+
+#[test]
+fn bodies_over_h2_are_charged_to_the_body_budget() {
+    let s = sim(&["llama"], |_| {});
+    let gw = Gateway::start(&config(s.addr()), &["--max-buffered-body-bytes", "4096"]);
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    let json = [("content-type", "application/json")];
+    let prompt = "x".repeat(8000);
+    let body = format!(r#"{{"model":"llama","prompt":"{prompt}","max_tokens":1}}"#);
+    let (status, _, chunks) = c
+        .http("POST", "/v1/completions", &json, body.as_bytes())
+        .unwrap();
+    assert_eq!(status, 413);
+    let v: serde_json::Value = serde_json::from_slice(&chunks.concat()).unwrap();
+    assert_eq!(v["error"]["code"], "body_too_large", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--max-buffered-body-bytes"),
+        "{v}"
+    );
+    // A body within the share goes through.
+    let body = r#"{"model":"llama","prompt":"small","max_tokens":1}"#;
+    let (status, _, _) = c
+        .http("POST", "/v1/completions", &json, body.as_bytes())
+        .unwrap();
+    assert_eq!(status, 200);
+}

@@ -4,7 +4,8 @@
 //! HTTP/2 DATA frames as the backend emits its SSE events.
 //!
 //! The request is read whole (bounded by `--max-body-bytes`, within
-//! `--header-timeout`: the route may depend on the body's `model`), given an
+//! `--header-timeout`, charged to the shard's `--max-buffered-body-bytes`
+//! share like an HTTP/1.1 body: the route may depend on the body's `model`), given an
 //! HTTP/1.1 head built from its HTTP/2 fields (pseudo-headers → request
 //! line and `Host`; `te`, `connection` and `content-length` dropped, a
 //! `content-length` of the body read added) and parsed by the same codec as
@@ -43,8 +44,14 @@ use crate::upstream::{
     INLINE_BODY,
 };
 
-/// Reads the whole body, at most `max` bytes.
-async fn read_body(body: &mut RecvStream, max: u64) -> Result<Bytes, Failure> {
+/// Reads the whole body, at most `max` bytes, each byte charged to the
+/// shard's share of `--max-buffered-body-bytes` (`grant`) before it is kept.
+async fn read_body(
+    shard: &Shard,
+    grant: &mut crate::bodymem::BodyGrant<'_>,
+    body: &mut RecvStream,
+    max: u64,
+) -> Result<Bytes, Failure> {
     let mut buf = BytesMut::new();
     while let Some(d) = body.data().await {
         let d = d.map_err(|e| {
@@ -56,7 +63,6 @@ async fn read_body(body: &mut RecvStream, max: u64) -> Result<Bytes, Failure> {
                 format!("the request stream failed: {e}"),
             )
         })?;
-        let _ = body.flow_control().release_capacity(d.len());
         if (buf.len() + d.len()) as u64 > max {
             return Err(Failure::with(
                 Side::Client,
@@ -66,6 +72,20 @@ async fn read_body(body: &mut RecvStream, max: u64) -> Result<Bytes, Failure> {
                 format!("the request body is larger than {max} bytes"),
             ));
         }
+        grant.grow_to((buf.len() + d.len()) as u64).map_err(|r| {
+            let mut m = shard.metrics.borrow_mut();
+            match r {
+                crate::bodymem::Refusal::Exhausted => {
+                    m.body_refused[0] += 1;
+                    Failure::body_budget_exhausted()
+                }
+                crate::bodymem::Refusal::OverShare { share } => {
+                    m.body_refused[1] += 1;
+                    Failure::body_over_budget(share)
+                }
+            }
+        })?;
+        let _ = body.flow_control().release_capacity(d.len());
         buf.extend_from_slice(&d);
     }
     Ok(buf.freeze())
@@ -128,9 +148,12 @@ pub(super) async fn serve(
         grpc: false,
     };
     let settings = &shard.settings;
+    // The body's memory is charged to the shard's body budget while the
+    // request lives, as for HTTP/1.1 ([`crate::bodymem`]).
+    let mut grant = shard.body_budget.empty();
     let read = monoio::time::timeout(
         settings.header_timeout,
-        read_body(&mut body, settings.limits.max_body_bytes),
+        read_body(shard, &mut grant, &mut body, settings.limits.max_body_bytes),
     )
     .await;
     let body = match read {
