@@ -271,7 +271,11 @@ async fn serve_tls(
     match crate::tls::accept(stream, config, timeout).await {
         Ok(tls) => {
             shard.metrics.borrow_mut().tls_handshakes[tls.handshake_result()] += 1;
-            serve_connection(shard, tls, peer, listeners, open).await
+            if tls.alpn() == Some(b"h2") {
+                crate::h2::serve_tls(shard, tls, peer, listeners, open).await
+            } else {
+                serve_connection(shard, tls, peer, listeners, open).await
+            }
         }
         Err(e) => {
             shard.metrics.borrow_mut().tls_handshakes[e.index()] += 1;

@@ -38,6 +38,7 @@
 
 pub mod call;
 pub mod openai;
+pub mod tls_io;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -143,10 +144,36 @@ pub(crate) async fn serve_connection(
     listeners: Rc<[usize]>,
     open: ConnGauge,
 ) {
-    let _open = open;
     let _ = tcp.set_nodelay(true);
-    let lim = shard.settings.h2;
     let io = StreamWrapper::new_with_buffer_size(tcp, IO_BUFFER, IO_BUFFER);
+    serve_io(shard, io, peer, listeners, open).await
+}
+
+/// Serve HTTP/2 on a TLS connection whose client chose `h2` in ALPN.
+pub(crate) async fn serve_tls(
+    shard: Rc<Shard>,
+    tls: crate::tls::TlsStream,
+    peer: SocketAddr,
+    listeners: Rc<[usize]>,
+    open: ConnGauge,
+) {
+    let (sock, conn, rx) = tls.into_parts();
+    let io = tls_io::TlsIo::new(sock, conn, rx, IO_BUFFER);
+    serve_io(shard, io, peer, listeners, open).await
+}
+
+/// Serve HTTP/2 on `io` (cleartext or TLS).
+async fn serve_io<T>(
+    shard: Rc<Shard>,
+    io: T,
+    peer: SocketAddr,
+    listeners: Rc<[usize]>,
+    open: ConnGauge,
+) where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let _open = open;
+    let lim = shard.settings.h2;
     let mut b = h2::server::Builder::new();
     b.max_concurrent_streams(lim.max_concurrent_streams)
         .max_header_list_size(lim.max_header_list_bytes)
