@@ -40,6 +40,13 @@
 //! 7. back in [`proxy`], the response streams to the client; [`metrics`] and
 //!    [`access_log`] record it.
 //!
+//! HTTP/2 (GRPC listeners, prior knowledge on HTTP listeners, ALPN `h2` on
+//! HTTPS ones) takes the same path through [`h2`] instead of [`proxy`]: gRPC
+//! calls ([`grpc`], pure: the `model_name` scan, statuses, `grpc-timeout`) are
+//! planned by [`plan`], admitted by the same policy steps and relayed over
+//! HTTP/2 to the backend ([`h2_upstream`]); HTTP requests over HTTP/2 are
+//! planned the same way and forwarded over [`upstream`].
+//!
 //! Beside the data path, never inside it: [`control`] (scrapes, health checks,
 //! the scoring snapshot, prefix sharing, remote JWK sets through
 //! [`jwks_fetch`]), fed by the shards' [`report`]s;

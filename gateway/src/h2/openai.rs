@@ -10,7 +10,7 @@
 //! line and `Host`; `te`, `connection` and `content-length` dropped, a
 //! `content-length` of the body read added) and parsed by the same codec as
 //! an HTTP/1.1 request, so [`crate::plan`], the policy steps
-//! ([`super::call::admit`]), the picker, the attempt machine, the pooled
+//! (`call::admit`), the picker, the attempt machine, the pooled
 //! keep-alive upstream connections and the body rewrite of a model split are
 //! exactly those of HTTP/1.1. A plan to batch is forwarded unbatched.
 //! Failures answer with the same OpenAI-style JSON errors.
