@@ -615,11 +615,33 @@ async fn pump_request(
 }
 
 /// Upstream answer body → client, then its trailers.
+/// The HTTP status a gRPC call is recorded with in the request metrics (the
+/// client got `200` and this `grpc-status`): the reverse of
+/// [`crate::grpc::status::of_failure`], so dashboards see gRPC errors.
+fn recorded_status(grpc_status: Option<&HeaderValue>, http: u16) -> u16 {
+    let Some(code) = grpc_status.and_then(|v| std::str::from_utf8(v.as_bytes()).ok()) else {
+        return http;
+    };
+    match code.trim() {
+        "0" => http,
+        "1" => 499,
+        "3" | "9" | "11" => 400,
+        "4" => 504,
+        "5" => 404,
+        "7" => 403,
+        "8" => 429,
+        "12" => 501,
+        "14" => 503,
+        "16" => 401,
+        _ => 500,
+    }
+}
+
 async fn pump_response(
     up_body: &mut RecvStream,
     down: &mut SendStream<Bytes>,
     wait: Duration,
-) -> Result<(), &'static str> {
+) -> Result<Option<HeaderValue>, &'static str> {
     loop {
         match up_body.data().await {
             Some(Ok(d)) => {
@@ -635,15 +657,17 @@ async fn pump_response(
                 return Err("upstream_reset");
             }
             None => {
-                match up_body.trailers().await {
+                return Ok(match up_body.trailers().await {
                     Ok(Some(t)) => {
+                        let status = t.get("grpc-status").cloned();
                         let _ = down.send_trailers(t);
+                        status
                     }
                     _ => {
                         let _ = down.send_data(Bytes::new(), true);
+                        None
                     }
-                }
-                return Ok(());
+                });
             }
         }
     }
@@ -707,7 +731,7 @@ async fn relay(
         }
     }
     let end = up_body.is_end_stream();
-    let status = parts.status.as_u16();
+    let status = recorded_status(parts.headers.get("grpc-status"), parts.status.as_u16());
     let Ok(mut down) = respond.send_response(head, end) else {
         return 0;
     };
@@ -740,11 +764,40 @@ async fn relay(
             }
             r = &mut down_pump => {
                 return match r {
-                    Ok(()) => status,
+                    Ok(trailer) => recorded_status(trailer.as_ref(), status),
                     Err("deadline") => 504,
                     Err(_) => 502,
                 };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_statuses_are_recorded_as_http_statuses() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(recorded_status(None, 200), 200);
+        assert_eq!(recorded_status(Some(&v("0")), 200), 200);
+        assert_eq!(recorded_status(Some(&v("5")), 200), 404);
+        assert_eq!(recorded_status(Some(&v("14")), 200), 503);
+        assert_eq!(recorded_status(Some(&v("8")), 200), 429);
+        assert_eq!(recorded_status(Some(&v("4")), 200), 504);
+        assert_eq!(recorded_status(Some(&v("13")), 200), 500);
+        assert_eq!(recorded_status(Some(&v("x")), 200), 500);
+    }
+
+    #[test]
+    fn trailers_only_answers_carry_the_status_and_an_encoded_message() {
+        let r = status_only(Code::NotFound, "model `é` not found");
+        assert_eq!(r.headers()["grpc-status"], "5");
+        assert_eq!(r.headers()["grpc-message"], "model `%C3%A9` not found");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        let t = status_trailers(Code::Unavailable, "");
+        assert_eq!(t["grpc-status"], "14");
+        assert!(t.get("content-type").is_none() && t.get("grpc-message").is_none());
     }
 }
