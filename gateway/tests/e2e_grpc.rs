@@ -109,9 +109,11 @@ fn requests_total(addr: SocketAddr) -> u64 {
 fn grpc_calls_are_routed_by_model_name_through_the_gateway() {
     let a = sim(&["resnet"]);
     let b = sim(&["bert"]);
+    let dir = shardgate_testkit::temp_dir("grpc-log");
+    let log = dir.join("access.log");
     let gw = Gateway::start(
         &grpc_config(&[("resnet", "svc-a", a.addr()), ("bert", "svc-b", b.addr())]),
-        &[],
+        &["--access-log", log.to_str().unwrap()],
     );
     let mut c = GrpcClient::connect(gw.addr).unwrap();
     let (a0, b0) = (requests_total(a.addr()), requests_total(b.addr()));
@@ -140,6 +142,21 @@ fn grpc_calls_are_routed_by_model_name_through_the_gateway() {
         counted.is_some(),
         "gateway_h2_requests_total{{kind=grpc}} did not count the calls"
     );
+    // And in the access log, with the endpoint that served each call.
+    let lines = common::poll(Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (lines.len() >= 10).then_some(lines)
+    })
+    .expect("no access-log lines for the gRPC calls");
+    let first = &lines[0];
+    assert_eq!(first["path"], format!("{SVC}/ModelInfer"), "{first}");
+    assert_eq!(first["model"], "resnet", "{first}");
+    assert_eq!(first["status"], 200, "{first}");
+    assert_eq!(first["endpoint"], a.addr().to_string(), "{first}");
 
     // A model no route names: NOT_FOUND from the gateway, nothing upstream.
     let r = c

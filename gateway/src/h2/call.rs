@@ -46,6 +46,29 @@ use crate::plan::{plan, Plan, RequestInfo};
 use crate::shard::{InFlight, Shard};
 use crate::state::GatewayState;
 
+/// A stream's in-flight count on the shard and its endpoint, and the
+/// endpoint it went to (for the access log).
+pub(super) struct Served {
+    flight: InFlight,
+    /// The endpoint last picked.
+    pub(super) endpoint: Option<usize>,
+}
+
+impl Served {
+    fn new(shard: &Rc<Shard>) -> Self {
+        Served {
+            flight: InFlight::new(shard),
+            endpoint: None,
+        }
+    }
+
+    /// Count the stream on `ep`.
+    pub(super) fn set_endpoint(&mut self, ep: usize) {
+        self.flight.set_endpoint(ep);
+        self.endpoint = Some(ep);
+    }
+}
+
 /// Counts a connection's open streams while it lives.
 pub struct StreamCount(Rc<Cell<usize>>);
 
@@ -178,14 +201,27 @@ pub(crate) async fn serve(
 ) {
     let started = Instant::now();
     let state = shard.state_for_request();
-    let mut guard = InFlight::new(&shard);
+    let mut guard = Served::new(&shard);
     let (parts, mut body) = req.into_parts();
     let path = parts.uri.path().to_owned();
+    let ts_ms = crate::access_log::now_ms();
+    let path_for_log = path.clone();
+    let rid = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut rec = Record {
         status: 0,
         model: None,
         route: None,
         grpc: true,
+        peer,
+        method: "POST",
+        path: &path_for_log,
+        request_id: rid.as_deref(),
+        ts_ms,
+        endpoint: None,
     };
     let grpc = crate::grpc::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes()));
     if !grpc {
@@ -258,6 +294,7 @@ pub(crate) async fn serve(
     )
     .await;
     rec.status = outcome;
+    rec.endpoint = guard.endpoint;
     record(&shard, &rec, started);
 }
 
@@ -267,16 +304,57 @@ pub(super) struct Record<'s> {
     pub(super) route: Option<&'s str>,
     /// A gRPC call (else HTTP over HTTP/2).
     pub(super) grpc: bool,
+    /// For the access log: the client, the path, the client's
+    /// `x-request-id`, when the request began, the endpoint.
+    pub(super) peer: SocketAddr,
+    pub(super) method: &'s str,
+    pub(super) path: &'s str,
+    pub(super) request_id: Option<&'s str>,
+    pub(super) ts_ms: u64,
+    pub(super) endpoint: Option<usize>,
 }
 
 pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
+    let duration = started.elapsed();
+    if let Some(log) = &shard.access_log {
+        let client = rec.peer.to_string();
+        let own;
+        let request_id = match rec.request_id {
+            Some(id) => id,
+            None => {
+                own = shard.request_id();
+                std::str::from_utf8(&own).unwrap_or("")
+            }
+        };
+        log.borrow_mut().push(&crate::access_log::Line {
+            ts_ms: rec.ts_ms,
+            request_id,
+            client: &client,
+            method: rec.method,
+            path: rec.path,
+            model: rec.model.as_deref(),
+            route: rec.route,
+            endpoint: rec.endpoint.map(|ep| shard.addr(ep).to_string()),
+            status: rec.status,
+            bytes: 0,
+            ttft_ms: None,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            prompt_tokens: None,
+            completion_tokens: None,
+            outcome: if rec.status == 0 {
+                "aborted_client"
+            } else {
+                "ok"
+            },
+        });
+    }
     let mut m = shard.metrics.borrow_mut();
     m.h2_requests[usize::from(!rec.grpc)] += 1;
     m.record(&RequestRecord {
         model: rec.model.as_deref(),
         route: rec.route,
         status: rec.status,
-        duration: started.elapsed(),
+        duration,
         ttft: None,
         tpot: None,
         prompt_tokens: None,
@@ -305,7 +383,7 @@ async fn execute(
     req: Exec<'_>,
     body: &mut RecvStream,
     respond: &mut SendResponse<Bytes>,
-    guard: &mut InFlight,
+    guard: &mut Served,
 ) -> u16 {
     let target = match &decision.plan {
         Plan::Reject(f) => return reject(respond, f),

@@ -33,11 +33,11 @@ use monoio::time::Instant;
 use shardgate_http::{split_request_head, BodyDecoder, Framing};
 use shardgate_routing::scoring::PickRequest;
 
-use super::call::{admit, answer_json, record, send_all, Record, HOP_BY_HOP};
+use super::call::{admit, answer_json, record, send_all, Record, Served, HOP_BY_HOP};
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::{Failure, Side};
 use crate::plan::{plan, Plan, RequestInfo};
-use crate::shard::{InFlight, Shard};
+use crate::shard::Shard;
 use crate::state::GatewayState;
 use crate::upstream::{
     read_watched, send_and_read_head, write_request, ExchangeLimits, Forwarded, Watched,
@@ -138,14 +138,25 @@ pub(super) async fn serve(
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
     listeners: &[usize],
-    guard: &mut InFlight,
+    guard: &mut Served,
     started: Instant,
 ) {
+    let rid = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let mut rec = Record {
         status: 0,
         model: None,
         route: None,
         grpc: false,
+        peer,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        request_id: rid.as_deref(),
+        ts_ms: crate::access_log::now_ms(),
+        endpoint: None,
     };
     let settings = &shard.settings;
     // The body's memory is charged to the shard's body budget while the
@@ -255,6 +266,7 @@ pub(super) async fn serve(
         &mut respond,
     )
     .await;
+    rec.endpoint = guard.endpoint;
     record(shard, &rec, started);
 }
 
@@ -268,7 +280,7 @@ async fn forward(
     model: Option<&str>,
     target: &crate::plan::Target<'_>,
     peer: SocketAddr,
-    guard: &mut InFlight,
+    guard: &mut Served,
     respond: &mut SendResponse<Bytes>,
 ) -> u16 {
     let settings = &shard.settings;
