@@ -128,3 +128,41 @@ fn bodies_over_h2_are_charged_to_the_body_budget() {
         .unwrap();
     assert_eq!(status, 200);
 }
+
+#[test]
+fn batchable_requests_over_h2_are_batched_like_http1_ones() {
+    let s = sim(&["llama"], |_| {});
+    let yaml = format!(
+        "{}---\napiVersion: ai.gateway.io/v1alpha1\nkind: BatchingPolicy\nmetadata:\n  name: b\n  namespace: default\nspec:\n  maxBatchSize: 8\n  maxLatency: 300ms\n  targetRefs:\n  - group: gateway.networking.k8s.io\n    kind: HTTPRoute\n    name: r\n",
+        config(s.addr())
+    );
+    let gw = Gateway::start(&yaml, &[]);
+    let before = sim_stats(s.addr())["requests_total"].as_u64().unwrap();
+    let addr = gw.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut c = GrpcClient::connect(addr).unwrap();
+                let body = format!(r#"{{"model":"llama","input":["text {i}"]}}"#);
+                let (status, _, chunks) = c
+                    .http(
+                        "POST",
+                        "/v1/embeddings",
+                        &[("content-type", "application/json")],
+                        body.as_bytes(),
+                    )
+                    .unwrap();
+                let v: serde_json::Value = serde_json::from_slice(&chunks.concat()).unwrap();
+                (status, v["data"].as_array().map_or(0, Vec::len))
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), (200, 1));
+    }
+    let calls = sim_stats(s.addr())["requests_total"].as_u64().unwrap() - before;
+    assert!(
+        calls < 8,
+        "8 batchable requests made {calls} upstream calls"
+    );
+}

@@ -11,8 +11,9 @@
 //! `content-length` of the body read added) and parsed by the same codec as
 //! an HTTP/1.1 request, so [`crate::plan`], the policy steps
 //! (`call::admit`), the picker, the attempt machine, the pooled
-//! keep-alive upstream connections and the body rewrite of a model split are
-//! exactly those of HTTP/1.1. A plan to batch is forwarded unbatched.
+//! keep-alive upstream connections, the body rewrite of a model split and
+//! micro-batching (a plan to batch joins the shard's queue) are exactly those
+//! of HTTP/1.1.
 //! Failures answer with the same OpenAI-style JSON errors.
 //!
 //! The answer's body is decoded from HTTP/1.1 framing (length or chunked) and
@@ -249,6 +250,43 @@ pub(super) async fn serve(
             return;
         }
     };
+    // A plan to batch joins this shard's queue like an HTTP/1.1 request.
+    if let Plan::Batch {
+        policy,
+        queue,
+        class,
+        ..
+    } = &decision.plan
+    {
+        if let (Some(pb), Some(model)) = (shard.batcher(policy).cloned(), decision.body_model()) {
+            let reply = crate::batch::run(
+                shard,
+                &pb,
+                crate::batch::Request {
+                    path: head.path(),
+                    body: &body,
+                    class: class.clone(),
+                    queue: *queue,
+                    level: target.priority,
+                    auth: head.header("authorization"),
+                    model,
+                    rule_id: target.route.rule_id,
+                },
+            )
+            .await;
+            let mut r = Response::new(());
+            *r.status_mut() =
+                http::StatusCode::from_u16(reply.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            r.headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            if let Ok(mut s) = respond.send_response(r, false) {
+                let _ = s.send_data(Bytes::from(reply.body), true);
+            }
+            rec.status = reply.status;
+            record(shard, &rec, started);
+            return;
+        }
+    }
     let rewritten = decision.rewrite.map(|to| {
         shard.metrics.borrow_mut().know_model(to);
         crate::proxy::rewrite_model(&body, to)
