@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
-"""bench/reload.py: live endpoint reloads under load.
+"""bench/reload.py: live endpoint and route reloads under load.
 
-One gateway (one shard) in front of three simulated vLLM servers, A, B and C. Open-loop
-completions at a fixed rate; meanwhile the config file flips N times (default 50) between
-two versions: {A, B} and {B, C}, each flip a rename over the file, as editors and
+One gateway (one shard) in front of four simulated vLLM servers, A, B, C (model m) and D
+(model n). Open-loop completions at a fixed rate, one in five for model n; meanwhile the
+config file flips N times (default 50) between two versions: {A, B} serving m, and {B, C}
+serving m plus a route for n to D. Each flip is a rename over the file, as editors and
 ConfigMap volumes do it, at a fixed interval. The same run first measures a steady phase
-of the same length without flips.
+of the same length without flips. Halfway through the flips an invalid file is written
+once (a route whose backendRef has no port): it must change nothing, and be counted in
+gateway_config_reloads_total{result="error"}.
 
-Reported: requests, errors (anything but a 200), p50/p99/max latency in the steady phase
-and during the flips; reloads applied (gateway_config_reloads_total{result="applied"});
-and requests that reached an endpoint after its removal took effect: each sim counts the
-requests it served, and the script compares the counts at each flip (an endpoint removed
-at flip k must not serve requests sent after that reload was applied: checked by stopping
-the load briefly around each flip, so no request of the old configuration is in flight).
+Reported: requests, errors, p50/p99/max latency in the steady phase and during the flips.
+An error is a non-200 for m; for n, a 404 is expected while the configuration does not
+serve it, so an error for n is any other status, or a 404 while n is served, or a 200
+while it is not (requests sent while a reload is being applied may see either). Also:
+reloads applied (gateway_config_reloads_total{result="applied"}), and requests that
+reached an endpoint after its removal took effect: each sim counts the requests it
+served, and the script compares the counts at each flip (an endpoint removed at flip k
+must not serve requests sent after that reload was applied: checked by stopping the load
+briefly around each flip, so no request of the old configuration is in flight).
 
 Everything listens on 127.0.0.1 and every process is killed at exit.
 Output: bench/results/reload.md (unless --quick).
@@ -45,15 +51,27 @@ def log(msg: str) -> None:
     print(f"[reload {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def config(gw_port: int, ports: list[int]) -> str:
+def slice_doc(svc: str, p: int) -> str:
+    return (f"---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}-{p}\n"
+            f"  labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv4\n"
+            f"ports: [{{port: {p}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n")
+
+
+def route(name: str, model: str, svc: str) -> str:
+    return ("---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n"
+            f"metadata: {{name: {name}}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules:\n"
+            f"  - matches: [{{headers: [{{name: X-Gateway-Model-Name, value: {model}}}]}}]\n"
+            f"    backendRefs: [{{name: {svc}, port: 8000}}]\n")
+
+
+def config(gw_port: int, ports: list[int], n_port: int | None) -> str:
     y = ("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n"
-         f"  gatewayClassName: shardgate\n  listeners: [{{name: http, protocol: HTTP, port: {gw_port}}}]\n---\n"
-         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n"
-         "  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 8000}]}]\n")
-    for i, p in enumerate(ports):
-        y += (f"---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-{p}\n"
-              "  labels: {kubernetes.io/service-name: svc}\naddressType: IPv4\n"
-              f"ports: [{{port: {p}}}]\nendpoints: [{{addresses: [\"127.0.0.1\"]}}]\n")
+         f"  gatewayClassName: shardgate\n  listeners: [{{name: http, protocol: HTTP, port: {gw_port}}}]\n")
+    y += route("r", "m", "svc")
+    for p in ports:
+        y += slice_doc("svc", p)
+    if n_port is not None:
+        y += route("rn", "n", "svc-n") + slice_doc("svc-n", n_port)
     return y
 
 
@@ -67,7 +85,10 @@ class Load:
 
     def __init__(self, port: int, rate: float) -> None:
         self.port, self.rate = port, rate
-        self.results: list[tuple[float, int, float]] = []  # (sent at, status, latency)
+        # (sent at, status, latency, model, whether n was served when sent: True, False, or
+        # None while a reload was being applied)
+        self.results: list[tuple[float, int, float, str, bool | None]] = []
+        self.n_served: bool | None = False
         self.lock = threading.Lock()
         self.running = threading.Event()
         self.stop = threading.Event()
@@ -75,7 +96,9 @@ class Load:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def one(self, i: int) -> None:
-        body = json.dumps({"model": "m", "max_tokens": 1, "prompt": f"{i:08} load"})
+        model = "n" if i % 5 == 4 else "m"
+        n_served = self.n_served
+        body = json.dumps({"model": model, "max_tokens": 1, "prompt": f"{i:08} load"})
         t0 = time.monotonic()
         status = 0
         try:
@@ -88,7 +111,7 @@ class Load:
         except OSError:
             pass
         with self.lock:
-            self.results.append((t0, status, time.monotonic() - t0))
+            self.results.append((t0, status, time.monotonic() - t0, model, n_served))
             self.inflight -= 1
 
     def run(self) -> None:
@@ -128,14 +151,16 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="shardgate-reload-"))
     C.WORK["dir"] = work
     ports = [C.free_port() for _ in range(3)]
-    for p in ports:
-        C.PROCS.start([bins["shardgate-sim"], "--host", "127.0.0.1", "--port", str(p), "--model", "m"],
+    n_port = C.free_port()
+    for p, model in [(p, "m") for p in ports] + [(n_port, "n")]:
+        C.PROCS.start([bins["shardgate-sim"], "--host", "127.0.0.1", "--port", str(p), "--model", model],
                       work / f"sim-{p}.log")
-    for p in ports:
+    for p in ports + [n_port]:
         C.wait_for(f"sim {p}", time.monotonic() + 20,
                    lambda p=p: urllib.request.urlopen(f"http://127.0.0.1:{p}/health", timeout=1).status == 200)
     gw_port = C.free_port()
-    versions = [config(gw_port, ports[:2]), config(gw_port, ports[1:])]
+    versions = [config(gw_port, ports[:2], None), config(gw_port, ports[1:], n_port)]
+    invalid = versions[1].replace("backendRefs: [{name: svc-n, port: 8000}]", "backendRefs: [{name: svc-n}]")
     cfg = work / "gw.yaml"
     cfg.write_text(versions[0])
     ready = work / "ready.json"
@@ -155,11 +180,22 @@ def main() -> int:
     # Flips: [A, B] -> [B, C] -> [A, B] ...
     stray = 0
     applied0 = C.metric(admin, 'gateway_config_reloads_total{result="applied"}') or 0
+    errors0 = C.metric(admin, 'gateway_config_reloads_total{result="error"}') or 0
+    invalid_counted = None
+    tmp = work / "gw.yaml.tmp"
     flips_from = time.monotonic()
     for k in range(1, flips + 1):
+        if k == flips // 2 + 1:
+            # An invalid file, under load: nothing changes, the error is counted.
+            tmp.write_text(invalid)
+            tmp.rename(cfg)
+            invalid_counted = C.wait_for("the invalid file's error", time.monotonic() + 10,
+                                         lambda: (C.metric(admin, 'gateway_config_reloads_total{result="error"}') or 0)
+                                         >= errors0 + 1)
+            time.sleep(a.interval)
         new = versions[k % 2]
         gone = ports[0] if k % 2 == 1 else ports[2]
-        tmp = work / "gw.yaml.tmp"
+        load.n_served = None
         tmp.write_text(new)
         tmp.rename(cfg)
         C.wait_for(f"reload {k}", time.monotonic() + 10,
@@ -168,6 +204,7 @@ def main() -> int:
         # let them finish, then nothing more may reach it.
         load.quiesce(time.monotonic() + 10)
         before = served(gone)
+        load.n_served = k % 2 == 1
         load.running.set()
         time.sleep(max(0.0, a.interval - 0.05))
         load.quiesce(time.monotonic() + 10)
@@ -183,29 +220,45 @@ def main() -> int:
     during = [r for r in res if flips_from <= r[0] < flips_to]
     applied = (C.metric(admin, 'gateway_config_reloads_total{result="applied"}') or 0) - applied0
 
+    def error(r: tuple) -> bool:
+        _, status, _, model, n_served = r
+        if model == "m":
+            return status != 200
+        if n_served is None:
+            return status not in (200, 404)
+        return status != (200 if n_served else 404)
+
     def row(name: str, rs: list) -> str:
         lat = [r[2] for r in rs if r[1] == 200]
-        errors = sum(1 for r in rs if r[1] != 200)
-        return (f"| {name} | {len(rs)} | {errors} | {pct(lat, 0.5) * 1e3:.2f} ms | {pct(lat, 0.99) * 1e3:.2f} ms | "
-                f"{max(lat) * 1e3 if lat else float('nan'):.2f} ms |")
+        errors = sum(1 for r in rs if error(r))
+        unserved = sum(1 for r in rs if r[3] == "n" and r[1] == 404)
+        return (f"| {name} | {len(rs)} | {errors} | {unserved} | {pct(lat, 0.5) * 1e3:.2f} ms | "
+                f"{pct(lat, 0.99) * 1e3:.2f} ms | {max(lat) * 1e3 if lat else float('nan'):.2f} ms |")
 
-    lines = ["# Live endpoint reloads under load", "",
-             f"`bench/reload.py`, {time.strftime('%Y-%m-%d')}, {C.cpu_model()}: one gateway (one shard), three "
-             f"simulated servers; open-loop completions at {a.rate:.0f} req/s, one connection each; a steady phase "
-             f"of {phase_len:.0f} s, then {flips} flips of the config file between {{A, B}} and {{B, C}}, one every "
-             f"{a.interval:.1f} s (a rename over the file). Around each flip the load pauses until the reload is "
-             "applied and the requests in flight are done, so a request that reaches the removed endpoint "
-             "afterwards is a stray.", "",
-             "| phase | requests | errors | p50 | p99 | max |", "|---|---|---|---|---|---|",
+    total_errors = sum(1 for r in steady + during if error(r))
+    invalid_note = ('counted in `gateway_config_reloads_total{result="error"}`, nothing changed'
+                    if invalid_counted else "not reached")
+
+    lines = ["# Live endpoint and route reloads under load", "",
+             f"`bench/reload.py`, {time.strftime('%Y-%m-%d')}, {C.cpu_model()}: one gateway (one shard), four "
+             f"simulated servers; open-loop completions at {a.rate:.0f} req/s, one connection each, one in five "
+             f"for model n; a steady phase of {phase_len:.0f} s, then {flips} flips of the config file between "
+             f"{{A, B}} for m and {{B, C}} for m plus a route for n to D, one every {a.interval:.1f} s (a rename "
+             "over the file); halfway, one invalid file. Around each flip the load pauses once the reload is "
+             "applied until the requests in flight are done, so a request that reaches the removed endpoint "
+             "afterwards is a stray. \"n unserved\" counts the expected 404s for n while no route serves it; "
+             "an error is anything else that is not a 200.", "",
+             "| phase | requests | errors | n unserved (404) | p50 | p99 | max |",
+             "|---|---|---|---|---|---|---|",
              row("steady", steady), row(f"{flips} flips", during), "",
              f"Reloads applied: {applied:.0f} of {flips}. Requests that reached a removed endpoint after its "
-             f"reload: {stray}."]
+             f"reload: {stray}. The invalid file: {invalid_note}."]
     text = "\n".join(lines) + "\n"
     print(text)
-    log(f"applied {applied:.0f}/{flips}, stray {stray}")
+    log(f"applied {applied:.0f}/{flips}, stray {stray}, errors {total_errors}")
     if not a.quick:
         (ROOT / "bench" / "results" / "reload.md").write_text(text)
-    return 0 if stray == 0 and applied == flips else 1
+    return 0 if stray == 0 and applied == flips and total_errors == 0 and invalid_counted else 1
 
 
 if __name__ == "__main__":

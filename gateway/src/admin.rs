@@ -20,14 +20,11 @@ use shardgate_runtime::Shutdown;
 pub struct AdminView {
     /// `/debug/config` and the configuration revision.
     pub config: Arc<crate::reload::ConfigStatus>,
-    /// Model pre-warming state, when `modelPrewarming` is on.
-    pub warmth: Option<Arc<crate::prewarm::Warmth>>,
+    /// The gateway state in force: model pre-warming, canary rollouts
+    /// (`ModelRollout`) and global rate limits through Redis, when on.
+    pub live: Arc<crate::state::LiveState>,
     /// Per-model autoscaling signals (`/autoscale`), unless turned off.
     pub autoscale: Option<Arc<crate::autoscale::AutoscaleView>>,
-    /// Canary rollouts (`ModelRollout`), when the config has any.
-    pub rollouts: Option<Arc<crate::rollout::Rollouts>>,
-    /// Global rate limits through Redis, when on.
-    pub global_limiter: Option<Arc<crate::ratelimit_global::GlobalLimiter>>,
     /// Drain flag.
     pub shutdown: Shutdown,
     /// Shard metrics, merged at scrape.
@@ -138,22 +135,23 @@ async fn serve(mut stream: TcpStream, view: Arc<AdminView>) {
                 let mut text = view.hub.render();
                 view.endpoints.render_metrics(&mut text);
                 view.config.render(&mut text);
-                if let Some(w) = &view.warmth {
+                let state = view.live.load();
+                if let Some(w) = &state.warmth {
                     w.render(&mut text);
                 }
                 if let Some(a) = &view.autoscale {
                     a.render(&mut text);
                 }
-                if let Some(g) = &view.global_limiter {
+                if let Some(g) = &state.global_limiter {
                     g.render(&mut text);
                 }
-                if let Some(r) = &view.rollouts {
+                if let Some(r) = &state.rollouts {
                     r.render(&mut text);
                 }
                 text.into_bytes()
             }),
             "/debug/endpoints" => (200, b"application/json", view.endpoints.debug_json()),
-            "/debug/rollouts" => match &view.rollouts {
+            "/debug/rollouts" => match &view.live.load().rollouts {
                 Some(r) => (200, b"application/json", r.json()),
                 None => (200, b"application/json", b"{\"rollouts\": []}\n".to_vec()),
             },

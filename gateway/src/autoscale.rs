@@ -109,11 +109,12 @@ struct ModelState {
     forecast: HoltWinters,
 }
 
-/// Start the thread; `model_endpoints` lists, per model, the endpoints its
-/// requests reach.
+/// Start the thread; `lists` says, per model, which endpoints its requests
+/// reach (a live reload replaces it: models and endpoints follow, each model's
+/// learned capacity and forecast carry over).
 pub fn spawn(
     settings: Settings,
-    model_endpoints: Vec<(String, Vec<usize>)>,
+    lists: Arc<ArcSwap<crate::endpoints_view::EndpointLists>>,
     hub: Arc<MetricsHub>,
     control: Arc<ControlShared>,
 ) -> std::io::Result<Arc<AutoscaleView>> {
@@ -130,36 +131,69 @@ pub fn spawn(
     } else {
         1
     };
-    let models: Vec<ModelState> = model_endpoints
-        .into_iter()
-        .map(|(model, endpoints)| ModelState {
-            model,
-            endpoints,
-            last_total: None,
-            capacity: Capacity::new(settings.default_capacity),
-            forecast: HoltWinters::new(Params {
-                season,
-                ..Params::default()
-            }),
-        })
-        .collect();
     let out = view.clone();
     std::thread::Builder::new()
         .name("autoscale".into())
-        .spawn(move || run(settings, models, &hub, &control, &out, &stopped))?;
+        .spawn(move || run(settings, season, &lists, &hub, &control, &out, &stopped))?;
     Ok(view)
+}
+
+/// Bring `models` in line with `lists`: new models start fresh, kept ones
+/// take their new endpoints (retired ones left out), gone ones are dropped.
+fn follow(
+    models: &mut Vec<ModelState>,
+    lists: &crate::endpoints_view::EndpointLists,
+    settings: &Settings,
+    season: usize,
+) {
+    let live = |eps: &[usize]| -> Vec<usize> {
+        eps.iter()
+            .copied()
+            .filter(|&e| !lists.retired.get(e).copied().unwrap_or(false))
+            .collect()
+    };
+    models.retain(|m| {
+        lists
+            .model_endpoints
+            .iter()
+            .any(|(name, _)| *name == m.model)
+    });
+    for (model, eps) in &lists.model_endpoints {
+        match models.iter_mut().find(|m| m.model == *model) {
+            Some(m) => m.endpoints = live(eps),
+            None => models.push(ModelState {
+                model: model.clone(),
+                endpoints: live(eps),
+                last_total: None,
+                capacity: Capacity::new(settings.default_capacity),
+                forecast: HoltWinters::new(Params {
+                    season,
+                    ..Params::default()
+                }),
+            }),
+        }
+    }
 }
 
 fn run(
     settings: Settings,
-    mut models: Vec<ModelState>,
+    season: usize,
+    lists: &ArcSwap<crate::endpoints_view::EndpointLists>,
     hub: &MetricsHub,
     control: &ControlShared,
     out: &AutoscaleView,
     stopped: &Receiver<()>,
 ) {
     let mut last = Instant::now();
+    let mut models = Vec::new();
+    let mut seen = lists.load_full();
+    follow(&mut models, &seen, &settings, season);
     loop {
+        let now_lists = lists.load_full();
+        if !Arc::ptr_eq(&now_lists, &seen) {
+            follow(&mut models, &now_lists, &settings, season);
+            seen = now_lists;
+        }
         match stopped.recv_timeout(settings.interval) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,

@@ -31,6 +31,7 @@
 //! saturated only if every member is sheddable (its highest priority is below 0).
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -44,8 +45,9 @@ use shardgate_routing::telemetry::SignalKind;
 
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::Failure;
-use crate::lanes::{Dispatching, Lane, LaneCtx, Member, PolicyBatcher, Reply};
+use crate::lanes::{Dispatching, Lane, LaneCtx, LaneState, Member, PolicyBatcher, Reply};
 use crate::shard::{EndpointInFlight, Shard};
+use crate::state::GatewayState;
 use crate::upstream::{exchange_whole, write_post};
 
 /// What [`submit`] decided.
@@ -74,6 +76,8 @@ pub struct Request<'a> {
     pub model: &'a str,
     /// Dense rule id ([`shardgate_routing::RouteMatch::rule_id`]).
     pub rule_id: usize,
+    /// The gateway state the request was planned on (the lane flushes on it).
+    pub state: &'a Arc<GatewayState>,
 }
 
 /// Queue a request on `pb`.
@@ -81,6 +85,7 @@ pub fn submit(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: Request<'_>) -> Su
     let now = std::time::Instant::now();
     let (tx, rx) = local_sync::oneshot::channel();
     let ctx = LaneCtx {
+        state: LaneState(req.state.clone()),
         rule_id: req.rule_id,
         path: req.path.to_string(),
         model: req.model.to_string(),
@@ -150,13 +155,11 @@ pub async fn run(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>, req: Request<'_>) ->
 fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
     let now = std::time::Instant::now();
     let snapshot = shard.control.snapshot.load();
-    let state = shard.state();
-    let table = &state.table;
     let mut capacity = pb.capacity.borrow_mut();
     loop {
         let ready = pb.batcher.borrow_mut().poll_ready_with(now, |(_, ctx)| {
             // The adaptive signal: the least utilised healthy endpoint the lane reaches.
-            let rule = table.rule(ctx.rule_id)?;
+            let rule = ctx.state.0.table.rule(ctx.rule_id)?;
             // Flushed batches of this rule not counted in flight yet: on each
             // endpoint (we do not know which one they will pick), the safe side.
             let dispatching = pb.dispatching(ctx.rule_id);
@@ -230,6 +233,11 @@ pub async fn driver(shard: Rc<Shard>, pb: Rc<PolicyBatcher>) {
                         _ = pb.wake.wait() => {}
                     }
                 }
+            }
+            // Retired by a reload and empty: this policy's lanes are done.
+            None if pb.retired.get() => {
+                shard.drop_batcher(&pb);
+                return;
             }
             None => pb.wake.wait().await,
         }
@@ -336,7 +344,10 @@ async fn call(
     dispatch: &mut Option<Dispatching>,
 ) -> Result<(u16, Vec<u8>), Failure> {
     let settings = &shard.settings;
-    let state = shard.state_for_request();
+    // Adopt a newer state's endpoints (indices are stable), but route on the
+    // state the members were planned on.
+    let _ = shard.state_for_request();
+    let state = &ctx.state.0;
     let rule = state.table.rule(ctx.rule_id);
     let (backends, policy, route) =
         rule.map_or((&[][..], None, ""), |r| (r.backends, r.policy, r.route));
@@ -347,7 +358,7 @@ async fn call(
         prefix_total_blocks: 0,
         session: None,
     };
-    let deadline = Instant::now() + settings.response_timeout;
+    let deadline = Instant::now() + state.settings.response_timeout;
     let mut attempts = Attempts::new(settings.retries);
     shard.budget.borrow_mut().earn();
     let mut out = Vec::with_capacity(body.len() + 256);
@@ -386,7 +397,8 @@ async fn call(
             dispatch.take();
             let result = match conn {
                 Ok(conn) => {
-                    exchange_whole(conn, &mut out, deadline, settings.stream_idle_timeout).await
+                    exchange_whole(conn, &mut out, deadline, state.settings.stream_idle_timeout)
+                        .await
                 }
                 Err(e) => Err(e),
             };

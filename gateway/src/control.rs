@@ -115,8 +115,8 @@ pub struct ControlShared {
     pub settings: ControlSettings,
     /// Per shard: its share of `maxConcurrentInferences` (empty when unlimited).
     pub shares: ArcSwap<Vec<u32>>,
-    /// The `maxConcurrentInferences` budget.
-    pub budget: Option<u32>,
+    /// The `maxConcurrentInferences` budget (0: unlimited); a reload resizes it.
+    budget: std::sync::atomic::AtomicU32,
     /// Prefix sharing between shards: registration and counters.
     prefix_share: PrefixShare,
     /// What every shard reports (in-flight calls per endpoint, admission).
@@ -134,12 +134,20 @@ pub struct ControlShared {
     pub retired: Arc<crate::report::Retired>,
     /// Endpoint indices in use (the routing table's count, retired ones too).
     count: std::sync::atomic::AtomicUsize,
-    /// Where a reload sends endpoints that are new (set when the thread starts).
-    adds: arc_swap::ArcSwapOption<mpsc::Sender<Vec<AddedEndpoint>>>,
+    /// Where a reload sends its changes (set when the thread starts).
+    adds: arc_swap::ArcSwapOption<mpsc::Sender<ControlMsg>>,
 }
 
-/// An endpoint a reload added: its index, how it is reached, how it is
-/// checked, whether it is on this node.
+/// What a reload asks of the running control thread.
+pub enum ControlMsg {
+    /// Start (or start again) these endpoints' checks.
+    Endpoints(Vec<AddedEndpoint>),
+    /// Fetch the remote key sets of a new authenticator's providers.
+    Jwks(Arc<crate::jwt::Authenticator>),
+}
+
+/// An endpoint a reload added, or whose checks it changed: its index, how it
+/// is reached, how it is checked.
 #[derive(Clone)]
 pub struct AddedEndpoint {
     /// Its index in the routing table.
@@ -277,7 +285,7 @@ impl ControlShared {
                     .map(|total| shardgate_batching::Budget { total }.initial(shards.max(1)))
                     .unwrap_or_default(),
             ),
-            budget,
+            budget: std::sync::atomic::AtomicU32::new(budget.unwrap_or(0)),
             // No hub until `with_prefix_share`: registrations fail, sharing is off.
             prefix_share: PrefixShare::new(mpsc::channel().0),
             reports: Reports::new(shards.max(1), endpoint_capacity(endpoints)),
@@ -300,6 +308,30 @@ impl ControlShared {
         self.snapshot.store(Arc::new(snap));
         self.locality.store(Arc::new(local));
         self
+    }
+
+    /// The `maxConcurrentInferences` budget in force (None: unlimited).
+    pub fn budget(&self) -> Option<u32> {
+        Some(self.budget.load(Ordering::Acquire)).filter(|b| *b > 0)
+    }
+
+    /// A reload's new `maxConcurrentInferences`: shares move to it on the
+    /// next rebalance (never promising more than it while shards hold permits).
+    pub fn set_budget(&self, budget: Option<u32>) {
+        let old = self.budget();
+        if old == budget {
+            return;
+        }
+        if old.is_none() {
+            // From unlimited: start from an even split.
+            if let Some(total) = budget {
+                let shards = self.reports.shards().max(1);
+                self.shares.store(Arc::new(
+                    shardgate_batching::Budget { total }.initial(shards),
+                ));
+            }
+        }
+        self.budget.store(budget.unwrap_or(0), Ordering::Release);
     }
 
     /// Endpoint indices in use.
@@ -333,11 +365,19 @@ impl ControlShared {
             }
         }
         self.locality.store(Arc::new(locality));
-        if !added.is_empty() && tx.send(added).is_err() {
+        if !added.is_empty() && tx.send(ControlMsg::Endpoints(added)).is_err() {
             return false;
         }
         self.count.store(count, Ordering::Release);
         true
+    }
+
+    /// Start fetching a new authenticator's remote JWK sets (the old one's
+    /// loops end once it is dropped). False when the thread is not running.
+    pub fn fetch_jwks(&self, auth: &Arc<crate::jwt::Authenticator>) -> bool {
+        self.adds
+            .load_full()
+            .is_some_and(|tx| tx.send(ControlMsg::Jwks(auth.clone())).is_ok())
     }
 
     /// After the state swap: the endpoints no backend names any more. Their
@@ -475,7 +515,8 @@ pub fn spawn(
         .spawn(move || {
             let r = shardgate_runtime::block_on(async move {
                 crate::jwks_fetch::spawn_all(&auth, &jwks_roots);
-                run(shared, endpoints, specs, share).await
+                drop(auth);
+                run(shared, endpoints, specs, share, jwks_roots).await
             });
             if let Err(e) = r {
                 tracing::error!(error = %e, "control runtime");
@@ -496,12 +537,14 @@ struct Loops {
     health: Rc<RefCell<Health>>,
     lists: crate::models_poll::ModelLists,
     throttle: Throttle,
+    epochs: crate::report::Epochs,
 }
 
 impl Loops {
     /// Start endpoint `ep`'s loops: `/v1/models` polls, telemetry scrapes and,
-    /// with a spec, health checks.
+    /// with a spec, health checks. Loops started before for `ep` end.
     fn start(&self, ep: usize, target: Target, spec: Option<HealthSpec>) {
+        let epoch = self.epochs.next(ep);
         {
             let mut h = self.health.borrow_mut();
             while h.status.len() <= ep {
@@ -516,8 +559,16 @@ impl Loops {
                 });
             }
             if let Some(st) = h.status.get_mut(ep) {
+                let probe = spec.as_ref().map(probe_name);
+                if st.probe != probe {
+                    // Another check (or none): its verdict starts over.
+                    st.healthy = true;
+                    st.consecutive_failures = 0;
+                    st.consecutive_successes = 0;
+                    st.last_error = None;
+                }
                 st.checked = spec.is_some();
-                st.probe = spec.as_ref().map(probe_name);
+                st.probe = probe;
             }
             let mut lists = self.lists.borrow_mut();
             while lists.len() <= ep {
@@ -534,6 +585,7 @@ impl Loops {
                 self.lists.clone(),
                 self.throttle.clone(),
                 self.shared.retired.clone(),
+                epoch.clone(),
             ));
         }
         if settings.scrape {
@@ -544,6 +596,7 @@ impl Loops {
                 self.store.clone(),
                 self.shared.clone(),
                 self.throttle.clone(),
+                epoch.clone(),
             ));
         }
         if let Some(spec) = spec {
@@ -554,6 +607,7 @@ impl Loops {
                 settings.clone(),
                 self.health.clone(),
                 self.shared.clone(),
+                epoch,
             ));
         }
     }
@@ -564,11 +618,12 @@ async fn run(
     endpoints: Vec<(SocketAddr, Option<Arc<UpstreamTls>>)>,
     specs: Vec<Option<HealthSpec>>,
     share: Option<PrefixShareInbox>,
+    jwks_roots: Arc<rustls::RootCertStore>,
 ) {
     if let Some(inbox) = share {
         monoio::spawn(share_loop(inbox, shared.clone()));
     }
-    let (adds_tx, adds) = mpsc::channel::<Vec<AddedEndpoint>>();
+    let (adds_tx, adds) = mpsc::channel::<ControlMsg>();
     shared.adds.store(Some(Arc::new(adds_tx)));
     let settings = shared.settings.clone();
     let loops = Loops {
@@ -580,6 +635,7 @@ async fn run(
         throttle: Throttle::new(settings.max_concurrent_scrapes, endpoints.len()),
         shared: shared.clone(),
         settings: settings.clone(),
+        epochs: crate::report::Epochs::default(),
     };
     for (ep, (addr, tls)) in endpoints.iter().enumerate() {
         let target = Target {
@@ -591,10 +647,17 @@ async fn run(
     let mut generation = 0u64;
     loop {
         monoio::time::sleep(settings.scrape_interval).await;
-        // Endpoints a reload added start being checked now.
-        while let Ok(batch) = adds.try_recv() {
+        // Endpoints a reload added (or changed) start being checked now.
+        while let Ok(msg) = adds.try_recv() {
+            let batch = match msg {
+                ControlMsg::Endpoints(b) => b,
+                ControlMsg::Jwks(auth) => {
+                    crate::jwks_fetch::spawn_all(&auth, &jwks_roots);
+                    continue;
+                }
+            };
             for a in batch {
-                tracing::info!(endpoint = %a.addr, "endpoint added by a reload: checks start");
+                tracing::info!(endpoint = %a.addr, "endpoint added or changed by a reload: checks start");
                 loops.start(
                     a.ep,
                     Target {
@@ -626,7 +689,7 @@ async fn run(
         });
         let snap = ScoringSnapshot::build(generation, now, &loops.store.borrow(), inputs);
         shared.snapshot.store(Arc::new(snap));
-        if let Some(total) = shared.budget {
+        if let Some(total) = shared.budget() {
             rebalance_shares(&shared, total);
         }
     }
@@ -686,12 +749,16 @@ async fn scrape_loop(
     store: Rc<RefCell<TelemetryStore>>,
     shared: Arc<ControlShared>,
     throttle: Throttle,
+    epoch: crate::report::LoopEpoch,
 ) {
     let checks = &shared.checks;
     let addr = target.addr;
     let mut conn = target.client();
     let mut failing = false;
     loop {
+        if !epoch.current() {
+            return;
+        }
         if shared.retired.get(ep) {
             // Retired by a reload: idle until it comes back.
             monoio::time::sleep(settings.scrape_interval).await;
@@ -770,10 +837,14 @@ async fn health_loop(
     settings: ControlSettings,
     health: Rc<RefCell<Health>>,
     shared: Arc<ControlShared>,
+    epoch: crate::report::LoopEpoch,
 ) {
     let addr = target.addr;
     let mut conn = target.client();
     loop {
+        if !epoch.current() {
+            return;
+        }
         if shared.retired.get(ep) {
             monoio::time::sleep(spec.interval).await;
             continue;

@@ -37,6 +37,8 @@ pub struct EndpointLists {
     pub model_endpoints: Vec<(String, Vec<usize>)>,
     /// Per endpoint: no backend names it any more (kept for stable indices).
     pub retired: Vec<bool>,
+    /// The default scheduling profile (the score columns).
+    pub profile: Profile,
 }
 
 impl EndpointLists {
@@ -58,7 +60,13 @@ impl EndpointLists {
                 .collect(),
             model_endpoints: model_endpoints(table),
             retired: eps.iter().map(|e| e.retired).collect(),
+            profile: Profile::default(),
         }
+    }
+
+    /// The same lists scored under `profile`.
+    pub fn with_profile(self, profile: Profile) -> Self {
+        EndpointLists { profile, ..self }
     }
 }
 
@@ -70,8 +78,6 @@ pub struct EndpointsView {
     pub control: Arc<ControlShared>,
     /// Shard metrics (in-flight, ejection).
     pub hub: Arc<MetricsHub>,
-    /// Profile used for the score columns.
-    pub profile: Profile,
 }
 
 /// For each model the routes list, the endpoints a request naming it reaches
@@ -139,7 +145,8 @@ impl EndpointsView {
         snap: &shardgate_routing::scoring::ScoringSnapshot,
         now: Instant,
     ) -> Vec<ScoreBreakdown> {
-        let cands: Vec<Candidate> = (0..self.lists.load().endpoints.len())
+        let lists = self.lists.load();
+        let cands: Vec<Candidate> = (0..lists.endpoints.len())
             .map(|endpoint| Candidate {
                 endpoint,
                 prefix_blocks: 0,
@@ -153,8 +160,15 @@ impl EndpointsView {
             prefix_total_blocks: 0,
             session: None,
         };
-        let _ =
-            Picker::new(0).pick_explained(&self.profile, snap, &req, &cands, &zeros, now, &mut out);
+        let _ = Picker::new(0).pick_explained(
+            &lists.profile,
+            snap,
+            &req,
+            &cands,
+            &zeros,
+            now,
+            &mut out,
+        );
         out
     }
 
@@ -219,7 +233,7 @@ impl EndpointsView {
                     "missing": t.map(|t| t.missing.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
                 },
                 "scores": {
-                    "profile": self.profile.kind.as_str(),
+                    "profile": lists.profile.kind.as_str(),
                     "status": breakdown.get(id).map(|b| format!("{:?}", b.status)),
                     "total": breakdown.get(id).and_then(|b| b.total),
                     "by_scorer": scores,
@@ -326,7 +340,7 @@ impl EndpointsView {
             if let Some(total) = breakdown.get(id).and_then(|b| b.total) {
                 let labels = [
                     ("endpoint", addr.as_str()),
-                    ("profile", self.profile.kind.as_str()),
+                    ("profile", lists.profile.kind.as_str()),
                 ];
                 w.sample("", &labels, total);
             }

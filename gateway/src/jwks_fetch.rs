@@ -114,29 +114,40 @@ pub fn roots(ca_file: Option<&std::path::Path>) -> Result<rustls::RootCertStore,
 pub fn spawn_all(auth: &Arc<Authenticator>, roots: &Arc<rustls::RootCertStore>) {
     for (i, p) in auth.providers().enumerate() {
         if matches!(p.source(), KeySource::Remote { .. }) {
-            monoio::spawn(fetch_loop(auth.clone(), i, roots.clone()));
+            monoio::spawn(fetch_loop(Arc::downgrade(auth), i, roots.clone()));
         }
     }
 }
 
-async fn fetch_loop(auth: Arc<Authenticator>, index: usize, roots: Arc<rustls::RootCertStore>) {
-    let Some(provider) = auth.providers().nth(index) else {
-        return;
+/// Fetch provider `index`'s keys on its interval (and at once when a shard
+/// asks) for as long as its authenticator serves: a reload that replaces it
+/// ends the loop.
+async fn fetch_loop(
+    auth: std::sync::Weak<Authenticator>,
+    index: usize,
+    roots: Arc<rustls::RootCertStore>,
+) {
+    let (name, uri, refresh) = {
+        let Some(a) = auth.upgrade() else { return };
+        let Some(provider) = a.providers().nth(index) else {
+            return;
+        };
+        let KeySource::Remote { uri, refresh } = provider.source() else {
+            return;
+        };
+        (provider.name.clone(), uri.clone(), *refresh)
     };
-    let KeySource::Remote { uri, refresh } = provider.source() else {
-        return;
-    };
-    let refresh = (*refresh).max(Duration::from_secs(1));
-    let Some(target) = parse_http_uri(uri) else {
-        tracing::warn!(provider = %provider.name, uri = %uri, "remoteJWKS: not an http:// or https:// URI; tokens of this provider are refused (401 no_keys)");
+    let refresh = refresh.max(Duration::from_secs(1));
+    let Some(target) = parse_http_uri(&uri) else {
+        tracing::warn!(provider = %name, uri = %uri, "remoteJWKS: not an http:// or https:// URI; tokens of this provider are refused (401 no_keys)");
         return;
     };
     let tls = if target.tls {
-        let origin = format!("remoteJWKS of provider {}", provider.name);
+        let origin = format!("remoteJWKS of provider {name}");
         match UpstreamTls::new(target.host, (*roots).clone(), &[], origin) {
             Ok(t) => Some(Arc::new(t)),
             Err(e) => {
-                tracing::warn!(provider = %provider.name, uri = %uri, error = %e, "remoteJWKS: cannot set up TLS; tokens of this provider are refused (401 no_keys)");
+                tracing::warn!(provider = %name, uri = %uri, error = %e, "remoteJWKS: cannot set up TLS; tokens of this provider are refused (401 no_keys)");
                 return;
             }
         }
@@ -147,18 +158,27 @@ async fn fetch_loop(auth: Arc<Authenticator>, index: usize, roots: Arc<rustls::R
     loop {
         let next = match fetch(&target, tls.as_ref(), &mut req).await {
             Ok(set) => {
-                tracing::info!(provider = %provider.name, keys = set.len(), "remoteJWKS fetched");
+                let Some(a) = auth.upgrade() else { return };
+                let Some(provider) = a.providers().nth(index) else {
+                    return;
+                };
+                tracing::info!(provider = %name, keys = set.len(), "remoteJWKS fetched");
                 provider.store_keys(set);
                 Instant::now() + refresh
             }
             Err(e) => {
-                tracing::warn!(provider = %provider.name, uri = %uri, error = %e, "remoteJWKS fetch failed; keeping the last key set");
+                tracing::warn!(provider = %name, uri = %uri, error = %e, "remoteJWKS fetch failed; keeping the last key set");
                 Instant::now() + refresh.min(RETRY_AFTER_FAILURE)
             }
         };
         loop {
             monoio::time::sleep(POLL).await;
-            if provider.take_refetch() || Instant::now() >= next {
+            let Some(a) = auth.upgrade() else {
+                tracing::debug!(provider = %name, "remoteJWKS: the authenticator was replaced; this fetch loop ends");
+                return;
+            };
+            let refetch = a.providers().nth(index).is_some_and(|p| p.take_refetch());
+            if refetch || Instant::now() >= next {
                 break;
             }
         }
@@ -175,6 +195,13 @@ async fn fetch(
     let conn = connect(addr, FETCH_TIMEOUT, tls)
         .await
         .map_err(|e| e.message().to_string())?;
+    if let Some(n) = conn
+        .stream
+        .tls_handshake()
+        .and_then(|i| crate::upstream::CONTROL_TLS_HANDSHAKES.get(i))
+    {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     req.clear();
     req.extend_from_slice(b"GET ");
     req.extend_from_slice(target.path.as_bytes());

@@ -706,6 +706,12 @@ impl TokenCache {
         }
     }
 
+    /// Forget every verdict (the authenticator was replaced by a reload).
+    pub fn clear(&mut self) {
+        self.by_policy.clear();
+        self.len = 0;
+    }
+
     /// Tokens held now.
     pub fn len(&self) -> usize {
         self.len
@@ -822,6 +828,31 @@ impl Authenticator {
     /// Whether no rule uses JWT authentication.
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
+    }
+
+    /// A reload built this authenticator to replace `older`: each remote
+    /// provider starts with the key set `older` fetched from the same URI, so
+    /// tokens verify before the first fetch of the new one. How many were
+    /// carried.
+    pub fn carry_remote_keys(&self, older: &Authenticator) -> usize {
+        let mut carried = 0;
+        for (_, policy) in &self.policies {
+            for p in &policy.providers {
+                let KeySource::Remote { uri, .. } = &p.source else {
+                    continue;
+                };
+                let old = older
+                    .policies
+                    .iter()
+                    .flat_map(|(_, op)| op.providers.iter())
+                    .find(|op| matches!(&op.source, KeySource::Remote { uri: u, .. } if u == uri));
+                if let Some(op) = old.filter(|op| op.key_count() > 0) {
+                    p.keys.store(op.keys.load_full());
+                    carried += 1;
+                }
+            }
+        }
+        carried
     }
 
     /// Take the local key sets of `newer` (built from a reloaded

@@ -4,14 +4,16 @@
 //! the capacity learned per endpoint for the adaptive signal. The shard owns
 //! these; `batch` carries out their flushes.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use shardgate_batching::{BatchKey, BatchPolicy, Batcher, CapacityEstimate, FlushReason, QueueId};
 
 use crate::metrics::QueueMetrics;
 use crate::notify::Notify;
+use crate::state::GatewayState;
 
 /// What a member gets back.
 #[derive(Debug)]
@@ -22,9 +24,37 @@ pub struct Reply {
     pub body: Vec<u8>,
 }
 
+/// The gateway state a lane's members were planned on, compared by identity:
+/// members of one lane share it, so a lane flushes on the configuration its
+/// members started with, and a reload's new lanes never mix with old ones.
+#[derive(Clone)]
+pub struct LaneState(pub Arc<GatewayState>);
+
+impl PartialEq for LaneState {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LaneState {}
+
+impl std::hash::Hash for LaneState {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), h);
+    }
+}
+
+impl std::fmt::Debug for LaneState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LaneState({:p})", Arc::as_ptr(&self.0))
+    }
+}
+
 /// What separates lanes beyond the body's batch key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LaneCtx {
+    /// The gateway state the members were planned on (`rule_id` indexes its table).
+    pub state: LaneState,
     /// Dense rule id ([`shardgate_routing::RoutingTable::rule`]).
     pub rule_id: usize,
     /// Request path.
@@ -52,6 +82,11 @@ pub type Lane = (BatchKey, LaneCtx);
 pub struct PolicyBatcher {
     /// `namespace/name` of the BatchingPolicy.
     pub key: String,
+    /// The policy as configured (a reload that changes it makes a new batcher).
+    pub policy: BatchPolicy,
+    /// Replaced or removed by a reload: takes no new member, and its driver
+    /// ends once its lanes are empty.
+    pub retired: Cell<bool>,
     pub(crate) batcher: RefCell<Batcher<Member, Lane>>,
     pub(crate) wake: Notify,
     /// Queue names by [`QueueId`].
@@ -106,7 +141,9 @@ impl PolicyBatcher {
         let queue_names = policy.queues().iter().map(|q| q.name.clone()).collect();
         PolicyBatcher {
             key,
-            batcher: RefCell::new(Batcher::new(policy)),
+            retired: Cell::new(false),
+            batcher: RefCell::new(Batcher::new(policy.clone())),
+            policy,
             wake: Notify::default(),
             queue_names,
             capacity: RefCell::new(Vec::new()),

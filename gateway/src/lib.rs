@@ -81,6 +81,7 @@ pub mod metrics;
 pub mod models_poll;
 pub mod notify;
 pub mod plan;
+pub mod ports;
 pub mod prewarm;
 pub mod proxy;
 pub mod ratelimit;
@@ -97,7 +98,6 @@ pub mod tls;
 pub mod upstream;
 pub mod upstream_tls;
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -300,76 +300,26 @@ pub fn start(
     }
 
     // Group served listeners by port; bind one socket per shard per port.
-    let mut ports: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
-    for (i, l) in loaded.table.listeners().iter().enumerate() {
-        if l.served {
-            ports.entry(l.port).or_default().push(i);
-        } else {
-            tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP, HTTPS and GRPC listeners only)");
-        }
+    for l in loaded.table.listeners().iter().filter(|l| !l.served) {
+        tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP, HTTPS and GRPC listeners only)");
     }
-    if ports.is_empty() {
-        return Err(vec![
-            "no Gateway listener with protocol HTTP, HTTPS or GRPC: nothing to serve".to_string(),
-        ]);
-    }
-    if let Some(p) = run.listen_port {
-        if let Some((first, ls)) = ports.pop_first() {
-            tracing::info!(
-                from = first,
-                to = p,
-                "listener port overridden by --listen-port"
-            );
-            ports.entry(p).or_default().extend(ls);
-        }
-    }
-    let mut per_shard: Vec<Vec<server::PortSocket>> = (0..shards).map(|_| Vec::new()).collect();
-    let mut addrs = Vec::new();
-    let mut tls_ports = Vec::new();
-    for (port, listeners) in &ports {
-        let addr = SocketAddr::new(run.bind, *port);
-        let reject_unknown = run.limits.tls_unknown_sni == cli::UnknownSni::Reject;
-        let tls = tls::port_config(loaded.table.listeners(), listeners, reject_unknown)
-            .map_err(|e| vec![e])?;
-        let sharing = if run.reuse_port_with_other_processes {
-            shardgate_runtime::PortSharing::WithOtherProcesses
-        } else {
-            shardgate_runtime::PortSharing::ThisProcessOnly
-        };
-        let sockets = shardgate_runtime::bind_reuseport(addr, shards, sharing).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AddrInUse && !run.reuse_port_with_other_processes {
-                vec![format!(
-                    "cannot listen on {addr}: address in use by another process (is another shardgate running? pass --reuse-port-with-other-processes to share the port for a zero-downtime upgrade): {e}"
-                )]
+    let (ports, per_shard) = ports::Ports::bind(
+        ports::BindSettings {
+            ip: run.bind,
+            listen_port: run.listen_port,
+            sharing: if run.reuse_port_with_other_processes {
+                shardgate_runtime::PortSharing::WithOtherProcesses
             } else {
-                vec![format!("cannot listen on {addr}: {e}")]
-            }
-        })?;
-        if let Some(first) = sockets.first() {
-            addrs.push(first.local_addr().map_err(|e| vec![e.to_string()])?);
-        }
-        for sock in &sockets {
-            shutdown
-                .close_on_trigger(sock)
-                .map_err(|e| vec![format!("cannot prepare {addr} for the drain: {e}")])?;
-        }
-        for (shard, sock) in sockets.into_iter().enumerate() {
-            per_shard[shard].push(server::PortSocket {
-                listeners: listeners.clone(),
-                tls: tls.as_ref().map(|t| t.config.clone()),
-                socket: sock,
-                h2: listeners
-                    .iter()
-                    .any(|&l| loaded.table.listeners()[l].protocol == "GRPC"),
-            });
-        }
-        if let Some(tls) = tls {
-            tls_ports.push(reload::TlsPort {
-                listeners: listeners.clone(),
-                tls,
-            });
-        }
-    }
+                shardgate_runtime::PortSharing::ThisProcessOnly
+            },
+            reject_unknown_sni: run.limits.tls_unknown_sni == cli::UnknownSni::Reject,
+            shards,
+        },
+        loaded.table.listeners(),
+        &shutdown,
+    )
+    .map_err(|e| vec![e])?;
+    let addrs = ports.addrs();
 
     let driver = shardgate_runtime::detect_driver();
     let endpoints: Vec<String> = loaded
@@ -450,15 +400,18 @@ pub fn start(
     ));
     let mut reloader = reload::Reloader::new(
         &run.config_limits,
+        &run.limits,
         settings.jwt_leeway,
         sources,
         &loaded.config,
-        loaded.table.listeners(),
-        tls_ports,
+        ports,
         auth.clone(),
         config_status.clone(),
     );
-    let warmth = prewarm::Warmth::for_table(&loaded.table);
+    let warmth = prewarm::Warmth::for_table(&loaded.table, control.capacity);
+    let endpoint_lists = Arc::new(arc_swap::ArcSwap::from_pointee(
+        endpoints_view::EndpointLists::of(&loaded.table),
+    ));
     let autoscale = if run.limits.autoscale_interval.is_zero() {
         None
     } else {
@@ -469,7 +422,7 @@ pub fn start(
                     ttft_slo: run.limits.autoscale_ttft_slo,
                     default_capacity: run.limits.autoscale_default_capacity,
                 },
-                endpoints_view::model_endpoints(&loaded.table),
+                endpoint_lists.clone(),
                 hub.clone(),
                 control.clone(),
             )
@@ -482,39 +435,6 @@ pub fn start(
         rollout::spawn(r, hub.clone())
             .map_err(|e| vec![format!("cannot start the rollout controller: {e}")])?;
     }
-    let endpoint_lists = Arc::new(arc_swap::ArcSwap::from_pointee(
-        endpoints_view::EndpointLists::of(&loaded.table),
-    ));
-    let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
-    if let Some(a) = admin_addr {
-        let listener =
-            admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
-        admin_addr = listener.local_addr().ok();
-        let view = Arc::new(admin::AdminView {
-            config: config_status.clone(),
-            warmth: warmth.clone(),
-            autoscale: autoscale.clone(),
-            global_limiter: global_limiter.clone(),
-            rollouts: rollouts.clone(),
-            endpoints: endpoints_view::EndpointsView {
-                lists: endpoint_lists.clone(),
-                control: control.clone(),
-                hub: hub.clone(),
-                profile: pick.tune(
-                    shardgate_routing::scoring::Profile::resolve(
-                        None,
-                        loaded.table.inference_config(),
-                    )
-                    .unwrap_or_default(),
-                    &settings,
-                ),
-            },
-            shutdown: shutdown.clone(),
-            hub: hub.clone(),
-        });
-        admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
-    }
-
     let mut state =
         GatewayState::with_auth(loaded.table, settings, pick, auth).map_err(|e| vec![e])?;
     state.warmth = warmth;
@@ -525,6 +445,30 @@ pub fn start(
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let live = Arc::new(state::LiveState::new(state));
+    endpoint_lists.store(Arc::new(
+        endpoints_view::EndpointLists::of(&live.load().table)
+            .with_profile(*live.load().profile(None)),
+    ));
+    let mut admin_addr = cli::admin_addr(&run.admin_addr).map_err(|e| vec![e])?;
+    if let Some(a) = admin_addr {
+        let listener =
+            admin::bind(a).map_err(|e| vec![format!("cannot listen on admin address {a}: {e}")])?;
+        admin_addr = listener.local_addr().ok();
+        let view = Arc::new(admin::AdminView {
+            config: config_status.clone(),
+            live: live.clone(),
+            autoscale: autoscale.clone(),
+            endpoints: endpoints_view::EndpointsView {
+                lists: endpoint_lists.clone(),
+                control: control.clone(),
+                hub: hub.clone(),
+            },
+            shutdown: shutdown.clone(),
+            hub: hub.clone(),
+        });
+        admin::spawn(listener, view).map_err(|e| vec![e.to_string()])?;
+    }
+
     reloader.attach(reload::LiveHandles {
         live: live.clone(),
         control: control.clone(),
@@ -580,7 +524,7 @@ pub fn start(
 /// Warm the models `modelPrewarming` lists ([`prewarm`]), when it is on.
 /// The fleet-wide limiter and its lease thread, with `--rate-limit-redis` and
 /// some SecurityPolicy `rateLimit` to apply it to.
-fn start_global_limits(
+pub(crate) fn start_global_limits(
     limits: &cli::LimitArgs,
     table: &shardgate_routing::RoutingTable,
 ) -> Result<Option<Arc<ratelimit_global::GlobalLimiter>>, Vec<String>> {
@@ -610,33 +554,10 @@ fn start_global_limits(
 }
 
 fn start_prewarm(state: &GatewayState) -> std::io::Result<()> {
-    let (Some(w), Some(spec)) = (
-        &state.warmth,
-        state
-            .table
-            .inference_config()
-            .and_then(|c| c.spec.model_prewarming.as_ref()),
-    ) else {
-        return Ok(());
-    };
-    let reach: Vec<(String, Vec<usize>)> = spec
-        .models
-        .iter()
-        .map(|m| {
-            (
-                m.clone(),
-                endpoints_view::endpoints_for_model(&state.table, m),
-            )
-        })
-        .collect();
-    let addrs: Vec<SocketAddr> = state.table.endpoints().iter().map(|e| e.addr).collect();
-    let targets = prewarm::targets(spec, &reach, &addrs);
-    tracing::info!(
-        pairs = targets.len(),
-        strict = w.strict(),
-        "modelPrewarming: warming up"
-    );
-    prewarm::spawn(w.clone(), spec, targets)
+    match &state.warmth {
+        Some(w) => prewarm::start(w, &state.table, None).map(|_| ()),
+        None => Ok(()),
+    }
 }
 
 /// The total client-connection cap: `--max-connections` when given, else derived
@@ -733,7 +654,10 @@ fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
 
 /// The `/debug/config` body of a loaded configuration (before the reload
 /// fields [`reload::ConfigStatus`] adds).
-fn debug_config_value(loaded: &load::Loaded, sources: &[(String, String)]) -> serde_json::Value {
+pub(crate) fn debug_config_value(
+    loaded: &load::Loaded,
+    sources: &[(String, String)],
+) -> serde_json::Value {
     let docs: Vec<serde_json::Value> = loaded
         .config
         .docs

@@ -913,6 +913,21 @@ impl MetricsHub {
             |s| s.upstream_tls_handshakes,
         );
         w.family(
+            "gateway_control_tls_handshakes_total",
+            "TLS handshakes the control thread completed with backends and JWKS servers (telemetry scrapes, health checks, model polls, remoteJWKS fetches), by result: in full (full) or by session resumption (resumed).",
+            Kind::Counter,
+        );
+        for (label, n) in UPSTREAM_HANDSHAKE_RESULTS
+            .iter()
+            .zip(&crate::upstream::CONTROL_TLS_HANDSHAKES)
+        {
+            w.sample(
+                "",
+                &[("result", label)],
+                n.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+        w.family(
             "gateway_buffered_body_bytes",
             "Request-body bytes buffered now, per shard (held against its share of --max-buffered-body-bytes).",
             Kind::Gauge,

@@ -67,6 +67,7 @@ pub fn parse_models(body: &[u8]) -> Result<ServedModels, String> {
 
 /// Polls endpoint `ep` at `addr` forever (see the module docs), writing its
 /// list into `lists[ep]`.
+#[allow(clippy::too_many_arguments)]
 pub async fn poll_loop(
     ep: usize,
     target: Target,
@@ -75,11 +76,15 @@ pub async fn poll_loop(
     lists: ModelLists,
     throttle: crate::throttle::Throttle,
     retired: std::sync::Arc<crate::report::Retired>,
+    epoch: crate::report::LoopEpoch,
 ) {
     let addr = target.addr;
     let mut conn = target.client();
     let mut failing = false;
     loop {
+        if !epoch.current() {
+            return;
+        }
         if retired.get(ep) {
             // Retired by a reload: idle until it comes back.
             monoio::time::sleep(interval).await;

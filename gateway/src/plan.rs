@@ -121,11 +121,19 @@ pub enum ModelSource {
     Route,
 }
 
-impl Decision<'_> {
+impl<'a> Decision<'a> {
     /// The model named by the body, if any (batching needs it).
     pub fn body_model(&self) -> Option<&str> {
         match self.model_source {
             ModelSource::Body => self.model.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The matched rule the request goes to (a forward or a batch).
+    pub fn target_route(&self) -> Option<&RouteMatch<'a>> {
+        match &self.plan {
+            Plan::Forward(t) | Plan::Batch { target: t, .. } => Some(&t.route),
             _ => None,
         }
     }

@@ -27,8 +27,11 @@
 //!   `gateway_endpoint_warm{endpoint,model}` (1 warm, 0 cold or given up) and
 //!   `gateway_prewarm_duration_seconds` (from start to the successful try).
 //!
-//! Endpoints that appear later (a reload) are warmed when live reload of
-//! endpoints lands; today the set is fixed at start.
+//! Endpoints that appear later (a live reload) are warmed too: every new
+//! endpoint that a pre-warmed model's routes reach is cold until its warm-up
+//! succeeds, before the reload's state routes to it ([`start`]). A reload
+//! that keeps the `modelPrewarming` models and mode keeps every pair's state;
+//! one that changes them starts over as at start.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -61,9 +64,12 @@ const GIVEN_UP: u8 = 3;
 /// written by the warm-up workers.
 pub struct Warmth {
     models: Vec<String>,
-    endpoints: Vec<String>,
+    /// Endpoint addresses by id (a reload adds some).
+    endpoints: arc_swap::ArcSwap<Vec<String>>,
+    /// Endpoint ids the states have room for.
+    capacity: usize,
     strict: bool,
-    /// `models.len() × endpoints.len()` states, model-major.
+    /// `models.len() × capacity` states, model-major.
     states: Vec<AtomicU8>,
     /// Pairs still cold (the shards skip every check at 0).
     cold: AtomicU64,
@@ -74,12 +80,20 @@ pub struct Warmth {
 }
 
 impl Warmth {
-    /// No pair cold yet, for `models` over `endpoints` (their addresses).
-    pub fn new(models: Vec<String>, endpoints: Vec<String>, mode: PrewarmMode) -> Self {
-        let n = models.len() * endpoints.len();
+    /// No pair cold yet, for `models` over `endpoints` (their addresses),
+    /// with room for `capacity` endpoint ids (at least as many as now).
+    pub fn new(
+        models: Vec<String>,
+        endpoints: Vec<String>,
+        mode: PrewarmMode,
+        capacity: usize,
+    ) -> Self {
+        let capacity = capacity.max(endpoints.len());
+        let n = models.len() * capacity;
         Warmth {
             models,
-            endpoints,
+            endpoints: arc_swap::ArcSwap::from_pointee(endpoints),
+            capacity,
             strict: mode == PrewarmMode::Strict,
             states: (0..n).map(|_| AtomicU8::new(NOT_TARGETED)).collect(),
             cold: AtomicU64::new(0),
@@ -90,10 +104,21 @@ impl Warmth {
     }
 
     fn slot(&self, model: usize, ep: usize) -> Option<&AtomicU8> {
-        if ep >= self.endpoints.len() {
+        if ep >= self.capacity {
             return None;
         }
-        self.states.get(model * self.endpoints.len() + ep)
+        self.states.get(model * self.capacity + ep)
+    }
+
+    /// A reload's endpoint addresses (ids kept, new ones appended).
+    pub fn set_endpoints(&self, endpoints: Vec<String>) {
+        self.endpoints.store(Arc::new(endpoints));
+    }
+
+    /// Whether `spec` warms what this state tracks (the same models and mode).
+    pub fn follows(&self, spec: &ModelPrewarming) -> bool {
+        self.models == spec.models
+            && self.strict == (spec.mode.unwrap_or_default() == PrewarmMode::Strict)
     }
 
     fn set(&self, model: usize, ep: usize, to: u8) {
@@ -152,8 +177,9 @@ impl Warmth {
         }
         let mut w = PromWriter::new(out, Style::PLAIN);
         w.family("gateway_endpoint_warm", "Whether a pre-warmed model's warm-up on the endpoint succeeded (modelPrewarming): 1 warm, 0 still cold or given up.", Kind::Gauge);
+        let endpoints = self.endpoints.load();
         for (mi, m) in self.models.iter().enumerate() {
-            for (ei, e) in self.endpoints.iter().enumerate() {
+            for (ei, e) in endpoints.iter().enumerate() {
                 let Some(s) = self.slot(mi, ei) else { continue };
                 let v = match s.load(Ordering::Acquire) {
                     NOT_TARGETED => continue,
@@ -176,14 +202,12 @@ impl Warmth {
 
 impl Warmth {
     /// The warm-up state for `table`'s InferenceConfig `modelPrewarming`, when
-    /// it is enabled and lists models.
-    pub fn for_table(table: &shardgate_routing::RoutingTable) -> Option<Arc<Warmth>> {
-        let p = table
-            .inference_config()?
-            .spec
-            .model_prewarming
-            .as_ref()
-            .filter(|p| p.enabled && !p.models.is_empty())?;
+    /// it is enabled and lists models, with room for `capacity` endpoint ids.
+    pub fn for_table(
+        table: &shardgate_routing::RoutingTable,
+        capacity: usize,
+    ) -> Option<Arc<Warmth>> {
+        let p = spec_of(table)?;
         Some(Arc::new(Warmth::new(
             p.models.clone(),
             table
@@ -192,8 +216,70 @@ impl Warmth {
                 .map(|e| e.addr.to_string())
                 .collect(),
             p.mode.unwrap_or_default(),
+            capacity,
         )))
     }
+}
+
+/// `table`'s `modelPrewarming`, when enabled with models.
+pub fn spec_of(table: &shardgate_routing::RoutingTable) -> Option<&ModelPrewarming> {
+    table
+        .inference_config()?
+        .spec
+        .model_prewarming
+        .as_ref()
+        .filter(|p| p.enabled && !p.models.is_empty())
+}
+
+/// Start warming up `table`'s pairs on `warmth`: at start (`appeared` None),
+/// `replicasPerModel` of the endpoints each model's routes reach; after a
+/// reload, every endpoint of `appeared` (ids new to the table) that a
+/// pre-warmed model's routes reach, so a scale-up's pods warm before they take
+/// that model's traffic. The pairs are cold once this returns. Returns how
+/// many pairs it started.
+pub fn start(
+    warmth: &Arc<Warmth>,
+    table: &shardgate_routing::RoutingTable,
+    appeared: Option<&[usize]>,
+) -> std::io::Result<usize> {
+    let Some(spec) = spec_of(table) else {
+        return Ok(0);
+    };
+    let reach: Vec<(String, Vec<usize>)> = spec
+        .models
+        .iter()
+        .map(|m| {
+            let eps = crate::endpoints_view::endpoints_for_model(table, m);
+            let eps = match appeared {
+                Some(new) => eps.into_iter().filter(|e| new.contains(e)).collect(),
+                None => eps,
+            };
+            (m.clone(), eps)
+        })
+        .collect();
+    let addrs: Vec<SocketAddr> = table.endpoints().iter().map(|e| e.addr).collect();
+    let targets = match appeared {
+        None => targets(spec, &reach, &addrs),
+        Some(_) => {
+            let all = ModelPrewarming {
+                replicas_per_model: Some(u32::MAX),
+                ..spec.clone()
+            };
+            if reach.iter().all(|(_, eps)| eps.is_empty()) {
+                return Ok(0);
+            }
+            targets(&all, &reach, &addrs)
+        }
+    };
+    let n = targets.len();
+    tracing::info!(
+        pairs = n,
+        strict = warmth.strict(),
+        reload = appeared.is_some(),
+        "modelPrewarming: warming up"
+    );
+    spawn(warmth.clone(), spec, targets)?;
+    Ok(n)
 }
 
 /// One warm-up to do.
@@ -375,6 +461,7 @@ mod tests {
             vec!["a".into(), "b".into()],
             vec!["e0".into(), "e1".into()],
             PrewarmMode::Preferred,
+            2,
         );
         assert!(!w.any_cold());
         w.set(1, 0, COLD);

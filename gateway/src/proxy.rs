@@ -129,7 +129,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     shard: Rc<Shard>,
     client: S,
     peer: SocketAddr,
-    listeners: Rc<[usize]>,
+    port: u16,
     open: ConnGauge,
 ) {
     let _ = client.tcp().set_nodelay(true);
@@ -166,7 +166,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
             }
         };
         io.out = shard.take_out_buf();
-        let fut = handle_request(shard.clone(), io, head, peer, listeners.clone());
+        let fut = handle_request(shard.clone(), io, head, peer, port);
         let (keep, back) = reuse_box(&mut slot, fut).await;
         io = back;
         shard.give_out_buf(std::mem::take(&mut io.out));
@@ -422,7 +422,7 @@ async fn handle_request<S: ClientStream>(
     mut io: ConnIo<S>,
     head: RequestHead,
     peer: SocketAddr,
-    listeners: Rc<[usize]>,
+    port: u16,
 ) -> (bool, ConnIo<S>) {
     let shard = &shard;
     let (client, rbuf, out) = (&mut io.client, &mut io.rbuf, &mut io.out);
@@ -451,14 +451,19 @@ async fn handle_request<S: ClientStream>(
     };
     let keep = match &body {
         Ok(body) => {
+            // The port's listeners in this state (none once a reload removed
+            // the port: the request finds no route and the connection closes).
+            let listeners = state.listeners_on(port);
             let req = Req {
                 head: &head,
                 body,
                 peer,
-                client_keep: head.keep_alive() && !shard.shutdown.is_draining(),
+                client_keep: head.keep_alive()
+                    && !shard.shutdown.is_draining()
+                    && !listeners.is_empty(),
             };
             execute(
-                shard, &state, client, out, &req, &listeners, &mut rq, &mut guard,
+                shard, &state, client, out, &req, listeners, &mut rq, &mut guard,
             )
             .await
         }
@@ -604,7 +609,7 @@ struct Req<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn execute<'s, S: ClientStream>(
     shard: &Rc<Shard>,
-    state: &'s GatewayState,
+    state: &'s std::sync::Arc<GatewayState>,
     client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
     req: &Req<'s>,
@@ -627,7 +632,8 @@ async fn execute<'s, S: ClientStream>(
         message_model: None,
         roll: fastrand::u32(..),
     };
-    let decision = plan(&info, state, listeners);
+    let mut decision = plan(&info, state, listeners);
+    split_fallback(shard, state, &mut decision);
     rq.model = decision.model.clone();
     rq.route = decision.route;
     if decision.known_model {
@@ -730,7 +736,7 @@ async fn execute<'s, S: ClientStream>(
         }
     }
     // maxConcurrentInferences: hold a permit until the answer is out.
-    let _permit = match &shard.admission {
+    let _permit = match shard.admission() {
         Some(adm) => {
             let key = shard
                 .metrics
@@ -754,7 +760,7 @@ async fn execute<'s, S: ClientStream>(
         ..
     } = &decision.plan
     {
-        if let (Some(pb), Some(model)) = (shard.batcher(policy).cloned(), body_model) {
+        if let (Some(pb), Some(model)) = (shard.batcher(policy), body_model) {
             let reply = crate::batch::run(
                 shard,
                 &pb,
@@ -767,6 +773,7 @@ async fn execute<'s, S: ClientStream>(
                     auth: head.header("authorization"),
                     model,
                     rule_id: target.route.rule_id,
+                    state,
                 },
             )
             .await;
@@ -812,6 +819,46 @@ async fn execute<'s, S: ClientStream>(
         rq,
     )
     .await
+}
+
+/// A model-version split chose a target no endpoint of the route can serve
+/// now (none lists it, or none is healthy and not ejected): the request goes
+/// to the split's first target that one can (a rollout's stable version
+/// first), instead of failing with 503. The choice stands when none can.
+fn split_fallback<'a>(shard: &Shard, state: &'a GatewayState, d: &mut crate::plan::Decision<'a>) {
+    let Some((to, backends, rule_id)) = d
+        .rewrite
+        .zip(d.target_route())
+        .map(|(to, r)| (to, r.backends, r.rule_id))
+    else {
+        return;
+    };
+    let now = Instant::now();
+    if shard.model_reachable(backends, to, now) {
+        return;
+    }
+    let Some(split) = d
+        .requested
+        .as_deref()
+        .and_then(|m| state.table.model_split(rule_id, m))
+    else {
+        return;
+    };
+    let Some(alt) = split
+        .targets
+        .iter()
+        .map(|t| t.model.as_str())
+        .find(|m| *m != to && shard.model_reachable(backends, m, now))
+    else {
+        return;
+    };
+    tracing::debug!(
+        chosen = to,
+        fallback = alt,
+        "split target unreachable: falling back"
+    );
+    d.rewrite = Some(alt);
+    d.model = Some(std::borrow::Cow::Borrowed(alt));
 }
 
 /// `body` with its top-level `model` string's value replaced by `to` (JSON-
@@ -900,7 +947,11 @@ async fn forward<S: ClientStream>(
 ) -> bool {
     let settings = &shard.settings;
     let route = &target.route;
-    let deadline = Instant::now() + route.request_timeout.unwrap_or(settings.response_timeout);
+    // Timeouts from the state's InferenceConfig (a reload may change them).
+    let deadline = Instant::now()
+        + route
+            .request_timeout
+            .unwrap_or(state.settings.response_timeout);
     let profile = state.profile(route.policy);
     let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
     let hashes = (uses_prefix && !req.body.is_empty())
@@ -925,7 +976,7 @@ async fn forward<S: ClientStream>(
     let lim = ExchangeLimits {
         limits: &settings.limits,
         deadline,
-        idle_timeout: settings.stream_idle_timeout,
+        idle_timeout: state.settings.stream_idle_timeout,
         head_request: req.head.method() == "HEAD",
     };
     let tail = (req.body.len() > INLINE_BODY).then_some(req.body);
@@ -988,8 +1039,9 @@ async fn forward<S: ClientStream>(
                     if let Some(h) = &hashes {
                         shard.record_prefix(ep, h);
                     }
+                    let times = (deadline, lim.idle_timeout);
                     return stream_response(
-                        shard, client, out, req, rid, resp, conn, ep, deadline, rq,
+                        shard, client, out, req, rid, resp, conn, ep, times, rq,
                     )
                     .await;
                 }
@@ -1041,10 +1093,9 @@ async fn stream_response<S: ClientStream>(
     resp: ResponseHead,
     mut conn: UpstreamConn,
     ep: usize,
-    deadline: Instant,
+    (deadline, idle_timeout): (Instant, Duration),
     rq: &mut RequestState<'_>,
 ) -> bool {
-    let settings = &shard.settings;
     let framing = resp.framing();
     rq.status = resp.status();
     let sse = resp
@@ -1157,7 +1208,7 @@ async fn stream_response<S: ClientStream>(
             }
             timing.flushed(sse, rq);
         }
-        let until = deadline.min(Instant::now() + settings.stream_idle_timeout);
+        let until = deadline.min(Instant::now() + idle_timeout);
         match read_watched(Some(client.sock.tcp()), &mut conn, until, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;

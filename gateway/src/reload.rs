@@ -1,4 +1,5 @@
-//! Live configuration from files: certificates, JWK sets and endpoints.
+//! Live configuration from files: certificates, JWK sets, endpoints, routes
+//! and policies.
 //!
 //! `serve -c FILE…` watches the directories that hold its files (inotify, in
 //! a thread of its own: editors and Kubernetes ConfigMap/Secret volumes
@@ -21,29 +22,35 @@
 //!   providers with a `localJWKS.secretRef` get the new keys (tokens cached
 //!   under the old set lapse). All ports are prepared before any is changed:
 //!   a Secret that does not parse changes nothing;
-//! - **only `EndpointSlice` documents changed** (besides Secrets): pods came
-//!   or went. Applied live, `result="applied"`
-//!   ([`Reloader::apply_endpoints`]): the table is rebuilt keeping every
-//!   endpoint's index (a gone address stays as a retired entry, a returning
-//!   one gets its old index back), so everything kept per endpoint (upstream
-//!   pools, telemetry, health, ejections, the prefix index, rate-limit and
-//!   JWT state) carries over; the control thread starts checking new
-//!   endpoints, a scoring snapshot that knows them is awaited (at most 1 s),
+//! - **anything else changed** (endpoints, routes, listeners, Services,
+//!   pools, policies, the InferenceConfig, rollouts):
+//!   applied live, `result="applied"` (`Reloader::apply_live`): the table is
+//!   rebuilt keeping every endpoint's index (a gone address stays as a retired
+//!   entry, a returning one gets its old index back), so everything kept per
+//!   endpoint (upstream pools, telemetry, health, ejections, the prefix index)
+//!   carries over, and so do the rate-limit cells and JWT providers unless a
+//!   SecurityPolicy changed, and rollout progress unless a ModelRollout did.
+//!   The control thread starts checking new endpoints (and again those whose
+//!   health check or TLS changed) and resizes `maxConcurrentInferences`; a
+//!   scoring snapshot that knows the new endpoints is awaited (at most 1 s);
 //!   then the new state is swapped in for the shards (`LiveState`, an
 //!   `arc-swap`): requests already running finish on the state they started
-//!   with, the next request of every connection (keep-alive ones included)
+//!   with (a batching lane flushes on the state its members were queued
+//!   under), the next request of every connection (keep-alive ones included)
 //!   routes on the new one, and only then are the gone endpoints retired (their
 //!   checks idle, their idle connections closed). About 250 ms from the file
 //!   write to the first request on a new endpoint (`e2e_reload`): the 100 ms
 //!   debounce plus two scoring snapshots. Per-endpoint arrays have room for
 //!   [`crate::control::endpoint_capacity`] of the start's count (twice it,
-//!   and at least 1,024 more); beyond it the change waits for a restart.
-//!   New endpoints are not pre-warmed (`modelPrewarming`) yet;
-//! - **anything else changed** (routes, listeners, policies, Services):
-//!   `result="restart_required"`. The Secrets are still applied when the
-//!   listeners are laid out as before; the other changes are named in the log
-//!   and in `/debug/config` (`reload.pending_restart`) and take effect at the
-//!   next start;
+//!   and at least 1,024 more); beyond it the reload is refused. New endpoints
+//!   that a `modelPrewarming` model reaches are cold (warming) before the
+//!   swap ([`crate::prewarm::start`]);
+//!   Ports that listeners gained or lost are bound before and unbound after
+//!   the swap ([`crate::ports`]);
+//! - **the port `--listen-port` replaced is removed or switches between
+//!   `HTTP` and `HTTPS`**: `result="restart_required"`. The change is named in
+//!   the log and in `/debug/config` (`reload.pending_restart`) and takes
+//!   effect at the next start;
 //! - **nothing changed** (the bytes are the same, or only comments and
 //!   formatting differ): `result="unchanged"`, nothing else happens.
 //!
@@ -65,10 +72,9 @@ use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use shardgate_routing::config::Resource;
-use shardgate_routing::{Config, ListenerInfo, LoadLimits};
+use shardgate_routing::{Config, LoadLimits};
 
 use crate::jwt::Authenticator;
-use crate::tls::PortTls;
 
 /// A reload starts once no event came for this long.
 pub const QUIET: Duration = Duration::from_millis(100);
@@ -98,8 +104,10 @@ pub struct ConfigStatus {
     trigger: std::sync::OnceLock<Sender<Instant>>,
     revision: AtomicU64,
     reloads: [AtomicU64; 4],
-    /// The `/debug/config` body of the configuration loaded at start.
-    base: serde_json::Value,
+    /// The `/debug/config` body of the configuration in force.
+    base: ArcSwap<serde_json::Value>,
+    /// (configuration port, address) of every port served now.
+    listening: ArcSwap<Vec<(u16, std::net::SocketAddr)>>,
     report: ArcSwap<Report>,
 }
 
@@ -119,7 +127,8 @@ impl ConfigStatus {
             trigger: std::sync::OnceLock::new(),
             revision: AtomicU64::new(1),
             reloads: Default::default(),
-            base,
+            base: ArcSwap::from_pointee(base),
+            listening: ArcSwap::from_pointee(Vec::new()),
             report: ArcSwap::from_pointee(Report {
                 hash: hex_hash(sources),
                 ..Report::default()
@@ -156,11 +165,18 @@ impl ConfigStatus {
     /// The `/debug/config` body: the loaded resources, the revision and the
     /// last reload's outcome.
     pub fn debug_json(&self) -> Vec<u8> {
-        let mut v = self.base.clone();
+        let mut v = serde_json::Value::clone(&self.base.load());
         let r = self.report.load();
         if let Some(obj) = v.as_object_mut() {
             obj.insert("revision".into(), self.revision().into());
             obj.insert("hash".into(), r.hash.clone().into());
+            let listen: Vec<serde_json::Value> = self
+                .listening
+                .load()
+                .iter()
+                .map(|(port, addr)| serde_json::json!({"port": port, "address": addr.to_string()}))
+                .collect();
+            obj.insert("listen".into(), listen.into());
             obj.insert(
                 "reload".into(),
                 serde_json::json!({
@@ -195,14 +211,6 @@ impl ConfigStatus {
     }
 }
 
-/// One served port's TLS, with the listeners (indices in the table) it serves.
-pub struct TlsPort {
-    /// Listener indices, as at start.
-    pub listeners: Vec<usize>,
-    /// The port's rotatable certificates.
-    pub tls: PortTls,
-}
-
 /// What the running configuration is, as far as a reload compares it.
 struct Running {
     /// Hash of the bytes last read (identical bytes: nothing to do).
@@ -211,11 +219,19 @@ struct Running {
     others: Named,
     /// The Secrets serving now.
     secrets: Named,
-    /// The listener layout (without certificates).
-    layout: Vec<Layout>,
 }
 
-type Layout = (String, String, u16, String, bool, Option<String>);
+/// What a live reload changed (for the log).
+struct Applied {
+    added: usize,
+    rechecked: usize,
+    retired: usize,
+    live: usize,
+    rules: usize,
+    models: usize,
+    ports_added: usize,
+    ports_removed: usize,
+}
 
 /// What a reload needs to apply endpoint changes to the running gateway
 /// (handed over once it runs: [`Reloader::attach`]).
@@ -235,29 +251,15 @@ pub struct LiveHandles {
 /// Reloads the configuration from its files (see the module doc).
 pub struct Reloader {
     live: Option<LiveHandles>,
+    /// The CLI's limits (settings are derived from them and the InferenceConfig).
+    run_limits: crate::cli::LimitArgs,
     max_bytes: usize,
     limits: LoadLimits,
     jwt_leeway: Duration,
-    ports: Vec<TlsPort>,
+    ports: crate::ports::Ports,
     auth: Arc<Authenticator>,
     status: Arc<ConfigStatus>,
     running: Running,
-}
-
-fn layout(listeners: &[ListenerInfo]) -> Vec<Layout> {
-    listeners
-        .iter()
-        .map(|l| {
-            (
-                l.gateway.clone(),
-                l.name.clone(),
-                l.port,
-                l.protocol.clone(),
-                l.served,
-                l.hostname.clone(),
-            )
-        })
-        .collect()
 }
 
 /// Named resources (`Kind namespace/name`), in document order.
@@ -272,11 +274,11 @@ fn split(config: &Config) -> (Named, Named) {
         .partition(|(_, r)| !matches!(r, Resource::Secret(_)))
 }
 
-/// `named` without its EndpointSlices (what a live endpoint reload may change).
-fn without_slices(named: &Named) -> Vec<&(String, Resource)> {
+/// The documents of `kind` in `named`, in order.
+fn of_kind<'a>(named: &'a Named, kind: &str) -> Vec<&'a (String, Resource)> {
     named
         .iter()
-        .filter(|(_, r)| !matches!(r, Resource::EndpointSlice(_)))
+        .filter(|(n, _)| n.split(' ').next() == Some(kind))
         .collect()
 }
 
@@ -320,17 +322,19 @@ impl Reloader {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         limits: &crate::cli::ConfigLimitArgs,
+        run_limits: &crate::cli::LimitArgs,
         jwt_leeway: Duration,
         sources: &[(String, String)],
         config: &Config,
-        listeners: &[ListenerInfo],
-        ports: Vec<TlsPort>,
+        ports: crate::ports::Ports,
         auth: Arc<Authenticator>,
         status: Arc<ConfigStatus>,
     ) -> Self {
         let (others, secrets) = split(config);
+        status.listening.store(Arc::new(ports.listening()));
         Reloader {
             live: None,
+            run_limits: run_limits.clone(),
             max_bytes: limits.max_config_bytes,
             limits: limits.limits(),
             jwt_leeway,
@@ -341,7 +345,6 @@ impl Reloader {
                 seen: hash_sources(sources),
                 others,
                 secrets,
-                layout: layout(listeners),
             },
         }
     }
@@ -351,14 +354,24 @@ impl Reloader {
         self.live = Some(handles);
     }
 
-    /// Put a configuration whose only non-Secret changes are EndpointSlices in
-    /// force: a table rebuilt with every endpoint's index kept
-    /// ([`shardgate_routing::RoutingTable::build_next`]), a gateway state that
-    /// keeps the rate-limit cells, JWT keys, warm-up and rollout state, the
-    /// control thread told which endpoints are new (checks start) and which
-    /// are gone (checks idle), then the state swapped for the shards. Returns
-    /// (endpoints added, retired, live).
-    fn apply_endpoints(&self, config: &Config) -> Result<(usize, usize, usize), String> {
+    /// Put a valid configuration in force on the running gateway (the
+    /// listeners laid out as before): a table rebuilt with every endpoint's
+    /// index kept ([`shardgate_routing::RoutingTable::build_next`]), a new
+    /// gateway state that carries over what did not change (rate-limit cells
+    /// unless a SecurityPolicy changed, JWT providers and their fetched keys,
+    /// warm-up and rollout state unless the ModelRollouts changed, upstream TLS
+    /// and its session caches), the control thread told which endpoints are
+    /// new or checked differently (their checks start) and the new
+    /// `maxConcurrentInferences`, a scoring snapshot that knows the new
+    /// endpoints awaited, then the state swapped for the shards; the gone
+    /// endpoints are retired last. `security_changed`: a SecurityPolicy
+    /// differs. Returns what changed, for the log.
+    fn apply_live(
+        &mut self,
+        config: &Config,
+        security_changed: bool,
+        secrets_changed: bool,
+    ) -> Result<Applied, String> {
         let h = self
             .live
             .as_ref()
@@ -375,6 +388,9 @@ impl Reloader {
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
+        // New ports bound (and kept ports' certificates checked) first: a
+        // port that cannot be served changes nothing.
+        let ports = self.ports.plan(table.listeners())?;
         let n = table.endpoints().len();
         if n > h.control.capacity {
             return Err(format!(
@@ -398,17 +414,28 @@ impl Reloader {
             })
             .collect();
         let specs = crate::control::health_specs(&table);
-        let added: Vec<crate::control::AddedEndpoint> = (old_n..n)
+        let old_specs = crate::control::health_specs(&cur.table);
+        // New endpoints, and live ones whose health check or TLS changed:
+        // their checks start (again).
+        let checks: Vec<crate::control::AddedEndpoint> = (0..n)
             .filter_map(|ep| {
                 let e = table.endpoints().get(ep)?;
-                Some(crate::control::AddedEndpoint {
+                let spec = specs.get(ep).cloned().flatten();
+                let tls = upstream_tls.get(ep).cloned().flatten();
+                let changed = ep >= old_n
+                    || (!e.retired
+                        && (old_specs.get(ep).cloned().flatten() != spec
+                            || cur.table.endpoints().get(ep).map(|o| &o.tls) != Some(&e.tls)));
+                changed.then_some(crate::control::AddedEndpoint {
                     ep,
                     addr: e.addr,
-                    tls: upstream_tls.get(ep).cloned().flatten(),
-                    spec: specs.get(ep).cloned().flatten(),
+                    tls,
+                    spec,
                 })
             })
             .collect();
+        let added = (old_n..n).count();
+        let rechecked = checks.len() - added;
         let retired: Vec<bool> = table.endpoints().iter().map(|e| e.retired).collect();
         let locality: Vec<bool> = crate::control::locality(&table, h.node.as_deref())
             .into_iter()
@@ -420,21 +447,68 @@ impl Reloader {
             .iter()
             .map(|e| e.addr.to_string())
             .collect();
-        let mut st = crate::state::GatewayState::with_auth(
-            table,
-            cur.settings.clone(),
-            cur.pick,
-            cur.auth.clone(),
-        )?;
-        st.rate_limiter = cur.rate_limiter.clone();
-        st.global_limiter = cur.global_limiter.clone();
-        st.rollouts = cur.rollouts.clone();
-        st.warmth = cur.warmth.clone();
+        // Settings from the CLI and the new InferenceConfig (timeouts,
+        // maxConcurrentInferences); what was derived at start stays.
+        let mut settings = crate::load::settings(&self.run_limits, &table);
+        settings.shards = cur.settings.shards;
+        settings.max_connections = cur.settings.max_connections;
+        let auth = if security_changed {
+            let a = Arc::new(Authenticator::build(&table, self.jwt_leeway)?);
+            // Providers that stay keep the key sets fetched so far.
+            a.carry_remote_keys(&cur.auth);
+            a
+        } else {
+            if secrets_changed {
+                // A `localJWKS.secretRef` may name a changed Secret.
+                cur.auth
+                    .adopt_local_keys(&Authenticator::build(&table, self.jwt_leeway)?);
+            }
+            cur.auth.clone()
+        };
+        let rollouts_same = cur.table.rollouts() == table.rollouts();
+        let mut st = crate::state::GatewayState::with_auth(table, settings, cur.pick, auth)?;
+        if !security_changed {
+            st.rate_limiter = cur.rate_limiter.clone();
+        }
+        st.global_limiter = match &cur.global_limiter {
+            Some(g) => Some(g.clone()),
+            None => {
+                crate::start_global_limits(&self.run_limits, &st.table).map_err(|e| e.join("; "))?
+            }
+        };
+        if rollouts_same {
+            st.rollouts = cur.rollouts.clone();
+        } else if let Some(r) = &st.rollouts {
+            crate::rollout::spawn(r, h.hub.clone())
+                .map_err(|e| format!("cannot start the rollout controller: {e}"))?;
+        }
+        // modelPrewarming: the same models and mode keep every pair's state
+        // and warm the endpoints that appeared; otherwise start over. The
+        // new pairs are cold before the state that routes to them is in force.
+        st.warmth = match (&cur.warmth, crate::prewarm::spec_of(&st.table)) {
+            (Some(w), Some(spec)) if w.follows(spec) => {
+                w.set_endpoints(labels.clone());
+                Some(w.clone())
+            }
+            (_, Some(_)) => crate::prewarm::Warmth::for_table(&st.table, h.control.capacity),
+            (_, None) => None,
+        };
+        let appeared: Vec<usize> = (old_n..n).collect();
+        if let Some(w) = &st.warmth {
+            let fresh = !cur.warmth.as_ref().is_some_and(|c| Arc::ptr_eq(c, w));
+            let only = (!fresh).then_some(appeared.as_slice());
+            crate::prewarm::start(w, &st.table, only)
+                .map_err(|e| format!("cannot start the model warm-up: {e}"))?;
+        }
         st.upstream_tls = upstream_tls;
-        let added_n = added.len();
-        if !h.control.prepare_endpoints(n, &retired, locality, added) {
+        let lists = lists.with_profile(*st.profile(None));
+        if !h.control.prepare_endpoints(n, &retired, locality, checks) {
             return Err("the control thread did not take the new endpoints".to_string());
         }
+        if security_changed && !h.control.fetch_jwks(&st.auth) {
+            return Err("the control thread did not take the new JWT providers".to_string());
+        }
+        h.control.set_budget(st.settings.max_concurrent);
         h.hub.set_endpoints(labels);
         h.views.store(Arc::new(lists));
         // The shards pick from the control thread's scoring snapshot: wait (at
@@ -450,9 +524,27 @@ impl Reloader {
             std::thread::park_timeout(left.min(Duration::from_millis(5)));
         }
         let retired_n = retired.iter().filter(|r| **r).count();
+        let applied = Applied {
+            added,
+            rechecked,
+            retired: retired_n,
+            live: n - retired_n,
+            rules: st.table.rules().count(),
+            models: st.table.models().len(),
+            ports_added: 0,
+            ports_removed: 0,
+        };
         h.live.publish(Arc::new(st));
+        let (ports_added, ports_removed) = self.ports.apply(ports);
+        self.status
+            .listening
+            .store(Arc::new(self.ports.listening()));
         h.control.retire(&retired);
-        Ok((added_n, retired_n, n - retired_n))
+        Ok(Applied {
+            ports_added,
+            ports_removed,
+            ..applied
+        })
     }
 
     /// Read `paths` again and reload from them.
@@ -472,6 +564,14 @@ impl Reloader {
         Outcome::Error
     }
 
+    /// The authenticator in force (the running state's once attached).
+    fn auth(&self) -> Arc<Authenticator> {
+        match &self.live {
+            Some(h) => h.live.load().auth.clone(),
+            None => self.auth.clone(),
+        }
+    }
+
     /// Validate `sources` as a whole and apply what can be applied live.
     pub fn reload(&mut self, sources: &[(String, String)]) -> Outcome {
         let seen = hash_sources(sources);
@@ -479,78 +579,87 @@ impl Reloader {
             self.status.record(Outcome::Unchanged, |_| {});
             return Outcome::Unchanged;
         }
+        let started = Instant::now();
         let loaded = match crate::load::load_with(sources, &self.limits) {
             Ok(l) => l,
             Err(errors) => return self.failed(errors),
         };
         let (others, secrets) = split(&loaded.config);
-        let pending = changed_resources(&self.running.others, &others);
+        let mut pending = changed_resources(&self.running.others, &others);
         let secrets_changed = secrets != self.running.secrets;
-        let same_layout = layout(loaded.table.listeners()) == self.running.layout;
+        let listeners = loaded.table.listeners();
         let mut applied = false;
-        if secrets_changed && same_layout {
-            // Prepare everything first: an unusable Secret changes nothing.
-            let all = loaded.table.listeners();
-            let prepared: Result<Vec<_>, String> = self
-                .ports
-                .iter()
-                .map(|p| p.tls.prepare(all, &p.listeners))
-                .collect();
-            let prepared = match prepared {
-                Ok(p) => p,
+        if let Some(why) = self.ports.restart_needed(listeners) {
+            pending.push(why);
+        } else if pending.is_empty() && secrets_changed {
+            // Only Secrets: prepare everything first (an unusable Secret
+            // changes nothing), then rotate.
+            let certs = match self.ports.prepare_certs(listeners) {
+                Ok(c) => c,
                 Err(e) => return self.failed(vec![e]),
             };
             let auth = match Authenticator::build(&loaded.table, self.jwt_leeway) {
                 Ok(a) => a,
                 Err(e) => return self.failed(vec![e]),
             };
-            for (port, certs) in self.ports.iter().zip(prepared) {
-                port.tls.install(certs);
-            }
-            let providers = self.auth.adopt_local_keys(&auth);
+            self.ports.install_certs(certs);
+            let providers = self.auth().adopt_local_keys(&auth);
             self.running.secrets = secrets;
             let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
             tracing::info!(
                 revision,
                 hash = %hex_hash(sources),
-                tls_ports = self.ports.len(),
+                tls_ports = self.ports.tls_ports(),
                 jwt_providers = providers,
+                took_ms = started.elapsed().as_secs_f64() * 1e3,
                 "config reload: Secrets applied (certificates rotate for new handshakes)"
             );
+            self.status
+                .base
+                .store(Arc::new(crate::debug_config_value(&loaded, sources)));
             applied = true;
-        }
-        // Only EndpointSlices changed (besides Secrets): apply them live.
-        let mut pending = pending;
-        let slices_only = !pending.is_empty()
-            && same_layout
-            && without_slices(&self.running.others) == without_slices(&others);
-        if slices_only {
-            let started = Instant::now();
-            match self.apply_endpoints(&loaded.config) {
-                Ok((added, retired, live)) => {
+        } else if !pending.is_empty() {
+            // Anything else: a new state (and the ports it serves).
+            let security_changed = of_kind(&self.running.others, "SecurityPolicy")
+                != of_kind(&others, "SecurityPolicy");
+            match self.apply_live(&loaded.config, security_changed, secrets_changed) {
+                Ok(a) => {
                     let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
                     tracing::info!(
                         revision,
                         hash = %hex_hash(sources),
-                        added,
-                        retired,
-                        live,
+                        changes = %pending.join(", "),
+                        endpoints_added = a.added,
+                        endpoints_rechecked = a.rechecked,
+                        endpoints_retired = a.retired,
+                        endpoints_live = a.live,
+                        rules = a.rules,
+                        models = a.models,
+                        ports_bound = a.ports_added,
+                        ports_unbound = a.ports_removed,
                         took_ms = started.elapsed().as_secs_f64() * 1e3,
-                        "config reload: endpoints applied"
+                        "config reload: applied"
                     );
                     self.running.others = others;
+                    self.running.secrets = secrets;
+                    self.status
+                        .base
+                        .store(Arc::new(crate::debug_config_value(&loaded, sources)));
                     pending.clear();
                     applied = true;
                 }
                 Err(why) => {
-                    tracing::warn!(error = %why, "config reload: the endpoint changes cannot be applied live");
-                    pending.push(format!("endpoints ({why})"));
+                    // Valid, but it cannot be put in force: the running
+                    // configuration keeps serving.
+                    return self.failed(vec![format!(
+                        "the configuration is valid but cannot be applied live: {why}"
+                    )]);
                 }
             }
         }
         self.running.seen = seen;
         let hash = hex_hash(sources);
-        if pending.is_empty() && (applied || !secrets_changed) {
+        if pending.is_empty() {
             let outcome = if applied {
                 Outcome::Applied
             } else {
@@ -563,13 +672,10 @@ impl Reloader {
             });
             return outcome;
         }
-        if secrets_changed && !applied {
-            pending.push("Secrets (the listeners changed)".to_string());
-        }
         tracing::warn!(
             revision = self.status.revision(),
             changes = %pending.join(", "),
-            "config reload: valid, but these changes take effect at the next start (live reload covers Secrets so far)"
+            "config reload: valid, but it takes a restart: these changes take effect at the next start"
         );
         self.status.record(Outcome::RestartRequired, |r| {
             r.hash = hash;

@@ -123,6 +123,47 @@ impl Retired {
     }
 }
 
+/// Per endpoint: the generation of its control-thread loops (scrape, model
+/// poll, health check). Starting an endpoint's loops again (a reload changed
+/// its health check or its TLS) makes the older ones end at their next turn.
+/// Control thread only.
+#[derive(Clone, Default)]
+pub struct Epochs(std::rc::Rc<std::cell::RefCell<Vec<u32>>>);
+
+impl Epochs {
+    /// A new generation for `ep`'s loops; earlier ones stop being current.
+    pub fn next(&self, ep: usize) -> LoopEpoch {
+        let mut v = self.0.borrow_mut();
+        if v.len() <= ep {
+            v.resize(ep + 1, 0);
+        }
+        let mine = v.get(ep).map_or(0, |e| e.wrapping_add(1));
+        if let Some(e) = v.get_mut(ep) {
+            *e = mine;
+        }
+        LoopEpoch {
+            epochs: self.clone(),
+            ep,
+            mine,
+        }
+    }
+}
+
+/// One loop's generation ([`Epochs`]).
+#[derive(Clone)]
+pub struct LoopEpoch {
+    epochs: Epochs,
+    ep: usize,
+    mine: u32,
+}
+
+impl LoopEpoch {
+    /// Whether this loop is still its endpoint's current one.
+    pub fn current(&self) -> bool {
+        self.epochs.0.borrow().get(self.ep) == Some(&self.mine)
+    }
+}
+
 /// Every shard's report.
 pub struct Reports {
     shards: Box<[ShardReport]>,
@@ -141,6 +182,11 @@ impl Reports {
     /// Shard `id`'s report.
     pub fn shard(&self, id: usize) -> Option<&ShardReport> {
         self.shards.get(id)
+    }
+
+    /// How many shards report.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
     }
 
     /// In-flight calls per endpoint, summed over the shards.

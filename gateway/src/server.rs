@@ -20,7 +20,6 @@
 //! thread (new connections refused, backlogs reset at once); the accept loops
 //! wake on the shut socket and end.
 
-use std::net::TcpListener as StdListener;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -32,22 +31,9 @@ use crate::access_log::{AccessLog, FLUSH_EVERY};
 use crate::conns::{Backoff, LogLimiter, SHED_ON_EMFILE};
 use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, PUBLISH_EVERY};
+use crate::ports::{PortSocket, ShardPorts};
 use crate::proxy::serve_connection;
 use crate::shard::{ConnGauge, Shard};
-
-/// One served port on one shard: the listener indices of the routing table on
-/// it, its TLS configuration when its listeners are `HTTPS`, and the shard's
-/// pre-bound socket.
-pub struct PortSocket {
-    /// Routing-table listener indices sharing this port.
-    pub listeners: Vec<usize>,
-    /// The port's rustls configuration (`HTTPS` listeners), shared by shards.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// This shard's socket.
-    pub socket: StdListener,
-    /// A `GRPC` listener's port: HTTP/2 with prior knowledge ([`crate::h2`]).
-    pub h2: bool,
-}
 
 /// A shard's main future: accept on every port until drain, then wait for in-flight
 /// requests to finish.
@@ -58,7 +44,7 @@ pub async fn shard_main(
     hub: Arc<MetricsHub>,
     access_log: Option<AccessLog>,
     control: Arc<ControlShared>,
-    sockets: Vec<PortSocket>,
+    ports: ShardPorts,
 ) {
     let shard = Shard::new(
         info.id,
@@ -67,33 +53,20 @@ pub async fn shard_main(
         hub,
         access_log.map(|l| l.shard()),
         control,
+        spawn_batch_driver,
     );
     shard.publish_metrics();
     monoio::spawn(publish_loop(shard.clone()));
-    if let Some(a) = &shard.admission {
-        monoio::spawn(a.clone().driver());
-    }
-    for pb in &shard.batchers {
-        monoio::spawn(crate::batch::driver(shard.clone(), pb.clone()));
+    // The admission (and its driver) is made now when a budget is set.
+    let _ = shard.admission();
+    for pb in shard.batchers() {
+        spawn_batch_driver(shard.clone(), pb);
     }
     tracing::debug!(shard = info.id, driver = info.driver.name(), core = ?info.core, "shard started");
-    for PortSocket {
-        listeners,
-        tls,
-        socket,
-        h2,
-    } in sockets
-    {
-        let listener = match TcpListener::from_std(socket) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(shard = info.id, error = %e, "cannot register listener");
-                continue;
-            }
-        };
-        let listeners: Rc<[usize]> = listeners.into();
-        monoio::spawn(accept_loop(shard.clone(), listener, listeners, tls, h2));
+    for p in ports.sockets {
+        listen(&shard, p);
     }
+    monoio::spawn(port_inbox(shard.clone(), ports.inbox));
     shutdown.wait().await;
     let deadline = Instant::now() + shard.settings.drain_timeout;
     while shard.in_flight.get() > 0 && Instant::now() < deadline {
@@ -112,6 +85,36 @@ pub async fn shard_main(
     }
 }
 
+/// Run a batcher's driver on this shard.
+fn spawn_batch_driver(shard: Rc<Shard>, pb: Rc<crate::lanes::PolicyBatcher>) {
+    monoio::spawn(crate::batch::driver(shard, pb));
+}
+
+/// Start accepting on `p` (a port served at start, or bound by a reload).
+fn listen(shard: &Rc<Shard>, p: PortSocket) {
+    match TcpListener::from_std(p.socket) {
+        Ok(l) => {
+            monoio::spawn(accept_loop(shard.clone(), l, p.port, p.tls, p.closed));
+        }
+        Err(e) => {
+            tracing::error!(shard = shard.id, port = p.port, error = %e, "cannot register listener")
+        }
+    }
+}
+
+/// Take the sockets of ports a reload bound (every 250 ms, off the request
+/// path) until the gateway drains.
+async fn port_inbox(shard: Rc<Shard>, inbox: std::sync::mpsc::Receiver<PortSocket>) {
+    while !shard.shutdown.is_draining() {
+        monoio::time::sleep(FLUSH_EVERY).await;
+        while let Ok(p) = inbox.try_recv() {
+            if !shard.shutdown.is_draining() {
+                listen(&shard, p);
+            }
+        }
+    }
+}
+
 /// Publish this shard's metrics every [`PUBLISH_EVERY`] and hand its access-log
 /// lines to the writer every [`FLUSH_EVERY`], until the runtime stops.
 async fn publish_loop(shard: Rc<Shard>) {
@@ -121,9 +124,20 @@ async fn publish_loop(shard: Rc<Shard>) {
         if let Some(log) = &shard.access_log {
             log.borrow_mut().flush();
         }
-        if let Some(a) = &shard.admission {
-            if let Some(share) = shard.control.shares.load().get(shard.id) {
-                a.set_share(*share);
+        let adm = match shard.control.budget() {
+            // Made here when a reload set a budget, so every shard reports.
+            Some(_) => shard.admission(),
+            None => shard.admission_made(),
+        };
+        if let Some(a) = adm {
+            match shard.control.budget() {
+                Some(_) => {
+                    if let Some(share) = shard.control.shares.load().get(shard.id) {
+                        a.set_share(*share);
+                    }
+                }
+                // The budget was removed by a reload: let every waiter in.
+                None => a.set_share(u32::MAX),
             }
         }
         if last_publish.elapsed() >= PUBLISH_EVERY {
@@ -147,12 +161,24 @@ fn transient(e: &std::io::Error) -> bool {
     ) || e.raw_os_error() == Some(libc::EPROTO)
 }
 
+/// Whether `port` serves a `GRPC` listener in the state in force (its
+/// connections speak HTTP/2 with prior knowledge).
+fn grpc_port(shard: &Shard, port: u16) -> bool {
+    let st = shard.state();
+    st.listeners_on(port).iter().any(|&l| {
+        st.table
+            .listeners()
+            .get(l)
+            .is_some_and(|x| x.protocol == "GRPC")
+    })
+}
+
 async fn accept_loop(
     shard: Rc<Shard>,
     listener: TcpListener,
-    listeners: Rc<[usize]>,
+    port: u16,
     tls: Option<Arc<rustls::ServerConfig>>,
-    h2: bool,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 ) {
     let mut backoff = Backoff::default();
     let mut accept_log = LogLimiter::default();
@@ -168,7 +194,7 @@ async fn accept_loop(
             }
             _ = monoio::time::sleep(Shutdown::POLL) => {}
         }
-        if shard.shutdown.is_draining() {
+        if shard.shutdown.is_draining() || closed.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
         // The socket is readable, so this completes at once (each shard owns its socket).
@@ -192,25 +218,25 @@ async fn accept_loop(
                 }
                 let open = ConnGauge::new(&shard);
                 match &tls {
-                    None if h2 => {
+                    None if grpc_port(&shard, port) => {
+                        // A GRPC listener's port: HTTP/2 with prior knowledge.
                         monoio::spawn(crate::h2::serve_connection(
                             shard.clone(),
                             stream,
                             peer,
-                            listeners.clone(),
+                            port,
                             open,
                         ));
                     }
                     None => {
                         // HTTP/1.1, or HTTP/2 with prior knowledge ([`crate::h2`]).
-                        let (shard, listeners) = (shard.clone(), listeners.clone());
+                        let shard = shard.clone();
                         monoio::spawn(async move {
                             let wait = crate::h2::SNIFF_WAIT.min(shard.settings.header_timeout);
                             if crate::h2::sniff_preface(&stream, wait).await {
-                                crate::h2::serve_connection(shard, stream, peer, listeners, open)
-                                    .await
+                                crate::h2::serve_connection(shard, stream, peer, port, open).await
                             } else {
-                                serve_connection(shard, stream, peer, listeners, open).await
+                                serve_connection(shard, stream, peer, port, open).await
                             }
                         });
                     }
@@ -219,14 +245,19 @@ async fn accept_loop(
                             shard.clone(),
                             stream,
                             peer,
-                            listeners.clone(),
+                            port,
                             open,
                             config.clone(),
                         ));
                     }
                 }
             }
-            Err(_) if shard.shutdown.is_draining() => return,
+            Err(_)
+                if shard.shutdown.is_draining()
+                    || closed.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                return
+            }
             Err(e) if transient(&e) => {
                 tracing::debug!(shard = shard.id, error = %e, "accept failed");
             }
@@ -262,7 +293,7 @@ async fn serve_tls(
     shard: Rc<Shard>,
     stream: monoio::net::TcpStream,
     peer: std::net::SocketAddr,
-    listeners: Rc<[usize]>,
+    port: u16,
     open: ConnGauge,
     config: Arc<rustls::ServerConfig>,
 ) {
@@ -272,9 +303,9 @@ async fn serve_tls(
         Ok(tls) => {
             shard.metrics.borrow_mut().tls_handshakes[tls.handshake_result()] += 1;
             if tls.alpn() == Some(b"h2") {
-                crate::h2::serve_tls(shard, tls, peer, listeners, open).await
+                crate::h2::serve_tls(shard, tls, peer, port, open).await
             } else {
-                serve_connection(shard, tls, peer, listeners, open).await
+                serve_connection(shard, tls, peer, port, open).await
             }
         }
         Err(e) => {

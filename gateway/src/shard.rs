@@ -84,12 +84,21 @@ pub struct Shard {
     pub budget: RefCell<RetryBudget>,
     /// Tokens this shard verified (`--jwt-cache-size`).
     pub jwt_cache: RefCell<crate::jwt::TokenCache>,
+    /// The authenticator `jwt_cache`'s verdicts came from.
+    auth_seen: RefCell<Arc<crate::jwt::Authenticator>>,
     /// This shard's share of `--max-buffered-body-bytes`.
     pub body_budget: BodyBudget,
-    /// One batcher per BatchingPolicy.
-    pub batchers: Vec<Rc<PolicyBatcher>>,
-    /// This shard's share of `maxConcurrentInferences`, when set.
-    pub admission: Option<Rc<crate::admit::ShardAdmission>>,
+    /// One batcher per BatchingPolicy of the state in force, plus those a
+    /// reload retired until their lanes are empty.
+    batchers: RefCell<Vec<Rc<PolicyBatcher>>>,
+    /// This shard's share of `maxConcurrentInferences`, made the first time a
+    /// budget is set ([`Self::admission`]).
+    admission: RefCell<Option<Rc<crate::admit::ShardAdmission>>>,
+    /// This shard, for spawning the drivers a reload's new batchers need.
+    me: std::rc::Weak<Shard>,
+    /// Starts a batcher's driver task (`batch::driver`, handed in by the
+    /// shard's wiring so this module does not import the batching one).
+    batch_driver: fn(Rc<Shard>, Rc<PolicyBatcher>),
     /// Client connections: this shard's share of `--max-connections`, the open
     /// count and the idle keep-alive connections that can be told to close.
     pub conns: Conns,
@@ -112,6 +121,7 @@ impl Shard {
         hub: Arc<MetricsHub>,
         access_log: Option<ShardLog>,
         control: Arc<ControlShared>,
+        batch_driver: fn(Rc<Shard>, Rc<PolicyBatcher>),
     ) -> Rc<Self> {
         let state = live.load_full();
         let n = state.table.endpoints().len();
@@ -123,7 +133,9 @@ impl Shard {
         } else {
             None
         };
-        Rc::new(Shard {
+        Rc::new_cyclic(|me| Shard {
+            me: me.clone(),
+            batch_driver,
             metrics: RefCell::new(ShardMetrics::new(models)),
             hub,
             access_log: access_log.map(RefCell::new),
@@ -139,6 +151,7 @@ impl Shard {
             warm_cands: RefCell::new(Vec::with_capacity(64)),
             warm_local: RefCell::new(Vec::with_capacity(64)),
             budget: RefCell::new(RetryBudget::new(state.settings.retry_budget)),
+            auth_seen: RefCell::new(state.auth.clone()),
             jwt_cache: RefCell::new(crate::jwt::TokenCache::new(state.settings.jwt_cache_size)),
             body_budget: BodyBudget::new(BodyBudget::share_of(
                 state.settings.max_buffered_body_bytes,
@@ -147,26 +160,19 @@ impl Shard {
             out_pool: Pool::new(OUT_POOL_MAX),
             read_pool: Pool::new(READ_POOL_MAX),
             hash_pool: Pool::new(HASH_POOL_MAX),
-            admission: state.settings.max_concurrent.map(|total| {
-                let shares =
-                    shardgate_batching::Budget { total }.initial(state.settings.shards.max(1));
-                crate::admit::ShardAdmission::new(
-                    shares.get(id).copied().unwrap_or(1),
-                    state.settings.admission_timeout,
-                    control.clone(),
-                    id,
-                )
-            }),
+            admission: RefCell::new(None),
             conns: Conns::new(per_shard_cap(
                 state.settings.max_connections,
                 state.settings.shards,
                 id,
             )),
-            batchers: state
-                .batch_policies
-                .iter()
-                .map(|(k, p)| Rc::new(PolicyBatcher::new(k.clone(), p.clone())))
-                .collect(),
+            batchers: RefCell::new(
+                state
+                    .batch_policies
+                    .iter()
+                    .map(|(k, p)| Rc::new(PolicyBatcher::new(k.clone(), p.clone())))
+                    .collect(),
+            ),
             id,
             outliers: RefCell::new(Outliers::new(
                 n,
@@ -216,8 +222,105 @@ impl Shard {
                     pool.clear(i);
                 }
             }
+            drop(pool);
+            self.adopt_batchers(&state);
+            if !Arc::ptr_eq(&self.auth_seen.borrow(), &state.auth) {
+                // Other providers or keys: verdicts of the old ones lapse.
+                *self.auth_seen.borrow_mut() = state.auth.clone();
+                self.jwt_cache.borrow_mut().clear();
+            }
         }
         state
+    }
+
+    /// A newer state's BatchingPolicies: a batcher for each new or changed
+    /// policy (its driver started); those it no longer has are retired (no new
+    /// members; their lanes still flush on the state they were planned on).
+    fn adopt_batchers(&self, state: &GatewayState) {
+        let mut batchers = self.batchers.borrow_mut();
+        for b in batchers.iter() {
+            let kept = state
+                .batch_policies
+                .iter()
+                .any(|(k, p)| *k == b.key && *p == b.policy);
+            if !kept && !b.retired.replace(true) {
+                b.wake.notify();
+            }
+        }
+        for (k, p) in &state.batch_policies {
+            let have = batchers
+                .iter()
+                .any(|b| !b.retired.get() && b.key == *k && b.policy == *p);
+            if have {
+                continue;
+            }
+            let pb = Rc::new(PolicyBatcher::new(k.clone(), p.clone()));
+            if let Some(me) = self.me.upgrade() {
+                (self.batch_driver)(me, pb.clone());
+            }
+            batchers.push(pb);
+        }
+    }
+
+    /// Every batcher, retired ones included (their drivers start at the
+    /// shard's start).
+    pub fn batchers(&self) -> Vec<Rc<PolicyBatcher>> {
+        self.batchers.borrow().clone()
+    }
+
+    /// Forget a retired batcher whose lanes are empty (its driver ends).
+    pub fn drop_batcher(&self, pb: &Rc<PolicyBatcher>) {
+        self.batchers.borrow_mut().retain(|b| !Rc::ptr_eq(b, pb));
+    }
+
+    /// This shard's `maxConcurrentInferences` admission, when a budget is set
+    /// (made, with its driver, the first time one is: a reload can set it).
+    pub fn admission(&self) -> Option<Rc<crate::admit::ShardAdmission>> {
+        let total = self.control.budget()?;
+        let mut slot = self.admission.borrow_mut();
+        if let Some(a) = slot.as_ref() {
+            return Some(a.clone());
+        }
+        let shards = self.settings.shards.max(1);
+        let share = match self.control.shares.load().get(self.id) {
+            Some(s) => *s,
+            None => shardgate_batching::Budget { total }
+                .initial(shards)
+                .get(self.id)
+                .copied()
+                .unwrap_or(1),
+        };
+        let a = crate::admit::ShardAdmission::new(
+            share,
+            self.settings.admission_timeout,
+            self.control.clone(),
+            self.id,
+        );
+        monoio::spawn(a.clone().driver());
+        *slot = Some(a.clone());
+        Some(a)
+    }
+
+    /// The admission made so far, whether or not a budget is set now.
+    pub fn admission_made(&self) -> Option<Rc<crate::admit::ShardAdmission>> {
+        self.admission.borrow().clone()
+    }
+
+    /// Whether some endpoint of `groups` (weight above 0) can take a request
+    /// for `model` now: healthy in the scoring snapshot, not ejected on this
+    /// shard, and serving the model (or not listing its models yet).
+    pub fn model_reachable(&self, groups: &[BackendGroup], model: &str, now: Instant) -> bool {
+        let snapshot = self.control.snapshot.load();
+        let outliers = self.outliers.borrow();
+        groups
+            .iter()
+            .filter(|g| g.weight > 0)
+            .flat_map(|g| g.endpoints.iter())
+            .any(|&ep| {
+                outliers.available(ep, now.into_std())
+                    && snapshot.endpoint(ep).is_some_and(|v| v.healthy)
+                    && snapshot.serves(ep, Some(model), None, now.into_std())
+            })
     }
 
     /// Address of endpoint `ep`.
@@ -488,9 +591,13 @@ impl Shard {
         }
     }
 
-    /// This shard's batcher for BatchingPolicy `key`.
-    pub fn batcher(&self, key: &str) -> Option<&Rc<PolicyBatcher>> {
-        self.batchers.iter().find(|b| b.key == key)
+    /// This shard's batcher for BatchingPolicy `key` (not a retired one).
+    pub fn batcher(&self, key: &str) -> Option<Rc<PolicyBatcher>> {
+        self.batchers
+            .borrow()
+            .iter()
+            .find(|b| !b.retired.get() && b.key == key)
+            .cloned()
     }
 
     /// Remember that `ep` now holds the prompt's prefix blocks in its cache, and
@@ -535,13 +642,21 @@ impl Shard {
         m.connections_idle = self.conns.idle.idle() as u64;
         m.batch = self
             .batchers
+            .borrow()
             .iter()
+            .filter(|b| !b.retired.get())
             .map(|b| (b.key.clone(), b.stats()))
             .collect();
-        m.admission = self.admission.as_ref().map(|a| {
-            let (share, in_use, demand) = a.numbers();
-            (share, in_use, demand, a.waiting() as u32)
-        });
+        let limited = self.control.budget().is_some();
+        m.admission = self
+            .admission
+            .borrow()
+            .as_ref()
+            .filter(|_| limited)
+            .map(|a| {
+                let (share, in_use, demand) = a.numbers();
+                (share, in_use, demand, a.waiting() as u32)
+            });
         let now = std::time::Instant::now();
         let n = self.state().table.endpoints().len();
         m.endpoint_in_flight = (0..n)

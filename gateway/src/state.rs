@@ -193,6 +193,8 @@ pub struct GatewayState {
     /// The session ring over every endpoint of the table, keyed by address
     /// (empty when no policy has session affinity).
     pub session_ring: SessionRing,
+    /// Served listeners by port (the configuration's number).
+    ports: Vec<(u16, Vec<usize>)>,
     /// BatchingPolicies linked from rules, validated.
     pub batch_policies: Vec<(String, shardgate_batching::BatchPolicy)>,
     /// Scoring and prefix-sharing settings.
@@ -287,7 +289,11 @@ impl GatewayState {
                 ))
             });
         let upstream_tls = crate::upstream_tls::for_endpoints(table.endpoints())?;
+        let ports = crate::ports::served(table.listeners())
+            .into_iter()
+            .collect();
         Ok(GatewayState {
+            ports,
             upstream_tls,
             warmth: None,
             global_limiter: None,
@@ -312,6 +318,15 @@ impl GatewayState {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, p)| p)
+    }
+
+    /// The listeners served on `port` (the configuration's number); empty
+    /// for a port this state does not serve.
+    pub fn listeners_on(&self, port: u16) -> &[usize] {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map_or(&[], |(_, ls)| ls.as_slice())
     }
 
     /// The session affinity of a rule linked to `policy`, when its

@@ -648,6 +648,15 @@ impl Target {
     }
 }
 
+/// TLS handshakes the control thread's clients completed (scrapes, health
+/// checks, model polls, JWKS fetches), full and resumed: off the request path,
+/// so one process-wide pair of counters
+/// (`gateway_control_tls_handshakes_total`).
+pub static CONTROL_TLS_HANDSHAKES: [std::sync::atomic::AtomicU64; 2] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+
 /// A keep-alive client to one endpoint for the control thread (scrapes, health
 /// checks): connects lazily, reconnects after any error, retries once on a fresh
 /// connection when a kept-alive one turns out stale.
@@ -700,7 +709,15 @@ impl Client {
                 Some(c) => c,
                 None => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    connect(self.addr, left, self.tls.as_ref()).await?
+                    let c = connect(self.addr, left, self.tls.as_ref()).await?;
+                    if let Some(n) = c
+                        .stream
+                        .tls_handshake()
+                        .and_then(|i| CONTROL_TLS_HANDSHAKES.get(i))
+                    {
+                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    c
                 }
             };
             // The request bytes come back from the write: a stale retry resends them.

@@ -74,8 +74,9 @@ fn gpu_affinity_keeps_traffic_on_the_gateways_node_until_it_is_saturated() {
     assert_eq!(eps[1]["scores"]["by_scorer"]["locality"], 0.0, "{j}");
 
     // Saturate the local endpoint (one running, two waiting): the remote one
-    // serves now.
-    let streams = saturate(&gw, "m", 3, 60);
+    // serves now. Each stream decodes for 4 s, so the queue outlasts the ten
+    // requests on a loaded machine too.
+    let streams = saturate(&gw, "m", 3, 200);
     send(&gw, 10);
     assert_eq!(
         served(remote.addr()),

@@ -165,3 +165,51 @@ fn without_prewarming_the_first_request_pays_the_cold_start() {
     );
     assert!(!gw.metrics().contains("gateway_endpoint_warm"));
 }
+
+/// Scale-up by a live reload: the endpoint that appears has a 2 s cold
+/// start; the gateway warms it before the reload's state routes to it, so
+/// no client request pays the load time, and it serves once warm.
+#[test]
+fn an_endpoint_a_reload_adds_is_warmed_before_clients_reach_it() {
+    let warm = sim(&["m"], |_| {});
+    let fresh = sim(&["m"], |c| c.cold_start_ms = 2_000);
+    let gw = Gateway::start(&config(&[warm.addr()], Some("")), &[]);
+    let ready = poll(Duration::from_secs(10), || {
+        (warm_gauge(&gw, warm.addr())? == 1.0).then_some(())
+    });
+    assert!(ready.is_some(), "{}", gw.metrics());
+    let dir = gw.process.dir().unwrap();
+    let tmp = dir.join("config.yaml.tmp");
+    std::fs::write(&tmp, config(&[warm.addr(), fresh.addr()], Some(""))).unwrap();
+    std::fs::rename(&tmp, dir.join("config.yaml")).unwrap();
+    let cold = poll(Duration::from_secs(10), || {
+        (warm_gauge(&gw, fresh.addr())? == 0.0).then_some(())
+    });
+    assert!(
+        cold.is_some(),
+        "the new endpoint is not warming:\n{}",
+        gw.metrics()
+    );
+    let mut c = gw.connect();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let r = c.post("/v1/completions", REQ, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert!(
+            t.elapsed() < Duration::from_millis(1_000),
+            "a client request paid the cold start: {:?}",
+            t.elapsed()
+        );
+    }
+    let warmed = poll(Duration::from_secs(15), || {
+        (warm_gauge(&gw, fresh.addr())? == 1.0).then_some(())
+    });
+    assert!(warmed.is_some(), "{}", gw.metrics());
+    // Once warm it takes its share (its only request so far was the warm-up).
+    let got = poll(Duration::from_secs(10), || {
+        let r = c.post("/v1/completions", REQ, &[]);
+        assert_eq!(r.status, 200);
+        (served(fresh.addr()) >= 2).then_some(())
+    });
+    assert!(got.is_some(), "the warmed endpoint never served");
+}

@@ -285,3 +285,33 @@ spec:
     let statuses: Vec<u16> = (0..8).map(|_| ask(&mut c)).collect();
     assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429]);
 }
+
+/// A split whose canary no endpoint serves (not deployed yet, or every pod
+/// of it down): its share falls back to the stable version instead of 503.
+#[test]
+fn a_split_target_no_endpoint_serves_falls_back_to_one_that_does() {
+    let v1 = sim(&["m-v1"], |_| {});
+    let other = sim(&["x"], |_| {});
+    let gw = start(&pool_config(
+        v1.addr(),
+        other.addr(),
+        "apiVersion: inference.networking.x-k8s.io/v1alpha2
+kind: InferenceModel
+metadata: {name: m, namespace: default}
+spec:
+  modelName: m
+  poolRef: {name: pool}
+  targetModels: [{name: m-v1, weight: 1}, {name: m-v2, weight: 1}]
+",
+    ));
+    let mut c = gw.connect();
+    for _ in 0..40 {
+        let r = c.post(
+            "/v1/completions",
+            REQ,
+            &[("content-type", "application/json")],
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["model"], "m-v1");
+    }
+}

@@ -479,20 +479,19 @@ fn a_renewed_certificate_serves_without_a_restart() {
     let s = connect(&client_config(&pki), gw.addr, "a.example.test");
     assert_eq!(peer_cert(&s), pki.a2.2);
 
-    // A valid change to a route: named, waits for a restart; Secrets still apply.
-    let moved = tls_config(&renewed, backend.addr()).replace("port: 8000", "port: 8001");
-    replace_config(&gw, &moved);
-    let pending = poll(Duration::from_secs(10), || {
-        let dbg = debug_config(&gw);
-        (dbg["reload"]["last_result"] == "restart_required").then_some(dbg)
-    })
-    .expect("the route change was not reported");
-    assert!(
-        pending["reload"]["pending_restart"]
-            .to_string()
-            .contains("HTTPRoute default/r (changed)"),
-        "{pending}"
+    // A valid change to a route: applied live (a new revision), the
+    // certificates and keep-alive connections stay.
+    let moved = tls_config(&renewed, backend.addr()).replace(
+        "  rules:\n  - backendRefs:",
+        "  rules:\n  - matches: [{path: {type: PathPrefix, value: /v1}}]\n    backendRefs:",
     );
+    replace_config(&gw, &moved);
+    let applied = poll(Duration::from_secs(10), || {
+        let dbg = debug_config(&gw);
+        (dbg["revision"] == 3).then_some(dbg)
+    })
+    .expect("the route change was not applied");
+    assert_eq!(applied["reload"]["last_result"], "applied", "{applied}");
     // The running routes still serve.
     let mut s = connect(&cfg, gw.addr, "a.example.test");
     assert_eq!(
@@ -519,7 +518,7 @@ fn a_renewed_certificate_serves_without_a_restart() {
     // POST /admin/reload does the same; GET is refused.
     let r = Client::connect(gw.admin.unwrap()).post("/admin/reload", "", &[]);
     assert_eq!(r.status, 202, "{}", r.text());
-    assert_eq!(r.json()["revision"], 2);
+    assert_eq!(r.json()["revision"], 3);
     let posted = poll(Duration::from_secs(10), || {
         let n = sample(
             &gw.metrics(),

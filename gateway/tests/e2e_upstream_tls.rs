@@ -338,5 +338,18 @@ fn fresh_upstream_connections_resume_the_tls_session() {
         sample(&m, "resumed") >= 2,
         "later connections did not resume: {m}"
     );
+    // The control thread's scrapes and model polls reach it over TLS too,
+    // counted on their own.
+    let control = poll(Duration::from_secs(10), || {
+        let m = gw.metrics();
+        let key = "gateway_control_tls_handshakes_total{result=\"";
+        let n: u64 = m
+            .lines()
+            .filter(|l| l.starts_with(key))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum();
+        (n >= 1).then_some(())
+    });
+    assert!(control.is_some(), "{}", gw.metrics());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -196,7 +196,7 @@ pub(crate) async fn serve(
     req: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
-    listeners: Rc<[usize]>,
+    port: u16,
     _count: StreamCount,
 ) {
     let started = Instant::now();
@@ -228,7 +228,7 @@ pub(crate) async fn serve(
         // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
         // HTTP/1.1 ([`super::openai`]).
         super::openai::serve(
-            &shard, &state, parts, body, respond, peer, &listeners, &mut guard, started,
+            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
         )
         .await;
         return;
@@ -268,7 +268,8 @@ pub(crate) async fn serve(
         message_model,
         roll: fastrand::u32(..),
     };
-    let decision = plan(&info, &state, &listeners);
+    // The port's listeners in the state in force (a reload may change them).
+    let decision = plan(&info, &state, state.listeners_on(port));
     rec.model = decision.model.clone();
     rec.route = decision.route;
     if decision.known_model {
@@ -519,7 +520,7 @@ pub(super) async fn admit(
             return Err(f);
         }
     }
-    match &shard.admission {
+    match &shard.admission() {
         Some(adm) => {
             let key = shard
                 .metrics

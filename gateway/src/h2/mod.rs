@@ -141,12 +141,12 @@ pub(crate) async fn serve_connection(
     shard: Rc<Shard>,
     tcp: TcpStream,
     peer: SocketAddr,
-    listeners: Rc<[usize]>,
+    port: u16,
     open: ConnGauge,
 ) {
     let _ = tcp.set_nodelay(true);
     let io = StreamWrapper::new_with_buffer_size(tcp, IO_BUFFER, IO_BUFFER);
-    serve_io(shard, io, peer, listeners, open).await
+    serve_io(shard, io, peer, port, open).await
 }
 
 /// Serve HTTP/2 on a TLS connection whose client chose `h2` in ALPN.
@@ -154,22 +154,17 @@ pub(crate) async fn serve_tls(
     shard: Rc<Shard>,
     tls: crate::tls::TlsStream,
     peer: SocketAddr,
-    listeners: Rc<[usize]>,
+    port: u16,
     open: ConnGauge,
 ) {
     let (sock, conn, rx) = tls.into_parts();
     let io = tls_io::TlsIo::new(sock, conn, rx, IO_BUFFER);
-    serve_io(shard, io, peer, listeners, open).await
+    serve_io(shard, io, peer, port, open).await
 }
 
 /// Serve HTTP/2 on `io` (cleartext or TLS).
-async fn serve_io<T>(
-    shard: Rc<Shard>,
-    io: T,
-    peer: SocketAddr,
-    listeners: Rc<[usize]>,
-    open: ConnGauge,
-) where
+async fn serve_io<T>(shard: Rc<Shard>, io: T, peer: SocketAddr, port: u16, open: ConnGauge)
+where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let _open = open;
@@ -210,7 +205,7 @@ async fn serve_io<T>(
                         req,
                         respond,
                         peer,
-                        listeners.clone(),
+                        port,
                         guard,
                     ));
                 }

@@ -133,12 +133,12 @@ fn h1_head(parts: &Parts, len: usize) -> Vec<u8> {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn serve(
     shard: &Rc<Shard>,
-    state: &GatewayState,
+    state: &std::sync::Arc<GatewayState>,
     parts: Parts,
     mut body: RecvStream,
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
-    listeners: &[usize],
+    port: u16,
     guard: &mut Served,
     started: Instant,
 ) {
@@ -213,7 +213,7 @@ pub(super) async fn serve(
         message_model: None,
         roll: fastrand::u32(..),
     };
-    let decision = plan(&info, state, listeners);
+    let decision = plan(&info, state, state.listeners_on(port));
     rec.model = decision.model.clone();
     rec.route = decision.route;
     if decision.known_model {
@@ -258,11 +258,12 @@ pub(super) async fn serve(
         ..
     } = &decision.plan
     {
-        if let (Some(pb), Some(model)) = (shard.batcher(policy).cloned(), decision.body_model()) {
+        if let (Some(pb), Some(model)) = (shard.batcher(policy), decision.body_model()) {
             let reply = crate::batch::run(
                 shard,
                 &pb,
                 crate::batch::Request {
+                    state,
                     path: head.path(),
                     body: &body,
                     class: class.clone(),
