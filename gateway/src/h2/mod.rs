@@ -110,23 +110,17 @@ pub const SNIFF_WAIT: Duration = Duration::from_millis(100);
 /// wait and one `recv(MSG_PEEK)` per connection. `PRI ` is no HTTP/1.1
 /// method, so four bytes that match decide.
 pub(crate) async fn sniff_preface(tcp: &TcpStream, wait: Duration) -> bool {
-    let deadline = Instant::now() + wait;
-    loop {
-        if monoio::time::timeout_at(deadline, tcp.readable(false))
-            .await
-            .is_err()
-        {
-            return false;
-        }
-        let mut head = [0u8; 24];
-        let n = shardgate_runtime::io::peek_prefix(tcp, &mut head);
-        if n == 0 || head[..n] != PREFACE[..n] {
-            return false;
-        }
-        if n >= 4 {
-            return true;
-        }
+    if monoio::time::timeout(wait, tcp.readable(false))
+        .await
+        .is_err()
+    {
+        return false;
     }
+    // One peek: a client that sends fewer than 4 bytes first is served as
+    // HTTP/1.1 (no waiting loop on a socket that stays readable).
+    let mut head = [0u8; 24];
+    let n = shardgate_runtime::io::peek_prefix(tcp, &mut head);
+    n >= 4 && head[..n] == PREFACE[..n]
 }
 
 /// Compat buffer sizes per connection (read, write).
