@@ -163,6 +163,11 @@ pub struct RunArgs {
     /// Override the port of the (first) HTTP listener, e.g. 0 for an ephemeral port in tests.
     #[arg(long)]
     pub listen_port: Option<u16>,
+    /// Serve the configuration's listener port FROM on port TO instead
+    /// (`FROM=TO`, repeatable; `0` = ephemeral), at start and for ports a
+    /// reload adds: e.g. `--port-map 50051=0` for a second gateway on one host.
+    #[arg(long = "port-map", value_name = "FROM=TO", value_parser = parse_port_map)]
+    pub port_map: Vec<(u16, u16)>,
     /// Let other processes of the same user share the listener ports through
     /// SO_REUSEPORT (a zero-downtime binary upgrade: start the new binary, then
     /// drain the old one). Without it a port another process listens on is
@@ -378,6 +383,32 @@ pub struct LimitArgs {
     /// (the default): the client is always the TCP peer.
     #[arg(long, value_delimiter = ',', value_parser = crate::ratelimit::IpNet::parse)]
     pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
+    /// HTTP/2 (GRPC listeners): concurrent streams per client connection
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`); more are refused (`REFUSED_STREAM`).
+    #[arg(long, default_value_t = 100)]
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: largest header list a client may send, in bytes
+    /// (`SETTINGS_MAX_HEADER_LIST_SIZE`; bounds a CONTINUATION flood).
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub h2_max_header_list_bytes: u32,
+    /// HTTP/2: the HPACK dynamic table a client's encoder may use, in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub h2_header_table_bytes: u32,
+    /// HTTP/2: receive window per stream, in bytes (the most one stream can
+    /// make the gateway hold per direction).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub h2_stream_window: u32,
+    /// HTTP/2: receive window per connection, in bytes.
+    #[arg(long, default_value_t = 2 << 20)]
+    pub h2_connection_window: u32,
+    /// HTTP/2: streams a client may reset before the gateway accepted them
+    /// (rapid reset, CVE-2023-44487); beyond it the connection gets GOAWAY.
+    #[arg(long, default_value_t = 20)]
+    pub h2_max_pending_resets: usize,
+    /// HTTP/2 to gRPC backends: streams per pooled connection before the
+    /// shard opens another.
+    #[arg(long, default_value_t = 100)]
+    pub h2_upstream_streams_per_connection: usize,
     /// Make SecurityPolicy request limits fleet-wide through this Redis
     /// (`redis://HOST:PORT[/DB]`): every replica draws permits in leases from
     /// one GCRA cell per key there, so 10/minute means 10 for the fleet.
@@ -443,7 +474,40 @@ pub fn admin_addr(s: &str) -> Result<Option<SocketAddr>, String> {
         .map_err(|e| format!("--admin-addr {s}: {e}"))
 }
 
+fn parse_port_map(s: &str) -> Result<(u16, u16), String> {
+    let (from, to) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected FROM=TO, e.g. 50051=0"))?;
+    let port = |p: &str, what: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("`{s}`: {what} `{p}` is not a port number (0-65535)"))
+    };
+    let from = port(from, "FROM")?;
+    if from == 0 {
+        return Err(format!("`{s}`: FROM must be a listener's port, not 0"));
+    }
+    Ok((from, port(to, "TO")?))
+}
+
 fn parse_uring_setup(s: &str) -> Result<shardgate_runtime::UringSetup, String> {
     shardgate_runtime::UringSetup::parse(s)
         .ok_or_else(|| format!("`{s}`: expected coop, defer or plain"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_port_map;
+
+    #[test]
+    fn port_maps_parse_and_say_what_is_wrong() {
+        assert_eq!(parse_port_map("50051=0"), Ok((50051, 0)));
+        assert_eq!(parse_port_map(" 8080 = 18080 "), Ok((8080, 18080)));
+        assert!(parse_port_map("50051").unwrap_err().contains("FROM=TO"));
+        assert!(parse_port_map("0=1").unwrap_err().contains("not 0"));
+        assert!(parse_port_map("a=1").unwrap_err().contains("FROM `a`"));
+        assert!(parse_port_map("1=70000")
+            .unwrap_err()
+            .contains("TO `70000`"));
+    }
 }

@@ -7,7 +7,8 @@
 //! endpoint) and, when an `InferencePolicy` with a `healthCheck` covers the
 //! endpoint, a health loop (`interval`/`timeout` from the policy; with
 //! `inferenceTest.enabled` a real one-token completion for `inferenceTest.model`,
-//! else `GET /health`). `--unhealthy-after` consecutive failures (default 2)
+//! else `GET /health`, or for a GRPCRoute's backends `grpc.health.v1.Health/Check`
+//! over HTTP/2, [`crate::h2_upstream::health_check`]). `--unhealthy-after` consecutive failures (default 2)
 //! mark an endpoint unhealthy, `--healthy-after` successes (default 1) restore
 //! it; transitions are logged. Per endpoint it also polls `GET /v1/models`
 //! (every `--models-interval`, default 10 s; [`crate::models_poll`]) for the
@@ -78,6 +79,9 @@ pub struct HealthSpec {
     pub timeout: Duration,
     /// Model for a real one-token completion; `None` probes `GET /health`.
     pub inference_model: Option<String>,
+    /// The endpoint serves gRPC (a GRPCRoute's backend): without an inference
+    /// test it is probed with `grpc.health.v1.Health/Check` over HTTP/2.
+    pub grpc: bool,
     /// The policy it comes from.
     pub policy: String,
 }
@@ -425,6 +429,7 @@ fn probe_name(s: &HealthSpec) -> String {
             "POST /v1/completions model={m} max_tokens=1 (policy {})",
             s.policy
         ),
+        None if s.grpc => format!("grpc.health.v1.Health/Check (policy {})", s.policy),
         None => format!("GET /health (policy {})", s.policy),
     }
 }
@@ -479,6 +484,7 @@ pub fn health_specs(table: &RoutingTable) -> Vec<Option<HealthSpec>> {
                 .filter(|t| t.enabled)
                 .map(|t| t.model.clone().unwrap_or_default()),
             policy: key.to_string(),
+            grpc: rule.grpc,
         };
         for group in rule.backends {
             for &ep in &group.endpoints {
@@ -797,7 +803,10 @@ async fn scrape_loop(
     }
 }
 
-async fn probe(conn: &mut Conn, spec: &HealthSpec) -> Result<(), String> {
+async fn probe(conn: &mut Conn, addr: SocketAddr, spec: &HealthSpec) -> Result<(), String> {
+    if spec.grpc && spec.inference_model.is_none() {
+        return crate::h2_upstream::health_check(addr, spec.timeout).await;
+    }
     let reply = match &spec.inference_model {
         Some(model) => {
             let body = serde_json::json!({"model": model, "prompt": "health check", "max_tokens": 1, "temperature": 0});
@@ -840,7 +849,7 @@ async fn health_loop(
             monoio::time::sleep(spec.interval).await;
             continue;
         }
-        let result = probe(&mut conn, &spec).await;
+        let result = probe(&mut conn, addr, &spec).await;
         {
             let mut h = health.borrow_mut();
             let Some(st) = h.status.get_mut(ep) else {

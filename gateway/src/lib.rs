@@ -40,6 +40,13 @@
 //! 7. back in [`proxy`], the response streams to the client; [`metrics`] and
 //!    [`access_log`] record it.
 //!
+//! HTTP/2 (GRPC listeners, prior knowledge on HTTP listeners, ALPN `h2` on
+//! HTTPS ones) takes the same path through [`h2`] instead of [`proxy`]: gRPC
+//! calls ([`grpc`], pure: the `model_name` scan, statuses, `grpc-timeout`) are
+//! planned by [`plan`], admitted by the same policy steps and relayed over
+//! HTTP/2 to the backend ([`h2_upstream`]); HTTP requests over HTTP/2 are
+//! planned the same way and forwarded over [`upstream`].
+//!
 //! Beside the data path, never inside it: [`control`] (scrapes, health checks,
 //! the scoring snapshot, prefix sharing, remote JWK sets through
 //! [`jwks_fetch`]), fed by the shards' [`report`]s;
@@ -65,6 +72,9 @@ pub mod control;
 pub mod demo;
 pub mod endpoints_view;
 pub mod error;
+pub mod grpc;
+pub mod h2;
+pub mod h2_upstream;
 pub mod jwks_fetch;
 pub mod jwt;
 pub mod k8s;
@@ -295,12 +305,13 @@ pub fn start(
 
     // Group served listeners by port; bind one socket per shard per port.
     for l in loaded.table.listeners().iter().filter(|l| !l.served) {
-        tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP and HTTPS listeners only)");
+        tracing::warn!(listener = %l.name, protocol = %l.protocol, port = l.port, "listener accepted, not served yet (HTTP, HTTPS and GRPC listeners only)");
     }
     let (ports, per_shard) = ports::Ports::bind(
         ports::BindSettings {
             ip: run.bind,
             listen_port: run.listen_port,
+            port_map: run.port_map.clone(),
             sharing: if run.reuse_port_with_other_processes {
                 shardgate_runtime::PortSharing::WithOtherProcesses
             } else {

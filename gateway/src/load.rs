@@ -142,6 +142,16 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         max_connections: limits.max_connections.unwrap_or(u64::MAX),
         rate_limit_max_keys: limits.rate_limit_max_keys,
         trusted_proxies: limits.trusted_proxies.clone(),
+        h2: crate::h2::Limits {
+            max_concurrent_streams: limits.h2_max_concurrent_streams,
+            max_header_list_bytes: limits.h2_max_header_list_bytes,
+            header_table_bytes: limits.h2_header_table_bytes,
+            stream_window: limits.h2_stream_window,
+            connection_window: limits.h2_connection_window,
+            max_pending_resets: limits.h2_max_pending_resets,
+            upstream_streams_per_connection: limits.h2_upstream_streams_per_connection,
+            ..crate::h2::Limits::default()
+        },
     }
 }
 

@@ -270,6 +270,9 @@ pub struct ShardMetrics {
     pub admission: Option<(u32, u32, u32, u32)>,
     /// Responses cut short on the client's side, by [`CLIENT_ABORT_REASONS`].
     pub client_aborts: [u64; 2],
+    /// Requests that came over HTTP/2, by [`H2_KINDS`] (the rest came over
+    /// HTTP/1.1).
+    pub h2_requests: [u64; 2],
     /// Requests refused for want of body budget, by [`BODY_REFUSAL_REASONS`].
     pub body_refused: [u64; 2],
     /// Buffered-body budget (bytes held now, share), filled at publish.
@@ -325,6 +328,10 @@ pub const AUTH_REASONS: usize = crate::jwt::Reason::ALL.len();
 /// write blocked longer than `--send-timeout`.
 pub const CLIENT_ABORT_REASONS: [&str; 2] = ["closed", "send_timeout"];
 
+/// `kind` label values of `gateway_h2_requests_total`: gRPC calls, and HTTP
+/// (OpenAI-compatible) requests over HTTP/2.
+pub const H2_KINDS: [&str; 2] = ["grpc", "http"];
+
 /// `reason` label values of `gateway_body_budget_refused_total`: the shard's
 /// share was held by other bodies (503); the body was larger than the share (413).
 pub const BODY_REFUSAL_REASONS: [&str; 2] = ["exhausted", "over_share"];
@@ -358,6 +365,7 @@ impl ShardMetrics {
             batch: Vec::new(),
             admission: None,
             client_aborts: [0; 2],
+            h2_requests: [0; 2],
             body_refused: [0; 2],
             pick_decisions: [0; PICK_DECISIONS.len()],
             body_budget: (0, 0),
@@ -862,6 +870,14 @@ impl MetricsHub {
             "Responses cut short on the client's side: it closed its connection (closed), or a write to it blocked longer than --send-timeout (send_timeout). The upstream request is cancelled either way.",
             ("reason", &CLIENT_ABORT_REASONS),
             |s| s.client_aborts,
+        );
+        labelled_sum(
+            &mut w,
+            &shards,
+            "gateway_h2_requests_total",
+            "Requests that came over HTTP/2: gRPC calls (grpc) and HTTP requests (http). They are also counted in the request metrics with every HTTP/1.1 request; their difference is the HTTP/1.1 share.",
+            ("kind", &H2_KINDS),
+            |s| s.h2_requests,
         );
         labelled_sum(
             &mut w,

@@ -3,12 +3,14 @@
 //! give the same plan, so every routing, priority and error choice is unit-tested
 //! here without I/O (see the tests at the bottom).
 //!
-//! A protocol front end (HTTP/1.1 today; HTTP/2 and gRPC later) parses the head,
+//! A protocol front end (HTTP/1.1 in [`crate::proxy`]; HTTP/2 and gRPC in
+//! [`crate::h2`]) parses the head,
 //! reads the body and hands over a [`RequestInfo`]: method, path, query, host, a
 //! header lookup and the body. [`plan`] then
 //! 1. answers `GET /v1/models` itself ([`Plan::Models`]);
 //! 2. takes the model from the JSON body's `model` (OpenAI paths; scanned, never
-//!    a DOM; malformed JSON or two `model` keys → 400 `invalid_json`), else
+//!    a DOM; malformed JSON or two `model` keys → 400 `invalid_json`), else the
+//!    front end's [`RequestInfo::message_model`] (gRPC `model_name`), else
 //!    `X-Model-Type` / `X-Gateway-Model-Name`;
 //! 3. matches the listener's routes (no match → 404 `model_not_found` when a
 //!    model was named, else `route_not_found`; a missing filter → 500);
@@ -54,8 +56,14 @@ pub struct RequestInfo<'r, 'a> {
     pub host: Option<&'a str>,
     /// Header lookup: lowercase name in, first value out.
     pub header: &'r dyn Fn(&str) -> Option<&'a [u8]>,
-    /// The whole request body.
+    /// The whole request body (for a gRPC call: its first bytes, as far as
+    /// the front end read them to find the model).
     pub body: &'a [u8],
+    /// A model the protocol front end read from the request itself: a gRPC
+    /// call's `model_name` ([`crate::grpc::wire`]). It stands where the JSON
+    /// body's `model` would (matching, picking), but is never rewritten or
+    /// batched.
+    pub message_model: Option<&'a str>,
     /// A uniformly random number for this request: picks a model-version
     /// split's target (the caller draws it, so the plan stays a function of
     /// its inputs).
@@ -107,6 +115,8 @@ pub enum ModelSource {
     Body,
     /// `X-Model-Type`, else `X-Gateway-Model-Name`.
     Header,
+    /// A protocol message's field ([`RequestInfo::message_model`]).
+    Message,
     /// The matched rule's one model, or a KServe path's.
     Route,
 }
@@ -132,7 +142,7 @@ impl<'a> Decision<'a> {
     /// model-aware picks and the upstream's `X-Gateway-Model-Name` use it.
     pub fn named_model(&self) -> Option<&str> {
         match self.model_source {
-            ModelSource::Body | ModelSource::Header => self.model.as_deref(),
+            ModelSource::Body | ModelSource::Header | ModelSource::Message => self.model.as_deref(),
             _ => None,
         }
     }
@@ -210,6 +220,10 @@ pub fn plan<'a>(
                 return d;
             }
         }
+    }
+    if let (None, Some(m)) = (&d.model, req.message_model) {
+        d.model = Some(Cow::Borrowed(m));
+        d.model_source = ModelSource::Message;
     }
     if d.model.is_none() {
         d.model = req
@@ -517,6 +531,7 @@ spec:
             host: None,
             header: &lookup,
             body: body.as_bytes(),
+            message_model: None,
             roll,
         };
         plan(&info, st, &[0])
@@ -770,5 +785,52 @@ spec:
             r#"{"input":["a"]}"#,
         );
         assert_eq!(forward(&d).1, "forward", "the body names no model");
+    }
+
+    #[test]
+    fn a_grpc_model_name_routes_like_the_body_model_and_is_never_batched() {
+        let st = state();
+        let plan_for = |model: &'static str, headers: &'static [(&'static str, &'static str)]| {
+            let lookup = move |name: &str| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.as_bytes())
+            };
+            let info = RequestInfo {
+                method: "POST",
+                path: "/inference.GRPCInferenceService/ModelInfer",
+                query: None,
+                host: None,
+                header: &lookup,
+                body: b"\0\0\0\0\x05\x0a\x03emb",
+                message_model: Some(model),
+                roll: 0,
+            };
+            let d = plan(&info, &st, &[0]);
+            (
+                d.model.as_deref().map(str::to_owned),
+                d.model_source,
+                d.named_model().map(str::to_owned),
+                d.body_model().map(str::to_owned),
+                match &d.plan {
+                    Plan::Forward(t) => Ok(t.priority),
+                    Plan::Reject(f) => Err((f.status, f.code)),
+                    Plan::Batch { .. } => Err((0, "batched")),
+                    Plan::Models => Err((0, "models")),
+                },
+            )
+        };
+        let (m, src, named, body, plan) = plan_for("crit", &[]);
+        assert_eq!((m.as_deref(), src), (Some("crit"), ModelSource::Message));
+        assert_eq!((named.as_deref(), body), (Some("crit"), None));
+        assert!(matches!(plan, Ok(p) if p > 0), "{plan:?}");
+        // The rule with a BatchingPolicy forwards a gRPC call.
+        assert_eq!(plan_for("emb", &[]).4, Ok(0));
+        // The message's model wins over a client header; unknown → 404.
+        assert_eq!(
+            plan_for("nope", &[("x-gateway-model-name", "crit")]).4,
+            Err((404, "model_not_found"))
+        );
     }
 }

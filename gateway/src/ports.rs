@@ -24,6 +24,10 @@
 //!   certificate) gets its certificates replaced for the handshakes that
 //!   follow; connections that exist keep theirs.
 //!
+//! `--port-map FROM=TO` moves any port, at start and whenever a reload binds
+//! it (two gateways on one host, unprivileged ports); `--listen-port` moves
+//! the first port no `--port-map` names.
+//!
 //! The port `--listen-port` replaced at start keeps its socket while the
 //! configuration keeps its number; a reload that removes it, or turns it
 //! between `HTTP` and `HTTPS`, waits for a restart (`restart_required`).
@@ -98,6 +102,9 @@ pub struct BindSettings {
     pub ip: IpAddr,
     /// `--listen-port`: replaces the first port's number at start.
     pub listen_port: Option<u16>,
+    /// `--port-map FROM=TO`: the configuration's port FROM listens on TO,
+    /// whenever it is bound (at start or by a reload).
+    pub port_map: Vec<(u16, u16)>,
     /// `--reuse-port-with-other-processes`.
     pub sharing: PortSharing,
     /// `--tls-unknown-sni reject`.
@@ -133,6 +140,22 @@ fn bind_error(addr: SocketAddr, e: &std::io::Error, sharing: PortSharing) -> Str
     }
 }
 
+impl BindSettings {
+    /// The `--port-map` target of the configuration's `port`, if any.
+    fn mapped(&self, port: u16) -> Option<u16> {
+        self.port_map
+            .iter()
+            .rev()
+            .find(|(from, _)| *from == port)
+            .map(|(_, to)| *to)
+    }
+
+    /// Where the configuration's `port` listens when a reload binds it.
+    fn number_for(&self, port: u16) -> u16 {
+        self.mapped(port).unwrap_or(port)
+    }
+}
+
 impl Ports {
     /// Bind every served port of `all` for the start: the shards' sockets
     /// (with their inboxes) and the registry the reloader keeps. Start
@@ -146,11 +169,15 @@ impl Ports {
         let mut ports = served(all);
         if ports.is_empty() {
             return Err(
-                "no Gateway listener with protocol HTTP or HTTPS: nothing to serve".to_string(),
+                "no Gateway listener with protocol HTTP, HTTPS or GRPC: nothing to serve"
+                    .to_string(),
             );
         }
         let overridden = match settings.listen_port {
-            Some(p) => ports.keys().next().map(|first| (*first, p)),
+            Some(p) => ports
+                .keys()
+                .find(|port| settings.mapped(**port).is_none())
+                .map(|first| (*first, p)),
             None => None,
         };
         if let Some((from, to)) = overridden {
@@ -172,7 +199,7 @@ impl Ports {
         for (port, listeners) in std::mem::take(&mut ports) {
             let number = match overridden {
                 Some((from, to)) if from == port => to,
-                _ => port,
+                _ => registry.settings.number_for(port),
             };
             let (bound, sockets) = registry.bind_port(port, number, listeners, all)?;
             for s in &sockets {
@@ -305,7 +332,8 @@ impl Ports {
         let want = served(all);
         if want.is_empty() {
             return Err(
-                "no Gateway listener with protocol HTTP or HTTPS: nothing to serve".to_string(),
+                "no Gateway listener with protocol HTTP, HTTPS or GRPC: nothing to serve"
+                    .to_string(),
             );
         }
         let mut plan = PortPlan {
@@ -337,7 +365,12 @@ impl Ports {
                         .transpose()?;
                     plan.keep.push((port, listeners, certs));
                 }
-                None => plan.add.push(self.bind_port(port, port, listeners, all)?),
+                None => plan.add.push(self.bind_port(
+                    port,
+                    self.settings.number_for(port),
+                    listeners,
+                    all,
+                )?),
             }
         }
         Ok(plan)
@@ -394,5 +427,30 @@ fn is_tls(all: &[ListenerInfo], i: usize) -> bool {
 fn shut(l: &StdListener) {
     if let Err(e) = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read) {
         tracing::debug!(error = %e, "shutting a listening socket");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(listen_port: Option<u16>, port_map: Vec<(u16, u16)>) -> BindSettings {
+        BindSettings {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            listen_port,
+            port_map,
+            sharing: PortSharing::ThisProcessOnly,
+            reject_unknown_sni: false,
+            shards: 1,
+        }
+    }
+
+    #[test]
+    fn a_port_map_moves_its_port_and_the_last_entry_wins() {
+        let s = settings(None, vec![(50051, 0), (8080, 9000), (8080, 9001)]);
+        assert_eq!(s.number_for(50051), 0);
+        assert_eq!(s.number_for(8080), 9001);
+        assert_eq!(s.number_for(8443), 8443);
+        assert_eq!(s.mapped(8443), None);
     }
 }

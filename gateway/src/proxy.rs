@@ -629,6 +629,7 @@ async fn execute<'s, S: ClientStream>(
         host: head.host().and_then(|h| std::str::from_utf8(h).ok()),
         header: &lookup,
         body: req.body,
+        message_model: None,
         roll: fastrand::u32(..),
     };
     let mut decision = plan(&info, state, listeners);

@@ -161,6 +161,18 @@ fn transient(e: &std::io::Error) -> bool {
     ) || e.raw_os_error() == Some(libc::EPROTO)
 }
 
+/// Whether `port` serves a `GRPC` listener in the state in force (its
+/// connections speak HTTP/2 with prior knowledge).
+fn grpc_port(shard: &Shard, port: u16) -> bool {
+    let st = shard.state();
+    st.listeners_on(port).iter().any(|&l| {
+        st.table
+            .listeners()
+            .get(l)
+            .is_some_and(|x| x.protocol == "GRPC")
+    })
+}
+
 async fn accept_loop(
     shard: Rc<Shard>,
     listener: TcpListener,
@@ -206,8 +218,27 @@ async fn accept_loop(
                 }
                 let open = ConnGauge::new(&shard);
                 match &tls {
+                    None if grpc_port(&shard, port) => {
+                        // A GRPC listener's port: HTTP/2 with prior knowledge.
+                        monoio::spawn(crate::h2::serve_connection(
+                            shard.clone(),
+                            stream,
+                            peer,
+                            port,
+                            open,
+                        ));
+                    }
                     None => {
-                        monoio::spawn(serve_connection(shard.clone(), stream, peer, port, open));
+                        // HTTP/1.1, or HTTP/2 with prior knowledge ([`crate::h2`]).
+                        let shard = shard.clone();
+                        monoio::spawn(async move {
+                            let wait = crate::h2::SNIFF_WAIT.min(shard.settings.header_timeout);
+                            if crate::h2::sniff_preface(&stream, wait).await {
+                                crate::h2::serve_connection(shard, stream, peer, port, open).await
+                            } else {
+                                serve_connection(shard, stream, peer, port, open).await
+                            }
+                        });
                     }
                     Some(config) => {
                         monoio::spawn(serve_tls(
@@ -271,7 +302,11 @@ async fn serve_tls(
     match crate::tls::accept(stream, config, timeout).await {
         Ok(tls) => {
             shard.metrics.borrow_mut().tls_handshakes[tls.handshake_result()] += 1;
-            serve_connection(shard, tls, peer, port, open).await
+            if tls.alpn() == Some(b"h2") {
+                crate::h2::serve_tls(shard, tls, peer, port, open).await
+            } else {
+                serve_connection(shard, tls, peer, port, open).await
+            }
         }
         Err(e) => {
             shard.metrics.borrow_mut().tls_handshakes[e.index()] += 1;

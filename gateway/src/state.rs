@@ -121,6 +121,8 @@ pub struct Settings {
     pub rate_limit_max_keys: usize,
     /// `--trusted-proxies`: whose `X-Forwarded-For` rate limits believe.
     pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
+    /// HTTP/2 limits (`--h2-*`).
+    pub h2: crate::h2::Limits,
 }
 
 /// Scoring and prefix-sharing settings (CLI flags), apart from [`Settings`].

@@ -301,6 +301,19 @@ impl<C: TlsSide> TlsStream<C> {
     }
 }
 
+impl TlsStream<ServerConnection> {
+    /// The protocol the client and the gateway agreed on in ALPN, if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The socket, the rustls connection and the ciphertext read past the
+    /// handshake: for a protocol driven elsewhere (HTTP/2, [`crate::h2`]).
+    pub fn into_parts(self) -> (TcpStream, ServerConnection, BytesMut) {
+        (self.sock, self.conn, self.rx)
+    }
+}
+
 /// rustls' `Reader::read`, by a name that does not clash with the trait's.
 trait ReadPlain {
     fn read_plain(&mut self, dst: &mut [u8]) -> io::Result<usize>;
@@ -692,7 +705,8 @@ pub fn port_config(
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first for clients that offer it ([`crate::h2`]), else HTTP/1.1.
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS setup: {e}"))?;
     Ok(Some(PortTls {
         config: Arc::new(cfg),

@@ -89,6 +89,29 @@ pub fn peer_state<S: AsRawFd>(sock: &S) -> PeerState {
     }
 }
 
+/// Peek at up to `N` waiting bytes of `sock` without consuming them
+/// (`MSG_PEEK | MSG_DONTWAIT`, no allocation): the bytes seen (0 when none are
+/// waiting or the peer is gone). The HTTP listeners use it to tell an HTTP/2
+/// connection preface from an HTTP/1.1 request line before either is read.
+///
+/// The same borrow of the raw descriptor as [`peer_state`]; the buffer is
+/// initialised before the call, so reading it back is sound whatever `recv` wrote.
+#[allow(unsafe_code)]
+pub fn peek_prefix<S: AsRawFd, const N: usize>(sock: &S, out: &mut [u8; N]) -> usize {
+    // SAFETY: as in `peer_state`: `sock` outlives the borrowed descriptor.
+    let fd = unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    let mut buf = [MaybeUninit::new(0u8); N];
+    let n = SockRef::from(&fd)
+        .recv_with_flags(&mut buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        .unwrap_or(0)
+        .min(N);
+    for (o, b) in out.iter_mut().zip(&buf[..n]) {
+        // SAFETY: every element was initialised (to 0, or by `recv`).
+        *o = unsafe { b.assume_init() };
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

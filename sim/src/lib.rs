@@ -19,6 +19,9 @@
 //!   input, `--call-overhead-us`, `--embedding-us-per-input`). Defaults: 16 seqs, 2,048
 //!   blocks × 16 tokens, 200 µs/prefill token, 8 ms + 0.4 ms/seq per decode step, no
 //!   per-call or per-input cost.
+//! - **gRPC** ([`grpc`]): KServe v2 `inference.GRPCInferenceService` (`ModelInfer` echo,
+//!   `ModelStreamInfer`, `ModelReady`, `ModelMetadata`, `ServerLive/Ready`) and
+//!   `grpc.health.v1.Health/Check` over HTTP/2 (prior knowledge) on the same port.
 //! - **HTTPS** (`--tls-cert`, `--tls-key`; `tls`): rustls in front of the same server,
 //!   for gateways that reach backends over TLS.
 //! - **Faults**: error rate (500), stall before headers, mid-stream connection aborts,
@@ -33,6 +36,7 @@ pub mod api;
 pub mod config;
 mod driver;
 pub mod engine;
+pub mod grpc;
 pub mod kv;
 pub mod metrics;
 pub mod render;

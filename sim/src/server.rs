@@ -1,5 +1,6 @@
 //! HTTP front: hyper 1 HTTP/1.1 server (keep-alive, `TCP_NODELAY`; HTTPS with
-//! `--tls-cert`/`--tls-key`, see `tls`), routing, faults.
+//! `--tls-cert`/`--tls-key`, see `tls`), routing, faults. The same port speaks
+//! HTTP/2 to clients that open with its preface (gRPC: [`crate::grpc`]).
 //!
 //! Endpoints: `POST /v1/completions`, `POST /v1/chat/completions`, `POST /v1/embeddings`,
 //! `POST /v1/chat/completions/render`, `POST /v1/completions/render`, `POST /tokenize`,
@@ -59,13 +60,13 @@ const FAST_TOKENS: usize = 8;
 const VLLM_VERSION: &str = "0.32.0";
 
 /// Response body type of every handler.
-type RespBody = UnsyncBoxBody<Bytes, io::Error>;
+pub(crate) type RespBody = UnsyncBoxBody<Bytes, io::Error>;
 
 /// Faults and timing, changeable at run time (`/sim/faults`).
 #[derive(Debug)]
 pub(crate) struct Faults {
     error_rate: AtomicU64,
-    stall_ms: AtomicU64,
+    pub(crate) stall_ms: AtomicU64,
     close_mid_stream_rate: AtomicU64,
     prefill_us_per_token: AtomicU64,
     decode_step_us: AtomicU64,
@@ -99,7 +100,7 @@ impl Faults {
         }
     }
 
-    fn error_rate(&self) -> f64 {
+    pub(crate) fn error_rate(&self) -> f64 {
         f64::from_bits(self.error_rate.load(Relaxed))
     }
 
@@ -152,15 +153,17 @@ struct FaultView {
 /// State shared by the handlers and the engine task.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    cfg: SimConfig,
+    pub(crate) cfg: SimConfig,
     started: Instant,
     created_unix: f64,
     pub(crate) faults: Faults,
-    requests_total: AtomicU64,
+    pub(crate) requests_total: AtomicU64,
     renders_total: AtomicU64,
     /// Per model or adapter: when its cold start ends (`--cold-start-ms`).
     loaded: tokio::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
     cold_starts_total: AtomicU64,
+    /// gRPC streams whose client went away (reset or closed) before the end.
+    pub(crate) grpc_cancelled_total: AtomicU64,
     connections_total: AtomicU64,
     /// Connections whose TLS handshake failed (HTTPS only).
     tls_handshake_failures_total: AtomicU64,
@@ -168,7 +171,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn loading(&self) -> bool {
+    pub(crate) fn loading(&self) -> bool {
         self.started.elapsed() < Duration::from_millis(self.cfg.slow_start_ms)
     }
 
@@ -247,6 +250,7 @@ pub(crate) async fn serve(
         renders_total: AtomicU64::new(0),
         loaded: tokio::sync::Mutex::new(std::collections::HashMap::new()),
         cold_starts_total: AtomicU64::new(0),
+        grpc_cancelled_total: AtomicU64::new(0),
         connections_total: AtomicU64::new(0),
         tls_handshake_failures_total: AtomicU64::new(0),
         engine: tx,
@@ -265,10 +269,12 @@ pub(crate) async fn serve(
                     let shared = shared.clone();
                     let tls = tls.clone();
                     conns.spawn(async move {
-                        let http = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .keep_alive(true)
-                            .clone();
+                        // HTTP/1.1, and HTTP/2 with prior knowledge (gRPC, `crate::grpc`).
+                        let mut http = hyper_util::server::conn::auto::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        );
+                        http.http1().timer(TokioTimer::new()).keep_alive(true);
+                        http.http2().timer(TokioTimer::new());
                         let svc_shared = shared.clone();
                         let service = hyper::service::service_fn(move |req| {
                             let shared = svc_shared.clone();
@@ -277,7 +283,9 @@ pub(crate) async fn serve(
                         let r = match tls {
                             None => http.serve_connection(TokioIo::new(stream), service).await,
                             Some(acceptor) => match acceptor.accept(stream).await {
-                                Ok(s) => http.serve_connection(TokioIo::new(s), service).await,
+                                Ok(s) => {
+                                    http.serve_connection(TokioIo::new(s), service).await
+                                }
                                 Err(e) => {
                                     shared.tls_handshake_failures_total.fetch_add(1, Relaxed);
                                     tracing::debug!(error = %e, "TLS handshake failed");
@@ -348,6 +356,9 @@ enum Render {
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBody> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    if crate::grpc::is_grpc_path(&path) {
+        return crate::grpc::handle(shared, req).await;
+    }
     let ep = match path.as_str() {
         "/v1/completions" => Some(Endpoint::Completions),
         "/v1/chat/completions" => Some(Endpoint::Chat),
@@ -505,6 +516,7 @@ async fn stats_page(shared: &Shared) -> Response<RespBody> {
     let body = serde_json::json!({
         "requests_total": shared.requests_total.load(Relaxed),
         "cold_starts_total": shared.cold_starts_total.load(Relaxed),
+        "grpc_cancelled_total": shared.grpc_cancelled_total.load(Relaxed),
         "render_requests_total": shared.renders_total.load(Relaxed),
         "requests_cancelled_total": m.finished_abort,
         "connections_total": shared.connections_total.load(Relaxed),

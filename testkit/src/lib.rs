@@ -12,6 +12,9 @@
 //! - [`gateway`]: [`GatewayProcess`], `shardgate serve` as a child process on
 //!   127.0.0.1 with ephemeral ports, ready once its `--ready-file` appears (20 s
 //!   deadline);
+//! - [`grpc`]: [`grpc::GrpcClient`], a blocking gRPC client over h2c (unary
+//!   calls, and streams driven message by message);
+//! - [`h2raw`]: [`h2raw::RawH2`], raw HTTP/2 frames for hostile-input tests;
 //! - [`redis`]: [`RedisServer`], a real `redis-server` on 127.0.0.1 (free
 //!   port), killable and restartable, for the global rate-limit tests.
 //!
@@ -26,6 +29,8 @@
 
 pub mod alloc;
 pub mod gateway;
+pub mod grpc;
+pub mod h2raw;
 pub mod process;
 pub mod redis;
 #[cfg(feature = "sim")]

@@ -7,14 +7,14 @@
 //!   `False`/`InvalidParameters` when its InferenceConfig is missing or it was
 //!   left out).
 //! - **Gateway** (ours): `Accepted` (`Accepted`, `ListenersNotValid` when a
-//!   listener's protocol is not served, `False`/`Invalid` when left out) and
+//!   listener's protocol is not served (HTTP, HTTPS and GRPC are),
+//!   `False`/`Invalid` when left out) and
 //!   `Programmed` (`True` once the gateway serves the snapshot; `False`/`Pending`
 //!   when the change waits for a restart, `False`/`Invalid` when the gateway
 //!   refused it); per listener `supportedKinds`, `attachedRoutes`, `Accepted`
 //!   (`UnsupportedProtocol`), `Programmed`, `ResolvedRefs`; `addresses` from
 //!   `--gateway-address`.
-//! - **HTTPRoute** (and **GRPCRoute**, `Accepted=False`/`UnsupportedValue`
-//!   while gRPC is not served): one `parents` entry per `parentRef` to one of our Gateways,
+//! - **HTTPRoute** and **GRPCRoute**: one `parents` entry per `parentRef` to one of our Gateways,
 //!   with `Accepted` (`Accepted`, `NotAllowedByListeners`, `NoMatchingParent`,
 //!   `UnsupportedValue` when left out) and `ResolvedRefs` (`ResolvedRefs`,
 //!   `BackendNotFound`, `InvalidKind`, `RefNotPermitted`); entries of other
@@ -194,15 +194,18 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
         }
     }
 
-    // Routes attached per (gateway key, listener name), for attachedRoutes.
-    let route_idx: Vec<usize> = kind_indices(input.kinds, "HTTPRoute").collect();
-    let mut attached: Vec<((String, String), Option<String>)> = Vec::new();
-    for &i in &route_idx {
+    // Routes attached per (gateway key, listener name, route kind), for attachedRoutes.
+    let all_routes: Vec<(usize, &str)> = kind_indices(input.kinds, "HTTPRoute")
+        .map(|i| (i, "HTTPRoute"))
+        .chain(kind_indices(input.kinds, "GRPCRoute").map(|i| (i, "GRPCRoute")))
+        .collect();
+    let mut attached: Vec<((String, String), Option<String>, &str)> = Vec::new();
+    for &(i, route_kind) in &all_routes {
         let Some(objs) = input.store.kinds.get(i) else {
             continue;
         };
         for ((ns, name), o) in &objs.objects {
-            let l = label("HTTPRoute", true, ns, name);
+            let l = label(route_kind, true, ns, name);
             if rejected.contains_key(&l) {
                 continue;
             }
@@ -220,7 +223,11 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
                 }
                 let gns = str_of(pr, "namespace").unwrap_or(ns).to_string();
                 let gname = str_of(pr, "name").unwrap_or("").to_string();
-                attached.push(((gns, gname), str_of(pr, "sectionName").map(str::to_string)));
+                attached.push((
+                    (gns, gname),
+                    str_of(pr, "sectionName").map(str::to_string),
+                    route_kind,
+                ));
             }
         }
     }
@@ -296,7 +303,7 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
             for li in &listeners {
                 let name = str_of(li, "name").unwrap_or("");
                 let protocol = str_of(li, "protocol").unwrap_or("");
-                let served = protocol == "HTTP" || protocol == "HTTPS";
+                let served = protocol == "HTTP" || protocol == "HTTPS" || protocol == "GRPC";
                 all_ok &= served;
                 let old_l = old_listeners
                     .iter()
@@ -304,12 +311,19 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
                     .and_then(|x| x.get("conditions"));
                 let n = attached
                     .iter()
-                    .filter(|(g, sec)| g == key && sec.as_deref().is_none_or(|s| s == name))
+                    .filter(|(g, sec, kind)| {
+                        g == key
+                            && sec.as_deref().is_none_or(|s| s == name)
+                            && (*kind == "GRPCRoute" || protocol != "GRPC")
+                    })
                     .count();
+                // HTTP/2 with prior knowledge reaches HTTP listeners and ALPN `h2`
+                // HTTPS ones, so both carry GRPCRoutes too; a GRPC listener only those.
                 let kinds = match protocol {
-                    "HTTP" | "HTTPS" => {
-                        json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}])
-                    }
+                    "HTTP" | "HTTPS" => json!([
+                        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+                        {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}
+                    ]),
                     "GRPC" => json!([{"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}]),
                     _ => json!([]),
                 };
@@ -325,7 +339,9 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
                         ty: "Accepted",
                         ok: false,
                         reason: "UnsupportedProtocol",
-                        message: format!("protocol {protocol} is not served (HTTP and HTTPS are)"),
+                        message: format!(
+                            "protocol {protocol} is not served (HTTP, HTTPS and GRPC are)"
+                        ),
                     }
                 };
                 let programmed = Cond {
@@ -395,11 +411,6 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
         .flat_map(|k| k.objects.keys())
         .collect();
     let mut pools: Vec<(Key, (String, String))> = Vec::new();
-    let all_routes: Vec<(usize, &str)> = route_idx
-        .iter()
-        .map(|&i| (i, "HTTPRoute"))
-        .chain(kind_indices(input.kinds, "GRPCRoute").map(|i| (i, "GRPCRoute")))
-        .collect();
     for &(i, route_kind) in &all_routes {
         let Some(objs) = input.store.kinds.get(i) else {
             continue;
@@ -407,12 +418,6 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
         for (key, o) in &objs.objects {
             let (ns, name) = key;
             let l = label(route_kind, true, ns, name);
-            // gRPC is not served yet: a GRPCRoute is accepted by the loader and
-            // reported, and its parents say so.
-            let not_served = warnings.iter().find_map(|w| match w {
-                Warning::GrpcRouteNotEnforced { doc } if *doc == l => Some(w.to_string()),
-                _ => None,
-            });
             let prs = o.doc["spec"]["parentRefs"]
                 .as_array()
                 .cloned()
@@ -456,12 +461,6 @@ pub fn desired(input: &Input<'_>) -> Vec<StatusPatch> {
                         ok: false,
                         reason: "UnsupportedValue",
                         message: errs.join("; "),
-                    },
-                    (None, _) if not_served.is_some() => Cond {
-                        ty: "Accepted",
-                        ok: false,
-                        reason: "UnsupportedValue",
-                        message: not_served.clone().unwrap_or_default(),
                     },
                     (None, Some((true, m))) => Cond {
                         ty: "Accepted",
@@ -716,14 +715,17 @@ mod tests {
         assert_eq!(gc["conditions"][0]["type"], "Accepted");
         assert_eq!(gc["conditions"][0]["status"], "True", "{gc}");
         let gw = find(&p, "Gateway", "llm-gateway");
-        assert_eq!(gw["conditions"][0]["reason"], "ListenersNotValid", "{gw}");
+        assert_eq!(gw["conditions"][0]["reason"], "Accepted", "{gw}");
         assert_eq!(gw["conditions"][1]["status"], "True", "{gw}");
         assert_eq!(gw["listeners"][0]["name"], "inference-http");
         assert_eq!(gw["listeners"][0]["attachedRoutes"], 1, "{gw}");
+        // The seed's GRPC listener is served (HTTP/2 with prior knowledge).
+        assert_eq!(gw["listeners"][1]["name"], "inference-grpc");
         assert_eq!(
-            gw["listeners"][1]["conditions"][0]["reason"],
-            "UnsupportedProtocol"
+            gw["listeners"][1]["conditions"][0]["status"], "True",
+            "{gw}"
         );
+        assert_eq!(gw["listeners"][1]["attachedRoutes"], 0, "{gw}");
         assert_eq!(gw["addresses"][0]["value"], "10.1.2.3");
         let r = find(&p, "HTTPRoute", "model-routing");
         let parent = &r["parents"][0];
@@ -794,7 +796,20 @@ mod tests {
     }
 
     #[test]
-    fn a_grpc_route_is_reported_as_not_served() {
+    fn a_listener_of_an_unserved_protocol_is_not_valid() {
+        assert!(SEED.contains("protocol: GRPC"));
+        let seed = SEED.replacen("protocol: GRPC", "protocol: TLS", 1);
+        let store = crate::k8s::snapshot::tests::store_of(&objs(&seed, "default"));
+        let p = run(&store, Outcome::Applied);
+        let gw = find(&p, "Gateway", "llm-gateway");
+        assert_eq!(gw["conditions"][0]["reason"], "ListenersNotValid", "{gw}");
+        let l = &gw["listeners"][1]["conditions"][0];
+        assert_eq!(l["status"], "False", "{l}");
+        assert_eq!(l["reason"], "UnsupportedProtocol", "{l}");
+    }
+
+    #[test]
+    fn a_grpc_route_is_accepted_and_counted_on_the_grpc_listener() {
         let mut all = objs(SEED, "default");
         all.extend(objs(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g, namespace: ai-workloads}\nspec:\n  parentRefs: [{name: llm-gateway, sectionName: inference-grpc}]\n  rules: [{backendRefs: [{name: bert-service, port: 8080}]}]\n",
@@ -803,9 +818,28 @@ mod tests {
         let store = crate::k8s::snapshot::tests::store_of(&all);
         let p = run(&store, Outcome::Applied);
         let c = &find(&p, "GRPCRoute", "g")["parents"][0]["conditions"][0];
-        assert_eq!(c["status"], "False", "{c}");
-        assert_eq!(c["reason"], "UnsupportedValue");
-        assert!(c["message"].as_str().unwrap().contains("not served"), "{c}");
+        assert_eq!(c["type"], "Accepted", "{c}");
+        assert_eq!(c["status"], "True", "{c}");
+        let gw = find(&p, "Gateway", "llm-gateway");
+        assert_eq!(gw["conditions"][0]["status"], "True", "{gw}");
+        let listeners = gw["listeners"].as_array().unwrap();
+        let grpc = listeners
+            .iter()
+            .find(|l| l["name"] == "inference-grpc")
+            .unwrap();
+        assert_eq!(grpc["attachedRoutes"], 1, "{grpc}");
+        assert_eq!(grpc["supportedKinds"][0]["kind"], "GRPCRoute");
+        assert_eq!(grpc["conditions"][0]["status"], "True", "{grpc}");
+        // The HTTP listener counts the HTTPRoutes only (the GRPCRoute names its section).
+        let http = listeners
+            .iter()
+            .find(|l| l["name"] == "inference-http")
+            .unwrap();
+        assert_eq!(
+            http["supportedKinds"].as_array().unwrap().len(),
+            2,
+            "{http}"
+        );
     }
 
     #[test]

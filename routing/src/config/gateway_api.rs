@@ -1,5 +1,5 @@
 //! Gateway API resources (`gateway.networking.k8s.io`): `GatewayClass`,
-//! `Gateway`, `HTTPRoute` and (loosely) `GRPCRoute`.
+//! `Gateway`, `HTTPRoute` and `GRPCRoute`.
 //!
 //! Field names and defaults follow the Gateway API v1 specification. Values
 //! with a closed set of spellings (path match type, header match type, HTTP
@@ -521,7 +521,7 @@ pub struct HttpRouteTimeouts {
     pub backend_request: Option<Duration>,
 }
 
-/// `GRPCRoute` (parsed loosely; accepted, not enforced yet).
+/// `GRPCRoute` (routed through its HTTPRoute equivalent, `grpc_route.rs`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GrpcRoute {

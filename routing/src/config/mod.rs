@@ -28,6 +28,7 @@
 
 mod backend_tls;
 mod gateway_api;
+mod grpc_route;
 mod inference;
 mod k8s;
 mod limits;
@@ -109,7 +110,7 @@ pub enum Resource {
     Gateway(Gateway),
     /// `gateway.networking.k8s.io` `HTTPRoute`.
     HttpRoute(HttpRoute),
-    /// `gateway.networking.k8s.io` `GRPCRoute` (not enforced yet).
+    /// `gateway.networking.k8s.io` `GRPCRoute` (routed as HTTP/2 `POST /Service/Method`).
     GrpcRoute(GrpcRoute),
     /// `discovery.k8s.io/v1` `EndpointSlice`.
     EndpointSlice(EndpointSlice),
@@ -223,7 +224,7 @@ const KINDS: &[KindSpec] = &[
         kind: "GRPCRoute",
         api_versions: GATEWAY_API_GRPC,
         cluster_scoped: false,
-        enforced: NOT_ENFORCED,
+        enforced: ENFORCED,
         parse: |v, u| typed(v, u).map(Resource::GrpcRoute),
     },
     KindSpec {
@@ -369,7 +370,7 @@ impl Config {
     /// Per kind present: its enforcement status ([`ENFORCED`] or
     /// [`NOT_ENFORCED`]) and how many documents of
     /// it were loaded, in a fixed kind order. Meant to be logged at start-up so no kind is
-    /// silently dropped. `GRPCRoute` and `ServiceMonitor` are not enforced yet.
+    /// silently dropped. `ServiceMonitor` is not enforced.
     pub fn enforcement_report(&self) -> Vec<(String, &'static str, usize)> {
         KINDS
             .iter()

@@ -636,7 +636,31 @@ fn nulls_merge_keys_and_loose_kinds() {
     assert_eq!(g.spec.rules[0].backend_refs[0].port, Some(8001));
     assert_eq!(
         c.enforcement_report(),
-        vec![("GRPCRoute".to_owned(), NOT_ENFORCED, 1)]
+        vec![("GRPCRoute".to_owned(), ENFORCED, 1)]
+    );
+    // Method matches name a service or a method, with valid names.
+    check(
+        &grpc.replace(
+            "service: inference.Predict\n        method: Infer",
+            "type: Exact",
+        ),
+        "spec.rules[0].matches[0].method",
+        "names neither a service nor a method",
+    );
+    check(
+        &grpc.replace("service: inference.Predict", "service: inference/Predict"),
+        "spec.rules[0].matches[0].method.service",
+        "is not a gRPC service name",
+    );
+    check(
+        &grpc.replace("method: Infer", "method: In-fer"),
+        "spec.rules[0].matches[0].method.method",
+        "is not a gRPC method name",
+    );
+    check(
+        &grpc.replace("method: Infer", "method: Infer\n        type: Prefix"),
+        "spec.rules[0].matches[0].method.type",
+        "must be Exact or RegularExpression",
     );
 
     let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\nspec:\n  ports:\n  - name: http\n    port: 80\n    targetPort: http-alt\n  - port: 81\n    targetPort: 8081\n";

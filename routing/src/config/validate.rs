@@ -22,6 +22,7 @@ pub(crate) fn validate(resource: &Resource) -> Problems {
             for (i, h) in r.spec.hostnames.iter().enumerate() {
                 hostname(h, format!("spec.hostnames[{i}]"), &mut p);
             }
+            p.extend(super::grpc_route::problems(r));
         }
         Resource::EndpointSlice(s) => endpoint_slice(s, &mut p),
         Resource::InferenceConfig(c) => {

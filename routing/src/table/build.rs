@@ -66,9 +66,12 @@ thread_local! {
     pub(super) static LAST_WORK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-/// Whether a listener protocol carries HTTPRoutes.
-fn carries_http_routes(protocol: &str) -> bool {
-    protocol.eq_ignore_ascii_case("HTTP") || protocol.eq_ignore_ascii_case("HTTPS")
+/// Whether a listener protocol carries routes of `kind` (`HTTPRoute`:
+/// `HTTP` and `HTTPS`; `GRPCRoute`: those and `GRPC`, served as HTTP/2).
+fn carries_routes(kind: &str, protocol: &str) -> bool {
+    protocol.eq_ignore_ascii_case("HTTP")
+        || protocol.eq_ignore_ascii_case("HTTPS")
+        || (kind == "GRPCRoute" && protocol.eq_ignore_ascii_case("GRPC"))
 }
 
 /// The listeners of all Gateways.
@@ -210,6 +213,15 @@ impl<'c, 'r> Builder<'c, 'r> {
         } = self.build_listeners();
         self.resolve_backend_tls();
 
+        // GRPCRoutes route as their HTTPRoute equivalents (`grpc_route.rs`).
+        let lowered: Vec<(&DocMeta, HttpRoute)> = config
+            .docs
+            .iter()
+            .filter_map(|(m, r)| match r {
+                Resource::GrpcRoute(g) => Some((m, g.to_http_route())),
+                _ => None,
+            })
+            .collect();
         // Routes, sorted by namespace/name (the precedence tie-breaker).
         let mut http_routes: Vec<(&DocMeta, &HttpRoute)> = config
             .docs
@@ -218,8 +230,9 @@ impl<'c, 'r> Builder<'c, 'r> {
                 Resource::HttpRoute(h) => Some((m, h)),
                 _ => None,
             })
+            .chain(lowered.iter().map(|(m, h)| (*m, h)))
             .collect();
-        http_routes.sort_by_key(|(m, _)| m.key());
+        http_routes.sort_by_key(|(m, _)| (m.key(), m.kind.clone()));
         let mut routes = Vec::new();
         let mut route_listeners: Vec<Vec<usize>> = Vec::new();
         let mut entries: Vec<Vec<Entry>> = vec![Vec::new(); listeners.len()];
@@ -334,11 +347,6 @@ impl<'c, 'r> Builder<'c, 'r> {
                 _ => None,
             })
             .collect();
-        for (meta, r) in &config.docs {
-            if let Resource::GrpcRoute(_) = r {
-                self.warn(Warning::GrpcRouteNotEnforced { doc: meta.label() });
-            }
-        }
 
         #[cfg(test)]
         LAST_WORK.with(|w| w.set(self.work));
@@ -395,7 +403,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             gateways.push((meta, g, listeners.len()));
             for (li, l) in g.spec.listeners.iter().enumerate() {
                 let idx = listeners.len();
-                let served = l.protocol == "HTTP" || l.protocol == "HTTPS";
+                let served = l.protocol == "HTTP" || l.protocol == "HTTPS" || l.protocol == "GRPC";
                 let tls = if l.protocol == "HTTPS" {
                     self.listener_certificates(meta, li, l)
                 } else {
@@ -750,10 +758,10 @@ impl<'c, 'r> Builder<'c, 'r> {
                 if pr.port.is_some_and(|p| p != l.port) {
                     continue;
                 }
-                if !carries_http_routes(&l.protocol) {
+                if !carries_routes(&meta.kind, &l.protocol) {
                     reasons.push(format!(
-                        "listener {}: protocol {} does not carry HTTPRoutes",
-                        l.name, l.protocol
+                        "listener {}: protocol {} does not carry {}s",
+                        l.name, l.protocol, meta.kind
                     ));
                     continue;
                 }
@@ -768,15 +776,15 @@ impl<'c, 'r> Builder<'c, 'r> {
                 }
                 if !allowed.kinds.is_empty()
                     && !allowed.kinds.iter().any(|k| {
-                        k.kind == "HTTPRoute"
+                        k.kind == meta.kind
                             && k.group
                                 .as_deref()
                                 .is_none_or(|g| g == "gateway.networking.k8s.io")
                     })
                 {
                     reasons.push(format!(
-                        "listener {}: allowedRoutes.kinds excludes HTTPRoute",
-                        l.name
+                        "listener {}: allowedRoutes.kinds excludes {}",
+                        l.name, meta.kind
                     ));
                     continue;
                 }
@@ -859,6 +867,7 @@ impl<'c, 'r> Builder<'c, 'r> {
         CompiledRoute {
             key: meta.key(),
             rules,
+            grpc: meta.kind == "GRPCRoute",
         }
     }
 

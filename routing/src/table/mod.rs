@@ -68,7 +68,7 @@ pub struct ListenerInfo {
     pub port: u16,
     /// Protocol as written (`HTTP`, `HTTPS`, `GRPC`, …).
     pub protocol: String,
-    /// Whether shardgate serves it (`HTTP` and `HTTPS`).
+    /// Whether shardgate serves it (`HTTP`, `HTTPS`; `GRPC` as HTTP/2).
     pub served: bool,
     /// The listener's hostname as written (SNI selects among the `HTTPS`
     /// listeners of one port by it).
@@ -232,6 +232,8 @@ struct CompiledRule {
 struct CompiledRoute {
     key: String,
     rules: Vec<CompiledRule>,
+    /// A GRPCRoute (its backends speak gRPC).
+    grpc: bool,
 }
 
 /// One `(hostname, match)` a listener tries, in precedence order.
@@ -265,6 +267,9 @@ pub struct RuleSummary<'a> {
     pub id: usize,
     /// `namespace/name` of its InferencePool backendRefs.
     pub pools: &'a [String],
+    /// The rule is a GRPCRoute's: its backends speak gRPC (health-checked
+    /// through `grpc.health.v1`).
+    pub grpc: bool,
 }
 
 /// The immutable routing table built from a [`Config`].
@@ -392,6 +397,7 @@ impl RoutingTable {
             security: rule.security.as_ref().map(|(k, _)| k.as_str()),
             id,
             pools: &rule.pools,
+            grpc: route.grpc,
         })
     }
 

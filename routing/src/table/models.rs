@@ -29,15 +29,31 @@ pub(super) fn header_models(config: &Config) -> Vec<String> {
     let mut models: Vec<String> = config
         .docs
         .iter()
-        .filter_map(|(_, r)| match r {
-            Resource::HttpRoute(h) => Some(h),
-            _ => None,
+        .flat_map(|(_, r)| {
+            let http: Vec<(StringMatchType, &str, &str)> = match r {
+                Resource::HttpRoute(h) => h
+                    .spec
+                    .rules
+                    .iter()
+                    .flat_map(|rule| rule.matches.iter())
+                    .flat_map(|m| m.headers.iter())
+                    .map(|h| (h.match_type, h.name.as_str(), h.value.as_str()))
+                    .collect(),
+                Resource::GrpcRoute(g) => g
+                    .spec
+                    .rules
+                    .iter()
+                    .flat_map(|rule| rule.matches.iter())
+                    .flat_map(|m| m.headers.iter())
+                    .filter(|h| h.match_type.as_deref().is_none_or(|t| t == "Exact"))
+                    .map(|h| (StringMatchType::Exact, h.name.as_str(), h.value.as_str()))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            http
         })
-        .flat_map(|h| h.spec.rules.iter())
-        .flat_map(|rule| rule.matches.iter())
-        .flat_map(|m| m.headers.iter())
-        .filter(|h| names_model(h.match_type, &h.name))
-        .map(|h| h.value.clone())
+        .filter(|(t, name, _)| names_model(*t, name))
+        .map(|(_, _, v)| v.to_owned())
         .collect();
     models.sort();
     models.dedup();

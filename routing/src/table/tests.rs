@@ -179,7 +179,8 @@ fn seed_builds_with_expected_warnings() {
             tls: Vec::new(),
         }
     );
-    assert!(!t.listeners()[1].served);
+    // The GRPC listener is served (HTTP/2); it carries GRPCRoutes only.
+    assert!(t.listeners()[1].served);
     assert_eq!(t.models(), ["bert-base", "gpt-large"]);
     assert!(t.endpoints().is_empty());
     assert_warns!(t, Warning::ExtensionRefUnresolved { kind, name, .. }
@@ -188,8 +189,7 @@ fn seed_builds_with_expected_warnings() {
         assert_warns!(t, Warning::ServiceUnresolved { namespace, name, port: 8080 }
             if namespace == "ai-workloads" && name == svc);
     }
-    assert_warns!(t, Warning::ListenerNotServed { listener, protocol, port: 50051, .. }
-        if listener == "inference-grpc" && protocol == "GRPC");
+    assert_warns!(t, !Warning::ListenerNotServed { .. });
     assert_warns!(t, !Warning::GatewayClassNotFound { .. });
 
     let gpt = [("X-Model-Type", "gpt-large")];
@@ -256,7 +256,7 @@ fn seed_builds_with_expected_warnings() {
         "PathPrefix / + header x-model-type=gpt-large → ai-workloads/gpt-large-service:8080 (w 100) [no endpoints] security=default/ai-security (via Gateway ai-workloads/llm-gateway) → 500 (filter InferencePolicy gpu-required not found)"
     ), "{shown}");
     assert!(
-        shown.contains("inference-grpc GRPC :50051 (not served)\n  (no routes)"),
+        shown.contains("inference-grpc GRPC :50051\n  (no routes)"),
         "{shown}"
     );
     assert!(shown.contains("warnings:\n  - "), "{shown}");
@@ -1593,6 +1593,7 @@ fn seed_rules_have_ids_and_no_defaults() {
 }
 
 mod backend_tls;
+mod grpc;
 mod model;
 mod security;
 mod stable_endpoints;

@@ -32,7 +32,7 @@ pub enum Warning {
         /// The port.
         port: u16,
     },
-    /// A listener whose protocol is not served (only `HTTP` and `HTTPS` are).
+    /// A listener whose protocol is not served (only `HTTP`, `HTTPS` and `GRPC` are).
     ListenerNotServed {
         /// The Gateway.
         doc: String,
@@ -75,11 +75,6 @@ pub enum Warning {
         /// Why each candidate listener refused (empty: none has that
         /// name/port).
         reasons: Vec<String>,
-    },
-    /// A GRPCRoute (gRPC is not served).
-    GrpcRouteNotEnforced {
-        /// The GRPCRoute.
-        doc: String,
     },
     /// A GatewayClass `parametersRef` names a missing InferenceConfig.
     InferenceConfigNotFound {
@@ -270,7 +265,7 @@ impl fmt::Display for Warning {
                 port,
             } => write!(
                 f,
-                "{doc}: listener {listener} ({protocol} :{port}) is accepted but not served yet (only HTTP and HTTPS are)"
+                "{doc}: listener {listener} ({protocol} :{port}) is accepted but not served yet (only HTTP, HTTPS and GRPC are)"
             ),
             SelectorTreatedAsAll { doc, listener } => write!(
                 f,
@@ -300,10 +295,6 @@ impl fmt::Display for Warning {
                     f.write_str(&reasons.join("; "))
                 }
             }
-            GrpcRouteNotEnforced { doc } => write!(
-                f,
-                "{doc}: GRPCRoute is accepted, not enforced (gRPC is not served yet)"
-            ),
             InferenceConfigNotFound { doc, name } => write!(
                 f,
                 "{doc}: spec.parametersRef names InferenceConfig {name} which does not exist"

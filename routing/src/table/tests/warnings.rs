@@ -27,10 +27,10 @@ fn every_variant_displays_its_sentence() {
             Warning::ListenerNotServed {
                 doc: s("Gateway ns/gw"),
                 listener: s("g"),
-                protocol: s("GRPC"),
+                protocol: s("TCP"),
                 port: 50051,
             },
-            "Gateway ns/gw: listener g (GRPC :50051) is accepted but not served yet (only HTTP and HTTPS are)",
+            "Gateway ns/gw: listener g (TCP :50051) is accepted but not served yet (only HTTP, HTTPS and GRPC are)",
         ),
         (
             Warning::SelectorTreatedAsAll { doc: s("Gateway ns/gw"), listener: s("sel") },
@@ -61,10 +61,6 @@ fn every_variant_displays_its_sentence() {
                 reasons: vec![s("listener a: why"), s("listener b: why not")],
             },
             "HTTPRoute ns/r: spec.parentRefs[0] (ns/gw) matches no listener that accepts it: listener a: why; listener b: why not",
-        ),
-        (
-            Warning::GrpcRouteNotEnforced { doc: s("GRPCRoute ns/g") },
-            "GRPCRoute ns/g: GRPCRoute is accepted, not enforced (gRPC is not served yet)",
         ),
         (
             Warning::InferenceConfigNotFound { doc: s("GatewayClass c"), name: s("ic") },

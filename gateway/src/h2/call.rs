@@ -1,0 +1,882 @@
+//! One HTTP/2 stream of a client connection: a gRPC call carried through the
+//! same steps as an HTTP/1.1 request, then relayed to an upstream HTTP/2
+//! stream with flow control end to end.
+//!
+//! Steps: read the first bytes of the request until `model_name` is found
+//! (KServe v2 calls only, [`crate::grpc::wire`]: the tensors that follow are
+//! not read yet, at most `--max-body-bytes` are held, and they must arrive
+//! within `--header-timeout`, else `DEADLINE_EXCEEDED`) → [`crate::plan`] (the
+//! model is [`crate::plan::RequestInfo::message_model`]) → JWT
+//! authentication (`authorization` metadata) → rate limits → admission
+//! (`maxConcurrentInferences`) → pick (the same picker, in-flight counts and
+//! outlier ejection as HTTP/1.1; a failed connect tries another endpoint)
+//! → relay. A failure before the upstream answers is a trailers-only answer
+//! with the gRPC status of [`crate::grpc::status::of_failure`].
+//!
+//! Relay: the request body goes upstream as it arrives, and each DATA frame's
+//! bytes are released to the client's window only once the upstream stream
+//! took them; the answer comes back the same way. So a slow reader on either
+//! side slows the other through HTTP/2 windows, and the gateway holds at most
+//! one window per direction per stream. Headers and trailers (`grpc-status`,
+//! `grpc-message`, metadata) pass through, hop-by-hop headers dropped.
+//! `grpc-timeout` (capped by the route's timeout, else `--response-timeout`)
+//! bounds the whole call: past it the client gets `DEADLINE_EXCEEDED` and the
+//! upstream stream is reset (`CANCEL`), as it is when the client resets.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::{RecvStream, SendStream};
+use http::{HeaderMap, HeaderValue, Request, Response};
+use monoio::time::Instant;
+use shardgate_routing::scoring::PickRequest;
+
+use crate::attempt::{Action, Attempts, Outcome};
+use crate::error::Failure;
+use crate::grpc::status::{encode_message, of_failure, Code};
+use crate::grpc::wire::{model_name, Scan};
+use crate::metrics::RequestRecord;
+use crate::plan::{plan, Plan, RequestInfo};
+use crate::shard::{InFlight, Shard};
+use crate::state::GatewayState;
+
+/// A stream's in-flight count on the shard and its endpoint, and the
+/// endpoint it went to (for the access log).
+pub(super) struct Served {
+    flight: InFlight,
+    /// The endpoint last picked.
+    pub(super) endpoint: Option<usize>,
+}
+
+impl Served {
+    fn new(shard: &Rc<Shard>) -> Self {
+        Served {
+            flight: InFlight::new(shard),
+            endpoint: None,
+        }
+    }
+
+    /// Count the stream on `ep`.
+    pub(super) fn set_endpoint(&mut self, ep: usize) {
+        self.flight.set_endpoint(ep);
+        self.endpoint = Some(ep);
+    }
+}
+
+/// Counts a connection's open streams while it lives.
+pub struct StreamCount(Rc<Cell<usize>>);
+
+impl StreamCount {
+    /// Count one more stream on `c`.
+    pub fn new(c: &Rc<Cell<usize>>) -> Self {
+        c.set(c.get() + 1);
+        StreamCount(c.clone())
+    }
+}
+
+impl Drop for StreamCount {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Headers that never cross a hop.
+pub(super) const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// A trailers-only gRPC answer: `:status 200`, `grpc-status`, `grpc-message`.
+fn status_only(code: Code, message: &str) -> Response<()> {
+    let mut r = Response::new(());
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/grpc"));
+    h.insert("grpc-status", HeaderValue::from_static(code.as_str()));
+    if !message.is_empty() {
+        let mut enc = String::with_capacity(message.len());
+        encode_message(message, &mut enc);
+        if let Ok(v) = HeaderValue::from_str(&enc) {
+            h.insert("grpc-message", v);
+        }
+    }
+    r
+}
+
+fn status_trailers(code: Code, message: &str) -> HeaderMap {
+    let (parts, ()) = status_only(code, message).into_parts();
+    let mut h = parts.headers;
+    h.remove("content-type");
+    h
+}
+
+/// Answers `f` as a gRPC status; returns the HTTP status to record.
+fn reject(respond: &mut SendResponse<Bytes>, f: &Failure) -> u16 {
+    let _ = respond.send_response(status_only(of_failure(f), &f.message), true);
+    f.status
+}
+
+/// Answers `f` as HTTP with its OpenAI-style JSON body.
+pub(super) fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure) {
+    let mut r = Response::new(());
+    *r.status_mut() =
+        http::StatusCode::from_u16(f.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    if let Ok(mut s) = respond.send_response(r, false) {
+        let _ = s.send_data(Bytes::from(f.json_body()), true);
+    }
+}
+
+/// What the first bytes of the body say, and the bytes read so far.
+struct FirstBytes {
+    buf: BytesMut,
+    /// The client ended its stream.
+    ended: bool,
+}
+
+/// Reads the body until `model_name` of the first message is known (or the
+/// message, the stream, or `max` bytes end). Read bytes are not released to
+/// the client's window: they are released when they went upstream.
+async fn first_bytes(body: &mut RecvStream, max: u64) -> Result<FirstBytes, Failure> {
+    let mut fb = FirstBytes {
+        buf: BytesMut::new(),
+        ended: false,
+    };
+    loop {
+        match model_name(&fb.buf) {
+            Ok(Scan::NeedMore) => {}
+            Ok(_) => return Ok(fb),
+            Err(e) => return Err(Failure::bad_json(format!("malformed gRPC message: {e}"))),
+        }
+        match body.data().await {
+            Some(Ok(d)) => {
+                if (fb.buf.len() + d.len()) as u64 > max {
+                    return Err(Failure::with(
+                        crate::error::Side::Client,
+                        413,
+                        "invalid_request_error",
+                        "body_too_large",
+                        format!(
+                            "the first gRPC message does not name its model within {max} bytes"
+                        ),
+                    ));
+                }
+                fb.buf.extend_from_slice(&d);
+            }
+            Some(Err(e)) => {
+                return Err(Failure::with(
+                    crate::error::Side::Client,
+                    400,
+                    "invalid_request_error",
+                    "stream_error",
+                    format!("the request stream failed: {e}"),
+                ))
+            }
+            None => {
+                fb.ended = true;
+                return Ok(fb);
+            }
+        }
+    }
+}
+
+/// Serve one stream.
+pub(crate) async fn serve(
+    shard: Rc<Shard>,
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    port: u16,
+    _count: StreamCount,
+) {
+    let started = Instant::now();
+    let state = shard.state_for_request();
+    let mut guard = Served::new(&shard);
+    let (parts, mut body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let ts_ms = crate::access_log::now_ms();
+    let path_for_log = path.clone();
+    let rid = parts
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut rec = Record {
+        status: 0,
+        model: None,
+        route: None,
+        grpc: true,
+        peer,
+        method: "POST",
+        path: &path_for_log,
+        request_id: rid.as_deref(),
+        ts_ms,
+        endpoint: None,
+    };
+    let grpc = crate::grpc::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes()));
+    if !grpc {
+        // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
+        // HTTP/1.1 ([`super::openai`]).
+        super::openai::serve(
+            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
+        )
+        .await;
+        return;
+    }
+    let first = if crate::grpc::names_model(&path) {
+        // The first message must name its model within `--header-timeout`.
+        let read = first_bytes(&mut body, shard.settings.limits.max_body_bytes);
+        let read = monoio::time::timeout(shard.settings.header_timeout, read).await;
+        match read.unwrap_or_else(|_| Err(Failure::request_timeout())) {
+            Ok(fb) => fb,
+            Err(f) => {
+                rec.status = reject(&mut respond, &f);
+                record(&shard, &rec, started);
+                return;
+            }
+        }
+    } else {
+        FirstBytes {
+            buf: BytesMut::new(),
+            ended: body.is_end_stream(),
+        }
+    };
+    let first_buf = first.buf.freeze();
+    let message_model = match model_name(&first_buf) {
+        Ok(Scan::Found(m)) => Some(m),
+        _ => None,
+    };
+    let headers = &parts.headers;
+    let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let info = RequestInfo {
+        method: parts.method.as_str(),
+        path: &path,
+        query: parts.uri.query(),
+        host: parts.uri.authority().map(|a| a.as_str()),
+        header: &lookup,
+        body: &first_buf,
+        message_model,
+        roll: fastrand::u32(..),
+    };
+    // The port's listeners in the state in force (a reload may change them).
+    let decision = plan(&info, &state, state.listeners_on(port));
+    rec.model = decision.model.clone();
+    rec.route = decision.route;
+    if decision.known_model {
+        if let Some(m) = rec.model.as_deref() {
+            shard.metrics.borrow_mut().know_model(m);
+        }
+    }
+    let outcome = execute(
+        &shard,
+        &state,
+        &decision,
+        Exec {
+            headers,
+            path: &path,
+            peer,
+            first: first_buf.clone(),
+            ended: first.ended,
+            started,
+        },
+        &mut body,
+        &mut respond,
+        &mut guard,
+    )
+    .await;
+    rec.status = outcome;
+    rec.endpoint = guard.endpoint;
+    record(&shard, &rec, started);
+}
+
+pub(super) struct Record<'s> {
+    pub(super) status: u16,
+    pub(super) model: Option<Cow<'s, str>>,
+    pub(super) route: Option<&'s str>,
+    /// A gRPC call (else HTTP over HTTP/2).
+    pub(super) grpc: bool,
+    /// For the access log: the client, the path, the client's
+    /// `x-request-id`, when the request began, the endpoint.
+    pub(super) peer: SocketAddr,
+    pub(super) method: &'s str,
+    pub(super) path: &'s str,
+    pub(super) request_id: Option<&'s str>,
+    pub(super) ts_ms: u64,
+    pub(super) endpoint: Option<usize>,
+}
+
+pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
+    let duration = started.elapsed();
+    if let Some(log) = &shard.access_log {
+        let client = rec.peer.to_string();
+        let own;
+        let request_id = match rec.request_id {
+            Some(id) => id,
+            None => {
+                own = shard.request_id();
+                std::str::from_utf8(&own).unwrap_or("")
+            }
+        };
+        log.borrow_mut().push(&crate::access_log::Line {
+            ts_ms: rec.ts_ms,
+            request_id,
+            client: &client,
+            method: rec.method,
+            path: rec.path,
+            model: rec.model.as_deref(),
+            route: rec.route,
+            endpoint: rec.endpoint.map(|ep| shard.addr(ep).to_string()),
+            status: rec.status,
+            bytes: 0,
+            ttft_ms: None,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            prompt_tokens: None,
+            completion_tokens: None,
+            outcome: if rec.status == 0 {
+                "aborted_client"
+            } else {
+                "ok"
+            },
+        });
+    }
+    let mut m = shard.metrics.borrow_mut();
+    m.h2_requests[usize::from(!rec.grpc)] += 1;
+    m.record(&RequestRecord {
+        model: rec.model.as_deref(),
+        route: rec.route,
+        status: rec.status,
+        duration,
+        ttft: None,
+        tpot: None,
+        prompt_tokens: None,
+        completion_tokens: None,
+    });
+}
+
+/// The request, as the executor needs it.
+struct Exec<'a> {
+    headers: &'a HeaderMap,
+    path: &'a str,
+    peer: SocketAddr,
+    /// Body bytes read before planning (not yet released to the client).
+    first: Bytes,
+    /// The client's stream ended within them.
+    ended: bool,
+    started: Instant,
+}
+
+/// Carry out the plan; returns the status to record (200: relayed).
+#[allow(clippy::too_many_arguments)]
+async fn execute(
+    shard: &Rc<Shard>,
+    state: &GatewayState,
+    decision: &crate::plan::Decision<'_>,
+    req: Exec<'_>,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    guard: &mut Served,
+) -> u16 {
+    let target = match &decision.plan {
+        Plan::Reject(f) => return reject(respond, f),
+        Plan::Models => return reject(respond, &Failure::no_route("POST", req.path)),
+        Plan::Forward(t) | Plan::Batch { target: t, .. } => t,
+    };
+    let _permit = match admit(shard, state, decision, target, req.headers, req.peer).await {
+        Ok(p) => p,
+        Err(f) => return reject(respond, &f),
+    };
+    let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+    let model = decision.named_model();
+    let route = &target.route;
+    let settings = &shard.settings;
+    let mut budget = route.request_timeout.unwrap_or(settings.response_timeout);
+    match header("grpc-timeout").map(crate::grpc::timeout::parse) {
+        None => {}
+        Some(Some(d)) => budget = budget.min(d),
+        Some(None) => {
+            return reject(
+                respond,
+                &Failure::with(
+                    crate::error::Side::Client,
+                    400,
+                    "invalid_request_error",
+                    "bad_grpc_timeout",
+                    "malformed grpc-timeout".to_owned(),
+                ),
+            )
+        }
+    }
+    let deadline = req.started + budget;
+    let profile = state.profile(route.policy);
+    let pick_req = PickRequest {
+        model,
+        adapter: profile.lora_adapter(model),
+        prefix_total_blocks: 0,
+        session: state.session(route.policy, header, &req.first),
+    };
+    shard.budget.borrow_mut().earn();
+    let mut attempts = Attempts::new(settings.retries);
+    loop {
+        if let Err(f) = attempts.next(&mut shard.budget.borrow_mut()) {
+            return reject(respond, &f);
+        }
+        let ep = match shard.pick(
+            route.backends,
+            attempts.tried(),
+            Instant::now(),
+            profile,
+            &pick_req,
+            None,
+            target.priority,
+        ) {
+            Ok(ep) => ep,
+            Err(why) => return reject(respond, &attempts.pick_failed(why, route.route)),
+        };
+        guard.set_endpoint(ep);
+        attempts.picked(ep);
+        let addr = shard.addr(ep);
+        let opened = crate::h2_upstream::open_stream(
+            addr,
+            &settings.h2,
+            settings.connect_timeout,
+            upstream_request(&req, model, deadline),
+            req.ended && req.first.is_empty(),
+        )
+        .await;
+        let (outcome, stream) = match opened {
+            Ok(s) => (Outcome::Head(200), Some(s)),
+            Err(e) => (Outcome::Error(e), None),
+        };
+        let verdict = attempts.on(
+            ep,
+            outcome,
+            std::time::Instant::now(),
+            &mut shard.outliers.borrow_mut(),
+            &mut shard.budget.borrow_mut(),
+            route.backends,
+        );
+        shard.apply(ep, &verdict);
+        match verdict.action {
+            Action::Deliver => {
+                let Some(stream) = stream else {
+                    return 502;
+                };
+                return relay(shard, stream, req, body, respond, deadline).await;
+            }
+            Action::RetryFresh | Action::PickAgain => {}
+            Action::Respond(f) => return reject(respond, &f),
+            Action::Abandon => return 0,
+        }
+    }
+}
+
+/// The policy steps every plan to forward goes through, for gRPC and HTTP
+/// alike: JWT authentication (`authorization`), the SecurityPolicy's rate
+/// limits, then an admission permit (`maxConcurrentInferences`), held by the
+/// caller until the answer is out.
+pub(super) async fn admit(
+    shard: &Rc<Shard>,
+    state: &GatewayState,
+    decision: &crate::plan::Decision<'_>,
+    target: &crate::plan::Target<'_>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Option<crate::admit::Permit>, Failure> {
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let jwt = decision.security.and_then(|k| state.auth.policy(k));
+    let verified = match jwt.map(|p| {
+        p.verify_cached(
+            &mut shard.jwt_cache.borrow_mut(),
+            header("authorization"),
+            crate::jwt::unix_now(),
+        )
+    }) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(reason)) => {
+            shard.metrics.borrow_mut().auth_failures[reason.index()] += 1;
+            return Err(Failure::unauthorized(
+                reason == crate::jwt::Reason::Missing,
+                reason.message(),
+                reason.www_authenticate(),
+            ));
+        }
+    };
+    let subject = verified.as_ref().and_then(|v| v.subject.as_deref());
+    let model = decision.named_model();
+    if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
+        if let Err(f) = rate_limit(state, limiter, policy, headers, peer, model, subject).await {
+            shard.metrics.borrow_mut().rate_limited(model);
+            return Err(f);
+        }
+    }
+    match &shard.admission() {
+        Some(adm) => {
+            let key = shard
+                .metrics
+                .borrow()
+                .admission_key(target.priority, decision.model.as_deref());
+            let counted = || crate::metrics::AdmissionWait::start(&shard.metrics, key);
+            adm.acquire(target.priority, counted)
+                .await
+                .map(Some)
+                .map_err(|r| r.failure())
+        }
+        None => Ok(None),
+    }
+}
+
+/// The upstream request: the client's headers less hop-by-hop ones, the
+/// remaining `grpc-timeout`, and `X-Gateway-Model-Name` when a model was named.
+fn upstream_request(req: &Exec<'_>, model: Option<&str>, deadline: Instant) -> Request<()> {
+    let mut r = Request::new(());
+    *r.method_mut() = http::Method::POST;
+    *r.uri_mut() = http::Uri::builder()
+        .scheme("http")
+        .authority("upstream")
+        .path_and_query(req.path)
+        .build()
+        .unwrap_or_default();
+    let h = r.headers_mut();
+    for (k, v) in req.headers {
+        if !HOP_BY_HOP.contains(&k.as_str()) && k != "grpc-timeout" {
+            h.append(k.clone(), v.clone());
+        }
+    }
+    let mut t = String::new();
+    crate::grpc::timeout::format(deadline.saturating_duration_since(Instant::now()), &mut t);
+    if let Ok(v) = HeaderValue::from_str(&t) {
+        h.insert("grpc-timeout", v);
+    }
+    if let Some(m) = model.and_then(|m| HeaderValue::from_str(m).ok()) {
+        h.insert(shardgate_routing::MODEL_HEADER, m);
+    }
+    r
+}
+
+/// The rate-limit step: `Err` is the 429 to answer. A fleet-wide limit
+/// waiting on its lease is polled every [`crate::ratelimit_global::WAIT_STEP`]
+/// up to `--rate-limit-redis-timeout`.
+async fn rate_limit(
+    state: &GatewayState,
+    limiter: &crate::ratelimit::RateLimiter,
+    policy: &str,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    model: Option<&str>,
+    subject: Option<&str>,
+) -> Result<(), Failure> {
+    use crate::ratelimit::{check_request, Outcome, RequestKey};
+    let key = RequestKey {
+        policy: Some(policy),
+        model,
+        subject,
+        peer: peer.ip(),
+        forwarded_for: if state.settings.trusted_proxies.is_empty() {
+            None
+        } else {
+            headers.get("x-forwarded-for").map(|v| v.as_bytes())
+        },
+    };
+    let started = Instant::now();
+    loop {
+        let gave_up = state
+            .global_limiter
+            .as_ref()
+            .is_none_or(|g| started.elapsed() >= g.timeout());
+        let out = check_request(
+            limiter,
+            state
+                .global_limiter
+                .as_deref()
+                .map(|g| g as &dyn crate::ratelimit::FleetLimit),
+            &state.table,
+            &state.settings.trusted_proxies,
+            &key,
+            gave_up,
+        );
+        return match out {
+            None | Some(Outcome::Allowed(_)) => Ok(()),
+            Some(Outcome::Limited {
+                quota,
+                retry_after_ns,
+            }) => Err(Failure::rate_limited(model, retry_after_ns, Some(quota))),
+            Some(Outcome::Full) => Err(Failure::rate_limited(
+                model,
+                crate::ratelimit::SWEEP_EVERY_NS,
+                None,
+            )),
+            Some(Outcome::Unavailable) => Err(Failure::rate_limit_unavailable()),
+            Some(Outcome::Wait) => {
+                monoio::time::sleep(crate::ratelimit_global::WAIT_STEP).await;
+                continue;
+            }
+        };
+    }
+}
+
+/// Sends `data` on `to` as its window allows, waiting at most `wait` for
+/// each grant of capacity.
+pub(super) async fn send_all(
+    to: &mut SendStream<Bytes>,
+    mut data: Bytes,
+    end: bool,
+    wait: Duration,
+) -> Result<(), &'static str> {
+    while !data.is_empty() {
+        to.reserve_capacity(data.len());
+        let granted = monoio::time::timeout(wait, poll_fn(|cx| to.poll_capacity(cx)))
+            .await
+            .map_err(|_| "send_timeout")?;
+        let n = match granted {
+            Some(Ok(n)) => n.min(data.len()),
+            _ => return Err("reset"),
+        };
+        if n == 0 {
+            continue;
+        }
+        let chunk = data.split_to(n);
+        let last = end && data.is_empty();
+        to.send_data(chunk, last).map_err(|_| "reset")?;
+    }
+    if end && data.is_empty() {
+        // Either sent with the last chunk above, or there was nothing to send.
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Client body → upstream: each frame's bytes are released to the client's
+/// window once the upstream took them.
+async fn pump_request(
+    first: Bytes,
+    ended: bool,
+    body: &mut RecvStream,
+    up: &mut SendStream<Bytes>,
+    wait: Duration,
+) -> Result<(), &'static str> {
+    let first_len = first.len();
+    if !first.is_empty() || ended {
+        send_all(up, first, ended, wait).await?;
+        let _ = body.flow_control().release_capacity(first_len);
+    }
+    if ended {
+        return Ok(());
+    }
+    loop {
+        match body.data().await {
+            Some(Ok(d)) => {
+                let n = d.len();
+                send_all(up, d, false, wait).await?;
+                let _ = body.flow_control().release_capacity(n);
+            }
+            Some(Err(_)) => return Err("client_reset"),
+            None => {
+                if let Ok(Some(t)) = body.trailers().await {
+                    up.send_trailers(t).map_err(|_| "reset")?;
+                } else {
+                    up.send_data(Bytes::new(), true).map_err(|_| "reset")?;
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Upstream answer body → client, then its trailers.
+/// The HTTP status a gRPC call is recorded with in the request metrics (the
+/// client got `200` and this `grpc-status`): the reverse of
+/// [`crate::grpc::status::of_failure`], so dashboards see gRPC errors.
+fn recorded_status(grpc_status: Option<&HeaderValue>, http: u16) -> u16 {
+    let Some(code) = grpc_status.and_then(|v| std::str::from_utf8(v.as_bytes()).ok()) else {
+        return http;
+    };
+    match code.trim() {
+        "0" => http,
+        "1" => 499,
+        "3" | "9" | "11" => 400,
+        "4" => 504,
+        "5" => 404,
+        "7" => 403,
+        "8" => 429,
+        "12" => 501,
+        "14" => 503,
+        "16" => 401,
+        _ => 500,
+    }
+}
+
+async fn pump_response(
+    up_body: &mut RecvStream,
+    down: &mut SendStream<Bytes>,
+    wait: Duration,
+) -> Result<Option<HeaderValue>, &'static str> {
+    loop {
+        match up_body.data().await {
+            Some(Ok(d)) => {
+                let n = d.len();
+                send_all(down, d, false, wait).await?;
+                let _ = up_body.flow_control().release_capacity(n);
+            }
+            Some(Err(_)) => {
+                let _ = down.send_trailers(status_trailers(
+                    Code::Unavailable,
+                    "the upstream stream failed",
+                ));
+                return Err("upstream_reset");
+            }
+            None => {
+                return Ok(match up_body.trailers().await {
+                    Ok(Some(t)) => {
+                        let status = t.get("grpc-status").cloned();
+                        let _ = down.send_trailers(t);
+                        status
+                    }
+                    _ => {
+                        let _ = down.send_data(Bytes::new(), true);
+                        None
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Relay one call; returns the status to record. Returning drops the
+/// upstream stream's handles: an unfinished upstream stream is then reset
+/// (`CANCEL`), which cancels the call on the backend.
+async fn relay(
+    shard: &Shard,
+    stream: crate::h2_upstream::UpstreamStream,
+    req: Exec<'_>,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    deadline: Instant,
+) -> u16 {
+    let crate::h2_upstream::UpstreamStream {
+        mut send,
+        response,
+        _lease,
+    } = stream;
+    let wait = shard.settings.send_timeout;
+    let mut req_done = req.ended && req.first.is_empty();
+    let up_req = pump_request(req.first.clone(), req.ended, body, &mut send, wait);
+    let mut up_req = std::pin::pin!(up_req);
+    let answer = async {
+        monoio::time::timeout_at(deadline, response)
+            .await
+            .map_err(|_| (Code::DeadlineExceeded, "the call's deadline passed"))?
+            .map_err(|_| (Code::Unavailable, "the upstream stream failed"))
+    };
+    let mut answer = std::pin::pin!(answer);
+    let resp = loop {
+        monoio::select! {
+            r = &mut up_req, if !req_done => {
+                req_done = true;
+                if r == Err("client_reset") {
+                    return 0;
+                }
+            }
+            a = &mut answer => break a,
+        }
+    };
+    let resp = match resp {
+        Ok(r) => r,
+        Err((code, msg)) => {
+            let _ = respond.send_response(status_only(code, msg), true);
+            return if code == Code::DeadlineExceeded {
+                504
+            } else {
+                502
+            };
+        }
+    };
+    let (parts, mut up_body) = resp.into_parts();
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    for (k, v) in &parts.headers {
+        if !HOP_BY_HOP.contains(&k.as_str()) {
+            head.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    let end = up_body.is_end_stream();
+    let status = recorded_status(parts.headers.get("grpc-status"), parts.status.as_u16());
+    let Ok(mut down) = respond.send_response(head, end) else {
+        return 0;
+    };
+    if end {
+        return status;
+    }
+    // The answer's body and trailers, while the request body keeps going up
+    // (bidirectional streaming); the deadline ends it with DEADLINE_EXCEEDED.
+    let down_pump = async {
+        match monoio::time::timeout_at(deadline, pump_response(&mut up_body, &mut down, wait)).await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = down.send_trailers(status_trailers(
+                    Code::DeadlineExceeded,
+                    "the call's deadline passed",
+                ));
+                Err("deadline")
+            }
+        }
+    };
+    let mut down_pump = std::pin::pin!(down_pump);
+    loop {
+        monoio::select! {
+            r = &mut up_req, if !req_done => {
+                req_done = true;
+                if r == Err("client_reset") {
+                    return 0;
+                }
+            }
+            r = &mut down_pump => {
+                return match r {
+                    Ok(trailer) => recorded_status(trailer.as_ref(), status),
+                    Err("deadline") => 504,
+                    Err(_) => 502,
+                };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_statuses_are_recorded_as_http_statuses() {
+        let v = |s: &'static str| HeaderValue::from_static(s);
+        assert_eq!(recorded_status(None, 200), 200);
+        assert_eq!(recorded_status(Some(&v("0")), 200), 200);
+        assert_eq!(recorded_status(Some(&v("5")), 200), 404);
+        assert_eq!(recorded_status(Some(&v("14")), 200), 503);
+        assert_eq!(recorded_status(Some(&v("8")), 200), 429);
+        assert_eq!(recorded_status(Some(&v("4")), 200), 504);
+        assert_eq!(recorded_status(Some(&v("13")), 200), 500);
+        assert_eq!(recorded_status(Some(&v("x")), 200), 500);
+    }
+
+    #[test]
+    fn trailers_only_answers_carry_the_status_and_an_encoded_message() {
+        let r = status_only(Code::NotFound, "model `é` not found");
+        assert_eq!(r.headers()["grpc-status"], "5");
+        assert_eq!(r.headers()["grpc-message"], "model `%C3%A9` not found");
+        assert_eq!(r.headers()["content-type"], "application/grpc");
+        let t = status_trailers(Code::Unavailable, "");
+        assert_eq!(t["grpc-status"], "14");
+        assert!(t.get("content-type").is_none() && t.get("grpc-message").is_none());
+    }
+}

@@ -1,0 +1,224 @@
+//! HTTP/2 on the shards: the server side of `GRPC` listeners (h2c with prior
+//! knowledge, what gRPC clients speak) and the client side to gRPC backends
+//! ([`crate::h2_upstream`]), both on the shard's own monoio runtime.
+//!
+//! **Why the `h2` crate through `monoio-compat`, not a frame layer of our own.**
+//! HTTP/2's hard parts are not the frame codec but its state: stream states,
+//! two levels of flow control, HPACK with its dynamic table, SETTINGS
+//! negotiation, and the defences (rapid reset, CONTINUATION floods, reset
+//! floods, send-buffer bounds). `h2` (hyper's, used by tonic, linkerd2-proxy
+//! and pingora) has all of it, hardened by the 2023–2024 CVEs, and does no I/O
+//! of its own: it needs only an `AsyncRead + AsyncWrite`, which
+//! `monoio_compat::StreamWrapper` gives over a monoio `TcpStream` (two 16 KiB
+//! buffers per connection; its boxed read/write futures are reused, not
+//! allocated per frame). Everything stays on the accepting core: the
+//! connection future, its streams (each a `monoio::spawn`ed task on the same
+//! thread, `!Send` state allowed) and the upstream pool
+//! ([`crate::h2_upstream`]), which is per shard.
+//! The cost is one copy per read and write through the compat buffers and
+//! `h2`'s own allocations (a `Bytes` per DATA frame it hands over); the
+//! figures are in `bench/results/h2.md`. A sans-IO frame layer of our own
+//! would remove the copy but re-implement, and re-harden, the state above.
+//!
+//! **Per connection**: the handshake must finish within `--header-timeout`;
+//! a connection with no open stream for `--client-idle-timeout` is closed
+//! with GOAWAY; on drain the gateway sends GOAWAY and lets open streams end.
+//! Every stream is a [`call`] task that carries out the same
+//! [`crate::plan`] as an HTTP/1.1 request.
+//!
+//! **Limits** ([`Limits`], each a CLI flag): concurrent streams (100),
+//! header-list size (16 KiB: beyond it the stream is refused, and a
+//! CONTINUATION flood is cut there), HPACK table (4 KiB: an HPACK
+//! decompression bomb cannot grow it), stream and connection receive windows
+//! (1 MiB and 2 MiB: the most a client can make the gateway buffer per stream
+//! and connection), frame size (16 KiB), send buffer per stream (64 KiB),
+//! rapid reset: at most 20 streams reset by the client before the gateway
+//! accepted them (CVE-2023-44487; beyond it GOAWAY `ENHANCE_YOUR_CALM`), and
+//! at most 1,024 streams the gateway had to reset for protocol errors.
+
+pub mod call;
+pub mod openai;
+pub mod tls_io;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+use monoio_compat::StreamWrapper;
+
+use crate::shard::{ConnGauge, Shard};
+
+/// HTTP/2 limits (defaults in the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` offered to clients.
+    pub max_concurrent_streams: u32,
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, in bytes.
+    pub max_header_list_bytes: u32,
+    /// `SETTINGS_HEADER_TABLE_SIZE` (HPACK dynamic table), in bytes.
+    pub header_table_bytes: u32,
+    /// Receive window per stream, in bytes.
+    pub stream_window: u32,
+    /// Receive window per connection, in bytes.
+    pub connection_window: u32,
+    /// `SETTINGS_MAX_FRAME_SIZE`, in bytes.
+    pub max_frame_bytes: u32,
+    /// Most bytes buffered to send per stream.
+    pub max_send_buffer: usize,
+    /// Streams a client may reset before the gateway accepted them (rapid
+    /// reset) before it is sent GOAWAY.
+    pub max_pending_resets: usize,
+    /// Streams the gateway may reset for a client's protocol errors before it
+    /// is sent GOAWAY.
+    pub max_error_resets: usize,
+    /// Streams per pooled upstream HTTP/2 connection before another is opened.
+    pub upstream_streams_per_connection: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_streams: 100,
+            max_header_list_bytes: 16 * 1024,
+            header_table_bytes: 4096,
+            stream_window: 1 << 20,
+            connection_window: 2 << 20,
+            max_frame_bytes: 16 * 1024,
+            max_send_buffer: 64 * 1024,
+            max_pending_resets: 20,
+            max_error_resets: 1024,
+            upstream_streams_per_connection: 100,
+        }
+    }
+}
+
+/// The client connection preface of HTTP/2.
+pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How long an HTTP listener waits for a new connection's first bytes to tell
+/// HTTP/2 from HTTP/1.1 (100 ms): a prior-knowledge client sends its preface
+/// right after connecting; a connection silent that long is served as
+/// HTTP/1.1 (and counted idle, so the connection cap can close it).
+pub const SNIFF_WAIT: Duration = Duration::from_millis(100);
+
+/// On an HTTP listener: whether the connection opens with the HTTP/2 preface
+/// (prior knowledge, `curl --http2-prior-knowledge`). Waits for its first
+/// bytes (at most `wait`) and peeks at them without reading: one readiness
+/// wait and one `recv(MSG_PEEK)` per connection. `PRI ` is no HTTP/1.1
+/// method, so four bytes that match decide.
+pub(crate) async fn sniff_preface(tcp: &TcpStream, wait: Duration) -> bool {
+    if monoio::time::timeout(wait, tcp.readable(false))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    // One peek: a client that sends fewer than 4 bytes first is served as
+    // HTTP/1.1 (no waiting loop on a socket that stays readable).
+    let mut head = [0u8; 24];
+    let n = shardgate_runtime::io::peek_prefix(tcp, &mut head);
+    n >= 4 && head[..n] == PREFACE[..n]
+}
+
+/// Compat buffer sizes per connection (read, write).
+pub(crate) const IO_BUFFER: usize = 16 * 1024;
+
+/// How often the connection loop looks at the drain flag and idle time.
+const TICK: Duration = Duration::from_millis(100);
+
+/// Serve one HTTP/2 client connection (prior knowledge) until it closes,
+/// idles out, errs, or the gateway drains.
+pub(crate) async fn serve_connection(
+    shard: Rc<Shard>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    open: ConnGauge,
+) {
+    let _ = tcp.set_nodelay(true);
+    let io = StreamWrapper::new_with_buffer_size(tcp, IO_BUFFER, IO_BUFFER);
+    serve_io(shard, io, peer, port, open).await
+}
+
+/// Serve HTTP/2 on a TLS connection whose client chose `h2` in ALPN.
+pub(crate) async fn serve_tls(
+    shard: Rc<Shard>,
+    tls: crate::tls::TlsStream,
+    peer: SocketAddr,
+    port: u16,
+    open: ConnGauge,
+) {
+    let (sock, conn, rx) = tls.into_parts();
+    let io = tls_io::TlsIo::new(sock, conn, rx, IO_BUFFER);
+    serve_io(shard, io, peer, port, open).await
+}
+
+/// Serve HTTP/2 on `io` (cleartext or TLS).
+async fn serve_io<T>(shard: Rc<Shard>, io: T, peer: SocketAddr, port: u16, open: ConnGauge)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
+    let _open = open;
+    let lim = shard.settings.h2;
+    let mut b = h2::server::Builder::new();
+    b.max_concurrent_streams(lim.max_concurrent_streams)
+        .max_header_list_size(lim.max_header_list_bytes)
+        .header_table_size(lim.header_table_bytes)
+        .initial_window_size(lim.stream_window)
+        .initial_connection_window_size(lim.connection_window)
+        .max_frame_size(lim.max_frame_bytes)
+        .max_send_buffer_size(lim.max_send_buffer)
+        .max_pending_accept_reset_streams(lim.max_pending_resets)
+        .max_local_error_reset_streams(Some(lim.max_error_resets));
+    let handshake = b.handshake::<_, Bytes>(io);
+    let mut conn = match monoio::time::timeout(shard.settings.header_timeout, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(shard = shard.id, %peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(shard = shard.id, %peer, "HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    let open_streams = Rc::new(std::cell::Cell::new(0usize));
+    let mut idle_since = Instant::now();
+    let mut draining = false;
+    loop {
+        monoio::select! {
+            next = conn.accept() => match next {
+                Some(Ok((req, respond))) => {
+                    idle_since = Instant::now();
+                    let guard = call::StreamCount::new(&open_streams);
+                    monoio::spawn(call::serve(
+                        shard.clone(),
+                        req,
+                        respond,
+                        peer,
+                        port,
+                        guard,
+                    ));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(shard = shard.id, %peer, error = %e, "HTTP/2 connection error");
+                    break;
+                }
+                None => break,
+            },
+            _ = monoio::time::sleep(TICK) => {
+                if open_streams.get() > 0 {
+                    idle_since = Instant::now();
+                }
+                let idle = idle_since.elapsed() >= shard.settings.client_idle_timeout;
+                if !draining && (shard.shutdown.is_draining() || idle) {
+                    draining = true;
+                    conn.graceful_shutdown();
+                }
+            }
+        }
+    }
+}

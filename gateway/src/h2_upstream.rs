@@ -1,0 +1,248 @@
+//! HTTP/2 connections to gRPC backends, per thread (a shard, or the control
+//! thread's health checks): each backend address has
+//! a list of connections, and a call takes a stream on the first one with
+//! fewer than `--h2-upstream-streams-per-connection` streams open (and that
+//! the backend's own `SETTINGS_MAX_CONCURRENT_STREAMS` admits), else opens a
+//! new one. Calls multiplex on the same connections; nothing is shared with
+//! other shards (the list is thread-local, and each shard is one thread).
+//! A connection that fails is marked closed by its driver task and skipped;
+//! a stream that cannot open on a pooled connection is reported as a stale
+//! connection (retried on another endpoint by the attempt machine).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::SendStream;
+use http::Request;
+use monoio::net::TcpStream;
+use monoio_compat::StreamWrapper;
+
+use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::h2::Limits;
+
+/// One pooled connection.
+struct Conn {
+    send: SendRequest<Bytes>,
+    /// Streams open on it (leases alive).
+    streams: Cell<usize>,
+    /// Set by the connection's driver task when it ends.
+    closed: Rc<Cell<bool>>,
+}
+
+thread_local! {
+    /// This shard's connections, by backend address.
+    static POOL: RefCell<HashMap<SocketAddr, Vec<Rc<Conn>>>> = RefCell::new(HashMap::new());
+}
+
+/// A stream's hold on its connection.
+pub struct Lease(Rc<Conn>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.streams.set(self.0.streams.get().saturating_sub(1));
+    }
+}
+
+/// An open upstream stream: the request body's sender and the answer.
+pub struct UpstreamStream {
+    /// Request body (and trailers).
+    pub send: SendStream<Bytes>,
+    /// The response head, then its body.
+    pub response: ResponseFuture,
+    /// Keeps the connection's stream count.
+    pub _lease: Lease,
+}
+
+/// Open connections to `addr` on this shard (for tests and metrics).
+pub fn connections(addr: SocketAddr) -> usize {
+    POOL.with(|p| {
+        p.borrow()
+            .get(&addr)
+            .map_or(0, |v| v.iter().filter(|c| !c.closed.get()).count())
+    })
+}
+
+async fn connect(
+    addr: SocketAddr,
+    lim: &Limits,
+    timeout: Duration,
+) -> Result<Rc<Conn>, UpstreamError> {
+    let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Connect,
+                format!("connect to {addr}: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Connect,
+                format!("connect to {addr} timed out"),
+            ))
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let io = StreamWrapper::new_with_buffer_size(tcp, crate::h2::IO_BUFFER, crate::h2::IO_BUFFER);
+    let handshake = h2::client::Builder::new()
+        .initial_window_size(lim.stream_window)
+        .initial_connection_window_size(lim.connection_window)
+        .max_frame_size(lim.max_frame_bytes)
+        .max_header_list_size(lim.max_header_list_bytes)
+        .header_table_size(lim.header_table_bytes)
+        .max_send_buffer_size(lim.max_send_buffer)
+        .enable_push(false)
+        .handshake::<_, Bytes>(io);
+    let (send, conn) = match monoio::time::timeout(timeout, handshake).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Send,
+                format!("HTTP/2 handshake with {addr}: {e}"),
+            ))
+        }
+        Err(_) => {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!("HTTP/2 handshake with {addr} timed out"),
+            ))
+        }
+    };
+    let closed = Rc::new(Cell::new(false));
+    let flag = closed.clone();
+    monoio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+        }
+        flag.set(true);
+    });
+    let c = Rc::new(Conn {
+        send,
+        streams: Cell::new(0),
+        closed,
+    });
+    POOL.with(|p| p.borrow_mut().entry(addr).or_default().push(c.clone()));
+    Ok(c)
+}
+
+/// Opens a stream to `addr` carrying `req` (`end`: no body follows).
+pub async fn open_stream(
+    addr: SocketAddr,
+    lim: &Limits,
+    timeout: Duration,
+    req: Request<()>,
+    end: bool,
+) -> Result<UpstreamStream, UpstreamError> {
+    let cap = lim.upstream_streams_per_connection.max(1);
+    let pooled = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.entry(addr).or_default();
+        list.retain(|c| !c.closed.get());
+        list.iter().find(|c| c.streams.get() < cap).cloned()
+    });
+    let (conn, fresh) = match pooled {
+        Some(c) => (c, false),
+        None => (connect(addr, lim, timeout).await?, true),
+    };
+    conn.streams.set(conn.streams.get() + 1);
+    let lease = Lease(conn.clone());
+    let mut send = conn.send.clone();
+    let kind = if fresh {
+        UpstreamErrorKind::Send
+    } else {
+        UpstreamErrorKind::Stale
+    };
+    match monoio::time::timeout(timeout, poll_fn(|cx| send.poll_ready(cx))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            conn.closed.set(true);
+            return Err(UpstreamError::new(
+                kind,
+                format!("HTTP/2 stream to {addr}: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Timeout,
+                format!("no HTTP/2 stream to {addr} in time"),
+            ))
+        }
+    }
+    let (response, stream) = send.send_request(req, end).map_err(|e| {
+        conn.closed.set(true);
+        UpstreamError::new(kind, format!("HTTP/2 request to {addr}: {e}"))
+    })?;
+    Ok(UpstreamStream {
+        send: stream,
+        response,
+        _lease: lease,
+    })
+}
+
+/// `grpc.health.v1.Health/Check` with an empty service name (the server as a
+/// whole), within `timeout`: `Ok` when the answer is `SERVING` with
+/// `grpc-status` 0, else why not.
+pub async fn health_check(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let check = async {
+        let mut req = Request::new(());
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = http::Uri::from_static("http://upstream/grpc.health.v1.Health/Check");
+        let h = req.headers_mut();
+        h.insert(
+            "content-type",
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        h.insert("te", http::HeaderValue::from_static("trailers"));
+        let lim = Limits::default();
+        let mut s = open_stream(addr, &lim, timeout, req, false)
+            .await
+            .map_err(|e| e.message().to_owned())?;
+        // One empty HealthCheckRequest: flag 0, length 0.
+        s.send
+            .send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .map_err(|e| e.to_string())?;
+        let resp = s.response.await.map_err(|e| e.to_string())?;
+        if resp.status() != 200 {
+            return Err(format!("HTTP status {}", resp.status()));
+        }
+        let trailers_only = resp.headers().get("grpc-status").cloned();
+        let mut body = resp.into_body();
+        let mut msg = Vec::new();
+        while let Some(d) = body.data().await {
+            let d = d.map_err(|e| e.to_string())?;
+            let _ = body.flow_control().release_capacity(d.len());
+            if msg.len() + d.len() > 1024 {
+                return Err("health answer too large".into());
+            }
+            msg.extend_from_slice(&d);
+        }
+        let status = match trailers_only {
+            Some(s) => Some(s),
+            None => body
+                .trailers()
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|t| t.get("grpc-status").cloned()),
+        };
+        match status.as_ref().map(|v| v.as_bytes()) {
+            Some(b"0") => {}
+            Some(s) => return Err(format!("grpc-status {}", String::from_utf8_lossy(s))),
+            None => return Err("no grpc-status".into()),
+        }
+        // HealthCheckResponse { status = 1 (SERVING) }: field 1, varint 1.
+        match msg.get(5..) {
+            Some([0x08, 0x01]) => Ok(()),
+            Some([0x08, s]) => Err(format!("serving status {s}")),
+            _ => Err("malformed HealthCheckResponse".into()),
+        }
+    };
+    monoio::time::timeout(timeout, check)
+        .await
+        .map_err(|_| format!("no answer in {} ms", timeout.as_millis()))?
+}
