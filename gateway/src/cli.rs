@@ -497,6 +497,7 @@ fn parse_uring_setup(s: &str) -> Result<shardgate_runtime::UringSetup, String> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::parse_port_map;
 
     #[test]
