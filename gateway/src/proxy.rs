@@ -914,6 +914,23 @@ async fn forward<S: ClientStream>(
     let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
     let hashes = (uses_prefix && !req.body.is_empty())
         .then(|| shard.prefix_hashes(model.unwrap_or(""), req.body));
+    // Precise prefix routing (#18): the server's block keys, when the model has
+    // a tokenizer and some endpoint's KV-event stream is live.
+    let precise_keys = match (&hashes, model) {
+        (Some(_), Some(m)) if shard.control.precise.active() => {
+            // A LoRA adapter's blocks hash with its name (vLLM's extra key).
+            let adapter = shard
+                .control
+                .snapshot
+                .load()
+                .adapters
+                .iter()
+                .any(|a| a.name == m);
+            let lora = adapter.then_some(m);
+            shard.control.precise.tokenizers.keys(m, lora, req.body)
+        }
+        _ => None,
+    };
     let pick_req = PickRequest {
         model,
         adapter: profile.lora_adapter(model),
@@ -948,13 +965,14 @@ async fn forward<S: ClientStream>(
             rq.status = respond_failure(client, out, &f, Some(rid)).await;
             return req.client_keep;
         }
-        let picked = shard.pick(
+        let picked = shard.pick_precise(
             route.backends,
             attempts.tried(),
             Instant::now(),
             profile,
             &pick_req,
             hashes.as_deref(),
+            precise_keys.as_deref(),
             target.priority,
         );
         let ep = match picked {

@@ -403,6 +403,26 @@ impl Shard {
         prefix: Option<&PrefixHashes>,
         priority: i32,
     ) -> Result<usize, PickFailure> {
+        self.pick_precise(groups, exclude, now, profile, req, prefix, None, priority)
+    }
+
+    /// [`Self::pick`] with the request's vLLM block keys (precise prefix
+    /// routing, #18): an endpoint whose KV-event stream is live is matched on
+    /// them ([`shardgate_kvevents::PreciseSnapshot::match_len`]) instead of the
+    /// approximate index, the matched fraction expressed in the approximate
+    /// index's blocks (what the prefix scorer divides by).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pick_precise(
+        &self,
+        groups: &[BackendGroup],
+        exclude: &[usize],
+        now: Instant,
+        profile: &Profile,
+        req: &PickRequest<'_>,
+        prefix: Option<&PrefixHashes>,
+        precise: Option<&[u64]>,
+        priority: i32,
+    ) -> Result<usize, PickFailure> {
         self.restore_checked(groups);
         let outliers = self.outliers.borrow();
         let usable = |ep: &usize| !exclude.contains(ep) && outliers.available(*ep, now.into_std());
@@ -438,8 +458,16 @@ impl Shard {
             }
         }
         let index = self.prefix.borrow();
+        let exact = precise
+            .filter(|k| !k.is_empty())
+            .map(|k| (k, self.control.precise.snapshot.load()));
         for &ep in group.endpoints.iter().filter(|ep| usable(ep)) {
-            let prefix_blocks = prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32);
+            let prefix_blocks = match (&exact, prefix) {
+                (Some((keys, snap)), Some(h)) if snap.is_live(ep) => {
+                    precise_blocks(snap.match_len(ep, keys), keys.len(), h.prompt_blocks())
+                }
+                _ => prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32),
+            };
             cands.push(Candidate {
                 endpoint: ep,
                 prefix_blocks,
@@ -812,4 +840,14 @@ fn hex_into(out: &mut [u8], mut v: u64) {
         *b = b"0123456789abcdef"[(v & 0xf) as usize];
         v >>= 4;
     }
+}
+
+/// `matched` of `keyed` precise blocks, as approximate blocks of a prompt of
+/// `total` (rounded; a non-zero match counts at least one).
+fn precise_blocks(matched: usize, keyed: usize, total: usize) -> u32 {
+    if matched == 0 || keyed == 0 {
+        return 0;
+    }
+    let scaled = (matched * total + keyed / 2) / keyed;
+    u32::try_from(scaled.max(1)).unwrap_or(u32::MAX)
 }

@@ -174,6 +174,8 @@ pub struct EndpointBlocks {
     pub blocks: KeySet,
     /// Whether its stream is live (precise scoring applies).
     pub live: bool,
+    /// Its stream's counters when the snapshot was taken.
+    pub stats: StreamStats,
 }
 
 /// What shards score against: per endpoint id, its blocks when it has a
@@ -402,6 +404,7 @@ impl ExactIndex {
                 e.published = Some(Arc::new(EndpointBlocks {
                     blocks: e.blocks.keys().copied().collect(),
                     live,
+                    stats: e.stats,
                 }));
                 e.dirty = false;
             }
