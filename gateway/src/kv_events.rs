@@ -445,3 +445,56 @@ async fn replay(id: usize, at: SocketAddr, from: i64, until: i64, index: &Shared
         Ok(Some(()))
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn specs_parse_and_resolve() {
+        let ep: SocketAddr = "10.0.0.7:8000".parse().unwrap();
+        let other: SocketAddr = "10.0.0.8:8000".parse().unwrap();
+        let cfg = KvEventsConfig {
+            specs: vec![
+                EventSpec::parse("10.0.0.7:8000=127.0.0.1:9000,replay=+2,topic=kv").unwrap(),
+                EventSpec::parse("*=:5557,replay=:5558").unwrap(),
+            ],
+            expiry: Duration::from_secs(10),
+        };
+        let s = cfg.stream(ep).unwrap();
+        assert_eq!(s.publisher, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(s.replay, Some("10.0.0.7:8002".parse().unwrap()));
+        assert_eq!(s.topic, "kv");
+        let s = cfg.stream(other).unwrap();
+        assert_eq!(s.publisher, "10.0.0.8:5557".parse().unwrap());
+        assert_eq!(s.replay, Some("10.0.0.8:5558".parse().unwrap()));
+        assert_eq!(s.topic, "");
+        let none = KvEventsConfig::default();
+        assert!(!none.enabled() && none.stream(ep).is_none());
+        // An offset out of the port range resolves to nothing.
+        let cfg = KvEventsConfig {
+            specs: vec![EventSpec::parse("*=+60000").unwrap()],
+            expiry: Duration::ZERO,
+        };
+        assert!(cfg.stream(ep).is_none());
+    }
+
+    #[test]
+    fn bad_specs_name_the_flag_and_the_part() {
+        for (spec, why) in [
+            ("10.0.0.7:8000", "expected ENDPOINT=TARGET"),
+            ("host=:5557", "endpoint \"host\" is not * or IP:PORT"),
+            ("*=5557", "expected HOST:PORT, :PORT or +N"),
+            ("*=:x", ":PORT needs a port number"),
+            ("*=+x", "+N needs an integer offset"),
+            ("*=:5557,replay", "expected replay=TARGET or topic=TOPIC"),
+            ("*=:5557,replay=nope", "expected HOST:PORT, :PORT or +N"),
+        ] {
+            let e = EventSpec::parse(spec).unwrap_err();
+            assert!(e.starts_with("--kv-events "), "{e}");
+            assert!(e.contains(why), "{spec}: {e}");
+        }
+    }
+}

@@ -244,3 +244,87 @@ impl Tokenizers {
         Some(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn data(name: &str) -> String {
+        format!("{}/tests/data/kv/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn tokenizers() -> Tokenizers {
+        Tokenizers::load(
+            &[format!("m={}", data("tokenizer.json"))],
+            &[format!("m={}", data("chat_template.jinja"))],
+            4,
+            shardgate_kvevents::DEFAULT_SEED,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn completions_chat_and_token_id_prompts() {
+        let t = tokenizers();
+        let m = t.get("m").unwrap();
+        assert_eq!(
+            m.token_ids(br#"{"model":"m","prompt":"5 6  7\n8"}"#),
+            Some(vec![5, 6, 7, 8])
+        );
+        assert_eq!(m.token_ids(br#"{"prompt":[1,2,3]}"#), Some(vec![1, 2, 3]));
+        // The chat template renders role then content (the simulator's prompt).
+        let user = 1_290_913_001;
+        assert_eq!(
+            m.token_ids(br#"{"messages":[{"role":"user","content":"9 10"}]}"#),
+            Some(vec![user, 9, 10])
+        );
+        // Not keyable: several prompts, no prompt, not JSON.
+        assert_eq!(m.token_ids(br#"{"prompt":["1","2"]}"#), None);
+        assert_eq!(m.token_ids(br#"{"model":"m"}"#), None);
+        assert_eq!(m.token_ids(b"nope"), None);
+    }
+
+    #[test]
+    fn keys_are_the_servers_block_hashes() {
+        let t = tokenizers();
+        // 9 tokens, blocks of 4: two keys, equal to hashing the ids directly.
+        let keys = t
+            .keys("m", None, br#"{"prompt":"1 2 3 4 5 6 7 8 9"}"#)
+            .unwrap();
+        let mut want = Vec::new();
+        BlockHasher::new(4, shardgate_kvevents::DEFAULT_SEED).keys(
+            &[1, 2, 3, 4, 5, 6, 7, 8, 9],
+            None,
+            MAX_PRECISE_BLOCKS,
+            &mut want,
+        );
+        assert_eq!(keys, want);
+        assert_eq!(keys.len(), 2);
+        // An adapter's blocks hash apart; an unknown model is not keyed.
+        let lora = t.keys("m", Some("a"), br#"{"prompt":"1 2 3 4"}"#).unwrap();
+        assert_ne!(lora.first(), keys.first());
+        assert!(t.keys("other", None, br#"{"prompt":"1 2 3 4"}"#).is_none());
+    }
+
+    #[test]
+    fn load_errors_name_the_flag_and_file() {
+        let e = Tokenizers::load(&["m".into()], &[], 16, "s").unwrap_err();
+        assert!(
+            e.contains("--kv-tokenizer") && e.contains("MODEL=PATH"),
+            "{e}"
+        );
+        let e =
+            Tokenizers::load(&["m=/nonexistent/tokenizer.json".into()], &[], 16, "s").unwrap_err();
+        assert!(e.contains("/nonexistent/tokenizer.json"), "{e}");
+        let e = Tokenizers::load(
+            &[],
+            &[format!("x={}", data("chat_template.jinja"))],
+            16,
+            "s",
+        )
+        .unwrap_err();
+        assert!(e.contains("no --kv-tokenizer"), "{e}");
+    }
+}

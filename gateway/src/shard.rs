@@ -851,3 +851,18 @@ fn precise_blocks(matched: usize, keyed: usize, total: usize) -> u32 {
     let scaled = (matched * total + keyed / 2) / keyed;
     u32::try_from(scaled.max(1)).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod precise_tests {
+    use super::precise_blocks;
+
+    #[test]
+    fn precise_matches_scale_to_approximate_blocks() {
+        assert_eq!(precise_blocks(0, 10, 40), 0);
+        assert_eq!(precise_blocks(5, 10, 40), 20);
+        assert_eq!(precise_blocks(10, 10, 40), 40);
+        // A non-zero match counts at least one block.
+        assert_eq!(precise_blocks(1, 100, 3), 1);
+        assert_eq!(precise_blocks(3, 0, 3), 0);
+    }
+}

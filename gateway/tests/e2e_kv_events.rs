@@ -214,3 +214,28 @@ fn two_gateways_route_by_what_the_others_traffic_cached() {
         "gateway B followed A's cache: {before:?} -> {after:?}"
     );
 }
+
+#[test]
+fn what_a_sim_cached_before_the_gateway_started_is_replayed() {
+    let sims = kv_sims(3);
+    // Sim 1 caches a prompt while no gateway listens: its batches are only in
+    // the sim's replay buffer.
+    let system = words(11, 480);
+    post_direct(&sims[1], "/v1/completions", &completion(&system));
+    let gw = start(&sims);
+    let admin = gw.admin.unwrap();
+    // A later batch (a probe per poll) reveals the gap from sequence 0; the
+    // replay brings the 30 blocks back.
+    wait_blocks(&[admin], &sims, 1, 30);
+    let s = kv_status(admin, 1);
+    assert!(s["replays"].as_u64().unwrap() >= 1, "{s}");
+    assert_eq!(s["resyncs"], 0, "{s}");
+    let before = requests(&sims);
+    for q in 0..4 {
+        let body = completion(&format!("{system} {}", words(300 + q, 20)));
+        let r = gw.connect().post("/v1/completions", &body, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let after = requests(&sims);
+    assert_eq!(after[1] - before[1], 4, "{before:?} -> {after:?}");
+}
