@@ -1015,6 +1015,9 @@ async fn forward<S: ClientStream>(
                     if let Some(h) = &hashes {
                         shard.record_prefix(ep, h);
                     }
+                    if let Some(k) = &precise_keys {
+                        shard.record_precise(ep, k);
+                    }
                     let times = (deadline, lim.idle_timeout);
                     return stream_response(
                         shard, client, out, req, rid, resp, conn, ep, times, rq,

@@ -110,6 +110,9 @@ pub struct Shard {
     /// Reusable prompt-hash arrays (2 KiB each), so a request's future holds a
     /// pointer instead of moving the array around.
     hash_pool: Pool<Box<PrefixHashes>>,
+    /// Precise keys this shard just sent where, until the servers' events
+    /// report them (#18).
+    pending: RefCell<shardgate_kvevents::Pending>,
 }
 
 impl Shard {
@@ -146,6 +149,7 @@ impl Shard {
                 ..PrefixConfig::default()
             })),
             share: RefCell::new(share),
+            pending: RefCell::default(),
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             warm_cands: RefCell::new(Vec::with_capacity(64)),
@@ -464,7 +468,9 @@ impl Shard {
         for &ep in group.endpoints.iter().filter(|ep| usable(ep)) {
             let prefix_blocks = match (&exact, prefix) {
                 (Some((keys, snap)), Some(h)) if snap.is_live(ep) => {
-                    precise_blocks(snap.match_len(ep, keys), keys.len(), h.prompt_blocks())
+                    let sent = self.pending.borrow().match_len(ep, keys, now.into_std());
+                    let held = snap.match_len(ep, keys).max(sent);
+                    precise_blocks(held, keys.len(), h.prompt_blocks())
                 }
                 _ => prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32),
             };
@@ -620,6 +626,14 @@ impl Shard {
         if let Some(link) = self.share.borrow_mut().as_mut() {
             link.publish(ep, hashes.as_slice());
         }
+    }
+
+    /// Remember that `ep` was sent a request with these precise keys (it holds
+    /// them as soon as the server schedules it, before its events say so).
+    pub fn record_precise(&self, ep: usize, keys: &[u64]) {
+        self.pending
+            .borrow_mut()
+            .record(ep, keys, std::time::Instant::now());
     }
 
     /// Hash a prompt for the prefix-cache scorer.

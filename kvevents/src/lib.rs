@@ -11,6 +11,8 @@
 //! - [`index`]: sequence tracking (gaps, replays, restarts), the exact
 //!   block → endpoints index, and the read-only [`PreciseSnapshot`] the
 //!   shards score against.
+//! - [`pending`]: what a shard just sent where, counted as held until the
+//!   server's events catch up.
 //!
 //! The sockets (ZMQ SUB and the replay DEALER) live in the gateway's
 //! `kv_events` thread; the simulator publishes with the same encoder.
@@ -19,6 +21,7 @@
 
 pub mod hash;
 pub mod index;
+pub mod pending;
 pub mod wire;
 
 #[cfg(test)]
@@ -28,6 +31,7 @@ pub use hash::{BlockHasher, DEFAULT_BLOCK_SIZE, DEFAULT_SEED};
 pub use index::{
     EndpointBlocks, ExactIndex, PreciseSnapshot, SeqVerdict, StreamStats, StreamTracker, Tier,
 };
+pub use pending::Pending;
 pub use wire::{
     decode_batch, encode_batch, message, Batch, BlockKey, BlockStored, Event, WireError,
 };
