@@ -21,8 +21,8 @@
 //!
 //! **Liveness.** An endpoint is *live* (its precise matches are used) while
 //! its stream is connected and has delivered at least one batch. When the
-//! stream is lost (the subscription fails, the endpoint turns unhealthy or is
-//! removed) [`ExactIndex::lose`] marks it not live at once and its entries
+//! stream is lost (the server closes it or cannot be reached)
+//! [`ExactIndex::lose`] marks it not live at once and its entries
 //! expire: they are dropped after the `expiry` grace (default 10 s), so a
 //! reconnect within it can go on with them (after a replay), and in the
 //! meantime the router uses the approximate index for it.
@@ -290,9 +290,14 @@ impl ExactIndex {
         }
     }
 
-    /// The verdict on batch `seq` of endpoint `ep`.
+    /// The verdict on batch `seq` of endpoint `ep`. After a (re)subscription
+    /// a first batch numbered 0 while blocks are still held (kept through a
+    /// short loss) is a restarted server: [`SeqVerdict::Restarted`].
     pub fn check(&mut self, ep: usize, seq: i64) -> SeqVerdict {
         let e = self.entry(ep);
+        if e.tracker.last().is_none() && seq == 0 && !e.blocks.is_empty() {
+            return SeqVerdict::Restarted;
+        }
         let v = e.tracker.check(seq);
         if let SeqVerdict::Gap { .. } = v {
             e.stats.gaps += 1;

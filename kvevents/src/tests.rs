@@ -302,3 +302,21 @@ fn huge_length_prefixes_do_not_allocate() {
         assert!(decode_batch(&unhex(b)).is_err(), "{b}");
     }
 }
+
+#[test]
+fn a_server_that_restarts_during_a_loss_is_cleared() {
+    let t0 = Instant::now();
+    let mut ix = ExactIndex::new(Duration::from_secs(10));
+    ix.connected(0);
+    assert_eq!(ix.check(0, 0), SeqVerdict::Apply);
+    ix.apply(0, 0, &stored(&[1, 2]));
+    ix.lose(0, t0);
+    // Back within the expiry: the blocks were kept; sequence 0 again means
+    // a new server, whose cache is empty.
+    ix.connected(0);
+    assert_eq!(ix.check(0, 0), SeqVerdict::Restarted);
+    ix.resync(0, true);
+    ix.apply(0, 0, &stored(&[3]));
+    assert_eq!(ix.len(0), 1);
+    assert_eq!(ix.stats(0).unwrap().restarts, 1);
+}
