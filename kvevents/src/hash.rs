@@ -18,9 +18,9 @@
 //! as vLLM's integer event hashes do.
 //!
 //! **Cost**: one CBOR encoding (≤ 3 bytes per token id below 65,536, ≤ 5
-//! above) and one SHA-256 per block, into a reused buffer: ≈ 0.5 µs per
-//! 16-token block, ≈ 30 µs for a 1k-token prompt (measured by
-//! `bench/benches/kv_hash.rs`).
+//! above) and one SHA-256 per block, into a reused buffer: ≈ 0.24 µs per
+//! 16-token block, 15 µs for a 1k-token prompt, 91 µs for 8k
+//! (`bench/benches/kv_hash.rs`, bench/results/micro.md).
 
 use ring::digest::{digest, SHA256};
 
