@@ -5,12 +5,12 @@
 //! **Configuration** (`--kv-events SPEC`, repeatable): `ENDPOINT=TARGET
 //! [,replay=TARGET][,topic=TOPIC]`, where `ENDPOINT` is an endpoint's
 //! `HOST:PORT` as the EndpointSlices list it, or `*` for every endpoint, and a
-//! `TARGET` is `HOST:PORT`, or `+N` for the endpoint's own address with its
-//! port plus N (vLLM started with `--kv-events-config
-//! '{"enable_kv_cache_events": true, "publisher": "zmq", "endpoint":
-//! "tcp://*:5557"}'` on pods serving on 8000 is `*=+-2443`… or simply
-//! `*=:5557`, a bare `:PORT` being the endpoint's host). The first spec that
-//! names the endpoint exactly wins, else `*`. Endpoints a live reload adds are
+//! `TARGET` is `HOST:PORT`, `:PORT` (the endpoint's own IP) or `+N` (the
+//! endpoint's IP, its port plus N). Pods running vLLM with
+//! `--kv-events-config '{"enable_kv_cache_events": true, "publisher": "zmq",
+//! "endpoint": "tcp://*:5557", "replay_endpoint": "tcp://*:5558"}'` are
+//! `*=:5557,replay=:5558`. The first spec that names the endpoint exactly
+//! wins, else `*`. Endpoints a live reload adds are
 //! picked up within [`RESCAN`] (500 ms); removed ones are dropped.
 //!
 //! **Thread.** One OS thread running a current-thread tokio runtime (ZMQ is the

@@ -412,9 +412,11 @@ impl Shard {
 
     /// [`Self::pick`] with the request's vLLM block keys (precise prefix
     /// routing, #18): an endpoint whose KV-event stream is live is matched on
-    /// them ([`shardgate_kvevents::PreciseSnapshot::match_len`]) instead of the
-    /// approximate index, the matched fraction expressed in the approximate
-    /// index's blocks (what the prefix scorer divides by).
+    /// them ([`shardgate_kvevents::PreciseSnapshot::match_len`], or what this
+    /// shard sent it in the last 3 s) instead of the approximate index, the
+    /// matched fraction expressed in the approximate index's blocks (what the
+    /// prefix scorer divides by). When no live endpoint holds a single block
+    /// of the prompt, every candidate is scored by the approximate index.
     #[allow(clippy::too_many_arguments)]
     pub fn pick_precise(
         &self,
@@ -465,20 +467,32 @@ impl Shard {
         let exact = precise
             .filter(|k| !k.is_empty())
             .map(|k| (k, self.control.precise.snapshot.load()));
+        let approx = |ep: usize| prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32);
+        let mut any_held = false;
         for &ep in group.endpoints.iter().filter(|ep| usable(ep)) {
             let prefix_blocks = match (&exact, prefix) {
                 (Some((keys, snap)), Some(h)) if snap.is_live(ep) => {
                     let sent = self.pending.borrow().match_len(ep, keys, now.into_std());
                     let held = snap.match_len(ep, keys).max(sent);
+                    any_held |= held > 0;
                     precise_blocks(held, keys.len(), h.prompt_blocks())
                 }
-                _ => prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32),
+                _ => approx(ep),
             };
             cands.push(Candidate {
                 endpoint: ep,
                 prefix_blocks,
             });
             local.push(self.report().map_or(0, |r| r.in_flight(ep)));
+        }
+        if exact.is_some() && !any_held {
+            // No server holds any of the prompt (evicted everywhere, or new):
+            // the approximate history keeps it where it went before, so the
+            // prefix is cached again in one place instead of wherever load
+            // sends it.
+            for c in cands.iter_mut() {
+                c.prefix_blocks = approx(c.endpoint);
+            }
         }
         drop(index);
         let snapshot = self.control.snapshot.load();
