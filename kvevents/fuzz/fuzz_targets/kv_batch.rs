@@ -10,8 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use shardgate_kvevents::{decode_batch, encode_batch, message, ExactIndex, SeqVerdict};
 
 fuzz_target!(|data: &[u8]| {
-    let mut parts = data.splitn(3, |b| *b == 0xFF);
-    let frames: Vec<&[u8]> = parts.by_ref().collect();
+    let frames: Vec<&[u8]> = data.splitn(3, |b| *b == 0xFF).collect();
     let mut index = ExactIndex::new(std::time::Duration::from_secs(1));
     index.connected(0);
     if let Ok(m) = message(&frames) {
