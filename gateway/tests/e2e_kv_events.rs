@@ -239,3 +239,52 @@ fn what_a_sim_cached_before_the_gateway_started_is_replayed() {
     let after = requests(&sims);
     assert_eq!(after[1] - before[1], 4, "{before:?} -> {after:?}");
 }
+
+#[test]
+fn bad_kv_flags_fail_the_start_naming_the_flag_and_the_file() {
+    let sims = kv_sims(1);
+    let dir = std::env::temp_dir().join(format!("sg-kv-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("config.yaml");
+    std::fs::write(&cfg, config(&[("m", vec![(1, vec![sims[0].addr()])])])).unwrap();
+    for (flag, value, want) in [
+        (
+            "--kv-events",
+            "host=:5557",
+            "--kv-events \"host=:5557\": endpoint",
+        ),
+        ("--kv-events", "*=5557", "expected HOST:PORT, :PORT or +N"),
+        (
+            "--kv-tokenizer",
+            "m=/nonexistent/tokenizer.json",
+            "--kv-tokenizer m: /nonexistent/tokenizer.json",
+        ),
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_shardgate"))
+            .args(["serve", "-c", cfg.to_str().unwrap(), "--bind", "127.0.0.1"])
+            .args([
+                "--listen-port",
+                "0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--shards",
+                "1",
+            ])
+            .args([flag, value])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = poll(Duration::from_secs(20), || child.try_wait().ok().flatten());
+        let Some(status) = status else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{flag} {value}: the gateway started");
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{flag} {value}: {err}");
+        assert!(err.contains(want), "{flag} {value}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
