@@ -95,6 +95,7 @@ class RouterSpec:
     pass_saturated: bool = True
     api: str = "chat"  # "chat" or "completions" (same tokens for the sim, see to_completions)
     flags: list = field(default_factory=list)  # extra `shardgate serve` flags (`:name=value`)
+    precise: bool = False  # KV-cache events from the sims + the workload's tokenizer (#18)
 
 
 SHARDGATE_PROFILES = ["round-robin", "least-queue", "prefix-cache-aware", "default",
@@ -114,6 +115,8 @@ def router_specs(names: list[str], shards: int) -> list[RouterSpec]:
                 spec.shards = int(extra.split("=", 1)[1])
             elif extra == "strict" and spec.kind == "shardgate":
                 spec.pass_saturated = False
+            elif extra == "precise" and spec.kind == "shardgate":
+                spec.precise = True
             elif extra == "completions":
                 spec.api = "completions"
             elif "=" in extra and spec.kind == "shardgate":
@@ -221,17 +224,24 @@ def wait_http(url: str, p: subprocess.Popen, deadline_s: float, what: str) -> No
 
 
 class Pool:
-    def __init__(self, bins: Path, logdir: Path):
+    def __init__(self, bins: Path, logdir: Path, kv_events: bool = False):
         self.bins = bins
         self.logdir = logdir
         self.procs: list[subprocess.Popen] = []
         self.ports: list[int] = []
+        self.kv_events = kv_events
+        self.kv_ports: list[tuple[int, int]] = []
 
     def start(self) -> None:
         self.ports = [free_port() for _ in SIM_POOL]
+        self.kv_ports = [(free_port(), free_port()) if self.kv_events else (0, 0)
+                         for _ in SIM_POOL]
         for i, (spec, port) in enumerate(zip(SIM_POOL, self.ports)):
             cmd = [str(self.bins / "shardgate-sim"), "--host", "127.0.0.1", "--port", str(port),
                    "--seed", str(i), *sim_flags(spec)]
+            if self.kv_events:
+                pub, replay = self.kv_ports[i]
+                cmd += ["--kv-events-port", str(pub), "--kv-events-replay-port", str(replay)]
             for a in ADAPTERS:
                 cmd += ["--lora", a]
             self.procs.append(spawn(cmd, self.logdir / f"{spec.name}.log"))
@@ -302,6 +312,44 @@ endpoints: [{{addresses: ["127.0.0.1"]}}]
     return "---\n".join(docs)
 
 
+SIM_TOKENS_RS = REPO / "sim" / "src" / "tokens.rs"
+
+
+def sim_token_id(word: str) -> int:
+    """shardgate-sim's token id of a word (sim/src/tokens.rs): a canonical decimal below
+    2**31 is itself, anything else the top 31 bits of its xxh3-64."""
+    if word.isdigit() and len(word) <= 10 and not (len(word) > 1 and word[0] == "0") \
+            and int(word) < 2**31:
+        return int(word)
+    import xxhash  # only precise routers need it: .venv/bin/pip install xxhash
+    return xxhash.xxh3_64_intdigest(word.encode()) >> 33
+
+
+def precise_flags(d: Path, pool: "Pool", vocab: list[str]) -> list[str]:
+    """The sims' tokenizer as a WordLevel tokenizer.json over the workload's words, the
+    sims' output words, the chat roles and 0..999, a chat template rendering role then
+    content (the sim's chat prompt), and one --kv-events per sim."""
+    out_words = re.findall(r'^\s+"([a-z]+)",$',
+                           SIM_TOKENS_RS.read_text().split("const WORDS")[1].split("];")[0],
+                           re.M)
+    words = set(vocab) | set(out_words) | {"system", "user", "assistant", "group"} \
+        | {str(i) for i in range(1000)}
+    vocab_ids = {w: sim_token_id(w) for w in sorted(words)}
+    vocab_ids["[UNK]"] = 2**31  # outside the sim's ids
+    tok = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": [],
+           "normalizer": None, "pre_tokenizer": {"type": "WhitespaceSplit"},
+           "post_processor": None, "decoder": None,
+           "model": {"type": "WordLevel", "vocab": vocab_ids, "unk_token": "[UNK]"}}
+    (d / "tokenizer.json").write_text(json.dumps(tok))
+    (d / "chat.jinja").write_text(
+        "{% for m in messages %}{{ m.role }} {{ m.content }} {% endfor %}")
+    flags = ["--kv-tokenizer", f"{MODEL}={d / 'tokenizer.json'}",
+             "--kv-chat-template", f"{MODEL}={d / 'chat.jinja'}"]
+    for port, (pub, replay) in zip(pool.ports, pool.kv_ports):
+        flags += ["--kv-events", f"127.0.0.1:{port}=127.0.0.1:{pub},replay=127.0.0.1:{replay}"]
+    return flags
+
+
 class Router:
     def __init__(self, spec: RouterSpec, pool: Pool, bins: Path, venv_bin: Path, logdir: Path):
         self.spec = spec
@@ -327,6 +375,8 @@ class Router:
                    "--ready-file", str(d / "ready.json")]
             if s.pass_saturated:
                 cmd.append("--pass-saturated")
+            if s.precise:
+                cmd += precise_flags(d, self.pool, getattr(self, "vocab", []))
             cmd += s.flags
             env = dict(os.environ, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
             self.proc = spawn(cmd, self.logdir / f"router-{tag}.log", env)
@@ -954,8 +1004,9 @@ def main() -> int:
                         continue
                     wl = WORKLOADS[wname](args.seed)
                     w["describe"] = wl.describe
-                    pool = Pool(bins, logdir)
+                    pool = Pool(bins, logdir, kv_events=spec.precise)
                     router = Router(spec, pool, bins, venv_bin, logdir)
+                    router.vocab = getattr(wl, "vocab", [])
                     try:
                         pool.start()
                         router.start()

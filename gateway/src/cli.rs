@@ -311,6 +311,31 @@ pub struct LimitArgs {
     /// (about 50 bytes of memory per block).
     #[arg(long, default_value_t = 31_250)]
     pub prefix_blocks_per_endpoint: usize,
+    /// Precise prefix routing (#18): subscribe to endpoints' vLLM KV-cache events.
+    /// `ENDPOINT=TARGET[,replay=TARGET][,topic=TOPIC]`, ENDPOINT `IP:PORT` or `*`,
+    /// TARGET `HOST:PORT`, `:PORT` (the endpoint's host) or `+N` (its port + N).
+    /// Repeatable; an exact ENDPOINT wins over `*`.
+    #[arg(long = "kv-events", value_name = "SPEC")]
+    pub kv_events: Vec<String>,
+    /// The tokenizer.json of a model, for precise prefix routing: `MODEL=PATH`
+    /// (repeatable). A model without one is scored by the approximate index.
+    #[arg(long = "kv-tokenizer", value_name = "MODEL=PATH")]
+    pub kv_tokenizer: Vec<String>,
+    /// A model's chat template (Jinja), `MODEL=PATH` (default: the `chat_template`
+    /// of the tokenizer's sibling tokenizer_config.json, if any).
+    #[arg(long = "kv-chat-template", value_name = "MODEL=PATH")]
+    pub kv_chat_template: Vec<String>,
+    /// Tokens per KV block on the servers (vLLM `--block-size`).
+    #[arg(long, default_value_t = 16)]
+    pub kv_block_size: usize,
+    /// The servers' `NONE_HASH` seed: their `PYTHONHASHSEED`, else vLLM's fixed
+    /// `vllm-none-hash` (with `--prefix-caching-hash-algo sha256_cbor`).
+    #[arg(long, default_value = "vllm-none-hash")]
+    pub kv_hash_seed: String,
+    /// How long the blocks of an endpoint whose event stream was lost are kept
+    /// (it is scored approximately from the loss on).
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    pub kv_events_expiry: Duration,
     /// Queue scale k of the scorers: the queue scores k/(k+q) and a prefix match
     /// counts its matched fraction × k/(k+q), q = waiting + this shard's in-flight
     /// requests to the endpoint. Larger keeps prefix affinity under more load (the

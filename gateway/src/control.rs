@@ -136,6 +136,9 @@ pub struct ControlShared {
     count: std::sync::atomic::AtomicUsize,
     /// Where a reload sends its changes (set when the thread starts).
     adds: arc_swap::ArcSwapOption<mpsc::Sender<ControlMsg>>,
+    /// Precise prefix routing: the KV-events thread's exact index and the
+    /// tokenizers (#18; empty when `--kv-events` is not given).
+    pub precise: Arc<crate::kv_events::Precise>,
 }
 
 /// What a reload asks of the running control thread.
@@ -295,7 +298,14 @@ impl ControlShared {
             retired: Arc::new(crate::report::Retired::new(endpoint_capacity(endpoints))),
             count: std::sync::atomic::AtomicUsize::new(endpoints),
             adds: arc_swap::ArcSwapOption::empty(),
+            precise: Arc::default(),
         }
+    }
+
+    /// With the KV-events thread's shared state (precise prefix routing).
+    pub fn with_precise(mut self, precise: Arc<crate::kv_events::Precise>) -> Self {
+        self.precise = precise;
+        self
     }
 
     /// Marks the endpoints on the gateway's own node (`gpuAffinity`), indexed

@@ -232,6 +232,7 @@ impl EndpointsView {
                     "stale": t.map(|t| t.stale.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
                     "missing": t.map(|t| t.missing.iter().map(|k| k.as_str()).collect::<Vec<_>>()),
                 },
+                "kv_events": self.control.precise.status(id),
                 "scores": {
                     "profile": lists.profile.kind.as_str(),
                     "status": breakdown.get(id).map(|b| format!("{:?}", b.status)),

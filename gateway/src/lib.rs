@@ -78,6 +78,8 @@ pub mod h2_upstream;
 pub mod jwks_fetch;
 pub mod jwt;
 pub mod k8s;
+pub mod kv_events;
+pub mod kv_tokenize;
 pub mod lanes;
 pub mod load;
 pub mod metrics;
@@ -215,6 +217,18 @@ pub fn check(paths: &[std::path::PathBuf], limits: &cli::ConfigLimitArgs) -> Exi
         }
         Err(errors) => report_errors(&errors),
     }
+}
+
+/// The `--kv-events` specs and settings (errors name the flag and the spec).
+fn kv_events_config(limits: &cli::LimitArgs) -> Result<kv_events::KvEventsConfig, String> {
+    Ok(kv_events::KvEventsConfig {
+        specs: limits
+            .kv_events
+            .iter()
+            .map(|s| kv_events::EventSpec::parse(s))
+            .collect::<Result<_, _>>()?,
+        expiry: limits.kv_events_expiry,
+    })
 }
 
 /// Run the gateway on `sources` until `shutdown` fires (a signal or the caller).
@@ -368,6 +382,19 @@ pub fn start(
         shards,
     );
     let control = control.with_locality(locality.iter().map(|l| *l == Some(true)).collect());
+    // Precise prefix routing (#18): tokenizers now (a bad file fails the start),
+    // the KV-events thread once the live state exists.
+    let kv_config = kv_events_config(&run.limits).map_err(|e| vec![e])?;
+    let precise = Arc::new(kv_events::Precise::new(
+        kv_tokenize::Tokenizers::load(
+            &run.limits.kv_tokenizer,
+            &run.limits.kv_chat_template,
+            run.limits.kv_block_size,
+            &run.limits.kv_hash_seed,
+        )
+        .map_err(|e| vec![e])?,
+    ));
+    let control = control.with_precise(precise.clone());
     // Prefix sharing between shards: the control thread is the rings' hub.
     let (control, share_inbox) = if shards > 1 && pick.share.enabled() {
         let (c, inbox) = control.with_prefix_share(pick.share_interval);
@@ -452,6 +479,25 @@ pub fn start(
     let state = Arc::new(state);
     start_prewarm(&state).map_err(|e| vec![format!("cannot start the model warm-up: {e}")])?;
     let live = Arc::new(state::LiveState::new(state));
+    if kv_config.enabled() {
+        let (kv_live, kv_control, kv_stop) = (live.clone(), control.clone(), shutdown.clone());
+        kv_events::spawn(
+            precise,
+            kv_config,
+            move || {
+                let state = kv_live.load();
+                state
+                    .table
+                    .endpoints()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, e)| (!kv_control.retired.get(i)).then_some(e.addr))
+                    .collect()
+            },
+            move || kv_stop.is_draining(),
+        )
+        .map_err(|e| vec![format!("cannot start the KV-events thread: {e}")])?;
+    }
     endpoint_lists.store(Arc::new(
         endpoints_view::EndpointLists::of(&live.load().table)
             .with_profile(*live.load().profile(None)),

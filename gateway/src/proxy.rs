@@ -45,7 +45,7 @@ use monoio::time::Instant;
 use shardgate_http::{
     split_request_head, write, BodyDecoder, Framing, RequestHead, ResponseHead, Version,
 };
-use shardgate_routing::scoring::{PickRequest, Scorer};
+use shardgate_routing::scoring::PickRequest;
 use shardgate_routing::MODEL_HEADER;
 use shardgate_runtime::io::READ_CHUNK;
 
@@ -953,9 +953,7 @@ async fn forward<S: ClientStream>(
             .request_timeout
             .unwrap_or(state.settings.response_timeout);
     let profile = state.profile(route.policy);
-    let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
-    let hashes = (uses_prefix && !req.body.is_empty())
-        .then(|| shard.prefix_hashes(model.unwrap_or(""), req.body));
+    let (hashes, precise_keys) = shard.prompt_keys(profile, model, req.body);
     let pick_req = PickRequest {
         model,
         adapter: profile.lora_adapter(model),
@@ -990,13 +988,14 @@ async fn forward<S: ClientStream>(
             rq.status = respond_failure(client, out, &f, Some(rid)).await;
             return req.client_keep;
         }
-        let picked = shard.pick(
+        let picked = shard.pick_precise(
             route.backends,
             attempts.tried(),
             Instant::now(),
             profile,
             &pick_req,
             hashes.as_deref(),
+            precise_keys.as_deref(),
             target.priority,
         );
         let ep = match picked {
@@ -1036,9 +1035,7 @@ async fn forward<S: ClientStream>(
                     let Some((resp, conn)) = answer else {
                         return false;
                     };
-                    if let Some(h) = &hashes {
-                        shard.record_prefix(ep, h);
-                    }
+                    shard.record_prompt(ep, hashes.as_deref(), precise_keys.as_deref());
                     let times = (deadline, lim.idle_timeout);
                     return stream_response(
                         shard, client, out, req, rid, resp, conn, ep, times, rq,

@@ -23,7 +23,7 @@ use bytes::BytesMut;
 use monoio::time::Instant;
 use shardgate_routing::scoring::{
     share_link, Candidate, Pick, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
-    PrefixIndex, Profile, ShardLink,
+    PrefixIndex, Profile, Scorer, ShardLink,
 };
 use shardgate_routing::BackendGroup;
 use shardgate_runtime::io::READ_CHUNK;
@@ -110,6 +110,9 @@ pub struct Shard {
     /// Reusable prompt-hash arrays (2 KiB each), so a request's future holds a
     /// pointer instead of moving the array around.
     hash_pool: Pool<Box<PrefixHashes>>,
+    /// Precise keys this shard just sent where, until the servers' events
+    /// report them (#18).
+    pending: RefCell<shardgate_kvevents::Pending>,
 }
 
 impl Shard {
@@ -146,6 +149,7 @@ impl Shard {
                 ..PrefixConfig::default()
             })),
             share: RefCell::new(share),
+            pending: RefCell::default(),
             cands: RefCell::new(Vec::with_capacity(64)),
             local: RefCell::new(Vec::with_capacity(64)),
             warm_cands: RefCell::new(Vec::with_capacity(64)),
@@ -420,6 +424,28 @@ impl Shard {
         prefix: Option<&PrefixHashes>,
         priority: i32,
     ) -> Result<usize, PickFailure> {
+        self.pick_precise(groups, exclude, now, profile, req, prefix, None, priority)
+    }
+
+    /// [`Self::pick`] with the request's vLLM block keys (precise prefix
+    /// routing, #18): an endpoint whose KV-event stream is live is matched on
+    /// them ([`shardgate_kvevents::PreciseSnapshot::match_len`], or what this
+    /// shard sent it in the last 3 s) instead of the approximate index, the
+    /// matched fraction expressed in the approximate index's blocks (what the
+    /// prefix scorer divides by). When no live endpoint holds a single block
+    /// of the prompt, every candidate is scored by the approximate index.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pick_precise(
+        &self,
+        groups: &[BackendGroup],
+        exclude: &[usize],
+        now: Instant,
+        profile: &Profile,
+        req: &PickRequest<'_>,
+        prefix: Option<&PrefixHashes>,
+        precise: Option<&[u64]>,
+        priority: i32,
+    ) -> Result<usize, PickFailure> {
         self.restore_checked(groups);
         let outliers = self.outliers.borrow();
         let usable = |ep: &usize| !exclude.contains(ep) && outliers.available(*ep, now.into_std());
@@ -455,13 +481,35 @@ impl Shard {
             }
         }
         let index = self.prefix.borrow();
+        let exact = precise
+            .filter(|k| !k.is_empty())
+            .map(|k| (k, self.control.precise.snapshot.load()));
+        let approx = |ep: usize| prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32);
+        let mut any_held = false;
         for &ep in group.endpoints.iter().filter(|ep| usable(ep)) {
-            let prefix_blocks = prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32);
+            let prefix_blocks = match (&exact, prefix) {
+                (Some((keys, snap)), Some(h)) if snap.is_live(ep) => {
+                    let sent = self.pending.borrow().match_len(ep, keys, now.into_std());
+                    let held = snap.match_len(ep, keys).max(sent);
+                    any_held |= held > 0;
+                    precise_blocks(held, keys.len(), h.prompt_blocks())
+                }
+                _ => approx(ep),
+            };
             cands.push(Candidate {
                 endpoint: ep,
                 prefix_blocks,
             });
             local.push(self.report().map_or(0, |r| r.in_flight(ep)));
+        }
+        if exact.is_some() && !any_held {
+            // No server holds any of the prompt (evicted everywhere, or new):
+            // the approximate history keeps it where it went before, so the
+            // prefix is cached again in one place instead of wherever load
+            // sends it.
+            for c in cands.iter_mut() {
+                c.prefix_blocks = approx(c.endpoint);
+            }
         }
         drop(index);
         let snapshot = self.control.snapshot.load();
@@ -608,6 +656,59 @@ impl Shard {
             .record(ep, hashes.as_slice(), std::time::Instant::now());
         if let Some(link) = self.share.borrow_mut().as_mut() {
             link.publish(ep, hashes.as_slice());
+        }
+    }
+
+    /// Remember that `ep` was sent a request with these precise keys (it holds
+    /// them as soon as the server schedules it, before its events say so).
+    pub fn record_precise(&self, ep: usize, keys: &[u64]) {
+        self.pending
+            .borrow_mut()
+            .record(ep, keys, std::time::Instant::now());
+    }
+
+    /// What the prefix-cache scorer matches a request's prompt on, the same for
+    /// HTTP/1.1 and HTTP/2: the approximate index's block hashes when the
+    /// route's profile weighs the prefix scorer, and the server's block keys
+    /// (precise routing, #18) when `model` has a tokenizer and some endpoint's
+    /// KV-event stream is live.
+    pub fn prompt_keys(
+        &self,
+        profile: &Profile,
+        model: Option<&str>,
+        body: &[u8],
+    ) -> (Option<PooledHashes<'_>>, Option<Vec<u64>>) {
+        let uses_prefix = profile.weights.get(Scorer::Prefix) > 0.0;
+        if !uses_prefix || body.is_empty() {
+            return (None, None);
+        }
+        let hashes = self.prefix_hashes(model.unwrap_or(""), body);
+        let precise = match model {
+            Some(m) if self.control.precise.active() => {
+                // A LoRA adapter's blocks hash with its name (vLLM's extra key).
+                let adapter = self
+                    .control
+                    .snapshot
+                    .load()
+                    .adapters
+                    .iter()
+                    .any(|a| a.name == m);
+                let lora = adapter.then_some(m);
+                self.control.precise.tokenizers.keys(m, lora, body)
+            }
+            _ => None,
+        };
+        (Some(hashes), precise)
+    }
+
+    /// Remember where a prompt went: its approximate hashes and its precise
+    /// keys (whichever [`Self::prompt_keys`] gave).
+    pub fn record_prompt(&self, ep: usize, hashes: Option<&PrefixHashes>, precise: Option<&[u64]>) {
+        if let Some(h) = hashes {
+            self.record_prefix(ep, h);
+        }
+        if let Some(k) = precise {
+            self.record_precise(ep, k);
         }
     }
 
@@ -828,5 +929,30 @@ fn hex_into(out: &mut [u8], mut v: u64) {
     for b in out.iter_mut().rev() {
         *b = b"0123456789abcdef"[(v & 0xf) as usize];
         v >>= 4;
+    }
+}
+
+/// `matched` of `keyed` precise blocks, as approximate blocks of a prompt of
+/// `total` (rounded; a non-zero match counts at least one).
+fn precise_blocks(matched: usize, keyed: usize, total: usize) -> u32 {
+    if matched == 0 || keyed == 0 {
+        return 0;
+    }
+    let scaled = (matched * total + keyed / 2) / keyed;
+    u32::try_from(scaled.max(1)).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod precise_tests {
+    use super::precise_blocks;
+
+    #[test]
+    fn precise_matches_scale_to_approximate_blocks() {
+        assert_eq!(precise_blocks(0, 10, 40), 0);
+        assert_eq!(precise_blocks(5, 10, 40), 20);
+        assert_eq!(precise_blocks(10, 10, 40), 40);
+        // A non-zero match counts at least one block.
+        assert_eq!(precise_blocks(1, 100, 3), 1);
+        assert_eq!(precise_blocks(3, 0, 3), 0);
     }
 }

@@ -117,6 +117,20 @@ pub struct SimConfig {
     /// The PEM private key of `--tls-cert`.
     #[arg(long, value_name = "PATH", requires = "tls_cert")]
     pub tls_key: Option<std::path::PathBuf>,
+    /// Publish KV-cache events in vLLM's format on this ZMQ PUB port (0 = ephemeral),
+    /// on `--host`; the prefix cache then uses vLLM's `sha256_cbor` block hashes.
+    #[arg(long, value_name = "PORT")]
+    pub kv_events_port: Option<u16>,
+    /// Serve event replays on this ZMQ ROUTER port (0 = ephemeral; with `--kv-events-port`).
+    #[arg(long, value_name = "PORT", requires = "kv_events_port")]
+    pub kv_events_replay_port: Option<u16>,
+    /// Topic of the published events (vLLM's default: empty).
+    #[arg(long, default_value = "")]
+    pub kv_events_topic: String,
+    /// The `NONE_HASH` seed of the block hashes (vLLM: `PYTHONHASHSEED`, else
+    /// `vllm-none-hash`).
+    #[arg(long, default_value = shardgate_kvevents::DEFAULT_SEED)]
+    pub prefix_hash_seed: String,
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -157,6 +171,10 @@ impl Default for SimConfig {
             no_metrics: false,
             tls_cert: None,
             tls_key: None,
+            kv_events_port: None,
+            kv_events_replay_port: None,
+            kv_events_topic: String::new(),
+            prefix_hash_seed: shardgate_kvevents::DEFAULT_SEED.into(),
         }
     }
 }

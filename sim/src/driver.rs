@@ -94,6 +94,12 @@ pub(crate) async fn run(
     loop {
         engine.set_timing(shared.faults.timing());
         let out = engine.step(now());
+        if let Some(kv) = &shared.kv_events {
+            let events = engine.kv_mut().take_events();
+            if !events.is_empty() {
+                let _ = kv.send(crate::kv_events::batch(events, engine.config().block_size));
+            }
+        }
         if !out.events.is_empty() {
             deliver(&mut engine, &mut routes, out.events);
             routes.retain(|id, r| {

@@ -325,7 +325,12 @@ impl Engine {
         self.waiting.len()
     }
 
-    /// The KV pool.
+    /// The KV pool, to turn event recording on or take the events.
+    pub fn kv_mut(&mut self) -> &mut KvCache {
+        &mut self.kv
+    }
+
+    /// The KV cache (read-only).
     pub fn kv(&self) -> &KvCache {
         &self.kv
     }

@@ -15,6 +15,14 @@
 //! `blocks in use / num_gpu_blocks`; cached free blocks count as free.
 //!
 //! Costs: lookup O(matched blocks), allocation and release O(blocks · log cached).
+//!
+//! **KV events** ([`KvCache::record_events`], `--kv-events-port`): when on, every block
+//! registered under a hash is reported as stored (one event per run of consecutive new
+//! blocks of a sequence, with the hash of the block before the run as parent) and every
+//! registered block evicted for reuse as removed, in the order they happen, as vLLM's
+//! `BlockStored` / `BlockRemoved` (without token ids: the simulator's blocks do not keep
+//! them). [`KvCache::take_events`] hands them to the engine task, which publishes one
+//! batch per step.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -43,6 +51,22 @@ pub struct KvCache {
     cached: HashMap<u64, BlockId>,
     in_use: usize,
     tick: u64,
+    /// Events since the last [`KvCache::take_events`], when recording.
+    events: Option<Vec<KvEvent>>,
+}
+
+/// A change to the set of registered blocks (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvEvent {
+    /// Blocks registered, in chain order, after `parent` (None: from the first block).
+    Stored {
+        /// The new blocks' hashes.
+        hashes: Vec<u64>,
+        /// The hash of the block before the first one.
+        parent: Option<u64>,
+    },
+    /// A registered block was evicted.
+    Removed(u64),
 }
 
 impl KvCache {
@@ -57,7 +81,36 @@ impl KvCache {
             cached: HashMap::new(),
             in_use: 0,
             tick: 0,
+            events: None,
         }
+    }
+
+    /// Starts (or stops) recording [`KvEvent`]s.
+    pub fn record_events(&mut self, on: bool) {
+        self.events = on.then(Vec::new);
+    }
+
+    /// The events recorded since the last call (empty when not recording).
+    pub fn take_events(&mut self) -> Vec<KvEvent> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn stored(&mut self, pos: usize, hash: u64, hashes: &[u64]) {
+        let Some(events) = self.events.as_mut() else {
+            return;
+        };
+        let parent = pos.checked_sub(1).and_then(|p| hashes.get(p)).copied();
+        // Extend the previous event when this block follows its last one.
+        if let Some(KvEvent::Stored { hashes: run, .. }) = events.last_mut() {
+            if run.last().copied() == parent && parent.is_some() {
+                run.push(hash);
+                return;
+            }
+        }
+        events.push(KvEvent::Stored {
+            hashes: vec![hash],
+            parent,
+        });
     }
 
     /// Total number of blocks.
@@ -143,6 +196,7 @@ impl KvCache {
                 if let std::collections::hash_map::Entry::Vacant(e) = self.cached.entry(h) {
                     e.insert(b);
                     self.blocks[b as usize].hash = Some(h);
+                    self.stored(pos, h, hashes);
                 }
             }
             out.push(b);
@@ -194,6 +248,9 @@ impl KvCache {
         if let Some(h) = blk.hash.take() {
             if self.cached.get(&h) == Some(&b) {
                 self.cached.remove(&h);
+                if let Some(events) = self.events.as_mut() {
+                    events.push(KvEvent::Removed(h));
+                }
             }
         }
         Some(b)
@@ -244,6 +301,36 @@ mod tests {
         assert!(!kv.contains(1) && !kv.contains(5));
         assert!(kv.contains(3) && kv.contains(4));
         kv.free(&e);
+    }
+
+    #[test]
+    fn events_report_stored_runs_and_evictions() {
+        let mut kv = KvCache::new(4);
+        kv.record_events(true);
+        let a = kv.allocate(&[1, 2, 3], 0, 3).unwrap();
+        kv.free(&a);
+        assert_eq!(
+            kv.take_events(),
+            vec![KvEvent::Stored {
+                hashes: vec![1, 2, 3],
+                parent: None
+            }]
+        );
+        // Reuses 1, 2; stores 9 after 2 (the empty block); one more fresh block
+        // evicts 3.
+        let b = kv.allocate(&[1, 2, 9], 2, 4).unwrap();
+        assert_eq!(
+            kv.take_events(),
+            vec![
+                KvEvent::Stored {
+                    hashes: vec![9],
+                    parent: Some(2)
+                },
+                KvEvent::Removed(3),
+            ]
+        );
+        kv.free(&b);
+        assert!(kv.take_events().is_empty());
     }
 
     #[test]

@@ -24,6 +24,9 @@
 //!   `grpc.health.v1.Health/Check` over HTTP/2 (prior knowledge) on the same port.
 //! - **HTTPS** (`--tls-cert`, `--tls-key`; `tls`): rustls in front of the same server,
 //!   for gateways that reach backends over TLS.
+//! - **KV-cache events** (`--kv-events-port`, `--kv-events-replay-port`; `kv_events`):
+//!   vLLM's ZMQ PUB stream of `BlockStored` / `BlockRemoved` batches from the prefix
+//!   cache, with vLLM's `sha256_cbor` block hashes, and its replay socket.
 //! - **Faults**: error rate (500), stall before headers, mid-stream connection aborts,
 //!   slow start (503), and `--fast` (no engine: immediate fixed answers).
 //!
@@ -38,6 +41,7 @@ mod driver;
 pub mod engine;
 pub mod grpc;
 pub mod kv;
+mod kv_events;
 pub mod metrics;
 pub mod render;
 mod server;
@@ -59,6 +63,7 @@ const LISTEN_BACKLOG: i32 = 1024;
 #[derive(Debug)]
 pub struct SimHandle {
     addr: SocketAddr,
+    kv_events: Option<(SocketAddr, Option<SocketAddr>)>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -67,6 +72,11 @@ impl SimHandle {
     /// The bound address (with the real port when 0 was asked).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The KV-event PUB and replay addresses (`--kv-events-port`), real ports.
+    pub fn kv_events_addr(&self) -> Option<(SocketAddr, Option<SocketAddr>)> {
+        self.kv_events
     }
 
     /// `http://ip:port`.
@@ -125,6 +135,27 @@ fn bind_addr(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// The event listeners (`--kv-events-port`, `--kv-events-replay-port`), bound now so
+/// the real ports are known before the server runs.
+type KvListeners = Option<(std::net::TcpListener, Option<std::net::TcpListener>)>;
+
+fn bind_kv(config: &SimConfig, http: SocketAddr) -> io::Result<KvListeners> {
+    let Some(port) = config.kv_events_port else {
+        return Ok(None);
+    };
+    let at = |p: u16| bind_addr(SocketAddr::new(http.ip(), p));
+    let replay = config.kv_events_replay_port.map(at).transpose()?;
+    Ok(Some((at(port)?, replay)))
+}
+
+fn kv_addrs(kv: &KvListeners) -> Option<(SocketAddr, Option<SocketAddr>)> {
+    let (p, r) = kv.as_ref()?;
+    Some((
+        p.local_addr().ok()?,
+        r.as_ref().and_then(|r| r.local_addr().ok()),
+    ))
+}
+
 fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -138,6 +169,8 @@ pub fn spawn(config: SimConfig) -> io::Result<SimHandle> {
     let listener = bind(&config)?;
     let tls = tls::acceptor(&config)?;
     let addr = listener.local_addr()?;
+    let kv = bind_kv(&config, addr)?;
+    let kv_events = kv_addrs(&kv);
     let rt = runtime()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
@@ -146,12 +179,13 @@ pub fn spawn(config: SimConfig) -> io::Result<SimHandle> {
             let stopped = async {
                 let _ = stop_rx.await;
             };
-            if let Err(e) = rt.block_on(server::serve(listener, config, tls, stopped)) {
+            if let Err(e) = rt.block_on(server::serve(listener, config, tls, kv, stopped)) {
                 tracing::error!(%addr, error = %e, "simulator failed");
             }
         })?;
     Ok(SimHandle {
         addr,
+        kv_events,
         stop: Some(stop_tx),
         thread: Some(thread),
     })
@@ -162,8 +196,10 @@ pub fn run_blocking(config: SimConfig) -> io::Result<()> {
     let listener = bind(&config)?;
     let tls = tls::acceptor(&config)?;
     let addr = listener.local_addr()?;
+    let kv = bind_kv(&config, addr)?;
     tracing::info!(
         %addr,
+        kv_events = ?kv_addrs(&kv),
         models = ?config.model,
         loras = ?config.lora,
         fast = config.fast,
@@ -171,7 +207,7 @@ pub fn run_blocking(config: SimConfig) -> io::Result<()> {
         "shardgate-sim listening"
     );
     let rt = runtime()?;
-    rt.block_on(server::serve(listener, config, tls, async {
+    rt.block_on(server::serve(listener, config, tls, kv, async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for ctrl-c; stopping");
         }

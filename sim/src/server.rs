@@ -168,11 +168,31 @@ pub(crate) struct Shared {
     /// Connections whose TLS handshake failed (HTTPS only).
     tls_handshake_failures_total: AtomicU64,
     engine: mpsc::UnboundedSender<Command>,
+    /// The KV-event publisher's queue (`--kv-events-port`).
+    pub(crate) kv_events: Option<mpsc::UnboundedSender<shardgate_kvevents::Batch>>,
 }
 
 impl Shared {
     pub(crate) fn loading(&self) -> bool {
         self.started.elapsed() < Duration::from_millis(self.cfg.slow_start_ms)
+    }
+
+    /// A prompt's prefix-cache block hashes: vLLM's `sha256_cbor` keys when KV events
+    /// are published (the adapter name as extra key), else the chained xxh3 hashes.
+    fn block_hashes(&self, p: &Prompt, lora: Option<&String>, seed_name: &str) -> Vec<u64> {
+        if self.kv_events.is_none() {
+            return p.block_hashes(seed_name, self.cfg.block_size);
+        }
+        let mut hasher =
+            shardgate_kvevents::BlockHasher::new(self.cfg.block_size, &self.cfg.prefix_hash_seed);
+        let mut out = Vec::new();
+        hasher.keys(
+            &p.token_ids(),
+            lora.map(String::as_str),
+            usize::MAX,
+            &mut out,
+        );
+        out
     }
 
     /// Served model name → (name, LoRA adapter, prefix-hash seed name).
@@ -223,12 +243,23 @@ pub(crate) async fn serve(
     listener: std::net::TcpListener,
     cfg: SimConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    kv: crate::KvListeners,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     fastrand::seed(cfg.seed);
     let (tx, rx) = mpsc::unbounded_channel();
-    let engine = Engine::new(EngineConfig {
+    let kv_events = kv.map(|(pub_l, replay_l)| {
+        let (kv_tx, kv_rx) = mpsc::unbounded_channel();
+        tokio::spawn(crate::kv_events::publish(
+            pub_l,
+            replay_l,
+            cfg.kv_events_topic.clone(),
+            kv_rx,
+        ));
+        kv_tx
+    });
+    let mut engine = Engine::new(EngineConfig {
         max_num_seqs: cfg.max_num_seqs,
         num_gpu_blocks: cfg.num_gpu_blocks,
         block_size: cfg.block_size,
@@ -241,7 +272,9 @@ pub(crate) async fn serve(
             embedding_us_per_input: cfg.embedding_us_per_input,
         },
     });
+    engine.kv_mut().record_events(kv_events.is_some());
     let shared = Arc::new(Shared {
+        kv_events,
         faults: Faults::new(&cfg),
         cfg,
         started: Instant::now(),
@@ -672,7 +705,7 @@ fn submit(
             choice: u32::try_from(i).unwrap_or(u32::MAX),
             lora: lora.cloned(),
             prompt_len: p.len(),
-            block_hashes: p.block_hashes(seed_name, shared.cfg.block_size),
+            block_hashes: shared.block_hashes(p, lora, seed_name),
             max_tokens,
         })
         .collect();

@@ -399,7 +399,10 @@ async fn execute(
     let model = decision.named_model();
     let route = &target.route;
     let settings = &shard.settings;
-    let mut budget = route.request_timeout.unwrap_or(settings.response_timeout);
+    // Timeouts from the state's InferenceConfig (a reload may change them).
+    let mut budget = route
+        .request_timeout
+        .unwrap_or(state.settings.response_timeout);
     match header("grpc-timeout").map(crate::grpc::timeout::parse) {
         None => {}
         Some(Some(d)) => budget = budget.min(d),

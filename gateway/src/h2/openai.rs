@@ -324,12 +324,20 @@ async fn forward(
 ) -> u16 {
     let settings = &shard.settings;
     let route = &target.route;
-    let deadline = Instant::now() + route.request_timeout.unwrap_or(settings.response_timeout);
+    // Timeouts from the state's InferenceConfig (a reload may change them).
+    let deadline = Instant::now()
+        + route
+            .request_timeout
+            .unwrap_or(state.settings.response_timeout);
     let profile = state.profile(route.policy);
+    // Prefix-cache keys as HTTP/1.1 requests have them.
+    let (hashes, precise_keys) = shard.prompt_keys(profile, model, body);
     let pick_req = PickRequest {
         model,
         adapter: profile.lora_adapter(model),
-        prefix_total_blocks: 0,
+        prefix_total_blocks: hashes
+            .as_ref()
+            .map_or(0, |h| u32::try_from(h.prompt_blocks()).unwrap_or(u32::MAX)),
         session: state.session(route.policy, |h| head.header(h), body),
     };
     let rid = shard.request_id();
@@ -343,7 +351,7 @@ async fn forward(
     let lim = ExchangeLimits {
         limits: &settings.limits,
         deadline,
-        idle_timeout: settings.stream_idle_timeout,
+        idle_timeout: state.settings.stream_idle_timeout,
         head_request: head.method() == "HEAD",
     };
     let tail = (body.len() > INLINE_BODY).then_some(body);
@@ -355,13 +363,14 @@ async fn forward(
             answer_json(respond, &f);
             break f.status;
         }
-        let ep = match shard.pick(
+        let ep = match shard.pick_precise(
             route.backends,
             attempts.tried(),
             Instant::now(),
             profile,
             &pick_req,
-            None,
+            hashes.as_deref(),
+            precise_keys.as_deref(),
             target.priority,
         ) {
             Ok(ep) => ep,
@@ -397,7 +406,10 @@ async fn forward(
                     let Some((resp, conn)) = answer else {
                         break Some(502);
                     };
-                    break Some(relay(shard, resp, conn, ep, deadline, respond).await);
+                    shard.record_prompt(ep, hashes.as_deref(), precise_keys.as_deref());
+                    break Some(
+                        relay(shard, resp, conn, ep, (deadline, lim.idle_timeout), respond).await,
+                    );
                 }
                 Action::RetryFresh => {}
                 Action::PickAgain => break None,
@@ -422,7 +434,7 @@ async fn relay(
     resp: shardgate_http::ResponseHead,
     mut conn: crate::upstream::UpstreamConn,
     ep: usize,
-    deadline: Instant,
+    (deadline, idle): (Instant, std::time::Duration),
     respond: &mut SendResponse<Bytes>,
 ) -> u16 {
     let status = resp.status();
@@ -488,7 +500,7 @@ async fn relay(
             }
             return status;
         }
-        let until = deadline.min(Instant::now() + shard.settings.stream_idle_timeout);
+        let until = deadline.min(Instant::now() + idle);
         match read_watched(None, &mut conn, until, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;
