@@ -336,6 +336,18 @@ pub struct LimitArgs {
     /// (it is scored approximately from the loss on).
     #[arg(long, default_value = "10s", value_parser = duration)]
     pub kv_events_expiry: Duration,
+    /// Threads that key long prompts for precise prefix routing, off the shards
+    /// (0: every prompt is keyed on its shard).
+    #[arg(long, default_value_t = 1)]
+    pub kv_tokenize_threads: usize,
+    /// Prompt bodies up to this many bytes are keyed on the shard (about 100 µs
+    /// of tokenizing at the default); longer ones on a kv-tokenize thread.
+    #[arg(long, default_value_t = 2048)]
+    pub kv_tokenize_inline_bytes: usize,
+    /// Longest a request waits for a kv-tokenize thread's keys; past it (or with
+    /// every queue full) it is scored by the approximate index.
+    #[arg(long, default_value = "50ms", value_parser = duration)]
+    pub kv_tokenize_timeout: Duration,
     /// Queue scale k of the scorers: the queue scores k/(k+q) and a prefix match
     /// counts its matched fraction × k/(k+q), q = waiting + this shard's in-flight
     /// requests to the endpoint. Larger keeps prefix affinity under more load (the

@@ -188,7 +188,9 @@ pub struct Precise {
     /// The exact index's latest snapshot.
     pub snapshot: ArcSwap<PreciseSnapshot>,
     /// Tokenizers by model, and the hashing settings.
-    pub tokenizers: Tokenizers,
+    pub tokenizers: Arc<Tokenizers>,
+    /// The kv-tokenize threads large prompts are keyed on.
+    pub offload: Option<crate::kv_offload::Offload>,
     /// Per endpoint id: the stream it subscribes to (`/debug/endpoints`).
     pub streams: ArcSwap<Vec<Option<StreamAddr>>>,
 }
@@ -204,8 +206,29 @@ impl Precise {
     pub fn new(tokenizers: Tokenizers) -> Self {
         Self {
             snapshot: ArcSwap::from_pointee(PreciseSnapshot::default()),
-            tokenizers,
+            tokenizers: Arc::new(tokenizers),
+            offload: None,
             streams: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+
+    /// Key large prompts on worker threads ([`crate::kv_offload`]).
+    pub fn with_offload(
+        mut self,
+        config: crate::kv_offload::OffloadConfig,
+    ) -> Result<Self, String> {
+        self.offload = crate::kv_offload::Offload::start(self.tokenizers.clone(), config)?;
+        Ok(self)
+    }
+
+    /// The block keys of `body` for `model` (`lora`: `model` is a LoRA
+    /// adapter, whose blocks hash with its name): inline for a short body,
+    /// on a kv-tokenize thread for a long one; `None` scores the request
+    /// approximately.
+    pub async fn keys(&self, model: &str, lora: bool, body: &[u8]) -> Option<Vec<u64>> {
+        match &self.offload {
+            Some(o) if !o.inline(body.len()) => o.keys(model, lora, body).await,
+            _ => self.tokenizers.keys(model, lora.then_some(model), body),
         }
     }
 

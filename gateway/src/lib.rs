@@ -79,6 +79,7 @@ pub mod jwks_fetch;
 pub mod jwt;
 pub mod k8s;
 pub mod kv_events;
+pub mod kv_offload;
 pub mod kv_tokenize;
 pub mod lanes;
 pub mod load;
@@ -385,15 +386,23 @@ pub fn start(
     // Precise prefix routing (#18): tokenizers now (a bad file fails the start),
     // the KV-events thread once the live state exists.
     let kv_config = kv_events_config(&run.limits).map_err(|e| vec![e])?;
-    let precise = Arc::new(kv_events::Precise::new(
-        kv_tokenize::Tokenizers::load(
-            &run.limits.kv_tokenizer,
-            &run.limits.kv_chat_template,
-            run.limits.kv_block_size,
-            &run.limits.kv_hash_seed,
+    let precise = Arc::new(
+        kv_events::Precise::new(
+            kv_tokenize::Tokenizers::load(
+                &run.limits.kv_tokenizer,
+                &run.limits.kv_chat_template,
+                run.limits.kv_block_size,
+                &run.limits.kv_hash_seed,
+            )
+            .map_err(|e| vec![e])?,
         )
+        .with_offload(kv_offload::OffloadConfig {
+            threads: run.limits.kv_tokenize_threads,
+            inline_bytes: run.limits.kv_tokenize_inline_bytes,
+            timeout: run.limits.kv_tokenize_timeout,
+        })
         .map_err(|e| vec![e])?,
-    ));
+    );
     let control = control.with_precise(precise.clone());
     // Prefix sharing between shards: the control thread is the rings' hub.
     let (control, share_inbox) = if shards > 1 && pick.share.enabled() {

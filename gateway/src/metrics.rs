@@ -913,6 +913,21 @@ impl MetricsHub {
             |s| s.upstream_tls_handshakes,
         );
         w.family(
+            "gateway_kv_tokenize_total",
+            "Prompts keyed for precise prefix routing off the shards (--kv-tokenize-threads), by result: keyed on a kv-tokenize thread (offloaded), refused because every queue was full (queue_full) or not back within --kv-tokenize-timeout (timeout); the last two are scored by the approximate index. Prompts up to --kv-tokenize-inline-bytes are keyed on their shard and not counted.",
+            Kind::Counter,
+        );
+        for (label, n) in crate::kv_offload::RESULTS
+            .iter()
+            .zip(&crate::kv_offload::COUNTS)
+        {
+            w.sample(
+                "",
+                &[("result", label)],
+                n.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+        w.family(
             "gateway_control_tls_handshakes_total",
             "TLS handshakes the control thread completed with backends and JWKS servers (telemetry scrapes, health checks, model polls, remoteJWKS fetches), by result: in full (full) or by session resumption (resumed).",
             Kind::Counter,

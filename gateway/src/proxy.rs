@@ -953,7 +953,7 @@ async fn forward<S: ClientStream>(
             .request_timeout
             .unwrap_or(state.settings.response_timeout);
     let profile = state.profile(route.policy);
-    let (hashes, precise_keys) = shard.prompt_keys(profile, model, req.body);
+    let (hashes, precise_keys) = shard.prompt_keys(profile, model, req.body).await;
     let pick_req = PickRequest {
         model,
         adapter: profile.lora_adapter(model),

@@ -102,7 +102,6 @@ pub enum Outcome {
 pub struct ConfigStatus {
     /// Wakes the reload thread (`POST /admin/reload`), once it watches.
     trigger: std::sync::OnceLock<Sender<Instant>>,
-    revision: AtomicU64,
     reloads: [AtomicU64; 4],
     /// The `/debug/config` body of the configuration in force.
     base: ArcSwap<serde_json::Value>,
@@ -114,6 +113,9 @@ pub struct ConfigStatus {
 /// The last reload, for `/debug/config`.
 #[derive(Default, Clone)]
 struct Report {
+    /// The revision serving now, stored with the outcome that made it, so a
+    /// reader never sees a new revision beside the previous reload's result.
+    revision: u64,
     hash: String,
     last_result: Option<&'static str>,
     last_error: Vec<String>,
@@ -125,11 +127,11 @@ impl ConfigStatus {
     pub fn new(base: serde_json::Value, sources: &[(String, String)]) -> Self {
         ConfigStatus {
             trigger: std::sync::OnceLock::new(),
-            revision: AtomicU64::new(1),
             reloads: Default::default(),
             base: ArcSwap::from_pointee(base),
             listening: ArcSwap::from_pointee(Vec::new()),
             report: ArcSwap::from_pointee(Report {
+                revision: 1,
                 hash: hex_hash(sources),
                 ..Report::default()
             }),
@@ -146,7 +148,7 @@ impl ConfigStatus {
 
     /// The configuration revision serving now.
     pub fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Acquire)
+        self.report.load().revision
     }
 
     /// Reloads so far, by [`RESULTS`].
@@ -157,6 +159,9 @@ impl ConfigStatus {
     fn record(&self, outcome: Outcome, update: impl FnOnce(&mut Report)) {
         let mut r = Report::clone(&self.report.load());
         r.last_result = Some(RESULTS[outcome as usize]);
+        if outcome == Outcome::Applied {
+            r.revision += 1;
+        }
         update(&mut r);
         self.report.store(Arc::new(r));
         self.reloads[outcome as usize].fetch_add(1, Ordering::Relaxed);
@@ -168,7 +173,7 @@ impl ConfigStatus {
         let mut v = serde_json::Value::clone(&self.base.load());
         let r = self.report.load();
         if let Some(obj) = v.as_object_mut() {
-            obj.insert("revision".into(), self.revision().into());
+            obj.insert("revision".into(), r.revision.into());
             obj.insert("hash".into(), r.hash.clone().into());
             let listen: Vec<serde_json::Value> = self
                 .listening
@@ -606,7 +611,7 @@ impl Reloader {
             self.ports.install_certs(certs);
             let providers = self.auth().adopt_local_keys(&auth);
             self.running.secrets = secrets;
-            let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
+            let revision = self.status.revision() + 1;
             tracing::info!(
                 revision,
                 hash = %hex_hash(sources),
@@ -625,7 +630,7 @@ impl Reloader {
                 != of_kind(&others, "SecurityPolicy");
             match self.apply_live(&loaded.config, security_changed, secrets_changed) {
                 Ok(a) => {
-                    let revision = self.status.revision.fetch_add(1, Ordering::AcqRel) + 1;
+                    let revision = self.status.revision() + 1;
                     tracing::info!(
                         revision,
                         hash = %hex_hash(sources),

@@ -672,7 +672,7 @@ impl Shard {
     /// route's profile weighs the prefix scorer, and the server's block keys
     /// (precise routing, #18) when `model` has a tokenizer and some endpoint's
     /// KV-event stream is live.
-    pub fn prompt_keys(
+    pub async fn prompt_keys(
         &self,
         profile: &Profile,
         model: Option<&str>,
@@ -693,8 +693,7 @@ impl Shard {
                     .adapters
                     .iter()
                     .any(|a| a.name == m);
-                let lora = adapter.then_some(m);
-                self.control.precise.tokenizers.keys(m, lora, body)
+                self.control.precise.keys(m, adapter, body).await
             }
             _ => None,
         };

@@ -193,6 +193,14 @@ fn a_prefix_cached_by_traffic_that_bypassed_the_gateway_draws_its_requests() {
     }
     let after = requests(&sims);
     assert_eq!(after[2] - before[2], 4, "over h2: {before:?} -> {after:?}");
+    // These prompts (over 2 KiB) were keyed on the kv-tokenize thread.
+    let m = gw.metrics();
+    let offloaded = sample(&m, "gateway_kv_tokenize_total{result=\"offloaded\"}").unwrap_or(0.0);
+    assert!(offloaded >= 10.0, "{m}");
+    assert_eq!(
+        sample(&m, "gateway_kv_tokenize_total{result=\"timeout\"}"),
+        Some(0.0)
+    );
 
     // A sim that goes away: its stream is lost, shown not live.
     let mut sims = sims;

@@ -379,13 +379,6 @@ fn an_unknown_sni_can_be_refused_with_an_alert() {
     assert!(s.conn.peer_certificates().is_none());
 }
 
-/// The value of the sample `line_start` (`name{labels}`) in a metrics text.
-fn sample(metrics: &str, line_start: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-}
-
 /// Replace the gateway's config file the way editors and ConfigMap volumes
 /// do: write a sibling, rename it over.
 fn replace_config(gw: &Gateway, yaml: &str) {

@@ -331,7 +331,7 @@ async fn forward(
             .unwrap_or(state.settings.response_timeout);
     let profile = state.profile(route.policy);
     // Prefix-cache keys as HTTP/1.1 requests have them.
-    let (hashes, precise_keys) = shard.prompt_keys(profile, model, body);
+    let (hashes, precise_keys) = shard.prompt_keys(profile, model, body).await;
     let pick_req = PickRequest {
         model,
         adapter: profile.lora_adapter(model),

@@ -312,3 +312,11 @@ pub fn sim_stats(addr: SocketAddr) -> serde_json::Value {
     let mut c = Client::connect(addr);
     c.get("/sim/stats").json()
 }
+
+/// The value of the sample `line_start` (`name{labels}`) in a metrics text.
+#[allow(dead_code)]
+pub fn sample(metrics: &str, line_start: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
