@@ -2,7 +2,9 @@
 
 Starts the demo (gateway + simulated vLLM servers) on an ephemeral gateway port,
 then uses the client exactly as an application would: completion, streaming chat
-completion, embeddings, and the typed error on an unknown model.
+completion, embeddings, and the typed error on an unknown model; then the same client
+over HTTP/2 (httpx with `http2=True` and HTTP/1.1 off: prior knowledge on the plain
+HTTP listener), checking each answer came over HTTP/2.
 Run by scripts/test with the repository's virtualenv.
 """
 
@@ -14,6 +16,7 @@ import sys
 import tempfile
 import time
 
+import httpx
 import openai
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -97,6 +100,47 @@ def main():
         case("embeddings", embeddings)
         case("models list", models)
         case("unknown model -> NotFoundError", unknown_model)
+
+        # The same client over HTTP/2 (h2c with prior knowledge).
+        h2 = openai.OpenAI(
+            base_url=f"http://{addr}/v1",
+            api_key="unused",
+            max_retries=0,
+            timeout=30,
+            http_client=httpx.Client(http1=False, http2=True, timeout=30),
+        )
+
+        def h2_completion():
+            raw = h2.completions.with_raw_response.create(model="llama-3-8b", prompt="the quick brown fox", max_tokens=5)
+            assert raw.http_response.http_version == "HTTP/2", raw.http_response.http_version
+            r = raw.parse()
+            assert r.model == "llama-3-8b", r.model
+            assert r.usage.completion_tokens == 5, r.usage
+
+        def h2_chat_stream():
+            with h2.chat.completions.with_streaming_response.create(
+                model="qwen-2.5-7b",
+                messages=[{"role": "user", "content": "hello"}],
+                max_tokens=8,
+                stream=True,
+            ) as resp:
+                assert resp.http_response.http_version == "HTTP/2", resp.http_response.http_version
+                pieces = [c.choices[0].delta.content for c in resp.parse() if c.choices and c.choices[0].delta.content]
+            assert len(pieces) == 8, pieces
+
+        def h2_unknown_model():
+            try:
+                h2.chat.completions.create(model="gpt-9000", messages=[{"role": "user", "content": "x"}])
+            except openai.NotFoundError as e:
+                assert e.status_code == 404
+                assert e.code == "model_not_found", e.code
+                assert e.response.http_version == "HTTP/2", e.response.http_version
+                return
+            raise AssertionError("no NotFoundError for an unknown model over HTTP/2")
+
+        case("HTTP/2: completion", h2_completion)
+        case("HTTP/2: chat completion, streaming", h2_chat_stream)
+        case("HTTP/2: unknown model -> NotFoundError", h2_unknown_model)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
