@@ -96,6 +96,7 @@ class RouterSpec:
     api: str = "chat"  # "chat" or "completions" (same tokens for the sim, see to_completions)
     flags: list = field(default_factory=list)  # extra `shardgate serve` flags (`:name=value`)
     precise: bool = False  # KV-cache events from the sims + the workload's tokenizer (#18)
+    replicas: int = 1  # shardgate processes; each request goes to one at random (a DaemonSet)
 
 
 SHARDGATE_PROFILES = ["round-robin", "least-queue", "prefix-cache-aware", "default",
@@ -107,12 +108,14 @@ def router_specs(names: list[str], shards: int) -> list[RouterSpec]:
     for n in names:
         parts = n.split(":")
         if parts[0] not in ("shardgate", "vllm-router") or len(parts) < 2:
-            raise SystemExit(f"unknown router {n!r} (shardgate:PROFILE[:shards=N][:strict][:FLAG=V]"
+            raise SystemExit(f"unknown router {n!r} (shardgate:PROFILE[:shards=N][:replicas=N][:strict][:FLAG=V]"
                              "[:completions] or vllm-router:POLICY[:completions])")
         spec = RouterSpec(n, parts[0], parts[1], shards=shards)
         for extra in parts[2:]:
             if extra.startswith("shards=") and spec.kind == "shardgate":
                 spec.shards = int(extra.split("=", 1)[1])
+            elif extra.startswith("replicas=") and spec.kind == "shardgate":
+                spec.replicas = int(extra.split("=", 1)[1])
             elif extra == "strict" and spec.kind == "shardgate":
                 spec.pass_saturated = False
             elif extra == "precise" and spec.kind == "shardgate":
@@ -627,9 +630,12 @@ async def one(session: aiohttp.ClientSession, base: str, api: str, req: Req, t0:
     return r
 
 
-async def run_load(base_url: str, api: str, wl, rate: float, duration: float, seed: int,
+async def run_load(base_urls: list[str], api: str, wl, rate: float, duration: float, seed: int,
                    drain_s: float, timeout_s: float) -> tuple[list[Result], float]:
     rng = random.Random(seed)
+    # Several replicas (a DaemonSet behind a node-spreading load balancer): each
+    # request goes to one of them at random, so a conversation's turns may not meet.
+    spread = random.Random(seed + 1)
     arrivals = []
     t = rng.expovariate(rate)
     while t < duration:
@@ -643,7 +649,8 @@ async def run_load(base_url: str, api: str, wl, rate: float, duration: float, se
             delay = a - (time.perf_counter() - t0)
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(s, base_url, api, wl.next(), t0, timeout_s)))
+            base = base_urls[0] if len(base_urls) == 1 else spread.choice(base_urls)
+            tasks.append(asyncio.create_task(one(s, base, api, wl.next(), t0, timeout_s)))
         done, pending = await asyncio.wait(tasks, timeout=drain_s) if tasks else (set(), set())
         for p in pending:
             p.cancel()
@@ -923,7 +930,9 @@ def main() -> int:
                     help="one workload, two rates, ~5 s each, two routers (smoke test)")
     ap.add_argument("--workloads", help="comma list of " + ",".join(WORKLOADS))
     ap.add_argument("--routers", help="comma list overriding every workload's routers, e.g. "
-                    "shardgate:round-robin,vllm-router:cache_aware")
+                    "shardgate:round-robin,vllm-router:cache_aware; shardgate options: :shards=N, "
+                    ":replicas=N (N gateways, each request to one at random), :precise, :strict, "
+                    ":completions, :FLAG=VALUE")
     ap.add_argument("--rates", help="comma list overriding every workload's rates (req/s)")
     ap.add_argument("--duration", type=float, help="seconds per rate (override)")
     ap.add_argument("--shards", type=int, default=2, help="shardgate --shards (default 2)")
@@ -1005,26 +1014,31 @@ def main() -> int:
                     wl = WORKLOADS[wname](args.seed)
                     w["describe"] = wl.describe
                     pool = Pool(bins, logdir, kv_events=spec.precise)
-                    router = Router(spec, pool, bins, venv_bin, logdir)
-                    router.vocab = getattr(wl, "vocab", [])
+                    routers = [Router(spec, pool, bins, venv_bin, logdir)
+                               for _ in range(max(1, spec.replicas))]
+                    router = routers[0]
+                    for r in routers:
+                        r.vocab = getattr(wl, "vocab", [])
                     try:
                         pool.start()
-                        router.start()
+                        for r in routers:
+                            r.start()
                         before = pool.counters()
                         tc = time.monotonic()
                         results, offered = asyncio.run(run_load(
-                            router.base_url(), spec.api, wl, rate, w["duration"], args.seed + int(rate),
-                            w["drain"], args.timeout))
+                            [r.base_url() for r in routers], spec.api, wl, rate, w["duration"],
+                            args.seed + int(rate), w["drain"], args.timeout))
                         after = pool.counters()
                         s = summarize(results, before, after)
                         cell = {"workload": wname, "router": spec.key, "rate": rate,
                                 "offered_rps": offered, "wall_s": time.monotonic() - tc,
                                 "summary": s, "gateway_metrics": router.gateway_metrics(),
-                                "router_alive": router.proc is not None
-                                and router.proc.poll() is None,
+                                "router_alive": all(r.proc is not None and r.proc.poll() is None
+                                                    for r in routers),
                                 "loadavg_1m_after": round(os.getloadavg()[0], 2)}
                     finally:
-                        router.stop()
+                        for r in routers:
+                            r.stop()
                         pool.stop()
                     cells.append(cell)
                     print(f"[{(time.monotonic() - t_start) / 60:5.1f} min] {wname:13s} "
