@@ -410,16 +410,8 @@ async fn call(
                 }
                 Err(e) => (Outcome::Error(e), None),
             };
-            let verdict = attempts.on(
-                ep,
-                outcome,
-                Instant::now().into_std(),
-                &mut shard.outliers.borrow_mut(),
-                &mut shard.budget.borrow_mut(),
-                backends,
-            );
-            shard.apply(ep, &verdict);
-            match verdict.action {
+            let action = shard.judge(&mut attempts, ep, outcome, backends);
+            match action {
                 Action::Deliver => {
                     let Some((reply, conn)) = answer else {
                         return Err(Failure::upstream_failed("no answer"));

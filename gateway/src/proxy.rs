@@ -1021,16 +1021,8 @@ async fn forward<S: ClientStream>(
                 Ok((resp, conn)) => (Outcome::Head(resp.status()), Some((resp, conn))),
                 Err(e) => (Outcome::Error(e), None),
             };
-            let verdict = attempts.on(
-                ep,
-                outcome,
-                std::time::Instant::now(),
-                &mut shard.outliers.borrow_mut(),
-                &mut shard.budget.borrow_mut(),
-                route.backends,
-            );
-            shard.apply(ep, &verdict);
-            match verdict.action {
+            let action = shard.judge(&mut attempts, ep, outcome, route.backends);
+            match action {
                 Action::Deliver => {
                     let Some((resp, conn)) = answer else {
                         return false;

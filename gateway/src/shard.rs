@@ -384,6 +384,29 @@ impl Shard {
         }
     }
 
+    /// Judge one try of `ep` against this shard's outlier state and retry
+    /// budget, carry out the verdict's side effects ([`Self::apply`]) and
+    /// return what the request does next. The one judging step of every
+    /// upstream attempt loop (HTTP/1.1, HTTP/2, gRPC, batches).
+    pub fn judge(
+        &self,
+        attempts: &mut crate::attempt::Attempts,
+        ep: usize,
+        outcome: crate::attempt::Outcome,
+        groups: &[BackendGroup],
+    ) -> crate::attempt::Action {
+        let verdict = attempts.on(
+            ep,
+            outcome,
+            std::time::Instant::now(),
+            &mut self.outliers.borrow_mut(),
+            &mut self.budget.borrow_mut(),
+            groups,
+        );
+        self.apply(ep, &verdict);
+        verdict.action
+    }
+
     /// Carry out the side effects of an attempt verdict on `ep`: count the
     /// error, log and apply an ejection (its pooled connections go), log a
     /// restore.

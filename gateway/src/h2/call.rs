@@ -460,16 +460,8 @@ async fn execute(
             Ok(s) => (Outcome::Head(200), Some(s)),
             Err(e) => (Outcome::Error(e), None),
         };
-        let verdict = attempts.on(
-            ep,
-            outcome,
-            std::time::Instant::now(),
-            &mut shard.outliers.borrow_mut(),
-            &mut shard.budget.borrow_mut(),
-            route.backends,
-        );
-        shard.apply(ep, &verdict);
-        match verdict.action {
+        let action = shard.judge(&mut attempts, ep, outcome, route.backends);
+        match action {
             Action::Deliver => {
                 let Some(stream) = stream else {
                     return 502;

@@ -392,16 +392,8 @@ async fn forward(
                 Ok((resp, conn)) => (Outcome::Head(resp.status()), Some((resp, conn))),
                 Err(e) => (Outcome::Error(e), None),
             };
-            let verdict = attempts.on(
-                ep,
-                outcome,
-                std::time::Instant::now(),
-                &mut shard.outliers.borrow_mut(),
-                &mut shard.budget.borrow_mut(),
-                route.backends,
-            );
-            shard.apply(ep, &verdict);
-            match verdict.action {
+            let action = shard.judge(&mut attempts, ep, outcome, route.backends);
+            match action {
                 Action::Deliver => {
                     let Some((resp, conn)) = answer else {
                         break Some(502);
