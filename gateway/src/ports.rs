@@ -130,6 +130,10 @@ pub struct PortPlan {
     keep: Vec<(u16, Vec<usize>, Option<Certs>)>,
 }
 
+/// Why a configuration without a served listener cannot be served.
+const NOTHING_TO_SERVE: &str =
+    "no Gateway listener with protocol HTTP, HTTPS or GRPC: nothing to serve";
+
 fn bind_error(addr: SocketAddr, e: &std::io::Error, sharing: PortSharing) -> String {
     if e.kind() == std::io::ErrorKind::AddrInUse && sharing == PortSharing::ThisProcessOnly {
         format!(
@@ -168,10 +172,7 @@ impl Ports {
         let shards = settings.shards.max(1);
         let mut ports = served(all);
         if ports.is_empty() {
-            return Err(
-                "no Gateway listener with protocol HTTP, HTTPS or GRPC: nothing to serve"
-                    .to_string(),
-            );
+            return Err(NOTHING_TO_SERVE.to_string());
         }
         let overridden = match settings.listen_port {
             Some(p) => ports
@@ -331,10 +332,7 @@ impl Ports {
         }
         let want = served(all);
         if want.is_empty() {
-            return Err(
-                "no Gateway listener with protocol HTTP, HTTPS or GRPC: nothing to serve"
-                    .to_string(),
-            );
+            return Err(NOTHING_TO_SERVE.to_string());
         }
         let mut plan = PortPlan {
             add: Vec::new(),
