@@ -815,7 +815,7 @@ async fn scrape_loop(
 
 async fn probe(conn: &mut Conn, addr: SocketAddr, spec: &HealthSpec) -> Result<(), String> {
     if spec.grpc && spec.inference_model.is_none() {
-        return crate::h2_upstream::health_check(addr, spec.timeout).await;
+        return crate::h2_upstream::health_check(addr, conn.tls(), spec.timeout).await;
     }
     let reply = match &spec.inference_model {
         Some(model) => {

@@ -8,12 +8,22 @@
 //! A connection that fails is marked closed by its driver task and skipped;
 //! a stream that cannot open on a pooled connection is reported as a stale
 //! connection (retried on another endpoint by the attempt machine).
+//!
+//! **TLS.** A backend that a `BackendTLSPolicy` covers is reached over TLS
+//! with ALPN `h2` (the policy's CA, names and session cache, as for HTTP/1.1
+//! backends, [`crate::upstream_tls`]); a backend that does not choose `h2`
+//! fails the connect with a clear error. The handshake runs on the shard's own
+//! I/O ([`crate::tls::connect`]), then `h2` drives the rustls connection
+//! through [`crate::h2::tls_io::TlsIo`]. Plaintext and TLS connections to one
+//! address are pooled apart, so a reload that adds or removes a policy never
+//! sends a stream over the wrong kind.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +34,10 @@ use monoio::net::TcpStream;
 use monoio_compat::StreamWrapper;
 
 use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::h2::tls_io::TlsIo;
 use crate::h2::Limits;
+use crate::tls::HandshakeError;
+use crate::upstream_tls::{describe, UpstreamTls};
 
 /// One pooled connection.
 struct Conn {
@@ -35,9 +48,12 @@ struct Conn {
     closed: Rc<Cell<bool>>,
 }
 
+/// A pool key: the backend's address, and whether the connection is TLS.
+type Key = (SocketAddr, bool);
+
 thread_local! {
-    /// This shard's connections, by backend address.
-    static POOL: RefCell<HashMap<SocketAddr, Vec<Rc<Conn>>>> = RefCell::new(HashMap::new());
+    /// This shard's connections, by backend address and TLS.
+    static POOL: RefCell<HashMap<Key, Vec<Rc<Conn>>>> = RefCell::new(HashMap::new());
 }
 
 /// A stream's hold on its connection.
@@ -62,17 +78,22 @@ pub struct UpstreamStream {
 /// Open connections to `addr` on this shard (for tests and metrics).
 pub fn connections(addr: SocketAddr) -> usize {
     POOL.with(|p| {
-        p.borrow()
-            .get(&addr)
-            .map_or(0, |v| v.iter().filter(|c| !c.closed.get()).count())
+        let p = p.borrow();
+        [false, true]
+            .iter()
+            .filter_map(|tls| p.get(&(addr, *tls)))
+            .map(|v| v.iter().filter(|c| !c.closed.get()).count())
+            .sum()
     })
 }
 
 async fn connect(
     addr: SocketAddr,
+    tls: Option<&Arc<UpstreamTls>>,
     lim: &Limits,
     timeout: Duration,
 ) -> Result<Rc<Conn>, UpstreamError> {
+    let deadline = std::time::Instant::now() + timeout;
     let tcp = match monoio::time::timeout(timeout, TcpStream::connect_addr(addr)).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => {
@@ -89,7 +110,79 @@ async fn connect(
         }
     };
     let _ = tcp.set_nodelay(true);
-    let io = StreamWrapper::new_with_buffer_size(tcp, crate::h2::IO_BUFFER, crate::h2::IO_BUFFER);
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let send = match tls {
+        None => {
+            let buf = crate::h2::IO_BUFFER;
+            let io = StreamWrapper::new_with_buffer_size(tcp, buf, buf);
+            handshake(io, addr, lim, left).await?
+        }
+        Some(tls) => {
+            let io = tls_handshake(tcp, addr, tls, left).await?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            handshake(io, addr, lim, left).await?
+        }
+    };
+    let (send, closed) = send;
+    let c = Rc::new(Conn {
+        send,
+        streams: Cell::new(0),
+        closed,
+    });
+    let key = (addr, tls.is_some());
+    POOL.with(|p| p.borrow_mut().entry(key).or_default().push(c.clone()));
+    Ok(c)
+}
+
+/// The TLS handshake (ALPN `h2`) within `timeout`, as an `h2` transport.
+async fn tls_handshake(
+    tcp: TcpStream,
+    addr: SocketAddr,
+    tls: &Arc<UpstreamTls>,
+    timeout: Duration,
+) -> Result<TlsIo<rustls::ClientConnection>, UpstreamError> {
+    let conn = tls.h2_connection().map_err(|e| {
+        tracing::warn!(endpoint = %addr, origin = %tls.origin, error = %e, "TLS setup failed");
+        UpstreamError::new(UpstreamErrorKind::Tls, "TLS: handshake failed")
+    })?;
+    let stream = match monoio::time::timeout(timeout, crate::tls::connect(tcp, conn)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let why = match &e {
+                HandshakeError::Tls(t) => describe(t),
+                _ => "TLS: handshake failed (does the backend speak TLS?)",
+            };
+            tracing::debug!(endpoint = %addr, origin = %tls.origin, error = ?e, "{why}");
+            return Err(UpstreamError::new(UpstreamErrorKind::Tls, why));
+        }
+        Err(_) => {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::Connect,
+                format!("TLS handshake with {addr} timed out"),
+            ))
+        }
+    };
+    if stream.alpn() != Some(b"h2") {
+        return Err(UpstreamError::new(
+            UpstreamErrorKind::Tls,
+            "TLS: the backend did not choose HTTP/2 (ALPN h2) for a gRPC call",
+        ));
+    }
+    let (sock, conn, rx) = stream.into_parts();
+    Ok(TlsIo::new(sock, conn, rx, crate::h2::IO_BUFFER))
+}
+
+/// The HTTP/2 handshake on `io` within `timeout`; its driver runs as a task
+/// on this thread and sets the returned flag when the connection ends.
+async fn handshake<T>(
+    io: T,
+    addr: SocketAddr,
+    lim: &Limits,
+    timeout: Duration,
+) -> Result<(SendRequest<Bytes>, Rc<Cell<bool>>), UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+{
     let handshake = h2::client::Builder::new()
         .initial_window_size(lim.stream_window)
         .initial_connection_window_size(lim.connection_window)
@@ -122,33 +215,44 @@ async fn connect(
         }
         flag.set(true);
     });
-    let c = Rc::new(Conn {
-        send,
-        streams: Cell::new(0),
-        closed,
-    });
-    POOL.with(|p| p.borrow_mut().entry(addr).or_default().push(c.clone()));
-    Ok(c)
+    Ok((send, closed))
 }
 
-/// Opens a stream to `addr` carrying `req` (`end`: no body follows).
+/// Opens a stream to `addr` (over TLS with `tls`) carrying `req` (`end`: no
+/// body follows).
 pub async fn open_stream(
     addr: SocketAddr,
+    tls: Option<&Arc<UpstreamTls>>,
     lim: &Limits,
     timeout: Duration,
     req: Request<()>,
     end: bool,
 ) -> Result<UpstreamStream, UpstreamError> {
+    let mut req = req;
+    if let Some(t) = tls {
+        // Over TLS: `:scheme https` and the name the certificate was verified
+        // for as `:authority`, as a gRPC client of that server would send.
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(http::uri::Scheme::HTTPS);
+        if let rustls::pki_types::ServerName::DnsName(n) = &t.server_name {
+            if let Ok(a) = http::uri::Authority::try_from(n.as_ref()) {
+                parts.authority = Some(a);
+            }
+        }
+        if let Ok(u) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
+    }
     let cap = lim.upstream_streams_per_connection.max(1);
     let pooled = POOL.with(|p| {
         let mut p = p.borrow_mut();
-        let list = p.entry(addr).or_default();
+        let list = p.entry((addr, tls.is_some())).or_default();
         list.retain(|c| !c.closed.get());
         list.iter().find(|c| c.streams.get() < cap).cloned()
     });
     let (conn, fresh) = match pooled {
         Some(c) => (c, false),
-        None => (connect(addr, lim, timeout).await?, true),
+        None => (connect(addr, tls, lim, timeout).await?, true),
     };
     conn.streams.set(conn.streams.get() + 1);
     let lease = Lease(conn.clone());
@@ -188,7 +292,11 @@ pub async fn open_stream(
 /// `grpc.health.v1.Health/Check` with an empty service name (the server as a
 /// whole), within `timeout`: `Ok` when the answer is `SERVING` with
 /// `grpc-status` 0, else why not.
-pub async fn health_check(addr: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub async fn health_check(
+    addr: SocketAddr,
+    tls: Option<&Arc<UpstreamTls>>,
+    timeout: Duration,
+) -> Result<(), String> {
     let check = async {
         let mut req = Request::new(());
         *req.method_mut() = http::Method::POST;
@@ -200,7 +308,7 @@ pub async fn health_check(addr: SocketAddr, timeout: Duration) -> Result<(), Str
         );
         h.insert("te", http::HeaderValue::from_static("trailers"));
         let lim = Limits::default();
-        let mut s = open_stream(addr, &lim, timeout, req, false)
+        let mut s = open_stream(addr, tls, &lim, timeout, req, false)
             .await
             .map_err(|e| e.message().to_owned())?;
         // One empty HealthCheckRequest: flag 0, length 0.

@@ -831,12 +831,21 @@ pub fn header_names(counted: Counted) -> [&'static str; 3] {
 /// Append the three `x-ratelimit-*` headers of `q` to a response head being
 /// written (no allocation).
 pub fn write_quota_headers(out: &mut Vec<u8>, q: &Quota) {
+    quota_headers(q, |name, value| {
+        shardgate_http::write::header(out, name, value)
+    });
+}
+
+/// Hands the three `x-ratelimit-*` headers of `q` (name, value) to `put`, for
+/// an HTTP/1.1 head ([`write_quota_headers`]) or an HTTP/2 header map.
+pub fn quota_headers(q: &Quota, mut put: impl FnMut(&'static str, &[u8])) {
     let names = header_names(q.counted);
-    shardgate_http::write::header_u64(out, names[0], u64::from(q.limit));
-    shardgate_http::write::header_u64(out, names[1], u64::from(q.remaining));
+    let mut num = itoa::Buffer::new();
+    put(names[0], num.format(q.limit).as_bytes());
+    put(names[1], num.format(q.remaining).as_bytes());
     let mut reset = [0u8; 32];
     let z = fmt_reset(q.reset_ns, &mut reset);
-    shardgate_http::write::header(out, names[2], &reset[..z]);
+    put(names[2], &reset[..z]);
 }
 
 /// Write a duration as OpenAI's reset headers do (`1s`, `6m0s`, `1h2m3s`),

@@ -12,7 +12,9 @@
 //! ([`shardgate_routing::scoring::share`]; `--prefix-share-ring`, 32,768 words
 //! each), hands the other two to the control thread once at start, publishes
 //! what it records and replays the others' records (≤ `--prefix-share-drain`
-//! 4,096 blocks) before each prefix-scored pick.
+//! 4,096 blocks) before each prefix-scored pick. The same rings carry the
+//! precise block keys each shard just sent (the "recently sent" overlay of
+//! precise routing), so every shard's overlay covers every shard's sends.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -23,7 +25,7 @@ use bytes::BytesMut;
 use monoio::time::Instant;
 use shardgate_routing::scoring::{
     share_link, Candidate, Pick, PickOutcome, PickRequest, Picker, PrefixConfig, PrefixHashes,
-    PrefixIndex, Profile, Scorer, ShardLink,
+    PrefixIndex, Profile, RecordKind, Scorer, ShardLink,
 };
 use shardgate_routing::BackendGroup;
 use shardgate_runtime::io::READ_CHUNK;
@@ -500,7 +502,13 @@ impl Shard {
         local.clear();
         if prefix.is_some() {
             if let Some(link) = self.share.borrow_mut().as_mut() {
-                link.drain_into(&mut self.prefix.borrow_mut(), now.into_std());
+                let (mut index, mut pending) =
+                    (self.prefix.borrow_mut(), self.pending.borrow_mut());
+                let at = now.into_std();
+                link.drain(|kind, ep, words| match kind {
+                    RecordKind::Prefix => index.record(ep, words, at),
+                    RecordKind::Sent => pending.record(ep, words, at),
+                });
             }
         }
         let index = self.prefix.borrow();
@@ -684,10 +692,16 @@ impl Shard {
 
     /// Remember that `ep` was sent a request with these precise keys (it holds
     /// them as soon as the server schedules it, before its events say so).
+    /// The other shards learn it through the share ring, so a burst on a
+    /// prefix that no server reports yet stays on one endpoint whichever
+    /// shard each request lands on.
     pub fn record_precise(&self, ep: usize, keys: &[u64]) {
         self.pending
             .borrow_mut()
             .record(ep, keys, std::time::Instant::now());
+        if let Some(link) = self.share.borrow_mut().as_mut() {
+            link.publish_sent(ep, keys);
+        }
     }
 
     /// What the prefix-cache scorer matches a request's prompt on, the same for

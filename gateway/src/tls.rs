@@ -301,15 +301,15 @@ impl<C: TlsSide> TlsStream<C> {
     }
 }
 
-impl TlsStream<ServerConnection> {
-    /// The protocol the client and the gateway agreed on in ALPN, if any.
+impl<C: TlsSide> TlsStream<C> {
+    /// The protocol the two sides agreed on in ALPN, if any.
     pub fn alpn(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
 
     /// The socket, the rustls connection and the ciphertext read past the
     /// handshake: for a protocol driven elsewhere (HTTP/2, [`crate::h2`]).
-    pub fn into_parts(self) -> (TcpStream, ServerConnection, BytesMut) {
+    pub fn into_parts(self) -> (TcpStream, C, BytesMut) {
         (self.sock, self.conn, self.rx)
     }
 }

@@ -678,6 +678,11 @@ impl Client {
         }
     }
 
+    /// Its TLS settings; `None` = plaintext.
+    pub fn tls(&self) -> Option<&Arc<UpstreamTls>> {
+        self.tls.as_ref()
+    }
+
     /// `GET path` within `timeout`.
     pub async fn get(&mut self, path: &str, timeout: Duration) -> Result<Reply, UpstreamError> {
         let mut req = std::mem::take(&mut self.req);

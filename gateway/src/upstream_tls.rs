@@ -12,7 +12,8 @@
 //!   Mozilla's roots compiled in (`webpki-roots`: no file on the host needed);
 //! - names: SNI is `hostname`; the certificate must be valid for `hostname`,
 //!   or, when `subjectAltNames` lists names, for one of them (tried in order);
-//! - TLS 1.3 and 1.2, ALPN `http/1.1`, session resumption on (rustls'
+//! - TLS 1.3 and 1.2, ALPN `http/1.1` (`h2` to gRPC backends, which must
+//!   choose it), session resumption on (rustls'
 //!   in-memory store: 256 servers, tickets and TLS 1.2 session ids); no client
 //!   certificate (no mTLS to backends);
 //! - a handshake failure becomes a short fixed message ([`describe`]) that
@@ -38,6 +39,9 @@ use shardgate_routing::{BackendTls, EndpointInfo};
 pub struct UpstreamTls {
     /// Shared by every connection it makes (sessions resume across them).
     pub config: Arc<ClientConfig>,
+    /// The same with ALPN `h2` only, for gRPC backends ([`crate::h2_upstream`]);
+    /// it shares the session store.
+    pub h2_config: Arc<ClientConfig>,
     /// SNI, and the name verified when no other names are listed.
     pub server_name: ServerName<'static>,
     /// Where it came from, for logs: `BackendTLSPolicy ns/name` or `remoteJWKS`.
@@ -48,6 +52,11 @@ impl UpstreamTls {
     /// A client connection for one handshake.
     pub fn connection(&self) -> Result<ClientConnection, rustls::Error> {
         ClientConnection::new(self.config.clone(), self.server_name.clone())
+    }
+
+    /// A client connection for one handshake that offers only `h2`.
+    pub fn h2_connection(&self) -> Result<ClientConnection, rustls::Error> {
+        ClientConnection::new(self.h2_config.clone(), self.server_name.clone())
     }
 
     /// Settings for `hostname`, trusting `roots`, accepting a certificate
@@ -86,8 +95,11 @@ impl UpstreamTls {
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut h2_config = config.clone();
+        h2_config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(UpstreamTls {
             config: Arc::new(config),
+            h2_config: Arc::new(h2_config),
             server_name,
             origin,
         })

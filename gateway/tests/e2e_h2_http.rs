@@ -166,3 +166,100 @@ fn batchable_requests_over_h2_are_batched_like_http1_ones() {
         "8 batchable requests made {calls} upstream calls"
     );
 }
+
+/// The value of header `name` in an HTTP/2 answer's headers.
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn token_limits_charge_answers_over_h2_and_carry_the_quota_headers() {
+    const TOKENS: u64 = 40;
+    let s = sim(&["llama"], |_| {});
+    let y = config(s.addr()) + &format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: SecurityPolicy\nmetadata:\n  name: budget\nspec:\n  targetRef:\n    kind: Gateway\n    name: gw\n  rateLimit:\n    perModel:\n      llama: {{requests: 1000, tokens: {TOKENS}, unit: hour}}\n"
+    );
+    let gw = Gateway::start(&y, &[]);
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    let json = [("content-type", "application/json")];
+    let mut charged: Vec<u64> = Vec::new();
+    let mut streamed = 0;
+    let (status, headers, chunks) = loop {
+        // Whole answers (usage in the body) and streams (usage in the last
+        // event, with include_usage), by turns.
+        let stream = charged.len() % 2 == 1;
+        let body = if stream {
+            r#"{"model":"llama","messages":[{"role":"user","content":"hi"}],"max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#
+        } else {
+            r#"{"model":"llama","messages":[{"role":"user","content":"hello there"}],"max_tokens":5}"#
+        };
+        let (status, headers, chunks) = c
+            .http("POST", "/v1/chat/completions", &json, body.as_bytes())
+            .unwrap();
+        if status != 200 {
+            break (status, headers, chunks);
+        }
+        assert!(
+            charged.len() < 50,
+            "never refused: h2 answers are not charged"
+        );
+        assert_eq!(header(&headers, "x-ratelimit-limit-tokens"), Some("40"));
+        assert_eq!(header(&headers, "x-ratelimit-limit-requests"), Some("1000"));
+        let before: u64 = charged.iter().sum();
+        let remaining: u64 = header(&headers, "x-ratelimit-remaining-tokens")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            remaining <= TOKENS.saturating_sub(before)
+                && remaining + 1 >= TOKENS.saturating_sub(before),
+            "{remaining} after {before}"
+        );
+        let text = String::from_utf8_lossy(&chunks.concat()).into_owned();
+        let usage = if stream {
+            streamed += 1;
+            let last = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .rfind(|l| l.contains("\"usage\""))
+                .unwrap_or_else(|| panic!("no usage event: {text}"));
+            serde_json::from_str::<serde_json::Value>(last).unwrap()["usage"].clone()
+        } else {
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["usage"].clone()
+        };
+        charged.push(usage["total_tokens"].as_u64().unwrap());
+    };
+    assert_eq!(status, 429, "{headers:?}");
+    assert!(streamed >= 1, "{charged:?}");
+    let total: u64 = charged.iter().sum();
+    assert!(
+        total > TOKENS && total - charged.last().unwrap() <= TOKENS,
+        "{charged:?}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&chunks.concat()).unwrap();
+    assert_eq!(v["error"]["type"], "tokens", "{v}");
+    assert_eq!(header(&headers, "x-ratelimit-remaining-tokens"), Some("0"));
+    let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
+    assert!(retry > 0, "{headers:?}");
+    // The metrics count the tokens and the streams' time to first token.
+    let counted = common::poll(std::time::Duration::from_secs(5), || {
+        let m = gw.metrics();
+        let value = |prefix: &str| {
+            m.lines()
+                .find(|l| l.starts_with(prefix))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let completion = value("gateway_completion_tokens_total{model=\"llama\"}");
+        let ttft = value("gateway_time_to_first_token_seconds_count{model=\"llama\"");
+        (completion >= 5.0 * charged.len() as f64 && ttft >= streamed as f64).then_some(())
+    });
+    assert!(
+        counted.is_some(),
+        "tokens or TTFT of answers over h2 not counted:\n{}",
+        gw.metrics()
+    );
+}

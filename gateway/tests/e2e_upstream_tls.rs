@@ -3,8 +3,8 @@
 //! (rcgen); the policy trusts that CA through a ConfigMap. Completions,
 //! streaming, keep-alive reuse of the upstream TLS connection (counted by the
 //! backend's accepted connections), telemetry scrapes, health checks and
-//! batched calls work over TLS; a
-//! certificate for another name, one from an unknown CA, a plaintext backend
+//! batched calls work over TLS, and so do gRPC calls and gRPC health checks
+//! (ALPN `h2`); a certificate for another name, one from an unknown CA, a plaintext backend
 //! under a policy and a TLS backend without a policy each fail fast with a 502
 //! that says why, and the `tls` error kind is counted.
 
@@ -352,4 +352,121 @@ fn fresh_upstream_connections_resume_the_tls_session() {
     });
     assert!(control.is_some(), "{}", gw.metrics());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// [`shardgate_testkit::grpc::grpc_config`] for `backends` (model, address,
+/// under the policy?), with the BackendTLSPolicy documents of [`yaml`] and a
+/// gRPC health check on every backend.
+fn grpc_yaml(ca_pem: &str, backends: &[(&str, SocketAddr, bool)]) -> String {
+    let routes: Vec<(&str, String, SocketAddr)> = backends
+        .iter()
+        .enumerate()
+        .map(|(i, (m, a, _))| (*m, format!("svc-{i}-0"), *a))
+        .collect();
+    let refs: Vec<(&str, &str, SocketAddr)> = routes
+        .iter()
+        .map(|(m, s, a)| (*m, s.as_str(), *a))
+        .collect();
+    // The first model's rule health-checks its backend (gRPC health, 100 ms).
+    let mut y = shardgate_testkit::grpc::grpc_config(&refs).replacen(
+        "    backendRefs:\n    - name: svc-",
+        "    filters:\n    - {type: ExtensionRef, extensionRef: {group: ai.gateway.io, kind: InferencePolicy, name: hc}}\n    backendRefs:\n    - name: svc-",
+        1,
+    );
+    y.push_str("---\napiVersion: ai.gateway.io/v1alpha1\nkind: InferencePolicy\nmetadata:\n  name: hc\n  namespace: default\nspec:\n  healthCheck:\n    interval: 100ms\n    timeout: 1s\n");
+    // The policy documents of the HTTP config, without its routes.
+    let http = yaml(ca_pem, backends);
+    let from = http.find("---\napiVersion: v1\nkind: ConfigMap").unwrap();
+    y.push('\n');
+    y.push_str(&http[from..]);
+    y
+}
+
+#[test]
+fn grpc_backends_under_a_policy_are_called_over_tls_with_alpn_h2() {
+    use shardgate_sim::grpc::{decode_message, encode_message, ModelInferRequest};
+    use shardgate_sim::grpc::{ModelInferResponse, Tensor};
+    use shardgate_testkit::grpc::GrpcClient;
+    let infer = |model: &str, payload: &[u8]| {
+        encode_message(&ModelInferRequest {
+            model_name: model.into(),
+            model_version: String::new(),
+            id: "tls-1".into(),
+            inputs: vec![Tensor {
+                name: "INPUT0".into(),
+                datatype: "BYTES".into(),
+                shape: vec![1],
+            }],
+            raw_input_contents: vec![bytes::Bytes::copy_from_slice(payload)],
+        })
+    };
+    const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+    let ca = TestCa::new();
+    let other = TestCa::new();
+    let dir = temp_dir("shardgate-grpc-tls");
+    let good = https_sim("resnet", &ca.leaf(&[HOST]), &dir, "good");
+    let stranger = https_sim("bert", &other.leaf(&[HOST]), &dir, "stranger");
+    let gw = Gateway::start(
+        &grpc_yaml(
+            &ca.pem(),
+            &[
+                ("resnet", good.addr(), true),
+                ("bert", stranger.addr(), true),
+            ],
+        ),
+        &[],
+    );
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    // Unary and streaming calls over one pooled TLS connection.
+    let before = stats(&ca, good.addr())["connections_total"]
+        .as_u64()
+        .unwrap();
+    for i in 0..5u8 {
+        let r = c.unary(INFER, &[], &infer("resnet", &[i; 4])).unwrap();
+        assert_eq!((r.http_status, r.status), (200, Some(0)), "{r:?}");
+        let out: ModelInferResponse = decode_message(&r.messages[0]).unwrap();
+        assert_eq!(&out.raw_output_contents[0][..], &[i; 4]);
+    }
+    let mut call = c
+        .open("/inference.GRPCInferenceService/ModelStreamInfer", &[])
+        .unwrap();
+    for i in 0..3u8 {
+        c.send(&mut call, &infer("resnet", &[i; 2]), i == 2)
+            .unwrap();
+        assert!(c.recv(&mut call).unwrap().is_some());
+    }
+    assert!(c.recv(&mut call).unwrap().is_none());
+    assert_eq!(call.reply.status, Some(0));
+    let s = stats(&ca, good.addr());
+    let opened = s["connections_total"].as_u64().unwrap() - before;
+    // The stats call is one; health checks and scrapes may add their own.
+    assert!(opened <= 4, "{opened} connections for 6 calls: {s}");
+    assert_eq!(s["tls_handshake_failures_total"], 0, "{s}");
+    // gRPC health checks run over TLS too: the good backend stays healthy.
+    let admin = gw.admin.unwrap();
+    let health = |i: usize| {
+        Client::connect(admin).get("/debug/endpoints").json()["endpoints"][i]["health"].clone()
+    };
+    let h = poll(Duration::from_secs(10), || {
+        let h = health(0);
+        h["probe"].is_string().then_some(h)
+    });
+    assert!(h.as_ref().is_some_and(|h| h["healthy"] == true), "{h:?}");
+    // A certificate from a CA the policy does not trust: UNAVAILABLE that
+    // says why, fast, and nothing reaches the backend's service.
+    let t0 = Instant::now();
+    let r = c.unary(INFER, &[], &infer("bert", b"x")).unwrap();
+    assert_eq!(r.status, Some(14), "{r:?}");
+    assert!(r.message.contains("unknown CA"), "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    assert_eq!(stats(&other, stranger.addr())["requests_total"], 0);
+    // Counted like an HTTP/1.1 handshake failure (shards publish their
+    // metrics every 100 ms or so).
+    assert!(
+        poll(Duration::from_secs(5), || (upstream_errors(&gw, "tls")
+            >= 1)
+            .then_some(()))
+        .is_some(),
+        "gateway_upstream_errors_total{{kind=\"tls\"}} did not count the failed handshake"
+    );
 }

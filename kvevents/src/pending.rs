@@ -7,8 +7,10 @@
 //! prefix would scatter. Each shard keeps the keys of its last
 //! [`DEFAULT_CAPACITY`] (64) routed requests for [`DEFAULT_TTL`] (3 s) and
 //! counts a match against them as held, like the approximate index does for
-//! everything it routed. Per shard, no sharing: one `VecDeque`, O(entries ×
-//! matched blocks) per candidate.
+//! everything it routed. One `VecDeque` per shard, O(entries × matched
+//! blocks) per candidate; the gateway feeds it the other shards' sends too
+//! (through the prefix share rings), so the 64 entries cover the whole
+//! gateway's last requests, about 5 s of traffic at 12 req/s.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! HTTPS for the simulated server (`--tls-cert PATH --tls-key PATH`): one
-//! rustls server configuration (ring provider, TLS 1.3 and 1.2, ALPN
-//! `http/1.1`) from a PEM certificate chain and key, so tests can put a
+//! rustls server configuration (ring provider, TLS 1.3 and 1.2, ALPN `h2`
+//! then `http/1.1`: gRPC and HTTP/1.1 on the same port) from a PEM certificate chain and key, so tests can put a
 //! backend behind a `BackendTLSPolicy`. The handshake runs on the connection's
 //! task (tokio-rustls) before hyper sees the stream; a client that fails it is
 //! dropped, counted in `/sim/stats` as `tls_handshake_failures_total`.
@@ -41,6 +41,7 @@ pub(crate) fn acceptor(config: &SimConfig) -> io::Result<Option<TlsAcceptor>> {
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| invalid(format!("--tls-cert/--tls-key: {e}")))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // h2 for gRPC clients (hyper's auto builder serves both on the stream).
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(cfg))))
 }

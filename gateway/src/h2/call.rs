@@ -43,6 +43,7 @@ use crate::grpc::status::{encode_message, of_failure, Code};
 use crate::grpc::wire::{model_name, Scan};
 use crate::metrics::RequestRecord;
 use crate::plan::{plan, Plan, RequestInfo};
+use crate::ratelimit::Admitted;
 use crate::shard::{InFlight, Shard};
 use crate::state::GatewayState;
 
@@ -130,8 +131,22 @@ pub(super) fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure) {
     let mut r = Response::new(());
     *r.status_mut() =
         http::StatusCode::from_u16(f.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    r.headers_mut()
-        .insert("content-type", HeaderValue::from_static("application/json"));
+    let h = r.headers_mut();
+    h.insert("content-type", HeaderValue::from_static("application/json"));
+    // The headers an HTTP/1.1 answer to the same failure carries.
+    if let Some(secs) = f.retry_after {
+        h.insert("retry-after", HeaderValue::from(secs));
+    }
+    if let Some(q) = &f.rate {
+        crate::ratelimit::quota_headers(q, |name, value| {
+            if let Ok(v) = HeaderValue::from_bytes(value) {
+                h.insert(name, v);
+            }
+        });
+    }
+    if let Some(v) = f.www_authenticate {
+        h.insert("www-authenticate", HeaderValue::from_static(v));
+    }
     if let Ok(mut s) = respond.send_response(r, false) {
         let _ = s.send_data(Bytes::from(f.json_body()), true);
     }
@@ -222,6 +237,7 @@ pub(crate) async fn serve(
         request_id: rid.as_deref(),
         ts_ms,
         endpoint: None,
+        answer: Answered::default(),
     };
     let grpc = crate::grpc::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes()));
     if !grpc {
@@ -313,6 +329,19 @@ pub(super) struct Record<'s> {
     pub(super) request_id: Option<&'s str>,
     pub(super) ts_ms: u64,
     pub(super) endpoint: Option<usize>,
+    /// What the answer used: `usage` token counts, body bytes sent to the
+    /// client, time to the first SSE event.
+    pub(super) answer: Answered,
+}
+
+/// The answer's figures for the metrics and the access log.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Answered {
+    pub(super) prompt_tokens: Option<u64>,
+    pub(super) completion_tokens: Option<u64>,
+    pub(super) bytes: u64,
+    pub(super) ttft: Option<Duration>,
+    pub(super) tpot: Option<Duration>,
 }
 
 pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
@@ -337,11 +366,11 @@ pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
             route: rec.route,
             endpoint: rec.endpoint.map(|ep| shard.addr(ep).to_string()),
             status: rec.status,
-            bytes: 0,
-            ttft_ms: None,
+            bytes: rec.answer.bytes,
+            ttft_ms: rec.answer.ttft.map(|d| d.as_secs_f64() * 1000.0),
             duration_ms: duration.as_secs_f64() * 1000.0,
-            prompt_tokens: None,
-            completion_tokens: None,
+            prompt_tokens: rec.answer.prompt_tokens,
+            completion_tokens: rec.answer.completion_tokens,
             outcome: if rec.status == 0 {
                 "aborted_client"
             } else {
@@ -356,10 +385,10 @@ pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
         route: rec.route,
         status: rec.status,
         duration,
-        ttft: None,
-        tpot: None,
-        prompt_tokens: None,
-        completion_tokens: None,
+        ttft: rec.answer.ttft,
+        tpot: rec.answer.tpot,
+        prompt_tokens: rec.answer.prompt_tokens,
+        completion_tokens: rec.answer.completion_tokens,
     });
 }
 
@@ -391,8 +420,8 @@ async fn execute(
         Plan::Models => return reject(respond, &Failure::no_route("POST", req.path)),
         Plan::Forward(t) | Plan::Batch { target: t, .. } => t,
     };
-    let _permit = match admit(shard, state, decision, target, req.headers, req.peer).await {
-        Ok(p) => p,
+    let admission = match admit(shard, state, decision, target, req.headers, req.peer).await {
+        Ok(a) => a,
         Err(f) => return reject(respond, &f),
     };
     let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
@@ -448,8 +477,10 @@ async fn execute(
         guard.set_endpoint(ep);
         attempts.picked(ep);
         let addr = shard.addr(ep);
+        let tls = state.upstream_tls.get(ep).and_then(Option::as_ref);
         let opened = crate::h2_upstream::open_stream(
             addr,
+            tls,
             &settings.h2,
             settings.connect_timeout,
             upstream_request(&req, model, deadline),
@@ -466,7 +497,8 @@ async fn execute(
                 let Some(stream) = stream else {
                     return 502;
                 };
-                return relay(shard, stream, req, body, respond, deadline).await;
+                let with = (&admission, state);
+                return relay(shard, stream, req, body, respond, deadline, with).await;
             }
             Action::RetryFresh | Action::PickAgain => {}
             Action::Respond(f) => return reject(respond, &f),
@@ -486,7 +518,7 @@ pub(super) async fn admit(
     target: &crate::plan::Target<'_>,
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<Option<crate::admit::Permit>, Failure> {
+) -> Result<Admission, Failure> {
     let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
     let jwt = decision.security.and_then(|k| state.auth.policy(k));
     let verified = match jwt.map(|p| {
@@ -509,13 +541,17 @@ pub(super) async fn admit(
     };
     let subject = verified.as_ref().and_then(|v| v.subject.as_deref());
     let model = decision.named_model();
+    let mut admitted = Admitted::default();
     if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
-        if let Err(f) = rate_limit(state, limiter, policy, headers, peer, model, subject).await {
-            shard.metrics.borrow_mut().rate_limited(model);
-            return Err(f);
+        match rate_limit(state, limiter, policy, headers, peer, model, subject).await {
+            Ok(a) => admitted = a,
+            Err(f) => {
+                shard.metrics.borrow_mut().rate_limited(model);
+                return Err(f);
+            }
         }
     }
-    match &shard.admission() {
+    let permit = match &shard.admission() {
         Some(adm) => {
             let key = shard
                 .metrics
@@ -525,10 +561,70 @@ pub(super) async fn admit(
             adm.acquire(target.priority, counted)
                 .await
                 .map(Some)
-                .map_err(|r| r.failure())
+                .map_err(|r| r.failure())?
         }
-        None => Ok(None),
+        None => None,
+    };
+    Ok(Admission {
+        _permit: permit,
+        admitted,
+    })
+}
+
+/// What [`admit`] let through: the concurrency permit (held while the
+/// request lives) and the rate limits' quotas and token charge.
+pub(super) struct Admission {
+    /// `maxConcurrentInferences`' permit, if the gateway has a budget (held,
+    /// never read: dropping it frees the slot).
+    pub _permit: Option<crate::admit::Permit>,
+    /// The quotas for the success headers, and the token charge to make once
+    /// the answer is out.
+    pub admitted: Admitted,
+}
+
+impl Admission {
+    /// Adds the `x-ratelimit-*` headers of the admitted quotas to `h`.
+    pub fn quota_headers(&self, h: &mut HeaderMap) {
+        let a = &self.admitted;
+        for q in [a.requests, a.tokens].into_iter().flatten() {
+            crate::ratelimit::quota_headers(&q, |name, value| {
+                if let Ok(v) = HeaderValue::from_bytes(value) {
+                    h.insert(name, v);
+                }
+            });
+        }
     }
+
+    /// Charges the tokens of a finished 2xx answer to the token limit, if
+    /// one applies ([`crate::ratelimit::tokens_used`]: the answer's `usage`,
+    /// else estimates from the bytes and SSE events).
+    pub fn charge(&self, state: &GatewayState, status: u16, usage: &Usage) {
+        let (Some(c), Some(limiter)) = (self.admitted.charge, &state.rate_limiter) else {
+            return;
+        };
+        if !(200..300).contains(&status) {
+            return;
+        }
+        let n = crate::ratelimit::tokens_used(
+            usage.scanner.prompt_tokens,
+            usage.scanner.completion_tokens,
+            usage.request_bytes,
+            usage.scanner.events,
+            usage.response_bytes,
+        );
+        limiter.charge_tokens(c.key, &c.limit, n, limiter.now());
+    }
+}
+
+/// What an HTTP/2 answer used, for the token charge, the metrics and the log.
+#[derive(Default)]
+pub(super) struct Usage {
+    /// `usage` counts and SSE events found in the answer's body.
+    pub scanner: crate::metrics::UsageScanner,
+    /// The request body's bytes.
+    pub request_bytes: u64,
+    /// The answer body's bytes.
+    pub response_bytes: u64,
 }
 
 /// The upstream request: the client's headers less hop-by-hop ones, the
@@ -570,7 +666,7 @@ async fn rate_limit(
     peer: SocketAddr,
     model: Option<&str>,
     subject: Option<&str>,
-) -> Result<(), Failure> {
+) -> Result<Admitted, Failure> {
     use crate::ratelimit::{check_request, Outcome, RequestKey};
     let key = RequestKey {
         policy: Some(policy),
@@ -601,7 +697,8 @@ async fn rate_limit(
             gave_up,
         );
         return match out {
-            None | Some(Outcome::Allowed(_)) => Ok(()),
+            None => Ok(Admitted::default()),
+            Some(Outcome::Allowed(a)) => Ok(a),
             Some(Outcome::Limited {
                 quota,
                 retry_after_ns,
@@ -659,11 +756,13 @@ async fn pump_request(
     body: &mut RecvStream,
     up: &mut SendStream<Bytes>,
     wait: Duration,
+    sent: &Cell<u64>,
 ) -> Result<(), &'static str> {
     let first_len = first.len();
     if !first.is_empty() || ended {
         send_all(up, first, ended, wait).await?;
         let _ = body.flow_control().release_capacity(first_len);
+        sent.set(sent.get() + first_len as u64);
     }
     if ended {
         return Ok(());
@@ -673,6 +772,7 @@ async fn pump_request(
             Some(Ok(d)) => {
                 let n = d.len();
                 send_all(up, d, false, wait).await?;
+                sent.set(sent.get() + n as u64);
                 let _ = body.flow_control().release_capacity(n);
             }
             Some(Err(_)) => return Err("client_reset"),
@@ -715,12 +815,14 @@ async fn pump_response(
     up_body: &mut RecvStream,
     down: &mut SendStream<Bytes>,
     wait: Duration,
+    sent: &Cell<u64>,
 ) -> Result<Option<HeaderValue>, &'static str> {
     loop {
         match up_body.data().await {
             Some(Ok(d)) => {
                 let n = d.len();
                 send_all(down, d, false, wait).await?;
+                sent.set(sent.get() + n as u64);
                 let _ = up_body.flow_control().release_capacity(n);
             }
             Some(Err(_)) => {
@@ -757,6 +859,44 @@ async fn relay(
     body: &mut RecvStream,
     respond: &mut SendResponse<Bytes>,
     deadline: Instant,
+    (admission, state): (&Admission, &GatewayState),
+) -> u16 {
+    let up_bytes = Cell::new(0u64);
+    let down_bytes = Cell::new(0u64);
+    let status = relay_call(
+        shard,
+        stream,
+        req,
+        body,
+        respond,
+        deadline,
+        admission,
+        &up_bytes,
+        &down_bytes,
+    )
+    .await;
+    // A token limit is charged estimates from the messages' bytes (a gRPC
+    // answer carries no OpenAI `usage`), as an HTTP/1.1 KServe call is.
+    let usage = Usage {
+        request_bytes: up_bytes.get(),
+        response_bytes: down_bytes.get(),
+        ..Usage::default()
+    };
+    admission.charge(state, status, &usage);
+    status
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay_call(
+    shard: &Shard,
+    stream: crate::h2_upstream::UpstreamStream,
+    req: Exec<'_>,
+    body: &mut RecvStream,
+    respond: &mut SendResponse<Bytes>,
+    deadline: Instant,
+    admission: &Admission,
+    up_bytes: &Cell<u64>,
+    down_bytes: &Cell<u64>,
 ) -> u16 {
     let crate::h2_upstream::UpstreamStream {
         mut send,
@@ -765,7 +905,14 @@ async fn relay(
     } = stream;
     let wait = shard.settings.send_timeout;
     let mut req_done = req.ended && req.first.is_empty();
-    let up_req = pump_request(req.first.clone(), req.ended, body, &mut send, wait);
+    let up_req = pump_request(
+        req.first.clone(),
+        req.ended,
+        body,
+        &mut send,
+        wait,
+        up_bytes,
+    );
     let mut up_req = std::pin::pin!(up_req);
     let answer = async {
         monoio::time::timeout_at(deadline, response)
@@ -804,6 +951,7 @@ async fn relay(
             head.headers_mut().append(k.clone(), v.clone());
         }
     }
+    admission.quota_headers(head.headers_mut());
     let end = up_body.is_end_stream();
     let status = recorded_status(parts.headers.get("grpc-status"), parts.status.as_u16());
     let Ok(mut down) = respond.send_response(head, end) else {
@@ -815,8 +963,8 @@ async fn relay(
     // The answer's body and trailers, while the request body keeps going up
     // (bidirectional streaming); the deadline ends it with DEADLINE_EXCEEDED.
     let down_pump = async {
-        match monoio::time::timeout_at(deadline, pump_response(&mut up_body, &mut down, wait)).await
-        {
+        let pump = pump_response(&mut up_body, &mut down, wait, down_bytes);
+        match monoio::time::timeout_at(deadline, pump).await {
             Ok(r) => r,
             Err(_) => {
                 let _ = down.send_trailers(status_trailers(

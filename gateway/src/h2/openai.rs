@@ -34,7 +34,9 @@ use monoio::time::Instant;
 use shardgate_http::{split_request_head, BodyDecoder, Framing};
 use shardgate_routing::scoring::PickRequest;
 
-use super::call::{admit, answer_json, record, send_all, Record, Served, HOP_BY_HOP};
+use super::call::{
+    admit, answer_json, record, send_all, Admission, Answered, Record, Served, Usage, HOP_BY_HOP,
+};
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::{Failure, Side};
 use crate::plan::{plan, Plan, RequestInfo};
@@ -158,6 +160,7 @@ pub(super) async fn serve(
         request_id: rid.as_deref(),
         ts_ms: crate::access_log::now_ms(),
         endpoint: None,
+        answer: Answered::default(),
     };
     let settings = &shard.settings;
     // The body's memory is charged to the shard's body budget while the
@@ -241,8 +244,8 @@ pub(super) async fn serve(
         }
         Plan::Forward(t) | Plan::Batch { target: t, .. } => t,
     };
-    let _permit = match admit(shard, state, &decision, target, &parts.headers, peer).await {
-        Ok(p) => p,
+    let admission = match admit(shard, state, &decision, target, &parts.headers, peer).await {
+        Ok(a) => a,
         Err(f) => {
             answer_json(&mut respond, &f);
             rec.status = f.status;
@@ -293,23 +296,45 @@ pub(super) async fn serve(
         crate::proxy::rewrite_model(&body, to)
     });
     let body = rewritten.as_ref().unwrap_or(&body);
-    rec.status = forward(
+    let mut usage = Usage {
+        request_bytes: body.len() as u64,
+        ..Usage::default()
+    };
+    let to = Upstream {
+        target,
+        admission: &admission,
+        started,
+    };
+    let (status, answer) = forward(
         shard,
         state,
         &head,
         body,
         decision.named_model(),
-        target,
+        &to,
         peer,
         guard,
         &mut respond,
+        &mut usage,
     )
     .await;
+    admission.charge(state, status, &usage);
+    rec.status = status;
+    rec.answer = answer;
     rec.endpoint = guard.endpoint;
     record(shard, &rec, started);
 }
 
-/// Pick, send over HTTP/1.1, relay the answer; returns the status to record.
+/// Where a request goes and what it was admitted with.
+struct Upstream<'a> {
+    target: &'a crate::plan::Target<'a>,
+    admission: &'a Admission,
+    /// When the request began (time to first token counts from here).
+    started: Instant,
+}
+
+/// Pick, send over HTTP/1.1, relay the answer; returns the status to record
+/// and what the answer used (its `usage` is also fed to `usage`).
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shard: &Rc<Shard>,
@@ -317,11 +342,14 @@ async fn forward(
     head: &shardgate_http::RequestHead,
     body: &Bytes,
     model: Option<&str>,
-    target: &crate::plan::Target<'_>,
+    to: &Upstream<'_>,
     peer: SocketAddr,
     guard: &mut Served,
     respond: &mut SendResponse<Bytes>,
-) -> u16 {
+    usage: &mut Usage,
+) -> (u16, Answered) {
+    let target = to.target;
+    let mut answered = Answered::default();
     let settings = &shard.settings;
     let route = &target.route;
     // Timeouts from the state's InferenceConfig (a reload may change them).
@@ -399,9 +427,15 @@ async fn forward(
                         break Some(502);
                     };
                     shard.record_prompt(ep, hashes.as_deref(), precise_keys.as_deref());
-                    break Some(
-                        relay(shard, resp, conn, ep, (deadline, lim.idle_timeout), respond).await,
-                    );
+                    let answer = Answer {
+                        resp,
+                        conn,
+                        ep,
+                        deadline,
+                        idle: lim.idle_timeout,
+                    };
+                    let status = relay(shard, answer, to, respond, usage, &mut answered).await;
+                    break Some(status);
                 }
                 Action::RetryFresh => {}
                 Action::PickAgain => break None,
@@ -417,19 +451,58 @@ async fn forward(
         }
     };
     shard.give_out_buf(reqbuf);
+    (status, answered)
+}
+
+/// An upstream HTTP/1.1 answer whose head has been read.
+struct Answer {
+    resp: shardgate_http::ResponseHead,
+    conn: crate::upstream::UpstreamConn,
+    ep: usize,
+    deadline: Instant,
+    idle: std::time::Duration,
+}
+
+/// The HTTP/1.1 answer as an HTTP/2 response, streamed; its body is scanned
+/// for `usage` and SSE events (`usage`), and `answered` gets the bytes sent,
+/// the token counts and, for an event stream, the time to the first event
+/// and per output token.
+async fn relay(
+    shard: &Shard,
+    answer: Answer,
+    to: &Upstream<'_>,
+    respond: &mut SendResponse<Bytes>,
+    usage: &mut Usage,
+    answered: &mut Answered,
+) -> u16 {
+    let status = relay_body(shard, answer, to, respond, usage, answered).await;
+    let scan = &usage.scanner;
+    answered.prompt_tokens = scan.prompt_tokens;
+    answered.completion_tokens = scan.completion_tokens;
+    answered.bytes = usage.response_bytes;
     status
 }
 
-/// The HTTP/1.1 answer as an HTTP/2 response, streamed.
-async fn relay(
+async fn relay_body(
     shard: &Shard,
-    resp: shardgate_http::ResponseHead,
-    mut conn: crate::upstream::UpstreamConn,
-    ep: usize,
-    (deadline, idle): (Instant, std::time::Duration),
+    answer: Answer,
+    to: &Upstream<'_>,
     respond: &mut SendResponse<Bytes>,
+    usage: &mut Usage,
+    answered: &mut Answered,
 ) -> u16 {
+    let Answer {
+        resp,
+        mut conn,
+        ep,
+        deadline,
+        idle,
+    } = answer;
     let status = resp.status();
+    let sse = resp
+        .header("content-type")
+        .is_some_and(|v| v.starts_with(b"text/event-stream"));
+    let mut first_event: Option<Instant> = None;
     let framing = resp.framing();
     let mut head = Response::new(());
     *head.status_mut() =
@@ -453,6 +526,7 @@ async fn relay(
         head.headers_mut()
             .insert("content-length", HeaderValue::from(n));
     }
+    to.admission.quota_headers(head.headers_mut());
     let end = framing == Framing::None;
     let Ok(mut down) = respond.send_response(head, end) else {
         return 0;
@@ -474,6 +548,19 @@ async fn relay(
             };
             if let Some(r) = d.data.clone() {
                 let piece = Bytes::copy_from_slice(&conn.buf[r]);
+                usage.scanner.feed(&piece);
+                usage.response_bytes += piece.len() as u64;
+                if sse && usage.scanner.events > 0 {
+                    let now = Instant::now();
+                    let first = *first_event.get_or_insert_with(|| {
+                        answered.ttft = Some(now.saturating_duration_since(to.started));
+                        now
+                    });
+                    if usage.scanner.events > 1 {
+                        answered.tpot =
+                            Some(now.saturating_duration_since(first) / (usage.scanner.events - 1));
+                    }
+                }
                 if send_all(&mut down, piece, false, wait).await.is_err() {
                     // The client went away or stalled: closing the upstream
                     // connection (dropped here) cancels the request.

@@ -1,7 +1,9 @@
-//! HTTP/2 over TLS: the rustls server connection of a completed handshake
-//! (ALPN `h2`, negotiated by [`crate::tls`] on the shard's own I/O) as a
-//! tokio `AsyncRead + AsyncWrite` for the `h2` crate, over the socket's
-//! `monoio-compat` wrapper. Ciphertext goes through one 8 KiB stack buffer per
+//! HTTP/2 over TLS: the rustls connection of a completed handshake (ALPN
+//! `h2`, negotiated by [`crate::tls`] on the shard's own I/O) as a tokio
+//! `AsyncRead + AsyncWrite` for the `h2` crate, over the socket's
+//! `monoio-compat` wrapper: a client's connection to an `HTTPS` listener, or
+//! the gateway's own to a gRPC backend behind a `BackendTLSPolicy`
+//! ([`crate::h2_upstream`]). Ciphertext goes through one 8 KiB stack buffer per
 //! read; rustls holds at most its buffer limit (64 KiB) of unsent records, so
 //! a client that does not read holds back writes instead of growing memory.
 
@@ -15,9 +17,11 @@ use monoio_compat::StreamWrapper;
 use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// A TLS server connection driven through poll functions.
-pub struct TlsIo {
-    conn: ServerConnection,
+use crate::tls::TlsSide;
+
+/// A TLS connection (server side by default) driven through poll functions.
+pub struct TlsIo<C: TlsSide = ServerConnection> {
+    conn: C,
     io: StreamWrapper<TcpStream>,
     /// Ciphertext read, not yet taken by rustls.
     pending: BytesMut,
@@ -45,10 +49,10 @@ impl Write for SocketWriter<'_, '_> {
     }
 }
 
-impl TlsIo {
+impl<C: TlsSide> TlsIo<C> {
     /// The connection after its handshake: `sock` its socket, `rx` ciphertext
     /// read past the handshake.
-    pub fn new(sock: TcpStream, mut conn: ServerConnection, rx: BytesMut, buffer: usize) -> Self {
+    pub fn new(sock: TcpStream, mut conn: C, rx: BytesMut, buffer: usize) -> Self {
         conn.set_buffer_limit(Some(64 * 1024));
         TlsIo {
             conn,
@@ -90,7 +94,7 @@ impl TlsIo {
     }
 }
 
-impl AsyncRead for TlsIo {
+impl<C: TlsSide + Unpin> AsyncRead for TlsIo<C> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -138,7 +142,7 @@ impl AsyncRead for TlsIo {
     }
 }
 
-impl AsyncWrite for TlsIo {
+impl<C: TlsSide + Unpin> AsyncWrite for TlsIo<C> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -48,5 +48,7 @@ pub use profile::{
     PickerKind, Profile, ProfileKind, Saturation, Scorer, ScorerSet, UnknownProfile, Weights,
     DEFAULT_QUEUE_SCALE, GATEWAY_QUEUE_SCALE, LATENCY_TIE_BAND, SCORERS,
 };
-pub use share::{link as share_link, HubLink, ShardLink, ShareConfig, ShareHub, ShareStats};
+pub use share::{
+    link as share_link, HubLink, RecordKind, ShardLink, ShareConfig, ShareHub, ShareStats,
+};
 pub use snapshot::{EndpointInput, EndpointView, ScoringSnapshot, ServedAdapter, ServedModels};

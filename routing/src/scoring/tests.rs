@@ -1454,6 +1454,39 @@ fn sharing_fans_out_to_every_other_shard() {
 }
 
 #[test]
+fn sent_keys_travel_with_their_kind_and_drain_into_skips_them() {
+    let t0 = Instant::now();
+    let (mut hub, mut sh) = shards(3, ShareConfig::default());
+    let h = sh[0].index.hash("m", &vec![b'p'; 64 * 12]);
+    // Precise keys are the server's block hashes: any u64, high bits set too.
+    let keys: Vec<u64> = (0..300u64).map(|i| u64::MAX - i).collect();
+    assert!(sh[0].link.publish_sent(3, &keys));
+    sh[0].route(1, &h, t0);
+    assert!(
+        sh[0].link.publish_sent(2, &[]),
+        "nothing to send is not a drop"
+    );
+    assert_eq!(hub.pump(), 2);
+    let mut got = Vec::new();
+    assert_eq!(
+        sh[1]
+            .link
+            .drain(|kind, ep, words| got.push((kind, ep, words.to_vec()))),
+        2
+    );
+    // In order; a long key list is cut at 256 (4,096 tokens).
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].0, got[0].1), (RecordKind::Sent, 3));
+    assert_eq!(got[0].2.as_slice(), &keys[..256]);
+    assert_eq!((got[1].0, got[1].1), (RecordKind::Prefix, 1));
+    assert_eq!(got[1].2.as_slice(), h.as_slice());
+    // The approximate index never takes a Sent record for a prefix record.
+    assert_eq!(sh[2].drain(t0), 2);
+    assert_eq!(sh[2].index.match_len(1, h.as_slice()), 12);
+    assert_eq!(sh[2].index.match_len(3, h.as_slice()), 0);
+}
+
+#[test]
 fn full_rings_drop_and_count_and_drains_are_bounded() {
     let t0 = Instant::now();
     // The smallest ring holds one full record (257 words).
