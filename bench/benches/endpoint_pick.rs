@@ -83,6 +83,7 @@ fn setup(n: usize) -> Setup {
         .map(|endpoint| Candidate {
             endpoint,
             prefix_blocks: rng.u32(0..=PREFIX_BLOCKS),
+            held_blocks: 0,
         })
         .collect();
     let local = (0..n).map(|_| rng.u32(0..4)).collect();

@@ -150,6 +150,7 @@ impl EndpointsView {
             .map(|endpoint| Candidate {
                 endpoint,
                 prefix_blocks: 0,
+                held_blocks: 0,
             })
             .collect();
         let zeros = vec![0u32; cands.len()];

@@ -516,20 +516,23 @@ impl Shard {
             .filter(|k| !k.is_empty())
             .map(|k| (k, self.control.precise.snapshot.load()));
         let approx = |ep: usize| prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32);
+        let approx_held = |ep: usize| u32::try_from(index.len(ep)).unwrap_or(u32::MAX);
         let mut any_held = false;
         for &ep in group.endpoints.iter().filter(|ep| usable(ep)) {
-            let prefix_blocks = match (&exact, prefix) {
+            let (prefix_blocks, held_blocks) = match (&exact, prefix) {
                 (Some((keys, snap)), Some(h)) if snap.is_live(ep) => {
                     let sent = self.pending.borrow().match_len(ep, keys, now.into_std());
                     let held = snap.match_len(ep, keys).max(sent);
                     any_held |= held > 0;
-                    precise_blocks(held, keys.len(), h.prompt_blocks())
+                    let all = u32::try_from(snap.held(ep)).unwrap_or(u32::MAX);
+                    (precise_blocks(held, keys.len(), h.prompt_blocks()), all)
                 }
-                _ => approx(ep),
+                _ => (approx(ep), approx_held(ep)),
             };
             cands.push(Candidate {
                 endpoint: ep,
                 prefix_blocks,
+                held_blocks,
             });
             local.push(self.report().map_or(0, |r| r.in_flight(ep)));
         }
@@ -540,6 +543,7 @@ impl Shard {
             // sends it.
             for c in cands.iter_mut() {
                 c.prefix_blocks = approx(c.endpoint);
+                c.held_blocks = approx_held(c.endpoint);
             }
         }
         drop(index);

@@ -203,6 +203,13 @@ impl PreciseSnapshot {
         self.endpoints.iter().flatten().any(|e| e.live)
     }
 
+    /// The blocks endpoint `ep` holds (0 when it is not live).
+    pub fn held(&self, ep: usize) -> usize {
+        self.endpoint(ep)
+            .filter(|e| e.live)
+            .map_or(0, |e| e.blocks.len())
+    }
+
     /// The longest run of leading `keys` endpoint `ep` holds (0 when it is not
     /// live): one set lookup per matched block.
     pub fn match_len(&self, ep: usize, keys: &[BlockKey]) -> usize {

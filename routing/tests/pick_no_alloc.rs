@@ -92,6 +92,7 @@ fn picking_does_not_allocate() {
             *c = Candidate {
                 endpoint: i,
                 prefix_blocks: index.match_len(i, hashes.as_slice()) as u32,
+                held_blocks: 0,
             };
         }
         let req = PickRequest {

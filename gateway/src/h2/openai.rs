@@ -435,6 +435,9 @@ async fn forward(
                         idle: lim.idle_timeout,
                     };
                     let status = relay(shard, answer, to, respond, usage, &mut answered).await;
+                    answered.prompt_tokens = usage.scanner.prompt_tokens;
+                    answered.completion_tokens = usage.scanner.completion_tokens;
+                    answered.bytes = usage.response_bytes;
                     break Some(status);
                 }
                 Action::RetryFresh => {}
@@ -464,26 +467,10 @@ struct Answer {
 }
 
 /// The HTTP/1.1 answer as an HTTP/2 response, streamed; its body is scanned
-/// for `usage` and SSE events (`usage`), and `answered` gets the bytes sent,
-/// the token counts and, for an event stream, the time to the first event
-/// and per output token.
+/// for `usage` and SSE events (`usage`: token counts, bytes sent), and
+/// `answered` gets, for an event stream, the time to the first event and per
+/// output token.
 async fn relay(
-    shard: &Shard,
-    answer: Answer,
-    to: &Upstream<'_>,
-    respond: &mut SendResponse<Bytes>,
-    usage: &mut Usage,
-    answered: &mut Answered,
-) -> u16 {
-    let status = relay_body(shard, answer, to, respond, usage, answered).await;
-    let scan = &usage.scanner;
-    answered.prompt_tokens = scan.prompt_tokens;
-    answered.completion_tokens = scan.completion_tokens;
-    answered.bytes = usage.response_bytes;
-    status
-}
-
-async fn relay_body(
     shard: &Shard,
     answer: Answer,
     to: &Upstream<'_>,

@@ -41,7 +41,7 @@ mod tests;
 pub use affinity::{session_hash, AffinityConfig, Session, SessionRing};
 pub use pick::{
     is_saturated, lora_score, pick_with, Candidate, CandidateStatus, Decision, Pick, PickOutcome,
-    PickRequest, Picker, ScoreBreakdown,
+    PickRequest, Picker, ScoreBreakdown, NEW_PREFIX_BAND,
 };
 pub use prefix::{PrefixConfig, PrefixHashes, PrefixIndex};
 pub use profile::{

@@ -40,6 +40,7 @@ fn cands(ids: &[usize]) -> Vec<Candidate> {
         .map(|&endpoint| Candidate {
             endpoint,
             prefix_blocks: 0,
+            held_blocks: 0,
         })
         .collect()
 }
@@ -226,14 +227,17 @@ fn prefix_scorer() {
         Candidate {
             endpoint: 0,
             prefix_blocks: 0,
+            held_blocks: 0,
         },
         Candidate {
             endpoint: 1,
             prefix_blocks: 30,
+            held_blocks: 0,
         },
         Candidate {
             endpoint: 2,
             prefix_blocks: 99,
+            held_blocks: 0,
         },
     ];
     let req = PickRequest {
@@ -1224,6 +1228,7 @@ fn hit(id: usize, matched: u32) -> Candidate {
     Candidate {
         endpoint: id,
         prefix_blocks: matched,
+        held_blocks: 0,
     }
 }
 
@@ -1622,7 +1627,7 @@ proptest! {
         let n = views.len();
         let s = snap(t0, views);
         let c: Vec<Candidate> = (0..n)
-            .map(|i| Candidate { endpoint: i, prefix_blocks: prefix[i] })
+            .map(|i| Candidate { endpoint: i, prefix_blocks: prefix[i], held_blocks: 0 })
             .collect();
         let p = Profile::from_name(PROFILES[profile], None).unwrap();
         let req = PickRequest { prefix_total_blocks: total, ..PickRequest::default() };
@@ -1808,10 +1813,12 @@ fn locality_prefers_the_local_endpoint_until_it_is_saturated() {
         Candidate {
             endpoint: 0,
             prefix_blocks: 0,
+            held_blocks: 0,
         },
         Candidate {
             endpoint: 1,
             prefix_blocks: 0,
+            held_blocks: 0,
         },
     ];
     let req = PickRequest::default();
@@ -2230,5 +2237,65 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn a_new_prefix_goes_to_the_least_cached_of_the_near_best() {
+    let t0 = Instant::now();
+    let mut p = Profile::from_name("prefix-cache-aware", None).unwrap();
+    p.queue_scale = GATEWAY_QUEUE_SCALE;
+    // KV usage 0.10 / 0.12 / 0.11 / 0.60: the first three are within the band
+    // (2 % KV usage ≈ 0.005 of the total), the fourth is not.
+    let s = snap(
+        t0,
+        vec![
+            load(0, t0, 0.0, 0.10),
+            load(1, t0, 0.0, 0.12),
+            load(2, t0, 0.0, 0.11),
+            load(3, t0, 0.0, 0.60),
+        ],
+    );
+    let held = [900, 300, 600, 0];
+    let c: Vec<Candidate> = (0..4)
+        .map(|i| Candidate {
+            endpoint: i,
+            prefix_blocks: 0,
+            held_blocks: held[i],
+        })
+        .collect();
+    let req = prefix_req(100);
+    for seed in 0..20 {
+        // Not the best score (0), not the emptiest cache (3, far worse load):
+        // the least cached of the near-best.
+        let o = Picker::new(seed).pick(&p, &s, &req, &c, &[], t0);
+        assert_eq!(picked(o), 1, "seed {seed}");
+    }
+    // A prompt some candidate holds is scored as before: affinity wins.
+    let mut c2 = c.clone();
+    c2[2].prefix_blocks = 90;
+    for seed in 0..20 {
+        let o = Picker::new(seed).pick(&p, &s, &req, &c2, &[], t0);
+        assert_eq!(picked(o), 2, "seed {seed}");
+    }
+    // Without a prefix to score (no whole block), the plain best score wins.
+    for seed in 0..20 {
+        let o = Picker::new(seed).pick(&p, &s, &PickRequest::default(), &c, &[], t0);
+        assert_eq!(picked(o), 0, "seed {seed}");
+    }
+    // Beyond the band the load decides: one request of queue more on the
+    // least cached is still within it, three are not.
+    for (waiting, want) in [(1.0, 1), (3.0, 2)] {
+        let s = snap(
+            t0,
+            vec![
+                load(0, t0, 0.0, 0.10),
+                load(1, t0, waiting, 0.12),
+                load(2, t0, 0.0, 0.11),
+                load(3, t0, 0.0, 0.60),
+            ],
+        );
+        let o = Picker::new(1).pick(&p, &s, &req, &c, &[], t0);
+        assert_eq!(picked(o), want, "waiting {waiting}");
     }
 }
