@@ -147,32 +147,31 @@ pub(crate) async fn serve_connection<S: ClientStream>(
         rbuf: BytesMut::new(),
         out: Vec::new(),
     };
-    // The request future (several KiB) is boxed, so an idle connection's task stays
-    // small, and the box is reused from one request to the next, so a busy
-    // keep-alive connection allocates it once; it is freed when the connection idles.
+    // The hot phase's future (≈ 9 KiB: the whole request lifecycle) is boxed,
+    // so an idle connection's task stays small. It lives as long as the
+    // connection keeps sending within `HOT_WAIT`: a busy keep-alive connection
+    // allocates it once and runs every request inside it, where a box per
+    // request (re-armed with each request's future) copied the 9 KiB state
+    // machine per request. It is freed when the connection idles.
     if io.client.sock.buffered() {
         // Bytes came with the end of a TLS handshake: read them at once (no
         // readiness would announce them).
         io.rbuf = shard.take_read_buf();
     }
-    let mut slot = None;
+    let mut idle_left = shard.settings.client_idle_timeout;
     loop {
-        let head = match read_head(&shard, &mut io, &mut slot).await {
-            Ok(Some(h)) => h,
-            Ok(None) => break,
-            Err(f) => {
-                respond_failure(&mut io.client, &mut io.out, &f, None).await;
+        if io.rbuf.capacity() == 0 {
+            if !wait_idle(&shard, &io, idle_left).await {
                 break;
             }
-        };
-        io.out = shard.take_out_buf();
-        let fut = handle_request(shard.clone(), io, head, peer, port);
-        let (keep, back) = reuse_box(&mut slot, fut).await;
+            io.rbuf = shard.take_read_buf();
+        }
+        let (back, went_idle) = Box::pin(hot_phase(shard.clone(), io, peer, port)).await;
         io = back;
-        shard.give_out_buf(std::mem::take(&mut io.out));
-        if !keep || io.client.failed.is_some() || shard.shutdown.is_draining() {
+        if !went_idle {
             break;
         }
+        idle_left = shard.settings.client_idle_timeout.saturating_sub(HOT_WAIT);
     }
     shard.give_read_buf(std::mem::take(&mut io.rbuf));
     if io.client.failed.is_none() {
@@ -180,32 +179,66 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     }
 }
 
-/// Put `fut` in `slot`'s box, reusing the allocation when there is one (the future
-/// type is the same for every request of a connection, so the layout matches).
-fn reuse_box<F: std::future::Future>(
-    slot: &mut Option<std::pin::Pin<Box<F>>>,
-    fut: F,
-) -> &mut std::pin::Pin<Box<F>> {
-    match slot {
-        Some(b) => b.set(fut),
-        None => *slot = Some(Box::pin(fut)),
+/// Serve requests while the connection stays busy. Returns the connection and
+/// whether it went idle (no byte within [`HOT_WAIT`] between requests; its
+/// read buffer is then given back) rather than closed.
+async fn hot_phase<S: ClientStream>(
+    shard: Rc<Shard>,
+    mut io: ConnIo<S>,
+    peer: SocketAddr,
+    port: u16,
+) -> (ConnIo<S>, bool) {
+    loop {
+        let mut went_idle = false;
+        let head = match read_head(&shard, &mut io, &mut went_idle).await {
+            Ok(Some(h)) => h,
+            Ok(None) => return (io, went_idle),
+            Err(f) => {
+                respond_failure(&mut io.client, &mut io.out, &f, None).await;
+                return (io, false);
+            }
+        };
+        io.out = shard.take_out_buf();
+        let (keep, back) = handle_request(shard.clone(), io, head, peer, port).await;
+        io = back;
+        shard.give_out_buf(std::mem::take(&mut io.out));
+        if !keep || io.client.failed.is_some() || shard.shutdown.is_draining() {
+            return (io, false);
+        }
     }
-    slot.as_mut().expect("the slot was just filled")
 }
 
-/// How long a kept-alive client connection keeps its read buffer (and request
-/// box) while waiting for its next request: 50 ms. A busy connection reads
+/// Wait up to `idle_left` for the idle connection to become readable, without
+/// a buffer, as one of the shard's idle connections (the first to close when
+/// room is needed). False: close it.
+async fn wait_idle<S: ClientStream>(shard: &Shard, io: &ConnIo<S>, idle_left: Duration) -> bool {
+    let idle = shard.conns.idle.enter();
+    let client = &io.client.sock;
+    let ready = monoio::select! {
+        r = monoio::time::timeout(idle_left, client.tcp().readable(false)) => matches!(r, Ok(Ok(()))),
+        _ = idle.closed() => {
+            shard.metrics.borrow_mut().connections_closed_idle += 1;
+            false
+        }
+    };
+    drop(idle);
+    ready
+}
+
+/// How long a kept-alive client connection keeps its read buffer (and its
+/// boxed hot phase) while waiting for its next request: 50 ms. A busy connection reads
 /// directly into its buffer (one operation per read); past this it gives them back
 /// and waits for readability without a buffer, so 10,000 idle connections pin no
 /// buffers.
 pub const HOT_WAIT: Duration = Duration::from_millis(50);
 
-/// Read until a complete request head is buffered. `Ok(None)`: the client closed
-/// or idled out between requests (nothing to answer).
-async fn read_head<F, S: ClientStream>(
+/// Read until a complete request head is buffered. `Ok(None)`: the client closed,
+/// or (`went_idle` set) sent nothing for [`HOT_WAIT`] between requests: the read
+/// buffer went back to the pool and the caller waits for readiness.
+async fn read_head<S: ClientStream>(
     shard: &Shard,
     io: &mut ConnIo<S>,
-    slot: &mut Option<F>,
+    went_idle: &mut bool,
 ) -> Result<Option<RequestHead>, Failure> {
     let settings = &shard.settings;
     let mut started: Option<Instant> = None;
@@ -226,10 +259,9 @@ async fn read_head<F, S: ClientStream>(
         }
         if started.is_none() {
             // Between requests.
-            let mut idle_left = settings.client_idle_timeout;
             if rbuf.capacity() > 0 {
                 // Hot: read straight into the buffer, for a while.
-                let hot = HOT_WAIT.min(idle_left);
+                let hot = HOT_WAIT.min(settings.client_idle_timeout);
                 let read = client.read_into_cancelable(std::mem::take(rbuf), cancel.handle());
                 let mut read = std::pin::pin!(read);
                 let (res, b) = monoio::select! {
@@ -250,27 +282,12 @@ async fn read_head<F, S: ClientStream>(
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
                     Err(_) => return Ok(None),
                 }
-                // Idle: give the buffer and the request box back.
-                shard.give_read_buf(std::mem::take(rbuf));
-                *slot = None;
-                idle_left = idle_left.saturating_sub(hot);
             }
-            // Wait for readiness without a buffer, as one of the shard's idle
-            // connections: the first to close when room is needed.
-            let idle = shard.conns.idle.enter();
-            let ready = monoio::select! {
-                r = monoio::time::timeout(idle_left, client.tcp().readable(false)) => matches!(r, Ok(Ok(()))),
-                _ = idle.closed() => {
-                    shard.metrics.borrow_mut().connections_closed_idle += 1;
-                    false
-                }
-            };
-            drop(idle);
-            if !ready {
-                return Ok(None);
-            }
-            *rbuf = shard.take_read_buf();
-            started = Some(Instant::now());
+            // Idle: give the buffer back; the caller frees the hot phase and
+            // waits for readiness without a buffer.
+            shard.give_read_buf(std::mem::take(rbuf));
+            *went_idle = true;
+            return Ok(None);
         }
         let wait = match started {
             None => settings.client_idle_timeout,
