@@ -36,8 +36,7 @@ use monoio_compat::StreamWrapper;
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::h2::tls_io::TlsIo;
 use crate::h2::Limits;
-use crate::tls::HandshakeError;
-use crate::upstream_tls::{describe, UpstreamTls};
+use crate::upstream_tls::UpstreamTls;
 
 /// One pooled connection.
 struct Conn {
@@ -141,20 +140,9 @@ async fn tls_handshake(
     tls: &Arc<UpstreamTls>,
     timeout: Duration,
 ) -> Result<TlsIo<rustls::ClientConnection>, UpstreamError> {
-    let conn = tls.h2_connection().map_err(|e| {
-        tracing::warn!(endpoint = %addr, origin = %tls.origin, error = %e, "TLS setup failed");
-        UpstreamError::new(UpstreamErrorKind::Tls, "TLS: handshake failed")
-    })?;
-    let stream = match monoio::time::timeout(timeout, crate::tls::connect(tcp, conn)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let why = match &e {
-                HandshakeError::Tls(t) => describe(t),
-                _ => "TLS: handshake failed (does the backend speak TLS?)",
-            };
-            tracing::debug!(endpoint = %addr, origin = %tls.origin, error = ?e, "{why}");
-            return Err(UpstreamError::new(UpstreamErrorKind::Tls, why));
-        }
+    let handshake = crate::upstream::tls_handshake(tcp, addr, tls, true);
+    let stream = match monoio::time::timeout(timeout, handshake).await {
+        Ok(r) => r?,
         Err(_) => {
             return Err(UpstreamError::new(
                 UpstreamErrorKind::Connect,

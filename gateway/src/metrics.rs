@@ -1185,6 +1185,36 @@ fn sorted<K: Ord, V>(m: &HashMap<K, V>) -> Vec<(&K, &V)> {
     v
 }
 
+/// TTFT and TPOT of a streamed (SSE) answer, from the instants its bytes
+/// reached the client: TTFT is the first, TPOT the mean gap between the
+/// events after the first ([`UsageScanner::events`]). HTTP/1.1 and HTTP/2
+/// answers are timed by the same clock.
+#[derive(Debug, Default)]
+pub struct EventClock {
+    first: Option<monoio::time::Instant>,
+}
+
+impl EventClock {
+    /// Bytes carrying `events` events so far reached the client at `now`, for
+    /// a request that began at `started`: sets `ttft` the first time, `tpot`
+    /// once there are two events.
+    pub fn reached(
+        &mut self,
+        now: monoio::time::Instant,
+        started: monoio::time::Instant,
+        events: u32,
+        (ttft, tpot): (&mut Option<Duration>, &mut Option<Duration>),
+    ) {
+        let first = *self.first.get_or_insert_with(|| {
+            *ttft = Some(now.saturating_duration_since(started));
+            now
+        });
+        if events > 1 {
+            *tpot = Some(now.saturating_duration_since(first) / (events - 1));
+        }
+    }
+}
+
 /// Finds `usage` token counts in a response body streamed in pieces, including
 /// numbers split across two pieces (a 32-byte junction window is checked).
 #[derive(Debug, Default)]

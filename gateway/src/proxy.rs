@@ -1327,7 +1327,7 @@ impl MidStream {
 #[derive(Default)]
 struct StreamTiming {
     pending: bool,
-    first: Option<Instant>,
+    clock: crate::metrics::EventClock,
 }
 
 impl StreamTiming {
@@ -1335,15 +1335,9 @@ impl StreamTiming {
         if !sse || !std::mem::take(&mut self.pending) {
             return;
         }
-        let now = Instant::now();
-        let first = *self.first.get_or_insert_with(|| {
-            rq.ttft = Some(now.saturating_duration_since(rq.started));
-            now
-        });
-        let events = rq.usage.events;
-        if events > 1 {
-            rq.tpot = Some(now.saturating_duration_since(first) / (events - 1));
-        }
+        let times = (&mut rq.ttft, &mut rq.tpot);
+        self.clock
+            .reached(Instant::now(), rq.started, rq.usage.events, times);
     }
 }
 

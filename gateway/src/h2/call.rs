@@ -138,11 +138,7 @@ pub(super) fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure) {
         h.insert("retry-after", HeaderValue::from(secs));
     }
     if let Some(q) = &f.rate {
-        crate::ratelimit::quota_headers(q, |name, value| {
-            if let Ok(v) = HeaderValue::from_bytes(value) {
-                h.insert(name, v);
-            }
-        });
+        insert_quota(h, q);
     }
     if let Some(v) = f.www_authenticate {
         h.insert("www-authenticate", HeaderValue::from_static(v));
@@ -150,6 +146,15 @@ pub(super) fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure) {
     if let Ok(mut s) = respond.send_response(r, false) {
         let _ = s.send_data(Bytes::from(f.json_body()), true);
     }
+}
+
+/// Sets the three `x-ratelimit-*` headers of `q` in `h`.
+fn insert_quota(h: &mut HeaderMap, q: &crate::ratelimit::Quota) {
+    crate::ratelimit::quota_headers(q, |name, value| {
+        if let Ok(v) = HeaderValue::from_bytes(value) {
+            h.insert(name, v);
+        }
+    });
 }
 
 /// What the first bytes of the body say, and the bytes read so far.
@@ -587,11 +592,7 @@ impl Admission {
     pub fn quota_headers(&self, h: &mut HeaderMap) {
         let a = &self.admitted;
         for q in [a.requests, a.tokens].into_iter().flatten() {
-            crate::ratelimit::quota_headers(&q, |name, value| {
-                if let Ok(v) = HeaderValue::from_bytes(value) {
-                    h.insert(name, v);
-                }
-            });
+            insert_quota(h, &q);
         }
     }
 

@@ -489,7 +489,7 @@ async fn relay(
     let sse = resp
         .header("content-type")
         .is_some_and(|v| v.starts_with(b"text/event-stream"));
-    let mut first_event: Option<Instant> = None;
+    let mut clock = crate::metrics::EventClock::default();
     let framing = resp.framing();
     let mut head = Response::new(());
     *head.status_mut() =
@@ -537,16 +537,9 @@ async fn relay(
                 let piece = Bytes::copy_from_slice(&conn.buf[r]);
                 usage.scanner.feed(&piece);
                 usage.response_bytes += piece.len() as u64;
-                if sse && usage.scanner.events > 0 {
-                    let now = Instant::now();
-                    let first = *first_event.get_or_insert_with(|| {
-                        answered.ttft = Some(now.saturating_duration_since(to.started));
-                        now
-                    });
-                    if usage.scanner.events > 1 {
-                        answered.tpot =
-                            Some(now.saturating_duration_since(first) / (usage.scanner.events - 1));
-                    }
+                if sse {
+                    let times = (&mut answered.ttft, &mut answered.tpot);
+                    clock.reached(Instant::now(), to.started, usage.scanner.events, times);
                 }
                 if send_all(&mut down, piece, false, wait).await.is_err() {
                     // The client went away or stalled: closing the upstream
