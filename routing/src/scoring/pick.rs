@@ -42,8 +42,9 @@
 //!    will stay where it lands: candidates within [`NEW_PREFIX_BAND`] (0.02,
 //!    about two requests of queue at the gateway's queue scale) of the best
 //!    are tied, and the one holding the fewest blocks ([`Candidate::held_blocks`])
-//!    wins, as vllm-router's `cache_aware` sends a new prompt to its smallest
-//!    tree, instead of wherever the random tie-break would put it (on the
+//!    wins (the best score among equally cached ones), as vllm-router's
+//!    `cache_aware` sends a new prompt to its smallest tree, instead of
+//!    wherever the random tie-break would put it (on the
 //!    routing-quality benchmark the difference stayed within run-to-run
 //!    noise). A profile with a
 //!    [`Profile::latency_tie_band`] (`latency-optimized`: 0.005) ties every
@@ -768,22 +769,9 @@ impl Ctx<'_, '_> {
         let eps = self.profile.tie_epsilon.max(0.0);
         let lat_band = self.profile.latency_tie_band;
         let lat_tie = lat_band.is_finite() && lat_band > 0.0;
-        let band = if lat_tie { lat_band.max(eps) } else { eps };
-        // A new prefix (scored, held by no member): place it on the least
-        // cached of the near-best.
-        let fresh = self.req.prefix_total_blocks > 0
-            && weights.get(Scorer::Prefix) > 0.0
-            && status.iter().enumerate().all(|(i, st)| {
-                !is_member(*st) || self.candidates.get(i).is_none_or(|c| c.prefix_blocks == 0)
-            });
-        let band = if fresh {
-            band.max(NEW_PREFIX_BAND)
-        } else {
-            band
-        };
-        let in_band = |i: usize| {
-            status.get(i).is_some_and(|st| is_member(*st))
-                && totals.get(i).is_some_and(|t| best - *t <= band)
+        let total = |i: usize| totals.get(i).copied().unwrap_or(f64::NEG_INFINITY);
+        let within = |i: usize, band: f64| {
+            status.get(i).is_some_and(|st| is_member(*st)) && best - total(i) <= band
         };
         // Latency tie-break: within the band, the lowest measured latency;
         // candidates without a measurement lose to one with, and when none
@@ -795,22 +783,38 @@ impl Ctx<'_, '_> {
                 None
             }
         };
+        let lat_band = lat_band.max(eps);
         let best_lat = (0..status.len())
-            .filter(|&i| in_band(i))
+            .filter(|&i| lat_tie && within(i, lat_band))
             .filter_map(latency)
             .fold(f64::INFINITY, f64::min);
+        let band = if lat_tie { lat_band } else { eps };
         let tied = |i: usize| {
-            in_band(i) && (!best_lat.is_finite() || latency(i).is_some_and(|l| l <= best_lat))
+            within(i, band) && (!best_lat.is_finite() || latency(i).is_some_and(|l| l <= best_lat))
         };
-        let held = |i: usize| {
+        // A new prefix (scored, held by no member): among the near-best, the
+        // least cached; among those, the best score (equal caches give no
+        // score away).
+        let fresh = self.req.prefix_total_blocks > 0
+            && weights.get(Scorer::Prefix) > 0.0
+            && status.iter().enumerate().all(|(i, st)| {
+                !is_member(*st) || self.candidates.get(i).is_none_or(|c| c.prefix_blocks == 0)
+            });
+        let near = |i: usize| within(i, NEW_PREFIX_BAND.max(eps));
+        let held = |i: usize| self.candidates.get(i).map_or(0, |c| c.held_blocks);
+        let min_held = (0..status.len()).filter(|&i| near(i)).map(held).min();
+        let least_cached = |i: usize| near(i) && Some(held(i)) == min_held;
+        let best_placed = (0..status.len())
+            .filter(|&i| least_cached(i))
+            .map(total)
+            .fold(f64::NEG_INFINITY, f64::max);
+        let placed = |i: usize| {
             if fresh {
-                self.candidates.get(i).map_or(0, |c| c.held_blocks)
+                least_cached(i) && best_placed - total(i) <= eps
             } else {
-                0
+                tied(i)
             }
         };
-        let min_held = (0..status.len()).filter(|&i| tied(i)).map(held).min()?;
-        let placed = |i: usize| tied(i) && held(i) == min_held;
         let min_local = (0..status.len())
             .filter(|&i| placed(i))
             .map(|i| self.local(i))
