@@ -317,3 +317,53 @@ fn a_stream_that_never_sends_its_first_message_times_out_and_streams_cost_little
     );
     served_within(gw.addr, Duration::from_secs(1));
 }
+
+#[test]
+fn an_idle_connection_gets_goaway_after_the_client_idle_timeout_and_a_busy_one_does_not() {
+    let s = sim();
+    let gw = gateway(&s, &["--client-idle-timeout", "600ms"]);
+    let ready = shardgate_testkit::grpc::frame(&encode_message(&ModelRef {
+        name: "m".into(),
+        version: String::new(),
+    }));
+    // A connection whose one call ended: GOAWAY once it has had no open
+    // stream for the timeout (checked on a 100 ms tick), not before.
+    let mut idle = RawH2::connect(gw.addr, &[]).unwrap();
+    idle.send(&frame(
+        ty::HEADERS,
+        flag::END_HEADERS,
+        1,
+        &grpc_request(READY, &[]),
+    ))
+    .unwrap();
+    idle.send(&frame(ty::DATA, flag::END_STREAM, 1, &ready))
+        .unwrap();
+    idle.wait_for(WAIT, |f| {
+        f.stream == 1 && f.ty == ty::HEADERS && f.flags & flag::END_STREAM != 0
+    })
+    .expect("the call was not answered");
+    // A connection that keeps a stream open (its first message never comes,
+    // and --header-timeout is 10 s) is not idle, however long that takes.
+    let mut busy = RawH2::connect(gw.addr, &[]).unwrap();
+    busy.send(&frame(
+        ty::HEADERS,
+        flag::END_HEADERS,
+        1,
+        &grpc_request(INFER, &[]),
+    ))
+    .unwrap();
+    let t0 = Instant::now();
+    idle.wait_for(WAIT, |f| f.ty == ty::GOAWAY)
+        .expect("an idle connection got no GOAWAY");
+    let after = t0.elapsed();
+    assert!(
+        after >= Duration::from_millis(400),
+        "GOAWAY came {after:?} after the last stream ended"
+    );
+    assert!(
+        busy.wait_for(Duration::from_millis(1500), |f| f.ty == ty::GOAWAY)
+            .is_none(),
+        "a connection with an open stream was closed as idle"
+    );
+    served_within(gw.addr, Duration::from_secs(1));
+}

@@ -223,6 +223,15 @@ pub(crate) async fn serve(
     let state = shard.state_for_request();
     let mut guard = Served::new(&shard);
     let (parts, mut body) = req.into_parts();
+    if !crate::grpc::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes())) {
+        // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
+        // HTTP/1.1 ([`super::openai`]).
+        super::openai::serve(
+            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
+        )
+        .await;
+        return;
+    }
     let path = parts.uri.path().to_owned();
     let ts_ms = crate::access_log::now_ms();
     let path_for_log = path.clone();
@@ -244,16 +253,6 @@ pub(crate) async fn serve(
         endpoint: None,
         answer: Answered::default(),
     };
-    let grpc = crate::grpc::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes()));
-    if !grpc {
-        // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
-        // HTTP/1.1 ([`super::openai`]).
-        super::openai::serve(
-            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
-        )
-        .await;
-        return;
-    }
     let first = if crate::grpc::names_model(&path) {
         // The first message must name its model within `--header-timeout`.
         let read = first_bytes(&mut body, shard.settings.limits.max_body_bytes);
@@ -726,6 +725,12 @@ pub(super) async fn send_all(
     end: bool,
     wait: Duration,
 ) -> Result<(), &'static str> {
+    if data.is_empty() {
+        if end {
+            to.send_data(data, true).map_err(|_| "reset")?;
+        }
+        return Ok(());
+    }
     while !data.is_empty() {
         to.reserve_capacity(data.len());
         let granted = monoio::time::timeout(wait, poll_fn(|cx| to.poll_capacity(cx)))
@@ -741,10 +746,6 @@ pub(super) async fn send_all(
         let chunk = data.split_to(n);
         let last = end && data.is_empty();
         to.send_data(chunk, last).map_err(|_| "reset")?;
-    }
-    if end && data.is_empty() {
-        // Either sent with the last chunk above, or there was nothing to send.
-        return Ok(());
     }
     Ok(())
 }

@@ -186,13 +186,20 @@ where
         }
     };
     let open_streams = Rc::new(std::cell::Cell::new(0usize));
+    // One timer for the connection's life, re-armed when it fires: accepting
+    // a stream neither reads the clock nor touches the timer wheel (a new
+    // `sleep` per accepted stream was an insert and a cancel per request).
+    let tick = monoio::time::sleep(TICK);
+    let mut tick = std::pin::pin!(tick);
     let mut idle_since = Instant::now();
+    let mut accepted = 0u64;
+    let mut accepted_at_tick = 0u64;
     let mut draining = false;
     loop {
         monoio::select! {
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
-                    idle_since = Instant::now();
+                    accepted += 1;
                     let guard = call::StreamCount::new(&open_streams);
                     monoio::spawn(call::serve(
                         shard.clone(),
@@ -209,11 +216,14 @@ where
                 }
                 None => break,
             },
-            _ = monoio::time::sleep(TICK) => {
-                if open_streams.get() > 0 {
-                    idle_since = Instant::now();
+            _ = tick.as_mut() => {
+                let now = Instant::now();
+                tick.as_mut().reset(now + TICK);
+                if open_streams.get() > 0 || accepted != accepted_at_tick {
+                    idle_since = now;
+                    accepted_at_tick = accepted;
                 }
-                let idle = idle_since.elapsed() >= shard.settings.client_idle_timeout;
+                let idle = now.duration_since(idle_since) >= shard.settings.client_idle_timeout;
                 if !draining && (shard.shutdown.is_draining() || idle) {
                     draining = true;
                     conn.graceful_shutdown();

@@ -55,6 +55,9 @@ async fn read_body(
     body: &mut RecvStream,
     max: u64,
 ) -> Result<Bytes, Failure> {
+    // A body that came in one DATA frame is kept as that frame (no copy);
+    // more frames are gathered into one buffer.
+    let mut whole: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     while let Some(d) = body.data().await {
         let d = d.map_err(|e| {
@@ -66,7 +69,8 @@ async fn read_body(
                 format!("the request stream failed: {e}"),
             )
         })?;
-        if (buf.len() + d.len()) as u64 > max {
+        let held = buf.len() + whole.as_ref().map_or(0, Bytes::len);
+        if (held + d.len()) as u64 > max {
             return Err(Failure::with(
                 Side::Client,
                 413,
@@ -75,7 +79,7 @@ async fn read_body(
                 format!("the request body is larger than {max} bytes"),
             ));
         }
-        grant.grow_to((buf.len() + d.len()) as u64).map_err(|r| {
+        grant.grow_to((held + d.len()) as u64).map_err(|r| {
             let mut m = shard.metrics.borrow_mut();
             match r {
                 crate::bodymem::Refusal::Exhausted => {
@@ -89,16 +93,24 @@ async fn read_body(
             }
         })?;
         let _ = body.flow_control().release_capacity(d.len());
-        buf.extend_from_slice(&d);
+        if held == 0 {
+            whole = Some(d);
+        } else {
+            if let Some(w) = whole.take() {
+                buf.reserve(w.len() + d.len());
+                buf.extend_from_slice(&w);
+            }
+            buf.extend_from_slice(&d);
+        }
     }
-    Ok(buf.freeze())
+    Ok(whole.unwrap_or_else(|| buf.freeze()))
 }
 
 /// The HTTP/1.1 head of an HTTP/2 request with a body of `len` bytes.
-fn h1_head(parts: &Parts, len: usize) -> Vec<u8> {
-    let mut h = Vec::with_capacity(256);
+fn h1_head(parts: &Parts, len: usize) -> BytesMut {
+    let mut h = BytesMut::with_capacity(256);
     h.extend_from_slice(parts.method.as_str().as_bytes());
-    h.push(b' ');
+    h.extend_from_slice(b" ");
     h.extend_from_slice(
         parts
             .uri
@@ -187,7 +199,7 @@ pub(super) async fn serve(
             return;
         }
     };
-    let mut raw = BytesMut::from(&h1_head(&parts, body.len())[..]);
+    let mut raw = h1_head(&parts, body.len());
     let head = match split_request_head(&mut raw, &settings.limits) {
         Ok(Some(h)) => h,
         Ok(None) => {
@@ -527,33 +539,39 @@ async fn relay(
     let wait = shard.settings.send_timeout;
     let mut dec = BodyDecoder::new(framing);
     let mut watch = false;
+    let mut sent_end = false;
     loop {
         while !conn.buf.is_empty() && !dec.is_done() {
             let Ok(d) = dec.decode(&conn.buf) else {
                 down.send_reset(h2::Reason::INTERNAL_ERROR);
                 return status;
             };
-            if let Some(r) = d.data.clone() {
-                let piece = Bytes::copy_from_slice(&conn.buf[r]);
+            let piece = d.data.clone().map(|r| Bytes::copy_from_slice(&conn.buf[r]));
+            conn.buf.advance(d.consumed);
+            if let Some(piece) = piece {
                 usage.scanner.feed(&piece);
                 usage.response_bytes += piece.len() as u64;
                 if sse {
                     let times = (&mut answered.ttft, &mut answered.tpot);
                     clock.reached(Instant::now(), to.started, usage.scanner.events, times);
                 }
-                if send_all(&mut down, piece, false, wait).await.is_err() {
+                // The body's last bytes carry END_STREAM: no empty DATA
+                // frame after them.
+                if send_all(&mut down, piece, d.done, wait).await.is_err() {
                     // The client went away or stalled: closing the upstream
                     // connection (dropped here) cancels the request.
                     return status;
                 }
+                sent_end = d.done;
             }
-            conn.buf.advance(d.consumed);
             if d.consumed == 0 && d.data.is_none() {
                 break;
             }
         }
         if dec.is_done() {
-            let _ = down.send_data(Bytes::new(), true);
+            if !sent_end {
+                let _ = down.send_data(Bytes::new(), true);
+            }
             if resp.keep_alive() && conn.buf.is_empty() && !shard.shutdown.is_draining() {
                 shard.pool.borrow_mut().put(ep, conn, Instant::now());
             }
