@@ -251,7 +251,7 @@ class Req:
         self.id = rid
         self.t_send = t_send
         self.words = words
-        self.prompt_len = len(words)
+        self.prompt_len = len(words) if words is not None else 0
         self.hashes = hashes
         self.max_tokens = max_tokens
         self.group = group
@@ -293,6 +293,7 @@ class Engine:
         self.kv = KV(spec["num_blocks"])
         self.waiting: deque = deque()
         self.running: list = []
+        self.held: deque = deque()  # held at the router (hold option), not yet sent
         self.in_flight = None  # engine-clock end of the step in flight
         self.step_start = None
         self.wake_at = None  # observed (driver) time of the step's end
@@ -311,6 +312,7 @@ class Engine:
         e.kv = self.kv.clone()
         e.log = None
         e.waiting = deque(s.copy() for s in self.waiting)
+        e.held = deque(self.held)
         e.running = [s.copy() for s in self.running]
         return e
 
@@ -663,10 +665,11 @@ class Sticky(Router):
     groups (fewest groups homed there, then work), groupsw (fewest groups per KV block
     and decode speed, then work)."""
 
-    def __init__(self, pick="ttft", new="work", escape=None, label=None):
+    def __init__(self, pick="ttft", new="work", escape=None, label=None, hold=None):
         self.pick = pick
         self.new = new
         self.escape = escape
+        self.hold = hold  # hold requests with at least this many uncached tokens
         self.name = label or f"sticky:pick={pick}:new={new}" + (f":escape={escape}" if escape
                                                                  is not None else "")
 
@@ -677,7 +680,7 @@ class Sticky(Router):
     def prefix_blocks(self, e, req) -> int:
         n = min((req.prompt_len - 1) // self.sim.bs, len(req.hashes))
         k = e.kv.lookup(req.hashes[:n])
-        for s in e.waiting:
+        for s in itertools.chain(e.waiting, ((Seq(r, 0)) for r in e.held)):
             if k >= n:
                 break
             k = max(k, min(n, common_prefix(s.req.hashes, req.hashes)))
@@ -728,6 +731,11 @@ class Sticky(Router):
         else:
             choice = min(sim.engines, key=lambda e: self.score(self.new, e, req, now)).idx
         self.home.setdefault(req.group, set()).add(choice)
+        if self.hold is not None:
+            e = sim.engines[choice]
+            uncached = req.prompt_len - self.prefix_blocks(e, req) * sim.bs
+            if uncached >= self.hold:
+                return choice, True
         return choice
 
 
@@ -735,12 +743,14 @@ class Static(Router):
     """A fixed group -> engine map (for the hindsight search); unmapped groups by `new`
     as Sticky does."""
 
-    def __init__(self, mapping: dict, label="static"):
+    def __init__(self, mapping: dict, label="static", hold=None):
         self.mapping = dict(mapping)
         self.name = label
+        self.hold = hold
 
     def reset(self, sim):
         super().reset(sim)
+        self.home = {}
         self.fallback = Sticky("ttft", "groups")
         self.fallback.reset(sim)
         for g, i in self.mapping.items():
@@ -751,15 +761,71 @@ class Static(Router):
         if i is None:
             i = self.fallback.route(req, now)
             self.mapping[req.group] = i
+        if self.hold is not None:
+            e = self.sim.engines[i]
+            if req.prompt_len - self.fallback.prefix_blocks(e, req) * self.sim.bs >= self.hold:
+                return i, True
         return i
 
 
-def partition_search(seed, rate, duration, start: dict, budget_s: float = 90.0, **kw):
+class Scripted(Router):
+    """Hindsight search helper: request k (in send order) goes to `script[k]` while k <
+    len(script); later requests are routed by `after` (a Sticky rule) which learns the
+    groups' homes from the scripted part."""
+
+    def __init__(self, script: list, after: "Sticky | None" = None, label="scripted"):
+        self.script = list(script)
+        self.after = after or Sticky("ttft", "groups")
+        self.name = label
+        self.taken: list = []
+
+    def reset(self, sim):
+        super().reset(sim)
+        self.after.reset(sim)
+        self.taken = []
+
+    def route(self, req, now):
+        k = len(self.taken)
+        if k < len(self.script):
+            i = self.script[k]
+            self.after.home.setdefault(req.group, set()).add(i)
+        else:
+            i = self.after.route(req, now)
+        self.taken.append(i)
+        return i
+
+
+def sequence_search(seed, rate, duration, start: list, n_first: int, budget_s: float, **kw):
+    """Hindsight local search over the engine of each of the first `n_first` requests
+    (any engine: replicating a prefix is allowed), later requests by Sticky(ttft, groups);
+    each candidate scored by a full DES run. Returns (best mean, script)."""
+    def score(script):
+        return Sim(seed, rate, duration, Scripted(script), **kw).run()["ttft_mean"]
+    best_s = list(start[:n_first])
+    best = score(best_s)
+    n_eng = len(sim_specs())
+    t0 = time.perf_counter()
+    improved = True
+    while improved and time.perf_counter() - t0 < budget_s:
+        improved = False
+        for k in range(len(best_s)):
+            for i in range(n_eng):
+                if i == best_s[k] or time.perf_counter() - t0 > budget_s:
+                    continue
+                cand = best_s[:k] + [i] + best_s[k + 1:]
+                v = score(cand)
+                if v < best - 1e-9:
+                    best, best_s, improved = v, cand, True
+    return best, best_s
+
+
+def partition_search(seed, rate, duration, start: dict, budget_s: float = 90.0, hold=None,
+                     **kw):
     """Hindsight local search over static group -> engine maps (moves of one group, swaps
     of two), each candidate scored by a full DES run of the cell: the best assignment a
     sticky router could reach if it knew the whole future. Returns (best mean, map)."""
     def score(m):
-        return Sim(seed, rate, duration, Static(m), **kw).run()["ttft_mean"]
+        return Sim(seed, rate, duration, Static(m, hold=hold), **kw).run()["ttft_mean"]
     best_m = dict(start)
     best = score(best_m)
     t0 = time.perf_counter()
@@ -787,47 +853,132 @@ def partition_search(seed, rate, duration, start: dict, budget_s: float = 90.0, 
 
 
 class Rollout(Router):
-    """Oracle with lookahead: for every candidate engine, simulate the whole cluster
-    forward for `horizon` seconds under `samples` futures drawn from the workload's
-    known distribution (Poisson at the cell's rate, group uniform, a new question: the
-    future is sampled, not read), routing the sampled requests with a base policy
-    (oracle-marginal greedy), and pick the candidate with the lowest mean total TTFT of
-    this request, the ones already waiting, and the sampled ones. Common random numbers
-    across candidates."""
-    name = "oracle-rollout"
+    """Oracle with lookahead, no future knowledge: exact state of every engine, plus the
+    workload's *distribution* (Poisson at the cell's rate, group uniform over the 12).
+    Requests with a holder of their prefix go to the holder with the earliest predicted
+    first token, unless that is later than `escape_s` (then replicating is evaluated
+    too); a request with no holder, and a stuck one, is placed by Monte-Carlo rollout:
+    for each candidate engine, `samples` futures of `horizon` seconds are drawn (the same
+    ones for every candidate), the cluster is simulated with the sampled arrivals routed
+    by the base rule (holder with fewest requests in flight; no holder -> fewest groups
+    homed, then least work), and the candidate with the lowest total first-token time
+    (this request, every request already waiting anywhere, the sampled ones) wins."""
 
-    def __init__(self, horizon_s=2.0, samples=6, base="marginal", label=None):
+    def __init__(self, horizon_s=2.0, samples=8, escape_s=None, label=None):
         self.horizon_us = int(horizon_s * 1e6)
         self.samples = samples
-        self.base = base
-        if label:
-            self.name = label
+        self.escape_us = None if escape_s is None else int(escape_s * 1e6)
+        self.name = label or f"oracle-rollout:h={horizon_s}:n={samples}"
 
     def reset(self, sim):
         super().reset(sim)
-        self.rng = random.Random(12345)
-        self.greedy = OracleMarginal() if self.base == "marginal" else OracleTTFT()
+        self.rng = random.Random(12345 + sim.seed)
+        self.home: dict = {}  # group -> engines it was placed on
+        self.rollouts = 0
+
+    @staticmethod
+    def _prefix_blocks(e, req, bs) -> int:
+        n = min((req.prompt_len - 1) // bs, len(req.hashes))
+        k = e.kv.lookup(req.hashes[:n])
+        for sq in e.waiting:
+            if k >= n:
+                break
+            k = max(k, min(n, common_prefix(sq.req.hashes, req.hashes)))
+        return k
+
+    def _holders(self, engines, req):
+        bs = self.sim.bs
+        pb = [self._prefix_blocks(e, req, bs) for e in engines]
+        best = max(pb)
+        if best * bs * 2 < req.prompt_len:
+            return []
+        return [e for e in engines if pb[e.idx] == best]
 
     def route(self, req, now):
         sim = self.sim
-        futures = [sim.sample_future(self.rng, now, self.horizon_us) for _ in range(self.samples)]
+        holders = self._holders(sim.engines, req)
+        cands = None
+        if holders:
+            own = {e.idx: e.first_tokens(now, req, {req.id}).get(req.id, math.inf)
+                   for e in holders}
+            h = min(holders, key=lambda e: (own[e.idx], sim.load[e.idx], e.idx)).idx
+            if self.escape_us is None or own[h] - now <= self.escape_us:
+                self.home.setdefault(req.group, set()).add(h)
+                return h
+            cands = [h] + [e.idx for e in sim.engines if e.idx not in own]
+        else:
+            cands = [e.idx for e in sim.engines]
+        futures = [self._sample(now) for _ in range(self.samples)]
         best = None
-        cand = range(len(sim.engines))
-        # Prune: candidates whose own TTFT is hopeless are skipped.
-        own = {i: sim.engines[i].first_tokens(now, req, {req.id}).get(req.id, math.inf)
-               for i in cand}
-        tmin = min(own.values())
-        cand = [i for i in cand if own[i] <= tmin + 1_500_000]
-        if len(cand) == 1:
-            return cand[0]
-        for i in cand:
-            tot = 0.0
-            for fut in futures:
-                tot += sim.rollout_cost(now, req, i, fut, self.greedy)
+        for i in cands:
+            tot = sum(self._rollout(now, req, i, f) for f in futures)
             key = (tot, sim.load[i], i)
             if best is None or key < best:
                 best = key
+        self.home.setdefault(req.group, set()).add(best[2])
         return best[2]
+
+    def _sample(self, now):
+        out, t = [], now
+        ng = len(self.sim.wl.systems)
+        while True:
+            t += int(self.rng.expovariate(self.sim.rate) * 1e6)
+            if t > now + self.horizon_us:
+                return out
+            out.append((t, self.rng.randrange(ng)))
+
+    def _rollout(self, now, req, cand, fut) -> float:
+        sim = self.sim
+        self.rollouts += 1
+        engines = [e.clone() for e in sim.engines]
+        home = {g: set(v) for g, v in self.home.items()}
+        home.setdefault(req.group, set()).add(cand)
+        load = sim.load[:]
+        pending = {}
+        for e in engines:
+            for sq in e.waiting:
+                pending[sq.req.id] = sq.req.t_send
+        ev: list = []
+
+        def submit(r, i, t):
+            e = engines[i]
+            e.waiting.append(Seq(r, t))
+            load[i] += 1
+            pending[r.id] = t
+            if e.in_flight is None:
+                ev.clear()
+                e.step(t, ev)
+
+        submit(req, cand, now)
+        arrivals = [sim.synthetic(g, t, k) for k, (t, g) in enumerate(fut)]
+        total = 0.0
+        ai = 0
+        while pending or ai < len(arrivals):
+            nxt_wake = min((e.wake_at for e in engines if e.wake_at is not None), default=None)
+            if ai < len(arrivals) and (nxt_wake is None or arrivals[ai].t_send <= nxt_wake):
+                r = arrivals[ai]
+                ai += 1
+                hs = self._holders(engines, r)
+                if hs:
+                    i = min(hs, key=lambda e: (load[e.idx], e.idx)).idx
+                else:
+                    ng = {e.idx: sum(1 for v in home.values() if e.idx in v) for e in engines}
+                    i = min(engines, key=lambda e: (ng[e.idx], e.work_left(r.t_send), e.idx)).idx
+                    home.setdefault(r.group, set()).add(i)
+                submit(r, i, r.t_send)
+                continue
+            if nxt_wake is None:
+                break
+            for e in engines:
+                if e.wake_at == nxt_wake:
+                    ev.clear()
+                    e.step(nxt_wake, ev)
+                    for kind, sq, idx in ev:
+                        if kind == "token" and idx == 0 and sq.req.id in pending:
+                            total += nxt_wake - pending.pop(sq.req.id)
+                        elif kind == "finished":
+                            load[e.idx] -= 1
+        return total + 60e6 * len(pending)
 
 
 # ---------------------------------------------------------------------------------------
@@ -904,83 +1055,16 @@ class Sim:
             s.update(hs)
         return s
 
-    def sample_future(self, rng: random.Random, now: int, horizon_us: int) -> list:
-        """Arrivals in (now, now + horizon] drawn from the known distribution: Poisson at
-        the cell's rate, group uniform, turn-1 prompt with a fresh question."""
-        out = []
-        t = now
-        ng = len(self.wl.systems)
-        while True:
-            t += int(rng.expovariate(self.rate) * 1e6)
-            if t > now + horizon_us:
-                return out
-            g = rng.randrange(ng)
-            out.append((t, g))
-
-    def _synthetic(self, g: int, t: int, k: int) -> Req:
-        sys_h = self._group_hashes.get(g)
-        if sys_h is None:
-            words = chat_words([{"role": "system", "content": self.wl.systems[g]}])
-            sys_h = self._group_hashes[g] = self.blocks.hashes(words)[: (len(words)) // self.bs]
+    def synthetic(self, g: int, t: int, k: int) -> Req:
+        """A sampled future request of group g (for rollouts): the group's system prompt
+        blocks, then blocks no one else has (a new question)."""
+        sys_h = self._group_hashes[g]
         plen = 1 + len(self.wl.systems[g].split()) + 1 + self.wl.qw
-        # system blocks, then unique blocks for the question
         nfull = plen // self.bs
         hashes = list(sys_h) + [-(10_000_000 * (k + 1) + j) for j in range(nfull - len(sys_h))]
         r = Req(-(k + 1), t, None, hashes, self.wl.max_tokens, g, "future", None)
         r.prompt_len = plen
         return r
-
-    def rollout_cost(self, now, req, cand, fut, greedy) -> float:
-        """Total first-token time (s) of `req` (placed on `cand`), the requests already
-        waiting anywhere, and the sampled future requests (routed by `greedy`), with the
-        cluster simulated to the end of the horizon plus the time to serve them."""
-        engines = [e.clone() for e in self.engines]
-        load = self.load[:]
-        pending = {}
-        for e in engines:
-            for s in e.waiting:
-                pending[s.req.id] = s.req.t_send
-        ev: list = []
-        engines[cand].waiting.append(Seq(req, now))
-        pending[req.id] = now
-        if engines[cand].in_flight is None:
-            engines[cand].step(now, ev)
-        load[cand] += 1
-        arrivals = [self._synthetic(g, t, k) for k, (t, g) in enumerate(fut)]
-        for r in arrivals:
-            pending[r.id] = r.t_send
-        total = 0.0
-        ai = 0
-        fake = _FakeSim(engines, load, self)
-        greedy_sim, greedy.sim = greedy.sim if hasattr(greedy, "sim") else None, fake
-        try:
-            while pending:
-                nxt_wake = min((e.wake_at for e in engines if e.wake_at is not None),
-                               default=None)
-                nxt_arr = arrivals[ai].t_send if ai < len(arrivals) else None
-                if nxt_arr is not None and (nxt_wake is None or nxt_arr <= nxt_wake):
-                    r = arrivals[ai]
-                    ai += 1
-                    i = greedy.route(r, r.t_send)
-                    e = engines[i]
-                    e.waiting.append(Seq(r, r.t_send))
-                    load[i] += 1
-                    if e.in_flight is None:
-                        ev.clear()
-                        e.step(r.t_send, ev)
-                    continue
-                if nxt_wake is None:
-                    break
-                for e in engines:
-                    if e.wake_at == nxt_wake:
-                        ev.clear()
-                        e.step(nxt_wake, ev)
-                        for kind, seq, idx in ev:
-                            if kind == "token" and idx == 0 and seq.req.id in pending:
-                                total += nxt_wake - pending.pop(seq.req.id)
-        finally:
-            greedy.sim = greedy_sim
-        return total + 60e6 * len(pending)
 
     # -- event loop --------------------------------------------------------------------
 
@@ -1032,15 +1116,23 @@ class Sim:
                   wreq.tag, wreq.on_done)
         self.reqs.append(req)
         i = self.router.route(req, t)
+        hold = False
+        if isinstance(i, tuple):
+            i, hold = i
         req.engine = i
         self.load[i] += 1
         e = self.engines[i]
-        e.add(req, t)
+        if hold:
+            e.held.append(req)
+        else:
+            e.add(req, t)
         if e.in_flight is None:
             self._step(e, t)
 
     def _step(self, e: Engine, t: int) -> None:
         ev: list = []
+        if e.held and not e.waiting and (e.in_flight is None or t >= e.in_flight):
+            e.add(e.held.popleft(), t)  # the router sends a held request: queue is empty
         e.step(t, ev)
         for kind, seq, idx in ev:
             r = seq.req
@@ -1074,23 +1166,6 @@ class Sim:
             "windows": windows([(r.t_send, r.ttft / 1e6) for r in ok]),
             "wall_s": round(getattr(self, "wall_s", 0.0), 2),
         }
-
-
-class _FakeSim:
-    """What a base policy sees inside a rollout: the cloned engines and loads."""
-
-    def __init__(self, engines, load, real: Sim):
-        self.engines = engines
-        self.load = load
-        self.bs = real.bs
-        self._real = real
-
-    def __getattr__(self, k):
-        return getattr(self._real, k)
-
-    def cached_blocks(self, e, req):
-        n = min((req.prompt_len - 1) // self.bs, len(req.hashes))
-        return e.kv.lookup(req.hashes[:n])
 
 
 def breakdown(sim: Sim, cold_tokens: int = 1500) -> dict:
@@ -1250,15 +1325,18 @@ def make_router(name: str) -> Router | str:
     if base == "oracle-marginal":
         w = float(kw.get("evict", 0)) * 1e6
         return OracleMarginal(w, label=name if w else None)
+    if base == "static":
+        m = {g: int(c) for g, c in enumerate(kw["map"])}
+        return Static(m, label=name, hold=int(kw["hold"]) if "hold" in kw else None)
     if base == "sticky-least-work":
         return StickyLeastWork()
     if base == "sticky":
         esc = float(kw["escape"]) if "escape" in kw else None
-        return Sticky(kw.get("pick", "ttft"), kw.get("new", "work"), esc, label=name)
+        hold = int(kw["hold"]) if "hold" in kw else None
+        return Sticky(kw.get("pick", "ttft"), kw.get("new", "work"), esc, label=name, hold=hold)
     if base == "oracle-rollout":
-        r = Rollout(float(kw.get("h", 2.0)), int(kw.get("n", 6)), kw.get("base", "marginal"),
-                    label=name)
-        return r
+        esc = float(kw["escape"]) if "escape" in kw else None
+        return Rollout(float(kw.get("h", 2.0)), int(kw.get("n", 8)), esc, label=name)
     raise SystemExit(f"unknown router {name!r} (see --list)")
 
 
@@ -1278,11 +1356,17 @@ sticky-least-work   exact KV: longest cached prefix; prefix nowhere -> least wor
 sticky              rule family on exact state: holders of the prefix (KV or waiting)
                     first; :pick=, :new= one of minload|work|ttft|marginal|groups|groupsw;
                     :escape=S replicate when a non-holder is S seconds sooner
+                    :hold=N (not routing alone: the router holds a request with >= N
+                    uncached tokens until its engine's waiting queue is empty)
+static:map=D..D     fixed group -> engine map, one digit per group (the hindsight
+                    searches print theirs); :hold=N as sticky
 oracle-ttft         exact state, min predicted TTFT of this request
 oracle-marginal     exact state, min (own TTFT + delay caused to requests queued there)
                     (:evict=S adds S seconds per evicted last-copy system-prompt block)
-oracle-rollout      exact state + sampled futures (Poisson, uniform group), lookahead
-                    :h=SECONDS :n=SAMPLES :base=marginal|ttft
+oracle-rollout      exact state + sampled futures (Poisson, uniform group): Monte-Carlo
+                    lookahead for every placement of a prefix no engine holds
+                    :h=SECONDS horizon :n=SAMPLES :escape=S also for requests whose
+                    holder's predicted TTFT exceeds S (replication considered)
 """
 
 
@@ -1307,6 +1391,19 @@ def main() -> int:
     ap.add_argument("--search-partition", type=float, metavar="SECONDS",
                     help="per cell: hindsight local search over static group->engine maps, "
                     "from sticky:pick=ttft:new=groups's map, for this many seconds")
+    ap.add_argument("--search-sequence", type=float, metavar="SECONDS",
+                    help="per cell: hindsight local search over the engines of the first "
+                    "--search-n requests (from sticky:pick=ttft:new=groups's choices), later "
+                    "requests by that rule, for this many seconds")
+    ap.add_argument("--search-n", type=int, default=40)
+    ap.add_argument("--search-hold", type=int, metavar="N",
+                    help="partition search with the router holding requests of >= N uncached "
+                    "tokens (see sticky :hold)")
+    ap.add_argument("--start-random", type=int, metavar="K",
+                    help="start the partition search from a random map with 3 groups per "
+                    "engine drawn with seed K")
+    ap.add_argument("--start-map", type=json.loads, metavar="JSON",
+                    help='start both searches from this group->engine map, e.g. {"3": 0, ...}')
     ap.add_argument("--json", type=Path, help="write every cell's summary here")
     ap.add_argument("--list", action="store_true", help="list routers")
     ap.add_argument("--breakdown", action="store_true",
@@ -1341,6 +1438,8 @@ def main() -> int:
                     if args.breakdown:
                         s["breakdown"] = breakdown(sim)
                     extra = getattr(r, "decisions", {})
+                    if hasattr(r, "rollouts"):
+                        extra = {"rollouts": r.rollouts}
                 cell = {"router": name, "rate": rate, "seed": seed, **s}
                 if extra:
                     cell["decisions"] = dict(extra)
@@ -1360,17 +1459,49 @@ def main() -> int:
                 Sim(seed, rate, args.duration, st, tick_us=args.tick_us, wake_us=args.wake_us,
                     net_us=args.net_us).run()
                 start = {g: min(es) for g, es in st.home.items()}
+                if args.start_map:
+                    start = {int(g): int(i) for g, i in args.start_map.items()}
+                if args.start_random is not None:
+                    perm = list(range(len(start)))
+                    random.Random(args.start_random).shuffle(perm)
+                    start = {g: perm[g] % len(sim_specs()) for g in range(len(perm))}
                 best, m = partition_search(seed, rate, args.duration, start,
-                                           args.search_partition, tick_us=args.tick_us,
+                                           args.search_partition, hold=args.search_hold,
+                                           tick_us=args.tick_us,
                                            wake_us=args.wake_us, net_us=args.net_us)
-                s = Sim(seed, rate, args.duration, Static(m), tick_us=args.tick_us,
-                        wake_us=args.wake_us, net_us=args.net_us).run()
-                cells.append({"router": "hindsight-partition", "rate": rate, "seed": seed,
-                              "map": m, **s})
-                print(f"| hindsight-partition | {rate:g} | {seed} | {s['sent']} | "
+                s = Sim(seed, rate, args.duration, Static(m, hold=args.search_hold),
+                        tick_us=args.tick_us, wake_us=args.wake_us, net_us=args.net_us).run()
+                label = "hindsight-partition" + (f":hold={args.search_hold}"
+                                                 if args.search_hold is not None else "")
+                cells.append({"router": label, "rate": rate, "seed": seed,
+                              "map": {str(g): i for g, i in m.items()}, **s})
+                print(f"| {label} | {rate:g} | {seed} | {s['sent']} | "
                       f"{fmt(s['ttft_mean'])} | {fmt(s['ttft_p50'])} | {fmt(s['ttft_p90'])} | "
                       f"{fmt(s['ttft_p99'])} | {fmt(s['hit_rate'], 3)} | {s['cold']} | "
-                      f"{'/'.join(map(str, s['share']))} | map {m} |", flush=True)
+                      f"{'/'.join(map(str, s['share']))} | static:map="
+                      f"{''.join(str(m[g]) for g in sorted(m))} |", flush=True)
+    if args.search_sequence:
+        for rate in rates:
+            for seed in seeds:
+                sc = Scripted([])
+                if args.start_map:
+                    m = {int(g): int(i) for g, i in args.start_map.items()}
+                    sc = Scripted([], after=Static(m))
+                Sim(seed, rate, args.duration, sc, tick_us=args.tick_us, wake_us=args.wake_us,
+                    net_us=args.net_us).run()
+                best, script = sequence_search(seed, rate, args.duration, sc.taken,
+                                               args.search_n, args.search_sequence,
+                                               tick_us=args.tick_us, wake_us=args.wake_us,
+                                               net_us=args.net_us)
+                s = Sim(seed, rate, args.duration, Scripted(script), tick_us=args.tick_us,
+                        wake_us=args.wake_us, net_us=args.net_us).run()
+                cells.append({"router": "hindsight-sequence", "rate": rate, "seed": seed,
+                              "script": script, **s})
+                print(f"| hindsight-sequence:n={args.search_n} | {rate:g} | {seed} | {s['sent']} | "
+                      f"{fmt(s['ttft_mean'])} | {fmt(s['ttft_p50'])} | {fmt(s['ttft_p90'])} | "
+                      f"{fmt(s['ttft_p99'])} | {fmt(s['hit_rate'], 3)} | {s['cold']} | "
+                      f"{'/'.join(map(str, s['share']))} | script {''.join(map(str, script))} |",
+                      flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},

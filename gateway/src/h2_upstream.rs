@@ -240,7 +240,9 @@ pub async fn open_stream(
     });
     let (conn, fresh) = match pooled {
         Some(c) => (c, false),
-        None => (connect(addr, tls, lim, timeout).await?, true),
+        // Boxed: a new connection is rare next to a pooled stream, and its
+        // handshakes would otherwise sit inline in every call's future.
+        None => (Box::pin(connect(addr, tls, lim, timeout)).await?, true),
     };
     conn.streams.set(conn.streams.get() + 1);
     let lease = Lease(conn.clone());

@@ -375,7 +375,15 @@ impl Shard {
             Some(c) => Ok(c),
             None => {
                 let tls = self.state().upstream_tls.get(ep).cloned().flatten();
-                let c = connect(self.addr(ep), self.settings.connect_timeout, tls.as_ref()).await?;
+                // Boxed: connecting (and a TLS handshake) is rare next to
+                // reusing a pooled connection, and its state machine would
+                // otherwise sit inline in every request's future.
+                let c = Box::pin(connect(
+                    self.addr(ep),
+                    self.settings.connect_timeout,
+                    tls.as_ref(),
+                ))
+                .await?;
                 if let Some(i) = c.stream.tls_handshake() {
                     if let Some(n) = self.metrics.borrow_mut().upstream_tls_handshakes.get_mut(i) {
                         *n += 1;

@@ -232,14 +232,7 @@ pub(crate) async fn serve(
         .await;
         return;
     }
-    let path = parts.uri.path().to_owned();
-    let ts_ms = crate::access_log::now_ms();
-    let path_for_log = path.clone();
-    let rid = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let path = parts.uri.path();
     let mut rec = Record {
         status: 0,
         model: None,
@@ -247,13 +240,16 @@ pub(crate) async fn serve(
         grpc: true,
         peer,
         method: "POST",
-        path: &path_for_log,
-        request_id: rid.as_deref(),
-        ts_ms,
+        path,
+        request_id: parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        ts_ms: log_clock(&shard),
         endpoint: None,
         answer: Answered::default(),
     };
-    let first = if crate::grpc::names_model(&path) {
+    let first = if crate::grpc::names_model(path) {
         // The first message must name its model within `--header-timeout`.
         let read = first_bytes(&mut body, shard.settings.limits.max_body_bytes);
         let read = monoio::time::timeout(shard.settings.header_timeout, read).await;
@@ -280,7 +276,7 @@ pub(crate) async fn serve(
     let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes());
     let info = RequestInfo {
         method: parts.method.as_str(),
-        path: &path,
+        path,
         query: parts.uri.query(),
         host: parts.uri.authority().map(|a| a.as_str()),
         header: &lookup,
@@ -303,7 +299,8 @@ pub(crate) async fn serve(
         &decision,
         Exec {
             headers,
-            path: &path,
+            uri: &parts.uri,
+            path,
             peer,
             first: first_buf.clone(),
             ended: first.ended,
@@ -346,6 +343,16 @@ pub(super) struct Answered {
     pub(super) bytes: u64,
     pub(super) ttft: Option<Duration>,
     pub(super) tpot: Option<Duration>,
+}
+
+/// When the request began, in Unix milliseconds, for the access log; 0 (no
+/// clock read) when the shard writes none.
+pub(super) fn log_clock(shard: &Shard) -> u64 {
+    if shard.access_log.is_some() {
+        crate::access_log::now_ms()
+    } else {
+        0
+    }
 }
 
 pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
@@ -399,6 +406,8 @@ pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
 /// The request, as the executor needs it.
 struct Exec<'a> {
     headers: &'a HeaderMap,
+    /// The client's URI (its path and query go upstream as they came).
+    uri: &'a http::Uri,
     path: &'a str,
     peer: SocketAddr,
     /// Body bytes read before planning (not yet released to the client).
@@ -632,12 +641,13 @@ pub(super) struct Usage {
 fn upstream_request(req: &Exec<'_>, model: Option<&str>, deadline: Instant) -> Request<()> {
     let mut r = Request::new(());
     *r.method_mut() = http::Method::POST;
-    *r.uri_mut() = http::Uri::builder()
-        .scheme("http")
-        .authority("upstream")
-        .path_and_query(req.path)
-        .build()
-        .unwrap_or_default();
+    // The client's path and query as they are (a reference-counted clone,
+    // not parsed again).
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(http::uri::Authority::from_static("upstream"));
+    uri.path_and_query = req.uri.path_and_query().cloned();
+    *r.uri_mut() = http::Uri::from_parts(uri).unwrap_or_default();
     let h = r.headers_mut();
     for (k, v) in req.headers {
         if !HOP_BY_HOP.contains(&k.as_str()) && k != "grpc-timeout" {

@@ -156,11 +156,6 @@ pub(super) async fn serve(
     guard: &mut Served,
     started: Instant,
 ) {
-    let rid = parts
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let mut rec = Record {
         status: 0,
         model: None,
@@ -169,8 +164,11 @@ pub(super) async fn serve(
         peer,
         method: parts.method.as_str(),
         path: parts.uri.path(),
-        request_id: rid.as_deref(),
-        ts_ms: crate::access_log::now_ms(),
+        request_id: parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        ts_ms: super::call::log_clock(shard),
         endpoint: None,
         answer: Answered::default(),
     };
