@@ -397,3 +397,143 @@ fn a_client_that_does_not_read_slows_the_backend_and_gateway_memory_stays_bounde
     assert_eq!(n, 501);
     assert_eq!(call.reply.status, Some(0));
 }
+
+/// `msg` compressed with `enc` (`gzip` or `deflate`, zlib as gRPC has it),
+/// framed with the compressed flag set.
+fn compressed_frame(msg: &[u8], enc: &str) -> bytes::Bytes {
+    use std::io::Write;
+    let z = if enc == "gzip" {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(msg).unwrap();
+        e.finish().unwrap()
+    } else {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(msg).unwrap();
+        e.finish().unwrap()
+    };
+    let mut out = vec![1];
+    out.extend_from_slice(&(z.len() as u32).to_be_bytes());
+    out.extend_from_slice(&z);
+    out.into()
+}
+
+/// Bytes that do not compress, so a tensor stays big on the wire.
+fn noise(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn compressed_calls_are_routed_by_the_model_in_their_inflated_first_message() {
+    let a = sim(&["resnet"]);
+    let b = sim(&["bert"]);
+    let gw = Gateway::start(
+        &grpc_config(&[("resnet", "svc-a", a.addr()), ("bert", "svc-b", b.addr())]),
+        &[],
+    );
+    let mut c = GrpcClient::connect(gw.addr).unwrap();
+    let (a0, b0) = (requests_total(a.addr()), requests_total(b.addr()));
+    for (i, enc) in ["gzip", "deflate", "gzip", "deflate"].iter().enumerate() {
+        let model = if i < 2 { "resnet" } else { "bert" };
+        // A 1 MiB tensor: its model is read from the first inflated bytes,
+        // the message goes upstream compressed as it came.
+        let payload = noise(1 << 20, i as u32 + 7);
+        let mut call = c
+            .open(&format!("{SVC}/ModelInfer"), &[("grpc-encoding", enc)])
+            .unwrap();
+        c.send_framed(
+            &mut call,
+            compressed_frame(&infer(model, &payload), enc),
+            true,
+        )
+        .unwrap();
+        let r = c.finish(call).unwrap();
+        assert_eq!((r.http_status, r.status), (200, Some(0)), "{enc}: {r:?}");
+        let out: ModelInferResponse = decode_message(&r.messages[0]).unwrap();
+        assert_eq!(out.model_name, model);
+        assert!(
+            out.raw_output_contents[0][..] == payload[..],
+            "{enc}: echo differs"
+        );
+    }
+    assert_eq!(requests_total(a.addr()) - a0, 2);
+    assert_eq!(requests_total(b.addr()) - b0, 2);
+    // Streaming infer, every message compressed.
+    let mut call = c
+        .open(
+            &format!("{SVC}/ModelStreamInfer"),
+            &[("grpc-encoding", "gzip")],
+        )
+        .unwrap();
+    for i in 0..3u8 {
+        c.send_framed(
+            &mut call,
+            compressed_frame(&infer("bert", &[i; 64]), "gzip"),
+            i == 2,
+        )
+        .unwrap();
+        let m = c.recv(&mut call).unwrap().unwrap();
+        let a: ModelStreamInferResponse = decode_message(&m).unwrap();
+        assert_eq!(
+            &a.infer_response.unwrap().raw_output_contents[0][..],
+            &[i; 64]
+        );
+    }
+    assert!(c.recv(&mut call).unwrap().is_none());
+    assert_eq!(call.reply.status, Some(0));
+    assert_eq!(requests_total(b.addr()) - b0, 5);
+    // A model no route names, compressed: NOT_FOUND, as uncompressed.
+    let mut call = c
+        .open(
+            &format!("{SVC}/ModelInfer"),
+            &[("grpc-encoding", "deflate")],
+        )
+        .unwrap();
+    c.send_framed(
+        &mut call,
+        compressed_frame(&infer("llama", b"x"), "deflate"),
+        true,
+    )
+    .unwrap();
+    let r = c.finish(call).unwrap();
+    assert_eq!(r.status, Some(5), "{r:?}");
+    assert!(r.message.contains("llama"), "{r:?}");
+    // A stream that does not inflate with its grpc-encoding: INVALID_ARGUMENT
+    // from the gateway, nothing upstream.
+    let before = requests_total(a.addr()) + requests_total(b.addr());
+    let mut call = c
+        .open(
+            &format!("{SVC}/ModelInfer"),
+            &[("grpc-encoding", "deflate")],
+        )
+        .unwrap();
+    c.send_framed(
+        &mut call,
+        compressed_frame(&infer("resnet", b"x"), "gzip"),
+        true,
+    )
+    .unwrap();
+    let r = c.finish(call).unwrap();
+    assert_eq!(r.status, Some(3), "{r:?}");
+    // An encoding the gateway does not inflate: routed by its headers only
+    // (here none names a model, so no route matches).
+    let mut call = c
+        .open(&format!("{SVC}/ModelInfer"), &[("grpc-encoding", "snappy")])
+        .unwrap();
+    c.send_framed(
+        &mut call,
+        compressed_frame(&infer("resnet", b"x"), "gzip"),
+        true,
+    )
+    .unwrap();
+    let r = c.finish(call).unwrap();
+    assert_eq!(r.status, Some(12), "{r:?}");
+    assert_eq!(requests_total(a.addr()) + requests_total(b.addr()), before);
+}

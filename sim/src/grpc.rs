@@ -15,7 +15,10 @@
 //!
 //! Messages are `prost` structs written here (field numbers of KServe's
 //! `grpc_predict_v2.proto` and gRPC's `health.proto`); fields the sim does
-//! not use are skipped by the decoder. A message is at most 64 MiB.
+//! not use are skipped by the decoder. A message is at most 64 MiB. A call with
+//! `grpc-encoding: gzip` or `deflate` may send compressed messages (inflated
+//! here, at most 64 MiB each; answers go back uncompressed); a compressed
+//! message in another encoding is `UNIMPLEMENTED`.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
@@ -197,6 +200,8 @@ pub fn frame(msg: &impl Message) -> Bytes {
 /// Splits whole gRPC messages off the front of `buf`.
 pub struct Deframer {
     buf: BytesMut,
+    /// The call's `grpc-encoding`, when the sim inflates it.
+    encoding: Option<Compression>,
 }
 
 impl Default for Deframer {
@@ -206,10 +211,31 @@ impl Default for Deframer {
 }
 
 impl Deframer {
-    /// An empty deframer.
+    /// An empty deframer for uncompressed messages.
     pub fn new() -> Self {
         Deframer {
             buf: BytesMut::new(),
+            encoding: None,
+        }
+    }
+
+    /// An empty deframer for a call whose `grpc-encoding` is `encoding`:
+    /// compressed messages are inflated (`gzip`, `deflate`), at most
+    /// 64 MiB each.
+    pub fn with_encoding(encoding: Option<&[u8]>) -> Self {
+        let encoding = encoding.and_then(|v| {
+            let v = v.trim_ascii();
+            if v.eq_ignore_ascii_case(b"gzip") {
+                Some(Compression::Gzip)
+            } else if v.eq_ignore_ascii_case(b"deflate") {
+                Some(Compression::Deflate)
+            } else {
+                None
+            }
+        });
+        Deframer {
+            buf: BytesMut::new(),
+            encoding,
         }
     }
 
@@ -224,12 +250,17 @@ impl Deframer {
         if self.buf.len() < 5 {
             return Ok(None);
         }
-        if self.buf[0] != 0 {
-            return Err((
-                code::UNIMPLEMENTED,
-                "compressed messages are not supported".into(),
-            ));
-        }
+        let compressed =
+            match (self.buf[0], self.encoding) {
+                (0, _) => None,
+                (1, Some(c)) => Some(c),
+                (1, None) => return Err((
+                    code::UNIMPLEMENTED,
+                    "a compressed message without a grpc-encoding the sim inflates (gzip, deflate)"
+                        .into(),
+                )),
+                (f, _) => return Err((code::INTERNAL, format!("bad message flag {f}"))),
+            };
         let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
         if len > MAX_MESSAGE {
             return Err((
@@ -241,7 +272,41 @@ impl Deframer {
             return Ok(None);
         }
         self.buf.advance(5);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        let msg = self.buf.split_to(len).freeze();
+        match compressed {
+            None => Ok(Some(msg)),
+            Some(c) => inflate(&msg, c).map(Some),
+        }
+    }
+}
+
+/// A `grpc-encoding` the sim inflates.
+#[derive(Debug, Clone, Copy)]
+enum Compression {
+    Gzip,
+    Deflate,
+}
+
+/// Inflates one message, at most [`MAX_MESSAGE`] bytes of it.
+fn inflate(msg: &[u8], c: Compression) -> Result<Bytes, (u8, String)> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let cap = MAX_MESSAGE as u64 + 1;
+    let read = match c {
+        Compression::Gzip => flate2::bufread::GzDecoder::new(msg)
+            .take(cap)
+            .read_to_end(&mut out),
+        Compression::Deflate => flate2::bufread::ZlibDecoder::new(msg)
+            .take(cap)
+            .read_to_end(&mut out),
+    };
+    match read {
+        Err(e) => Err((code::INTERNAL, format!("the message does not inflate: {e}"))),
+        Ok(_) if out.len() > MAX_MESSAGE => Err((
+            code::INVALID_ARGUMENT,
+            "the inflated message is too large".into(),
+        )),
+        Ok(_) => Ok(Bytes::from(out)),
     }
 }
 
@@ -303,8 +368,8 @@ fn unary(result: Result<Bytes, (u8, String)>) -> Response<RespBody> {
 }
 
 /// Reads one request message (a unary call's).
-async fn one_message(body: Incoming) -> Result<Bytes, (u8, String)> {
-    let mut d = Deframer::new();
+async fn one_message(body: Incoming, encoding: Option<&[u8]>) -> Result<Bytes, (u8, String)> {
+    let mut d = Deframer::with_encoding(encoding);
     let mut body = body;
     loop {
         if let Some(m) = d.next_message()? {
@@ -401,12 +466,14 @@ pub(crate) fn is_grpc_path(path: &str) -> bool {
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBody> {
     let path = req.uri().path().to_owned();
     let method = path.rsplit('/').next().unwrap_or("").to_owned();
+    let encoding = req.headers().get("grpc-encoding").cloned();
+    let enc = encoding.as_ref().map(HeaderValue::as_bytes);
     let body = req.into_body();
     let shared = &shared;
     match path.as_str() {
         "/grpc.health.v1.Health/Check" => unary(
             async {
-                let r: HealthCheckRequest = decode(&one_message(body).await?)?;
+                let r: HealthCheckRequest = decode(&one_message(body, enc).await?)?;
                 if !r.service.is_empty() && r.service != "inference.GRPCInferenceService" {
                     return Err((code::NOT_FOUND, format!("unknown service {}", r.service)));
                 }
@@ -425,7 +492,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             }))),
             "ModelReady" => unary(
                 async {
-                    let r: ModelRef = decode(&one_message(body).await?)?;
+                    let r: ModelRef = decode(&one_message(body, enc).await?)?;
                     Ok(frame(&BoolResponse {
                         value: serves(shared, &r.name) && !shared.loading(),
                     }))
@@ -434,7 +501,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             ),
             "ModelMetadata" => unary(
                 async {
-                    let r: ModelRef = decode(&one_message(body).await?)?;
+                    let r: ModelRef = decode(&one_message(body, enc).await?)?;
                     if !serves(shared, &r.name) {
                         return Err((code::NOT_FOUND, format!("unknown model {}", r.name)));
                     }
@@ -456,13 +523,13 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             "ModelInfer" => unary(
                 async {
                     shared.requests_total.fetch_add(1, Relaxed);
-                    let m = one_message(body).await?;
+                    let m = one_message(body, enc).await?;
                     faults(shared).await?;
                     Ok(frame(&echo(shared, decode(&m)?)?))
                 }
                 .await,
             ),
-            "ModelStreamInfer" => stream_infer(shared.clone(), body),
+            "ModelStreamInfer" => stream_infer(shared.clone(), body, enc),
             _ => unary(Err((code::UNIMPLEMENTED, format!("unknown method {path}")))),
         },
     }
@@ -471,10 +538,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
 /// `ModelStreamInfer`: one answer per request message, each sent when its
 /// request is decoded; the answer channel holds 4 messages, so a client that
 /// does not read stops the sim reading (flow control end to end).
-fn stream_infer(shared: Arc<Shared>, mut body: Incoming) -> Response<RespBody> {
+fn stream_infer(
+    shared: Arc<Shared>,
+    mut body: Incoming,
+    encoding: Option<&[u8]>,
+) -> Response<RespBody> {
     let (tx, rx) = mpsc::channel::<Chunk>(4);
+    let mut d = Deframer::with_encoding(encoding);
     tokio::spawn(async move {
-        let mut d = Deframer::new();
         let status = loop {
             match d.next_message() {
                 Ok(Some(m)) => {

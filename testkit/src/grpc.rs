@@ -197,6 +197,12 @@ impl GrpcClient {
             .map_err(io::Error::other)
     }
 
+    /// Sends `framed` on `call` as it is: a message with its 5-byte prefix
+    /// already written (a compressed one, say).
+    pub fn send_framed(&mut self, call: &mut Call, framed: Bytes, end: bool) -> io::Result<()> {
+        call.send.send_data(framed, end).map_err(io::Error::other)
+    }
+
     /// Waits for the response head of `call`.
     fn head(&mut self, call: &mut Call) -> io::Result<()> {
         let Some(resp) = call.response.take() else {

@@ -151,6 +151,17 @@ def main():
                 assert r.get_response().model_name == model, r.get_response()
                 np.testing.assert_array_equal(r.as_numpy("OUTPUT0").reshape(2, 3), v)
 
+        def compressed_infer_routed_by_model():
+            # tritonclient compresses the request (grpc-encoding gzip or
+            # deflate); the gateway reads model_name from the inflated first
+            # bytes, the sim inflates the whole message.
+            for algo, model in [("gzip", "resnet"), ("deflate", "bert"), ("gzip", "bert")]:
+                v = np.arange(4096, dtype=np.float32).reshape(64, 64) + (1 if model == "bert" else 0)
+                r = client.infer(model, inputs(v), outputs=[grpcclient.InferRequestedOutput("OUTPUT0")],
+                                 compression_algorithm=algo)
+                assert r.get_response().model_name == model, (algo, r.get_response())
+                np.testing.assert_array_equal(r.as_numpy("OUTPUT0").reshape(64, 64), v)
+
         def unknown_model_is_not_found():
             try:
                 client.infer("llama", inputs(np.zeros((1, 1), dtype=np.float32)))
@@ -180,6 +191,7 @@ def main():
 
         case("server live, models ready", live_and_ready)
         case("infer routed by model", infer_each_model)
+        case("compressed infer (gzip, deflate) routed by model", compressed_infer_routed_by_model)
         case("unknown model: NOT_FOUND", unknown_model_is_not_found)
         case("streaming infer", stream_infer)
         client.close()

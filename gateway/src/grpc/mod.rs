@@ -11,11 +11,50 @@
 //!   an unknown model, `UNAVAILABLE`, `RESOURCE_EXHAUSTED`, …), a non-gRPC
 //!   upstream answer's HTTP status as a gRPC code (the gRPC spec's table), and
 //!   `grpc-message` percent-encoding.
+//! - [`compressed`]: the same for a compressed first message (`grpc-encoding`
+//!   `gzip` or `deflate`), from at most its first 64 KiB inflated.
 //! - [`timeout`]: `grpc-timeout` (`1S`, `250m`, at most 8 digits).
 
+pub mod compressed;
 pub mod status;
 pub mod timeout;
 pub mod wire;
+
+use std::borrow::Cow;
+
+/// What a call's first bytes say about its model, compressed or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FirstModel<'a> {
+    /// Field 1 of the first message (borrowed from the body, or inflated).
+    Found(Cow<'a, str>),
+    /// No model in the first message, or one that cannot be read (a
+    /// compression the gateway does not inflate): the call is routed by its
+    /// headers.
+    Absent,
+    /// More bytes are needed.
+    NeedMore,
+}
+
+/// `model_name` of a call's first message at the start of `body`; `encoding`
+/// is the call's `grpc-encoding`, used when the message is compressed.
+pub fn first_model<'a>(
+    body: &'a [u8],
+    encoding: Option<&[u8]>,
+) -> Result<FirstModel<'a>, wire::WireError> {
+    Ok(match wire::model_name(body)? {
+        wire::Scan::Found(m) => FirstModel::Found(Cow::Borrowed(m)),
+        wire::Scan::Absent => FirstModel::Absent,
+        wire::Scan::NeedMore => FirstModel::NeedMore,
+        wire::Scan::Compressed => match compressed::Encoding::from_header(encoding) {
+            None => FirstModel::Absent,
+            Some(enc) => match compressed::model_name(body, enc)? {
+                compressed::Inflated::Found(m) => FirstModel::Found(Cow::Owned(m)),
+                compressed::Inflated::Absent => FirstModel::Absent,
+                compressed::Inflated::NeedMore => FirstModel::NeedMore,
+            },
+        },
+    })
+}
 
 /// `content-type` prefix of a gRPC request.
 pub const CONTENT_TYPE: &[u8] = b"application/grpc";

@@ -21,8 +21,8 @@ pub enum Scan<'a> {
     Found(&'a str),
     /// The message has no (or an empty) field 1.
     Absent,
-    /// The message is compressed: its fields cannot be read without
-    /// decompressing it, which the gateway does not do.
+    /// The message is compressed: its fields are read from its inflated
+    /// first bytes ([`super::compressed`]), not from these.
     Compressed,
     /// More bytes of the message are needed.
     NeedMore,
@@ -49,6 +49,9 @@ pub enum WireError {
     /// The compressed flag is neither 0 nor 1.
     #[error("bad gRPC message flag {0}")]
     Flag(u8),
+    /// A compressed message that does not inflate with its `grpc-encoding`.
+    #[error("the compressed message does not inflate with its grpc-encoding")]
+    Inflate,
 }
 
 /// Length of a gRPC message prefix.
@@ -99,7 +102,19 @@ pub fn model_name(body: &[u8]) -> Result<Scan<'_>, WireError> {
     let end = PREFIX as u64 + u64::from(len);
     let have = body.len().min(usize::try_from(end).unwrap_or(usize::MAX));
     let complete = body.len() as u64 >= end;
-    let msg = &body[..have];
+    scan_fields(&body[..have], PREFIX, end, complete)
+}
+
+/// Walks the protobuf fields of `msg` from `at` for field 1; the message ends
+/// at `end` (an offset into `msg`, which may hold fewer bytes so far) and
+/// `complete` says all of it is in `msg`. Also used on an inflated message
+/// ([`super::compressed`]).
+pub(super) fn scan_fields(
+    msg: &[u8],
+    mut at: usize,
+    end: u64,
+    complete: bool,
+) -> Result<Scan<'_>, WireError> {
     let more = |complete: bool| {
         if complete {
             Err(WireError::Length)
@@ -107,7 +122,6 @@ pub fn model_name(body: &[u8]) -> Result<Scan<'_>, WireError> {
             Ok(Scan::NeedMore)
         }
     };
-    let mut at = PREFIX;
     while at < msg.len() {
         let Some(tag) = varint(msg, &mut at)? else {
             return more(complete);

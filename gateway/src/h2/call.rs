@@ -3,7 +3,8 @@
 //! stream with flow control end to end.
 //!
 //! Steps: read the first bytes of the request until `model_name` is found
-//! (KServe v2 calls only, [`crate::grpc::wire`]: the tensors that follow are
+//! (KServe v2 calls only, [`crate::grpc::wire`]; a compressed message is
+//! inflated up to 64 KiB for it, [`crate::grpc::compressed`]: the tensors that follow are
 //! not read yet, at most `--max-body-bytes` are held, and they must arrive
 //! within `--header-timeout`, else `DEADLINE_EXCEEDED`) → [`crate::plan`] (the
 //! model is [`crate::plan::RequestInfo::message_model`]) → JWT
@@ -40,7 +41,7 @@ use shardgate_routing::scoring::PickRequest;
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::Failure;
 use crate::grpc::status::{encode_message, of_failure, Code};
-use crate::grpc::wire::{model_name, Scan};
+use crate::grpc::{first_model, FirstModel};
 use crate::metrics::RequestRecord;
 use crate::plan::{plan, Plan, RequestInfo};
 use crate::ratelimit::Admitted;
@@ -167,14 +168,18 @@ struct FirstBytes {
 /// Reads the body until `model_name` of the first message is known (or the
 /// message, the stream, or `max` bytes end). Read bytes are not released to
 /// the client's window: they are released when they went upstream.
-async fn first_bytes(body: &mut RecvStream, max: u64) -> Result<FirstBytes, Failure> {
+async fn first_bytes(
+    body: &mut RecvStream,
+    max: u64,
+    encoding: Option<&[u8]>,
+) -> Result<FirstBytes, Failure> {
     let mut fb = FirstBytes {
         buf: BytesMut::new(),
         ended: false,
     };
     loop {
-        match model_name(&fb.buf) {
-            Ok(Scan::NeedMore) => {}
+        match first_model(&fb.buf, encoding) {
+            Ok(FirstModel::NeedMore) => {}
             Ok(_) => return Ok(fb),
             Err(e) => return Err(Failure::bad_json(format!("malformed gRPC message: {e}"))),
         }
@@ -249,9 +254,10 @@ pub(crate) async fn serve(
         endpoint: None,
         answer: Answered::default(),
     };
+    let encoding = parts.headers.get("grpc-encoding").map(|v| v.as_bytes());
     let first = if crate::grpc::names_model(path) {
         // The first message must name its model within `--header-timeout`.
-        let read = first_bytes(&mut body, shard.settings.limits.max_body_bytes);
+        let read = first_bytes(&mut body, shard.settings.limits.max_body_bytes, encoding);
         let read = monoio::time::timeout(shard.settings.header_timeout, read).await;
         match read.unwrap_or_else(|_| Err(Failure::request_timeout())) {
             Ok(fb) => fb,
@@ -268,8 +274,8 @@ pub(crate) async fn serve(
         }
     };
     let first_buf = first.buf.freeze();
-    let message_model = match model_name(&first_buf) {
-        Ok(Scan::Found(m)) => Some(m),
+    let message_model = match first_model(&first_buf, encoding) {
+        Ok(FirstModel::Found(m)) => Some(m),
         _ => None,
     };
     let headers = &parts.headers;
@@ -281,7 +287,7 @@ pub(crate) async fn serve(
         host: parts.uri.authority().map(|a| a.as_str()),
         header: &lookup,
         body: &first_buf,
-        message_model,
+        message_model: message_model.as_deref(),
         roll: fastrand::u32(..),
     };
     // The port's listeners in the state in force (a reload may change them).
