@@ -263,3 +263,44 @@ fn token_limits_charge_answers_over_h2_and_carry_the_quota_headers() {
         gw.metrics()
     );
 }
+
+#[test]
+fn an_upgrade_to_h2c_is_answered_over_http1_and_not_forwarded() {
+    // RFC 9113 §3.1 deprecates the `Upgrade: h2c` mechanism; a server may
+    // ignore an Upgrade (RFC 9110 §7.8). curl --http2 on an http:// URL sends
+    // one: the answer is plain HTTP/1.1 on a connection that stays usable,
+    // and neither Upgrade nor HTTP2-Settings reaches the backend.
+    let s = sim(&["llama"], |_| {});
+    let gw = Gateway::start(&config(s.addr()), &[]);
+    let mut c = Client::connect(gw.addr);
+    let upgrade = [
+        ("connection", "Upgrade, HTTP2-Settings"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+    ];
+    let mut echo = upgrade.to_vec();
+    echo.push(("x-gateway-model-name", "llama"));
+    let r = c.post("/sim/echo", r#"{"model":"llama"}"#, &echo);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json();
+    let names: Vec<String> = seen["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h[0].as_str().unwrap().to_ascii_lowercase())
+        .collect();
+    for hop in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            !names.iter().any(|n| n == hop),
+            "{hop} reached the backend: {names:?}"
+        );
+    }
+    // The connection is still HTTP/1.1 and keeps serving.
+    let r = c.post(
+        "/v1/completions",
+        r#"{"model":"llama","prompt":"hi","max_tokens":2}"#,
+        &upgrade,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 2);
+}
