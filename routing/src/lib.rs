@@ -35,7 +35,7 @@ pub use config::{
 pub use duration::parse_duration;
 pub use model::{extract_model, extract_model_strict, model_span, user_span, ModelError};
 pub use table::{
-    BackendGroup, BackendTls, EndpointInfo, ListenerInfo, RequestView, RolloutSpec, RouteMatch,
-    RoutingTable, RuleAction, RuleSummary, SplitEntry, SplitTarget, TlsCertificate, Warning,
-    MODEL_HEADER, MODEL_TYPE_HEADER,
+    is_grpc_content_type, BackendGroup, BackendTls, EndpointInfo, ListenerInfo, RequestView,
+    RolloutSpec, RouteMatch, RoutingTable, RuleAction, RuleSummary, SplitEntry, SplitTarget,
+    TlsCertificate, Warning, MODEL_HEADER, MODEL_TYPE_HEADER,
 };

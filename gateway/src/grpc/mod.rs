@@ -56,17 +56,11 @@ pub fn first_model<'a>(
     })
 }
 
-/// `content-type` prefix of a gRPC request.
-pub const CONTENT_TYPE: &[u8] = b"application/grpc";
-
 /// Whether a request's `content-type` says gRPC (`application/grpc`,
-/// `application/grpc+proto`, `application/grpc;…`).
+/// `application/grpc+proto`, `application/grpc;…`): the routing table's test,
+/// which GRPCRoute matches apply.
 pub fn is_grpc(content_type: Option<&[u8]>) -> bool {
-    content_type.is_some_and(|ct| {
-        ct.len() >= CONTENT_TYPE.len()
-            && ct[..CONTENT_TYPE.len()].eq_ignore_ascii_case(CONTENT_TYPE)
-            && matches!(ct.get(CONTENT_TYPE.len()), None | Some(b'+' | b';'))
-    })
+    content_type.is_some_and(shardgate_routing::is_grpc_content_type)
 }
 
 /// The KServe v2 service whose calls name a model in field 1.

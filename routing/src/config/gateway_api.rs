@@ -270,6 +270,21 @@ pub struct HttpRouteMatch {
     /// Method condition.
     #[serde(default)]
     pub method: Option<HttpMethod>,
+    /// Set on the matches of a GRPCRoute lowered to an HTTPRoute
+    /// (`grpc_route.rs`), never read from a document: only gRPC calls match,
+    /// and precedence follows GRPCRoute's rules.
+    #[serde(skip)]
+    pub grpc: Option<GrpcPrecedence>,
+}
+
+/// What a GRPCRoute match weighs in precedence (Gateway API: the characters
+/// of its service, then of its method; header matches after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GrpcPrecedence {
+    /// Characters of the match's service (0: none).
+    pub service_chars: usize,
+    /// Characters of the match's method (0: none).
+    pub method_chars: usize,
 }
 
 /// `matches[].path`.

@@ -11,14 +11,19 @@
 //! | `RegularExpression` | path regex `/(?:S)/(?:M)` | `/(?:S)/[^/]+` | `/[^/]+/(?:M)` |
 //! No method match (or no matches) matches every call.
 //!
-//! Precedence: the spec orders by hostname, then the characters of a matching
-//! service, then of a matching method, then the number of header matches.
-//! Here: hostname, then an `Exact` service+method before any regular
-//! expression (longer first), then header matches; a service-only match ranks
-//! by its service's length, a method-only one by its method's (a service-only
-//! match with a longer name wins over a method-only one, as in the spec; the
-//! spec's tie between a long service-only match and an exact pair is broken
-//! toward the pair).
+//! Only gRPC calls match a GRPCRoute (`content-type: application/grpc…`, as
+//! Envoy's `grpc` route match): an OpenAI request on a listener that carries
+//! both kinds never lands on a GRPCRoute rule.
+//!
+//! Precedence, as the spec orders it: hostname, then the characters of the
+//! match's service, then of its method (the regular expression's, for
+//! `RegularExpression`), then the number of header matches; then route
+//! `namespace/name` (no creation timestamps in files) and rule order. Ties
+//! of equal characters put `Exact` before `RegularExpression`. Each match
+//! carries its weights ([`GrpcPrecedence`]) for the table to sort by; within
+//! a hostname, GRPCRoute matches are tried before HTTPRoute ones (a gRPC call
+//! that both kinds match goes by its GRPCRoute; the spec does not merge
+//! them).
 //!
 //! Validation (per the CRD): a method match names a service or a method; an
 //! `Exact` service is a dotted identifier, an `Exact` method an identifier;
@@ -130,6 +135,16 @@ fn path_match(m: &GrpcMethodMatch) -> HttpPathMatch {
     }
 }
 
+/// A method match's weight in precedence: the characters of its service and
+/// method (of the regular expressions, for `RegularExpression`).
+fn precedence(m: Option<&GrpcMethodMatch>) -> GrpcPrecedence {
+    let len = |v: Option<&String>| v.map_or(0, String::len);
+    m.map_or(GrpcPrecedence::default(), |m| GrpcPrecedence {
+        service_chars: len(m.service.as_ref()),
+        method_chars: len(m.method.as_ref()),
+    })
+}
+
 fn string_match(t: Option<&str>) -> StringMatchType {
     match t {
         Some("RegularExpression") => StringMatchType::RegularExpression,
@@ -153,24 +168,32 @@ impl GrpcRoute {
             .iter()
             .map(|r| HttpRouteRule {
                 name: None,
-                matches: r
-                    .matches
-                    .iter()
-                    .map(|m| HttpRouteMatch {
-                        path: m.method.as_ref().map(path_match),
-                        headers: m
-                            .headers
-                            .iter()
-                            .map(|h| HttpHeaderMatch {
-                                match_type: string_match(h.match_type.as_deref()),
-                                name: h.name.clone(),
-                                value: h.value.clone(),
-                            })
-                            .collect(),
-                        query_params: Vec::new(),
-                        method: None,
-                    })
-                    .collect(),
+                matches: if r.matches.is_empty() {
+                    // Every call, but only gRPC calls.
+                    vec![HttpRouteMatch {
+                        grpc: Some(GrpcPrecedence::default()),
+                        ..HttpRouteMatch::default()
+                    }]
+                } else {
+                    r.matches
+                        .iter()
+                        .map(|m| HttpRouteMatch {
+                            grpc: Some(precedence(m.method.as_ref())),
+                            path: m.method.as_ref().map(path_match),
+                            headers: m
+                                .headers
+                                .iter()
+                                .map(|h| HttpHeaderMatch {
+                                    match_type: string_match(h.match_type.as_deref()),
+                                    name: h.name.clone(),
+                                    value: h.value.clone(),
+                                })
+                                .collect(),
+                            query_params: Vec::new(),
+                            method: None,
+                        })
+                        .collect()
+                },
                 filters: r.filters.iter().filter_map(filter).collect(),
                 backend_refs: r
                     .backend_refs

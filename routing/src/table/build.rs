@@ -293,9 +293,19 @@ impl<'c, 'r> Builder<'c, 'r> {
                 let m = &routes[e.route].rules[e.rule].matches[e.matcher];
                 let (hk, hl) = e.host.specificity();
                 let (pk, pl) = m.path.rank();
+                // GRPCRoute matches first, by their own rules (the matcher's
+                // module docs); HTTPRoute ones have no gRPC weights.
+                let g = m.grpc.map(|g| (g.service_chars, g.method_chars));
+                let (gs, gm) = g.unwrap_or((0, 0));
                 (
                     Reverse(hk),
                     Reverse(hl),
+                    (
+                        g.is_none(),
+                        Reverse(gs),
+                        Reverse(gm),
+                        Reverse(if g.is_some() { m.headers.len() } else { 0 }),
+                    ),
                     pk,
                     Reverse(pl),
                     m.method.is_none(),
@@ -946,6 +956,7 @@ impl<'c, 'r> Builder<'c, 'r> {
             method: m.method,
             headers,
             query,
+            grpc: m.grpc,
         }
     }
 

@@ -15,6 +15,12 @@
 //!    matches; 6. route `namespace/name` alphabetically (we have no creation
 //!    timestamps); 7. rule order; 8. match order.
 //!
+//! GRPCRoute matches (lowered to path matches, `config/grpc_route.rs`) are
+//! tried before HTTPRoute ones within a hostname, match gRPC calls only, and
+//! are ordered among themselves as GRPCRoute's spec says: more characters of
+//! service, then of method, then more header matches (then `Exact` before
+//! `RegularExpression`, then 6–8 above).
+//!
 //! Details worth knowing:
 //! - paths are compared as given (no normalisation or percent-decoding);
 //!   `PathPrefix` is element-wise and ignores a trailing `/` of the value;
@@ -231,10 +237,24 @@ pub(super) struct CompiledMatch {
     pub(super) method: Option<HttpMethod>,
     pub(super) headers: Vec<HeaderCond>,
     pub(super) query: Vec<NamedCond>,
+    /// A GRPCRoute's match: gRPC calls only; its precedence weights.
+    pub(super) grpc: Option<crate::config::GrpcPrecedence>,
+}
+
+/// Whether a `content-type` says gRPC (`application/grpc`,
+/// `application/grpc+proto`, `application/grpc;…`, any case).
+pub fn is_grpc_content_type(ct: &[u8]) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    ct.len() >= GRPC.len()
+        && ct[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        && matches!(ct.get(GRPC.len()), None | Some(b'+' | b';'))
 }
 
 impl CompiledMatch {
     fn matches(&self, req: &RequestView<'_>, path: &str, query: Option<&str>) -> bool {
+        if self.grpc.is_some() && !(req.headers)("content-type").is_some_and(is_grpc_content_type) {
+            return false;
+        }
         if let Some(m) = self.method {
             if req.method != m.as_str() {
                 return false;

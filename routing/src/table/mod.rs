@@ -42,7 +42,7 @@ mod warning;
 pub use split::{RolloutSpec, SplitEntry, SplitTarget};
 
 pub(crate) use matcher::anchored;
-pub use matcher::RequestView;
+pub use matcher::{is_grpc_content_type, RequestView};
 use matcher::{CompiledMatch, HostPattern};
 pub use models::kserve_model;
 pub use policy::NamedPriority;

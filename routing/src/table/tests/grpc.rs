@@ -25,8 +25,11 @@ fn grpc_route(name: &str, spec: &str) -> String {
     )
 }
 
+const GRPC: [(&str, &str); 1] = [("content-type", "application/grpc")];
+
+/// A gRPC call (POST with a gRPC content type).
 fn call(path: &str) -> Req<'_> {
-    Req::get(path).method("POST")
+    Req::get(path).method("POST").headers(&GRPC)
 }
 
 const INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
@@ -111,8 +114,8 @@ fn grpc_precedence_exact_pair_then_headers_then_service() {
         ),
     );
     let t = build(&yaml);
-    let llama = [("x-gateway-model-name", "llama")];
-    let tenant = [("x-tenant", "acme")];
+    let llama = [GRPC[0], ("x-gateway-model-name", "llama")];
+    let tenant = [GRPC[0], ("x-tenant", "acme")];
     assert_eq!(on(&t, 0, &call(INFER).headers(&llama)), "default/p#2");
     assert_eq!(on(&t, 0, &call(INFER)), "default/p#1");
     assert_eq!(on(&t, 0, &call(READY)), "default/p#0");
@@ -131,7 +134,7 @@ fn grpc_backend_weights_carry_over() {
         ),
     );
     let t = build(&yaml);
-    let lookup = |_: &str| None;
+    let lookup = |name: &str| (name == "content-type").then_some(&b"application/grpc"[..]);
     let view = RequestView {
         method: "POST",
         path: INFER,
@@ -167,4 +170,113 @@ fn a_bad_grpc_regex_is_an_error() {
             .any(|e| e.to_string().contains("invalid regular expression")),
         "{errs:?}"
     );
+}
+
+#[test]
+fn grpc_precedence_is_service_characters_then_method_characters_then_headers() {
+    // The spec's order: a match with more characters of service wins over one
+    // with a long method and no service; among equal services the longer
+    // method; then header matches; regular expressions count their
+    // characters too.
+    let yaml = format!(
+        "{GW_GRPC}{}",
+        grpc_route(
+            "p",
+            "  rules:
+  - matches:
+    - method: {method: AVeryLongMethodNameIndeed}
+    backendRefs: [{name: method-only, port: 1}]
+  - matches:
+    - method: {service: a.B}
+    backendRefs: [{name: short-service, port: 1}]
+  - matches:
+    - method: {type: RegularExpression, service: 'a\\..*'}
+    backendRefs: [{name: regex-service, port: 1}]
+  - matches:
+    - method: {service: a.B, method: M}
+      headers: [{name: x-tenant, value: t}]
+    backendRefs: [{name: pair-header, port: 1}]
+  - matches:
+    - method: {service: a.B, method: M}
+    backendRefs: [{name: pair, port: 1}]
+"
+        ),
+    );
+    let t = build(&yaml);
+    let tenant = [GRPC[0], ("x-tenant", "t")];
+    // a.B (3) beats no service; `a\..*` (4 characters) beats a.B (3).
+    assert_eq!(
+        on(&t, 0, &call("/a.B/AVeryLongMethodNameIndeed")),
+        "default/p#2"
+    );
+    assert_eq!(
+        on(&t, 0, &call("/x.Y/AVeryLongMethodNameIndeed")),
+        "default/p#0"
+    );
+    // The regex (4 service characters) outranks the exact pair (3 + 1).
+    assert_eq!(on(&t, 0, &call("/a.B/M")), "default/p#2");
+    assert_eq!(on(&t, 0, &call("/a.B/M").headers(&tenant)), "default/p#2");
+}
+
+#[test]
+fn an_exact_pair_beats_its_service_and_headers_break_ties() {
+    let yaml = format!(
+        "{GW_GRPC}{}{}",
+        grpc_route(
+            "b-svc",
+            "  rules:\n  - matches:\n    - method: {service: a.B}\n    backendRefs: [{name: s, port: 1}]\n"
+        ),
+        grpc_route(
+            "a-pair",
+            "  rules:
+  - matches:
+    - method: {service: a.B, method: Get}
+    backendRefs: [{name: pair, port: 1}]
+  - matches:
+    - method: {service: a.B, method: Get}
+      headers: [{name: x-tenant, value: t}]
+    backendRefs: [{name: pair-header, port: 1}]
+"
+        ),
+    );
+    let t = build(&yaml);
+    let tenant = [GRPC[0], ("x-tenant", "t")];
+    assert_eq!(on(&t, 0, &call("/a.B/Get")), "default/a-pair#0");
+    assert_eq!(
+        on(&t, 0, &call("/a.B/Get").headers(&tenant)),
+        "default/a-pair#1"
+    );
+    assert_eq!(on(&t, 0, &call("/a.B/Put")), "default/b-svc#0");
+}
+
+#[test]
+fn grpc_routes_match_grpc_calls_only() {
+    // On an HTTP listener carrying both kinds: a gRPC call goes by its
+    // GRPCRoute, even where an HTTPRoute path would match it too; an OpenAI
+    // request never lands on a GRPCRoute (a catch-all one included).
+    let yaml = format!(
+        "{GW_GRPC}{}{}",
+        route(
+            "h",
+            "  rules:\n  - matches:\n    - path: {type: PathPrefix, value: /a.B}\n    backendRefs: [{name: http, port: 80}]\n  - backendRefs: [{name: http-any, port: 80}]\n"
+        ),
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata:\n  name: g\nspec:\n  parentRefs:\n  - name: gw\n    sectionName: http\n  rules:\n  - matches:\n    - method: {service: a.B}\n    backendRefs: [{name: grpc, port: 1}]\n  - backendRefs: [{name: grpc-any, port: 1}]\n",
+    );
+    let t = build(&yaml);
+    assert_eq!(on(&t, 1, &call("/a.B/M")), "default/g#0");
+    assert_eq!(on(&t, 1, &call("/x.Y/M")), "default/g#1");
+    let json = [("content-type", "application/json")];
+    assert_eq!(
+        on(&t, 1, &Req::get("/a.B/M").method("POST").headers(&json)),
+        "default/h#0"
+    );
+    assert_eq!(
+        on(
+            &t,
+            1,
+            &Req::get("/v1/completions").method("POST").headers(&json)
+        ),
+        "default/h#1"
+    );
+    assert_eq!(on(&t, 1, &Req::get("/v1/models")), "default/h#1");
 }
