@@ -12,7 +12,8 @@ What it models (ported from sim/src, same integers):
   admitted later in the same step already hits them; lookup capped at (prompt-1)/16
   blocks; release in reverse order into an LRU; eviction of the oldest cached-free block),
   driver.rs (a step starts when a request reaches an idle engine or when the previous step
-  is observed to end; step ends are tokio timers: rounded up to the next 1 ms tick of the
+  is observed to end, which is also when a request arrives after the step's end but
+  before its timer fires; step ends are tokio timers: rounded up to the next 1 ms tick of the
   engine's clock plus a wake-up latency, `--tick-us`, `--wake-us`; the engine phase per
   sim is drawn from the seed).
 - the workload: run.py's SharedPrefix class itself (imported), its RNG sequence, its
@@ -25,7 +26,7 @@ What it models (ported from sim/src, same integers):
 - routers: vllm-router 0.1.17 `cache_aware` (reimplemented: approximate radix tree per
   worker over the request text, match rate = matched / input characters, > 0.3 -> the
   matched worker, else the worker with the fewest in-flight requests (first of equals in
-  the worker order, `--vr-order`), shortest queue when max - min in-flight > 64 and
+  the worker order, `vllm-cache-aware:order=0123`), shortest queue when max - min in-flight > 64 and
   max > 1.5 x min; tree eviction every 120 s never runs within a cell), simple baselines,
   and oracles that read every engine's exact state (queue, running sequences, KV blocks,
   LRU order, the step in flight) and the current time, but not future arrivals (see
@@ -37,19 +38,31 @@ calls, tokenizing), the sims' real-time jitter on a loaded 2-vCPU machine beyond
 model, retries/errors (none were measured). The DES is deterministic per seed; the measured
 spread between runs comes from the machine's timing, which the DES does not reproduce.
 
-Validation (see /tmp/oracle/report.md when generated, or run `--routers vllm-cache-aware`):
-the DES's vllm-router cache_aware numbers are compared with the measured ones in
-bench/results/routing-quality-precise.md (mean TTFT 0.206-0.208 s at 9 req/s,
-0.217-0.225 s at 12; p90 ~0.56 / ~0.675 s; hit rate 0.85 / 0.86).
+Validation, seed 7 (the benchmark's), against bench/results/routing-quality.md and
+routing-quality-precise.md. vllm-router breaks ties between equally loaded workers in an
+order that varies from one router process to the next (its worker registry order), and
+the 24 orders give different group -> sim placements; each measured cell is compared with
+the DES under the order that reproduces that cell's per-sim request shares exactly:
+  cache_aware  3 req/s: measured 0.304 s, hit 0.69, shares 8/7/31/12;  DES 0.299, 0.690, same
+  cache_aware  6 req/s: measured 0.212 s, hit 0.83, shares 42/41/31/19; DES 0.207, 0.829, same
+  cache_aware  9 req/s: measured 0.203-0.211 s (16 runs), p90 0.54-0.575, hit 0.85,
+               shares 47/50/56/47; DES 0.207, p90 0.570, hit 0.848, same shares
+               (all 24 orders: 0.200-0.208)
+  cache_aware 12 req/s: measured 0.216-0.239 s (16 runs), p90 0.673-0.682, hit 0.86,
+               shares 71/62/65/62; DES 0.222, p90 0.670, hit 0.858, same shares
+               (24 orders: 0.213-0.341, median 0.219)
+  round_robin 3/6/9/12: measured 0.437/0.714/2.022/5.021 s; DES 0.447/0.670/2.136/5.059
+The DES means are 1-3 % below the measured ones where the shares match (no network or
+router overhead); the timer model moves them by < 1 % (--tick-us 0 --wake-us 0).
 
-    python3 bench/quality/oracle.py --rates 9,12 --seeds 7 --routers vllm-cache-aware,oracle-ttft
-    python3 bench/quality/oracle.py --list
+    python3 bench/quality/oracle.py --rates 9,12 --seeds 7 --routers vllm-cache-aware,floor
+    python3 bench/quality/oracle.py --list      # routers
+    python3 bench/quality/oracle.py --rates 9 --seeds 7 --routers "" --search-partition 100
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import heapq
 import importlib.util
 import itertools
@@ -596,15 +609,8 @@ class OracleTTFT(Router):
 class OracleMarginal(Router):
     """Exact state, greedy on the total: the engine where adding this request raises the
     sum of first-token times of every request waiting there (itself included) least,
-    i.e. its own TTFT plus the delay it causes to requests already queued there.
-    `evict_weight` (s per evicted prefix block that no engine keeps) optionally charges the
-    cache damage of the placement."""
+    i.e. its own TTFT plus the delay it causes to requests already queued there."""
     name = "oracle-marginal"
-
-    def __init__(self, evict_weight_us: float = 0.0, label: str | None = None):
-        self.evict_weight_us = evict_weight_us
-        if label:
-            self.name = label
 
     def route(self, req, now):
         best = None
@@ -615,33 +621,10 @@ class OracleMarginal(Router):
             cost = after.get(req.id, math.inf) - now
             for rid, t in before.items():
                 cost += after.get(rid, math.inf) - t
-            if self.evict_weight_us:
-                cost += self.evict_weight_us * self.sim.evicted_unique_prefix_blocks(e, req)
             key = (cost, self.sim.load[e.idx], e.idx)
             if best is None or key < best:
                 best = key
         return best[2]
-
-
-class StickyLeastWork(Router):
-    """Rule, not oracle: the engine holding the longest cached prefix of the request (exact
-    KV state); a request whose prefix no engine holds goes to the engine with the least
-    work ahead (work_left); among engines holding the prefix, the one whose predicted
-    TTFT is lowest (exact)."""
-    name = "sticky-least-work"
-
-    def route(self, req, now):
-        sim = self.sim
-        hits = [sim.cached_blocks(e, req) for e in sim.engines]
-        best_hit = max(hits)
-        if best_hit * sim.bs < 0.5 * req.prompt_len:
-            return min(range(len(sim.engines)),
-                       key=lambda i: (sim.engines[i].work_left(now), sim.load[i], i))
-        cands = [e for e in sim.engines if hits[e.idx] == best_hit]
-        if len(cands) == 1:
-            return cands[0].idx
-        return min(cands, key=lambda e: (e.first_tokens(now, req, {req.id}).get(req.id, math.inf),
-                                         e.idx)).idx
 
 
 def common_prefix(a, b) -> int:
@@ -663,7 +646,8 @@ class Sticky(Router):
     pick / new: minload (fewest in flight), work (least work ahead), ttft (predicted own
     first token), marginal (own TTFT + delay caused to requests waiting there),
     groups (fewest groups homed there, then work), groupsw (fewest groups per KV block
-    and decode speed, then work)."""
+    and decode speed, then work), blocks (fewest blocks registered in its KV cache, then
+    work)."""
 
     def __init__(self, pick="ttft", new="work", escape=None, label=None, hold=None):
         self.pick = pick
@@ -703,6 +687,8 @@ class Sticky(Router):
             for rid, t in before.items():
                 cost += after.get(rid, math.inf) - t
             return (cost, sim.load[e.idx], e.idx)
+        if how == "blocks":
+            return (len(e.kv.cached), e.work_left(now), e.idx)
         if how in ("groups", "groupsw"):
             ng = sum(1 for g, es in self.home.items() if e.idx in es)
             if how == "groupsw":
@@ -988,8 +974,7 @@ class Rollout(Router):
 
 class Sim:
     def __init__(self, seed: int, rate: float, duration: float, router: Router, *,
-                 tick_us=1000, wake_us=100, net_us=0, max_tokens=None, specs=None,
-                 answer_words=None, log=False):
+                 tick_us=1000, wake_us=100, net_us=0, specs=None, log=False):
         self.seed = seed
         self.rate = rate
         self.duration = duration
@@ -1006,9 +991,6 @@ class Sim:
                 e.log = []
         self.blocks = Blocks(self.bs)
         self.wl = RUN.SharedPrefix(seed)
-        if max_tokens:
-            self.wl.max_tokens = max_tokens
-        self.answer_words = answer_words
         self.reqs: list[Req] = []
         self._chars_cache: dict = {}
         self._heap: list = []
@@ -1026,34 +1008,6 @@ class Sim:
                 acc.append(s)
             req.chars = acc
         return req.chars
-
-    def cached_blocks(self, e: Engine, req: Req) -> int:
-        n = min((req.prompt_len - 1) // self.bs, len(req.hashes))
-        return e.kv.lookup(req.hashes[:n])
-
-    def evicted_unique_prefix_blocks(self, e: Engine, req: Req) -> int:
-        """Blocks of some group's system prompt that placing `req` on `e` would evict now
-        and that no other engine holds (a rough, immediate-only count)."""
-        kv = e.kv
-        n = min((req.prompt_len - 1) // self.bs, len(req.hashes))
-        hit = kv.lookup(req.hashes[:n])
-        need = e.blocks_needed(req.prompt_len, req.max_tokens) - hit
-        take = need - len(kv.empty)
-        if take <= 0:
-            return 0
-        sys_blocks = self._sys_block_set()
-        lost = 0
-        for _, b in itertools.islice(kv.lru.items(), take):
-            h = kv.hash[b]
-            if h in sys_blocks and not any(h in o.kv.cached for o in self.engines if o is not e):
-                lost += 1
-        return lost
-
-    def _sys_block_set(self) -> set:
-        s = set()
-        for hs in self._group_hashes.values():
-            s.update(hs)
-        return s
 
     def synthetic(self, g: int, t: int, k: int) -> Req:
         """A sampled future request of group g (for rollouts): the group's system prompt
@@ -1126,7 +1080,9 @@ class Sim:
             e.held.append(req)
         else:
             e.add(req, t)
-        if e.in_flight is None:
+        # driver.rs steps the engine on every command: a step that has ended but whose
+        # timer has not fired yet completes now.
+        if e.in_flight is None or t >= e.in_flight:
             self._step(e, t)
 
     def _step(self, e: Engine, t: int) -> None:
@@ -1323,13 +1279,10 @@ def make_router(name: str) -> Router | str:
     if base == "oracle-ttft":
         return OracleTTFT()
     if base == "oracle-marginal":
-        w = float(kw.get("evict", 0)) * 1e6
-        return OracleMarginal(w, label=name if w else None)
+        return OracleMarginal()
     if base == "static":
         m = {g: int(c) for g, c in enumerate(kw["map"])}
         return Static(m, label=name, hold=int(kw["hold"]) if "hold" in kw else None)
-    if base == "sticky-least-work":
-        return StickyLeastWork()
     if base == "sticky":
         esc = float(kw["escape"]) if "escape" in kw else None
         hold = int(kw["hold"]) if "hold" in kw else None
@@ -1351,10 +1304,9 @@ floor-4             as floor-inflight, and each group's first request (the compu
 round-robin         baseline
 least-load          fewest in-flight requests (first of equals)
 vllm-cache-aware    vllm-router 0.1.17 cache_aware (:order=0123 worker order for ties)
-sticky-least-work   exact KV: longest cached prefix; prefix nowhere -> least work ahead;
-                    among holders, lowest predicted TTFT
 sticky              rule family on exact state: holders of the prefix (KV or waiting)
-                    first; :pick=, :new= one of minload|work|ttft|marginal|groups|groupsw;
+                    first; :pick=, :new= one of minload|work|ttft|marginal|groups|groupsw|
+                    blocks;
                     :escape=S replicate when a non-holder is S seconds sooner
                     :hold=N (not routing alone: the router holds a request with >= N
                     uncached tokens until its engine's waiting queue is empty)
@@ -1362,7 +1314,6 @@ static:map=D..D     fixed group -> engine map, one digit per group (the hindsigh
                     searches print theirs); :hold=N as sticky
 oracle-ttft         exact state, min predicted TTFT of this request
 oracle-marginal     exact state, min (own TTFT + delay caused to requests queued there)
-                    (:evict=S adds S seconds per evicted last-copy system-prompt block)
 oracle-rollout      exact state + sampled futures (Poisson, uniform group): Monte-Carlo
                     lookahead for every placement of a prefix no engine holds
                     :h=SECONDS horizon :n=SAMPLES :escape=S also for requests whose

@@ -417,6 +417,20 @@ fn compressed_frame(msg: &[u8], enc: &str) -> bytes::Bytes {
     out.into()
 }
 
+/// A unary ModelInfer call whose one message is `framed` (compressed), sent
+/// with `grpc-encoding: header`.
+fn infer_framed(
+    c: &mut GrpcClient,
+    header: &str,
+    framed: bytes::Bytes,
+) -> shardgate_testkit::grpc::Reply {
+    let mut call = c
+        .open(&format!("{SVC}/ModelInfer"), &[("grpc-encoding", header)])
+        .unwrap();
+    c.send_framed(&mut call, framed, true).unwrap();
+    c.finish(call).unwrap()
+}
+
 /// Bytes that do not compress, so a tensor stays big on the wire.
 fn noise(n: usize, seed: u32) -> Vec<u8> {
     let mut x = seed | 1;
@@ -445,16 +459,7 @@ fn compressed_calls_are_routed_by_the_model_in_their_inflated_first_message() {
         // A 1 MiB tensor: its model is read from the first inflated bytes,
         // the message goes upstream compressed as it came.
         let payload = noise(1 << 20, i as u32 + 7);
-        let mut call = c
-            .open(&format!("{SVC}/ModelInfer"), &[("grpc-encoding", enc)])
-            .unwrap();
-        c.send_framed(
-            &mut call,
-            compressed_frame(&infer(model, &payload), enc),
-            true,
-        )
-        .unwrap();
-        let r = c.finish(call).unwrap();
+        let r = infer_framed(&mut c, enc, compressed_frame(&infer(model, &payload), enc));
         assert_eq!((r.http_status, r.status), (200, Some(0)), "{enc}: {r:?}");
         let out: ModelInferResponse = decode_message(&r.messages[0]).unwrap();
         assert_eq!(out.model_name, model);
@@ -490,50 +495,29 @@ fn compressed_calls_are_routed_by_the_model_in_their_inflated_first_message() {
     assert_eq!(call.reply.status, Some(0));
     assert_eq!(requests_total(b.addr()) - b0, 5);
     // A model no route names, compressed: NOT_FOUND, as uncompressed.
-    let mut call = c
-        .open(
-            &format!("{SVC}/ModelInfer"),
-            &[("grpc-encoding", "deflate")],
-        )
-        .unwrap();
-    c.send_framed(
-        &mut call,
+    let r = infer_framed(
+        &mut c,
+        "deflate",
         compressed_frame(&infer("llama", b"x"), "deflate"),
-        true,
-    )
-    .unwrap();
-    let r = c.finish(call).unwrap();
+    );
     assert_eq!(r.status, Some(5), "{r:?}");
     assert!(r.message.contains("llama"), "{r:?}");
     // A stream that does not inflate with its grpc-encoding: INVALID_ARGUMENT
     // from the gateway, nothing upstream.
     let before = requests_total(a.addr()) + requests_total(b.addr());
-    let mut call = c
-        .open(
-            &format!("{SVC}/ModelInfer"),
-            &[("grpc-encoding", "deflate")],
-        )
-        .unwrap();
-    c.send_framed(
-        &mut call,
+    let r = infer_framed(
+        &mut c,
+        "deflate",
         compressed_frame(&infer("resnet", b"x"), "gzip"),
-        true,
-    )
-    .unwrap();
-    let r = c.finish(call).unwrap();
+    );
     assert_eq!(r.status, Some(3), "{r:?}");
     // An encoding the gateway does not inflate: routed by its headers only
     // (here none names a model, so no route matches).
-    let mut call = c
-        .open(&format!("{SVC}/ModelInfer"), &[("grpc-encoding", "snappy")])
-        .unwrap();
-    c.send_framed(
-        &mut call,
+    let r = infer_framed(
+        &mut c,
+        "snappy",
         compressed_frame(&infer("resnet", b"x"), "gzip"),
-        true,
-    )
-    .unwrap();
-    let r = c.finish(call).unwrap();
+    );
     assert_eq!(r.status, Some(12), "{r:?}");
     assert_eq!(requests_total(a.addr()) + requests_total(b.addr()), before);
 }

@@ -118,21 +118,8 @@ pub fn model_name(body: &[u8], enc: Encoding) -> Result<Inflated, WireError> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::grpc::wire::test_support::string_field;
     use std::io::Write;
-
-    fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    fn string_field(out: &mut Vec<u8>, field: u64, v: &[u8]) {
-        put_varint(out, field << 3 | 2);
-        put_varint(out, v.len() as u64);
-        out.extend_from_slice(v);
-    }
 
     fn infer_request(model: &str, tensor: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();

@@ -176,13 +176,11 @@ pub(super) fn scan_fields(
     }
 }
 
+/// Protobuf writers for tests of the scanners.
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use proptest::prelude::*;
-
-    fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+pub(super) mod test_support {
+    /// Appends `v` as a varint.
+    pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push((v as u8) | 0x80);
             v >>= 7;
@@ -190,11 +188,21 @@ mod tests {
         out.push(v as u8);
     }
 
-    fn string_field(out: &mut Vec<u8>, field: u64, v: &[u8]) {
+    /// Appends a length-delimited field.
+    pub fn string_field(out: &mut Vec<u8>, field: u64, v: &[u8]) {
         put_varint(out, field << 3 | 2);
         put_varint(out, v.len() as u64);
         out.extend_from_slice(v);
     }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+
+    use super::test_support::{put_varint, string_field};
 
     fn framed(msg: &[u8]) -> Vec<u8> {
         let mut out = vec![0];
