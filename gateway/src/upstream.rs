@@ -7,7 +7,8 @@
 //!
 //! Numbers: a fresh connection gets a 16 KiB read buffer and `TCP_NODELAY`; the
 //! pool keeps `--upstream-idle-per-endpoint` connections per endpoint per shard
-//! (LIFO) for at most `--upstream-idle-timeout`, and peeks (one `recv`) only at
+//! (LIFO; more while the endpoint's pool has run dry within the idle timeout,
+//! [`ConnPool`]) for at most `--upstream-idle-timeout`, and peeks (one `recv`) only at
 //! connections idle for [`PEEK_AFTER_IDLE`] (1 s); request bodies up to 64 KiB
 //! go out in the head's write, larger ones in a second write; a proxied
 //! exchange starts watching the client for a disconnect only after
@@ -187,8 +188,20 @@ pub(crate) async fn tls_handshake(
 pub const PEEK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// One shard's idle upstream connections, per endpoint (LIFO).
+///
+/// `max_idle` (`--upstream-idle-per-endpoint`) is what an endpoint keeps once
+/// its load has dropped, not a ceiling under load: an endpoint whose pool ran
+/// dry (a request had to connect) within the last `idle_timeout` keeps every
+/// connection handed back to it. Otherwise a shard with more requests in flight
+/// to one endpoint than `max_idle` would close connections as answers come
+/// back in a burst and open new ones a moment later: 18 % of the gateway's
+/// CPU per request under 128 concurrent HTTP/2 streams (`bench/results/h2.md`).
+/// The idle timeout still closes what is no longer used, so the pool never
+/// holds more than the recent peak of requests in flight.
 pub struct ConnPool {
     idle: Vec<Vec<UpstreamConn>>,
+    /// Per endpoint: when its pool last ran dry.
+    dry_at: Vec<Option<Instant>>,
     max_idle: usize,
     idle_timeout: Duration,
 }
@@ -198,6 +211,7 @@ impl ConnPool {
     pub fn new(endpoints: usize, max_idle: usize, idle_timeout: Duration) -> Self {
         ConnPool {
             idle: (0..endpoints).map(|_| Vec::new()).collect(),
+            dry_at: vec![None; endpoints],
             max_idle,
             idle_timeout,
         }
@@ -207,11 +221,23 @@ impl ConnPool {
     pub fn grow(&mut self, endpoints: usize) {
         while self.idle.len() < endpoints {
             self.idle.push(Vec::new());
+            self.dry_at.push(None);
         }
     }
 
-    /// An idle connection to `ep`, dropping expired or dead ones.
+    /// An idle connection to `ep`, dropping expired or dead ones; `None`
+    /// (the caller connects) marks the endpoint's pool as having run dry.
     pub fn take(&mut self, ep: usize, now: Instant) -> Option<UpstreamConn> {
+        let found = self.take_live(ep, now);
+        if found.is_none() {
+            if let Some(d) = self.dry_at.get_mut(ep) {
+                *d = Some(now);
+            }
+        }
+        found
+    }
+
+    fn take_live(&mut self, ep: usize, now: Instant) -> Option<UpstreamConn> {
         let idle = self.idle.get_mut(ep)?;
         while let Some(c) = idle.pop() {
             let age = now.saturating_duration_since(c.idle_since);
@@ -241,7 +267,13 @@ impl ConnPool {
         if self.max_idle == 0 {
             return;
         }
-        if idle.len() >= self.max_idle {
+        let busy = self
+            .dry_at
+            .get(ep)
+            .copied()
+            .flatten()
+            .is_some_and(|t| now.saturating_duration_since(t) < self.idle_timeout);
+        if idle.len() >= self.max_idle && !busy {
             idle.remove(0);
         }
         conn.idle_since = now;
@@ -829,6 +861,83 @@ mod tests {
             let _ = s.sock.read(&mut buf);
         });
         (addr, ca.pem().into_bytes())
+    }
+
+    #[test]
+    fn the_pool_keeps_what_recent_load_needed_and_trims_to_its_floor_after() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Hold the accepted ends open for the test's life.
+        let held = std::thread::spawn(move || {
+            (0..10)
+                .map(|_| listener.accept().unwrap().0)
+                .collect::<Vec<_>>()
+        });
+        shardgate_runtime::block_on(async move {
+            let mut conns = Vec::new();
+            for _ in 0..10 {
+                conns.push(connect(addr, Duration::from_secs(5), None).await.unwrap());
+            }
+            let timeout = Duration::from_secs(4);
+            let t0 = Instant::now();
+            let count = |p: &mut ConnPool, at: Instant| {
+                let mut n = 0;
+                while p.take_live(0, at).is_some() {
+                    n += 1;
+                }
+                n
+            };
+            // Quiet endpoint: five handed back, the floor (2) kept.
+            let mut p = ConnPool::new(1, 2, timeout);
+            for c in conns.drain(..5) {
+                p.put(0, c, t0);
+            }
+            assert_eq!(count(&mut p, t0), 2);
+            // Busy endpoint: its pool ran dry (a request connected), so every
+            // connection handed back within the idle timeout is kept.
+            let mut p = ConnPool::new(1, 2, timeout);
+            assert!(p.take(0, t0).is_none());
+            for c in conns.drain(..) {
+                p.put(0, c, t0 + Duration::from_secs(1));
+            }
+            assert_eq!(count(&mut p, t0 + Duration::from_secs(1)), 5);
+        })
+        .unwrap();
+        drop(held.join());
+    }
+
+    #[test]
+    fn a_busy_pool_is_trimmed_once_the_load_has_gone() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = std::thread::spawn(move || {
+            (0..4)
+                .map(|_| listener.accept().unwrap().0)
+                .collect::<Vec<_>>()
+        });
+        shardgate_runtime::block_on(async move {
+            let timeout = Duration::from_secs(4);
+            let t0 = Instant::now();
+            let mut p = ConnPool::new(1, 1, timeout);
+            assert!(p.take(0, t0).is_none());
+            for i in 0..4u64 {
+                let c = connect(addr, Duration::from_secs(5), None).await.unwrap();
+                // The last one comes back after the dry spell is past the
+                // idle timeout: the pool goes back to its floor.
+                let at = t0 + Duration::from_millis(if i < 3 { 3_000 } else { 4_500 });
+                p.put(0, c, at);
+            }
+            let mut n = 0;
+            while p.take_live(0, t0 + Duration::from_millis(4_500)).is_some() {
+                n += 1;
+            }
+            assert_eq!(
+                n, 3,
+                "three kept while busy, the fourth replaced the oldest"
+            );
+        })
+        .unwrap();
+        drop(held.join());
     }
 
     #[test]
