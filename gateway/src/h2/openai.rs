@@ -505,15 +505,16 @@ async fn relay(
     *head.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
     for (name, value) in resp.headers() {
-        let lower = name.to_ascii_lowercase();
+        // Compared without allocating a lowercase copy; `HeaderName` lowercases
+        // as it parses.
         if resp.is_hop_by_hop(name)
-            || HOP_BY_HOP.contains(&lower.as_str())
-            || (lower == "content-length" && framing != Framing::None)
+            || HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+            || (name.eq_ignore_ascii_case("content-length") && framing != Framing::None)
         {
             continue;
         }
         if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(lower.as_bytes()),
+            http::HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_bytes(value),
         ) {
             head.headers_mut().append(k, v);
@@ -591,6 +592,20 @@ async fn relay(
                 down.send_reset(h2::Reason::INTERNAL_ERROR);
                 return status;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod header_tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn header_names_from_any_case_come_out_lowercase() {
+        // `relay` hands the backend's names to `HeaderName` as they came.
+        for n in ["X-Custom-Header", "Content-Type", "x-request-id", "ETag"] {
+            let h = http::HeaderName::from_bytes(n.as_bytes()).unwrap();
+            assert_eq!(h.as_str(), n.to_ascii_lowercase());
         }
     }
 }
