@@ -46,7 +46,7 @@ the DES under the order that reproduces that cell's per-sim request shares exact
   cache_aware  3 req/s: measured 0.304 s, hit 0.69, shares 8/7/31/12;  DES 0.299, 0.690, same
   cache_aware  6 req/s: measured 0.212 s, hit 0.83, shares 42/41/31/19; DES 0.207, 0.829, same
   cache_aware  9 req/s: measured 0.203-0.211 s (16 runs), p90 0.54-0.575, hit 0.85,
-               shares 47/50/56/47; DES 0.207, p90 0.570, hit 0.848, same shares
+               shares 47/50/56/47; DES 0.206, p90 0.570, hit 0.848, same shares
                (all 24 orders: 0.200-0.208)
   cache_aware 12 req/s: measured 0.216-0.239 s (16 runs), p90 0.673-0.682, hit 0.86,
                shares 71/62/65/62; DES 0.222, p90 0.670, hit 0.858, same shares
