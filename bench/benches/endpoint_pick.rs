@@ -84,6 +84,7 @@ fn setup(n: usize) -> Setup {
             endpoint,
             prefix_blocks: rng.u32(0..=PREFIX_BLOCKS),
             held_blocks: 0,
+            held_families: 0,
         })
         .collect();
     let local = (0..n).map(|_| rng.u32(0..4)).collect();

@@ -151,6 +151,7 @@ impl EndpointsView {
                 endpoint,
                 prefix_blocks: 0,
                 held_blocks: 0,
+                held_families: 0,
             })
             .collect();
         let zeros = vec![0u32; cands.len()];

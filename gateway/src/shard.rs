@@ -525,6 +525,7 @@ impl Shard {
             .map(|k| (k, self.control.precise.snapshot.load()));
         let approx = |ep: usize| prefix.map_or(0, |h| index.match_len(ep, h.as_slice()) as u32);
         let approx_held = |ep: usize| u32::try_from(index.len(ep)).unwrap_or(u32::MAX);
+        let families = |ep: usize| u32::try_from(index.families(ep)).unwrap_or(u32::MAX);
         let mut any_held = false;
         for &ep in group.endpoints.iter().filter(|ep| usable(ep)) {
             let (prefix_blocks, held_blocks) = match (&exact, prefix) {
@@ -541,6 +542,7 @@ impl Shard {
                 endpoint: ep,
                 prefix_blocks,
                 held_blocks,
+                held_families: families(ep),
             });
             local.push(self.report().map_or(0, |r| r.in_flight(ep)));
         }

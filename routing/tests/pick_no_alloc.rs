@@ -93,6 +93,7 @@ fn picking_does_not_allocate() {
                 endpoint: i,
                 prefix_blocks: index.match_len(i, hashes.as_slice()) as u32,
                 held_blocks: 0,
+                held_families: 0,
             };
         }
         let req = PickRequest {

@@ -41,12 +41,16 @@
 //!    candidate holds** (prefix scored, every match 0) is a new prefix that
 //!    will stay where it lands: candidates within [`NEW_PREFIX_BAND`] (0.02,
 //!    about two requests of queue at the gateway's queue scale) of the best
-//!    are tied, and the one holding the fewest blocks ([`Candidate::held_blocks`])
-//!    wins (the best score among equally cached ones), as vllm-router's
-//!    `cache_aware` sends a new prompt to its smallest tree, instead of
-//!    wherever the random tie-break would put it (on the
-//!    routing-quality benchmark the difference stayed within run-to-run
-//!    noise). A profile with a
+//!    are tied, and the one holding the fewest prefix families
+//!    ([`Candidate::held_families`]: distinct prompts' first blocks), then
+//!    the fewest blocks ([`Candidate::held_blocks`]), wins (the best score
+//!    among equally placed ones), instead of wherever the random tie-break
+//!    would put it: each family then grows on its own endpoint, spread
+//!    evenly (a simulation of the routing-quality benchmark,
+//!    `bench/results/routing-quality-oracle.md`, puts this rule at 0.90× of
+//!    vllm-router's mean TTFT against 0.97× for the fewest blocks; on the
+//!    real benchmark the two were not told apart from run-to-run noise, run
+//!    G of `routing-quality-precise.md`). A profile with a
 //!    [`Profile::latency_tie_band`] (`latency-optimized`: 0.005) ties every
 //!    candidate within that band of the best and gives the tie to the lowest
 //!    measured latency (TTFT, else e2e) first. Or round robin, random, or
@@ -147,6 +151,10 @@ pub struct Candidate {
     /// precise routing): where a prompt that no endpoint holds is placed
     /// (see the module docs). 0 when unknown.
     pub held_blocks: u32,
+    /// Prefix families the endpoint holds ([`super::PrefixIndex::families`]:
+    /// distinct prompts' first blocks): a new prompt goes where the fewest
+    /// families live, then the fewest blocks. 0 when unknown.
+    pub held_families: u32,
 }
 
 /// What the filters said about a candidate.
@@ -801,7 +809,11 @@ impl Ctx<'_, '_> {
                 !is_member(*st) || self.candidates.get(i).is_none_or(|c| c.prefix_blocks == 0)
             });
         let near = |i: usize| within(i, NEW_PREFIX_BAND.max(eps));
-        let held = |i: usize| self.candidates.get(i).map_or(0, |c| c.held_blocks);
+        let held = |i: usize| {
+            self.candidates
+                .get(i)
+                .map_or((0, 0), |c| (c.held_families, c.held_blocks))
+        };
         let min_held = (0..status.len()).filter(|&i| near(i)).map(held).min();
         let least_cached = |i: usize| near(i) && Some(held(i)) == min_held;
         let best_placed = (0..status.len())

@@ -153,6 +153,8 @@ struct Node {
     endpoint: u32,
     prev: u32,
     next: u32,
+    /// A prompt's block 0: the root of a prefix family.
+    root: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -160,6 +162,8 @@ struct Lru {
     head: u32,
     tail: u32,
     len: usize,
+    /// Block-0 hashes among the held blocks: prefix families.
+    roots: usize,
     last_record: Option<Instant>,
 }
 
@@ -169,6 +173,7 @@ impl Default for Lru {
             head: NIL,
             tail: NIL,
             len: 0,
+            roots: 0,
             last_record: None,
         }
     }
@@ -295,15 +300,15 @@ impl PrefixIndex {
         if self.lrus.len() <= endpoint {
             self.lrus.resize_with(endpoint + 1, Lru::default);
         }
-        for &h in hashes.iter().rev() {
-            self.touch(e, h);
+        for (i, &h) in hashes.iter().enumerate().rev() {
+            self.touch(e, h, i == 0);
         }
         if let Some(l) = self.lrus.get_mut(endpoint) {
             l.last_record = Some(now);
         }
     }
 
-    fn touch(&mut self, e: u32, hash: u64) {
+    fn touch(&mut self, e: u32, hash: u64, root: bool) {
         let key = Key(hash, e);
         if let Some(&slot) = self.map.get(&key) {
             self.unlink(e, slot);
@@ -322,6 +327,7 @@ impl PrefixIndex {
             endpoint: e,
             prev: NIL,
             next: NIL,
+            root,
         };
         let slot = if let Some(slot) = self.free.pop() {
             match self.nodes.get_mut(slot as usize) {
@@ -341,6 +347,11 @@ impl PrefixIndex {
         };
         self.push_front(e, slot);
         self.map.insert(key, slot);
+        if root {
+            if let Some(l) = self.lrus.get_mut(e as usize) {
+                l.roots += 1;
+            }
+        }
     }
 
     fn evict_tail(&mut self, e: u32) {
@@ -353,6 +364,11 @@ impl PrefixIndex {
         self.unlink(e, tail);
         self.map.remove(&Key(node.hash, node.endpoint));
         self.free.push(tail);
+        if node.root {
+            if let Some(l) = self.lrus.get_mut(e as usize) {
+                l.roots = l.roots.saturating_sub(1);
+            }
+        }
     }
 
     fn unlink(&mut self, e: u32, slot: u32) {
@@ -415,6 +431,12 @@ impl PrefixIndex {
     /// Blocks held for `endpoint`.
     pub fn len(&self, endpoint: usize) -> usize {
         self.lrus.get(endpoint).map_or(0, |l| l.len)
+    }
+
+    /// Prefix families held for `endpoint`: prompts' block-0 hashes (one per
+    /// distinct system prompt, say), however many blocks each grew.
+    pub fn families(&self, endpoint: usize) -> usize {
+        self.lrus.get(endpoint).map_or(0, |l| l.roots)
     }
 
     /// Blocks held over all endpoints.

@@ -41,6 +41,7 @@ fn cands(ids: &[usize]) -> Vec<Candidate> {
             endpoint,
             prefix_blocks: 0,
             held_blocks: 0,
+            held_families: 0,
         })
         .collect()
 }
@@ -228,16 +229,19 @@ fn prefix_scorer() {
             endpoint: 0,
             prefix_blocks: 0,
             held_blocks: 0,
+            held_families: 0,
         },
         Candidate {
             endpoint: 1,
             prefix_blocks: 30,
             held_blocks: 0,
+            held_families: 0,
         },
         Candidate {
             endpoint: 2,
             prefix_blocks: 99,
             held_blocks: 0,
+            held_families: 0,
         },
     ];
     let req = PickRequest {
@@ -1221,6 +1225,41 @@ fn prefix_index_lru_eviction_keeps_prefixes_closed() {
     assert_eq!(idx.match_len(2, long.as_slice()), 8);
 }
 
+#[test]
+fn prefix_families_are_counted_as_their_first_blocks_come_and_go() {
+    let t0 = Instant::now();
+    let cfg = PrefixConfig {
+        capacity_per_endpoint: 8,
+        ..PrefixConfig::default()
+    };
+    let mut idx = PrefixIndex::new(cfg);
+    let a = idx.hash("m", &[b'a'; 64 * 3]);
+    let mut a2 = vec![b'a'; 64 * 3];
+    a2.extend_from_slice(&[b'x'; 64 * 2]); // a's family, grown by 2 blocks
+    let a2 = idx.hash("m", &a2);
+    let b = idx.hash("m", &[b'b'; 64 * 3]);
+    idx.record(0, a.as_slice(), t0);
+    idx.record(0, a2.as_slice(), t0);
+    assert_eq!((idx.families(0), idx.len(0)), (1, 5));
+    idx.record(0, b.as_slice(), t0);
+    assert_eq!((idx.families(0), idx.len(0)), (2, 8));
+    assert_eq!(idx.families(1), 0);
+    // A third family evicts a's least recent blocks (its grown tail and
+    // third block); its root stays: three families.
+    let c = idx.hash("m", &[b'c'; 64 * 3]);
+    idx.record(0, c.as_slice(), ms(t0, 1));
+    assert_eq!(idx.len(0), 8);
+    assert_eq!(idx.match_len(0, a.as_slice()), 2);
+    assert_eq!(idx.families(0), 3);
+    // A fourth evicts a's root too: families follow the roots held.
+    let d = idx.hash("m", &[b'd'; 64 * 3]);
+    idx.record(0, d.as_slice(), ms(t0, 2));
+    assert_eq!(idx.match_len(0, a.as_slice()), 0);
+    assert_eq!(idx.families(0), 3);
+    idx.remove_endpoint(0);
+    assert_eq!((idx.families(0), idx.len(0)), (0, 0));
+}
+
 // ---- load against affinity (fixed scales) ----
 
 /// Candidate `id` holding `matched` blocks of the prompt.
@@ -1229,6 +1268,7 @@ fn hit(id: usize, matched: u32) -> Candidate {
         endpoint: id,
         prefix_blocks: matched,
         held_blocks: 0,
+        held_families: 0,
     }
 }
 
@@ -1627,7 +1667,7 @@ proptest! {
         let n = views.len();
         let s = snap(t0, views);
         let c: Vec<Candidate> = (0..n)
-            .map(|i| Candidate { endpoint: i, prefix_blocks: prefix[i], held_blocks: 0 })
+            .map(|i| Candidate { endpoint: i, prefix_blocks: prefix[i], held_blocks: 0, held_families: 0 })
             .collect();
         let p = Profile::from_name(PROFILES[profile], None).unwrap();
         let req = PickRequest { prefix_total_blocks: total, ..PickRequest::default() };
@@ -1818,11 +1858,13 @@ fn locality_prefers_the_local_endpoint_until_it_is_saturated() {
             endpoint: 0,
             prefix_blocks: 0,
             held_blocks: 0,
+            held_families: 0,
         },
         Candidate {
             endpoint: 1,
             prefix_blocks: 0,
             held_blocks: 0,
+            held_families: 0,
         },
     ];
     let req = PickRequest::default();
@@ -2266,6 +2308,7 @@ fn a_new_prefix_goes_to_the_least_cached_of_the_near_best() {
             endpoint: i,
             prefix_blocks: 0,
             held_blocks: held[i],
+            held_families: 0,
         })
         .collect();
     let req = prefix_req(100);
@@ -2280,12 +2323,27 @@ fn a_new_prefix_goes_to_the_least_cached_of_the_near_best() {
         .iter()
         .map(|x| Candidate {
             held_blocks: 500,
+            held_families: 0,
             ..*x
         })
         .collect();
     for seed in 0..20 {
         let o = Picker::new(seed).pick(&p, &s, &req, &even, &[], t0);
         assert_eq!(picked(o), 0, "seed {seed}");
+    }
+    // Families come before blocks: the near-best with the fewest prefix
+    // families wins, however many blocks each family grew.
+    let fams = [3, 2, 1, 0];
+    let by_family: Vec<Candidate> = c
+        .iter()
+        .map(|x| Candidate {
+            held_families: fams[x.endpoint],
+            ..*x
+        })
+        .collect();
+    for seed in 0..20 {
+        let o = Picker::new(seed).pick(&p, &s, &req, &by_family, &[], t0);
+        assert_eq!(picked(o), 2, "seed {seed}");
     }
     // A prompt some candidate holds is scored as before: affinity wins.
     let mut c2 = c.clone();
