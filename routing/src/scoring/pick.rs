@@ -792,14 +792,8 @@ impl Ctx<'_, '_> {
             }
         };
         let lat_band = lat_band.max(eps);
-        let best_lat = (0..status.len())
-            .filter(|&i| lat_tie && within(i, lat_band))
-            .filter_map(latency)
-            .fold(f64::INFINITY, f64::min);
         let band = if lat_tie { lat_band } else { eps };
-        let tied = |i: usize| {
-            within(i, band) && (!best_lat.is_finite() || latency(i).is_some_and(|l| l <= best_lat))
-        };
+        let tied = |i: usize| within(i, band);
         // A new prefix (scored, held by no member): among the near-best, the
         // least cached; among those, the best score (equal caches give no
         // score away).
@@ -831,13 +825,21 @@ impl Ctx<'_, '_> {
             .filter(|&i| placed(i))
             .map(|i| self.local(i))
             .min()?;
-        let winners = (0..status.len())
-            .filter(|&i| placed(i) && self.local(i) == min_local)
-            .count();
+        let least_local = |i: usize| placed(i) && self.local(i) == min_local;
+        // Then, among the tied with the fewest requests in flight from this
+        // shard (fresh; the measured latency lags a scrape), the lowest
+        // latency: latency first let one endpoint win every tie between two
+        // scrapes and herded traffic onto it.
+        let best_lat = (0..status.len())
+            .filter(|&i| !fresh && least_local(i))
+            .filter_map(latency)
+            .fold(f64::INFINITY, f64::min);
+        let win = |i: usize| {
+            least_local(i) && (!best_lat.is_finite() || latency(i).is_some_and(|l| l <= best_lat))
+        };
+        let winners = (0..status.len()).filter(|&i| win(i)).count();
         let k = draw(rng, winners);
-        let i = (0..status.len())
-            .filter(|&i| placed(i) && self.local(i) == min_local)
-            .nth(k)?;
+        let i = (0..status.len()).filter(|&i| win(i)).nth(k)?;
         Some(Pick {
             index: i,
             endpoint: self.candidates.get(i).map_or(0, |c| c.endpoint),

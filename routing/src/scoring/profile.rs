@@ -39,13 +39,17 @@
 //!   ×3, LoRA ×1) and uses the measured TTFT (windowed mean; e2e latency
 //!   where no TTFT is exported) only to break ties: among the candidates
 //!   whose total is within [`Profile::latency_tie_band`] (0.005) of the
-//!   best, the one with the lowest measured latency wins (then fewest local
-//!   in-flight, then random). 0.005 of the normalised total is a 1.2 %
-//!   difference in prefix match or 1.75 % in KV usage, and less than one
-//!   request of queue at k = 30 (0.009), so latency chooses only among
-//!   cache-equivalent, equally loaded endpoints, and a request sent to the
-//!   fastest one takes it out of the band for the next (no herding between
-//!   scrapes). It was a weighted scorer (queue 2, KV 1, prefix 2, latency
+//!   best, the fewest local in-flight come first, and among those the one
+//!   with the lowest measured latency wins (then random). 0.005 of the
+//!   normalised total is a 1.2 % difference in prefix match or 1.75 % in KV
+//!   usage, and less than one request of queue at k = 30 (0.009), so latency
+//!   chooses only among cache-equivalent, equally loaded endpoints. Latency
+//!   before the local in-flight count (the order until 2026-12-06) let one
+//!   endpoint win every tie between two scrapes (twin sims report equal KV
+//!   usage) and lost to `default` on the mixed workload at 12 req/s (0.594
+//!   against 0.556 s mean TTFT); in-flight first, `latency-optimized` is at
+//!   or below `default` in every cell of the routing-quality benchmark
+//!   (`bench/results/routing-quality.md`). It was a weighted scorer (queue 2, KV 1, prefix 2, latency
 //!   2): `fastest / this` spans 0.02–1 between a cache hit's 60 ms and a
 //!   queued miss's seconds, outweighed a full prefix match and pulled traffic
 //!   to whichever sims had answered fastest (routing-quality benchmark,
