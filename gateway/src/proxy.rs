@@ -257,7 +257,7 @@ async fn read_head<S: ClientStream>(
                 Err(e) => return Err(Failure::from_codec(&e)),
             }
         }
-        if started.is_none() {
+        let Some(t) = started else {
             // Between requests.
             if rbuf.capacity() > 0 {
                 // Hot: read straight into the buffer, for a while.
@@ -288,13 +288,10 @@ async fn read_head<S: ClientStream>(
             shard.give_read_buf(std::mem::take(rbuf));
             *went_idle = true;
             return Ok(None);
-        }
-        let wait = match started {
-            None => settings.client_idle_timeout,
-            Some(t) => match settings.header_timeout.checked_sub(t.elapsed()) {
-                Some(d) => d,
-                None => return Err(Failure::request_timeout()),
-            },
+        };
+        // Part of a head is in: the rest must come within --header-timeout.
+        let Some(wait) = settings.header_timeout.checked_sub(t.elapsed()) else {
+            return Err(Failure::request_timeout());
         };
         let buf = std::mem::take(rbuf);
         match monoio::time::timeout(wait, client.read_into(buf)).await {
@@ -304,8 +301,7 @@ async fn read_head<S: ClientStream>(
             }
             Ok((Ok(_), b)) => *rbuf = b,
             Ok((Err(_), _)) => return Ok(None),
-            Err(_) if started.is_some() => return Err(Failure::request_timeout()),
-            Err(_) => return Ok(None),
+            Err(_) => return Err(Failure::request_timeout()),
         }
     }
 }
