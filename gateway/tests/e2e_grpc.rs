@@ -16,7 +16,7 @@ use shardgate_sim::grpc::{
     decode_message, encode_message, BoolResponse, HealthCheckRequest, HealthCheckResponse,
     ModelInferRequest, ModelInferResponse, ModelRef, ModelStreamInferResponse, Tensor,
 };
-use shardgate_testkit::grpc::{grpc_config, GrpcClient};
+use shardgate_testkit::grpc::{frame_compressed, grpc_config, incompressible, GrpcClient};
 use shardgate_testkit::{SimConfig, SimHandle};
 
 const SVC: &str = "/inference.GRPCInferenceService";
@@ -398,25 +398,6 @@ fn a_client_that_does_not_read_slows_the_backend_and_gateway_memory_stays_bounde
     assert_eq!(call.reply.status, Some(0));
 }
 
-/// `msg` compressed with `enc` (`gzip` or `deflate`, zlib as gRPC has it),
-/// framed with the compressed flag set.
-fn compressed_frame(msg: &[u8], enc: &str) -> bytes::Bytes {
-    use std::io::Write;
-    let z = if enc == "gzip" {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(msg).unwrap();
-        e.finish().unwrap()
-    } else {
-        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(msg).unwrap();
-        e.finish().unwrap()
-    };
-    let mut out = vec![1];
-    out.extend_from_slice(&(z.len() as u32).to_be_bytes());
-    out.extend_from_slice(&z);
-    out.into()
-}
-
 /// A unary ModelInfer call whose one message is `framed` (compressed), sent
 /// with `grpc-encoding: header`.
 fn infer_framed(
@@ -429,19 +410,6 @@ fn infer_framed(
         .unwrap();
     c.send_framed(&mut call, framed, true).unwrap();
     c.finish(call).unwrap()
-}
-
-/// Bytes that do not compress, so a tensor stays big on the wire.
-fn noise(n: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
@@ -458,8 +426,8 @@ fn compressed_calls_are_routed_by_the_model_in_their_inflated_first_message() {
         let model = if i < 2 { "resnet" } else { "bert" };
         // A 1 MiB tensor: its model is read from the first inflated bytes,
         // the message goes upstream compressed as it came.
-        let payload = noise(1 << 20, i as u32 + 7);
-        let r = infer_framed(&mut c, enc, compressed_frame(&infer(model, &payload), enc));
+        let payload = incompressible(1 << 20, i as u32 + 7);
+        let r = infer_framed(&mut c, enc, frame_compressed(&infer(model, &payload), enc));
         assert_eq!((r.http_status, r.status), (200, Some(0)), "{enc}: {r:?}");
         let out: ModelInferResponse = decode_message(&r.messages[0]).unwrap();
         assert_eq!(out.model_name, model);
@@ -480,7 +448,7 @@ fn compressed_calls_are_routed_by_the_model_in_their_inflated_first_message() {
     for i in 0..3u8 {
         c.send_framed(
             &mut call,
-            compressed_frame(&infer("bert", &[i; 64]), "gzip"),
+            frame_compressed(&infer("bert", &[i; 64]), "gzip"),
             i == 2,
         )
         .unwrap();
@@ -498,7 +466,7 @@ fn compressed_calls_are_routed_by_the_model_in_their_inflated_first_message() {
     let r = infer_framed(
         &mut c,
         "deflate",
-        compressed_frame(&infer("llama", b"x"), "deflate"),
+        frame_compressed(&infer("llama", b"x"), "deflate"),
     );
     assert_eq!(r.status, Some(5), "{r:?}");
     assert!(r.message.contains("llama"), "{r:?}");
@@ -508,7 +476,7 @@ fn compressed_calls_are_routed_by_the_model_in_their_inflated_first_message() {
     let r = infer_framed(
         &mut c,
         "deflate",
-        compressed_frame(&infer("resnet", b"x"), "gzip"),
+        frame_compressed(&infer("resnet", b"x"), "gzip"),
     );
     assert_eq!(r.status, Some(3), "{r:?}");
     // An encoding the gateway does not inflate: routed by its headers only
@@ -516,7 +484,7 @@ fn compressed_calls_are_routed_by_the_model_in_their_inflated_first_message() {
     let r = infer_framed(
         &mut c,
         "snappy",
-        compressed_frame(&infer("resnet", b"x"), "gzip"),
+        frame_compressed(&infer("resnet", b"x"), "gzip"),
     );
     assert_eq!(r.status, Some(12), "{r:?}");
     assert_eq!(requests_total(a.addr()) + requests_total(b.addr()), before);

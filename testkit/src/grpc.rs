@@ -50,6 +50,42 @@ pub fn frame(msg: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// Frames `msg` compressed with `encoding` (`"gzip"`, else `"deflate"`: zlib,
+/// as gRPC names it), the compressed flag set.
+pub fn frame_compressed(msg: &[u8], encoding: &str) -> Bytes {
+    use std::io::Write;
+    let level = flate2::Compression::default();
+    let z = if encoding == "gzip" {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+        let _ = e.write_all(msg);
+        e.finish()
+    } else {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), level);
+        let _ = e.write_all(msg);
+        e.finish()
+    }
+    .unwrap_or_default();
+    let mut b = BytesMut::with_capacity(5 + z.len());
+    b.extend_from_slice(&[1]);
+    b.extend_from_slice(&(z.len() as u32).to_be_bytes());
+    b.extend_from_slice(&z);
+    b.freeze()
+}
+
+/// `n` bytes that do not compress (xorshift from `seed`), so a tensor stays
+/// big once compressed.
+pub fn incompressible(n: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 /// Splits whole messages off `buf`.
 pub fn deframe(buf: &mut BytesMut) -> Option<Bytes> {
     if buf.len() < 5 {

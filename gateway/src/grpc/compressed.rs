@@ -141,7 +141,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::grpc::wire::test_support::string_field;
-    use std::io::Write;
+    use shardgate_testkit::grpc::{frame_compressed, incompressible};
 
     fn infer_request(model: &str, tensor: &[u8]) -> Vec<u8> {
         let mut m = Vec::new();
@@ -152,36 +152,11 @@ mod tests {
     }
 
     fn compress(msg: &[u8], enc: Encoding) -> Vec<u8> {
-        let z = match enc {
-            Encoding::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(msg).unwrap();
-                e.finish().unwrap()
-            }
-            Encoding::Deflate => {
-                let mut e =
-                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(msg).unwrap();
-                e.finish().unwrap()
-            }
+        let name = match enc {
+            Encoding::Gzip => "gzip",
+            Encoding::Deflate => "deflate",
         };
-        let mut out = vec![1];
-        out.extend_from_slice(&(z.len() as u32).to_be_bytes());
-        out.extend_from_slice(&z);
-        out
-    }
-
-    /// Incompressible bytes, so a tensor stays big once compressed.
-    fn noise(n: usize) -> Vec<u8> {
-        let mut x: u32 = 0x9e37_79b9;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect()
+        frame_compressed(msg, name).to_vec()
     }
 
     #[test]
@@ -199,7 +174,10 @@ mod tests {
     #[test]
     fn the_model_of_a_big_compressed_request_comes_from_its_first_bytes() {
         for enc in [Encoding::Gzip, Encoding::Deflate] {
-            let body = compress(&infer_request("resnet50", &noise(4 << 20)), enc);
+            let body = compress(
+                &infer_request("resnet50", &incompressible(4 << 20, 0x9e37_79b9)),
+                enc,
+            );
             assert_eq!(
                 model_name(&body, enc),
                 Ok(Inflated::Found("resnet50".into()))
