@@ -863,16 +863,37 @@ mod tests {
         (addr, ca.pem().into_bytes())
     }
 
-    #[test]
-    fn the_pool_keeps_what_recent_load_needed_and_trims_to_its_floor_after() {
+    /// A local server that accepts `n` connections and holds them open (the
+    /// handle gives them back, for the test to keep until it ends).
+    fn held_peer(
+        n: usize,
+    ) -> (
+        SocketAddr,
+        std::thread::JoinHandle<Vec<std::net::TcpStream>>,
+    ) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        // Hold the accepted ends open for the test's life.
         let held = std::thread::spawn(move || {
-            (0..10)
+            (0..n)
                 .map(|_| listener.accept().unwrap().0)
                 .collect::<Vec<_>>()
         });
+        (addr, held)
+    }
+
+    /// How many live idle connections `p` holds for endpoint 0 at `at`
+    /// (taken out to count them).
+    fn idle_count(p: &mut ConnPool, at: Instant) -> usize {
+        let mut n = 0;
+        while p.take_live(0, at).is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn the_pool_keeps_what_recent_load_needed_and_trims_to_its_floor_after() {
+        let (addr, held) = held_peer(10);
         shardgate_runtime::block_on(async move {
             let mut conns = Vec::new();
             for _ in 0..10 {
@@ -880,19 +901,12 @@ mod tests {
             }
             let timeout = Duration::from_secs(4);
             let t0 = Instant::now();
-            let count = |p: &mut ConnPool, at: Instant| {
-                let mut n = 0;
-                while p.take_live(0, at).is_some() {
-                    n += 1;
-                }
-                n
-            };
             // Quiet endpoint: five handed back, the floor (2) kept.
             let mut p = ConnPool::new(1, 2, timeout);
             for c in conns.drain(..5) {
                 p.put(0, c, t0);
             }
-            assert_eq!(count(&mut p, t0), 2);
+            assert_eq!(idle_count(&mut p, t0), 2);
             // Busy endpoint: its pool ran dry (a request connected), so every
             // connection handed back within the idle timeout is kept.
             let mut p = ConnPool::new(1, 2, timeout);
@@ -900,7 +914,7 @@ mod tests {
             for c in conns.drain(..) {
                 p.put(0, c, t0 + Duration::from_secs(1));
             }
-            assert_eq!(count(&mut p, t0 + Duration::from_secs(1)), 5);
+            assert_eq!(idle_count(&mut p, t0 + Duration::from_secs(1)), 5);
         })
         .unwrap();
         drop(held.join());
@@ -908,13 +922,7 @@ mod tests {
 
     #[test]
     fn a_busy_pool_is_trimmed_once_the_load_has_gone() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let held = std::thread::spawn(move || {
-            (0..4)
-                .map(|_| listener.accept().unwrap().0)
-                .collect::<Vec<_>>()
-        });
+        let (addr, held) = held_peer(4);
         shardgate_runtime::block_on(async move {
             let timeout = Duration::from_secs(4);
             let t0 = Instant::now();
@@ -927,12 +935,9 @@ mod tests {
                 let at = t0 + Duration::from_millis(if i < 3 { 3_000 } else { 4_500 });
                 p.put(0, c, at);
             }
-            let mut n = 0;
-            while p.take_live(0, t0 + Duration::from_millis(4_500)).is_some() {
-                n += 1;
-            }
             assert_eq!(
-                n, 3,
+                idle_count(&mut p, t0 + Duration::from_millis(4_500)),
+                3,
                 "three kept while busy, the fourth replaced the oldest"
             );
         })
