@@ -408,6 +408,7 @@ mod tests {
         let a = ca("a");
         let p = Arc::new(policy(&a, "vllm.internal", &[]));
         let ep = |port: u16, tls: Option<Arc<BackendTls>>| EndpointInfo {
+            h2: false,
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
             backend: "ns/vllm".into(),
             node: None,

@@ -197,6 +197,22 @@ pub struct ServicePort {
     /// Protocol.
     #[serde(default)]
     pub protocol: Option<String>,
+    /// Application protocol (`kubernetes.io/h2c`, `grpc`, … : see
+    /// [`speaks_h2`]).
+    #[serde(default)]
+    pub app_protocol: Option<String>,
+}
+
+/// Whether an `appProtocol` names a server that speaks HTTP/2 from the
+/// first byte: `kubernetes.io/h2c` (Gateway API GEP-1911), and the names
+/// meshes use for it, `h2c`, `http2` and `grpc` (ASCII case ignored).
+/// Every request to such a port goes upstream over HTTP/2 (prior knowledge
+/// in plaintext, ALPN `h2` under a BackendTLSPolicy); any other value, or
+/// none, means HTTP/1.1 for HTTP requests.
+pub fn speaks_h2(app_protocol: &str) -> bool {
+    ["kubernetes.io/h2c", "h2c", "http2", "grpc"]
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case(app_protocol))
 }
 
 /// Kubernetes `IntOrString` (as used by `targetPort`).

@@ -21,6 +21,11 @@
 //!   or with `sectionName` the Service port of that name) gets the resolved
 //!   policy on each of its endpoints ([`EndpointInfo::tls`]); InferencePool
 //!   backends are not Services and stay plaintext;
+//! - an endpoint found on a Service port or an EndpointSlice port whose
+//!   `appProtocol` speaks HTTP/2 (`kubernetes.io/h2c`, `h2c`, `http2`,
+//!   `grpc`) is marked [`EndpointInfo::h2`]: HTTP requests go to it over
+//!   HTTP/2 too. An address marked by one backend and not another is HTTP/2
+//!   (one server listens there), with a warning;
 //! - cross-namespace backendRefs are allowed with a warning (no
 //!   `ReferenceGrant` support in standalone mode).
 //!
@@ -34,8 +39,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::config::{
-    AddressType, DocMeta, EndpointSlice, HttpRouteRule, IntOrString, ServicePort, POOL_NAME_LABEL,
-    SERVICE_NAME_LABEL,
+    speaks_h2, AddressType, DocMeta, EndpointSlice, HttpRouteRule, IntOrString, ServicePort,
+    POOL_NAME_LABEL, SERVICE_NAME_LABEL,
 };
 
 use super::build::Builder;
@@ -142,9 +147,11 @@ impl<'c> Builder<'c, '_> {
         backend: &str,
         node: Option<&str>,
         tls: Option<&Arc<BackendTls>>,
+        h2: bool,
     ) -> usize {
         if let Some(&i) = self.endpoint_index.get(&addr) {
             let mut conflict = None;
+            let mut proto_conflict = None;
             if let Some(e) = self.endpoints.get_mut(i) {
                 if e.retired {
                     // Seeded from the previous table: live again, described
@@ -154,12 +161,30 @@ impl<'c> Builder<'c, '_> {
                         backend: backend.to_owned(),
                         node: node.map(str::to_owned),
                         tls: tls.cloned(),
+                        h2,
                         retired: false,
                     };
                     return i;
                 }
                 if let Some(n) = node {
                     e.node.get_or_insert_with(|| n.to_owned());
+                }
+                if e.h2 != h2 {
+                    // One server listens on one address: the port that says
+                    // HTTP/2 describes it (an HTTP/1.1 request to an h2c-only
+                    // server fails, an HTTP/2 one to a server that speaks
+                    // both does not).
+                    let (by_h2, by_h1) = if e.h2 {
+                        (e.backend.clone(), backend.to_owned())
+                    } else {
+                        (backend.to_owned(), e.backend.clone())
+                    };
+                    proto_conflict = Some(Warning::AppProtocolConflict {
+                        endpoint: addr.to_string(),
+                        h2: by_h2,
+                        h1: by_h1,
+                    });
+                    e.h2 = true;
                 }
                 match (&e.tls, tls) {
                     (None, None) => {}
@@ -191,6 +216,9 @@ impl<'c> Builder<'c, '_> {
                     detail,
                 });
             }
+            if let Some(w) = proto_conflict {
+                self.warn(w);
+            }
             return i;
         }
         let i = self.endpoints.len();
@@ -199,6 +227,7 @@ impl<'c> Builder<'c, '_> {
             backend: backend.to_owned(),
             node: node.map(str::to_owned),
             tls: tls.cloned(),
+            h2,
             retired: false,
         });
         self.endpoint_index.insert(addr, i);
@@ -232,6 +261,9 @@ impl<'c> Builder<'c, '_> {
         backend: &str,
         tls: Option<&Arc<BackendTls>>,
     ) -> Vec<usize> {
+        let svc_h2 = svc_port
+            .and_then(|p| p.app_protocol.as_deref())
+            .is_some_and(speaks_h2);
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for s in slices {
@@ -243,6 +275,12 @@ impl<'c> Builder<'c, '_> {
                 });
                 continue;
             };
+            let h2 = svc_h2
+                || s.ports
+                    .iter()
+                    .find(|sp| sp.port == Some(p))
+                    .and_then(|sp| sp.app_protocol.as_deref())
+                    .is_some_and(speaks_h2);
             for e in &s.endpoints {
                 self.work += 1;
                 if !e.is_ready() {
@@ -259,7 +297,7 @@ impl<'c> Builder<'c, '_> {
                     AddressType::Fqdn => (self.resolve)(a, p),
                 };
                 for addr in addrs {
-                    let i = self.add_endpoint(addr, backend, e.node_name.as_deref(), tls);
+                    let i = self.add_endpoint(addr, backend, e.node_name.as_deref(), tls, h2);
                     if seen.insert(i) {
                         out.push(i);
                     }
@@ -312,9 +350,12 @@ impl<'c> Builder<'c, '_> {
         let tls = self.service_tls(ns, name, svc_port.and_then(|p| p.name.as_deref()));
         let out = if slices.is_empty() {
             let addrs = (self.resolve)(name, port);
+            let h2 = svc_port
+                .and_then(|p| p.app_protocol.as_deref())
+                .is_some_and(speaks_h2);
             let out: Vec<usize> = addrs
                 .into_iter()
-                .map(|a| self.add_endpoint(a, &backend, None, tls.as_ref()))
+                .map(|a| self.add_endpoint(a, &backend, None, tls.as_ref(), h2))
                 .collect();
             if out.is_empty() {
                 self.warn(Warning::ServiceUnresolved {

@@ -1,6 +1,7 @@
 //! What `shardgate check` prints: the `Display` of [`RoutingTable`] — per
 //! listener its entries in precedence order (conditions → backends with up to
-//! 8 endpoints each, `tls=HOSTNAME` after one a BackendTLSPolicy covers;
+//! 8 endpoints each, `h2` after one reached over HTTP/2 for every request,
+//! `tls=HOSTNAME` after one a BackendTLSPolicy covers;
 //! policies, timeout, `route rule`), then priorities and warnings — and of
 //! the compiled conditions it is made of.
 
@@ -100,6 +101,9 @@ impl fmt::Display for RoutingTable {
                         }
                         let e = &self.endpoints[ep];
                         write!(f, "{}", e.addr)?;
+                        if e.h2 {
+                            write!(f, " h2")?;
+                        }
                         if let Some(t) = &e.tls {
                             write!(f, " tls={}", t.hostname)?;
                         }

@@ -113,6 +113,11 @@ pub struct EndpointInfo {
     /// Service (and port) it was found for; `None` = plaintext. Shared by every
     /// endpoint of the policy.
     pub tls: Option<std::sync::Arc<BackendTls>>,
+    /// Every request goes to it over HTTP/2 (h2c with prior knowledge, or
+    /// ALPN `h2` under TLS), not only gRPC calls: its Service port, or the
+    /// EndpointSlice port it was found on, has an `appProtocol` that
+    /// [`crate::config::speaks_h2`] (`kubernetes.io/h2c`, `grpc`, …).
+    pub h2: bool,
     /// No backend of this table names it any more: it is kept only so that
     /// endpoint indices stay stable from one table to the next
     /// ([`RoutingTable::build_next`]); no group lists it.

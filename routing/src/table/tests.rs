@@ -1592,6 +1592,7 @@ fn seed_rules_have_ids_and_no_defaults() {
     );
 }
 
+mod app_protocol;
 mod backend_tls;
 mod grpc;
 mod model;

@@ -206,6 +206,16 @@ pub enum Warning {
         /// Who says what, and what is used.
         detail: String,
     },
+    /// One endpoint address found through a port whose `appProtocol` speaks
+    /// HTTP/2 and through one that does not: HTTP/2 is used.
+    AppProtocolConflict {
+        /// The endpoint address.
+        endpoint: String,
+        /// The backend whose port says HTTP/2.
+        h2: String,
+        /// The backend whose port does not.
+        h1: String,
+    },
     /// A Service backend whose EndpointSlices list no ready endpoint.
     ServiceNoReadyEndpoints {
         /// `namespace/name`.
@@ -379,6 +389,10 @@ impl fmt::Display for Warning {
             BackendTlsConflict { endpoint, detail } => {
                 write!(f, "endpoint {endpoint}: {detail}")
             }
+            AppProtocolConflict { endpoint, h2, h1 } => write!(
+                f,
+                "endpoint {endpoint}: {h2} reaches it over HTTP/2 (its port's appProtocol), {h1} over HTTP/1.1: HTTP/2 is used"
+            ),
             ServiceNoReadyEndpoints { backend, port } => write!(
                 f,
                 "backend {backend}:{port} has no ready endpoints in its EndpointSlices"
