@@ -159,6 +159,8 @@ pub struct AddedEndpoint {
     pub addr: SocketAddr,
     /// Upstream TLS, when a BackendTLSPolicy covers it.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Its port speaks HTTP/2 only ([`shardgate_routing::EndpointInfo::h2`]).
+    pub h2: bool,
     /// Its active health check, if any.
     pub spec: Option<HealthSpec>,
 }
@@ -514,7 +516,7 @@ pub fn health_specs(table: &RoutingTable) -> Vec<Option<HealthSpec>> {
 /// `remoteJWKS` is verified against.
 pub fn spawn(
     shared: Arc<ControlShared>,
-    endpoints: Vec<(SocketAddr, Option<Arc<UpstreamTls>>)>,
+    endpoints: Vec<Target>,
     specs: Vec<Option<HealthSpec>>,
     share: Option<PrefixShareInbox>,
     auth: Arc<crate::jwt::Authenticator>,
@@ -625,7 +627,7 @@ impl Loops {
 
 async fn run(
     shared: Arc<ControlShared>,
-    endpoints: Vec<(SocketAddr, Option<Arc<UpstreamTls>>)>,
+    endpoints: Vec<Target>,
     specs: Vec<Option<HealthSpec>>,
     share: Option<PrefixShareInbox>,
     jwks_roots: Arc<rustls::RootCertStore>,
@@ -647,11 +649,7 @@ async fn run(
         settings: settings.clone(),
         epochs: crate::report::Epochs::default(),
     };
-    for (ep, (addr, tls)) in endpoints.iter().enumerate() {
-        let target = Target {
-            addr: *addr,
-            tls: tls.clone(),
-        };
+    for (ep, target) in endpoints.into_iter().enumerate() {
         loops.start(ep, target, specs.get(ep).cloned().flatten());
     }
     let mut generation = 0u64;
@@ -673,6 +671,7 @@ async fn run(
                     Target {
                         addr: a.addr,
                         tls: a.tls,
+                        h2: a.h2,
                     },
                     a.spec,
                 );

@@ -567,6 +567,10 @@ impl UpstreamError {
     }
 }
 
+/// Carried inside an `io::Error` by the HTTP/2 bridge
+/// ([`crate::h2_bridge`]), so the exchange keeps its kind.
+impl std::error::Error for UpstreamError {}
+
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)

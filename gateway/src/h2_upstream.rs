@@ -153,7 +153,7 @@ async fn tls_handshake(
     if stream.alpn() != Some(b"h2") {
         return Err(UpstreamError::new(
             UpstreamErrorKind::Tls,
-            "TLS: the backend did not choose HTTP/2 (ALPN h2) for a gRPC call",
+            "TLS: the backend did not choose HTTP/2 (ALPN h2)",
         ));
     }
     let (sock, conn, rx) = stream.into_parts();
@@ -204,6 +204,29 @@ where
         flag.set(true);
     });
     Ok((send, closed))
+}
+
+/// Makes sure this shard has a live connection to `addr` (over TLS with
+/// `tls`) with room for another stream, connecting within `timeout` when it
+/// has none: a connect failure is then an [`UpstreamErrorKind::Connect`] (or
+/// `Tls`) error before any request is written, as for HTTP/1.1 backends.
+pub async fn ensure(
+    addr: SocketAddr,
+    tls: Option<&Arc<UpstreamTls>>,
+    lim: &Limits,
+    timeout: Duration,
+) -> Result<(), UpstreamError> {
+    let cap = lim.upstream_streams_per_connection.max(1);
+    let room = POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        let list = p.entry((addr, tls.is_some())).or_default();
+        list.retain(|c| !c.closed.get());
+        list.iter().any(|c| c.streams.get() < cap)
+    });
+    if !room {
+        Box::pin(connect(addr, tls, lim, timeout)).await?;
+    }
+    Ok(())
 }
 
 /// Opens a stream to `addr` (over TLS with `tls`) carrying `req` (`end`: no

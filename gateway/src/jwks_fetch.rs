@@ -192,7 +192,7 @@ async fn fetch(
 ) -> Result<KeySet, String> {
     let addr = resolve(target.host, target.port).await?;
     let deadline = Instant::now() + FETCH_TIMEOUT;
-    let conn = connect(addr, FETCH_TIMEOUT, tls)
+    let conn = connect(addr, FETCH_TIMEOUT, tls, None)
         .await
         .map_err(|e| e.message().to_string())?;
     if let Some(n) = conn

@@ -74,6 +74,7 @@ pub mod endpoints_view;
 pub mod error;
 pub mod grpc;
 pub mod h2;
+pub mod h2_bridge;
 pub mod h2_upstream;
 pub mod jwks_fetch;
 pub mod jwt;
@@ -414,12 +415,16 @@ pub fn start(
     let control = Arc::new(control);
     let upstream_tls =
         upstream_tls::for_endpoints(loaded.table.endpoints()).map_err(|e| vec![e])?;
-    let endpoint_targets: Vec<(SocketAddr, Option<Arc<upstream_tls::UpstreamTls>>)> = loaded
+    let endpoint_targets: Vec<upstream::Target> = loaded
         .table
         .endpoints()
         .iter()
         .zip(&upstream_tls)
-        .map(|(e, tls)| (e.addr, tls.clone()))
+        .map(|(e, tls)| upstream::Target {
+            addr: e.addr,
+            tls: tls.clone(),
+            h2: e.h2,
+        })
         .collect();
     let jwks_roots =
         Arc::new(jwks_fetch::roots(run.limits.jwks_ca_file.as_deref()).map_err(|e| vec![e])?);

@@ -430,11 +430,13 @@ impl Reloader {
                 let changed = ep >= old_n
                     || (!e.retired
                         && (old_specs.get(ep).cloned().flatten() != spec
-                            || cur.table.endpoints().get(ep).map(|o| &o.tls) != Some(&e.tls)));
+                            || cur.table.endpoints().get(ep).map(|o| (&o.tls, o.h2))
+                                != Some((&e.tls, e.h2))));
                 changed.then_some(crate::control::AddedEndpoint {
                     ep,
                     addr: e.addr,
                     tls,
+                    h2: e.h2,
                     spec,
                 })
             })

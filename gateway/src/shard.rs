@@ -57,6 +57,9 @@ pub struct Shard {
     pub outliers: RefCell<Outliers>,
     /// Idle upstream connections per endpoint.
     pub pool: RefCell<ConnPool>,
+    /// Per endpoint, how the pooled connections reach it ([`reach_kind`]):
+    /// a reload that changes it (TLS, HTTP/2) drops them.
+    reach: RefCell<Vec<u8>>,
     /// Per-shard RNG (weights, tie-breaks, request ids).
     pub rng: RefCell<fastrand::Rng>,
     /// Requests in flight on this shard (drain waits for 0).
@@ -193,6 +196,7 @@ impl Shard {
                 state.settings.upstream_idle_per_endpoint,
                 state.settings.upstream_idle_timeout,
             )),
+            reach: RefCell::new(state.table.endpoints().iter().map(reach_kind).collect()),
             rng: RefCell::new(fastrand::Rng::new()),
             in_flight: Cell::new(0),
             requests: Cell::new(0),
@@ -222,13 +226,17 @@ impl Shard {
             let eps = state.table.endpoints();
             self.outliers.borrow_mut().grow(eps.len());
             let mut pool = self.pool.borrow_mut();
+            let mut reach = self.reach.borrow_mut();
             pool.grow(eps.len());
-            for (i, e) in eps.iter().enumerate() {
-                if e.retired {
+            reach.resize(eps.len(), 0);
+            for (i, (e, r)) in eps.iter().zip(reach.iter_mut()).enumerate() {
+                let kind = reach_kind(e);
+                if e.retired || *r != kind {
                     pool.clear(i);
                 }
+                *r = kind;
             }
-            drop(pool);
+            drop((pool, reach));
             self.adopt_batchers(&state);
             if !Arc::ptr_eq(&self.auth_seen.borrow(), &state.auth) {
                 // Other providers or keys: verdicts of the old ones lapse.
@@ -374,7 +382,14 @@ impl Shard {
         match pooled {
             Some(c) => Ok(c),
             None => {
-                let tls = self.state().upstream_tls.get(ep).cloned().flatten();
+                let state = self.state();
+                let tls = state.upstream_tls.get(ep).cloned().flatten();
+                let h2 = state
+                    .table
+                    .endpoints()
+                    .get(ep)
+                    .is_some_and(|e| e.h2)
+                    .then_some(&self.settings.h2);
                 // Boxed: connecting (and a TLS handshake) is rare next to
                 // reusing a pooled connection, and its state machine would
                 // otherwise sit inline in every request's future.
@@ -382,6 +397,7 @@ impl Shard {
                     self.addr(ep),
                     self.settings.connect_timeout,
                     tls.as_ref(),
+                    h2,
                 ))
                 .await?;
                 if let Some(i) = c.stream.tls_handshake() {
@@ -990,6 +1006,12 @@ fn precise_blocks(matched: usize, keyed: usize, total: usize) -> u32 {
     }
     let scaled = (matched * total + keyed / 2) / keyed;
     u32::try_from(scaled.max(1)).unwrap_or(u32::MAX)
+}
+
+/// How an endpoint is reached, as a connection to it was made: bit 0 TLS,
+/// bit 1 HTTP/2.
+fn reach_kind(e: &shardgate_routing::EndpointInfo) -> u8 {
+    u8::from(e.tls.is_some()) | u8::from(e.h2) << 1
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use shardgate_routing::MODEL_HEADER;
 use shardgate_runtime::io::{peer_state, read_into, PeerState};
 
 use crate::error::{UpstreamError, UpstreamErrorKind as Kind};
+use crate::h2_bridge::H2Bridge;
 use crate::tls::{HandshakeError, TlsStream};
 use crate::upstream_tls::{describe, UpstreamTls};
 
@@ -49,15 +50,20 @@ pub enum UpstreamStream {
     /// HTTP/1.1 over TLS (boxed: the rustls state is large, and allocated
     /// once per connection).
     Tls(Box<TlsStream<rustls::ClientConnection>>),
+    /// HTTP/1.1 exchanges carried over HTTP/2 streams, for an endpoint whose
+    /// port speaks HTTP/2 ([`crate::h2_bridge`]).
+    H2(Box<H2Bridge>),
 }
 
 impl UpstreamStream {
-    /// The socket, for peeking.
+    /// The socket, for peeking (none for a bridge: its connections are
+    /// [`crate::h2_upstream`]'s, checked when a stream opens).
     #[inline]
-    pub fn tcp(&self) -> &TcpStream {
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            UpstreamStream::Plain(s) => s,
-            UpstreamStream::Tls(t) => t.tcp(),
+            UpstreamStream::Plain(s) => Some(s),
+            UpstreamStream::Tls(t) => Some(t.tcp()),
+            UpstreamStream::H2(_) => None,
         }
     }
 
@@ -69,7 +75,7 @@ impl UpstreamStream {
     /// For TLS, how its handshake went: full (0) or resumed (1).
     pub fn tls_handshake(&self) -> Option<usize> {
         match self {
-            UpstreamStream::Plain(_) => None,
+            UpstreamStream::Plain(_) | UpstreamStream::H2(_) => None,
             UpstreamStream::Tls(t) => Some(t.handshake_result()),
         }
     }
@@ -80,6 +86,7 @@ impl UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => read_into(s, buf).await,
             UpstreamStream::Tls(t) => t.read_plain(buf, None).await,
+            UpstreamStream::H2(b) => b.read_into(buf).await,
         }
     }
 
@@ -95,6 +102,10 @@ impl UpstreamStream {
                 let r = t.write_all_plain(&buf).await;
                 (r, buf)
             }
+            UpstreamStream::H2(b) => {
+                let r = b.write_request(&buf).await;
+                (r, buf)
+            }
         }
     }
 
@@ -103,6 +114,7 @@ impl UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.write_all(body.clone()).await.0.map(|_| ()),
             UpstreamStream::Tls(t) => t.write_all_plain(body).await,
+            UpstreamStream::H2(b) => b.write_body(body),
         }
     }
 }
@@ -121,12 +133,24 @@ pub struct UpstreamConn {
 }
 
 /// Open a fresh connection to `addr` within `timeout`; over TLS with `tls`
-/// (the handshake counts against the same timeout).
+/// (the handshake counts against the same timeout); with `h2`, a bridge
+/// whose exchanges go over HTTP/2 streams under those limits
+/// ([`crate::h2_bridge`]).
 pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<&Arc<UpstreamTls>>,
+    h2: Option<&crate::h2::Limits>,
 ) -> Result<UpstreamConn, UpstreamError> {
+    if let Some(lim) = h2 {
+        let b = H2Bridge::connect(addr, tls.cloned(), *lim, timeout).await?;
+        return Ok(UpstreamConn {
+            stream: UpstreamStream::H2(Box::new(b)),
+            buf: BytesMut::with_capacity(16 * 1024),
+            idle_since: Instant::now(),
+            reused: false,
+        });
+    }
     let open = async {
         let stream = TcpStream::connect_addr(addr)
             .await
@@ -248,7 +272,11 @@ impl ConnPool {
             // stale. Checked (one syscall) only on connections idle long enough
             // for a server's keep-alive timer to matter; a busy connection that
             // turns out stale is retried once on a fresh one anyway.
-            if age >= PEEK_AFTER_IDLE && peer_state(c.stream.tcp()) != PeerState::Idle {
+            if age >= PEEK_AFTER_IDLE
+                && c.stream
+                    .tcp()
+                    .is_some_and(|t| peer_state(t) != PeerState::Idle)
+            {
                 continue;
             }
             return Some(c);
@@ -527,7 +555,10 @@ pub async fn send_and_read_head(
 ) -> Result<(ResponseHead, UpstreamConn), UpstreamError> {
     let (res, b) = conn.stream.write_all(std::mem::take(req)).await;
     *req = b;
-    if res.is_err() {
+    if let Err(e) = res {
+        if let Some(bridged) = carried(&e) {
+            return Err(bridged);
+        }
         return Err(if conn.reused {
             UpstreamError::new(Kind::Stale, "connection closed before the response")
         } else {
@@ -535,7 +566,10 @@ pub async fn send_and_read_head(
         });
     }
     if let Some(body) = tail.filter(|b| !b.is_empty()) {
-        if conn.stream.write_bytes(body).await.is_err() {
+        if let Err(e) = conn.stream.write_bytes(body).await {
+            if let Some(bridged) = carried(&e) {
+                return Err(bridged);
+            }
             return Err(UpstreamError::new(
                 Kind::Closed,
                 "connection reset while sending the body",
@@ -585,6 +619,12 @@ pub async fn send_and_read_head(
             }
         }
     }
+}
+
+/// The exchange failure an HTTP/2 bridge put inside an `io::Error`, with its
+/// kind (a stale pooled HTTP/2 connection, a refused connect, …).
+fn carried(e: &std::io::Error) -> Option<UpstreamError> {
+    e.get_ref()?.downcast_ref::<UpstreamError>().cloned()
 }
 
 /// Largest whole response body the gateway reads for itself (8 MiB).
@@ -686,12 +726,17 @@ pub struct Target {
     pub addr: SocketAddr,
     /// Its TLS settings; `None` = plaintext.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Its port speaks HTTP/2 only: requests go over HTTP/2 streams
+    /// ([`crate::h2_bridge`]).
+    pub h2: bool,
 }
 
 impl Target {
     /// A fresh keep-alive client to it.
     pub fn client(&self) -> Client {
-        Client::new(self.addr, self.tls.clone())
+        let mut c = Client::new(self.addr, self.tls.clone());
+        c.h2 = self.h2.then(crate::h2::Limits::default);
+        c
     }
 }
 
@@ -710,6 +755,8 @@ pub static CONTROL_TLS_HANDSHAKES: [std::sync::atomic::AtomicU64; 2] = [
 pub struct Client {
     addr: SocketAddr,
     tls: Option<Arc<UpstreamTls>>,
+    /// Over HTTP/2 streams, under these limits.
+    h2: Option<crate::h2::Limits>,
     conn: Option<UpstreamConn>,
     req: Vec<u8>,
 }
@@ -720,6 +767,7 @@ impl Client {
         Client {
             addr,
             tls,
+            h2: None,
             conn: None,
             req: Vec::new(),
         }
@@ -761,7 +809,7 @@ impl Client {
                 Some(c) => c,
                 None => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    let c = connect(self.addr, left, self.tls.as_ref()).await?;
+                    let c = connect(self.addr, left, self.tls.as_ref(), self.h2.as_ref()).await?;
                     if let Some(n) = c
                         .stream
                         .tls_handshake()
@@ -897,7 +945,11 @@ mod tests {
         shardgate_runtime::block_on(async move {
             let mut conns = Vec::new();
             for _ in 0..10 {
-                conns.push(connect(addr, Duration::from_secs(5), None).await.unwrap());
+                conns.push(
+                    connect(addr, Duration::from_secs(5), None, None)
+                        .await
+                        .unwrap(),
+                );
             }
             let timeout = Duration::from_secs(4);
             let t0 = Instant::now();
@@ -929,7 +981,9 @@ mod tests {
             let mut p = ConnPool::new(1, 1, timeout);
             assert!(p.take(0, t0).is_none());
             for i in 0..4u64 {
-                let c = connect(addr, Duration::from_secs(5), None).await.unwrap();
+                let c = connect(addr, Duration::from_secs(5), None, None)
+                    .await
+                    .unwrap();
                 // The last one comes back after the dry spell is past the
                 // idle timeout: the pool goes back to its floor.
                 let at = t0 + Duration::from_millis(if i < 3 { 3_000 } else { 4_500 });
@@ -953,7 +1007,7 @@ mod tests {
         let tls = Arc::new(UpstreamTls::new("localhost", roots, &[], "test".into()).unwrap());
         let started = std::time::Instant::now();
         let reply = shardgate_runtime::block_on(async move {
-            let conn = connect(addr, Duration::from_secs(5), Some(&tls)).await?;
+            let conn = connect(addr, Duration::from_secs(5), Some(&tls), None).await?;
             assert!(conn.stream.is_tls());
             let mut req = Vec::new();
             write_get("/x", addr, &mut req);
@@ -985,7 +1039,7 @@ mod tests {
             .unwrap(),
         );
         let e = shardgate_runtime::block_on(async move {
-            connect(addr, Duration::from_secs(5), Some(&tls))
+            connect(addr, Duration::from_secs(5), Some(&tls), None)
                 .await
                 .err()
         })

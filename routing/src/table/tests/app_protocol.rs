@@ -47,7 +47,10 @@ fn every_http2_name_counts_and_others_do_not() {
         ("kubernetes.io/ws", false),
         ("grpc-web", false),
     ] {
-        let t = build(&format!("{GW}{}", config(&format!(", appProtocol: {p}"), "")));
+        let t = build(&format!(
+            "{GW}{}",
+            config(&format!(", appProtocol: {p}"), "")
+        ));
         assert_eq!(h2_of(&t, "10.0.0.1:8000"), want, "{p}");
     }
     let t = build(&format!("{GW}{}", config("", "")));
