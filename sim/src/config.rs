@@ -111,6 +111,12 @@ pub struct SimConfig {
     /// behaviour with and without backend telemetry).
     #[arg(long)]
     pub no_metrics: bool,
+    /// Speak HTTP/2 only (prior knowledge; ALPN `h2` with TLS): an HTTP/1.1
+    /// request is a protocol error, as on a server behind a Service port with
+    /// `appProtocol: kubernetes.io/h2c` (tests of the gateway's HTTP/2
+    /// upstream; `GET /sim/stats` counts `http2_requests_total` either way).
+    #[arg(long)]
+    pub http2_only: bool,
     /// Serve HTTPS with this PEM certificate chain (with `--tls-key`).
     #[arg(long, value_name = "PATH", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -169,6 +175,7 @@ impl Default for SimConfig {
             fast: false,
             legacy_metrics: false,
             no_metrics: false,
+            http2_only: false,
             tls_cert: None,
             tls_key: None,
             kv_events_port: None,

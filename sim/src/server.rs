@@ -165,6 +165,8 @@ pub(crate) struct Shared {
     /// gRPC streams whose client went away (reset or closed) before the end.
     pub(crate) grpc_cancelled_total: AtomicU64,
     connections_total: AtomicU64,
+    /// HTTP requests (not gRPC calls) that came over HTTP/2.
+    http2_requests_total: AtomicU64,
     /// Connections whose TLS handshake failed (HTTPS only).
     tls_handshake_failures_total: AtomicU64,
     engine: mpsc::UnboundedSender<Command>,
@@ -285,6 +287,7 @@ pub(crate) async fn serve(
         cold_starts_total: AtomicU64::new(0),
         grpc_cancelled_total: AtomicU64::new(0),
         connections_total: AtomicU64::new(0),
+        http2_requests_total: AtomicU64::new(0),
         tls_handshake_failures_total: AtomicU64::new(0),
         engine: tx,
     });
@@ -308,6 +311,9 @@ pub(crate) async fn serve(
                         );
                         http.http1().timer(TokioTimer::new()).keep_alive(true);
                         http.http2().timer(TokioTimer::new());
+                        if shared.cfg.http2_only {
+                            http = http.http2_only();
+                        }
                         let svc_shared = shared.clone();
                         let service = hyper::service::service_fn(move |req| {
                             let shared = svc_shared.clone();
@@ -391,6 +397,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBod
     let method = req.method().clone();
     if crate::grpc::is_grpc_path(&path) {
         return crate::grpc::handle(shared, req).await;
+    }
+    if req.version() == hyper::Version::HTTP_2 {
+        shared.http2_requests_total.fetch_add(1, Relaxed);
     }
     let ep = match path.as_str() {
         "/v1/completions" => Some(Endpoint::Completions),
@@ -553,6 +562,7 @@ async fn stats_page(shared: &Shared) -> Response<RespBody> {
         "render_requests_total": shared.renders_total.load(Relaxed),
         "requests_cancelled_total": m.finished_abort,
         "connections_total": shared.connections_total.load(Relaxed),
+        "http2_requests_total": shared.http2_requests_total.load(Relaxed),
         "tls_handshake_failures_total": shared.tls_handshake_failures_total.load(Relaxed),
         "running": m.running,
         "waiting": m.waiting,
