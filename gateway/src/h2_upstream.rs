@@ -140,7 +140,7 @@ async fn tls_handshake(
     tls: &Arc<UpstreamTls>,
     timeout: Duration,
 ) -> Result<TlsIo<rustls::ClientConnection>, UpstreamError> {
-    let handshake = crate::upstream::tls_handshake(tcp, addr, tls, true);
+    let handshake = crate::upstream_tls::tls_handshake(tcp, addr, tls, true);
     let stream = match monoio::time::timeout(timeout, handshake).await {
         Ok(r) => r?,
         Err(_) => {

@@ -40,8 +40,8 @@ use shardgate_runtime::io::{peer_state, read_into, PeerState};
 
 use crate::error::{UpstreamError, UpstreamErrorKind as Kind};
 use crate::h2_bridge::H2Bridge;
-use crate::tls::{HandshakeError, TlsStream};
-use crate::upstream_tls::{describe, UpstreamTls};
+use crate::tls::TlsStream;
+use crate::upstream_tls::{tls_handshake, UpstreamTls};
 
 /// The byte stream to an endpoint: the socket, or TLS over it.
 pub enum UpstreamStream {
@@ -176,36 +176,6 @@ pub async fn connect(
         )),
         Err(_) => Err(UpstreamError::new(Kind::Connect, "connect timed out")),
     }
-}
-
-/// The TLS handshake with backend `addr` on `stream`, under `tls`, offering
-/// ALPN `h2` (gRPC, [`crate::h2_upstream`]) or `http/1.1`. A failure is a
-/// [`Kind::Tls`] error with a short reason ([`describe`]).
-pub(crate) async fn tls_handshake(
-    stream: TcpStream,
-    addr: SocketAddr,
-    tls: &UpstreamTls,
-    h2: bool,
-) -> Result<TlsStream<rustls::ClientConnection>, UpstreamError> {
-    let conn = if h2 {
-        tls.h2_connection()
-    } else {
-        tls.connection()
-    };
-    let conn = conn.map_err(|e| {
-        tracing::warn!(endpoint = %addr, origin = %tls.origin, error = %e, "TLS setup failed");
-        UpstreamError::new(Kind::Tls, "TLS: handshake failed")
-    })?;
-    crate::tls::connect(stream, conn).await.map_err(|e| {
-        let why = match &e {
-            HandshakeError::Tls(t) => describe(t),
-            _ => "TLS: handshake failed (does the backend speak TLS?)",
-        };
-        // The caller logs `why` (rate-limited where it repeats); the details
-        // (names expected and presented) are for debugging.
-        tracing::debug!(endpoint = %addr, origin = %tls.origin, error = ?e, "{why}");
-        UpstreamError::new(Kind::Tls, why)
-    })
 }
 
 /// Pooled connections idle at least this long are peeked at before reuse (1 s).

@@ -12,16 +12,22 @@
 //!   Mozilla's roots compiled in (`webpki-roots`: no file on the host needed);
 //! - names: SNI is `hostname`; the certificate must be valid for `hostname`,
 //!   or, when `subjectAltNames` lists names, for one of them (tried in order);
-//! - TLS 1.3 and 1.2, ALPN `http/1.1` (`h2` to gRPC backends, which must
-//!   choose it), session resumption on (rustls'
+//! - TLS 1.3 and 1.2, ALPN `http/1.1` (`h2` to gRPC backends and to those
+//!   whose port speaks HTTP/2, which must choose it), session resumption on (rustls'
 //!   in-memory store: 256 servers, tickets and TLS 1.2 session ids); no client
 //!   certificate (no mTLS to backends);
 //! - a handshake failure becomes a short fixed message ([`describe`]) that
 //!   the client's 502 body and the logs carry: a certificate not valid for
 //!   the name, signed by an unknown CA, expired, or a backend that does not
 //!   speak TLS.
+//!
+//! [`tls_handshake`] runs the client handshake on a shard's (or the control
+//! thread's) socket for both upstream clients, HTTP/1.1 and HTTP/2.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+
+use monoio::net::TcpStream;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -32,6 +38,9 @@ use rustls::{
     SignatureScheme,
 };
 use shardgate_routing::{BackendTls, EndpointInfo};
+
+use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::tls::{HandshakeError, TlsStream};
 
 /// How connections to one set of servers are secured: the rustls
 /// configuration (with its session cache) and the name sent as SNI.
@@ -252,6 +261,36 @@ impl ServerCertVerifier for AltNames {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
     }
+}
+
+/// The TLS handshake with backend `addr` on `stream`, under `tls`, offering
+/// ALPN `h2` (gRPC, [`crate::h2_upstream`]) or `http/1.1`. A failure is a
+/// [`UpstreamErrorKind::Tls`] error with a short reason ([`describe`]).
+pub(crate) async fn tls_handshake(
+    stream: TcpStream,
+    addr: SocketAddr,
+    tls: &UpstreamTls,
+    h2: bool,
+) -> Result<TlsStream<rustls::ClientConnection>, UpstreamError> {
+    let conn = if h2 {
+        tls.h2_connection()
+    } else {
+        tls.connection()
+    };
+    let conn = conn.map_err(|e| {
+        tracing::warn!(endpoint = %addr, origin = %tls.origin, error = %e, "TLS setup failed");
+        UpstreamError::new(UpstreamErrorKind::Tls, "TLS: handshake failed")
+    })?;
+    crate::tls::connect(stream, conn).await.map_err(|e| {
+        let why = match &e {
+            HandshakeError::Tls(t) => describe(t),
+            _ => "TLS: handshake failed (does the backend speak TLS?)",
+        };
+        // The caller logs `why` (rate-limited where it repeats); the details
+        // (names expected and presented) are for debugging.
+        tracing::debug!(endpoint = %addr, origin = %tls.origin, error = ?e, "{why}");
+        UpstreamError::new(UpstreamErrorKind::Tls, why)
+    })
 }
 
 #[cfg(test)]
