@@ -896,7 +896,7 @@ impl<'c, 'r> Builder<'c, 'r> {
                     })
                 }
                 PathMatchType::RegularExpression => match regex::Regex::new(&anchored(&p.value)) {
-                    Ok(re) => PathCond::Regex(re, p.value.clone()),
+                    Ok(re) => PathCond::regex(re, &p.value),
                     Err(e) => {
                         self.errors.push(ConfigError::at(
                             meta,

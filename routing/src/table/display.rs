@@ -27,7 +27,7 @@ impl fmt::Display for PathCond {
         match self {
             PathCond::Exact(v) => write!(f, "Exact {v}"),
             PathCond::Prefix(v) => write!(f, "PathPrefix {v}"),
-            PathCond::Regex(_, v) => write!(f, "RegularExpression {v}"),
+            PathCond::Regex(_, v) | PathCond::Service(_, v) => write!(f, "RegularExpression {v}"),
         }
     }
 }

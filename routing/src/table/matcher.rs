@@ -140,11 +140,27 @@ pub(super) enum PathCond {
     /// Without trailing `/`, except the root prefix `/` itself.
     Prefix(String),
     Regex(regex::Regex, String),
+    /// A regular expression of the shape `/S/[^/]+` with `S` a literal
+    /// (a GRPCRoute's `Exact` service-only match, every method of one
+    /// service): `/S/` then one non-empty path element, tested without the
+    /// regex engine. Holds `/S/` and the expression as written.
+    Service(String, String),
 }
 
 impl PathCond {
+    /// A compiled regular expression, or the [`PathCond::Service`] equal to it.
+    pub(super) fn regex(re: regex::Regex, value: &str) -> PathCond {
+        match service_prefix(value) {
+            Some(p) => PathCond::Service(p, value.to_owned()),
+            None => PathCond::Regex(re, value.to_owned()),
+        }
+    }
+
     pub(super) fn matches(&self, path: &str) -> bool {
         match self {
+            PathCond::Service(p, _) => path
+                .strip_prefix(p.as_str())
+                .is_some_and(|m| !m.is_empty() && !m.contains('/')),
             PathCond::Exact(v) => path == v,
             PathCond::Prefix(p) => {
                 p == "/"
@@ -159,10 +175,25 @@ impl PathCond {
     pub(super) fn rank(&self) -> (u8, usize) {
         match self {
             PathCond::Exact(v) => (0, v.len()),
-            PathCond::Regex(_, v) => (1, v.len()),
+            PathCond::Regex(_, v) | PathCond::Service(_, v) => (1, v.len()),
             PathCond::Prefix(v) => (2, if v == "/" { 1 } else { v.len() }),
         }
     }
+}
+
+/// `/S/` when `pattern` is `/S/[^/]+` with `S` a literal service name
+/// (letters, digits, `_` and `.`, the dots escaped): then the anchored
+/// expression matches exactly the paths `/S/M` with `M` non-empty and
+/// free of `/`.
+fn service_prefix(pattern: &str) -> Option<String> {
+    let escaped = pattern.strip_prefix('/')?.strip_suffix("/[^/]+")?;
+    let service = escaped.replace("\\.", ".");
+    let literal = !service.is_empty()
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+        && regex::escape(&service) == escaped;
+    literal.then(|| format!("/{service}/"))
 }
 
 /// A compiled header or query value condition.

@@ -476,6 +476,50 @@ fn spec_example_matches_are_ored_conditions_anded() {
 }
 
 #[test]
+fn a_service_only_regex_matches_as_the_regex_does_without_it() {
+    let compile = |v: &str| {
+        PathCond::regex(
+            regex::Regex::new(&crate::table::anchored(v)).expect("valid"),
+            v,
+        )
+    };
+    let v = "/inference\\.GRPCInferenceService/[^/]+";
+    let fast = compile(v);
+    assert!(matches!(fast, PathCond::Service(ref p, _) if p == "/inference.GRPCInferenceService/"));
+    let re = regex::Regex::new(&crate::table::anchored(v)).expect("valid");
+    for path in [
+        "/inference.GRPCInferenceService/ModelInfer",
+        "/inference.GRPCInferenceService/M",
+        "/inference.GRPCInferenceService/",
+        "/inference.GRPCInferenceService",
+        "/inference.GRPCInferenceService/ModelInfer/x",
+        "/inferenceXGRPCInferenceService/ModelInfer",
+        "/inference.GRPCInferenceServiceX/ModelInfer",
+        "/x/inference.GRPCInferenceService/ModelInfer",
+        "/inference.GRPCInferenceService/Model\nInfer",
+        "/inference.GRPCInferenceService/é",
+        "",
+        "/",
+    ] {
+        assert_eq!(fast.matches(path), re.is_match(path), "{path:?}");
+    }
+    // The same rank as the regular expression it stands for.
+    assert_eq!(fast.rank(), (1, v.len()));
+    // Anything else stays a regular expression: an unescaped dot, a
+    // pattern in the service, a method part other than one element.
+    for v in [
+        "/inference.GRPCInferenceService/[^/]+",
+        "/(?:a|b)/[^/]+",
+        "/a\\.B/Check",
+        "/[^/]+/Check",
+        "/a\\.B/[^/]*",
+        "//[^/]+",
+    ] {
+        assert!(matches!(compile(v), PathCond::Regex(..)), "{v}");
+    }
+}
+
+#[test]
 fn element_wise_prefix() {
     let p = PathCond::Prefix("/v1".into());
     for (path, want) in [
