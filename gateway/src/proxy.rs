@@ -190,7 +190,7 @@ async fn hot_phase<S: ClientStream>(
 ) -> (ConnIo<S>, bool) {
     loop {
         let mut went_idle = false;
-        let head = match read_head(&shard, &mut io, &mut went_idle).await {
+        let (head, started) = match read_head(&shard, &mut io, &mut went_idle).await {
             Ok(Some(h)) => h,
             Ok(None) => return (io, went_idle),
             Err(f) => {
@@ -199,7 +199,7 @@ async fn hot_phase<S: ClientStream>(
             }
         };
         io.out = shard.take_out_buf();
-        let (keep, back) = handle_request(shard.clone(), io, head, peer, port).await;
+        let (keep, back) = handle_request(shard.clone(), io, head, started, peer, port).await;
         io = back;
         shard.give_out_buf(std::mem::take(&mut io.out));
         if !keep || io.client.failed.is_some() || shard.shutdown.is_draining() {
@@ -232,14 +232,15 @@ async fn wait_idle<S: ClientStream>(shard: &Shard, io: &ConnIo<S>, idle_left: Du
 /// buffers.
 pub const HOT_WAIT: Duration = Duration::from_millis(50);
 
-/// Read until a complete request head is buffered. `Ok(None)`: the client closed,
+/// Read until a complete request head is buffered; with it, when its first
+/// byte was seen (the request's start). `Ok(None)`: the client closed,
 /// or (`went_idle` set) sent nothing for [`HOT_WAIT`] between requests: the read
 /// buffer went back to the pool and the caller waits for readiness.
 async fn read_head<S: ClientStream>(
     shard: &Shard,
     io: &mut ConnIo<S>,
     went_idle: &mut bool,
-) -> Result<Option<RequestHead>, Failure> {
+) -> Result<Option<(RequestHead, Instant)>, Failure> {
     let settings = &shard.settings;
     let mut started: Option<Instant> = None;
     let ClientConn {
@@ -250,9 +251,9 @@ async fn read_head<S: ClientStream>(
     let rbuf = &mut io.rbuf;
     loop {
         if !rbuf.is_empty() {
-            started.get_or_insert_with(Instant::now);
+            let t = *started.get_or_insert_with(Instant::now);
             match split_request_head(rbuf, &settings.limits) {
-                Ok(Some(head)) => return Ok(Some(head)),
+                Ok(Some(head)) => return Ok(Some((head, t))),
                 Ok(None) => {}
                 Err(e) => return Err(Failure::from_codec(&e)),
             }
@@ -339,7 +340,13 @@ async fn read_body<'s, S: ClientStream>(
             .map_err(|_| Failure::request_timeout())?;
     }
     let client = &mut client.sock;
-    let deadline = Instant::now() + settings.header_timeout;
+    // The body's deadline, fixed at its first read that has to wait (a body
+    // that came with its head reads no clock).
+    let mut deadline: Option<Instant> = None;
+    let mut wait_left = || {
+        let d = *deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout);
+        d.saturating_duration_since(Instant::now())
+    };
     if let Framing::Length(n) = framing {
         // Read the whole body into the connection buffer and split it off: no copy,
         // and no allocation when it fits the buffer's spare room.
@@ -348,7 +355,7 @@ async fn read_body<'s, S: ClientStream>(
             rbuf.reserve(n - rbuf.len());
         }
         while rbuf.len() < n {
-            let wait = deadline.saturating_duration_since(Instant::now());
+            let wait = wait_left();
             let buf = std::mem::take(rbuf);
             match monoio::time::timeout(wait, client.read_into(buf)).await {
                 Ok((Ok(k), b)) if k > 0 => *rbuf = b,
@@ -390,7 +397,7 @@ async fn read_body<'s, S: ClientStream>(
         if dec.is_done() {
             return Ok((body.freeze(), grant));
         }
-        let wait = deadline.saturating_duration_since(Instant::now());
+        let wait = wait_left();
         let buf = std::mem::take(rbuf);
         match monoio::time::timeout(wait, client.read_into(buf)).await {
             Ok((Ok(n), b)) if n > 0 => *rbuf = b,
@@ -434,14 +441,14 @@ async fn handle_request<S: ClientStream>(
     shard: Rc<Shard>,
     mut io: ConnIo<S>,
     head: RequestHead,
+    started: Instant,
     peer: SocketAddr,
     port: u16,
 ) -> (bool, ConnIo<S>) {
     let shard = &shard;
     let (client, rbuf, out) = (&mut io.client, &mut io.rbuf, &mut io.out);
     let state = shard.state_for_request();
-    let started = Instant::now();
-    let ts_ms = crate::access_log::now_ms();
+    let ts_ms = shard.log_clock();
     let mut guard = InFlight::new(shard);
     let (body, grant) = match read_body(shard, client, rbuf, &head, out).await {
         Ok((b, g)) => (Ok(b), Some(g)),

@@ -788,6 +788,17 @@ impl Shard {
         }
     }
 
+    /// When a request began, in Unix milliseconds, for the access log; 0 (no
+    /// wall-clock read on the request path) when the shard writes none.
+    #[inline]
+    pub fn log_clock(&self) -> u64 {
+        if self.access_log.is_some() {
+            crate::access_log::now_ms()
+        } else {
+            0
+        }
+    }
+
     /// A new request id: 32 hex digits (64 random bits, the shard, a counter),
     /// formatted without allocating.
     pub fn request_id(&self) -> [u8; 32] {

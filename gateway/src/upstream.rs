@@ -386,8 +386,7 @@ pub fn write_request(
         buf.extend_from_slice(prev);
         buf.extend_from_slice(b", ");
     }
-    // Formats straight into the buffer (no temporary String).
-    let _ = std::io::Write::write_fmt(buf, format_args!("{}", fwd.peer.ip()));
+    write_ip(buf, fwd.peer.ip());
     buf.extend_from_slice(b"\r\n");
     write::header(buf, "x-forwarded-proto", b"http");
     write::header(buf, "x-request-id", fwd.request_id);
@@ -403,6 +402,31 @@ pub fn write_request(
     buf.extend_from_slice(b"\r\n");
     if fwd.body.len() <= INLINE_BODY {
         buf.extend_from_slice(fwd.body);
+    }
+}
+
+/// `ip` in its usual text form, straight into `buf`: IPv4 digit by digit
+/// (`fmt` machinery cost ~1,000 instructions per request here), IPv6
+/// through `Display` (no temporary `String` either way).
+fn write_ip(buf: &mut Vec<u8>, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'.');
+                }
+                if octet >= 100 {
+                    buf.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    buf.push(b'0' + octet / 10 % 10);
+                }
+                buf.push(b'0' + octet % 10);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = std::io::Write::write_fmt(buf, format_args!("{v6}"));
+        }
     }
 }
 
@@ -812,6 +836,25 @@ impl Client {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        let mut ips: Vec<std::net::IpAddr> = vec![
+            "::1".parse().unwrap(),
+            "2001:db8::8a2e:370:7334".parse().unwrap(),
+            "::ffff:10.0.0.1".parse().unwrap(),
+        ];
+        for a in [0u8, 1, 9, 10, 99, 100, 109, 110, 199, 200, 255] {
+            for b in [0u8, 7, 42, 250] {
+                ips.push(std::net::Ipv4Addr::new(a, b, 255 - a, a / 3).into());
+            }
+        }
+        for ip in ips {
+            let mut buf = b"x".to_vec();
+            write_ip(&mut buf, ip);
+            assert_eq!(buf, format!("x{ip}").into_bytes(), "{ip}");
+        }
+    }
 
     /// What `write_request` sends for the raw client head `raw`.
     fn forwarded(raw: &[u8]) -> String {

@@ -168,7 +168,7 @@ pub(super) async fn serve(
             .headers
             .get("x-request-id")
             .and_then(|v| v.to_str().ok()),
-        ts_ms: super::call::log_clock(shard),
+        ts_ms: shard.log_clock(),
         endpoint: None,
         answer: Answered::default(),
     };
