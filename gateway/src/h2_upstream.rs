@@ -74,6 +74,33 @@ pub struct UpstreamStream {
     pub _lease: Lease,
 }
 
+/// Close this thread's pooled connections, inside its runtime, before the
+/// thread ends: drop their handles, then wait (at most `within`) for each
+/// connection's driver task to see its last handle go, send GOAWAY and end.
+/// Left to the thread-local's destructor at thread exit, the last handle woke
+/// a task of a runtime that was gone, and the process aborted on SIGTERM.
+/// A connection that a stream still holds (past the drain deadline) is left
+/// to that stream.
+pub async fn close_all(within: Duration) {
+    let conns: Vec<Rc<Conn>> = POOL.with(|p| {
+        p.borrow_mut()
+            .drain()
+            .flat_map(|(_, conns)| conns)
+            .collect()
+    });
+    let ending: Vec<Rc<Cell<bool>>> = conns
+        .iter()
+        .filter(|c| Rc::strong_count(c) == 1)
+        .map(|c| c.closed.clone())
+        .collect();
+    drop(conns);
+    let deadline = std::time::Instant::now() + within;
+    while ending.iter().any(|c| !c.get()) && std::time::Instant::now() < deadline {
+        // Polling interval of a bounded wait for the driver tasks to end.
+        monoio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Open connections to `addr` on this shard (for tests and metrics).
 pub fn connections(addr: SocketAddr) -> usize {
     POOL.with(|p| {

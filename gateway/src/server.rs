@@ -76,6 +76,8 @@ pub async fn shard_main(
     if let Some(log) = &shard.access_log {
         log.borrow_mut().flush();
     }
+    // Pooled HTTP/2 upstream connections end inside the runtime.
+    crate::h2_upstream::close_all(std::time::Duration::from_secs(1)).await;
     if shard.in_flight.get() > 0 {
         tracing::warn!(
             shard = info.id,

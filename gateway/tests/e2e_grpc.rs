@@ -111,7 +111,7 @@ fn grpc_calls_are_routed_by_model_name_through_the_gateway() {
     let b = sim(&["bert"]);
     let dir = shardgate_testkit::temp_dir("grpc-log");
     let log = dir.join("access.log");
-    let gw = Gateway::start(
+    let mut gw = Gateway::start(
         &grpc_config(&[("resnet", "svc-a", a.addr()), ("bert", "svc-b", b.addr())]),
         &["--access-log", log.to_str().unwrap()],
     );
@@ -207,6 +207,16 @@ fn grpc_calls_are_routed_by_model_name_through_the_gateway() {
     }
     assert!(c.recv(&mut call).unwrap().is_none());
     assert_eq!(call.reply.status, Some(0));
+
+    // A graceful stop with pooled HTTP/2 connections to the backends exits
+    // cleanly (their handles dropped at thread exit, outside the runtime,
+    // aborted the process).
+    drop(c);
+    gw.terminate();
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("the gateway did not exit after SIGTERM");
+    assert!(status.success(), "{status}");
 }
 
 #[test]

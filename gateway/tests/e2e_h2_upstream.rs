@@ -40,7 +40,7 @@ fn h2_stats(addr: SocketAddr) -> serde_json::Value {
 fn http_requests_reach_an_h2c_backend_over_http2() {
     let h2 = sim(&["llama"], |c| c.http2_only = true);
     let plain = sim(&["plain"], |_| {});
-    let gw = Gateway::start(&config(h2.addr(), plain.addr()), &[]);
+    let mut gw = Gateway::start(&config(h2.addr(), plain.addr()), &[]);
 
     // An HTTP/1.1 request to the HTTP/2-only backend fails: the flag matters.
     let mut direct = Client::connect(h2.addr());
@@ -164,6 +164,14 @@ fn http_requests_reach_an_h2c_backend_over_http2() {
     }
     let after = h2_stats(h2.addr())["connections_total"].as_u64().unwrap();
     assert_eq!(after, before + 1, "connections were opened for requests");
+
+    // A graceful stop with a pooled HTTP/2 connection exits cleanly.
+    drop(c);
+    gw.terminate();
+    let status = gw
+        .wait_exit(Duration::from_secs(15))
+        .expect("the gateway did not exit after SIGTERM");
+    assert!(status.success(), "{status}");
 }
 
 #[test]
