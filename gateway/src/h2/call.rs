@@ -94,6 +94,17 @@ const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeo
 const MODEL_HEADER: http::HeaderName =
     http::HeaderName::from_static(shardgate_routing::MODEL_HEADER);
 
+/// The first value of the request header `name` (ASCII case-insensitive):
+/// a scan of the fields, cheaper than `HeaderMap::get(&str)`, which parses
+/// and hashes the name on every call (~360 instructions a lookup, about ten
+/// lookups a call). The HTTP/1.1 path scans its fields the same way.
+pub(super) fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k.as_str().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_bytes())
+}
+
 /// Headers that never cross a hop.
 pub(super) const HOP_BY_HOP: [&str; 6] = [
     "connection",
@@ -244,7 +255,7 @@ pub(crate) async fn serve(
         port,
         started,
     };
-    if crate::grpc::is_grpc(parts.headers.get("content-type").map(|v| v.as_bytes())) {
+    if crate::grpc::is_grpc(header(&parts.headers, "content-type")) {
         Box::pin(serve_grpc(s, parts, body, respond, &mut guard)).await;
     } else {
         // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
@@ -299,7 +310,7 @@ async fn serve_grpc(
         endpoint: None,
         answer: Answered::default(),
     };
-    let encoding = parts.headers.get("grpc-encoding").map(|v| v.as_bytes());
+    let encoding = header(&parts.headers, "grpc-encoding");
     let first = if crate::grpc::names_model(path) {
         // The first message must name its model within `--header-timeout`.
         let read = first_bytes(&mut body, shard.settings.limits.max_body_bytes, encoding);
@@ -324,7 +335,7 @@ async fn serve_grpc(
         _ => None,
     };
     let headers = &parts.headers;
-    let lookup = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let lookup = |name: &str| header(headers, name);
     let info = RequestInfo {
         method: parts.method.as_str(),
         path,
@@ -478,7 +489,7 @@ async fn execute(
         Ok(a) => a,
         Err(f) => return reject(respond, &f),
     };
-    let header = |name: &str| req.headers.get(name).map(|v| v.as_bytes());
+    let header = |name: &str| header(req.headers, name);
     let model = decision.named_model();
     let route = &target.route;
     let settings = &shard.settings;
@@ -573,7 +584,7 @@ pub(super) async fn admit(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<Admission, Failure> {
-    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let header = |name: &str| header(headers, name);
     let jwt = decision.security.and_then(|k| state.auth.policy(k));
     let verified = match jwt.map(|p| {
         p.verify_cached(
@@ -728,7 +739,7 @@ async fn rate_limit(
         forwarded_for: if state.settings.trusted_proxies.is_empty() {
             None
         } else {
-            headers.get("x-forwarded-for").map(|v| v.as_bytes())
+            header(headers, "x-forwarded-for")
         },
     };
     let started = Instant::now();
