@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""bench/instructions.py: the gateway's instructions per request, for A/B comparisons of builds.
+
+Why: on a VM without hardware performance counters (this project's machines: `perf stat`
+says `<not supported>` for `instructions`), CPU seconds per request move ±15 % between
+runs with the load core's speed, which hides a change of a few per cent. Valgrind's
+`cachegrind` counts every instruction the gateway executes (all threads, user space
+only; no kernel time, and each iteration of a `rep movsb` copy counts as one), which
+repeats to within ~0.5 % from run to run. What it measures is the user-space work per
+request, not time: use it to compare two builds of the same code path, and
+`bench/h2.py` / `bench/compare` for time.
+
+Method: for each path and each binary, the gateway (`--shards 1 --force-epoll`:
+valgrind does not run io_uring) serves `h2load` twice, `--small` and `--large`
+requests (default 2,000 and 12,000) in separate processes; the instructions of the
+difference divided by the difference of requests is the per-request figure (startup,
+configuration and the control thread's periodic work cancel out, as both runs last
+about as long under valgrind).
+
+Paths (`--paths`, default all):
+  h1    POST /v1/completions over HTTP/1.1 keep-alive, 8 connections (HTTP/1.1 upstream)
+  h1c1  the same over 1 connection
+  h2    the same over HTTP/2 with prior knowledge, 8 connections x 16 streams
+  grpc  unary KServe v2 ModelInfer over h2c, 8 x 16 (HTTP/2 upstream)
+
+Usage: bench/instructions.py [--baseline OLD_BINARY] [--bin-dir target/release] [--paths h1,grpc]
+Needs valgrind and h2load (Debian `valgrind`, `nghttp2-client`; installed with apt-get
+when missing and root). Prints a markdown table; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("h2bench", os.path.join(ROOT, "bench", "h2.py"))
+h2bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(h2bench)
+
+
+def ensure_tools() -> None:
+    missing = [p for t, p in (("valgrind", "valgrind"), ("h2load", "nghttp2-client")) if not shutil.which(t)]
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), check=False)
+    for t in ("valgrind", "h2load"):
+        if not shutil.which(t):
+            sys.exit(f"{t} is missing (apt-get install valgrind nghttp2-client)")
+
+
+def wait_listening(port: int, proc: subprocess.Popen, deadline_s: float) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the gateway exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)  # polling interval of a deadline-bounded poll
+    sys.exit(f"the gateway did not listen on {port} within {deadline_s:.0f}s")
+
+
+def h2load_args(path: str, tmp: str, http_port: int, grpc_port: int) -> list[str]:
+    json_h = ["-H", "content-type: application/json"]
+    body = os.path.join(tmp, "completion.json")
+    if path == "grpc":
+        return ["-c", "8", "-m", "16", "-d", os.path.join(tmp, "infer.bin"), "-H", "content-type: application/grpc",
+                "-H", "te: trailers", f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"]
+    if path == "h2":
+        return ["-c", "8", "-m", "16", "-d", body, *json_h, f"http://127.0.0.1:{http_port}/v1/completions"]
+    conns = "1" if path == "h1c1" else "8"
+    return ["--h1", "-c", conns, "-m", "1", "-d", body, *json_h, f"http://127.0.0.1:{http_port}/v1/completions"]
+
+
+def count(binary: str, sim_bin: str, path: str, n: int, tmp: str) -> int:
+    """Instructions the gateway executed over its life, serving n requests of `path`."""
+    sim_port, http_port, grpc_port = h2bench.free_port(), h2bench.free_port(), h2bench.free_port()
+    procs: list[subprocess.Popen] = []
+    try:
+        sim = subprocess.Popen([sim_bin, "--host", "127.0.0.1", "--port", str(sim_port), "--model", "m", "--fast"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        procs.append(sim)
+        h2bench.wait_port(sim_port, sim, "shardgate-sim")
+        cfg = os.path.join(tmp, "gw.yaml")
+        with open(cfg, "w") as f:
+            f.write(h2bench.config(http_port, grpc_port, sim_port))
+        out = os.path.join(tmp, "cachegrind.out")
+        gw = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}",
+                               binary, "serve", "-c", cfg, "--shards", "1", "--bind", "127.0.0.1", "--admin-addr", "off",
+                               "--no-scrape", "--force-epoll"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ, RUST_LOG="error"), start_new_session=True)
+        procs.append(gw)
+        wait_listening(http_port, gw, 120)
+        wait_listening(grpc_port, gw, 120)
+        r = subprocess.run(["h2load", "-n", str(n), *h2load_args(path, tmp, http_port, grpc_port)],
+                           capture_output=True, text=True, timeout=900).stdout
+        ok = re.search(r"(\d+) succeeded, (\d+) failed", r)
+        if not ok or int(ok.group(1)) != n:
+            sys.exit(f"h2load ({path}, {binary}): not every request succeeded:\n{r}")
+        gw.send_signal(signal.SIGTERM)
+        gw.wait(timeout=120)
+        with open(out) as f:
+            m = re.search(r"^summary:\s+(\d+)", f.read(), re.M)
+        if not m:
+            sys.exit(f"no cachegrind summary in {out}")
+        return int(m.group(1))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release"))
+    ap.add_argument("--baseline", help="another shardgate binary, measured the same way")
+    ap.add_argument("--paths", default="h1,h1c1,h2,grpc")
+    ap.add_argument("--small", type=int, default=2_000)
+    ap.add_argument("--large", type=int, default=12_000)
+    a = ap.parse_args()
+    if a.large <= a.small:
+        sys.exit("--large must exceed --small")
+    ensure_tools()
+    sim_bin = os.path.join(a.bin_dir, "shardgate-sim")
+    binaries = [("shardgate", os.path.join(a.bin_dir, "shardgate"))]
+    if a.baseline:
+        binaries.append(("baseline", a.baseline))
+    tmp = tempfile.mkdtemp(prefix="shardgate-instructions-")
+    with open(os.path.join(tmp, "infer.bin"), "wb") as f:
+        f.write(h2bench.infer_request("m"))
+    with open(os.path.join(tmp, "completion.json"), "w") as f:
+        f.write('{"model":"m","prompt":"hello there how are you today my friend","max_tokens":8}')
+    paths = [p for p in a.paths.split(",") if p]
+    rows = []
+    for path in paths:
+        per = {}
+        for name, binary in binaries:
+            small = count(binary, sim_bin, path, a.small, tmp)
+            large = count(binary, sim_bin, path, a.large, tmp)
+            per[name] = (large - small) / (a.large - a.small)
+            print(f"[instructions] {path} {name}: {per[name]:,.0f} per request", file=sys.stderr, flush=True)
+        rows.append((path, per))
+    shutil.rmtree(tmp, ignore_errors=True)
+    head = "| path | shardgate |" + (" baseline | change |" if a.baseline else "")
+    print(head)
+    print("|---|---:|" + ("---:|---:|" if a.baseline else ""))
+    for path, per in rows:
+        line = f"| {path} | {per['shardgate']:,.0f} |"
+        if a.baseline:
+            line += f" {per['baseline']:,.0f} | {100 * (per['shardgate'] / per['baseline'] - 1):+.1f} % |"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
