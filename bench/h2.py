@@ -53,8 +53,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, proc: subprocess.Popen, what: str) -> None:
-    deadline = time.monotonic() + 30
+def wait_port(port: int, proc: subprocess.Popen, what: str, within_s: float = 30) -> None:
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"{what} exited with {proc.returncode}")

@@ -36,7 +36,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,19 +55,6 @@ def ensure_tools() -> None:
     for t in ("valgrind", "h2load"):
         if not shutil.which(t):
             sys.exit(f"{t} is missing (apt-get install valgrind nghttp2-client)")
-
-
-def wait_listening(port: int, proc: subprocess.Popen, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the gateway exited with {proc.returncode} before listening")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.1)  # polling interval of a deadline-bounded poll
-    sys.exit(f"the gateway did not listen on {port} within {deadline_s:.0f}s")
 
 
 def h2load_args(path: str, tmp: str, http_port: int, grpc_port: int) -> list[str]:
@@ -102,8 +88,9 @@ def count(binary: str, sim_bin: str, path: str, n: int, tmp: str) -> int:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=dict(os.environ, RUST_LOG="error"), start_new_session=True)
         procs.append(gw)
-        wait_listening(http_port, gw, 120)
-        wait_listening(grpc_port, gw, 120)
+        # Valgrind starts the gateway slowly: a longer deadline than h2.py's.
+        h2bench.wait_port(http_port, gw, "the gateway under valgrind", 120)
+        h2bench.wait_port(grpc_port, gw, "the gateway under valgrind", 120)
         r = subprocess.run(["h2load", "-n", str(n), *h2load_args(path, tmp, http_port, grpc_port)],
                            capture_output=True, text=True, timeout=900).stdout
         ok = re.search(r"(\d+) succeeded, (\d+) failed", r)

@@ -212,11 +212,7 @@ fn grpc_calls_are_routed_by_model_name_through_the_gateway() {
     // cleanly (their handles dropped at thread exit, outside the runtime,
     // aborted the process).
     drop(c);
-    gw.terminate();
-    let status = gw
-        .wait_exit(Duration::from_secs(15))
-        .expect("the gateway did not exit after SIGTERM");
-    assert!(status.success(), "{status}");
+    gw.stop_cleanly(Duration::from_secs(15));
 }
 
 #[test]

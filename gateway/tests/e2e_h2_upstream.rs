@@ -167,11 +167,7 @@ fn http_requests_reach_an_h2c_backend_over_http2() {
 
     // A graceful stop with a pooled HTTP/2 connection exits cleanly.
     drop(c);
-    gw.terminate();
-    let status = gw
-        .wait_exit(Duration::from_secs(15))
-        .expect("the gateway did not exit after SIGTERM");
-    assert!(status.success(), "{status}");
+    gw.stop_cleanly(Duration::from_secs(15));
 }
 
 #[test]

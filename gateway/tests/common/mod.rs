@@ -76,6 +76,15 @@ impl Gateway {
         Client::connect(self.addr)
     }
 
+    /// Stop it with SIGTERM and require a clean exit within `within`.
+    pub fn stop_cleanly(&mut self, within: Duration) {
+        self.terminate();
+        let status = self
+            .wait_exit(within)
+            .expect("the gateway did not exit after SIGTERM");
+        assert!(status.success(), "{status}");
+    }
+
     /// The admin listener's `/metrics` text.
     pub fn metrics(&self) -> String {
         Client::connect(self.admin.expect("admin listener"))
