@@ -36,12 +36,13 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use monoio::io::Canceller;
-use monoio::time::Instant;
+use monoio::time::{Instant, Sleep};
 use shardgate_http::{
     split_request_head, write, BodyDecoder, Framing, RequestHead, ResponseHead, Version,
 };
@@ -85,6 +86,11 @@ struct ClientConn<S> {
     /// Cancels this connection's pending read (idle wait) or write (send timeout);
     /// reused, so it allocates only after a cancel.
     cancel: Canceller,
+    /// The send timeout's timer while the connection is busy (one per hot
+    /// phase, re-armed per write: a later deadline is a store, where a new
+    /// `sleep` per write was a timer-wheel insert and removal); `None` while
+    /// idle, when a write makes its own.
+    send_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// How writing to a client failed.
@@ -143,6 +149,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
             send_timeout: shard.settings.send_timeout,
             failed: None,
             cancel: Canceller::new(),
+            send_timer: None,
         },
         rbuf: BytesMut::new(),
         out: Vec::new(),
@@ -166,8 +173,10 @@ pub(crate) async fn serve_connection<S: ClientStream>(
             }
             io.rbuf = shard.take_read_buf();
         }
+        io.client.send_timer = Some(Box::pin(monoio::time::sleep(io.client.send_timeout)));
         let (back, went_idle) = Box::pin(hot_phase(shard.clone(), io, peer, port)).await;
         io = back;
+        io.client.send_timer = None;
         if !went_idle {
             break;
         }
@@ -188,9 +197,14 @@ async fn hot_phase<S: ClientStream>(
     peer: SocketAddr,
     port: u16,
 ) -> (ConnIo<S>, bool) {
+    // The wait for the next request's first byte, re-armed per request (a
+    // later deadline is a store, not a timer-wheel insert and removal).
+    let hot_timer = monoio::time::sleep(HOT_WAIT);
+    let mut hot_timer = std::pin::pin!(hot_timer);
     loop {
         let mut went_idle = false;
-        let (head, started) = match read_head(&shard, &mut io, &mut went_idle).await {
+        let read = read_head(&shard, &mut io, &mut went_idle, hot_timer.as_mut()).await;
+        let (head, started) = match read {
             Ok(Some(h)) => h,
             Ok(None) => return (io, went_idle),
             Err(f) => {
@@ -240,6 +254,7 @@ async fn read_head<S: ClientStream>(
     shard: &Shard,
     io: &mut ConnIo<S>,
     went_idle: &mut bool,
+    mut hot_timer: Pin<&mut Sleep>,
 ) -> Result<Option<(RequestHead, Instant)>, Failure> {
     let settings = &shard.settings;
     let mut started: Option<Instant> = None;
@@ -265,9 +280,10 @@ async fn read_head<S: ClientStream>(
                 let hot = HOT_WAIT.min(settings.client_idle_timeout);
                 let read = client.read_into_cancelable(std::mem::take(rbuf), cancel.handle());
                 let mut read = std::pin::pin!(read);
+                hot_timer.as_mut().reset(Instant::now() + hot);
                 let (res, b) = monoio::select! {
                     r = &mut read => r,
-                    _ = monoio::time::sleep(hot) => {
+                    _ = hot_timer.as_mut() => {
                         // Cancelled, the read still hands back what it received.
                         *cancel = std::mem::take(cancel).cancel();
                         read.await
@@ -1361,17 +1377,32 @@ async fn flush<S: ClientStream>(
     let mut buf = std::mem::take(out);
     let mut done = 0;
     let mut failed = None;
+    let ClientConn {
+        sock,
+        send_timeout,
+        cancel,
+        send_timer,
+        ..
+    } = &mut *client;
+    let mut own = None;
+    let mut timer = match send_timer {
+        Some(t) => t.as_mut(),
+        None => own
+            .insert(Box::pin(monoio::time::sleep(*send_timeout)))
+            .as_mut(),
+    };
     while done < buf.len() {
-        let write = client.sock.write_from(buf, done, client.cancel.handle());
+        let write = sock.write_from(buf, done, cancel.handle());
         let mut write = std::pin::pin!(write);
         let mut timed_out = false;
+        timer.as_mut().reset(Instant::now() + *send_timeout);
         let (res, slice) = monoio::select! {
             r = &mut write => r,
-            _ = monoio::time::sleep(client.send_timeout) => {
+            _ = timer.as_mut() => {
                 // Cancelled, the write still hands the buffer back (and says
                 // whether it had written after all).
                 timed_out = true;
-                client.cancel = std::mem::take(&mut client.cancel).cancel();
+                *cancel = std::mem::take(cancel).cancel();
                 write.await
             }
         };
