@@ -248,51 +248,34 @@ pub(crate) async fn serve(
     let state = shard.state_for_request();
     let mut guard = Served::new(&shard);
     let (parts, body) = req.into_parts();
-    let s = Stream {
-        shard: &shard,
-        state: &state,
-        peer,
-        port,
-        started,
-    };
     if crate::grpc::is_grpc(header(&parts.headers, "content-type")) {
-        Box::pin(serve_grpc(s, parts, body, respond, &mut guard)).await;
+        Box::pin(serve_grpc(
+            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
+        ))
+        .await;
     } else {
         // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
         // HTTP/1.1 ([`super::openai`]).
         Box::pin(super::openai::serve(
-            s.shard, s.state, parts, body, respond, peer, port, &mut guard, started,
+            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
         ))
         .await;
     }
 }
 
-/// What every stream's handler gets: the shard, the state in force when the
-/// stream began, the client, the listener's port and when the stream began.
-#[derive(Clone, Copy)]
-struct Stream<'a> {
-    shard: &'a Rc<Shard>,
-    state: &'a std::sync::Arc<GatewayState>,
-    peer: SocketAddr,
-    port: u16,
-    started: Instant,
-}
-
-/// Serve one gRPC call.
+/// Serve one gRPC call (the same arguments as [`super::openai::serve`]).
+#[allow(clippy::too_many_arguments)]
 async fn serve_grpc(
-    s: Stream<'_>,
+    shard: &Rc<Shard>,
+    state: &std::sync::Arc<GatewayState>,
     parts: http::request::Parts,
     mut body: RecvStream,
     mut respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    port: u16,
     guard: &mut Served,
+    started: Instant,
 ) {
-    let Stream {
-        shard,
-        state,
-        peer,
-        port,
-        started,
-    } = s;
     let path = parts.uri.path();
     let mut rec = Record {
         status: 0,
@@ -1073,9 +1056,9 @@ mod tests {
         std::mem::size_of::<R>()
     }
 
-    fn output_size5<F, A, B, C, D, E, R>(_: &F) -> usize
+    fn output_size9<F, A, B, C, D, E, G, H, I, J, R>(_: &F) -> usize
     where
-        F: Fn(A, B, C, D, E) -> R,
+        F: Fn(A, B, C, D, E, G, H, I, J) -> R,
     {
         std::mem::size_of::<R>()
     }
@@ -1086,7 +1069,7 @@ mod tests {
         // the cell into its box) per accepted stream; the whole gRPC or HTTP
         // lifecycle inline made that several KiB of copying per call.
         let task = output_size(&serve);
-        let grpc = output_size5(&serve_grpc);
+        let grpc = output_size9(&serve_grpc);
         eprintln!("stream task {task} bytes, gRPC call {grpc} bytes");
         assert!(task <= 1024, "the spawned stream future is {task} bytes");
         assert!(
