@@ -23,7 +23,12 @@ Paths (`--paths`, default all):
   h2    the same over HTTP/2 with prior knowledge, 8 connections x 16 streams
   grpc  unary KServe v2 ModelInfer over h2c, 8 x 16 (HTTP/2 upstream)
 
-Usage: bench/instructions.py [--baseline OLD_BINARY] [--bin-dir target/release] [--paths h1,grpc]
+`--nginx` adds nginx as a reference on the HTTP/1.1 paths: the same `h2load` runs through
+nginx (one process, `master_process off`, the upstream keep-alive configuration of
+`bench/compare`), counted the same way, so the table shows how far the gateway's user
+space is from nginx's on the same requests.
+
+Usage: bench/instructions.py [--baseline OLD_BINARY] [--nginx] [--bin-dir target/release] [--paths h1,grpc]
 Needs valgrind and h2load (Debian `valgrind`, `nghttp2-client`; installed with apt-get
 when missing and root). Prints a markdown table; writes nothing.
 """
@@ -31,6 +36,7 @@ when missing and root). Prints a markdown table; writes nothing.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import os
 import re
@@ -40,11 +46,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("h2bench", os.path.join(ROOT, "bench", "h2.py"))
 h2bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(h2bench)
+_cspec = importlib.util.spec_from_loader("compare", importlib.machinery.SourceFileLoader("compare", os.path.join(ROOT, "bench", "compare")))
+compare = importlib.util.module_from_spec(_cspec)
+_cspec.loader.exec_module(compare)
+
+# Paths nginx is measured on (it proxies HTTP/2 and gRPC only to other upstream protocols).
+NGINX_PATHS = ("h1", "h1c1")
 
 
 def ensure_tools() -> None:
@@ -69,8 +82,24 @@ def h2load_args(path: str, tmp: str, http_port: int, grpc_port: int) -> list[str
     return ["--h1", "-c", conns, "-m", "1", "-d", body, *json_h, f"http://127.0.0.1:{http_port}/v1/completions"]
 
 
+def proxy_command(binary: str, tmp: str, http_port: int, grpc_port: int, sim_port: int) -> tuple[list[str], list[int]]:
+    """The proxy's command line (without valgrind) and the ports it must open before load."""
+    if binary == "nginx":
+        prefix = os.path.join(tmp, "nginx")
+        os.makedirs(prefix, exist_ok=True)
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(compare.nginx_conf(Path(prefix), sim_port, http_port).replace("master_process on;", "master_process off;"))
+        return [compare.find_nginx(install=True) or "nginx", "-p", prefix, "-c", conf], [http_port]
+    cfg = os.path.join(tmp, "gw.yaml")
+    with open(cfg, "w") as f:
+        f.write(h2bench.config(http_port, grpc_port, sim_port))
+    return [binary, "serve", "-c", cfg, "--shards", "1", "--bind", "127.0.0.1", "--admin-addr", "off",
+            "--no-scrape", "--force-epoll"], [http_port, grpc_port]
+
+
 def count(binary: str, sim_bin: str, path: str, n: int, tmp: str) -> int:
-    """Instructions the gateway executed over its life, serving n requests of `path`."""
+    """Instructions the proxy (a shardgate binary, or "nginx") executed over its life, serving n requests of `path`."""
     sim_port, http_port, grpc_port = h2bench.free_port(), h2bench.free_port(), h2bench.free_port()
     procs: list[subprocess.Popen] = []
     try:
@@ -78,19 +107,15 @@ def count(binary: str, sim_bin: str, path: str, n: int, tmp: str) -> int:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         procs.append(sim)
         h2bench.wait_port(sim_port, sim, "shardgate-sim")
-        cfg = os.path.join(tmp, "gw.yaml")
-        with open(cfg, "w") as f:
-            f.write(h2bench.config(http_port, grpc_port, sim_port))
+        cmd, ports = proxy_command(binary, tmp, http_port, grpc_port, sim_port)
         out = os.path.join(tmp, "cachegrind.out")
-        gw = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}",
-                               binary, "serve", "-c", cfg, "--shards", "1", "--bind", "127.0.0.1", "--admin-addr", "off",
-                               "--no-scrape", "--force-epoll"],
+        gw = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", *cmd],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=dict(os.environ, RUST_LOG="error"), start_new_session=True)
         procs.append(gw)
-        # Valgrind starts the gateway slowly: a longer deadline than h2.py's.
-        h2bench.wait_port(http_port, gw, "the gateway under valgrind", 120)
-        h2bench.wait_port(grpc_port, gw, "the gateway under valgrind", 120)
+        # Valgrind starts the proxy slowly: a longer deadline than h2.py's.
+        for port in ports:
+            h2bench.wait_port(port, gw, f"{os.path.basename(binary)} under valgrind", 120)
         r = subprocess.run(["h2load", "-n", str(n), *h2load_args(path, tmp, http_port, grpc_port)],
                            capture_output=True, text=True, timeout=900).stdout
         ok = re.search(r"(\d+) succeeded, (\d+) failed", r)
@@ -114,6 +139,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release"))
     ap.add_argument("--baseline", help="another shardgate binary, measured the same way")
+    ap.add_argument("--nginx", action="store_true", help=f"also count nginx on {', '.join(NGINX_PATHS)}")
     ap.add_argument("--paths", default="h1,h1c1,h2,grpc")
     ap.add_argument("--small", type=int, default=2_000)
     ap.add_argument("--large", type=int, default=12_000)
@@ -125,6 +151,8 @@ def main() -> None:
     binaries = [("shardgate", os.path.join(a.bin_dir, "shardgate"))]
     if a.baseline:
         binaries.append(("baseline", a.baseline))
+    if a.nginx:
+        binaries.append(("nginx", "nginx"))
     tmp = tempfile.mkdtemp(prefix="shardgate-instructions-")
     with open(os.path.join(tmp, "infer.bin"), "wb") as f:
         f.write(h2bench.infer_request("m"))
@@ -135,19 +163,23 @@ def main() -> None:
     for path in paths:
         per = {}
         for name, binary in binaries:
+            if name == "nginx" and path not in NGINX_PATHS:
+                continue
             small = count(binary, sim_bin, path, a.small, tmp)
             large = count(binary, sim_bin, path, a.large, tmp)
             per[name] = (large - small) / (a.large - a.small)
             print(f"[instructions] {path} {name}: {per[name]:,.0f} per request", file=sys.stderr, flush=True)
         rows.append((path, per))
     shutil.rmtree(tmp, ignore_errors=True)
-    head = "| path | shardgate |" + (" baseline | change |" if a.baseline else "")
+    head = "| path | shardgate |" + (" baseline | change |" if a.baseline else "") + (" nginx | shardgate ÷ nginx |" if a.nginx else "")
     print(head)
-    print("|---|---:|" + ("---:|---:|" if a.baseline else ""))
+    print("|---|---:|" + ("---:|---:|" if a.baseline else "") + ("---:|---:|" if a.nginx else ""))
     for path, per in rows:
         line = f"| {path} | {per['shardgate']:,.0f} |"
         if a.baseline:
             line += f" {per['baseline']:,.0f} | {100 * (per['shardgate'] / per['baseline'] - 1):+.1f} % |"
+        if a.nginx:
+            line += f" {per['nginx']:,.0f} | {per['shardgate'] / per['nginx']:.2f}× |" if "nginx" in per else " – | – |"
         print(line)
 
 
