@@ -83,14 +83,51 @@ struct ClientConn<S> {
     send_timeout: Duration,
     /// Set when a write failed; nothing more is written and the connection closes.
     failed: Option<ClientAbort>,
-    /// Cancels this connection's pending read (idle wait) or write (send timeout);
-    /// reused, so it allocates only after a cancel.
+    /// Cancels this connection's pending read when it goes idle (the read
+    /// hands back its buffer and what it received); reused, so it allocates
+    /// only after a cancel. Writes take no handle (see `flush`).
     cancel: Canceller,
-    /// The send timeout's timer while the connection is busy (one per hot
-    /// phase, re-armed per write: a later deadline is a store, where a new
-    /// `sleep` per write was a timer-wheel insert and removal); `None` while
-    /// idle, when a write makes its own.
-    send_timer: Option<Pin<Box<Sleep>>>,
+    /// The timers of a busy connection (one box per hot phase); `None` while
+    /// idle, when a write or an upstream read makes its own.
+    timers: Option<Pin<Box<BusyTimers>>>,
+}
+
+pin_project_lite::pin_project! {
+    /// A busy connection's timers, re-armed per use: a later deadline is a
+    /// store, where a new `sleep` per write or per upstream read was a
+    /// timer-wheel insert and removal, and a clock read more.
+    struct BusyTimers {
+        // The send timeout of each write to the client.
+        #[pin]
+        send: Sleep,
+        // The deadline and the client-watch point of each upstream read
+        // (`upstream::read_watched`).
+        #[pin]
+        read: Sleep,
+    }
+}
+
+impl BusyTimers {
+    fn boxed() -> Pin<Box<Self>> {
+        Box::pin(BusyTimers {
+            send: monoio::time::sleep(Duration::ZERO),
+            read: monoio::time::sleep(Duration::ZERO),
+        })
+    }
+}
+
+/// The timer of one upstream read: the busy connection's, or `own`, made
+/// for it (a connection without timers: a request that came in while idle).
+fn read_timer<'a>(
+    timers: &'a mut Option<Pin<Box<BusyTimers>>>,
+    own: &'a mut Option<Pin<Box<Sleep>>>,
+) -> Pin<&'a mut Sleep> {
+    match timers {
+        Some(t) => t.as_mut().project().read,
+        None => own
+            .insert(Box::pin(monoio::time::sleep(Duration::ZERO)))
+            .as_mut(),
+    }
 }
 
 /// How writing to a client failed.
@@ -149,7 +186,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
             send_timeout: shard.settings.send_timeout,
             failed: None,
             cancel: Canceller::new(),
-            send_timer: None,
+            timers: None,
         },
         rbuf: BytesMut::new(),
         out: Vec::new(),
@@ -173,10 +210,10 @@ pub(crate) async fn serve_connection<S: ClientStream>(
             }
             io.rbuf = shard.take_read_buf();
         }
-        io.client.send_timer = Some(Box::pin(monoio::time::sleep(io.client.send_timeout)));
+        io.client.timers = Some(BusyTimers::boxed());
         let (back, went_idle) = Box::pin(hot_phase(shard.clone(), io, peer, port)).await;
         io = back;
-        io.client.send_timer = None;
+        io.client.timers = None;
         if !went_idle {
             break;
         }
@@ -657,10 +694,11 @@ async fn execute<'s, S: ClientStream>(
     let request_id = rq.request_id;
     let rid = request_id.as_bytes();
     let lookup = |name: &str| head.header(name);
+    let (path, query) = head.path_and_query();
     let info = RequestInfo {
         method: head.method(),
-        path: head.path(),
-        query: head.query(),
+        path,
+        query,
         // The authority of an absolute-form target wins over `Host`.
         host: head.host().and_then(|h| std::str::from_utf8(h).ok()),
         header: &lookup,
@@ -1011,13 +1049,14 @@ async fn forward<S: ClientStream>(
         limits: &settings.limits,
         deadline,
         idle_timeout: state.settings.stream_idle_timeout,
-        head_request: req.head.method() == "HEAD",
+        head_request: req.head.method_bytes() == b"HEAD",
     };
     let tail = (req.body.len() > INLINE_BODY).then_some(req.body);
     shard.budget.borrow_mut().earn();
     let mut attempts = Attempts::new(settings.retries);
     let mut pooled = PooledBuf::new(shard);
     let reqbuf: &mut Vec<u8> = &mut pooled.buf;
+    let mut own_timer = None;
     loop {
         let next = attempts.next(&mut shard.budget.borrow_mut());
         if let Err(f) = next {
@@ -1050,7 +1089,11 @@ async fn forward<S: ClientStream>(
         loop {
             let conn = shard.upstream_conn(ep, attempts.may_use_pool()).await;
             let result = match conn {
-                Ok(c) => send_and_read_head(c, reqbuf, tail, Some(client.sock.tcp()), &lim).await,
+                Ok(c) => {
+                    let timer = read_timer(&mut client.timers, &mut own_timer);
+                    let tcp = Some(client.sock.tcp());
+                    send_and_read_head(c, reqbuf, tail, tcp, timer, &lim).await
+                }
                 Err(e) => Err(e),
             };
             let (outcome, answer) = match result {
@@ -1134,14 +1177,14 @@ async fn stream_response<S: ClientStream>(
     out.clear();
     write::status_line(out, resp.status());
     let mut has_rid = false;
-    for (name, value) in resp.headers() {
+    for (name, value) in resp.fields() {
         if resp.is_hop_by_hop(name) {
             continue;
         }
-        if name.eq_ignore_ascii_case("content-length") && framing != Framing::None {
+        if name.eq_ignore_ascii_case(b"content-length") && framing != Framing::None {
             continue;
         }
-        has_rid |= name.eq_ignore_ascii_case("x-request-id");
+        has_rid |= name.eq_ignore_ascii_case(b"x-request-id");
         write::header(out, name, value);
     }
     if !has_rid {
@@ -1173,13 +1216,14 @@ async fn stream_response<S: ClientStream>(
 
     let mut dec = BodyDecoder::new(framing);
     let mut watch = true;
+    let mut own_timer = None;
     // An upstream failure mid-stream ends an SSE stream with an error event when
     // the client's framing can carry one (chunked, or close-delimited).
     let mut cut = MidStream {
         ep,
         event: sse
             && (chunked_out || framing == Framing::UntilClose)
-            && req.head.method() != "HEAD",
+            && req.head.method_bytes() != b"HEAD",
         chunked: chunked_out,
         tail: *b"\n\n",
     };
@@ -1233,8 +1277,9 @@ async fn stream_response<S: ClientStream>(
             }
             timing.flushed(sse, rq);
         }
-        let until = deadline.min(Instant::now() + idle_timeout);
-        match read_watched(Some(client.sock.tcp()), &mut conn, until, &mut watch).await {
+        let timer = read_timer(&mut client.timers, &mut own_timer);
+        let times = (deadline, idle_timeout);
+        match read_watched(Some(client.sock.tcp()), timer, &mut conn, times, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;
                 if dec.on_eof().is_ok() {
@@ -1361,8 +1406,9 @@ impl StreamTiming {
 }
 
 /// Write `out` to the client and clear it. Each single write may block at most
-/// `--send-timeout`; past it the write is cancelled. After a failure the client
-/// is marked failed, nothing more is written, and the connection closes.
+/// `--send-timeout`; past it the write is dropped (which cancels it, and its
+/// buffer with it). After a failure the client is marked failed, nothing more
+/// is written, and the connection closes.
 async fn flush<S: ClientStream>(
     client: &mut ClientConn<S>,
     out: &mut Vec<u8>,
@@ -1380,39 +1426,32 @@ async fn flush<S: ClientStream>(
     let ClientConn {
         sock,
         send_timeout,
-        cancel,
-        send_timer,
+        timers,
         ..
     } = &mut *client;
     let mut own = None;
-    let mut timer = match send_timer {
-        Some(t) => t.as_mut(),
+    let mut timer = match timers {
+        Some(t) => t.as_mut().project().send,
         None => own
             .insert(Box::pin(monoio::time::sleep(*send_timeout)))
             .as_mut(),
     };
     while done < buf.len() {
-        let write = sock.write_from(buf, done, cancel.handle());
-        let mut write = std::pin::pin!(write);
-        let mut timed_out = false;
         timer.as_mut().reset(Instant::now() + *send_timeout);
-        let (res, slice) = monoio::select! {
-            r = &mut write => r,
-            _ = timer.as_mut() => {
-                // Cancelled, the write still hands the buffer back (and says
-                // whether it had written after all).
-                timed_out = true;
-                *cancel = std::mem::take(cancel).cancel();
-                write.await
-            }
+        let written = monoio::select! {
+            r = sock.write_from(buf, done) => Some(r),
+            // The write is dropped, which cancels it; its buffer goes with it
+            // (the connection is not written again).
+            _ = timer.as_mut() => None,
+        };
+        let Some((res, slice)) = written else {
+            failed = Some(ClientAbort::SendTimeout);
+            buf = Vec::new();
+            break;
         };
         buf = slice;
         match res {
             Ok(n) if n > 0 => done += n,
-            _ if timed_out => {
-                failed = Some(ClientAbort::SendTimeout);
-                break;
-            }
             _ => {
                 failed = Some(ClientAbort::Closed);
                 break;

@@ -661,7 +661,8 @@ impl Shard {
     /// Return a response buffer; the pool keeps at most [`OUT_POOL_MAX`] of at most
     /// 64 KiB.
     pub fn give_out_buf(&self, mut buf: Vec<u8>) {
-        if buf.capacity() <= 64 * 1024 {
+        // Not an empty one (a write dropped at its send timeout took the buffer).
+        if (1..=64 * 1024).contains(&buf.capacity()) {
             buf.clear();
             self.out_pool.give(buf);
         }

@@ -64,13 +64,12 @@ pub(crate) trait ClientStream {
         cancel: CancelHandle,
     ) -> (io::Result<usize>, BytesMut);
     /// Write some of `buf[from..]` (how many bytes of it were taken, > 0 unless
-    /// the client is gone); `cancel` stops it. The buffer comes back.
-    async fn write_from(
-        &mut self,
-        buf: Vec<u8>,
-        from: usize,
-        cancel: CancelHandle,
-    ) -> (io::Result<usize>, Vec<u8>);
+    /// the client is gone). The buffer comes back. A write that must stop (the
+    /// send timeout) is dropped: the operation is cancelled, its buffer freed
+    /// when the kernel lets go of it, and the connection is not written again.
+    /// No cancel handle: associating one costs two hash-set updates per write
+    /// (monoio's `Canceller`), on every response.
+    async fn write_from(&mut self, buf: Vec<u8>, from: usize) -> (io::Result<usize>, Vec<u8>);
     /// End the connection cleanly before it is dropped (TLS: `close_notify`).
     async fn finish(&mut self);
     /// Decrypted bytes are waiting that no socket read would announce.
@@ -95,13 +94,8 @@ impl ClientStream for TcpStream {
     }
 
     #[inline]
-    async fn write_from(
-        &mut self,
-        buf: Vec<u8>,
-        from: usize,
-        cancel: CancelHandle,
-    ) -> (io::Result<usize>, Vec<u8>) {
-        let (res, slice) = self.cancelable_write(buf.slice(from..), cancel).await;
+    async fn write_from(&mut self, buf: Vec<u8>, from: usize) -> (io::Result<usize>, Vec<u8>) {
+        let (res, slice) = self.write(buf.slice(from..)).await;
         (res, slice.into_inner())
     }
 
@@ -362,18 +356,13 @@ impl ClientStream for TlsStream {
         self.read_plain(buf, Some(cancel)).await
     }
 
-    async fn write_from(
-        &mut self,
-        buf: Vec<u8>,
-        from: usize,
-        cancel: CancelHandle,
-    ) -> (io::Result<usize>, Vec<u8>) {
+    async fn write_from(&mut self, buf: Vec<u8>, from: usize) -> (io::Result<usize>, Vec<u8>) {
         let end = buf.len().min(from.saturating_add(WRITE_CHUNK));
         let n = match io::Write::write(&mut self.conn.writer(), &buf[from..end]) {
             Ok(n) => n,
             Err(e) => return (Err(e), buf),
         };
-        match self.flush_tls(Some(&cancel)).await {
+        match self.flush_tls(None).await {
             Ok(()) => (Ok(n), buf),
             Err(e) => (Err(e), buf),
         }

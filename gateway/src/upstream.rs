@@ -27,13 +27,14 @@
 //! reads as end of file.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
-use monoio::time::Instant;
+use monoio::time::{Instant, Sleep};
 use shardgate_http::{split_response_head, write, BodyDecoder, Limits, RequestHead, ResponseHead};
 use shardgate_routing::MODEL_HEADER;
 use shardgate_runtime::io::{peer_state, read_into, PeerState};
@@ -338,34 +339,35 @@ pub fn write_request(
     buf: &mut Vec<u8>,
 ) {
     buf.clear();
-    buf.extend_from_slice(head.method().as_bytes());
+    buf.extend_from_slice(head.method_bytes());
     buf.push(b' ');
-    buf.extend_from_slice(head.target().as_bytes());
+    buf.extend_from_slice(head.target_bytes());
     buf.extend_from_slice(b" HTTP/1.1\r\n");
     let authority = head.authority();
     let mut has_host = false;
     let mut xff: Option<&[u8]> = None;
-    for (name, value) in head.headers() {
+    for (name, value) in head.fields() {
         if head.is_hop_by_hop(name) {
             continue;
         }
-        if name.eq_ignore_ascii_case("x-forwarded-for") {
+        if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             xff = Some(value);
             continue;
         }
         if REPLACED_UPSTREAM
             .iter()
-            .any(|h| name.eq_ignore_ascii_case(h))
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
         {
             continue;
         }
-        if fwd
-            .claims
-            .is_some_and(|c| c.strip.iter().any(|h| name.eq_ignore_ascii_case(h)))
-        {
+        if fwd.claims.is_some_and(|c| {
+            c.strip
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        }) {
             continue;
         }
-        if name.eq_ignore_ascii_case("host") {
+        if name.eq_ignore_ascii_case(b"host") {
             if authority.is_some() {
                 continue;
             }
@@ -396,7 +398,7 @@ pub fn write_request(
     for (name, value) in fwd.claims.iter().flat_map(|c| c.set) {
         write::header(buf, name, value.as_bytes());
     }
-    if !fwd.body.is_empty() || matches!(head.method(), "POST" | "PUT" | "PATCH") {
+    if !fwd.body.is_empty() || matches!(head.method_bytes(), b"POST" | b"PUT" | b"PATCH") {
         write::header_u64(buf, "content-length", fwd.body.len() as u64);
     }
     buf.extend_from_slice(b"\r\n");
@@ -480,40 +482,48 @@ pub enum Watched {
     ClientGone,
 }
 
-/// Read once from the upstream, giving up at `deadline`, and abandoning the read
-/// if the client (when given) disconnects meanwhile (pipelined client bytes stop
-/// the watch).
+/// Read once from the upstream, giving up at `deadline` or after `idle` of
+/// silence, whichever comes first, and abandoning the read if the client (when
+/// given) disconnects meanwhile (pipelined client bytes stop the watch).
+///
+/// `timer` is the caller's, re-armed here: a client connection passes one
+/// timer for all its upstream reads, so a read that finishes before
+/// [`WATCH_AFTER`] costs a store into the timer (its deadline moved later)
+/// instead of two timers inserted into and removed from the wheel. The one
+/// timer serves both waits: first the point where the watch starts, then the
+/// deadline.
 pub async fn read_watched(
     client: Option<&TcpStream>,
+    mut timer: Pin<&mut Sleep>,
     conn: &mut UpstreamConn,
-    deadline: Instant,
+    (deadline, idle): (Instant, Duration),
     watch: &mut bool,
 ) -> Watched {
+    let now = Instant::now();
+    let until = deadline.min(now + idle);
     let buf = std::mem::take(&mut conn.buf);
     let read = conn.stream.read_into(buf);
     let mut read = std::pin::pin!(read);
-    let sleep = monoio::time::sleep_until(deadline);
-    let mut sleep = std::pin::pin!(sleep);
-    let Some(client) = client else {
-        monoio::select! {
-            (res, b) = &mut read => return Watched::Read(res, b),
-            _ = &mut sleep => return Watched::TimedOut,
-        }
-    };
-    if *watch {
-        // Most reads finish quickly: start watching the client only once this one
-        // has waited WATCH_AFTER, so a fast exchange costs no poll and cancel.
-        monoio::select! {
-            (res, b) = &mut read => return Watched::Read(res, b),
-            _ = &mut sleep => return Watched::TimedOut,
-            _ = monoio::time::sleep(WATCH_AFTER) => {}
-        }
+    // Most reads finish quickly: start watching the client only once this one
+    // has waited WATCH_AFTER, so a fast exchange costs no poll and cancel.
+    let watch_from = client
+        .filter(|_| *watch)
+        .map(|c| (c, now + WATCH_AFTER))
+        .filter(|(_, at)| *at < until);
+    timer.as_mut().reset(watch_from.map_or(until, |(_, at)| at));
+    monoio::select! {
+        (res, b) = &mut read => return Watched::Read(res, b),
+        _ = timer.as_mut() => {}
     }
+    let Some((client, _)) = watch_from else {
+        return Watched::TimedOut;
+    };
+    timer.as_mut().reset(until);
     loop {
         let watching = *watch;
         monoio::select! {
             (res, b) = &mut read => return Watched::Read(res, b),
-            _ = &mut sleep => return Watched::TimedOut,
+            _ = timer.as_mut() => return Watched::TimedOut,
             r = client.readable(false), if watching => {
                 match (r, peer_state(client)) {
                     (Err(_), _) | (_, PeerState::Gone) => return Watched::ClientGone,
@@ -539,12 +549,14 @@ pub struct ExchangeLimits<'a> {
 
 /// Send `req` (and `tail`, a body too large to go with the head, when not empty)
 /// and read the response head (1xx but 101 skipped), watching `client` for a
-/// disconnect meanwhile. The connection comes back with the head, for the body.
+/// disconnect meanwhile; `timer` times the reads (see [`read_watched`]). The
+/// connection comes back with the head, for the body.
 pub async fn send_and_read_head(
     mut conn: UpstreamConn,
     req: &mut Vec<u8>,
     tail: Option<&Bytes>,
     client: Option<&TcpStream>,
+    mut timer: Pin<&mut Sleep>,
     lim: &ExchangeLimits<'_>,
 ) -> Result<(ResponseHead, UpstreamConn), UpstreamError> {
     let (res, b) = conn.stream.write_all(std::mem::take(req)).await;
@@ -592,8 +604,8 @@ pub async fn send_and_read_head(
                 Err(e) => return Err(UpstreamError::new(Kind::Protocol, e.message)),
             }
         }
-        let until = lim.deadline.min(Instant::now() + lim.idle_timeout);
-        match read_watched(client, &mut conn, until, &mut watch).await {
+        let times = (lim.deadline, lim.idle_timeout);
+        match read_watched(client, timer.as_mut(), &mut conn, times, &mut watch).await {
             Watched::Read(Ok(0), _) | Watched::Read(Err(_), _) => {
                 return Err(if conn.reused && !got_bytes {
                     UpstreamError::new(Kind::Stale, "connection closed before the response")
@@ -650,7 +662,9 @@ pub async fn exchange_whole(
         idle_timeout,
         head_request: false,
     };
-    let (head, mut conn) = send_and_read_head(conn, req, None, None, &lim).await?;
+    let timer = monoio::time::sleep_until(deadline);
+    let mut timer = std::pin::pin!(timer);
+    let (head, mut conn) = send_and_read_head(conn, req, None, None, timer.as_mut(), &lim).await?;
     let mut dec = BodyDecoder::new(head.framing());
     let mut body = Vec::new();
     let mut watch = false;
@@ -682,8 +696,8 @@ pub async fn exchange_whole(
             };
             return Ok((reply, conn));
         }
-        let until = deadline.min(Instant::now() + idle_timeout);
-        match read_watched(None, &mut conn, until, &mut watch).await {
+        let times = (deadline, idle_timeout);
+        match read_watched(None, timer.as_mut(), &mut conn, times, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;
                 dec.on_eof()

@@ -213,6 +213,48 @@ fn client_disconnect_cancels_the_upstream_request() {
     );
 }
 
+/// The upstream read before the response head watches the client once it has
+/// waited `WATCH_AFTER` (the same timer then times the deadline): a client that
+/// hangs up while a non-streaming answer is still being generated is noticed,
+/// and the upstream request is abandoned rather than waited out.
+#[test]
+fn a_client_gone_before_the_response_head_abandons_the_upstream_request() {
+    let a = sim(&["m"], |c| {
+        // Non-streaming: the head comes with the whole answer, 400 x 20 ms later.
+        c.decode_step_us = 20_000;
+    });
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
+    let mut c = gw.connect();
+    let body = r#"{"model":"m","prompt":"x","max_tokens":400}"#;
+    c.send_raw(
+        format!(
+            "POST /v1/completions HTTP/1.1\r\nhost: t\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    // The request has reached the backend before the client leaves.
+    let running = poll(Duration::from_secs(10), || {
+        (sim_stats(a.addr())["running"].as_u64() == Some(1)).then_some(())
+    });
+    assert!(running.is_some(), "{}", sim_stats(a.addr()));
+    drop(c);
+    let abandoned = poll(Duration::from_secs(3), || {
+        let m = gw.metrics();
+        let seen = m.lines().any(|l| {
+            l.starts_with("gateway_upstream_errors_total{")
+                && l.contains(r#"kind="client_cancelled""#)
+                && l.ends_with(" 1")
+        });
+        seen.then_some(())
+    });
+    assert!(
+        abandoned.is_some(),
+        "the gateway kept waiting for a client that had gone:\n{}",
+        gw.metrics()
+    );
+}
+
 #[test]
 fn dead_backend_gives_502_then_recovers() {
     let a = sim(&["m"], |_| {});

@@ -21,8 +21,11 @@ const HOP_BY_HOP: [&str; 9] = [
 /// Whether `name` is one of the fixed hop-by-hop headers that a proxy must not
 /// forward (`connection`, `keep-alive`, `proxy-connection`, `te`, `trailer`,
 /// `transfer-encoding`, `upgrade`, `proxy-authenticate`, `proxy-authorization`).
-pub fn is_hop_by_hop(name: &str) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+pub fn is_hop_by_hop(name: impl AsRef<[u8]>) -> bool {
+    let name = name.as_ref();
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Whether any `Connection` field among `fields` (spans into `buf`) lists a token
@@ -41,8 +44,9 @@ pub(crate) fn names_extra_connection_tokens(
 }
 
 /// Whether the comma-separated `Connection` header value `conn_value` lists `name`.
-pub fn connection_lists(conn_value: &[u8], name: &str) -> bool {
-    list_elements(conn_value).any(|token| token.eq_ignore_ascii_case(name.as_bytes()))
+pub fn connection_lists(conn_value: &[u8], name: impl AsRef<[u8]>) -> bool {
+    let name = name.as_ref();
+    list_elements(conn_value).any(|token| token.eq_ignore_ascii_case(name))
 }
 
 /// The non-empty, OWS-trimmed elements of a comma-separated header value.
@@ -72,7 +76,7 @@ mod tests {
     fn fixed_hop_by_hop_names_any_case() {
         for name in HOP_BY_HOP {
             assert!(is_hop_by_hop(name));
-            assert!(is_hop_by_hop(&name.to_ascii_uppercase()));
+            assert!(is_hop_by_hop(name.to_ascii_uppercase()));
         }
         assert!(is_hop_by_hop("Transfer-Encoding"));
         assert!(is_hop_by_hop("TE"));

@@ -96,6 +96,15 @@ impl RequestHead {
     pub fn query(&self) -> Option<&str> {
         self.target().split_once('?').map(|(_, query)| query)
     }
+    /// [`RequestHead::path`] and [`RequestHead::query`] together, from one
+    /// UTF-8 check of the target instead of two.
+    pub fn path_and_query(&self) -> (&str, Option<&str>) {
+        let target = self.target();
+        match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        }
+    }
     /// HTTP version.
     pub fn version(&self) -> Version {
         self.version
@@ -116,6 +125,26 @@ impl RequestHead {
             .iter()
             .map(move |&(n, v)| (span_str(&self.buf, n), v.get(&self.buf)))
     }
+    /// [`RequestHead::headers`] with the names as bytes: what a proxy copying
+    /// fields uses (no UTF-8 check per name, ~100 instructions each; httparse
+    /// accepted only token characters).
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.headers
+            .iter()
+            .map(move |&(n, v)| (n.get(&self.buf), v.get(&self.buf)))
+    }
+    /// [`RequestHead::method`] as bytes (no UTF-8 check).
+    pub fn method_bytes(&self) -> &[u8] {
+        self.method.get(&self.buf)
+    }
+    /// [`RequestHead::target`] as bytes (no UTF-8 check).
+    pub fn target_bytes(&self) -> &[u8] {
+        if self.root {
+            b"/"
+        } else {
+            self.target.get(&self.buf)
+        }
+    }
     /// Body framing decided from `Content-Length` / `Transfer-Encoding`.
     pub fn framing(&self) -> Framing {
         self.framing
@@ -130,12 +159,13 @@ impl RequestHead {
     }
     /// Whether header `name` must not be forwarded: fixed hop-by-hop names plus
     /// the names listed in this request's `Connection` header.
-    pub fn is_hop_by_hop(&self, name: &str) -> bool {
+    pub fn is_hop_by_hop(&self, name: impl AsRef<[u8]>) -> bool {
+        let name = name.as_ref();
         headers::is_hop_by_hop(name)
             || (self.conn_tokens
                 && self
-                    .headers()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                    .fields()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
                     .any(|(_, v)| headers::connection_lists(v, name)))
     }
 }
@@ -383,6 +413,27 @@ mod tests {
 
     fn err(raw: &[u8]) -> HttpError {
         parse(raw).unwrap_err()
+    }
+
+    /// The byte accessors a proxy copies from are the text ones without the
+    /// UTF-8 check: same bytes, same order, for every target form.
+    #[test]
+    fn byte_accessors_agree_with_the_text_ones() {
+        for raw in [
+            &b"POST /v1/completions?x=1 HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nx-two: \xff\r\nContent-Length: 0\r\n\r\n"[..],
+            b"GET http://a.example HTTP/1.1\r\nHost: b\r\n\r\n",
+            b"GET http://a.example/p?q HTTP/1.1\r\nHost: b\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: b\r\n\r\n",
+        ] {
+            let h = head(raw);
+            assert_eq!(h.path_and_query(), (h.path(), h.query()));
+            assert_eq!(h.method_bytes(), h.method().as_bytes());
+            assert_eq!(h.target_bytes(), h.target().as_bytes());
+            let text: Vec<_> = h.headers().map(|(n, v)| (n.as_bytes(), v)).collect();
+            let bytes: Vec<_> = h.fields().collect();
+            assert_eq!(text, bytes);
+            assert!(!bytes.is_empty());
+        }
     }
 
     #[test]

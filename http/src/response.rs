@@ -78,6 +78,14 @@ impl ResponseHead {
             .iter()
             .map(move |&(n, v)| (span_str(&self.buf, n), v.get(&self.buf)))
     }
+    /// [`ResponseHead::headers`] with the names as bytes: what a proxy copying
+    /// fields uses (no UTF-8 check per name; httparse accepted only token
+    /// characters).
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.headers
+            .iter()
+            .map(move |&(n, v)| (n.get(&self.buf), v.get(&self.buf)))
+    }
     /// Body framing.
     pub fn framing(&self) -> Framing {
         self.framing
@@ -91,12 +99,13 @@ impl ResponseHead {
         (100..200).contains(&self.status)
     }
     /// Whether header `name` is hop-by-hop for this response (fixed list + `Connection` tokens).
-    pub fn is_hop_by_hop(&self, name: &str) -> bool {
+    pub fn is_hop_by_hop(&self, name: impl AsRef<[u8]>) -> bool {
+        let name = name.as_ref();
         headers::is_hop_by_hop(name)
             || (self.conn_tokens
                 && self
-                    .headers()
-                    .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                    .fields()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
                     .any(|(_, v)| headers::connection_lists(v, name)))
     }
     /// Whether `Transfer-Encoding` lists codings besides one final `chunked`
@@ -291,6 +300,8 @@ mod tests {
         assert_eq!(h.version(), Version::Http11);
         assert_eq!(h.header("x-a"), Some(&b"b"[..]));
         assert_eq!(h.headers().count(), 2);
+        let text: Vec<_> = h.headers().map(|(n, v)| (n.as_bytes(), v)).collect();
+        assert_eq!(h.fields().collect::<Vec<_>>(), text);
         assert_eq!(h.framing(), Framing::Length(3));
         assert!(h.keep_alive());
         assert!(!h.is_informational());

@@ -396,6 +396,9 @@ async fn forward(
     shard.budget.borrow_mut().earn();
     let mut attempts = Attempts::new(settings.retries);
     let mut reqbuf = shard.take_out_buf();
+    // One timer for every upstream read of this call, re-armed per read.
+    let timer = monoio::time::sleep_until(deadline);
+    let mut timer = std::pin::pin!(timer);
     let status = loop {
         if let Err(f) = attempts.next(&mut shard.budget.borrow_mut()) {
             answer_json(respond, &f);
@@ -423,7 +426,7 @@ async fn forward(
         write_request(head, &fwd, shard.addr(ep), &mut reqbuf);
         let done = loop {
             let result = match shard.upstream_conn(ep, attempts.may_use_pool()).await {
-                Ok(c) => send_and_read_head(c, &mut reqbuf, tail, None, &lim).await,
+                Ok(c) => send_and_read_head(c, &mut reqbuf, tail, None, timer.as_mut(), &lim).await,
                 Err(e) => Err(e),
             };
             let (outcome, answer) = match result {
@@ -443,6 +446,7 @@ async fn forward(
                         ep,
                         deadline,
                         idle: lim.idle_timeout,
+                        timer: timer.as_mut(),
                     };
                     let status = relay(shard, answer, to, respond, usage, &mut answered).await;
                     answered.prompt_tokens = usage.scanner.prompt_tokens;
@@ -468,12 +472,14 @@ async fn forward(
 }
 
 /// An upstream HTTP/1.1 answer whose head has been read.
-struct Answer {
+struct Answer<'t> {
     resp: shardgate_http::ResponseHead,
     conn: crate::upstream::UpstreamConn,
     ep: usize,
     deadline: Instant,
     idle: std::time::Duration,
+    /// The call's timer for upstream reads.
+    timer: std::pin::Pin<&'t mut monoio::time::Sleep>,
 }
 
 /// The HTTP/1.1 answer as an HTTP/2 response, streamed; its body is scanned
@@ -482,7 +488,7 @@ struct Answer {
 /// output token.
 async fn relay(
     shard: &Shard,
-    answer: Answer,
+    answer: Answer<'_>,
     to: &Upstream<'_>,
     respond: &mut SendResponse<Bytes>,
     usage: &mut Usage,
@@ -494,6 +500,7 @@ async fn relay(
         ep,
         deadline,
         idle,
+        mut timer,
     } = answer;
     let status = resp.status();
     let sse = resp
@@ -504,17 +511,19 @@ async fn relay(
     let mut head = Response::new(());
     *head.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY);
-    for (name, value) in resp.headers() {
+    for (name, value) in resp.fields() {
         // Compared without allocating a lowercase copy; `HeaderName` lowercases
         // as it parses.
         if resp.is_hop_by_hop(name)
-            || HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
-            || (name.eq_ignore_ascii_case("content-length") && framing != Framing::None)
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| h.as_bytes().eq_ignore_ascii_case(name))
+            || (name.eq_ignore_ascii_case(b"content-length") && framing != Framing::None)
         {
             continue;
         }
         if let (Ok(k), Ok(v)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderName::from_bytes(name),
             HeaderValue::from_bytes(value),
         ) {
             head.headers_mut().append(k, v);
@@ -576,8 +585,8 @@ async fn relay(
             }
             return status;
         }
-        let until = deadline.min(Instant::now() + idle);
-        match read_watched(None, &mut conn, until, &mut watch).await {
+        let times = (deadline, idle);
+        match read_watched(None, timer.as_mut(), &mut conn, times, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;
                 if dec.on_eof().is_ok() {
