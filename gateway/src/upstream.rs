@@ -512,7 +512,17 @@ pub async fn read_watched(
         .filter(|(_, at)| *at < until);
     timer.as_mut().reset(watch_from.map_or(until, |(_, at)| at));
     monoio::select! {
-        (res, b) = &mut read => return Watched::Read(res, b),
+        (res, b) = &mut read => {
+            if watch_from.is_some() {
+                // Not left at the watch point: a connection quiet for longer
+                // would be woken by it for nothing (measured: +6 µs of CPU per
+                // request at 2,000 rps over 64 connections). The deadline is
+                // later, so moving it there is a store; the next read's watch
+                // point re-registers it.
+                timer.as_mut().reset(until);
+            }
+            return Watched::Read(res, b);
+        }
         _ = timer.as_mut() => {}
     }
     let Some((client, _)) = watch_from else {
