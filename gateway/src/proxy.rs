@@ -93,9 +93,10 @@ struct ClientConn<S> {
 }
 
 pin_project_lite::pin_project! {
-    /// A busy connection's timers, re-armed per use: a later deadline is a
-    /// store, where a new `sleep` per write or per upstream read was a
-    /// timer-wheel insert and removal, and a clock read more.
+    /// A busy connection's timers, re-armed per use (a later deadline is a
+    /// store, an earlier one moves the entry in the wheel), where a new
+    /// `sleep` per write or per upstream read was made, registered, dropped
+    /// and cost a clock read more.
     struct BusyTimers {
         // The send timeout of each write to the client.
         #[pin]

@@ -487,11 +487,10 @@ pub enum Watched {
 /// given) disconnects meanwhile (pipelined client bytes stop the watch).
 ///
 /// `timer` is the caller's, re-armed here: a client connection passes one
-/// timer for all its upstream reads, so a read that finishes before
-/// [`WATCH_AFTER`] costs a store into the timer (its deadline moved later)
-/// instead of two timers inserted into and removed from the wheel. The one
-/// timer serves both waits: first the point where the watch starts, then the
-/// deadline.
+/// timer for all its upstream reads, so a read re-arms one timer where two
+/// `sleep`s were made, registered and dropped per read. It serves both waits:
+/// first the point where the watch starts, then the deadline (where it is also
+/// left after a read that ended early, so that it wakes nobody meanwhile).
 pub async fn read_watched(
     client: Option<&TcpStream>,
     mut timer: Pin<&mut Sleep>,
