@@ -117,18 +117,28 @@ impl BusyTimers {
     }
 }
 
-/// The timer of one upstream read: the busy connection's, or `own`, made
-/// for it (a connection without timers: a request that came in while idle).
-fn read_timer<'a>(
+/// One of the busy connection's timers (`pick`: its send or its read timer),
+/// or `own`, made for the occasion when the connection holds none. Every
+/// user re-arms the timer before it waits on it.
+fn busy_timer<'a>(
     timers: &'a mut Option<Pin<Box<BusyTimers>>>,
     own: &'a mut Option<Pin<Box<Sleep>>>,
+    pick: fn(Pin<&mut BusyTimers>) -> Pin<&mut Sleep>,
 ) -> Pin<&'a mut Sleep> {
     match timers {
-        Some(t) => t.as_mut().project().read,
+        Some(t) => pick(t.as_mut()),
         None => own
             .insert(Box::pin(monoio::time::sleep(Duration::ZERO)))
             .as_mut(),
     }
+}
+
+/// The timer of one upstream read ([`busy_timer`]).
+fn read_timer<'a>(
+    timers: &'a mut Option<Pin<Box<BusyTimers>>>,
+    own: &'a mut Option<Pin<Box<Sleep>>>,
+) -> Pin<&'a mut Sleep> {
+    busy_timer(timers, own, |t| t.project().read)
 }
 
 /// How writing to a client failed.
@@ -1431,12 +1441,7 @@ async fn flush<S: ClientStream>(
         ..
     } = &mut *client;
     let mut own = None;
-    let mut timer = match timers {
-        Some(t) => t.as_mut().project().send,
-        None => own
-            .insert(Box::pin(monoio::time::sleep(*send_timeout)))
-            .as_mut(),
-    };
+    let mut timer = busy_timer(timers, &mut own, |t| t.project().send);
     while done < buf.len() {
         timer.as_mut().reset(Instant::now() + *send_timeout);
         let written = monoio::select! {
