@@ -396,9 +396,6 @@ async fn forward(
     shard.budget.borrow_mut().earn();
     let mut attempts = Attempts::new(settings.retries);
     let mut reqbuf = shard.take_out_buf();
-    // One timer for every upstream read of this call, re-armed per read.
-    let timer = monoio::time::sleep_until(deadline);
-    let mut timer = std::pin::pin!(timer);
     let status = loop {
         if let Err(f) = attempts.next(&mut shard.budget.borrow_mut()) {
             answer_json(respond, &f);
@@ -426,7 +423,7 @@ async fn forward(
         write_request(head, &fwd, shard.addr(ep), &mut reqbuf);
         let done = loop {
             let result = match shard.upstream_conn(ep, attempts.may_use_pool()).await {
-                Ok(c) => send_and_read_head(c, &mut reqbuf, tail, None, timer.as_mut(), &lim).await,
+                Ok(c) => send_and_read_head(c, &mut reqbuf, tail, None, &lim).await,
                 Err(e) => Err(e),
             };
             let (outcome, answer) = match result {
@@ -446,7 +443,6 @@ async fn forward(
                         ep,
                         deadline,
                         idle: lim.idle_timeout,
-                        timer: timer.as_mut(),
                     };
                     let status = relay(shard, answer, to, respond, usage, &mut answered).await;
                     answered.prompt_tokens = usage.scanner.prompt_tokens;
@@ -472,14 +468,12 @@ async fn forward(
 }
 
 /// An upstream HTTP/1.1 answer whose head has been read.
-struct Answer<'t> {
+struct Answer {
     resp: shardgate_http::ResponseHead,
     conn: crate::upstream::UpstreamConn,
     ep: usize,
     deadline: Instant,
     idle: std::time::Duration,
-    /// The call's timer for upstream reads.
-    timer: std::pin::Pin<&'t mut monoio::time::Sleep>,
 }
 
 /// The HTTP/1.1 answer as an HTTP/2 response, streamed; its body is scanned
@@ -488,7 +482,7 @@ struct Answer<'t> {
 /// output token.
 async fn relay(
     shard: &Shard,
-    answer: Answer<'_>,
+    answer: Answer,
     to: &Upstream<'_>,
     respond: &mut SendResponse<Bytes>,
     usage: &mut Usage,
@@ -500,7 +494,6 @@ async fn relay(
         ep,
         deadline,
         idle,
-        mut timer,
     } = answer;
     let status = resp.status();
     let sse = resp
@@ -586,7 +579,7 @@ async fn relay(
             return status;
         }
         let times = (deadline, idle);
-        match read_watched(None, timer.as_mut(), &mut conn, times, &mut watch).await {
+        match read_watched(None, &mut conn, times, &mut watch).await {
             Watched::Read(Ok(0), b) => {
                 conn.buf = b;
                 if dec.on_eof().is_ok() {
