@@ -33,6 +33,14 @@
 //! connection quiet for [`HOT_WAIT`] (50 ms) returns buffer and box and waits for
 //! readability without them; the client-disconnect watch starts after
 //! [`crate::upstream::WATCH_AFTER`] (10 ms) of waiting on the upstream.
+//!
+//! Timers: each wait owns its timer and drops it when the wait ends: the hot
+//! read's, one per flush, one per upstream read. A timer kept for the
+//! connection and re-armed per use stays in monoio's wheel at the slot of an
+//! earlier deadline (moving a deadline later only stores it), so the shard's
+//! next wake-up is always near: at 64 connections every io_uring wait then
+//! armed a ~1 ms timeout, which cost 20 µs of CPU per request at 2,000 rps on
+//! a VM (`bench/results/latency.md` section 8).
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
