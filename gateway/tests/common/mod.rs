@@ -305,7 +305,11 @@ pub fn saturate(gw: &Gateway, model: &str, n: usize, max_tokens: u32) -> Vec<Cli
         let j = Client::connect(admin).get("/debug/endpoints").json();
         (j["endpoints"][0]["telemetry"]["waiting"].as_f64()? >= 1.0).then_some(())
     });
-    assert!(saturated.is_some(), "the backend never reported a queue");
+    let dbg = Client::connect(admin).get("/debug/endpoints").json();
+    assert!(
+        saturated.is_some(),
+        "the backend never reported a queue: {dbg}"
+    );
     streams
 }
 
