@@ -48,6 +48,10 @@ fn gpu_affinity_keeps_traffic_on_the_gateways_node_until_it_is_saturated() {
         c.max_num_seqs = 1;
     });
     let remote = sim(&["m"], |_| {});
+    // A scraped signal counts for two intervals. At 50 ms, a scrape of the
+    // busy local sim that came late on a loaded machine left its queue
+    // unknown (so not saturated) for a moment: the ten requests below could
+    // then reach it. 200 ms leaves 400 ms.
     let gw = Gateway::start(
         &config(local.addr(), remote.addr(), true),
         &[
@@ -56,7 +60,7 @@ fn gpu_affinity_keeps_traffic_on_the_gateways_node_until_it_is_saturated() {
             "--saturation-waiting",
             "0",
             "--scrape-interval",
-            "50ms",
+            "200ms",
         ],
     );
     send(&gw, 20);
@@ -73,15 +77,31 @@ fn gpu_affinity_keeps_traffic_on_the_gateways_node_until_it_is_saturated() {
     assert_eq!(eps[0]["scores"]["by_scorer"]["locality"], 1.0, "{j}");
     assert_eq!(eps[1]["scores"]["by_scorer"]["locality"], 0.0, "{j}");
 
+    // Saturate only from a settled view: the local endpoint scraped, empty
+    // and eligible. (About one run in ten or twenty, all three streams below
+    // went to the remote endpoint; see `saturate`'s failure message.)
+    let admin = gw.admin.unwrap();
+    let drained = poll(std::time::Duration::from_secs(10), || {
+        let j = Client::connect(admin).get("/debug/endpoints").json();
+        let ep = &j["endpoints"][0];
+        (ep["telemetry"]["waiting"].as_f64()? == 0.0 && ep["scores"]["status"] == "Eligible")
+            .then_some(())
+    });
+    assert!(
+        drained.is_some(),
+        "the local endpoint's queue never drained"
+    );
+
     // Saturate the local endpoint (one running, two waiting): the remote one
     // serves now. Each stream decodes for 4 s, so the queue outlasts the ten
     // requests on a loaded machine too.
     let streams = saturate(&gw, "m", 3, 200);
     send(&gw, 10);
+    let view = Client::connect(admin).get("/debug/endpoints").json();
     assert_eq!(
         served(remote.addr()),
         10,
-        "a saturated local endpoint hands the traffic to the others"
+        "a saturated local endpoint hands the traffic to the others: {view}"
     );
     drop(streams);
 }
