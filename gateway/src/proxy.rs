@@ -1379,16 +1379,11 @@ async fn flush<S: ClientStream>(
     let ClientConn {
         sock, send_timeout, ..
     } = &mut *client;
-    // The flush's own timer, dropped (so deregistered) when it returns. A
-    // timer kept for the connection and re-armed per use would stay in the
-    // timer wheel at the slot of its first deadline (a later one is only
-    // stored), come due there for nothing and keep every park's timeout
-    // short: measured +20 µs of CPU per request at 2,000 rps over 64
-    // connections (bench/results/latency.md section 8).
+    // The flush's own timer, gone when it returns (the module doc's
+    // "Timers" says why); each write gets the whole send timeout.
     let timer = monoio::time::sleep(*send_timeout);
     let mut timer = std::pin::pin!(timer);
     while done < buf.len() {
-        timer.as_mut().reset(Instant::now() + *send_timeout);
         let written = monoio::select! {
             r = sock.write_from(buf, done) => Some(r),
             // The write is dropped, which cancels it; its buffer goes with it
@@ -1407,6 +1402,9 @@ async fn flush<S: ClientStream>(
                 failed = Some(ClientAbort::Closed);
                 break;
             }
+        }
+        if done < buf.len() {
+            timer.as_mut().reset(Instant::now() + *send_timeout);
         }
     }
     buf.clear();

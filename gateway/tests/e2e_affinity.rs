@@ -97,11 +97,11 @@ fn gpu_affinity_keeps_traffic_on_the_gateways_node_until_it_is_saturated() {
     // requests on a loaded machine too.
     let streams = saturate(&gw, "m", 3, 200);
     send(&gw, 10);
-    let view = Client::connect(admin).get("/debug/endpoints").json();
     assert_eq!(
         served(remote.addr()),
         10,
-        "a saturated local endpoint hands the traffic to the others: {view}"
+        "a saturated local endpoint hands the traffic to the others: {}",
+        Client::connect(admin).get("/debug/endpoints").json()
     );
     drop(streams);
 }
