@@ -568,7 +568,7 @@ impl UpstreamError {
 }
 
 /// Carried inside an `io::Error` by the HTTP/2 bridge
-/// ([`crate::h2_bridge`]), so the exchange keeps its kind.
+/// (`h2_bridge`), so the exchange keeps its kind.
 impl std::error::Error for UpstreamError {}
 
 impl std::fmt::Display for UpstreamError {

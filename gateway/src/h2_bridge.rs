@@ -3,9 +3,9 @@
 //! kubernetes.io/h2c`, `h2c`, `http2` or `grpc` on its Service or
 //! EndpointSlice port, [`shardgate_routing::EndpointInfo::h2`]).
 //!
-//! The gateway's one upstream client ([`crate::upstream`]) writes HTTP/1.1
+//! The gateway's one upstream client (`upstream`) writes HTTP/1.1
 //! requests and reads HTTP/1.1 answers. For such an endpoint its connection
-//! ([`crate::upstream::UpstreamStream::H2`]) is an [`H2Bridge`]:
+//! (`upstream::UpstreamStream::H2`) is an [`H2Bridge`]:
 //! - writing a request head parses it (`httparse`; the gateway wrote it, so
 //!   it is well formed) and opens an HTTP/2 stream with the same method,
 //!   path, `Host` as `:authority` and headers (HTTP/1.1-only fields dropped);
@@ -29,7 +29,7 @@
 //! backend, as over HTTP/1.1.
 //!
 //! **Connections.** A bridge holds no connection of its own. Connecting
-//! ([`crate::upstream::connect`]) makes sure the shard has a live HTTP/2
+//! (`upstream::connect`) makes sure the shard has a live HTTP/2
 //! connection to the address with room for a stream
 //! ([`crate::h2_upstream::ensure`]), so a refused connect is a connect
 //! failure as for any backend. Each request then opens a stream on this
@@ -55,7 +55,7 @@ use h2::{RecvStream, SendStream};
 use http::{HeaderName, HeaderValue, Request};
 
 use crate::error::{UpstreamError, UpstreamErrorKind as Kind};
-use crate::h2::Limits;
+use crate::h2_io::Limits;
 use crate::h2_upstream::Lease;
 use crate::upstream_tls::UpstreamTls;
 

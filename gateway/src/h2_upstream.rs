@@ -13,8 +13,8 @@
 //! with ALPN `h2` (the policy's CA, names and session cache, as for HTTP/1.1
 //! backends, [`crate::upstream_tls`]); a backend that does not choose `h2`
 //! fails the connect with a clear error. The handshake runs on the shard's own
-//! I/O ([`crate::tls::connect`]), then `h2` drives the rustls connection
-//! through [`crate::h2::tls_io::TlsIo`]. Plaintext and TLS connections to one
+//! I/O (`tls::connect`), then `h2` drives the rustls connection
+//! through [`TlsIo`]. Plaintext and TLS connections to one
 //! address are pooled apart, so a reload that adds or removes a policy never
 //! sends a stream over the wrong kind.
 
@@ -34,8 +34,8 @@ use monoio::net::TcpStream;
 use monoio_compat::StreamWrapper;
 
 use crate::error::{UpstreamError, UpstreamErrorKind};
-use crate::h2::tls_io::TlsIo;
-use crate::h2::Limits;
+use crate::h2_io::tls_io::TlsIo;
+use crate::h2_io::{Limits, IO_BUFFER};
 use crate::upstream_tls::UpstreamTls;
 
 /// One pooled connection.
@@ -139,7 +139,7 @@ async fn connect(
     let left = deadline.saturating_duration_since(std::time::Instant::now());
     let send = match tls {
         None => {
-            let buf = crate::h2::IO_BUFFER;
+            let buf = IO_BUFFER;
             let io = StreamWrapper::new_with_buffer_size(tcp, buf, buf);
             handshake(io, addr, lim, left).await?
         }
@@ -184,7 +184,7 @@ async fn tls_handshake(
         ));
     }
     let (sock, conn, rx) = stream.into_parts();
-    Ok(TlsIo::new(sock, conn, rx, crate::h2::IO_BUFFER))
+    Ok(TlsIo::new(sock, conn, rx, IO_BUFFER))
 }
 
 /// The HTTP/2 handshake on `io` within `timeout`; its driver runs as a task

@@ -3,7 +3,7 @@
 //!
 //! Pure: no sockets. Key sets live in one `ArcSwap` per provider; a shard loads
 //! the current one (no lock) and the control thread's fetcher
-//! ([`crate::jwks_fetch`]) swaps in fresh ones for `remoteJWKS` providers.
+//! (`jwks_fetch`) swaps in fresh ones for `remoteJWKS` providers.
 //!
 //! A token is refused (401, one [`Reason`]) unless, in this order:
 //! 1. the header is `Bearer <token>`, the token at most [`MAX_TOKEN_BYTES`]

@@ -19,7 +19,7 @@
 //! # One request, accept to response (modules in one direction)
 //!
 //! 1. [`server`] accepts on the shard the kernel chose and spawns
-//!    [`proxy::serve_connection`].
+//!    `proxy::serve_connection`.
 //! 2. [`proxy`] (the HTTP/1.1 front end) reads and parses the head and body, and
 //!    hands a protocol-neutral [`plan::RequestInfo`] to
 //! 3. [`plan`] (pure): model, route, priority, and the decision — answer now,
@@ -46,6 +46,10 @@
 //! planned by [`plan`], admitted by the same policy steps and relayed over
 //! HTTP/2 to the backend ([`h2_upstream`]); HTTP requests over HTTP/2 are
 //! planned the same way and forwarded over [`upstream`].
+//! Both HTTP/2 sides, [`h2`] for clients and [`h2_upstream`] (with
+//! [`h2_bridge`]) for backends, build on [`h2_io`] (limits, buffer size, the
+//! TLS adapter) and not on each other: the upstream client sits below every
+//! front end.
 //!
 //! Beside the data path, never inside it: [`control`] (scrapes, health checks,
 //! the scoring snapshot, prefix sharing, remote JWK sets through
@@ -55,7 +59,9 @@
 //! and [`k8s`] (`serve --kubernetes`: the Kubernetes API as the source of the
 //! same snapshots, and the status written back). The leaves — [`bodymem`], [`conns`],
 //! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`], [`upstream_tls`] — import no other module of the
-//! crate's data path, and `tests/module_graph.rs` fails on any import cycle.
+//! crate's data path, and `tests/module_graph.rs` fails on any import cycle
+//! (a folder's files count as its module; the files of one folder must not
+//! import each other in a cycle either).
 
 #![forbid(unsafe_code)]
 
@@ -75,6 +81,7 @@ pub mod error;
 pub mod grpc;
 pub mod h2;
 pub mod h2_bridge;
+pub mod h2_io;
 pub mod h2_upstream;
 pub mod jwks_fetch;
 pub mod jwt;

@@ -142,7 +142,7 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         max_connections: limits.max_connections.unwrap_or(u64::MAX),
         rate_limit_max_keys: limits.rate_limit_max_keys,
         trusted_proxies: limits.trusted_proxies.clone(),
-        h2: crate::h2::Limits {
+        h2: crate::h2_io::Limits {
             max_concurrent_streams: limits.h2_max_concurrent_streams,
             max_header_list_bytes: limits.h2_max_header_list_bytes,
             header_table_bytes: limits.h2_header_table_bytes,
@@ -150,7 +150,7 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
             connection_window: limits.h2_connection_window,
             max_pending_resets: limits.h2_max_pending_resets,
             upstream_streams_per_connection: limits.h2_upstream_streams_per_connection,
-            ..crate::h2::Limits::default()
+            ..crate::h2_io::Limits::default()
         },
     }
 }
@@ -204,7 +204,7 @@ fn resources_json(sources: &[(String, String)]) -> Vec<serde_json::Value> {
 }
 
 /// The `/debug/config` body of a loaded configuration (before the reload
-/// fields [`crate::reload::ConfigStatus`] adds).
+/// fields `reload::ConfigStatus` adds).
 pub fn debug_config_value(loaded: &Loaded, sources: &[(String, String)]) -> serde_json::Value {
     let docs: Vec<serde_json::Value> = loaded
         .config

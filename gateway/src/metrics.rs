@@ -551,7 +551,7 @@ impl MetricsHub {
     }
 
     /// One model label's answers so far, over every shard's last publish: what
-    /// a canary rollout compares between versions ([`crate::rollout`]).
+    /// a canary rollout compares between versions (`rollout`).
     pub fn model_quality(&self, model: &str) -> ModelQuality {
         let mut q = ModelQuality::default();
         for slot in &self.slots {

@@ -3,8 +3,8 @@
 //! give the same plan, so every routing, priority and error choice is unit-tested
 //! here without I/O (see the tests at the bottom).
 //!
-//! A protocol front end (HTTP/1.1 in [`crate::proxy`]; HTTP/2 and gRPC in
-//! [`crate::h2`]) parses the head,
+//! A protocol front end (HTTP/1.1 in `proxy`; HTTP/2 and gRPC in
+//! `h2`) parses the head,
 //! reads the body and hands over a [`RequestInfo`]: method, path, query, host, a
 //! header lookup and the body. [`plan`] then
 //! 1. answers `GET /v1/models` itself ([`Plan::Models`]);

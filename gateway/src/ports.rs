@@ -5,7 +5,7 @@
 //! Listeners that share a port share its sockets; a connection remembers the
 //! port it came in on (the configuration's number, before `--listen-port`
 //! moves the first one), and each request finds that port's listeners in the
-//! state in force ([`crate::state::GatewayState::listeners_on`]), so listener
+//! state in force (`state::GatewayState::listeners_on`), so listener
 //! indices may change from one configuration to the next.
 //!
 //! A reload ([`Ports::plan`] then [`Ports::apply`]):
@@ -48,7 +48,7 @@ use crate::tls::{Certs, PortTls};
 /// pre-bound socket, and the flag a reload sets when the port goes.
 pub struct PortSocket {
     /// The port as the configuration names it (the key of
-    /// [`crate::state::GatewayState::listeners_on`]).
+    /// `state::GatewayState::listeners_on`).
     pub port: u16,
     /// The port's rustls configuration (`HTTPS` listeners), shared by shards.
     pub tls: Option<Arc<rustls::ServerConfig>>,

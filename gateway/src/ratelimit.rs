@@ -63,7 +63,7 @@
 //!
 //! # Global limits
 //! With `--rate-limit-redis`, request limits hold for the fleet of replicas:
-//! [`crate::ratelimit_global`] (leases of permits from one GCRA cell per key
+//! `ratelimit_global` (leases of permits from one GCRA cell per key
 //! in Redis). Token limits stay per replica.
 
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -580,7 +580,7 @@ pub enum Outcome {
     /// The table is full of active keys and this is a new one: 429 (fail closed).
     Full,
     /// The fleet's lease for the key is empty and a refill is on its way: ask
-    /// again in [`crate::ratelimit_global::WAIT_STEP`].
+    /// again in `ratelimit_global::WAIT_STEP`.
     Wait,
     /// The fleet's limits cannot be checked (Redis unreachable) and
     /// `--rate-limit-redis-failure closed`: 429.
@@ -592,7 +592,7 @@ pub enum Outcome {
 /// else the outcome. The token limit is looked at first (a read: a request
 /// refused for tokens takes no request permit), then the request limit counts
 /// the request: in this replica's cells, or, with `global`, in the fleet's
-/// ([`crate::ratelimit_global`]). `gave_up`: the request waited for a lease
+/// (`ratelimit_global`). `gave_up`: the request waited for a lease
 /// refill as long as it may; the failure mode decides. Allocates nothing for a
 /// known key.
 pub fn check_request(

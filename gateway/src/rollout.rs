@@ -4,7 +4,7 @@
 //!
 //! # How
 //! A rollout splits requests for `modelName` on its pool between `stable` and
-//! `canary` (the plan rewrites the body's `model`, [`crate::plan`]); the
+//! `canary` (the plan rewrites the body's `model`, `plan`); the
 //! canary's weight, in percent, is one atomic per rollout that every shard
 //! reads ([`Rollouts::canary_weight`]). A controller thread ([`spawn`]) looks
 //! every [`TICK`] (250 ms) at both versions' answers since the current step

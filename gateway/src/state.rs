@@ -20,7 +20,7 @@ use shardgate_routing::RoutingTable;
 
 use crate::jwt::Authenticator;
 
-/// The gateway state in force, swapped by a live reload ([`crate::reload`]):
+/// The gateway state in force, swapped by a live reload (`reload`):
 /// shards read it per request (an `arc-swap` load, no lock), requests keep
 /// the state they started with, and `revision` tells a shard to grow its
 /// per-endpoint state before its next request.
@@ -122,7 +122,7 @@ pub struct Settings {
     /// `--trusted-proxies`: whose `X-Forwarded-For` rate limits believe.
     pub trusted_proxies: Vec<crate::ratelimit::IpNet>,
     /// HTTP/2 limits (`--h2-*`).
-    pub h2: crate::h2::Limits,
+    pub h2: crate::h2_io::Limits,
 }
 
 /// Scoring and prefix-sharing settings (CLI flags), apart from [`Settings`].

@@ -11,10 +11,10 @@
 //! The same driver carries the gateway's own TLS connections to backends
 //! under a `BackendTLSPolicy`: [`TlsStream`] is generic over the rustls side
 //! ([`TlsSide`]: `ServerConnection` here, `ClientConnection` for
-//! [`crate::upstream`], whose handshake is [`connect`]). A peer's
+//! `upstream`, whose handshake is `connect`). A peer's
 //! `close_notify` reads as end of file on either side.
 //!
-//! The HTTP/1.1 front end (`proxy`) is generic over [`ClientStream`],
+//! The HTTP/1.1 front end (`proxy`) is generic over `ClientStream`,
 //! implemented by the plain `TcpStream` (the same calls as before: the plain
 //! path costs nothing new) and by [`TlsStream`]; it is monomorphised for
 //! each, no dynamic dispatch.
@@ -118,7 +118,7 @@ const WRITE_CHUNK: usize = 64 * 1024;
 
 /// One side of a rustls connection: the server side for clients of `HTTPS`
 /// listeners, the client side for backends reached over TLS
-/// ([`crate::upstream`]). [`TlsStream`] drives either the same way.
+/// (`upstream`). [`TlsStream`] drives either the same way.
 pub trait TlsSide: DerefMut<Target = ConnectionCommon<Self::Data>> {
     /// rustls' per-side state.
     type Data;
@@ -302,7 +302,7 @@ impl<C: TlsSide> TlsStream<C> {
     }
 
     /// The socket, the rustls connection and the ciphertext read past the
-    /// handshake: for a protocol driven elsewhere (HTTP/2, [`crate::h2`]).
+    /// handshake: for a protocol driven elsewhere (HTTP/2, `h2`).
     pub fn into_parts(self) -> (TcpStream, C, BytesMut) {
         (self.sock, self.conn, self.rx)
     }
@@ -562,8 +562,8 @@ impl PortCerts {
 }
 
 /// Chooses a port's certificate by the client's SNI (see the module doc).
-/// The certificates sit behind an [`ArcSwap`]: a rotation ([`PortTls::rotate`])
-/// swaps them for the handshakes that follow; a connection keeps the
+/// The certificates sit behind an [`ArcSwap`]: a rotation ([`PortTls::prepare`], then
+/// [`PortTls::install`]) swaps them for the handshakes that follow; a connection keeps the
 /// certificate its handshake chose.
 #[derive(Debug)]
 pub struct SniResolver {
@@ -640,7 +640,7 @@ fn port_certs(
 }
 
 /// One served port's TLS: the rustls configuration its connections use and
-/// the resolver whose certificates [`PortTls::rotate`] replaces.
+/// the resolver whose certificates [`PortTls::install`] replaces.
 #[derive(Debug, Clone)]
 pub struct PortTls {
     /// Shared by the port's sockets on every shard.
@@ -694,7 +694,7 @@ pub fn port_config(
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
-    // HTTP/2 first for clients that offer it ([`crate::h2`]), else HTTP/1.1.
+    // HTTP/2 first for clients that offer it (`h2`), else HTTP/1.1.
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| format!("TLS setup: {e}"))?;
     Ok(Some(PortTls {

@@ -140,7 +140,7 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
     tls: Option<&Arc<UpstreamTls>>,
-    h2: Option<&crate::h2::Limits>,
+    h2: Option<&crate::h2_io::Limits>,
 ) -> Result<UpstreamConn, UpstreamError> {
     if let Some(lim) = h2 {
         let b = H2Bridge::connect(addr, tls.cloned(), *lim, timeout).await?;
@@ -737,7 +737,7 @@ impl Target {
     /// A fresh keep-alive client to it.
     pub fn client(&self) -> Client {
         let mut c = Client::new(self.addr, self.tls.clone());
-        c.h2 = self.h2.then(crate::h2::Limits::default);
+        c.h2 = self.h2.then(crate::h2_io::Limits::default);
         c
     }
 }
@@ -758,7 +758,7 @@ pub struct Client {
     addr: SocketAddr,
     tls: Option<Arc<UpstreamTls>>,
     /// Over HTTP/2 streams, under these limits.
-    h2: Option<crate::h2::Limits>,
+    h2: Option<crate::h2_io::Limits>,
     conn: Option<UpstreamConn>,
     req: Vec<u8>,
 }

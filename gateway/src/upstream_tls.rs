@@ -21,7 +21,7 @@
 //!   the name, signed by an unknown CA, expired, or a backend that does not
 //!   speak TLS.
 //!
-//! [`tls_handshake`] runs the client handshake on a shard's (or the control
+//! `tls_handshake` runs the client handshake on a shard's (or the control
 //! thread's) socket for both upstream clients, HTTP/1.1 and HTTP/2.
 
 use std::net::SocketAddr;
@@ -48,7 +48,7 @@ use crate::tls::{HandshakeError, TlsStream};
 pub struct UpstreamTls {
     /// Shared by every connection it makes (sessions resume across them).
     pub config: Arc<ClientConfig>,
-    /// The same with ALPN `h2` only, for gRPC backends ([`crate::h2_upstream`]);
+    /// The same with ALPN `h2` only, for gRPC backends (`h2_upstream`);
     /// it shares the session store.
     pub h2_config: Arc<ClientConfig>,
     /// SNI, and the name verified when no other names are listed.
@@ -264,7 +264,7 @@ impl ServerCertVerifier for AltNames {
 }
 
 /// The TLS handshake with backend `addr` on `stream`, under `tls`, offering
-/// ALPN `h2` (gRPC, [`crate::h2_upstream`]) or `http/1.1`. A failure is a
+/// ALPN `h2` (gRPC, `h2_upstream`) or `http/1.1`. A failure is a
 /// [`UpstreamErrorKind::Tls`] error with a short reason ([`describe`]).
 pub(crate) async fn tls_handshake(
     stream: TcpStream,

@@ -1,48 +1,106 @@
 //! The gateway crate's modules import each other in one direction only: this
-//! reads `gateway/src/*.rs`, collects every `crate::module` reference outside
-//! comments and `#[cfg(test)]` sections, and fails on any cycle, naming it.
-//! The intended order, top to bottom, is in `gateway/src/lib.rs`'s crate doc.
+//! reads every file under `gateway/src/` (a folder's files count as its
+//! module), collects every `crate::module` reference outside comments and
+//! `#[cfg(test)]` sections (`crate::{a, b}` groups included), and fails on any
+//! cycle, naming it. Inside a folder module, the sibling files that name each
+//! other through `super::` must not form a cycle either. The intended order,
+//! top to bottom, is in `gateway/src/lib.rs`'s crate doc.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 
+/// Every `.rs` file under `dir`, at any depth.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).expect("read a source folder") {
+        let p = e.expect("dir entry").path();
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A file's code before its `#[cfg(test)]` section, comment lines left out.
+fn code_of(p: &Path) -> String {
+    let text = std::fs::read_to_string(p).expect("read module");
+    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    code.lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The identifier at the start of `s`.
+fn ident(s: &str) -> String {
+    s.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The first path segment after each `prefix` in `code`: `crate::a::b` gives
+/// `a`, and a group `crate::{a::X, b}` gives `a` and `b`.
+fn segments_after(code: &str, prefix: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (i, _) in code.match_indices(prefix) {
+        let rest = &code[i + prefix.len()..];
+        let Some(group) = rest.strip_prefix('{') else {
+            out.insert(ident(rest));
+            continue;
+        };
+        // The group's items at depth 0, each led by a segment.
+        let (mut depth, mut item_start) = (0usize, 0usize);
+        for (j, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => {
+                    out.insert(ident(&group[item_start..j]));
+                    break;
+                }
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    out.insert(ident(&group[item_start..j]));
+                    item_start = j + 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    out.remove("");
+    out
+}
+
+/// The crate's top-level modules (a file `src/x.rs`, or a folder `src/x/`
+/// whose files all count as `x`), each with the modules it names through
+/// `crate::`.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
-    let files: Vec<_> = std::fs::read_dir(dir)
-        .expect("read gateway/src")
-        .map(|e| e.expect("dir entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "rs"))
-        .collect();
+    let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let module_of = |p: &Path| -> String {
+        let rel = p.strip_prefix(&src).expect("under src");
+        let first = rel.components().next().expect("a component");
+        let first = first.as_os_str().to_str().unwrap_or_default();
+        first.strip_suffix(".rs").unwrap_or(first).to_string()
+    };
+    let files = rust_files(&src);
     let names: BTreeSet<String> = files
         .iter()
-        .filter_map(|p| p.file_stem()?.to_str().map(str::to_string))
+        .map(|p| module_of(p))
         .filter(|n| n != "lib" && n != "main")
         .collect();
-    let mut g = BTreeMap::new();
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for p in &files {
-        let name = p
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+        let name = module_of(p);
         if !names.contains(&name) {
             continue;
         }
-        let text = std::fs::read_to_string(p).expect("read module");
-        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-        let mut deps = BTreeSet::new();
-        for line in code.lines().filter(|l| !l.trim_start().starts_with("//")) {
-            for (i, _) in line.match_indices("crate::") {
-                let rest = &line[i + "crate::".len()..];
-                let m: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if names.contains(&m) && m != name {
-                    deps.insert(m);
-                }
-            }
-        }
-        g.insert(name, deps);
+        let deps: Vec<_> = segments_after(&code_of(p), "crate::")
+            .into_iter()
+            .filter(|m| names.contains(m) && *m != name)
+            .collect();
+        g.entry(name).or_default().extend(deps);
     }
     g
 }
@@ -104,4 +162,66 @@ fn the_pure_modules_import_no_io_module() {
             .collect();
         assert!(io.is_empty(), "{pure} imports {io:?}");
     }
+}
+
+#[test]
+fn the_files_of_a_folder_module_import_each_other_in_one_direction() {
+    let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let mut folders = 0;
+    for e in std::fs::read_dir(&src).expect("read gateway/src") {
+        let dir = e.expect("dir entry").path();
+        if !dir.is_dir() {
+            continue;
+        }
+        folders += 1;
+        let files: Vec<_> = rust_files(&dir)
+            .into_iter()
+            .filter(|p| p.parent() == Some(dir.as_path()))
+            .collect();
+        let stem = |p: &Path| {
+            p.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let siblings: BTreeSet<String> = files
+            .iter()
+            .map(|p| stem(p))
+            .filter(|n| n != "mod")
+            .collect();
+        let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for p in files.iter().filter(|p| siblings.contains(&stem(p))) {
+            let me = stem(p);
+            let deps: Vec<_> = segments_after(&code_of(p), "super::")
+                .into_iter()
+                .filter(|m| siblings.contains(m) && *m != me)
+                .collect();
+            g.entry(me).or_default().extend(deps);
+        }
+        for m in g.keys() {
+            if let Some(c) = cycle(&g, m) {
+                panic!(
+                    "import cycle in {}: {} -> {m}",
+                    dir.display(),
+                    c.join(" -> ")
+                );
+            }
+        }
+    }
+    assert!(folders >= 3, "found too few folder modules");
+}
+
+#[test]
+fn the_scan_reads_groups_and_folders() {
+    let seen = segments_after(
+        "use crate::{a::X, b, c::{d, e}};\nx(crate::f::g)",
+        "crate::",
+    );
+    let want: BTreeSet<String> = ["a", "b", "c", "f"].map(String::from).into();
+    assert_eq!(seen, want);
+    let g = graph();
+    assert!(
+        g["h2"].contains("plan"),
+        "files under h2/ count as h2: {g:?}"
+    );
 }

@@ -1,6 +1,6 @@
 //! gRPC over HTTP/2, the sans-IO parts: what the HTTP/2 front end
-//! (`crate::h2`) needs to know about gRPC to put a call through the same
-//! [`crate::plan`] as an HTTP/1.1 request, with no socket and no clock.
+//! (`h2`) needs to know about gRPC to put a call through the same
+//! `plan` as an HTTP/1.1 request, with no socket and no clock.
 //!
 //! - [`wire`]: finds `model_name` (field 1) of a KServe v2 `ModelInferRequest`,
 //!   `ModelReadyRequest` or `ModelMetadataRequest` in the first message of a

@@ -26,7 +26,7 @@
 //! Every stream is a [`call`] task that carries out the same
 //! [`crate::plan`] as an HTTP/1.1 request.
 //!
-//! **Limits** ([`Limits`], each a CLI flag): concurrent streams (100),
+//! **Limits** ([`crate::h2_io::Limits`], each a CLI flag): concurrent streams (100),
 //! header-list size (16 KiB: beyond it the stream is refused, and a
 //! CONTINUATION flood is cut there), HPACK table (4 KiB: an HPACK
 //! decompression bomb cannot grow it), stream and connection receive windows
@@ -38,7 +38,7 @@
 
 pub mod call;
 pub mod openai;
-pub mod tls_io;
+mod stream;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -46,55 +46,16 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::Request;
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 use monoio_compat::StreamWrapper;
 
+use self::stream::{header, Served, StreamCount};
+use crate::h2_io::{tls_io, IO_BUFFER};
 use crate::shard::{ConnGauge, Shard};
-
-/// HTTP/2 limits (defaults in the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// `SETTINGS_MAX_CONCURRENT_STREAMS` offered to clients.
-    pub max_concurrent_streams: u32,
-    /// `SETTINGS_MAX_HEADER_LIST_SIZE`, in bytes.
-    pub max_header_list_bytes: u32,
-    /// `SETTINGS_HEADER_TABLE_SIZE` (HPACK dynamic table), in bytes.
-    pub header_table_bytes: u32,
-    /// Receive window per stream, in bytes.
-    pub stream_window: u32,
-    /// Receive window per connection, in bytes.
-    pub connection_window: u32,
-    /// `SETTINGS_MAX_FRAME_SIZE`, in bytes.
-    pub max_frame_bytes: u32,
-    /// Most bytes buffered to send per stream.
-    pub max_send_buffer: usize,
-    /// Streams a client may reset before the gateway accepted them (rapid
-    /// reset) before it is sent GOAWAY.
-    pub max_pending_resets: usize,
-    /// Streams the gateway may reset for a client's protocol errors before it
-    /// is sent GOAWAY.
-    pub max_error_resets: usize,
-    /// Streams per pooled upstream HTTP/2 connection before another is opened.
-    pub upstream_streams_per_connection: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_concurrent_streams: 100,
-            max_header_list_bytes: 16 * 1024,
-            header_table_bytes: 4096,
-            stream_window: 1 << 20,
-            connection_window: 2 << 20,
-            max_frame_bytes: 16 * 1024,
-            max_send_buffer: 64 * 1024,
-            max_pending_resets: 20,
-            max_error_resets: 1024,
-            upstream_streams_per_connection: 100,
-        }
-    }
-}
 
 /// The client connection preface of HTTP/2.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -123,9 +84,6 @@ pub(crate) async fn sniff_preface(tcp: &TcpStream, wait: Duration) -> bool {
     let n = shardgate_runtime::io::peek_prefix(tcp, &mut head);
     n >= 4 && head[..n] == PREFACE[..n]
 }
-
-/// Compat buffer sizes per connection (read, write).
-pub(crate) const IO_BUFFER: usize = 16 * 1024;
 
 /// How often the connection loop looks at the drain flag and idle time.
 const TICK: Duration = Duration::from_millis(100);
@@ -223,8 +181,8 @@ where
             next = conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     accepted += 1;
-                    let guard = call::StreamCount::new(&open_streams);
-                    monoio::spawn(call::serve(
+                    let guard = StreamCount::new(&open_streams);
+                    monoio::spawn(serve_stream(
                         shard.clone(),
                         req,
                         respond,
@@ -256,9 +214,71 @@ where
     }
 }
 
+/// Serve one stream: a small task (what `monoio::spawn` copies into its cell
+/// twice) whose protocol's future, gRPC or HTTP, is boxed once, sized for
+/// that protocol alone. The whole lifecycle inline was a 2-copy spawn of
+/// both protocols' state machines per stream.
+async fn serve_stream(
+    shard: Rc<Shard>,
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    peer: SocketAddr,
+    port: u16,
+    _count: StreamCount,
+) {
+    let started = Instant::now();
+    let state = shard.state_for_request();
+    let mut guard = Served::new(&shard);
+    let (parts, body) = req.into_parts();
+    if crate::grpc::is_grpc(header(&parts.headers, "content-type")) {
+        Box::pin(call::serve(
+            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
+        ))
+        .await;
+    } else {
+        // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
+        // HTTP/1.1 ([`openai`]).
+        Box::pin(openai::serve(
+            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
+        ))
+        .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Size of what calling `f` returns (a future's state machine), without
+    /// calling it.
+    fn output_size<F, A, B, C, D, E, G, R>(_: &F) -> usize
+    where
+        F: Fn(A, B, C, D, E, G) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    fn output_size9<F, A, B, C, D, E, G, H, I, J, R>(_: &F) -> usize
+    where
+        F: Fn(A, B, C, D, E, G, H, I, J) -> R,
+    {
+        std::mem::size_of::<R>()
+    }
+
+    #[test]
+    fn a_stream_task_is_small_and_its_protocol_future_boxed() {
+        // `monoio::spawn` copies the task's future twice (into its cell, then
+        // the cell into its box) per accepted stream; the whole gRPC or HTTP
+        // lifecycle inline made that several KiB of copying per call.
+        let task = output_size(&serve_stream);
+        let grpc = output_size9(&call::serve);
+        eprintln!("stream task {task} bytes, gRPC call {grpc} bytes");
+        assert!(task <= 1024, "the spawned stream future is {task} bytes");
+        assert!(
+            grpc > 2 * task,
+            "the gRPC lifecycle ({grpc} bytes) is not the task's"
+        );
+    }
 
     #[test]
     fn ticks_fall_on_shared_boundaries_after_now_and_at_most_one_tick_away() {

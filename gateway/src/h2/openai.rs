@@ -10,7 +10,7 @@
 //! line and `Host`; `te`, `connection` and `content-length` dropped, a
 //! `content-length` of the body read added) and parsed by the same codec as
 //! an HTTP/1.1 request, so [`crate::plan`], the policy steps
-//! (`call::admit`), the picker, the attempt machine, the pooled
+//! (`stream::admit`), the picker, the attempt machine, the pooled
 //! keep-alive upstream connections, the body rewrite of a model split and
 //! micro-batching (a plan to batch joins the shard's queue) are exactly those
 //! of HTTP/1.1.
@@ -34,7 +34,7 @@ use monoio::time::Instant;
 use shardgate_http::{split_request_head, BodyDecoder, Framing};
 use shardgate_routing::scoring::PickRequest;
 
-use super::call::{
+use super::stream::{
     admit, answer_json, record, send_all, Admission, Answered, Record, Served, Usage, HOP_BY_HOP,
 };
 use crate::attempt::{Action, Attempts, Outcome};

@@ -3,7 +3,7 @@
 //! `AsyncRead + AsyncWrite` for the `h2` crate, over the socket's
 //! `monoio-compat` wrapper: a client's connection to an `HTTPS` listener, or
 //! the gateway's own to a gRPC backend behind a `BackendTLSPolicy`
-//! ([`crate::h2_upstream`]). Ciphertext goes through one 8 KiB stack buffer per
+//! (`h2_upstream`). Ciphertext goes through one 8 KiB stack buffer per
 //! read; rustls holds at most its buffer limit (64 KiB) of unsent records, so
 //! a client that does not read holds back writes instead of growing memory.
 
