@@ -1,22 +1,29 @@
 //! The gateway crate's modules import each other in one direction only: this
 //! reads every file under `gateway/src/` (a folder's files count as its
-//! module), collects every `crate::module` reference outside comments and
-//! `#[cfg(test)]` sections (`crate::{a, b}` groups included), and fails on any
-//! cycle, naming it. Inside a folder module, the sibling files that name each
-//! other through `super::` must not form a cycle either. The intended order,
-//! top to bottom, is in `gateway/src/lib.rs`'s crate doc.
+//! module; test-module files are left out), collects every `crate::module`
+//! reference outside comments and `#[cfg(test)]` sections (`crate::{a, b}`
+//! groups included), and fails on any cycle, naming it. Inside a folder
+//! module, the sibling files that name each other through `super::` must not
+//! form a cycle either. The same two checks run over every other crate of the
+//! workspace. The intended order of the gateway's modules, top to bottom, is
+//! in `gateway/src/lib.rs`'s crate doc.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Every `.rs` file under `dir`, at any depth.
+/// Every `.rs` file under `dir`, at any depth, less the files of test
+/// modules (`tests.rs`, `*_tests.rs`: each is declared under `#[cfg(test)]`).
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).expect("read a source folder") {
         let p = e.expect("dir entry").path();
+        let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
         if p.is_dir() {
             out.extend(rust_files(&p));
-        } else if p.extension().is_some_and(|x| x == "rs") {
+        } else if p.extension().is_some_and(|x| x == "rs")
+            && stem != "tests"
+            && !stem.ends_with("_tests")
+        {
             out.push(p);
         }
     }
@@ -77,7 +84,16 @@ fn segments_after(code: &str, prefix: &str) -> BTreeSet<String> {
 /// whose files all count as `x`), each with the modules it names through
 /// `crate::`.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
-    let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    graph_of(&gateway_src())
+}
+
+fn gateway_src() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))
+}
+
+/// [`graph`] for the crate whose sources are in `src`.
+fn graph_of(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let src = src.to_path_buf();
     let module_of = |p: &Path| -> String {
         let rel = p.strip_prefix(&src).expect("under src");
         let first = rel.components().next().expect("a component");
@@ -166,9 +182,15 @@ fn the_pure_modules_import_no_io_module() {
 
 #[test]
 fn the_files_of_a_folder_module_import_each_other_in_one_direction() {
-    let src = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"));
+    let folders = check_folders(&gateway_src());
+    assert!(folders >= 3, "found too few folder modules");
+}
+
+/// Panics on a cycle among the sibling files of a folder module of `src`
+/// (through `super::`); returns how many folders it read.
+fn check_folders(src: &Path) -> usize {
     let mut folders = 0;
-    for e in std::fs::read_dir(&src).expect("read gateway/src") {
+    for e in std::fs::read_dir(src).expect("read a crate's src") {
         let dir = e.expect("dir entry").path();
         if !dir.is_dir() {
             continue;
@@ -208,7 +230,29 @@ fn the_files_of_a_folder_module_import_each_other_in_one_direction() {
             }
         }
     }
-    assert!(folders >= 3, "found too few folder modules");
+    folders
+}
+
+#[test]
+fn no_crate_of_the_workspace_has_an_import_cycle_either() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("workspace manifest");
+    let members = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .expect("a members line");
+    let crates: Vec<&str> = members.split('"').skip(1).step_by(2).collect();
+    assert!(crates.len() >= 8, "found too few crates: {crates:?}");
+    for c in crates {
+        let src = root.join(c).join("src");
+        let g = graph_of(&src);
+        for m in g.keys() {
+            if let Some(cycle) = cycle(&g, m) {
+                panic!("import cycle in {c}: {} -> {m}", cycle.join(" -> "));
+            }
+        }
+        check_folders(&src);
+    }
 }
 
 #[test]

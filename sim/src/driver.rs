@@ -13,15 +13,13 @@
 //! waiting requests are swept for closed channels after every completed step.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::engine::{AddError, Engine, EngineEvent, EngineMetrics, Micros, NewRequest, RequestId};
-use crate::metrics::LoraInfoHistory;
-use crate::server::Shared;
+use crate::engine::{AddError, Engine, EngineEvent, Micros, NewRequest, RequestId, Timing};
+use crate::metrics::{EngineMetrics, LoraInfoHistory};
 
 /// One engine request of an HTTP request (one prompt / choice).
 #[derive(Debug)]
@@ -80,9 +78,13 @@ fn unix_now() -> f64 {
         .unwrap_or_default()
 }
 
-/// Runs until the command channel closes (or the task is aborted).
+/// Runs until the command channel closes (or the task is aborted). Before
+/// each step the engine takes the timing `timing` gives (`/sim/faults` can
+/// change it at run time); the KV events of each step go to `kv_events`,
+/// when the simulator publishes them.
 pub(crate) async fn run(
-    shared: Arc<Shared>,
+    timing: impl Fn() -> Timing,
+    kv_events: Option<mpsc::UnboundedSender<shardgate_kvevents::Batch>>,
     mut engine: Engine,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
@@ -92,9 +94,9 @@ pub(crate) async fn run(
     let mut lora_history = LoraInfoHistory::default();
     let mut next_id: RequestId = 0;
     loop {
-        engine.set_timing(shared.faults.timing());
+        engine.set_timing(timing());
         let out = engine.step(now());
-        if let Some(kv) = &shared.kv_events {
+        if let Some(kv) = &kv_events {
             let events = engine.kv_mut().take_events();
             if !events.is_empty() {
                 let _ = kv.send(crate::kv_events::batch(events, engine.config().block_size));

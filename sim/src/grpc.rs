@@ -35,7 +35,7 @@ use hyper::{Request, Response};
 use prost::Message;
 use tokio::sync::mpsc;
 
-use crate::server::{RespBody, Shared};
+use crate::state::{RespBody, Shared};
 
 /// Largest message accepted: 64 MiB.
 const MAX_MESSAGE: usize = 64 << 20;

@@ -45,6 +45,7 @@ mod kv_events;
 pub mod metrics;
 pub mod render;
 mod server;
+mod state;
 mod tls;
 pub mod tokens;
 

@@ -14,10 +14,12 @@
 //!
 //! Histogram buckets (seconds) are vLLM's: [`TTFT_BUCKETS`], [`ITL_BUCKETS`],
 //! [`REQUEST_LATENCY_BUCKETS`].
+//!
+//! The figures themselves ([`EngineMetrics`]) are defined here too: the engine
+//! counts into them and this module renders them, so the engine imports this
+//! module and not the other way round.
 
 use shardgate_promtext::{Kind, PromWriter, Style};
-
-use crate::engine::EngineMetrics;
 
 /// `vllm:time_to_first_token_seconds` buckets.
 pub const TTFT_BUCKETS: &[f64] = &[
@@ -78,6 +80,69 @@ impl Histogram {
     /// Sum of observations.
     pub fn sum(&self) -> f64 {
         self.sum
+    }
+}
+
+/// Counters, gauges and histograms of the engine (a snapshot).
+#[derive(Debug, Clone)]
+pub struct EngineMetrics {
+    /// Requests running.
+    pub running: usize,
+    /// Requests waiting.
+    pub waiting: usize,
+    /// KV blocks in use / all blocks.
+    pub kv_usage: f64,
+    /// Prompt tokens of admitted requests (cached or not).
+    pub prompt_tokens: u64,
+    /// Output tokens produced.
+    pub generation_tokens: u64,
+    /// Prompt tokens looked up in the prefix cache.
+    pub prefix_cache_queries: u64,
+    /// Prompt tokens found in the prefix cache.
+    pub prefix_cache_hits: u64,
+    /// Requests finished with `finished_reason="length"`.
+    pub finished_length: u64,
+    /// Prefill-only requests finished (`finished_reason="stop"`).
+    pub finished_stop: u64,
+    /// Requests aborted (client gone).
+    pub finished_abort: u64,
+    /// Engine steps run.
+    pub steps: u64,
+    /// Time to first token, seconds.
+    pub ttft: Histogram,
+    /// Time between consecutive output tokens, seconds.
+    pub itl: Histogram,
+    /// Arrival to finish, seconds.
+    pub e2e: Histogram,
+    /// Time spent waiting, seconds.
+    pub queue_time: Histogram,
+    /// Adapters with running requests, sorted.
+    pub running_loras: Vec<String>,
+    /// Adapters with waiting requests, sorted.
+    pub waiting_loras: Vec<String>,
+}
+
+impl Default for EngineMetrics {
+    fn default() -> Self {
+        Self {
+            running: 0,
+            waiting: 0,
+            kv_usage: 0.0,
+            prompt_tokens: 0,
+            generation_tokens: 0,
+            prefix_cache_queries: 0,
+            prefix_cache_hits: 0,
+            finished_length: 0,
+            finished_stop: 0,
+            finished_abort: 0,
+            steps: 0,
+            ttft: Histogram::new(TTFT_BUCKETS),
+            itl: Histogram::new(ITL_BUCKETS),
+            e2e: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            queue_time: Histogram::new(REQUEST_LATENCY_BUCKETS),
+            running_loras: Vec::new(),
+            waiting_loras: Vec::new(),
+        }
     }
 }
 

@@ -34,14 +34,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::api::{self, ApiError, Kind, ResponseMeta, Usage, SSE_DONE};
@@ -50,6 +49,7 @@ use crate::driver::{self, Command, Part, SeqEvent};
 use crate::engine::{AddError, Engine, EngineConfig, Timing};
 use crate::metrics::{self, ExpositionInfo};
 use crate::render;
+use crate::state::{FaultUpdate, Faults, RespBody, Shared};
 use crate::tokens::{embedding, Prompt};
 
 /// Largest request body read, in bytes.
@@ -58,180 +58,6 @@ const MAX_BODY: usize = 64 << 20;
 const FAST_TOKENS: usize = 8;
 /// Version reported by `/version`.
 const VLLM_VERSION: &str = "0.32.0";
-
-/// Response body type of every handler.
-pub(crate) type RespBody = UnsyncBoxBody<Bytes, io::Error>;
-
-/// Faults and timing, changeable at run time (`/sim/faults`).
-#[derive(Debug)]
-pub(crate) struct Faults {
-    error_rate: AtomicU64,
-    pub(crate) stall_ms: AtomicU64,
-    close_mid_stream_rate: AtomicU64,
-    prefill_us_per_token: AtomicU64,
-    decode_step_us: AtomicU64,
-    decode_step_us_per_seq: AtomicU64,
-    call_overhead_us: AtomicU64,
-    embedding_us_per_input: AtomicU64,
-}
-
-impl Faults {
-    fn new(c: &SimConfig) -> Self {
-        Self {
-            error_rate: AtomicU64::new(c.error_rate.to_bits()),
-            stall_ms: AtomicU64::new(c.stall_ms),
-            close_mid_stream_rate: AtomicU64::new(c.close_mid_stream_rate.to_bits()),
-            prefill_us_per_token: AtomicU64::new(c.prefill_us_per_token),
-            decode_step_us: AtomicU64::new(c.decode_step_us),
-            decode_step_us_per_seq: AtomicU64::new(c.decode_step_us_per_seq),
-            call_overhead_us: AtomicU64::new(c.call_overhead_us),
-            embedding_us_per_input: AtomicU64::new(c.embedding_us_per_input),
-        }
-    }
-
-    /// Current engine timing.
-    pub(crate) fn timing(&self) -> Timing {
-        Timing {
-            prefill_us_per_token: self.prefill_us_per_token.load(Relaxed),
-            decode_step_us: self.decode_step_us.load(Relaxed),
-            decode_step_us_per_seq: self.decode_step_us_per_seq.load(Relaxed),
-            call_overhead_us: self.call_overhead_us.load(Relaxed),
-            embedding_us_per_input: self.embedding_us_per_input.load(Relaxed),
-        }
-    }
-
-    pub(crate) fn error_rate(&self) -> f64 {
-        f64::from_bits(self.error_rate.load(Relaxed))
-    }
-
-    fn close_mid_stream_rate(&self) -> f64 {
-        f64::from_bits(self.close_mid_stream_rate.load(Relaxed))
-    }
-
-    fn view(&self) -> FaultView {
-        let t = self.timing();
-        FaultView {
-            error_rate: self.error_rate(),
-            stall_ms: self.stall_ms.load(Relaxed),
-            close_mid_stream_rate: self.close_mid_stream_rate(),
-            decode_step_us: t.decode_step_us,
-            decode_step_us_per_seq: t.decode_step_us_per_seq,
-            prefill_us_per_token: t.prefill_us_per_token,
-            call_overhead_us: t.call_overhead_us,
-            embedding_us_per_input: t.embedding_us_per_input,
-        }
-    }
-}
-
-/// `/sim/faults` request: any subset of the fields.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FaultUpdate {
-    error_rate: Option<f64>,
-    stall_ms: Option<u64>,
-    close_mid_stream_rate: Option<f64>,
-    decode_step_us: Option<u64>,
-    decode_step_us_per_seq: Option<u64>,
-    prefill_us_per_token: Option<u64>,
-    call_overhead_us: Option<u64>,
-    embedding_us_per_input: Option<u64>,
-}
-
-/// `/sim/faults` answer: all current values.
-#[derive(Debug, Serialize)]
-struct FaultView {
-    error_rate: f64,
-    stall_ms: u64,
-    close_mid_stream_rate: f64,
-    decode_step_us: u64,
-    decode_step_us_per_seq: u64,
-    prefill_us_per_token: u64,
-    call_overhead_us: u64,
-    embedding_us_per_input: u64,
-}
-
-/// State shared by the handlers and the engine task.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) cfg: SimConfig,
-    started: Instant,
-    created_unix: f64,
-    pub(crate) faults: Faults,
-    pub(crate) requests_total: AtomicU64,
-    renders_total: AtomicU64,
-    /// Per model or adapter: when its cold start ends (`--cold-start-ms`).
-    loaded: tokio::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
-    cold_starts_total: AtomicU64,
-    /// gRPC streams whose client went away (reset or closed) before the end.
-    pub(crate) grpc_cancelled_total: AtomicU64,
-    connections_total: AtomicU64,
-    /// HTTP requests (not gRPC calls) that came over HTTP/2.
-    http2_requests_total: AtomicU64,
-    /// Connections whose TLS handshake failed (HTTPS only).
-    tls_handshake_failures_total: AtomicU64,
-    engine: mpsc::UnboundedSender<Command>,
-    /// The KV-event publisher's queue (`--kv-events-port`).
-    pub(crate) kv_events: Option<mpsc::UnboundedSender<shardgate_kvevents::Batch>>,
-}
-
-impl Shared {
-    pub(crate) fn loading(&self) -> bool {
-        self.started.elapsed() < Duration::from_millis(self.cfg.slow_start_ms)
-    }
-
-    /// A prompt's prefix-cache block hashes: vLLM's `sha256_cbor` keys when KV events
-    /// are published (the adapter name as extra key), else the chained xxh3 hashes.
-    fn block_hashes(&self, p: &Prompt, lora: Option<&String>, seed_name: &str) -> Vec<u64> {
-        if self.kv_events.is_none() {
-            return p.block_hashes(seed_name, self.cfg.block_size);
-        }
-        let mut hasher =
-            shardgate_kvevents::BlockHasher::new(self.cfg.block_size, &self.cfg.prefix_hash_seed);
-        let mut out = Vec::new();
-        hasher.keys(
-            &p.token_ids(),
-            lora.map(String::as_str),
-            usize::MAX,
-            &mut out,
-        );
-        out
-    }
-
-    /// Served model name → (name, LoRA adapter, prefix-hash seed name).
-    fn resolve(&self, model: Option<&str>) -> Result<(String, Option<String>, String), ApiError> {
-        let base = self.cfg.base_model().to_owned();
-        match model {
-            None => Ok((base.clone(), None, base)),
-            Some(m) if self.cfg.model.iter().any(|x| x == m) => Ok((m.to_owned(), None, base)),
-            Some(m) if self.cfg.lora.iter().any(|x| x == m) => {
-                Ok((m.to_owned(), Some(m.to_owned()), m.to_owned()))
-            }
-            Some(m) => Err(ApiError::unknown_model(m)),
-        }
-    }
-
-    /// Wait out `name`'s cold start: the first request for it starts the load
-    /// (`--cold-start-ms`), later ones wait until it ends.
-    async fn cold_start(&self, name: &str) {
-        if self.cfg.cold_start_ms == 0 {
-            return;
-        }
-        let ready = {
-            let mut loaded = self.loaded.lock().await;
-            *loaded.entry(name.to_owned()).or_insert_with(|| {
-                self.cold_starts_total.fetch_add(1, Relaxed);
-                tokio::time::Instant::now() + Duration::from_millis(self.cfg.cold_start_ms)
-            })
-        };
-        tokio::time::sleep_until(ready).await;
-    }
-
-    async fn snapshot(&self) -> Option<driver::Snapshot> {
-        let (tx, rx) = oneshot::channel();
-        self.engine.send(Command::Snapshot(tx)).ok()?;
-        rx.await.ok()
-    }
-}
 
 fn unix_secs() -> f64 {
     std::time::SystemTime::now()
@@ -291,7 +117,11 @@ pub(crate) async fn serve(
         tls_handshake_failures_total: AtomicU64::new(0),
         engine: tx,
     });
-    let engine_task = tokio::spawn(driver::run(shared.clone(), engine, rx));
+    let timing = {
+        let shared = shared.clone();
+        move || shared.faults.timing()
+    };
+    let engine_task = tokio::spawn(driver::run(timing, shared.kv_events.clone(), engine, rx));
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -585,38 +415,8 @@ async fn set_faults(
 ) -> Result<Response<RespBody>, ApiError> {
     let body = read_body(req).await?;
     let u: FaultUpdate = api::parse(&body)?;
-    for (name, v) in [
-        ("error_rate", u.error_rate),
-        ("close_mid_stream_rate", u.close_mid_stream_rate),
-    ] {
-        if let Some(v) = v {
-            if !(0.0..=1.0).contains(&v) {
-                return Err(ApiError::bad_request(format!(
-                    "{name} {v} is not within 0..1"
-                )));
-            }
-        }
-    }
     let f = &shared.faults;
-    if let Some(v) = u.error_rate {
-        f.error_rate.store(v.to_bits(), Relaxed);
-    }
-    if let Some(v) = u.close_mid_stream_rate {
-        f.close_mid_stream_rate.store(v.to_bits(), Relaxed);
-    }
-    let stores = [
-        (u.stall_ms, &f.stall_ms),
-        (u.decode_step_us, &f.decode_step_us),
-        (u.decode_step_us_per_seq, &f.decode_step_us_per_seq),
-        (u.prefill_us_per_token, &f.prefill_us_per_token),
-        (u.call_overhead_us, &f.call_overhead_us),
-        (u.embedding_us_per_input, &f.embedding_us_per_input),
-    ];
-    for (v, slot) in stores {
-        if let Some(v) = v {
-            slot.store(v, Relaxed);
-        }
-    }
+    f.apply(&u)?;
     tracing::info!(faults = ?f.view(), "faults changed");
     Ok(json(200, api::to_bytes(&f.view())))
 }

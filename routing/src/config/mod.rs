@@ -48,6 +48,7 @@ pub use inference::*;
 pub use k8s::*;
 pub use limits::{nesting_depth, LoadLimits};
 pub use rollout::*;
+pub(crate) use validate::anchored;
 
 /// Kubernetes object metadata (the parts shardgate reads).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]

@@ -784,7 +784,7 @@ fn jwt_providers(providers: &[JwtProvider], p: &mut Problems) {
 }
 
 fn regex(pattern: &str, field: String, p: &mut Problems) {
-    if let Err(e) = regex::bytes::Regex::new(&crate::table::anchored(pattern)) {
+    if let Err(e) = regex::bytes::Regex::new(&anchored(pattern)) {
         p.push((field, format!("invalid regular expression: {e}")));
     }
 }
@@ -824,4 +824,11 @@ fn hostname(h: &str, field: String, p: &mut Problems) {
 /// An RFC 9110 `tchar` (a header name is one or more of them).
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Wraps a regular expression so it must match the whole input: the form in
+/// which the route matcher compiles every `RegularExpression` match, so
+/// validation compiles exactly what the matcher will.
+pub(crate) fn anchored(pattern: &str) -> String {
+    format!("^(?:{pattern})$")
 }

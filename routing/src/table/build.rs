@@ -18,13 +18,14 @@ use crate::config::{
 };
 
 use super::matcher::{
-    anchored, CompiledMatch, HeaderCond, HeaderSource, HostPattern, NamedCond, PathCond, ValueCond,
+    CompiledMatch, HeaderCond, HeaderSource, HostPattern, NamedCond, PathCond, ValueCond,
 };
 use super::models::{header_models, pinned_model, rule_models, rule_models_add};
 use super::{
     BackendTls, CompiledRoute, CompiledRule, EndpointInfo, Entry, ListenerInfo, RoutingTable,
     TlsCertificate, Warning,
 };
+use crate::config::anchored;
 
 /// Hostnames a route serves on a listener: the intersection of both; empty
 /// when they do not intersect.
@@ -273,7 +274,7 @@ impl<'c, 'r> Builder<'c, 'r> {
         let priorities = self.build_priorities();
         let splits = self.build_splits(&self.known_pools());
         rule_models(&mut routes, &priorities);
-        rule_models_add(&mut routes, &super::split::split_models(&splits));
+        rule_models_add(&mut routes, &splits.models());
         self.apply_batching_defaults(
             &mut routes,
             &http_routes,

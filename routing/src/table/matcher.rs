@@ -61,11 +61,6 @@ pub struct RequestView<'a> {
     pub model: Option<&'a str>,
 }
 
-/// Wraps a regular expression so it must match the whole input.
-pub(crate) fn anchored(pattern: &str) -> String {
-    format!("^(?:{pattern})$")
-}
-
 /// A hostname condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum HostPattern {

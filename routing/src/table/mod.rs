@@ -41,7 +41,6 @@ mod split;
 mod warning;
 pub use split::{RolloutSpec, SplitEntry, SplitTarget};
 
-pub(crate) use matcher::anchored;
 pub use matcher::{is_grpc_content_type, RequestView};
 use matcher::{CompiledMatch, HostPattern};
 pub use models::kserve_model;

@@ -74,6 +74,29 @@ pub(crate) struct Splits {
     pub(crate) rollouts: Vec<RolloutSpec>,
 }
 
+impl Splits {
+    /// The requested models each pool's splits make it serve, as priority-like
+    /// entries (for the rules' known models).
+    pub(super) fn models(&self) -> Priorities {
+        let mut p = Priorities::default();
+        for (model, entries) in &self.by_model {
+            p.models.insert(
+                model.clone(),
+                entries
+                    .iter()
+                    .map(|e| PriorityEntry {
+                        source: e.source.clone(),
+                        namespace: e.namespace.clone(),
+                        pool: e.pool.clone(),
+                        priority: 0,
+                    })
+                    .collect(),
+            );
+        }
+        p
+    }
+}
+
 impl RoutingTable {
     /// The split of `model` for rule `rule_id` (see the module docs), if any.
     pub fn model_split(&self, rule_id: usize, model: &str) -> Option<&SplitEntry> {
@@ -216,25 +239,4 @@ impl Builder<'_, '_> {
         }
         out
     }
-}
-
-/// The requested models each pool's splits make it serve, as priority-like
-/// entries (for the rules' known models).
-pub(super) fn split_models(splits: &Splits) -> Priorities {
-    let mut p = Priorities::default();
-    for (model, entries) in &splits.by_model {
-        p.models.insert(
-            model.clone(),
-            entries
-                .iter()
-                .map(|e| PriorityEntry {
-                    source: e.source.clone(),
-                    namespace: e.namespace.clone(),
-                    pool: e.pool.clone(),
-                    priority: 0,
-                })
-                .collect(),
-        );
-    }
-    p
 }

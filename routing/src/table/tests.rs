@@ -479,14 +479,14 @@ fn spec_example_matches_are_ored_conditions_anded() {
 fn a_service_only_regex_matches_as_the_regex_does_without_it() {
     let compile = |v: &str| {
         PathCond::regex(
-            regex::Regex::new(&crate::table::anchored(v)).expect("valid"),
+            regex::Regex::new(&crate::config::anchored(v)).expect("valid"),
             v,
         )
     };
     let v = "/inference\\.GRPCInferenceService/[^/]+";
     let fast = compile(v);
     assert!(matches!(fast, PathCond::Service(ref p, _) if p == "/inference.GRPCInferenceService/"));
-    let re = regex::Regex::new(&crate::table::anchored(v)).expect("valid");
+    let re = regex::Regex::new(&crate::config::anchored(v)).expect("valid");
     for path in [
         "/inference.GRPCInferenceService/ModelInfer",
         "/inference.GRPCInferenceService/M",
