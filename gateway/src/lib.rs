@@ -108,6 +108,7 @@ pub mod server;
 pub mod shard;
 pub mod state;
 pub mod throttle;
+pub mod ticks;
 pub mod tls;
 pub mod upstream;
 pub mod upstream_tls;

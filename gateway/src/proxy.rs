@@ -175,12 +175,15 @@ pub(crate) async fn serve_connection<S: ClientStream>(
             }
             io.rbuf = shard.take_read_buf();
         }
-        let (back, went_idle) = Box::pin(hot_phase(shard.clone(), io, peer, port)).await;
+        let (back, quiet_since) = Box::pin(hot_phase(shard.clone(), io, peer, port)).await;
         io = back;
-        if !went_idle {
+        let Some(quiet_since) = quiet_since else {
             break;
-        }
-        idle_left = shard.settings.client_idle_timeout.saturating_sub(HOT_WAIT);
+        };
+        idle_left = shard
+            .settings
+            .client_idle_timeout
+            .saturating_sub(quiet_since.elapsed());
     }
     shard.give_read_buf(std::mem::take(&mut io.rbuf));
     if io.client.failed.is_none() {
@@ -188,23 +191,23 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     }
 }
 
-/// Serve requests while the connection stays busy. Returns the connection and
-/// whether it went idle (no byte within [`HOT_WAIT`] between requests; its
-/// read buffer is then given back) rather than closed.
+/// Serve requests while the connection stays busy. Returns the connection and,
+/// when it went idle (quiet through its hot wait between requests; its read
+/// buffer is then given back) rather than closed, since when it was quiet.
 async fn hot_phase<S: ClientStream>(
     shard: Rc<Shard>,
     mut io: ConnIo<S>,
     peer: SocketAddr,
     port: u16,
-) -> (ConnIo<S>, bool) {
+) -> (ConnIo<S>, Option<Instant>) {
     loop {
-        let mut went_idle = false;
-        let (head, started) = match read_head(&shard, &mut io, &mut went_idle).await {
+        let mut quiet_since = None;
+        let (head, started) = match read_head(&shard, &mut io, &mut quiet_since).await {
             Ok(Some(h)) => h,
-            Ok(None) => return (io, went_idle),
+            Ok(None) => return (io, quiet_since),
             Err(f) => {
                 respond_failure(&mut io.client, &mut io.out, &f, None).await;
-                return (io, false);
+                return (io, None);
             }
         };
         io.out = shard.take_out_buf();
@@ -212,7 +215,7 @@ async fn hot_phase<S: ClientStream>(
         io = back;
         shard.give_out_buf(std::mem::take(&mut io.out));
         if !keep || io.client.failed.is_some() || shard.shutdown.is_draining() {
-            return (io, false);
+            return (io, None);
         }
     }
 }
@@ -235,20 +238,24 @@ async fn wait_idle<S: ClientStream>(shard: &Shard, io: &ConnIo<S>, idle_left: Du
 }
 
 /// How long a kept-alive client connection keeps its read buffer (and its
-/// boxed hot phase) while waiting for its next request: 50 ms. A busy connection reads
-/// directly into its buffer (one operation per read); past this it gives them back
-/// and waits for readability without a buffer, so 10,000 idle connections pin no
-/// buffers.
+/// boxed hot phase) while waiting for its next request: at least 50 ms, and
+/// until the next 50 ms boundary of the shard's grid after that
+/// ([`crate::ticks`]), so connections that go quiet at different times give
+/// them back together, in one wake-up of the shard. A busy connection reads
+/// directly into its buffer (one operation per read); past this it gives them
+/// back and waits for readability without a buffer, so 10,000 idle connections
+/// pin no buffers.
 pub const HOT_WAIT: Duration = Duration::from_millis(50);
 
 /// Read until a complete request head is buffered; with it, when its first
 /// byte was seen (the request's start). `Ok(None)`: the client closed,
-/// or (`went_idle` set) sent nothing for [`HOT_WAIT`] between requests: the read
-/// buffer went back to the pool and the caller waits for readiness.
+/// or (`quiet_since` set to when it went quiet) sent nothing through its hot
+/// wait ([`HOT_WAIT`]) between requests: the read buffer went back to the pool
+/// and the caller waits for readiness.
 async fn read_head<S: ClientStream>(
     shard: &Shard,
     io: &mut ConnIo<S>,
-    went_idle: &mut bool,
+    quiet_since: &mut Option<Instant>,
 ) -> Result<Option<(RequestHead, Instant)>, Failure> {
     let settings = &shard.settings;
     let mut started: Option<Instant> = None;
@@ -269,15 +276,18 @@ async fn read_head<S: ClientStream>(
         }
         let Some(t) = started else {
             // Between requests.
+            let quiet = Instant::now();
             if rbuf.capacity() > 0 {
-                // Hot: read straight into the buffer, for a while.
-                let hot = HOT_WAIT.min(settings.client_idle_timeout);
+                // Hot: read straight into the buffer, for a while: until a
+                // boundary of the shard's grid, never past the idle timeout.
+                let hot_until = crate::ticks::boundary_after(quiet + HOT_WAIT, HOT_WAIT)
+                    .min(quiet + settings.client_idle_timeout);
                 let read = client.read_into_cancelable(std::mem::take(rbuf), cancel.handle());
                 let mut read = std::pin::pin!(read);
                 // A timer of this wait's own, gone with it (see `flush`).
                 let (res, b) = monoio::select! {
                     r = &mut read => r,
-                    _ = monoio::time::sleep(hot) => {
+                    _ = monoio::time::sleep_until(hot_until) => {
                         // Cancelled, the read still hands back what it received.
                         *cancel = std::mem::take(cancel).cancel();
                         read.await
@@ -297,7 +307,7 @@ async fn read_head<S: ClientStream>(
             // Idle: give the buffer back; the caller frees the hot phase and
             // waits for readiness without a buffer.
             shard.give_read_buf(std::mem::take(rbuf));
-            *went_idle = true;
+            *quiet_since = Some(quiet);
             return Ok(None);
         };
         // Part of a head is in: the rest must come within --header-timeout.
@@ -1468,6 +1478,60 @@ async fn respond_failure<S: ClientStream>(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The size of what calling the async fn `$f` of `$n` arguments returns
+    /// (its future's state machine), without calling it.
+    macro_rules! future_size {
+        ($f:expr; $($a:ident),*) => {{
+            fn size<F, $($a,)* R>(_: &F) -> usize
+            where
+                F: Fn($($a),*) -> R,
+            {
+                std::mem::size_of::<R>()
+            }
+            size(&$f)
+        }};
+    }
+
+    /// The hot phase's future is allocated and moved into its box each time
+    /// a connection turns busy again (at every request of a sparse client):
+    /// its size is a cost per request, kept under a budget here. The nested
+    /// futures are printed to show where it goes.
+    #[test]
+    fn the_hot_phase_future_stays_within_its_budget() {
+        type T = monoio::net::TcpStream;
+        let sizes = [
+            ("hot_phase", future_size!(hot_phase::<T>; A, B, C, D)),
+            (
+                "handle_request",
+                future_size!(handle_request::<T>; A, B, C, D, E, G),
+            ),
+            ("read_body", future_size!(read_body::<T>; A, B, C, D, E)),
+            (
+                "execute",
+                future_size!(execute::<T>; A, B, C, D, E, G, H, I),
+            ),
+            (
+                "forward",
+                future_size!(forward::<T>; A, B, C, D, E, G, H, I, J, K),
+            ),
+            (
+                "stream_response",
+                future_size!(stream_response::<T>; A, B, C, D, E, G, H, I, J, K),
+            ),
+            ("flush", future_size!(flush::<T>; A, B)),
+            (
+                "respond_failure",
+                future_size!(respond_failure::<T>; A, B, C, D),
+            ),
+        ];
+        for (name, size) in sizes {
+            eprintln!("{name}: {size} bytes");
+        }
+        let hot = sizes[0].1;
+        assert!(hot <= 9 * 1024, "the hot phase's future is {hot} bytes");
+        assert!(sizes[1..].iter().all(|(_, s)| *s < hot));
+    }
 
     #[test]
     fn rewriting_the_model_replaces_only_its_value() {

@@ -194,6 +194,35 @@ fn fresh_request_succeeds(gw: &Gateway, deadline: Duration) -> bool {
 }
 
 #[test]
+fn a_kept_alive_connection_turns_idle_after_its_hot_wait() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--max-connections", "1"],
+    );
+    let mut c = gw.connect();
+    let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
+    assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
+    let answered = Instant::now();
+    // At the cap, a new connection is served only once `c` is idle, and `c`
+    // is closed to make room. After its answer `c` stays hot (reading straight
+    // into its buffer) until a boundary of the shard's 50 ms grid at least
+    // 50 ms later; until then each new connection is closed at once.
+    assert!(
+        fresh_request_succeeds(&gw, Duration::from_secs(5)),
+        "the kept-alive connection never turned idle"
+    );
+    let took = answered.elapsed();
+    assert!(took >= Duration::from_millis(30), "idle after {took:?}");
+    assert!(
+        poll(Duration::from_secs(5), || closed_now(&mut c.stream)
+            .then_some(()))
+        .is_some(),
+        "the idle connection was not the one closed"
+    );
+}
+
+#[test]
 fn at_the_connection_cap_an_idle_connection_makes_room_else_the_new_one_is_closed() {
     let a = sim(&["m"], |_| {});
     let gw = Gateway::start(

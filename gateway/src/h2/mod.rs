@@ -56,6 +56,7 @@ use monoio_compat::StreamWrapper;
 use self::stream::{header, Served, StreamCount};
 use crate::h2_io::{tls_io, IO_BUFFER};
 use crate::shard::{ConnGauge, Shard};
+use crate::ticks::boundary_after;
 
 /// The client connection preface of HTTP/2.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -85,30 +86,10 @@ pub(crate) async fn sniff_preface(tcp: &TcpStream, wait: Duration) -> bool {
     n >= 4 && head[..n] == PREFACE[..n]
 }
 
-/// How often the connection loop looks at the drain flag and idle time.
+/// How often the connection loop looks at the drain flag and idle time, on
+/// the shard's shared grid ([`crate::ticks`]: 64 connections cost the shard
+/// one wake-up per tick, not 64 spread over it).
 const TICK: Duration = Duration::from_millis(100);
-
-/// The first tick boundary after `now`: a multiple of [`TICK`] from a
-/// per-thread origin (the first instant asked about). Every connection of a
-/// shard ticks at the same instants, so 64 connections cost the shard one
-/// timer-wheel slot and one wake-up per tick, not 64 spread over it. Spread
-/// ticks also cut every wait of the shard short: its io_uring waits time out
-/// at the next timer, which was then `TICK / connections` away on average
-/// (`bench/results/latency.md` section 8 shows what short waits cost).
-fn next_tick(now: Instant) -> Instant {
-    thread_local!(static ORIGIN: Cell<Option<Instant>> = const { Cell::new(None) });
-    let origin = ORIGIN.with(|o| {
-        let origin = o.get().unwrap_or(now);
-        o.set(Some(origin));
-        origin
-    });
-    let tick = TICK.as_nanos();
-    let ticks = now.saturating_duration_since(origin).as_nanos() / tick + 1;
-    u64::try_from(ticks.saturating_mul(tick))
-        .ok()
-        .and_then(|at| origin.checked_add(Duration::from_nanos(at)))
-        .unwrap_or(now + TICK)
-}
 
 /// Serve one HTTP/2 client connection (prior knowledge) until it closes,
 /// idles out, errs, or the gateway drains.
@@ -170,7 +151,7 @@ where
     // One timer for the connection's life, re-armed when it fires: accepting
     // a stream neither reads the clock nor touches the timer wheel (a new
     // `sleep` per accepted stream was an insert and a cancel per request).
-    let tick = monoio::time::sleep_until(next_tick(Instant::now()));
+    let tick = monoio::time::sleep_until(boundary_after(Instant::now(), TICK));
     let mut tick = std::pin::pin!(tick);
     let mut idle_since = Instant::now();
     let mut accepted = 0u64;
@@ -199,7 +180,7 @@ where
             },
             _ = tick.as_mut() => {
                 let now = Instant::now();
-                tick.as_mut().reset(next_tick(now));
+                tick.as_mut().reset(boundary_after(now, TICK));
                 if open_streams.get() > 0 || accepted != accepted_at_tick {
                     idle_since = now;
                     accepted_at_tick = accepted;
@@ -278,25 +259,5 @@ mod tests {
             grpc > 2 * task,
             "the gRPC lifecycle ({grpc} bytes) is not the task's"
         );
-    }
-
-    #[test]
-    fn ticks_fall_on_shared_boundaries_after_now_and_at_most_one_tick_away() {
-        let start = Instant::now();
-        let first = next_tick(start);
-        assert!(first > start && first <= start + TICK);
-        // Instants within one period share its boundary; the boundary itself
-        // moves on by exactly one tick.
-        for ms in [0u64, 1, 17, 49] {
-            let now = start + Duration::from_millis(ms);
-            if now < first {
-                assert_eq!(next_tick(now), first);
-            }
-        }
-        assert_eq!(next_tick(first), first + TICK);
-        let later = first + Duration::from_millis(250);
-        let t = next_tick(later);
-        assert!(t > later && t <= later + TICK);
-        assert_eq!(t.duration_since(first).as_nanos() % TICK.as_nanos(), 0);
     }
 }
