@@ -29,11 +29,13 @@ pub fn boundary_after(at: Instant, period: Duration) -> Instant {
         o.set(Some(origin));
         origin
     });
-    let step = period.as_nanos().max(1);
-    let steps = at.saturating_duration_since(origin).as_nanos() / step + 1;
-    u64::try_from(steps.saturating_mul(step))
-        .ok()
-        .and_then(|since| origin.checked_add(Duration::from_nanos(since)))
+    // In u64 nanoseconds (584 years from the origin): no 128-bit division
+    // on the request path.
+    let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let step = nanos(period).max(1);
+    let steps = nanos(at.saturating_duration_since(origin)) / step + 1;
+    origin
+        .checked_add(Duration::from_nanos(steps.saturating_mul(step)))
         .unwrap_or(at + period)
 }
 
