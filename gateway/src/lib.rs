@@ -58,7 +58,7 @@
 //! credentials in `/debug/config`); [`reload`] (live configuration from files)
 //! and [`k8s`] (`serve --kubernetes`: the Kubernetes API as the source of the
 //! same snapshots, and the status written back). The leaves — [`bodymem`], [`conns`],
-//! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`], [`upstream_tls`] — import no other module of the
+//! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`], [`ticks`], [`upstream_tls`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle
 //! (a folder's files count as its module; the files of one folder must not
 //! import each other in a cycle either).
