@@ -752,7 +752,17 @@ async fn execute<'s, S: ClientStream>(
                     .as_ref()
                     .is_none_or(|g| t.elapsed() >= g.timeout())
             });
-            match rate_limit(state, limiter, policy, req, limit_model, subject, gave_up) {
+            let forwarded_for = || req.head.header("x-forwarded-for");
+            let peer = req.peer.ip();
+            match state.rate_limit(
+                limiter,
+                policy,
+                limit_model,
+                subject,
+                peer,
+                forwarded_for,
+                gave_up,
+            ) {
                 Some(d) => break d,
                 None => {
                     if waited.is_none() {
@@ -916,59 +926,6 @@ pub fn rewrite_model(body: &Bytes, to: &str) -> Bytes {
     out.extend_from_slice(value);
     out.extend_from_slice(&body[span.end..]);
     Bytes::from(out)
-}
-
-/// The rate-limit step ([`crate::ratelimit`]): the quotas of an admitted
-/// request (for its success headers and token charge), or the 429 to answer;
-/// `None`: wait for the fleet's lease refill and ask again.
-#[allow(clippy::too_many_arguments)]
-fn rate_limit(
-    state: &GatewayState,
-    limiter: &crate::ratelimit::RateLimiter,
-    policy: &str,
-    req: &Req<'_>,
-    model: Option<&str>,
-    subject: Option<&str>,
-    gave_up: bool,
-) -> Option<Result<crate::ratelimit::Admitted, Failure>> {
-    use crate::ratelimit::{check_request, Outcome, RequestKey};
-    let key = RequestKey {
-        policy: Some(policy),
-        model,
-        subject,
-        peer: req.peer.ip(),
-        forwarded_for: if state.settings.trusted_proxies.is_empty() {
-            None
-        } else {
-            req.head.header("x-forwarded-for")
-        },
-    };
-    let decided = match check_request(
-        limiter,
-        state
-            .global_limiter
-            .as_deref()
-            .map(|g| g as &dyn crate::ratelimit::FleetLimit),
-        &state.table,
-        &state.settings.trusted_proxies,
-        &key,
-        gave_up,
-    ) {
-        None => Ok(Default::default()),
-        Some(Outcome::Allowed(a)) => Ok(a),
-        Some(Outcome::Limited {
-            quota,
-            retry_after_ns,
-        }) => Err(Failure::rate_limited(model, retry_after_ns, Some(quota))),
-        Some(Outcome::Full) => Err(Failure::rate_limited(
-            model,
-            crate::ratelimit::SWEEP_EVERY_NS,
-            None,
-        )),
-        Some(Outcome::Unavailable) => Err(Failure::rate_limit_unavailable()),
-        Some(Outcome::Wait) => return None,
-    };
-    Some(decided)
 }
 
 /// Forward the request to one endpoint of its route, as the attempt machine

@@ -18,6 +18,7 @@ use shardgate_routing::scoring::{
 };
 use shardgate_routing::RoutingTable;
 
+use crate::error::Failure;
 use crate::jwt::Authenticator;
 
 /// The gateway state in force, swapped by a live reload (`reload`):
@@ -374,6 +375,65 @@ impl GatewayState {
         policy
             .and_then(|k| self.profiles.iter().find(|(key, _)| key == k))
             .map_or(&self.default_profile, |(_, p)| p)
+    }
+}
+
+impl GatewayState {
+    /// The SecurityPolicy `policy`'s rate limits on one request
+    /// ([`crate::ratelimit::check_request`] over this state's limiters, routes
+    /// and trusted proxies), for HTTP/1.1 and HTTP/2 alike: the quotas of an
+    /// admitted request (for its success headers and token charge), or the 429
+    /// (503 when the fleet-wide store cannot be reached) to answer. `None`: a
+    /// fleet-wide limit waits for its lease; ask again, with `gave_up` once
+    /// `--rate-limit-redis-timeout` has passed. `forwarded_for` is asked for
+    /// the `X-Forwarded-For` header only when proxies are trusted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rate_limit<'h>(
+        &self,
+        limiter: &crate::ratelimit::RateLimiter,
+        policy: &str,
+        model: Option<&str>,
+        subject: Option<&str>,
+        peer: std::net::IpAddr,
+        forwarded_for: impl FnOnce() -> Option<&'h [u8]>,
+        gave_up: bool,
+    ) -> Option<Result<crate::ratelimit::Admitted, Failure>> {
+        use crate::ratelimit::{check_request, FleetLimit, Outcome, RequestKey};
+        let key = RequestKey {
+            policy: Some(policy),
+            model,
+            subject,
+            peer,
+            forwarded_for: if self.settings.trusted_proxies.is_empty() {
+                None
+            } else {
+                forwarded_for()
+            },
+        };
+        let global = self.global_limiter.as_deref().map(|g| g as &dyn FleetLimit);
+        let verdict = check_request(
+            limiter,
+            global,
+            &self.table,
+            &self.settings.trusted_proxies,
+            &key,
+            gave_up,
+        );
+        Some(match verdict {
+            None => Ok(Default::default()),
+            Some(Outcome::Allowed(a)) => Ok(a),
+            Some(Outcome::Limited {
+                quota,
+                retry_after_ns,
+            }) => Err(Failure::rate_limited(model, retry_after_ns, Some(quota))),
+            Some(Outcome::Full) => Err(Failure::rate_limited(
+                model,
+                crate::ratelimit::SWEEP_EVERY_NS,
+                None,
+            )),
+            Some(Outcome::Unavailable) => Err(Failure::rate_limit_unavailable()),
+            Some(Outcome::Wait) => return None,
+        })
     }
 }
 

@@ -326,53 +326,25 @@ async fn rate_limit(
     model: Option<&str>,
     subject: Option<&str>,
 ) -> Result<Admitted, Failure> {
-    use crate::ratelimit::{check_request, Outcome, RequestKey};
-    let key = RequestKey {
-        policy: Some(policy),
-        model,
-        subject,
-        peer: peer.ip(),
-        forwarded_for: if state.settings.trusted_proxies.is_empty() {
-            None
-        } else {
-            header(headers, "x-forwarded-for")
-        },
-    };
     let started = Instant::now();
     loop {
         let gave_up = state
             .global_limiter
             .as_ref()
             .is_none_or(|g| started.elapsed() >= g.timeout());
-        let out = check_request(
+        let forwarded_for = || header(headers, "x-forwarded-for");
+        match state.rate_limit(
             limiter,
-            state
-                .global_limiter
-                .as_deref()
-                .map(|g| g as &dyn crate::ratelimit::FleetLimit),
-            &state.table,
-            &state.settings.trusted_proxies,
-            &key,
+            policy,
+            model,
+            subject,
+            peer.ip(),
+            forwarded_for,
             gave_up,
-        );
-        return match out {
-            None => Ok(Admitted::default()),
-            Some(Outcome::Allowed(a)) => Ok(a),
-            Some(Outcome::Limited {
-                quota,
-                retry_after_ns,
-            }) => Err(Failure::rate_limited(model, retry_after_ns, Some(quota))),
-            Some(Outcome::Full) => Err(Failure::rate_limited(
-                model,
-                crate::ratelimit::SWEEP_EVERY_NS,
-                None,
-            )),
-            Some(Outcome::Unavailable) => Err(Failure::rate_limit_unavailable()),
-            Some(Outcome::Wait) => {
-                monoio::time::sleep(crate::ratelimit_global::WAIT_STEP).await;
-                continue;
-            }
-        };
+        ) {
+            Some(decided) => return decided,
+            None => monoio::time::sleep(crate::ratelimit_global::WAIT_STEP).await,
+        }
     }
 }
 
