@@ -29,9 +29,12 @@
 //! Heads are split off the connection's read buffer (16 header fields inline),
 //! `Content-Length` bodies and model names are slices of it, read buffers (16 KiB,
 //! [`shardgate_runtime::io::READ_CHUNK`]) and response buffers come from per-shard
-//! pools, and the request future (~7 KiB) lives in a box the connection reuses. A
-//! connection quiet for [`HOT_WAIT`] (50 ms) returns buffer and box and waits for
-//! readability without them; the client-disconnect watch starts after
+//! pools, and the hot phase's future (8,960 bytes, the whole request lifecycle)
+//! lives in a box the connection reuses while it stays busy. A connection quiet
+//! for [`HOT_WAIT`] (50 ms, to the next boundary of the shard's 50 ms grid,
+//! [`crate::ticks`], so quiet connections are put away together) returns buffer
+//! and box and waits for readability without them; the client-disconnect watch
+//! starts after
 //! [`crate::upstream::WATCH_AFTER`] (10 ms) of waiting on the upstream.
 //!
 //! Timers: each wait owns its timer and drops it when the wait ends: the hot
