@@ -790,22 +790,12 @@ async fn execute<'s, S: ClientStream>(
         }
     }
     // maxConcurrentInferences: hold a permit until the answer is out.
-    let _permit = match shard.admission() {
-        Some(adm) => {
-            let key = shard
-                .metrics
-                .borrow()
-                .admission_key(target.priority, rq.model.as_deref());
-            let counted = || crate::metrics::AdmissionWait::start(&shard.metrics, key);
-            match adm.acquire(target.priority, counted).await {
-                Ok(p) => Some(p),
-                Err(r) => {
-                    rq.status = respond_failure(client, out, &r.failure(), Some(rid)).await;
-                    return req.client_keep;
-                }
-            }
+    let _permit = match shard.permit(target.priority, rq.model.as_deref()).await {
+        Ok(p) => p,
+        Err(f) => {
+            rq.status = respond_failure(client, out, &f, Some(rid)).await;
+            return req.client_keep;
         }
-        None => None,
     };
     if let Plan::Batch {
         policy,

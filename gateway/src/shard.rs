@@ -287,6 +287,26 @@ impl Shard {
         self.batchers.borrow_mut().retain(|b| !Rc::ptr_eq(b, pb));
     }
 
+    /// `maxConcurrentInferences` for one request, HTTP/1.1 or HTTP/2: a
+    /// permit at `priority` (a wait counted under `model`), to hold until
+    /// the answer is out; `None` where the gateway has no budget; `Err` the
+    /// 429 or 503 of a refused or timed-out wait.
+    pub async fn permit(
+        &self,
+        priority: i32,
+        model: Option<&str>,
+    ) -> Result<Option<crate::admit::Permit>, crate::error::Failure> {
+        let Some(adm) = self.admission() else {
+            return Ok(None);
+        };
+        let key = self.metrics.borrow().admission_key(priority, model);
+        let counted = || crate::metrics::AdmissionWait::start(&self.metrics, key);
+        adm.acquire(priority, counted)
+            .await
+            .map(Some)
+            .map_err(|r| r.failure())
+    }
+
     /// This shard's `maxConcurrentInferences` admission, when a budget is set
     /// (made, with its driver, the first time one is: a reload can set it).
     pub fn admission(&self) -> Option<Rc<crate::admit::ShardAdmission>> {

@@ -242,20 +242,9 @@ pub(super) async fn admit(
             }
         }
     }
-    let permit = match &shard.admission() {
-        Some(adm) => {
-            let key = shard
-                .metrics
-                .borrow()
-                .admission_key(target.priority, decision.model.as_deref());
-            let counted = || crate::metrics::AdmissionWait::start(&shard.metrics, key);
-            adm.acquire(target.priority, counted)
-                .await
-                .map(Some)
-                .map_err(|r| r.failure())?
-        }
-        None => None,
-    };
+    let permit = shard
+        .permit(target.priority, decision.model.as_deref())
+        .await?;
     Ok(Admission {
         _permit: permit,
         admitted,
