@@ -65,6 +65,21 @@
 
 #![forbid(unsafe_code)]
 
+/// Tests: the size of what calling the async fn `$f` returns (its future's
+/// state machine), without calling it; one type parameter name per argument.
+#[cfg(test)]
+macro_rules! future_size {
+    ($f:expr; $($a:ident),*) => {{
+        fn size<F, $($a,)* R>(_: &F) -> usize
+        where
+            F: Fn($($a),*) -> R,
+        {
+            std::mem::size_of::<R>()
+        }
+        size(&$f)
+    }};
+}
+
 pub mod access_log;
 pub mod admin;
 pub mod admit;

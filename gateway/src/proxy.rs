@@ -1429,20 +1429,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// The size of what calling the async fn `$f` of `$n` arguments returns
-    /// (its future's state machine), without calling it.
-    macro_rules! future_size {
-        ($f:expr; $($a:ident),*) => {{
-            fn size<F, $($a,)* R>(_: &F) -> usize
-            where
-                F: Fn($($a),*) -> R,
-            {
-                std::mem::size_of::<R>()
-            }
-            size(&$f)
-        }};
-    }
-
     /// The hot phase's future is allocated and moved into its box each time
     /// a connection turns busy again (at every request of a sparse client):
     /// its size is a cost per request, kept under a budget here. The nested

@@ -23,8 +23,9 @@
 //! **Per connection**: the handshake must finish within `--header-timeout`;
 //! a connection with no open stream for `--client-idle-timeout` is closed
 //! with GOAWAY; on drain the gateway sends GOAWAY and lets open streams end.
-//! Every stream is a [`call`] task that carries out the same
-//! [`crate::plan`] as an HTTP/1.1 request.
+//! Every stream is a task that carries out the same [`crate::plan`] as an
+//! HTTP/1.1 request: a gRPC call in [`call`], an HTTP request in [`openai`],
+//! both on what `stream.rs` gives every stream.
 //!
 //! **Limits** ([`crate::h2_io::Limits`], each a CLI flag): concurrent streams (100),
 //! header-list size (16 KiB: beyond it the stream is refused, and a
@@ -230,29 +231,13 @@ async fn serve_stream(
 mod tests {
     use super::*;
 
-    /// Size of what calling `f` returns (a future's state machine), without
-    /// calling it.
-    fn output_size<F, A, B, C, D, E, G, R>(_: &F) -> usize
-    where
-        F: Fn(A, B, C, D, E, G) -> R,
-    {
-        std::mem::size_of::<R>()
-    }
-
-    fn output_size9<F, A, B, C, D, E, G, H, I, J, R>(_: &F) -> usize
-    where
-        F: Fn(A, B, C, D, E, G, H, I, J) -> R,
-    {
-        std::mem::size_of::<R>()
-    }
-
     #[test]
     fn a_stream_task_is_small_and_its_protocol_future_boxed() {
         // `monoio::spawn` copies the task's future twice (into its cell, then
         // the cell into its box) per accepted stream; the whole gRPC or HTTP
         // lifecycle inline made that several KiB of copying per call.
-        let task = output_size(&serve_stream);
-        let grpc = output_size9(&call::serve);
+        let task = future_size!(serve_stream; A, B, C, D, E, G);
+        let grpc = future_size!(call::serve; A, B, C, D, E, G, H, I, J);
         eprintln!("stream task {task} bytes, gRPC call {grpc} bytes");
         assert!(task <= 1024, "the spawned stream future is {task} bytes");
         assert!(
