@@ -482,6 +482,132 @@ fn proxy_headers_are_rewritten_and_hop_by_hop_ones_dropped() {
     }
 }
 
+/// Byte `i` of the test pattern: no period that divides a socket buffer.
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// A TCP socket with a small receive buffer (4 KiB asked), so a peer's
+/// writes to it stop short: the window closes after a few KiB.
+fn small_window_socket() -> socket2::Socket {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.set_recv_buffer_size(4096).unwrap();
+    s
+}
+
+/// Writes that a socket takes only in parts (short writes, then waits for
+/// room): a request body larger than the upstream socket takes at once, to a
+/// backend with a small window, and a 4 MiB response to a client with a small
+/// window both arrive whole and in order, and both connections carry a second
+/// exchange after them.
+#[test]
+fn writes_larger_than_a_socket_takes_at_once_arrive_whole_and_in_order() {
+    const REQ_BODY: usize = 60_000; // sent with the head (at most 64 KiB)
+    const RESP_BODY: usize = 4 << 20;
+    let backend = small_window_socket();
+    backend
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    backend.listen(8).unwrap();
+    let baddr = backend.local_addr().unwrap().as_socket().unwrap();
+    let listener: std::net::TcpListener = backend.into();
+    // The backend: every connection in a thread of its own (the gateway's
+    // telemetry scrapes come too); the body of each `POST /blob` goes to the
+    // test, and its answer is RESP_BODY bytes of the pattern.
+    let (bodies_tx, bodies) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            let Ok(s) = s else { return };
+            let tx = bodies_tx.clone();
+            std::thread::spawn(move || serve_blobs(s, &tx, RESP_BODY));
+        }
+    });
+    let gw = Gateway::start(&catch_all(baddr), &[]);
+    let client = small_window_socket();
+    client.connect(&gw.addr.into()).unwrap();
+    let mut c = Client::over(client.into());
+    let body: Vec<u8> = (0..REQ_BODY).map(pattern).collect();
+    for _ in 0..2 {
+        let mut req = format!(
+            "POST /blob HTTP/1.1\r\nhost: test\r\ncontent-type: application/octet-stream\r\ncontent-length: {REQ_BODY}\r\n\r\n"
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        c.send_raw(&req);
+        let r = c.read_response();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.body.len(), RESP_BODY);
+        let first_bad = r
+            .body
+            .iter()
+            .enumerate()
+            .position(|(i, b)| *b != pattern(i));
+        assert_eq!(first_bad, None, "the response body arrived out of order");
+        let got = bodies.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert!(got == body, "the request body arrived changed");
+    }
+}
+
+/// One backend connection: read requests; a `POST /blob`'s body is sent to
+/// `bodies` and answered with `resp_len` bytes of [`pattern`], anything else
+/// with an empty 404. Ends when the connection does.
+fn serve_blobs(
+    mut s: std::net::TcpStream,
+    bodies: &std::sync::mpsc::Sender<Vec<u8>>,
+    resp_len: usize,
+) {
+    use std::io::{Read, Write};
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut buf = Vec::new();
+    let mut fill = |s: &mut std::net::TcpStream, buf: &mut Vec<u8>| {
+        let mut chunk = [0u8; 8192];
+        match s.read(&mut chunk) {
+            Ok(n) if n > 0 => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            _ => false,
+        }
+    };
+    loop {
+        let head_end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            if !fill(&mut s, &mut buf) {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < head_end + len {
+            if !fill(&mut s, &mut buf) {
+                return;
+            }
+        }
+        let body = buf[head_end..head_end + len].to_vec();
+        buf.drain(..head_end + len);
+        let resp = if head.starts_with("post /blob ") {
+            let _ = bodies.send(body);
+            let mut r = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {resp_len}\r\n\r\n"
+            )
+            .into_bytes();
+            r.extend((0..resp_len).map(pattern));
+            r
+        } else {
+            b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec()
+        };
+        if s.write_all(&resp).is_err() {
+            return;
+        }
+    }
+}
+
 #[test]
 fn absolute_form_goes_upstream_in_origin_form_and_a_missing_host_is_refused() {
     let a = sim(&["m"], |_| {});
