@@ -559,7 +559,7 @@ fn serve_blobs(
     use std::io::{Read, Write};
     let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
     let mut buf = Vec::new();
-    let mut fill = |s: &mut std::net::TcpStream, buf: &mut Vec<u8>| {
+    let fill = |s: &mut std::net::TcpStream, buf: &mut Vec<u8>| {
         let mut chunk = [0u8; 8192];
         match s.read(&mut chunk) {
             Ok(n) if n > 0 => {
