@@ -78,19 +78,25 @@ pub(crate) trait ClientStream {
     fn tcp(&self) -> &TcpStream;
 }
 
+// The reads hand back the runtime's futures themselves: an `async fn` around
+// them would be one more state machine, and the inner one (with its buffer)
+// copied into it at every read.
 impl ClientStream for TcpStream {
     #[inline]
-    async fn read_into(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
-        read_into(self, buf).await
+    fn read_into(
+        &mut self,
+        buf: BytesMut,
+    ) -> impl std::future::Future<Output = (io::Result<usize>, BytesMut)> {
+        read_into(self, buf)
     }
 
     #[inline]
-    async fn read_into_cancelable(
+    fn read_into_cancelable(
         &mut self,
         buf: BytesMut,
         cancel: CancelHandle,
-    ) -> (io::Result<usize>, BytesMut) {
-        read_into_cancelable(self, buf, cancel).await
+    ) -> impl std::future::Future<Output = (io::Result<usize>, BytesMut)> {
+        read_into_cancelable(self, buf, cancel)
     }
 
     #[inline]

@@ -204,6 +204,7 @@ pub fn split_request_head(
 
 /// The parse proper, over plain bytes; the returned head's `buf` is empty and the
 /// caller fills it with the first `len` bytes.
+#[inline(always)]
 fn parse(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, usize)>, HttpError> {
     let win = window(buf, limits);
     let mut stack: [Slot<'_>; STACK_HEADERS] = [const { MaybeUninit::uninit() }; STACK_HEADERS];

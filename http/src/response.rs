@@ -148,6 +148,7 @@ pub fn split_response_head(
     }))
 }
 
+#[inline(always)]
 fn parse(
     buf: &[u8],
     head_request: bool,

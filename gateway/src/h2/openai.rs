@@ -423,7 +423,9 @@ async fn forward(
         write_request(head, &fwd, shard.addr(ep), &mut reqbuf);
         let done = loop {
             let result = match shard.upstream_conn(ep, attempts.may_use_pool()).await {
-                Ok(c) => send_and_read_head(c, &mut reqbuf, tail, None, &lim).await,
+                Ok(mut c) => send_and_read_head(&mut c, &mut reqbuf, tail, None, &lim)
+                    .await
+                    .map(|resp| (resp, c)),
                 Err(e) => Err(e),
             };
             let (outcome, answer) = match result {
