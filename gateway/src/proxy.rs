@@ -29,7 +29,7 @@
 //! Heads are split off the connection's read buffer (16 header fields inline),
 //! `Content-Length` bodies and model names are slices of it, read buffers (16 KiB,
 //! [`shardgate_runtime::io::READ_CHUNK`]) and response buffers come from per-shard
-//! pools, and the hot phase's future (8,960 bytes, the whole request lifecycle)
+//! pools, and the hot phase's future (7,424 bytes, the whole request lifecycle)
 //! lives in a box the connection reuses while it stays busy. A connection quiet
 //! for [`HOT_WAIT`] (50 ms, to the next boundary of the shard's 50 ms grid,
 //! [`crate::ticks`], so quiet connections are put away together) returns buffer
@@ -159,11 +159,11 @@ pub(crate) async fn serve_connection<S: ClientStream>(
         rbuf: BytesMut::new(),
         out: Vec::new(),
     };
-    // The hot phase's future (≈ 9 KiB: the whole request lifecycle) is boxed,
+    // The hot phase's future (≈ 7.5 KiB: the whole request lifecycle) is boxed,
     // so an idle connection's task stays small. It lives as long as the
     // connection keeps sending within `HOT_WAIT`: a busy keep-alive connection
     // allocates it once and runs every request inside it, where a box per
-    // request (re-armed with each request's future) copied the 9 KiB state
+    // request (re-armed with each request's future) copied the whole state
     // machine per request. It is freed when the connection idles.
     if io.client.sock.buffered() {
         // Bytes came with the end of a TLS handshake: read them at once (no
@@ -1501,7 +1501,9 @@ mod tests {
             eprintln!("{name}: {size} bytes");
         }
         let hot = sizes[0].1;
-        assert!(hot <= 9 * 1024, "the hot phase's future is {hot} bytes");
+        // 8,960 bytes before the request's state was borrowed down the path
+        // instead of moved through it (7,424 after, dev profile).
+        assert!(hot <= 8 * 1024, "the hot phase's future is {hot} bytes");
         assert!(sizes[1..].iter().all(|(_, s)| *s < hot));
     }
 
