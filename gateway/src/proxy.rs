@@ -31,11 +31,11 @@
 //! [`shardgate_runtime::io::READ_CHUNK`]) and response buffers come from per-shard
 //! pools, and the hot phase's future (7,424 bytes, the whole request lifecycle)
 //! lives in a box the connection reuses while it stays busy. A connection quiet
-//! for [`HOT_WAIT`] (50 ms, to the next boundary of the shard's 50 ms grid,
-//! [`crate::ticks`], so quiet connections are put away together) returns buffer
-//! and box and waits for readability without them; the client-disconnect watch
-//! starts after
-//! [`crate::upstream::WATCH_AFTER`] (10 ms) of waiting on the upstream.
+//! for `--client-hot-wait` (default 50 ms, rounded up to the shard's 50 ms grid,
+//! [`HOT_GRID`] and [`crate::ticks`], so quiet connections are put away
+//! together) returns buffer and box and waits for readability without them; the
+//! client-disconnect watch starts after [`crate::upstream::WATCH_AFTER`] (10 ms)
+//! of waiting on the upstream.
 //!
 //! Timers: each wait owns its timer and drops it when the wait ends: the hot
 //! read's, one per flush, one per upstream read. A timer kept for the
@@ -161,7 +161,7 @@ pub(crate) async fn serve_connection<S: ClientStream>(
     };
     // The hot phase's future (≈ 7.5 KiB: the whole request lifecycle) is boxed,
     // so an idle connection's task stays small. It lives as long as the
-    // connection keeps sending within `HOT_WAIT`: a busy keep-alive connection
+    // connection keeps sending within its hot wait: a busy keep-alive connection
     // allocates it once and runs every request inside it, where a box per
     // request (re-armed with each request's future) copied the whole state
     // machine per request. It is freed when the connection idles.
@@ -240,20 +240,21 @@ async fn wait_idle<S: ClientStream>(shard: &Shard, io: &ConnIo<S>, idle_left: Du
     ready
 }
 
-/// How long a kept-alive client connection keeps its read buffer (and its
-/// boxed hot phase) while waiting for its next request: at least 50 ms, and
-/// until the next 50 ms boundary of the shard's grid after that
+/// The grid a kept-alive client connection's hot wait ends on. The
+/// connection keeps its read buffer (and its boxed hot phase) while waiting
+/// for its next request: at least `--client-hot-wait` (default 50 ms), and
+/// until the next boundary of the shard's 50 ms grid after that
 /// ([`crate::ticks`]), so connections that go quiet at different times give
 /// them back together, in one wake-up of the shard. A busy connection reads
 /// directly into its buffer (one operation per read); past this it gives them
 /// back and waits for readability without a buffer, so 10,000 idle connections
 /// pin no buffers.
-pub const HOT_WAIT: Duration = Duration::from_millis(50);
+pub const HOT_GRID: Duration = Duration::from_millis(50);
 
 /// Read until a complete request head is buffered; with it, when its first
 /// byte was seen (the request's start). `Ok(None)`: the client closed,
 /// or (`quiet_since` set to when it went quiet) sent nothing through its hot
-/// wait ([`HOT_WAIT`]) between requests: the read buffer went back to the pool
+/// wait ([`HOT_GRID`]) between requests: the read buffer went back to the pool
 /// and the caller waits for readiness.
 async fn read_head<S: ClientStream>(
     shard: &Shard,
@@ -283,8 +284,9 @@ async fn read_head<S: ClientStream>(
             if rbuf.capacity() > 0 {
                 // Hot: read straight into the buffer, for a while: until a
                 // boundary of the shard's grid, never past the idle timeout.
-                let hot_until = crate::ticks::boundary_after(quiet + HOT_WAIT, HOT_WAIT)
-                    .min(quiet + settings.client_idle_timeout);
+                let hot_until =
+                    crate::ticks::boundary_after(quiet + settings.client_hot_wait, HOT_GRID)
+                        .min(quiet + settings.client_idle_timeout);
                 // Pinned where it is made (a `let` first would copy it there).
                 let mut read = std::pin::pin!(
                     client.read_into_cancelable(std::mem::take(rbuf), cancel.handle())

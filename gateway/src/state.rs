@@ -77,6 +77,9 @@ pub struct Settings {
     pub tls_handshake_timeout: Duration,
     /// Keep-alive idle limit for client connections.
     pub client_idle_timeout: Duration,
+    /// How long a kept-alive HTTP/1.1 connection stays hot after a request
+    /// (`--client-hot-wait`; see [`crate::proxy::HOT_GRID`]).
+    pub client_hot_wait: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Whole upstream exchange deadline.

@@ -195,25 +195,39 @@ fn fresh_request_succeeds(gw: &Gateway, deadline: Duration) -> bool {
 
 #[test]
 fn a_kept_alive_connection_turns_idle_after_its_hot_wait() {
+    // The default: a boundary of the 50 ms grid at least 50 ms after the answer.
+    turns_idle_after(&[], Duration::from_millis(30));
+}
+
+#[test]
+fn client_hot_wait_sets_how_long_a_kept_alive_connection_stays_hot() {
+    turns_idle_after(&["--client-hot-wait", "400ms"], Duration::from_millis(350));
+}
+
+/// At `--max-connections 1`, a new connection is served only once a kept-alive
+/// one is idle, and that one is closed to make room. After its answer the
+/// kept-alive connection stays hot (reading straight into its buffer) until a
+/// boundary of the shard's 50 ms grid at least `--client-hot-wait` later; until
+/// then each new connection is closed at once. Checks that it turned idle no
+/// sooner than `at_least` after its answer.
+fn turns_idle_after(flags: &[&str], at_least: Duration) {
     let a = sim(&["m"], |_| {});
-    let gw = Gateway::start(
-        &config(&[("m", vec![(1, vec![a.addr()])])]),
-        &["--max-connections", "1"],
-    );
+    let mut args = vec!["--max-connections", "1"];
+    args.extend_from_slice(flags);
+    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &args);
     let mut c = gw.connect();
     let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
     assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
     let answered = Instant::now();
-    // At the cap, a new connection is served only once `c` is idle, and `c`
-    // is closed to make room. After its answer `c` stays hot (reading straight
-    // into its buffer) until a boundary of the shard's 50 ms grid at least
-    // 50 ms later; until then each new connection is closed at once.
     assert!(
         fresh_request_succeeds(&gw, Duration::from_secs(5)),
         "the kept-alive connection never turned idle"
     );
     let took = answered.elapsed();
-    assert!(took >= Duration::from_millis(30), "idle after {took:?}");
+    assert!(
+        took >= at_least,
+        "idle after {took:?}, expected {at_least:?} or more"
+    );
     assert!(
         poll(Duration::from_secs(5), || closed_now(&mut c.stream)
             .then_some(()))
