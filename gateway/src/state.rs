@@ -78,7 +78,7 @@ pub struct Settings {
     /// Keep-alive idle limit for client connections.
     pub client_idle_timeout: Duration,
     /// How long a kept-alive HTTP/1.1 connection stays hot after a request
-    /// (`--client-hot-wait`; see [`crate::proxy::HOT_GRID`]).
+    /// (`--client-hot-wait`, rounded up to the HTTP/1.1 front end's 50 ms grid).
     pub client_hot_wait: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,

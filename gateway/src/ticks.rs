@@ -5,12 +5,13 @@
 //!
 //! Used where a connection's timer is a housekeeping bound rather than a
 //! promise to the client: the HTTP/2 connection tick (100 ms: drain and idle
-//! checks) and the end of an HTTP/1.1 connection's hot wait (50–100 ms after
-//! its last request, `--client-hot-wait` on `proxy::HOT_GRID`). Spread over time, such timers
-//! woke the shard once per connection (at 300 requests a second over 64
-//! sparse connections, a wake-up per request just to demote the connection)
-//! and cut every wait of the shard short: its io_uring waits time out at the
-//! next timer (`bench/results/latency.md` sections 8 and 9).
+//! checks) and the end of an HTTP/1.1 connection's hot wait
+//! (`--client-hot-wait` rounded up to `proxy::HOT_GRID`: by default 50–100 ms
+//! after its last request). Spread over time, such timers woke the shard once
+//! per connection (at 300 requests a second over 64 sparse connections, a
+//! wake-up per request just to demote the connection) and cut every wait of
+//! the shard short: its io_uring waits time out at the next timer
+//! (`bench/results/latency.md` sections 8 and 9).
 //!
 //! The grid starts at the first instant the thread asks about; grids of
 //! different periods share that origin, so a 100 ms boundary is also a 50 ms
