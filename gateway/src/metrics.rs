@@ -1306,7 +1306,12 @@ fn number_at(s: &[u8]) -> Option<u64> {
     if digits == 0 || digits == s.len() || digits > 18 {
         return None;
     }
-    std::str::from_utf8(&s[..digits]).ok()?.parse().ok()
+    // At most 18 digits: no overflow (and no UTF-8 check and `str::parse`).
+    Some(
+        s[..digits]
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
+    )
 }
 
 #[cfg(test)]

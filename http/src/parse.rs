@@ -67,30 +67,35 @@ pub(crate) fn span_str(buf: &[u8], span: Span) -> &str {
 /// not (request-smuggling defence: front and back ends must agree on lines).
 /// With `complete == false` the head is still arriving, so a CR as the very
 /// last byte may yet be followed by its LF.
+///
+/// A clean head is confirmed in one pass over its byte pairs with no branch per
+/// byte (the compiler vectorises it: ~60 instructions for a 150-byte head, where
+/// a `memchr` per line ending cost ~700); only a head that fails it is searched
+/// again, for the error to name.
 pub(crate) fn check_line_endings(head: &[u8], complete: bool) -> Result<(), HttpError> {
-    for i in memchr::memchr_iter(b'\n', head) {
-        if i == 0 || head[i - 1] != b'\r' {
-            return Err(HttpError::new(
-                ErrorKind::BareLineFeed,
-                400,
-                "bare LF line terminator in the head (CRLF required)",
-            ));
-        }
+    // Every pair (a, b) must have "a is CR" equal to "b is LF"; the first
+    // byte must not be an LF, and a finished head must not end in a CR.
+    let mismatched = head
+        .iter()
+        .zip(head.iter().skip(1))
+        .fold(false, |bad, (&a, &b)| bad | ((a == b'\r') != (b == b'\n')));
+    let clean =
+        !mismatched && head.first() != Some(&b'\n') && !(complete && head.last() == Some(&b'\r'));
+    if clean {
+        return Ok(());
     }
-    for i in memchr::memchr_iter(b'\r', head) {
-        match head.get(i + 1) {
-            Some(b'\n') => {}
-            None if !complete => {}
-            _ => {
-                return Err(HttpError::new(
-                    ErrorKind::BareLineFeed,
-                    400,
-                    "bare CR in the head",
-                ))
-            }
-        }
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
+        return Err(HttpError::new(
+            ErrorKind::BareLineFeed,
+            400,
+            "bare LF line terminator in the head (CRLF required)",
+        ));
     }
-    Ok(())
+    Err(HttpError::new(
+        ErrorKind::BareLineFeed,
+        400,
+        "bare CR in the head",
+    ))
 }
 
 /// Which message a parser was reading (for error wording and version checks).
@@ -202,27 +207,35 @@ impl HeaderFacts {
         };
         let mut codings = 0usize;
         let mut last_chunked = false;
+        // One length compare picks the only name a field can be: comparing each
+        // field against all five names cost ~100 instructions a field.
         for (name, value) in fields {
-            if name.eq_ignore_ascii_case("content-length") {
-                facts.content_length = merge_content_length(facts.content_length, value);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                for coding in list_elements(value) {
-                    codings += 1;
-                    last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            let is = |known: &str| name.eq_ignore_ascii_case(known);
+            match name.len() {
+                14 if is("content-length") => {
+                    facts.content_length = merge_content_length(facts.content_length, value);
                 }
-                facts.transfer_encoding = match (codings, last_chunked) {
-                    (0, _) => TransferEncoding::Empty,
-                    (1, true) => TransferEncoding::Chunked,
-                    (_, true) => TransferEncoding::ChunkedAfterOthers,
-                    (_, false) => TransferEncoding::NotChunked,
-                };
-            } else if name.eq_ignore_ascii_case("connection") {
-                facts.conn_close |= connection_lists(value, "close");
-                facts.conn_keep_alive |= connection_lists(value, "keep-alive");
-            } else if name.eq_ignore_ascii_case("expect") {
-                facts.expect_continue |= trim_ows(value).eq_ignore_ascii_case(b"100-continue");
-            } else if name.eq_ignore_ascii_case("host") {
-                facts.hosts += 1;
+                17 if is("transfer-encoding") => {
+                    for coding in list_elements(value) {
+                        codings += 1;
+                        last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+                    }
+                    facts.transfer_encoding = match (codings, last_chunked) {
+                        (0, _) => TransferEncoding::Empty,
+                        (1, true) => TransferEncoding::Chunked,
+                        (_, true) => TransferEncoding::ChunkedAfterOthers,
+                        (_, false) => TransferEncoding::NotChunked,
+                    };
+                }
+                10 if is("connection") => {
+                    facts.conn_close |= connection_lists(value, "close");
+                    facts.conn_keep_alive |= connection_lists(value, "keep-alive");
+                }
+                6 if is("expect") => {
+                    facts.expect_continue |= trim_ows(value).eq_ignore_ascii_case(b"100-continue");
+                }
+                4 if is("host") => facts.hosts += 1,
+                _ => {}
             }
         }
         facts
@@ -339,6 +352,45 @@ mod tests {
         assert!(check_line_endings(b"a\nb", false).is_err());
         assert!(check_line_endings(b"\n", false).is_err());
         assert!(check_line_endings(b"a\rb\r\n", false).is_err());
+    }
+
+    /// The one-pass check agrees with the plain reading of the rule (every LF
+    /// after a CR, every CR before an LF, a trailing CR only while incomplete),
+    /// message included, on every string of up to 8 bytes over `a`, CR and LF.
+    #[test]
+    fn line_endings_agree_with_the_rule_on_every_short_string() {
+        fn rule(head: &[u8], complete: bool) -> Option<&'static str> {
+            let bare_lf =
+                (0..head.len()).any(|i| head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r'));
+            let bare_cr = (0..head.len())
+                .any(|i| head[i] == b'\r' && head.get(i + 1).map_or(complete, |&b| b != b'\n'));
+            if bare_lf {
+                Some("bare LF line terminator in the head (CRLF required)")
+            } else if bare_cr {
+                Some("bare CR in the head")
+            } else {
+                None
+            }
+        }
+        let alphabet = [b'a', b'\r', b'\n'];
+        let mut checked = 0;
+        for len in 0..=8u32 {
+            for mut code in 0..3usize.pow(len) {
+                let head: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = alphabet[code % 3];
+                        code /= 3;
+                        b
+                    })
+                    .collect();
+                for complete in [false, true] {
+                    let got = check_line_endings(&head, complete).err().map(|e| e.message);
+                    assert_eq!(got, rule(&head, complete), "{head:?} complete={complete}");
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 2 * (0..=8).map(|n| 3usize.pow(n)).sum::<usize>());
     }
 
     #[test]

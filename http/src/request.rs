@@ -350,12 +350,16 @@ struct AbsoluteForm {
 /// `Ok(None)` for every other form; a 400 for an absolute-form target this
 /// gateway will not convert (see the module doc).
 fn absolute_form(target: &[u8]) -> Result<Option<AbsoluteForm>, HttpError> {
+    // Origin-form (nearly every request) starts with `/`, and a `://` after it
+    // is part of the path: no search (building one cost ~200 instructions).
+    if target.first() == Some(&b'/') {
+        return Ok(None);
+    }
     let Some(sep) = memchr::memmem::find(target, b"://") else {
         return Ok(None);
     };
     let scheme = &target[..sep];
-    // Origin-form starts with `/`; a `://` after it is part of the path.
-    if target.first() == Some(&b'/') || !scheme.iter().all(u8::is_ascii_alphabetic) {
+    if !scheme.iter().all(u8::is_ascii_alphabetic) {
         return Ok(None);
     }
     if !scheme.eq_ignore_ascii_case(b"http") && !scheme.eq_ignore_ascii_case(b"https") {
