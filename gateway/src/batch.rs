@@ -392,7 +392,9 @@ async fn call(
         };
         write_post(&ctx.path, addr, &extra[..n], body, &mut out);
         loop {
-            let conn = shard.upstream_conn(ep, attempts.may_use_pool()).await;
+            let conn = shard
+                .upstream_conn(ep, attempts.may_use_pool(), Instant::now())
+                .await;
             let counted = EndpointInFlight::new(shard, ep);
             dispatch.take();
             let result = match conn {

@@ -945,8 +945,13 @@ async fn forward<S: ClientStream>(
 ) -> bool {
     let settings = &shard.settings;
     let route = &target.route;
+    // One clock reading serves the deadline, the first pick and its pool
+    // lookup; another, after the answer's head, the verdict and the prompt's
+    // record (each reading is ~50 instructions and a vDSO call).
+    let started = Instant::now();
+    let mut first_try = Some(started);
     // Timeouts from the state's InferenceConfig (a reload may change them).
-    let deadline = Instant::now()
+    let deadline = started
         + route
             .request_timeout
             .unwrap_or(state.settings.response_timeout);
@@ -986,10 +991,11 @@ async fn forward<S: ClientStream>(
             rq.status = respond_failure(client, out, &f, Some(rid)).await;
             return req.client_keep;
         }
+        let now = first_try.take().unwrap_or_else(Instant::now);
         let picked = shard.pick_precise(
             route.backends,
             attempts.tried(),
-            Instant::now(),
+            now,
             profile,
             &pick_req,
             hashes.as_deref(),
@@ -1014,7 +1020,7 @@ async fn forward<S: ClientStream>(
             // outcome is read off them; an error, the rare case, is copied):
             // each move of them through the state machine was a copy of
             // ~470 bytes.
-            let mut upstream = shard.upstream_conn(ep, attempts.may_use_pool()).await;
+            let mut upstream = shard.upstream_conn(ep, attempts.may_use_pool(), now).await;
             let result = match &mut upstream {
                 Ok(c) => {
                     let tcp = Some(client.sock.tcp());
@@ -1026,13 +1032,15 @@ async fn forward<S: ClientStream>(
                 Ok(resp) => Outcome::Head(resp.status()),
                 Err(e) => Outcome::Error(e.clone()),
             };
-            let action = shard.judge(&mut attempts, ep, outcome, route.backends);
+            let answered = std::time::Instant::now();
+            let action = shard.judge_at(&mut attempts, ep, outcome, route.backends, answered);
             match action {
                 Action::Deliver => {
                     let (Ok(resp), Ok(conn)) = (&result, &mut upstream) else {
                         return false;
                     };
-                    shard.record_prompt(ep, hashes.as_deref(), precise_keys.as_deref());
+                    let keys = precise_keys.as_deref();
+                    shard.record_prompt(ep, hashes.as_deref(), keys, answered);
                     let times = (deadline, lim.idle_timeout);
                     let done =
                         stream_response(shard, client, out, req, rid, resp, conn, ep, times, rq)

@@ -389,13 +389,15 @@ impl Shard {
 
     /// A connection to `ep` for one try: an idle pooled one when `use_pool`
     /// (the attempt is not a fresh retry) and there is one, else a new one.
+    /// `now` ages the pooled ones (a clock reading the caller already has).
     pub async fn upstream_conn(
         &self,
         ep: usize,
         use_pool: bool,
+        now: Instant,
     ) -> Result<UpstreamConn, UpstreamError> {
         let pooled = if use_pool {
-            self.pool.borrow_mut().take(ep, Instant::now())
+            self.pool.borrow_mut().take(ep, now)
         } else {
             None
         };
@@ -441,10 +443,22 @@ impl Shard {
         outcome: crate::attempt::Outcome,
         groups: &[BackendGroup],
     ) -> crate::attempt::Action {
+        self.judge_at(attempts, ep, outcome, groups, std::time::Instant::now())
+    }
+
+    /// [`Self::judge`] at `now`, a clock reading the caller already has.
+    pub fn judge_at(
+        &self,
+        attempts: &mut crate::attempt::Attempts,
+        ep: usize,
+        outcome: crate::attempt::Outcome,
+        groups: &[BackendGroup],
+        now: std::time::Instant,
+    ) -> crate::attempt::Action {
         let verdict = attempts.on(
             ep,
             outcome,
-            std::time::Instant::now(),
+            now,
             &mut self.outliers.borrow_mut(),
             &mut self.budget.borrow_mut(),
             groups,
@@ -732,10 +746,8 @@ impl Shard {
 
     /// Remember that `ep` now holds the prompt's prefix blocks in its cache, and
     /// tell the other shards (dropped, and counted, when the ring is full).
-    pub fn record_prefix(&self, ep: usize, hashes: &PrefixHashes) {
-        self.prefix
-            .borrow_mut()
-            .record(ep, hashes.as_slice(), std::time::Instant::now());
+    pub fn record_prefix(&self, ep: usize, hashes: &PrefixHashes, now: std::time::Instant) {
+        self.prefix.borrow_mut().record(ep, hashes.as_slice(), now);
         if let Some(link) = self.share.borrow_mut().as_mut() {
             link.publish(ep, hashes.as_slice());
         }
@@ -746,10 +758,8 @@ impl Shard {
     /// The other shards learn it through the share ring, so a burst on a
     /// prefix that no server reports yet stays on one endpoint whichever
     /// shard each request lands on.
-    pub fn record_precise(&self, ep: usize, keys: &[u64]) {
-        self.pending
-            .borrow_mut()
-            .record(ep, keys, std::time::Instant::now());
+    pub fn record_precise(&self, ep: usize, keys: &[u64], now: std::time::Instant) {
+        self.pending.borrow_mut().record(ep, keys, now);
         if let Some(link) = self.share.borrow_mut().as_mut() {
             link.publish_sent(ep, keys);
         }
@@ -790,12 +800,18 @@ impl Shard {
 
     /// Remember where a prompt went: its approximate hashes and its precise
     /// keys (whichever [`Self::prompt_keys`] gave).
-    pub fn record_prompt(&self, ep: usize, hashes: Option<&PrefixHashes>, precise: Option<&[u64]>) {
+    pub fn record_prompt(
+        &self,
+        ep: usize,
+        hashes: Option<&PrefixHashes>,
+        precise: Option<&[u64]>,
+        now: std::time::Instant,
+    ) {
         if let Some(h) = hashes {
-            self.record_prefix(ep, h);
+            self.record_prefix(ep, h, now);
         }
         if let Some(k) = precise {
-            self.record_precise(ep, k);
+            self.record_precise(ep, k, now);
         }
     }
 

@@ -422,7 +422,10 @@ async fn forward(
         attempts.picked(ep);
         write_request(head, &fwd, shard.addr(ep), &mut reqbuf);
         let done = loop {
-            let result = match shard.upstream_conn(ep, attempts.may_use_pool()).await {
+            let result = match shard
+                .upstream_conn(ep, attempts.may_use_pool(), Instant::now())
+                .await
+            {
                 Ok(mut c) => send_and_read_head(&mut c, &mut reqbuf, tail, None, &lim)
                     .await
                     .map(|resp| (resp, c)),
@@ -438,7 +441,12 @@ async fn forward(
                     let Some((resp, conn)) = answer else {
                         break Some(502);
                     };
-                    shard.record_prompt(ep, hashes.as_deref(), precise_keys.as_deref());
+                    shard.record_prompt(
+                        ep,
+                        hashes.as_deref(),
+                        precise_keys.as_deref(),
+                        std::time::Instant::now(),
+                    );
                     let answer = Answer {
                         resp,
                         conn,
