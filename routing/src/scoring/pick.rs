@@ -301,6 +301,12 @@ impl Picker {
     }
 }
 
+/// Candidates whose scratch fits the small stack tier (a route's group of a
+/// few endpoints: 0.7 KB of scratch).
+const SMALL: usize = 8;
+
+/// Candidates whose scratch still lives on the stack (5.3 KB); more are
+/// scored in heap scratch.
 const STACK: usize = 64;
 
 /// How far below the best a candidate may score and still be tied when the
@@ -346,22 +352,13 @@ pub fn pick_with<R: FnMut(u32) -> u32>(
         local_inflight,
         now,
     };
-    if n <= STACK {
-        let mut status = [CandidateStatus::Eligible; STACK];
-        let mut raw = [[f64::NAN; SCORERS]; STACK];
-        let mut totals = [0.0; STACK];
-        let mut missing = [ScorerSet::EMPTY; STACK];
-        ctx.run(
-            rng,
-            rr_cursor,
-            explain,
-            Scratch {
-                status: &mut status[..n],
-                raw: &mut raw[..n],
-                totals: &mut totals[..n],
-                missing: &mut missing[..n],
-            },
-        )
+    // Scratch on the stack, sized to the candidates: a route's group usually
+    // has a handful of endpoints, and filling 64 candidates' worth (5.3 KB,
+    // `raw` alone 4.6 KB of NaN) for one of them was most of a pick's work.
+    if n <= SMALL {
+        ctx.run_on_stack::<SMALL, R>(rng, rr_cursor, explain)
+    } else if n <= STACK {
+        ctx.run_on_stack::<STACK, R>(rng, rr_cursor, explain)
     } else {
         let mut status = vec![CandidateStatus::Eligible; n];
         let mut raw = vec![[f64::NAN; SCORERS]; n];
@@ -551,6 +548,31 @@ impl Ctx<'_, '_> {
                 .map(inv),
             Scorer::Locality => Some(if v.local { 1.0 } else { 0.0 }),
         }
+    }
+
+    /// [`Self::run`] with scratch for up to `N` candidates on the stack.
+    fn run_on_stack<const N: usize, R: FnMut(u32) -> u32>(
+        &self,
+        rng: &mut R,
+        rr: &mut usize,
+        explain: Option<&mut [ScoreBreakdown]>,
+    ) -> PickOutcome {
+        let n = self.candidates.len().min(N);
+        let mut status = [CandidateStatus::Eligible; N];
+        let mut raw = [[f64::NAN; SCORERS]; N];
+        let mut totals = [0.0; N];
+        let mut missing = [ScorerSet::EMPTY; N];
+        self.run(
+            rng,
+            rr,
+            explain,
+            Scratch {
+                status: &mut status[..n],
+                raw: &mut raw[..n],
+                totals: &mut totals[..n],
+                missing: &mut missing[..n],
+            },
+        )
     }
 
     fn run<R: FnMut(u32) -> u32>(

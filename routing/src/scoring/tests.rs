@@ -929,24 +929,40 @@ fn round_robin_random_and_power_of_two() {
 }
 
 #[test]
-fn more_than_64_candidates_use_heap_scratch() {
+fn every_scratch_tier_scores_all_candidates() {
+    // Stack scratch for up to 8, then up to 64 candidates, heap beyond: at
+    // each tier's edges the one idle endpoint (the last) must win, so every
+    // candidate was scored, the last one included.
     let t0 = Instant::now();
-    let views: Vec<_> = (0..100)
-        .map(|i| load(i, t0, f64::from((i as u32 * 7) % 5), 0.1))
-        .collect();
-    let s = snap(t0, views);
-    let ids: Vec<usize> = (0..100).collect();
-    let c = cands(&ids);
-    let o = Picker::new(1).pick(
-        &only(Scorer::Queue),
-        &s,
-        &PickRequest::default(),
-        &c,
-        &[],
-        t0,
-    );
-    let e = picked(o);
-    assert_eq!((e * 7) % 5, 0);
+    for n in [1usize, 2, 7, 8, 9, 63, 64, 65, 100] {
+        let views: Vec<_> = (0..n)
+            .map(|i| load(i, t0, if i + 1 == n { 0.0 } else { 3.0 }, 0.1))
+            .collect();
+        let s = snap(t0, views);
+        let ids: Vec<usize> = (0..n).collect();
+        let c = cands(&ids);
+        let o = Picker::new(1).pick(
+            &only(Scorer::Queue),
+            &s,
+            &PickRequest::default(),
+            &c,
+            &[],
+            t0,
+        );
+        assert_eq!(picked(o), n - 1, "{n} candidates");
+        let mut out = vec![ScoreBreakdown::default(); n];
+        let o = Picker::new(1).pick_explained(
+            &only(Scorer::Queue),
+            &s,
+            &PickRequest::default(),
+            &c,
+            &[],
+            t0,
+            &mut out,
+        );
+        assert_eq!(picked(o), n - 1, "{n} candidates, explained");
+        assert!(out.iter().all(|b| b.total.is_some()), "{n}: {out:?}");
+    }
 }
 
 // ---- profiles ----
