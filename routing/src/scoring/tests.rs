@@ -929,6 +929,46 @@ fn round_robin_random_and_power_of_two() {
 }
 
 #[test]
+fn a_lone_member_is_picked_unscored_and_still_filtered() {
+    let t0 = Instant::now();
+    let req = PickRequest::default();
+    // Two candidates, one unhealthy: the healthy one is the lone member.
+    let mut down = load(1, t0, 0.0, 0.0);
+    down.healthy = false;
+    let s = snap(t0, vec![load(0, t0, 2.0, 0.5), down]);
+    let c = cands(&[0, 1]);
+    let o = Picker::new(1).pick(&Profile::default(), &s, &req, &c, &[], t0);
+    let PickOutcome::Picked(p) = o else {
+        panic!("{o:?}")
+    };
+    assert_eq!(
+        (p.endpoint, p.score, p.decision),
+        (0, None, Decision::Profile)
+    );
+    // Explained, it is scored as before.
+    let (o, b) = scores(&Profile::default(), &s, &req, &c, &[], t0);
+    assert!(matches!(o, PickOutcome::Picked(p) if p.endpoint == 0 && p.score.is_some()));
+    assert!(b[0].total.is_some());
+    // A lone saturated member is still the saturated fallback, not a pick.
+    let strict = Profile::default().with_saturation(Some(Saturation {
+        max_waiting: 1.0,
+        ..Saturation::default()
+    }));
+    let o = Picker::new(1).pick(&strict, &s, &req, &c, &[], t0);
+    assert!(
+        matches!(o, PickOutcome::AllSaturated { fallback: Some(p) } if p.endpoint == 0),
+        "{o:?}"
+    );
+    // With two members both are scored and the better one wins.
+    let s = snap(t0, vec![load(0, t0, 2.0, 0.5), load(1, t0, 0.0, 0.0)]);
+    let o = Picker::new(1).pick(&Profile::default(), &s, &req, &c, &[], t0);
+    assert!(
+        matches!(o, PickOutcome::Picked(p) if p.endpoint == 1 && p.score.is_some()),
+        "{o:?}"
+    );
+}
+
+#[test]
 fn every_scratch_tier_scores_all_candidates() {
     // Stack scratch for up to 8, then up to 64 candidates, heap beyond: at
     // each tier's edges the one idle endpoint (the last) must win, so every
