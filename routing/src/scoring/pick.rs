@@ -613,7 +613,8 @@ impl Ctx<'_, '_> {
         {
             // One member (a route to one endpoint, or one left by the
             // filters): nothing to rank it against, so it is not scored
-            // (~700 of a one-endpoint pick's ~1,400 instructions).
+            // (~1,300 instructions per request, `bench/results/latency.md`
+            // section 12).
             nth_member(s.status, &is_member, 0).map(|i| self.plain(i))
         } else if let Some(session) = self.req.session {
             self.session_pick(&session, &is_member, s.status)
