@@ -1039,7 +1039,6 @@ impl Drop for PooledHashes<'_> {
 static EMPTY_HASHES: std::sync::LazyLock<PrefixHashes> =
     std::sync::LazyLock::new(PrefixHashes::default);
 
-/// Write the low `out.len()` hex digits of `v` into `out` (lower case).
 /// `v` as 8 lower-case hex digits, most significant first, computed on all
 /// eight at once (the request id's 32 digits were ~5 instructions each one by
 /// one): the nibbles are spread one per byte, then each byte becomes its digit

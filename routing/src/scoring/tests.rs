@@ -981,25 +981,10 @@ fn every_scratch_tier_scores_all_candidates() {
         let s = snap(t0, views);
         let ids: Vec<usize> = (0..n).collect();
         let c = cands(&ids);
-        let o = Picker::new(1).pick(
-            &only(Scorer::Queue),
-            &s,
-            &PickRequest::default(),
-            &c,
-            &[],
-            t0,
-        );
+        let (profile, req) = (only(Scorer::Queue), PickRequest::default());
+        let o = Picker::new(1).pick(&profile, &s, &req, &c, &[], t0);
         assert_eq!(picked(o), n - 1, "{n} candidates");
-        let mut out = vec![ScoreBreakdown::default(); n];
-        let o = Picker::new(1).pick_explained(
-            &only(Scorer::Queue),
-            &s,
-            &PickRequest::default(),
-            &c,
-            &[],
-            t0,
-            &mut out,
-        );
+        let (o, out) = scores(&profile, &s, &req, &c, &[], t0);
         assert_eq!(picked(o), n - 1, "{n} candidates, explained");
         assert!(out.iter().all(|b| b.total.is_some()), "{n}: {out:?}");
     }
