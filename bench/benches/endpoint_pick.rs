@@ -17,8 +17,10 @@
 //! - `power-of-two`: two random candidates, the less loaded wins;
 //! - `round-robin`: no scoring, the floor of the picker's cost.
 //!
-//! The picker works on stack scratch up to 64 candidates and on `Vec`s above
-//! (so 512 includes those allocations). Numbers: bench/results/micro.md.
+//! The picker works on stack scratch sized to the candidates (tiers of 8 and
+//! 64) and on `Vec`s above (so 512 includes those allocations); a lone
+//! candidate is not scored (`bench/instructions.py` measures that case on the
+//! whole request path, `bench/results/latency.md` section 12). Numbers: bench/results/micro.md.
 
 use std::hint::black_box;
 use std::time::Instant;
