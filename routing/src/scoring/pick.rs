@@ -37,10 +37,10 @@
 //!    (no built-in profile uses it; batch sizes have no common scale) stays
 //!    min-max over the filtered set.
 //! 3. **Picker**: max score (a lone member, the usual case of a route to one
-//!    endpoint, is picked without being scored; [`Pick::score`] is `None`); ties (within `tie_epsilon`) go to the fewest
-//!    local in-flight requests, then uniformly at random. **A prompt that no
-//!    candidate holds** (prefix scored, every match 0) is a new prefix that
-//!    will stay where it lands: candidates within [`NEW_PREFIX_BAND`] (0.02,
+//!    endpoint, is picked without being scored; [`Pick::score`] is `None`);
+//!    ties (within `tie_epsilon`) go to the fewest local in-flight requests,
+//!    then uniformly at random. **A prompt that no candidate holds** (prefix
+//!    scored, every match 0) is a new prefix that will stay where it lands: candidates within [`NEW_PREFIX_BAND`] (0.02,
 //!    about two requests of queue at the gateway's queue scale) of the best
 //!    are tied, and the one holding the fewest prefix families
 //!    ([`Candidate::held_families`]: distinct prompts' first blocks), then
