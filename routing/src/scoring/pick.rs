@@ -40,25 +40,25 @@
 //!    endpoint, is picked without being scored; [`Pick::score`] is `None`);
 //!    ties (within `tie_epsilon`) go to the fewest local in-flight requests,
 //!    then uniformly at random. **A prompt that no candidate holds** (prefix
-//!    scored, every match 0) is a new prefix that will stay where it lands: candidates within [`NEW_PREFIX_BAND`] (0.02,
-//!    about two requests of queue at the gateway's queue scale) of the best
-//!    are tied, and the one holding the fewest prefix families
-//!    ([`Candidate::held_families`]: distinct prompts' first blocks), then
-//!    the fewest blocks ([`Candidate::held_blocks`]), wins (the best score
-//!    among equally placed ones), instead of wherever the random tie-break
-//!    would put it: each family then grows on its own endpoint, spread
-//!    evenly (a simulation of the routing-quality benchmark,
-//!    `bench/results/routing-quality-oracle.md`, puts this rule at 0.90× of
-//!    vllm-router's mean TTFT against 0.97× for the fewest blocks; on the
-//!    real benchmark the two were not told apart from run-to-run noise, run
-//!    G of `routing-quality-precise.md`). A profile with a
-//!    [`Profile::latency_tie_band`] (`latency-optimized`: 0.005) ties every
+//!    scored, every match 0) is a new prefix that will stay where it lands:
+//!    candidates within [`NEW_PREFIX_BAND`] (0.02, about two requests of queue
+//!    at the gateway's queue scale) of the best are tied, and the one holding
+//!    the fewest prefix families ([`Candidate::held_families`]: distinct
+//!    prompts' first blocks), then the fewest blocks
+//!    ([`Candidate::held_blocks`]), wins (the best score among equally placed
+//!    ones), instead of wherever the random tie-break would put it: each family
+//!    then grows on its own endpoint, spread evenly (a simulation of the
+//!    routing-quality benchmark, `bench/results/routing-quality-oracle.md`,
+//!    puts this rule at 0.90× of vllm-router's mean TTFT against 0.97× for the
+//!    fewest blocks; on the real benchmark the two were not told apart from
+//!    run-to-run noise, run G of `routing-quality-precise.md`). A profile with
+//!    a [`Profile::latency_tie_band`] (`latency-optimized`: 0.005) ties every
 //!    candidate within that band of the best and gives the tie to the lowest
-//!    measured latency (TTFT, else e2e) first. Or round robin, random, or
-//!    power of two choices. A request with a [`PickRequest::session`] skips
-//!    the scorers and the profile's picker: consistent hashing with bounded
-//!    loads over the filtered candidates ([`super::affinity`]); the pick says
-//!    which decided ([`Pick::decision`]).
+//!    measured latency (TTFT, else e2e) first. Or round robin, random, or power
+//!    of two choices. A request with a [`PickRequest::session`] skips the
+//!    scorers and the profile's picker: consistent hashing with bounded loads
+//!    over the filtered candidates ([`super::affinity`]); the pick says which
+//!    decided ([`Pick::decision`]).
 //!
 //! **Local in-flight (bursts)**: `local_inflight[i]` is this shard's current
 //! in-flight count to candidate *i* (increment on dispatch, decrement on
