@@ -435,18 +435,16 @@ async fn forward(
                 Ok((resp, conn)) => (Outcome::Head(resp.status()), Some((resp, conn))),
                 Err(e) => (Outcome::Error(e), None),
             };
-            let action = shard.judge(&mut attempts, ep, outcome, route.backends);
+            // One clock reading for the verdict and the prompt's record.
+            let head_at = std::time::Instant::now();
+            let action = shard.judge_at(&mut attempts, ep, outcome, route.backends, head_at);
             match action {
                 Action::Deliver => {
                     let Some((resp, conn)) = answer else {
                         break Some(502);
                     };
-                    shard.record_prompt(
-                        ep,
-                        hashes.as_deref(),
-                        precise_keys.as_deref(),
-                        std::time::Instant::now(),
-                    );
+                    let keys = precise_keys.as_deref();
+                    shard.record_prompt(ep, hashes.as_deref(), keys, head_at);
                     let answer = Answer {
                         resp,
                         conn,
