@@ -245,6 +245,15 @@ pub struct LimitArgs {
     /// for clients that send every few hundred ms, more memory pinned by them.
     #[arg(long, default_value = "50ms", value_parser = duration)]
     pub client_hot_wait: Duration,
+    /// Quiet HTTP/1.1 client connections kept hot past `--client-hot-wait`, in
+    /// total (each shard an even share): such a connection keeps its receive
+    /// armed into its read buffer, with its request state (~24 KiB), until its
+    /// next request or `--client-idle-timeout`, so a client that sends every few
+    /// hundred ms or seconds pays no switch from idle. Beyond the budget quiet
+    /// connections go idle holding nothing. Kept connections count as idle at
+    /// `--max-connections` (closed first to make room). 0 turns it off.
+    #[arg(long, default_value_t = 1024)]
+    pub client_hot_conns: u64,
     /// Longest a single write to a client may block (a client that stops reading).
     /// When it fires the connection closes, the upstream request is cancelled (its
     /// connection dropped) and `gateway_client_aborts_total{reason="send_timeout"}`

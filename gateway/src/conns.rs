@@ -13,6 +13,13 @@
 //!   EMFILE) and wakes them. Slots and the free list grow to the peak number of
 //!   idle connections and are reused, so entering and leaving idle allocates
 //!   nothing once warm.
+//! - **Kept hot** ([`Conns::keep_hot`]): past its hot wait a quiet connection
+//!   keeps its receive armed into its 16 KiB read buffer, with its ~7.5 KiB
+//!   request state, until its next request or the idle timeout, while the shard
+//!   keeps fewer than its share of `--client-hot-conns` (1,024 in total by
+//!   default: ≈ 24 MiB). Such a connection's next request costs one receive, not
+//!   the switch from idle and back (a cancel, a readiness poll, a second receive,
+//!   the state's allocation). A kept connection is in the idle set too.
 //! - **Back-off** ([`Backoff`]): after EMFILE/ENFILE the accept loop sheds up to
 //!   [`SHED_ON_EMFILE`] (16) idle connections and pauses 10 ms, doubling per
 //!   consecutive failure up to 1 s; a successful accept resets it.
@@ -223,7 +230,8 @@ impl LogLimiter {
     }
 }
 
-/// One shard's client connections: the cap and the idle set.
+/// One shard's client connections: the cap, the idle set and the budget of
+/// quiet connections kept hot.
 pub struct Conns {
     /// Most client connections this shard keeps open.
     pub cap: usize,
@@ -231,16 +239,64 @@ pub struct Conns {
     pub open: Cell<usize>,
     /// Idle keep-alive connections.
     pub idle: IdleSet,
+    /// Most quiet connections kept hot past their hot wait (this shard's share
+    /// of `--client-hot-conns`).
+    pub hot_cap: usize,
+    /// Quiet connections kept hot now.
+    hot: Cell<usize>,
 }
 
 impl Conns {
-    /// No connections yet, at most `cap`.
-    pub fn new(cap: usize) -> Self {
+    /// No connections yet, at most `cap` open and `hot_cap` kept hot.
+    pub fn new(cap: usize, hot_cap: usize) -> Self {
         Conns {
             cap: cap.max(1),
             open: Cell::new(0),
             idle: IdleSet::default(),
+            hot_cap,
+            hot: Cell::new(0),
         }
+    }
+
+    /// Keep a quiet connection hot past its hot wait (its receive stays armed
+    /// into its read buffer) while fewer than [`Conns::hot_cap`] are; `None` at
+    /// the budget: the connection gives its buffers back and goes idle. A kept
+    /// connection is also idle, so it is closed first when room is needed.
+    pub fn keep_hot(&self) -> Option<KeptHot<'_>> {
+        let n = self.hot.get();
+        if n >= self.hot_cap {
+            return None;
+        }
+        self.hot.set(n + 1);
+        Some(KeptHot {
+            idle: self.idle.enter(),
+            hot: &self.hot,
+        })
+    }
+
+    /// Quiet connections kept hot now.
+    pub fn kept_hot(&self) -> usize {
+        self.hot.get()
+    }
+}
+
+/// A quiet connection's place in the hot budget (and in the idle set); given
+/// back when it drops.
+pub struct KeptHot<'a> {
+    idle: IdleGuard<'a>,
+    hot: &'a Cell<usize>,
+}
+
+impl KeptHot<'_> {
+    /// Resolve when the shard tells this connection to close.
+    pub fn closed(&self) -> Closed<'_> {
+        self.idle.closed()
+    }
+}
+
+impl Drop for KeptHot<'_> {
+    fn drop(&mut self) {
+        self.hot.set(self.hot.get() - 1);
     }
 }
 
@@ -294,6 +350,38 @@ mod tests {
         let _e = set.enter();
         assert_eq!(set.slots.borrow().len(), 3);
         assert_eq!(set.idle(), 1);
+    }
+
+    #[test]
+    fn connections_are_kept_hot_up_to_the_budget_and_shed_as_idle_ones() {
+        let conns = Conns::new(8, 2);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let a = conns.keep_hot().expect("room for a");
+        let b = conns.keep_hot().expect("room for b");
+        // At the budget: the next quiet connection goes idle instead.
+        assert!(conns.keep_hot().is_none());
+        assert_eq!(conns.kept_hot(), 2);
+        let plain = conns.idle.enter();
+        // Kept connections are idle ones too (the first to close at the cap).
+        assert_eq!(conns.idle.idle(), 3);
+        let closed = |k: &KeptHot<'_>| {
+            let mut f = std::pin::pin!(k.closed());
+            f.as_mut().poll(&mut Context::from_waker(&waker)).is_ready()
+        };
+        assert!(!closed(&a) && !closed(&b));
+        assert_eq!(conns.idle.shed_oldest(1), 1);
+        assert!(closed(&a) && !closed(&b));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // A kept connection leaving (its next request, or closed) frees its place.
+        drop(a);
+        assert_eq!(conns.kept_hot(), 1);
+        let c = conns.keep_hot().expect("a place was given back");
+        assert!(conns.keep_hot().is_none());
+        drop((b, c, plain));
+        assert_eq!((conns.kept_hot(), conns.idle.idle()), (0, 0));
+        // A budget of 0 keeps none.
+        assert!(Conns::new(8, 0).keep_hot().is_none());
     }
 
     #[test]

@@ -253,6 +253,8 @@ pub struct ShardMetrics {
     pub connections_total: u64,
     /// Idle keep-alive connections now (filled at publish).
     pub connections_idle: u64,
+    /// Quiet keep-alive connections kept hot now (filled at publish).
+    pub connections_kept_hot: u64,
     /// Connections accepted and closed at once at the shard's connection cap.
     pub connections_refused_cap: u64,
     /// Accepts that failed for want of descriptors (EMFILE/ENFILE), each
@@ -360,6 +362,7 @@ impl ShardMetrics {
             connections_open: 0,
             connections_total: 0,
             connections_idle: 0,
+            connections_kept_hot: 0,
             connections_refused_cap: 0,
             connections_refused_emfile: 0,
             connections_closed_idle: 0,
@@ -1039,6 +1042,20 @@ impl MetricsHub {
                     "",
                     &[("shard", itoa::Buffer::new().format(i))],
                     s.connections_idle,
+                );
+            }
+        }
+        w.family(
+            "gateway_connections_kept_hot",
+            "Quiet HTTP/1.1 client connections kept hot past their hot wait (receive armed into their read buffer; at most the shard's share of --client-hot-conns), per shard; also counted in gateway_connections_idle.",
+            Kind::Gauge,
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some(s) = s.as_ref() {
+                w.sample(
+                    "",
+                    &[("shard", itoa::Buffer::new().format(i))],
+                    s.connections_kept_hot,
                 );
             }
         }

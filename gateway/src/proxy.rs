@@ -32,8 +32,12 @@
 //! pools, and the hot phase's future (7,424 bytes, the whole request lifecycle)
 //! lives in a box the connection reuses while it stays busy. A connection quiet
 //! for `--client-hot-wait` (default 50 ms, rounded up to the shard's 50 ms grid,
-//! [`HOT_GRID`] and [`crate::ticks`], so quiet connections are put away
-//! together) returns buffer and box and waits for readability without them; the
+//! [`HOT_GRID`] and [`crate::ticks`], so quiet connections are handled
+//! together) is kept hot while the shard's share of `--client-hot-conns`
+//! (1,024 in total) has room: its receive stays armed until its next request or
+//! the idle timeout, so its next request costs one receive. Beyond the budget it
+//! returns buffer and box and waits for readability without them (a cancel, a
+//! readiness poll and a second receive per request after a quiet spell). The
 //! client-disconnect watch starts after [`crate::upstream::WATCH_AFTER`] (10 ms)
 //! of waiting on the upstream.
 //!
@@ -246,16 +250,30 @@ async fn wait_idle<S: ClientStream>(shard: &Shard, io: &ConnIo<S>, idle_left: Du
 /// until the next boundary of the shard's 50 ms grid after that
 /// ([`crate::ticks`]), so connections that go quiet at different times give
 /// them back together, in one wake-up of the shard. A busy connection reads
-/// directly into its buffer (one operation per read); past this it gives them
-/// back and waits for readability without a buffer, so 10,000 idle connections
-/// pin no buffers.
+/// directly into its buffer (one operation per read); past this it is kept hot
+/// within the shard's `--client-hot-conns` budget, else gives them back and
+/// waits for readability without a buffer, so 10,000 idle connections pin at
+/// most the budget's buffers.
 pub const HOT_GRID: Duration = Duration::from_millis(50);
 
+/// How a quiet connection's hot wait ended, when its read was cancelled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HotEnd {
+    /// Past the hot wait with the shard's kept-hot budget full: goes idle.
+    Idle,
+    /// Kept hot until the idle timeout: closes.
+    IdleTimeout,
+    /// Kept hot, and told to close to make room at the connection cap.
+    Shed,
+}
+
 /// Read until a complete request head is buffered; with it, when its first
-/// byte was seen (the request's start). `Ok(None)`: the client closed,
-/// or (`quiet_since` set to when it went quiet) sent nothing through its hot
-/// wait ([`HOT_GRID`]) between requests: the read buffer went back to the pool
-/// and the caller waits for readiness.
+/// byte was seen (the request's start). `Ok(None)`: the client closed, or
+/// the connection is to close (kept hot until the idle timeout, or told to
+/// close to make room), or (`quiet_since` set to when it went quiet) it sent
+/// nothing through its hot wait ([`HOT_GRID`]) between requests and the shard
+/// keeps no more connections hot: the read buffer went back to the pool and the
+/// caller waits for readiness.
 async fn read_head<S: ClientStream>(
     shard: &Shard,
     io: &mut ConnIo<S>,
@@ -292,23 +310,50 @@ async fn read_head<S: ClientStream>(
                     client.read_into_cancelable(std::mem::take(rbuf), cancel.handle())
                 );
                 // A timer of this wait's own, gone with it (see `flush`).
+                let mut end = HotEnd::Idle;
                 let (res, b) = monoio::select! {
                     r = &mut read => r,
                     _ = monoio::time::sleep_until(hot_until) => {
-                        // Cancelled, the read still hands back what it received.
-                        *cancel = std::mem::take(cancel).cancel();
-                        read.await
+                        // Past the hot wait: kept hot while the shard's budget
+                        // has room (the read stays armed), else put away.
+                        if let Some(kept) = shard.conns.keep_hot() {
+                            let idle_end = quiet + settings.client_idle_timeout;
+                            monoio::select! {
+                                r = &mut read => r,
+                                _ = monoio::time::sleep_until(idle_end) => {
+                                    end = HotEnd::IdleTimeout;
+                                    *cancel = std::mem::take(cancel).cancel();
+                                    read.await
+                                }
+                                _ = kept.closed() => {
+                                    end = HotEnd::Shed;
+                                    shard.metrics.borrow_mut().connections_closed_idle += 1;
+                                    *cancel = std::mem::take(cancel).cancel();
+                                    read.await
+                                }
+                            }
+                        } else {
+                            // Cancelled, the read still hands back what it received.
+                            *cancel = std::mem::take(cancel).cancel();
+                            read.await
+                        }
                     }
                 };
                 *rbuf = b;
                 match res {
                     Ok(0) => return Ok(None),
+                    // Told to close to make room: close, as an idle one does.
+                    Ok(_) if end == HotEnd::Shed => return Ok(None),
                     Ok(_) => {
                         started = Some(Instant::now());
                         continue;
                     }
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
                     Err(_) => return Ok(None),
+                }
+                if end != HotEnd::Idle {
+                    // Kept hot to its end: closed (idle timeout, or room needed).
+                    return Ok(None);
                 }
             }
             // Idle: give the buffer back; the caller frees the hot phase and

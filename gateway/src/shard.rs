@@ -170,11 +170,13 @@ impl Shard {
             read_pool: Pool::new(READ_POOL_MAX),
             hash_pool: Pool::new(HASH_POOL_MAX),
             admission: RefCell::new(None),
-            conns: Conns::new(per_shard_cap(
-                state.settings.max_connections,
-                state.settings.shards,
-                id,
-            )),
+            conns: Conns::new(
+                per_shard_cap(state.settings.max_connections, state.settings.shards, id),
+                match state.settings.client_hot_conns {
+                    0 => 0,
+                    n => per_shard_cap(n, state.settings.shards, id),
+                },
+            ),
             batchers: RefCell::new(
                 state
                     .batch_policies
@@ -856,6 +858,7 @@ impl Shard {
     pub fn publish_metrics(&self) {
         let mut m = self.metrics.borrow().clone();
         m.connections_idle = self.conns.idle.idle() as u64;
+        m.connections_kept_hot = self.conns.kept_hot() as u64;
         m.batch = self
             .batchers
             .borrow()

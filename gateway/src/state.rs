@@ -80,6 +80,9 @@ pub struct Settings {
     /// How long a kept-alive HTTP/1.1 connection stays hot after a request
     /// (`--client-hot-wait`, rounded up to the HTTP/1.1 front end's 50 ms grid).
     pub client_hot_wait: Duration,
+    /// Quiet HTTP/1.1 connections kept hot past their hot wait, in total
+    /// (`--client-hot-conns`; each shard an even share; 0: none).
+    pub client_hot_conns: u64,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Whole upstream exchange deadline.

@@ -237,6 +237,78 @@ fn turns_idle_after(flags: &[&str], at_least: Duration) {
 }
 
 #[test]
+fn quiet_connections_are_kept_hot_up_to_the_budget_and_served_from_it() {
+    let a = sim(&["m"], |_| {});
+    // One shard, so the whole budget (2) is one shard's.
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--shards", "1", "--client-hot-conns", "2"],
+    );
+    let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
+    let mut clients: Vec<Client> = (0..3).map(|_| gw.connect()).collect();
+    for c in &mut clients {
+        assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
+    }
+    // Past their hot wait two stay hot (the budget), the third goes idle; all
+    // three are idle ones for the connection cap.
+    wait_metric(&gw, "gateway_connections_kept_hot", "", 2.0);
+    wait_metric(&gw, "gateway_connections_idle", "", 3.0);
+    // Each is served again, kept hot or not, twice.
+    for _ in 0..2 {
+        for c in &mut clients {
+            assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
+        }
+    }
+    wait_metric(&gw, "gateway_connections_kept_hot", "", 2.0);
+    // A connection that goes away while kept hot gives its place back.
+    drop(clients);
+    wait_metric(&gw, "gateway_connections_kept_hot", "", 0.0);
+    wait_metric(&gw, "gateway_connections_open", "", 0.0);
+}
+
+#[test]
+fn client_hot_conns_0_puts_every_quiet_connection_away() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--client-hot-conns", "0"],
+    );
+    let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
+    let mut c = gw.connect();
+    assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
+    wait_metric(&gw, "gateway_connections_idle", "", 1.0);
+    assert_eq!(
+        metric_sum(&gw.metrics(), "gateway_connections_kept_hot", ""),
+        0.0
+    );
+    assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
+}
+
+#[test]
+fn a_connection_kept_hot_closes_at_the_idle_timeout() {
+    let a = sim(&["m"], |_| {});
+    let gw = Gateway::start(
+        &config(&[("m", vec![(1, vec![a.addr()])])]),
+        &["--client-idle-timeout", "1500ms"],
+    );
+    let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
+    let mut c = gw.connect();
+    assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
+    let answered = Instant::now();
+    // (Metrics are published every 500 ms.)
+    wait_metric(&gw, "gateway_connections_kept_hot", "", 1.0);
+    let closed = poll(Duration::from_secs(5), || {
+        closed_now(&mut c.stream).then_some(answered.elapsed())
+    });
+    let took = closed.expect("the kept connection never closed");
+    // Kept hot past its 50-100 ms hot wait, it closes at the idle timeout
+    // (counted from the answer; the client saw the answer a little before the
+    // gateway took it as sent).
+    assert!(took >= Duration::from_millis(1450), "closed after {took:?}");
+    wait_metric(&gw, "gateway_connections_kept_hot", "", 0.0);
+}
+
+#[test]
 fn at_the_connection_cap_an_idle_connection_makes_room_else_the_new_one_is_closed() {
     let a = sim(&["m"], |_| {});
     let gw = Gateway::start(
