@@ -92,6 +92,7 @@ def main():
     ap.add_argument("--bin", default="target/release")
     ap.add_argument("--rate", type=int, default=1000)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--gateway-args", default="", help="more flags for shardgate serve, e.g. '--client-hot-conns 0'")
     a = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     need = a.conns * 2 + 1024
@@ -108,7 +109,7 @@ def main():
         cfg.write(CONFIG.format(gw=gw_port, sim=sim_port))
         cfg.close()
         gw = subprocess.Popen([f"{a.bin}/shardgate", "serve", "-c", cfg.name, "--shards", "1", "--bind", "127.0.0.1",
-                               "--admin-addr", "off", "--no-scrape"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               "--admin-addr", "off", "--no-scrape", *a.gateway_args.split()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(gw)
         wait_port(gw_port)
         baseline = load(a.bin, gw_port, a.rate, a.seconds)
@@ -125,6 +126,9 @@ def main():
         opened_s = time.monotonic() - t0
         rss_held = rss_kib(gw.pid)
         held = load(a.bin, gw_port, a.rate, a.seconds)
+        # Past every hot wait: what the quiet connections hold (up to --client-hot-conns
+        # of them kept hot, the rest idle).
+        rss_after = rss_kib(gw.pid)
         alive = 0
         for s in socks:
             s.setblocking(False)
@@ -143,6 +147,8 @@ def main():
             "rss_kib_with_connections": rss_held,
             "rss_mib_with_connections": round(rss_held / 1024, 1),
             "per_connection_bytes": round((rss_held - rss_before) * 1024 / a.conns),
+            "rss_mib_after_load": round(rss_after / 1024, 1),
+            "gateway_args": a.gateway_args,
             "load_without": baseline,
             "load_with_connections_held": held,
         }

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""bench/sparse.py: the sparse keep-alive case, A/B, in alternating rounds.
+
+Many keep-alive connections, each quiet between its requests (default 64 connections at
+300 rps: a request per connection every 213 ms), everything on one core (backend, load
+generator and proxy on `--core`), as `bench/compare --sparse` runs it. That run gives three
+rounds per target among many other runs; this one gives only this case, more rounds, and
+alternates the targets in each round so that drift of the VM falls on all of them.
+
+Per run: the proxy's CPU per request from the scheduler's run time of all its threads
+(`/proc/<pid>/task/<tid>/schedstat`, ns) over the measured seconds, the load generator's
+p50, and with `--ops` also the io_uring submissions, `io_uring_enter` calls and context
+switches per request (`perf stat` tracepoints, in a separate run of each target: counting
+tracepoints costs CPU per event, so it would favour the target with fewer of them).
+
+Targets: a shardgate binary with optional flags (`"target/release/shardgate --client-hot-conns 0"`),
+or `nginx` / `nginx-fwd` (Debian's nginx, `bench/compare`'s configurations). Needs release
+binaries of shardgate-sim and shardgate-load (`--bin-dir`, default target/release).
+
+    bench/sparse.py --targets "target/release/shardgate,/tmp/base/shardgate,nginx" --rounds 10
+"""
+
+import argparse
+import importlib.machinery
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_loader = importlib.machinery.SourceFileLoader("bench_compare", str(ROOT / "bench" / "compare"))
+_spec = importlib.util.spec_from_loader("bench_compare", _loader)
+compare = importlib.util.module_from_spec(_spec)
+_loader.exec_module(compare)
+
+MODEL = compare.MODEL
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, limit: float = 20.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"target exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listened on {port} within {limit:.0f}s")
+
+
+def start(target: str, work: Path, backend_port: int, core: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    pin = ["taskset", "-c", core]
+    if target in ("nginx", "nginx-fwd"):
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        conf = work / "nginx.conf"
+        conf.write_text(compare.nginx_conf(work, backend_port, port, forwarded=target == "nginx-fwd"))
+        cmd = pin + [nginx, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
+    else:
+        binary, *flags = target.split()
+        cfg = work / "config.yaml"
+        cfg.write_text(compare.shardgate_yaml(backend_port, port))
+        cmd = pin + [binary, "serve", "-c", str(cfg), "--shards", "1", "--bind", "127.0.0.1",
+                     "--listen-port", str(port), "--admin-addr", "off", "--no-scrape", *flags]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / "log.txt", "wb"),
+                         env={**os.environ, "RUST_LOG": "warn"}, start_new_session=True)
+    wait_port(port, p)
+    return p, port
+
+
+def group_cpu(pgid: int) -> float:
+    """Run time (s) of every thread of every process in group `pgid` (nginx: master and worker)."""
+    total = 0
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            st = Path(f"/proc/{d}/stat").read_text()
+            if int(st[st.rindex(")") + 2:].split()[2]) != pgid:
+                continue
+            total += sum(int(Path(f"/proc/{d}/task/{t}/schedstat").read_text().split()[0])
+                         for t in os.listdir(f"/proc/{d}/task"))
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+def group_pids(pgid: int) -> list[str]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                st = Path(f"/proc/{d}/stat").read_text()
+                if int(st[st.rindex(")") + 2:].split()[2]) == pgid:
+                    out.append(d)
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def one_run(a, target: str, work: Path, backend_port: int, ops: bool) -> dict:
+    proc, port = start(target, work, backend_port, a.core)
+    try:
+        out = work / "load.json"
+        load = subprocess.Popen(
+            ["taskset", "-c", a.core, str(a.bin_dir / "shardgate-load"), "--url",
+             f"http://127.0.0.1:{port}", "--template", "completion", "--model", MODEL,
+             "-c", str(a.conns), "-t", "1", "--warmup", "1s", "--duration", f"{a.seconds + 1}s",
+             "--rate", str(a.rate), "--json", str(out), "-q"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(1.5)
+        row: dict = {}
+        c0, t0 = group_cpu(proc.pid), time.monotonic()
+        if ops:
+            perf = subprocess.run(
+                ["perf", "stat", "-x,", "-e",
+                 "io_uring:io_uring_submit_req,syscalls:sys_enter_io_uring_enter,"
+                 "syscalls:sys_enter_epoll_wait,sched:sched_switch",
+                 "-p", ",".join(group_pids(proc.pid)), "--", "sleep", str(a.seconds)],
+                capture_output=True, text=True)
+            for line in perf.stderr.splitlines():
+                f = line.split(",")
+                if len(f) > 2 and f[0].isdigit():
+                    row[f[2].split(":")[-1]] = int(f[0])
+        else:
+            time.sleep(a.seconds)
+        wall = time.monotonic() - t0
+        row["cpu_us"] = (group_cpu(proc.pid) - c0) / (a.rate * wall) * 1e6
+        for k in [k for k in row if k != "cpu_us"]:
+            row[k] = row[k] / (a.rate * wall)
+        if load.wait(timeout=a.seconds + 30) != 0:
+            sys.exit(f"shardgate-load failed against {target}")
+        rep = json.loads(out.read_text())
+        row["p50_us"] = (rep.get("latency") or {}).get("p50_us")
+        errs = rep.get("failed", 0)
+        if errs:
+            sys.exit(f"{errs} failed requests against {target}")
+        return row
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--targets", required=True, help="comma list: shardgate binaries (with flags) or nginx / nginx-fwd")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--conns", type=int, default=64)
+    ap.add_argument("--rate", type=float, default=300.0)
+    ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
+    ap.add_argument("--core", default="1", help="taskset CPU list for everything")
+    ap.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release")
+    ap.add_argument("--ops", action="store_true", help="one more run per target counting io_uring operations")
+    a = ap.parse_args()
+    targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    work = Path(tempfile.mkdtemp(prefix="shardgate-sparse-"))
+    bport = free_port()
+    be = subprocess.Popen(["taskset", "-c", a.core, str(a.bin_dir / "shardgate-sim"), "--host", "127.0.0.1",
+                           "--port", str(bport), "--fast", "--model", MODEL],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    rows: dict[str, list[dict]] = {t: [] for t in targets}
+    ops: dict[str, dict] = {}
+    try:
+        wait_port(bport, be)
+        for r in range(a.rounds):
+            order = targets[r % len(targets):] + targets[:r % len(targets)]
+            for t in order:
+                row = one_run(a, t, work / f"r{r}-{targets.index(t)}", bport, False)
+                rows[t].append(row)
+                print(f"round {r + 1}: {t}: {row['cpu_us']:.1f} µs CPU per request, p50 {row['p50_us']} µs",
+                      flush=True)
+        if a.ops:
+            for t in targets:
+                ops[t] = one_run(a, t, work / f"ops-{targets.index(t)}", bport, True)
+    finally:
+        os.killpg(be.pid, signal.SIGKILL)
+        be.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{a.conns} connections at {a.rate:g} rps, same core, {a.rounds} alternating rounds of {a.seconds:g} s\n")
+    head = "| target | CPU per request, median | sorted | p50, median |"
+    sep = "|---|---:|---|---:|"
+    if ops:
+        head += " io_uring submissions | `io_uring_enter` | `epoll_wait` | context switches |"
+        sep += "---:|---:|---:|---:|"
+    print(head)
+    print(sep)
+    for t in targets:
+        cpu = [x["cpu_us"] for x in rows[t]]
+        p50 = [x["p50_us"] for x in rows[t] if x["p50_us"] is not None]
+        p50_text = f"{statistics.median(p50):.1f} µs" if p50 else "–"
+        line = (f"| `{t}` | {statistics.median(cpu):.1f} µs | "
+                f"{' / '.join(f'{c:.1f}' for c in sorted(cpu))} | {p50_text} |")
+        if ops:
+            o = ops[t]
+            line += " " + " | ".join(f"{o.get(k, 0):.2f}" for k in
+                                     ("io_uring_submit_req", "sys_enter_io_uring_enter",
+                                      "sys_enter_epoll_wait", "sched_switch")) + " |"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
