@@ -327,6 +327,23 @@ fn labelled_sum<const N: usize>(
     }
 }
 
+/// One family with a sample per shard that has published (`shard` label).
+fn per_shard(
+    w: &mut PromWriter<'_>,
+    snaps: &[Arc<Option<ShardMetrics>>],
+    name: &str,
+    help: &str,
+    kind: Kind,
+    get: impl Fn(&ShardMetrics) -> u64,
+) {
+    w.family(name, help, kind);
+    for (i, s) in snaps.iter().enumerate() {
+        if let Some(s) = s.as_ref() {
+            w.sample("", &[("shard", itoa::Buffer::new().format(i))], get(s));
+        }
+    }
+}
+
 /// Number of `reason` values of `gateway_auth_failures_total`.
 pub const AUTH_REASONS: usize = crate::jwt::Reason::ALL.len();
 
@@ -1003,62 +1020,38 @@ impl MetricsHub {
                 w.sample("", &[("shard", itoa::Buffer::new().format(i))], waiting);
             }
         }
-        w.family(
+        per_shard(
+            &mut w,
+            &snaps,
             "gateway_connections_open",
             "Client connections open, per shard.",
             Kind::Gauge,
+            |s| s.connections_open,
         );
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(s) = s.as_ref() {
-                w.sample(
-                    "",
-                    &[("shard", itoa::Buffer::new().format(i))],
-                    s.connections_open,
-                );
-            }
-        }
-        w.family(
+        per_shard(
+            &mut w,
+            &snaps,
             "gateway_connections_total",
             "Client connections accepted, per shard.",
             Kind::Counter,
+            |s| s.connections_total,
         );
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(s) = s.as_ref() {
-                w.sample(
-                    "",
-                    &[("shard", itoa::Buffer::new().format(i))],
-                    s.connections_total,
-                );
-            }
-        }
-        w.family(
+        per_shard(
+            &mut w,
+            &snaps,
             "gateway_connections_idle",
             "Client keep-alive connections waiting for their next request (the first closed when room is needed), per shard.",
             Kind::Gauge,
+            |s| s.connections_idle,
         );
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(s) = s.as_ref() {
-                w.sample(
-                    "",
-                    &[("shard", itoa::Buffer::new().format(i))],
-                    s.connections_idle,
-                );
-            }
-        }
-        w.family(
+        per_shard(
+            &mut w,
+            &snaps,
             "gateway_connections_kept_hot",
             "Quiet HTTP/1.1 client connections kept hot past their hot wait (receive armed into their read buffer; at most the shard's share of --client-hot-conns), per shard; also counted in gateway_connections_idle.",
             Kind::Gauge,
+            |s| s.connections_kept_hot,
         );
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(s) = s.as_ref() {
-                w.sample(
-                    "",
-                    &[("shard", itoa::Buffer::new().format(i))],
-                    s.connections_kept_hot,
-                );
-            }
-        }
         w.family(
             "gateway_connections_refused_total",
             "Client connections refused, per shard: `cap` = accepted and closed at once at the shard's --max-connections share with no idle connection to close; `emfile` = accepts that failed for want of descriptors (EMFILE/ENFILE), each followed by a back-off pause.",
@@ -1080,20 +1073,14 @@ impl MetricsHub {
                 );
             }
         }
-        w.family(
+        per_shard(
+            &mut w,
+            &snaps,
             "gateway_connections_closed_idle_total",
             "Idle keep-alive client connections closed to make room for new ones (at the connection cap or when descriptors ran out), per shard.",
             Kind::Counter,
+            |s| s.connections_closed_idle,
         );
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(s) = s.as_ref() {
-                w.sample(
-                    "",
-                    &[("shard", itoa::Buffer::new().format(i))],
-                    s.connections_closed_idle,
-                );
-            }
-        }
         text
     }
 }
