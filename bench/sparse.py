@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,27 +43,8 @@ _loader.exec_module(compare)
 MODEL = compare.MODEL
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, limit: float = 20.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"target exited with {proc.returncode} before listening on {port}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"nothing listened on {port} within {limit:.0f}s")
-
-
 def start(target: str, work: Path, backend_port: int, core: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    port = compare.free_port()
     work.mkdir(parents=True, exist_ok=True)
     pin = ["taskset", "-c", core]
     if target in ("nginx", "nginx-fwd"):
@@ -78,27 +58,11 @@ def start(target: str, work: Path, backend_port: int, core: str) -> tuple[subpro
         cfg.write_text(compare.shardgate_yaml(backend_port, port))
         cmd = pin + [binary, "serve", "-c", str(cfg), "--shards", "1", "--bind", "127.0.0.1",
                      "--listen-port", str(port), "--admin-addr", "off", "--no-scrape", *flags]
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(work / "log.txt", "wb"),
+    log = work / "log.txt"
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
                          env={**os.environ, "RUST_LOG": "warn"}, start_new_session=True)
-    wait_port(port, p)
+    compare.wait_ready(target, port, p, 20, log)
     return p, port
-
-
-def group_cpu(pgid: int) -> float:
-    """Run time (s) of every thread of every process in group `pgid` (nginx: master and worker)."""
-    total = 0
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            st = Path(f"/proc/{d}/stat").read_text()
-            if int(st[st.rindex(")") + 2:].split()[2]) != pgid:
-                continue
-            total += sum(int(Path(f"/proc/{d}/task/{t}/schedstat").read_text().split()[0])
-                         for t in os.listdir(f"/proc/{d}/task"))
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e9
 
 
 def group_pids(pgid: int) -> list[str]:
@@ -126,7 +90,7 @@ def one_run(a, target: str, work: Path, backend_port: int, ops: bool) -> dict:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.5)
         row: dict = {}
-        c0, t0 = group_cpu(proc.pid), time.monotonic()
+        c0, t0 = compare.group_cpu_seconds(proc.pid), time.monotonic()
         if ops:
             perf = subprocess.run(
                 ["perf", "stat", "-x,", "-e",
@@ -141,7 +105,7 @@ def one_run(a, target: str, work: Path, backend_port: int, ops: bool) -> dict:
         else:
             time.sleep(a.seconds)
         wall = time.monotonic() - t0
-        row["cpu_us"] = (group_cpu(proc.pid) - c0) / (a.rate * wall) * 1e6
+        row["cpu_us"] = (compare.group_cpu_seconds(proc.pid) - c0) / (a.rate * wall) * 1e6
         for k in [k for k in row if k != "cpu_us"]:
             row[k] = row[k] / (a.rate * wall)
         if load.wait(timeout=a.seconds + 30) != 0:
@@ -170,14 +134,15 @@ def main() -> int:
     a = ap.parse_args()
     targets = [t.strip() for t in a.targets.split(",") if t.strip()]
     work = Path(tempfile.mkdtemp(prefix="shardgate-sparse-"))
-    bport = free_port()
+    bport = compare.free_port()
+    be_log = work / "backend.log"
     be = subprocess.Popen(["taskset", "-c", a.core, str(a.bin_dir / "shardgate-sim"), "--host", "127.0.0.1",
                            "--port", str(bport), "--fast", "--model", MODEL],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                          stdout=subprocess.DEVNULL, stderr=open(be_log, "wb"), start_new_session=True)
     rows: dict[str, list[dict]] = {t: [] for t in targets}
     ops: dict[str, dict] = {}
     try:
-        wait_port(bport, be)
+        compare.wait_ready("shardgate-sim", bport, be, 20, be_log)
         for r in range(a.rounds):
             order = targets[r % len(targets):] + targets[:r % len(targets)]
             for t in order:

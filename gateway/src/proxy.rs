@@ -310,40 +310,39 @@ async fn read_head<S: ClientStream>(
                     client.read_into_cancelable(std::mem::take(rbuf), cancel.handle())
                 );
                 // A timer of this wait's own, gone with it (see `flush`).
-                let mut end = HotEnd::Idle;
-                let (res, b) = monoio::select! {
-                    r = &mut read => r,
-                    _ = monoio::time::sleep_until(hot_until) => {
-                        // Past the hot wait: kept hot while the shard's budget
-                        // has room (the read stays armed), else put away.
-                        if let Some(kept) = shard.conns.keep_hot() {
-                            let idle_end = quiet + settings.client_idle_timeout;
-                            monoio::select! {
-                                r = &mut read => r,
-                                _ = monoio::time::sleep_until(idle_end) => {
-                                    end = HotEnd::IdleTimeout;
-                                    *cancel = std::mem::take(cancel).cancel();
-                                    read.await
-                                }
-                                _ = kept.closed() => {
-                                    end = HotEnd::Shed;
-                                    shard.metrics.borrow_mut().connections_closed_idle += 1;
-                                    *cancel = std::mem::take(cancel).cancel();
-                                    read.await
-                                }
+                // The read's own result, or how its wait ended without one.
+                let waited = monoio::select! {
+                    r = &mut read => Ok(r),
+                    _ = monoio::time::sleep_until(hot_until) => match shard.conns.keep_hot() {
+                        // Past the hot wait with the shard's budget full: put away.
+                        None => Err(HotEnd::Idle),
+                        // Kept hot: the read stays armed.
+                        Some(kept) => monoio::select! {
+                            r = &mut read => Ok(r),
+                            _ = monoio::time::sleep_until(quiet + settings.client_idle_timeout) => {
+                                Err(HotEnd::IdleTimeout)
                             }
-                        } else {
-                            // Cancelled, the read still hands back what it received.
-                            *cancel = std::mem::take(cancel).cancel();
-                            read.await
-                        }
+                            _ = kept.closed() => Err(HotEnd::Shed),
+                        },
+                    },
+                };
+                let end = waited.as_ref().err().copied();
+                let (res, b) = match waited {
+                    Ok(r) => r,
+                    // Cancelled, the read still hands back what it received.
+                    Err(_) => {
+                        *cancel = std::mem::take(cancel).cancel();
+                        read.await
                     }
                 };
+                if end == Some(HotEnd::Shed) {
+                    shard.metrics.borrow_mut().connections_closed_idle += 1;
+                }
                 *rbuf = b;
                 match res {
                     Ok(0) => return Ok(None),
                     // Told to close to make room: close, as an idle one does.
-                    Ok(_) if end == HotEnd::Shed => return Ok(None),
+                    Ok(_) if end == Some(HotEnd::Shed) => return Ok(None),
                     Ok(_) => {
                         started = Some(Instant::now());
                         continue;
@@ -351,7 +350,7 @@ async fn read_head<S: ClientStream>(
                     Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
                     Err(_) => return Ok(None),
                 }
-                if end != HotEnd::Idle {
+                if end != Some(HotEnd::Idle) {
                     // Kept hot to its end: closed (idle timeout, or room needed).
                     return Ok(None);
                 }
