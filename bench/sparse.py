@@ -7,6 +7,12 @@ generator and proxy on `--core`), as `bench/compare --sparse` runs it. That run 
 rounds per target among many other runs; this one gives only this case, more rounds, and
 alternates the targets in each round so that drift of the VM falls on all of them.
 
+Any other open-loop case runs the same way: `--conns`, `--rate`, and `--proxy-core` to put the
+proxy on a core of its own (`bench/compare`'s open-loop layout: `--proxy-core 0 --core 1
+--conns 64 --rate 2000`). Each round also measures direct-to-backend, so the added p50 and
+p99 (the target's minus direct's in the same round) are reported beside the raw ones; the
+p99 of a few rounds on a shared VM is noise-bound, so tail comparisons want many rounds.
+
 Per run: the proxy's CPU per request from the scheduler's run time of all its threads
 (`/proc/<pid>/task/<tid>/schedstat`, ns) over the measured seconds, the load generator's
 p50, and with `--ops` also the io_uring submissions, `io_uring_enter` calls and context
@@ -43,9 +49,11 @@ _loader.exec_module(compare)
 MODEL = compare.MODEL
 
 
-def start(target: str, work: Path, backend_port: int, core: str) -> tuple[subprocess.Popen, int]:
-    port = compare.free_port()
+def start(target: str, work: Path, backend_port: int, core: str) -> tuple[subprocess.Popen | None, int]:
     work.mkdir(parents=True, exist_ok=True)
+    if target == "direct":
+        return None, backend_port
+    port = compare.free_port()
     pin = ["taskset", "-c", core]
     if target in ("nginx", "nginx-fwd"):
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -79,7 +87,7 @@ def group_pids(pgid: int) -> list[str]:
 
 
 def one_run(a, target: str, work: Path, backend_port: int, ops: bool) -> dict:
-    proc, port = start(target, work, backend_port, a.core)
+    proc, port = start(target, work, backend_port, a.proxy_core or a.core)
     try:
         out = work / "load.json"
         load = subprocess.Popen(
@@ -87,16 +95,17 @@ def one_run(a, target: str, work: Path, backend_port: int, ops: bool) -> dict:
              f"http://127.0.0.1:{port}", "--template", "completion", "--model", MODEL,
              "-c", str(a.conns), "-t", "1", "--warmup", "1s", "--duration", f"{a.seconds + 1}s",
              "--rate", str(a.rate), "--json", str(out), "-q"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=open(work / "load.log", "wb"))
         time.sleep(1.5)
         row: dict = {}
-        c0, t0 = compare.group_cpu_seconds(proc.pid), time.monotonic()
-        if ops:
+        pid = proc.pid if proc else None
+        c0, t0 = (compare.group_cpu_seconds(pid) if pid else 0.0), time.monotonic()
+        if ops and pid:
             perf = subprocess.run(
                 ["perf", "stat", "-x,", "-e",
                  "io_uring:io_uring_submit_req,syscalls:sys_enter_io_uring_enter,"
                  "syscalls:sys_enter_epoll_wait,sched:sched_switch",
-                 "-p", ",".join(group_pids(proc.pid)), "--", "sleep", str(a.seconds)],
+                 "-p", ",".join(group_pids(pid)), "--", "sleep", str(a.seconds)],
                 capture_output=True, text=True)
             for line in perf.stderr.splitlines():
                 f = line.split(",")
@@ -105,20 +114,22 @@ def one_run(a, target: str, work: Path, backend_port: int, ops: bool) -> dict:
         else:
             time.sleep(a.seconds)
         wall = time.monotonic() - t0
-        row["cpu_us"] = (compare.group_cpu_seconds(proc.pid) - c0) / (a.rate * wall) * 1e6
+        row["cpu_us"] = (compare.group_cpu_seconds(pid) - c0) / (a.rate * wall) * 1e6 if pid else None
         for k in [k for k in row if k != "cpu_us"]:
             row[k] = row[k] / (a.rate * wall)
         if load.wait(timeout=a.seconds + 30) != 0:
-            sys.exit(f"shardgate-load failed against {target}")
+            sys.exit(f"shardgate-load failed against {target}: {(work / 'load.log').read_text()[-2000:]}")
         rep = json.loads(out.read_text())
         row["p50_us"] = (rep.get("latency") or {}).get("p50_us")
+        row["p99_us"] = (rep.get("latency") or {}).get("p99_us")
         errs = rep.get("failed", 0)
         if errs:
             sys.exit(f"{errs} failed requests against {target}")
         return row
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if proc:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def main() -> int:
@@ -128,11 +139,14 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=64)
     ap.add_argument("--rate", type=float, default=300.0)
     ap.add_argument("--seconds", type=float, default=5.0, help="measured seconds per run")
-    ap.add_argument("--core", default="1", help="taskset CPU list for everything")
+    ap.add_argument("--core", default="1", help="taskset CPU list for the backend, the load generator and the proxy")
+    ap.add_argument("--proxy-core", help="taskset CPU list for the proxy alone (default: --core)")
     ap.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release")
     ap.add_argument("--ops", action="store_true", help="one more run per target counting io_uring operations")
     a = ap.parse_args()
-    targets = [t.strip() for t in a.targets.split(",") if t.strip()]
+    targets = [t.strip() for t in a.targets.split(",") if t.strip() and t.strip() != "direct"]
+    # direct-to-backend runs in every round, for the added latency of each target.
+    targets = ["direct"] + targets
     work = Path(tempfile.mkdtemp(prefix="shardgate-sparse-"))
     bport = compare.free_port()
     be_log = work / "backend.log"
@@ -148,32 +162,45 @@ def main() -> int:
             for t in order:
                 row = one_run(a, t, work / f"r{r}-{targets.index(t)}", bport, False)
                 rows[t].append(row)
-                print(f"round {r + 1}: {t}: {row['cpu_us']:.1f} µs CPU per request, p50 {row['p50_us']} µs",
-                      flush=True)
+                cpu = "–" if row["cpu_us"] is None else f"{row['cpu_us']:.1f} µs"
+                print(f"round {r + 1}: {t}: {cpu} CPU per request, p50 {row['p50_us']} µs, "
+                      f"p99 {row['p99_us']} µs", flush=True)
         if a.ops:
-            for t in targets:
+            for t in targets[1:]:
                 ops[t] = one_run(a, t, work / f"ops-{targets.index(t)}", bport, True)
     finally:
         os.killpg(be.pid, signal.SIGKILL)
         be.wait()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{a.conns} connections at {a.rate:g} rps, same core, {a.rounds} alternating rounds of {a.seconds:g} s\n")
-    head = "| target | CPU per request, median | sorted | p50, median |"
-    sep = "|---|---:|---|---:|"
+    layout = f"proxy on core {a.proxy_core}, the rest on {a.core}" if a.proxy_core else "same core"
+    print(f"\n{a.conns} connections at {a.rate:g} rps, {layout}, {a.rounds} alternating rounds of "
+          f"{a.seconds:g} s; added = the target's minus direct's in the same round\n")
+    head = ("| target | CPU per request, median | sorted | p50 | p99 | added p50 | added p99 | "
+            "added p99, sorted |")
+    sep = "|---|---:|---|---:|---:|---:|---:|---|"
     if ops:
         head += " io_uring submissions | `io_uring_enter` | `epoll_wait` | context switches |"
         sep += "---:|---:|---:|---:|"
     print(head)
     print(sep)
+
+    def med(xs: list) -> str:
+        xs = [x for x in xs if x is not None]
+        return f"{statistics.median(xs):.1f} µs" if xs else "–"
+
     for t in targets:
-        cpu = [x["cpu_us"] for x in rows[t]]
-        p50 = [x["p50_us"] for x in rows[t] if x["p50_us"] is not None]
-        p50_text = f"{statistics.median(p50):.1f} µs" if p50 else "–"
-        line = (f"| `{t}` | {statistics.median(cpu):.1f} µs | "
-                f"{' / '.join(f'{c:.1f}' for c in sorted(cpu))} | {p50_text} |")
+        rs = rows[t]
+        cpu = [x["cpu_us"] for x in rs if x["cpu_us"] is not None]
+        added = {k: [x[k] - d[k] for x, d in zip(rs, rows["direct"])
+                     if x[k] is not None and d[k] is not None] for k in ("p50_us", "p99_us")}
+        direct = t == "direct"
+        line = (f"| `{t}` | {med(cpu)} | {' / '.join(f'{c:.1f}' for c in sorted(cpu)) or '–'} | "
+                f"{med([x['p50_us'] for x in rs])} | {med([x['p99_us'] for x in rs])} | "
+                f"{'–' if direct else med(added['p50_us'])} | {'–' if direct else med(added['p99_us'])} | "
+                f"{'–' if direct else ' / '.join(f'{v:.0f}' for v in sorted(added['p99_us']))} |")
         if ops:
-            o = ops[t]
-            line += " " + " | ".join(f"{o.get(k, 0):.2f}" for k in
+            o = ops.get(t, {})
+            line += " " + " | ".join(f"{o.get(k, 0):.2f}" if not direct else "–" for k in
                                      ("io_uring_submit_req", "sys_enter_io_uring_enter",
                                       "sys_enter_epoll_wait", "sched_switch")) + " |"
         print(line)
