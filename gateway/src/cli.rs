@@ -204,17 +204,6 @@ fn duration(s: &str) -> Result<Duration, String> {
     shardgate_routing::parse_duration(s)
 }
 
-fn busy_poll_window(s: &str) -> Result<Duration, String> {
-    let d = duration(s)?;
-    if d > crate::busy_poll::MAX_WINDOW {
-        return Err(format!(
-            "{s:?} is longer than the largest busy-poll window, {:?}",
-            crate::busy_poll::MAX_WINDOW
-        ));
-    }
-    Ok(d)
-}
-
 /// Limits and timeouts, each with a default.
 #[derive(Debug, Args, Clone)]
 pub struct LimitArgs {
@@ -265,15 +254,6 @@ pub struct LimitArgs {
     /// `--max-connections` (closed first to make room). 0 turns it off.
     #[arg(long, default_value_t = 1024)]
     pub client_hot_conns: u64,
-    /// Busy polling: after a request starts or ends on a shard, the shard polls
-    /// for completions for this long instead of sleeping, so that the backend's
-    /// answer or the client's next request is picked up without waking an idle
-    /// core (an interrupt; on a VM, an exit to the hypervisor). Costs the CPU
-    /// it polls for: for shards on cores of their own and backends that answer
-    /// within the window. Polling lasts at most 1 ms before the shard parks once
-    /// (its timers fire only then). 0 (the default) turns it off; at most 1s.
-    #[arg(long, default_value = "0", value_parser = busy_poll_window)]
-    pub busy_poll: Duration,
     /// Longest a single write to a client may block (a client that stops reading).
     /// When it fires the connection closes, the upstream request is cancelled (its
     /// connection dropped) and `gateway_client_aborts_total{reason="send_timeout"}`

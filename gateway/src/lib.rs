@@ -87,7 +87,6 @@ pub mod attempt;
 pub mod autoscale;
 pub mod batch;
 pub mod bodymem;
-pub mod busy_poll;
 pub mod cli;
 pub mod conns;
 pub mod control;

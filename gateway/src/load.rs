@@ -101,7 +101,6 @@ pub fn settings(limits: &LimitArgs, table: &RoutingTable) -> Settings {
         client_idle_timeout: limits.client_idle_timeout,
         client_hot_wait: limits.client_hot_wait,
         client_hot_conns: limits.client_hot_conns,
-        busy_poll: limits.busy_poll,
         max_buffered_body_bytes: limits.max_buffered_body_bytes,
         send_timeout: limits.send_timeout,
         tls_handshake_timeout: limits.tls_handshake_timeout,

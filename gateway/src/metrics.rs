@@ -255,8 +255,6 @@ pub struct ShardMetrics {
     pub connections_idle: u64,
     /// Quiet keep-alive connections kept hot now (filled at publish).
     pub connections_kept_hot: u64,
-    /// Seconds this shard spent busy polling (`--busy-poll`).
-    pub busy_poll_seconds: f64,
     /// Connections accepted and closed at once at the shard's connection cap.
     pub connections_refused_cap: u64,
     /// Accepts that failed for want of descriptors (EMFILE/ENFILE), each
@@ -330,13 +328,13 @@ fn labelled_sum<const N: usize>(
 }
 
 /// One family with a sample per shard that has published (`shard` label).
-fn per_shard<V: shardgate_promtext::Value>(
+fn per_shard(
     w: &mut PromWriter<'_>,
     snaps: &[Arc<Option<ShardMetrics>>],
     name: &str,
     help: &str,
     kind: Kind,
-    get: impl Fn(&ShardMetrics) -> V,
+    get: impl Fn(&ShardMetrics) -> u64,
 ) {
     w.family(name, help, kind);
     for (i, s) in snaps.iter().enumerate() {
@@ -382,7 +380,6 @@ impl ShardMetrics {
             connections_total: 0,
             connections_idle: 0,
             connections_kept_hot: 0,
-            busy_poll_seconds: 0.0,
             connections_refused_cap: 0,
             connections_refused_emfile: 0,
             connections_closed_idle: 0,
@@ -1054,14 +1051,6 @@ impl MetricsHub {
             "Quiet HTTP/1.1 client connections kept hot past their hot wait (receive armed into their read buffer; at most the shard's share of --client-hot-conns), per shard; also counted in gateway_connections_idle.",
             Kind::Gauge,
             |s| s.connections_kept_hot,
-        );
-        per_shard(
-            &mut w,
-            &snaps,
-            "gateway_busy_poll_seconds_total",
-            "Time spent busy polling after requests started or ended instead of sleeping (--busy-poll; 0 when off), per shard: CPU spent for latency.",
-            Kind::Counter,
-            |s| s.busy_poll_seconds,
         );
         w.family(
             "gateway_connections_refused_total",

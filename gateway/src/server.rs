@@ -57,9 +57,6 @@ pub async fn shard_main(
     );
     shard.publish_metrics();
     monoio::spawn(publish_loop(shard.clone()));
-    if let Some(b) = &shard.busy_poll {
-        monoio::spawn(crate::busy_poll::run(b.clone()));
-    }
     // The admission (and its driver) is made now when a budget is set.
     let _ = shard.admission();
     for pb in shard.batchers() {

@@ -64,8 +64,6 @@ pub struct Shard {
     pub rng: RefCell<fastrand::Rng>,
     /// Requests in flight on this shard (drain waits for 0).
     pub in_flight: Cell<usize>,
-    /// Busy polling, when `--busy-poll` is set: told when a request starts or ends.
-    pub busy_poll: Option<Rc<crate::busy_poll::BusyPoll>>,
     /// Request counter, for request ids.
     pub requests: Cell<u64>,
     /// Process-wide stop signal.
@@ -203,8 +201,6 @@ impl Shard {
             reach: RefCell::new(state.table.endpoints().iter().map(reach_kind).collect()),
             rng: RefCell::new(fastrand::Rng::new()),
             in_flight: Cell::new(0),
-            busy_poll: (!state.settings.busy_poll.is_zero())
-                .then(|| Rc::new(crate::busy_poll::BusyPoll::new(state.settings.busy_poll))),
             requests: Cell::new(0),
             shutdown,
             seen: Cell::new(live.revision()),
@@ -863,10 +859,6 @@ impl Shard {
         let mut m = self.metrics.borrow().clone();
         m.connections_idle = self.conns.idle.idle() as u64;
         m.connections_kept_hot = self.conns.kept_hot() as u64;
-        m.busy_poll_seconds = self
-            .busy_poll
-            .as_ref()
-            .map_or(0.0, |b| b.polled().as_secs_f64());
         m.batch = self
             .batchers
             .borrow()
@@ -933,9 +925,6 @@ impl InFlight {
     /// Count a request on the shard.
     pub fn new(shard: &Rc<Shard>) -> Self {
         shard.in_flight.set(shard.in_flight.get() + 1);
-        if let Some(b) = &shard.busy_poll {
-            b.note();
-        }
         InFlight {
             shard: shard.clone(),
             ep: None,
@@ -984,9 +973,6 @@ impl Drop for InFlight {
         self.shard
             .in_flight
             .set(self.shard.in_flight.get().saturating_sub(1));
-        if let Some(b) = &self.shard.busy_poll {
-            b.note();
-        }
     }
 }
 

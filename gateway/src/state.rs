@@ -83,8 +83,6 @@ pub struct Settings {
     /// Quiet HTTP/1.1 connections kept hot past their hot wait, in total
     /// (`--client-hot-conns`; each shard an even share; 0: none).
     pub client_hot_conns: u64,
-    /// Busy-poll window after each request's start or end (`--busy-poll`; zero: off).
-    pub busy_poll: Duration,
     /// Upstream connect timeout.
     pub connect_timeout: Duration,
     /// Whole upstream exchange deadline.

@@ -149,15 +149,3 @@ fn check_refuses_deep_and_oversized_configs_with_exit_2_naming_the_file() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
-
-#[test]
-fn busy_poll_refuses_a_window_beyond_a_second() {
-    let (code, _, err) = shardgate(&["serve", "--busy-poll", "2s"]);
-    assert_eq!(code, 2, "{err}");
-    assert!(
-        err.contains("--busy-poll") && err.contains("longer than the largest busy-poll window"),
-        "{err}"
-    );
-    let (code, _, err) = shardgate(&["serve", "--busy-poll", "-1ms"]);
-    assert_eq!(code, 2, "{err}");
-}

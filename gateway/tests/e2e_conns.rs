@@ -2,7 +2,7 @@
 //! the accept loop backs off at EMFILE instead of spinning and logging, the
 //! `--max-connections` cap sheds idle keep-alive connections before it refuses a
 //! new one, and a drain refuses new connections at once while in-flight streams
-//! finish; quiet connections kept hot, and busy polling (`--busy-poll`).
+//! finish.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -156,7 +156,13 @@ fn drain_refuses_new_connections_at_once_while_streams_finish() {
 
 /// Whether the gateway closed `c` (EOF or reset seen within 50 ms).
 fn closed_now(c: &mut TcpStream) -> bool {
-    closed_now_within(c, Duration::from_millis(50))
+    c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut b = [0u8; 256];
+    match c.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+    }
 }
 
 /// Poll the admin `/metrics` until `name` (filtered by `filter`) sums to `want`.
@@ -442,107 +448,4 @@ fn out_of_descriptors_the_accept_loop_backs_off_quietly_and_recovers() {
             .then_some(())
     });
     assert!(counted.is_some(), "{m}");
-}
-
-/// `gateway_busy_poll_seconds_total` summed over the shards.
-fn busy_polled(gw: &Gateway) -> f64 {
-    metric_sum(&gw.metrics(), "gateway_busy_poll_seconds_total", "")
-}
-
-#[test]
-fn busy_polling_serves_requests_and_stops_polling_when_they_stop() {
-    let a = sim(&["m"], |_| {});
-    let gw = Gateway::start(
-        &config(&[("m", vec![(1, vec![a.addr()])])]),
-        &["--shards", "1", "--busy-poll", "2ms"],
-    );
-    let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
-    let mut c = gw.connect();
-    for _ in 0..20 {
-        assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
-    }
-    let streamed = r#"{"model":"m","prompt":"a","max_tokens":4,"stream":true}"#;
-    let r = c.post("/v1/completions", streamed, &[]);
-    assert_eq!(r.status, 200);
-    assert!(r.text().contains("data: [DONE]"), "{}", r.text());
-    // The shard polled after those requests (metrics are published every 500 ms).
-    let polled = poll(Duration::from_secs(5), || {
-        let s = busy_polled(&gw);
-        (s > 0.0).then_some(s)
-    })
-    .expect("no busy polling counted after 21 requests");
-    // Each request polls for at most its window after its start and its end (plus
-    // the 1 ms cap's overshoot), so 21 requests poll for well under a second.
-    assert!(polled < 1.0, "polled {polled} s for 21 requests");
-    // With no requests, polling stops: two readings a publish period apart agree.
-    let mut last = (busy_polled(&gw), Instant::now());
-    let settled = poll(Duration::from_secs(5), || {
-        let now = busy_polled(&gw);
-        if now != last.0 {
-            last = (now, Instant::now());
-        }
-        (last.1.elapsed() >= Duration::from_millis(600)).then_some(())
-    });
-    assert!(settled.is_some(), "busy polling went on without requests");
-}
-
-#[test]
-fn busy_polling_is_off_by_default() {
-    let a = sim(&["m"], |_| {});
-    let gw = Gateway::start(&config(&[("m", vec![(1, vec![a.addr()])])]), &[]);
-    let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
-    let mut c = gw.connect();
-    for _ in 0..5 {
-        assert_eq!(c.post("/v1/completions", body, &[]).status, 200);
-    }
-    wait_metric(&gw, "gateway_connections_idle", "", 1.0);
-    assert_eq!(busy_polled(&gw), 0.0);
-}
-
-/// A shard that polls without pause between requests still fires its timers: a quiet
-/// connection is closed at its idle timeout while another connection keeps the shard
-/// busy, with the largest window (every phase ends at the 1 ms cap, parks, resumes).
-#[test]
-fn timers_fire_while_a_shard_busy_polls_between_back_to_back_requests() {
-    let a = sim(&["m"], |_| {});
-    let gw = Gateway::start(
-        &config(&[("m", vec![(1, vec![a.addr()])])]),
-        &[
-            "--shards",
-            "1",
-            "--busy-poll",
-            "1s",
-            "--client-idle-timeout",
-            "1s",
-        ],
-    );
-    let body = r#"{"model":"m","prompt":"a","max_tokens":1}"#;
-    let mut quiet = gw.connect();
-    assert_eq!(quiet.post("/v1/completions", body, &[]).status, 200);
-    let answered = Instant::now();
-    let mut busy = gw.connect();
-    let mut closed_after = None;
-    while answered.elapsed() < Duration::from_secs(6) {
-        assert_eq!(busy.post("/v1/completions", body, &[]).status, 200);
-        if closed_now_within(&mut quiet.stream, Duration::from_millis(1)) {
-            closed_after = Some(answered.elapsed());
-            break;
-        }
-    }
-    let took = closed_after.expect("the quiet connection was not closed at its idle timeout");
-    assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_millis(1600),
-        "closed after {took:?}"
-    );
-}
-
-/// Whether `c` reads as closed within `wait`.
-fn closed_now_within(c: &mut TcpStream, wait: Duration) -> bool {
-    c.set_read_timeout(Some(wait)).unwrap();
-    let mut b = [0u8; 256];
-    match c.read(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
-    }
 }
