@@ -90,12 +90,14 @@ def one_run(a, target: str, work: Path, backend_port: int, ops: bool) -> dict:
     proc, port = start(target, work, backend_port, a.proxy_core or a.core)
     try:
         out = work / "load.json"
+        load_log = open(work / "load.log", "wb")
         load = subprocess.Popen(
             ["taskset", "-c", a.core, str(a.bin_dir / "shardgate-load"), "--url",
              f"http://127.0.0.1:{port}", "--template", "completion", "--model", MODEL,
              "-c", str(a.conns), "-t", "1", "--warmup", "1s", "--duration", f"{a.seconds + 1}s",
              "--rate", str(a.rate), "--json", str(out), "-q"],
-            stdout=subprocess.DEVNULL, stderr=open(work / "load.log", "wb"))
+            stdout=subprocess.DEVNULL, stderr=load_log)
+        load_log.close()
         time.sleep(1.5)
         row: dict = {}
         pid = proc.pid if proc else None
