@@ -20,8 +20,16 @@ about as long under valgrind).
 Paths (`--paths`, default all):
   h1    POST /v1/completions over HTTP/1.1 keep-alive, 8 connections (HTTP/1.1 upstream)
   h1c1  the same over 1 connection
+  h1c64 the same over 64 connections (more connections' state between two requests of one)
   h2    the same over HTTP/2 with prior knowledge, 8 connections x 16 streams
   grpc  unary KServe v2 ModelInfer over h2c, 8 x 16 (HTTP/2 upstream)
+
+`--cache` also simulates the caches (cachegrind's `--cache-sim=yes`: the first-level
+instruction and data caches and the last level, sized from this CPU's CPUID) and reports
+misses per request beside the instructions: on a VM without hardware counters, the one way
+to see whether a path is slow for its instructions or for the memory they touch. The
+simulation is a model (no prefetchers, no TLB), so compare its figures between targets,
+not with a real machine's.
 
 `--nginx` adds nginx as a reference on the HTTP/1.1 paths: the same `h2load` runs through
 nginx (one process, `master_process off`, the upstream keep-alive configuration of
@@ -57,7 +65,7 @@ compare = importlib.util.module_from_spec(_cspec)
 _cspec.loader.exec_module(compare)
 
 # Paths nginx is measured on (it proxies HTTP/2 and gRPC only to other upstream protocols).
-NGINX_PATHS = ("h1", "h1c1")
+NGINX_PATHS = ("h1", "h1c1", "h1c64")
 
 
 def ensure_tools() -> None:
@@ -78,7 +86,7 @@ def h2load_args(path: str, tmp: str, http_port: int, grpc_port: int) -> list[str
                 "-H", "te: trailers", f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"]
     if path == "h2":
         return ["-c", "8", "-m", "16", "-d", body, *json_h, f"http://127.0.0.1:{http_port}/v1/completions"]
-    conns = "1" if path == "h1c1" else "8"
+    conns = {"h1c1": "1", "h1c64": "64"}.get(path, "8")
     return ["--h1", "-c", conns, "-m", "1", "-d", body, *json_h, f"http://127.0.0.1:{http_port}/v1/completions"]
 
 
@@ -98,8 +106,10 @@ def proxy_command(binary: str, tmp: str, http_port: int, grpc_port: int, sim_por
             "--no-scrape", "--force-epoll"], [http_port, grpc_port]
 
 
-def count(binary: str, sim_bin: str, path: str, n: int, tmp: str) -> int:
-    """Instructions the proxy (a shardgate binary, or "nginx") executed over its life, serving n requests of `path`."""
+def count(binary: str, sim_bin: str, path: str, n: int, tmp: str, cache: bool = False) -> dict[str, int]:
+    """Instructions (`Ir`) the proxy (a shardgate binary, or "nginx") executed over its life,
+    serving n requests of `path`, and with `cache` the simulated misses (`I1mr`, `D1mr`,
+    `D1mw`, `ILmr`, `DLmr`, `DLmw`): cachegrind's event totals by name."""
     sim_port, http_port, grpc_port = h2bench.free_port(), h2bench.free_port(), h2bench.free_port()
     procs: list[subprocess.Popen] = []
     try:
@@ -109,7 +119,7 @@ def count(binary: str, sim_bin: str, path: str, n: int, tmp: str) -> int:
         h2bench.wait_port(sim_port, sim, "shardgate-sim")
         cmd, ports = proxy_command(binary, tmp, http_port, grpc_port, sim_port)
         out = os.path.join(tmp, "cachegrind.out")
-        gw = subprocess.Popen(["valgrind", "--tool=cachegrind", "--cache-sim=no", f"--cachegrind-out-file={out}", *cmd],
+        gw = subprocess.Popen(["valgrind", "--tool=cachegrind", f"--cache-sim={'yes' if cache else 'no'}", f"--cachegrind-out-file={out}", *cmd],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=dict(os.environ, RUST_LOG="error"), start_new_session=True)
         procs.append(gw)
@@ -124,10 +134,12 @@ def count(binary: str, sim_bin: str, path: str, n: int, tmp: str) -> int:
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=120)
         with open(out) as f:
-            m = re.search(r"^summary:\s+(\d+)", f.read(), re.M)
-        if not m:
+            text = f.read()
+        events = re.search(r"^events:\s+(.+)$", text, re.M)
+        summary = re.search(r"^summary:\s+(.+)$", text, re.M)
+        if not events or not summary:
             sys.exit(f"no cachegrind summary in {out}")
-        return int(m.group(1))
+        return dict(zip(events.group(1).split(), (int(v) for v in summary.group(1).split())))
     finally:
         for p in procs:
             if p.poll() is None:
@@ -141,6 +153,7 @@ def main() -> None:
     ap.add_argument("--baseline", help="another shardgate binary, measured the same way")
     ap.add_argument("--nginx", action="store_true", help=f"also count nginx on {', '.join(NGINX_PATHS)}")
     ap.add_argument("--paths", default="h1,h1c1,h2,grpc")
+    ap.add_argument("--cache", action="store_true", help="also simulate the caches: misses per request")
     ap.add_argument("--small", type=int, default=2_000)
     ap.add_argument("--large", type=int, default=12_000)
     a = ap.parse_args()
@@ -160,17 +173,30 @@ def main() -> None:
         f.write('{"model":"m","prompt":"hello there how are you today my friend","max_tokens":8}')
     paths = [p for p in a.paths.split(",") if p]
     rows = []
+    misses: list[tuple[str, str, dict[str, float]]] = []
     for path in paths:
         per = {}
         for name, binary in binaries:
             if name == "nginx" and path not in NGINX_PATHS:
                 continue
-            small = count(binary, sim_bin, path, a.small, tmp)
-            large = count(binary, sim_bin, path, a.large, tmp)
-            per[name] = (large - small) / (a.large - a.small)
+            small = count(binary, sim_bin, path, a.small, tmp, a.cache)
+            large = count(binary, sim_bin, path, a.large, tmp, a.cache)
+            diff = {k: (large[k] - small.get(k, 0)) / (a.large - a.small) for k in large}
+            per[name] = diff["Ir"]
+            if a.cache:
+                misses.append((path, name, diff))
             print(f"[instructions] {path} {name}: {per[name]:,.0f} per request", file=sys.stderr, flush=True)
         rows.append((path, per))
     shutil.rmtree(tmp, ignore_errors=True)
+    if misses:
+        print("Simulated cache misses per request (cachegrind's model of this CPU's caches):\n")
+        print("| path | target | instructions | I1 misses | D1 misses (read + write) | last-level misses |")
+        print("|---|---|---:|---:|---:|---:|")
+        for path, name, d in misses:
+            d1 = d.get("D1mr", 0) + d.get("D1mw", 0)
+            ll = d.get("ILmr", 0) + d.get("DLmr", 0) + d.get("DLmw", 0)
+            print(f"| {path} | {name} | {d['Ir']:,.0f} | {d.get('I1mr', 0):,.1f} | {d1:,.1f} | {ll:,.1f} |")
+        print()
     head = "| path | shardgate |" + (" baseline | change |" if a.baseline else "") + (" nginx | shardgate ÷ nginx |" if a.nginx else "")
     print(head)
     print("|---|---:|" + ("---:|---:|" if a.baseline else "") + ("---:|---:|" if a.nginx else ""))
