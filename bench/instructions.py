@@ -20,7 +20,7 @@ about as long under valgrind).
 Paths (`--paths`, default all):
   h1    POST /v1/completions over HTTP/1.1 keep-alive, 8 connections (HTTP/1.1 upstream)
   h1c1  the same over 1 connection
-  h1c64 the same over 64 connections (more connections' state between two requests of one)
+  h1cN  the same over N connections (h1c64: more connections' state between two requests of one)
   h2    the same over HTTP/2 with prior knowledge, 8 connections x 16 streams
   grpc  unary KServe v2 ModelInfer over h2c, 8 x 16 (HTTP/2 upstream)
 
@@ -65,7 +65,9 @@ compare = importlib.util.module_from_spec(_cspec)
 _cspec.loader.exec_module(compare)
 
 # Paths nginx is measured on (it proxies HTTP/2 and gRPC only to other upstream protocols).
-NGINX_PATHS = ("h1", "h1c1", "h1c64")
+def is_h1(path: str) -> bool:
+    """The HTTP/1.1 paths: `h1` (8 connections) and `h1cN` (N connections)."""
+    return path == "h1" or (path.startswith("h1c") and path[3:].isdigit() and int(path[3:]) > 0)
 
 
 def ensure_tools() -> None:
@@ -86,7 +88,7 @@ def h2load_args(path: str, tmp: str, http_port: int, grpc_port: int) -> list[str
                 "-H", "te: trailers", f"http://127.0.0.1:{grpc_port}/inference.GRPCInferenceService/ModelInfer"]
     if path == "h2":
         return ["-c", "8", "-m", "16", "-d", body, *json_h, f"http://127.0.0.1:{http_port}/v1/completions"]
-    conns = {"h1c1": "1", "h1c64": "64"}.get(path, "8")
+    conns = path[3:] if path.startswith("h1c") else "8"
     return ["--h1", "-c", conns, "-m", "1", "-d", body, *json_h, f"http://127.0.0.1:{http_port}/v1/completions"]
 
 
@@ -151,7 +153,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release"))
     ap.add_argument("--baseline", help="another shardgate binary, measured the same way")
-    ap.add_argument("--nginx", action="store_true", help=f"also count nginx on {', '.join(NGINX_PATHS)}")
+    ap.add_argument("--nginx", action="store_true", help="also count nginx on the HTTP/1.1 paths")
     ap.add_argument("--paths", default="h1,h1c1,h2,grpc")
     ap.add_argument("--cache", action="store_true", help="also simulate the caches: misses per request")
     ap.add_argument("--small", type=int, default=2_000)
@@ -172,12 +174,15 @@ def main() -> None:
     with open(os.path.join(tmp, "completion.json"), "w") as f:
         f.write('{"model":"m","prompt":"hello there how are you today my friend","max_tokens":8}')
     paths = [p for p in a.paths.split(",") if p]
+    for p in paths:
+        if p not in ("h2", "grpc") and not is_h1(p):
+            sys.exit(f"unknown path {p!r}: h1, h1cN (N connections), h2 or grpc")
     rows = []
     misses: list[tuple[str, str, dict[str, float]]] = []
     for path in paths:
         per = {}
         for name, binary in binaries:
-            if name == "nginx" and path not in NGINX_PATHS:
+            if name == "nginx" and not is_h1(path):
                 continue
             small = count(binary, sim_bin, path, a.small, tmp, a.cache)
             large = count(binary, sim_bin, path, a.large, tmp, a.cache)
