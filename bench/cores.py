@@ -59,93 +59,20 @@ def cpu_list(cores: list[int]) -> str:
     return ",".join(str(c) for c in cores)
 
 
-def shardgate_yaml(backend_ports: list[int], port: int) -> str:
-    slices = "".join(f"""---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: backend-{i}
-  namespace: default
-  labels: {{kubernetes.io/service-name: backend}}
-addressType: IPv4
-ports: [{{port: {p}}}]
-endpoints:
-- addresses: ["127.0.0.1"]
-""" for i, p in enumerate(backend_ports))
-    return f"""apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: gw, namespace: default}}
-spec:
-  gatewayClassName: shardgate
-  listeners: [{{name: http, protocol: HTTP, port: {port}}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: all, namespace: default}}
-spec:
-  parentRefs: [{{name: gw}}]
-  rules:
-  - matches:
-    - path: {{type: PathPrefix, value: /}}
-    backendRefs: [{{name: backend, port: 8000}}]
-{slices}"""
-
-
-def nginx_conf(prefix: Path, backend_ports: list[int], port: int, cores: list[int], conns: int) -> str:
-    """`bench/compare`'s nginx (keep-alive upstream, no access log) with one worker per core,
-    each pinned to its core, and a reuseport listener per worker. Each worker may keep as many
-    idle upstream connections as there are clients (`keepalive` is a per-worker cache size):
-    with fewer, the requests beyond it open and close an upstream connection each (at 256
-    clients and `keepalive 64`, nginx served half the requests)."""
-    width = max(cores) + 1
-    masks = " ".join("".join("1" if c == core else "0" for c in reversed(range(width))) for core in cores)
-    servers = "\n".join(f"    server 127.0.0.1:{p};" for p in backend_ports)
-    return f"""worker_processes {len(cores)};
-worker_cpu_affinity {masks};
-worker_rlimit_nofile 65536;
-daemon off;
-master_process on;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log warn;
-events {{ worker_connections 16384; }}
-http {{
-  access_log off;
-  client_body_temp_path {prefix}/body;
-  proxy_temp_path {prefix}/proxy;
-  fastcgi_temp_path {prefix}/fastcgi;
-  uwsgi_temp_path {prefix}/uwsgi;
-  scgi_temp_path {prefix}/scgi;
-  keepalive_requests 10000000;
-  keepalive_timeout 75s;
-  upstream backend {{
-{servers}
-    keepalive {conns};
-    keepalive_requests 10000000;
-  }}
-  server {{
-    listen 127.0.0.1:{port} reuseport;
-    location / {{
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }}
-  }}
-}}
-"""
-
-
 def start(a, target: str, work: Path, backend_ports: list[int], cores: list[int]) -> tuple[subprocess.Popen, int]:
     work.mkdir(parents=True, exist_ok=True)
     port = compare.free_port()
     pin = ["taskset", "-c", cpu_list(cores)]
     if target == "nginx":
         conf = work / "nginx.conf"
-        conf.write_text(nginx_conf(work, backend_ports, port, cores, a.conns))
+        # Each worker may keep as many idle upstream connections as there are clients (with
+        # `keepalive 64` at 256 clients, nginx served half the requests).
+        conf.write_text(compare.nginx_conf(work, backend_ports, port, cores=cores, keepalive=a.conns))
         cmd = pin + [a.nginx, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")]
     else:
         binary, *flags = target.split()
         cfg = work / "config.yaml"
-        cfg.write_text(shardgate_yaml(backend_ports, port))
+        cfg.write_text(compare.shardgate_yaml(backend_ports, port))
         cmd = pin + [binary, "serve", "-c", str(cfg), "--shards", str(len(cores)), "--bind", "127.0.0.1",
                      "--listen-port", str(port), "--admin-addr", "off", "--no-scrape", *flags]
     log = work / "log.txt"
