@@ -64,7 +64,7 @@ _cspec = importlib.util.spec_from_loader("compare", importlib.machinery.SourceFi
 compare = importlib.util.module_from_spec(_cspec)
 _cspec.loader.exec_module(compare)
 
-# Paths nginx is measured on (it proxies HTTP/2 and gRPC only to other upstream protocols).
+# nginx is measured on the HTTP/1.1 paths only (it proxies HTTP/2 and gRPC only to other upstream protocols).
 def is_h1(path: str) -> bool:
     """The HTTP/1.1 paths: `h1` (8 connections) and `h1cN` (N connections)."""
     return path == "h1" or (path.startswith("h1c") and path[3:].isdigit() and int(path[3:]) > 0)
