@@ -31,12 +31,24 @@ to see whether a path is slow for its instructions or for the memory they touch.
 simulation is a model (no prefetchers, no TLB), so compare its figures between targets,
 not with a real machine's.
 
+`--footprint` measures the code a request runs instead: callgrind (`--dump-instr=yes`)
+counts every instruction address, the same two runs are differenced, and an instruction
+that ran at least once per two requests is on the request's path. The report gives, per
+target, how many distinct 64-byte lines of code those instructions lie in (what the
+instruction cache must hold for one request), how full those lines are (bytes of path
+instructions ÷ bytes of the lines: the rest is code laid between them that the request
+jumps over), and the functions with the most lines. Instruction lengths come from
+`objdump -d` of each object. Unlike `--cache` it depends on no cache model: it is the
+layout itself, so it says how much a better layout (PGO, BOLT, moving cold code out by
+hand) could save, function by function.
+
 `--nginx` adds nginx as a reference on the HTTP/1.1 paths: the same `h2load` runs through
 nginx (one process, `master_process off`, the upstream keep-alive configuration of
 `bench/compare`), counted the same way, so the table shows how far the gateway's user
 space is from nginx's on the same requests.
 
 Usage: bench/instructions.py [--baseline OLD_BINARY] [--nginx] [--bin-dir target/release] [--paths h1,grpc]
+       bench/instructions.py --footprint [--baseline OLD_BINARY] [--nginx] [--paths h1c64]
 Needs valgrind and h2load (Debian `valgrind`, `nghttp2-client`; installed with apt-get
 when missing and root). Prints a markdown table; writes nothing.
 """
@@ -70,14 +82,15 @@ def is_h1(path: str) -> bool:
     return path == "h1" or (path.startswith("h1c") and path[3:].isdigit() and int(path[3:]) > 0)
 
 
-def ensure_tools() -> None:
-    missing = [p for t, p in (("valgrind", "valgrind"), ("h2load", "nghttp2-client")) if not shutil.which(t)]
+def ensure_tools(footprint: bool = False) -> None:
+    tools = (("valgrind", "valgrind"), ("h2load", "nghttp2-client")) + ((("objdump", "binutils"),) if footprint else ())
+    missing = [p for t, p in tools if not shutil.which(t)]
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
                        env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), check=False)
-    for t in ("valgrind", "h2load"):
+    for t, p in tools:
         if not shutil.which(t):
-            sys.exit(f"{t} is missing (apt-get install valgrind nghttp2-client)")
+            sys.exit(f"{t} is missing (apt-get install {p})")
 
 
 def h2load_args(path: str, tmp: str, http_port: int, grpc_port: int) -> list[str]:
@@ -108,10 +121,12 @@ def proxy_command(binary: str, tmp: str, http_port: int, grpc_port: int, sim_por
             "--no-scrape", "--force-epoll"], [http_port, grpc_port]
 
 
-def count(binary: str, sim_bin: str, path: str, n: int, tmp: str, cache: bool = False) -> dict[str, int]:
+def count(binary: str, sim_bin: str, path: str, n: int, tmp: str, cache: bool = False,
+          per_instr: bool = False) -> dict:
     """Instructions (`Ir`) the proxy (a shardgate binary, or "nginx") executed over its life,
     serving n requests of `path`, and with `cache` the simulated misses (`I1mr`, `D1mr`,
-    `D1mw`, `ILmr`, `DLmr`, `DLmw`): cachegrind's event totals by name."""
+    `D1mw`, `ILmr`, `DLmr`, `DLmw`): cachegrind's event totals by name. With `per_instr`,
+    callgrind's count for every instruction instead ([`per_instruction`])."""
     sim_port, http_port, grpc_port = h2bench.free_port(), h2bench.free_port(), h2bench.free_port()
     procs: list[subprocess.Popen] = []
     try:
@@ -121,7 +136,9 @@ def count(binary: str, sim_bin: str, path: str, n: int, tmp: str, cache: bool = 
         h2bench.wait_port(sim_port, sim, "shardgate-sim")
         cmd, ports = proxy_command(binary, tmp, http_port, grpc_port, sim_port)
         out = os.path.join(tmp, "cachegrind.out")
-        gw = subprocess.Popen(["valgrind", "--tool=cachegrind", f"--cache-sim={'yes' if cache else 'no'}", f"--cachegrind-out-file={out}", *cmd],
+        tool = (["--tool=callgrind", "--dump-instr=yes", f"--callgrind-out-file={out}"] if per_instr else
+                ["--tool=cachegrind", f"--cache-sim={'yes' if cache else 'no'}", f"--cachegrind-out-file={out}"])
+        gw = subprocess.Popen(["valgrind", *tool, *cmd],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               env=dict(os.environ, RUST_LOG="error"), start_new_session=True)
         procs.append(gw)
@@ -135,6 +152,8 @@ def count(binary: str, sim_bin: str, path: str, n: int, tmp: str, cache: bool = 
             sys.exit(f"h2load ({path}, {binary}): not every request succeeded:\n{r}")
         gw.send_signal(signal.SIGTERM)
         gw.wait(timeout=120)
+        if per_instr:
+            return per_instruction(out)
         with open(out) as f:
             text = f.read()
         events = re.search(r"^events:\s+(.+)$", text, re.M)
@@ -149,6 +168,124 @@ def count(binary: str, sim_bin: str, path: str, n: int, tmp: str, cache: bool = 
                 p.wait()
 
 
+def per_instruction(path: str) -> dict:
+    """{(object, function): {address: Ir}} from a callgrind file written with
+    `--dump-instr=yes` (name compression and relative addresses resolved; the cost line
+    after a `calls=` line is a call's inclusive cost and is skipped)."""
+    names: dict[str, dict[str, str]] = {"ob": {}, "fn": {}}
+    ob = fn = ""
+    addr = 0
+    skip = False
+    costs: dict = {}
+    with open(path) as f:
+        for line in f:
+            key, _, rest = line.partition("=")
+            if key in ("ob", "fn", "cob", "cfn", "fl", "fi", "fe", "cfi", "cfl"):
+                m = re.match(r"\((\d+)\)(?: (.*))?", rest.strip())
+                kind = "ob" if key in ("ob", "cob") else "fn" if key in ("fn", "cfn") else None
+                name = rest.strip()
+                if m:
+                    if m.group(2) and kind:
+                        names[kind][m.group(1)] = m.group(2)
+                    name = names[kind].get(m.group(1), "?") if kind else name
+                if key == "ob":
+                    ob = name
+                elif key == "fn":
+                    fn = name
+                continue
+            if key == "calls":
+                skip = True
+                continue
+            if not line[:1] or line[0] not in "0123456789+-*":
+                continue
+            parts = line.split()
+            a = parts[0]
+            if a.startswith("+"):
+                addr += int(a[1:], 0)
+            elif a.startswith("-"):
+                addr -= int(a[1:], 0)
+            elif a != "*":
+                addr = int(a, 0)
+            if skip:
+                skip = False
+                continue
+            if len(parts) > 2:
+                d = costs.setdefault((ob, fn), {})
+                d[addr] = d.get(addr, 0) + int(parts[2])
+    return costs
+
+
+def lengths(obj: str, addrs: list[int]) -> dict[int, int]:
+    """Instruction lengths in bytes at `addrs` of object file `obj`, from `objdump -d`
+    over the ranges the addresses cluster in."""
+    out: dict[int, int] = {}
+    addrs = sorted(addrs)
+    i = 0
+    while i < len(addrs):
+        j = i
+        while j + 1 < len(addrs) and addrs[j + 1] - addrs[j] < 65536:
+            j += 1
+        r = subprocess.run(["objdump", "-d", "--no-show-raw-insn", f"--start-address={addrs[i]}",
+                            f"--stop-address={addrs[j] + 16}", obj], capture_output=True, text=True)
+        starts = [int(m.group(1), 16) for m in re.finditer(r"^\s+([0-9a-f]+):", r.stdout, re.M)]
+        out.update({a: b - a for a, b in zip(starts, starts[1:])})
+        i = j + 1
+    return out
+
+
+def footprint(small: dict, large: dict, n: int, top: int = 12) -> tuple[dict, list]:
+    """The request's code: instructions whose count grew by at least n/2 between the two
+    runs (n requests apart). Returns totals (lines, bytes, fill) and the functions with
+    the most lines: (lines, bytes, name)."""
+    per_fn = []
+    total_lines: set = set()
+    total_bytes = 0
+    by_obj: dict[str, list] = {}
+    for (ob, fn), d in large.items():
+        s = small.get((ob, fn), {})
+        hot = [a for a, v in d.items() if v - s.get(a, 0) >= n / 2]
+        if hot:
+            by_obj.setdefault(ob, []).append((fn, hot))
+    for ob, fns in by_obj.items():
+        size = lengths(ob, [a for _, hot in fns for a in hot]) if os.path.exists(ob) else {}
+        for fn, hot in fns:
+            lines: set = set()
+            b = 0
+            for a in hot:
+                length = size.get(a, 4)
+                b += length
+                lines.update({(ob, a // 64), (ob, (a + length - 1) // 64)})
+            total_lines |= lines
+            total_bytes += b
+            per_fn.append((len(lines), b, fn))
+    per_fn.sort(reverse=True)
+    return {"lines": len(total_lines), "bytes": total_bytes,
+            "fill": total_bytes / (64 * len(total_lines)) if total_lines else 0.0}, per_fn[:top]
+
+
+def report_footprint(binaries: list, sim_bin: str, paths: list, a, tmp: str) -> None:
+    print("The code one request runs (instructions run at least once per two requests; callgrind):\n")
+    print("| path | target | code lines (64 B) | KiB | bytes of path code | fill |")
+    print("|---|---|---:|---:|---:|---:|")
+    tops = []
+    for path in paths:
+        for name, binary in binaries:
+            if name == "nginx" and not is_h1(path):
+                continue
+            small = count(binary, sim_bin, path, a.small, tmp, per_instr=True)
+            large = count(binary, sim_bin, path, a.large, tmp, per_instr=True)
+            tot, top = footprint(small, large, a.large - a.small)
+            print(f"| {path} | {name} | {tot['lines']:,} | {tot['lines'] * 64 / 1024:,.1f} | {tot['bytes']:,} | {tot['fill']:.2f} |",
+                  flush=True)
+            tops.append((path, name, top))
+    for path, name, top in tops:
+        print(f"\n{path}, {name}: the functions with the most lines\n")
+        print("| lines | fill | function |")
+        print("|---:|---:|---|")
+        for lines, b, fn in top:
+            print(f"| {lines} | {b / (64 * lines):.2f} | `{fn[:120]}` |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--bin-dir", default=os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release"))
@@ -156,12 +293,14 @@ def main() -> None:
     ap.add_argument("--nginx", action="store_true", help="also count nginx on the HTTP/1.1 paths")
     ap.add_argument("--paths", default="h1,h1c1,h2,grpc")
     ap.add_argument("--cache", action="store_true", help="also simulate the caches: misses per request")
+    ap.add_argument("--footprint", action="store_true",
+                    help="instead of counting: the code lines one request runs, how full they are, and by function")
     ap.add_argument("--small", type=int, default=2_000)
     ap.add_argument("--large", type=int, default=12_000)
     a = ap.parse_args()
     if a.large <= a.small:
         sys.exit("--large must exceed --small")
-    ensure_tools()
+    ensure_tools(a.footprint)
     sim_bin = os.path.join(a.bin_dir, "shardgate-sim")
     binaries = [("shardgate", os.path.join(a.bin_dir, "shardgate"))]
     if a.baseline:
@@ -177,6 +316,10 @@ def main() -> None:
     for p in paths:
         if p not in ("h2", "grpc") and not is_h1(p):
             sys.exit(f"unknown path {p!r}: h1, h1cN (N connections), h2 or grpc")
+    if a.footprint:
+        report_footprint(binaries, sim_bin, paths, a, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     rows = []
     misses: list[tuple[str, str, dict[str, float]]] = []
     for path in paths:
