@@ -28,7 +28,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
@@ -197,7 +197,7 @@ impl BufRing {
             r.put(bid);
         }
         // SAFETY: the entries stay allocated (and the buffers alive) until `Drop`,
-        // which comes after the ring that uses them is dropped (see `serve_uring`).
+        // which comes after the ring that uses them is dropped (`Uring`'s field order).
         unsafe {
             ring.submitter()
                 .register_buf_ring(r.entries as u64, RING_ENTRIES, BGID)?
@@ -231,6 +231,12 @@ impl Drop for BufRing {
     }
 }
 
+/// A ring and the provided buffers registered with it; the ring is dropped first.
+struct Uring {
+    ring: IoUring,
+    provided: Option<BufRing>,
+}
+
 fn push(ring: &mut IoUring, e: squeue::Entry) -> std::io::Result<()> {
     // SAFETY: every buffer an entry points at (the connection buffers, the answer,
     // the provided ring) outlives the ring in `serve_uring`.
@@ -241,17 +247,22 @@ fn push(ring: &mut IoUring, e: squeue::Entry) -> std::io::Result<()> {
 }
 
 fn serve_uring(socks: &[TcpStream], a: &Args, multi: bool) -> std::io::Result<Run> {
-    let mut ring: IoUring = IoUring::builder()
+    // Declared before the ring, so dropped after it on every path: the kernel may write
+    // into them until the ring (and its operations) is gone.
+    let mut bufs = vec![vec![0u8; 16 * 1024]; socks.len()];
+    let answer = vec![b'a'; a.resp];
+    let ring: IoUring = IoUring::builder()
         .setup_coop_taskrun()
         .setup_taskrun_flag()
         .build(4096)?;
-    let mut provided = if multi {
+    let provided = if multi {
         Some(BufRing::new(&ring)?)
     } else {
         None
     };
-    let mut bufs = vec![vec![0u8; 16 * 1024]; socks.len()];
-    let answer = vec![b'a'; a.resp];
+    // Fields drop in declaration order: the ring before the provided buffers.
+    let mut uring = Uring { ring, provided };
+    let Uring { ring, provided } = &mut uring;
     let mut framer = Framer::new(socks.len(), a.req);
     let recv = |i: usize, bufs: &mut [Vec<u8>]| -> squeue::Entry {
         let fd = types::Fd(socks[i].as_raw_fd());
@@ -263,7 +274,7 @@ fn serve_uring(socks: &[TcpStream], a: &Args, multi: bool) -> std::io::Result<Ru
         .user_data(OP_RECV | i as u64)
     };
     for i in 0..socks.len() {
-        push(&mut ring, recv(i, &mut bufs))?;
+        push(ring, recv(i, &mut bufs))?;
     }
     let (t0, c0) = (Instant::now(), thread_cpu());
     let (mut open, mut served, mut waits) = (socks.len(), 0u64, 0u64);
@@ -288,7 +299,7 @@ fn serve_uring(socks: &[TcpStream], a: &Args, multi: bool) -> std::io::Result<Ru
                 p.put(bid);
             }
             if res == -libc::ENOBUFS {
-                push(&mut ring, recv(i, &mut bufs))?;
+                push(ring, recv(i, &mut bufs))?;
                 continue;
             }
             if res <= 0 {
@@ -298,7 +309,7 @@ fn serve_uring(socks: &[TcpStream], a: &Args, multi: bool) -> std::io::Result<Ru
             for _ in 0..framer.feed(i, res as usize) {
                 let fd = types::Fd(socks[i].as_raw_fd());
                 push(
-                    &mut ring,
+                    ring,
                     opcode::Send::new(fd, answer.as_ptr(), answer.len() as u32)
                         .build()
                         .user_data(OP_SEND | i as u64),
@@ -306,7 +317,7 @@ fn serve_uring(socks: &[TcpStream], a: &Args, multi: bool) -> std::io::Result<Ru
                 served += 1;
             }
             if !multi || !cqueue::more(flags) {
-                push(&mut ring, recv(i, &mut bufs))?;
+                push(ring, recv(i, &mut bufs))?;
             }
         }
     }
@@ -316,9 +327,7 @@ fn serve_uring(socks: &[TcpStream], a: &Args, multi: bool) -> std::io::Result<Ru
         wall: t0.elapsed(),
         waits,
     };
-    // The ring goes first: the kernel may still reference the provided buffers.
-    drop(ring);
-    drop(provided.take());
+    drop(uring);
     Ok(run)
 }
 
@@ -330,6 +339,8 @@ fn serve_epoll(socks: &[TcpStream], a: &Args) -> std::io::Result<Run> {
         if ep < 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // Closed on every path.
+        let ep_owned = std::os::fd::OwnedFd::from_raw_fd(ep);
         for (i, s) in socks.iter().enumerate() {
             s.set_nonblocking(true)?;
             let mut ev = libc::epoll_event {
@@ -398,7 +409,7 @@ fn serve_epoll(socks: &[TcpStream], a: &Args) -> std::io::Result<Run> {
             wall: t0.elapsed(),
             waits,
         };
-        libc::close(ep);
+        drop(ep_owned);
         Ok(run)
     }
 }
