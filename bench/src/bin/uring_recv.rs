@@ -433,13 +433,16 @@ fn one(mode: Mode, a: &Args) -> std::io::Result<Run> {
         Mode::Multi => serve_uring(&socks, a, true),
         Mode::Epoll => serve_epoll(&socks, a),
     };
+    // Closing the server's ends ends the client too (EOF) when the server failed early.
     drop(socks);
-    match client.join() {
+    let client = client.join();
+    // The server's own failure first: the client's would only be its consequence.
+    let run = run?;
+    match client {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
         Err(_) => return Err(std::io::Error::other("the client thread panicked")),
     }
-    let run = run?;
     let expected = (a.conns * a.requests) as u64;
     if run.requests != expected {
         return Err(std::io::Error::other(format!(
