@@ -95,6 +95,30 @@ const BGID: u16 = 7;
 const OP_RECV: u64 = 1 << 32;
 const OP_SEND: u64 = 2 << 32;
 
+/// The server's clocks from the start of its loop.
+struct Meter {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Meter {
+    fn start() -> Self {
+        Meter {
+            wall: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    fn run(&self, requests: u64, waits: u64) -> Run {
+        Run {
+            requests,
+            cpu: thread_cpu() - self.cpu,
+            wall: self.wall.elapsed(),
+            waits,
+        }
+    }
+}
+
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -276,7 +300,7 @@ fn serve_uring(socks: &[TcpStream], a: &Args, multi: bool) -> std::io::Result<Ru
     for i in 0..socks.len() {
         push(ring, recv(i, &mut bufs))?;
     }
-    let (t0, c0) = (Instant::now(), thread_cpu());
+    let meter = Meter::start();
     let (mut open, mut served, mut waits) = (socks.len(), 0u64, 0u64);
     while open > 0 {
         ring.submit_and_wait(1)?;
@@ -321,14 +345,7 @@ fn serve_uring(socks: &[TcpStream], a: &Args, multi: bool) -> std::io::Result<Ru
             }
         }
     }
-    let run = Run {
-        requests: served,
-        cpu: thread_cpu() - c0,
-        wall: t0.elapsed(),
-        waits,
-    };
-    drop(uring);
-    Ok(run)
+    Ok(meter.run(served, waits))
 }
 
 fn serve_epoll(socks: &[TcpStream], a: &Args) -> std::io::Result<Run> {
@@ -340,7 +357,7 @@ fn serve_epoll(socks: &[TcpStream], a: &Args) -> std::io::Result<Run> {
             return Err(std::io::Error::last_os_error());
         }
         // Closed on every path.
-        let ep_owned = std::os::fd::OwnedFd::from_raw_fd(ep);
+        let _ep = std::os::fd::OwnedFd::from_raw_fd(ep);
         for (i, s) in socks.iter().enumerate() {
             s.set_nonblocking(true)?;
             let mut ev = libc::epoll_event {
@@ -356,7 +373,7 @@ fn serve_epoll(socks: &[TcpStream], a: &Args) -> std::io::Result<Run> {
         let answer = vec![b'a'; a.resp];
         let mut framer = Framer::new(socks.len(), a.req);
         let mut closed = vec![false; socks.len()];
-        let (t0, c0) = (Instant::now(), thread_cpu());
+        let meter = Meter::start();
         let (mut open, mut served, mut waits) = (socks.len(), 0u64, 0u64);
         while open > 0 {
             let n = libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1);
@@ -403,14 +420,7 @@ fn serve_epoll(socks: &[TcpStream], a: &Args) -> std::io::Result<Run> {
                 }
             }
         }
-        let run = Run {
-            requests: served,
-            cpu: thread_cpu() - c0,
-            wall: t0.elapsed(),
-            waits,
-        };
-        drop(ep_owned);
-        Ok(run)
+        Ok(meter.run(served, waits))
     }
 }
 
