@@ -32,8 +32,6 @@ with apt-get when missing; on a machine that reaches no registry, the wrapper th
 """
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import platform
@@ -46,11 +44,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare_module import compare
+
 ROOT = Path(__file__).resolve().parent.parent
-_loader = importlib.machinery.SourceFileLoader("bench_compare", str(ROOT / "bench" / "compare"))
-_spec = importlib.util.spec_from_loader("bench_compare", _loader)
-compare = importlib.util.module_from_spec(_spec)
-_loader.exec_module(compare)
 
 MODEL = compare.MODEL
 

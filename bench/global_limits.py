@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.machinery
-import importlib.util
 import json
 import shutil
 import sys
@@ -32,11 +30,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-_loader = importlib.machinery.SourceFileLoader("bench_compare", str(HERE / "compare"))
-_spec = importlib.util.spec_from_loader("bench_compare", _loader)
-C = importlib.util.module_from_spec(_spec)
-_loader.exec_module(C)  # process helpers (Procs, free ports, build)
+import compare_module
+
+C = compare_module.compare  # process helpers (Procs, free ports, build)
 
 ROOT = C.ROOT
 PERIOD = {"second": 1, "minute": 60, "hour": 3600}

@@ -56,7 +56,6 @@ when missing and root). Prints a markdown table; writes nothing.
 from __future__ import annotations
 
 import argparse
-import importlib.machinery
 import importlib.util
 import os
 import re
@@ -65,16 +64,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from compare_module import compare
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("h2bench", os.path.join(ROOT, "bench", "h2.py"))
 h2bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(h2bench)
-_cspec = importlib.util.spec_from_loader("compare", importlib.machinery.SourceFileLoader("compare", os.path.join(ROOT, "bench", "compare")))
-compare = importlib.util.module_from_spec(_cspec)
-_cspec.loader.exec_module(compare)
 
 # nginx is measured on the HTTP/1.1 paths only (it proxies HTTP/2 and gRPC only to other upstream protocols).
 def is_h1(path: str) -> bool:

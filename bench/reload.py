@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import importlib.machinery
-import importlib.util
 import json
 import sys
 import tempfile
@@ -38,11 +36,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-_loader = importlib.machinery.SourceFileLoader("bench_compare", str(HERE / "compare"))
-_spec = importlib.util.spec_from_loader("bench_compare", _loader)
-C = importlib.util.module_from_spec(_spec)
-_loader.exec_module(C)  # process helpers (Procs, free ports, build, wait_for, metric)
+import compare_module
+
+C = compare_module.compare  # process helpers (Procs, free ports, build, wait_for, metric)
 
 ROOT = C.ROOT
 

@@ -27,8 +27,6 @@ binaries of shardgate-sim and shardgate-load (`--bin-dir`, default target/releas
 """
 
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import shutil
@@ -40,11 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from compare_module import compare
+
 ROOT = Path(__file__).resolve().parent.parent
-_loader = importlib.machinery.SourceFileLoader("bench_compare", str(ROOT / "bench" / "compare"))
-_spec = importlib.util.spec_from_loader("bench_compare", _loader)
-compare = importlib.util.module_from_spec(_spec)
-_loader.exec_module(compare)
 
 MODEL = compare.MODEL
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import importlib.machinery
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -42,11 +40,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-_loader = importlib.machinery.SourceFileLoader("bench_compare", str(HERE / "compare"))
-_spec = importlib.util.spec_from_loader("bench_compare", _loader)
-C = importlib.util.module_from_spec(_spec)
-_loader.exec_module(C)  # process helpers (Procs, CPU accounting, apt, nginx lookup)
+import compare_module
+
+C = compare_module.compare  # process helpers (Procs, CPU accounting, apt, nginx lookup)
 
 ROOT = C.ROOT
 
