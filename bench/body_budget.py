@@ -20,7 +20,6 @@ Everything it starts is killed on exit; it only talks to 127.0.0.1.
 
 import argparse
 import json
-import os
 import resource
 import selectors
 import socket

@@ -708,7 +708,7 @@ class Sticky(Router):
             if self.escape is not None:
                 others = [e for e in sim.engines if e not in holders]
                 if others:
-                    th = e_t = h.first_tokens(now, req, {req.id}).get(req.id, math.inf)
+                    th = h.first_tokens(now, req, {req.id}).get(req.id, math.inf)
                     o = min(others, key=lambda e: self.score("ttft", e, req, now))
                     to = o.first_tokens(now, req, {req.id}).get(req.id, math.inf)
                     if to + self.escape * 1e6 < th:
@@ -1368,8 +1368,8 @@ def main() -> int:
     seeds = [int(x) for x in args.seeds.split(",")]
     names = [x for x in args.routers.split(",") if x]
     cells = []
-    print(f"| router | rate | seed | sent | TTFT mean | p50 | p90 | p99 | hit | cold | share "
-          f"| wall s |")
+    print("| router | rate | seed | sent | TTFT mean | p50 | p90 | p99 | hit | cold | share "
+          "| wall s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for name in names:
         for rate in rates:
