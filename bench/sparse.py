@@ -28,6 +28,7 @@ binaries of shardgate-sim and shardgate-load (`--bin-dir`, default target/releas
 
 import argparse
 import json
+import math
 import os
 import shutil
 import signal
@@ -141,6 +142,8 @@ def main() -> int:
     ap.add_argument("--proxy-core", help="taskset CPU list for the proxy alone (default: --core)")
     ap.add_argument("--bin-dir", type=Path, default=ROOT / "target" / "release")
     ap.add_argument("--ops", action="store_true", help="one more run per target counting io_uring operations")
+    ap.add_argument("--reference", help="the target the others are paired against, round by round (default: "
+                    "nginx when named, else the last target)")
     a = ap.parse_args()
     targets = [t.strip() for t in a.targets.split(",") if t.strip() and t.strip() != "direct"]
     # direct-to-backend runs in every round, for the added latency of each target.
@@ -202,7 +205,45 @@ def main() -> int:
                                      ("io_uring_submit_req", "sys_enter_io_uring_enter",
                                       "sys_enter_epoll_wait", "sched_switch")) + " |"
         print(line)
+    ref = a.reference or ("nginx" if "nginx" in targets else targets[-1])
+    if ref not in rows:
+        print(f"--reference {ref} is not a target", file=sys.stderr)
+        return 2
+    print(f"\nPaired by round against `{ref}` (the targets alternate within each round, so the VM's drift "
+          "between rounds falls on both): the median of the per-round ratios, and in how many rounds the "
+          "target was lower, with the two-sided sign-test p-value of that count (ties left out)\n")
+    print("| target | added p50 ÷ ref | lower in | p | added p99 ÷ ref | lower in | p | CPU ÷ ref | lower in | p |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        if t in ("direct", ref):
+            continue
+        cells = [f"`{t}`"]
+        for key, added in (("p50_us", True), ("p99_us", True), ("cpu_us", False)):
+            cells += paired(rows[t], rows[ref], rows["direct"], key, added)
+        print("| " + " | ".join(cells) + " |")
     return 0
+
+
+def paired(mine: list[dict], ref: list[dict], direct: list[dict], key: str, added: bool) -> list[str]:
+    """Round-by-round comparison of `key` (less direct's, when `added`) between two targets: the
+    median ratio, the rounds where `mine` was lower, and the sign test's p-value."""
+    pairs = []
+    for m, r, d in zip(mine, ref, direct):
+        if m[key] is None or r[key] is None or (added and d[key] is None):
+            continue
+        base = d[key] if added else 0.0
+        pairs.append((m[key] - base, r[key] - base))
+    ratios = [x / y for x, y in pairs if y > 0]
+    lower = sum(1 for x, y in pairs if x < y)
+    n = sum(1 for x, y in pairs if x != y)
+    return [f"{statistics.median(ratios):.2f}×" if ratios else "–", f"{lower} of {n}",
+            f"{sign_test(lower, n):.2f}" if n else "–"]
+
+
+def sign_test(k: int, n: int) -> float:
+    """Two-sided p-value of `k` successes in `n` fair coin flips (exact binomial)."""
+    tail = sum(math.comb(n, i) for i in range(0, min(k, n - k) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 if __name__ == "__main__":
