@@ -1013,6 +1013,7 @@ async fn forward<S: ClientStream>(
     let rid = request_id.as_bytes();
     let fwd = Forwarded {
         peer: req.peer,
+        tls: S::TLS,
         request_id: rid,
         model,
         body: req.body,

@@ -54,6 +54,9 @@ use shardgate_runtime::io::{read_into, read_into_cancelable, READ_CHUNK};
 
 /// The client side of a connection as the HTTP/1.1 front end uses it.
 pub(crate) trait ClientStream {
+    /// The connection is TLS-terminated here: the request came over `https`
+    /// (sent upstream as `X-Forwarded-Proto`).
+    const TLS: bool;
     /// Read once, appending plaintext to `buf` (0 = the client closed).
     async fn read_into(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut);
     /// [`ClientStream::read_into`] that `cancel` can stop: it then returns
@@ -82,6 +85,8 @@ pub(crate) trait ClientStream {
 // them would be one more state machine, and the inner one (with its buffer)
 // copied into it at every read.
 impl ClientStream for TcpStream {
+    const TLS: bool = false;
+
     #[inline]
     fn read_into(
         &mut self,
@@ -350,6 +355,8 @@ impl<C: TlsSide> TlsStream<C> {
 }
 
 impl ClientStream for TlsStream {
+    const TLS: bool = true;
+
     async fn read_into(&mut self, buf: BytesMut) -> (io::Result<usize>, BytesMut) {
         self.read_plain(buf, None).await
     }

@@ -304,6 +304,8 @@ pub const INLINE_BODY: usize = 64 * 1024;
 pub struct Forwarded<'a> {
     /// The client's address (`X-Forwarded-For`).
     pub peer: SocketAddr,
+    /// The client came over TLS, terminated here (`X-Forwarded-Proto: https`).
+    pub tls: bool,
     /// `X-Request-Id`.
     pub request_id: &'a [u8],
     /// The body's model (`X-Gateway-Model-Name`).
@@ -389,7 +391,8 @@ pub fn write_request(
     }
     write_ip(buf, fwd.peer.ip());
     buf.extend_from_slice(b"\r\n");
-    write::header(buf, "x-forwarded-proto", b"http");
+    let proto: &[u8] = if fwd.tls { b"https" } else { b"http" };
+    write::header(buf, "x-forwarded-proto", proto);
     write::header(buf, "x-request-id", fwd.request_id);
     if let Some(m) = fwd.model {
         write::header(buf, MODEL_HEADER, m.as_bytes());
@@ -868,8 +871,14 @@ mod tests {
         }
     }
 
-    /// What `write_request` sends for the raw client head `raw`.
+    /// What `write_request` sends for the raw client head `raw`, from a
+    /// cleartext client.
     fn forwarded(raw: &[u8]) -> String {
+        forwarded_from(raw, false)
+    }
+
+    /// What `write_request` sends for `raw`, from a client on TLS when `tls`.
+    fn forwarded_from(raw: &[u8], tls: bool) -> String {
         let buf = Bytes::copy_from_slice(raw);
         let (head, _) =
             shardgate_http::parse_request_head(&buf, &shardgate_http::Limits::default())
@@ -878,6 +887,7 @@ mod tests {
         let body = Bytes::new();
         let fwd = Forwarded {
             peer: "10.0.0.9:5000".parse().unwrap(),
+            tls,
             request_id: b"rid",
             model: None,
             body: &body,
@@ -1091,6 +1101,7 @@ mod tests {
         let set = [("x-jwt-sub".to_string(), "user-1".to_string())];
         let fwd = Forwarded {
             peer: "10.0.0.9:5000".parse().unwrap(),
+            tls: false,
             request_id: b"rid",
             model: None,
             body: &body,
@@ -1124,6 +1135,21 @@ mod tests {
         let req = forwarded(b"GET https://b.example:8443 HTTP/1.1\r\nHost: a\r\n\r\n");
         assert!(req.starts_with("GET / HTTP/1.1\r\n"), "{req}");
         assert_eq!(hosts(&req), ["b.example:8443"], "{req}");
+    }
+
+    #[test]
+    fn forwarded_proto_says_how_the_client_came_and_replaces_the_clients_own() {
+        let raw = b"GET /v1/models HTTP/1.1\r\nHost: a\r\nX-Forwarded-Proto: ftp\r\n\r\n";
+        let protos = |req: &str| -> Vec<String> {
+            req.lines()
+                .filter_map(|l| l.strip_prefix("x-forwarded-proto: "))
+                .map(str::to_string)
+                .collect()
+        };
+        let req = forwarded_from(raw, false);
+        assert_eq!(protos(&req), ["http"], "{req}");
+        let req = forwarded_from(raw, true);
+        assert_eq!(protos(&req), ["https"], "{req}");
     }
 
     #[test]

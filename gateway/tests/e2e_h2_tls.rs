@@ -46,9 +46,9 @@ fn https_clients_that_offer_h2_get_http2() {
     let dir = shardgate_testkit::temp_dir("h2-tls");
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
-    let url = format!("https://localhost:{}/v1/chat/completions", gw.addr.port());
+    let url = |path: &str| format!("https://localhost:{}{path}", gw.addr.port());
     let resolve = format!("localhost:{}:127.0.0.1", gw.addr.port());
-    let run = |proto: &str, body: &str| {
+    let run_on = |path: &str, proto: &str, body: &str, header: &str| {
         let out = Command::new("curl")
             .args([
                 "-sS",
@@ -59,13 +59,15 @@ fn https_clients_that_offer_h2_get_http2() {
                 &resolve,
                 "-H",
                 "content-type: application/json",
+                "-H",
+                header,
                 "-d",
                 body,
                 "-w",
                 "\n%{http_version} %{http_code}",
                 "--max-time",
                 "10",
-                &url,
+                &url(path),
             ])
             .output()
             .unwrap();
@@ -76,6 +78,8 @@ fn https_clients_that_offer_h2_get_http2() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let run =
+        |proto: &str, body: &str| run_on("/v1/chat/completions", proto, body, "x-client: e2e");
     // Streaming over HTTP/2 on TLS: every SSE event, then [DONE].
     let body = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true}"#;
     let out = run("--http2", body);
@@ -90,4 +94,24 @@ fn https_clients_that_offer_h2_get_http2() {
     let out = run("--http1.1", body);
     assert!(out.ends_with("\n1.1 200"), "{out}");
     assert!(out.contains("data: [DONE]"), "{out}");
+    // Over either protocol the backend learns that the client came over TLS.
+    for (proto, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        // The echo path is no inference API, so the model comes from the header.
+        let out = run_on("/sim/echo", proto, "{}", "x-gateway-model-name: llama");
+        let (json, status) = out.rsplit_once('\n').unwrap();
+        assert_eq!(status, format!("{version} 200"), "{out}");
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        let protos: Vec<&str> = v["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| {
+                h[0].as_str()
+                    .unwrap()
+                    .eq_ignore_ascii_case("x-forwarded-proto")
+            })
+            .map(|h| h[1].as_str().unwrap())
+            .collect();
+        assert_eq!(protos, ["https"], "{proto}: {out}");
+    }
 }

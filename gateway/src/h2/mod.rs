@@ -103,7 +103,7 @@ pub(crate) async fn serve_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let io = StreamWrapper::new_with_buffer_size(tcp, IO_BUFFER, IO_BUFFER);
-    serve_io(shard, io, peer, port, open).await
+    serve_io(shard, io, peer, port, open, false).await
 }
 
 /// Serve HTTP/2 on a TLS connection whose client chose `h2` in ALPN.
@@ -116,12 +116,18 @@ pub(crate) async fn serve_tls(
 ) {
     let (sock, conn, rx) = tls.into_parts();
     let io = tls_io::TlsIo::new(sock, conn, rx, IO_BUFFER);
-    serve_io(shard, io, peer, port, open).await
+    serve_io(shard, io, peer, port, open, true).await
 }
 
-/// Serve HTTP/2 on `io` (cleartext or TLS).
-async fn serve_io<T>(shard: Rc<Shard>, io: T, peer: SocketAddr, port: u16, open: ConnGauge)
-where
+/// Serve HTTP/2 on `io` (cleartext, or TLS terminated here when `tls`).
+async fn serve_io<T>(
+    shard: Rc<Shard>,
+    io: T,
+    peer: SocketAddr,
+    port: u16,
+    open: ConnGauge,
+    tls: bool,
+) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
 {
     let _open = open;
@@ -170,6 +176,7 @@ where
                         respond,
                         peer,
                         port,
+                        tls,
                         guard,
                     ));
                 }
@@ -206,6 +213,7 @@ async fn serve_stream(
     respond: SendResponse<Bytes>,
     peer: SocketAddr,
     port: u16,
+    tls: bool,
     _count: StreamCount,
 ) {
     let started = Instant::now();
@@ -221,7 +229,7 @@ async fn serve_stream(
         // HTTP over HTTP/2 (OpenAI-compatible): the same plan, forwarded over
         // HTTP/1.1 ([`openai`]).
         Box::pin(openai::serve(
-            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
+            &shard, &state, parts, body, respond, peer, port, tls, &mut guard, started,
         ))
         .await;
     }
@@ -236,7 +244,7 @@ mod tests {
         // `monoio::spawn` copies the task's future twice (into its cell, then
         // the cell into its box) per accepted stream; the whole gRPC or HTTP
         // lifecycle inline made that several KiB of copying per call.
-        let task = future_size!(serve_stream; A, B, C, D, E, G);
+        let task = future_size!(serve_stream; A, B, C, D, E, G, H);
         let grpc = future_size!(call::serve; A, B, C, D, E, G, H, I, J);
         eprintln!("stream task {task} bytes, gRPC call {grpc} bytes");
         assert!(task <= 1024, "the spawned stream future is {task} bytes");

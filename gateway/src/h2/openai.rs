@@ -153,6 +153,7 @@ pub(super) async fn serve(
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
     port: u16,
+    tls: bool,
     guard: &mut Served,
     started: Instant,
 ) {
@@ -314,6 +315,7 @@ pub(super) async fn serve(
         target,
         admission: &admission,
         started,
+        tls,
     };
     let (status, answer) = forward(
         shard,
@@ -341,6 +343,8 @@ struct Upstream<'a> {
     admission: &'a Admission,
     /// When the request began (time to first token counts from here).
     started: Instant,
+    /// The client came over TLS, terminated here (`X-Forwarded-Proto`).
+    tls: bool,
 }
 
 /// Pick, send over HTTP/1.1, relay the answer; returns the status to record
@@ -381,6 +385,7 @@ async fn forward(
     let rid = shard.request_id();
     let fwd = Forwarded {
         peer,
+        tls: to.tls,
         request_id: &rid,
         model,
         body,
