@@ -100,18 +100,11 @@ fn https_clients_that_offer_h2_get_http2() {
         let out = run_on("/sim/echo", proto, "{}", "x-gateway-model-name: llama");
         let (json, status) = out.rsplit_once('\n').unwrap();
         assert_eq!(status, format!("{version} 200"), "{out}");
-        let v: serde_json::Value = serde_json::from_str(json).unwrap();
-        let protos: Vec<&str> = v["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|h| {
-                h[0].as_str()
-                    .unwrap()
-                    .eq_ignore_ascii_case("x-forwarded-proto")
-            })
-            .map(|h| h[1].as_str().unwrap())
-            .collect();
-        assert_eq!(protos, ["https"], "{proto}: {out}");
+        let echo: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            echoed_header(&echo, "x-forwarded-proto"),
+            ["https"],
+            "{proto}: {out}"
+        );
     }
 }

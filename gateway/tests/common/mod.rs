@@ -324,6 +324,18 @@ pub fn chat(model: &str, stream: bool, max_tokens: u32) -> String {
 }
 
 /// Sim stats JSON.
+/// The values of header `name` (any case) in a `/sim/echo` answer: what the
+/// backend received.
+pub fn echoed_header(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+        .map(|h| h[1].as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn sim_stats(addr: SocketAddr) -> serde_json::Value {
     let mut c = Client::connect(addr);
     c.get("/sim/stats").json()
