@@ -71,16 +71,7 @@ def start(target: str, work: Path, backend_port: int, core: str) -> tuple[subpro
 
 
 def group_pids(pgid: int) -> list[str]:
-    out = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                st = Path(f"/proc/{d}/stat").read_text()
-                if int(st[st.rindex(")") + 2:].split()[2]) == pgid:
-                    out.append(d)
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
+    return [pid for pid, _ in compare.group_stats(pgid)]
 
 
 def one_run(a, target: str, work: Path, backend_port: int, ops: bool) -> dict:
