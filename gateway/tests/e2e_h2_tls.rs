@@ -48,29 +48,31 @@ fn https_clients_that_offer_h2_get_http2() {
     std::fs::write(&ca_file, ca.pem()).unwrap();
     let url = |path: &str| format!("https://localhost:{}{path}", gw.addr.port());
     let resolve = format!("localhost:{}:127.0.0.1", gw.addr.port());
-    let run_on = |path: &str, proto: &str, body: &str, header: &str| {
-        let out = Command::new("curl")
-            .args([
-                "-sS",
-                proto,
-                "--cacert",
-                ca_file.to_str().unwrap(),
-                "--resolve",
-                &resolve,
-                "-H",
-                "content-type: application/json",
-                "-H",
-                header,
-                "-d",
-                body,
-                "-w",
-                "\n%{http_version} %{http_code}",
-                "--max-time",
-                "10",
-                &url(path),
-            ])
-            .output()
-            .unwrap();
+    let run_on = |path: &str, proto: &str, body: &str, headers: &[&str]| {
+        let target = url(path);
+        let mut args = vec![
+            "-sS",
+            proto,
+            "--cacert",
+            ca_file.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "-H",
+            "content-type: application/json",
+        ];
+        for h in headers {
+            args.extend(["-H", h]);
+        }
+        args.extend([
+            "-d",
+            body,
+            "-w",
+            "\n%{http_version} %{http_code}",
+            "--max-time",
+            "10",
+            &target,
+        ]);
+        let out = Command::new("curl").args(&args).output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -78,8 +80,7 @@ fn https_clients_that_offer_h2_get_http2() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    let run =
-        |proto: &str, body: &str| run_on("/v1/chat/completions", proto, body, "x-client: e2e");
+    let run = |proto: &str, body: &str| run_on("/v1/chat/completions", proto, body, &[]);
     // Streaming over HTTP/2 on TLS: every SSE event, then [DONE].
     let body = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}],"max_tokens":4,"stream":true}"#;
     let out = run("--http2", body);
@@ -97,7 +98,7 @@ fn https_clients_that_offer_h2_get_http2() {
     // Over either protocol the backend learns that the client came over TLS.
     for (proto, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
         // The echo path is no inference API, so the model comes from the header.
-        let out = run_on("/sim/echo", proto, "{}", "x-gateway-model-name: llama");
+        let out = run_on("/sim/echo", proto, "{}", &["x-gateway-model-name: llama"]);
         let (json, status) = out.rsplit_once('\n').unwrap();
         assert_eq!(status, format!("{version} 200"), "{out}");
         let echo: serde_json::Value = serde_json::from_str(json).unwrap();
