@@ -14,7 +14,8 @@
 //! - a sim that goes away is shown not live (approximate scoring for it).
 //!
 //! Deterministic: scrapes are off (`--no-scrape`: the prefix scorer decides),
-//! requests are sequential, and the tests poll `/debug/endpoints` until the
+//! requests are sequential, the tokenize deadline is one no loaded core
+//! misses (`--kv-tokenize-timeout 30s`: every request is keyed), and the tests poll `/debug/endpoints` until the
 //! events they wait for arrived (a probe request per poll forces a new batch,
 //! so a batch sent before the subscription took effect is replayed).
 
@@ -60,6 +61,12 @@ fn kv_flags(sims: &[SimHandle]) -> Vec<String> {
     f.push("--kv-chat-template".into());
     f.push(format!("m={}", data("chat_template.jinja")));
     f.push("--no-scrape".into());
+    // The checks are of routing, not of the tokenize deadline (unit-tested in
+    // `kv_offload`): at the 50 ms default a loaded CI core can miss it, and
+    // one request scored approximately warms a second sim, after which ties
+    // decide. A deadline no run reaches keeps every request precise.
+    f.push("--kv-tokenize-timeout".into());
+    f.push("30s".into());
     f
 }
 
@@ -239,7 +246,11 @@ fn two_gateways_route_by_what_the_others_traffic_cached() {
     assert_eq!(
         after[warm] - before[warm],
         5,
-        "gateway B followed A's cache: {before:?} -> {after:?}"
+        "gateway B followed A's cache: {before:?} -> {after:?}; tokenize timeouts {:?}",
+        sample(
+            &b.metrics(),
+            "gateway_kv_tokenize_total{result=\"timeout\"}"
+        )
     );
 }
 
