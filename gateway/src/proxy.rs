@@ -639,6 +639,12 @@ async fn handle_request<S: ClientStream>(
     keep
 }
 
+/// A client's `X-Request-Id` is kept when it is 1–200 visible ASCII bytes
+/// (over HTTP/1.1 and HTTP/2 alike); any other value is replaced.
+pub(crate) fn usable_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic())
+}
+
 /// A request's id: the client's `X-Request-Id` when it is usable (1–200 visible
 /// ASCII bytes), else a generated one. Neither allocates.
 #[derive(Clone, Copy)]
@@ -650,11 +656,7 @@ enum RequestId<'h> {
 impl<'h> RequestId<'h> {
     fn of(head: &'h RequestHead, shard: &Shard) -> Self {
         match head.header("x-request-id") {
-            Some(v)
-                if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) =>
-            {
-                RequestId::Client(v)
-            }
+            Some(v) if usable_request_id(v) => RequestId::Client(v),
             _ => RequestId::Own(shard.request_id()),
         }
     }

@@ -288,7 +288,7 @@ impl ConnPool {
 }
 
 /// Headers the gateway sets itself on the upstream request (client copies dropped).
-const REPLACED_UPSTREAM: [&str; 6] = [
+pub const REPLACED_UPSTREAM: [&str; 6] = [
     "content-length",
     "expect",
     "x-forwarded-for",

@@ -124,6 +124,166 @@ fn local_jwks_401_without_or_with_a_bad_token_200_with_a_good_one() {
     assert!(!log.contains(&expired), "a token reached the log");
 }
 
+/// A provider with the test's RSA key that sets `X-JWT-Sub` from `sub`.
+fn claim_provider() -> String {
+    format!(
+        "        localJWKS: {{keys: {}}}\n        claimToHeaders: [{{claim: sub, header: X-JWT-Sub}}]\n",
+        keys_json(&["rsa-1"])
+    )
+}
+
+/// Every value of `name` in a list of (name, value) pairs.
+fn values(list: &[(String, String)], name: &str) -> Vec<String> {
+    list.iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// Headers a client may try to forge: the claim header, the forwarding
+/// headers, and its own request id `rid`.
+fn forged<'a>(auth: &'a str, rid: &'a str) -> [(&'a str, &'a str); 5] {
+    [
+        ("authorization", auth),
+        ("x-jwt-sub", "admin"),
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x-request-id", rid),
+    ]
+}
+
+#[test]
+fn claim_headers_replace_a_clients_copies_over_http1_and_http2() {
+    let backend = sim(&["m"], |_| {});
+    let gw = Gateway::start(&yaml(backend.addr(), &claim_provider()), &[]);
+    let auth = bearer(&token(Algorithm::RS256, "rsa-1", 600));
+    let body = "{}";
+    // What the backend got: the token's `sub`, the gateway's forwarding
+    // headers after the client's list, the client's request id.
+    let check = |echo: &serde_json::Value, rid: &str| {
+        assert_eq!(echoed_header(echo, "x-jwt-sub"), ["user-7"], "{echo}");
+        assert_eq!(echoed_header(echo, "x-forwarded-proto"), ["http"], "{echo}");
+        assert_eq!(
+            echoed_header(echo, "x-forwarded-for"),
+            ["203.0.113.9, 127.0.0.1"],
+            "{echo}"
+        );
+        assert_eq!(echoed_header(echo, "x-request-id"), [rid], "{echo}");
+    };
+
+    // `/sim/echo` takes no body model: the route is picked by the header.
+    let mut headers = forged(&auth, "rid-h1").to_vec();
+    headers.push(("x-gateway-model-name", "m"));
+    let r = gw.connect().post("/sim/echo", body, &headers);
+    assert_eq!(r.status, 200, "{}", r.text());
+    check(&r.json(), "rid-h1");
+    assert_eq!(r.header("x-request-id"), Some("rid-h1"));
+
+    let mut h2 = shardgate_testkit::grpc::GrpcClient::connect(gw.addr).unwrap();
+    let mut headers = forged(&auth, "rid-h2").to_vec();
+    headers.push(("x-gateway-model-name", "m"));
+    headers.push(("content-type", "application/json"));
+    let (status, answer, chunks) = h2
+        .http("POST", "/sim/echo", &headers, body.as_bytes())
+        .unwrap();
+    let text = String::from_utf8(chunks.concat()).unwrap();
+    assert_eq!(status, 200, "{text}");
+    check(&serde_json::from_str(&text).unwrap(), "rid-h2");
+    assert_eq!(values(&answer, "x-request-id"), ["rid-h2"]);
+
+    // A refusal over HTTP/2 carries the request id too: the client's, else
+    // one the gateway made (and logged).
+    let (status, answer, _) = h2
+        .http(
+            "POST",
+            "/sim/echo",
+            &[("x-gateway-model-name", "m"), ("x-request-id", "rid-401")],
+            body.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(values(&answer, "x-request-id"), ["rid-401"]);
+    let model = [("x-gateway-model-name", "m")];
+    let (status, answer, _) = h2
+        .http("POST", "/sim/echo", &model, body.as_bytes())
+        .unwrap();
+    assert_eq!(status, 401);
+    let own = values(&answer, "x-request-id");
+    assert!(
+        own.len() == 1 && own[0].len() == 32 && own[0].bytes().all(|b| b.is_ascii_hexdigit()),
+        "{answer:?}"
+    );
+}
+
+#[test]
+fn a_grpc_call_carries_the_claim_and_forwarding_headers_of_an_http_request() {
+    use shardgate_sim::grpc::{encode_message, ModelInferRequest, Tensor};
+    let backend = shardgate_sim::spawn(shardgate_testkit::SimConfig {
+        port: 0,
+        model: vec!["bert".into()],
+        ..shardgate_testkit::SimConfig::default()
+    })
+    .unwrap();
+    let config = shardgate_testkit::grpc::grpc_config(&[("bert", "svc-b", backend.addr())]);
+    let policy = yaml(backend.addr(), &claim_provider());
+    let policy = &policy[policy.find("kind: SecurityPolicy").unwrap()..];
+    let gw = Gateway::start(
+        &format!("{config}---\napiVersion: gateway.networking.k8s.io/v1alpha2\n{policy}"),
+        &[],
+    );
+    let msg = encode_message(&ModelInferRequest {
+        model_name: "bert".into(),
+        model_version: String::new(),
+        id: "1".into(),
+        inputs: vec![Tensor {
+            name: "INPUT0".into(),
+            datatype: "BYTES".into(),
+            shape: vec![1],
+        }],
+        raw_input_contents: vec![bytes::Bytes::from_static(b"x")],
+    });
+    let call = "/inference.GRPCInferenceService/ModelInfer";
+    let metadata = || -> Vec<(String, String)> {
+        let v = &sim_stats(backend.addr())["grpc_last_metadata"];
+        serde_json::from_value(v.clone()).unwrap()
+    };
+    let auth = bearer(&token(Algorithm::RS256, "rsa-1", 600));
+    let mut c = shardgate_testkit::grpc::GrpcClient::connect(gw.addr).unwrap();
+
+    let r = c.unary(call, &forged(&auth, "rid-grpc"), &msg).unwrap();
+    assert_eq!(r.status, Some(0), "{r:?}");
+    let md = metadata();
+    assert_eq!(values(&md, "x-jwt-sub"), ["user-7"], "{md:?}");
+    assert_eq!(values(&md, "x-forwarded-proto"), ["http"], "{md:?}");
+    assert_eq!(
+        values(&md, "x-forwarded-for"),
+        ["203.0.113.9, 127.0.0.1"],
+        "{md:?}"
+    );
+    assert_eq!(values(&md, "x-request-id"), ["rid-grpc"], "{md:?}");
+    assert_eq!(values(&md, "authorization"), [auth.as_str()], "{md:?}");
+    assert_eq!(values(&md, "x-gateway-model-name"), ["bert"], "{md:?}");
+
+    // A request id that is not usable (over 200 bytes) is replaced.
+    let long = "r".repeat(201);
+    let r = c
+        .unary(
+            call,
+            &[("authorization", &auth), ("x-request-id", &long)],
+            &msg,
+        )
+        .unwrap();
+    assert_eq!(r.status, Some(0), "{r:?}");
+    let md = metadata();
+    let rid = values(&md, "x-request-id");
+    assert!(rid.len() == 1 && rid[0].len() == 32, "{md:?}");
+    assert_eq!(values(&md, "x-forwarded-for"), ["127.0.0.1"], "{md:?}");
+
+    // Without a token: UNAUTHENTICATED, and the backend saw nothing new.
+    let r = c.unary(call, &[("x-jwt-sub", "admin")], &msg).unwrap();
+    assert_eq!(r.status, Some(16), "{r:?}");
+}
+
 /// A JWKS server: serves the RSA key until `rotated`, then the RSA and EC keys;
 /// counts requests.
 struct JwksServer {

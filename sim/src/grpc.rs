@@ -11,7 +11,8 @@
 //! side; an unknown one is `NOT_FOUND`. `--error-rate` answers `INTERNAL`,
 //! `--stall-ms` delays the answer, slow start answers `UNAVAILABLE`. A stream
 //! whose client goes away before its end counts in `/sim/stats`
-//! `grpc_cancelled_total`.
+//! `grpc_cancelled_total`; `grpc_last_metadata` there lists the last inference
+//! call's request metadata (what a proxy in front forwarded).
 //!
 //! Messages are `prost` structs written here (field numbers of KServe's
 //! `grpc_predict_v2.proto` and gRPC's `health.proto`); fields the sim does
@@ -462,12 +463,28 @@ pub(crate) fn is_grpc_path(path: &str) -> bool {
         || path.starts_with("/grpc.health.v1.Health/")
 }
 
+/// Keeps an inference call's request metadata for `/sim/stats` (health
+/// checks are not kept: they would replace what a test looks for).
+async fn record_metadata(shared: &Shared, headers: &HeaderMap) {
+    let mut last = shared.grpc_last_metadata.lock().await;
+    last.clear();
+    last.extend(headers.iter().map(|(k, v)| {
+        (
+            k.as_str().to_owned(),
+            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+        )
+    }));
+}
+
 /// Answers one gRPC call.
 pub(crate) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<RespBody> {
     let path = req.uri().path().to_owned();
     let method = path.rsplit('/').next().unwrap_or("").to_owned();
     let encoding = req.headers().get("grpc-encoding").cloned();
     let enc = encoding.as_ref().map(HeaderValue::as_bytes);
+    if path.starts_with("/inference.GRPCInferenceService/") {
+        record_metadata(&shared, req.headers()).await;
+    }
     let body = req.into_body();
     let shared = &shared;
     match path.as_str() {

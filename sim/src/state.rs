@@ -161,6 +161,9 @@ pub(crate) struct Shared {
     pub(crate) cold_starts_total: AtomicU64,
     /// gRPC streams whose client went away (reset or closed) before the end.
     pub(crate) grpc_cancelled_total: AtomicU64,
+    /// The request metadata (headers, in order) of the last gRPC call, for
+    /// tests of what a proxy forwards (`/sim/stats` `grpc_last_metadata`).
+    pub(crate) grpc_last_metadata: tokio::sync::Mutex<Vec<(String, String)>>,
     pub(crate) connections_total: AtomicU64,
     /// HTTP requests (not gRPC calls) that came over HTTP/2.
     pub(crate) http2_requests_total: AtomicU64,

@@ -25,6 +25,7 @@
 //! upstream stream is reset (`CANCEL`), as it is when the client resets.
 
 use std::cell::Cell;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -37,7 +38,8 @@ use monoio::time::Instant;
 use shardgate_routing::scoring::PickRequest;
 
 use super::stream::{
-    admit, header, record, send_all, Admission, Answered, Record, Served, Usage, HOP_BY_HOP,
+    admit, header, record, send_all, Admission, Answered, Record, RequestId, Served, Usage,
+    HOP_BY_HOP,
 };
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::Failure;
@@ -46,12 +48,16 @@ use crate::grpc::{first_model, FirstModel};
 use crate::plan::{plan, Plan, RequestInfo};
 use crate::shard::Shard;
 use crate::state::GatewayState;
+use crate::upstream::{ClaimHeaders, REPLACED_UPSTREAM};
 
 /// `grpc-timeout` and the model header as header names made at compile
 /// time: inserting them parses and hashes no string per call.
 const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 const MODEL_HEADER: http::HeaderName =
     http::HeaderName::from_static(shardgate_routing::MODEL_HEADER);
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// A trailers-only gRPC answer: `:status 200`, `grpc-status`, `grpc-message`.
 fn status_only(code: Code, message: &str) -> Response<()> {
@@ -149,10 +155,12 @@ pub(super) async fn serve(
     mut respond: SendResponse<Bytes>,
     peer: SocketAddr,
     port: u16,
+    tls: bool,
     guard: &mut Served,
     started: Instant,
 ) {
     let path = parts.uri.path();
+    let rid = RequestId::of(&parts.headers, shard);
     let mut rec = Record {
         status: 0,
         model: None,
@@ -161,10 +169,7 @@ pub(super) async fn serve(
         peer,
         method: "POST",
         path,
-        request_id: parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
+        request_id: rid.as_str(),
         ts_ms: shard.log_clock(),
         endpoint: None,
         answer: Answered::default(),
@@ -223,6 +228,8 @@ pub(super) async fn serve(
             uri: &parts.uri,
             path,
             peer,
+            tls,
+            request_id: rid.as_str(),
             first: first_buf.clone(),
             ended: first.ended,
             started,
@@ -243,7 +250,12 @@ struct Exec<'a> {
     /// The client's URI (its path and query go upstream as they came).
     uri: &'a http::Uri,
     path: &'a str,
+    /// The client, for `x-forwarded-for`; whether it came over TLS
+    /// terminated here, for `x-forwarded-proto`.
     peer: SocketAddr,
+    tls: bool,
+    /// `x-request-id`, the client's or the gateway's.
+    request_id: &'a str,
     /// Body bytes read before planning (not yet released to the client).
     first: Bytes,
     /// The client's stream ended within them.
@@ -330,7 +342,7 @@ async fn execute(
             tls,
             &settings.h2,
             settings.connect_timeout,
-            upstream_request(&req, model, deadline),
+            upstream_request(&req, model, deadline, admission.claims()),
             req.ended && req.first.is_empty(),
         )
         .await;
@@ -355,8 +367,16 @@ async fn execute(
 }
 
 /// The upstream request: the client's headers less hop-by-hop ones, the
-/// remaining `grpc-timeout`, and `X-Gateway-Model-Name` when a model was named.
-fn upstream_request(req: &Exec<'_>, model: Option<&str>, deadline: Instant) -> Request<()> {
+/// remaining `grpc-timeout`, `x-forwarded-for` (the client's list, then its
+/// address), `x-forwarded-proto`, `x-request-id`, the rule's `claimToHeaders`
+/// (the client's copies of those dropped) and `X-Gateway-Model-Name` when a
+/// model was named: what an HTTP/1.1 request carries upstream.
+fn upstream_request(
+    req: &Exec<'_>,
+    model: Option<&str>,
+    deadline: Instant,
+    claims: Option<ClaimHeaders<'_>>,
+) -> Request<()> {
     let mut r = Request::new(());
     *r.method_mut() = http::Method::POST;
     // The client's path and query as they are (a reference-counted clone,
@@ -367,10 +387,41 @@ fn upstream_request(req: &Exec<'_>, model: Option<&str>, deadline: Instant) -> R
     uri.path_and_query = req.uri.path_and_query().cloned();
     *r.uri_mut() = http::Uri::from_parts(uri).unwrap_or_default();
     let h = r.headers_mut();
-    h.reserve(req.headers.len() + 2);
+    h.reserve(req.headers.len() + 5);
+    let mut xff = BytesMut::new();
     for (k, v) in req.headers {
-        if !HOP_BY_HOP.contains(&k.as_str()) && k != GRPC_TIMEOUT {
-            h.append(k.clone(), v.clone());
+        let name = k.as_str();
+        if k == X_FORWARDED_FOR {
+            xff.extend_from_slice(v.as_bytes());
+            xff.extend_from_slice(b", ");
+            continue;
+        }
+        if HOP_BY_HOP.contains(&name)
+            || k == GRPC_TIMEOUT
+            || REPLACED_UPSTREAM.contains(&name)
+            || claims.is_some_and(|c| c.strip.iter().any(|s| s.eq_ignore_ascii_case(name)))
+        {
+            continue;
+        }
+        h.append(k.clone(), v.clone());
+    }
+    let _ = write!(xff, "{}", req.peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if req.tls { "https" } else { "http" }),
+    );
+    if let Ok(v) = HeaderValue::from_str(req.request_id) {
+        h.insert(X_REQUEST_ID, v);
+    }
+    for (name, value) in claims.iter().flat_map(|c| c.set) {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            h.insert(k, v);
         }
     }
     let mut t = String::with_capacity(16);
@@ -495,7 +546,7 @@ async fn relay(
     body: &mut RecvStream,
     respond: &mut SendResponse<Bytes>,
     deadline: Instant,
-    (admission, state): (&Admission, &GatewayState),
+    (admission, state): (&Admission<'_>, &GatewayState),
 ) -> u16 {
     let up_bytes = Cell::new(0u64);
     let down_bytes = Cell::new(0u64);
@@ -530,7 +581,7 @@ async fn relay_call(
     body: &mut RecvStream,
     respond: &mut SendResponse<Bytes>,
     deadline: Instant,
-    admission: &Admission,
+    admission: &Admission<'_>,
     up_bytes: &Cell<u64>,
     down_bytes: &Cell<u64>,
 ) -> u16 {
@@ -633,7 +684,77 @@ async fn relay_call(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
+
+    #[test]
+    fn the_upstream_call_carries_the_gateways_forwarding_and_claim_headers() {
+        let mut headers = HeaderMap::new();
+        for (k, v) in [
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "forged"),
+            ("x-gateway-model-name", "forged"),
+            ("X-Tenant", "forged"),
+            ("connection", "keep-alive"),
+            ("grpc-timeout", "1H"),
+            ("authorization", "Bearer t"),
+            ("x-custom", "kept"),
+        ] {
+            headers.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        let uri: http::Uri = "/inference.GRPCInferenceService/ModelInfer"
+            .parse()
+            .unwrap();
+        let req = Exec {
+            headers: &headers,
+            uri: &uri,
+            path: uri.path(),
+            peer: "[2001:db8::7]:4000".parse().unwrap(),
+            tls: true,
+            request_id: "rid-1",
+            first: Bytes::new(),
+            ended: true,
+            started: Instant::now(),
+        };
+        let strip = ["x-tenant".to_owned()];
+        let set = [("x-tenant".to_owned(), "acme".to_owned())];
+        let claims = ClaimHeaders {
+            strip: &strip,
+            set: &set,
+        };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let r = upstream_request(&req, Some("bert"), deadline, Some(claims));
+        let all = |n: &str| -> Vec<&str> {
+            r.headers()
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(
+            all("x-forwarded-for"),
+            ["203.0.113.9, 198.51.100.2, 2001:db8::7"]
+        );
+        assert_eq!(all("x-forwarded-proto"), ["https"]);
+        assert_eq!(all("x-request-id"), ["rid-1"]);
+        assert_eq!(all("x-gateway-model-name"), ["bert"]);
+        assert_eq!(all("x-tenant"), ["acme"]);
+        assert_eq!(all("authorization"), ["Bearer t"]);
+        assert_eq!(all("x-custom"), ["kept"]);
+        assert!(all("connection").is_empty());
+        let t = all("grpc-timeout");
+        assert!(t.len() == 1 && t[0] != "1H", "{t:?}");
+        // Without a named model or claims, the client's copies are still dropped.
+        let r = upstream_request(&req, None, deadline, None);
+        assert!(r.headers().get("x-gateway-model-name").is_none());
+        assert_eq!(r.headers()["x-tenant"], "forged");
+    }
 
     #[test]
     fn grpc_statuses_are_recorded_as_http_statuses() {

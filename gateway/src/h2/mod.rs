@@ -222,7 +222,7 @@ async fn serve_stream(
     let (parts, body) = req.into_parts();
     if crate::grpc::is_grpc(header(&parts.headers, "content-type")) {
         Box::pin(call::serve(
-            &shard, &state, parts, body, respond, peer, port, &mut guard, started,
+            &shard, &state, parts, body, respond, peer, port, tls, &mut guard, started,
         ))
         .await;
     } else {
@@ -245,7 +245,7 @@ mod tests {
         // the cell into its box) per accepted stream; the whole gRPC or HTTP
         // lifecycle inline made that several KiB of copying per call.
         let task = future_size!(serve_stream; A, B, C, D, E, G, H);
-        let grpc = future_size!(call::serve; A, B, C, D, E, G, H, I, J);
+        let grpc = future_size!(call::serve; A, B, C, D, E, G, H, I, J, K);
         eprintln!("stream task {task} bytes, gRPC call {grpc} bytes");
         assert!(task <= 1024, "the spawned stream future is {task} bytes");
         assert!(

@@ -35,7 +35,8 @@ use shardgate_http::{split_request_head, BodyDecoder, Framing};
 use shardgate_routing::scoring::PickRequest;
 
 use super::stream::{
-    admit, answer_json, record, send_all, Admission, Answered, Record, Served, Usage, HOP_BY_HOP,
+    admit, answer_json, record, send_all, Admission, Answered, Record, RequestId, Served, Usage,
+    HOP_BY_HOP,
 };
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::{Failure, Side};
@@ -157,6 +158,7 @@ pub(super) async fn serve(
     guard: &mut Served,
     started: Instant,
 ) {
+    let rid = RequestId::of(&parts.headers, shard);
     let mut rec = Record {
         status: 0,
         model: None,
@@ -165,10 +167,7 @@ pub(super) async fn serve(
         peer,
         method: parts.method.as_str(),
         path: parts.uri.path(),
-        request_id: parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok()),
+        request_id: rid.as_str(),
         ts_ms: shard.log_clock(),
         endpoint: None,
         answer: Answered::default(),
@@ -185,14 +184,14 @@ pub(super) async fn serve(
     let body = match read {
         Ok(Ok(b)) => b,
         Ok(Err(f)) => {
-            answer_json(&mut respond, &f);
+            answer_json(&mut respond, &f, &rid);
             rec.status = f.status;
             record(shard, &rec, started);
             return;
         }
         Err(_) => {
             let f = Failure::request_timeout();
-            answer_json(&mut respond, &f);
+            answer_json(&mut respond, &f, &rid);
             rec.status = f.status;
             record(shard, &rec, started);
             return;
@@ -203,14 +202,14 @@ pub(super) async fn serve(
         Ok(Some(h)) => h,
         Ok(None) => {
             let f = Failure::bad_json("the request head could not be read".to_owned());
-            answer_json(&mut respond, &f);
+            answer_json(&mut respond, &f, &rid);
             rec.status = f.status;
             record(shard, &rec, started);
             return;
         }
         Err(e) => {
             let f = Failure::from_codec(&e);
-            answer_json(&mut respond, &f);
+            answer_json(&mut respond, &f, &rid);
             rec.status = f.status;
             record(shard, &rec, started);
             return;
@@ -240,6 +239,7 @@ pub(super) async fn serve(
             let mut r = Response::new(());
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("application/json"));
+            rid.insert(r.headers_mut());
             if let Ok(mut s) = respond.send_response(r, false) {
                 let _ = s.send_data(Bytes::from(state.models_body.to_vec()), true);
             }
@@ -248,7 +248,7 @@ pub(super) async fn serve(
             return;
         }
         Plan::Reject(f) => {
-            answer_json(&mut respond, f);
+            answer_json(&mut respond, f, &rid);
             rec.status = f.status;
             record(shard, &rec, started);
             return;
@@ -258,7 +258,7 @@ pub(super) async fn serve(
     let admission = match admit(shard, state, &decision, target, &parts.headers, peer).await {
         Ok(a) => a,
         Err(f) => {
-            answer_json(&mut respond, &f);
+            answer_json(&mut respond, &f, &rid);
             rec.status = f.status;
             record(shard, &rec, started);
             return;
@@ -294,6 +294,7 @@ pub(super) async fn serve(
                 http::StatusCode::from_u16(reply.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("application/json"));
+            rid.insert(r.headers_mut());
             if let Ok(mut s) = respond.send_response(r, false) {
                 let _ = s.send_data(Bytes::from(reply.body), true);
             }
@@ -316,6 +317,7 @@ pub(super) async fn serve(
         admission: &admission,
         started,
         tls,
+        rid: &rid,
     };
     let (status, answer) = forward(
         shard,
@@ -340,11 +342,13 @@ pub(super) async fn serve(
 /// Where a request goes and what it was admitted with.
 struct Upstream<'a> {
     target: &'a crate::plan::Target<'a>,
-    admission: &'a Admission,
+    admission: &'a Admission<'a>,
     /// When the request began (time to first token counts from here).
     started: Instant,
     /// The client came over TLS, terminated here (`X-Forwarded-Proto`).
     tls: bool,
+    /// The request's id (sent upstream, returned to the client).
+    rid: &'a RequestId<'a>,
 }
 
 /// Pick, send over HTTP/1.1, relay the answer; returns the status to record
@@ -382,14 +386,13 @@ async fn forward(
             .map_or(0, |h| u32::try_from(h.prompt_blocks()).unwrap_or(u32::MAX)),
         session: state.session(route.policy, |h| head.header(h), body),
     };
-    let rid = shard.request_id();
     let fwd = Forwarded {
         peer,
         tls: to.tls,
-        request_id: &rid,
+        request_id: to.rid.as_str().as_bytes(),
         model,
         body,
-        claims: None,
+        claims: to.admission.claims(),
     };
     let lim = ExchangeLimits {
         limits: &settings.limits,
@@ -403,7 +406,7 @@ async fn forward(
     let mut reqbuf = shard.take_out_buf();
     let status = loop {
         if let Err(f) = attempts.next(&mut shard.budget.borrow_mut()) {
-            answer_json(respond, &f);
+            answer_json(respond, &f, to.rid);
             break f.status;
         }
         let ep = match shard.pick_precise(
@@ -419,7 +422,7 @@ async fn forward(
             Ok(ep) => ep,
             Err(why) => {
                 let f = attempts.pick_failed(why, route.route);
-                answer_json(respond, &f);
+                answer_json(respond, &f, to.rid);
                 break f.status;
             }
         };
@@ -466,7 +469,7 @@ async fn forward(
                 Action::RetryFresh => {}
                 Action::PickAgain => break None,
                 Action::Respond(f) => {
-                    answer_json(respond, &f);
+                    answer_json(respond, &f, to.rid);
                     break Some(f.status);
                 }
                 Action::Abandon => break Some(0),
@@ -539,6 +542,7 @@ async fn relay(
         head.headers_mut()
             .insert("content-length", HeaderValue::from(n));
     }
+    to.rid.insert(head.headers_mut());
     to.admission.quota_headers(head.headers_mut());
     let end = framing == Framing::None;
     let Ok(mut down) = respond.send_response(head, end) else {

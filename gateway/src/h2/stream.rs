@@ -90,13 +90,14 @@ pub(super) const HOP_BY_HOP: [&str; 6] = [
     "host",
 ];
 
-/// Answers `f` as HTTP with its OpenAI-style JSON body.
-pub(super) fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure) {
+/// Answers `f` as HTTP with its OpenAI-style JSON body and the request's id.
+pub(super) fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure, rid: &RequestId<'_>) {
     let mut r = Response::new(());
     *r.status_mut() =
         http::StatusCode::from_u16(f.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
     h.insert("content-type", HeaderValue::from_static("application/json"));
+    rid.insert(h);
     // The headers an HTTP/1.1 answer to the same failure carries.
     if let Some(secs) = f.retry_after {
         h.insert("retry-after", HeaderValue::from(secs));
@@ -121,18 +122,57 @@ fn insert_quota(h: &mut HeaderMap, q: &crate::ratelimit::Quota) {
     });
 }
 
+/// A stream's request id: the client's `x-request-id` when it is usable
+/// (the HTTP/1.1 rule, [`crate::proxy::usable_request_id`]), else one this
+/// shard makes. The same id goes upstream, into the access log and back to
+/// the client.
+pub(super) enum RequestId<'h> {
+    Client(&'h str),
+    Own([u8; 32]),
+}
+
+impl<'h> RequestId<'h> {
+    pub(super) fn of(headers: &'h HeaderMap, shard: &Shard) -> Self {
+        match header(headers, "x-request-id") {
+            Some(v) if crate::proxy::usable_request_id(v) => match std::str::from_utf8(v) {
+                Ok(s) => RequestId::Client(s),
+                Err(_) => RequestId::Own(shard.request_id()),
+            },
+            _ => RequestId::Own(shard.request_id()),
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            RequestId::Client(s) => s,
+            // Hex digits: always UTF-8.
+            RequestId::Own(id) => std::str::from_utf8(id).unwrap_or(""),
+        }
+    }
+
+    /// Sets `x-request-id` in `h` (an answer's headers) unless it has one.
+    pub(super) fn insert(&self, h: &mut HeaderMap) {
+        if h.contains_key("x-request-id") {
+            return;
+        }
+        if let Ok(v) = HeaderValue::from_str(self.as_str()) {
+            h.insert("x-request-id", v);
+        }
+    }
+}
+
 pub(super) struct Record<'s> {
     pub(super) status: u16,
     pub(super) model: Option<Cow<'s, str>>,
     pub(super) route: Option<&'s str>,
     /// A gRPC call (else HTTP over HTTP/2).
     pub(super) grpc: bool,
-    /// For the access log: the client, the path, the client's
-    /// `x-request-id`, when the request began, the endpoint.
+    /// For the access log: the client, the path, the request's id, when the
+    /// request began, the endpoint.
     pub(super) peer: SocketAddr,
     pub(super) method: &'s str,
     pub(super) path: &'s str,
-    pub(super) request_id: Option<&'s str>,
+    pub(super) request_id: &'s str,
     pub(super) ts_ms: u64,
     pub(super) endpoint: Option<usize>,
     /// What the answer used: `usage` token counts, body bytes sent to the
@@ -154,17 +194,9 @@ pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
     let duration = started.elapsed();
     if let Some(log) = &shard.access_log {
         let client = rec.peer.to_string();
-        let own;
-        let request_id = match rec.request_id {
-            Some(id) => id,
-            None => {
-                own = shard.request_id();
-                std::str::from_utf8(&own).unwrap_or("")
-            }
-        };
         log.borrow_mut().push(&crate::access_log::Line {
             ts_ms: rec.ts_ms,
-            request_id,
+            request_id: rec.request_id,
             client: &client,
             method: rec.method,
             path: rec.path,
@@ -202,14 +234,14 @@ pub(super) fn record(shard: &Shard, rec: &Record<'_>, started: Instant) {
 /// alike: JWT authentication (`authorization`), the SecurityPolicy's rate
 /// limits, then an admission permit (`maxConcurrentInferences`), held by the
 /// caller until the answer is out.
-pub(super) async fn admit(
+pub(super) async fn admit<'s>(
     shard: &Rc<Shard>,
-    state: &GatewayState,
+    state: &'s GatewayState,
     decision: &crate::plan::Decision<'_>,
     target: &crate::plan::Target<'_>,
     headers: &HeaderMap,
     peer: SocketAddr,
-) -> Result<Admission, Failure> {
+) -> Result<Admission<'s>, Failure> {
     let header = |name: &str| header(headers, name);
     let jwt = decision.security.and_then(|k| state.auth.policy(k));
     let verified = match jwt.map(|p| {
@@ -231,6 +263,13 @@ pub(super) async fn admit(
         }
     };
     let subject = verified.as_ref().and_then(|v| v.subject.as_deref());
+    // The rule's `claimToHeaders`: set from the token, the client's copies dropped.
+    let claims = match (jwt, &verified) {
+        (Some(p), Some(v)) if !p.claim_header_names().is_empty() => {
+            Some((p.claim_header_names(), v.clone()))
+        }
+        _ => None,
+    };
     let model = decision.named_model();
     let mut admitted = Admitted::default();
     if let (Some(limiter), Some(policy)) = (&state.rate_limiter, target.route.security) {
@@ -248,21 +287,37 @@ pub(super) async fn admit(
     Ok(Admission {
         _permit: permit,
         admitted,
+        claims,
     })
 }
 
 /// What [`admit`] let through: the concurrency permit (held while the
-/// request lives) and the rate limits' quotas and token charge.
-pub(super) struct Admission {
+/// request lives), the rate limits' quotas and token charge, and the
+/// verified token's claim headers.
+pub(super) struct Admission<'s> {
     /// `maxConcurrentInferences`' permit, if the gateway has a budget (held,
     /// never read: dropping it frees the slot).
     pub _permit: Option<crate::admit::Permit>,
     /// The quotas for the success headers, and the token charge to make once
     /// the answer is out.
     pub admitted: Admitted,
+    /// The rule's `claimToHeaders` names and the token that verified, when
+    /// the rule has any.
+    claims: Option<(&'s [String], Rc<crate::jwt::Verified>)>,
 }
 
-impl Admission {
+impl Admission<'_> {
+    /// The headers to set upstream from the token's claims (and the names
+    /// whose client copies are dropped), as over HTTP/1.1.
+    pub fn claims(&self) -> Option<crate::upstream::ClaimHeaders<'_>> {
+        self.claims
+            .as_ref()
+            .map(|(strip, v)| crate::upstream::ClaimHeaders {
+                strip,
+                set: &v.headers,
+            })
+    }
+
     /// Adds the `x-ratelimit-*` headers of the admitted quotas to `h`.
     pub fn quota_headers(&self, h: &mut HeaderMap) {
         let a = &self.admitted;
