@@ -196,7 +196,10 @@ fn drain(shard: &Rc<Shard>, pb: &Rc<PolicyBatcher>) {
             .as_ref()
             .map_or(usize::MAX, |(_, ctx)| ctx.rule_id);
         let dispatch = Dispatching::start(pb, rule);
-        monoio::spawn(send_batch(shard.clone(), pb.clone(), batch, dispatch));
+        monoio::spawn(crate::contain::contained(
+            crate::contain::Task::Batch,
+            send_batch(shard.clone(), pb.clone(), batch, dispatch),
+        ));
     }
     loop {
         let expired = pb.batcher.borrow_mut().poll_expired(now);

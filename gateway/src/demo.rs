@@ -140,8 +140,7 @@ fn serve_demo(args: &DemoArgs) -> ExitCode {
                 "  curl -N {scheme}://{host}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"llama-3-8b\",\"stream\":true,\"max_tokens\":40,\"messages\":[{{\"role\":\"user\",\"content\":\"Tell me about shard-per-core gateways\"}}]}}'\n"
             );
             println!("  curl {scheme}://{host}/v1/models\n\nCtrl-C stops it.");
-            running.shards.join();
-            ExitCode::SUCCESS
+            crate::wait_shards(running.shards)
         }
         Err(errors) => {
             for e in errors {

@@ -224,12 +224,16 @@ where
     };
     let closed = Rc::new(Cell::new(false));
     let flag = closed.clone();
-    monoio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
-        }
-        flag.set(true);
-    });
+    monoio::spawn(crate::contain::contained(
+        crate::contain::Task::UpstreamConnection,
+        async move {
+            // Set however the driver ends, a contained panic included.
+            let _closed = SetOnDrop(flag);
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        },
+    ));
     Ok((send, closed))
 }
 
@@ -393,4 +397,13 @@ pub async fn health_check(
     monoio::time::timeout(timeout, check)
         .await
         .map_err(|_| format!("no answer in {} ms", timeout.as_millis()))?
+}
+
+/// Sets its flag when dropped: a connection's `closed` mark.
+struct SetOnDrop(Rc<Cell<bool>>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
 }

@@ -152,9 +152,7 @@ pub fn serve(kube_args: &KubeArgs, run: &RunArgs) -> ExitCode {
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the reload thread: the first snapshot serves until a restart");
     }
-    running.shards.join();
-    tracing::info!("drained; bye");
-    ExitCode::SUCCESS
+    crate::wait_shards(running.shards)
 }
 
 /// A burst of watch events: the snapshot is due [`QUIET`] after its last

@@ -10,7 +10,9 @@
 //! are refused, connections still in a backlog are reset), requests on open
 //! keep-alive connections are answered with `Connection: close`, in-flight
 //! requests finish (up to `--drain-timeout`), and the process exits 0. A second
-//! signal exits at once.
+//! signal exits at once. A panic is contained to its connection, stream or
+//! batch ([`contain`]); one that escapes into a shard's own loops drains the
+//! other shards and exits 70.
 //!
 //! Descriptors: at start the soft `RLIMIT_NOFILE` is raised to the hard limit
 //! and, without `--max-connections`, the client-connection cap is derived from
@@ -19,7 +21,8 @@
 //! # One request, accept to response (modules in one direction)
 //!
 //! 1. [`server`] accepts on the shard the kernel chose and spawns
-//!    `proxy::serve_connection`.
+//!    `proxy::serve_connection` (under [`contain`]: a panic ends that
+//!    connection only).
 //! 2. [`proxy`] (the HTTP/1.1 front end) reads and parses the head and body, and
 //!    hands a protocol-neutral [`plan::RequestInfo`] to
 //! 3. [`plan`] (pure): model, route, priority, and the decision — answer now,
@@ -57,7 +60,7 @@
 //! [`admin`] and [`endpoints_view`] (`/metrics`, `/debug/*`; [`redact`] masks
 //! credentials in `/debug/config`); [`reload`] (live configuration from files)
 //! and [`k8s`] (`serve --kubernetes`: the Kubernetes API as the source of the
-//! same snapshots, and the status written back). The leaves — [`bodymem`], [`conns`],
+//! same snapshots, and the status written back). The leaves — [`bodymem`], [`conns`], [`contain`],
 //! [`error`], [`notify`], [`ratelimit`], [`report`], [`state`], [`ticks`], [`upstream_tls`] — import no other module of the
 //! crate's data path, and `tests/module_graph.rs` fails on any import cycle
 //! (a folder's files count as its module; the files of one folder must not
@@ -89,6 +92,7 @@ pub mod batch;
 pub mod bodymem;
 pub mod cli;
 pub mod conns;
+pub mod contain;
 pub mod control;
 pub mod demo;
 pub mod endpoints_view;
@@ -281,12 +285,22 @@ pub fn serve_watching(
                     tracing::warn!(error = %e, "cannot watch the configuration files: no live reload");
                 }
             }
-            running.shards.join();
-            tracing::info!("drained; bye");
-            ExitCode::SUCCESS
+            wait_shards(running.shards)
         }
         Err(errors) => report_errors(&errors),
     }
+}
+
+/// Waits for the shard threads to end; the process's exit status: 0 after a
+/// drain, 70 (`EX_SOFTWARE`) when a shard's thread panicked ([`contain`]).
+pub fn wait_shards(shards: shardgate_runtime::Shards) -> ExitCode {
+    let panicked = shards.join();
+    if panicked > 0 || contain::shard_panicked() {
+        tracing::error!(panicked, "a shard panicked: exiting with status 70");
+        return ExitCode::from(70);
+    }
+    tracing::info!("drained; bye");
+    ExitCode::SUCCESS
 }
 
 /// A started gateway.

@@ -262,6 +262,9 @@ pub struct ShardMetrics {
     pub connections_refused_emfile: u64,
     /// Idle keep-alive connections closed to make room (at the cap or at EMFILE).
     pub connections_closed_idle: u64,
+    /// Panics contained in this shard's tasks, per [`crate::contain::TASKS`]
+    /// (filled at publish).
+    pub task_panics: [u64; 4],
     /// Per endpoint: requests in flight from this shard (filled at publish).
     pub endpoint_in_flight: Vec<u32>,
     /// Per endpoint: ejected on this shard (filled at publish).
@@ -383,6 +386,7 @@ impl ShardMetrics {
             connections_refused_cap: 0,
             connections_refused_emfile: 0,
             connections_closed_idle: 0,
+            task_panics: [0; 4],
             endpoint_in_flight: Vec::new(),
             endpoint_ejected: Vec::new(),
             queue_depth: HashMap::new(),
@@ -1081,6 +1085,20 @@ impl MetricsHub {
             Kind::Counter,
             |s| s.connections_closed_idle,
         );
+        w.family(
+            "gateway_task_panics_total",
+            "Panics caught in a shard's tasks, per shard and task (`connection`, `stream`, `batch`, `upstream_connection`): each ended its task only (its connection or stream closed) and the shard went on. Any is a bug; the log has the message.",
+            Kind::Counter,
+        );
+        for (i, s) in snaps.iter().enumerate() {
+            if let Some(s) = s.as_ref() {
+                let mut shard = itoa::Buffer::new();
+                let shard = shard.format(i);
+                for (task, n) in crate::contain::TASKS.iter().zip(s.task_panics) {
+                    w.sample("", &[("shard", shard), ("task", task)], n);
+                }
+            }
+        }
         text
     }
 }

@@ -729,6 +729,7 @@ async fn execute<'s, S: ClientStream>(
         message_model: None,
         roll: fastrand::u32(..),
     };
+    crate::contain::debug_panic_point(path);
     let mut decision = plan(&info, state, listeners);
     split_fallback(shard, state, &mut decision);
     rq.model = decision.model.clone();

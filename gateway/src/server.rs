@@ -16,6 +16,9 @@
 //! ([`crate::tls`], within `--tls-handshake-timeout`) and then serves the
 //! connection exactly as a plain one.
 //!
+//! Each connection's task runs under [`crate::contain::contained`]: a panic
+//! in it ends that connection only.
+//!
 //! Drain: the listening sockets are shut by [`Shutdown::trigger`] on the signal
 //! thread (new connections refused, backlogs reset at once); the accept loops
 //! wake on the shut socket and end.
@@ -29,6 +32,7 @@ use shardgate_runtime::{ShardInfo, Shutdown};
 
 use crate::access_log::{AccessLog, FLUSH_EVERY};
 use crate::conns::{Backoff, LogLimiter, SHED_ON_EMFILE};
+use crate::contain::{contained, FatalOnUnwind, Task};
 use crate::control::ControlShared;
 use crate::metrics::{MetricsHub, PUBLISH_EVERY};
 use crate::ports::{PortSocket, ShardPorts};
@@ -46,6 +50,12 @@ pub async fn shard_main(
     control: Arc<ControlShared>,
     ports: ShardPorts,
 ) {
+    // A panic that escapes the contained tasks ends this thread: the other
+    // shards drain and the process exits 70 ([`crate::contain`]).
+    let _fatal = FatalOnUnwind {
+        shard: info.id,
+        shutdown: shutdown.clone(),
+    };
     let shard = Shard::new(
         info.id,
         live,
@@ -222,34 +232,27 @@ async fn accept_loop(
                 match &tls {
                     None if grpc_port(&shard, port) => {
                         // A GRPC listener's port: HTTP/2 with prior knowledge.
-                        monoio::spawn(crate::h2::serve_connection(
-                            shard.clone(),
-                            stream,
-                            peer,
-                            port,
-                            open,
+                        monoio::spawn(contained(
+                            Task::Connection,
+                            crate::h2::serve_connection(shard.clone(), stream, peer, port, open),
                         ));
                     }
                     None => {
                         // HTTP/1.1, or HTTP/2 with prior knowledge ([`crate::h2`]).
                         let shard = shard.clone();
-                        monoio::spawn(async move {
+                        monoio::spawn(contained(Task::Connection, async move {
                             let wait = crate::h2::SNIFF_WAIT.min(shard.settings.header_timeout);
                             if crate::h2::sniff_preface(&stream, wait).await {
                                 crate::h2::serve_connection(shard, stream, peer, port, open).await
                             } else {
                                 serve_connection(shard, stream, peer, port, open).await
                             }
-                        });
+                        }));
                     }
                     Some(config) => {
-                        monoio::spawn(serve_tls(
-                            shard.clone(),
-                            stream,
-                            peer,
-                            port,
-                            open,
-                            config.clone(),
+                        monoio::spawn(contained(
+                            Task::Connection,
+                            serve_tls(shard.clone(), stream, peer, port, open, config.clone()),
                         ));
                     }
                 }

@@ -859,6 +859,7 @@ impl Shard {
         let mut m = self.metrics.borrow().clone();
         m.connections_idle = self.conns.idle.idle() as u64;
         m.connections_kept_hot = self.conns.kept_hot() as u64;
+        m.task_panics = crate::contain::panics();
         m.batch = self
             .batchers
             .borrow()

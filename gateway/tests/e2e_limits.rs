@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
+use shardgate_testkit::Launch;
 
 fn metrics(admin: SocketAddr) -> String {
     Client::connect(admin).get("/metrics").text()
@@ -320,4 +321,90 @@ fn a_stream_the_upstream_cuts_ends_with_an_error_event_and_is_counted() {
     assert!(lines
         .iter()
         .any(|l| l["outcome"] == "aborted_client" && l["model"] == "m2"));
+}
+
+/// Everything the server sends on `c` until it closes, or `None` if it did
+/// not close within 10 s.
+fn read_until_closed(c: &mut Client) -> Option<Vec<u8>> {
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        match c.stream.read(&mut tmp) {
+            Ok(0) => return Some(got),
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(_) => return Some(got),
+        }
+    }
+}
+
+#[test]
+fn a_panic_ends_its_connection_or_stream_only_and_the_shard_serves_on() {
+    // Debug builds panic on a request for `SHARDGATE_DEBUG_PANIC_PATH`
+    // (`gateway/src/contain.rs`); one shard, so every connection below shares
+    // the shard the panics happen on.
+    let backend = sim(&["m"], |_| {});
+    let mut gw = Gateway::launch(
+        &config(&[("m", vec![(1, vec![backend.addr()])])]),
+        &[],
+        Launch {
+            capture_stderr: true,
+            env: &[("SHARDGATE_DEBUG_PANIC_PATH", "/boom")],
+            ..Launch::default()
+        },
+    );
+    let body = chat("m", false, 2);
+    let mut kept = gw.connect();
+    assert_eq!(kept.post("/v1/chat/completions", &body, &[]).status, 200);
+
+    // HTTP/1.1: the connection whose request panicked closes without an answer.
+    let mut c = gw.connect();
+    c.stream
+        .write_all(b"GET /boom HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_until_closed(&mut c), Some(Vec::new()));
+    // The shard serves on: a connection opened before, and a new one.
+    assert_eq!(kept.post("/v1/chat/completions", &body, &[]).status, 200);
+    assert_eq!(
+        gw.connect().post("/v1/chat/completions", &body, &[]).status,
+        200
+    );
+
+    // HTTP/2: the stream is reset; its connection serves the next request.
+    let mut h2 = shardgate_testkit::grpc::GrpcClient::connect(gw.addr).unwrap();
+    let r = h2.http("GET", "/boom", &[], b"");
+    assert!(r.is_err(), "{r:?}");
+    let (status, _, _) = h2
+        .http(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+
+    wait_metrics(
+        gw.admin.unwrap(),
+        &[
+            "gateway_task_panics_total{shard=\"0\",task=\"connection\"} 1",
+            "gateway_task_panics_total{shard=\"0\",task=\"stream\"} 1",
+            "gateway_connections_open{shard=\"0\"} 2",
+        ],
+    );
+    // The drain ends as usual, with status 0.
+    gw.stop_cleanly(Duration::from_secs(10));
+    let log = gw.stderr_text();
+    assert!(log.contains("injected panic at /boom"), "{log}");
+    assert!(log.contains("a task panicked"), "{log}");
 }

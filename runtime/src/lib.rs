@@ -359,13 +359,17 @@ pub struct Shards {
 }
 
 impl Shards {
-    /// Wait for every shard thread to finish.
-    pub fn join(self) {
+    /// Wait for every shard thread to finish; returns how many ended by a
+    /// panic.
+    pub fn join(self) -> usize {
+        let mut panicked = 0;
         for t in self.threads {
             if t.join().is_err() {
                 tracing::error!("a shard thread panicked");
+                panicked += 1;
             }
         }
+        panicked
     }
 }
 

@@ -40,6 +40,8 @@ pub struct Launch {
     pub capture_stderr: bool,
     /// `RUST_LOG` for the child (default: ours, else `warn`).
     pub rust_log: Option<&'static str>,
+    /// More environment variables for the child.
+    pub env: &'static [(&'static str, &'static str)],
 }
 
 impl GatewayProcess {
@@ -79,6 +81,7 @@ impl GatewayProcess {
                     .map(str::to_string)
                     .unwrap_or_else(|| std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())),
             )
+            .envs(how.env.iter().copied())
             .stdin(Stdio::null());
         let stderr = how.capture_stderr.then(|| dir.join("stderr.log"));
         if let Some(path) = &stderr {

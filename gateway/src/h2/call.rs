@@ -211,6 +211,7 @@ pub(super) async fn serve(
         roll: fastrand::u32(..),
     };
     // The port's listeners in the state in force (a reload may change them).
+    crate::contain::debug_panic_point(path);
     let decision = plan(&info, state, state.listeners_on(port));
     rec.model = decision.model.clone();
     rec.route = decision.route;

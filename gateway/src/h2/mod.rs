@@ -170,7 +170,9 @@ async fn serve_io<T>(
                 Some(Ok((req, respond))) => {
                     accepted += 1;
                     let guard = StreamCount::new(&open_streams);
-                    monoio::spawn(serve_stream(
+                    monoio::spawn(crate::contain::contained(
+                        crate::contain::Task::Stream,
+                        serve_stream(
                         shard.clone(),
                         req,
                         respond,
@@ -178,7 +180,7 @@ async fn serve_io<T>(
                         port,
                         tls,
                         guard,
-                    ));
+                    )));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(shard = shard.id, %peer, error = %e, "HTTP/2 connection error");

@@ -226,6 +226,7 @@ pub(super) async fn serve(
         message_model: None,
         roll: fastrand::u32(..),
     };
+    crate::contain::debug_panic_point(info.path);
     let decision = plan(&info, state, state.listeners_on(port));
     rec.model = decision.model.clone();
     rec.route = decision.route;
