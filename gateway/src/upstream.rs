@@ -412,7 +412,7 @@ pub fn write_request(
 /// `ip` in its usual text form, straight into `buf`: IPv4 digit by digit
 /// (`fmt` machinery cost ~1,000 instructions per request here), IPv6
 /// through `Display` (no temporary `String` either way).
-fn write_ip(buf: &mut Vec<u8>, ip: std::net::IpAddr) {
+pub(crate) fn write_ip(buf: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {

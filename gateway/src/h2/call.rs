@@ -25,7 +25,6 @@
 //! upstream stream is reset (`CANCEL`), as it is when the client resets.
 
 use std::cell::Cell;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -39,7 +38,7 @@ use shardgate_routing::scoring::PickRequest;
 
 use super::stream::{
     admit, header, record, send_all, Admission, Answered, Record, RequestId, Served, Usage,
-    HOP_BY_HOP,
+    HOP_BY_HOP, X_REQUEST_ID,
 };
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::Failure;
@@ -57,7 +56,6 @@ const MODEL_HEADER: http::HeaderName =
     http::HeaderName::from_static(shardgate_routing::MODEL_HEADER);
 const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// A trailers-only gRPC answer: `:status 200`, `grpc-status`, `grpc-message`.
 fn status_only(code: Code, message: &str) -> Response<()> {
@@ -230,7 +228,7 @@ pub(super) async fn serve(
             path,
             peer,
             tls,
-            request_id: rid.as_str(),
+            request_id: &rid,
             first: first_buf.clone(),
             ended: first.ended,
             started,
@@ -256,7 +254,7 @@ struct Exec<'a> {
     peer: SocketAddr,
     tls: bool,
     /// `x-request-id`, the client's or the gateway's.
-    request_id: &'a str,
+    request_id: &'a RequestId<'a>,
     /// Body bytes read before planning (not yet released to the client).
     first: Bytes,
     /// The client's stream ended within them.
@@ -389,7 +387,7 @@ fn upstream_request(
     *r.uri_mut() = http::Uri::from_parts(uri).unwrap_or_default();
     let h = r.headers_mut();
     h.reserve(req.headers.len() + 5);
-    let mut xff = BytesMut::new();
+    let mut xff = Vec::with_capacity(48);
     for (k, v) in req.headers {
         let name = k.as_str();
         if k == X_FORWARDED_FOR {
@@ -406,15 +404,15 @@ fn upstream_request(
         }
         h.append(k.clone(), v.clone());
     }
-    let _ = write!(xff, "{}", req.peer.ip());
-    if let Ok(v) = HeaderValue::from_maybe_shared(xff.freeze()) {
+    crate::upstream::write_ip(&mut xff, req.peer.ip());
+    if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(xff)) {
         h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if req.tls { "https" } else { "http" }),
     );
-    if let Ok(v) = HeaderValue::from_str(req.request_id) {
+    if let Some(v) = req.request_id.value() {
         h.insert(X_REQUEST_ID, v);
     }
     for (name, value) in claims.iter().flat_map(|c| c.set) {
@@ -718,7 +716,7 @@ mod tests {
             path: uri.path(),
             peer: "[2001:db8::7]:4000".parse().unwrap(),
             tls: true,
-            request_id: "rid-1",
+            request_id: &RequestId::Client("rid-1"),
             first: Bytes::new(),
             ended: true,
             started: Instant::now(),
@@ -744,6 +742,7 @@ mod tests {
         );
         assert_eq!(all("x-forwarded-proto"), ["https"]);
         assert_eq!(all("x-request-id"), ["rid-1"]);
+        assert!(r.headers()["x-request-id"].is_sensitive(), "never indexed");
         assert_eq!(all("x-gateway-model-name"), ["bert"]);
         assert_eq!(all("x-tenant"), ["acme"]);
         assert_eq!(all("authorization"), ["Bearer t"]);
