@@ -347,6 +347,27 @@ fn per_shard(
     }
 }
 
+/// A family with one sample per shard and value of a second label `label`:
+/// `values` gives each shard's (label value, sample) pairs.
+fn per_shard_by<const N: usize>(
+    w: &mut PromWriter<'_>,
+    snaps: &[Arc<Option<ShardMetrics>>],
+    (name, help, kind): (&str, &str, Kind),
+    label: &str,
+    values: impl Fn(&ShardMetrics) -> [(&'static str, u64); N],
+) {
+    w.family(name, help, kind);
+    for (i, s) in snaps.iter().enumerate() {
+        if let Some(s) = s.as_ref() {
+            let mut shard = itoa::Buffer::new();
+            let shard = shard.format(i);
+            for (value, n) in values(s) {
+                w.sample("", &[("shard", shard), (label, value)], n);
+            }
+        }
+    }
+}
+
 /// Number of `reason` values of `gateway_auth_failures_total`.
 pub const AUTH_REASONS: usize = crate::jwt::Reason::ALL.len();
 
@@ -971,19 +992,17 @@ impl MetricsHub {
                 n.load(std::sync::atomic::Ordering::Relaxed),
             );
         }
-        w.family(
-            "gateway_buffered_body_bytes",
-            "Request-body bytes buffered now, per shard (held against its share of --max-buffered-body-bytes).",
-            Kind::Gauge,
+        per_shard_by(
+            &mut w,
+            &snaps,
+            (
+                "gateway_buffered_body_bytes",
+                "Request-body bytes buffered now, per shard (held against its share of --max-buffered-body-bytes).",
+                Kind::Gauge,
+            ),
+            "state",
+            |s| [("used", s.body_budget.0), ("share", s.body_budget.1)],
         );
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(s) = s.as_ref() {
-                let mut shard = itoa::Buffer::new();
-                let shard = shard.format(i);
-                w.sample("", &[("shard", shard), ("state", "used")], s.body_budget.0);
-                w.sample("", &[("shard", shard), ("state", "share")], s.body_budget.1);
-            }
-        }
         w.family(
             "gateway_endpoint_in_flight",
             "Requests in flight per endpoint, all shards.",
@@ -1056,27 +1075,22 @@ impl MetricsHub {
             Kind::Gauge,
             |s| s.connections_kept_hot,
         );
-        w.family(
-            "gateway_connections_refused_total",
-            "Client connections refused, per shard: `cap` = accepted and closed at once at the shard's --max-connections share with no idle connection to close; `emfile` = accepts that failed for want of descriptors (EMFILE/ENFILE), each followed by a back-off pause.",
-            Kind::Counter,
+        per_shard_by(
+            &mut w,
+            &snaps,
+            (
+                "gateway_connections_refused_total",
+                "Client connections refused, per shard: `cap` = accepted and closed at once at the shard's --max-connections share with no idle connection to close; `emfile` = accepts that failed for want of descriptors (EMFILE/ENFILE), each followed by a back-off pause.",
+                Kind::Counter,
+            ),
+            "reason",
+            |s| {
+                [
+                    ("cap", s.connections_refused_cap),
+                    ("emfile", s.connections_refused_emfile),
+                ]
+            },
         );
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(s) = s.as_ref() {
-                let mut shard = itoa::Buffer::new();
-                let shard = shard.format(i);
-                w.sample(
-                    "",
-                    &[("shard", shard), ("reason", "cap")],
-                    s.connections_refused_cap,
-                );
-                w.sample(
-                    "",
-                    &[("shard", shard), ("reason", "emfile")],
-                    s.connections_refused_emfile,
-                );
-            }
-        }
         per_shard(
             &mut w,
             &snaps,
@@ -1085,20 +1099,19 @@ impl MetricsHub {
             Kind::Counter,
             |s| s.connections_closed_idle,
         );
-        w.family(
-            "gateway_task_panics_total",
-            "Panics caught in a shard's tasks, per shard and task (`connection`, `stream`, `batch`, `upstream_connection`): each ended its task only (its connection or stream closed) and the shard went on. Any is a bug; the log has the message.",
-            Kind::Counter,
+        per_shard_by(
+            &mut w,
+            &snaps,
+            (
+                "gateway_task_panics_total",
+                "Panics caught in a shard's tasks, per shard and task (`connection`, `stream`, `batch`, `upstream_connection`): each ended its task only (its connection or stream closed) and the shard went on. Any is a bug; the log has the message.",
+                Kind::Counter,
+            ),
+            "task",
+            |s| -> [_; crate::contain::TASKS.len()] {
+                std::array::from_fn(|k| (crate::contain::TASKS[k], s.task_panics[k]))
+            },
         );
-        for (i, s) in snaps.iter().enumerate() {
-            if let Some(s) = s.as_ref() {
-                let mut shard = itoa::Buffer::new();
-                let shard = shard.format(i);
-                for (task, n) in crate::contain::TASKS.iter().zip(s.task_panics) {
-                    w.sample("", &[("shard", shard), ("task", task)], n);
-                }
-            }
-        }
         text
     }
 }
