@@ -208,8 +208,8 @@ pub(super) async fn serve(
         message_model: message_model.as_deref(),
         roll: fastrand::u32(..),
     };
-    // The port's listeners in the state in force (a reload may change them).
     crate::contain::debug_panic_point(path);
+    // The port's listeners in the state in force (a reload may change them).
     let decision = plan(&info, state, state.listeners_on(port));
     rec.model = decision.model.clone();
     rec.route = decision.route;

@@ -170,17 +170,8 @@ async fn serve_io<T>(
                 Some(Ok((req, respond))) => {
                     accepted += 1;
                     let guard = StreamCount::new(&open_streams);
-                    monoio::spawn(crate::contain::contained(
-                        crate::contain::Task::Stream,
-                        serve_stream(
-                        shard.clone(),
-                        req,
-                        respond,
-                        peer,
-                        port,
-                        tls,
-                        guard,
-                    )));
+                    let stream = serve_stream(shard.clone(), req, respond, peer, port, tls, guard);
+                    monoio::spawn(crate::contain::contained(crate::contain::Task::Stream, stream));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(shard = shard.id, %peer, error = %e, "HTTP/2 connection error");
