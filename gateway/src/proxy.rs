@@ -531,7 +531,7 @@ async fn handle_request<S: ClientStream>(
     let mut rq = RequestState {
         started,
         ts_ms,
-        request_id: RequestId::of(head, shard),
+        request_id: RequestId::choose(head.header("x-request-id"), shard),
         status: 0,
         model: None,
         route: None,
@@ -639,33 +639,38 @@ async fn handle_request<S: ClientStream>(
     keep
 }
 
-/// A client's `X-Request-Id` is kept when it is 1–200 visible ASCII bytes
-/// (over HTTP/1.1 and HTTP/2 alike); any other value is replaced.
-pub(crate) fn usable_request_id(v: &[u8]) -> bool {
-    !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic())
-}
-
-/// A request's id: the client's `X-Request-Id` when it is usable (1–200 visible
-/// ASCII bytes), else a generated one. Neither allocates.
+/// A request's id, over HTTP/1.1 and HTTP/2 alike: the client's
+/// `X-Request-Id` when it is usable (1–200 visible ASCII bytes), else a
+/// generated one (32 hex digits). Neither allocates; both are ASCII.
 #[derive(Clone, Copy)]
-enum RequestId<'h> {
+pub(crate) enum RequestId<'h> {
     Client(&'h [u8]),
     Own([u8; 32]),
 }
 
 impl<'h> RequestId<'h> {
-    fn of(head: &'h RequestHead, shard: &Shard) -> Self {
-        match head.header("x-request-id") {
-            Some(v) if usable_request_id(v) => RequestId::Client(v),
+    /// The id for a request whose `X-Request-Id` value is `client`.
+    pub(crate) fn choose(client: Option<&'h [u8]>, shard: &Shard) -> Self {
+        match client {
+            Some(v)
+                if !v.is_empty() && v.len() <= 200 && v.iter().all(|b| b.is_ascii_graphic()) =>
+            {
+                RequestId::Client(v)
+            }
             _ => RequestId::Own(shard.request_id()),
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         match self {
             RequestId::Client(v) => v,
             RequestId::Own(id) => id,
         }
+    }
+
+    /// The id as text (it is ASCII either way).
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or("")
     }
 }
 

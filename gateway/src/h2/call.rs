@@ -37,14 +37,15 @@ use monoio::time::Instant;
 use shardgate_routing::scoring::PickRequest;
 
 use super::stream::{
-    admit, header, record, send_all, Admission, Answered, Record, RequestId, Served, Usage,
-    HOP_BY_HOP, X_REQUEST_ID,
+    admit, header, record, request_id, request_id_value, send_all, Admission, Answered, Record,
+    Served, Usage, HOP_BY_HOP, X_REQUEST_ID,
 };
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::Failure;
 use crate::grpc::status::{encode_message, of_failure, Code};
 use crate::grpc::{first_model, FirstModel};
 use crate::plan::{plan, Plan, RequestInfo};
+use crate::proxy::RequestId;
 use crate::shard::Shard;
 use crate::state::GatewayState;
 use crate::upstream::{ClaimHeaders, REPLACED_UPSTREAM};
@@ -158,7 +159,7 @@ pub(super) async fn serve(
     started: Instant,
 ) {
     let path = parts.uri.path();
-    let rid = RequestId::of(&parts.headers, shard);
+    let rid = request_id(&parts.headers, shard);
     let mut rec = Record {
         status: 0,
         model: None,
@@ -412,7 +413,7 @@ fn upstream_request(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if req.tls { "https" } else { "http" }),
     );
-    if let Some(v) = req.request_id.value() {
+    if let Some(v) = request_id_value(req.request_id) {
         h.insert(X_REQUEST_ID, v);
     }
     for (name, value) in claims.iter().flat_map(|c| c.set) {
@@ -716,7 +717,7 @@ mod tests {
             path: uri.path(),
             peer: "[2001:db8::7]:4000".parse().unwrap(),
             tls: true,
-            request_id: &RequestId::Client("rid-1"),
+            request_id: &RequestId::Client(b"rid-1"),
             first: Bytes::new(),
             ended: true,
             started: Instant::now(),

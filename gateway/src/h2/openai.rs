@@ -35,12 +35,13 @@ use shardgate_http::{split_request_head, BodyDecoder, Framing};
 use shardgate_routing::scoring::PickRequest;
 
 use super::stream::{
-    admit, answer_json, record, send_all, Admission, Answered, Record, RequestId, Served, Usage,
-    HOP_BY_HOP,
+    admit, answer_json, insert_request_id, record, request_id, send_all, Admission, Answered,
+    Record, Served, Usage, HOP_BY_HOP,
 };
 use crate::attempt::{Action, Attempts, Outcome};
 use crate::error::{Failure, Side};
 use crate::plan::{plan, Plan, RequestInfo};
+use crate::proxy::RequestId;
 use crate::shard::Shard;
 use crate::state::GatewayState;
 use crate::upstream::{
@@ -158,7 +159,7 @@ pub(super) async fn serve(
     guard: &mut Served,
     started: Instant,
 ) {
-    let rid = RequestId::of(&parts.headers, shard);
+    let rid = request_id(&parts.headers, shard);
     let mut rec = Record {
         status: 0,
         model: None,
@@ -240,7 +241,7 @@ pub(super) async fn serve(
             let mut r = Response::new(());
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("application/json"));
-            rid.insert(r.headers_mut());
+            insert_request_id(r.headers_mut(), &rid);
             if let Ok(mut s) = respond.send_response(r, false) {
                 let _ = s.send_data(Bytes::from(state.models_body.to_vec()), true);
             }
@@ -295,7 +296,7 @@ pub(super) async fn serve(
                 http::StatusCode::from_u16(reply.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
             r.headers_mut()
                 .insert("content-type", HeaderValue::from_static("application/json"));
-            rid.insert(r.headers_mut());
+            insert_request_id(r.headers_mut(), &rid);
             if let Ok(mut s) = respond.send_response(r, false) {
                 let _ = s.send_data(Bytes::from(reply.body), true);
             }
@@ -390,7 +391,7 @@ async fn forward(
     let fwd = Forwarded {
         peer,
         tls: to.tls,
-        request_id: to.rid.as_str().as_bytes(),
+        request_id: to.rid.as_bytes(),
         model,
         body,
         claims: to.admission.claims(),
@@ -543,7 +544,7 @@ async fn relay(
         head.headers_mut()
             .insert("content-length", HeaderValue::from(n));
     }
-    to.rid.insert(head.headers_mut());
+    insert_request_id(head.headers_mut(), to.rid);
     to.admission.quota_headers(head.headers_mut());
     let end = framing == Framing::None;
     let Ok(mut down) = respond.send_response(head, end) else {

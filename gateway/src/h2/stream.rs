@@ -25,6 +25,7 @@ use monoio::time::Instant;
 
 use crate::error::Failure;
 use crate::metrics::RequestRecord;
+use crate::proxy::RequestId;
 use crate::ratelimit::Admitted;
 use crate::shard::{InFlight, Shard};
 use crate::state::GatewayState;
@@ -97,7 +98,7 @@ pub(super) fn answer_json(respond: &mut SendResponse<Bytes>, f: &Failure, rid: &
         http::StatusCode::from_u16(f.status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let h = r.headers_mut();
     h.insert("content-type", HeaderValue::from_static("application/json"));
-    rid.insert(h);
+    insert_request_id(h, rid);
     // The headers an HTTP/1.1 answer to the same failure carries.
     if let Some(secs) = f.retry_after {
         h.insert("retry-after", HeaderValue::from(secs));
@@ -122,52 +123,29 @@ fn insert_quota(h: &mut HeaderMap, q: &crate::ratelimit::Quota) {
     });
 }
 
-/// A stream's request id: the client's `x-request-id` when it is usable
-/// (the HTTP/1.1 rule, [`crate::proxy::usable_request_id`]), else one this
-/// shard makes. The same id goes upstream, into the access log and back to
-/// the client.
-pub(super) enum RequestId<'h> {
-    Client(&'h str),
-    Own([u8; 32]),
+/// A stream's request id ([`RequestId::choose`], the HTTP/1.1 rule): the
+/// same id goes upstream, into the access log and back to the client.
+pub(super) fn request_id<'h>(headers: &'h HeaderMap, shard: &Shard) -> RequestId<'h> {
+    RequestId::choose(header(headers, "x-request-id"), shard)
 }
 
-impl<'h> RequestId<'h> {
-    pub(super) fn of(headers: &'h HeaderMap, shard: &Shard) -> Self {
-        match header(headers, "x-request-id") {
-            Some(v) if crate::proxy::usable_request_id(v) => match std::str::from_utf8(v) {
-                Ok(s) => RequestId::Client(s),
-                Err(_) => RequestId::Own(shard.request_id()),
-            },
-            _ => RequestId::Own(shard.request_id()),
-        }
-    }
+/// `rid` as a header value, marked never-indexed for HPACK: an id is new on
+/// every request, so indexing it would only churn the dynamic table, and
+/// h2's encoder walks every same-name entry there before each insert.
+/// Indexed, the ids cost 57.0k instructions per HTTP/2 request against 53.2k
+/// never-indexed, and 88.1k per gRPC call against 83.9k
+/// (`bench/instructions.py`, 2026-12-08).
+pub(super) fn request_id_value(rid: &RequestId<'_>) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_bytes(rid.as_bytes()).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
 
-    pub(super) fn as_str(&self) -> &str {
-        match self {
-            RequestId::Client(s) => s,
-            // Hex digits: always UTF-8.
-            RequestId::Own(id) => std::str::from_utf8(id).unwrap_or(""),
-        }
-    }
-
-    /// The id as a header value, marked never-indexed for HPACK: an id is
-    /// new on every request, so indexing it would only churn the dynamic
-    /// table, and h2's encoder walks every same-name entry there before
-    /// each insert. Indexed, the ids cost 57.0k instructions per HTTP/2
-    /// request against 53.2k never-indexed, and 88.1k per gRPC call against
-    /// 83.9k (`bench/instructions.py`, 2026-12-08).
-    pub(super) fn value(&self) -> Option<HeaderValue> {
-        let mut v = HeaderValue::from_str(self.as_str()).ok()?;
-        v.set_sensitive(true);
-        Some(v)
-    }
-
-    /// Sets `x-request-id` in `h` (an answer's headers) unless it has one.
-    pub(super) fn insert(&self, h: &mut HeaderMap) {
-        if let http::header::Entry::Vacant(e) = h.entry(X_REQUEST_ID) {
-            if let Some(v) = self.value() {
-                e.insert(v);
-            }
+/// Sets `x-request-id` in `h` (an answer's headers) unless it has one.
+pub(super) fn insert_request_id(h: &mut HeaderMap, rid: &RequestId<'_>) {
+    if let http::header::Entry::Vacant(e) = h.entry(X_REQUEST_ID) {
+        if let Some(v) = request_id_value(rid) {
+            e.insert(v);
         }
     }
 }
